@@ -1,0 +1,273 @@
+"""Reading raw corpora into normalized records, with a quarantine for what cannot be read.
+
+A record is either plain text or a prompt/response pair, with its metadata kept. Every
+record read is accounted for: it is either kept or quarantined with a reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+PROMPT_KEYS = ("prompt", "question", "instruction", "input", "query")
+RESPONSE_KEYS = ("response", "answer", "output", "completion")
+TEXT_KEYS = ("text", "content", "body")
+TAG_KEYS = ("tags", "tag", "category", "domain")
+LANG_KEYS = ("lang", "language")
+
+SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".md", ".markdown")
+RAW_SNIPPET_BYTES = 4096
+
+RECORD_FIELDS = ("record_id", "source", "locator", "kind", "prompt", "response", "text", "lang", "tags", "meta")
+QUARANTINE_FIELDS = ("source", "locator", "reason", "raw", "raw_bytes")
+
+
+@dataclass
+class IngestResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Counted where rows are produced, independently of where they end up, so the
+    # accounting check can catch a record that went nowhere.
+    read: int = 0
+
+
+class CorpusSourceError(ValueError):
+    pass
+
+
+def _record_id(source: str, locator: str, content: str) -> str:
+    return hashlib.sha1(f"{source}\0{locator}\0{content}".encode()).hexdigest()[:16]
+
+
+def _first(mapping: dict[str, Any], keys: Iterable[str]) -> Any:
+    for key in keys:
+        if key in mapping and mapping[key] not in (None, ""):
+            return mapping[key]
+    return None
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, dict)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _tags(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value if str(v).strip()]
+    return [t.strip() for t in str(value).replace(";", ",").split(",") if t.strip()]
+
+
+def normalize_row(row: dict[str, Any], source: str, locator: str) -> tuple[dict[str, Any] | None, str | None]:
+    """A raw mapping to a record, or the reason it cannot be one."""
+    if not isinstance(row, dict):
+        return None, f"expected an object, found {type(row).__name__}"
+    prompt = _as_text(_first(row, PROMPT_KEYS))
+    response = _as_text(_first(row, RESPONSE_KEYS))
+    text = _as_text(_first(row, TEXT_KEYS))
+    used = {k for k in (*PROMPT_KEYS, *RESPONSE_KEYS, *TEXT_KEYS, *TAG_KEYS, *LANG_KEYS)}
+    meta = {k: v for k, v in row.items() if k not in used}
+    if prompt and response:
+        kind, body = "pair", f"{prompt}\n{response}"
+    elif text:
+        kind, body, prompt, response = "text", text, None, None
+    elif prompt or response:
+        missing = "response" if prompt else "prompt"
+        return None, f"prompt/response pair without a {missing} (expected one of {RESPONSE_KEYS if prompt else PROMPT_KEYS})"
+    else:
+        return None, f"no text field (expected one of {TEXT_KEYS}, or a prompt and a response)"
+    record = {
+        "record_id": _record_id(source, locator, body),
+        "source": source,
+        "locator": locator,
+        "kind": kind,
+        "prompt": prompt,
+        "response": response,
+        "text": text if kind == "text" else None,
+        "lang": _as_text(_first(row, LANG_KEYS)),
+        "tags": _tags(_first(row, TAG_KEYS)),
+        "meta": json.dumps(meta, ensure_ascii=False, default=str, sort_keys=True),
+    }
+    return record, None
+
+
+def decode_bytes(data: bytes) -> tuple[str | None, str | None]:
+    """The text, or why there is none; tries UTF-8 (with or without BOM), then GB18030."""
+    if b"\x00" in data[:8192]:
+        return None, "binary content (NUL bytes)"
+    for encoding in ("utf-8-sig", "gb18030"):
+        try:
+            return data.decode(encoding), None
+        except UnicodeDecodeError:
+            continue
+    return None, "undecodable bytes (neither UTF-8 nor GB18030)"
+
+
+def _read_bytes(path: Path) -> tuple[bytes | None, str | None]:
+    try:
+        raw = path.read_bytes()
+        if path.suffix == ".gz":
+            raw = gzip.decompress(raw)
+        return raw, None
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        return None, f"unreadable file: {type(exc).__name__}: {exc}"
+
+
+def _logical_suffix(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""
+
+
+def _quarantine(source: str, locator: str, reason: str, raw: bytes | str) -> dict[str, Any]:
+    data = raw.encode("utf-8", "replace") if isinstance(raw, str) else raw
+    return {
+        "source": source,
+        "locator": locator,
+        "reason": reason,
+        "raw": data[:RAW_SNIPPET_BYTES],
+        "raw_bytes": len(data),
+    }
+
+
+def _rows_jsonl(text: str) -> Iterator[tuple[str, Any, str | None]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"line {number}", json.loads(line), None
+        except json.JSONDecodeError as exc:
+            yield f"line {number}", line, f"malformed JSON: {exc.msg} at column {exc.colno}"
+
+
+def _rows_json(text: str) -> Iterator[tuple[str, Any, str | None]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        yield "file", text, f"malformed JSON: {exc.msg} at line {exc.lineno}"
+        return
+    items = data if isinstance(data, list) else [data]
+    for index, item in enumerate(items):
+        yield f"item {index}", item, None
+
+
+def _rows_csv(text: str, delimiter: str) -> Iterator[tuple[str, Any, str | None]]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = next(reader, None)
+    if not header:
+        return
+    for row in reader:
+        locator = f"line {reader.line_num}"
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            yield locator, delimiter.join(row), f"expected {len(header)} columns, found {len(row)}"
+            continue
+        yield locator, dict(zip(header, row)), None
+
+
+def _rows_text(text: str) -> Iterator[tuple[str, Any, str | None]]:
+    """Paragraphs (blank-line separated blocks) of plain text or Markdown."""
+    line_no, block, start = 0, [], 1
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            if not block:
+                start = line_no
+            block.append(line)
+        elif block:
+            yield f"lines {start}-{line_no - 1}", {"text": "\n".join(block)}, None
+            block = []
+    if block:
+        yield f"lines {start}-{line_no}", {"text": "\n".join(block)}, None
+
+
+def _rows_parquet(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        yield "file", path.read_bytes()[:RAW_SNIPPET_BYTES], f"unreadable Parquet: {exc}"
+        return
+    offset = 0
+    for batch in parquet.iter_batches(batch_size=4096):
+        for index, row in enumerate(batch.to_pylist()):
+            yield f"row {offset + index}", row, None
+        offset += batch.num_rows
+
+
+def read_file(path: Path, source: str, max_record_bytes: int) -> IngestResult:
+    result = IngestResult()
+    suffix = _logical_suffix(path)
+    if suffix == ".parquet" and path.suffix != ".gz":
+        rows: Iterable = _rows_parquet(path)
+    else:
+        data, error = _read_bytes(path)
+        if error:
+            result.read += 1
+            result.quarantine.append(_quarantine(source, "file", error, b""))
+            return result
+        text, error = decode_bytes(data)
+        if error:
+            result.read += 1
+            result.quarantine.append(_quarantine(source, "file", error, data))
+            return result
+        if suffix == ".jsonl":
+            rows = _rows_jsonl(text)
+        elif suffix == ".json":
+            rows = _rows_json(text)
+        elif suffix in (".csv", ".tsv"):
+            rows = _rows_csv(text, "\t" if suffix == ".tsv" else ",")
+        else:
+            rows = _rows_text(text)
+    for locator, row, error in rows:
+        result.read += 1
+        raw = row if isinstance(row, (str, bytes)) else json.dumps(row, ensure_ascii=False, default=str)
+        if error is None and len(raw.encode() if isinstance(raw, str) else raw) > max_record_bytes:
+            error = f"record larger than max_record_bytes={max_record_bytes}"
+        if error is None:
+            record, error = normalize_row(row, source, locator)
+            if record is not None:
+                result.records.append(record)
+                continue
+        result.quarantine.append(_quarantine(source, locator, error or "unknown", raw))
+    return result
+
+
+def discover_files(root: Path) -> list[Path]:
+    if not root.exists():
+        raise CorpusSourceError(f"corpus folder {str(root)!r} does not exist")
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def ingest_folder(root: Path, max_record_bytes: int = 1_000_000) -> IngestResult:
+    """Every file under `root`; unsupported files are quarantined, not skipped silently."""
+    root = Path(root)
+    total = IngestResult()
+    files = discover_files(root)
+    for path in files:
+        source = path.relative_to(root).as_posix() if root.is_dir() else path.name
+        if _logical_suffix(path) not in SUPPORTED_SUFFIXES:
+            part = IngestResult(quarantine=[_quarantine(source, "file", f"unsupported file type {path.suffix!r}", b"")], read=1)
+        else:
+            part = read_file(path, source, max_record_bytes)
+        total.records.extend(part.records)
+        total.quarantine.extend(part.quarantine)
+        total.read += part.read
+        total.files[source] = {"kept": len(part.records), "quarantined": len(part.quarantine)}
+    return total

@@ -1,0 +1,121 @@
+"""Loading causal LMs and turning records into training examples.
+
+Any local Hugging Face checkpoint of a causal LM works (Llama, Qwen2, DeepSeek-V3, ...).
+Models are only ever loaded from local folders: the hub is unreachable where deepfeed runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CAUSAL_LM_SUFFIX = "ForCausalLM"
+
+# Used when a tokenizer ships without a chat template (tiny test tokenizers, some base
+# models); the ChatML form matches SmolLM2 and Qwen-family DeepSeek distills.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class ModelSourceError(ValueError):
+    pass
+
+
+def describe_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Validate a checkpoint folder without loading its weights."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelSourceError(f"{str(path)!r} does not exist or is not a folder")
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise ModelSourceError(f"{str(path)!r} has no config.json: not a Hugging Face checkpoint")
+    config = json.loads(config_file.read_text())
+    architectures = config.get("architectures") or []
+    if not any(a.endswith(CAUSAL_LM_SUFFIX) for a in architectures):
+        raise ModelSourceError(
+            f"{str(path)!r} is not a causal LM: architectures={architectures or 'missing'} "
+            f"(expected one ending in {CAUSAL_LM_SUFFIX})"
+        )
+    weights = sorted(p.name for p in path.glob("*.safetensors")) or sorted(p.name for p in path.glob("*.bin"))
+    if not weights:
+        raise ModelSourceError(f"{str(path)!r} has no weight files (*.safetensors or *.bin)")
+    if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
+        raise ModelSourceError(f"{str(path)!r} has no tokenizer files")
+    return {
+        "architecture": architectures[0],
+        "model_type": config.get("model_type"),
+        "hidden_size": config.get("hidden_size"),
+        "num_hidden_layers": config.get("num_hidden_layers"),
+        "vocab_size": config.get("vocab_size"),
+        "weight_files": weights,
+    }
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    model.config.use_cache = False
+    return model
+
+
+def num_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+    )
+
+
+def encode_record(tokenizer, record: dict[str, Any], max_length: int) -> Example:
+    """Chat-formatted pair (loss on the answer only) or plain text (loss everywhere)."""
+    if record.get("kind") == "pair":
+        context = prompt_ids(tokenizer, record["prompt"])
+        answer = tokenizer(record["response"], add_special_tokens=False)["input_ids"]
+        end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        # Long prompts are cut from the left so the answer always keeps some room.
+        context = context[-max(1, max_length // 2):]
+        ids = (context + answer + end)[:max_length]
+        labels = ([-100] * len(context) + answer + end)[:max_length]
+    else:
+        ids = tokenizer(record.get("text") or "", add_special_tokens=False)["input_ids"][:max_length]
+        labels = list(ids)
+    return Example(input_ids=ids, labels=labels)
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        attention[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import dagster as dg
+from pydantic import Field
+
+from deepfeed.core.artifacts import ArtifactStore, ArtifactStoreError
+from deepfeed.settings import default_artifact_root
+
+
+class ArtifactStoreResource(dg.ConfigurableResource):
+    """Where datasets, checkpoints and exported models are written (versioned, atomic)."""
+
+    root: str = Field(
+        default_factory=default_artifact_root,
+        description="Artifact root: a local folder or any fsspec URL (s3://bucket/prefix). "
+        "Defaults to $DEEPFEED_ARTIFACT_ROOT or $DEEPFEED_HOME/artifacts.",
+    )
+
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(self.root)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        try:
+            self.store().check_writable()
+        except ArtifactStoreError as exc:
+            raise dg.Failure(f"ArtifactStoreResource.root: {exc}") from exc

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from deepfeed.core.offline import deepfeed_home
+from deepfeed.settings import default_mlflow_artifact_location, default_mlflow_uri
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking and model registry: one MLflow run per Dagster run."""
+
+    tracking_uri: str = Field(
+        default_factory=default_mlflow_uri,
+        description="MLflow tracking URI ($MLFLOW_TRACKING_URI; default sqlite:///$DEEPFEED_HOME/mlflow.db).",
+    )
+    experiment_name: str = Field(default="deepfeed", description="MLflow experiment that receives the runs.")
+    artifact_location: str = Field(
+        default_factory=default_mlflow_artifact_location,
+        description="Artifact location for a newly created experiment (ignored for an existing one).",
+    )
+    registered_model_name: str = Field(default="deepfeed", description="Registered model holding the versions and the champion/challenger aliases.")
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def _experiment_id(self, client) -> str:
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return client.create_experiment(self.experiment_name, artifact_location=self.artifact_location)
+
+    def run_id(self, context: dg.AssetExecutionContext) -> str:
+        """The MLflow run of this Dagster run, created by whichever step asks first.
+
+        Steps of one Dagster run may live in separate processes, so get-or-create is
+        serialized with a file lock (embedded default: all on one machine).
+        """
+        from filelock import FileLock
+
+        dagster_run_id = context.run.run_id
+        lock_dir = deepfeed_home()
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        client = self.client()
+        with FileLock(str(lock_dir / ".mlflow-run.lock"), timeout=60):
+            experiment_id = self._experiment_id(client)
+            found = client.search_runs([experiment_id], filter_string=f"tags.dagster_run_id = '{dagster_run_id}'", max_results=1)
+            if found:
+                return found[0].info.run_id
+            run = client.create_run(
+                experiment_id,
+                run_name=f"dagster-{dagster_run_id[:8]}",
+                tags={"dagster_run_id": dagster_run_id, "dagster_job": context.run.job_name},
+            )
+            return run.info.run_id
+
+    def log(
+        self,
+        context: dg.AssetExecutionContext,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        series: dict[str, list[float]] | None = None,
+        artifacts: list[Path] | None = None,
+        artifact_dir: str | None = None,
+    ) -> str:
+        """Log under the asset's name: params prefixed (each asset logs its own), metrics
+        as given, `series` as per-step metrics, files as artifacts."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        client = self.client()
+        run_id = self.run_id(context)
+        asset = context.asset_key.to_user_string()
+        import time
+
+        now = int(time.time() * 1000)
+        metric_rows = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None]
+        for name, values in (series or {}).items():
+            metric_rows.extend(Metric(name, float(v), now, step) for step, v in enumerate(values))
+        param_rows = [Param(f"{asset}.{k}", str(v)[:6000]) for k, v in (params or {}).items()]
+        tags = [RunTag(f"asset.{asset}", "materialized")]
+        for start in range(0, max(len(metric_rows), 1), 1000):
+            client.log_batch(run_id, metrics=metric_rows[start:start + 1000], params=param_rows if start == 0 else [], tags=tags if start == 0 else [])
+        for path in artifacts or []:
+            client.log_artifact(run_id, str(path), artifact_path=artifact_dir or asset)
+        return run_id
+
+    def register_version(self, context: dg.AssetExecutionContext, source: str, tags: dict[str, str]) -> str:
+        from mlflow.exceptions import MlflowException
+
+        client = self.client()
+        try:
+            client.create_registered_model(self.registered_model_name)
+        except MlflowException:
+            pass  # already registered
+        version = client.create_model_version(
+            self.registered_model_name,
+            source=source,
+            run_id=self.run_id(context),
+            tags={**tags, "dagster_run_id": context.run.run_id},
+        )
+        client.set_registered_model_alias(self.registered_model_name, CHALLENGER, version.version)
+        return str(version.version)
+
+    def version_by_alias(self, alias: str):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client().get_model_version_by_alias(self.registered_model_name, alias)
+        except MlflowException:
+            return None
+
+    def promote(self, version: str) -> str | None:
+        """`version` becomes champion; the old champion keeps the `previous` alias."""
+        client = self.client()
+        old = self.version_by_alias(CHAMPION)
+        if old is not None and str(old.version) != str(version):
+            client.set_registered_model_alias(self.registered_model_name, PREVIOUS, old.version)
+        client.set_registered_model_alias(self.registered_model_name, CHAMPION, version)
+        client.set_model_version_tag(self.registered_model_name, version, "promoted", "true")
+        return str(old.version) if old is not None else None
+
+
+def mlflow_ui_command() -> str:
+    uri = default_mlflow_uri()
+    return f"mlflow ui --backend-store-uri {uri} --port 5000"
+
