@@ -17,7 +17,9 @@ from typing import Any
 
 from deepfeed.core.cleaning import content_key
 
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？；;])\s*")
+# A Latin sentence ends at .!?; followed by space (not "3.5" or a "1." list number);
+# a Chinese one at its full-width punctuation, with or without space.
+_SENTENCE_END = re.compile(r"(?<=[.!?;])(?<!\d[.])\s+|(?<=[。！？；])\s*")
 _PROTECTED = re.compile(
     r"<[A-Z_]+>"  # PII placeholders
     r"|https?://\S+|\S+@\S+"  # URLs, e-mail-like tokens
@@ -26,7 +28,7 @@ _PROTECTED = re.compile(
     r"|`[^`]*`"  # inline code
 )
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+")
-_ORDERED = re.compile(r"^\s*(?:\d+[.)]|[-*•]|step\s+\d+|first|then|finally)\b", re.I | re.M)
+_ORDERED = re.compile(r"^\s*(?:\d+[.)]\s|[-*•]\s|(?:step\s+\d+|first|then|finally)\b)", re.I | re.M)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ def deepfeed_home() -> Path:
 
 
 def cache_dir() -> Path:
-    return deepfeed_home() / "cache"
+    """Converted models and NLTK data; shareable between homes via DEEPFEED_CACHE."""
+    return Path(os.environ.get("DEEPFEED_CACHE", deepfeed_home() / "cache")).resolve()
 
 
 def _atomic_dir(final: Path):

@@ -1,0 +1,112 @@
+"""`deepfeed` command line: prepare, demo, tiny-model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
+
+
+def _step(message: str) -> float:
+    print(f"==> {message}", flush=True)
+    return time.perf_counter()
+
+
+def ensure_dagster_home() -> Path:
+    """DAGSTER_HOME defaults to $DEEPFEED_HOME/dagster, with the project's dagster.yaml."""
+    from deepfeed.core.offline import deepfeed_home
+
+    home = Path(os.environ.get("DAGSTER_HOME") or deepfeed_home() / "dagster").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if REPO_DAGSTER_YAML.exists() and not (home / "dagster.yaml").exists():
+        shutil.copy(REPO_DAGSTER_YAML, home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def cmd_prepare(_: argparse.Namespace) -> int:
+    from deepfeed.core.demo_corpus import ensure_demo_corpus
+    from deepfeed.core.offline import ensure_nltk_data, ensure_smollm2
+    from deepfeed.settings import demo_corpus_dir
+
+    started = _step("offline resources (cached under $DEEPFEED_HOME/cache)")
+    print(f"    base model : {ensure_smollm2()}")
+    print(f"    NLTK data  : {ensure_nltk_data()}")
+    print(f"    demo corpus: {ensure_demo_corpus(demo_corpus_dir())}")
+    print(f"    ready in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+def _stage_timings(instance, run_id: str) -> list[tuple[str, float]]:
+    stats = instance.get_run_step_stats(run_id)
+    return [(s.step_key, (s.end_time or 0) - (s.start_time or 0)) for s in sorted(stats, key=lambda s: s.start_time or 0)]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    total = time.perf_counter()
+    cmd_prepare(args)
+    dagster_home = ensure_dagster_home()
+
+    import dagster as dg
+
+    from deepfeed.definitions import defs
+    from deepfeed.resources.mlflow_tracking import mlflow_ui_command
+    from deepfeed.settings import default_artifact_root
+
+    _step(f"materializing the whole asset graph (Dagster instance: {dagster_home})")
+    instance = dg.DagsterInstance.get()
+    job = defs.resolve_job_def("full_chain_job")
+    result = job.execute_in_process(instance=instance, raise_on_error=False)
+    print("\nStage timings:")
+    for step, seconds in _stage_timings(instance, result.run_id):
+        print(f"    {step:<22} {seconds:7.1f} s")
+    print(f"    {'total (with setup)':<22} {time.perf_counter() - total:7.1f} s")
+    if not result.success:
+        print(f"\nThe run failed ({result.run_id}); see `make ui` for the step logs.", file=sys.stderr)
+        return 1
+    report = Path(default_artifact_root())
+    latest = sorted((report / "evaluation_report").glob("2*"))
+    print("\nWhere to look:")
+    if latest:
+        print(f"    evaluation report : {latest[-1] / 'report.html'}")
+        print(f"                        {latest[-1] / 'report.md'}")
+    print("    Dagster UI        : make ui   (http://127.0.0.1:3000)")
+    print(f"    MLflow UI         : .venv/bin/{mlflow_ui_command()}")
+    return 0
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from deepfeed.core.tiny_models import build_tiny_checkpoint
+
+    texts = ["hello world, how are you today?", "你好，世界。今天怎么样？", "The capital of France is Paris."] * 20
+    path = build_tiny_checkpoint(Path(args.output), texts, architecture=args.architecture)
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepfeed", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("prepare", help="build the offline resources (base model, NLTK data, demo corpus)").set_defaults(func=cmd_prepare)
+    commands.add_parser("demo", help="prepare, then materialize the whole chain on the embedded default").set_defaults(func=cmd_demo)
+    tiny = commands.add_parser("tiny-model", help="write a tiny random causal LM with a real tokenizer (smoke tests)")
+    tiny.add_argument("output")
+    tiny.add_argument("--architecture", choices=("llama", "deepseek_v3"), default="llama")
+    tiny.set_defaults(func=cmd_tiny_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The asset graph on tiny models: each asset alone, the whole chain, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from deepfeed.assets import ASSET_MODULES
+from deepfeed.definitions import defs
+from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
+from deepfeed.resources.mlflow_tracking import CHAMPION, CHALLENGER, PREVIOUS
+
+ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
+CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
+FAST = {
+    "ops": {
+        "finetuned_model": {"config": {"max_steps": 4, "batch_size": 4, "max_length": 64, "learning_rate": 1e-2}},
+        "evaluation_report": {"config": {"max_eval_records": 12, "max_generation_records": 6, "max_new_tokens": 4}},
+    }
+}
+
+
+def resources(home: Path, base_model: Path, artifact_root: Path | None = None) -> dict:
+    return {
+        "artifact_store": ArtifactStoreResource(root=str(artifact_root or home / "artifacts")),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_location=str(home / "mlartifacts")),
+        "model_source": ModelSourceResource(base_model_path=str(base_model)),
+    }
+
+
+def corpus_config(corpus: Path) -> dict:
+    return {"raw_corpus": {"config": {"corpus_path": str(corpus)}}}
+
+
+def run_config(corpus: Path, selection="*", **extra) -> dict:
+    """Config for the selected assets only (Dagster rejects config of unselected ops)."""
+    ops = {**FAST["ops"], **corpus_config(corpus), **extra}
+    if selection != "*":
+        ops = {k: v for k, v in ops.items() if k in selection}
+    return {"ops": ops}
+
+
+def materialize(selection, home, base_model, corpus, instance, artifact_root=None, raise_on_error=True, **extra):
+    return dg.materialize(
+        [*ASSETS, *CHECKS],
+        selection=selection,
+        resources=resources(home, base_model, artifact_root),
+        run_config=run_config(corpus, selection, **extra),
+        instance=instance,
+        raise_on_error=raise_on_error,
+    )
+
+
+@pytest.fixture
+def instance(deepfeed_env):
+    with dg.instance_for_test(temp_dir=str(deepfeed_env / "dagster")) as instance:
+        yield instance
+
+
+def test_definitions_load_and_validate():
+    repository = defs.get_repository_def()
+    keys = {k.to_user_string() for k in repository.asset_graph.get_all_asset_keys()}
+    assert keys == {"raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model", "compressed_model", "evaluation_report", "champion_model"}
+    assert defs.resolve_job_def("full_chain_job")
+    schedule = defs.resolve_schedule_def("monthly_full_retrain")
+    assert schedule.cron_schedule == "0 2 1 * *"
+
+
+def test_monthly_schedule_fires_on_the_first():
+    import datetime as dt
+
+    schedule = defs.resolve_schedule_def("monthly_full_retrain")
+    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 12, 1, 2, tzinfo=dt.timezone.utc))
+    result = schedule.evaluate_tick(context)
+    assert len(result.run_requests) == 1 and schedule.job_name == "full_chain_job"
+
+
+def test_each_asset_materializes_alone(deepfeed_env, tiny_llama, tiny_corpus, instance):
+    for key in ["raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model", "compressed_model", "evaluation_report", "champion_model"]:
+        result = materialize([key], deepfeed_env, tiny_llama, tiny_corpus, instance)
+        assert result.success
+        assert result.asset_materializations_for_node(key), key
+    raw = instance.get_latest_materialization_event(dg.AssetKey("raw_corpus")).asset_materialization
+    assert raw.metadata["quarantined"].value == 4
+    assert raw.metadata["kept"].value == 48 + 2 + 3
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_deepseek"])
+def test_whole_chain_logs_to_mlflow_and_promotes(fixture, request, deepfeed_env, tiny_corpus, instance):
+    base_model = request.getfixturevalue(fixture)
+    result = materialize("*", deepfeed_env, base_model, tiny_corpus, instance)
+    assert result.success
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"raw_corpus_accounting": True, "clean_corpus_accounting": True, "promotion_gate": True}
+
+    mlflow = resources(deepfeed_env, base_model)["mlflow"]
+    client = mlflow.client()
+    experiment = client.get_experiment_by_name("deepfeed")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.dagster_run_id = '{result.run_id}'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert {"eval_challenger_perplexity", "train_final_loss", "corpus_cleaned"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 4
+    champion = mlflow.version_by_alias(CHAMPION)
+    assert champion is not None and champion.tags["dagster_run_id"] == result.run_id
+    assert {"data_hash", "base_model", "stream"} <= set(champion.tags)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation_report")}
+    assert "evaluation_report/report.html" in artifacts
+
+    # A second run is gated against the champion, re-scored on the same held-out records.
+    second = materialize("*", deepfeed_env, base_model, tiny_corpus, instance)
+    assert second.success
+    report = instance.get_latest_materialization_event(dg.AssetKey("evaluation_report")).asset_materialization
+    assert "champion" in report.metadata["report"].value
+    new_challenger = mlflow.version_by_alias(CHALLENGER)
+    assert new_challenger.version != champion.version
+    if report.metadata["gate_passed"].value:
+        assert mlflow.version_by_alias(CHAMPION).version == new_challenger.version
+        assert mlflow.version_by_alias(PREVIOUS).version == champion.version
+    else:
+        assert mlflow.version_by_alias(CHAMPION).version == champion.version
+
+
+def _failure_message(result) -> str:
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failures, "expected a step failure"
+    return failures[0].step_failure_data.error.to_string()
+
+
+def test_missing_and_empty_corpus_fail_with_the_field_name(deepfeed_env, tiny_llama, tmp_path, instance):
+    result = materialize(["raw_corpus"], deepfeed_env, tiny_llama, tmp_path / "nope", instance, raise_on_error=False)
+    assert not result.success
+    assert "raw_corpus.config.corpus_path" in _failure_message(result) and "does not exist" in _failure_message(result)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = materialize(["raw_corpus"], deepfeed_env, tiny_llama, empty, instance, raise_on_error=False)
+    assert "holds no records" in _failure_message(result)
+
+
+def test_bad_base_model_fails_and_keeps_earlier_artifacts(deepfeed_env, tiny_llama, tiny_corpus, tmp_path, instance):
+    assert materialize(["base_model"], deepfeed_env, tiny_llama, tiny_corpus, instance).success
+    before = instance.get_latest_materialization_event(dg.AssetKey("base_model")).asset_materialization.metadata["content_hash"].value
+    not_lm = tmp_path / "encoder"
+    not_lm.mkdir()
+    (not_lm / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    for path, expected in [(tmp_path / "missing", "does not exist"), (not_lm, "not a causal LM")]:
+        result = materialize(["base_model"], deepfeed_env, path, tiny_corpus, instance, raise_on_error=False)
+        message = _failure_message(result)
+        assert "model_source.base_model_path" in message and expected in message
+    after = instance.get_latest_materialization_event(dg.AssetKey("base_model")).asset_materialization.metadata["content_hash"].value
+    assert before == after
+
+
+def test_unwritable_artifact_root_is_named(deepfeed_env, tiny_llama, tiny_corpus, tmp_path, instance):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = materialize(["raw_corpus"], deepfeed_env, tiny_llama, tiny_corpus, instance, artifact_root=blocker / "root", raise_on_error=False)
+    assert not result.success
+    failures = [e for e in result.all_events if e.is_failure]
+    text = " ".join(str(e.event_specific_data) + (e.message or "") for e in result.all_events if e.is_failure or e.event_type_value == "RUN_FAILURE")
+    assert failures and "ArtifactStoreResource.root" in text and "not writable" in text
+
+
+def test_cli_materialize_runs_the_chain(deepfeed_env, tiny_llama, tiny_corpus, tmp_path):
+    """The path CI users take: `dagster asset materialize` against the code location."""
+    env = {**os.environ, "DEEPFEED_BASE_MODEL": str(tiny_llama), "DEEPFEED_CORPUS": str(tiny_corpus)}
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps(FAST))
+    dagster = Path(sys.executable).parent / "dagster"
+    done = subprocess.run(
+        [str(dagster), "asset", "materialize", "-m", "deepfeed.definitions", "--select", "*", "-c", str(config)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "RUN_SUCCESS" in done.stderr + done.stdout
+    assert list((deepfeed_env / "artifacts" / "evaluation_report").glob("*/report.html"))
