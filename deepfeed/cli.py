@@ -1,4 +1,4 @@
-"""`deepfeed` command line: prepare, demo, tiny-model."""
+"""`deepfeed` command line: prepare, demo, plan, tiny-model."""
 
 from __future__ import annotations
 
@@ -63,7 +63,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _step(f"materializing the whole asset graph (Dagster instance: {dagster_home})")
     instance = dg.DagsterInstance.get()
     job = defs.resolve_job_def("full_chain_job")
-    result = job.execute_in_process(instance=instance, raise_on_error=False)
+    # INFO keeps the console to progress lines; DEBUG events stay in the instance for the UI.
+    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
     print("\nStage timings:")
     for step, seconds in _stage_timings(instance, result.run_id):
         print(f"    {step:<22} {seconds:7.1f} s")
@@ -91,11 +93,30 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from deepfeed.core.planner import PlannerError, plan
+
+    try:
+        result = plan(args.model, args.context, args.batch, gpus=args.gpus, lora_rank=args.lora_rank)
+    except PlannerError as exc:
+        print(f"deepfeed plan: {exc}", file=sys.stderr)
+        return 2
+    print(result.to_table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepfeed", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("prepare", help="build the offline resources (base model, NLTK data, demo corpus)").set_defaults(func=cmd_prepare)
     commands.add_parser("demo", help="prepare, then materialize the whole chain on the embedded default").set_defaults(func=cmd_demo)
+    planner = commands.add_parser("plan", help="memory and GPU tier for serving and training a model (reads config.json only)")
+    planner.add_argument("--model", required=True, help="7b | 13b | 70b | v3 | a checkpoint folder | a config.json")
+    planner.add_argument("--context", type=int, default=4096, help="context length for the KV cache and activations")
+    planner.add_argument("--batch", type=int, default=1, help="sequences per batch")
+    planner.add_argument("--gpus", type=int, default=8, help="GPUs available for ZeRO-3 sharding")
+    planner.add_argument("--lora-rank", type=int, default=16)
+    planner.set_defaults(func=cmd_plan)
     tiny = commands.add_parser("tiny-model", help="write a tiny random causal LM with a real tokenizer (smoke tests)")
     tiny.add_argument("output")
     tiny.add_argument("--architecture", choices=("llama", "deepseek_v3"), default="llama")
