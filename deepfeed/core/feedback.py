@@ -1,0 +1,215 @@
+"""Durable store of user feedback, sealed into batches that the incremental stream trains on.
+
+Layout under the root::
+
+    .lock                      flock taken by every writer (several server workers)
+    open.jsonl                 the batch being filled; one JSON line per feedback
+    sealed/<batch_id>.jsonl    closed batches, never modified again
+
+``append`` returns only after the line is fsynced, so a server acknowledges nothing it
+could still lose. ``seal_batch`` renames the open file into ``sealed/`` (atomic on one
+file system), so a reader sees a batch either whole or not at all.
+
+Texts are PII-scrubbed before they reach the disk: this is training data for a model
+other users will talk to, and it is also what the store keeps at rest.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import math
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from deepfeed.core.abtest import hash_user_id
+from deepfeed.core.offline import deepfeed_home
+from deepfeed.core.pii import scrub
+
+SOURCE = "feedback"
+# A rating is a score in [0, 1] (thumbs up = 1, down = 0; five stars map to (s-1)/4); at
+# or above this the model's own answer is good enough to train on.
+GOOD_RATING = 0.5
+_MAX_TEXT = 20_000
+_TEXT_FIELDS = ("prompt", "answer", "correction")
+
+
+class FeedbackError(ValueError):
+    """A feedback record that cannot be stored; the message names the field."""
+
+
+def default_root() -> Path:
+    return deepfeed_home() / "feedback"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _text(record: Mapping[str, Any], name: str, required: bool) -> str | None:
+    value = record.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise FeedbackError(f"feedback field {name!r} is required and must be a non-empty string")
+        return None
+    if not isinstance(value, str):
+        raise FeedbackError(f"feedback field {name!r} must be a string, got {type(value).__name__}")
+    if len(value) > _MAX_TEXT:
+        raise FeedbackError(f"feedback field {name!r} is longer than {_MAX_TEXT} characters")
+    return value
+
+
+def validate(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record as it will be stored (scrubbed, typed), or FeedbackError naming the field."""
+    if not isinstance(record, Mapping):
+        raise FeedbackError(f"feedback must be an object, got {type(record).__name__}")
+    texts = {name: _text(record, name, required=name == "prompt") for name in _TEXT_FIELDS}
+    rating = record.get("rating")
+    if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not math.isfinite(rating) \
+            or not 0.0 <= rating <= 1.0:
+        raise FeedbackError(f"feedback field 'rating' must be a number in [0, 1], got {rating!r}")
+    if texts["answer"] is None and texts["correction"] is None:
+        raise FeedbackError("feedback needs the model's 'answer' or a 'correction' (or both)")
+    tags = record.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise FeedbackError("feedback field 'tags' must be a list of strings")
+    stored: dict[str, Any] = {name: (scrub(v).text if v is not None else None) for name, v in texts.items()}
+    user_id = record.get("user_id")
+    stored.update(
+        rating=float(rating),
+        tags=tags,
+        lang=record.get("lang") if isinstance(record.get("lang"), str) else None,
+        user_hash=hash_user_id(str(user_id)) if user_id not in (None, "") else None,
+    )
+    for name in ("model_version", "arm", "classification", "role"):
+        value = record.get(name)
+        stored[name] = None if value is None else str(value)
+    return stored
+
+
+class FeedbackStore:
+    def __init__(self, root: str | os.PathLike[str] | None = None):
+        self.root = Path(root) if root is not None else default_root()
+        self.open_path = self.root / "open.jsonl"
+        self.sealed_dir = self.root / "sealed"
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.sealed_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def append(self, record: Mapping[str, Any]) -> str:
+        """Store one feedback durably (fsynced) and return its id."""
+        stored = validate(record)
+        feedback_id = uuid.uuid4().hex
+        stored = {"feedback_id": feedback_id,
+                  "received_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
+                  **stored}
+        line = json.dumps(stored, ensure_ascii=False, sort_keys=True).encode() + b"\n"
+        with self._locked():
+            created = not self.open_path.exists()
+            with open(self.open_path, "a+b") as f:
+                end = f.seek(0, os.SEEK_END)
+                if end:
+                    f.seek(end - 1)
+                    if f.read(1) != b"\n":
+                        # A writer died mid-line (never acknowledged): end that fragment
+                        # so it stays one unreadable line instead of corrupting this one.
+                        line = b"\n" + line
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            if created:
+                _fsync_dir(self.root)
+        return feedback_id
+
+    def pending(self) -> int:
+        """Feedback records in the open batch."""
+        with self._locked():
+            return len(list(self._read_lines(self.open_path)))
+
+    def seal_batch(self) -> str | None:
+        """Close the open batch; its id, or None when nothing is waiting."""
+        with self._locked():
+            if not self.open_path.exists() or not any(True for _ in self._read_lines(self.open_path)):
+                return None
+            now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+            # The sequence number makes ids sort in sealing order whatever the clock does.
+            batch_id = f"{len(self.batches()) + 1:06d}-{now}Z"
+            os.replace(self.open_path, self.sealed_dir / f"{batch_id}.jsonl")
+            _fsync_dir(self.sealed_dir)
+            _fsync_dir(self.root)
+            return batch_id
+
+    def batches(self) -> list[str]:
+        if not self.sealed_dir.exists():
+            return []
+        return sorted(p.stem for p in self.sealed_dir.glob("*.jsonl"))
+
+    def _batch_path(self, batch_id: str) -> Path:
+        path = self.sealed_dir / f"{batch_id}.jsonl"
+        if "/" in batch_id or not path.exists():
+            raise KeyError(f"no sealed feedback batch {batch_id!r} under {self.sealed_dir}")
+        return path
+
+    @staticmethod
+    def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
+        if not path.exists():
+            return
+        with open(path, "rb") as f:
+            for raw in f:
+                try:
+                    yield json.loads(raw)
+                except ValueError:
+                    continue  # a fragment left by a crashed writer: it was never acknowledged
+
+    def raw_records(self, batch_id: str) -> list[dict[str, Any]]:
+        """Everything stored in a sealed batch, as appended (after scrubbing)."""
+        return list(self._read_lines(self._batch_path(batch_id)))
+
+    def read_batch(self, batch_id: str) -> list[dict[str, Any]]:
+        """The batch's trainable pairs in the corpus schema, plus ``rating``.
+
+        The response is the correction when there is one, else the model's answer when it
+        was rated good. A bad rating without a correction teaches nothing to train on (it
+        still counts in the metrics: see ``raw_records``), so it is left out here.
+        """
+        records = []
+        for line_no, fb in enumerate(self._read_lines(self._batch_path(batch_id)), 1):
+            if fb.get("correction"):
+                response = fb["correction"]
+            elif fb.get("answer") and fb["rating"] >= GOOD_RATING:
+                response = fb["answer"]
+            else:
+                continue
+            meta = {k: fb.get(k) for k in ("feedback_id", "received_at", "answer", "model_version",
+                                             "arm", "classification", "role", "user_hash")}
+            meta["corrected"] = bool(fb.get("correction"))
+            records.append({
+                "record_id": fb["feedback_id"],
+                "source": SOURCE,
+                "locator": f"{SOURCE}/{batch_id}#{line_no}",
+                "kind": "pair",
+                "prompt": fb["prompt"],
+                "response": response,
+                "text": None,
+                "lang": fb.get("lang"),
+                "tags": list(fb.get("tags") or []),
+                "meta": json.dumps(meta, ensure_ascii=False, sort_keys=True),
+                "rating": fb["rating"],
+            })
+        return records
