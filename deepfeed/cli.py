@@ -67,9 +67,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
     print("\nStage timings:")
-    for step, seconds in _stage_timings(instance, result.run_id):
-        print(f"    {step:<22} {seconds:7.1f} s")
-    print(f"    {'total (with setup)':<22} {time.perf_counter() - total:7.1f} s")
+    timings = _stage_timings(instance, result.run_id)
+    width = max([len(step) for step, _ in timings] + [18])
+    for step, seconds in timings:
+        print(f"    {step:<{width}} {seconds:7.1f} s")
+    print(f"    {'total (with setup)':<{width}} {time.perf_counter() - total:7.1f} s")
     if not result.success:
         print(f"\nThe run failed ({result.run_id}); see `make ui` for the step logs.", file=sys.stderr)
         return 1
