@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("output")
     tiny.add_argument("--architecture", choices=("llama", "deepseek_v3"), default="llama")
     tiny.set_defaults(func=cmd_tiny_model)
+    from deepfeed.serve.cli import add_serve_parser
+
+    add_serve_parser(commands)
     return parser
 
 

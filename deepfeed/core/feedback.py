@@ -90,6 +90,10 @@ def validate(record: Mapping[str, Any]) -> dict[str, Any]:
         lang=record.get("lang") if isinstance(record.get("lang"), str) else None,
         user_hash=hash_user_id(str(user_id)) if user_id not in (None, "") else None,
     )
+    # A server that salts its user hashes passes the hash, so the A/B analysis can join
+    # feedback to the inference log on one key.
+    if isinstance(record.get("user_hash"), str) and record["user_hash"]:
+        stored["user_hash"] = record["user_hash"]
     for name in ("model_version", "arm", "classification", "role"):
         value = record.get(name)
         stored[name] = None if value is None else str(value)

@@ -1,0 +1,69 @@
+"""A registry with tiny models and an access policy, for the server tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deepfeed.core.access import hash_key
+
+KEYS = {"annotator": "key-annotator", "operator": "key-operator", "viewer": "key-viewer"}
+
+
+def write_policy(path: Path) -> Path:
+    path.write_text(json.dumps({
+        "roles": {
+            "annotator": {"permissions": ["feedback:submit"], "classifications": ["public", "internal"]},
+            "operator": {"permissions": ["feedback:submit", "model:reload"], "classifications": ["public"]},
+            "viewer": {"permissions": []},
+        },
+        "keys": [{"sha256": hash_key(k), "principal": f"{role}-1", "role": role} for role, k in KEYS.items()],
+        "classifications": {"public": ["*"], "internal": ["deepfeed"], "restricted": []},
+    }))
+    return path
+
+
+class Registry:
+    def __init__(self, home: Path, template: Path | None = None):
+        from mlflow import MlflowClient
+
+        db = home / "mlflow.db"
+        if template is not None:
+            shutil.copyfile(template, db)
+        self.uri = f"sqlite:///{db}"
+        self.client = MlflowClient(tracking_uri=self.uri)
+        if template is None:
+            self.client.create_registered_model("deepfeed")
+
+    def register(self, checkpoint: Path, alias: str | None = None) -> str:
+        version = str(self.client.create_model_version("deepfeed", source=str(checkpoint)).version)
+        if alias:
+            self.set_alias(alias, version)
+        return version
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias("deepfeed", alias, version)
+
+    def delete_alias(self, alias: str) -> None:
+        self.client.delete_registered_model_alias("deepfeed", alias)
+
+
+@pytest.fixture(scope="session")
+def empty_registry_db(tmp_path_factory) -> Path:
+    """Creating MLflow's schema takes seconds; every test starts from a copy of one."""
+    home = tmp_path_factory.mktemp("registry")
+    Registry(home)
+    return home / "mlflow.db"
+
+
+@pytest.fixture
+def registry(deepfeed_env, empty_registry_db) -> Registry:
+    return Registry(deepfeed_env, empty_registry_db)
+
+
+@pytest.fixture
+def policy_file(deepfeed_env) -> Path:
+    return write_policy(deepfeed_env / "access_policy.json")
