@@ -3,20 +3,33 @@
 The article's "Lorazepam optimizer" does not exist; AdamW is the well-understood
 default. LoRA (peft) or full fine-tuning; LoRA adapters are merged before saving so
 every checkpoint is a plain Hugging Face folder that exports and serves the same way.
+
+One loop serves both streams of SPEC §4: the monthly full retrain and the incremental
+stream (distillation from a teacher, EWC towards the champion, an elastic learning
+rate watching a replay sample), with resumable checkpoints and, when
+`torch.distributed` is initialised (torchrun), data-parallel training over ranks.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import resource
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from deepfeed.core.modeling import collate, encode_record, load_model, load_tokenizer, num_parameters
+from deepfeed.core import checkpointing
+from deepfeed.core.distill import DistillationConfig, kl_sum, token_ce_sum
+from deepfeed.core.elastic import ElasticScale
+from deepfeed.core.modeling import Example, collate, encode_record, load_model, load_tokenizer, num_parameters
+
+# Fields that do not change what a run computes: a resumed run may differ in them.
+_RESUME_NEUTRAL = {"log_every", "checkpoint_every", "keep_checkpoints"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,27 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     seed: int = 0
     log_every: int = 5
+    # Knowledge distillation: loss = α·CE + (1−α)·T²·KL; α = 1 trains on labels only.
+    distill_alpha: float = 1.0
+    distill_temperature: float = 0.7
+    # EWC: λ of the penalty; 0 disables it. The Fisher uses this many examples.
+    ewc_lambda: float = 0.0
+    fisher_samples: int = 32
+    # Evaluation on `eval_records` every N steps (0: only after the last step).
+    eval_every: int = 0
+    eval_samples: int = 16
+    # Elastic learning rate driven by the eval (replay) loss; see elastic.py.
+    elastic: bool = False
+    elastic_factor: float = 0.5
+    elastic_tolerance: float = 0.0
+    elastic_min_scale: float = 0.05
+    # Resumable checkpoints every N steps into `checkpoint_dir` (0: none).
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    # Concatenate examples into full `max_length` rows (no padding).
+    packing: bool = False
+    # "auto": bf16 autocast on a GPU that supports it, fp32 otherwise; or "fp32" / "bf16".
+    precision: str = "auto"
 
 
 class TrainingError(RuntimeError):
@@ -51,22 +85,40 @@ class TrainingResult:
     trainable_parameters: int = 0
     total_parameters: int = 0
     examples: int = 0
+    tokens_per_second_series: list[float] = field(default_factory=list)
+    peak_memory_mb_series: list[float] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    elastic_reductions: int = 0
+    resumed_from_step: int = 0
+    fisher_file: str = ""
+    device: str = "cpu"
+    precision: str = "fp32"
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def peak_memory_mb(self) -> float:
+        return max(self.peak_memory_mb_series, default=0.0)
 
     def summary(self) -> dict[str, Any]:
         return {
             "steps": len(self.losses),
             "first_loss": self.losses[0] if self.losses else None,
             "final_loss": self.losses[-1] if self.losses else None,
+            "final_eval_loss": self.eval_losses[-1][1] if self.eval_losses else None,
             "tokens": self.tokens,
             "tokens_per_second": round(self.tokens_per_second, 1),
             "train_seconds": round(self.seconds, 1),
+            "peak_memory_mb": round(self.peak_memory_mb, 1),
             "trainable_parameters": self.trainable_parameters,
             "total_parameters": self.total_parameters,
             "examples": self.examples,
+            "elastic_reductions": self.elastic_reductions,
+            "resumed_from_step": self.resumed_from_step,
+            "device": self.device,
+            "precision": self.precision,
         }
 
 
@@ -93,19 +145,154 @@ def _apply_lora(model, config: TrainingConfig):
     return get_peft_model(model, lora)
 
 
-def _batches(examples, batch_size: int, rng: random.Random):
-    """Endless shuffled epochs of length-bucketed batches (less padding per batch)."""
-    while True:
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        chunks = [order[i:i + batch_size * 8] for i in range(0, len(order), batch_size * 8)]
+class BatchSampler:
+    """Shuffled epochs of length-bucketed batches (less padding per batch).
+
+    The order comes from one `random.Random(seed)` consumed epoch after epoch, so the
+    data position is two integers (epoch, batch): a resumed run replays the shuffles of
+    the epochs before and then sees exactly the batches the lost run would have seen.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self._rng = random.Random(seed)
+        self.epoch, self.position = 0, 0
+        self._order = self._next_epoch()
+
+    def _next_epoch(self) -> list[list[int]]:
+        order = list(range(len(self.lengths)))
+        self._rng.shuffle(order)
+        span = self.batch_size * 8
         batches = []
-        for chunk in chunks:
-            chunk.sort(key=lambda i: len(examples[i].input_ids))
-            batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-        rng.shuffle(batches)
-        for batch in batches:
-            yield [examples[i] for i in batch]
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start:start + span], key=lambda i: self.lengths[i])
+            batches.extend(chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+        self._rng.shuffle(batches)
+        return batches
+
+    def next(self) -> list[int]:
+        if self.position >= len(self._order):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._next_epoch()
+        batch = self._order[self.position]
+        self.position += 1
+        return batch
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load(self, state: dict[str, int]) -> None:
+        self._rng = random.Random(self.seed)
+        self._order = self._next_epoch()
+        for _ in range(int(state["epoch"])):
+            self._order = self._next_epoch()
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+def pack_examples(examples: list[Example], max_length: int) -> list[Example]:
+    """Concatenate examples into rows of exactly `max_length` tokens (the last may be shorter).
+
+    The first token of each example gets no label, so no row learns to predict one
+    record from the end of another.
+    """
+    rows: list[Example] = []
+    ids: list[int] = []
+    labels: list[int] = []
+    for example in examples:
+        ids.extend(example.input_ids)
+        labels.extend([-100] + list(example.labels[1:]))
+        while len(ids) >= max_length:
+            rows.append(Example(ids[:max_length], labels[:max_length]))
+            ids, labels = ids[max_length:], labels[max_length:]
+    if ids and any(label != -100 for label in labels):
+        rows.append(Example(ids, labels))
+    return rows
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak device memory on a GPU; peak resident set size of the process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_sum(values: list[float]) -> list[float]:
+    _, world = _world()
+    if world == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _encode(tokenizer, records, config: TrainingConfig) -> list[Example]:
+    examples = [encode_record(tokenizer, r, config.max_length) for r in records]
+    return [e for e in examples if any(label != -100 for label in e.labels)]
+
+
+def _select_device_and_precision(config: TrainingConfig) -> tuple[torch.device, torch.dtype | None]:
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if config.precision not in {"auto", "fp32", "bf16"}:
+        raise TrainingError(f"precision={config.precision!r}: expected 'auto', 'fp32' or 'bf16'")
+    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return device, torch.bfloat16
+    return device, None
+
+
+@torch.no_grad()
+def mean_token_loss(model, examples: list[Example], pad_id: int, batch_size: int, device, autocast_dtype=None) -> float:
+    """Mean next-token cross-entropy over the labelled tokens of `examples`."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id).items()}
+        with _autocast(device, autocast_dtype):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        ce, n = token_ce_sum(logits, batch["labels"])
+        total, tokens = total + float(ce), tokens + n
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def _validate(config: TrainingConfig) -> DistillationConfig:
+    if config.method not in {"lora", "full"}:
+        raise TrainingError(f"method={config.method!r}: expected 'lora' or 'full'")
+    if config.ewc_lambda < 0:
+        raise TrainingError(f"ewc_lambda={config.ewc_lambda}: must be >= 0")
+    if config.ewc_lambda > 0 and config.method != "full":
+        # With LoRA the base weights are frozen; penalising them would do nothing.
+        raise TrainingError("ewc_lambda > 0 needs method='full': EWC anchors the full weights")
+    try:
+        return DistillationConfig(alpha=config.distill_alpha, temperature=config.distill_temperature)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
+
+
+def _ewc_penalty(base_path: Path, model, tokenizer, ewc_records, config: TrainingConfig, device, result: TrainingResult):
+    from deepfeed.core.ewc import EwcPenalty, load_or_compute_fisher
+
+    if not ewc_records:
+        raise TrainingError("ewc_lambda > 0 but no records of the champion's training data were given for the Fisher")
+
+    def fisher_batches():
+        examples = _encode(tokenizer, ewc_records[: config.fisher_samples], config)
+        return [{k: v.to(device) for k, v in collate([e], tokenizer.pad_token_id).items()} for e in examples]
+
+    fisher, path, _ = load_or_compute_fisher(Path(base_path), model, fisher_batches, {"samples": str(config.fisher_samples)})
+    result.fisher_file = str(path)
+    return EwcPenalty.from_model(model, {k: v.to(device) for k, v in fisher.items()}, config.ewc_lambda)
 
 
 def fine_tune(
@@ -114,61 +301,168 @@ def fine_tune(
     output_dir: Path,
     config: TrainingConfig,
     on_step: Callable[[int, float, float], None] | None = None,
+    *,
+    teacher_path: Path | None = None,
+    ewc_records: list[dict[str, Any]] | None = None,
+    eval_records: list[dict[str, Any]] | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> TrainingResult:
+    """Train from `base_path` and save a plain HF checkpoint to `output_dir`.
+
+    teacher_path: distil from this checkpoint (distill_alpha < 1).
+    ewc_records: the champion's training data, for its Fisher (ewc_lambda > 0); the
+        champion is `base_path` itself, and its Fisher is stored next to it.
+    eval_records: a replay / held-out sample for the eval loss and the elastic schedule.
+    checkpoint_dir: resumable checkpoints; an existing one is resumed from.
+    """
+    distill = _validate(config)
     if not records:
         raise TrainingError("no training records: the augmented corpus has no train split")
+    rank, world = _world()
+    if config.batch_size % world:
+        raise TrainingError(f"batch_size={config.batch_size} must be a multiple of the {world} processes")
     torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
+    random.seed(config.seed)
+    device, autocast_dtype = _select_device_and_precision(config)
     tokenizer = load_tokenizer(base_path)
-    model = load_model(base_path)
+    model = load_model(base_path).to(device)
+    result = TrainingResult(device=device.type, precision="bf16" if autocast_dtype else "fp32")
+
+    examples = _encode(tokenizer, records, config)
+    if not examples:
+        raise TrainingError("every training record was empty after tokenization")
+    if config.packing:
+        examples = pack_examples(examples, config.max_length)
+    evals = _encode(tokenizer, eval_records or [], config)[: config.eval_samples]
+    teacher = None
+    if config.distill_alpha < 1.0:
+        if teacher_path is None:
+            raise TrainingError("distill_alpha < 1 but no teacher checkpoint was given")
+        teacher = load_model(teacher_path).to(device).eval().requires_grad_(False)
+        if teacher.config.vocab_size != model.config.vocab_size:
+            raise TrainingError(f"teacher {teacher_path} has vocabulary {teacher.config.vocab_size}, the student {model.config.vocab_size}: distillation needs the same tokenizer")
+    ewc = _ewc_penalty(base_path, model, tokenizer, ewc_records, config, device, result) if config.ewc_lambda > 0 else None
+
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if config.method == "lora":
         model = _apply_lora(model, config)
-    elif config.method != "full":
-        raise TrainingError(f"method={config.method!r}: expected 'lora' or 'full'")
     model.train()
-
-    examples = [encode_record(tokenizer, r, config.max_length) for r in records]
-    examples = [e for e in examples if any(label != -100 for label in e.labels)]
-    if not examples:
-        raise TrainingError("every training record was empty after tokenization")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    result = TrainingResult(
-        trainable_parameters=sum(p.numel() for p in params),
-        total_parameters=num_parameters(model),
-        examples=len(examples),
-    )
-    batches = _batches(examples, config.batch_size, rng)
+    result.trainable_parameters = sum(p.numel() for p in params)
+    result.total_parameters = num_parameters(model)
+    result.examples = len(examples)
+    sampler = BatchSampler([len(e.input_ids) for e in examples], config.batch_size, config.seed)
+    elastic = ElasticScale(config.elastic_factor, config.elastic_tolerance, config.elastic_min_scale) if config.elastic else None
+    state = checkpointing.TrainingState(config=config_dict(config))
+
+    found = checkpointing.checkpoints(checkpoint_dir) if checkpoint_dir else []
+    if found:
+        state = _resume(found[-1], model, optimizer, config, sampler, elastic)
+        result.resumed_from_step = state.step
+    result.losses, result.learning_rates, result.tokens = state.losses, state.learning_rates, state.tokens
+    trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
     started = time.perf_counter()
-    for step in range(config.max_steps):
-        lr = cosine_with_floor(step, config)
+    for step in range(state.step, config.max_steps):
+        step_started = time.perf_counter()
+        lr = cosine_with_floor(step, config) * (elastic.scale if elastic else 1.0)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = collate(next(batches), tokenizer.pad_token_id)
-        loss = model(**batch).loss
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {loss.item()} at step {step}; no checkpoint was written")
+        batch_ids = sampler.next()
+        local = [examples[i] for i in batch_ids[rank::world]]
+        batch = {k: v.to(device) for k, v in collate(local, tokenizer.pad_token_id).items()}
+        with _autocast(device, autocast_dtype):
+            logits = trained(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            ce, tokens = token_ce_sum(logits, batch["labels"])
+            numerator = ce
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                numerator = distill.alpha * ce + (1 - distill.alpha) * kl_sum(logits, teacher_logits, batch["labels"], distill.temperature)
+        # Normalising by the global token count (DDP then averages over ranks) makes
+        # N processes compute the same gradient as one process with the whole batch.
+        global_tokens, global_numerator = _all_sum([float(tokens), float(numerator.detach())])
+        loss = numerator * world / max(global_tokens, 1.0)
+        reported = global_numerator / max(global_tokens, 1.0)
+        if ewc is not None:
+            penalty = ewc(model)
+            loss = loss + penalty
+            reported += float(penalty.detach())
+        if not math.isfinite(reported):
+            raise TrainingError(_nan_message(reported, step, checkpoint_dir))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        result.losses.append(float(loss.item()))
+        step_tokens = int(global_tokens)
+        result.losses.append(reported)
         result.learning_rates.append(lr)
-        result.tokens += int(batch["attention_mask"].sum())
+        result.tokens += step_tokens
+        result.tokens_per_second_series.append(step_tokens / max(time.perf_counter() - step_started, 1e-9))
+        result.peak_memory_mb_series.append(peak_memory_mb(device))
+        done = step + 1
+        if evals and ((config.eval_every and done % config.eval_every == 0) or done == config.max_steps):
+            eval_loss = mean_token_loss(model, evals, tokenizer.pad_token_id, config.batch_size, device, autocast_dtype)
+            result.eval_losses.append((done, eval_loss))
+            if elastic:
+                elastic.observe(eval_loss)
         if on_step:
-            on_step(step, result.losses[-1], lr)
+            on_step(step, reported, lr)
+        if checkpoint_dir and config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.max_steps:
+            state.step, state.sampler, state.tokens = done, sampler.state(), result.tokens
+            state.schedule = elastic.state() if elastic else {}
+            state.losses, state.learning_rates = result.losses, result.learning_rates
+            if rank == 0:
+                try:
+                    checkpointing.save_checkpoint(checkpoint_dir, model, optimizer, state, config.keep_checkpoints)
+                except checkpointing.CheckpointError as exc:
+                    raise TrainingError(f"{exc}; {_last_good(checkpoint_dir)}") from exc
+            if world > 1:
+                torch.distributed.barrier()
     result.seconds = time.perf_counter() - started
+    result.elastic_reductions = elastic.reductions if elastic else 0
 
+    if rank == 0:
+        _save_final(model, tokenizer, output_dir, config)
+    return result
+
+
+def _resume(path: Path, model, optimizer, config: TrainingConfig, sampler: BatchSampler, elastic: ElasticScale | None):
+    state = checkpointing.load_checkpoint(path, model, optimizer)
+    saved = {k: v for k, v in state.config.items() if k not in _RESUME_NEUTRAL}
+    wanted = {k: v for k, v in config_dict(config).items() if k not in _RESUME_NEUTRAL}
+    changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+    if changed:
+        raise TrainingError(f"checkpoint {path} was made with a different configuration ({', '.join(changed)}); remove it or restore the configuration")
+    sampler.load(state.sampler)
+    if elastic and state.schedule:
+        elastic.load(state.schedule)
+    return state
+
+
+def _last_good(checkpoint_dir: Path | None) -> str:
+    found = checkpointing.checkpoints(checkpoint_dir) if checkpoint_dir else []
+    return f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was written"
+
+
+def _nan_message(value: float, step: int, checkpoint_dir: Path | None) -> str:
+    return f"loss became {value} at step {step}; training stopped and no model was saved; {_last_good(checkpoint_dir)}"
+
+
+def _save_final(model, tokenizer, output_dir: Path, config: TrainingConfig) -> None:
+    if not checkpointing.all_finite(model):
+        raise TrainingError("the trained weights are not finite; no model was saved")
     if config.method == "lora":
         model = model.merge_and_unload()
+    if getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_disable()
     model.config.use_cache = True
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
-    return result
 
 
 def config_dict(config: TrainingConfig) -> dict[str, Any]:

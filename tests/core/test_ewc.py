@@ -1,0 +1,72 @@
+"""EWC against catastrophic forgetting, measured on a tiny model (seeded, with a margin)."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from deepfeed.core.ewc import EwcPenalty, fisher_path
+from deepfeed.core.modeling import load_model, load_tokenizer
+from deepfeed.core.training import TrainingConfig, TrainingError, _encode, fine_tune, mean_token_loss
+from tests.conftest import PAIRS
+
+NEW_PAIRS = [
+    ("Where is the station?", "Walk north two blocks. The station is on the left."),
+    ("How do I bake bread?", "Mix flour, water and yeast. Bake for forty minutes."),
+    ("What time is it?", "It is half past three in the afternoon."),
+    ("Who wrote the letter?", "My sister wrote it last week from Berlin."),
+]
+
+
+def records(pairs, copies):
+    return [{"record_id": str(i), "kind": "pair", "prompt": p, "response": r, "text": None} for i, (p, r) in enumerate(pairs * copies)]
+
+
+OLD, NEW = records(PAIRS, 2), records(NEW_PAIRS, 4)
+
+
+def loss_on(checkpoint, data) -> float:
+    tokenizer = load_tokenizer(checkpoint)
+    examples = _encode(tokenizer, data, TrainingConfig())
+    return mean_token_loss(load_model(checkpoint), examples, tokenizer.pad_token_id, 8, torch.device("cpu"))
+
+
+def test_penalty_is_zero_at_the_anchor_and_grows_with_fisher_weighted_distance():
+    model = torch.nn.Linear(3, 2)
+    fisher = {"weight": torch.ones(2, 3), "bias": torch.tensor([4.0, 0.0])}
+    penalty = EwcPenalty.from_model(model, fisher, strength=2.0)
+    assert penalty(model).item() == 0.0
+    with torch.no_grad():
+        model.bias += torch.tensor([1.0, 5.0])  # only the first bias has Fisher weight
+    assert penalty(model).item() == pytest.approx(0.5 * 2.0 * 4.0 * 1.0)
+
+
+def test_ewc_reduces_forgetting_of_the_old_data(tiny_llama, tmp_path):
+    champion = tmp_path / "champion"
+    fine_tune(tiny_llama, OLD, champion, TrainingConfig(max_steps=40, method="full", learning_rate=3e-3))
+    before = loss_on(champion, OLD)
+    step = dict(max_steps=20, method="full", learning_rate=3e-3, warmup_steps=0, fisher_samples=16)
+    fine_tune(champion, NEW, tmp_path / "plain", TrainingConfig(**step))
+    result = fine_tune(champion, NEW, tmp_path / "ewc", TrainingConfig(**step, ewc_lambda=3e4), ewc_records=OLD)
+
+    plain_old, ewc_old = loss_on(tmp_path / "plain", OLD), loss_on(tmp_path / "ewc", OLD)
+    # Measured: champion 3.04 on the old data; plain fine-tuning 4.19, with EWC 3.67.
+    assert ewc_old < plain_old - 0.25
+    assert ewc_old - before < 0.75 * (plain_old - before)
+    # ...while it still learns the new data.
+    assert loss_on(tmp_path / "ewc", NEW) < loss_on(champion, NEW) - 1.0
+
+    stored = fisher_path(champion)
+    assert result.fisher_file == str(stored) and stored.exists()
+    fisher = load_file(str(stored))
+    assert set(fisher) == {n for n, _ in load_model(champion).named_parameters()}
+    assert all(bool((f >= 0).all()) for f in fisher.values()) and any(float(f.sum()) > 0 for f in fisher.values())
+    mtime = stored.stat().st_mtime_ns
+    fine_tune(champion, NEW, tmp_path / "again", TrainingConfig(**{**step, "max_steps": 1}, ewc_lambda=1.0), ewc_records=OLD)
+    assert stored.stat().st_mtime_ns == mtime  # computed once per champion, then reused
+
+
+def test_ewc_needs_the_old_data_and_full_fine_tuning(tiny_llama, tmp_path):
+    with pytest.raises(TrainingError, match="champion's training data"):
+        fine_tune(tiny_llama, NEW, tmp_path / "a", TrainingConfig(max_steps=1, method="full", ewc_lambda=1.0))
+    with pytest.raises(TrainingError, match="method='full'"):
+        fine_tune(tiny_llama, NEW, tmp_path / "b", TrainingConfig(max_steps=1, method="lora", ewc_lambda=1.0), ewc_records=OLD)
