@@ -146,6 +146,12 @@ class FeedbackStore:
         with self._locked():
             return len(list(self._read_lines(self.open_path)))
 
+    def oldest_pending(self) -> _dt.datetime | None:
+        """When the oldest feedback of the open batch arrived (None when it is empty)."""
+        with self._locked():
+            first = next(self._read_lines(self.open_path), None)
+        return _dt.datetime.fromisoformat(first["received_at"]) if first else None
+
     def seal_batch(self) -> str | None:
         """Close the open batch; its id, or None when nothing is waiting."""
         with self._locked():
@@ -184,6 +190,12 @@ class FeedbackStore:
     def raw_records(self, batch_id: str) -> list[dict[str, Any]]:
         """Everything stored in a sealed batch, as appended (after scrubbing)."""
         return list(self._read_lines(self._batch_path(batch_id)))
+
+    def all_records(self) -> list[dict[str, Any]]:
+        """Every stored feedback, sealed or still open (for metrics, not training)."""
+        with self._locked():  # seal_batch moves the open file between the two lists
+            records = [r for b in self.batches() for r in self.raw_records(b)]
+            return records + list(self._read_lines(self.open_path))
 
     def read_batch(self, batch_id: str) -> list[dict[str, Any]]:
         """The batch's trainable pairs in the corpus schema, plus ``rating``.

@@ -1,0 +1,132 @@
+"""Production monitoring assets: the drift report and the A/B test report."""
+
+import datetime as dt
+import json
+
+import dagster as dg
+from pydantic import Field
+
+from deepfeed.assets.common import fail, handle_metadata
+from deepfeed.core.abtest import ARMS, analyze_ab
+from deepfeed.core.artifacts import ArtifactHandle
+from deepfeed.core.monitoring import ab_events, drift_evidence, reference_features
+from deepfeed.core.rollback import CHALLENGER, CHAMPION, promote
+from deepfeed.resources import ArtifactStoreResource, MlflowResource
+from deepfeed.resources.serving_data import ServingDataResource
+
+GROUP = "monitoring"
+
+
+def _serving_data(home: str) -> ServingDataResource:
+    # Config, not a resource: every test and job that materializes the asset modules
+    # would otherwise have to bind one more resource key.
+    return ServingDataResource(home=home) if home else ServingDataResource()
+
+
+class DriftReportConfig(dg.Config):
+    window_hours: float = Field(default=24.0, description="Length of the inference-log window compared with the reference.")
+    window_end: str = Field(default="", description="End of the window, ISO 8601 UTC (empty = now).")
+    alpha: float = Field(default=0.05, description="Family-wise significance of the KS tests (SPEC: 0.05).")
+    correction: str = Field(default="holm", description="Multiple-testing correction: holm, bonferroni or none.")
+    min_samples: int = Field(default=30, description="Fewest requests (and reference records) per feature to test at all.")
+    confidence_std: float = Field(default=0.15, description="Alert when the std of output confidence exceeds this (SPEC: 0.15).")
+    fail_on_alert: bool = Field(default=True, description="Fail the run on an alert, so run-failure notifications carry the evidence.")
+    serving_home: str = Field(default="", description="Folder the server writes inference_log/ into (empty = $DEEPFEED_HOME).")
+
+
+def _markdown_features(evidence: dict) -> str:
+    rows = ["| feature | n ref | n cur | KS D | p | p adj | drifted |", "|---|---:|---:|---:|---:|---:|---|"]
+    for f in evidence["input"]["features"].values():
+        if f["skipped"]:
+            rows.append(f"| {f['feature']} | {f['n_reference']} | {f['n_current']} | | | | skipped: {f['skipped']} |")
+        else:
+            rows.append(f"| {f['feature']} | {f['n_reference']} | {f['n_current']} | {f['statistic']:.3f} | "
+                        f"{f['p_value']:.3g} | {f['p_adjusted']:.3g} | {'**yes**' if f['drifted'] else 'no'} |")
+    return "\n".join(rows)
+
+
+@dg.asset(group_name=GROUP, kinds={"python"})
+def drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig,
+                 artifact_store: ArtifactStoreResource) -> dg.Output[ArtifactHandle]:
+    """KS drift of prompt features (inference log vs the training split) and the spread of output confidence."""
+    serving_data = _serving_data(config.serving_home)
+    store = artifact_store.store()
+    corpus = store.latest("clean_corpus")
+    if corpus is None:
+        raise fail("clean_corpus", "no clean_corpus artifact yet: the reference features come from its training split")
+    try:
+        end = dt.datetime.fromisoformat(config.window_end) if config.window_end else dt.datetime.now(dt.timezone.utc)
+    except ValueError as exc:
+        raise fail("drift_report.config.window_end", f"not an ISO 8601 time: {config.window_end!r}") from exc
+    end = end if end.tzinfo else end.replace(tzinfo=dt.timezone.utc)
+    try:
+        evidence = drift_evidence(serving_data.inference_log(), reference_features(store.local_path(corpus)), end,
+                                  config.window_hours, config.alpha, config.min_samples, config.correction,
+                                  config.confidence_std).to_dict()
+    except ValueError as exc:
+        raise fail("drift_report.config", str(exc)) from exc
+    with store.new_version("drift_report", {"alert": evidence["alert"], "requests": evidence["requests"]},
+                           run_id=context.run.run_id) as version:
+        (version.path / "drift.json").write_text(json.dumps(evidence, indent=2, default=str))
+    metadata = {
+        **handle_metadata(version.handle),
+        "alert": evidence["alert"], "reason": evidence["reason"], "reference_version": corpus.version,
+        "features": dg.MetadataValue.md(_markdown_features(evidence)),
+        "confidence_std": evidence["output"]["std"], "window_start": evidence["window_start"],
+        "window_end": evidence["window_end"],
+    }
+    if evidence["alert"] and config.fail_on_alert:
+        # The report is kept (new version above); the failed run is the notification.
+        raise dg.Failure(description=f"drift alert: {evidence['reason']}", metadata=metadata)
+    return dg.Output(version.handle, metadata=metadata)
+
+
+class ABTestReportConfig(dg.Config):
+    min_hours: float = Field(default=72.0, description="No decision before this many hours of overlapping data (SPEC: 72 h).")
+    alpha: float = Field(default=0.01, description="Significance of Welch's t-test (SPEC: p < 0.01).")
+    split: float = Field(default=-1.0, description="Challenger share used by the server; >= 0 drops events in the wrong arm.")
+    act_on_decision: bool = Field(default=True, description="promote: challenger becomes champion; keep: the test ends (challenger alias removed).")
+    serving_home: str = Field(default="", description="Folder the server writes feedback/ and audit/ into (empty = $DEEPFEED_HOME).")
+
+
+@dg.asset(group_name=GROUP, kinds={"mlflow"})
+def ab_test_report(context: dg.AssetExecutionContext, config: ABTestReportConfig, artifact_store: ArtifactStoreResource,
+                   mlflow: MlflowResource) -> dg.Output[ArtifactHandle]:
+    """Welch's t-test of per-user mean ratings, challenger vs champion, and the decision that follows."""
+    serving_data = _serving_data(config.serving_home)
+    aliases = {arm: mlflow.version_by_alias(arm) for arm in ARMS}
+    missing = [arm for arm, v in aliases.items() if v is None]
+    if missing:
+        raise fail("mlflow", f"no A/B test is running: alias(es) {missing} missing on {mlflow.registered_model_name!r}")
+    versions = {arm: str(v.version) for arm, v in aliases.items()}
+    events = ab_events(serving_data.feedback_store().all_records(), versions)
+    result = analyze_ab(events, config.min_hours, config.alpha, split=config.split if config.split >= 0 else None)
+    report = {**result.to_dict(), "versions": versions}
+    client = mlflow.client()
+    client.set_model_version_tag(mlflow.registered_model_name, versions[CHALLENGER], "ab_decision", result.decision)
+    action = "none"
+    if config.act_on_decision and result.decision == "promote":
+        promote(client, mlflow.registered_model_name, versions[CHALLENGER], f"A/B test: {result.reason}",
+                context.run.run_id, serving_data.ledger())
+        client.delete_registered_model_alias(mlflow.registered_model_name, CHALLENGER)
+        action = f"promoted v{versions[CHALLENGER]} to champion"
+    elif config.act_on_decision and result.decision == "keep":
+        client.delete_registered_model_alias(mlflow.registered_model_name, CHALLENGER)
+        action = f"test ended, v{versions[CHAMPION]} stays champion"
+    report["action"] = action
+    store = artifact_store.store()
+    with store.new_version("ab_test_report", {"decision": result.decision, "events": len(events)},
+                           run_id=context.run.run_id) as version:
+        (version.path / "ab_test.json").write_text(json.dumps(report, indent=2, default=str))
+    arms_md = "| arm | version | events | users | mean | std |\n|---|---|---:|---:|---:|---:|\n" + "\n".join(
+        f"| {arm} | v{versions[arm]} | {s['events']} | {s['users']} | {s['mean']} | {s['std']} |"
+        for arm, s in report["arms"].items())
+    mlflow.log(context, metrics={k: report[k] for k in ("p_value", "difference", "cohen_d", "duration_hours")
+                                 if isinstance(report.get(k), (int, float))})
+    return dg.Output(version.handle, metadata={
+        **handle_metadata(version.handle),
+        "decision": result.decision, "reason": result.reason, "action": action,
+        "p_value": report.get("p_value"), "difference": report.get("difference"),
+        "ci_low": report.get("ci_low"), "ci_high": report.get("ci_high"), "duration_hours": report["duration_hours"],
+        "arms": dg.MetadataValue.md(arms_md),
+    })

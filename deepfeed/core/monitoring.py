@@ -1,0 +1,134 @@
+"""What the production sensors decide on, computed from the inference log and feedback.
+
+- Input + output drift of a recent window against the reference (the training data's
+  prompts): :func:`drift_evidence`.
+- The key task metric (mean feedback rating) of the champion against its baseline:
+  :func:`performance_evidence`.
+- The A/B events (one per rated answer) for :func:`deepfeed.core.abtest.analyze_ab`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deepfeed.core.abtest import ARMS
+from deepfeed.core.drift import confidence_alert, ks_drift, performance_drop, text_features
+from deepfeed.core.inference_log import InferenceLog, feature_columns
+from deepfeed.core.pii import scrub
+from deepfeed.core.tables import read_table
+
+UTC = _dt.timezone.utc
+
+
+def reference_features(clean_corpus_dir: Path, max_records: int = 5000) -> dict[str, np.ndarray]:
+    """Prompt features of the training split, scrubbed the way served prompts are."""
+    records = [r for r in read_table(Path(clean_corpus_dir) / "records.parquet") if r.get("split", "train") == "train"]
+    texts = [(r.get("prompt") or r.get("text") or "") for r in records[:max_records]]
+    return text_features(scrub(t).text for t in texts)
+
+
+@dataclass(frozen=True)
+class DriftEvidence:
+    alert: bool
+    input_alert: bool
+    output_alert: bool
+    window_start: str
+    window_end: str
+    requests: int
+    reason: str
+    input: dict[str, Any]
+    output: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def drift_evidence(log: InferenceLog, reference: Mapping[str, Any], end: _dt.datetime, window_hours: float = 24,
+                   alpha: float = 0.05, min_samples: int = 30, correction: str = "holm",
+                   confidence_std: float = 0.15) -> DriftEvidence:
+    start = end - _dt.timedelta(hours=window_hours)
+    events = list(log.events(since=start, until=end))
+    inputs = ks_drift(reference, feature_columns(events), alpha=alpha, min_samples=min_samples, correction=correction)
+    outputs = confidence_alert([e.get("confidence", math.nan) for e in events], confidence_std, min_samples)
+    reasons = [f"input: {inputs.reason}", f"output: {outputs.reason}"]
+    return DriftEvidence(
+        alert=inputs.alert or outputs.alert, input_alert=inputs.alert, output_alert=outputs.alert,
+        window_start=start.isoformat(), window_end=end.isoformat(), requests=len(events),
+        reason="; ".join(reasons), input=inputs.to_dict(), output=outputs.to_dict(),
+    )
+
+
+def _received(record: Mapping[str, Any]) -> _dt.datetime:
+    return _dt.datetime.fromisoformat(record["received_at"])
+
+
+def ratings_for(feedback: Iterable[Mapping[str, Any]], version: str, since: _dt.datetime | None = None,
+                last: int | None = None) -> list[float]:
+    rows = [f for f in feedback if str(f.get("model_version")) == str(version)
+            and (since is None or _received(f) >= since)]
+    rows.sort(key=_received)
+    if last:
+        rows = rows[-last:]
+    return [float(f["rating"]) for f in rows]
+
+
+@dataclass(frozen=True)
+class PerformanceEvidence:
+    rollback: bool
+    champion: str
+    baseline: float | None
+    baseline_source: str
+    current: float | None
+    samples: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def performance_evidence(feedback: list[Mapping[str, Any]], champion: str, previous: str | None,
+                         baseline_tag: float | None, window: int = 200, min_samples: int = 30,
+                         max_relative_drop: float = 0.03) -> PerformanceEvidence:
+    """Mean rating of the champion's latest ``window`` rated answers against its baseline.
+
+    The baseline is what the champion was promoted on when that was recorded (the version's
+    ``deepfeed.baseline_metric`` tag); otherwise the level the service had before it: the
+    previous champion's mean rating over its own latest window.
+    """
+    current = ratings_for(feedback, champion, last=window)
+    if baseline_tag is not None:
+        baseline, source = float(baseline_tag), f"tag on v{champion}"
+    elif previous is not None and len(prev := ratings_for(feedback, previous, last=window)) >= min_samples:
+        baseline, source = float(np.mean(prev)), f"v{previous} over {len(prev)} ratings"
+    else:
+        return PerformanceEvidence(False, champion, None, "none", float(np.mean(current)) if current else None,
+                                   len(current), "no baseline: no tag and too few ratings of a previous version")
+    if len(current) < min_samples:
+        return PerformanceEvidence(False, champion, baseline, source, float(np.mean(current)) if current else None,
+                                   len(current), f"too few ratings of v{champion} ({len(current)}, need {min_samples})")
+    check = performance_drop(baseline, float(np.mean(current)), max_relative_drop)
+    return PerformanceEvidence(check.rollback, champion, baseline, source, check.current, len(current), check.reason)
+
+
+def ab_events(feedback: Iterable[Mapping[str, Any]], versions: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """One event per rated answer of either arm: time, user_hash, arm, metric (rating).
+
+    With ``versions`` ({arm: version}) only ratings of those versions count, so a test
+    restarted with a new challenger does not mix in the old one's ratings."""
+    rows = []
+    for f in feedback:
+        arm = f.get("arm")
+        if arm not in ARMS or not f.get("user_hash"):
+            continue
+        if versions and str(f.get("model_version")) != str(versions.get(arm)):
+            continue
+        rows.append({"time": f["received_at"], "user_hash": f["user_hash"], "arm": arm, "metric": float(f["rating"])})
+    return pd.DataFrame(rows, columns=["time", "user_hash", "arm", "metric"])

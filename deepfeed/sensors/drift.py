@@ -1,0 +1,54 @@
+"""drift_sensor: input (KS per feature, Holm-corrected) and output (confidence std) drift."""
+
+import datetime as dt
+import os
+
+import dagster as dg
+
+from deepfeed.core.monitoring import drift_evidence, reference_features
+from deepfeed.pipelines.monitoring import drift_report_job
+from deepfeed.resources import ArtifactStoreResource
+from deepfeed.resources.serving_data import ServingDataResource
+
+ON_ALERT = ("report", "full")
+
+
+def build_drift_sensor(window_hours: float = 24.0, alpha: float = 0.05, min_samples: int = 30,
+                       confidence_std: float = 0.15, on_alert: str = "report",
+                       interval_s: int = 900) -> dg.SensorDefinition:
+    """On an alert: a drift_report_job run (which fails, carrying the evidence) and, with
+    ``on_alert="full"``, a full retrain as well. One alert per window end hour (run key)."""
+    if on_alert not in ON_ALERT:
+        raise ValueError(f"drift sensor on_alert must be one of {ON_ALERT}, got {on_alert!r}")
+
+    @dg.sensor(name="drift_sensor", jobs=[drift_report_job], minimum_interval_seconds=interval_s,
+               default_status=dg.DefaultSensorStatus.STOPPED,
+               description=f"KS drift of prompt features (p < {alpha:g}, Holm) or confidence std > "
+                           f"{confidence_std:g} over the last {window_hours:g} h -> drift_report_job"
+                           + (" + full_chain_job" if on_alert == "full" else ""))
+    def drift_sensor(context: dg.SensorEvaluationContext, serving_data: ServingDataResource,
+                     artifact_store: ArtifactStoreResource):
+        store = artifact_store.store()
+        corpus = store.latest("clean_corpus")
+        if corpus is None:
+            return dg.SkipReason("no clean_corpus artifact yet to take reference features from")
+        end = dt.datetime.now(dt.timezone.utc)
+        evidence = drift_evidence(serving_data.inference_log(), reference_features(store.local_path(corpus)), end,
+                                  window_hours, alpha, min_samples, "holm", confidence_std)
+        if not evidence.alert:
+            return dg.SkipReason(evidence.reason)
+        key = end.strftime("%Y%m%dT%H")
+        config = {"window_hours": window_hours, "window_end": end.isoformat(), "alpha": alpha,
+                  "min_samples": min_samples, "confidence_std": confidence_std, "serving_home": serving_data.home}
+        tags = {"deepfeed/alert": "drift", "deepfeed/drift_reason": evidence.reason[:200]}
+        requests = [dg.RunRequest(run_key=f"drift-{key}", job_name="drift_report_job", tags=tags,
+                                  run_config={"ops": {"drift_report": {"config": config}}})]
+        if on_alert == "full":
+            requests.append(dg.RunRequest(run_key=f"drift-retrain-{key}", job_name="full_chain_job", tags=tags))
+        context.log.warning("drift alert: %s", evidence.reason)
+        return requests
+
+    return drift_sensor
+
+
+drift_sensor = build_drift_sensor(on_alert=os.environ.get("DEEPFEED_DRIFT_ON_ALERT", "report"))

@@ -1,0 +1,149 @@
+"""The production sensors evaluated with build_sensor_context, and the rollback job."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import dagster as dg
+import numpy as np
+
+from deepfeed.core.artifacts import ArtifactStore
+from deepfeed.core.feedback import FeedbackStore
+from deepfeed.core.inference_log import InferenceLog, prompt_record
+from deepfeed.core.tables import write_table
+from deepfeed.pipelines.rollback import rollback_job
+from deepfeed.resources import ArtifactStoreResource, MlflowResource
+from deepfeed.resources.serving_data import ServingDataResource
+from deepfeed.sensors.drift import build_drift_sensor
+from deepfeed.sensors.feedback import build_feedback_sensor
+from deepfeed.sensors.performance import build_performance_sensor
+from tests.serve.conftest import Registry
+
+UTC = dt.timezone.utc
+EN = ["What is the capital of France?", "How do I reset my password?", "Can you recommend a good book?",
+      "How much water should I drink?", "What is high blood pressure?", "Where is the station?"]
+
+
+def _fb(version, rating, **kw):
+    return {"prompt": "q?", "answer": "a", "rating": rating, "model_version": version, **kw}
+
+
+def test_feedback_sensor_seals_and_requests_one_run_per_batch(deepfeed_env):
+    serving = ServingDataResource(home=str(deepfeed_env))
+    store = serving.feedback_store()
+    sensor = build_feedback_sensor(min_batch=3, max_age_minutes=60)
+    for i in range(2):
+        store.append(_fb("1", 1.0))
+    result = sensor(dg.build_sensor_context(resources={"serving_data": serving}))
+    assert isinstance(result, dg.SkipReason) and "2 records waiting" in result.skip_message
+    store.append(_fb("1", 0.0, correction="better"))
+    result = sensor(dg.build_sensor_context(resources={"serving_data": serving}))
+    [batch] = store.batches()
+    [request] = result.run_requests
+    assert request.partition_key == batch and request.run_key == f"feedback-{batch}"
+    assert result.dynamic_partitions_requests[0].partition_keys == [batch]
+    assert result.dynamic_partitions_requests[0].partitions_def_name == "feedback_batches"
+    assert result.cursor == batch and len(store.read_batch(batch)) == 3
+    # Same cursor: nothing new. A trickle older than max_age is sealed anyway.
+    again = sensor(dg.build_sensor_context(cursor=batch, resources={"serving_data": serving}))
+    assert isinstance(again, dg.SkipReason)
+    store.append(_fb("1", 1.0))
+    stale = build_feedback_sensor(min_batch=100, max_age_minutes=0)
+    result = stale(dg.build_sensor_context(cursor=batch, resources={"serving_data": serving}))
+    assert [r.partition_key for r in result.run_requests] == store.batches()[1:]
+
+
+def _reference_corpus(home):
+    store = ArtifactStore(home / "artifacts")
+    rows = [{"record_id": str(i), "kind": "pair", "prompt": EN[i % len(EN)] + f" ({i})", "response": "ok",
+             "text": None, "split": "train"} for i in range(120)]
+    with store.new_version("clean_corpus") as v:
+        write_table(v.path / "records.parquet", rows)
+    return store
+
+
+def _log(home, prompts, confidences):
+    log = InferenceLog(home / "inference_log")
+    now = dt.datetime.now(UTC)
+    for i, (p, c) in enumerate(zip(prompts, confidences)):
+        log.append({"time": (now - dt.timedelta(minutes=len(prompts) - i)).isoformat(), "confidence": c,
+                    **prompt_record(p)})
+
+
+def test_drift_sensor_quiet_then_input_and_output_alerts(deepfeed_env):
+    _reference_corpus(deepfeed_env)
+    resources = {"serving_data": ServingDataResource(home=str(deepfeed_env)),
+                 "artifact_store": ArtifactStoreResource(root=str(deepfeed_env / "artifacts"))}
+    sensor = build_drift_sensor(window_hours=2, min_samples=30)
+    rng = np.random.default_rng(0)
+    _log(deepfeed_env, [EN[i % len(EN)] + f" ({i})" for i in range(60)], rng.normal(0.6, 0.05, 60))
+    quiet = sensor(dg.build_sensor_context(resources=resources))
+    assert isinstance(quiet, dg.SkipReason) and "no drift" in quiet.skip_message
+
+    shifted = [f"请问订单{i}的发货时间是什么时候？我已经等了{i * 7}天了，能否尽快处理。" for i in range(200)]
+    _log(deepfeed_env, shifted, rng.uniform(0.05, 0.95, 200))
+    [request] = sensor(dg.build_sensor_context(resources=resources))
+    config = request.run_config["ops"]["drift_report"]["config"]
+    assert request.job_name == "drift_report_job" and request.run_key.startswith("drift-")
+    assert config["alpha"] == 0.05 and "cjk_share" in request.tags["deepfeed/drift_reason"]
+    full = build_drift_sensor(window_hours=2, on_alert="full")(dg.build_sensor_context(resources=resources))
+    assert [r.job_name for r in full] == ["drift_report_job", "full_chain_job"]
+
+
+def test_drift_sensor_confidence_spread_alone_alerts(deepfeed_env):
+    _reference_corpus(deepfeed_env)
+    resources = {"serving_data": ServingDataResource(home=str(deepfeed_env)),
+                 "artifact_store": ArtifactStoreResource(root=str(deepfeed_env / "artifacts"))}
+    _log(deepfeed_env, [EN[i % len(EN)] + f" ({i})" for i in range(80)], np.random.default_rng(1).uniform(0, 1, 80))
+    [request] = build_drift_sensor(window_hours=2)(dg.build_sensor_context(resources=resources))
+    assert "confidence std" in request.tags["deepfeed/drift_reason"]
+
+
+def test_performance_sensor_rolls_back_through_the_job(deepfeed_env, empty_registry_db, tiny_llama):
+    registry = Registry(deepfeed_env, empty_registry_db)
+    v1 = registry.register(tiny_llama, "previous")
+    v2 = registry.register(tiny_llama, "champion")
+    serving = ServingDataResource(home=str(deepfeed_env))
+    mlflow = MlflowResource(tracking_uri=registry.uri, artifact_location=str(deepfeed_env / "mlartifacts"))
+    resources = {"serving_data": serving, "mlflow": mlflow}
+    store = serving.feedback_store()
+    for i in range(40):
+        store.append(_fb(v1, 1.0 if i % 10 else 0.0))  # 0.9
+    for i in range(40):
+        store.append(_fb(v2, 1.0 if i % 10 > 1 else 0.0))  # 0.8: 11% worse
+    sensor = build_performance_sensor(window=200, min_samples=30)
+    request = sensor(dg.build_sensor_context(resources=resources))
+    assert isinstance(request, dg.RunRequest) and request.run_key == f"rollback-v{v2}"
+    op_config = request.run_config["ops"]["rollback_champion"]["config"]
+    assert op_config["expected_champion"] == v2 and "11.11% worse" in op_config["reason"]
+
+    result = rollback_job.execute_in_process(run_config=request.run_config, resources=resources)
+    assert result.success
+    assert registry.client.get_model_version_by_alias("deepfeed", "champion").version == int(v1)
+    assert registry.client.get_model_version("deepfeed", v2).tags["rolled_back"] == "true"
+    [entry] = list(serving.ledger().iter_entries(action="rolled_back"))
+    assert entry["extra"]["from_version"] == v2 and entry["extra"]["to_version"] == v1
+    # Rolled back: no previous left, no flapping; replaying the old request fails clearly.
+    assert isinstance(sensor(dg.build_sensor_context(resources=resources)), dg.SkipReason)
+    again = rollback_job.execute_in_process(run_config=request.run_config, resources=resources, raise_on_error=False)
+    assert not again.success
+
+
+def test_performance_sensor_small_drop_or_few_samples_do_nothing(deepfeed_env, empty_registry_db, tiny_llama):
+    registry = Registry(deepfeed_env, empty_registry_db)
+    v1 = registry.register(tiny_llama, "previous")
+    v2 = registry.register(tiny_llama, "champion")
+    serving = ServingDataResource(home=str(deepfeed_env))
+    resources = {"serving_data": serving,
+                 "mlflow": MlflowResource(tracking_uri=registry.uri, artifact_location=str(deepfeed_env / "mlartifacts"))}
+    for i in range(50):
+        serving.feedback_store().append(_fb(v1, 0.80))
+        serving.feedback_store().append(_fb(v2, 0.79))  # 1.25% worse
+    skip = build_performance_sensor()(dg.build_sensor_context(resources=resources))
+    assert isinstance(skip, dg.SkipReason) and "rollback at 3% worse: no" in skip.skip_message
+    registry.client.set_model_version_tag("deepfeed", v2, "deepfeed.baseline_metric", "0.9")
+    few = build_performance_sensor(min_samples=60)(dg.build_sensor_context(resources=resources))
+    assert isinstance(few, dg.SkipReason) and "too few ratings" in few.skip_message
+    tagged = build_performance_sensor()(dg.build_sensor_context(resources=resources))
+    assert isinstance(tagged, dg.RunRequest) and "0.9 -> 0.79" in json.dumps(tagged.run_config)
