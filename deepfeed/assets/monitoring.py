@@ -10,7 +10,7 @@ from deepfeed.assets.common import fail, handle_metadata
 from deepfeed.core.abtest import ARMS, analyze_ab
 from deepfeed.core.artifacts import ArtifactHandle
 from deepfeed.core.monitoring import ab_events, drift_evidence, reference_features
-from deepfeed.core.rollback import CHALLENGER, CHAMPION, promote
+from deepfeed.core.rollback import BASELINE_TAG, CHALLENGER, CHAMPION, promote
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.resources.serving_data import ServingDataResource
 
@@ -109,6 +109,9 @@ def ab_test_report(context: dg.AssetExecutionContext, config: ABTestReportConfig
         promote(client, mlflow.registered_model_name, versions[CHALLENGER], f"A/B test: {result.reason}",
                 context.run.run_id, serving_data.ledger())
         client.delete_registered_model_alias(mlflow.registered_model_name, CHALLENGER)
+        # The level the A/B test measured is what the performance sensor holds it to.
+        client.set_model_version_tag(mlflow.registered_model_name, versions[CHALLENGER], BASELINE_TAG,
+                                     str(report["arms"][CHALLENGER]["mean"]))
         action = f"promoted v{versions[CHALLENGER]} to champion"
     elif config.act_on_decision and result.decision == "keep":
         client.delete_registered_model_alias(mlflow.registered_model_name, CHALLENGER)

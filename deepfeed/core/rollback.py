@@ -14,6 +14,8 @@ from typing import Any
 from deepfeed.core.audit import AuditEntry, AuditLedger
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+# Model-version tag: the key metric (mean rating) a champion is expected to hold.
+BASELINE_TAG = "deepfeed.baseline_metric"
 
 
 class RollbackError(RuntimeError):

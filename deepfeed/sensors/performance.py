@@ -3,12 +3,10 @@
 import dagster as dg
 
 from deepfeed.core.monitoring import performance_evidence
-from deepfeed.core.rollback import CHAMPION, PREVIOUS
+from deepfeed.core.rollback import BASELINE_TAG, CHAMPION, PREVIOUS
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.resources import MlflowResource
 from deepfeed.resources.serving_data import ServingDataResource
-
-BASELINE_TAG = "deepfeed.baseline_metric"
 
 
 def build_performance_sensor(window: int = 200, min_samples: int = 30, max_relative_drop: float = 0.03,

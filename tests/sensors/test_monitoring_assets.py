@@ -78,7 +78,8 @@ def test_ab_test_report_promotes_a_better_challenger(deepfeed_env, empty_registr
     client = registry.client
     assert str(client.get_model_version_by_alias("deepfeed", "champion").version) == versions["challenger"]
     assert str(client.get_model_version_by_alias("deepfeed", "previous").version) == versions["champion"]
-    assert client.get_model_version("deepfeed", versions["challenger"]).tags["ab_decision"] == "promote"
+    tags = client.get_model_version("deepfeed", versions["challenger"]).tags
+    assert tags["ab_decision"] == "promote" and 0.7 < float(tags["deepfeed.baseline_metric"]) < 0.8
     [entry] = list(AuditLedger(deepfeed_env / "audit" / "ledger.jsonl").iter_entries(action="promoted"))
     assert entry["stage"] == "ab_test"
 
