@@ -48,8 +48,8 @@ def _softmax_max(logits: np.ndarray) -> float:
 class TorchGenerator:
     runtime = "torch"
 
-    def __init__(self, checkpoint: Path, max_context: int = 512):
-        self.tokenizer = load_tokenizer(checkpoint)
+    def __init__(self, checkpoint: Path, max_context: int = 512, tokenizer_path: Path | None = None):
+        self.tokenizer = load_tokenizer(tokenizer_path or checkpoint)
         self.model = load_model(checkpoint).eval()
         self.max_context = max_context
 
@@ -69,25 +69,44 @@ class TorchGenerator:
 
 
 class OnnxGenerator:
-    """Greedy decoding over the exported logits-only graph (no KV cache: each step
-    re-reads the whole sequence, which is what the exported graph offers)."""
+    """Greedy decoding with ONNX Runtime over the int8 decoder-with-past graph (the
+    prompt once, then one token per step), or over the logits-only graph when the
+    version has no KV export (each step then re-reads the whole sequence).
+
+    Not onnx_kv.onnx_greedy_generate: serving needs each step's probabilities for the
+    confidence the drift monitor watches, which that function does not return."""
 
     runtime = "onnx_int8"
 
     def __init__(self, onnx_file: Path, checkpoint: Path, max_context: int = 512):
         from deepfeed.core.compression import onnx_session
+        from deepfeed.core.onnx_kv import layout_from_session
 
         self.tokenizer = load_tokenizer(checkpoint)
         self.session = onnx_session(onnx_file)
         self.max_context = max_context
+        names = {i.name for i in self.session.get_inputs()}
+        self.layout = layout_from_session(self.session) if any(n.startswith("past_key_values.") for n in names) else None
+        self.onnx_file = onnx_file
+
+    def _next_logits(self, ids: list[int], past: list | None) -> tuple[np.ndarray, list | None]:
+        if self.layout is None:
+            window = np.asarray([ids[-self.max_context:]], dtype=np.int64)
+            return self.session.run(None, {"input_ids": window, "attention_mask": np.ones_like(window)})[0][0, -1], None
+        feeds = {"attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+        if past is None:
+            feeds |= {"input_ids": np.asarray([ids], dtype=np.int64), **self.layout.empty(1)}
+        else:
+            feeds |= {"input_ids": np.asarray([[ids[-1]]], dtype=np.int64), **dict(zip(self.layout.input_names(), past))}
+        logits, *presents = self.session.run(["logits", *self.layout.output_names()], feeds)
+        return logits[0, -1], presents
 
     def generate(self, prompt: str, max_new_tokens: int) -> Generation:
         ids = prompt_ids(self.tokenizer, prompt)[-self.max_context:]
-        start, probs = len(ids), []
+        start, probs, past = len(ids), [], None
         eos = self.tokenizer.eos_token_id
         for _ in range(max_new_tokens):
-            window = np.asarray([ids[-self.max_context:]], dtype=np.int64)
-            logits = self.session.run(None, {"input_ids": window, "attention_mask": np.ones_like(window)})[0][0, -1]
+            logits, past = self._next_logits(ids, past)
             token = int(logits.argmax())
             probs.append(_softmax_max(logits))
             ids.append(token)
@@ -97,8 +116,12 @@ class OnnxGenerator:
         return Generation(text, float(np.mean(probs)) if probs else float("nan"), len(ids) - start)
 
 
+ONNX_CANDIDATES = ("onnx/decoder_with_past_int8.onnx", "onnx/model_int8.onnx")
+
+
 def compressed_onnx_for(checkpoint: Path) -> Path | None:
-    """The int8 ONNX file of the newest compressed_model built from this checkpoint.
+    """The int8 ONNX file of the newest compressed_model built from this checkpoint
+    (the KV-cache decoder when it was exported, else the logits-only graph).
 
     A registered version's source is ``<artifact root>/<asset>/<version>/checkpoint``;
     compressed_model records the artifact version it was built from as ``source_version``.
@@ -113,9 +136,11 @@ def compressed_onnx_for(checkpoint: Path) -> Path | None:
         if not manifest.exists():
             continue
         counts = json.loads(manifest.read_text()).get("counts", {})
-        onnx_file = candidate / "onnx" / "model_int8.onnx"
-        if str(counts.get("source_version")) == source_version and onnx_file.exists():
-            return onnx_file
+        if str(counts.get("source_version")) != source_version:
+            continue
+        for relative in ONNX_CANDIDATES:
+            if (candidate / relative).exists():
+                return candidate / relative
     return None
 
 
