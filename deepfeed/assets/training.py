@@ -1,19 +1,30 @@
-"""base_model and finetuned_model: the checkpoint we start from and the one we train."""
+"""base_model and finetuned_model: the checkpoint we start from and the base stream.
+
+finetuned_model is the monthly full retrain of SPEC §4; with `start_from: champion`,
+EWC and the feedback history it is the quarterly knowledge review. The incremental
+stream is in incremental.py.
+"""
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from deepfeed.assets.common import fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle, hash_folder
+from deepfeed.core.feedback import FeedbackStore
+from deepfeed.core.incremental import records_hash, training_state_dir
 from deepfeed.core.modeling import ModelSourceError, describe_checkpoint
+from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.plots import line_plot, markdown_image
 from deepfeed.core.tables import read_table
-from deepfeed.core.training import TrainingConfig, TrainingError, config_dict, fine_tune
+from deepfeed.core.training import TrainingConfig, TrainingError, TrainingResult, config_dict, fine_tune
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
+from deepfeed.resources.mlflow_tracking import CHAMPION
 
 GROUP = "training"
 
@@ -36,10 +47,10 @@ def base_model(context: dg.AssetExecutionContext, model_source: ModelSourceResou
     return dg.Output(handle, metadata={**handle_metadata(handle), "weight_files": ", ".join(info["weight_files"])})
 
 
-class FinetunedModelConfig(dg.Config):
+class TrainingFields(dg.Config):
     method: str = Field(default="lora", description="'lora' (peft adapters, merged before saving) or 'full' fine-tuning.")
     max_steps: int = Field(default=30, description="Optimizer steps.")
-    batch_size: int = Field(default=8, description="Sequences per step.")
+    batch_size: int = Field(default=8, description="Sequences per step (the global batch when nproc > 1).")
     max_length: int = Field(default=128, description="Tokens per sequence (longer ones are cut).")
     learning_rate: float = Field(default=2e-4, description="Peak learning rate of AdamW after warm-up.")
     final_learning_rate: float = Field(default=1e-6, description="Learning rate at the end of the cosine decay (SPEC: 1e-6).")
@@ -48,8 +59,102 @@ class FinetunedModelConfig(dg.Config):
     lora_rank: int = Field(default=8, description="LoRA rank (method=lora).")
     lora_alpha: int = Field(default=16, description="LoRA scaling alpha (method=lora).")
     gradient_checkpointing: bool = Field(default=False, description="Recompute activations in backward to save memory.")
+    packing: bool = Field(default=False, description="Concatenate records into full max_length rows (no padding).")
+    precision: str = Field(default="auto", description="'auto' (bf16 on a GPU that supports it, else fp32), 'fp32' or 'bf16'.")
+    distill_alpha: float = Field(default=1.0, description="Weight of the label CE; 1 - alpha goes to the teacher's KL at distill_temperature (1.0 = no distillation).")
+    distill_temperature: float = Field(default=0.7, description="Softmax temperature of distillation (SPEC: 0.7); the KL is scaled by T^2.")
+    teacher_path: str = Field(default="", description="Teacher checkpoint folder for distillation; empty = the current MLflow champion.")
+    ewc_lambda: float = Field(default=0.0, description="EWC penalty strength towards the starting checkpoint (0 = off; needs method=full).")
+    fisher_samples: int = Field(default=32, description="Records of the earlier data used for the EWC Fisher (computed once per champion).")
+    checkpoint_every: int = Field(default=0, description="Write a resumable checkpoint every N steps (0 = none); a retried run resumes from it.")
     seed: int = Field(default=0, description="Seed of initialization and data order.")
     log_every: int = Field(default=5, description="Write a progress line to the Dagster log every N steps.")
+
+    def training_config(self, **overrides: Any) -> TrainingConfig:
+        fields = {k: v for k, v in self.model_dump().items() if k in TrainingConfig.__dataclass_fields__}
+        return TrainingConfig(**{**fields, **overrides})
+
+
+class FinetunedModelConfig(TrainingFields):
+    start_from: str = Field(default="base", description="'base' (the base model: monthly full retrain) or 'champion' (the current MLflow champion; the knowledge review).")
+    include_feedback_history: bool = Field(default=False, description="Also train on every sealed feedback batch so far (the quarterly knowledge review).")
+    feedback_root: str = Field(default="", description="Feedback store folder; empty = $DEEPFEED_HOME/feedback.")
+    eval_samples: int = Field(default=16, description="Held-out records of the clean corpus scored for the eval loss.")
+
+
+def feedback_store(root: str) -> FeedbackStore:
+    return FeedbackStore(Path(root).expanduser()) if root else FeedbackStore()
+
+
+def current_champion(mlflow: MlflowResource):
+    version = mlflow.version_by_alias(CHAMPION)
+    if version is None:
+        return None, None
+    source = Path(version.source)
+    try:
+        describe_checkpoint(source)
+    except ModelSourceError as exc:
+        raise fail("mlflow champion", f"version {version.version}: {exc}") from exc
+    return source, str(version.version)
+
+
+def progress(context: dg.AssetExecutionContext, config: TrainingFields):
+    def log(step: int, loss: float, lr: float) -> None:
+        if step % config.log_every == 0 or step == config.max_steps - 1:
+            context.log.info("step %d/%d loss %.4f lr %.2e", step + 1, config.max_steps, loss, lr)
+
+    return log
+
+
+def write_reports(folder: Path, result: TrainingResult, training: TrainingConfig, extra: dict[str, Any]) -> Path:
+    series = {"train loss": result.losses}
+    if result.eval_losses:
+        # Eval points are sparse: hold the last value so both curves share the step axis.
+        evals, held, last = dict(result.eval_losses), [], float("nan")
+        for step in range(1, len(result.losses) + 1):
+            last = evals.get(step, last)
+            held.append(last)
+        series["eval loss"] = held
+    plot = line_plot(folder / "loss_curve.png", series, "Training loss", "step", "loss")
+    (folder / "training.json").write_text(json.dumps({
+        **result.summary(), **extra, "losses": result.losses, "learning_rates": result.learning_rates,
+        "eval_losses": result.eval_losses, "tokens_per_second": result.tokens_per_second_series,
+        "peak_memory_mb": result.peak_memory_mb_series, "config": config_dict(training),
+    }, indent=2, default=str))
+    return plot
+
+
+def log_to_mlflow(context, mlflow: MlflowResource, prefix: str, params: dict[str, Any], result: TrainingResult, files: list[Path]) -> None:
+    mlflow.log(
+        context,
+        params=params,
+        metrics={
+            f"{prefix}_final_loss": result.losses[-1],
+            f"{prefix}_tokens_per_second": result.tokens_per_second,
+            f"{prefix}_peak_memory_mb": result.peak_memory_mb,
+            f"{prefix}_final_eval_loss": result.eval_losses[-1][1] if result.eval_losses else None,
+        },
+        series={
+            f"{prefix}_loss": result.losses,
+            "learning_rate" if prefix == "train" else f"{prefix}_learning_rate": result.learning_rates,
+            f"{prefix}_step_tokens_per_second": result.tokens_per_second_series,
+            f"{prefix}_peak_memory_mb_by_step": result.peak_memory_mb_series,
+            # MLflow step = the number of evaluations so far (every eval_every steps).
+            f"{prefix}_eval_loss": [loss for _, loss in result.eval_losses],
+        },
+        artifacts=files,
+    )
+
+
+def checkpoint_source(store, handle: ArtifactHandle) -> str:
+    return str(store.local_path(handle) / "checkpoint") if store.is_local else f"{handle.uri}/checkpoint"
+
+
+def train_logged(config: TrainingFields, training: TrainingConfig, start: Path, records, checkpoint: Path, context, **kwargs) -> TrainingResult:
+    try:
+        return fine_tune(start, records, checkpoint, training, on_step=progress(context, config), **kwargs)
+    except (TrainingError, ValueError, OSError) as exc:
+        raise fail(context.asset_key.to_user_string(), str(exc)) from exc
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"})
@@ -63,42 +168,48 @@ def finetuned_model(
 ) -> dg.Output[ArtifactHandle]:
     """The base model fine-tuned on the augmented corpus; registered in MLflow as `challenger`."""
     store = artifact_store.store()
-    records = read_table(store.local_path(augmented_corpus) / "records.parquet")
-    training = TrainingConfig(**config.model_dump())
+    corpus = read_table(store.local_path(augmented_corpus) / "records.parquet")
+    records = list(corpus)
+    if config.include_feedback_history:
+        feedback = feedback_store(config.feedback_root)
+        records += [r for batch in feedback.batches() for r in feedback.read_batch(batch)]
+    if config.start_from not in {"base", "champion"}:
+        raise fail("finetuned_model.config.start_from", f"{config.start_from!r}: expected 'base' or 'champion'")
+    champion, champion_version = current_champion(mlflow)
+    start, parent = Path(base_model.uri), ""
+    if config.start_from == "champion" and champion is not None:
+        start, parent = champion, champion_version
+    teacher = Path(config.teacher_path) if config.teacher_path else champion
+    if config.distill_alpha < 1.0 and teacher is None:
+        raise fail("finetuned_model.config.teacher_path", "distillation needs a teacher: set teacher_path or promote a champion first")
+    clean = store.latest("clean_corpus")
+    held_out = [r for r in read_table(store.local_path(clean) / "records.parquet") if r.get("split") == "eval"] if clean else []
+    training = config.training_config(eval_samples=config.eval_samples)
+    data_hash = records_hash(records) if config.include_feedback_history else augmented_corpus.content_hash
 
-    def progress(step: int, loss: float, lr: float) -> None:
-        if step % config.log_every == 0 or step == config.max_steps - 1:
-            context.log.info("step %d/%d loss %.4f lr %.2e", step + 1, config.max_steps, loss, lr)
-
+    state = training_state_dir(deepfeed_home(), "finetuned_model", f"{data_hash[:16]}-{parent or 'base'}")
     with store.new_version("finetuned_model", run_id=context.run.run_id) as version:
-        checkpoint = version.path / "checkpoint"
-        try:
-            result = fine_tune(Path(base_model.uri), records, checkpoint, training, on_step=progress)
-        except TrainingError as exc:
-            raise fail("finetuned_model", str(exc)) from exc
-        plot = line_plot(version.path / "loss_curve.png", {"train loss": result.losses}, "Training loss", "step", "loss")
-        (version.path / "training.json").write_text(json.dumps({**result.summary(), "losses": result.losses, "learning_rates": result.learning_rates, "config": config_dict(training)}, indent=2))
+        result = train_logged(
+            config, training, start, records, version.path / "checkpoint", context,
+            teacher_path=teacher if config.distill_alpha < 1.0 else None,
+            ewc_records=corpus if config.ewc_lambda > 0 else None,
+            eval_records=held_out,
+            checkpoint_dir=state if config.checkpoint_every else None,
+        )
+        plot = write_reports(version.path, result, training, {"start": str(start), "parent_version": parent})
         version.counts.update(result.summary())
-        version.counts.update(data_hash=augmented_corpus.content_hash, base_model=base_model.uri)
+        version.counts.update(data_hash=data_hash, base_model=base_model.uri, start_from=str(start))
+    shutil.rmtree(state, ignore_errors=True)
     handle = version.handle
-    mlflow.log(
-        context,
-        params={**config.model_dump(), "base_model": base_model.uri, "data_hash": augmented_corpus.content_hash},
-        metrics={"train_final_loss": result.losses[-1], "train_tokens_per_second": result.tokens_per_second},
-        series={"train_loss": result.losses, "learning_rate": result.learning_rates},
-        artifacts=[store.local_path(handle) / "loss_curve.png", store.local_path(handle) / "training.json"],
-    )
-    model_version = mlflow.register_version(
-        context,
-        source=str(store.local_path(handle) / "checkpoint") if store.is_local else f"{handle.uri}/checkpoint",
-        tags={
-            "data_hash": augmented_corpus.content_hash,
-            "base_model": base_model.uri,
-            "base_model_hash": base_model.content_hash,
-            "artifact_version": handle.version,
-            "stream": "full",
-        },
-    )
+    folder = store.local_path(handle)
+    log_to_mlflow(context, mlflow, "train", {**config.model_dump(), "base_model": base_model.uri, "data_hash": data_hash}, result, [folder / "loss_curve.png", folder / "training.json"])
+    tags = {
+        "data_hash": data_hash, "base_model": base_model.uri, "base_model_hash": base_model.content_hash,
+        "artifact_version": handle.version, "stream": "review" if config.start_from == "champion" else "full",
+    }
+    if parent:
+        tags["parent_version"] = parent
+    model_version = mlflow.register_version(context, source=checkpoint_source(store, handle), tags=tags)
     context.log.info("registered %s version %s as challenger", mlflow.registered_model_name, model_version)
     handle = replace(handle, counts={**handle.counts, "mlflow_version": model_version})
     return dg.Output(
@@ -106,7 +217,6 @@ def finetuned_model(
         metadata={
             **handle_metadata(handle),
             "mlflow_model_version": model_version,
-            "loss_curve": dg.MetadataValue.md(markdown_image(store.local_path(handle) / "loss_curve.png", "training loss")),
+            "loss_curve": dg.MetadataValue.md(markdown_image(folder / "loss_curve.png", "training loss")),
         },
     )
-

@@ -7,7 +7,8 @@ import dagster as dg
 # The whole chain, from raw corpora to the promoted champion.
 full_chain_job = dg.define_asset_job(
     "full_chain_job",
-    selection=dg.AssetSelection.all(),
+    # The incremental stream is partitioned per feedback batch and runs from its own job.
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("incremental_model"),
     description="Ingest, clean, augment, fine-tune, compress, evaluate and promote.",
     tags={"deepfeed/stream": "full"},
 )

@@ -1,0 +1,130 @@
+"""incremental_model: the incremental stream of SPEC §4, one run per sealed feedback batch.
+
+Each dynamic partition is a feedback batch. Training starts from the MLflow champion
+(the base model before there is one), mixes in a replay of the augmented corpus, keeps
+close to the champion with EWC, and lowers its learning rate when the loss on a held-out
+replay sample rises. Kept out of the chain's modules because it is partitioned: it runs
+from the feedback sensor (`incremental_job`), not with `--select '*'` of the chain.
+"""
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from deepfeed.assets.common import fail, handle_metadata
+from deepfeed.assets.training import (
+    GROUP,
+    current_champion,
+    checkpoint_source,
+    feedback_store,
+    log_to_mlflow,
+    train_logged,
+    TrainingFields,
+    write_reports,
+)
+from deepfeed.core.artifacts import ArtifactHandle
+from deepfeed.core.incremental import plan_replay, records_hash, training_state_dir
+from deepfeed.core.offline import deepfeed_home
+from deepfeed.core.plots import markdown_image
+from deepfeed.core.tables import read_table
+from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
+
+# One partition per sealed feedback batch; the feedback sensor adds them (by this name).
+feedback_batches = dg.DynamicPartitionsDefinition(name="feedback_batches")
+
+
+class IncrementalModelConfig(TrainingFields):
+    method: str = Field(default="full", description="'full' (needed for EWC) or 'lora'.")
+    max_steps: int = Field(default=20, description="Optimizer steps on this feedback batch (+ replay).")
+    learning_rate: float = Field(default=3e-5, description="Initial learning rate of the incremental stream (SPEC: 3e-5).")
+    warmup_steps: int = Field(default=0, description="Linear warm-up steps.")
+    ewc_lambda: float = Field(default=1e4, description="EWC penalty strength towards the champion (0 = off).")
+    replay_ratio: float = Field(default=0.5, description="Earlier (augmented corpus) records replayed per feedback record.")
+    eval_samples: int = Field(default=16, description="Earlier records held out of training to measure forgetting (the replay sample).")
+    eval_every: int = Field(default=5, description="Score the replay sample every N steps; a rise lowers the learning rate.")
+    elastic_factor: float = Field(default=0.5, description="Multiplier of the learning rate each time the replay loss rises.")
+    elastic_tolerance: float = Field(default=0.0, description="Relative rise of the replay loss tolerated before lowering the learning rate.")
+    elastic_min_scale: float = Field(default=0.05, description="Lowest fraction of the scheduled learning rate the elastic scale reaches.")
+    checkpoint_every: int = Field(default=10, description="Write a resumable checkpoint every N steps (0 = none); a retried run resumes from it.")
+    feedback_root: str = Field(default="", description="Feedback store folder; empty = $DEEPFEED_HOME/feedback.")
+
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "mlflow"},
+    partitions_def=feedback_batches,
+    deps=["augmented_corpus", "base_model"],
+)
+def incremental_model(
+    context: dg.AssetExecutionContext,
+    config: IncrementalModelConfig,
+    artifact_store: ArtifactStoreResource,
+    mlflow: MlflowResource,
+    model_source: ModelSourceResource,
+) -> dg.Output[ArtifactHandle]:
+    """The champion trained on one sealed feedback batch (plus a replay of earlier data),
+    with EWC towards the champion and an elastic learning rate; registered as `challenger`."""
+    batch_id = context.partition_key
+    store = artifact_store.store()
+    try:
+        feedback = feedback_store(config.feedback_root).read_batch(batch_id)
+    except KeyError as exc:
+        raise fail("incremental_model.config.feedback_root", str(exc)) from exc
+    if not feedback:
+        raise fail("incremental_model", f"feedback batch {batch_id} holds no trainable record (only bad ratings without a correction)")
+    champion, parent = current_champion(mlflow)
+    if champion is None:
+        champion = model_source.resolve()
+        context.log.info("no champion in the registry yet: starting from the base model %s", champion)
+    corpus = store.latest("augmented_corpus")
+    earlier = read_table(store.local_path(corpus) / "records.parquet") if corpus else []
+    if config.ewc_lambda > 0 and not earlier:
+        raise fail("incremental_model.config.ewc_lambda", "EWC needs the champion's training data: materialize augmented_corpus first or set ewc_lambda: 0")
+    try:
+        plan = plan_replay(feedback, earlier, config.replay_ratio, config.eval_samples, config.seed)
+    except ValueError as exc:
+        raise fail("incremental_model.config.replay_ratio", str(exc)) from exc
+    teacher = Path(config.teacher_path) if config.teacher_path else champion
+    training = config.training_config(elastic=True, eval_every=config.eval_every, eval_samples=config.eval_samples,
+                                      elastic_factor=config.elastic_factor, elastic_tolerance=config.elastic_tolerance,
+                                      elastic_min_scale=config.elastic_min_scale)
+    data_hash = records_hash(plan.train)
+    state = training_state_dir(deepfeed_home(), "incremental_model", f"{batch_id}-{parent or 'base'}")
+
+    with store.new_version("incremental_model", run_id=context.run.run_id) as version:
+        result = train_logged(
+            config, training, champion, plan.train, version.path / "checkpoint", context,
+            teacher_path=teacher if config.distill_alpha < 1.0 else None,
+            ewc_records=earlier if config.ewc_lambda > 0 else None,
+            eval_records=plan.replay_eval,
+            checkpoint_dir=state if config.checkpoint_every else None,
+        )
+        extra = {"feedback_batch": batch_id, "parent_version": parent, "start": str(champion), "feedback_records": plan.feedback, "replayed_records": plan.replayed}
+        write_reports(version.path, result, training, extra)
+        version.counts.update(result.summary())
+        version.counts.update(data_hash=data_hash, feedback_batch=batch_id, feedback_records=plan.feedback,
+                              replayed_records=plan.replayed, parent_version=parent or "base")
+    shutil.rmtree(state, ignore_errors=True)
+    handle = version.handle
+    folder = store.local_path(handle)
+    log_to_mlflow(context, mlflow, "incremental", {**config.model_dump(), "feedback_batch": batch_id, "data_hash": data_hash}, result, [folder / "loss_curve.png", folder / "training.json"])
+    tags = {"stream": "incremental", "data_hash": data_hash, "feedback_batch": batch_id, "parent_version": parent or "none",
+            "start_checkpoint": str(champion), "artifact_version": handle.version}
+    model_version = mlflow.register_version(context, source=checkpoint_source(store, handle), tags=tags)
+    context.log.info("registered %s version %s (parent %s) as challenger", mlflow.registered_model_name, model_version, parent or "base model")
+    handle = replace(handle, counts={**handle.counts, "mlflow_version": model_version})
+    eval_rows = "\n".join(f"| {step} | {loss:.4f} |" for step, loss in result.eval_losses)
+    return dg.Output(
+        handle,
+        metadata={
+            **handle_metadata(handle),
+            "mlflow_model_version": model_version,
+            "fisher_file": dg.MetadataValue.path(result.fisher_file) if result.fisher_file else "none",
+            "replay_loss": dg.MetadataValue.md("| step | replay loss |\n|---:|---:|\n" + eval_rows if eval_rows else "_no replay sample_"),
+            "loss_curve": dg.MetadataValue.md(markdown_image(folder / "loss_curve.png", "incremental loss")),
+        },
+    )

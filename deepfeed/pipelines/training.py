@@ -1,0 +1,43 @@
+"""Jobs and schedules of the training streams beyond the monthly full retrain."""
+
+import dagster as dg
+
+from deepfeed.assets.incremental import feedback_batches
+
+# One run per sealed feedback batch; the feedback sensor requests them by partition key.
+incremental_job = dg.define_asset_job(
+    "incremental_job",
+    selection=dg.AssetSelection.assets("incremental_model"),
+    partitions_def=feedback_batches,
+    description="Train the champion on one sealed feedback batch (replay + EWC + elastic LR).",
+    tags={"deepfeed/stream": "incremental"},
+)
+
+# SPEC §4 against forgetting: every quarter, retrain from the champion on the whole
+# history (augmented corpus + every feedback batch) with EWC, then compress, evaluate
+# and promote through the same gate as any other candidate.
+KNOWLEDGE_REVIEW_CONFIG = {
+    "start_from": "champion",
+    "include_feedback_history": True,
+    "method": "full",
+    "ewc_lambda": 1e4,
+    "learning_rate": 3e-5,
+    "checkpoint_every": 50,
+}
+
+knowledge_review_job = dg.define_asset_job(
+    "knowledge_review_job",
+    selection=dg.AssetSelection.assets("finetuned_model").downstream() - dg.AssetSelection.groups("monitoring"),
+    config={"ops": {"finetuned_model": {"config": KNOWLEDGE_REVIEW_CONFIG}}},
+    description="Quarterly knowledge review: retrain from the champion on all data and feedback with EWC.",
+    tags={"deepfeed/stream": "review"},
+)
+
+quarterly_knowledge_review = dg.ScheduleDefinition(
+    name="quarterly_knowledge_review",
+    job=knowledge_review_job,
+    cron_schedule="0 3 1 1,4,7,10 *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Knowledge review at 03:00 UTC on the 1st of January, April, July and October.",
+)

@@ -1,0 +1,119 @@
+"""The incremental stream and the knowledge review through Dagster, on tiny models."""
+
+import datetime as dt
+
+import dagster as dg
+import pytest
+
+from deepfeed.assets.incremental import feedback_batches, incremental_model
+from deepfeed.core.ewc import fisher_path
+from deepfeed.core.feedback import FeedbackStore
+from deepfeed.definitions import defs
+from deepfeed.resources.mlflow_tracking import CHALLENGER
+from tests.dagster.test_chain import materialize, resources
+
+FEEDBACK = [
+    {"prompt": "Where is the station?", "answer": "Walk north two blocks.", "rating": 1.0, "lang": "en"},
+    {"prompt": "How do I bake bread?", "answer": "Buy it.", "correction": "Mix flour, water and yeast, then bake.", "rating": 0.0},
+    {"prompt": "What time is it?", "answer": "It is half past three.", "rating": 0.9},
+    {"prompt": "Who wrote the letter?", "answer": "Nobody.", "rating": 0.0},  # bad, no correction: not trained on
+]
+FAST = {"max_steps": 4, "batch_size": 4, "max_length": 64, "learning_rate": 1e-3, "eval_every": 2,
+        "eval_samples": 4, "checkpoint_every": 2, "fisher_samples": 4, "ewc_lambda": 100.0}
+
+
+@pytest.fixture
+def instance(deepfeed_env):
+    with dg.instance_for_test(temp_dir=str(deepfeed_env / "dagster")) as instance:
+        yield instance
+
+
+def seal(home, records) -> str:
+    store = FeedbackStore(home / "feedback")
+    for record in records:
+        store.append(record)
+    return store.seal_batch()
+
+
+def run_incremental(home, base, instance, batch, raise_on_error=True, **config):
+    instance.add_dynamic_partitions(feedback_batches.name, [batch])
+    return dg.materialize(
+        [incremental_model],
+        partition_key=batch,
+        resources=resources(home, base),
+        run_config={"ops": {"incremental_model": {"config": {**FAST, **config}}}},
+        instance=instance,
+        raise_on_error=raise_on_error,
+    )
+
+
+def test_incremental_stream_from_base_then_from_champion(deepfeed_env, tiny_llama, tiny_corpus, instance):
+    assert materialize(["raw_corpus", "clean_corpus", "augmented_corpus"], deepfeed_env, tiny_llama, tiny_corpus, instance).success
+    mlflow = resources(deepfeed_env, tiny_llama)["mlflow"]
+
+    first = run_incremental(deepfeed_env, tiny_llama, instance, seal(deepfeed_env, FEEDBACK))
+    version = mlflow.version_by_alias(CHALLENGER)
+    assert version.tags["stream"] == "incremental" and version.tags["parent_version"] == "none"
+    assert version.tags["dagster_run_id"] == first.run_id and len(version.tags["data_hash"]) == 64
+    meta = first.asset_materializations_for_node("incremental_model")[0].metadata
+    assert meta["feedback_records"].value == 3 and meta["replayed_records"].value == 2  # round(0.5 * 3)
+    assert "| 2 |" in meta["replay_loss"].value and "| 4 |" in meta["replay_loss"].value
+    client = mlflow.client()
+    assert len(client.get_metric_history(version.run_id, "incremental_loss")) == 4
+    assert len(client.get_metric_history(version.run_id, "incremental_eval_loss")) == 2
+    assert {"incremental_peak_memory_mb", "incremental_tokens_per_second"} <= set(client.get_run(version.run_id).data.metrics)
+    assert not (deepfeed_env / "training_state" / "incremental_model").exists() or not any((deepfeed_env / "training_state" / "incremental_model").iterdir())
+
+    # Promote it; the next batch starts from it, with its Fisher stored next to it.
+    mlflow.promote(version.version)
+    second = run_incremental(deepfeed_env, tiny_llama, instance, seal(deepfeed_env, FEEDBACK[:2]))
+    child = mlflow.version_by_alias(CHALLENGER)
+    assert child.version != version.version and child.tags["parent_version"] == str(version.version)
+    assert child.tags["start_checkpoint"] == version.source
+    assert fisher_path(version.source).exists()
+    assert second.asset_materializations_for_node("incremental_model")[0].metadata["fisher_file"].value == str(fisher_path(version.source))
+
+
+def test_diverging_incremental_run_registers_nothing(deepfeed_env, tiny_llama, tiny_corpus, instance):
+    mlflow = resources(deepfeed_env, tiny_llama)["mlflow"]
+    result = run_incremental(deepfeed_env, tiny_llama, instance, seal(deepfeed_env, FEEDBACK), raise_on_error=False,
+                             learning_rate=float("inf"), ewc_lambda=0.0, replay_ratio=0.0, checkpoint_every=1)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.step_failure_data.error.to_string()
+    assert "incremental_model" in message and ("loss became nan" in message or "not finite" in message)
+    assert mlflow.version_by_alias(CHALLENGER) is None
+    assert not list((deepfeed_env / "artifacts" / "incremental_model").glob("2*"))
+
+
+def test_deepseek_v3_trains_in_the_incremental_stream(deepfeed_env, tiny_deepseek, instance):
+    batch = seal(deepfeed_env, FEEDBACK)
+    result = run_incremental(deepfeed_env, tiny_deepseek, instance, batch, ewc_lambda=0.0, replay_ratio=0.0, max_steps=2, checkpoint_every=0)
+    assert result.success
+    version = resources(deepfeed_env, tiny_deepseek)["mlflow"].version_by_alias(CHALLENGER)
+    assert version.tags["feedback_batch"] == batch
+
+
+def test_unknown_feedback_batch_is_named(deepfeed_env, tiny_llama, instance):
+    result = run_incremental(deepfeed_env, tiny_llama, instance, "000042-nope", raise_on_error=False)
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "incremental_model.config.feedback_root" in failure.step_failure_data.error.to_string()
+
+
+def test_jobs_and_the_quarterly_knowledge_review_schedule():
+    job = defs.resolve_job_def("incremental_job")
+    assert job.partitions_def == feedback_batches
+    schedule = defs.resolve_schedule_def("quarterly_knowledge_review")
+    start = dt.datetime(2026, 11, 29, tzinfo=dt.timezone.utc).timestamp()
+    # Dagster's own cron iterator (what the daemon uses), so the test checks real fire times.
+    from dagster._utils.schedules import cron_string_iterator
+
+    ticks = cron_string_iterator(start, schedule.cron_schedule, schedule.execution_timezone)
+    fires = [t for _, t in zip(range(5), ticks)]
+    assert [(t.year, t.month, t.day, t.hour) for t in fires] == [(2027, 1, 1, 3), (2027, 4, 1, 3), (2027, 7, 1, 3), (2027, 10, 1, 3), (2028, 1, 1, 3)]
+    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2027, 4, 1, 3, tzinfo=dt.timezone.utc))
+    requests = schedule.evaluate_tick(context).run_requests
+    assert len(requests) == 1 and schedule.job_name == "knowledge_review_job"
+    review = defs.resolve_job_def("knowledge_review_job")
+    selected = {k.to_user_string() for k in review.asset_layer.selected_asset_keys}
+    assert {"finetuned_model", "compressed_model", "evaluation_report", "champion_model"} <= selected and "incremental_model" not in selected
