@@ -363,7 +363,10 @@ def fine_tune(
         state = _resume(found[-1], model, optimizer, config, sampler, elastic)
         result.resumed_from_step = state.step
     result.losses, result.learning_rates, result.tokens = state.losses, state.learning_rates, state.tokens
-    trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # A mixture-of-experts layer leaves the experts no token was routed to without a
+    # gradient, which DDP must be told to expect.
+    moe = getattr(model.config, "n_routed_experts", None) is not None
+    trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=moe) if world > 1 else model
 
     started = time.perf_counter()
     for step in range(state.step, config.max_steps):
