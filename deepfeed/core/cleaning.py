@@ -1,50 +1,105 @@
-"""Cleaning the ingested records: normalization, exact dedup, filters, the held-out split.
+"""Cleaning ingested records: normalize, scrub PII, normalize glossary terms, filter,
+deduplicate, k-anonymize the quasi-identifiers, and split off a stable held-out set.
 
-Every record that leaves is accounted for: kept = cleaned + removed-with-reason.
+Order of the steps (each feeds the next):
+
+1. ``quality.normalize_text`` (mojibake repair, NFKC, controls, HTML/Markdown debris,
+   whitespace) and ``strip_boilerplate_lines`` on every text field;
+2. PII scrubbing with typed placeholders (``<EMAIL>``, ``<ID_CN>``, ...) on every text
+   field, the tags and the string values of the metadata;
+3. glossary normalization (every variant to its canonical form);
+4. language identification per record (zh / en / other, replaces the declared one);
+5. quality filters (``quality.check_quality``) on the training text;
+6. exact duplicates (content hash) and near-duplicates (MinHash LSH);
+7. k-anonymity of the configured quasi-identifier columns of ``meta`` (over all kept
+   records, so it runs once at the end).
+
+Every record that leaves is accounted for: kept = cleaned + removed-with-reason, and
+every change is described by an ``AuditEntry`` (hashes only, never the text).
+
+Batches are independent except for the dedup state, so :class:`CorpusCleaner` can be fed
+a stream of batches (Arrow record batches turned into rows) with flat memory apart from
+the dedup index.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-import unicodedata
+import json
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-_SPACES = re.compile(r"[ \t\u00a0\u3000]+")
-_BLANK_LINES = re.compile(r"\n{3,}")
+from deepfeed.core.audit import AuditEntry, content_hash
+from deepfeed.core.dedup import NearDuplicateIndex, exact_key
+from deepfeed.core.glossary import Glossary, load_glossary
+from deepfeed.core.kanonymity import DEFAULT_K, anonymize
+from deepfeed.core.pii import scrub
+from deepfeed.core.quality import QualityConfig, check_quality, detect_languages, strip_boilerplate_lines
+from deepfeed.core.quality import normalize_text as _normalize_quality
+
 TEXT_FIELDS = ("prompt", "response", "text")
+STAGE = "clean_corpus"
+REMOVED_FIELDS = ("record_id", "source", "reason", "detail")
 
 
 @dataclass(frozen=True)
 class CleaningConfig:
-    min_chars: int = 2
+    # Effective length (whitespace not counted, a Han character counts 3): dialog pairs
+    # such as "Hi" / "Yes." are real training data, so the floor is far below
+    # quality.QualityConfig's 20, which was tuned for documents.
+    min_chars: int = 4
     max_chars: int = 8000
     eval_fraction: float = 0.1
     split_seed: int = 17
+    near_duplicate_threshold: float = 0.9
+    # None: the shipped ICD-10 example; "" switches glossary normalization off.
+    glossary_path: str | None = None
+    scrub_pii: bool = True
+    quasi_identifiers: tuple[str, ...] = ()
+    k: int = DEFAULT_K
+    max_suppression: float = 0.05
+    batch_size: int = 4096
+
+    def __post_init__(self):
+        # datasketch cannot lay out LSH bands for a threshold of 1 (or above 0.99 with
+        # 128 permutations); exact duplicates are caught by the content hash anyway.
+        if not 0.0 < self.near_duplicate_threshold <= 0.99:
+            raise ValueError(f"near_duplicate_threshold must be in (0, 0.99], got {self.near_duplicate_threshold}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+
+    def quality(self) -> QualityConfig:
+        return QualityConfig(min_length=self.min_chars, max_length=self.max_chars)
 
 
 @dataclass
 class CleaningResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     removed: list[dict[str, Any]] = field(default_factory=list)
+    audit: list[AuditEntry] = field(default_factory=list)
+    pii: Counter = field(default_factory=Counter)
+    glossary: Counter = field(default_factory=Counter)
+    kanonymity: dict[str, Any] = field(default_factory=dict)
 
     def reasons(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for row in self.removed:
-            counts[row["reason"]] = counts.get(row["reason"], 0) + 1
-        return counts
+        return dict(Counter(row["reason"] for row in self.removed))
+
+    def extend(self, other: "CleaningResult") -> None:
+        self.records.extend(other.records)
+        self.removed.extend(other.removed)
+        self.audit.extend(other.audit)
+        self.pii.update(other.pii)
+        self.glossary.update(other.glossary)
 
 
 def normalize_text(text: str | None) -> str | None:
-    """NFKC (full-width forms, ligatures), no control characters, tidy whitespace."""
+    """quality.normalize_text for an optional field; None when nothing is left."""
     if text is None:
         return None
-    text = unicodedata.normalize("NFKC", text)
-    text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-    text = "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n"))
-    return _BLANK_LINES.sub("\n\n", text).strip() or None
+    return strip_boilerplate_lines(_normalize_quality(text)) or None
 
 
 def content_key(record: dict[str, Any]) -> str:
@@ -67,34 +122,181 @@ def assign_split(record: dict[str, Any], eval_fraction: float, seed: int) -> str
     return "eval" if bucket < eval_fraction else "train"
 
 
-def clean_records(records: list[dict[str, Any]], config: CleaningConfig) -> CleaningResult:
-    result = CleaningResult()
-    seen: dict[str, str] = {}
-    for record in records:
+def _scrub_value(value: Any, counts: Counter) -> Any:
+    if isinstance(value, str):
+        result = scrub(value)
+        counts.update(result.counts)
+        return result.text
+    if isinstance(value, dict):
+        return {k: _scrub_value(v, counts) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_value(v, counts) for v in value]
+    return value
+
+
+def meta_dict(record: dict[str, Any]) -> dict[str, Any]:
+    raw = record.get("meta")
+    if not raw:
+        return {}
+    value = json.loads(raw) if isinstance(raw, str) else raw
+    return value if isinstance(value, dict) else {"value": value}
+
+
+class CorpusCleaner:
+    """Cleans batches of records; keeps the dedup state between batches."""
+
+    def __init__(self, config: CleaningConfig, run_id: str = "", collect_audit: bool = True):
+        self.config = config
+        self.run_id = run_id or "unknown-run"
+        self.collect_audit = collect_audit
+        self.quality = config.quality()
+        self.glossary: Glossary | None = None if config.glossary_path == "" else load_glossary(config.glossary_path)
+        self.near = NearDuplicateIndex(threshold=config.near_duplicate_threshold)
+        self._exact: dict[str, str] = {}
+
+    def _entry(self, result: CleaningResult, record_id: str, action: str, reason: str, before: str | None, after: str | None, **extra: Any) -> None:
+        if self.collect_audit:
+            result.audit.append(AuditEntry.from_texts(record_id, STAGE, action, reason, self.run_id, before, after, extra or None))
+
+    def _remove(self, result: CleaningResult, record: dict[str, Any], reason: str, detail: str, before: str) -> None:
+        result.removed.append({"record_id": record["record_id"], "source": record["source"], "reason": reason, "detail": detail})
+        self._entry(result, record["record_id"], "dropped", detail, before, None, rule=reason)
+
+    def _transform(self, record: dict[str, Any], result: CleaningResult) -> tuple[dict[str, Any], str | None]:
+        """Normalized, scrubbed, glossary-normalized copy, or the reason it is empty."""
         cleaned = dict(record)
+        before = training_text(record)
         for name in TEXT_FIELDS:
             cleaned[name] = normalize_text(record.get(name))
-        reason = None
-        if cleaned["kind"] == "pair" and not (cleaned["prompt"] and cleaned["response"]):
-            reason = "empty after normalization"
-        elif cleaned["kind"] == "text" and not cleaned["text"]:
-            reason = "empty after normalization"
-        else:
-            length = len(training_text(cleaned))
-            if length < config.min_chars:
-                reason = f"too short (< {config.min_chars} chars)"
-            elif length > config.max_chars:
-                reason = f"too long (> {config.max_chars} chars)"
-        if reason is None:
-            key = content_key(cleaned)
-            if key in seen:
-                reason = f"exact duplicate of {seen[key]}"
+        if (cleaned["kind"] == "pair" and not (cleaned["prompt"] and cleaned["response"])) or (
+            cleaned["kind"] == "text" and not cleaned["text"]
+        ):
+            return cleaned, "empty after normalization"
+        normalized = training_text(cleaned)
+        pii: Counter = Counter()
+        if self.config.scrub_pii:
+            for name in TEXT_FIELDS:
+                cleaned[name] = _scrub_value(cleaned[name], pii)
+            cleaned["tags"] = _scrub_value(list(record.get("tags") or []), pii)
+            meta = meta_dict(record)
+            scrubbed_meta = _scrub_value(meta, pii)
+            if scrubbed_meta != meta:
+                cleaned["meta"] = json.dumps(scrubbed_meta, ensure_ascii=False, default=str, sort_keys=True)
+        scrubbed = training_text(cleaned)
+        terms: Counter = Counter()
+        if self.glossary is not None:
+            for name in TEXT_FIELDS:
+                if cleaned[name]:
+                    cleaned[name], counts = self.glossary.normalize(cleaned[name])
+                    terms.update(counts)
+        final = training_text(cleaned)
+        if normalized != before:
+            self._entry(result, record["record_id"], "modified", "normalized text (NFKC, controls, markup, boilerplate, whitespace)", before, normalized)
+        if pii:
+            result.pii.update(pii)
+            kinds = ", ".join(f"{k}x{v}" for k, v in sorted(pii.items()))
+            self._entry(result, record["record_id"], "anonymized", f"PII replaced by typed placeholders: {kinds}", normalized, scrubbed, **dict(pii))
+        if terms:
+            result.glossary.update(terms)
+            codes = ", ".join(f"{k}x{v}" for k, v in sorted(terms.items()))
+            self._entry(result, record["record_id"], "modified", f"glossary terms normalized: {codes}", scrubbed, final)
+        cleaned["changed"] = final != before or bool(pii)
+        return cleaned, None
+
+    def clean_batch(self, records: list[dict[str, Any]]) -> CleaningResult:
+        """One batch through every step but k-anonymity (which needs all kept records)."""
+        result = CleaningResult()
+        candidates: list[tuple[dict[str, Any], str, str]] = []  # (cleaned, raw text, final text)
+        for record in records:
+            cleaned, empty = self._transform(record, result)
+            if empty:
+                self._remove(result, record, empty, empty, training_text(record))
             else:
-                seen[key] = record["record_id"]
-        if reason is not None:
-            result.removed.append({"record_id": record["record_id"], "source": record["source"], "reason": reason.split(" of ")[0], "detail": reason})
-            continue
-        cleaned["changed"] = any(cleaned[f] != record.get(f) for f in TEXT_FIELDS)
-        cleaned["split"] = assign_split(cleaned, config.eval_fraction, config.split_seed)
-        result.records.append(cleaned)
+                candidates.append((cleaned, training_text(record), training_text(cleaned)))
+        if not candidates:
+            return result
+        texts = [final for _, _, final in candidates]
+        languages = detect_languages(texts)
+        verdicts = check_quality(texts, self.quality)
+        survivors = []
+        for (cleaned, raw, final), lang, verdict in zip(candidates, languages, verdicts):
+            cleaned["lang"] = lang
+            if verdict is not None:
+                self._remove(result, cleaned, f"quality: {verdict}", f"quality filter {verdict!r} (min_chars={self.config.min_chars}, max_chars={self.config.max_chars})", raw)
+                continue
+            key = exact_key(final)
+            first = self._exact.get(key)
+            if first is not None:
+                self._remove(result, cleaned, "exact duplicate", f"exact duplicate of {first}", raw)
+                continue
+            self._exact[key] = cleaned["record_id"]
+            survivors.append((cleaned, raw, final))
+        matches = self.near.add_batch([c["record_id"] for c, _, _ in survivors], [f for _, _, f in survivors])
+        for (cleaned, raw, _), match in zip(survivors, matches):
+            if match is not None:
+                self._remove(result, cleaned, "near duplicate", f"near duplicate (Jaccard >= {self.config.near_duplicate_threshold}) of {match}", raw)
+                continue
+            cleaned["split"] = assign_split(cleaned, self.config.eval_fraction, self.config.split_seed)
+            result.records.append(cleaned)
+        return result
+
+    def anonymize(self, result: CleaningResult) -> None:
+        """Generalize / suppress the quasi-identifiers of all kept records to k-anonymity."""
+        qi = list(self.config.quasi_identifiers)
+        if not qi or not result.records:
+            return
+        metas = [meta_dict(r) for r in result.records]
+        rows = [{"id": i, **{c: m.get(c) for c in qi}} for i, m in enumerate(metas)]
+        outcome = anonymize(rows, qi, k=self.config.k, max_suppression=self.config.max_suppression)
+        suppressed = {s.record_id: s.reason for s in outcome.suppressed}
+        kept = []
+        generalized_rows = {row["id"]: row for row in outcome.records}
+        for i, record in enumerate(result.records):
+            if i in suppressed:
+                self._remove(result, record, "k-anonymity suppression", suppressed[i], training_text(record))
+                continue
+            meta, row = metas[i], generalized_rows[i]
+            new_meta = {**meta, **{c: row[c] for c in qi if outcome.levels.get(c)}}
+            if new_meta != meta:
+                before_json = record.get("meta") or ""
+                record["meta"] = json.dumps(new_meta, ensure_ascii=False, default=str, sort_keys=True)
+                self._entry(result, record["record_id"], "generalized", f"quasi-identifiers generalized to levels {outcome.levels} for k={self.config.k}", before_json, record["meta"])
+            kept.append(record)
+        result.records = kept
+        result.kanonymity = {
+            "k": self.config.k,
+            "quasi_identifiers": qi,
+            "levels": outcome.levels,
+            "suppressed": len(suppressed),
+            "min_class_size": outcome.min_class_size,
+            "classes": outcome.n_classes,
+        }
+
+
+def clean_records(records: Iterable[dict[str, Any]], config: CleaningConfig, run_id: str = "") -> CleaningResult:
+    """Clean a whole corpus (in batches of ``config.batch_size``), k-anonymity last."""
+    cleaner = CorpusCleaner(config, run_id)
+    result = CleaningResult()
+    batch: list[dict[str, Any]] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) >= config.batch_size:
+            result.extend(cleaner.clean_batch(batch))
+            batch = []
+    if batch:
+        result.extend(cleaner.clean_batch(batch))
+    cleaner.anonymize(result)
     return result
+
+
+def quarantine_entry(row: dict[str, Any], run_id: str) -> AuditEntry:
+    """The audit trail of one quarantined ingest item: where it was and why, no content."""
+    return AuditEntry(
+        record_id=f"{row['source']}#{row['locator']}",
+        stage="raw_corpus",
+        action="quarantined",
+        reason=row["reason"],
+        run_id=run_id or "unknown-run",
+        hash_before=row.get("raw_sha256") or content_hash(row.get("raw") or b""),
+        extra={"raw_bytes": row.get("raw_bytes")},
+    )

@@ -2,6 +2,11 @@
 
 A record is either plain text or a prompt/response pair, with its metadata kept. Every
 record read is accounted for: it is either kept or quarantined with a reason.
+
+Sources are any UPath (a local folder, ``s3://bucket/prefix`` with s3fs installed,
+``memory://`` in tests). Quarantine rows keep a *reference* to the raw bytes (source,
+locator, size and sha256) plus a PII-scrubbed snippet: the quarantine table is an
+artifact people read, and raw PII must not reach it.
 """
 
 from __future__ import annotations
@@ -11,9 +16,14 @@ import gzip
 import hashlib
 import io
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from upath import UPath
+
+from deepfeed.core.pii import scrub
 
 PROMPT_KEYS = ("prompt", "question", "instruction", "input", "query")
 RESPONSE_KEYS = ("response", "answer", "output", "completion")
@@ -25,7 +35,7 @@ SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".m
 RAW_SNIPPET_BYTES = 4096
 
 RECORD_FIELDS = ("record_id", "source", "locator", "kind", "prompt", "response", "text", "lang", "tags", "meta")
-QUARANTINE_FIELDS = ("source", "locator", "reason", "raw", "raw_bytes")
+QUARANTINE_FIELDS = ("source", "locator", "reason", "raw", "raw_bytes", "raw_sha256")
 
 
 @dataclass
@@ -115,14 +125,56 @@ def decode_bytes(data: bytes) -> tuple[str | None, str | None]:
     return None, "undecodable bytes (neither UTF-8 nor GB18030)"
 
 
+def mostly_utf8(data: bytes) -> bool:
+    """UTF-8 text with a few damaged lines, rather than a file in another encoding.
+
+    GB18030 accepts almost any byte sequence, so a UTF-8 file with one bad line would
+    otherwise be decoded whole as GB18030 garbage. Text in GBK/GB18030 decoded as UTF-8
+    is nearly all invalid (a valid multi-byte sequence by accident is rare), so more
+    valid non-ASCII characters than invalid bytes means UTF-8 with damage.
+    """
+    text = data.decode("utf-8", "replace")
+    bad = text.count("\ufffd")
+    good = sum(1 for ch in text if ord(ch) > 127) - bad
+    return good > 0 and bad <= good
+
+
+def decode_lines(data: bytes) -> tuple[str, list[tuple[int, bytes]]]:
+    """UTF-8 text line by line: the lines that do not decode are blanked (so line
+    numbers stay right) and returned as (line number, raw bytes) for the quarantine."""
+    lines, bad = [], []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+        except UnicodeDecodeError:
+            lines.append("")
+            bad.append((number, raw))
+    return "\n".join(lines), bad
+
+
+def _gunzip(raw: bytes) -> tuple[bytes, str | None]:
+    """What a (possibly truncated) gzip stream holds, and why it stops early if it does."""
+    try:
+        return gzip.decompress(raw), None
+    except (OSError, EOFError, zlib.error) as exc:
+        # Streaming decompression keeps everything before the damage, so the complete
+        # records of a truncated download are not lost with its tail.
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            partial = decoder.decompress(raw)
+        except zlib.error:
+            partial = b""
+        return partial, f"truncated or corrupt gzip: {type(exc).__name__}: {exc}"
+
+
 def _read_bytes(path: Path) -> tuple[bytes | None, str | None]:
     try:
         raw = path.read_bytes()
-        if path.suffix == ".gz":
-            raw = gzip.decompress(raw)
-        return raw, None
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except OSError as exc:
         return None, f"unreadable file: {type(exc).__name__}: {exc}"
+    if path.name.endswith(".gz"):
+        return _gunzip(raw)
+    return raw, None
 
 
 def _logical_suffix(path: Path) -> str:
@@ -134,18 +186,23 @@ def _logical_suffix(path: Path) -> str:
 
 def _quarantine(source: str, locator: str, reason: str, raw: bytes | str) -> dict[str, Any]:
     data = raw.encode("utf-8", "replace") if isinstance(raw, str) else raw
+    snippet = scrub(data[:RAW_SNIPPET_BYTES].decode("utf-8", "replace")).text
     return {
         "source": source,
         "locator": locator,
         "reason": reason,
-        "raw": data[:RAW_SNIPPET_BYTES],
+        "raw": snippet.encode("utf-8", "replace"),
         "raw_bytes": len(data),
+        "raw_sha256": hashlib.sha256(data).hexdigest(),
     }
 
 
-def _rows_jsonl(text: str) -> Iterator[tuple[str, Any, str | None]]:
+def _rows_jsonl(text: str, max_record_bytes: int) -> Iterator[tuple[str, Any, str | None]]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
+            continue
+        if len(line) > max_record_bytes:  # before parsing: a 10 MB line is not worth it
+            yield f"line {number}", line, f"record larger than max_record_bytes={max_record_bytes}"
             continue
         try:
             yield f"line {number}", json.loads(line), None
@@ -198,7 +255,7 @@ def _rows_parquet(path: Path) -> Iterator[tuple[str, Any, str | None]]:
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(path.open("rb"))
     except Exception as exc:  # pyarrow raises several types for corrupt files
         yield "file", path.read_bytes()[:RAW_SNIPPET_BYTES], f"unreadable Parquet: {exc}"
         return
@@ -212,21 +269,38 @@ def _rows_parquet(path: Path) -> Iterator[tuple[str, Any, str | None]]:
 def read_file(path: Path, source: str, max_record_bytes: int) -> IngestResult:
     result = IngestResult()
     suffix = _logical_suffix(path)
-    if suffix == ".parquet" and path.suffix != ".gz":
+    if suffix == ".parquet" and not path.name.endswith(".gz"):
         rows: Iterable = _rows_parquet(path)
     else:
         data, error = _read_bytes(path)
-        if error:
+        if data is None or (error and not data):
             result.read += 1
-            result.quarantine.append(_quarantine(source, "file", error, b""))
+            result.quarantine.append(_quarantine(source, "file", error or "unreadable file", b""))
             return result
-        text, error = decode_bytes(data)
-        if error:
+        if error:  # a truncated gzip: keep its complete lines, quarantine the rest
+            cut = data.rfind(b"\n") + 1
             result.read += 1
-            result.quarantine.append(_quarantine(source, "file", error, data))
+            result.quarantine.append(_quarantine(source, f"after byte {cut} of the decompressed stream", error, data[cut:]))
+            data = data[:cut]
+        if not data.strip():
+            if not error:
+                result.read += 1
+                result.quarantine.append(_quarantine(source, "file", "empty file (no content)", data))
             return result
+        bad_lines: list[tuple[int, bytes]] = []
+        if b"\x00" not in data[:8192] and suffix != ".json" and mostly_utf8(data):
+            text, bad_lines = decode_lines(data)
+        else:
+            text, error = decode_bytes(data)
+            if text is None:
+                result.read += 1
+                result.quarantine.append(_quarantine(source, "file", error or "undecodable", data))
+                return result
+        for number, raw in bad_lines:
+            result.read += 1
+            result.quarantine.append(_quarantine(source, f"line {number}", "invalid UTF-8 in an otherwise UTF-8 file", raw))
         if suffix == ".jsonl":
-            rows = _rows_jsonl(text)
+            rows = _rows_jsonl(text, max_record_bytes)
         elif suffix == ".json":
             rows = _rows_json(text)
         elif suffix in (".csv", ".tsv"):
@@ -247,21 +321,38 @@ def read_file(path: Path, source: str, max_record_bytes: int) -> IngestResult:
     return result
 
 
+def as_source_path(location: str | Path) -> Path:
+    """A local Path, or a UPath for a URL (s3://, gs://, memory://, ...)."""
+    if isinstance(location, str) and "://" in location and not location.startswith("file://"):
+        return UPath(location)
+    return Path(str(location).removeprefix("file://")).expanduser()
+
+
 def discover_files(root: Path) -> list[Path]:
-    if not root.exists():
+    try:
+        exists = root.exists()
+    except Exception as exc:  # any backend error (credentials, missing driver) means the same
+        raise CorpusSourceError(f"corpus location {str(root)!r} cannot be read: {type(exc).__name__}: {exc}") from exc
+    if not exists:
         raise CorpusSourceError(f"corpus folder {str(root)!r} does not exist")
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return sorted((p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")), key=lambda p: str(p))
 
 
-def ingest_folder(root: Path, max_record_bytes: int = 1_000_000) -> IngestResult:
+def _relative(path: Path, root: Path) -> str:
+    root_text = str(getattr(root, "path", root)).rstrip("/")
+    path_text = str(getattr(path, "path", path))
+    return path_text[len(root_text):].lstrip("/") if path_text.startswith(root_text + "/") else path.name
+
+
+def ingest_folder(root: Path | str, max_record_bytes: int = 1_000_000) -> IngestResult:
     """Every file under `root`; unsupported files are quarantined, not skipped silently."""
-    root = Path(root)
+    root = as_source_path(root) if isinstance(root, str) else root
     total = IngestResult()
     files = discover_files(root)
     for path in files:
-        source = path.relative_to(root).as_posix() if root.is_dir() else path.name
+        source = _relative(path, root) if root.is_dir() else path.name
         if _logical_suffix(path) not in SUPPORTED_SUFFIXES:
             part = IngestResult(quarantine=[_quarantine(source, "file", f"unsupported file type {path.suffix!r}", b"")], read=1)
         else:

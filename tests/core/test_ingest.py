@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 import json
 
 from deepfeed.core.ingest import decode_bytes, ingest_folder, normalize_row
@@ -37,7 +38,7 @@ def test_encodings_and_gzip(tmp_path):
     texts = sorted(r["text"] for r in result.records)
     assert texts == ["hello", "zipped", "高血压的治疗"]
     assert [q["source"] for q in result.quarantine] == ["broken.jsonl.gz"]
-    assert "unreadable file" in result.quarantine[0]["reason"]
+    assert "truncated or corrupt gzip" in result.quarantine[0]["reason"]
 
 
 def test_undecodable_bytes_are_reported():
@@ -59,3 +60,67 @@ def test_missing_folder_raises_clear_error(tmp_path):
 
     with pytest.raises(CorpusSourceError, match="does not exist"):
         ingest_folder(tmp_path / "nope")
+
+
+def _reasons(result):
+    return {(q["source"], q["locator"]): q["reason"] for q in result.quarantine}
+
+
+def test_bad_input_is_quarantined_with_reasons_and_good_records_kept(tmp_path):
+    good = [json.dumps({"text": f"record number {i} of a long file"}) for i in range(2000)]
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "huge.jsonl").write_text(json.dumps({"text": "x" * 10_000_000}) + "\n" + good[0] + "\n")
+    (tmp_path / "mixed.jsonl").write_text("\n".join([good[1], '{"text": "unterminated', good[2], "[1, 2]"]) + "\n")
+    (tmp_path / "cols.csv").write_text("text,category\nfine row,a\nmissing\ntoo,many,columns\nsecond fine row,b\n")
+    # a UTF-8 file with one line of Latin-1 bytes in it: only that line is lost
+    first, third = (json.dumps({"text": t}, ensure_ascii=False).encode() for t in ("第一行", "第三行"))
+    (tmp_path / "enc.jsonl").write_bytes(first + b'\n{"text": "caf\xe9"}\n' + third + b"\n")
+    (tmp_path / "gbk.txt").write_bytes("糖尿病的饮食".encode("gb18030"))
+    whole = gzip.compress(("\n".join(good) + "\n").encode())
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    result = ingest_folder(tmp_path, max_record_bytes=1_000_000)
+    reasons = _reasons(result)
+    assert result.read == len(result.records) + len(result.quarantine)
+    assert reasons[("empty.jsonl", "file")] == "empty file (no content)"
+    assert reasons[("binary.txt", "file")].startswith("binary content")
+    assert reasons[("huge.jsonl", "line 1")] == "record larger than max_record_bytes=1000000"
+    assert reasons[("mixed.jsonl", "line 2")].startswith("malformed JSON")
+    assert reasons[("mixed.jsonl", "line 4")] == "expected an object, found list"
+    assert reasons[("cols.csv", "line 3")] == "expected 2 columns, found 1"
+    assert reasons[("cols.csv", "line 4")] == "expected 2 columns, found 3"
+    assert reasons[("enc.jsonl", "line 2")] == "invalid UTF-8 in an otherwise UTF-8 file"
+    assert "truncated or corrupt gzip" in next(r for (s, _), r in reasons.items() if s == "cut.jsonl.gz")
+    by_source = {}
+    for r in result.records:
+        by_source.setdefault(r["source"], []).append(r["text"])
+    assert by_source["huge.jsonl"] == ["record number 0 of a long file"]
+    assert len(by_source["mixed.jsonl"]) == 2
+    assert by_source["cols.csv"] == ["fine row", "second fine row"]
+    assert by_source["enc.jsonl"] == ["第一行", "第三行"]
+    assert by_source["gbk.txt"] == ["糖尿病的饮食"]
+    # the complete records before the cut are kept, in order
+    recovered = by_source["cut.jsonl.gz"]
+    assert 0 < len(recovered) < 2000
+    assert recovered == [f"record number {i} of a long file" for i in range(len(recovered))]
+
+
+def test_quarantine_keeps_a_reference_and_no_raw_pii(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "mail alice.w@example.com now"\n')
+    [row] = ingest_folder(tmp_path).quarantine
+    assert b"alice.w@example.com" not in row["raw"] and b"<EMAIL>" in row["raw"]
+    assert row["raw_sha256"] == hashlib.sha256(b'{"text": "mail alice.w@example.com now"').hexdigest()
+
+
+def test_fsspec_url_sources():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/deepfeed-test/corpus/pairs.jsonl", (json.dumps({"question": "Q?", "answer": "A."}) + "\n{bad\n").encode())
+    fs.pipe("/deepfeed-test/corpus/sub/notes.csv.gz", gzip.compress(b"text\nfrom memory\n"))
+    try:
+        result = ingest_folder("memory://deepfeed-test/corpus")
+    finally:
+        fs.rm("/deepfeed-test", recursive=True)
+    assert sorted(r["source"] for r in result.records) == ["pairs.jsonl", "sub/notes.csv.gz"]
+    assert [q["locator"] for q in result.quarantine] == ["line 2"]
