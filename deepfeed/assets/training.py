@@ -7,6 +7,7 @@ stream is in incremental.py.
 
 import json
 import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from pydantic import Field
 
 from deepfeed.assets.common import fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle, hash_folder
+from deepfeed.core.distributed import launch_command, read_result, write_spec
 from deepfeed.core.feedback import FeedbackStore
 from deepfeed.core.incremental import records_hash, training_state_dir
 from deepfeed.core.modeling import ModelSourceError, describe_checkpoint
@@ -67,6 +69,7 @@ class TrainingFields(dg.Config):
     ewc_lambda: float = Field(default=0.0, description="EWC penalty strength towards the starting checkpoint (0 = off; needs method=full).")
     fisher_samples: int = Field(default=32, description="Records of the earlier data used for the EWC Fisher (computed once per champion).")
     checkpoint_every: int = Field(default=0, description="Write a resumable checkpoint every N steps (0 = none); a retried run resumes from it.")
+    nproc: int = Field(default=1, description="Training processes: > 1 runs the step as `torchrun` (DDP; gloo on CPU, nccl on GPUs) launched through Dagster Pipes.")
     seed: int = Field(default=0, description="Seed of initialization and data order.")
     log_every: int = Field(default=5, description="Write a progress line to the Dagster log every N steps.")
 
@@ -151,10 +154,30 @@ def checkpoint_source(store, handle: ArtifactHandle) -> str:
 
 
 def train_logged(config: TrainingFields, training: TrainingConfig, start: Path, records, checkpoint: Path, context, **kwargs) -> TrainingResult:
+    """In this process, or as a torchrun job through Dagster Pipes when nproc > 1."""
     try:
+        if config.nproc > 1:
+            return train_with_torchrun(config.nproc, training, start, records, checkpoint, context, **kwargs)
         return fine_tune(start, records, checkpoint, training, on_step=progress(context, config), **kwargs)
     except (TrainingError, ValueError, OSError) as exc:
         raise fail(context.asset_key.to_user_string(), str(exc)) from exc
+
+
+def train_with_torchrun(nproc: int, training: TrainingConfig, start: Path, records, checkpoint: Path, context, **kwargs) -> TrainingResult:
+    # The subprocess client runs torchrun on this machine; on Kubernetes the same spec and
+    # command go to a PipesK8sClient instead.
+    with tempfile.TemporaryDirectory(prefix="deepfeed-torchrun-") as folder:
+        spec = write_spec(Path(folder), start, records, checkpoint, training, **kwargs)
+        try:
+            completed = dg.PipesSubprocessClient().run(command=launch_command(spec, nproc), context=context)
+        except Exception as exc:  # Pipes raises a plain Exception subclass on a non-zero exit
+            raise TrainingError(f"the torchrun job of {nproc} processes failed: {exc}") from exc
+        for message in completed.get_custom_messages():
+            context.log.info("torchrun finished: %s", message)
+        try:
+            return read_result(spec)
+        except FileNotFoundError as exc:
+            raise TrainingError(f"the torchrun job of {nproc} processes ended without a result") from exc
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"})

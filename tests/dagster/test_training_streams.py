@@ -1,6 +1,8 @@
 """The incremental stream and the knowledge review through Dagster, on tiny models."""
 
 import datetime as dt
+import json
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -8,6 +10,7 @@ import pytest
 from deepfeed.assets.incremental import feedback_batches, incremental_model
 from deepfeed.core.ewc import fisher_path
 from deepfeed.core.feedback import FeedbackStore
+from deepfeed.core.training import TrainingConfig, fine_tune
 from deepfeed.definitions import defs
 from deepfeed.resources.mlflow_tracking import CHALLENGER
 from tests.dagster.test_chain import materialize, resources
@@ -117,3 +120,21 @@ def test_jobs_and_the_quarterly_knowledge_review_schedule():
     review = defs.resolve_job_def("knowledge_review_job")
     selected = {k.to_user_string() for k in review.asset_layer.selected_asset_keys}
     assert {"finetuned_model", "compressed_model", "evaluation_report", "champion_model"} <= selected and "incremental_model" not in selected
+
+
+def test_nproc_2_runs_torchrun_through_pipes_with_the_loss_curve_of_one_process(deepfeed_env, tiny_llama, instance, tmp_path):
+    """2 CPU processes (gloo) launched by Pipes follow 1 process with the same global batch."""
+    batch = seal(deepfeed_env, FEEDBACK)
+    config = dict(ewc_lambda=0.0, replay_ratio=0.0, max_steps=3, checkpoint_every=0, eval_every=0, log_every=1, learning_rate=3e-3)
+    result = run_incremental(deepfeed_env, tiny_llama, instance, batch, nproc=2, **config)
+    assert result.success
+    logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
+    assert any("step 3/3" in m and "2 processes" in m for m in logs), logs[-20:]
+    handle = result.output_for_node("incremental_model")
+    ddp_losses = json.loads((Path(handle.uri) / "training.json").read_text())["losses"]
+
+    fields = {**FAST, **config}
+    single = fine_tune(tiny_llama, FeedbackStore(deepfeed_env / "feedback").read_batch(batch), tmp_path / "single", TrainingConfig(
+        method="full", max_steps=3, batch_size=fields["batch_size"], max_length=fields["max_length"], learning_rate=3e-3,
+        warmup_steps=0, final_learning_rate=1e-6, log_every=1))
+    assert ddp_losses == pytest.approx(single.losses, rel=1e-3)
