@@ -71,18 +71,25 @@ def reorder_sentences(text: str, rng: random.Random) -> str | None:
 
 
 class WordNetSynonyms:
-    """Synonyms of single English words from WordNet, most frequent senses first."""
+    """Synonyms of single English words from WordNet, most frequent senses first.
 
-    def __init__(self):
+    ``base_forms_only`` offers only words already in their dictionary form: WordNet
+    lemmas are uninflected, so "reported" -> "describe" would break the grammar.
+    """
+
+    def __init__(self, base_forms_only: bool = False):
         from nltk.corpus import stopwords, wordnet
 
         self._wordnet = wordnet
+        self.base_forms_only = base_forms_only
         self._stop = set(stopwords.words("english"))
         self._cache: dict[str, list[str]] = {}
 
     def candidates(self, word: str) -> list[str]:
         key = word.lower()
         if key in self._stop or len(key) < 3:
+            return []
+        if self.base_forms_only and self._wordnet.morphy(key) not in (None, key):
             return []
         if key not in self._cache:
             names: list[str] = []
@@ -95,8 +102,16 @@ class WordNetSynonyms:
         return self._cache[key]
 
 
-def protected_mask(text: str) -> list[tuple[int, int]]:
-    return [m.span() for m in _PROTECTED.finditer(text)]
+def protected_mask(text: str, glossary=None) -> list[tuple[int, int]]:
+    """Spans no technique may alter: placeholders, URLs, codes, numbers, inline code,
+    and, given a :class:`~deepfeed.core.glossary.Glossary`, every glossary term."""
+    spans = [m.span() for m in _PROTECTED.finditer(text)]
+    if glossary is not None:
+        # _hits is the glossary's own matcher (its case, boundary and longest-match
+        # rules); the public find_variants leaves out terms already in canonical form,
+        # which must be protected too.
+        spans += [(hit.start, hit.end) for hit in glossary._hits(text)]
+    return sorted(spans)
 
 
 def replace_synonyms(text: str, synonyms: WordNetSynonyms, rate: float, rng: random.Random) -> tuple[str, int] | None:

@@ -1,0 +1,230 @@
+"""Contextual synonym replacement, filtered by meaning with a sentence encoder.
+
+Candidates come from a lexicon (WordNet for English, Cilin for Chinese); each text
+gets a few variants with different words replaced, and all originals and variants of
+a batch go through the encoder in one call. The variant kept is the one whose sentence
+embedding stays closest to the original's, and only if that cosine similarity reaches
+the threshold: the sentence context, not the lexicon, decides which sense fits
+("头痛" -> "讨厌" is a Cilin synonym of the wrong sense and scores low).
+
+Batching is what makes this fast: nlpaug's contextual augmenter runs a masked LM per
+sentence per word (nlpaug issue #248); here one encoder pass scores a whole batch.
+
+With a user-supplied local masked LM, :class:`MaskedLMReplacer` uses nlpaug's
+``ContextualWordEmbsAug`` fill-mask path instead, under the same protection and the
+same similarity filter.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deepfeed.core.encoders import SentenceEncoder
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+_LATIN = re.compile(r"[A-Za-z]")
+_EN_WORD = re.compile(r"[A-Za-z][A-Za-z'-]+")
+
+Spans = list[tuple[int, int]]
+# nlpaug skips whitespace tokens matching this: anything with a digit, placeholder
+# bracket, URL or e-mail mark or code tick (the token-level view of protected_mask).
+_NLPAUG_PROTECTED = r".*(?:\d|<|>|@|`|https?:|www\.)"
+
+
+def text_script(text: str) -> str:
+    """'en', 'zh', 'mixed' (both scripts in earnest) or 'none' (no letters at all)."""
+    cjk, latin = len(_CJK.findall(text)), len(_LATIN.findall(text))
+    if cjk == 0 and latin == 0:
+        return "none"
+    # A few Latin letters in Chinese text (a drug name, "CT") do not make it mixed,
+    # while a Chinese character is worth ~3 Latin letters of content.
+    share = 3 * cjk / (3 * cjk + latin)
+    if share >= 0.8:
+        return "zh"
+    if share <= 0.2:
+        return "en"
+    return "mixed"
+
+
+def _inside(start: int, end: int, protected: Spans) -> bool:
+    return any(start < b and a < end for a, b in protected)
+
+
+@dataclass(frozen=True)
+class SynonymEdit:
+    text: str
+    replaced: int
+    similarity: float
+
+
+@dataclass(frozen=True)
+class Skip:
+    reason: str
+
+
+class ContextualSynonymReplacer:
+    """Lexicon candidates ranked and filtered in context by sentence similarity.
+
+    ``english`` and ``chinese`` are lexicons with ``candidates(word) -> list[str]``
+    (:class:`~deepfeed.core.augmentation.WordNetSynonyms`,
+    :class:`~deepfeed.core.zh_synonyms.CilinSynonyms`); a missing one means that
+    language has no synonym resource and its texts are skipped with that reason.
+    """
+
+    def __init__(
+        self,
+        encoder: SentenceEncoder,
+        english=None,
+        chinese=None,
+        protected: Callable[[str], Spans] | None = None,
+        threshold: float = 0.85,
+        rate: float = 0.15,
+        variants: int = 3,
+    ):
+        if not 0.0 < rate <= 1.0:
+            raise ValueError(f"rate must be in (0, 1], got {rate}")
+        if not -1.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
+        self.encoder = encoder
+        self.lexicons = {"en": english, "zh": chinese}
+        self.protected = protected or (lambda text: [])
+        self.threshold = threshold
+        self.rate = rate
+        self.variants = max(1, variants)
+
+    def script(self, text: str) -> str | Skip:
+        """The language whose lexicon applies, judged on the unprotected text."""
+        if not text.strip():
+            return Skip("empty text")
+        pieces, last = [], 0
+        for a, b in self.protected(text):
+            pieces.append(text[last:a])
+            last = max(last, b)
+        script = text_script("".join(pieces) + text[last:])
+        if script == "none":
+            return Skip("nothing but protected spans, numbers and punctuation")
+        if script == "mixed":
+            return Skip("mixed-language text: no single synonym resource applies")
+        return script
+
+    def _words(self, text: str, script: str) -> Spans:
+        if script == "zh":
+            from deepfeed.core.zh_synonyms import segment
+
+            spans = [(a, b) for a, b in segment(text) if _CJK.match(text[a])]
+        else:
+            spans = [m.span() for m in _EN_WORD.finditer(text)]
+        protected = self.protected(text)
+        return [(a, b) for a, b in spans if not _inside(a, b, protected)]
+
+    def _variants(self, text: str, script: str, rng: random.Random) -> list[tuple[str, int]] | Skip:
+        lexicon = self.lexicons.get(script)
+        if lexicon is None:
+            return Skip(f"no synonym resource for {script} text")
+        words = self._words(text, script)
+        options = [(a, b, lexicon.candidates(text[a:b])) for a, b in words]
+        options = [o for o in options if o[2]]
+        if not options:
+            return Skip("no replaceable word")
+        count = min(len(options), max(1, round(self.rate * len(words))))
+        out: list[tuple[str, int]] = []
+        for _ in range(self.variants):
+            chosen = sorted(rng.sample(options, count))
+            pieces, last = [], 0
+            for a, b, candidates in chosen:
+                word = rng.choice(candidates)
+                if text[a].isupper():
+                    word = word[0].upper() + word[1:]
+                pieces += [text[last:a], word]
+                last = b
+            pieces.append(text[last:])
+            variant = "".join(pieces)
+            if variant != text and variant not in (v for v, _ in out):
+                out.append((variant, count))
+        return out or Skip("no replaceable word")
+
+    def replace_batch(self, texts: Sequence[str], rng: random.Random) -> list[SynonymEdit | Skip]:
+        """One edit (or the reason for none) per text; one encoder call for the batch."""
+        plans: list[list[tuple[str, int]] | Skip] = []
+        for text in texts:
+            script = self.script(text)
+            plans.append(script if isinstance(script, Skip) else self._variants(text, script, rng))
+        originals = [i for i, p in enumerate(plans) if not isinstance(p, Skip)]
+        flat = [v for i in originals for v, _ in plans[i]]
+        embeddings = self.encoder.encode([texts[i] for i in originals] + flat)
+        base = {i: embeddings[k] for k, i in enumerate(originals)}
+        cursor = len(originals)
+        results: list[SynonymEdit | Skip] = []
+        for i, plan in enumerate(plans):
+            if isinstance(plan, Skip):
+                results.append(plan)
+                continue
+            sims = embeddings[cursor : cursor + len(plan)] @ base[i]
+            cursor += len(plan)
+            best = int(np.argmax(sims))
+            if sims[best] < self.threshold:
+                results.append(Skip(f"no variant kept the meaning (best similarity {sims[best]:.2f} < {self.threshold})"))
+            else:
+                results.append(SynonymEdit(plan[best][0], plan[best][1], float(sims[best])))
+        return results
+
+
+class MaskedLMReplacer:
+    """nlpaug's fill-mask path with a local masked LM the user owns (BERT-style).
+
+    ``use_custom_api=False`` is required offline: nlpaug's own wrappers fetch from the hub.
+    Protected spans are handed to nlpaug as stop words, and every output is checked
+    again, since nlpaug re-tokenises and may still split or drop them.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        encoder: SentenceEncoder,
+        protected: Callable[[str], Spans] | None = None,
+        threshold: float = 0.85,
+        rate: float = 0.15,
+        top_k: int = 20,
+        stop_words: Sequence[str] = (),
+    ):
+        import nlpaug.augmenter.word as naw
+
+        path = Path(model_path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"masked LM folder {path} has no config.json")
+        self.augmenter = naw.ContextualWordEmbsAug(
+            model_path=str(path), model_type="bert", use_custom_api=False, aug_p=rate, top_k=top_k, device="cpu",
+            stopwords=list(stop_words) or None, stopwords_regex=_NLPAUG_PROTECTED,
+        )
+        self.mask_token = self.augmenter.model.get_mask_token() if hasattr(self.augmenter.model, "get_mask_token") else "[MASK]"
+        self.encoder = encoder
+        self.protected = protected or (lambda text: [])
+        self.threshold = threshold
+
+    def replace_batch(self, texts: Sequence[str], rng: random.Random) -> list[SynonymEdit | Skip]:
+        import torch
+
+        torch.manual_seed(rng.randrange(2**31))  # nlpaug samples from the LM with torch and numpy
+        np.random.seed(rng.randrange(2**31))
+        outputs = self.augmenter.augment(list(texts))
+        outputs = outputs if isinstance(outputs, list) else [outputs]
+        sims = self.encoder.similarity(texts, outputs)
+        results: list[SynonymEdit | Skip] = []
+        for text, new, sim in zip(texts, outputs, sims):
+            kept = [text[a:b] for a, b in self.protected(text)]
+            if new == text:
+                results.append(Skip("masked LM proposed no change"))
+            elif self.mask_token in new or any(token not in new for token in kept):
+                results.append(Skip("masked LM output lost a protected span or kept a mask"))
+            elif sim < self.threshold:
+                results.append(Skip(f"no variant kept the meaning (similarity {sim:.2f} < {self.threshold})"))
+            else:
+                changed = sum(1 for a, b in zip(text.split(), new.split()) if a != b)
+                results.append(SynonymEdit(new, max(changed, 1), float(sim)))
+        return results

@@ -1,0 +1,102 @@
+"""Contextual synonym replacement with the real bundled encoder and lexicons."""
+
+import random
+from functools import partial
+
+import pytest
+import torch
+
+from deepfeed.core.augmentation import WordNetSynonyms, protected_mask
+from deepfeed.core.contextual_synonyms import ContextualSynonymReplacer, MaskedLMReplacer, Skip, SynonymEdit, text_script
+from deepfeed.core.encoders import SentenceEncoder
+from deepfeed.core.glossary import load_glossary
+from deepfeed.core.offline import activate_nltk_data
+from deepfeed.core.zh_synonyms import CilinSynonyms
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return SentenceEncoder()
+
+
+@pytest.fixture(scope="module")
+def lexicons():
+    from tests.conftest import REPO
+
+    activate_nltk_data(REPO / ".deepfeed" / "cache" / "nltk_data")
+    return WordNetSynonyms(base_forms_only=True), CilinSynonyms()
+
+
+@pytest.fixture(scope="module")
+def replacer(encoder, lexicons):
+    return ContextualSynonymReplacer(encoder, *lexicons, protected=partial(protected_mask, glossary=load_glossary()), threshold=0.8, rate=0.2)
+
+
+def test_encoder_separates_paraphrase_from_unrelated(encoder):
+    sims = encoder.similarity(
+        ["The doctor examined the patient.", "The doctor examined the patient."],
+        ["The physician examined the patient.", "Stock prices fell sharply on Monday."],
+    )
+    assert sims[0] > 0.85 > 0.3 > sims[1]
+
+
+def test_text_script():
+    assert text_script("Plain English words.") == "en"
+    assert text_script("今天天气晴朗，做了CT检查。") == "zh"
+    assert text_script("hello world 你好世界 again and again") == "mixed"
+    assert text_script("123 ... 4.5") == "none"
+
+
+def test_english_and_chinese_edits_keep_meaning_and_protected_spans(replacer):
+    texts = [
+        "The patient with high blood pressure called <PHONE> at 10:30 about a mild headache after the morning walk.",
+        "医生建议病人每天散步半小时。",
+    ]
+    edits = replacer.replace_batch(texts, random.Random(0))
+    assert all(isinstance(e, SynonymEdit) for e in edits), edits
+    for text, edit in zip(texts, edits):
+        assert edit.text != text and edit.replaced >= 1 and edit.similarity >= 0.8
+    for token in ["high blood pressure", "<PHONE>", "10:30"]:
+        assert token in edits[0].text
+
+
+def test_threshold_rejects_with_the_reason(encoder, lexicons):
+    strict = ContextualSynonymReplacer(encoder, *lexicons, threshold=0.9999, rate=1.0)
+    (result,) = strict.replace_batch(["The engineer quickly repaired the broken machine yesterday."], random.Random(0))
+    assert isinstance(result, Skip) and "no variant kept the meaning" in result.reason
+
+
+def test_bad_input_is_skipped_with_reasons(encoder, lexicons):
+    english_only = ContextualSynonymReplacer(encoder, lexicons[0], None, protected=protected_mask)
+    results = english_only.replace_batch(["", "mixed English words 和中文的句子混在一起", "医生建议病人每天散步。", "<EMAIL> 42 https://x.org"], random.Random(0))
+    assert [r.reason for r in results] == [
+        "empty text",
+        "mixed-language text: no single synonym resource applies",
+        "no synonym resource for zh text",
+        "nothing but protected spans, numbers and punctuation",
+    ]
+
+
+def _tiny_bert(folder):
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    words = "the a patient doctor said walked home quickly slowly good bad headache pain day night care help was".split()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(words + list("bcdefghijklmnopqrstuvwxyz0123456789.,"))]
+    (folder / "vocab.txt").write_text("\n".join(vocab))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    BertForMaskedLM(config).save_pretrained(folder)
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    return folder
+
+
+def test_nlpaug_fill_mask_path_with_a_local_bert(tmp_path, encoder):
+    replacer = MaskedLMReplacer(_tiny_bert(tmp_path), encoder, protected=protected_mask, threshold=-1.0, rate=0.5)
+    texts = ["the patient said the day was good 42", "the doctor walked home quickly", "the night care was bad"]
+    results = replacer.replace_batch(texts, random.Random(0))
+    edits = [(t, r) for t, r in zip(texts, results) if isinstance(r, SynonymEdit)]
+    assert edits, results
+    for text, edit in edits:
+        assert edit.text != text and "[MASK]" not in edit.text
+    if isinstance(results[0], SynonymEdit):
+        assert "42" in results[0].text
