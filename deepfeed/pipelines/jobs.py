@@ -7,8 +7,9 @@ import dagster as dg
 # The whole chain, from raw corpora to the promoted champion.
 full_chain_job = dg.define_asset_job(
     "full_chain_job",
+    # Monitoring assets read production traffic; they run from sensors and schedules.
     # The incremental stream is partitioned per feedback batch and runs from its own job.
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("incremental_model"),
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("monitoring") - dg.AssetSelection.assets("incremental_model"),
     description="Ingest, clean, augment, fine-tune, compress, evaluate and promote.",
     tags={"deepfeed/stream": "full"},
 )

@@ -4,10 +4,9 @@ import datetime as dt
 
 import dagster as dg
 
+from deepfeed.assets.incremental import feedback_batches
 from deepfeed.resources.serving_data import ServingDataResource
 
-# The training engineer's incremental_model is partitioned by this definition (by name).
-feedback_batches = dg.DynamicPartitionsDefinition(name="feedback_batches")
 INCREMENTAL_JOB = "incremental_job"
 
 
