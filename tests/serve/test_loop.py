@@ -64,16 +64,16 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
             assert r.status_code == 200, r.text
 
         # 1. Traffic like the training data, then a shifted distribution; corrections.
-        for i in range(30):
+        for i in range(20):
             answer = ask(f"user{i % 10}", EN[i % len(EN)] + f" ({i})")
             assert answer["model_version"] == v1
             if i < 8:
                 rate(answer, f"user{i % 10}", 0.0, correction="The capital of France is Paris.")
-        for i in range(40):
+        for i in range(25):
             ask(f"user{i % 10}", f"请问订单{i}的发货时间是什么时候？我已经等了{i * 3}天了。")
 
         # 2. Drift: the shifted prompts trip the KS tests; the report run fails with the evidence.
-        drift = build_drift_sensor(window_hours=1, min_samples=30)(dg.build_sensor_context(resources=resources))
+        drift = build_drift_sensor(window_hours=1, min_samples=20)(dg.build_sensor_context(resources=resources))
         [drift_request] = drift
         drift_run = dg.materialize([drift_report], instance=instance, resources=resources, raise_on_error=False,
                                    run_config=drift_request.run_config)
@@ -94,7 +94,7 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
         _wait_for(server, {"champion": v1, "challenger": v2})
 
         # 4. A/B: the challenger's users are happier; the report promotes it.
-        for i in range(24):
+        for i in range(16):
             user = f"ab-user{i}"
             answer = ask(user, EN[i % len(EN)])
             for k in range(2):
@@ -107,9 +107,9 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
         assert {ask(f"user{i}", "hello")["model_version"] for i in range(5)} == {v2}
 
         # 5. The new champion's ratings fall >= 3% below its A/B level: rollback.
-        for i in range(30):
+        for i in range(12):
             rate(ask(f"late{i}", EN[i % len(EN)]), f"late{i}", 0.4)
-        rollback = build_performance_sensor(window=30, min_samples=30)(dg.build_sensor_context(resources=resources))
+        rollback = build_performance_sensor(window=12, min_samples=12)(dg.build_sensor_context(resources=resources))
         assert isinstance(rollback, dg.RunRequest), rollback
         result = rollback_job.execute_in_process(run_config=rollback.run_config, resources=resources, instance=instance)
         assert result.success
