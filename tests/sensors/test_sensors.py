@@ -147,3 +147,17 @@ def test_performance_sensor_small_drop_or_few_samples_do_nothing(deepfeed_env, e
     assert isinstance(few, dg.SkipReason) and "too few ratings" in few.skip_message
     tagged = build_performance_sensor()(dg.build_sensor_context(resources=resources))
     assert isinstance(tagged, dg.RunRequest) and "0.9 -> 0.79" in json.dumps(tagged.run_config)
+
+
+def test_loop_is_registered_and_scheduled():
+    from deepfeed.definitions import defs
+
+    assert {defs.resolve_sensor_def(n).name for n in ("feedback_sensor", "drift_sensor", "performance_sensor")}
+    assert defs.resolve_sensor_def("feedback_sensor").job_name == "incremental_job"
+    assert defs.resolve_sensor_def("performance_sensor").job_name == "rollback_job"
+    assert defs.resolve_job_def("rollback_job") and defs.resolve_job_def("drift_report_job")
+    chain = defs.resolve_job_def("full_chain_job")
+    assert not {"drift_report", "ab_test_report"} & {k.to_user_string() for k in chain.asset_layer.executable_asset_keys}
+    schedule = defs.resolve_schedule_def("daily_ab_test_report")
+    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 12, 3, 6, tzinfo=UTC))
+    assert len(schedule.evaluate_tick(context).run_requests) == 1 and schedule.job_name == "ab_test_report_job"
