@@ -1,0 +1,160 @@
+"""The augmented training corpus: originals plus children of every technique.
+
+Every child carries its provenance (``parent_id``, ``technique``, ``aug_params`` as
+JSON, ``similarity`` of its sentence embedding to the parent's). Only train-split
+records are augmented, so no sibling of a held-out record reaches training. Children
+that near-duplicate an original (MinHash, ``near_duplicate_threshold``) are dropped:
+they add nothing but weight on one example. A record a technique cannot handle stays
+unchanged, and the reason is kept on it (``aug_skipped``) and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from deepfeed.core.augmentation import AugmentationResult
+from deepfeed.core.cleaning import content_key
+from deepfeed.core.contextual_synonyms import ContextualSynonymReplacer, MaskedLMReplacer, Skip
+from deepfeed.core.dedup import NearDuplicateIndex
+from deepfeed.core.encoders import SentenceEncoder
+from deepfeed.core.fgsm import FgsmTextAttack
+from deepfeed.core.structural import structural_variant
+
+TECHNIQUES = ("synonym", "structural", "fgsm")
+
+
+@dataclass(frozen=True)
+class AugmentPlan:
+    synonym_ratio: float = 0.5
+    structural_ratio: float = 0.5
+    fgsm_ratio: float = 0.0
+    max_chars: int = 2000
+    near_duplicate_threshold: float = 0.9
+    batch_size: int = 64
+    seed: int = 0
+    # Recorded in each child's aug_params; the augmenters themselves hold them.
+    technique_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("synonym_ratio", "structural_ratio", "fgsm_ratio"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if not 0.0 < self.near_duplicate_threshold <= 1.0:
+            raise ValueError(f"near_duplicate_threshold must be in (0, 1], got {self.near_duplicate_threshold}")
+
+
+@dataclass
+class Augmenters:
+    encoder: SentenceEncoder | None = None
+    synonyms: ContextualSynonymReplacer | MaskedLMReplacer | None = None
+    fgsm: FgsmTextAttack | None = None
+
+
+def augmented_field(record: dict[str, Any]) -> str:
+    return "response" if record.get("kind") == "pair" else "text"
+
+
+def _child(parent: dict[str, Any], text: str, technique: str, params: dict, similarity: float | None) -> dict[str, Any]:
+    child = {**parent, augmented_field(parent): text, "parent_id": parent["record_id"], "technique": technique}
+    child["aug_params"] = json.dumps(params, sort_keys=True, ensure_ascii=False)
+    child["similarity"] = similarity
+    child["aug_skipped"] = "[]"
+    child["record_id"] = hashlib.sha1(f"{parent['record_id']}:{technique}:{text}".encode()).hexdigest()[:16]
+    return child
+
+
+def augment_corpus(records: list[dict[str, Any]], plan: AugmentPlan, augmenters: Augmenters) -> AugmentationResult:
+    """Train-split originals (unchanged) followed by their augmented children."""
+    rng = random.Random(plan.seed)
+    result = AugmentationResult()
+    originals = [r for r in records if r.get("split") == "train"]
+    notes: dict[str, list[str]] = {r["record_id"]: [] for r in originals}
+
+    def skip(record: dict, technique: str, reason: str) -> None:
+        notes[record["record_id"]].append(f"{technique}: {reason}")
+        result.skip(f"{technique}: {reason}")
+
+    wanted: dict[str, list[dict]] = {t: [] for t in TECHNIQUES}
+    available = {"synonym": augmenters.synonyms, "structural": True, "fgsm": augmenters.fgsm}
+    ratios = {"synonym": plan.synonym_ratio, "structural": plan.structural_ratio, "fgsm": plan.fgsm_ratio}
+    for record in originals:
+        text = record.get(augmented_field(record)) or ""
+        for technique in TECHNIQUES:
+            # One draw per record and technique, taken even when unused, so changing one
+            # ratio does not reshuffle which records the other techniques pick.
+            draw = rng.random()
+            if not available[technique] or draw >= ratios[technique]:
+                continue
+            if not text.strip():
+                skip(record, technique, "empty text")
+            elif len(text) > plan.max_chars:
+                skip(record, technique, f"longer than max_chars={plan.max_chars}")
+            else:
+                wanted[technique].append(record)
+
+    candidates: list[tuple[dict, str, str, dict]] = []  # parent, text, technique, params
+    for record in wanted["structural"]:
+        outcome = structural_variant(record[augmented_field(record)], rng)
+        if isinstance(outcome, str):
+            skip(record, "structural", outcome)
+        else:
+            new, technique = outcome
+            candidates.append((record, new, technique, {"seed": plan.seed}))
+    for start in range(0, len(wanted["synonym"]), plan.batch_size):
+        batch = wanted["synonym"][start : start + plan.batch_size]
+        outcomes = augmenters.synonyms.replace_batch([r[augmented_field(r)] for r in batch], rng)
+        name = "masked_lm_synonym" if isinstance(augmenters.synonyms, MaskedLMReplacer) else "contextual_synonym"
+        for record, outcome in zip(batch, outcomes):
+            if isinstance(outcome, Skip):
+                skip(record, "synonym", outcome.reason)
+            else:
+                candidates.append((record, outcome.text, name, {**plan.technique_params.get("synonym", {}), "replaced": outcome.replaced, "_similarity": outcome.similarity}))
+    for record in wanted["fgsm"]:
+        (outcome,) = augmenters.fgsm.attack([record[augmented_field(record)]])
+        if isinstance(outcome, Skip):
+            skip(record, "fgsm", outcome.reason)
+        else:
+            swaps = [list(s) for s in outcome.swaps]
+            params = {**plan.technique_params.get("fgsm", {}), "swaps": swaps, "loss_before": round(outcome.loss_before, 4), "loss_after": round(outcome.loss_after, 4)}
+            candidates.append((record, outcome.text, "fgsm", params))
+
+    similarities = _similarities(candidates, augmenters.encoder)
+    index = NearDuplicateIndex(threshold=plan.near_duplicate_threshold)
+    index.add_batch([r["record_id"] for r in originals], [r.get(augmented_field(r)) or "" for r in originals])
+    seen = {content_key(r) for r in originals}
+    children = []
+    duplicates = index.add_batch(list(range(len(candidates))), [c[1] for c in candidates])
+    for (parent, text, technique, params), similarity, duplicate_of in zip(candidates, similarities, duplicates):
+        family = "synonym" if "synonym" in technique else "structural" if technique.endswith("reorder") else technique
+        child = _child(parent, text, technique, {k: v for k, v in params.items() if not k.startswith("_")}, similarity)
+        if duplicate_of is not None or content_key(child) in seen:
+            skip(parent, family, "near-duplicate of an existing record")
+            continue
+        seen.add(content_key(child))
+        children.append(child)
+
+    for record in originals:
+        result.records.append({**record, "parent_id": None, "technique": "original", "aug_params": "{}", "similarity": 1.0, "aug_skipped": json.dumps(notes[record["record_id"]], ensure_ascii=False)})
+    result.records.extend(children)
+    return result
+
+
+def _similarities(candidates: list[tuple[dict, str, str, dict]], encoder: SentenceEncoder | None) -> list[float | None]:
+    """The synonym filter's own score where it has one, else one batched encoder call."""
+    out: list[float | None] = [c[3].get("_similarity") for c in candidates]
+    missing = [i for i, s in enumerate(out) if s is None]
+    if encoder is not None and missing:
+        parents = [candidates[i][0][augmented_field(candidates[i][0])] for i in missing]
+        scores = encoder.similarity(parents, [candidates[i][1] for i in missing])
+        for i, score in zip(missing, scores):
+            out[i] = round(float(score), 4)
+    return [None if s is None else round(float(s), 4) for s in out]
+
+
+def plan_dict(plan: AugmentPlan) -> dict[str, Any]:
+    return asdict(plan)

@@ -1,0 +1,91 @@
+"""The whole augmentation pass: provenance, ratios, near-duplicates and bad input."""
+
+import json
+import random
+from functools import partial
+
+import pytest
+
+from deepfeed.core.augment_corpus import AugmentPlan, Augmenters, augment_corpus
+from deepfeed.core.augmentation import WordNetSynonyms, protected_mask
+from deepfeed.core.contextual_synonyms import ContextualSynonymReplacer
+from deepfeed.core.encoders import SentenceEncoder
+from deepfeed.core.fgsm import FgsmTextAttack
+from deepfeed.core.modeling import load_model, load_tokenizer
+from deepfeed.core.offline import activate_nltk_data
+from tests.conftest import PAIRS
+
+LONG = "A very long answer that goes on. " * 100
+
+
+def _records():
+    rows = [(p, r, "zh" if "？" in p else "en", "train") for p, r in PAIRS]
+    rows += [
+        ("Empty?", "", "en", "train"),
+        ("Long?", LONG, "en", "train"),
+        ("Mixed?", "Take the medicine 每天三次 with warm water and 多喝水 always.", "en", "train"),
+        ("Only protected?", "<EMAIL> 42 https://example.org I10", "en", "train"),
+        ("Held out?", "The held out answer is good, and it stays out.", "en", "eval"),
+    ]
+    return [{"record_id": f"r{i}", "kind": "pair", "prompt": p, "response": r, "text": None, "lang": lang, "split": split} for i, (p, r, lang, split) in enumerate(rows)]
+
+
+@pytest.fixture(scope="module")
+def augmenters(tiny_llama):
+    from tests.conftest import REPO
+
+    activate_nltk_data(REPO / ".deepfeed" / "cache" / "nltk_data")
+    encoder = SentenceEncoder()
+    # English-only lexicons: Chinese records then meet "no synonym resource".
+    synonyms = ContextualSynonymReplacer(encoder, WordNetSynonyms(base_forms_only=True), None, protected=protected_mask, threshold=0.7, rate=0.2)
+    fgsm = FgsmTextAttack(load_model(tiny_llama), load_tokenizer(tiny_llama), epsilon=0.1, max_modification_rate=0.5, protected=protected_mask)
+    return Augmenters(encoder=encoder, synonyms=synonyms, fgsm=fgsm)
+
+
+@pytest.fixture(scope="module")
+def every_technique(augmenters):
+    return augment_corpus(_records(), AugmentPlan(synonym_ratio=1.0, structural_ratio=1.0, fgsm_ratio=1.0, max_chars=1000), augmenters)
+
+
+def test_children_carry_provenance_and_eval_records_never_enter(every_technique):
+    result = every_technique
+    originals = {r["record_id"]: r for r in result.records if r["technique"] == "original"}
+    children = [r for r in result.records if r["technique"] != "original"]
+    assert "r" + str(len(PAIRS) + 4) not in originals and all(r["split"] == "train" for r in result.records)
+    assert {c["technique"] for c in children} >= {"contextual_synonym", "fgsm"}
+    assert {c["technique"] for c in children} & {"sentence_reorder", "clause_reorder"}
+    for child in children:
+        parent = originals[child["parent_id"]]
+        assert child["response"] != parent["response"] and child["prompt"] == parent["prompt"]
+        assert isinstance(json.loads(child["aug_params"]), dict)
+        assert -1.0 <= child["similarity"] <= 1.0
+    fgsm = [c for c in children if c["technique"] == "fgsm"]
+    assert all(json.loads(c["aug_params"])["swaps"] for c in fgsm)
+    assert len({r["record_id"] for r in result.records}) == len(result.records)
+
+
+def test_bad_input_passes_through_unchanged_with_the_reason(every_technique):
+    result = every_technique
+    by_id = {r["record_id"]: r for r in result.records if r["technique"] == "original"}
+    n = len(PAIRS)
+    empty, long, mixed, protected = (by_id[f"r{n + k}"] for k in range(4))
+    assert empty["response"] == "" and long["response"] == LONG
+    assert set(json.loads(empty["aug_skipped"])) == {f"{t}: empty text" for t in ("synonym", "structural", "fgsm")}
+    assert set(json.loads(long["aug_skipped"])) == {f"{t}: longer than max_chars=1000" for t in ("synonym", "structural", "fgsm")}
+    assert "synonym: mixed-language text: no single synonym resource applies" in json.loads(mixed["aug_skipped"])
+    assert "synonym: nothing but protected spans, numbers and punctuation" in json.loads(protected["aug_skipped"])
+    zh = next(r for r in by_id.values() if r["lang"] == "zh")
+    assert "synonym: no synonym resource for zh text" in json.loads(zh["aug_skipped"])
+    parents = {r["parent_id"] for r in result.records}
+    assert not parents & {f"r{n + k}" for k in range(4)} - {f"r{n + 2}"}
+    assert result.skipped["synonym: empty text"] == 1
+
+
+def test_ratios_select_techniques_and_near_duplicates_are_dropped(augmenters):
+    only_structural = augment_corpus(_records(), AugmentPlan(synonym_ratio=0.0, structural_ratio=1.0, fgsm_ratio=0.0), augmenters)
+    assert {r["technique"] for r in only_structural.records} <= {"original", "sentence_reorder", "clause_reorder"}
+    strict = augment_corpus(_records(), AugmentPlan(synonym_ratio=0.0, structural_ratio=1.0, fgsm_ratio=0.0, near_duplicate_threshold=0.2), augmenters)
+    assert [r["technique"] for r in strict.records] == ["original"] * len(strict.records)
+    assert strict.skipped["structural: near-duplicate of an existing record"] == len(only_structural.records) - len(strict.records)
+    with pytest.raises(ValueError, match="fgsm_ratio"):
+        AugmentPlan(fgsm_ratio=1.5)
