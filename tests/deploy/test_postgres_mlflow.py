@@ -1,0 +1,169 @@
+"""deploy/dagster.yaml against a real PostgreSQL server, and MLflow in server mode.
+
+Both servers run on 127.0.0.1 only and are torn down afterwards. Where PostgreSQL is not
+installed the tests skip with the reason (bash .ci/services.sh installs it).
+"""
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from deepfeed.assets import ASSET_MODULES
+from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
+from deepfeed.resources.mlflow_tracking import CHALLENGER
+from tests.deploy.services import ServiceUnavailable, mlflow_server, postgres_server
+
+REPO = Path(__file__).resolve().parents[2]
+PRODUCTION_YAML = REPO / "deploy" / "dagster.yaml"
+SLICE = ["raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model"]
+TRAIN_STEPS = 3
+# What the Kubernetes run launcher reads; nothing contacts a cluster while runs execute
+# in process, but the instance must accept them as configured.
+K8S_ENV = {
+    "DAGSTER_K8S_NAMESPACE": "deepfeed",
+    "DAGSTER_K8S_INSTANCE_CONFIG_MAP": "dagster-instance",
+    "DAGSTER_K8S_PG_PASSWORD_SECRET": "dagster-postgresql-secret",
+    "DAGSTER_K8S_SERVICE_ACCOUNT": "dagster",
+    "DAGSTER_MAX_CONCURRENT_RUNS": "10",
+}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    try:
+        with postgres_server() as server:
+            yield server
+    except ServiceUnavailable as exc:
+        pytest.skip(f"PostgreSQL cannot be started here: {exc}")
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: none, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: none, user: {token: none}}]
+contexts: [{name: none, context: {cluster: none, user: none}}]
+current-context: none
+"""
+
+
+@pytest.fixture
+def production_home(deepfeed_env, postgres, monkeypatch) -> Path:
+    """A DAGSTER_HOME holding deploy/dagster.yaml, its variables set.
+
+    One change: the Kubernetes launcher reads a kubeconfig (pointing at a closed loopback
+    port, never contacted) instead of the in-cluster service account, which exists only
+    inside a pod. Everything else is the file as shipped.
+    """
+    home = deepfeed_env / "dagster"
+    config = yaml.safe_load(PRODUCTION_YAML.read_text())
+    (home / "kubeconfig").write_text(KUBECONFIG)
+    config["run_launcher"]["config"].update(load_incluster_config=False, kubeconfig_file=str(home / "kubeconfig"))
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    for name, value in {**postgres.env(), **K8S_ENV, "DAGSTER_HOME": str(home)}.items():
+        monkeypatch.setenv(name, value)
+    return home
+
+
+def _run_rows(postgres) -> list[tuple[str, str]]:
+    import psycopg2
+
+    with psycopg2.connect(postgres.url) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT run_id, status FROM runs")
+        return cursor.fetchall()
+
+
+def test_production_instance_stores_runs_in_postgres_and_logs_to_an_mlflow_server(
+    production_home, postgres, deepfeed_env, tiny_llama, tiny_corpus, tmp_path
+):
+    with dg.DagsterInstance.from_config(str(production_home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+        coordinator = instance.run_coordinator
+        assert type(coordinator).__name__ == "QueuedRunCoordinator"
+        limits = coordinator.get_run_queue_config().tag_concurrency_limits
+        assert {"key": "deepfeed/gpu-pool", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+        assert coordinator.get_run_queue_config().max_concurrent_runs == 10
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        assert type(instance.run_launcher).__name__ == "K8sRunLauncher"
+        assert instance.run_launcher.job_namespace == "deepfeed"
+
+        # An MLflow server's registry refuses a model version whose source is a local path
+        # (a checkpoint on one machine's disk means nothing to the others), so server mode
+        # needs an object-store artifact root (s3://… in production). No S3 server installs
+        # from the registries here; fsspec's in-process memory:// filesystem is the remote
+        # root that takes the same code path (staging, upload, URI as the source).
+        artifact_root = f"memory://deepfeed-{uuid.uuid4().hex[:8]}/artifacts"
+        with mlflow_server(tmp_path / "mlflow-server") as tracking_uri:
+            # No artifact_location: the experiment takes the server's artifact root, so
+            # artifacts go through the server, as they do from a pod without the volume.
+            mlflow = MlflowResource(tracking_uri=tracking_uri, artifact_location="")
+            result = dg.materialize(
+                [*dg.load_assets_from_modules(ASSET_MODULES), *dg.load_asset_checks_from_modules(ASSET_MODULES)],
+                selection=SLICE,
+                resources={
+                    "artifact_store": ArtifactStoreResource(root=artifact_root),
+                    "mlflow": mlflow,
+                    "model_source": ModelSourceResource(base_model_path=str(tiny_llama)),
+                },
+                run_config={"ops": {
+                    "raw_corpus": {"config": {"corpus_path": str(tiny_corpus)}},
+                    # WordNet synonyms are the slow part of augmentation and not what this tests.
+                    "augmented_corpus": {"config": {"synonym_ratio": 0.0}},
+                    "finetuned_model": {"config": {"max_steps": TRAIN_STEPS, "batch_size": 4, "max_length": 64}},
+                }},
+                instance=instance,
+            )
+            assert result.success
+
+            client = mlflow.client()
+            experiment = client.get_experiment_by_name("deepfeed")
+            assert experiment.artifact_location.startswith("mlflow-artifacts:")
+            runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.dagster_run_id = '{result.run_id}'")
+            assert len(runs) == 1
+            run = runs[0]
+            assert "train_final_loss" in run.data.metrics
+            assert len(client.get_metric_history(run.info.run_id, "train_loss")) == TRAIN_STEPS
+            version = mlflow.version_by_alias(CHALLENGER)
+            assert version is not None and version.tags["dagster_run_id"] == result.run_id
+            assert version.source.startswith(artifact_root + "/finetuned_model/")
+            logged = {a.path for a in client.list_artifacts(run.info.run_id, "finetuned_model")}
+            assert "finetuned_model/training.json" in logged
+        # The server kept the artifact on its own root and the runs in its database.
+        assert list((tmp_path / "mlflow-server" / "artifacts").rglob("training.json"))
+        assert (tmp_path / "mlflow-server" / "mlflow.db").stat().st_size > 0
+        assert not (deepfeed_env / "mlflow.db").exists()
+
+    # A fresh instance from the same file reads everything back out of Postgres.
+    assert (result.run_id, "SUCCESS") in _run_rows(postgres)
+    with dg.DagsterInstance.from_config(str(production_home)) as reopened:
+        record = reopened.get_run_record_by_id(result.run_id)
+        assert record.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+        for key in SLICE:
+            event = reopened.get_latest_materialization_event(dg.AssetKey(key))
+            assert event is not None and event.run_id == result.run_id, key
+        finetuned = reopened.get_latest_materialization_event(dg.AssetKey("finetuned_model")).asset_materialization
+        assert finetuned.metadata["mlflow_model_version"].value == str(version.version)
+        raw = reopened.get_latest_materialization_event(dg.AssetKey("raw_corpus")).asset_materialization
+        assert raw.metadata["quarantined"].value == 4
+
+
+def test_definitions_validate_with_the_production_instance_and_k8s_executor(production_home):
+    """`dagster definitions validate` loads deploy/dagster.yaml (so Postgres) and the
+    code location with the k8s executor; no cluster is needed to validate."""
+    dagster = Path(sys.executable).parent / "dagster"
+    done = subprocess.run(
+        [str(dagster), "definitions", "validate", "-f", str(REPO / "deploy" / "definitions_production.py")],
+        cwd=REPO, env={**os.environ, "DEEPFEED_EXECUTOR": "k8s"}, capture_output=True, text=True, timeout=300,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "Validation successful for code location definitions_production.py" in output
