@@ -107,6 +107,40 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dagster_instance_check():
+    """Open the instance a run would use (DAGSTER_HOME) and read from its run storage."""
+    from deepfeed.core.doctor import FAIL, PASS, CheckResult
+    from deepfeed.core.offline import deepfeed_home
+
+    home = os.environ.get("DAGSTER_HOME") or str(deepfeed_home() / "dagster")
+    if not (Path(home) / "dagster.yaml").exists():
+        return CheckResult("dagster instance", FAIL, f"no dagster.yaml in DAGSTER_HOME={home} (`deepfeed demo` or `make ui` writes one)")
+    try:
+        import dagster as dg
+
+        with dg.DagsterInstance.from_config(home) as instance:
+            runs = instance.get_runs_count()
+            storage = type(instance.run_storage).__name__
+            launcher = instance.get_ref().run_launcher_data
+    except Exception as exc:  # storage drivers raise their own errors
+        return CheckResult("dagster instance", FAIL, f"DAGSTER_HOME={home}: {type(exc).__name__}: {str(exc)[:300]}")
+    launcher_name = launcher.class_name if launcher else "DefaultRunLauncher"
+    return CheckResult("dagster instance", PASS, f"{home}: {storage}, {runs} run(s), {launcher_name}")
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from deepfeed.core.doctor import GiB, DoctorConfig, failed, render_table, run_checks
+
+    config = DoctorConfig(
+        model=args.model, scenario=args.scenario, require_gpu=args.require_gpu,
+        min_free_bytes=args.min_free_gib * GiB if args.min_free_gib is not None else None,
+        extra=[_dagster_instance_check],
+    )
+    results = run_checks(config)
+    print(render_table(results))
+    return 1 if failed(results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepfeed", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("output")
     tiny.add_argument("--architecture", choices=("llama", "deepseek_v3"), default="llama")
     tiny.set_defaults(func=cmd_tiny_model)
+    doctor = commands.add_parser("doctor", help="check this machine against the configuration: versions, GPU vs plan, disk, MLflow, Dagster, offline resources")
+    doctor.add_argument("--model", default="", help="preset, folder or config.json to plan for (default: $DEEPFEED_BASE_MODEL or the embedded SmolLM2)")
+    doctor.add_argument("--scenario", default="lora-bf16-gc", help="planner scenario the GPUs must fit (see `deepfeed plan`), e.g. infer-bf16, full-mixed-gc")
+    doctor.add_argument("--require-gpu", action="store_true", help="fail, rather than warn, when no CUDA GPU is visible")
+    doctor.add_argument("--min-free-gib", type=float, default=None, help="free space the artifact root needs (default: 3 fp32 copies of the model)")
+    doctor.set_defaults(func=cmd_doctor)
     from deepfeed.serve.cli import add_serve_parser
 
     add_serve_parser(commands)
