@@ -9,9 +9,10 @@ import copy
 import json
 from pathlib import Path
 
-import jsonschema
 import pytest
 import yaml
+
+jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed (pip install jsonschema==4.26.0)")
 
 REPO = Path(__file__).resolve().parents[2]
 HELM = REPO / "deploy" / "helm"

@@ -15,9 +15,14 @@ import pytest
 import yaml
 
 from deepfeed.assets import ASSET_MODULES
+from deepfeed.cli import _dagster_instance_check
+from deepfeed.core.doctor import PASS, check_mlflow
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 from deepfeed.resources.mlflow_tracking import CHALLENGER
 from tests.deploy.services import ServiceUnavailable, mlflow_server, postgres_server
+
+for _module, _package in [("dagster_postgres", "dagster-postgres"), ("dagster_k8s", "dagster-k8s"), ("psycopg2", "psycopg2-binary")]:
+    pytest.importorskip(_module, reason=f"{_package} is not installed (deploy/requirements-production*.txt)")
 
 REPO = Path(__file__).resolve().parents[2]
 PRODUCTION_YAML = REPO / "deploy" / "dagster.yaml"
@@ -137,6 +142,12 @@ def test_production_instance_stores_runs_in_postgres_and_logs_to_an_mlflow_serve
             assert version.source.startswith(artifact_root + "/finetuned_model/")
             logged = {a.path for a in client.list_artifacts(run.info.run_id, "finetuned_model")}
             assert "finetuned_model/training.json" in logged
+
+            # `deepfeed doctor` sees the same server and the Postgres-backed instance.
+            assert check_mlflow(tracking_uri).status == PASS
+            instance_check = _dagster_instance_check()
+            assert instance_check.status == PASS, instance_check.detail
+            assert "PostgresRunStorage" in instance_check.detail and "K8sRunLauncher" in instance_check.detail
         # The server kept the artifact on its own root and the runs in its database.
         assert list((tmp_path / "mlflow-server" / "artifacts").rglob("training.json"))
         assert (tmp_path / "mlflow-server" / "mlflow.db").stat().st_size > 0

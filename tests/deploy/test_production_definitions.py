@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytest.importorskip("dagster_k8s", reason="dagster-k8s is not installed (deploy/requirements-production-nodeps.txt)")
+
 REPO = Path(__file__).resolve().parents[2]
 PRODUCTION = REPO / "deploy" / "definitions_production.py"
 GPU_POOL_TAG = "deepfeed/gpu-pool"
