@@ -1,36 +1,62 @@
-"""raw_corpus and clean_corpus: reading the sources and cleaning them, every record accounted for."""
+"""raw_corpus and clean_corpus: reading the sources and cleaning them, every record
+accounted for, every change in the audit ledger; the 3C and k-anonymity asset checks."""
 
+import functools
+import json
 from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 import dagster as dg
 from pydantic import Field
 
 from deepfeed.assets.common import counts_table, fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle
-from deepfeed.core.cleaning import CleaningConfig, clean_records
+from deepfeed.core.audit import AuditLedger
+from deepfeed.core.cleaning import REMOVED_FIELDS, CleaningConfig, clean_records, meta_dict, quarantine_entry, training_text
+from deepfeed.core.corpus_checks import MAX_NOISE_RATIO, glossary_leftovers, noise_report, release_statistics
+from deepfeed.core.coverage import CoverageConfig, MiniLMEncoder, long_tail_reasons, share_by_tag
 from deepfeed.core.demo_corpus import ensure_demo_corpus
-from deepfeed.core.ingest import QUARANTINE_FIELDS, RECORD_FIELDS, CorpusSourceError, ingest_folder
+from deepfeed.core.dp import DEFAULT_MAX_EPSILON
+from deepfeed.core.glossary import load_glossary
+from deepfeed.core.ingest import QUARANTINE_FIELDS, RECORD_FIELDS, CorpusSourceError, as_source_path, ingest_folder
+from deepfeed.core.kanonymity import check_k_anonymity
+from deepfeed.core.offline import deepfeed_home
+from deepfeed.core.quality import QualityConfig
 from deepfeed.core.tables import read_table, write_table
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.settings import default_corpus_path, demo_corpus_dir
 
 GROUP = "corpus"
+AUDIT_CHUNK = 10_000
+
+
+def audit_ledger() -> AuditLedger:
+    """The ledger every stage appends to ($DEEPFEED_HOME/audit/ledger.jsonl)."""
+    return AuditLedger(deepfeed_home() / "audit" / "ledger.jsonl")
+
+
+def _append_audit(entries: list) -> tuple[int, str]:
+    ledger = audit_ledger()
+    for start in range(0, len(entries), AUDIT_CHUNK):
+        ledger.append(entries[start:start + AUDIT_CHUNK])
+    return ledger.head()
 
 
 class RawCorpusConfig(dg.Config):
     corpus_path: str = Field(
         default_factory=default_corpus_path,
-        description="Folder (or file) of JSONL/JSON/CSV/TSV/Parquet/text/Markdown records. "
+        description="Folder (or file) of JSONL/JSON/CSV/TSV/Parquet/text/Markdown records, optionally .gz; a local path "
+        "or a URL such as s3://bucket/prefix (needs the fsspec driver, e.g. s3fs). "
         "Empty: the embedded chatterbot demo corpus. Env: DEEPFEED_CORPUS.",
     )
-    max_record_bytes: int = Field(default=1_000_000, description="Records larger than this go to the quarantine.")
+    max_record_bytes: int = Field(default=1_000_000, description="Records (or lines) larger than this go to the quarantine.")
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet"})
 def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artifact_store: ArtifactStoreResource) -> dg.Output[ArtifactHandle]:
     """Every readable record of the corpus, normalized to one schema; the rest quarantined with a reason."""
-    source = Path(config.corpus_path).expanduser() if config.corpus_path else ensure_demo_corpus(demo_corpus_dir())
+    source = as_source_path(config.corpus_path) if config.corpus_path else ensure_demo_corpus(demo_corpus_dir())
     try:
         result = ingest_folder(source, max_record_bytes=config.max_record_bytes)
     except CorpusSourceError as exc:
@@ -44,24 +70,62 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
         write_table(version.path / "records.parquet", result.records, RECORD_FIELDS)
         write_table(version.path / "quarantine.parquet", result.quarantine, QUARANTINE_FIELDS)
     handle = version.handle
-    langs = Counter(r["lang"] or "unknown" for r in result.records)
+    entries, head = len(result.quarantine), _append_audit([quarantine_entry(q, context.run.run_id) for q in result.quarantine])
     return dg.Output(
         handle,
         metadata={
             **handle_metadata(handle),
             "source": str(source),
             "quarantine_reasons": counts_table(Counter(q["reason"] for q in result.quarantine)),
-            "languages": counts_table(dict(langs), key="language"),
             "files": counts_table({f: c["kept"] for f, c in result.files.items()}, key="file"),
+            "audit_entries": entries,
+            "audit_ledger": dg.MetadataValue.path(str(audit_ledger().path)),
+            "audit_head": head[1],
         },
     )
 
 
 class CleanCorpusConfig(dg.Config):
-    min_chars: int = Field(default=2, description="Records shorter than this (prompt + response) are removed.")
-    max_chars: int = Field(default=8000, description="Records longer than this are removed.")
+    min_chars: int = Field(default=4, description="Shortest record kept, in effective characters of prompt + response "
+                           "(whitespace not counted, a Han character counts 3). Low on purpose: dialog answers such as 'Yes.' are data.")
+    max_chars: int = Field(default=8000, description="Records longer than this (effective characters) are removed.")
     eval_fraction: float = Field(default=0.1, description="Share of records held out for evaluation (stable by content hash).")
     split_seed: int = Field(default=17, description="Seed of the held-out split; change it only to draw a new split.")
+    near_duplicate_threshold: float = Field(default=0.9, description="MinHash Jaccard similarity (character 5-grams) from which a record is a near-duplicate of an earlier one; in (0, 0.99].")
+    use_glossary: bool = Field(default=True, description="Normalize domain terms through the glossary (3C Consistency).")
+    glossary_path: str = Field(default="", description="YAML or CSV glossary (canonical term <- variants). Empty: the shipped ICD-10 example.")
+    scrub_pii: bool = Field(default=True, description="Replace PII by typed placeholders (<EMAIL>, <PHONE>, <ID_CN>, ...) in every text field, tag and metadata value.")
+    quasi_identifiers: list[str] = Field(default_factory=list, description="Metadata columns (keys of the record's meta) that are quasi-identifiers, e.g. age, gender, region, admission_date; generalized/suppressed to k-anonymity.")
+    k: int = Field(default=20, description="k of k-anonymity over the quasi-identifiers (SPEC: at least 20).")
+    max_suppression: float = Field(default=0.05, description="Largest share of records k-anonymity may suppress before it generalizes further.")
+    dp_epsilon: float = Field(default=DEFAULT_MAX_EPSILON, description="Differential-privacy budget (ε, at most 0.5) of the corpus statistics released to metadata and MLflow.")
+    coverage_embeddings: bool = Field(default=True, description="Find embedding outliers with the bundled MiniLM encoder for the long-tail (Coverage) definition; off: rare tags only.")
+
+
+@functools.lru_cache(maxsize=1)
+def _encoder() -> MiniLMEncoder:
+    # Loading takes seconds; runs in one process (tests, the demo) share it.
+    return MiniLMEncoder()
+
+
+def _cleaning_config(config: CleanCorpusConfig) -> CleaningConfig:
+    if not 0 < config.dp_epsilon <= DEFAULT_MAX_EPSILON:
+        raise fail("clean_corpus.config.dp_epsilon", f"{config.dp_epsilon}: must be in (0, {DEFAULT_MAX_EPSILON}] (SPEC: ε ≤ 0.5)")
+    if config.use_glossary and config.glossary_path and not Path(config.glossary_path).expanduser().is_file():
+        raise fail("clean_corpus.config.glossary_path", f"{config.glossary_path!r} is not a file")
+    try:
+        return CleaningConfig(
+            min_chars=config.min_chars, max_chars=config.max_chars, eval_fraction=config.eval_fraction, split_seed=config.split_seed,
+            near_duplicate_threshold=config.near_duplicate_threshold,
+            glossary_path=(str(Path(config.glossary_path).expanduser()) if config.glossary_path else None) if config.use_glossary else "",
+            scrub_pii=config.scrub_pii, quasi_identifiers=tuple(config.quasi_identifiers), k=config.k, max_suppression=config.max_suppression,
+        )
+    except ValueError as exc:
+        raise fail("clean_corpus.config", str(exc)) from exc
+
+
+def _stats_table(values: dict[str, int], key: str) -> dg.MetadataValue:
+    return counts_table(values, key=key, value="records (ε-DP, Laplace)")
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet"})
@@ -72,12 +136,21 @@ def clean_corpus(
     artifact_store: ArtifactStoreResource,
     mlflow: MlflowResource,
 ) -> dg.Output[ArtifactHandle]:
-    """Normalized, deduplicated records with a stable train/eval split; removals kept with reasons."""
+    """Normalized, PII-scrubbed, glossary-normalized, deduplicated and k-anonymous records with a stable
+    train/eval split and long-tail flags; removals kept with reasons, every change in the audit ledger."""
+    cleaning = _cleaning_config(config)
     store = artifact_store.store()
     records = read_table(store.local_path(raw_corpus) / "records.parquet")
-    result = clean_records(records, CleaningConfig(**config.model_dump()))
+    try:
+        result = clean_records(records, cleaning, run_id=context.run.run_id)
+    except (OSError, ValueError) as exc:  # a glossary that does not parse, mostly
+        raise fail("clean_corpus.config.glossary_path", f"{type(exc).__name__}: {exc}") from exc
     if not result.records:
         raise fail("clean_corpus.config", f"cleaning removed all {len(records)} records: {result.reasons()}")
+
+    embeddings = _encoder().encode([training_text(r) for r in result.records]) if config.coverage_embeddings else None
+    for record, reason in zip(result.records, long_tail_reasons(result.records, embeddings)):
+        record["long_tail"] = reason
     splits = Counter(r["split"] for r in result.records)
     counts = {
         "kept_in": len(records),
@@ -86,19 +159,51 @@ def clean_corpus(
         "changed": sum(1 for r in result.records if r["changed"]),
         "train": splits.get("train", 0),
         "eval": splits.get("eval", 0),
+        "long_tail": sum(1 for r in result.records if r["long_tail"]),
+        "pii_replaced": sum(result.pii.values()),
+        "glossary_replaced": sum(result.glossary.values()),
+        # What the checks re-run with: the settings this version was cleaned under.
+        "min_chars": cleaning.min_chars,
+        "max_chars": cleaning.max_chars,
+        "near_duplicate_threshold": cleaning.near_duplicate_threshold,
+        "glossary": "off" if cleaning.glossary_path == "" else (cleaning.glossary_path or "builtin"),
+        "quasi_identifiers": list(cleaning.quasi_identifiers),
+        "k": cleaning.k,
     }
+    statistics, accountant = release_statistics(result.records, config.dp_epsilon)
     with store.new_version("clean_corpus", counts, run_id=context.run.run_id) as version:
         write_table(version.path / "records.parquet", result.records)
-        write_table(version.path / "removed.parquet", result.removed, ("record_id", "source", "reason", "detail"))
+        write_table(version.path / "removed.parquet", result.removed, REMOVED_FIELDS)
+        (version.path / "statistics_dp.json").write_text(json.dumps({**statistics, "privacy": accountant.to_dict()}, indent=2, ensure_ascii=False))
     handle = version.handle
-    mlflow.log(context, params={"data_hash": handle.content_hash, **config.model_dump()}, metrics={f"corpus_{k}": v for k, v in counts.items()})
-    context.log.info("cleaned %d of %d records (%s)", len(result.records), len(records), result.reasons())
+    entries, head = len(result.audit), _append_audit(result.audit)
+
+    dp_metrics = {f"corpus_dp_lang_{k}": v for k, v in statistics["languages"].items()}
+    dp_metrics.update({f"corpus_dp_length_{k}": v for k, v in statistics["length_histogram"].items()})
+    mlflow.log(
+        context,
+        params={"data_hash": handle.content_hash, "audit_head": head[1], **config.model_dump()},
+        metrics={**{f"corpus_{k}": v for k, v in counts.items() if isinstance(v, int)}, **dp_metrics,
+                 "corpus_dp_epsilon_spent": accountant.spent, "corpus_dp_epsilon_budget": accountant.epsilon_budget},
+        artifacts=[store.local_path(handle) / "statistics_dp.json"],
+    )
+    context.log.info("cleaned %d of %d records (%s); %d audit entries", len(result.records), len(records), result.reasons(), entries)
     return dg.Output(
         handle,
         metadata={
             **handle_metadata(handle),
             "removed_reasons": counts_table(result.reasons()),
-            "languages": counts_table(dict(Counter(r["lang"] or "unknown" for r in result.records)), key="language"),
+            "pii_replaced_by_kind": counts_table(dict(result.pii), key="kind", value="replacements"),
+            "glossary_terms_normalized": counts_table(dict(result.glossary), key="canonical term", value="replacements"),
+            "k_anonymity": dg.MetadataValue.json(result.kanonymity or {"quasi_identifiers": []}),
+            "languages_dp": _stats_table(statistics["languages"], "language"),
+            "tags_dp": _stats_table(statistics["tags"], "tag"),
+            "length_histogram_dp": _stats_table(statistics["length_histogram"], "characters"),
+            "dp_epsilon_spent": accountant.spent,
+            "dp_epsilon_budget": accountant.epsilon_budget,
+            "audit_entries": entries,
+            "audit_ledger": dg.MetadataValue.path(str(audit_ledger().path)),
+            "audit_head": head[1],
         },
     )
 
@@ -107,6 +212,10 @@ def _rows(store, handle: ArtifactHandle, name: str) -> int:
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(store.local_path(handle) / name).metadata.num_rows
+
+
+def _records(artifact_store: ArtifactStoreResource, handle: ArtifactHandle) -> list[dict]:
+    return read_table(artifact_store.store().local_path(handle) / "records.parquet")
 
 
 @dg.asset_check(asset=raw_corpus, blocking=True, description="Every record read is kept or quarantined: rows read = rows kept + rows quarantined, counted in the written files.")
@@ -131,3 +240,58 @@ def clean_corpus_accounting(raw_corpus: ArtifactHandle, clean_corpus: ArtifactHa
         metadata={"kept": kept, "cleaned": cleaned, "removed": removed},
         description=None if balanced else "records were lost between raw_corpus and clean_corpus",
     )
+
+
+@dg.asset_check(asset=clean_corpus, blocking=True, description="3C Consistency: no glossary variant remains un-normalized in any text field.")
+def clean_corpus_consistency(clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
+    glossary_setting = clean_corpus.counts.get("glossary", "builtin")
+    if glossary_setting == "off":
+        return dg.AssetCheckResult(passed=True, description="glossary normalization is off (clean_corpus.config.use_glossary)", metadata={"glossary": "off"})
+    glossary = load_glossary(None if glossary_setting == "builtin" else glossary_setting)
+    left = glossary_leftovers(_records(artifact_store, clean_corpus), glossary)
+    return dg.AssetCheckResult(
+        passed=not left,
+        metadata={"glossary": glossary_setting, "terms": len(glossary), "records_with_variants": sum(left.values()),
+                  "variants_left_by_term": counts_table(dict(left), key="canonical term")},
+    )
+
+
+@dg.asset_check(asset=clean_corpus, blocking=False, description="3C Coverage: share of long-tail records (rare tags, MiniLM embedding outliers) per domain tag; warns below 5%.")
+def clean_corpus_coverage(clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
+    records = _records(artifact_store, clean_corpus)
+    shares = share_by_tag(records, [r.get("long_tail") for r in records])
+    minimum = CoverageConfig().min_long_tail_share
+    low = sorted(tag for tag, s in shares.items() if s["share"] < minimum)
+    lines = ["| tag | records | long tail | share |", "|---|---:|---:|---:|"]
+    lines += [f"| {tag} | {s['records']} | {s['long_tail']} | {s['share']:.1%} |" for tag, s in shares.items()]
+    return dg.AssetCheckResult(
+        passed=not low,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"long-tail share below {minimum:.0%} for: {', '.join(low)}" if low else None,
+        metadata={"share_by_tag": dg.MetadataValue.md("\n".join(lines)), "tags_below_minimum": len(low),
+                  "definition": "rare tag (<= 2% of records) or MiniLM embedding outlier (robust z < -2 of cosine similarity to the tag centroid)"},
+    )
+
+
+@dg.asset_check(asset=clean_corpus, blocking=True, description="3C Cleanliness: noise ratio (every quality detector, exact and near-duplicates, PII leftovers) re-run on the output is below 0.3%.")
+def clean_corpus_cleanliness(clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
+    counts = clean_corpus.counts
+    quality = QualityConfig(min_length=counts.get("min_chars", 4), max_length=counts.get("max_chars", 8000))
+    report = noise_report(_records(artifact_store, clean_corpus), quality, counts.get("near_duplicate_threshold", 0.9))
+    return dg.AssetCheckResult(
+        passed=report.passed,
+        description=None if report.passed else f"noise ratio {report.ratio:.3%} is not below {MAX_NOISE_RATIO:.1%}",
+        metadata={"noise_ratio": report.ratio, "noisy_records": report.noisy, "records": report.records,
+                  "flagged_by_detector": counts_table(report.flagged, key="detector")},
+    )
+
+
+@dg.asset_check(asset=clean_corpus, blocking=True, description="k-anonymity: every equivalence class of the configured quasi-identifiers has at least k records.")
+def clean_corpus_k_anonymity(clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
+    qi: Optional[list] = clean_corpus.counts.get("quasi_identifiers") or []
+    k = clean_corpus.counts.get("k", 20)
+    if not qi:
+        return dg.AssetCheckResult(passed=True, description="no quasi-identifiers configured (clean_corpus.config.quasi_identifiers)", metadata={"quasi_identifiers": 0})
+    metas = [meta_dict(r) for r in _records(artifact_store, clean_corpus)]
+    ok, smallest, bad = check_k_anonymity(metas, qi, k=k)
+    return dg.AssetCheckResult(passed=ok, metadata={"k": k, "smallest_class": smallest, "classes_below_k": bad, "quasi_identifiers": ", ".join(qi)})

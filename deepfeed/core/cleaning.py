@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from deepfeed.core.audit import AuditEntry, content_hash
 from deepfeed.core.dedup import NearDuplicateIndex, exact_key
@@ -203,10 +204,11 @@ class CorpusCleaner:
         cleaned["changed"] = final != before or bool(pii)
         return cleaned, None
 
-    def clean_batch(self, records: list[dict[str, Any]]) -> CleaningResult:
-        """One batch through every step but k-anonymity (which needs all kept records)."""
+    def prepare(self, records: list[dict[str, Any]]) -> tuple[CleaningResult, list[tuple[dict[str, Any], str, str]]]:
+        """The stateless part of a batch (normalize, scrub, glossary, language, quality):
+        what it removed, and the survivors as (cleaned record, raw text, final text)."""
         result = CleaningResult()
-        candidates: list[tuple[dict[str, Any], str, str]] = []  # (cleaned, raw text, final text)
+        candidates: list[tuple[dict[str, Any], str, str]] = []
         for record in records:
             cleaned, empty = self._transform(record, result)
             if empty:
@@ -214,16 +216,22 @@ class CorpusCleaner:
             else:
                 candidates.append((cleaned, training_text(record), training_text(cleaned)))
         if not candidates:
-            return result
+            return result, []
         texts = [final for _, _, final in candidates]
-        languages = detect_languages(texts)
-        verdicts = check_quality(texts, self.quality)
         survivors = []
-        for (cleaned, raw, final), lang, verdict in zip(candidates, languages, verdicts):
+        for candidate, lang, verdict in zip(candidates, detect_languages(texts), check_quality(texts, self.quality)):
+            cleaned, raw, _ = candidate
             cleaned["lang"] = lang
             if verdict is not None:
                 self._remove(result, cleaned, f"quality: {verdict}", f"quality filter {verdict!r} (min_chars={self.config.min_chars}, max_chars={self.config.max_chars})", raw)
-                continue
+            else:
+                survivors.append(candidate)
+        return result, survivors
+
+    def deduplicate(self, result: CleaningResult, candidates: list[tuple[dict[str, Any], str, str]]) -> CleaningResult:
+        """Exact then near-duplicates against everything kept so far (the stateful part)."""
+        survivors = []
+        for cleaned, raw, final in candidates:
             key = exact_key(final)
             first = self._exact.get(key)
             if first is not None:
@@ -239,6 +247,10 @@ class CorpusCleaner:
             cleaned["split"] = assign_split(cleaned, self.config.eval_fraction, self.config.split_seed)
             result.records.append(cleaned)
         return result
+
+    def clean_batch(self, records: list[dict[str, Any]]) -> CleaningResult:
+        """One batch through every step but k-anonymity (which needs all kept records)."""
+        return self.deduplicate(*self.prepare(records))
 
     def anonymize(self, result: CleaningResult) -> None:
         """Generalize / suppress the quasi-identifiers of all kept records to k-anonymity."""
@@ -271,6 +283,35 @@ class CorpusCleaner:
             "min_class_size": outcome.min_class_size,
             "classes": outcome.n_classes,
         }
+
+
+_worker: CorpusCleaner | None = None
+
+
+def _init_worker(config: CleaningConfig, run_id: str, collect_audit: bool) -> None:
+    global _worker
+    _worker = CorpusCleaner(config, run_id, collect_audit)
+
+
+def _prepare_in_worker(records: list[dict[str, Any]]):
+    assert _worker is not None
+    return _worker.prepare(records)
+
+
+def clean_stream(batches: Iterable[list[dict[str, Any]]], cleaner: CorpusCleaner, workers: int = 1) -> Iterator[CleaningResult]:
+    """Clean a stream of batches, in order. With workers > 1 the stateless steps run in
+    a process pool (they are pure Python per record, so threads would not help) while
+    this process deduplicates, which must see the batches in order."""
+    if workers <= 1:
+        for batch in batches:
+            yield cleaner.clean_batch(batch)
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with context.Pool(workers, _init_worker, (cleaner.config, cleaner.run_id, cleaner.collect_audit)) as pool:
+        for prepared in pool.imap(_prepare_in_worker, batches):
+            yield cleaner.deduplicate(*prepared)
 
 
 def clean_records(records: Iterable[dict[str, Any]], config: CleaningConfig, run_id: str = "") -> CleaningResult:

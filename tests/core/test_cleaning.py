@@ -103,3 +103,16 @@ def test_no_pii_left_in_cleaned_text():
     records = [_pair(1, "My ID is 11010519491231002X", "Card 4111 1111 1111 1111, IP 192.168.10.20")]
     [record] = clean_records(records, NO_GLOSSARY).records
     assert not has_pii(record["prompt"]) and not has_pii(record["response"])
+
+
+def test_worker_pool_gives_the_same_result_as_one_process():
+    from deepfeed.core.cleaning import clean_stream
+
+    records = [_pair(i, f"Question {i % 40} about hypertension?", f"Mail a{i % 7}@example.com, answer {i % 40}.") for i in range(200)]
+    batches = [records[i:i + 50] for i in range(0, 200, 50)]
+    serial = list(clean_stream(batches, CorpusCleaner(CleaningConfig(), run_id="r")))
+    pooled = list(clean_stream(batches, CorpusCleaner(CleaningConfig(), run_id="r"), workers=2))
+    assert [r.records for r in serial] == [r.records for r in pooled]
+    assert [r.removed for r in serial] == [r.removed for r in pooled]
+    assert [[(e.record_id, e.action, e.hash_after) for e in r.audit] for r in serial] == [[(e.record_id, e.action, e.hash_after) for e in r.audit] for r in pooled]
+    assert sum(len(r.records) for r in serial) == 40

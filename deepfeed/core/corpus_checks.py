@@ -1,0 +1,113 @@
+"""What the 3C asset checks and the privacy releases compute on a cleaned corpus.
+
+* Cleanliness: every noise detector re-run on the output (each quality detector,
+  exact and near-duplicates, PII leftovers); the noise ratio is the share of records
+  that any of them flags.
+* Consistency: records in which a glossary variant is still un-normalized.
+* Differential privacy: the corpus statistics that leave the pipeline (counts per
+  language and per tag, a length histogram) as Laplace releases within one ε budget.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from deepfeed.core.cleaning import TEXT_FIELDS, meta_dict, training_text
+from deepfeed.core.coverage import domain_tags
+from deepfeed.core.dedup import NearDuplicateIndex, exact_key
+from deepfeed.core.dp import PrivacyAccountant, noisy_counts, noisy_histogram
+from deepfeed.core.glossary import Glossary
+from deepfeed.core.pii import has_pii
+from deepfeed.core.quality import DETECTORS, QualityConfig
+
+MAX_NOISE_RATIO = 0.003
+LANGUAGES = ("zh", "en", "other")
+# Fixed edges (data-derived edges would leak the min and max); characters of the
+# training text, the last bin open-ended through clipping.
+LENGTH_EDGES = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+@dataclass
+class NoiseReport:
+    records: int
+    flagged: dict[str, int] = field(default_factory=dict)  # detector -> records it flags
+    noisy: int = 0  # records flagged by at least one detector
+
+    @property
+    def ratio(self) -> float:
+        return self.noisy / self.records if self.records else 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.ratio < MAX_NOISE_RATIO
+
+
+def _nested_strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_nested_strings(k), *_nested_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _nested_strings(v)]
+    return []
+
+
+def _strings(record: dict[str, Any]) -> list[str]:
+    """Every string of a record that could carry PII: text fields, tags, metadata."""
+    values = [record.get(f) for f in TEXT_FIELDS] + list(record.get("tags") or []) + _nested_strings(meta_dict(record))
+    return [v for v in values if isinstance(v, str) and v]
+
+
+def noise_report(records: Sequence[dict[str, Any]], quality: QualityConfig, near_duplicate_threshold: float) -> NoiseReport:
+    texts = [training_text(r) for r in records]
+    report = NoiseReport(records=len(records))
+    noisy = np.zeros(len(records), bool)
+
+    def flag(name: str, mask: np.ndarray) -> None:
+        nonlocal noisy
+        report.flagged[name] = int(mask.sum())
+        noisy |= mask
+
+    for name, detector in DETECTORS.items():
+        flag(name, np.array([reason is not None for reason in detector(texts, quality)], bool) if texts else np.zeros(0, bool))
+    seen: set[str] = set()
+    exact = np.zeros(len(records), bool)
+    for i, text in enumerate(texts):
+        key = exact_key(text)
+        exact[i] = key in seen
+        seen.add(key)
+    flag("exact_duplicate", exact)
+    index = NearDuplicateIndex(threshold=near_duplicate_threshold)
+    flag("near_duplicate", np.array([m is not None for m in index.add_batch(range(len(texts)), texts)], bool))
+    flag("pii", np.array([any(has_pii(s) for s in _strings(r)) for r in records], bool))
+    report.noisy = int(noisy.sum())
+    return report
+
+
+def glossary_leftovers(records: Sequence[dict[str, Any]], glossary: Glossary) -> Counter:
+    """Canonical term -> records that still hold one of its variants."""
+    left: Counter = Counter()
+    for record in records:
+        terms = {m.canonical for f in TEXT_FIELDS if record.get(f) for m in glossary.find_variants(record[f])}
+        left.update(terms)
+    return left
+
+
+def release_statistics(records: Sequence[dict[str, Any]], epsilon: float, rng: np.random.Generator | int | None = None) -> tuple[dict[str, Any], PrivacyAccountant]:
+    """Noisy counts per language and per tag and a length histogram, ε split in three."""
+    accountant = PrivacyAccountant(epsilon)
+    share = epsilon / 3
+    generator = np.random.default_rng(rng)
+    languages = noisy_counts(Counter(r.get("lang") or "other" for r in records), share, accountant, generator, name="records per language", domain=LANGUAGES)
+    tag_lists = [domain_tags(r) for r in records]
+    # One record touches every tag it carries: that many bins is its L1 sensitivity.
+    sensitivity = max((len(t) for t in tag_lists), default=1)
+    tags = noisy_counts(Counter(t for ts in tag_lists for t in ts), share, accountant, generator, name="records per tag", sensitivity=sensitivity)
+    lengths = np.clip([len(training_text(r)) for r in records], 0, LENGTH_EDGES[-1] - 1)
+    counts, edges = noisy_histogram(lengths, list(LENGTH_EDGES), share, accountant, generator, name="length histogram")
+    histogram = {f"{int(lo)}-{int(hi) - 1}": int(c) for lo, hi, c in zip(edges[:-1], edges[1:], counts)}
+    return {"languages": languages, "tags": tags, "length_histogram": histogram}, accountant
