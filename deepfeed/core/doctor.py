@@ -102,7 +102,9 @@ def check_gpu_memory(model: str, scenario: str, gpus: list[tuple[str, int]], req
         planned = plan(model, gpus=max(len(gpus), 1))
     except PlannerError as exc:
         return CheckResult("gpu memory", FAIL, f"deepfeed plan --model {model}: {exc}")
-    label = f"{planned.shape.name} ({planned.params.total / 1e9:.2f}B params), {SCENARIO_BY_KEY[scenario].label}"
+    # A folder's config rarely names the model; its folder name does.
+    name = Path(model).name if Path(model).exists() else planned.shape.name
+    label = f"{name} ({planned.params.total / 1e9:.2f}B params), {SCENARIO_BY_KEY[scenario].label}"
     if not gpus:
         need = planned.estimates[scenario].single.total
         return CheckResult("gpu memory", FAIL if require_gpu else SKIP,
