@@ -5,27 +5,34 @@ import os
 
 import dagster as dg
 
+from deepfeed.assets.incremental import feedback_batches
 from deepfeed.core.monitoring import drift_evidence, reference_features
+from deepfeed.pipelines.jobs import full_chain_job
 from deepfeed.pipelines.monitoring import drift_report_job
+from deepfeed.pipelines.training import incremental_job
 from deepfeed.resources import ArtifactStoreResource
 from deepfeed.resources.serving_data import ServingDataResource
 
-ON_ALERT = ("report", "full")
+ON_ALERT = ("report", "incremental", "full")
 
 
 def build_drift_sensor(window_hours: float = 24.0, alpha: float = 0.05, min_samples: int = 30,
                        confidence_std: float = 0.15, on_alert: str = "report",
                        interval_s: int = 900) -> dg.SensorDefinition:
-    """On an alert: a drift_report_job run (which fails, carrying the evidence) and, with
-    ``on_alert="full"``, a full retrain as well. One alert per window end hour (run key)."""
+    """On an alert: a drift_report_job run (which fails, carrying the evidence) and, by
+    ``on_alert``, a retrain as well: ``full`` (full_chain_job) or ``incremental`` (the
+    waiting feedback sealed now and trained on at once, instead of when the batch fills).
+    One alert per window end hour (run key)."""
     if on_alert not in ON_ALERT:
         raise ValueError(f"drift sensor on_alert must be one of {ON_ALERT}, got {on_alert!r}")
 
-    @dg.sensor(name="drift_sensor", jobs=[drift_report_job], minimum_interval_seconds=interval_s,
+    retrain = {"full": [full_chain_job], "incremental": [incremental_job]}.get(on_alert, [])
+
+    @dg.sensor(name="drift_sensor", jobs=[drift_report_job, *retrain], minimum_interval_seconds=interval_s,
                default_status=dg.DefaultSensorStatus.STOPPED,
                description=f"KS drift of prompt features (p < {alpha:g}, Holm) or confidence std > "
                            f"{confidence_std:g} over the last {window_hours:g} h -> drift_report_job"
-                           + (" + full_chain_job" if on_alert == "full" else ""))
+                           + "".join(f" + {job.name}" for job in retrain))
     def drift_sensor(context: dg.SensorEvaluationContext, serving_data: ServingDataResource,
                      artifact_store: ArtifactStoreResource):
         store = artifact_store.store()
@@ -43,9 +50,19 @@ def build_drift_sensor(window_hours: float = 24.0, alpha: float = 0.05, min_samp
         tags = {"deepfeed/alert": "drift", "deepfeed/drift_reason": evidence.reason[:200]}
         requests = [dg.RunRequest(run_key=f"drift-{key}", job_name="drift_report_job", tags=tags,
                                   run_config={"ops": {"drift_report": {"config": config}}})]
+        context.log.warning("drift alert: %s", evidence.reason)
         if on_alert == "full":
             requests.append(dg.RunRequest(run_key=f"drift-retrain-{key}", job_name="full_chain_job", tags=tags))
-        context.log.warning("drift alert: %s", evidence.reason)
+        elif on_alert == "incremental":
+            batch = serving_data.feedback_store().seal_batch()
+            if batch is None:
+                context.log.warning("no feedback waiting: nothing for an incremental run to train on")
+            else:
+                # Same run key as feedback_sensor's, so the batch never trains twice.
+                requests.append(dg.RunRequest(run_key=f"feedback-{batch}", job_name="incremental_job",
+                                              partition_key=batch, tags=tags))
+                return dg.SensorResult(run_requests=requests,
+                                       dynamic_partitions_requests=[feedback_batches.build_add_request([batch])])
         return requests
 
     return drift_sensor

@@ -87,8 +87,15 @@ def test_drift_sensor_quiet_then_input_and_output_alerts(deepfeed_env):
     config = request.run_config["ops"]["drift_report"]["config"]
     assert request.job_name == "drift_report_job" and request.run_key.startswith("drift-")
     assert config["alpha"] == 0.05 and "cjk_share" in request.tags["deepfeed/drift_reason"]
-    full = build_drift_sensor(window_hours=2, on_alert="full")(dg.build_sensor_context(resources=resources))
-    assert [r.job_name for r in full] == ["drift_report_job", "full_chain_job"]
+    full = build_drift_sensor(window_hours=2, on_alert="full")
+    assert {t.job_name for t in full.targets} == {"drift_report_job", "full_chain_job"}
+    assert [r.job_name for r in full(dg.build_sensor_context(resources=resources))] == ["drift_report_job", "full_chain_job"]
+    resources["serving_data"].feedback_store().append(_fb("1", 0.0, correction="better"))
+    incremental = build_drift_sensor(window_hours=2, on_alert="incremental")(dg.build_sensor_context(resources=resources))
+    [batch] = resources["serving_data"].feedback_store().batches()
+    assert [(r.job_name, r.partition_key) for r in incremental.run_requests] == [
+        ("drift_report_job", None), ("incremental_job", batch)]
+    assert incremental.dynamic_partitions_requests[0].partition_keys == [batch]
 
 
 def test_drift_sensor_confidence_spread_alone_alerts(deepfeed_env):
