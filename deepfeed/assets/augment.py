@@ -1,26 +1,59 @@
 """augmented_corpus: the train split plus augmented children with provenance."""
 
-from collections import Counter
+from collections import Counter, defaultdict
+from dataclasses import fields
 
 import dagster as dg
 from pydantic import Field
 
-from deepfeed.assets.common import counts_table, handle_metadata
+from deepfeed.assets.common import counts_table, fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle
-from deepfeed.core.augmentation import AugmentationConfig, WordNetSynonyms, augment_records
-from deepfeed.core.offline import activate_nltk_data
+from deepfeed.core.augment_corpus import augment_corpus
+from deepfeed.core.augment_setup import AugmentSettings, AugmentSettingsError, build_augmenters
 from deepfeed.core.tables import read_table, write_table
-from deepfeed.resources import ArtifactStoreResource, MlflowResource
+from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 
 GROUP = "augment"
 
 
 class AugmentedCorpusConfig(dg.Config):
-    reorder_ratio: float = Field(default=0.5, description="Share of train records that get a sentence-reordered child (where order carries no meaning).")
-    synonym_ratio: float = Field(default=0.5, description="Share of English train records that get a WordNet-synonym child.")
+    synonym_ratio: float = Field(default=0.5, description="Share of train records that get a contextual-synonym child (0 switches the technique off).")
+    structural_ratio: float = Field(default=0.5, description="Share of train records that get a sentence- or clause-reordered child, where order carries no meaning.")
+    fgsm_ratio: float = Field(default=0.1, description="Share of train records that get an FGSM adversarial child from the base model's gradients.")
     synonym_rate: float = Field(default=0.15, description="Share of the eligible words replaced in a synonym child.")
-    max_new_per_record: int = Field(default=2, description="Most augmented children per original record.")
+    similarity_threshold: float = Field(default=0.85, description="Least cosine similarity (MiniLM sentence embeddings) between a synonym child and its parent.")
+    synonym_variants: int = Field(default=2, description="Candidate variants scored per record; the most similar one above the threshold is kept.")
+    masked_lm_path: str = Field(default="", description="Local masked-LM folder (BERT-style, with its head): use nlpaug's fill-mask replacement instead of WordNet/Cilin. Empty: lexicons.")
+    glossary_path: str = Field(default="", description="Glossary (.yaml/.csv) whose terms are never altered. Empty: the shipped ICD-10 example.")
+    fgsm_epsilon: float = Field(default=0.1, description="FGSM step size ε in embedding space (SPEC: at most 0.5).")
+    fgsm_max_modification_rate: float = Field(default=0.15, description="Most words an FGSM child may change, as a share of its swappable words.")
+    max_chars: int = Field(default=2000, description="Longer records are passed through unaugmented (reason recorded).")
+    near_duplicate_threshold: float = Field(default=0.9, description="Children whose MinHash Jaccard similarity to an existing record reaches this are dropped.")
     seed: int = Field(default=0, description="Seed of every random choice, for reproducible corpora.")
+
+
+def _summary_table(records: list[dict]) -> dg.MetadataValue:
+    similarities = defaultdict(list)
+    for record in records:
+        if record["technique"] != "original" and record.get("similarity") is not None:
+            similarities[record["technique"]].append(record["similarity"])
+    lines = ["| technique | children | mean similarity | min similarity |", "|---|---:|---:|---:|"]
+    lines += [f"| {t} | {len(v)} | {sum(v) / len(v):.3f} | {min(v):.3f} |" for t, v in sorted(similarities.items())]
+    return dg.MetadataValue.md("\n".join(lines) if similarities else "_no augmented records_")
+
+
+def _examples(records: list[dict], per_technique: int = 2) -> dg.MetadataValue:
+    parents = {r["record_id"]: r for r in records if r["technique"] == "original"}
+    shown: Counter = Counter()
+    lines = ["| technique | original | augmented |", "|---|---|---|"]
+    for child in records:
+        if child["technique"] == "original" or shown[child["technique"]] >= per_technique:
+            continue
+        shown[child["technique"]] += 1
+        field = "response" if child.get("kind") == "pair" else "text"
+        cell = lambda s: (s or "")[:160].replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        lines.append(f"| {child['technique']} | {cell(parents[child['parent_id']][field])} | {cell(child[field])} |")
+    return dg.MetadataValue.md("\n".join(lines))
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet"})
@@ -30,12 +63,19 @@ def augmented_corpus(
     clean_corpus: ArtifactHandle,
     artifact_store: ArtifactStoreResource,
     mlflow: MlflowResource,
+    model_source: ModelSourceResource,
 ) -> dg.Output[ArtifactHandle]:
-    """Train-split originals plus augmented records; eval records are never augmented (no leakage)."""
+    """Train-split originals plus contextual-synonym, structural and FGSM children with provenance;
+    eval records are never augmented (no leakage)."""
     store = artifact_store.store()
     records = read_table(store.local_path(clean_corpus) / "records.parquet")
-    activate_nltk_data()
-    result = augment_records(records, AugmentationConfig(**config.model_dump()), WordNetSynonyms())
+    settings = AugmentSettings(**{f.name: getattr(config, f.name) for f in fields(AugmentSettings)})
+    try:
+        plan = settings.plan()
+        augmenters = build_augmenters(settings, model_source.resolve() if settings.fgsm_ratio > 0 else None)
+    except AugmentSettingsError as exc:
+        raise fail(f"augmented_corpus.config.{exc.field}", str(exc)) from exc
+    result = augment_corpus(records, plan, augmenters)
     techniques = Counter(r["technique"] for r in result.records)
     counts = {"records": len(result.records), "originals": techniques.get("original", 0), "augmented": len(result.records) - techniques.get("original", 0)}
     with store.new_version("augmented_corpus", counts, run_id=context.run.run_id) as version:
@@ -47,6 +87,8 @@ def augmented_corpus(
         metadata={
             **handle_metadata(handle),
             "techniques": counts_table(dict(techniques), key="technique"),
+            "similarity": _summary_table(result.records),
+            "examples": _examples(result.records),
             "not_augmented": counts_table(result.skipped),
         },
     )
