@@ -178,3 +178,35 @@ def test_definitions_validate_with_the_production_instance_and_k8s_executor(prod
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert "Validation successful for code location definitions_production.py" in output
+
+
+def test_queue_lets_one_training_run_per_gpu_pool_out(production_home, monkeypatch):
+    """The production queue's tag limit applied by Dagster's own counter (the one its
+    run-queue daemon uses) to runs stored in Postgres with the tags the production code
+    location gives its GPU jobs."""
+    import runpy
+
+    from dagster._utils.tags import TagConcurrencyLimitsCounter  # the daemon's limit logic
+
+    monkeypatch.setenv("DEEPFEED_EXECUTOR", "in_process")
+    monkeypatch.setenv("DEEPFEED_GPU_POOL", "pool-a")
+    defs = runpy.run_path(str(REPO / "deploy" / "definitions_production.py"))["defs"]
+    pool_a = dict(defs.resolve_job_def("full_chain_job").run_tags)
+    pool_b = {**pool_a, "deepfeed/gpu-pool": "pool-b"}
+    monitoring = dict(defs.resolve_job_def("drift_report_job").run_tags)
+
+    with dg.DagsterInstance.from_config(str(production_home)) as instance:
+        def add(status, tags):
+            run = dg.DagsterRun(job_name="full_chain_job", run_id=str(uuid.uuid4()), status=status, tags=tags)
+            instance.add_run(run)
+            return run.run_id
+
+        add(dg.DagsterRunStatus.STARTED, pool_a)
+        # Waiting runs: stored NOT_STARTED, since a QUEUED run needs a code-server origin.
+        queued = {name: add(dg.DagsterRunStatus.NOT_STARTED, tags)
+                  for name, tags in [("pool-a", pool_a), ("pool-b", pool_b), ("monitoring", monitoring)]}
+        limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
+        in_progress = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        counter = TagConcurrencyLimitsCounter(limits, list(in_progress))
+        blocked = {name: counter.is_blocked(instance.get_run_by_id(run_id)) for name, run_id in queued.items()}
+    assert blocked == {"pool-a": True, "pool-b": False, "monitoring": False}
