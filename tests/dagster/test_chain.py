@@ -100,7 +100,7 @@ def test_whole_chain_logs_to_mlflow_and_promotes(fixture, request, deepfeed_env,
     corpus_checks = ("clean_corpus_consistency", "clean_corpus_cleanliness", "clean_corpus_k_anonymity")
     assert {name: checks.pop(name) for name in corpus_checks} == dict.fromkeys(corpus_checks, True)
     checks.pop("clean_corpus_coverage")
-    assert checks == {"raw_corpus_accounting": True, "clean_corpus_accounting": True, "promotion_gate": True}
+    assert checks == {"raw_corpus_accounting": True, "clean_corpus_accounting": True, "promotion_gate": True, "compression_quality_gate": True}
 
     mlflow = resources(deepfeed_env, base_model)["mlflow"]
     client = mlflow.client()
