@@ -116,3 +116,21 @@ def test_worker_pool_gives_the_same_result_as_one_process():
     assert [r.removed for r in serial] == [r.removed for r in pooled]
     assert [[(e.record_id, e.action, e.hash_after) for e in r.audit] for r in serial] == [[(e.record_id, e.action, e.hash_after) for e in r.audit] for r in pooled]
     assert sum(len(r.records) for r in serial) == 40
+
+
+def test_batched_scrub_and_glossary_equal_the_per_record_result():
+    texts = [
+        ("联系人张伟，手机13812345678", "住北京市朝阳区建国路88号，高血压病史"), ("Mail bob@example.org about diabetes", "Dr. Jane Smith saw the heart attack patient."),
+        ("My name is John Carter", "IP 10.1.2.3 and fe80::1ff:fe23:4567:890a"), ("身份证11010519491231002X", "卡号6222021234567894，心梗"),
+        ("Plain question?", "Plain answer without anything."), ("High blood pressure (I10)?", "high-blood-pressure and COPD, copd"),
+        ("Call +1 415-555-0132", "or (010) 6552 1234 / 021-62345678"), ("我叫李娜今年30岁", "张先生和王女士来了，type 2 diabetes"),
+    ]
+    records = [_pair(i, p, r, meta={"note": r}, tags=["x", p[:6]]) for i, (p, r) in enumerate(texts)]
+    cleaner = CorpusCleaner(CleaningConfig())
+    removed, survivors = cleaner.prepare(records)
+    singles = [cleaner.prepare([r]) for r in records]
+    assert [c for c, _, _ in survivors] == [c for _, s in singles for c, _, _ in s]
+    assert removed.pii == sum((r.pii for r, _ in singles), type(removed.pii)())
+    assert [(e.record_id, e.action, e.reason, e.hash_after) for e in removed.audit] == [
+        (e.record_id, e.action, e.reason, e.hash_after) for r, _ in singles for e in r.audit]
+    assert removed.pii["PHONE"] >= 3 and removed.glossary["I10"] >= 3
