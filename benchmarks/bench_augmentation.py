@@ -1,0 +1,116 @@
+"""Augmentation speed: sentences/s per technique, with baselines measured in the same run.
+
+    .venv/bin/python benchmarks/bench_augmentation.py [--sentences 128] [--fgsm-sentences 16]
+
+Sentences are chatterbot-corpus answers (English and Chinese). Baselines for contextual
+synonym replacement:
+
+* "same method, per sentence": our replacer called on one sentence at a time (the
+  encoder then runs batches of 1 original + its variants) -- what batching buys;
+* "nlpaug ContextualWordEmbsAug, per sentence": nlpaug's fill-mask path called one
+  sentence at a time (its own batching off), as in nlpaug issue #248. No PyPI package
+  ships a masked LM with its head, so the model is a BertForMaskedLM of all-MiniLM-L6-v2's
+  size and weights with an untrained head: its outputs are junk, its speed is real.
+
+FGSM runs on the embedded SmolLM2-135M (a forward and a backward per sentence).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from deepfeed.core.augmentation import WordNetSynonyms, protected_mask  # noqa: E402
+from deepfeed.core.contextual_synonyms import ContextualSynonymReplacer, SynonymEdit  # noqa: E402
+from deepfeed.core.encoders import SentenceEncoder, minilm_path  # noqa: E402
+from deepfeed.core.offline import activate_nltk_data, ensure_smollm2, package_dir  # noqa: E402
+from deepfeed.core.structural import structural_variant  # noqa: E402
+from deepfeed.core.zh_synonyms import CilinSynonyms  # noqa: E402
+
+
+def corpus_sentences(folder: str, count: int) -> list[str]:
+    out = []
+    for path in sorted((package_dir("chatterbot_corpus") / "data" / folder).glob("*.yml")):
+        for conversation in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("conversations", []):
+            out += [t for t in conversation[1:] if isinstance(t, str) and len(t.split()) >= 5 or (isinstance(t, str) and folder == "chinese" and len(t) >= 8)]
+    random.Random(0).shuffle(out)
+    return out[:count]
+
+
+def rate(label: str, count: int, seconds: float, baseline: float | None = None) -> float:
+    per_second = count / seconds
+    ratio = f"  ({per_second / baseline:5.1f}x the per-sentence nlpaug path)" if baseline else ""
+    print(f"{label:<58} {per_second:8.1f} sentences/s{ratio}")
+    return per_second
+
+
+def timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def nlpaug_per_sentence(texts: list[str]) -> float:
+    import nlpaug.augmenter.word as naw
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    folder = Path(tempfile.mkdtemp(prefix="minilm-mlm-"))
+    BertForMaskedLM.from_pretrained(minilm_path()).save_pretrained(folder)  # head: fresh init
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
+    augmenter = naw.ContextualWordEmbsAug(model_path=str(folder), model_type="bert", use_custom_api=False, aug_p=0.15, device="cpu")
+    _, seconds = timed(lambda: [augmenter.augment(t) for t in texts])
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sentences", type=int, default=128)
+    parser.add_argument("--fgsm-sentences", type=int, default=16)
+    args = parser.parse_args()
+    print(f"torch threads: {torch.get_num_threads()}")
+    activate_nltk_data()
+    english, chinese = corpus_sentences("english", args.sentences), corpus_sentences("chinese", args.sentences // 2)
+    encoder = SentenceEncoder()
+    replacer = ContextualSynonymReplacer(encoder, WordNetSynonyms(base_forms_only=True), CilinSynonyms(), protected_mask, threshold=0.85, rate=0.15, variants=2)
+    replacer.replace_batch(english[:4] + chinese[:4], random.Random(0))  # warm-up: WordNet index, jieba dictionary
+
+    naive_count = max(8, args.sentences // 4)
+    nlpaug_seconds = nlpaug_per_sentence(english[:naive_count])
+    baseline = rate("nlpaug ContextualWordEmbsAug, per sentence (en)", naive_count, nlpaug_seconds)
+    _, seconds = timed(lambda: [replacer.replace_batch([t], random.Random(0)) for t in english[:naive_count]])
+    rate("contextual synonyms, same method per sentence (en)", naive_count, seconds, baseline)
+    for label, texts in [("en", english), ("zh", chinese)]:
+        results, seconds = timed(lambda: replacer.replace_batch(texts, random.Random(0)))
+        kept = sum(isinstance(r, SynonymEdit) for r in results)
+        rate(f"contextual synonyms, batched ({label}; {kept}/{len(texts)} edited)", len(texts), seconds, baseline)
+    fp32 = ContextualSynonymReplacer(SentenceEncoder(quantize=False), replacer.lexicons["en"], replacer.lexicons["zh"], protected_mask, 0.85, 0.15, 2)
+    _, seconds = timed(lambda: fp32.replace_batch(english, random.Random(0)))
+    rate("contextual synonyms, batched, fp32 encoder (en)", len(english), seconds, baseline)
+
+    results, seconds = timed(lambda: [structural_variant(t, random.Random(0)) for t in english + chinese])
+    kept = sum(isinstance(r, tuple) for r in results)
+    rate(f"structural perturbation (en+zh; {kept}/{len(results)} reordered)", len(results), seconds, baseline)
+
+    from deepfeed.core.fgsm import FgsmTextAttack
+    from deepfeed.core.modeling import load_model, load_tokenizer
+
+    path = ensure_smollm2()
+    attack = FgsmTextAttack(load_model(path), load_tokenizer(path), epsilon=0.1, max_modification_rate=0.15, protected=protected_mask)
+    attack.attack(english[:1])
+    texts = english[: args.fgsm_sentences]
+    results, seconds = timed(lambda: attack.attack(texts))
+    kept = sum(hasattr(r, "swaps") for r in results)
+    rate(f"FGSM on SmolLM2-135M (en; {kept}/{len(texts)} attacked)", len(texts), seconds, baseline)
+
+
+if __name__ == "__main__":
+    main()
