@@ -20,6 +20,10 @@ if TYPE_CHECKING:  # the app pulls in torch and fastapi: not for every `deepfeed
 SETTINGS_ENV = "DEEPFEED_SERVE_SETTINGS"
 
 
+def settings_to_env(settings: ServeSettings) -> str:
+    return json.dumps({**asdict(settings), "home": str(settings.home), "policy_path": str(settings.policy_path or "")})
+
+
 def settings_from_env() -> ServeSettings:
     from deepfeed.serve.app import ServeSettings
 
@@ -63,8 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.policy_path is None:
         print("deepfeed serve: no access policy (--policy or $DEEPFEED_HOME/access_policy.yaml): "
               "POST /feedback will answer 403 to everyone", flush=True)
-    os.environ[SETTINGS_ENV] = json.dumps({**asdict(settings), "home": str(settings.home),
-                                           "policy_path": str(settings.policy_path or "")})
+    os.environ[SETTINGS_ENV] = settings_to_env(settings)
     uvicorn.run("deepfeed.serve.cli:app_factory", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level)
     return 0

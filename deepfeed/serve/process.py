@@ -3,18 +3,16 @@ load benchmark, which must talk to a real uvicorn over TCP (and be able to kill 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from deepfeed.serve.app import ServeSettings
-from deepfeed.serve.cli import SETTINGS_ENV
+from deepfeed.serve.cli import SETTINGS_ENV, settings_to_env
 
 
 def free_port() -> int:
@@ -35,8 +33,7 @@ class ServerProcess:
     def start(self, timeout_s: float = 120, wait_for_champion: bool = True) -> ServerProcess:
         import httpx
 
-        env = {**os.environ, SETTINGS_ENV: json.dumps({**asdict(self.settings), "home": str(self.settings.home),
-                                                        "policy_path": str(self.settings.policy_path or "")})}
+        env = {**os.environ, SETTINGS_ENV: settings_to_env(self.settings)}
         self._log = open(self.log_file, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "deepfeed.serve.cli:app_factory", "--factory", "--host", "127.0.0.1",
