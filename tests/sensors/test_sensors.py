@@ -9,7 +9,6 @@ import dagster as dg
 import numpy as np
 
 from deepfeed.core.artifacts import ArtifactStore
-from deepfeed.core.feedback import FeedbackStore
 from deepfeed.core.inference_log import InferenceLog, prompt_record
 from deepfeed.core.tables import write_table
 from deepfeed.pipelines.rollback import rollback_job
