@@ -31,6 +31,7 @@ from deepfeed.core.zh_synonyms import ZH_STOP_WORDS
 
 MAX_EPSILON = 0.5  # SPEC §3
 _WORD = re.compile(r"[A-Za-z]{3,}|[\u4e00-\u9fff]+")
+_ANY_WORD = re.compile(r"[A-Za-z]+|[\u4e00-\u9fff]")  # what the modification rate counts
 _CLEAN_WORD = re.compile(r"(?: ?[A-Za-z]{3,}|[\u4e00-\u9fff]+)")
 
 
@@ -76,8 +77,8 @@ class FgsmTextAttack:
 
     Only whole words (a token whose span is exactly an English word of 3+ letters, or
     Chinese characters) may change, never a stop word or anything inside a protected
-    span; at most ``max_modification_rate`` of the eligible words change (rounded down,
-    so a text too short for one swap is skipped). Replacement tokens are clean words in
+    span; at most ``max_modification_rate`` of the text's words (Chinese: characters)
+    change, rounded down, so a text too short for one swap is skipped. Replacement tokens are clean words in
     the same script with the same leading-space form.
     """
 
@@ -162,7 +163,7 @@ class FgsmTextAttack:
         if len(ids) < 2:
             return Skip("too short for a language-model loss")
         eligible = self._eligible(text, offsets, ids)
-        budget = int(self.rate * len(eligible))
+        budget = min(len(eligible), int(self.rate * len(_ANY_WORD.findall(text))))
         if budget < 1:
             return Skip("no swappable word within the modification budget (stop words, protected spans)")
         input_ids = torch.tensor([ids])
