@@ -1,32 +1,99 @@
 """evaluation_report and champion_model: score every candidate, gate, promote."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
-from deepfeed.assets.common import fail, handle_metadata
-from deepfeed.core.artifacts import ArtifactHandle
+from deepfeed.assets.common import counts_table, fail, handle_metadata
+from deepfeed.core.artifacts import MANIFEST, ArtifactHandle
+from deepfeed.core.audit import AuditEntry, AuditLedger
 from deepfeed.core.compression import CompressionConfig
+from deepfeed.core.evalset import EvalSetError, load_reference_set, strata_counts, stratified_sample, training_overlap
 from deepfeed.core.evaluation import EvaluationConfig
+from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.plots import markdown_image
-from deepfeed.core.report import evaluate_candidates, render_markdown, write_report
-from deepfeed.core.tables import read_table
+from deepfeed.core.report import CHALLENGER, DEFAULT_ARTIFACTS, DESCRIPTIONS, evaluate_candidates
+from deepfeed.core.report_render import render_markdown, write_report
+from deepfeed.core.safety import SafetyError, ToxicityScorer
+from deepfeed.core.tables import read_table, write_table
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.resources.mlflow_tracking import CHAMPION
 
 GROUP = "evaluation"
+EVAL_SET_FIELDS = ("record_id", "source", "kind", "prompt", "response", "text", "lang", "tags", "meta")
 
 
 class EvaluationReportConfig(dg.Config):
-    max_eval_records: int = Field(default=96, description="Held-out records scored for perplexity (0 = all).")
-    max_generation_records: int = Field(default=48, description="Held-out prompts answered by greedy generation for BLEU-4.")
+    max_eval_records: int = Field(default=96, description="Held-out records in the evaluation set, sampled stratified by language and domain tag (0 = all).")
+    eval_sample_seed: int = Field(default=17, description="Seed of the stratified sample; the same seed and data give the same evaluation set.")
+    reference_set_path: str = Field(default="", description="Your own domain reference set (JSONL: prompt, reference, optional lang/tags/label) instead of the held-out split.")
+    max_generation_records: int = Field(default=48, description="Evaluation records answered by greedy generation (accuracy, BLEU-4, chrF, toxicity).")
     max_new_tokens: int = Field(default=32, description="Tokens generated per answer.")
     max_length: int = Field(default=128, description="Tokens per scored sequence.")
-    batch_size: int = Field(default=16, description="Sequences per forward pass.")
+    batch_size: int = Field(default=16, description="Sequences per forward pass / generation batch.")
     max_relative_drop: float = Field(default=0.03, description="Largest relative drop of a key metric vs the champion that still promotes (SPEC: 3%).")
+    bootstrap_samples: int = Field(default=1000, description="Bootstrap resamples for the 95% intervals of BLEU-4, chrF and token F1.")
+    toxicity_threshold: float = Field(default=0.5, description="Classifier probability at or above which an answer counts as toxic.")
+    use_perspective: bool = Field(default=False, description="Score toxicity with Google's Perspective API (needs internet and $PERSPECTIVE_API_KEY) instead of the offline classifier.")
+    artifacts: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ARTIFACTS),
+        description="Compressed artifacts scored next to the fp32 challenger, any of: " + ", ".join(DESCRIPTIONS) + ".",
+    )
+    generate_compressed: bool = Field(default=True, description="Also answer the prompts with each compressed artifact (accuracy, BLEU, toxicity and speed per artifact).")
+    generate_logits_only: bool = Field(default=False, description="Also decode through the logits-only ONNX graphs (no KV cache: every step re-reads the prefix; their KV twins give the same answers faster).")
     compare_with_champion: bool = Field(default=True, description="Re-score the current champion on the same records for the gate.")
+
+
+def _eval_set(config: EvaluationReportConfig, store, clean_corpus: ArtifactHandle) -> tuple[list[dict], str]:
+    if config.reference_set_path:
+        try:
+            records = load_reference_set(config.reference_set_path)
+        except EvalSetError as exc:
+            raise fail("evaluation_report.config.reference_set_path", str(exc)) from exc
+        source = f"reference set {config.reference_set_path}"
+    else:
+        records = [r for r in read_table(store.local_path(clean_corpus) / "records.parquet") if r["split"] == "eval"]
+        if not records:
+            raise fail("clean_corpus.config.eval_fraction", "the held-out split is empty; raise eval_fraction or add data")
+        source = f"held-out split of clean_corpus {clean_corpus.version}"
+    return stratified_sample(records, config.max_eval_records, config.eval_sample_seed), source
+
+
+def compression_gate_status(context: dg.AssetExecutionContext, compressed_model: ArtifactHandle, store) -> tuple[bool | None, str]:
+    """The compression engineer's verdict on this compressed_model version: a flag on the
+    handle if they set one, else the asset checks of compressed_model in the run that
+    built it. None when neither exists."""
+    for key in ("compression_gate_passed", "gate_passed"):
+        if key in compressed_model.counts:
+            return bool(compressed_model.counts[key]), f"compressed_model {compressed_model.version}: {key}={compressed_model.counts[key]}"
+    manifest = json.loads((store.local_path(compressed_model) / MANIFEST).read_text())
+    check_keys = context.job_def.asset_layer.asset_graph.get_check_keys_for_assets({dg.AssetKey("compressed_model")})
+    verdicts = {}
+    for key in check_keys:
+        record = context.instance.get_latest_asset_check_evaluation_record(key)
+        if record is not None and record.run_id == manifest.get("run_id") and record.status.value in ("SUCCEEDED", "FAILED"):
+            verdicts[key.name] = record.status.value == "SUCCEEDED"
+    if not verdicts:
+        return None, f"no check of compressed_model ran in run {str(manifest.get('run_id'))[:8]}"
+    return all(verdicts.values()), ", ".join(f"{k} {'passed' if v else 'failed'}" for k, v in sorted(verdicts.items()))
+
+
+def _champion_checkpoint(source: str, store) -> Path:
+    """The champion's checkpoint folder; a remote artifact store's copy is downloaded."""
+    if Path(source).exists() or "://" not in source:
+        return Path(source)
+    try:
+        return store.local_path(source.removesuffix("/checkpoint")) / "checkpoint"
+    except Exception:  # reported when the champion fails to load
+        return Path(source)
+
+
+def _training_losses(store, finetuned_model: ArtifactHandle) -> list[float]:
+    training = store.local_path(finetuned_model) / "training.json"
+    return json.loads(training.read_text()).get("losses", []) if training.exists() else []
 
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"})
@@ -36,92 +103,133 @@ def evaluation_report(
     clean_corpus: ArtifactHandle,
     finetuned_model: ArtifactHandle,
     compressed_model: ArtifactHandle,
+    augmented_corpus: ArtifactHandle,
     artifact_store: ArtifactStoreResource,
     mlflow: MlflowResource,
 ) -> dg.Output[ArtifactHandle]:
-    """Perplexity and BLEU-4 on the held-out split for the challenger, its compressed artifacts and the champion."""
+    """Accuracy, answer quality, efficiency and safety of the challenger, its compressed artifacts and the champion on one evaluation set."""
     store = artifact_store.store()
-    records = [r for r in read_table(store.local_path(clean_corpus) / "records.parquet") if r["split"] == "eval"]
-    if config.max_eval_records:
-        records = records[: config.max_eval_records]
-    if not records:
-        raise fail("clean_corpus.config.eval_fraction", "the held-out split is empty; raise eval_fraction or add data")
+    unknown = sorted(set(config.artifacts) - set(DESCRIPTIONS))
+    if unknown:
+        raise fail("evaluation_report.config.artifacts", f"unknown artifact(s) {unknown}; known: {list(DESCRIPTIONS)}")
+    records, source = _eval_set(config, store, clean_corpus)
+    overlap = training_overlap(records, read_table(store.local_path(augmented_corpus) / "records.parquet")).summary()
+    if overlap["overlapping_eval_records"]:
+        context.log.warning("%d evaluation records overlap training: %s", overlap["overlapping_eval_records"], overlap)
+    try:
+        toxicity = ToxicityScorer.from_settings(config.toxicity_threshold, config.use_perspective)
+    except SafetyError as exc:
+        raise fail("evaluation_report.config.use_perspective", str(exc)) from exc
 
     champion = mlflow.version_by_alias(CHAMPION) if config.compare_with_champion else None
     champion_checkpoint = None
     if champion is not None and str(champion.version) != str(finetuned_model.counts.get("mlflow_version")):
-        champion_checkpoint = Path(champion.source) if Path(champion.source).exists() else None
-        if champion_checkpoint is None:
-            context.log.warning("champion v%s source %s is not reachable; gating without it", champion.version, champion.source)
+        # An unreachable champion is scored as an error, which fails the gate (closed).
+        champion_checkpoint = _champion_checkpoint(champion.source, store)
 
+    compression_passed, compression_detail = compression_gate_status(context, compressed_model, store)
     eval_config = EvaluationConfig(
-        max_length=config.max_length,
-        batch_size=config.batch_size,
-        max_new_tokens=config.max_new_tokens,
-        max_generation_records=config.max_generation_records,
-        max_relative_drop=config.max_relative_drop,
+        max_length=config.max_length, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
+        max_generation_records=config.max_generation_records, max_relative_drop=config.max_relative_drop,
+        bootstrap_samples=config.bootstrap_samples, seed=config.eval_sample_seed, toxicity_threshold=config.toxicity_threshold,
     )
     outcome = evaluate_candidates(
-        store.local_path(finetuned_model) / "checkpoint",
-        store.local_path(compressed_model),
-        champion_checkpoint,
-        records,
-        eval_config,
-        CompressionConfig(),
-        log=context.log.info,
+        store.local_path(finetuned_model) / "checkpoint", store.local_path(compressed_model), champion_checkpoint, records, eval_config,
+        CompressionConfig(), log=context.log.info, toxicity=toxicity, generate_compressed=config.generate_compressed, generate_logits_only=config.generate_logits_only,
+        artifacts=tuple(config.artifacts),
+        compression_passed=compression_passed, compression_detail=compression_detail,
     )
     lineage = {
-        "data_hash (clean corpus)": clean_corpus.content_hash,
+        "evaluation set": source,
+        "data hash (clean corpus)": clean_corpus.content_hash,
         "fine-tuned version": finetuned_model.version,
+        "training data hash (augmented corpus)": str(finetuned_model.counts.get("data_hash")),
+        "base model": str(finetuned_model.counts.get("base_model")),
         "mlflow challenger version": str(finetuned_model.counts.get("mlflow_version")),
         "champion version": str(champion.version) if champion_checkpoint else "none",
         "compressed version": compressed_model.version,
+        "training overlap (id / exact / near-duplicate)": f"{overlap['overlap_by_parent_id']} / {overlap['overlap_by_exact_hash']} / {overlap['overlap_by_near_duplicate']} of {len(records)} evaluation records",
         "dagster run": context.run.run_id,
     }
-    with store.new_version("evaluation_report", {"eval_records": len(records), "gate_passed": outcome.gate.passed}, run_id=context.run.run_id) as version:
-        files = write_report(version.path, outcome, lineage)
-        plot_md = markdown_image(files["plot"], "perplexity per candidate") if "plot" in files else ""
-        markdown = render_markdown(outcome, lineage, plot_md)
-        (version.path / "report.md").write_text(render_markdown(outcome, lineage, "![perplexity](perplexity.png)"), encoding="utf-8")
-    handle = version.handle
-    folder = store.local_path(handle)
-    challenger = outcome.candidates[0].metrics
-    metrics = {f"eval_{c.name}_{k}": v for c in outcome.candidates for k, v in c.metrics.items() if isinstance(v, (int, float))}
-    mlflow.log(context, metrics=metrics, artifacts=[folder / f for f in ("report.html", "report.md", "metrics.json", "samples.json", "perplexity.png") if (folder / f).exists()], artifact_dir="evaluation_report")
-    handle = replace(handle, counts={**handle.counts, "gate_reasons": " | ".join(outcome.gate.reasons), "challenger_version": str(finetuned_model.counts.get("mlflow_version"))})
+    counts = {"eval_records": len(records), "overlapping_eval_records": overlap["overlapping_eval_records"], "gate_passed": outcome.gate.passed, "challenger_version": str(finetuned_model.counts.get("mlflow_version"))}
+    with store.new_version("evaluation_report", counts, run_id=context.run.run_id) as version:
+        write_table(version.path / "eval_set.parquet", records, EVAL_SET_FIELDS)
+        files = write_report(version.path, outcome, lineage, config.max_relative_drop, _training_losses(store, finetuned_model))
+    folder = store.local_path(version.handle)
+    handle = replace(version.handle, counts={**version.handle.counts, "gate_reasons": " | ".join(outcome.gate.reasons)})
+
+    metrics = {f"eval_{c.name}_{k}": v for c in outcome.candidates for k, v in c.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    mlflow.log(context, metrics=metrics | {"eval_gate_passed": float(outcome.gate.passed)}, artifacts=[folder / p.name for p in files.values()] + [folder / "eval_set.parquet"], artifact_dir="evaluation_report")
+    plots = {t.removeprefix("plot:"): markdown_image(folder / p.name, t.removeprefix("plot:")) for t, p in files.items() if t.startswith("plot:")}
+    challenger = outcome.by_name(CHALLENGER).metrics
     return dg.Output(
         handle,
         metadata={
             **handle_metadata(handle),
-            "report": dg.MetadataValue.md(markdown),
+            "report": dg.MetadataValue.md(render_markdown(outcome, lineage, plots, config.max_relative_drop)),
             "report_html": dg.MetadataValue.path(str(folder / "report.html")),
-            "perplexity": challenger.get("perplexity"),
-            "bleu4": challenger.get("bleu4"),
-            "gate_passed": outcome.gate.passed,
+            "eval_set_strata": counts_table(strata_counts(records), key="language/domain"),
+            "exclusions": counts_table(outcome.by_name(CHALLENGER).exclusions),
+            "stage_seconds": dg.MetadataValue.json({k: round(v, 2) for k, v in outcome.timings.items()}),
+            **{k: float(challenger[k]) for k in ("perplexity", "token_f1", "bleu4", "chrf", "toxicity_pass_rate") if isinstance(challenger.get(k), (int, float))},
         },
     )
 
 
-@dg.asset_check(asset=evaluation_report, description="The challenger loses no key metric by more than 3% against the champion.")
-def promotion_gate(evaluation_report: ArtifactHandle) -> dg.AssetCheckResult:
-    passed = bool(evaluation_report.counts["gate_passed"])
+@dg.asset_check(
+    asset=evaluation_report, blocking=True, additional_ins={"augmented_corpus": dg.AssetIn("augmented_corpus")},
+    description="No evaluation record reached training: zero overlap by record/parent id and exact content (blocks), "
+    "and by near-duplicate MinHash (warns: near-duplicates across the split come from the data, and make scores optimistic).",
+)
+def eval_set_disjoint_from_training(evaluation_report: ArtifactHandle, augmented_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
+    store = artifact_store.store()
+    eval_records = read_table(store.local_path(evaluation_report) / "eval_set.parquet")
+    train_records = read_table(store.local_path(augmented_corpus) / "records.parquet")
+    report = training_overlap(eval_records, train_records)
+    leaked = report.by_parent_id + report.by_exact_hash
+    pairs = leaked + report.by_near_duplicate
     return dg.AssetCheckResult(
-        passed=passed,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"reasons": evaluation_report.counts.get("gate_reasons", "")},
+        passed=not pairs,
+        severity=dg.AssetCheckSeverity.ERROR if leaked else dg.AssetCheckSeverity.WARN,
+        metadata={**report.summary(), "examples (eval id, training id)": dg.MetadataValue.json([list(p) for p in pairs[:20]])},
+        description=None if not pairs else (
+            f"{report.overlapping} of {report.eval_records} evaluation records overlap training "
+            f"({len(report.by_parent_id)} by id/parent id, {len(report.by_exact_hash)} exact, {len(report.by_near_duplicate)} near-duplicate)"
+        ),
+    )
+
+
+@dg.asset_check(asset=evaluation_report, blocking=True, description="Promote only if no key metric drops over 3% vs the champion, the toxicity pass rate does not fall, and the compression gate passed.")
+def promotion_gate(evaluation_report: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
+    summary = json.loads((artifact_store.store().local_path(evaluation_report) / "metrics.json").read_text())
+    conditions = summary["gate"]["conditions"]
+    failed = [c for c in conditions if not c["passed"]]
+    return dg.AssetCheckResult(
+        passed=bool(summary["gate"]["passed"]),
+        metadata={
+            "conditions": dg.MetadataValue.md("\n".join(f"- {'✅' if c['passed'] else '❌'} **{c['name']}**: {c['detail']}" for c in conditions)),
+            "failed": ", ".join(c["name"] for c in failed) or "none",
+        },
+        description="; ".join(f"{c['name']}: {c['detail']}" for c in failed) or None,
     )
 
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"}, output_required=False)
 def champion_model(context: dg.AssetExecutionContext, evaluation_report: ArtifactHandle, mlflow: MlflowResource):
-    """The registry's `champion` alias; materialized only when the challenger passed the gate."""
+    """The registry's `champion` alias; moves only when the challenger passed the gate, and every move is in the audit trail."""
     version = evaluation_report.counts["challenger_version"]
     if not evaluation_report.counts["gate_passed"]:
         context.log.info("challenger v%s not promoted: %s", version, evaluation_report.counts.get("gate_reasons"))
         return
     previous = mlflow.promote(version)
+    ledger = AuditLedger(deepfeed_home() / "audit" / "ledger.jsonl")
+    ledger.append(AuditEntry(
+        record_id=f"model:{mlflow.registered_model_name}:v{version}", stage="champion_model", action="promoted",
+        reason=f"passed the promotion gate of evaluation_report {evaluation_report.version}", run_id=context.run.run_id,
+        extra={"previous_champion": previous or "none", "gate": evaluation_report.counts.get("gate_reasons", ""), "report_hash": evaluation_report.content_hash},
+    ))
     context.log.info("promoted v%s to champion (previous: %s)", version, previous)
     yield dg.Output(
         {"version": version, "previous": previous},
-        metadata={"champion_version": version, "previous_version": previous or "none", "registered_model": mlflow.registered_model_name, **handle_metadata(evaluation_report)},
+        metadata={"champion_version": version, "previous_version": previous or "none", "registered_model": mlflow.registered_model_name, "audit_ledger": dg.MetadataValue.path(str(ledger.path)), **handle_metadata(evaluation_report)},
     )

@@ -1,22 +1,31 @@
-"""Held-out evaluation: perplexity of answers, BLEU-4 of generated answers, the gate.
+"""Held-out evaluation of one model: perplexity, generated answers and their scores.
 
 Any artifact that maps (input_ids, attention_mask) to logits can be scored for
-perplexity: a torch model (fp32 or int8) or an ONNX Runtime session.
+perplexity and can answer prompts by greedy decoding: a torch model (fp32 or int8) or
+an ONNX Runtime session. Torch models generate with their KV cache through `generate`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from deepfeed.core.modeling import Example, collate, encode_record, prompt_ids
+from deepfeed.core.safety import ToxicityScorer, toxicity_summary
+from deepfeed.core.textmetrics import bleu4_with_ci, chrf_with_ci, label_prf, token_prf, token_prf_corpus
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Why a record is left out of a metric; counted per candidate in the report.
+NO_PROMPT = "no prompt (plain-text record): perplexity only"
+NO_REFERENCE = "reference missing: no accuracy/BLEU, toxicity still scored"
+EMPTY_GENERATION = "generation produced nothing: scored as a wrong answer"
+NO_ANSWER_TOKENS = "no answer token to score: left out of perplexity"
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,9 @@ class EvaluationConfig:
     max_new_tokens: int = 32
     max_generation_records: int = 64
     max_relative_drop: float = 0.03
+    bootstrap_samples: int = 1000
+    seed: int = 0
+    toxicity_threshold: float = 0.5
 
 
 def torch_logits(model: torch.nn.Module) -> LogitsFn:
@@ -44,13 +56,20 @@ def onnx_logits(session) -> LogitsFn:
     return run
 
 
+def scoreable(tokenizer, records: list[dict[str, Any]], config: EvaluationConfig) -> tuple[list[Example], int]:
+    examples = [encode_record(tokenizer, r, config.max_length) for r in records]
+    kept = [e for e in examples if any(x != -100 for x in e.labels[1:])]
+    return kept, len(examples) - len(kept)
+
+
 @torch.no_grad()
 def perplexity(logits_fn: LogitsFn, tokenizer, records: list[dict[str, Any]], config: EvaluationConfig) -> dict[str, float]:
     """Token-weighted perplexity of the answer tokens (or whole texts) of `records`."""
-    examples: list[Example] = [encode_record(tokenizer, r, config.max_length) for r in records]
-    examples = [e for e in examples if sum(1 for x in e.labels if x != -100) > 0]
+    examples, skipped = scoreable(tokenizer, records, config)
     if not examples:
         raise ValueError("no evaluation record has any answer token to score")
+    # Batches of similar length waste less compute on padding; the sum is order-free.
+    examples.sort(key=lambda e: len(e.input_ids))
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(examples), config.batch_size):
         batch = collate(examples[start:start + config.batch_size], tokenizer.pad_token_id)
@@ -61,97 +80,155 @@ def perplexity(logits_fn: LogitsFn, tokenizer, records: list[dict[str, Any]], co
         total_nll += float(nll)
         total_tokens += int((shift_labels != -100).sum())
     mean = total_nll / total_tokens
-    return {"perplexity": math.exp(mean), "mean_nll": mean, "scored_tokens": total_tokens}
+    return {"perplexity": math.exp(mean), "mean_nll": mean, "scored_tokens": total_tokens, "perplexity_skipped": skipped}
+
+
+@dataclass
+class Generation:
+    answers: list[str]
+    new_tokens: int
+    seconds: float
+
+
+def left_pad(tokenizer, prompts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    encoded = [prompt_ids(tokenizer, p)[-max_length:] for p in prompts]
+    width = max(len(e) for e in encoded)
+    input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    for row, ids in enumerate(encoded):
+        input_ids[row, width - len(ids):] = torch.tensor(ids)
+        attention[row, width - len(ids):] = 1
+    return input_ids, attention
+
+
+def count_new_tokens(tokens: torch.Tensor, eos: int | None, pad: int) -> int:
+    """Generated tokens up to and including the first EOS of each row."""
+    total = 0
+    for row in tokens.tolist():
+        n = 0
+        for t in row:
+            n += 1
+            if t == eos:
+                break
+        while n and row[n - 1] == pad and pad != eos:
+            n -= 1
+        total += n
+    return total
+
+
+def by_length(tokenizer, prompts: list[str], generate: Callable[[list[str]], Generation]) -> Generation:
+    """Run `generate` on the prompts sorted by length (less left padding per batch) and
+    return the answers in the original order."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids(tokenizer, prompts[i])))
+    result = generate([prompts[i] for i in order])
+    answers = [""] * len(prompts)
+    for position, index in enumerate(order):
+        answers[index] = result.answers[position]
+    return Generation(answers, result.new_tokens, result.seconds)
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, prompts: list[str], config: EvaluationConfig) -> list[str]:
-    """Greedy, batched, left-padded generation."""
+def generate_torch(model, tokenizer, prompts: list[str], config: EvaluationConfig) -> Generation:
+    """Greedy, batched, left-padded generation with the KV cache."""
     answers: list[str] = []
-    pad = tokenizer.pad_token_id
+    new_tokens, started = 0, time.perf_counter()
     for start in range(0, len(prompts), config.batch_size):
-        encoded = [prompt_ids(tokenizer, p)[-config.max_length:] for p in prompts[start:start + config.batch_size]]
-        width = max(len(e) for e in encoded)
-        input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        for row, ids in enumerate(encoded):
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            attention[row, width - len(ids):] = 1
+        input_ids, attention = left_pad(tokenizer, prompts[start:start + config.batch_size], config.max_length)
         output = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
-            max_new_tokens=config.max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
+            input_ids=input_ids, attention_mask=attention, max_new_tokens=config.max_new_tokens,
+            do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, use_cache=True,
         )
-        answers.extend(tokenizer.batch_decode(output[:, width:], skip_special_tokens=True))
-    return [a.strip() for a in answers]
+        fresh = output[:, input_ids.shape[1]:]
+        new_tokens += count_new_tokens(fresh, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        answers.extend(tokenizer.batch_decode(fresh, skip_special_tokens=True))
+    return Generation([a.strip() for a in answers], new_tokens, time.perf_counter() - started)
 
 
-def bleu4(hypotheses: list[str], references: list[str], langs: list[str | None]) -> dict[str, float]:
-    """Corpus BLEU-4 per language (sacrebleu's zh tokenizer for Chinese), and overall
-    as the hypothesis-count-weighted mean."""
-    import sacrebleu
-
-    scores: dict[str, float] = {}
-    weighted, count = 0.0, 0
-    for lang in sorted({l or "other" for l in langs}):
-        idx = [i for i, l in enumerate(langs) if (l or "other") == lang]
-        tokenize = "zh" if lang == "zh" else "13a"
-        score = sacrebleu.corpus_bleu([hypotheses[i] for i in idx], [[references[i] for i in idx]], tokenize=tokenize)
-        scores[f"bleu4_{lang}"] = float(score.score)
-        weighted += score.score * len(idx)
-        count += len(idx)
-    scores["bleu4"] = weighted / count if count else 0.0
-    return scores
-
-
-def evaluate_generation(model, tokenizer, records: list[dict[str, Any]], config: EvaluationConfig) -> tuple[dict[str, float], list[dict[str, str]]]:
-    pairs = [r for r in records if r.get("kind") == "pair"][: config.max_generation_records]
-    if not pairs:
-        return {"bleu4": float("nan"), "generated": 0}, []
-    started = time.perf_counter()
-    answers = generate_answers(model, tokenizer, [r["prompt"] for r in pairs], config)
-    seconds = time.perf_counter() - started
-    metrics = bleu4(answers, [r["response"] for r in pairs], [r.get("lang") for r in pairs])
-    metrics["generated"] = len(pairs)
-    metrics["empty_generations"] = sum(1 for a in answers if not a)
-    metrics["generation_seconds"] = seconds
-    samples = [{"prompt": r["prompt"], "reference": r["response"], "answer": a} for r, a in zip(pairs, answers)]
-    return metrics, samples
+@torch.no_grad()
+def generate_logits(logits_fn: LogitsFn, tokenizer, prompts: list[str], config: EvaluationConfig) -> Generation:
+    """Greedy decoding through a logits-only artifact (ONNX has no KV cache outputs), so
+    every step re-reads the whole sequence: slower than `generate_torch`, same answers."""
+    answers: list[str] = []
+    new_tokens, started = 0, time.perf_counter()
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    for start in range(0, len(prompts), config.batch_size):
+        ids, mask = left_pad(tokenizer, prompts[start:start + config.batch_size], config.max_length)
+        done = torch.zeros(ids.shape[0], dtype=torch.bool)
+        steps = []
+        for _ in range(config.max_new_tokens):
+            next_ids = logits_fn(ids, mask)[:, -1].float().argmax(-1)
+            next_ids = torch.where(done, torch.full_like(next_ids, pad), next_ids)
+            steps.append(next_ids)
+            ids = torch.cat([ids, next_ids[:, None]], 1)
+            mask = torch.cat([mask, (~done).long()[:, None]], 1)
+            done |= next_ids == eos
+            if bool(done.all()):
+                break
+        fresh = torch.stack(steps, 1)
+        new_tokens += count_new_tokens(fresh, eos, pad)
+        answers.extend(tokenizer.batch_decode(fresh, skip_special_tokens=True))
+    return Generation([a.strip() for a in answers], new_tokens, time.perf_counter() - started)
 
 
-@dataclass(frozen=True)
-class GateResult:
-    passed: bool
-    reasons: list[str]
-    deltas: dict[str, float]
+def record_label(record: dict[str, Any]) -> str | None:
+    meta = record.get("meta")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except json.JSONDecodeError:
+            return None
+    return str(meta["label"]) if isinstance(meta, dict) and meta.get("label") not in (None, "") else None
 
 
-# Direction of each key metric: +1 higher is better, -1 lower is better.
-KEY_METRICS = {"perplexity": -1, "bleu4": +1}
+@dataclass
+class AnswerScores:
+    metrics: dict[str, float]
+    samples: list[dict[str, Any]]
+    exclusions: dict[str, int] = field(default_factory=dict)
 
 
-def promotion_gate(challenger: dict[str, float], champion: dict[str, float] | None, max_relative_drop: float) -> GateResult:
-    """The challenger passes when no key metric is worse than the champion's by more than
-    `max_relative_drop` (relative). With no champion there is nothing to lose against."""
-    if not champion:
-        return GateResult(True, ["no champion yet: the first model that evaluates becomes champion"], {})
-    reasons, deltas, passed = [], {}, True
-    for name, direction in KEY_METRICS.items():
-        new, old = challenger.get(name), champion.get(name)
-        if new is None or old is None or not np.isfinite(new) or not np.isfinite(old):
-            reasons.append(f"{name}: not measured on both models; not gated")
-            continue
-        if old == 0:
-            relative = 0.0 if new == old else direction * math.copysign(math.inf, new - old)
-        else:
-            relative = direction * (new - old) / abs(old)
-        deltas[name] = relative
-        if relative < -max_relative_drop:
-            passed = False
-            reasons.append(f"{name}: {new:.4g} vs champion {old:.4g} is {-relative:.1%} worse (limit {max_relative_drop:.0%})")
-        else:
-            reasons.append(f"{name}: {new:.4g} vs champion {old:.4g} ({relative:+.1%}, within {max_relative_drop:.0%})")
-    return GateResult(passed, reasons, deltas)
+def generation_records(records: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    with_prompt = [r for r in records if r.get("kind") == "pair" and (r.get("prompt") or "").strip()]
+    exclusions = {NO_PROMPT: len(records) - len(with_prompt)} if len(with_prompt) < len(records) else {}
+    return with_prompt[:limit] if limit else with_prompt, exclusions
+
+
+def score_answers(records: list[dict[str, Any]], generation: Generation, config: EvaluationConfig, toxicity: ToxicityScorer) -> AnswerScores:
+    """Accuracy (token and label P/R/F1), BLEU-4 and chrF with intervals, toxicity and
+    speed of one candidate's answers to `records` (same order)."""
+    answers = generation.answers
+    langs = [r.get("lang") for r in records]
+    exclusions: dict[str, int] = {}
+    referenced = [i for i, r in enumerate(records) if (r.get("response") or "").strip()]
+    if len(referenced) < len(records):
+        exclusions[NO_REFERENCE] = len(records) - len(referenced)
+    empty = sum(1 for a in answers if not a)
+    if empty:
+        exclusions[EMPTY_GENERATION] = empty
+    hyps = [answers[i] for i in referenced]
+    refs = [records[i]["response"] for i in referenced]
+    ref_langs = [langs[i] for i in referenced]
+    metrics: dict[str, float] = {"generated": len(answers), "referenced": len(referenced), "empty_generations": empty}
+    metrics |= token_prf_corpus(hyps, refs, ref_langs, config.bootstrap_samples, config.seed)
+    metrics |= bleu4_with_ci(hyps, refs, ref_langs, config.bootstrap_samples, config.seed)
+    metrics |= chrf_with_ci(hyps, refs, config.bootstrap_samples, config.seed)
+    labelled = [(answers[i], record_label(records[i])) for i in range(len(records)) if record_label(records[i])]
+    metrics |= label_prf([a for a, _ in labelled], [l for _, l in labelled])
+    verdicts = toxicity.score(answers, langs)
+    metrics |= toxicity_summary(verdicts)
+    metrics |= {
+        "generation_seconds": generation.seconds,
+        "generated_tokens": generation.new_tokens,
+        "tokens_per_second": generation.new_tokens / generation.seconds if generation.seconds else float("nan"),
+        "latency_ms_per_answer": 1000 * generation.seconds / len(answers) if answers else float("nan"),
+    }
+    samples = []
+    for record, answer, verdict in zip(records, answers, verdicts):
+        reference = record.get("response") or ""
+        samples.append({
+            "record_id": record.get("record_id"), "lang": record.get("lang"), "prompt": record["prompt"],
+            "reference": reference, "answer": answer,
+            "token_f1": token_prf(answer, reference, record.get("lang"))[2] if reference.strip() else None,
+            "toxic": verdict.toxic, "toxicity_score": round(verdict.score, 4),
+        })
+    return AnswerScores(metrics, samples, exclusions)

@@ -1,56 +1,186 @@
-"""The evaluation report: every candidate scored on the same held-out set, and the gate."""
+"""Scoring every candidate on the same held-out records: the challenger (fp32), each of
+its compressed artifacts, and the champion re-scored for a like-for-like gate.
+
+A candidate that cannot be loaded or scored is reported with its error; the others are
+still scored and the report is still written. Rendering lives in report_render.py.
+"""
 
 from __future__ import annotations
 
-import html
+import gc
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from deepfeed.core.compression import CompressionConfig, load_int8_torch, onnx_session
+import torch
+
+from deepfeed.core.compression import ARTIFACTS, CompressionConfig, load_int8_torch, onnx_session
 from deepfeed.core.evaluation import (
+    NO_ANSWER_TOKENS,
     EvaluationConfig,
-    GateResult,
-    evaluate_generation,
+    Generation,
+    LogitsFn,
+    by_length,
+    left_pad,
+    count_new_tokens,
+    generate_logits,
+    generate_torch,
+    generation_records,
     onnx_logits,
     perplexity,
-    promotion_gate,
+    score_answers,
     torch_logits,
 )
-from deepfeed.core.modeling import load_model, load_tokenizer
-from deepfeed.core.plots import bar_plot
+from deepfeed.core.flops import PeakMemory, Stopwatch, flops_per_token, folder_size_mb
+from deepfeed.core.gate import GateCondition, GateResult, promotion_gate
+from deepfeed.core.modeling import load_model, load_tokenizer, prompt_ids
+from deepfeed.core.safety import ToxicityScorer
+from deepfeed.core.textmetrics import answer_tokens
+
+CHALLENGER, CHAMPION = "challenger", "champion"
 
 
 @dataclass
 class CandidateResult:
     name: str
+    description: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
+    exclusions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class EvaluationOutcome:
     candidates: list[CandidateResult]
     gate: GateResult
-    samples: list[dict[str, str]]
+    samples: list[dict[str, Any]]
     eval_records: int
+    generation_records: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     def by_name(self, name: str) -> CandidateResult | None:
         return next((c for c in self.candidates if c.name == name), None)
 
 
-def _score_torch(name: str, model, tokenizer, records, config: EvaluationConfig, generate: bool):
+@dataclass
+class Scorable:
+    """What scoring needs from a loaded artifact."""
+
+    logits: LogitsFn
+    generate: Callable[[list[str]], Generation]
+    torch_model: Any = None  # fp32 torch models only: FLOPs are counted on these
+
+
+def torch_scorable(model, tokenizer, config: EvaluationConfig, count_flops: bool) -> Scorable:
+    return Scorable(torch_logits(model), lambda prompts: generate_torch(model, tokenizer, prompts, config), model if count_flops else None)
+
+
+def logits_scorable(logits: LogitsFn, tokenizer, config: EvaluationConfig) -> Scorable:
+    return Scorable(logits, lambda prompts: generate_logits(logits, tokenizer, prompts, config))
+
+
+def onnx_kv_scorable(session, tokenizer, config: EvaluationConfig) -> Scorable:
+    """An ONNX decoder with past key values: greedy generation one token per step."""
+    import numpy as np
+
+    from deepfeed.core.onnx_kv import onnx_greedy_generate, onnx_kv_logits
+
+    def generate(prompts: list[str]) -> Generation:
+        answers, new_tokens, started = [], 0, time.perf_counter()
+        for start in range(0, len(prompts), config.batch_size):
+            ids, mask = left_pad(tokenizer, prompts[start:start + config.batch_size], config.max_length)
+            fresh = onnx_greedy_generate(session, ids.numpy(), mask.numpy(), config.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+            new_tokens += count_new_tokens(torch.from_numpy(np.asarray(fresh)), tokenizer.eos_token_id, tokenizer.pad_token_id)
+            answers.extend(a.strip() for a in tokenizer.batch_decode(fresh, skip_special_tokens=True))
+        return Generation(answers, new_tokens, time.perf_counter() - started)
+
+    return Scorable(onnx_kv_logits(session), generate)
+
+
+# The logits-only ONNX graphs compute what their KV-cache twins compute; decoding through
+# them recomputes the prefix every step, so by default they are scored without generation.
+LOGITS_ONLY = ("onnx_fp32", "onnx_int8")
+# What is served (torch int8, the Triton ONNX int8, the KV int8 decoder) is scored by
+# default; the fp32 intermediates are numerically the pruned checkpoint, which the
+# compression gate already scores, and each costs a full pass on 2 cores.
+DEFAULT_ARTIFACTS = ("torch_int8", "onnx_int8", "onnx_kv_int8")
+DESCRIPTIONS = {
+    "pruned": "pruned fp32 (torch)", "torch_int8": "pruned + int8 (torch)", "onnx_fp32": "ONNX fp32, logits only",
+    "onnx_int8": "ONNX int8, logits only (Triton)", "onnx_kv_fp32": "ONNX fp32 with KV cache", "onnx_kv_int8": "ONNX int8 with KV cache",
+}
+
+
+def compressed_loaders(compressed_dir: Path, tokenizer, config: EvaluationConfig, compression: CompressionConfig) -> dict[str, tuple[str, Callable[[], Scorable], Path]]:
+    """name -> (description, loader, file(s) whose size is the artifact size), for the
+    artifacts compression.json lists (the default layout when it is missing)."""
+    summary = compressed_dir / "compression.json"
+    paths = json.loads(summary.read_text()).get("paths", {}) if summary.exists() else {n: p for n, (p, _) in ARTIFACTS.items()}
+    loaders: dict[str, Callable[[], Scorable]] = {
+        "pruned": lambda: torch_scorable(load_model(compressed_dir / paths["pruned"]).eval(), tokenizer, config, False),
+        "torch_int8": lambda: torch_scorable(load_int8_torch(compressed_dir / paths["pruned"], compressed_dir / paths["torch_int8"], compression), tokenizer, config, False),
+        "onnx_fp32": lambda: logits_scorable(onnx_logits(onnx_session(compressed_dir / paths["onnx_fp32"])), tokenizer, config),
+        "onnx_int8": lambda: logits_scorable(onnx_logits(onnx_session(compressed_dir / paths["onnx_int8"])), tokenizer, config),
+        "onnx_kv_fp32": lambda: onnx_kv_scorable(onnx_session(compressed_dir / paths["onnx_kv_fp32"]), tokenizer, config),
+        "onnx_kv_int8": lambda: onnx_kv_scorable(onnx_session(compressed_dir / paths["onnx_kv_int8"]), tokenizer, config),
+    }
+    return {name: (DESCRIPTIONS[name], load, compressed_dir / paths[name]) for name, load in loaders.items() if name in paths}
+
+
+def _flops_context(tokenizer, records: list[dict[str, Any]], max_length: int):
+    prompt = next((r["prompt"] for r in records if r.get("prompt")), "Hello")
+    return torch.tensor([prompt_ids(tokenizer, prompt)[-max_length:]])
+
+
+def score_candidate(
+    name: str,
+    description: str,
+    load: Callable[[], Scorable],
+    size_path: Path | None,
+    tokenizer,
+    records: list[dict[str, Any]],
+    prompts_for: list[dict[str, Any]],
+    config: EvaluationConfig,
+    toxicity: ToxicityScorer,
+    watch: Stopwatch,
+    generate: bool = True,
+) -> tuple[CandidateResult, list[dict[str, Any]]]:
+    """One candidate, all dimensions; the first failure is recorded and the rest skipped."""
+    result = CandidateResult(name, description)
+    samples: list[dict[str, Any]] = []
+    # HF models hold reference cycles: collect the previous candidate before measuring
+    # this one's memory from a clean baseline.
+    gc.collect()
     started = time.perf_counter()
-    metrics = perplexity(torch_logits(model), tokenizer, records, config)
-    samples: list = []
-    if generate:
-        generation, samples = evaluate_generation(model, tokenizer, records, config)
-        metrics.update(generation)
-    return CandidateResult(name, metrics, seconds=time.perf_counter() - started), samples
+    try:
+        with PeakMemory() as memory:
+            with watch.stage(f"{name}: load"):
+                scorable = load()
+            with watch.stage(f"{name}: perplexity"):
+                result.metrics |= perplexity(scorable.logits, tokenizer, records, config)
+            if result.metrics.get("perplexity_skipped"):
+                result.exclusions[NO_ANSWER_TOKENS] = int(result.metrics["perplexity_skipped"])
+            if generate and prompts_for:
+                with watch.stage(f"{name}: generate {len(prompts_for)}"):
+                    generation = by_length(tokenizer, [r["prompt"] for r in prompts_for], scorable.generate)
+                with watch.stage(f"{name}: score answers"):
+                    scores = score_answers(prompts_for, generation, config, toxicity)
+                result.metrics |= scores.metrics
+                result.exclusions |= scores.exclusions
+                samples = scores.samples
+            if scorable.torch_model is not None:
+                with watch.stage(f"{name}: flops"):
+                    result.metrics |= flops_per_token(scorable.torch_model, _flops_context(tokenizer, records, config.max_length))
+        result.metrics["peak_memory_mb"] = memory.peak_mb
+    except Exception as exc:  # a broken artifact is reported in the table, not fatal to the report
+        result.error = f"{type(exc).__name__}: {exc}"
+    if size_path is not None and size_path.exists():
+        result.metrics["size_mb"] = folder_size_mb(size_path, "*.safetensors") if size_path.is_dir() else folder_size_mb(size_path)
+    result.seconds = time.perf_counter() - started
+    return result, samples
 
 
 def evaluate_candidates(
@@ -61,121 +191,70 @@ def evaluate_candidates(
     config: EvaluationConfig,
     compression: CompressionConfig | None = None,
     log=print,
+    toxicity: ToxicityScorer | None = None,
+    generate_compressed: bool = True,
+    generate_logits_only: bool = False,
+    artifacts: tuple[str, ...] = DEFAULT_ARTIFACTS,
+    compression_passed: bool | None = None,
+    compression_detail: str = "",
 ) -> EvaluationOutcome:
-    """Challenger (fp32) with generation, its compressed artifacts by perplexity, and the
-    champion re-scored on the same records so the comparison is like for like."""
     if not records:
         raise ValueError("the held-out evaluation set is empty")
-    tokenizer = load_tokenizer(checkpoint)
+    toxicity = toxicity or ToxicityScorer(threshold=config.toxicity_threshold)
+    watch = Stopwatch(log)
+    with watch.stage("warm-up (toxicity model, jieba dictionary)"):
+        # One-time loads would otherwise be charged to the first candidate's memory and time.
+        toxicity.score(["warm up"], ["en"])
+        answer_tokens("预热", "zh")
+    prompts_for, prompt_exclusions = generation_records(records, config.max_generation_records)
     candidates: list[CandidateResult] = []
-    challenger_model = load_model(checkpoint).eval()
-    result, samples = _score_torch("challenger", challenger_model, tokenizer, records, config, generate=True)
-    candidates.append(result)
-    log(f"challenger: {result.metrics}")
+    samples: list[dict[str, Any]] = []
 
-    if compressed_dir is not None:
-        compression = compression or CompressionConfig()
-        loaders = {
-            "torch_int8": lambda: torch_logits(load_int8_torch(compressed_dir / "pruned", compressed_dir / "torch_int8", compression)),
-            "onnx_int8": lambda: onnx_logits(onnx_session(compressed_dir / "onnx" / "model_int8.onnx")),
-            "onnx_fp32": lambda: onnx_logits(onnx_session(compressed_dir / "onnx" / "model.onnx")),
-        }
-        for name, load in loaders.items():
-            started = time.perf_counter()
-            try:
-                metrics = perplexity(load(), tokenizer, records, config)
-                candidates.append(CandidateResult(name, metrics, seconds=time.perf_counter() - started))
-            except Exception as exc:  # a missing or broken artifact is reported, not fatal
-                candidates.append(CandidateResult(name, error=f"{type(exc).__name__}: {exc}"))
-            log(f"{name}: {candidates[-1].metrics or candidates[-1].error}")
+    try:
+        tokenizer = load_tokenizer(checkpoint)
+    except Exception as exc:
+        tokenizer = None
+        candidates.append(CandidateResult(CHALLENGER, "fine-tuned fp32", error=f"cannot load the tokenizer of {checkpoint}: {type(exc).__name__}: {exc}"))
+    if tokenizer is not None:
+        result, samples = score_candidate(
+            CHALLENGER, "fine-tuned fp32", lambda: torch_scorable(load_model(checkpoint).eval(), tokenizer, config, True),
+            checkpoint, tokenizer, records, prompts_for, config, toxicity, watch,
+        )
+        candidates.append(result)
+        if compressed_dir is not None:
+            available = compressed_loaders(compressed_dir, tokenizer, config, compression or CompressionConfig())
+            for name in artifacts:
+                if name not in available:
+                    candidates.append(CandidateResult(name, DESCRIPTIONS.get(name, ""), error=f"not built: {name} is missing from {compressed_dir / 'compression.json'}"))
+                    continue
+                description, load, size_path = available[name]
+                generate = generate_compressed and (generate_logits_only or name not in LOGITS_ONLY)
+                result, _ = score_candidate(name, description, load, size_path, tokenizer, records, prompts_for, config, toxicity, watch, generate=generate)
+                candidates.append(result)
+    for c in candidates:
+        c.exclusions = {**prompt_exclusions, **c.exclusions}
 
     champion_metrics = None
     if champion_checkpoint is not None:
         try:
-            champion_model = load_model(champion_checkpoint).eval()
             champion_tokenizer = load_tokenizer(champion_checkpoint)
-            result, _ = _score_torch("champion", champion_model, champion_tokenizer, records, config, generate=True)
-            champion_metrics = result.metrics
+            result, _ = score_candidate(
+                CHAMPION, "current champion, re-scored", lambda: torch_scorable(load_model(champion_checkpoint).eval(), champion_tokenizer, config, True),
+                champion_checkpoint, champion_tokenizer, records, prompts_for, config, toxicity, watch,
+            )
         except Exception as exc:
-            result = CandidateResult("champion", error=f"{type(exc).__name__}: {exc}")
-        candidates.append(result)
-        log(f"champion: {result.metrics or result.error}")
-    gate = promotion_gate(candidates[0].metrics, champion_metrics, config.max_relative_drop)
-    return EvaluationOutcome(candidates, gate, samples, len(records))
+            result = CandidateResult(CHAMPION, "current champion", error=f"{type(exc).__name__}: {exc}")
+        result.exclusions = {**prompt_exclusions, **result.exclusions}
+        champion_metrics = result.metrics if result.error is None else None
+        candidates.insert(0, result)
 
-
-COLUMNS = ("perplexity", "bleu4", "scored_tokens", "generated", "seconds")
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.3f}"
-    return str(value)
-
-
-def _row(candidate: CandidateResult) -> dict[str, Any]:
-    return {**candidate.metrics, "seconds": candidate.seconds}
-
-
-def render_markdown(outcome: EvaluationOutcome, lineage: dict[str, str], plot_markdown: str = "") -> str:
-    verdict = "PROMOTE" if outcome.gate.passed else "KEEP CHAMPION"
-    lines = [
-        f"# Evaluation report — {verdict}",
-        "",
-        f"Held-out records: {outcome.eval_records}",
-        "",
-        "| candidate | " + " | ".join(COLUMNS) + " | error |",
-        "|---|" + "---:|" * len(COLUMNS) + "---|",
-    ]
-    for c in outcome.candidates:
-        row = _row(c)
-        lines.append(f"| {c.name} | " + " | ".join(_fmt(row.get(k)) for k in COLUMNS) + f" | {c.error or ''} |")
-    lines += ["", "## Promotion gate", ""]
-    lines += [f"- {'✅' if outcome.gate.passed else '❌'} {reason}" for reason in outcome.gate.reasons]
-    if plot_markdown:
-        lines += ["", plot_markdown]
-    lines += ["", "## Lineage", ""] + [f"- **{k}**: `{v}`" for k, v in lineage.items()]
-    lines += ["", "## Sample answers", "", "| prompt | reference | answer |", "|---|---|---|"]
-    for s in outcome.samples[:8]:
-        cells = [s[k].replace("|", "\\|").replace("\n", " ")[:160] for k in ("prompt", "reference", "answer")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def render_html(outcome: EvaluationOutcome, lineage: dict[str, str], plot_file: str | None) -> str:
-    colour = "#1a7f37" if outcome.gate.passed else "#cf222e"
-    rows = "".join(
-        "<tr><td>" + html.escape(c.name) + "</td>" + "".join(f"<td>{_fmt(_row(c).get(k))}</td>" for k in COLUMNS) + f"<td>{html.escape(c.error or '')}</td></tr>"
-        for c in outcome.candidates
-    )
-    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in outcome.gate.reasons)
-    lineage_html = "".join(f"<li><b>{html.escape(k)}</b>: <code>{html.escape(v)}</code></li>" for k, v in lineage.items())
-    samples = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(s[k])}</td>" for k in ("prompt", "reference", "answer")) + "</tr>" for s in outcome.samples[:20]
-    )
-    image = f'<img src="{html.escape(plot_file)}" alt="metrics">' if plot_file else ""
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>deepfeed evaluation</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}.verdict{{color:{colour}}}</style></head>
-<body><h1 class="verdict">{'Promote challenger' if outcome.gate.passed else 'Keep champion'}</h1>
-<p>Held-out records: {outcome.eval_records}</p>
-<table><tr><th>candidate</th>{''.join(f'<th>{c}</th>' for c in COLUMNS)}<th>error</th></tr>{rows}</table>
-<h2>Promotion gate</h2><ul>{reasons}</ul>{image}<h2>Lineage</h2><ul>{lineage_html}</ul>
-<h2>Sample answers</h2><table><tr><th>prompt</th><th>reference</th><th>answer</th></tr>{samples}</table></body></html>
-"""
-
-
-def write_report(folder: Path, outcome: EvaluationOutcome, lineage: dict[str, str]) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    ppl = {c.name: c.metrics["perplexity"] for c in outcome.candidates if "perplexity" in c.metrics}
-    plot = bar_plot(folder / "perplexity.png", ppl, "Held-out perplexity (lower is better)", "perplexity") if ppl else None
-    (folder / "report.html").write_text(render_html(outcome, lineage, plot.name if plot else None), encoding="utf-8")
-    (folder / "metrics.json").write_text(
-        json.dumps({"candidates": [asdict(c) for c in outcome.candidates], "gate": asdict(outcome.gate), "eval_records": outcome.eval_records}, indent=2, default=str)
-    )
-    (folder / "samples.json").write_text(json.dumps(outcome.samples, ensure_ascii=False, indent=2))
-    files = {"html": folder / "report.html", "metrics": folder / "metrics.json", "samples": folder / "samples.json"}
-    if plot:
-        files["plot"] = plot
-    return files
+    challenger = next(c for c in candidates if c.name == CHALLENGER)
+    champion = next((c for c in candidates if c.name == CHAMPION), None)
+    if challenger.error:
+        gate = GateResult(False, [GateCondition(CHALLENGER, False, f"could not be evaluated: {challenger.error}")])
+    elif champion is not None and champion.error:
+        # Fail closed: an unreadable champion must not let any challenger through unchecked.
+        gate = GateResult(False, [GateCondition(CHAMPION, False, f"could not be re-scored: {champion.error}")])
+    else:
+        gate = promotion_gate(challenger.metrics, champion_metrics, config.max_relative_drop, compression_passed, compression_detail)
+    return EvaluationOutcome(candidates, gate, samples, len(records), len(prompts_for), dict(watch.stages), dict(watch.cpu))

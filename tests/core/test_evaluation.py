@@ -1,16 +1,41 @@
-import math
+"""Evaluation on tiny real checkpoints: perplexity, generation, FLOPs, the candidates
+report with bad input, and the rendered report."""
+
+import json
 
 import pytest
+import torch
 
-from deepfeed.core.evaluation import EvaluationConfig, bleu4, evaluate_generation, perplexity, promotion_gate, torch_logits
-from deepfeed.core.modeling import load_model, load_tokenizer
+from deepfeed.core.evaluation import (
+    EMPTY_GENERATION,
+    NO_PROMPT,
+    NO_REFERENCE,
+    EvaluationConfig,
+    Generation,
+    generate_logits,
+    generate_torch,
+    perplexity,
+    score_answers,
+    torch_logits,
+)
+from deepfeed.core.flops import flops_per_token
+from deepfeed.core.modeling import load_model, load_tokenizer, prompt_ids
+from deepfeed.core.report import evaluate_candidates
+from deepfeed.core.report_render import FAIL, render_html, write_report
+from deepfeed.core.safety import ToxicityScorer
 from tests.conftest import PAIRS
 
-RECORDS = [{"record_id": str(i), "kind": "pair", "prompt": p, "response": r, "text": None, "lang": "zh" if "？" in p else "en"} for i, (p, r) in enumerate(PAIRS)]
+RECORDS = [{"record_id": str(i), "kind": "pair", "prompt": p, "response": r, "text": None, "lang": "zh" if "？" in p else "en", "tags": [], "meta": None} for i, (p, r) in enumerate(PAIRS)]
+FAST = EvaluationConfig(max_new_tokens=5, batch_size=3, bootstrap_samples=50)
 
 
-def test_perplexity_of_a_random_model_is_near_the_vocabulary_size(tiny_llama):
-    model, tokenizer = load_model(tiny_llama).eval(), load_tokenizer(tiny_llama)
+@pytest.fixture(scope="module")
+def llama(tiny_llama):
+    return load_model(tiny_llama).eval(), load_tokenizer(tiny_llama)
+
+
+def test_perplexity_of_a_random_model_is_near_the_vocabulary_size(llama):
+    model, tokenizer = llama
     result = perplexity(torch_logits(model), tokenizer, RECORDS, EvaluationConfig(batch_size=3))
     assert 0.5 * len(tokenizer) < result["perplexity"] < 2 * len(tokenizer)
     # batch size must not change the answer (padding is masked out)
@@ -18,26 +43,102 @@ def test_perplexity_of_a_random_model_is_near_the_vocabulary_size(tiny_llama):
     assert again["perplexity"] == pytest.approx(result["perplexity"], rel=1e-4)
 
 
-def test_generation_is_batched_and_scored(tiny_llama):
+def test_logits_only_decoding_gives_the_same_answers_as_generate(tiny_llama):
     model, tokenizer = load_model(tiny_llama).eval(), load_tokenizer(tiny_llama)
-    metrics, samples = evaluate_generation(model, tokenizer, RECORDS, EvaluationConfig(max_new_tokens=6, batch_size=3))
-    assert metrics["generated"] == len(RECORDS) == len(samples)
-    assert {"bleu4", "bleu4_en", "bleu4_zh"} <= set(metrics)
+    with torch.no_grad():  # a fresh tiny model answers newlines only; larger random weights answer words
+        torch.manual_seed(0)
+        for weight in (p for p in model.parameters() if p.dim() > 1):
+            weight.normal_(0, 0.3)
+    prompts = [r["prompt"] for r in RECORDS]
+    cached = generate_torch(model, tokenizer, prompts, FAST)
+    recomputed = generate_logits(torch_logits(model), tokenizer, prompts, FAST)
+    assert cached.answers == recomputed.answers and any(cached.answers)
+    assert cached.new_tokens == recomputed.new_tokens <= len(prompts) * FAST.max_new_tokens
 
 
-def test_bleu_identity_and_chinese_tokenization():
-    assert bleu4(["the cat sat on the mat today"], ["the cat sat on the mat today"], ["en"])["bleu4"] == pytest.approx(100)
-    zh = bleu4(["今天天气晴朗适合出门散步"], ["今天天气晴朗适合出门散步"], ["zh"])
-    assert zh["bleu4_zh"] == pytest.approx(100)
-    assert bleu4(["completely different words"], ["the cat sat on the mat"], ["en"])["bleu4"] < 5
+def test_flops_per_token_counts_every_linear_layer_and_attention(llama):
+    model, tokenizer = llama
+    ids = torch.tensor([prompt_ids(tokenizer, "What is the capital of France?")])
+    flops = flops_per_token(model, ids)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    # 2 FLOPs per weight per token for the projections, plus attention over the context
+    assert 2 * linear < flops["prefill_flops_per_token"] < 2 * linear * 1.5
+    assert 2 * linear < flops["decode_flops_per_token"] < 2 * linear * 1.5
+    assert flops["flops_context_tokens"] == ids.shape[1]
 
 
-def test_promotion_gate_three_percent_rule():
-    champion = {"perplexity": 10.0, "bleu4": 20.0}
-    assert promotion_gate({"perplexity": 10.2, "bleu4": 19.5}, champion, 0.03).passed
-    failed = promotion_gate({"perplexity": 10.4, "bleu4": 20.0}, champion, 0.03)
-    assert not failed.passed and "perplexity" in failed.reasons[0] and "4.0% worse" in failed.reasons[0]
-    assert not promotion_gate({"perplexity": 9.0, "bleu4": 19.0}, champion, 0.03).passed
-    assert promotion_gate({"perplexity": 50.0, "bleu4": 0.0}, None, 0.03).passed
-    unmeasured = promotion_gate({"perplexity": 10.0, "bleu4": math.nan}, champion, 0.03)
-    assert unmeasured.passed and "not measured" in unmeasured.reasons[1]
+def test_answers_are_scored_with_exclusions_counted():
+    records = [
+        {"record_id": "a", "prompt": "q1", "response": "The capital of France is Paris.", "lang": "en", "meta": json.dumps({"label": "geography"})},
+        {"record_id": "b", "prompt": "q2", "response": "", "lang": "en", "meta": None},
+        {"record_id": "c", "prompt": "q3", "response": "高血压是血压持续升高的疾病。", "lang": "zh", "meta": None},
+    ]
+    generation = Generation(["Paris is the capital of France, geography.", "", "高血压是疾病"], new_tokens=12, seconds=2.0)
+    scores = score_answers(records, generation, FAST, ToxicityScorer())
+    assert scores.exclusions == {NO_REFERENCE: 1, EMPTY_GENERATION: 1}
+    assert scores.metrics["referenced"] == 2 and 0 < scores.metrics["token_f1"] < 1
+    assert scores.metrics["label_f1_micro"] == 1.0 and scores.metrics["toxicity_pass_rate"] == 1.0
+    assert scores.metrics["tokens_per_second"] == 6.0 and scores.metrics["latency_ms_per_answer"] == pytest.approx(2000 / 3)
+    assert [s["token_f1"] is None for s in scores.samples] == [False, True, False]
+
+
+def test_candidates_with_broken_artifacts_and_champion_still_report(tiny_llama, tmp_path):
+    records = RECORDS + [{"record_id": "t", "kind": "text", "prompt": None, "response": None, "text": "A plain note about blood pressure.", "lang": "en", "tags": [], "meta": None}]
+    broken = tmp_path / "compressed"
+    (broken / "onnx").mkdir(parents=True)
+    (broken / "compression.json").write_text(json.dumps({"paths": {"torch_int8": "torch_int8", "pruned": "pruned", "onnx_int8": "onnx/model_int8.onnx"}}))
+    (broken / "onnx" / "model_int8.onnx").write_bytes(b"not a model")
+    outcome = evaluate_candidates(tiny_llama, broken, tmp_path / "no-champion", records, FAST, log=lambda m: None)
+    names = [c.name for c in outcome.candidates]
+    assert names == ["champion", "challenger", "torch_int8", "onnx_int8", "onnx_kv_int8"]
+    challenger = outcome.by_name("challenger")
+    assert challenger.error is None and challenger.metrics["generated"] == len(RECORDS)
+    assert challenger.exclusions[NO_PROMPT] == 1
+    assert {"perplexity", "token_f1", "bleu4", "bleu4_ci_low", "chrf", "toxicity_pass_rate", "prefill_flops_per_token", "size_mb", "peak_memory_mb"} <= set(challenger.metrics)
+    assert all(outcome.by_name(n).error for n in ("torch_int8", "onnx_int8", "champion"))
+    assert outcome.by_name("onnx_kv_int8").error.startswith("not built")
+    # an unloadable champion fails the gate closed, naming it
+    assert not outcome.gate.passed and outcome.gate.failed[0].name == "champion" and "could not be re-scored" in outcome.gate.failed[0].detail
+    assert any(t.startswith("challenger: generate") for t in outcome.timings)
+
+    files = write_report(tmp_path / "report", outcome, {"data hash": "abc123"}, 0.03, training_losses=[3.0, 2.5, 2.1])
+    markdown = files["markdown"].read_text()
+    assert "KEEP the champion" in markdown and "❌ **champion**: could not be re-scored" in markdown
+    assert "abc123" in markdown and "| challenger | no prompt (plain-text record): perplexity only | 1 |" in markdown
+    assert {"plot:Training loss", "plot:Answer quality with confidence intervals", "plot:Latency vs size"} <= set(files)
+    page = files["html"].read_text()
+    assert "Keep the champion" in page and page.count("data:image/png;base64,") == len([k for k in files if k.startswith("plot:")])
+    summary = json.loads(files["metrics"].read_text())
+    assert summary["gate"]["passed"] is False and summary["candidates"][1]["name"] == "challenger"
+
+
+def test_empty_eval_set_and_unloadable_challenger(tiny_llama, tmp_path):
+    with pytest.raises(ValueError, match="evaluation set is empty"):
+        evaluate_candidates(tiny_llama, None, None, [], FAST)
+    outcome = evaluate_candidates(tmp_path / "missing", None, None, RECORDS, FAST, log=lambda m: None)
+    assert outcome.by_name("challenger").error and not outcome.gate.passed
+    assert "could not be evaluated" in outcome.gate.reasons[0]
+
+
+def test_headline_colours_a_drop_over_the_gate_red(tiny_llama):
+    outcome = evaluate_candidates(tiny_llama, None, tiny_llama, RECORDS, FAST, log=lambda m: None)
+    assert outcome.gate.passed  # the same model against itself loses nothing
+    outcome.by_name("challenger").metrics["perplexity"] *= 1.05
+    page = render_html(outcome, {}, {}, 0.03)
+    assert f'style="color:{FAIL}"' in page and "(+5.0%)" in page
+
+
+def test_generation_by_length_returns_answers_in_prompt_order(llama):
+    _, tokenizer = llama
+    prompts = ["a much longer prompt than the others by far", "short", "medium length one"]
+    seen = []
+
+    def echo(batch):
+        seen.extend(batch)
+        return Generation([p.upper() for p in batch], len(batch), 1.0)
+
+    from deepfeed.core.evaluation import by_length
+
+    result = by_length(tokenizer, prompts, echo)
+    assert seen == ["short", "medium length one", prompts[0]]
+    assert result.answers == [p.upper() for p in prompts] and result.new_tokens == 3

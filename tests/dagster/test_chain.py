@@ -100,6 +100,11 @@ def test_whole_chain_logs_to_mlflow_and_promotes(fixture, request, deepfeed_env,
     corpus_checks = ("clean_corpus_consistency", "clean_corpus_cleanliness", "clean_corpus_k_anonymity")
     assert {name: checks.pop(name) for name in corpus_checks} == dict.fromkeys(corpus_checks, True)
     checks.pop("clean_corpus_coverage")
+    # Held-out records never reach training by id or exact copy (that blocks); near-duplicates
+    # across the split only warn (tests/dagster/test_evaluation_assets.py).
+    checks.pop("eval_set_disjoint_from_training")
+    overlap = next(e for e in result.get_asset_check_evaluations() if e.asset_check_key.name == "eval_set_disjoint_from_training")
+    assert overlap.passed or overlap.severity == dg.AssetCheckSeverity.WARN
     assert checks == {"raw_corpus_accounting": True, "clean_corpus_accounting": True, "promotion_gate": True, "compression_quality_gate": True}
 
     mlflow = resources(deepfeed_env, base_model)["mlflow"]

@@ -1,0 +1,49 @@
+"""evaluation_report, its checks and champion_model on a tiny Llama: promotion with an
+audit entry, and a gate that fails closed when the champion cannot be loaded."""
+
+import json
+
+import dagster as dg
+
+from deepfeed.core.audit import AuditLedger
+from deepfeed.resources.mlflow_tracking import CHAMPION
+from tests.dagster.test_chain import instance, materialize, resources  # noqa: F401 (fixture)
+
+CHAIN = ["raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model", "compressed_model", "evaluation_report", "champion_model"]
+EVAL = ["evaluation_report", "champion_model"]
+
+
+def _check(result, name):
+    return next(e for e in result.get_asset_check_evaluations() if e.asset_check_key.name == name)
+
+
+def test_promotion_is_gated_audited_and_fails_closed(deepfeed_env, tiny_llama, tiny_corpus, instance):  # noqa: F811
+    first = materialize(CHAIN, deepfeed_env, tiny_llama, tiny_corpus, instance, raise_on_error=False)
+    assert _check(first, "promotion_gate").passed
+    report = instance.get_latest_materialization_event(dg.AssetKey("evaluation_report")).asset_materialization
+    markdown = report.metadata["report"].value
+    assert "PROMOTE" in markdown and "## Data version and lineage" in markdown and "data:image/png;base64," in markdown
+    assert {"token_f1", "bleu4", "chrf", "perplexity", "toxicity_pass_rate"} <= set(report.metadata)
+    folder = report.metadata["report_html"].value.rsplit("/", 1)[0]
+    summary = json.loads(open(f"{folder}/metrics.json").read())
+    assert [c["name"] for c in summary["candidates"]][:2] == ["challenger", "torch_int8"]
+    overlap = _check(first, "eval_set_disjoint_from_training")
+    assert overlap.passed or overlap.severity == dg.AssetCheckSeverity.WARN  # ids and exact copies never leak
+
+    mlflow = resources(deepfeed_env, tiny_llama)["mlflow"]
+    champion = mlflow.version_by_alias(CHAMPION)
+    promoted = [e for e in AuditLedger(deepfeed_env / "audit" / "ledger.jsonl").iter_entries() if e["action"] == "promoted"]
+    assert [e["record_id"] for e in promoted] == [f"model:deepfeed:v{champion.version}"]
+
+    # A champion whose checkpoint is gone must not let the next challenger through.
+    client = mlflow.client()
+    ghost = client.create_model_version("deepfeed", source=str(deepfeed_env / "deleted-checkpoint"))
+    client.set_registered_model_alias("deepfeed", CHAMPION, ghost.version)
+    second = materialize(EVAL, deepfeed_env, tiny_llama, tiny_corpus, instance, raise_on_error=False)
+    gate = _check(second, "promotion_gate")
+    assert not gate.passed and "champion: could not be re-scored" in gate.description
+    assert not second.success  # the blocking check stops champion_model
+    assert mlflow.version_by_alias(CHAMPION).version == ghost.version
+    assert len([e for e in AuditLedger(deepfeed_env / "audit" / "ledger.jsonl").iter_entries() if e["action"] == "promoted"]) == 1
+    failed_report = instance.get_latest_materialization_event(dg.AssetKey("evaluation_report")).asset_materialization
+    assert "KEEP the champion" in failed_report.metadata["report"].value
