@@ -1,0 +1,194 @@
+"""Compression on the embedded default model (SmolLM2-135M-Instruct), measured in one run.
+
+Prints, with every ratio against fp32 torch measured in this same run:
+- file size: fp32 checkpoint / torch int8, ONNX fp32 / ONNX int8 (target >= 3.5x);
+- load time of each artifact;
+- latency of one forward pass over a prompt;
+- greedy generation tokens/s, batch 1, KV cache everywhere: torch fp32 `generate`,
+  torch int8 `generate`, ONNX Runtime fp32 and int8 with the decoder-with-past graph
+  (target >= 2.3x for the best int8 path over fp32 torch), plus ORT int8 without the
+  cache (whole prefix recomputed each step) to show what the cache buys;
+- perplexity of every artifact on the demo corpus' held-out split against the fp32
+  (unpruned) checkpoint, through the same gate the pipeline runs (budget +3%).
+
+    .venv/bin/python benchmarks/bench_compression.py [--work /tmp/deepfeed-compression-bench]
+        [--threads 2] [--new-tokens 32] [--repeat 3] [--records 48] [--no-quality] [--no-speed]
+
+Artifacts are built once into --work (delete it to rebuild).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+PROMPT = "Explain in two sentences why local deployment keeps enterprise data on site."
+
+
+def held_out_records(limit: int) -> list[dict]:
+    from deepfeed.core.cleaning import CleaningConfig, clean_records
+    from deepfeed.core.demo_corpus import ensure_demo_corpus
+    from deepfeed.core.ingest import ingest_folder
+    from deepfeed.settings import demo_corpus_dir
+
+    records = clean_records(ingest_folder(ensure_demo_corpus(demo_corpus_dir())).records, CleaningConfig()).records
+    held_out = [r for r in records if r["split"] == "eval"]
+    step = max(1, len(held_out) // limit)
+    return held_out[::step][:limit]
+
+
+def timed(fn, repeat: int = 1):
+    times, result = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def build(checkpoint: Path, work: Path):
+    import json
+
+    from deepfeed.core.compression import CompressionConfig, compress_checkpoint, write_json
+
+    summary_file = work / "compression.json"
+    if summary_file.exists():
+        return json.loads(summary_file.read_text()), 0.0
+    seconds, summary = timed(lambda: compress_checkpoint(checkpoint, work, CompressionConfig(), log=print))
+    write_json(summary_file, summary)
+    return summary, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--work", default="/tmp/deepfeed-compression-bench")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--records", type=int, default=48)
+    parser.add_argument("--repeat", type=int, default=3, help="timed repetitions per measurement (median)")
+    parser.add_argument("--no-quality", action="store_true")
+    parser.add_argument("--no-speed", action="store_true", help="only sizes and quality")
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    from deepfeed.core.compression import file_size_mb, load_int8_torch, onnx_session
+    from deepfeed.core.modeling import load_model, load_tokenizer, prompt_ids
+    from deepfeed.core.offline import ensure_smollm2
+    from deepfeed.core.onnx_kv import onnx_greedy_generate
+
+    torch.set_num_threads(args.threads)
+    checkpoint = ensure_smollm2()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    summary, build_seconds = build(checkpoint, work)
+    if summary["errors"]:
+        print("not built:", summary["errors"])
+    print(f"build: {build_seconds:.1f} s (0 = reused {work})")
+
+    sizes = {
+        "torch fp32 checkpoint": file_size_mb(checkpoint, suffix=".safetensors"),
+        "torch int8": file_size_mb(work / "torch_int8" / "model_int8.pt"),
+        "ORT fp32 (logits)": file_size_mb(work / "onnx" / "model.onnx"),
+        "ORT int8 (logits)": file_size_mb(work / "onnx" / "model_int8.onnx"),
+        "ORT fp32 (KV)": file_size_mb(work / "onnx" / "decoder_with_past.onnx"),
+        "ORT int8 (KV)": file_size_mb(work / "onnx" / "decoder_with_past_int8.onnx"),
+    }
+    print("\n## size")
+    for name, mb in sizes.items():
+        print(f"  {name:24s} {mb:9.1f} MB")
+    print(f"  ratio torch fp32 / torch int8: {sizes['torch fp32 checkpoint'] / sizes['torch int8']:.2f}x  (target >= 3.5x)")
+    print(f"  ratio ORT fp32 / ORT int8 (logits graph): {sizes['ORT fp32 (logits)'] / sizes['ORT int8 (logits)']:.2f}x")
+    print(f"  ratio torch fp32 checkpoint / ORT int8 (logits graph): {sizes['torch fp32 checkpoint'] / sizes['ORT int8 (logits)']:.2f}x", flush=True)
+
+    if not args.no_quality:
+        from deepfeed.core.compression_gate import gate_compressed_artifacts
+
+        records = held_out_records(args.records)
+        seconds, report = timed(lambda: gate_compressed_artifacts(checkpoint, work, records))
+        print(f"\n## quality: perplexity on {len(records)} held-out demo records ({seconds:.0f} s)\n")
+        print(report.markdown())
+        print(f"\n  gate {'PASSED' if report.passed else 'FAILED'}: {report.failures() or 'every artifact within budget'}", flush=True)
+    if args.no_speed:
+        return
+
+    tokenizer = load_tokenizer(checkpoint)
+    ids = torch.tensor([prompt_ids(tokenizer, PROMPT)])
+    mask = torch.ones_like(ids)
+    n_new = args.new_tokens
+
+    # Load times (best of 2: the first read also warms the page cache for every engine alike).
+    loaders = {
+        "torch fp32": lambda: load_model(checkpoint).eval(),
+        "torch int8": lambda: load_int8_torch(work / "pruned", work / "torch_int8"),
+        "ORT fp32": lambda: onnx_session(work / "onnx" / "decoder_with_past.onnx", threads=args.threads),
+        "ORT int8": lambda: onnx_session(work / "onnx" / "decoder_with_past_int8.onnx", threads=args.threads),
+        "ORT int8 no-cache": lambda: onnx_session(work / "onnx" / "model_int8.onnx", threads=args.threads),
+    }
+    engines, load_seconds = {}, {}
+    for name, load in loaders.items():
+        timed(load)  # warm the page cache
+        load_seconds[name], engines[name] = timed(load)
+        print(f"loaded {name}: {load_seconds[name]:.2f} s", flush=True)
+
+    def torch_forward(model):
+        with torch.no_grad():
+            return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    def torch_generate(model):
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id)
+        return out[0, ids.shape[1]:].tolist()
+
+    def ort_forward(session):
+        from deepfeed.core.onnx_kv import layout_from_session
+
+        feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+        if any(i.name.startswith("past_key_values") for i in session.get_inputs()):
+            feeds |= layout_from_session(session).empty(1)
+        return session.run(["logits"], feeds)[0]
+
+    def ort_generate(session):
+        return onnx_greedy_generate(session, ids.numpy(), mask.numpy(), n_new)[0].tolist()
+
+    def ort_generate_no_cache(session):
+        sequence = ids.numpy()
+        for _ in range(n_new):
+            logits = session.run(["logits"], {"input_ids": sequence, "attention_mask": np.ones_like(sequence)})[0]
+            sequence = np.concatenate([sequence, logits[:, -1:].argmax(-1)], axis=1)
+        return sequence[0, ids.shape[1]:].tolist()
+
+    forward = {"torch fp32": torch_forward, "torch int8": torch_forward, "ORT fp32": ort_forward, "ORT int8": ort_forward, "ORT int8 no-cache": ort_forward}
+    generate = {"torch fp32": torch_generate, "torch int8": torch_generate, "ORT fp32": ort_generate, "ORT int8": ort_generate, "ORT int8 no-cache": ort_generate_no_cache}
+    forward_seconds, generate_seconds, tokens = {}, {}, {}
+    for name, engine in engines.items():
+        forward[name](engine)  # warm-up
+        forward_seconds[name], _ = timed(lambda: forward[name](engine), repeat=args.repeat)
+        generate_seconds[name], tokens[name] = timed(lambda: generate[name](engine), repeat=args.repeat)
+        print(f"measured {name}: forward {forward_seconds[name] * 1e3:.0f} ms, {n_new / generate_seconds[name]:.1f} tokens/s", flush=True)
+
+    print(f"\nSmolLM2-135M, {args.threads} threads, prompt {ids.shape[1]} tokens, {n_new} new tokens, batch 1")
+    base_forward, base_generate = forward_seconds["torch fp32"], generate_seconds["torch fp32"]
+    print("\n## speed (median; ratios against torch fp32 in this run)")
+    print(f"  {'engine':20s} {'load s':>8s} {'forward ms':>11s} {'x':>6s} {'tokens/s':>9s} {'x':>6s}  same tokens as torch fp32")
+    for name in engines:
+        tps = n_new / generate_seconds[name]
+        print(
+            f"  {name:20s} {load_seconds[name]:8.2f} {forward_seconds[name] * 1e3:11.1f} {base_forward / forward_seconds[name]:5.2f}x "
+            f"{tps:9.1f} {base_generate / generate_seconds[name]:5.2f}x  {tokens[name] == tokens['torch fp32']}"
+        )
+    int8_paths = [n for n in engines if "int8" in n]
+    best = max(int8_paths, key=lambda n: base_generate / generate_seconds[n])
+    print(f"\n  best int8 generation path: {best}, {base_generate / generate_seconds[best]:.2f}x torch fp32 (target >= 2.3x)")
+    print(f"  KV cache: ORT int8 {generate_seconds['ORT int8 no-cache'] / generate_seconds['ORT int8']:.2f}x faster than recomputing the prefix")
+
+
+if __name__ == "__main__":
+    main()
