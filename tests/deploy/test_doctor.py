@@ -1,6 +1,7 @@
 """`deepfeed doctor`: the pass/fail table and exit code, on a ready and a broken setup,
 and the GPU check against the planner."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -100,5 +101,5 @@ def test_python_and_sqlite_store_checks(tmp_path):
     assert check_mlflow(f"sqlite:///{tmp_path}/new/mlflow.db").status == PASS  # created on first run
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    if shutil.os.geteuid() != 0:  # root writes anywhere
+    if os.geteuid() != 0:  # root writes anywhere
         assert check_mlflow(f"sqlite:///{locked}/mlflow.db").status == FAIL
