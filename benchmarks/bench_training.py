@@ -49,16 +49,26 @@ def deepfeed_run(model: Path, records, args) -> dict:
 
 
 def trainer_run(model_dir: Path, records, args) -> dict:
-    """A plain HF Trainer: same tokenized examples, batch, steps, AdamW and cosine schedule."""
+    """A plain HF Trainer: the same batches in the same order, AdamW and cosine schedule."""
     import torch
+    from torch.utils.data import SequentialSampler
     from transformers import Trainer, TrainingArguments
 
     from deepfeed.core.modeling import collate, encode_record, load_model, load_tokenizer
+    from deepfeed.core.training import BatchSampler
 
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir)
     examples = [encode_record(tokenizer, r, args.length) for r in records]
     examples = [e for e in examples if any(label != -100 for label in e.labels)]
+    # deepfeed's batch order (seed 0), laid out flat for a sequential sampler, so both
+    # paths train on exactly the same batches and pay for the same padding.
+    sampler = BatchSampler([len(e.input_ids) for e in examples], args.batch, seed=0)
+    examples = [examples[i] for _ in range(args.steps) for i in sampler.next()]
+
+    class SameOrderTrainer(Trainer):
+        def _get_train_sampler(self, *unused):
+            return SequentialSampler(self.train_dataset)
     batch_tokens: list[int] = []
 
     def collator(batch):
@@ -73,7 +83,7 @@ def trainer_run(model_dir: Path, records, args) -> dict:
             logging_steps=1, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
             dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True, seed=0,
         )
-        trainer = Trainer(model=model, args=training_args, train_dataset=examples, data_collator=collator)
+        trainer = SameOrderTrainer(model=model, args=training_args, train_dataset=examples, data_collator=collator)
         started = time.perf_counter()
         output = trainer.train()
         seconds = time.perf_counter() - started
@@ -111,6 +121,7 @@ def main() -> None:
     parser.add_argument("--memory-batch", type=int, default=4)
     parser.add_argument("--memory-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--skip-memory", action="store_true", help="only the tokens/s comparison")
     parser.add_argument("--probe", choices=["on", "off"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
@@ -135,6 +146,8 @@ def main() -> None:
     print(f"deepfeed   : {ours['tokens_per_second']:8.1f} tokens/s ({ours['tokens']} tokens in {ours['seconds']:.1f} s, loss {ours['final_loss']:.3f})")
     print(f"ratio deepfeed / Trainer tokens/s: {ours['tokens_per_second'] / hf['tokens_per_second']:.3f}  (target >= 1.0)")
 
+    if args.skip_memory:
+        return
     without = probe_in_subprocess(args, checkpointing=False)
     with_gc = probe_in_subprocess(args, checkpointing=True)
     print(f"peak RSS, batch {args.memory_batch} x {args.memory_length} packed tokens, 2 full steps: "

@@ -387,7 +387,8 @@ def fine_tune(
                 numerator = distill.alpha * ce + (1 - distill.alpha) * kl_sum(logits, teacher_logits, batch["labels"], distill.temperature)
         # Normalising by the global token count (DDP then averages over ranks) makes
         # N processes compute the same gradient as one process with the whole batch.
-        global_tokens, global_numerator = _all_sum([float(tokens), float(numerator.detach())])
+        input_tokens = float(batch["attention_mask"].sum())
+        global_tokens, global_numerator, global_inputs = _all_sum([float(tokens), float(numerator.detach()), input_tokens])
         loss = numerator * world / max(global_tokens, 1.0)
         reported = global_numerator / max(global_tokens, 1.0)
         if ewc is not None:
@@ -400,7 +401,7 @@ def fine_tune(
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        step_tokens = int(global_tokens)
+        step_tokens = int(global_inputs)  # throughput counts every non-padding input token
         result.losses.append(reported)
         result.learning_rates.append(lr)
         result.tokens += step_tokens
