@@ -177,7 +177,7 @@ def main() -> None:
     print(f"\nSmolLM2-135M, {args.threads} threads, prompt {ids.shape[1]} tokens, {n_new} new tokens, batch 1")
     base_forward, base_generate = forward_seconds["torch fp32"], generate_seconds["torch fp32"]
     print("\n## speed (median; ratios against torch fp32 in this run)")
-    print(f"  {'engine':20s} {'load s':>8s} {'forward ms':>11s} {'x':>6s} {'tokens/s':>9s} {'x':>6s}  same tokens as torch fp32")
+    print(f"  {'engine':20s} {'load s':>8s} {'forward ms':>11s} {'x':>6s} {'tokens/s':>9s} {'x':>6s}  same tokens as torch fp32 (unpruned: the others run the pruned model)")
     for name in engines:
         tps = n_new / generate_seconds[name]
         print(
