@@ -1,5 +1,5 @@
 """Evaluation speed on the embedded default: SmolLM2-135M-Instruct on the demo's
-held-out set at the demo's evaluation size (96 records, 48 answered, 32 new tokens).
+held-out set at the demo's evaluation size (64 records, 32 answered, 32 new tokens).
 
 Prints the time per stage and the total (target: under 3 minutes on 2 cores), and two
 ratios measured in the same run: batched generation against one prompt at a time, and
@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", default="/tmp/deepfeed-eval-bench")
     parser.add_argument("--no-champion", action="store_true", help="skip re-scoring a champion (the first demo run has none)")
-    parser.add_argument("--artifacts", default="torch_int8,onnx_int8,onnx_kv_int8", help="compressed artifacts to score")
+    parser.add_argument("--artifacts", default="torch_int8,onnx_kv_int8", help="compressed artifacts to score")
     args = parser.parse_args()
 
     from deepfeed.core.compression import CompressionConfig, compress_checkpoint, write_json
@@ -61,14 +61,18 @@ def main() -> None:
         write_json(compressed / "compression.json", summary)
         print(f"(built compressed artifacts once in {time.perf_counter() - started:.0f}s; errors: {summary['errors'] or 'none'})")
 
-    records = demo_eval_records(96, 17)
-    config = EvaluationConfig(max_generation_records=48, max_new_tokens=32, batch_size=16)
+    records = demo_eval_records(64, 17)
+    config = EvaluationConfig(max_generation_records=32, max_new_tokens=32, batch_size=16)
     cpu_before = _cpu_seconds()
     started = time.perf_counter()
     outcome = evaluate_candidates(checkpoint, compressed, None if args.no_champion else checkpoint, records, config, log=lambda m: print("   ", m, flush=True), artifacts=tuple(a for a in args.artifacts.split(",") if a))
     total = time.perf_counter() - started
     cpu = _cpu_seconds() - cpu_before
-    print(f"\nrecords: {outcome.eval_records}, answered: {outcome.generation_records}")
+    from deepfeed.core.report_render import write_report
+
+    files = write_report(work / "report", outcome, {"evaluation set": "demo held-out split, stratified, seed 17", "model": str(checkpoint)}, config.max_relative_drop)
+    print(f"\nreport: {files['html']}")
+    print(f"records: {outcome.eval_records}, answered: {outcome.generation_records}")
     for c in outcome.candidates:
         m = c.metrics
         print(f"  {c.name:<13} {c.seconds:6.1f}s  ppl {m.get('perplexity', float('nan')):7.3f}  F1 {m.get('token_f1', float('nan')):.3f}  "
@@ -85,9 +89,9 @@ def main() -> None:
     one_by_one = generate_torch(model, tokenizer, prompts, EvaluationConfig(max_new_tokens=32, batch_size=1))
     print(f"batched (16) vs one at a time, tokens/s: {batched.new_tokens / batched.seconds:.1f} vs "
           f"{one_by_one.new_tokens / one_by_one.seconds:.1f} -> x{(batched.new_tokens / batched.seconds) / (one_by_one.new_tokens / one_by_one.seconds):.2f}")
-    torch_fp32, kv = outcome.by_name("challenger"), outcome.by_name("onnx_kv_fp32")
+    torch_fp32, kv = outcome.by_name("challenger"), outcome.by_name("onnx_kv_int8")
     if kv and not kv.error and kv.metrics.get("tokens_per_second"):
-        print(f"ONNX KV fp32 vs torch fp32 generate, tokens/s: x{kv.metrics['tokens_per_second'] / torch_fp32.metrics['tokens_per_second']:.2f}")
+        print(f"ONNX KV int8 vs torch fp32 generate, tokens/s: x{kv.metrics['tokens_per_second'] / torch_fp32.metrics['tokens_per_second']:.2f}")
 
 
 if __name__ == "__main__":

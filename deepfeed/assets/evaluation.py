@@ -27,10 +27,10 @@ EVAL_SET_FIELDS = ("record_id", "source", "kind", "prompt", "response", "text", 
 
 
 class EvaluationReportConfig(dg.Config):
-    max_eval_records: int = Field(default=96, description="Held-out records in the evaluation set, sampled stratified by language and domain tag (0 = all).")
+    max_eval_records: int = Field(default=64, description="Held-out records in the evaluation set, sampled stratified by language and domain tag (0 = all).")
     eval_sample_seed: int = Field(default=17, description="Seed of the stratified sample; the same seed and data give the same evaluation set.")
     reference_set_path: str = Field(default="", description="Your own domain reference set (JSONL: prompt, reference, optional lang/tags/label) instead of the held-out split.")
-    max_generation_records: int = Field(default=48, description="Evaluation records answered by greedy generation (accuracy, BLEU-4, chrF, toxicity).")
+    max_generation_records: int = Field(default=32, description="Evaluation records answered by greedy generation (accuracy, BLEU-4, chrF, toxicity).")
     max_new_tokens: int = Field(default=32, description="Tokens generated per answer.")
     max_length: int = Field(default=128, description="Tokens per scored sequence.")
     batch_size: int = Field(default=16, description="Sequences per forward pass / generation batch.")

@@ -88,7 +88,7 @@ def test_candidates_with_broken_artifacts_and_champion_still_report(tiny_llama, 
     (broken / "onnx").mkdir(parents=True)
     (broken / "compression.json").write_text(json.dumps({"paths": {"torch_int8": "torch_int8", "pruned": "pruned", "onnx_int8": "onnx/model_int8.onnx"}}))
     (broken / "onnx" / "model_int8.onnx").write_bytes(b"not a model")
-    outcome = evaluate_candidates(tiny_llama, broken, tmp_path / "no-champion", records, FAST, log=lambda m: None)
+    outcome = evaluate_candidates(tiny_llama, broken, tmp_path / "no-champion", records, FAST, log=lambda m: None, artifacts=("torch_int8", "onnx_int8", "onnx_kv_int8"))
     names = [c.name for c in outcome.candidates]
     assert names == ["champion", "challenger", "torch_int8", "onnx_int8", "onnx_kv_int8"]
     challenger = outcome.by_name("challenger")

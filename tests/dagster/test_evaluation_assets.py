@@ -24,6 +24,8 @@ def test_promotion_is_gated_audited_and_fails_closed(deepfeed_env, tiny_llama, t
     markdown = report.metadata["report"].value
     assert "PROMOTE" in markdown and "## Data version and lineage" in markdown and "data:image/png;base64," in markdown
     assert {"token_f1", "bleu4", "chrf", "perplexity", "toxicity_pass_rate"} <= set(report.metadata)
+    # the compression engineer's blocking check, read from this run's records
+    assert "✅ **compression_gate**: passed (compression_quality_gate passed)" in markdown
     folder = report.metadata["report_html"].value.rsplit("/", 1)[0]
     summary = json.loads(open(f"{folder}/metrics.json").read())
     assert [c["name"] for c in summary["candidates"]][:2] == ["challenger", "torch_int8"]
