@@ -174,7 +174,7 @@ table{{border-collapse:collapse;margin:.5em 0 1.5em}} td,th{{border:1px solid #d
 th:first-child,td:first-child{{text-align:left}} tr:nth-child(even){{background:#f6f8fa}}
 .banner{{padding:.6em 1em;border-radius:6px;color:#fff;background:{PASS if passed else FAIL}}}
 li.ok{{color:{PASS}}} li.bad{{color:{FAIL};font-weight:600}} figure{{display:inline-block;margin:0 1em 1em 0}}
-small{{color:{NEUTRAL};font-weight:normal}} table.text td{{text-align:left}}
+small{{color:{NEUTRAL};font-weight:normal}} table.text td,table.text th{{text-align:left}}
 figure img{{max-width:34em}}
 </style></head><body>
 <h1 class="banner">{e(verdict)}</h1>
