@@ -20,6 +20,7 @@ class AugmentedCorpusConfig(dg.Config):
     synonym_ratio: float = Field(default=0.5, description="Share of train records that get a contextual-synonym child (0 switches the technique off).")
     structural_ratio: float = Field(default=0.5, description="Share of train records that get a sentence- or clause-reordered child, where order carries no meaning.")
     fgsm_ratio: float = Field(default=0.1, description="Share of train records that get an FGSM adversarial child from the base model's gradients.")
+    fgsm_max_records: int = Field(default=16, description="Most records attacked with FGSM per run (each costs a forward and backward pass of the model); the rest are skipped with the reason.")
     synonym_rate: float = Field(default=0.15, description="Share of the eligible words replaced in a synonym child.")
     similarity_threshold: float = Field(default=0.85, description="Least cosine similarity (MiniLM sentence embeddings) between a synonym child and its parent.")
     synonym_variants: int = Field(default=2, description="Candidate variants scored per record; the most similar one above the threshold is kept.")

@@ -32,6 +32,9 @@ class AugmentPlan:
     synonym_ratio: float = 0.5
     structural_ratio: float = 0.5
     fgsm_ratio: float = 0.0
+    # FGSM costs a forward and backward pass of the full model per record; a cap keeps a
+    # CPU run bounded whatever the corpus size (records past it are skipped with the reason).
+    fgsm_max_records: int = 16
     max_chars: int = 2000
     near_duplicate_threshold: float = 0.9
     batch_size: int = 64
@@ -114,7 +117,9 @@ def augment_corpus(records: list[dict[str, Any]], plan: AugmentPlan, augmenters:
                 skip(record, "synonym", outcome.reason)
             else:
                 candidates.append((record, outcome.text, name, {**plan.technique_params.get("synonym", {}), "replaced": outcome.replaced, "_similarity": outcome.similarity}))
-    for record in wanted["fgsm"]:
+    for record in wanted["fgsm"][plan.fgsm_max_records:]:
+        skip(record, "fgsm", f"over fgsm_max_records={plan.fgsm_max_records}")
+    for record in wanted["fgsm"][: plan.fgsm_max_records]:
         (outcome,) = augmenters.fgsm.attack([record[augmented_field(record)]])
         if isinstance(outcome, Skip):
             skip(record, "fgsm", outcome.reason)

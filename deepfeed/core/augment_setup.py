@@ -23,6 +23,7 @@ class AugmentSettings:
     synonym_ratio: float = 0.5
     structural_ratio: float = 0.5
     fgsm_ratio: float = 0.1
+    fgsm_max_records: int = 16
     synonym_rate: float = 0.15
     similarity_threshold: float = 0.85
     synonym_variants: int = 2
@@ -40,6 +41,7 @@ class AugmentSettings:
                 synonym_ratio=self.synonym_ratio,
                 structural_ratio=self.structural_ratio,
                 fgsm_ratio=self.fgsm_ratio,
+                fgsm_max_records=self.fgsm_max_records,
                 max_chars=self.max_chars,
                 near_duplicate_threshold=self.near_duplicate_threshold,
                 seed=self.seed,

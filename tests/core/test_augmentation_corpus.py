@@ -89,3 +89,11 @@ def test_ratios_select_techniques_and_near_duplicates_are_dropped(augmenters):
     assert strict.skipped["structural: near-duplicate of an existing record"] == len(only_structural.records) - len(strict.records)
     with pytest.raises(ValueError, match="fgsm_ratio"):
         AugmentPlan(fgsm_ratio=1.5)
+
+
+def test_fgsm_is_capped_and_the_rest_say_why(augmenters):
+    result = augment_corpus(_records(), AugmentPlan(synonym_ratio=0.0, structural_ratio=0.0, fgsm_ratio=1.0, fgsm_max_records=1, max_chars=1000), augmenters)
+    skipped = [json.loads(r["aug_skipped"]) for r in result.records if r["technique"] == "original"]
+    capped = [s for s in skipped if "fgsm: over fgsm_max_records=1" in s]
+    attempted = len(skipped) - len(capped) - sum(1 for s in skipped if any("empty text" in x or "longer than" in x for x in s))
+    assert capped and attempted == 1
