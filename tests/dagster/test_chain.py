@@ -188,3 +188,12 @@ def test_cli_materialize_runs_the_chain(deepfeed_env, tiny_llama, tiny_corpus, t
     assert done.returncode == 0, done.stderr[-3000:]
     assert "RUN_SUCCESS" in done.stderr + done.stdout
     assert list((deepfeed_env / "artifacts" / "evaluation_report").glob("*/report.html"))
+
+
+def test_demo_run_config_is_valid_for_the_full_chain_job():
+    from dagster._core.system_config.objects import ResolvedRunConfig
+
+    from deepfeed.cli import DEMO_SIZES
+
+    resolved = ResolvedRunConfig.build(defs.resolve_job_def("full_chain_job"), {"ops": DEMO_SIZES})
+    assert resolved.ops["augmented_corpus"].config["fgsm_max_records"] == 4
