@@ -52,6 +52,11 @@ def _stage_timings(instance, run_id: str) -> list[tuple[str, float]]:
 DEMO_SIZES = {
     "augmented_corpus": {"config": {"synonym_ratio": 0.2, "fgsm_max_records": 4}},
     "evaluation_report": {"config": {"max_eval_records": 48, "max_generation_records": 24}},
+    # Pruning to the SPEC's 85% cost +4.4% held-out perplexity on the demo's fine-tuned
+    # SmolLM2 (measured 2026-11-29), over the 3% budget, and the blocking quality gate
+    # stopped the chain as it should. The demo prunes 5% so it reaches promotion; the
+    # asset default stays at 85% and the gate judges it on your model.
+    "compressed_model": {"config": {"keep_fraction": 0.95}},
 }
 
 
