@@ -12,7 +12,7 @@ import hashlib
 import json
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from deepfeed.core.cleaning import content_key
@@ -182,7 +182,3 @@ def augment_records(records: list[dict[str, Any]], config: AugmentationConfig, s
             seen.add(key)
             result.records.append(child)
     return result
-
-
-def config_dict(config: AugmentationConfig) -> dict[str, Any]:
-    return asdict(config)
