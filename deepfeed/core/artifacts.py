@@ -90,7 +90,8 @@ class ArtifactStore:
         """Yield a local staging folder; on clean exit it becomes a new version."""
         self.check_writable()
         created = dt.datetime.now(dt.timezone.utc)
-        version = created.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        # Microseconds keep versions made within one second in creation order (latest() sorts by name).
+        version = created.strftime("%Y%m%dT%H%M%S.%f") + "-" + uuid.uuid4().hex[:6]
         staging_parent = (
             Path(str(self.root.path)) / name if self.is_local else self._cache / "staging" / name
         )

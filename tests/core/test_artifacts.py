@@ -54,3 +54,14 @@ def test_remote_root_through_fsspec_memory_filesystem():
     assert handle.uri.startswith("memory://")
     assert store.versions("remote") == [handle.version]
     assert (store.local_path(handle) / "weights.bin").read_bytes() == b"\x01\x02"
+
+
+def test_latest_is_the_last_written_even_within_one_second(tmp_path):
+    store = ArtifactStore(tmp_path)
+    written = []
+    for i in range(12):
+        with store.new_version("burst", {"i": i}) as v:
+            (v.path / "f").write_text(str(i))
+        written.append(v.handle.version)
+    assert store.versions("burst") == written
+    assert store.latest("burst").counts["i"] == 11
