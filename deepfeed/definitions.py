@@ -11,6 +11,7 @@ from deepfeed.pipelines.training import incremental_job, knowledge_review_job, q
 from deepfeed.pipelines.monitoring import ab_test_report_job, daily_ab_test_report, drift_report_job
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
+from deepfeed.resources.monitoring_policy import policy_from_environment
 from deepfeed.resources.serving_data import ServingDataResource
 from deepfeed.sensors import drift_sensor, feedback_sensor, performance_sensor
 
@@ -27,6 +28,7 @@ defs = dg.Definitions(
         "mlflow": MlflowResource(),
         "model_source": ModelSourceResource(),
         "serving_data": ServingDataResource(),
+        "monitoring_policy": policy_from_environment(),
     },
     # Training and evaluation each use every core of the embedded default's machine;
     # running steps side by side would only make them contend.

@@ -1,7 +1,6 @@
 """drift_sensor: input (KS per feature, Holm-corrected) and output (confidence std) drift."""
 
 import datetime as dt
-import os
 
 import dagster as dg
 
@@ -11,49 +10,45 @@ from deepfeed.pipelines.jobs import full_chain_job
 from deepfeed.pipelines.monitoring import drift_report_job
 from deepfeed.pipelines.training import incremental_job
 from deepfeed.resources import ArtifactStoreResource
+from deepfeed.resources.monitoring_policy import MonitoringPolicyResource
 from deepfeed.resources.serving_data import ServingDataResource
 
-ON_ALERT = ("report", "incremental", "full")
 
+def build_drift_sensor(interval_s: int = 900) -> dg.SensorDefinition:
+    """On an alert: a drift_report_job run (which fails, carrying the evidence) and, by the
+    policy's ``drift_on_alert``, a retrain as well: ``full`` (full_chain_job) or
+    ``incremental`` (the waiting feedback sealed now and trained on at once, instead of
+    when the batch fills). One alert per window end hour (run key)."""
 
-def build_drift_sensor(window_hours: float = 24.0, alpha: float = 0.05, min_samples: int = 30,
-                       confidence_std: float = 0.15, on_alert: str = "report",
-                       interval_s: int = 900) -> dg.SensorDefinition:
-    """On an alert: a drift_report_job run (which fails, carrying the evidence) and, by
-    ``on_alert``, a retrain as well: ``full`` (full_chain_job) or ``incremental`` (the
-    waiting feedback sealed now and trained on at once, instead of when the batch fills).
-    One alert per window end hour (run key)."""
-    if on_alert not in ON_ALERT:
-        raise ValueError(f"drift sensor on_alert must be one of {ON_ALERT}, got {on_alert!r}")
-
-    retrain = {"full": [full_chain_job], "incremental": [incremental_job]}.get(on_alert, [])
-
-    @dg.sensor(name="drift_sensor", jobs=[drift_report_job, *retrain], minimum_interval_seconds=interval_s,
-               default_status=dg.DefaultSensorStatus.STOPPED,
-               description=f"KS drift of prompt features (p < {alpha:g}, Holm) or confidence std > "
-                           f"{confidence_std:g} over the last {window_hours:g} h -> drift_report_job"
-                           + "".join(f" + {job.name}" for job in retrain))
+    @dg.sensor(name="drift_sensor", jobs=[drift_report_job, full_chain_job, incremental_job],
+               minimum_interval_seconds=interval_s, default_status=dg.DefaultSensorStatus.STOPPED,
+               description="KS drift of prompt features (Holm-corrected) or a wide confidence spread over the "
+                           "recent inference window -> drift_report_job, plus a retrain if the "
+                           "monitoring_policy resource says so. Thresholds: the monitoring_policy resource.")
     def drift_sensor(context: dg.SensorEvaluationContext, serving_data: ServingDataResource,
-                     artifact_store: ArtifactStoreResource):
+                     artifact_store: ArtifactStoreResource, monitoring_policy: MonitoringPolicyResource):
+        policy = monitoring_policy
         store = artifact_store.store()
         corpus = store.latest("clean_corpus")
         if corpus is None:
             return dg.SkipReason("no clean_corpus artifact yet to take reference features from")
         end = dt.datetime.now(dt.timezone.utc)
         evidence = drift_evidence(serving_data.inference_log(), reference_features(store.local_path(corpus)), end,
-                                  window_hours, alpha, min_samples, "holm", confidence_std)
+                                  policy.drift_window_hours, policy.drift_alpha, policy.drift_min_samples, "holm",
+                                  policy.confidence_std)
         if not evidence.alert:
             return dg.SkipReason(evidence.reason)
         key = end.strftime("%Y%m%dT%H")
-        config = {"window_hours": window_hours, "window_end": end.isoformat(), "alpha": alpha,
-                  "min_samples": min_samples, "confidence_std": confidence_std, "serving_home": serving_data.home}
+        config = {"window_hours": policy.drift_window_hours, "window_end": end.isoformat(),
+                  "alpha": policy.drift_alpha, "min_samples": policy.drift_min_samples,
+                  "confidence_std": policy.confidence_std, "serving_home": serving_data.home}
         tags = {"deepfeed/alert": "drift", "deepfeed/drift_reason": evidence.reason[:200]}
         requests = [dg.RunRequest(run_key=f"drift-{key}", job_name="drift_report_job", tags=tags,
                                   run_config={"ops": {"drift_report": {"config": config}}})]
         context.log.warning("drift alert: %s", evidence.reason)
-        if on_alert == "full":
+        if policy.drift_on_alert == "full":
             requests.append(dg.RunRequest(run_key=f"drift-retrain-{key}", job_name="full_chain_job", tags=tags))
-        elif on_alert == "incremental":
+        elif policy.drift_on_alert == "incremental":
             batch = serving_data.feedback_store().seal_batch()
             if batch is None:
                 context.log.warning("no feedback waiting: nothing for an incremental run to train on")
@@ -68,4 +63,4 @@ def build_drift_sensor(window_hours: float = 24.0, alpha: float = 0.05, min_samp
     return drift_sensor
 
 
-drift_sensor = build_drift_sensor(on_alert=os.environ.get("DEEPFEED_DRIFT_ON_ALERT", "report"))
+drift_sensor = build_drift_sensor()

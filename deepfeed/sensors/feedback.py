@@ -5,23 +5,25 @@ import datetime as dt
 import dagster as dg
 
 from deepfeed.assets.incremental import feedback_batches
+from deepfeed.resources.monitoring_policy import MonitoringPolicyResource
 from deepfeed.resources.serving_data import ServingDataResource
 
 INCREMENTAL_JOB = "incremental_job"
 
 
-def build_feedback_sensor(min_batch: int = 32, max_age_minutes: float = 60.0,
-                          interval_s: int = 60) -> dg.SensorDefinition:
-    """Seal the open batch when it holds ``min_batch`` records or its oldest is
-    ``max_age_minutes`` old (small trickles still get trained on), then request one run
+def build_feedback_sensor(interval_s: int = 60) -> dg.SensorDefinition:
+    """Seal the open batch when it holds the policy's ``feedback_min_batch`` records or its
+    oldest is ``feedback_max_age_minutes`` old (small trickles still get trained on), then request one run
     per sealed batch the cursor has not seen. Run keys are batch ids, so a batch never
     trains twice even if the cursor were lost."""
 
     @dg.sensor(name="feedback_sensor", job_name=INCREMENTAL_JOB, minimum_interval_seconds=interval_s,
                default_status=dg.DefaultSensorStatus.STOPPED,
-               description=f"New feedback batches (>= {min_batch} records or {max_age_minutes:g} min old) "
+               description=f"New feedback batches (size and age from the monitoring_policy resource) "
                            f"-> partition of {feedback_batches.name} + {INCREMENTAL_JOB} run.")
-    def feedback_sensor(context: dg.SensorEvaluationContext, serving_data: ServingDataResource):
+    def feedback_sensor(context: dg.SensorEvaluationContext, serving_data: ServingDataResource,
+                        monitoring_policy: MonitoringPolicyResource):
+        min_batch, max_age_minutes = monitoring_policy.feedback_min_batch, monitoring_policy.feedback_max_age_minutes
         store = serving_data.feedback_store()
         pending, oldest = store.pending(), store.oldest_pending()
         age = (dt.datetime.now(dt.timezone.utc) - oldest) if oldest else dt.timedelta(0)

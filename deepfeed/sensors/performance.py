@@ -6,17 +6,18 @@ from deepfeed.core.monitoring import performance_evidence
 from deepfeed.core.rollback import BASELINE_TAG, CHAMPION, PREVIOUS
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.resources import MlflowResource
+from deepfeed.resources.monitoring_policy import MonitoringPolicyResource
 from deepfeed.resources.serving_data import ServingDataResource
 
 
-def build_performance_sensor(window: int = 200, min_samples: int = 30, max_relative_drop: float = 0.03,
-                             interval_s: int = 300) -> dg.SensorDefinition:
+def build_performance_sensor(interval_s: int = 300) -> dg.SensorDefinition:
     @dg.sensor(name="performance_sensor", job=rollback_job, minimum_interval_seconds=interval_s,
                default_status=dg.DefaultSensorStatus.STOPPED,
-               description=f"Mean feedback rating of the champion's last {window} answers drops "
-                           f">= {max_relative_drop:.0%} below its baseline -> rollback_job")
+               description="Mean feedback rating of the champion's recent answers drops below its baseline "
+                           "by the monitoring_policy resource's rollback_max_relative_drop (SPEC: 3%) -> rollback_job")
     def performance_sensor(context: dg.SensorEvaluationContext, serving_data: ServingDataResource,
-                           mlflow: MlflowResource):
+                           mlflow: MlflowResource, monitoring_policy: MonitoringPolicyResource):
+        policy = monitoring_policy
         champion, previous = mlflow.version_by_alias(CHAMPION), mlflow.version_by_alias(PREVIOUS)
         if champion is None:
             return dg.SkipReason("no champion to monitor")
@@ -24,7 +25,8 @@ def build_performance_sensor(window: int = 200, min_samples: int = 30, max_relat
         evidence = performance_evidence(
             serving_data.feedback_store().all_records(), str(champion.version),
             str(previous.version) if previous is not None else None,
-            float(tag) if tag not in (None, "") else None, window, min_samples, max_relative_drop)
+            float(tag) if tag not in (None, "") else None, policy.rollback_window, policy.rollback_min_samples,
+            policy.rollback_max_relative_drop)
         if not evidence.rollback:
             return dg.SkipReason(evidence.reason)
         if previous is None:

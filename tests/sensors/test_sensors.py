@@ -7,16 +7,18 @@ import json
 
 import dagster as dg
 import numpy as np
+import pytest
 
 from deepfeed.core.artifacts import ArtifactStore
 from deepfeed.core.inference_log import InferenceLog, prompt_record
 from deepfeed.core.tables import write_table
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
+from deepfeed.resources.monitoring_policy import MonitoringPolicyResource, policy_from_environment
 from deepfeed.resources.serving_data import ServingDataResource
-from deepfeed.sensors.drift import build_drift_sensor
-from deepfeed.sensors.feedback import build_feedback_sensor
-from deepfeed.sensors.performance import build_performance_sensor
+from deepfeed.sensors.drift import drift_sensor
+from deepfeed.sensors.feedback import feedback_sensor
+from deepfeed.sensors.performance import performance_sensor
 from tests.serve.conftest import Registry
 
 UTC = dt.timezone.utc
@@ -31,13 +33,14 @@ def _fb(version, rating, **kw):
 def test_feedback_sensor_seals_and_requests_one_run_per_batch(deepfeed_env):
     serving = ServingDataResource(home=str(deepfeed_env))
     store = serving.feedback_store()
-    sensor = build_feedback_sensor(min_batch=3, max_age_minutes=60)
+    policy = MonitoringPolicyResource(feedback_min_batch=3, feedback_max_age_minutes=60)
+    resources = {"serving_data": serving, "monitoring_policy": policy}
     for i in range(2):
         store.append(_fb("1", 1.0))
-    result = sensor(dg.build_sensor_context(resources={"serving_data": serving}))
+    result = feedback_sensor(dg.build_sensor_context(resources=resources))
     assert isinstance(result, dg.SkipReason) and "2 records waiting" in result.skip_message
     store.append(_fb("1", 0.0, correction="better"))
-    result = sensor(dg.build_sensor_context(resources={"serving_data": serving}))
+    result = feedback_sensor(dg.build_sensor_context(resources=resources))
     [batch] = store.batches()
     [request] = result.run_requests
     assert request.partition_key == batch and request.run_key == f"feedback-{batch}"
@@ -45,11 +48,11 @@ def test_feedback_sensor_seals_and_requests_one_run_per_batch(deepfeed_env):
     assert result.dynamic_partitions_requests[0].partitions_def_name == "feedback_batches"
     assert result.cursor == batch and len(store.read_batch(batch)) == 3
     # Same cursor: nothing new. A trickle older than max_age is sealed anyway.
-    again = sensor(dg.build_sensor_context(cursor=batch, resources={"serving_data": serving}))
+    again = feedback_sensor(dg.build_sensor_context(cursor=batch, resources=resources))
     assert isinstance(again, dg.SkipReason)
     store.append(_fb("1", 1.0))
-    stale = build_feedback_sensor(min_batch=100, max_age_minutes=0)
-    result = stale(dg.build_sensor_context(cursor=batch, resources={"serving_data": serving}))
+    stale = {**resources, "monitoring_policy": MonitoringPolicyResource(feedback_min_batch=100, feedback_max_age_minutes=0)}
+    result = feedback_sensor(dg.build_sensor_context(cursor=batch, resources=stale))
     assert [r.partition_key for r in result.run_requests] == store.batches()[1:]
 
 
@@ -73,24 +76,25 @@ def _log(home, prompts, confidences):
 def test_drift_sensor_quiet_then_input_and_output_alerts(deepfeed_env):
     _reference_corpus(deepfeed_env)
     resources = {"serving_data": ServingDataResource(home=str(deepfeed_env)),
-                 "artifact_store": ArtifactStoreResource(root=str(deepfeed_env / "artifacts"))}
-    sensor = build_drift_sensor(window_hours=2, min_samples=30)
+                 "artifact_store": ArtifactStoreResource(root=str(deepfeed_env / "artifacts")),
+                 "monitoring_policy": MonitoringPolicyResource(drift_window_hours=2, drift_min_samples=30)}
     rng = np.random.default_rng(0)
     _log(deepfeed_env, [EN[i % len(EN)] + f" ({i})" for i in range(60)], rng.normal(0.6, 0.05, 60))
-    quiet = sensor(dg.build_sensor_context(resources=resources))
+    quiet = drift_sensor(dg.build_sensor_context(resources=resources))
     assert isinstance(quiet, dg.SkipReason) and "no drift" in quiet.skip_message
 
     shifted = [f"请问订单{i}的发货时间是什么时候？我已经等了{i * 7}天了，能否尽快处理。" for i in range(200)]
     _log(deepfeed_env, shifted, rng.uniform(0.05, 0.95, 200))
-    [request] = sensor(dg.build_sensor_context(resources=resources))
+    [request] = drift_sensor(dg.build_sensor_context(resources=resources))
     config = request.run_config["ops"]["drift_report"]["config"]
     assert request.job_name == "drift_report_job" and request.run_key.startswith("drift-")
     assert config["alpha"] == 0.05 and "cjk_share" in request.tags["deepfeed/drift_reason"]
-    full = build_drift_sensor(window_hours=2, on_alert="full")
-    assert {t.job_name for t in full.targets} == {"drift_report_job", "full_chain_job"}
-    assert [r.job_name for r in full(dg.build_sensor_context(resources=resources))] == ["drift_report_job", "full_chain_job"]
+    assert {t.job_name for t in drift_sensor.targets} == {"drift_report_job", "full_chain_job", "incremental_job"}
+    full = {**resources, "monitoring_policy": MonitoringPolicyResource(drift_window_hours=2, drift_on_alert="full")}
+    assert [r.job_name for r in drift_sensor(dg.build_sensor_context(resources=full))] == ["drift_report_job", "full_chain_job"]
     resources["serving_data"].feedback_store().append(_fb("1", 0.0, correction="better"))
-    incremental = build_drift_sensor(window_hours=2, on_alert="incremental")(dg.build_sensor_context(resources=resources))
+    incremental = drift_sensor(dg.build_sensor_context(resources={
+        **resources, "monitoring_policy": MonitoringPolicyResource(drift_window_hours=2, drift_on_alert="incremental")}))
     [batch] = resources["serving_data"].feedback_store().batches()
     assert [(r.job_name, r.partition_key) for r in incremental.run_requests] == [
         ("drift_report_job", None), ("incremental_job", batch)]
@@ -100,9 +104,10 @@ def test_drift_sensor_quiet_then_input_and_output_alerts(deepfeed_env):
 def test_drift_sensor_confidence_spread_alone_alerts(deepfeed_env):
     _reference_corpus(deepfeed_env)
     resources = {"serving_data": ServingDataResource(home=str(deepfeed_env)),
-                 "artifact_store": ArtifactStoreResource(root=str(deepfeed_env / "artifacts"))}
+                 "artifact_store": ArtifactStoreResource(root=str(deepfeed_env / "artifacts")),
+                 "monitoring_policy": MonitoringPolicyResource(drift_window_hours=2)}
     _log(deepfeed_env, [EN[i % len(EN)] + f" ({i})" for i in range(80)], np.random.default_rng(1).uniform(0, 1, 80))
-    [request] = build_drift_sensor(window_hours=2)(dg.build_sensor_context(resources=resources))
+    [request] = drift_sensor(dg.build_sensor_context(resources=resources))
     assert "confidence std" in request.tags["deepfeed/drift_reason"]
 
 
@@ -112,14 +117,14 @@ def test_performance_sensor_rolls_back_through_the_job(deepfeed_env, empty_regis
     v2 = registry.register(tiny_llama, "champion")
     serving = ServingDataResource(home=str(deepfeed_env))
     mlflow = MlflowResource(tracking_uri=registry.uri, artifact_location=str(deepfeed_env / "mlartifacts"))
-    resources = {"serving_data": serving, "mlflow": mlflow}
+    resources = {"serving_data": serving, "mlflow": mlflow,
+                 "monitoring_policy": MonitoringPolicyResource(rollback_window=200, rollback_min_samples=30)}
     store = serving.feedback_store()
     for i in range(40):
         store.append(_fb(v1, 1.0 if i % 10 else 0.0))  # 0.9
     for i in range(40):
         store.append(_fb(v2, 1.0 if i % 10 > 1 else 0.0))  # 0.8: 11% worse
-    sensor = build_performance_sensor(window=200, min_samples=30)
-    request = sensor(dg.build_sensor_context(resources=resources))
+    request = performance_sensor(dg.build_sensor_context(resources=resources))
     assert isinstance(request, dg.RunRequest) and request.run_key == f"rollback-v{v2}"
     op_config = request.run_config["ops"]["rollback_champion"]["config"]
     assert op_config["expected_champion"] == v2 and "11.11% worse" in op_config["reason"]
@@ -131,7 +136,7 @@ def test_performance_sensor_rolls_back_through_the_job(deepfeed_env, empty_regis
     [entry] = list(serving.ledger().iter_entries(action="rolled_back"))
     assert entry["extra"]["from_version"] == v2 and entry["extra"]["to_version"] == v1
     # Rolled back: no previous left, no flapping; replaying the old request fails clearly.
-    assert isinstance(sensor(dg.build_sensor_context(resources=resources)), dg.SkipReason)
+    assert isinstance(performance_sensor(dg.build_sensor_context(resources=resources)), dg.SkipReason)
     again = rollback_job.execute_in_process(run_config=request.run_config, resources=resources, raise_on_error=False)
     assert not again.success
 
@@ -141,17 +146,18 @@ def test_performance_sensor_small_drop_or_few_samples_do_nothing(deepfeed_env, e
     v1 = registry.register(tiny_llama, "previous")
     v2 = registry.register(tiny_llama, "champion")
     serving = ServingDataResource(home=str(deepfeed_env))
-    resources = {"serving_data": serving,
+    resources = {"serving_data": serving, "monitoring_policy": MonitoringPolicyResource(),
                  "mlflow": MlflowResource(tracking_uri=registry.uri, artifact_location=str(deepfeed_env / "mlartifacts"))}
     for i in range(50):
         serving.feedback_store().append(_fb(v1, 0.80))
         serving.feedback_store().append(_fb(v2, 0.79))  # 1.25% worse
-    skip = build_performance_sensor()(dg.build_sensor_context(resources=resources))
+    skip = performance_sensor(dg.build_sensor_context(resources=resources))
     assert isinstance(skip, dg.SkipReason) and "rollback at 3% worse: no" in skip.skip_message
     registry.client.set_model_version_tag("deepfeed", v2, "deepfeed.baseline_metric", "0.9")
-    few = build_performance_sensor(min_samples=60)(dg.build_sensor_context(resources=resources))
+    few = performance_sensor(dg.build_sensor_context(resources={
+        **resources, "monitoring_policy": MonitoringPolicyResource(rollback_min_samples=60)}))
     assert isinstance(few, dg.SkipReason) and "too few ratings" in few.skip_message
-    tagged = build_performance_sensor()(dg.build_sensor_context(resources=resources))
+    tagged = performance_sensor(dg.build_sensor_context(resources=resources))
     assert isinstance(tagged, dg.RunRequest) and "0.9 -> 0.79" in json.dumps(tagged.run_config)
 
 
@@ -167,3 +173,12 @@ def test_loop_is_registered_and_scheduled():
     schedule = defs.resolve_schedule_def("daily_ab_test_report")
     context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 12, 3, 6, tzinfo=UTC))
     assert len(schedule.evaluate_tick(context).run_requests) == 1 and schedule.job_name == "ab_test_report_job"
+
+
+def test_monitoring_policy_comes_from_the_environment_with_clear_errors():
+    policy = policy_from_environment({"DEEPFEED_DRIFT_ON_ALERT": "full", "DEEPFEED_ROLLBACK_MAX_RELATIVE_DROP": "0.05"})
+    assert policy.drift_on_alert == "full" and policy.rollback_max_relative_drop == 0.05
+    assert policy.drift_alpha == 0.05 and policy.confidence_std == 0.15  # SPEC defaults stay
+    for bad in ({"DEEPFEED_DRIFT_ON_ALERT": "panic"}, {"DEEPFEED_DRIFT_ALPHA": "abc"}, {"DEEPFEED_DRIFT_ALPHA": "2"}):
+        with pytest.raises(ValueError, match=list(bad)[0].removeprefix("DEEPFEED_").lower()):
+            policy_from_environment(bad)

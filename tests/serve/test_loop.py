@@ -15,9 +15,10 @@ from deepfeed.core.audit import AuditLedger
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 from deepfeed.resources.serving_data import ServingDataResource
-from deepfeed.sensors.drift import build_drift_sensor
-from deepfeed.sensors.feedback import build_feedback_sensor
-from deepfeed.sensors.performance import build_performance_sensor
+from deepfeed.resources.monitoring_policy import MonitoringPolicyResource
+from deepfeed.sensors.drift import drift_sensor
+from deepfeed.sensors.feedback import feedback_sensor
+from deepfeed.sensors.performance import performance_sensor
 from deepfeed.serve.app import ServeSettings
 from deepfeed.serve.process import ServerProcess
 from tests.sensors.test_sensors import EN, _reference_corpus
@@ -44,7 +45,10 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
     resources = {"artifact_store": ArtifactStoreResource(root=str(home / "artifacts")),
                  "mlflow": MlflowResource(tracking_uri=registry.uri, artifact_location=str(home / "mlartifacts")),
                  "model_source": ModelSourceResource(base_model_path=str(tiny_llama)),
-                 "serving_data": ServingDataResource(home=str(home))}
+                 "serving_data": ServingDataResource(home=str(home)),
+                 "monitoring_policy": MonitoringPolicyResource(
+                     drift_window_hours=1, drift_min_samples=20, feedback_min_batch=5,
+                     rollback_window=12, rollback_min_samples=12)}
     settings = ServeSettings(tracking_uri=registry.uri, max_new_tokens=2, poll_seconds=0.3, policy_path=policy_file,
                              home=home)
     annotator = {"X-API-Key": KEYS["annotator"]}
@@ -73,7 +77,7 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
             ask(f"user{i % 10}", f"请问订单{i}的发货时间是什么时候？我已经等了{i * 3}天了。")
 
         # 2. Drift: the shifted prompts trip the KS tests; the report run fails with the evidence.
-        drift = build_drift_sensor(window_hours=1, min_samples=20)(dg.build_sensor_context(resources=resources))
+        drift = drift_sensor(dg.build_sensor_context(resources=resources))
         [drift_request] = drift
         drift_run = dg.materialize([drift_report], instance=instance, resources=resources, raise_on_error=False,
                                    run_config=drift_request.run_config)
@@ -81,8 +85,7 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
         assert "drift alert" in drift_run.failure_data_for_node("drift_report").error.message
 
         # 3. Feedback sensor: a sealed batch, a partition, an incremental run -> v2 challenger.
-        feedback = build_feedback_sensor(min_batch=5)(
-            dg.build_sensor_context(instance=instance, resources=resources))
+        feedback = feedback_sensor(dg.build_sensor_context(instance=instance, resources=resources))
         [request] = feedback.run_requests
         instance.add_dynamic_partitions("feedback_batches", [request.partition_key])
         trained = dg.materialize([incremental_model], partition_key=request.partition_key, instance=instance,
@@ -109,7 +112,7 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
         # 5. The new champion's ratings fall >= 3% below its A/B level: rollback.
         for i in range(12):
             rate(ask(f"late{i}", EN[i % len(EN)]), f"late{i}", 0.4)
-        rollback = build_performance_sensor(window=12, min_samples=12)(dg.build_sensor_context(resources=resources))
+        rollback = performance_sensor(dg.build_sensor_context(resources=resources))
         assert isinstance(rollback, dg.RunRequest), rollback
         result = rollback_job.execute_in_process(run_config=rollback.run_config, resources=resources, instance=instance)
         assert result.success
