@@ -9,6 +9,7 @@ from pydantic import Field
 from deepfeed.assets.common import fail, handle_metadata
 from deepfeed.core.abtest import ARMS, analyze_ab
 from deepfeed.core.artifacts import ArtifactHandle
+from deepfeed.core.embedding_summary import shared_summarizer
 from deepfeed.core.monitoring import ab_events, drift_evidence, reference_features
 from deepfeed.core.rollback import BASELINE_TAG, CHALLENGER, CHAMPION, promote
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
@@ -32,6 +33,7 @@ class DriftReportConfig(dg.Config):
     confidence_std: float = Field(default=0.15, description="Alert when the std of output confidence exceeds this (SPEC: 0.15).")
     fail_on_alert: bool = Field(default=True, description="Fail the run on an alert, so run-failure notifications carry the evidence.")
     serving_home: str = Field(default="", description="Folder the server writes inference_log/ into (empty = $DEEPFEED_HOME).")
+    embedding_features: bool = Field(default=True, description="Also test the prompts' MiniLM embedding summary (topic drift).")
 
 
 def _markdown_features(evidence: dict) -> str:
@@ -60,7 +62,9 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig,
         raise fail("drift_report.config.window_end", f"not an ISO 8601 time: {config.window_end!r}") from exc
     end = end if end.tzinfo else end.replace(tzinfo=dt.timezone.utc)
     try:
-        evidence = drift_evidence(serving_data.inference_log(), reference_features(store.local_path(corpus)), end,
+        summarizer = shared_summarizer() if config.embedding_features else None
+        reference = reference_features(store.local_path(corpus), summarizer=summarizer)
+        evidence = drift_evidence(serving_data.inference_log(), reference, end,
                                   config.window_hours, config.alpha, config.min_samples, config.correction,
                                   config.confidence_std).to_dict()
     except ValueError as exc:

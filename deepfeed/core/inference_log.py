@@ -41,10 +41,14 @@ def guess_lang(prompt: str, cjk_share: float) -> str:
     return "zh" if cjk_share >= 0.3 else "en"
 
 
-def prompt_record(prompt: str) -> dict[str, Any]:
-    """The loggable view of a prompt: scrubbed text, PII counts and drift features."""
+def prompt_record(prompt: str, summarizer: Any = None) -> dict[str, Any]:
+    """The loggable view of a prompt: scrubbed text, PII counts and drift features (with
+    an :class:`~deepfeed.core.embedding_summary.EmbeddingSummarizer`, its embedding summary
+    of the scrubbed text as well)."""
     scrubbed = scrub(prompt)
     features = {name: float(values[0]) for name, values in text_features([scrubbed.text]).items()}
+    if summarizer is not None:
+        features.update(summarizer.one(scrubbed.text))
     return {
         "prompt": scrubbed.text,
         "pii_found": {k: v for k, v in scrubbed.counts.items() if v},

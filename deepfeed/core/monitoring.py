@@ -28,11 +28,31 @@ from deepfeed.core.tables import read_table
 UTC = _dt.timezone.utc
 
 
-def reference_features(clean_corpus_dir: Path, max_records: int = 5000) -> dict[str, np.ndarray]:
-    """Prompt features of the training split, scrubbed the way served prompts are."""
-    records = [r for r in read_table(Path(clean_corpus_dir) / "records.parquet") if r.get("split", "train") == "train"]
-    texts = [(r.get("prompt") or r.get("text") or "") for r in records[:max_records]]
-    return text_features(scrub(t).text for t in texts)
+def reference_features(clean_corpus_dir: Path, max_records: int = 5000,
+                       summarizer: Any = None, max_embedded: int = 2000) -> dict[str, np.ndarray]:
+    """Prompt features of the training split, scrubbed the way served prompts are; with a
+    summarizer, the embedding summary of up to ``max_embedded`` of them as well (KS needs
+    a sample, not the whole corpus, and encoding is the slow part)."""
+    key = (str(Path(clean_corpus_dir).resolve()), max_records)
+    if key not in _TEXT_REFERENCE:
+        records = [r for r in read_table(Path(clean_corpus_dir) / "records.parquet") if r.get("split", "train") == "train"]
+        texts = [scrub(r.get("prompt") or r.get("text") or "").text for r in records[:max_records]]
+        _TEXT_REFERENCE[key] = (texts, text_features(texts))
+    texts, features = _TEXT_REFERENCE[key]
+    if summarizer is None:
+        return dict(features)
+    embedded_key = (*key, max_embedded, summarizer.names)
+    if embedded_key not in _EMBEDDED_REFERENCE:
+        # Evenly spaced, so a corpus sorted by source is still sampled across sources.
+        picked = np.linspace(0, len(texts) - 1, num=min(max_embedded, len(texts)), dtype=int) if texts else []
+        _EMBEDDED_REFERENCE[embedded_key] = summarizer.features([texts[i] for i in picked])
+    return {**features, **_EMBEDDED_REFERENCE[embedded_key]}
+
+
+# An artifact version folder never changes, so its features are computed once per process
+# (the sensor re-evaluates every few minutes in the same code-server process).
+_TEXT_REFERENCE: dict[tuple, tuple[list[str], dict[str, np.ndarray]]] = {}
+_EMBEDDED_REFERENCE: dict[tuple, dict[str, np.ndarray]] = {}
 
 
 @dataclass(frozen=True)

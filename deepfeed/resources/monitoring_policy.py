@@ -17,6 +17,9 @@ class MonitoringPolicyResource(dg.ConfigurableResource):
     drift_alpha: float = Field(default=0.05, gt=0, lt=1, description="KS significance per prompt feature, after the Holm correction (SPEC: 0.05).")
     drift_min_samples: int = Field(default=30, ge=5, description="Fewer requests than this in the window: no KS verdict (too little evidence).")
     confidence_std: float = Field(default=0.15, gt=0, description="Output alert when the std of answer confidence exceeds this (SPEC: 0.15).")
+    drift_embedding_features: bool = Field(
+        default=True, description="Also test the MiniLM embedding summary of prompts (topic drift); "
+                                  "skipped per feature when the server does not log it.")
     drift_on_alert: OnAlert = Field(
         default="report",
         description="On a drift alert: 'report' (a failing drift_report_job run carrying the evidence), "

@@ -5,6 +5,7 @@ import datetime as dt
 import dagster as dg
 
 from deepfeed.assets.incremental import feedback_batches
+from deepfeed.core.embedding_summary import shared_summarizer
 from deepfeed.core.monitoring import drift_evidence, reference_features
 from deepfeed.pipelines.jobs import full_chain_job
 from deepfeed.pipelines.monitoring import drift_report_job
@@ -33,7 +34,9 @@ def build_drift_sensor(interval_s: int = 900) -> dg.SensorDefinition:
         if corpus is None:
             return dg.SkipReason("no clean_corpus artifact yet to take reference features from")
         end = dt.datetime.now(dt.timezone.utc)
-        evidence = drift_evidence(serving_data.inference_log(), reference_features(store.local_path(corpus)), end,
+        summarizer = shared_summarizer() if policy.drift_embedding_features else None
+        reference = reference_features(store.local_path(corpus), summarizer=summarizer)
+        evidence = drift_evidence(serving_data.inference_log(), reference, end,
                                   policy.drift_window_hours, policy.drift_alpha, policy.drift_min_samples, "holm",
                                   policy.confidence_std)
         if not evidence.alert:
@@ -41,7 +44,8 @@ def build_drift_sensor(interval_s: int = 900) -> dg.SensorDefinition:
         key = end.strftime("%Y%m%dT%H")
         config = {"window_hours": policy.drift_window_hours, "window_end": end.isoformat(),
                   "alpha": policy.drift_alpha, "min_samples": policy.drift_min_samples,
-                  "confidence_std": policy.confidence_std, "serving_home": serving_data.home}
+                  "confidence_std": policy.confidence_std, "serving_home": serving_data.home,
+                  "embedding_features": policy.drift_embedding_features}
         tags = {"deepfeed/alert": "drift", "deepfeed/drift_reason": evidence.reason[:200]}
         requests = [dg.RunRequest(run_key=f"drift-{key}", job_name="drift_report_job", tags=tags,
                                   run_config={"ops": {"drift_report": {"config": config}}})]

@@ -28,6 +28,7 @@ from deepfeed.core.abtest import arm_for_hash, hash_user_id
 from deepfeed.core.access import FEEDBACK_SUBMIT, MODEL_RELOAD, AccessPolicy, Decision, audit_denial
 from deepfeed.core.audit import AuditLedger
 from deepfeed.core.feedback import FeedbackError, FeedbackStore
+from deepfeed.core.embedding_summary import shared_summarizer
 from deepfeed.core.inference_log import InferenceLog, prompt_record
 from deepfeed.core.offline import deepfeed_home
 from deepfeed.serve.models import AliasWatcher, ModelPool, NoChampionError
@@ -48,6 +49,9 @@ class ServeSettings:
     poll_seconds: float = 10.0
     policy_path: Path | None = None
     home: Path = field(default_factory=deepfeed_home)
+    # MiniLM embedding summary of each prompt in the inference log (drift of topic, not just
+    # of length and script); ~10 ms a request on CPU.
+    embedding_summary: bool = True
 
     @property
     def log_root(self) -> Path:
@@ -93,6 +97,7 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
     feedback = FeedbackStore(settings.feedback_root)
     ledger = AuditLedger(settings.audit_path)
     policy = AccessPolicy.from_file(settings.policy_path) if settings.policy_path else None
+    summarizer = shared_summarizer() if settings.embedding_summary else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -143,7 +148,7 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
             "request_id": request_id, "user_hash": user_hash, "arm": arm,
             "model_version": served.version, "runtime": served.generator.runtime,
             "confidence": out.confidence, "new_tokens": out.new_tokens, "latency_ms": latency_ms,
-            **prompt_record(req.prompt),
+            **prompt_record(req.prompt, summarizer),
         })
         return {"request_id": request_id, "answer": out.text, "arm": arm, "model_version": served.version,
                 "confidence": out.confidence, "latency_ms": latency_ms}

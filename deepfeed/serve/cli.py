@@ -57,6 +57,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         tracking_uri=args.tracking_uri or default_mlflow_uri(), model_name=args.model_name, runtime=args.runtime,
         ab_test=not args.no_ab_test, split=args.split, salt=os.environ.get("DEEPFEED_USER_SALT", ""),
         max_new_tokens=args.max_new_tokens, poll_seconds=args.poll_seconds, policy_path=policy, home=home,
+        embedding_summary=not args.no_embedding_summary,
     )
 
 
@@ -87,5 +88,7 @@ def add_serve_parser(commands) -> None:
     serve.add_argument("--max-new-tokens", type=int, default=32)
     serve.add_argument("--poll-seconds", type=float, default=10.0, help="how often the registry aliases are re-read (0 = never)")
     serve.add_argument("--policy", default=None, help="access policy file (JSON/YAML; default $DEEPFEED_HOME/access_policy.*)")
+    serve.add_argument("--no-embedding-summary", action="store_true",
+                       help="log only the cheap text features of prompts, not their MiniLM embedding summary")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=cmd_serve)

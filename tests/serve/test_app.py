@@ -33,6 +33,7 @@ def test_generate_logs_scrubbed_request(deepfeed_env, registry, tiny_llama):
     assert e["request_id"] == body["request_id"] and e["model_version"] == "1" and e["runtime"] == "torch"
     assert e["user_hash"] == hash_user_id("alice") and e["confidence"] == body["confidence"]
     assert e["features"]["length_chars"] > 10 and e["latency_ms"] > 0
+    assert {f"embedding_{i}" for i in range(8)} <= set(e["features"])  # the MiniLM embedding summary
     raw = json.dumps(events)
     assert "bob@example.com" not in raw and "alice" not in raw and "<EMAIL>" in e["prompt"]
     assert e["pii_found"] == {"EMAIL": 1}
