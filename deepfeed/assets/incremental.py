@@ -71,6 +71,10 @@ def incremental_model(
     batch_id = context.partition_key
     store = artifact_store.store()
     try:
+        mlflow.check_registrable(source_is_local=store.is_local)
+    except ValueError as exc:
+        raise fail("incremental_model.mlflow", str(exc)) from exc
+    try:
         feedback = feedback_store(config.feedback_root).read_batch(batch_id)
     except KeyError as exc:
         raise fail("incremental_model.config.feedback_root", str(exc)) from exc

@@ -191,6 +191,10 @@ def finetuned_model(
 ) -> dg.Output[ArtifactHandle]:
     """The base model fine-tuned on the augmented corpus; registered in MLflow as `challenger`."""
     store = artifact_store.store()
+    try:
+        mlflow.check_registrable(source_is_local=store.is_local)
+    except ValueError as exc:
+        raise fail("finetuned_model.mlflow", str(exc)) from exc
     corpus = read_table(store.local_path(augmented_corpus) / "records.parquet")
     records = list(corpus)
     if config.include_feedback_history:

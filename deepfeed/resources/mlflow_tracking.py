@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import dagster as dg
 from pydantic import Field
@@ -90,6 +91,19 @@ class MlflowResource(dg.ConfigurableResource):
         for path in artifacts or []:
             client.log_artifact(run_id, str(path), artifact_path=artifact_dir or asset)
         return run_id
+
+    def check_registrable(self, source_is_local: bool) -> None:
+        """Raise ValueError when the registry will refuse the model-version sources we would
+        give it. An MLflow *server* rejects sources on a local disk ("Invalid model version
+        source"): a path on one machine means nothing to the others. Checked before training,
+        so hours of training are not lost to a registration error at the end."""
+        scheme = urlparse(self.tracking_uri).scheme.lower()
+        if source_is_local and scheme in ("http", "https"):
+            raise ValueError(
+                f"MLFLOW_TRACKING_URI {self.tracking_uri} is an MLflow server, which refuses model versions whose "
+                "checkpoint is on a local disk, and the artifact store is local. Set DEEPFEED_ARTIFACT_ROOT to an "
+                "object store everyone reaches (s3://bucket/prefix), or point MLFLOW_TRACKING_URI at the server's "
+                "database (postgresql+psycopg2://…) on a single machine. See docs/deploying.md, 'MLflow in server mode'.")
 
     def register_version(self, context: dg.AssetExecutionContext, source: str, tags: dict[str, str]) -> str:
         from mlflow.exceptions import MlflowException

@@ -81,12 +81,23 @@ def test_monthly_schedule_fires_on_the_first():
 
 def test_each_asset_materializes_alone(deepfeed_env, tiny_llama, tiny_corpus, instance):
     for key in ["raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model", "compressed_model", "evaluation_report", "champion_model"]:
+        if key == "finetuned_model":
+            _an_mlflow_server_with_local_checkpoints_fails_before_training(deepfeed_env, tiny_llama, instance)
         result = materialize([key], deepfeed_env, tiny_llama, tiny_corpus, instance)
         assert result.success
         assert result.asset_materializations_for_node(key), key
     raw = instance.get_latest_materialization_event(dg.AssetKey("raw_corpus")).asset_materialization
     assert raw.metadata["quarantined"].value == 4
     assert raw.metadata["kept"].value == 48 + 2 + 3
+
+
+def _an_mlflow_server_with_local_checkpoints_fails_before_training(home, base_model, instance):
+    server = {**resources(home, base_model), "mlflow": MlflowResource(tracking_uri="http://127.0.0.1:9")}
+    result = dg.materialize([*ASSETS, *CHECKS], selection=["finetuned_model"], resources=server, instance=instance,
+                            run_config={"ops": {"finetuned_model": FAST["ops"]["finetuned_model"]}}, raise_on_error=False)
+    message = _failure_message(result)
+    assert "finetuned_model.mlflow" in message and "DEEPFEED_ARTIFACT_ROOT" in message
+    assert not (home / "artifacts" / "finetuned_model").exists()  # failed before training wrote anything
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_deepseek"])
