@@ -455,3 +455,10 @@ def ingest_source(root: Path | str, source: str, max_record_bytes: int = 1_000_0
         raise CorpusSourceError(f"source {source!r} is not under {str(root)!r} (sources there: {', '.join(sources) or 'none'})")
     files = sources[source]
     return _ingest_files(files, root, max_record_bytes), source_fingerprint(files)
+
+
+def sources_to_ingest(root: Path | str, materialized: dict[str, str | None]) -> dict[str, str]:
+    """Source -> fingerprint for every source under `root` that is new or whose files
+    changed since the fingerprint it was last ingested with (`materialized`)."""
+    current = {name: source_fingerprint(files) for name, files in discover_sources(root).items()}
+    return {name: fp for name, fp in current.items() if materialized.get(name) != fp}
