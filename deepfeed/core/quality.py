@@ -705,15 +705,8 @@ def _strip_markdown(text: str) -> str:
     return text
 
 
-def normalize_text(text: str, repair_mojibake: bool = True) -> str:
-    """NFKC; controls removed (\\n and \\t kept); HTML and Markdown debris stripped
-    (links keep their text, images go); whitespace runs collapsed, paragraphs kept.
-
-    Mojibake is repaired first where the whole text round-trips (NFKC would otherwise
-    turn some of it, e.g. "Â" + NBSP, into plausible-looking text). Lone surrogates
-    become U+FFFD rather than vanishing, so the encoding-debris filter still sees
-    that the record was damaged.
-    """
+def _normalize_full(text: str, repair_mojibake: bool = True) -> str:
+    """normalize_text with every step run (see there)."""
     if repair_mojibake:
         text = fix_mojibake(text)
     if _SURROGATE.search(text):
@@ -724,9 +717,42 @@ def normalize_text(text: str, repair_mojibake: bool = True) -> str:
     if stripped != text:
         # Entities can decode to compatibility characters (&#65313; is a full-width A).
         text = unicodedata.normalize("NFKC", stripped)
-    text = _INVISIBLE.sub("", text)
+    return _collapse_whitespace(_INVISIBLE.sub("", text))
+
+
+# Text without any of these (and NFKC-stable, without mojibake) leaves every step above
+# unchanged but the whitespace: no markup hint or entity, control, line break to unify,
+# invisible character or lone surrogate. Most records of a corpus are such plain text.
+_NEEDS_WORK = re.compile(
+    "[<&\r\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\ud800-\udfff]"
+    + "|" + _MD_HINT.pattern,
+    re.MULTILINE,
+)
+
+
+def _collapse_whitespace(text: str) -> str:
+    if "\n" not in text and "\t" not in text:
+        # The same as the four substitutions below for one line: str.split and re's \s
+        # both split on str.isspace characters.
+        return " ".join(text.split())
     text = _TABS.sub("\t", text)
     text = _SPACES.sub(" ", text)
     text = _LINE_EDGES.sub("\n", text)
     text = _BLANK_LINES.sub("\n\n", text)
     return text.strip()
+
+
+def normalize_text(text: str, repair_mojibake: bool = True) -> str:
+    """NFKC; controls removed (\\n and \\t kept); HTML and Markdown debris stripped
+    (links keep their text, images go); whitespace runs collapsed, paragraphs kept.
+
+    Mojibake is repaired first where the whole text round-trips (NFKC would otherwise
+    turn some of it, e.g. "Â" + NBSP, into plausible-looking text). Lone surrogates
+    become U+FFFD rather than vanishing, so the encoding-debris filter still sees
+    that the record was damaged.
+    """
+    if not _NEEDS_WORK.search(text) and (
+        text.isascii() or (unicodedata.is_normalized("NFKC", text) and not (repair_mojibake and _MOJIBAKE.search(text)))
+    ):
+        return _collapse_whitespace(text)
+    return _normalize_full(text, repair_mojibake)
