@@ -721,11 +721,12 @@ def _normalize_full(text: str, repair_mojibake: bool = True) -> str:
 
 
 # Text without any of these (and NFKC-stable, without mojibake) leaves every step above
-# unchanged but the whitespace: no markup hint or entity, control, line break to unify,
-# invisible character or lone surrogate. Most records of a corpus are such plain text.
+# unchanged but the whitespace: no tag or entity, control, line break to unify, invisible
+# character or lone surrogate, and nothing any _MD_RULES pattern needs (a "#" only counts
+# at a line's start or end: "order #12" is not a heading). Most records are such plain text.
 _NEEDS_WORK = re.compile(
     "[<&\r\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\ud800-\udfff]"
-    + "|" + _MD_HINT.pattern,
+    r"|[\[*_`|~>]|^[ \t]*(?:[-*_]|:-)|^[ \t]{0,3}#|#[ \t]*$",
     re.MULTILINE,
 )
 

@@ -254,8 +254,8 @@ def test_plain_text_shortcut_gives_the_full_normalization():
 
     pieces = ["word", "高血压", "Café", "CafÃ©", " ", "  ", "\t", "\n", "\n\n\n", "\r\n", "\u3000", "\xa0", "\u1680", "ＡＢＣ",
               "<b>", "&amp;", "# ", "- ", "* ", "**x**", "[a](b)", "`c`", "|", "~", ">", "\x07", "\x1c", "\u200b", "\u2028",
-              "\ufeff", "\ud800", "ﬁ", "—", "1391234", "e-mail", "。", "？", "x_y"]
+              "\ufeff", "\ud800", "ﬁ", "—", "1391234", "e-mail", "。", "？", "x_y", "#", "#12", " ## ", ":---", "---", "|a|", "![i](u)"]
     rng = random.Random(5)
     texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))) for _ in range(20_000)]
-    texts += ["How do I reset my password? #12", "今天天气怎么样？ 预计明天发货。", "well-known  spaces  ", " lead and trail "]
+    texts += ["How do I reset my password? #12", "order #12 ships\n:---", "a # b", "# title", "title ##", "x\n  ### y", "今天天气怎么样？ 预计明天发货。", "well-known  spaces  ", " lead and trail "]
     assert [normalize_text(t) for t in texts] == [_normalize_full(t) for t in texts]
