@@ -705,13 +705,15 @@ def _strip_markdown(text: str) -> str:
     return text
 
 
-def _normalize_full(text: str, repair_mojibake: bool = True) -> str:
-    """normalize_text with every step run (see there)."""
+def _normalize_full(text: str, repair_mojibake: bool = True, shortcut: bool = True) -> str:
+    """normalize_text past its first shortcut; ``shortcut=False`` runs every step (tests)."""
     if repair_mojibake:
         text = fix_mojibake(text)
     if _SURROGATE.search(text):
         text = _SURROGATE.sub("\ufffd", text)
     text = unicodedata.normalize("NFKC", text)
+    if shortcut and not _NEEDS_WORK.search(text):  # e.g. Chinese text whose full-width "，？" NFKC just changed
+        return _collapse_whitespace(text)
     text = _LINE_BREAKS.sub("\n", text)
     stripped = _strip_markdown(_strip_html(text))
     if stripped != text:
