@@ -377,10 +377,19 @@ def clean_stream(batches: Iterable[list[dict[str, Any]]], cleaner: CorpusCleaner
         return
     import multiprocessing
 
-    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with context.Pool(workers, _init_worker, (cleaner.config, cleaner.run_id, cleaner.collect_audit)) as pool:
-        for prepared in pool.imap(_prepare_in_worker, batches):
-            yield cleaner.deduplicate(*prepared)
+    global _worker
+    fork = sys.platform.startswith("linux")
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    # Forked workers inherit this cleaner (its compiled glossary and pattern caches) instead
+    # of building their own, which costs a second or more per worker before the first batch.
+    _worker = cleaner if fork else None
+    init = None if fork else _init_worker
+    try:
+        with context.Pool(workers, init, (cleaner.config, cleaner.run_id, cleaner.collect_audit) if init else ()) as pool:
+            for prepared in pool.imap(_prepare_in_worker, batches):
+                yield cleaner.deduplicate(*prepared)
+    finally:
+        _worker = None  # the dedup index is not kept alive by this module
 
 
 def clean_records(records: Iterable[dict[str, Any]], config: CleaningConfig, run_id: str = "") -> CleaningResult:
