@@ -253,7 +253,7 @@ class CorpusCleaner:
         """Per record: the normalized, scrubbed, glossary-normalized copy, or why it is empty.
 
         Scrubbing and glossary normalization run over the whole batch at once (see
-        _apply_batched); only records they change are redone one by one for the counts.
+        _apply_batched and Glossary.normalize_many).
         """
         out: list[tuple[dict[str, Any], str | None]] = []
         live: list[int] = []
@@ -273,10 +273,12 @@ class CorpusCleaner:
         scrubbed = [training_text(r) for r in batch]
         terms: list[dict[str, int]] = [{} for _ in batch]
         if self.glossary is not None:
-            glossary = self.glossary
             for name in TEXT_FIELDS:
-                for i, found in _apply_batched(batch, name, lambda t: glossary.normalize(t)):
-                    _add(terms[i], found)
+                index = [i for i, r in enumerate(batch) if r.get(name)]
+                for i, (new, found) in zip(index, self.glossary.normalize_many([batch[i][name] for i in index], _JOIN)):
+                    if new != batch[i][name]:
+                        batch[i][name] = new
+                        _add(terms[i], dict(found))
         for cleaned, original, norm, scrub_text, found_pii, found_terms in zip(batch, originals, normalized, scrubbed, pii, terms):
             record_id, before, final = original["record_id"], training_text(original), training_text(cleaned)
             if norm != before:
