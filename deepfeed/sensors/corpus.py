@@ -21,10 +21,10 @@ def plan_source_runs(instance: dg.DagsterInstance, store, corpus_path: str) -> t
     """(sources to register, source -> fingerprint of those to ingest). The fingerprints
     ingested last are read from the artifacts, so a lost cursor cannot skip or repeat data."""
     registered = set(instance.get_dynamic_partitions(corpus_sources.name))
-    root = corpus_root(corpus_path)
-    current = sources_to_ingest(root, {})
+    current = sources_to_ingest(corpus_root(corpus_path), {})  # every source, with its fingerprint
     latest = latest_raw_versions(store, [s for s in current if s in registered])
-    stale = sources_to_ingest(root, {s: (h.counts.get("fingerprint") if h else None) for s, h in latest.items()})
+    ingested = {s: (h.counts.get("fingerprint") if h else None) for s, h in latest.items()}
+    stale = {s: fp for s, fp in current.items() if ingested.get(s) != fp}
     return sorted(set(current) - registered), stale
 
 
