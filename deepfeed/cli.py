@@ -1,4 +1,4 @@
-"""`deepfeed` command line: prepare, demo, plan, tiny-model."""
+"""`deepfeed` command line: prepare, ingest, demo, plan, tiny-model."""
 
 from __future__ import annotations
 
@@ -42,6 +42,47 @@ def cmd_prepare(_: argparse.Namespace) -> int:
     return 0
 
 
+def ingest_sources(instance, corpus_path: str = "") -> dict[str, bool]:
+    """What corpus_source_sensor does, at once: register the sources under the corpus root
+    (empty: the demo corpus) as raw_corpus partitions and ingest the new or changed ones.
+    Returns source -> run succeeded."""
+    from deepfeed.definitions import defs
+    from deepfeed.sensors.corpus import ingest_run_config, plan_source_runs
+
+    store = defs.resources["artifact_store"].store()
+    new, stale = plan_source_runs(instance, store, corpus_path)
+    if new:
+        instance.add_dynamic_partitions("corpus_source", new)
+    job = defs.resolve_job_def("corpus_ingest_job")
+    outcome = {}
+    for source in stale:
+        result = job.execute_in_process(partition_key=source, instance=instance, raise_on_error=False,
+                                        run_config={**ingest_run_config(corpus_path), "loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+        outcome[source] = result.success
+    return outcome
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from deepfeed.core.ingest import CorpusSourceError
+    from deepfeed.settings import default_corpus_path
+
+    ensure_dagster_home()
+    import dagster as dg
+
+    corpus = args.corpus if args.corpus is not None else default_corpus_path()
+    _step(f"ingesting new or changed sources of {corpus or 'the demo corpus'}")
+    try:
+        outcome = ingest_sources(dg.DagsterInstance.get(), corpus)
+    except CorpusSourceError as exc:
+        print(f"deepfeed ingest: {exc}", file=sys.stderr)
+        return 2
+    for source, ok in outcome.items():
+        print(f"    {source:<24} {'ingested' if ok else 'FAILED (see `make ui` for the step logs)'}")
+    if not outcome:
+        print("    every source is up to date")
+    return 0 if all(outcome.values()) else 1
+
+
 def _stage_timings(instance, run_id: str) -> list[tuple[str, float]]:
     stats = instance.get_run_step_stats(run_id)
     return [(s.step_key, (s.end_time or 0) - (s.start_time or 0)) for s in sorted(stats, key=lambda s: s.start_time or 0)]
@@ -80,8 +121,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from deepfeed.resources.mlflow_tracking import mlflow_ui_command
     from deepfeed.settings import default_artifact_root
 
-    _step(f"materializing the whole asset graph (Dagster instance: {dagster_home})")
     instance = dg.DagsterInstance.get()
+    from deepfeed.settings import default_corpus_path
+
+    _step("ingesting the corpus sources (raw_corpus partitions; $DEEPFEED_CORPUS or the demo corpus)")
+    failed_sources = [s for s, ok in ingest_sources(instance, default_corpus_path()).items() if not ok]
+    if failed_sources:
+        print(f"\nIngesting {', '.join(failed_sources)} failed; see `make ui` for the step logs.", file=sys.stderr)
+        return 1
+    _step(f"materializing the whole asset graph (Dagster instance: {dagster_home})")
     job = defs.resolve_job_def("full_chain_job")
     # INFO keeps the console to progress lines; DEBUG events stay in the instance for the UI.
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, "ops": DEMO_SIZES}
@@ -171,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepfeed", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("prepare", help="build the offline resources (base model, NLTK data, demo corpus)").set_defaults(func=cmd_prepare)
+    ingest = commands.add_parser("ingest", help="register the sources under the corpus root as raw_corpus partitions and ingest the new or changed ones")
+    ingest.add_argument("--corpus", default=None, help="corpus root (default: $DEEPFEED_CORPUS, else the demo corpus)")
+    ingest.set_defaults(func=cmd_ingest)
     commands.add_parser("demo", help="prepare, then materialize the whole chain on the embedded default").set_defaults(func=cmd_demo)
     planner = commands.add_parser("plan", help="memory and GPU tier for serving and training a model (reads config.json only)")
     planner.add_argument("--model", required=True, help="7b | 13b | 70b | v3 | a checkpoint folder | a config.json")

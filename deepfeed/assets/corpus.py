@@ -1,5 +1,11 @@
 """raw_corpus and clean_corpus: reading the sources and cleaning them, every record
-accounted for, every change in the audit ledger; the 3C and k-anonymity asset checks."""
+accounted for, every change in the audit ledger; the 3C and k-anonymity asset checks.
+
+raw_corpus has one dynamic partition per source of the corpus root (a sub-folder, or
+``_root`` for the files lying in the root itself): a new or changed source is ingested
+alone (corpus_source_sensor or `deepfeed ingest` registers and requests it). clean_corpus
+is not partitioned: it reads the latest artifact of every registered source, so the full
+retrain always sees all data."""
 
 import functools
 import json
@@ -11,7 +17,7 @@ import dagster as dg
 from pydantic import Field
 
 from deepfeed.assets.common import counts_table, fail, handle_metadata
-from deepfeed.core.artifacts import ArtifactHandle
+from deepfeed.core.artifacts import ArtifactHandle, ArtifactStore
 from deepfeed.core.audit import AuditLedger
 from deepfeed.core.cleaning import REMOVED_FIELDS, CleaningConfig, clean_records, meta_dict, quarantine_entry, training_text
 from deepfeed.core.corpus_checks import MAX_NOISE_RATIO, glossary_leftovers, noise_report, release_statistics
@@ -19,7 +25,9 @@ from deepfeed.core.coverage import CoverageConfig, MiniLMEncoder, long_tail_reas
 from deepfeed.core.demo_corpus import ensure_demo_corpus
 from deepfeed.core.dp import DEFAULT_MAX_EPSILON
 from deepfeed.core.glossary import load_glossary
-from deepfeed.core.ingest import QUARANTINE_FIELDS, RECORD_FIELDS, CorpusSourceError, as_source_path, ingest_folder
+from deepfeed.core.ingest import (
+    QUARANTINE_BLOBS, QUARANTINE_FIELDS, RECORD_FIELDS, CorpusSourceError, as_source_path, ingest_source, write_quarantine_blobs,
+)
 from deepfeed.core.kanonymity import check_k_anonymity
 from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.quality import QualityConfig
@@ -43,40 +51,67 @@ def _append_audit(entries: list) -> tuple[int, str]:
     return ledger.head()
 
 
+corpus_sources = dg.DynamicPartitionsDefinition(name="corpus_source")
+
+
+def raw_artifact_name(source: str) -> str:
+    """Artifact name of one source's raw_corpus versions (artifact root/raw_corpus/<source>/<version>)."""
+    return f"raw_corpus/{source}"
+
+
+def corpus_root(corpus_path: str) -> Path:
+    """The configured corpus root, or the embedded demo corpus (written on first use)."""
+    return as_source_path(corpus_path) if corpus_path else ensure_demo_corpus(demo_corpus_dir())
+
+
+def latest_raw_versions(store: ArtifactStore, sources: list[str]) -> dict[str, Optional[ArtifactHandle]]:
+    return {source: store.latest(raw_artifact_name(source)) for source in sorted(sources)}
+
+
 class RawCorpusConfig(dg.Config):
     corpus_path: str = Field(
         default_factory=default_corpus_path,
-        description="Folder (or file) of JSONL/JSON/CSV/TSV/Parquet/text/Markdown records, optionally .gz; a local path "
+        description="Corpus root: a folder whose sub-folders are the sources (one partition each; files lying in the root "
+        "form the source '_root'), holding JSONL/JSON/CSV/TSV/Parquet/text/Markdown records, optionally .gz; a local path "
         "or a URL such as s3://bucket/prefix (needs the fsspec driver, e.g. s3fs). "
         "Empty: the embedded chatterbot demo corpus. Env: DEEPFEED_CORPUS.",
     )
     max_record_bytes: int = Field(default=1_000_000, description="Records (or lines) larger than this go to the quarantine.")
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet"})
+@dg.asset(group_name=GROUP, kinds={"parquet"}, partitions_def=corpus_sources)
 def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artifact_store: ArtifactStoreResource) -> dg.Output[ArtifactHandle]:
-    """Every readable record of the corpus, normalized to one schema; the rest quarantined with a reason."""
-    source = as_source_path(config.corpus_path) if config.corpus_path else ensure_demo_corpus(demo_corpus_dir())
+    """One source's readable records, normalized to one schema; the rest quarantined with a reason and its raw bytes."""
+    source_name = context.partition_key
+    root = corpus_root(config.corpus_path)
     try:
-        result = ingest_folder(source, max_record_bytes=config.max_record_bytes)
+        result, fingerprint = ingest_source(root, source_name, max_record_bytes=config.max_record_bytes)
     except CorpusSourceError as exc:
-        raise fail("raw_corpus.config.corpus_path", str(exc)) from exc
+        raise fail("raw_corpus.config.corpus_path", f"partition {source_name!r}: {exc}") from exc
     if result.read == 0:
-        raise fail("raw_corpus.config.corpus_path", f"{str(source)!r} holds no records (files found: {len(result.files)})")
-    context.log.info("read %d records from %d files: %d kept, %d quarantined", result.read, len(result.files), len(result.records), len(result.quarantine))
+        raise fail("raw_corpus.config.corpus_path", f"source {source_name!r} of {str(root)!r} holds no records (files found: {len(result.files)})")
+    context.log.info("source %s: read %d records from %d files: %d kept, %d quarantined", source_name, result.read, len(result.files), len(result.records), len(result.quarantine))
 
-    counts = {"read": result.read, "kept": len(result.records), "quarantined": len(result.quarantine), "files": len(result.files)}
-    with artifact_store.store().new_version("raw_corpus", counts, run_id=context.run.run_id) as version:
+    counts = {"source": source_name, "fingerprint": fingerprint, "read": result.read, "kept": len(result.records),
+              "quarantined": len(result.quarantine), "files": len(result.files)}
+    with artifact_store.store().new_version(raw_artifact_name(source_name), counts, run_id=context.run.run_id) as version:
         write_table(version.path / "records.parquet", result.records, RECORD_FIELDS)
         write_table(version.path / "quarantine.parquet", result.quarantine, QUARANTINE_FIELDS)
+        # PRIVACY: the exact bytes of what could not be read, unscrubbed, so nothing is lost and a
+        # fixed parser can re-read them. This folder is quarantine-only: nothing downstream reads
+        # it (clean_corpus reads records.parquet) and it is never fed to training. It is raw input,
+        # as records.parquet of this artifact is; the quarantine table people read holds scrubbed
+        # snippets and points here through raw_ref.
+        version.counts["quarantine_blob_bytes"] = write_quarantine_blobs(version.path, result.blobs)
     handle = version.handle
     entries, head = len(result.quarantine), _append_audit([quarantine_entry(q, context.run.run_id) for q in result.quarantine])
     return dg.Output(
         handle,
         metadata={
             **handle_metadata(handle),
-            "source": str(source),
+            "corpus_root": str(root),
             "quarantine_reasons": counts_table(Counter(q["reason"] for q in result.quarantine)),
+            "quarantine_blobs": dg.MetadataValue.path(f"{handle.uri}/{QUARANTINE_BLOBS}"),
             "files": counts_table({f: c["kept"] for f, c in result.files.items()}, key="file"),
             "audit_entries": entries,
             "audit_ledger": dg.MetadataValue.path(str(audit_ledger().path)),
@@ -128,19 +163,36 @@ def _stats_table(values: dict[str, int], key: str) -> dg.MetadataValue:
     return counts_table(values, key=key, value="records (ε-DP, Laplace)")
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet"})
+def _raw_sources(context: dg.AssetExecutionContext, store: ArtifactStore) -> dict[str, ArtifactHandle]:
+    """The latest raw_corpus artifact of every registered source; all of them or a failure."""
+    registered = context.instance.get_dynamic_partitions(corpus_sources.name)
+    if not registered:
+        raise fail("raw_corpus", f"no corpus source is registered (dynamic partitions {corpus_sources.name!r}): "
+                   "turn on corpus_source_sensor or run `deepfeed ingest`")
+    handles = latest_raw_versions(store, registered)
+    missing = sorted(source for source, handle in handles.items() if handle is None)
+    if missing:
+        # Training on part of the data would go unnoticed; stop and name what to materialize.
+        raise fail("raw_corpus", f"registered source(s) never materialized: {', '.join(missing)} (materialize those partitions of raw_corpus)")
+    return handles  # type: ignore[return-value]
+
+
+@dg.asset(group_name=GROUP, kinds={"parquet"}, deps=[raw_corpus])
 def clean_corpus(
     context: dg.AssetExecutionContext,
     config: CleanCorpusConfig,
-    raw_corpus: ArtifactHandle,
     artifact_store: ArtifactStoreResource,
     mlflow: MlflowResource,
 ) -> dg.Output[ArtifactHandle]:
-    """Normalized, PII-scrubbed, glossary-normalized, deduplicated and k-anonymous records with a stable
-    train/eval split and long-tail flags; removals kept with reasons, every change in the audit ledger."""
+    """Normalized, PII-scrubbed, glossary-normalized, deduplicated and k-anonymous records of all sources, with a
+    stable train/eval split and long-tail flags; removals kept with reasons, every change in the audit ledger."""
     cleaning = _cleaning_config(config)
     store = artifact_store.store()
-    records = read_table(store.local_path(raw_corpus) / "records.parquet")
+    sources = _raw_sources(context, store)
+    records = []
+    # Sorted sources: the first copy of a duplicate, which dedup keeps, does not depend on registration order.
+    for handle in sources.values():
+        records.extend(read_table(store.local_path(handle) / "records.parquet"))
     try:
         result = clean_records(records, cleaning, run_id=context.run.run_id)
     except (OSError, ValueError) as exc:  # a glossary that does not parse, mostly
@@ -153,6 +205,8 @@ def clean_corpus(
         record["long_tail"] = reason
     splits = Counter(r["split"] for r in result.records)
     counts = {
+        "read": sum(h.counts.get("read", 0) for h in sources.values()),
+        "quarantined": sum(h.counts.get("quarantined", 0) for h in sources.values()),
         "kept_in": len(records),
         "cleaned": len(result.records),
         "removed": len(result.removed),
@@ -169,6 +223,8 @@ def clean_corpus(
         "glossary": "off" if cleaning.glossary_path == "" else (cleaning.glossary_path or "builtin"),
         "quasi_identifiers": list(cleaning.quasi_identifiers),
         "k": cleaning.k,
+        # The raw_corpus versions read, so the accounting check and lineage see exactly these.
+        "sources": {source: h.version for source, h in sources.items()},
     }
     statistics, accountant = release_statistics(result.records, config.dp_epsilon)
     with store.new_version("clean_corpus", counts, run_id=context.run.run_id) as version:
@@ -192,6 +248,7 @@ def clean_corpus(
         handle,
         metadata={
             **handle_metadata(handle),
+            "sources": _sources_table(sources),
             "removed_reasons": counts_table(result.reasons()),
             "pii_replaced_by_kind": counts_table(dict(result.pii), key="kind", value="replacements"),
             "glossary_terms_normalized": counts_table(dict(result.glossary), key="canonical term", value="replacements"),
@@ -208,6 +265,17 @@ def clean_corpus(
     )
 
 
+def latest_raw_materialization(instance: dg.DagsterInstance, source: str) -> dg.AssetMaterialization:
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=raw_corpus.key, asset_partitions=[source]), limit=1).records
+    return records[0].asset_materialization
+
+
+def _sources_table(sources: dict[str, ArtifactHandle]) -> dg.MetadataValue:
+    lines = ["| source | version | read | kept | quarantined |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {s} | {h.version} | {h.counts.get('read')} | {h.counts.get('kept')} | {h.counts.get('quarantined')} |" for s, h in sources.items()]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
 def _rows(store, handle: ArtifactHandle, name: str) -> int:
     import pyarrow.parquet as pq
 
@@ -218,26 +286,32 @@ def _records(artifact_store: ArtifactStoreResource, handle: ArtifactHandle) -> l
     return read_table(artifact_store.store().local_path(handle) / "records.parquet")
 
 
-@dg.asset_check(asset=raw_corpus, blocking=True, description="Every record read is kept or quarantined: rows read = rows kept + rows quarantined, counted in the written files.")
-def raw_corpus_accounting(raw_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
+@dg.asset_check(asset=raw_corpus, blocking=True, description="Every record read is kept or quarantined: rows read = rows kept + rows quarantined, counted in the written files of this run's source.")
+def raw_corpus_accounting(context: dg.AssetCheckExecutionContext, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
+    # Not an input: Dagster would load the value of every partition; this run's source is the one checked.
+    source = context.op_execution_context.partition_key
+    materialization = latest_raw_materialization(context.instance, source)
     store = artifact_store.store()
-    kept, quarantined = _rows(store, raw_corpus, "records.parquet"), _rows(store, raw_corpus, "quarantine.parquet")
-    read = raw_corpus.counts["read"]
+    # "path" is the IO manager's (the pickled handle); the version names the artifact.
+    uri = str(store.root / raw_artifact_name(source) / materialization.metadata["version"].value)
+    kept, quarantined = _rows(store, uri, "records.parquet"), _rows(store, uri, "quarantine.parquet")
+    read = materialization.metadata["read"].value
     return dg.AssetCheckResult(
         passed=read == kept + quarantined,
-        metadata={"read": read, "kept_rows": kept, "quarantined_rows": quarantined},
+        metadata={"source": source, "read": read, "kept_rows": kept, "quarantined_rows": quarantined},
     )
 
 
-@dg.asset_check(asset=clean_corpus, blocking=True, additional_ins={"raw_corpus": dg.AssetIn("raw_corpus")}, description="Every record is accounted for: kept = cleaned + removed-with-reason, counted in the written files.")
-def clean_corpus_accounting(raw_corpus: ArtifactHandle, clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
+@dg.asset_check(asset=clean_corpus, blocking=True, description="Every record is accounted for: kept (summed over the raw_corpus versions of all sources it read) = cleaned + removed-with-reason, counted in the written files.")
+def clean_corpus_accounting(clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
     store = artifact_store.store()
-    kept = _rows(store, raw_corpus, "records.parquet")
+    versions = clean_corpus.counts.get("sources") or {}
+    kept = sum(_rows(store, str(store.root / raw_artifact_name(s) / v), "records.parquet") for s, v in versions.items())
     cleaned, removed = _rows(store, clean_corpus, "records.parquet"), _rows(store, clean_corpus, "removed.parquet")
-    balanced = kept == cleaned + removed
+    balanced = bool(versions) and kept == cleaned + removed
     return dg.AssetCheckResult(
         passed=balanced,
-        metadata={"kept": kept, "cleaned": cleaned, "removed": removed},
+        metadata={"sources": len(versions), "kept": kept, "cleaned": cleaned, "removed": removed},
         description=None if balanced else "records were lost between raw_corpus and clean_corpus",
     )
 

@@ -4,9 +4,15 @@ A record is either plain text or a prompt/response pair, with its metadata kept.
 record read is accounted for: it is either kept or quarantined with a reason.
 
 Sources are any UPath (a local folder, ``s3://bucket/prefix`` with s3fs installed,
-``memory://`` in tests). Quarantine rows keep a *reference* to the raw bytes (source,
-locator, size and sha256) plus a PII-scrubbed snippet: the quarantine table is an
-artifact people read, and raw PII must not reach it.
+``memory://`` in tests). A corpus root holds *sources*: each sub-folder is one source
+(one Dagster partition of raw_corpus), and the files lying directly in the root form the
+source ``_root``.
+
+Quarantine rows carry a PII-scrubbed snippet (the table is what people read in the UI)
+and ``raw_ref``, a content address (``quarantine_blobs/<sha256>``) of the exact bytes that
+failed. The bytes themselves are returned in ``IngestResult.blobs`` for the caller to
+store next to the table; for files that decoded, the bytes of a failed record are its
+text re-encoded as UTF-8 (identical to the file's bytes for UTF-8 files).
 """
 
 from __future__ import annotations
@@ -35,7 +41,10 @@ SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".m
 RAW_SNIPPET_BYTES = 4096
 
 RECORD_FIELDS = ("record_id", "source", "locator", "kind", "prompt", "response", "text", "lang", "tags", "meta")
-QUARANTINE_FIELDS = ("source", "locator", "reason", "raw", "raw_bytes", "raw_sha256")
+QUARANTINE_FIELDS = ("source", "locator", "reason", "raw", "raw_bytes", "raw_sha256", "raw_ref")
+QUARANTINE_BLOBS = "quarantine_blobs"
+# Files lying directly in the corpus root (or a root that is a single file) form this source.
+ROOT_SOURCE = "_root"
 
 
 @dataclass
@@ -43,6 +52,8 @@ class IngestResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     quarantine: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, dict[str, int]] = field(default_factory=dict)
+    # sha256 -> raw bytes of every quarantined item (content-addressed: equal bytes stored once).
+    blobs: dict[str, bytes] = field(default_factory=dict)
     # Counted where rows are produced, independently of where they end up, so the
     # accounting check can catch a record that went nowhere.
     read: int = 0
@@ -184,17 +195,41 @@ def _logical_suffix(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def _quarantine(source: str, locator: str, reason: str, raw: bytes | str) -> dict[str, Any]:
+def _quarantine(result: IngestResult, source: str, locator: str, reason: str, raw: bytes | str) -> None:
+    """Count one unreadable item, with its raw bytes kept under their sha256."""
     data = raw.encode("utf-8", "replace") if isinstance(raw, str) else raw
     snippet = scrub(data[:RAW_SNIPPET_BYTES].decode("utf-8", "replace")).text
-    return {
+    digest = hashlib.sha256(data).hexdigest()
+    result.blobs.setdefault(digest, data)
+    result.quarantine.append({
         "source": source,
         "locator": locator,
         "reason": reason,
         "raw": snippet.encode("utf-8", "replace"),
         "raw_bytes": len(data),
-        "raw_sha256": hashlib.sha256(data).hexdigest(),
-    }
+        "raw_sha256": digest,
+        "raw_ref": f"{QUARANTINE_BLOBS}/{digest}",
+    })
+
+
+def write_quarantine_blobs(folder: Path, blobs: dict[str, bytes]) -> int:
+    """Write each blob as <folder>/quarantine_blobs/<sha256>; returns the bytes written."""
+    target = folder / QUARANTINE_BLOBS
+    target.mkdir(parents=True, exist_ok=True)
+    for digest, data in blobs.items():
+        (target / digest).write_bytes(data)
+    return sum(len(d) for d in blobs.values())
+
+
+def resolve_quarantine_ref(folder: Path, raw_ref: str) -> bytes:
+    """The raw bytes a quarantine row points to, verified against the sha256 in its name."""
+    name = Path(raw_ref)
+    if name.parent.as_posix() != QUARANTINE_BLOBS or len(name.name) != 64:
+        raise ValueError(f"raw_ref {raw_ref!r} is not a quarantine blob reference")
+    data = (folder / name).read_bytes()
+    if hashlib.sha256(data).hexdigest() != name.name:
+        raise ValueError(f"quarantine blob {raw_ref} does not match its sha256 (damaged artifact)")
+    return data
 
 
 def _rows_jsonl(text: str, max_record_bytes: int) -> Iterator[tuple[str, Any, str | None]]:
@@ -257,7 +292,7 @@ def _rows_parquet(path: Path) -> Iterator[tuple[str, Any, str | None]]:
     try:
         parquet = pq.ParquetFile(path.open("rb"))
     except Exception as exc:  # pyarrow raises several types for corrupt files
-        yield "file", path.read_bytes()[:RAW_SNIPPET_BYTES], f"unreadable Parquet: {exc}"
+        yield "file", _file_bytes(path), f"unreadable Parquet: {exc}"
         return
     offset = 0
     for batch in parquet.iter_batches(batch_size=4096):
@@ -274,18 +309,19 @@ def read_file(path: Path, source: str, max_record_bytes: int) -> IngestResult:
     else:
         data, error = _read_bytes(path)
         if data is None or (error and not data):
+            # Nothing decompressed (or the file cannot be opened): the file's own bytes are the item.
             result.read += 1
-            result.quarantine.append(_quarantine(source, "file", error or "unreadable file", b""))
+            _quarantine(result, source, "file", error or "unreadable file", _file_bytes(path))
             return result
         if error:  # a truncated gzip: keep its complete lines, quarantine the rest
             cut = data.rfind(b"\n") + 1
             result.read += 1
-            result.quarantine.append(_quarantine(source, f"after byte {cut} of the decompressed stream", error, data[cut:]))
+            _quarantine(result, source, f"after byte {cut} of the decompressed stream", error, data[cut:])
             data = data[:cut]
         if not data.strip():
             if not error:
                 result.read += 1
-                result.quarantine.append(_quarantine(source, "file", "empty file (no content)", data))
+                _quarantine(result, source, "file", "empty file (no content)", data)
             return result
         bad_lines: list[tuple[int, bytes]] = []
         if b"\x00" not in data[:8192] and suffix != ".json" and mostly_utf8(data):
@@ -294,11 +330,11 @@ def read_file(path: Path, source: str, max_record_bytes: int) -> IngestResult:
             text, error = decode_bytes(data)
             if text is None:
                 result.read += 1
-                result.quarantine.append(_quarantine(source, "file", error or "undecodable", data))
+                _quarantine(result, source, "file", error or "undecodable", data)
                 return result
         for number, raw in bad_lines:
             result.read += 1
-            result.quarantine.append(_quarantine(source, f"line {number}", "invalid UTF-8 in an otherwise UTF-8 file", raw))
+            _quarantine(result, source, f"line {number}", "invalid UTF-8 in an otherwise UTF-8 file", raw)
         if suffix == ".jsonl":
             rows = _rows_jsonl(text, max_record_bytes)
         elif suffix == ".json":
@@ -317,8 +353,15 @@ def read_file(path: Path, source: str, max_record_bytes: int) -> IngestResult:
             if record is not None:
                 result.records.append(record)
                 continue
-        result.quarantine.append(_quarantine(source, locator, error or "unknown", raw))
+        _quarantine(result, source, locator, error or "unknown", raw)
     return result
+
+
+def _file_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def as_source_path(location: str | Path) -> Path:
@@ -346,19 +389,76 @@ def _relative(path: Path, root: Path) -> str:
     return path_text[len(root_text):].lstrip("/") if path_text.startswith(root_text + "/") else path.name
 
 
-def ingest_folder(root: Path | str, max_record_bytes: int = 1_000_000) -> IngestResult:
-    """Every file under `root`; unsupported files are quarantined, not skipped silently."""
+def discover_sources(root: Path | str) -> dict[str, list[Path]]:
+    """Source name -> its files: one source per sub-folder of the root, plus ``_root`` for
+    the files lying directly in it (or for a root that is a single file). Hidden folders
+    and files are not sources."""
     root = as_source_path(root) if isinstance(root, str) else root
-    total = IngestResult()
     files = discover_files(root)
+    if root.is_file():
+        return {ROOT_SOURCE: files}
+    sources: dict[str, list[Path]] = {}
+    for path in files:
+        relative = _relative(path, root)
+        head, _, rest = relative.partition("/")
+        if head.startswith("."):
+            continue
+        sources.setdefault(head if rest else ROOT_SOURCE, []).append(path)
+    if ROOT_SOURCE in sources and any(_relative(p, root).startswith(ROOT_SOURCE + "/") for p in sources[ROOT_SOURCE]):
+        raise CorpusSourceError(f"corpus folder {str(root)!r} has a sub-folder named {ROOT_SOURCE!r}, the name reserved for "
+                                "the files lying directly in it; rename the sub-folder")
+    return dict(sorted(sources.items()))
+
+
+def source_fingerprint(files: list[Path]) -> str:
+    """What changes when a source gets new or edited files: names, sizes, modification times."""
+    digest = hashlib.sha256()
+    for path in sorted(files, key=str):
+        try:
+            info = path.stat()
+            size, mtime = info.st_size, getattr(info, "st_mtime", None)
+        except (OSError, NotImplementedError, AttributeError):  # remote backends differ in what stat offers
+            size, mtime = None, None
+        digest.update(f"{path}\0{size}\0{mtime}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _ingest_files(files: list[Path], root: Path, max_record_bytes: int) -> IngestResult:
+    total = IngestResult()
     for path in files:
         source = _relative(path, root) if root.is_dir() else path.name
         if _logical_suffix(path) not in SUPPORTED_SUFFIXES:
-            part = IngestResult(quarantine=[_quarantine(source, "file", f"unsupported file type {path.suffix!r}", b"")], read=1)
+            part = IngestResult(read=1)
+            _quarantine(part, source, "file", f"unsupported file type {path.suffix!r}", _file_bytes(path))
         else:
             part = read_file(path, source, max_record_bytes)
         total.records.extend(part.records)
         total.quarantine.extend(part.quarantine)
+        total.blobs.update(part.blobs)
         total.read += part.read
         total.files[source] = {"kept": len(part.records), "quarantined": len(part.quarantine)}
     return total
+
+
+def ingest_folder(root: Path | str, max_record_bytes: int = 1_000_000) -> IngestResult:
+    """Every file under `root`; unsupported files are quarantined, not skipped silently."""
+    root = as_source_path(root) if isinstance(root, str) else root
+    return _ingest_files(discover_files(root), root, max_record_bytes)
+
+
+def ingest_source(root: Path | str, source: str, max_record_bytes: int = 1_000_000) -> tuple[IngestResult, str]:
+    """One source of the corpus root (see discover_sources) and its fingerprint. File names
+    in the records stay relative to the root, so record ids do not depend on partitioning."""
+    root = as_source_path(root) if isinstance(root, str) else root
+    sources = discover_sources(root)
+    if source not in sources:
+        raise CorpusSourceError(f"source {source!r} is not under {str(root)!r} (sources there: {', '.join(sources) or 'none'})")
+    files = sources[source]
+    return _ingest_files(files, root, max_record_bytes), source_fingerprint(files)
+
+
+def sources_to_ingest(root: Path | str, materialized: dict[str, str | None]) -> dict[str, str]:
+    """Source -> fingerprint for every source under `root` that is new or whose files
+    changed since the fingerprint it was last ingested with (`materialized`)."""
+    current = {name: source_fingerprint(files) for name, files in discover_sources(root).items()}
+    return {name: fp for name, fp in current.items() if materialized.get(name) != fp}

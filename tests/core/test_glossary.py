@@ -134,3 +134,18 @@ def test_batch_normalisation(icd10):
     texts, counts = icd10.normalize_batch(["asthma", "哮喘", "nothing here"])
     assert texts == ["asthma (J45)", "哮喘(J45)", "nothing here"]
     assert counts == Counter({"J45": 2})
+
+
+def test_normalize_many_equals_normalize_per_text():
+    import random
+
+    from deepfeed.core.glossary import load_glossary
+
+    glossary = load_glossary()
+    pieces = ["high blood pressure", "hypertension (J45)", "Hypertension (I10)", "高血压", "糖尿病（E11）", "asthma", "COPD", "Copd",
+              "type 2 diabetes", "İstanbul", "acid reflux", "well-known", " ", "\n", "(", ")", "I10", "x", "。", "stroke", "-"]
+    rng = random.Random(3)
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 8))) for _ in range(3000)]
+    texts += ["", "high blood pressure\n\x00\nasthma", "hypertension (I10) (J45)"]
+    assert glossary.normalize_many(texts) == [glossary.normalize(t) for t in texts]
+    assert sum(1 for t in texts if glossary.normalize(t)[0] != t) > 500  # the texts exercise the rewriting

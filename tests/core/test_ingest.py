@@ -2,7 +2,9 @@ import gzip
 import hashlib
 import json
 
-from deepfeed.core.ingest import decode_bytes, ingest_folder, normalize_row
+import pytest
+
+from deepfeed.core.ingest import CorpusSourceError, decode_bytes, ingest_folder, normalize_row
 
 
 def test_folder_of_mixed_formats_accounts_for_every_record(tiny_corpus):
@@ -54,10 +56,6 @@ def test_oversized_record_is_quarantined(tmp_path):
 
 
 def test_missing_folder_raises_clear_error(tmp_path):
-    import pytest
-
-    from deepfeed.core.ingest import CorpusSourceError
-
     with pytest.raises(CorpusSourceError, match="does not exist"):
         ingest_folder(tmp_path / "nope")
 
@@ -124,3 +122,60 @@ def test_fsspec_url_sources():
         fs.rm("/deepfeed-test", recursive=True)
     assert sorted(r["source"] for r in result.records) == ["pairs.jsonl", "sub/notes.csv.gz"]
     assert [q["locator"] for q in result.quarantine] == ["line 2"]
+
+
+def test_every_quarantine_reference_resolves_to_the_raw_bytes(tmp_path):
+    from deepfeed.core.ingest import resolve_quarantine_ref, write_quarantine_blobs
+
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "enc.jsonl").write_bytes('{"text": "第一行"}\n'.encode() + b'{"text": "caf\xe9"}\n')
+    (tmp_path / "mixed.jsonl").write_text('{"text": "fine"}\n{"text": "unterminated\n{"text": "unterminated\n')
+    (tmp_path / "gbk.jsonl").write_bytes('{"text": "糖尿病"\n'.encode("gb18030"))
+    (tmp_path / "data.bin").write_bytes(b"\x89PNG not a corpus")
+    (tmp_path / "empty.md").write_bytes(b"")
+    result = ingest_folder(tmp_path)
+    artifact = tmp_path / "artifact"
+    write_quarantine_blobs(artifact, result.blobs)
+    assert len(result.quarantine) == 7 and len(result.blobs) == 6  # the repeated line is stored once
+    resolved = {(q["source"], q["locator"]): resolve_quarantine_ref(artifact, q["raw_ref"]) for q in result.quarantine}
+    for q in result.quarantine:
+        data = resolved[(q["source"], q["locator"])]
+        assert hashlib.sha256(data).hexdigest() == q["raw_sha256"] and len(data) == q["raw_bytes"]
+    assert resolved[("binary.txt", "file")] == bytes(range(256)) * 4
+    assert resolved[("enc.jsonl", "line 2")] == b'{"text": "caf\xe9"}'
+    assert resolved[("data.bin", "file")] == b"\x89PNG not a corpus"
+    assert resolved[("gbk.jsonl", "line 1")] == '{"text": "糖尿病"'.encode()  # decoded file: the record's text as UTF-8
+    (artifact / result.quarantine[0]["raw_ref"]).write_bytes(b"tampered")
+    with pytest.raises(ValueError, match="does not match its sha256"):
+        resolve_quarantine_ref(artifact, result.quarantine[0]["raw_ref"])
+
+
+def test_sources_are_sub_folders_plus_the_root_files(tmp_path):
+    from deepfeed.core.ingest import ROOT_SOURCE, discover_sources, ingest_source
+
+    (tmp_path / "clinic").mkdir()
+    (tmp_path / "clinic" / "a.jsonl").write_text('{"text": "from the clinic"}\n')
+    (tmp_path / "clinic" / "deep").mkdir()
+    (tmp_path / "clinic" / "deep" / "b.txt").write_text("nested text\n")
+    (tmp_path / "wiki").mkdir()
+    (tmp_path / "wiki" / "c.md").write_text("wiki text\n")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "config").write_text("not data")
+    (tmp_path / "loose.jsonl").write_text('{"text": "loose"}\n')
+    sources = discover_sources(tmp_path)
+    assert list(sources) == [ROOT_SOURCE, "clinic", "wiki"]
+    result, fingerprint = ingest_source(tmp_path, "clinic")
+    assert sorted(r["source"] for r in result.records) == ["clinic/a.jsonl", "clinic/deep/b.txt"]
+    # names relative to the root: the same record id as when the whole root is read
+    whole = {r["source"]: r["record_id"] for r in ingest_folder(tmp_path).records}
+    assert all(whole[r["source"]] == r["record_id"] for r in result.records)
+    assert ingest_source(tmp_path, "clinic")[1] == fingerprint
+    (tmp_path / "clinic" / "new.jsonl").write_text('{"text": "more"}\n')
+    assert ingest_source(tmp_path, "clinic")[1] != fingerprint
+    assert [r["text"] for r in ingest_source(tmp_path, ROOT_SOURCE)[0].records] == ["loose"]
+    with pytest.raises(CorpusSourceError, match="'gone' is not under"):
+        ingest_source(tmp_path, "gone")
+    (tmp_path / ROOT_SOURCE).mkdir()
+    (tmp_path / ROOT_SOURCE / "x.txt").write_text("clash\n")
+    with pytest.raises(CorpusSourceError, match="reserved"):
+        discover_sources(tmp_path)

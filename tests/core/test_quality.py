@@ -245,3 +245,17 @@ def test_throughput_is_vectorised():
     elapsed = time.perf_counter() - start
     assert elapsed < 2.0, f"{len(texts) / elapsed:.0f} records/s"
     assert np.all(char_class_counts(texts).sum(axis=1) == [len(t) for t in texts])
+
+
+def test_plain_text_shortcut_gives_the_full_normalization():
+    import random
+
+    from deepfeed.core.quality import _normalize_full
+
+    pieces = ["word", "高血压", "Café", "CafÃ©", " ", "  ", "\t", "\n", "\n\n\n", "\r\n", "\u3000", "\xa0", "\u1680", "ＡＢＣ",
+              "<b>", "&amp;", "# ", "- ", "* ", "**x**", "[a](b)", "`c`", "|", "~", ">", "\x07", "\x1c", "\u200b", "\u2028",
+              "\ufeff", "\ud800", "ﬁ", "—", "1391234", "e-mail", "。", "？", "x_y", "#", "#12", " ## ", ":---", "---", "|a|", "![i](u)"]
+    rng = random.Random(5)
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))) for _ in range(20_000)]
+    texts += ["How do I reset my password? #12", "order #12 ships\n:---", "a # b", "# title", "title ##", "x\n  ### y", "今天天气怎么样？ 预计明天发货。", "well-known  spaces  ", " lead and trail "]
+    assert [normalize_text(t) for t in texts] == [_normalize_full(t, shortcut=False) for t in texts]

@@ -10,6 +10,8 @@ import dagster as dg
 import pytest
 
 from deepfeed.assets import ASSET_MODULES
+from deepfeed.assets.corpus import corpus_sources
+from deepfeed.core.ingest import discover_sources
 from deepfeed.definitions import defs
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 from deepfeed.resources.mlflow_tracking import CHAMPION, CHALLENGER, PREVIOUS
@@ -44,12 +46,34 @@ def run_config(corpus: Path, selection="*", **extra) -> dict:
     return {"ops": ops}
 
 
+def ingest(home, base_model, corpus, instance, sources=None, artifact_root=None, raise_on_error=True) -> dict:
+    """Register the sources under `corpus` (or the given ones) and materialize their raw_corpus
+    partitions, one run each, as corpus_source_sensor does; source -> run result."""
+    sources = list(discover_sources(corpus)) if sources is None else sources
+    instance.add_dynamic_partitions(corpus_sources.name, sources)
+    return {
+        source: dg.materialize(
+            [*ASSETS, *CHECKS], selection=["raw_corpus"], partition_key=source, resources=resources(home, base_model, artifact_root),
+            run_config=run_config(corpus, ["raw_corpus"]), instance=instance, raise_on_error=raise_on_error,
+        )
+        for source in sources
+    }
+
+
 def materialize(selection, home, base_model, corpus, instance, artifact_root=None, raise_on_error=True, **extra):
+    """The selection in one run; a selected raw_corpus is first ingested per source (see
+    `ingest`), and only raw_corpus selected returns the last source's run."""
+    names = [k.to_user_string() for a in ASSETS for k in a.keys] if selection == "*" else list(selection)
+    if "raw_corpus" in names:
+        raw = ingest(home, base_model, corpus, instance, artifact_root=artifact_root, raise_on_error=raise_on_error)
+        names.remove("raw_corpus")
+        if not names or not all(r.success for r in raw.values()):
+            return list(raw.values())[-1]
     return dg.materialize(
         [*ASSETS, *CHECKS],
-        selection=selection,
+        selection=names,
         resources=resources(home, base_model, artifact_root),
-        run_config=run_config(corpus, selection, **extra),
+        run_config=run_config(corpus, names, **extra),
         instance=instance,
         raise_on_error=raise_on_error,
     )
@@ -116,7 +140,7 @@ def test_whole_chain_logs_to_mlflow_and_promotes(fixture, request, deepfeed_env,
     checks.pop("eval_set_disjoint_from_training")
     overlap = next(e for e in result.get_asset_check_evaluations() if e.asset_check_key.name == "eval_set_disjoint_from_training")
     assert overlap.passed or overlap.severity == dg.AssetCheckSeverity.WARN
-    assert checks == {"raw_corpus_accounting": True, "clean_corpus_accounting": True, "promotion_gate": True, "compression_quality_gate": True}
+    assert checks == {"clean_corpus_accounting": True, "promotion_gate": True, "compression_quality_gate": True}
 
     mlflow = resources(deepfeed_env, base_model)["mlflow"]
     client = mlflow.client()
@@ -153,13 +177,18 @@ def _failure_message(result) -> str:
 
 
 def test_missing_and_empty_corpus_fail_with_the_field_name(deepfeed_env, tiny_llama, tmp_path, instance):
-    result = materialize(["raw_corpus"], deepfeed_env, tiny_llama, tmp_path / "nope", instance, raise_on_error=False)
+    [result] = ingest(deepfeed_env, tiny_llama, tmp_path / "nope", instance, sources=["_root"], raise_on_error=False).values()
     assert not result.success
     assert "raw_corpus.config.corpus_path" in _failure_message(result) and "does not exist" in _failure_message(result)
     empty = tmp_path / "empty"
-    empty.mkdir()
-    result = materialize(["raw_corpus"], deepfeed_env, tiny_llama, empty, instance, raise_on_error=False)
-    assert "holds no records" in _failure_message(result)
+    (empty / "clinic").mkdir(parents=True)
+    (empty / "clinic" / "header-only.csv").write_text("text,tag\n")
+    results = ingest(deepfeed_env, tiny_llama, empty, instance, sources=["clinic", "gone"], raise_on_error=False)
+    assert "source 'clinic'" in _failure_message(results["clinic"]) and "holds no records" in _failure_message(results["clinic"])
+    assert "partition 'gone'" in _failure_message(results["gone"]) and "sources there: clinic" in _failure_message(results["gone"])
+    # clean_corpus refuses to train on part of the data: every registered source must have a version.
+    result = materialize(["clean_corpus"], deepfeed_env, tiny_llama, empty, instance, raise_on_error=False)
+    assert "never materialized: _root, clinic, gone" in _failure_message(result)
 
 
 def test_bad_base_model_fails_and_keeps_earlier_artifacts(deepfeed_env, tiny_llama, tiny_corpus, tmp_path, instance):
@@ -191,9 +220,14 @@ def test_cli_materialize_runs_the_chain(deepfeed_env, tiny_llama, tiny_corpus, t
     env = {**os.environ, "DEEPFEED_BASE_MODEL": str(tiny_llama), "DEEPFEED_CORPUS": str(tiny_corpus)}
     config = tmp_path / "run.yaml"
     config.write_text(json.dumps(FAST))
+    # The sources first (what corpus_source_sensor does): one raw_corpus partition each.
+    ingested = subprocess.run([sys.executable, "-m", "deepfeed.cli", "ingest"], env=env, capture_output=True, text=True, timeout=600)
+    assert ingested.returncode == 0 and "_root" in ingested.stdout and "ingested" in ingested.stdout, ingested.stderr[-3000:]
+    again = subprocess.run([sys.executable, "-m", "deepfeed.cli", "ingest"], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "every source is up to date" in again.stdout, again.stderr[-3000:]
     dagster = Path(sys.executable).parent / "dagster"
     done = subprocess.run(
-        [str(dagster), "asset", "materialize", "-m", "deepfeed.definitions", "--select", "not key:incremental_model and not group:monitoring", "-c", str(config)],
+        [str(dagster), "asset", "materialize", "-m", "deepfeed.definitions", "--select", "not key:raw_corpus and not key:incremental_model and not group:monitoring", "-c", str(config)],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]

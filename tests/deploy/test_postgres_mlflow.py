@@ -108,16 +108,23 @@ def test_production_instance_stores_runs_in_postgres_and_logs_to_an_mlflow_serve
             # No artifact_location: the experiment takes the server's artifact root, so
             # artifacts go through the server, as they do from a pod without the volume.
             mlflow = MlflowResource(tracking_uri=tracking_uri, artifact_location="")
+            assets = [*dg.load_assets_from_modules(ASSET_MODULES), *dg.load_asset_checks_from_modules(ASSET_MODULES)]
+            chain_resources = {
+                "artifact_store": ArtifactStoreResource(root=artifact_root),
+                "mlflow": mlflow,
+                "model_source": ModelSourceResource(base_model_path=str(tiny_llama)),
+            }
+            # The tiny corpus's files lie in its root: one source, one partition (the dynamic
+            # partitions live in Postgres too).
+            instance.add_dynamic_partitions("corpus_source", ["_root"])
+            raw_run = dg.materialize(assets, selection=["raw_corpus"], partition_key="_root", resources=chain_resources, instance=instance,
+                                     run_config={"ops": {"raw_corpus": {"config": {"corpus_path": str(tiny_corpus)}}}})
+            assert raw_run.success
             result = dg.materialize(
-                [*dg.load_assets_from_modules(ASSET_MODULES), *dg.load_asset_checks_from_modules(ASSET_MODULES)],
-                selection=SLICE,
-                resources={
-                    "artifact_store": ArtifactStoreResource(root=artifact_root),
-                    "mlflow": mlflow,
-                    "model_source": ModelSourceResource(base_model_path=str(tiny_llama)),
-                },
+                assets,
+                selection=SLICE[1:],
+                resources=chain_resources,
                 run_config={"ops": {
-                    "raw_corpus": {"config": {"corpus_path": str(tiny_corpus)}},
                     # WordNet synonyms are the slow part of augmentation and not what this tests.
                     "augmented_corpus": {"config": {"synonym_ratio": 0.0}},
                     "finetuned_model": {"config": {"max_steps": TRAIN_STEPS, "batch_size": 4, "max_length": 64}},
@@ -151,13 +158,13 @@ def test_production_instance_stores_runs_in_postgres_and_logs_to_an_mlflow_serve
         assert not (deepfeed_env / "mlflow.db").exists()
 
     # A fresh instance from the same file reads everything back out of Postgres.
-    assert (result.run_id, "SUCCESS") in _run_rows(postgres)
+    assert (result.run_id, "SUCCESS") in _run_rows(postgres) and (raw_run.run_id, "SUCCESS") in _run_rows(postgres)
     with dg.DagsterInstance.from_config(str(production_home)) as reopened:
         record = reopened.get_run_record_by_id(result.run_id)
         assert record.dagster_run.status == dg.DagsterRunStatus.SUCCESS
         for key in SLICE:
             event = reopened.get_latest_materialization_event(dg.AssetKey(key))
-            assert event is not None and event.run_id == result.run_id, key
+            assert event is not None and event.run_id == (raw_run if key == "raw_corpus" else result).run_id, key
         finetuned = reopened.get_latest_materialization_event(dg.AssetKey("finetuned_model")).asset_materialization
         assert finetuned.metadata["mlflow_model_version"].value == str(version.version)
         raw = reopened.get_latest_materialization_event(dg.AssetKey("raw_corpus")).asset_materialization

@@ -1,0 +1,54 @@
+"""corpus_source_sensor: new or changed sources under the corpus root -> a raw_corpus
+partition each (registered when new) and one ingest run per source that changed."""
+
+from typing import Optional
+
+import dagster as dg
+
+from deepfeed.assets.corpus import corpus_root, corpus_sources, latest_raw_versions
+from deepfeed.core.ingest import CorpusSourceError, sources_to_ingest
+from deepfeed.resources import ArtifactStoreResource
+from deepfeed.settings import default_corpus_path
+
+INGEST_JOB = "corpus_ingest_job"
+
+
+def ingest_run_config(corpus_path: str) -> dict:
+    return {"ops": {"raw_corpus": {"config": {"corpus_path": corpus_path}}}}
+
+
+def plan_source_runs(instance: dg.DagsterInstance, store, corpus_path: str) -> tuple[list[str], dict[str, str]]:
+    """(sources to register, source -> fingerprint of those to ingest). The fingerprints
+    ingested last are read from the artifacts, so a lost cursor cannot skip or repeat data."""
+    registered = set(instance.get_dynamic_partitions(corpus_sources.name))
+    current = sources_to_ingest(corpus_root(corpus_path), {})  # every source, with its fingerprint
+    latest = latest_raw_versions(store, [s for s in current if s in registered])
+    ingested = {s: (h.counts.get("fingerprint") if h else None) for s, h in latest.items()}
+    stale = {s: fp for s, fp in current.items() if ingested.get(s) != fp}
+    return sorted(set(current) - registered), stale
+
+
+def build_corpus_source_sensor(corpus_path: Optional[str] = None, interval_s: int = 300) -> dg.SensorDefinition:
+    @dg.sensor(name="corpus_source_sensor", job_name=INGEST_JOB, minimum_interval_seconds=interval_s,
+               default_status=dg.DefaultSensorStatus.STOPPED,
+               description=f"Sources under the corpus root that are new or changed -> partition of {corpus_sources.name} + {INGEST_JOB} run.")
+    def corpus_source_sensor(context: dg.SensorEvaluationContext, artifact_store: ArtifactStoreResource):
+        path = default_corpus_path() if corpus_path is None else corpus_path
+        try:
+            new, stale = plan_source_runs(context.instance, artifact_store.store(), path)
+        except CorpusSourceError as exc:
+            return dg.SkipReason(f"corpus root unreadable: {exc}")
+        if not stale:
+            return dg.SkipReason(f"no new or changed source under {str(corpus_root(path))!r}")
+        context.log.info("registering %s; ingesting %s", new, sorted(stale))
+        return dg.SensorResult(
+            # The run key carries the fingerprint: a source whose files did not change is never re-run.
+            run_requests=[dg.RunRequest(run_key=f"{source}@{fp}", partition_key=source, run_config=ingest_run_config(path),
+                                        tags={"deepfeed/corpus_source": source}) for source, fp in stale.items()],
+            dynamic_partitions_requests=[corpus_sources.build_add_request(new)] if new else [],
+        )
+
+    return corpus_source_sensor
+
+
+corpus_source_sensor = build_corpus_source_sensor()
