@@ -16,7 +16,6 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from deepfeed.core.augmentation import AugmentationResult
 from deepfeed.core.cleaning import content_key
 from deepfeed.core.contextual_synonyms import ContextualSynonymReplacer, MaskedLMReplacer, Skip
 from deepfeed.core.dedup import NearDuplicateIndex
@@ -25,6 +24,15 @@ from deepfeed.core.fgsm import FgsmTextAttack
 from deepfeed.core.structural import structural_variant
 
 TECHNIQUES = ("synonym", "structural", "fgsm")
+
+
+@dataclass
+class AugmentationResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
 @dataclass(frozen=True)
