@@ -124,7 +124,10 @@ def augment_corpus(records: list[dict[str, Any]], plan: AugmentPlan, augmenters:
             if isinstance(outcome, Skip):
                 skip(record, "synonym", outcome.reason)
             else:
-                candidates.append((record, outcome.text, name, {**plan.technique_params.get("synonym", {}), "replaced": outcome.replaced, "_similarity": outcome.similarity}))
+                params = {**plan.technique_params.get("synonym", {}), "replaced": outcome.replaced, "_similarity": outcome.similarity}
+                if getattr(outcome, "lm_logprob", None) is not None:
+                    params["lm_logprob"] = outcome.lm_logprob
+                candidates.append((record, outcome.text, name, params))
     for record in wanted["fgsm"][plan.fgsm_max_records:]:
         skip(record, "fgsm", f"over fgsm_max_records={plan.fgsm_max_records}")
     for record in wanted["fgsm"][: plan.fgsm_max_records]:

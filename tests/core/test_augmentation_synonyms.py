@@ -1,15 +1,20 @@
 """Contextual synonym replacement with the real bundled encoder and lexicons."""
 
+import json
 import random
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 
 from deepfeed.core.augmentation import WordNetSynonyms, protected_mask
-from deepfeed.core.contextual_synonyms import ContextualSynonymReplacer, MaskedLMReplacer, Skip, SynonymEdit, text_script
+from deepfeed.core.augment_corpus import AugmentPlan, Augmenters, augment_corpus
+from deepfeed.core.augment_setup import AugmentSettings, AugmentSettingsError, build_augmenters
+from deepfeed.core.contextual_synonyms import CausalLMRanker, ContextualSynonymReplacer, MaskedLMReplacer, Skip, SynonymEdit, text_script
 from deepfeed.core.encoders import SentenceEncoder
 from deepfeed.core.glossary import load_glossary
+from deepfeed.core.modeling import load_model, load_tokenizer
 from deepfeed.core.offline import activate_nltk_data
 from deepfeed.core.zh_synonyms import CilinSynonyms
 
@@ -100,3 +105,67 @@ def test_nlpaug_fill_mask_path_with_a_local_bert(tmp_path, encoder):
         assert edit.text != text and "[MASK]" not in edit.text
     if isinstance(results[0], SynonymEdit):
         assert "42" in results[0].text
+
+
+class _Lexicon:
+    """A fixed lexicon: the test picks the candidates, the models choose between them."""
+
+    def __init__(self, table: dict[str, list[str]]):
+        self.table = table
+
+    def candidates(self, word: str) -> list[str]:
+        return self.table.get(word.lower(), [])
+
+
+DOCTOR = "The doctor examined the patient."
+
+
+@pytest.fixture(scope="module")
+def banana_lm(tiny_llama):
+    """The tiny LM after a few steps on one sentence: it now prefers "banana" where MiniLM prefers "physician"."""
+    model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
+    torch.manual_seed(0)
+    ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer("The banana examined the patient.", add_special_tokens=False)["input_ids"]]])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        optimizer.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+    return model.eval(), tokenizer
+
+
+def test_lm_log_probs_do_not_depend_on_batching(banana_lm):
+    texts = ["The banana examined the patient.", "Short.", "A much longer sentence about blood pressure and water, with commas.", "今天天气晴朗。"]
+    batched = CausalLMRanker(*banana_lm, batch_size=4).log_probs(texts)
+    alone = CausalLMRanker(*banana_lm, batch_size=1).log_probs(texts)
+    assert np.allclose(batched, alone, atol=1e-3) and (batched < 0).all()
+    assert batched[0] > CausalLMRanker(*banana_lm).log_probs(["The doctor examined the patient."])[0]
+
+
+def test_causal_lm_ranking_changes_the_chosen_variant_and_similarity_still_filters(encoder, banana_lm):
+    lexicon = _Lexicon({"doctor": ["physician", "banana"]})
+    kwargs = dict(rate=1.0, variants=8)  # eight draws of two candidates: both variants are scored
+    (by_similarity,) = ContextualSynonymReplacer(encoder, lexicon, None, threshold=-1.0, **kwargs).replace_batch([DOCTOR], random.Random(0))
+    ranker = CausalLMRanker(*banana_lm)
+    (by_lm,) = ContextualSynonymReplacer(encoder, lexicon, None, threshold=-1.0, ranker=ranker, **kwargs).replace_batch([DOCTOR], random.Random(0))
+    assert by_similarity.text == "The physician examined the patient." and by_similarity.lm_logprob is None
+    assert by_lm.text == "The banana examined the patient." and by_lm.lm_logprob < 0
+    assert by_lm.similarity < by_similarity.similarity
+    # A threshold between the two similarities leaves the LM only the physician.
+    between = (by_lm.similarity + by_similarity.similarity) / 2
+    strict = ContextualSynonymReplacer(encoder, lexicon, None, threshold=between, ranker=ranker, **kwargs)
+    (filtered,) = strict.replace_batch([DOCTOR], random.Random(0))
+    assert filtered.text == "The physician examined the patient." and filtered.lm_logprob is not None
+    record = {"record_id": "d", "kind": "text", "text": DOCTOR, "lang": "en", "split": "train"}
+    result = augment_corpus([record], AugmentPlan(synonym_ratio=1.0, structural_ratio=0.0), Augmenters(encoder=encoder, synonyms=strict))
+    (child,) = [r for r in result.records if r["technique"] == "contextual_synonym"]
+    assert json.loads(child["aug_params"])["lm_logprob"] == filtered.lm_logprob
+
+
+def test_lm_ranking_settings_are_checked_before_anything_loads(tmp_path):
+    with pytest.raises(AugmentSettingsError, match="masked-LM path") as masked:
+        build_augmenters(AugmentSettings(synonym_lm_rank=True, masked_lm_path=str(tmp_path), fgsm_ratio=0.0), tmp_path)
+    with pytest.raises(AugmentSettingsError, match="needs a causal LM") as missing:
+        build_augmenters(AugmentSettings(synonym_lm_rank=True, fgsm_ratio=0.0), None)
+    assert masked.value.field == missing.value.field == "synonym_lm_rank"
+    assert json.loads(json.dumps(AugmentSettings(synonym_lm_rank=True).plan().technique_params))["synonym"]["ranked_by"] == "causal_lm"
