@@ -169,3 +169,27 @@ def test_lm_ranking_settings_are_checked_before_anything_loads(tmp_path):
         build_augmenters(AugmentSettings(synonym_lm_rank=True, fgsm_ratio=0.0), None)
     assert masked.value.field == missing.value.field == "synonym_lm_rank"
     assert json.loads(json.dumps(AugmentSettings(synonym_lm_rank=True).plan().technique_params))["synonym"]["ranked_by"] == "causal_lm"
+
+
+def test_encoder_cache_and_thread_choice_leave_the_embeddings_unchanged(encoder):
+    from deepfeed.core.encoders import SentenceEncoder, ThreadTuner
+
+    texts = ["The doctor examined the patient.", "A second, longer sentence about the weather today.", "The doctor examined the patient."]
+    threads = torch.get_num_threads()
+    fixed = SentenceEncoder(threads=1, cache_size=0)
+    reference = fixed.encode(texts)
+    assert np.array_equal(reference[0], reference[2]) and not fixed._cache
+    encoder.clear_cache()
+    first = encoder.encode(texts)
+    assert list(encoder._cache) == texts[:2]
+    again = encoder.encode(texts[::-1])
+    assert np.allclose(first, reference, atol=1e-5) and np.array_equal(again, first[::-1])
+    assert torch.get_num_threads() == threads  # the tuner's choice does not leak out of encode
+    tuner = ThreadTuner(max_threads=2, explore_every=2)
+    picks = []
+    for _ in range(16):
+        picks.append(tuner.pick())
+        tuner.record(picks[-1], tokens=100, seconds=1.0 if picks[-1] == 1 else 3.0)  # one thread is faster here
+    # Both timed, then two threads retried every 2, 4, then 8 picks while it keeps losing.
+    assert picks == [1, 2, 1, 2, 1, 1, 1, 2] + [1] * 7 + [2]
+    assert tuner.interval == 16
