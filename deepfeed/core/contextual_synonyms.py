@@ -80,7 +80,11 @@ class CausalLMRanker:
     tokenise to different lengths are compared on the same footing.
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int = 256):
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int = 256, threads: int | None = None):
+        import torch
+
+        from deepfeed.core.encoders import ThreadTuner
+
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model.eval()
@@ -92,6 +96,8 @@ class CausalLMRanker:
             raise ValueError("the ranking LM's tokenizer has neither a BOS nor an EOS token to start a sentence with")
         self.start = start
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start
+        # Busy cores make two OpenMP threads slower than one, for the LM as for the encoder.
+        self.tuner = ThreadTuner(torch.get_num_threads(), fixed=threads)
 
     def log_probs(self, texts: Sequence[str]) -> np.ndarray:
         import torch
@@ -109,7 +115,7 @@ class CausalLMRanker:
                     seq = [self.start, *ids[i]]
                     tokens[r, : len(seq)] = torch.tensor(seq)
                     mask[r, : len(seq)] = 1
-                logits = self.model(input_ids=tokens, attention_mask=mask).logits[:, :-1].float()
+                logits = self.tuner.run(lambda: self.model(input_ids=tokens, attention_mask=mask).logits, int(mask.sum()))[:, :-1].float()
                 targets = tokens[:, 1:]
                 # gather - logsumexp: the log-softmax of the target only, without a second
                 # vocabulary-sized tensor per position.

@@ -39,8 +39,8 @@ class ThreadTuner:
     retry that lost again (under load a two-thread batch costs five one-thread ones).
     """
 
-    def __init__(self, max_threads: int, explore_every: int = 8, decay: float = 0.5, max_interval: int = 256):
-        self.options = sorted({1, max(1, max_threads)})
+    def __init__(self, max_threads: int, explore_every: int = 8, decay: float = 0.5, max_interval: int = 256, fixed: int | None = None):
+        self.options = [fixed] if fixed else sorted({1, max(1, max_threads)})
         self.rates: dict[int, float] = {}
         self.explore_every = explore_every
         self.interval = explore_every
@@ -62,6 +62,20 @@ class ThreadTuner:
             self.exploring = next(t for t in self.options if t != self.best())
             return self.exploring
         return self.best()
+
+    def run(self, fn, tokens: int):
+        """``fn()`` under the chosen thread count, timed; torch's own count is restored
+        after, since it is process-wide (training or FGSM in the same process keep theirs)."""
+        default = torch.get_num_threads()
+        threads = self.pick()
+        torch.set_num_threads(threads)
+        try:
+            began = time.perf_counter()
+            value = fn()
+            self.record(threads, tokens, time.perf_counter() - began)
+            return value
+        finally:
+            torch.set_num_threads(default)
 
     def record(self, threads: int, tokens: int, seconds: float) -> None:
         rate = tokens / max(seconds, 1e-6)
@@ -108,8 +122,7 @@ class SentenceEncoder:
         self.max_length = max_length
         self.cache_size = cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.threads = threads
-        self.tuner = ThreadTuner(torch.get_num_threads()) if threads is None else None
+        self.tuner = ThreadTuner(torch.get_num_threads(), fixed=threads)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
@@ -143,23 +156,13 @@ class SentenceEncoder:
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
         # Batches of similar length waste little on padding.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        default_threads = torch.get_num_threads()
-        try:
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
-                batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-                threads = self.threads or self.tuner.pick()
-                torch.set_num_threads(threads)
-                began = time.perf_counter()
-                hidden = self.model(**batch).last_hidden_state
-                if self.tuner is not None:
-                    self.tuner.record(threads, int(batch["attention_mask"].numel()), time.perf_counter() - began)
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
-        finally:
-            # The thread count is process-wide: training or FGSM in the same process keep theirs.
-            torch.set_num_threads(default_threads)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            hidden = self.tuner.run(lambda: self.model(**batch).last_hidden_state, int(batch["attention_mask"].numel()))
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
         return out
 
     def similarity(self, originals: Sequence[str], variants: Sequence[str]) -> np.ndarray:
