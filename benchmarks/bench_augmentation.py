@@ -87,6 +87,7 @@ def main() -> None:
     activate_nltk_data()
     english, chinese = corpus_sentences("english", args.sentences), corpus_sentences("chinese", args.sentences // 2)
     encoder = SentenceEncoder()
+    print(f"encoder precision: {encoder.precision}")
     replacer = ContextualSynonymReplacer(encoder, WordNetSynonyms(base_forms_only=True), CilinSynonyms(), protected_mask, threshold=0.85, rate=0.15, variants=2)
     replacer.replace_batch(english[:4] + chinese[:4], random.Random(0))  # warm-up: WordNet index, jieba dictionary
 
@@ -106,10 +107,11 @@ def main() -> None:
         batched(f"contextual synonyms, batched ({label})", replacer, texts, baseline)
     print(f"  thread choice so far, tokens/s by thread count: { {t: round(r) for t, r in encoder.tuner.rates.items()} }")
     lexicons = replacer.lexicons["en"], replacer.lexicons["zh"]
-    fixed = ContextualSynonymReplacer(SentenceEncoder(threads=2, batch_size=64), *lexicons, protected_mask, 0.85, 0.15, 2)
-    batched("contextual synonyms, batched, 2 threads fixed, batch 64 (en)", fixed, english, baseline)
-    fp32 = ContextualSynonymReplacer(SentenceEncoder(quantize=False), *lexicons, protected_mask, 0.85, 0.15, 2)
-    batched("contextual synonyms, batched, fp32 encoder (en)", fp32, english, baseline)
+    fixed = ContextualSynonymReplacer(SentenceEncoder(precision="int8", threads=2, batch_size=64, cache_size=0), *lexicons, protected_mask, 0.85, 0.15, 2)
+    batched("contextual synonyms, batched, as before: int8, 2 threads, batch 64 (en)", fixed, english, baseline)
+    for precision in ("fp32", "int8"):
+        other = ContextualSynonymReplacer(SentenceEncoder(precision=precision), *lexicons, protected_mask, 0.85, 0.15, 2)
+        batched(f"contextual synonyms, batched, {precision} encoder (en)", other, english, baseline)
 
     from deepfeed.core.modeling import load_model, load_tokenizer
 

@@ -241,7 +241,7 @@ class ContextualSynonymReplacer:
                 results.append(Skip(f"no variant kept the meaning (best similarity {best:.2f} < {self.threshold})"))
         scores = self._rank_scores(plans, kept)
         for i, passing in kept.items():
-            if scores is None:
+            if (i, passing[0][0]) not in scores:
                 v, sim = max(passing, key=lambda p: p[1])
                 results[i] = SynonymEdit(plans[i][v][0], plans[i][v][1], sim)
             else:
@@ -249,11 +249,12 @@ class ContextualSynonymReplacer:
                 results[i] = SynonymEdit(plans[i][v][0], plans[i][v][1], sim, round(scores[(i, v)], 4))
         return results
 
-    def _rank_scores(self, plans, kept) -> dict[tuple[int, int], float] | None:
-        """LM log-probabilities of every variant that passed the filter, in one batched pass."""
+    def _rank_scores(self, plans, kept) -> dict[tuple[int, int], float]:
+        """LM log-probabilities, in one batched pass, of the variants that passed the filter
+        where there is a choice: a lone survivor is kept without spending the LM on it."""
         if self.ranker is None:
-            return None
-        keys = [(i, v) for i, passing in kept.items() for v, _ in passing]
+            return {}
+        keys = [(i, v) for i, passing in kept.items() if len(passing) > 1 for v, _ in passing]
         if not keys:
             return {}
         scores = self.ranker.log_probs([plans[i][v][0] for i, v in keys])

@@ -87,12 +87,20 @@ class ThreadTuner:
             self.interval = min(self.interval * 2, self.max_interval) if lost else self.explore_every
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+
+
 class SentenceEncoder:
     """Batched, normalised sentence embeddings; cosine similarity is a dot product.
 
-    ``quantize=True`` runs the Linear layers in dynamic int8: on 2 CPU cores it encodes
-    about twice as fast, and the similarities move by ~0.01, far less than the gap
-    between a meaning-preserving and a meaning-changing edit.
+    ``precision``: "fp32"; "bf16" (autocast: matmuls in bfloat16, on oneDNN/AMX where
+    the CPU has it); "int8" (dynamic int8 Linear layers); "auto" = bf16 where oneDNN
+    supports it, else fp32. Measured on 232 original/variant pairs of chatterbot answers
+    (2 busy cores, 1 thread): bf16 moves the similarity by 0.0004 on average (max 0.003,
+    no threshold decision at 0.85 changed) at 92-149 texts/s, fp32 runs 72-89 texts/s,
+    and int8 96-114 texts/s but moves it by 0.04 (max 0.17) and flips 22 of 232 decisions,
+    because its per-tensor activation scale is shared by the whole padded batch (a
+    text's embedding then depends on its batch-mates, cos down to 0.90).
 
     Embeddings of the last ``cache_size`` distinct texts are kept: an original is encoded
     once, however many variants, techniques and calls compare against it. ``threads=None``
@@ -102,7 +110,7 @@ class SentenceEncoder:
     def __init__(
         self,
         path: str | Path | None = None,
-        quantize: bool = True,
+        precision: str = "auto",
         batch_size: int = 32,
         max_length: int = 128,
         cache_size: int = 4096,
@@ -112,8 +120,13 @@ class SentenceEncoder:
 
         path = Path(path) if path else minilm_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "auto":
+            precision = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+        self.precision = precision
         model = AutoModel.from_pretrained(path).eval()
-        if quantize:
+        if precision == "int8":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.ao's deprecation notice; the API still works
                 model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
@@ -159,11 +172,17 @@ class SentenceEncoder:
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
             batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-            hidden = self.tuner.run(lambda: self.model(**batch).last_hidden_state, int(batch["attention_mask"].numel()))
+            hidden = self.tuner.run(lambda: self._forward(batch), int(batch["attention_mask"].numel())).float()
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
         return out
+
+    def _forward(self, batch) -> torch.Tensor:
+        if self.precision == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self.model(**batch).last_hidden_state
+        return self.model(**batch).last_hidden_state
 
     def similarity(self, originals: Sequence[str], variants: Sequence[str]) -> np.ndarray:
         """Cosine similarity of each variant to its original (pairwise, same length)."""

@@ -155,11 +155,13 @@ def test_causal_lm_ranking_changes_the_chosen_variant_and_similarity_still_filte
     between = (by_lm.similarity + by_similarity.similarity) / 2
     strict = ContextualSynonymReplacer(encoder, lexicon, None, threshold=between, ranker=ranker, **kwargs)
     (filtered,) = strict.replace_batch([DOCTOR], random.Random(0))
-    assert filtered.text == "The physician examined the patient." and filtered.lm_logprob is not None
+    assert filtered.text == "The physician examined the patient."
+    assert filtered.lm_logprob is None  # a lone survivor: nothing to rank, no LM pass spent
     record = {"record_id": "d", "kind": "text", "text": DOCTOR, "lang": "en", "split": "train"}
-    result = augment_corpus([record], AugmentPlan(synonym_ratio=1.0, structural_ratio=0.0), Augmenters(encoder=encoder, synonyms=strict))
+    ranked = ContextualSynonymReplacer(encoder, lexicon, None, threshold=-1.0, ranker=ranker, **kwargs)
+    result = augment_corpus([record], AugmentPlan(synonym_ratio=1.0, structural_ratio=0.0), Augmenters(encoder=encoder, synonyms=ranked))
     (child,) = [r for r in result.records if r["technique"] == "contextual_synonym"]
-    assert json.loads(child["aug_params"])["lm_logprob"] == filtered.lm_logprob
+    assert child["text"] == by_lm.text and json.loads(child["aug_params"])["lm_logprob"] == by_lm.lm_logprob
 
 
 def test_lm_ranking_settings_are_checked_before_anything_loads(tmp_path):
@@ -193,3 +195,14 @@ def test_encoder_cache_and_thread_choice_leave_the_embeddings_unchanged(encoder)
     # Both timed, then two threads retried every 2, 4, then 8 picks while it keeps losing.
     assert picks == [1, 2, 1, 2, 1, 1, 1, 2] + [1] * 7 + [2]
     assert tuner.interval == 16
+
+
+def test_encoder_precisions_agree_with_fp32_where_it_matters(encoder):
+    from deepfeed.core.encoders import SentenceEncoder
+
+    originals = ["The doctor examined the patient.", "Drink plenty of water and get enough rest."] * 2
+    variants = ["The physician examined the patient.", "Drink lots of water and get enough sleep.", "Stock prices fell sharply on Monday.", "The cat sat on the mat."]
+    exact = SentenceEncoder(precision="fp32").similarity(originals, variants)
+    assert np.abs(encoder.similarity(originals, variants) - exact).max() < 0.01  # the default (bf16 where supported)
+    with pytest.raises(ValueError, match="precision"):
+        SentenceEncoder(precision="fp8")
