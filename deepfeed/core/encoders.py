@@ -32,7 +32,7 @@ class ThreadTuner:
 
     On an idle 2-core machine two threads encode ~1.8x faster than one; on a busy one
     (load 5-8, other jobs on both cores) two OpenMP threads wait on each other and run
-    2.5-3x *slower* than one (measured with MiniLM: 26-44 vs 85-105 texts/s). Which case
+    2.5-6x *slower* than one (measured with MiniLM: 26-44 vs 85-105 texts/s). Which case
     holds changes while a run goes on, so both counts are timed, the faster one (an
     exponential average of tokens/s) is used, and the other is re-tried now and then in
     case the load changed: after ``explore_every`` batches, and twice as long after each
@@ -98,9 +98,11 @@ class SentenceEncoder:
     supports it, else fp32. Measured on 232 original/variant pairs of chatterbot answers
     (2 busy cores, 1 thread): bf16 moves the similarity by 0.0004 on average (max 0.003,
     no threshold decision at 0.85 changed) at 92-149 texts/s, fp32 runs 72-89 texts/s,
-    and int8 96-114 texts/s but moves it by 0.04 (max 0.17) and flips 22 of 232 decisions,
-    because its per-tensor activation scale is shared by the whole padded batch (a
-    text's embedding then depends on its batch-mates, cos down to 0.90).
+    and int8 96-114 texts/s but moves it by 0.04 (max 0.17) and flips 22 of 232 decisions:
+    its activations get one scale per tensor, so outliers (worst in the FFN output
+    projections; keeping those fp32 halves the error) crush the rest, and the scale is
+    shared by the whole padded batch, so a text's embedding depends on its batch-mates
+    (cos down to 0.90 against the same text encoded alone).
 
     Embeddings of the last ``cache_size`` distinct texts are kept: an original is encoded
     once, however many variants, techniques and calls compare against it. ``threads=None``
