@@ -1,6 +1,6 @@
 """Augmentation speed: sentences/s per technique, with baselines measured in the same run.
 
-    .venv/bin/python benchmarks/bench_augmentation.py [--sentences 128] [--fgsm-sentences 16]
+    .venv/bin/python benchmarks/bench_augmentation.py [--sentences 128] [--lm-sentences 32] [--fgsm-sentences 16]
 
 Sentences are chatterbot-corpus answers (English and Chinese). Baselines for contextual
 synonym replacement:
@@ -12,12 +12,18 @@ synonym replacement:
   ships a masked LM with its head, so the model is a BertForMaskedLM of all-MiniLM-L6-v2's
   size and weights with an untrained head: its outputs are junk, its speed is real.
 
+The batched rows use the encoder as shipped: embeddings cached per text (cleared before
+every timed row, so no row profits from an earlier one) and the thread count chosen per
+batch by measured speed; "2 threads fixed" is the same run without that choice. Causal-LM
+ranking scores the variants that pass the similarity filter with SmolLM2-135M.
+
 FGSM runs on the embedded SmolLM2-135M (a forward and a backward per sentence).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import tempfile
@@ -30,7 +36,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deepfeed.core.augmentation import WordNetSynonyms, protected_mask  # noqa: E402
-from deepfeed.core.contextual_synonyms import ContextualSynonymReplacer, SynonymEdit  # noqa: E402
+from deepfeed.core.contextual_synonyms import CausalLMRanker, ContextualSynonymReplacer, SynonymEdit  # noqa: E402
 from deepfeed.core.encoders import SentenceEncoder, minilm_path  # noqa: E402
 from deepfeed.core.offline import activate_nltk_data, ensure_smollm2, package_dir  # noqa: E402
 from deepfeed.core.structural import structural_variant  # noqa: E402
@@ -75,41 +81,59 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sentences", type=int, default=128)
     parser.add_argument("--fgsm-sentences", type=int, default=16)
+    parser.add_argument("--lm-sentences", type=int, default=32)
     args = parser.parse_args()
-    print(f"torch threads: {torch.get_num_threads()}")
+    print(f"torch threads: {torch.get_num_threads()}; load average at start: {os.getloadavg()}")
     activate_nltk_data()
     english, chinese = corpus_sentences("english", args.sentences), corpus_sentences("chinese", args.sentences // 2)
     encoder = SentenceEncoder()
+    print(f"encoder precision: {encoder.precision}")
     replacer = ContextualSynonymReplacer(encoder, WordNetSynonyms(base_forms_only=True), CilinSynonyms(), protected_mask, threshold=0.85, rate=0.15, variants=2)
     replacer.replace_batch(english[:4] + chinese[:4], random.Random(0))  # warm-up: WordNet index, jieba dictionary
+
+    def batched(label: str, synonyms: ContextualSynonymReplacer, texts: list[str], baseline: float) -> None:
+        synonyms.encoder.clear_cache()
+        results, seconds = timed(lambda: synonyms.replace_batch(texts, random.Random(0)))
+        kept = sum(isinstance(r, SynonymEdit) for r in results)
+        rate(f"{label} ({kept}/{len(texts)} edited)", len(texts), seconds, baseline)
 
     naive_count = max(8, args.sentences // 4)
     nlpaug_seconds = nlpaug_per_sentence(english[:naive_count])
     baseline = rate("nlpaug ContextualWordEmbsAug, per sentence (en)", naive_count, nlpaug_seconds)
+    encoder.clear_cache()
     _, seconds = timed(lambda: [replacer.replace_batch([t], random.Random(0)) for t in english[:naive_count]])
     rate("contextual synonyms, same method per sentence (en)", naive_count, seconds, baseline)
     for label, texts in [("en", english), ("zh", chinese)]:
-        results, seconds = timed(lambda: replacer.replace_batch(texts, random.Random(0)))
-        kept = sum(isinstance(r, SynonymEdit) for r in results)
-        rate(f"contextual synonyms, batched ({label}; {kept}/{len(texts)} edited)", len(texts), seconds, baseline)
-    fp32 = ContextualSynonymReplacer(SentenceEncoder(quantize=False), replacer.lexicons["en"], replacer.lexicons["zh"], protected_mask, 0.85, 0.15, 2)
-    _, seconds = timed(lambda: fp32.replace_batch(english, random.Random(0)))
-    rate("contextual synonyms, batched, fp32 encoder (en)", len(english), seconds, baseline)
+        batched(f"contextual synonyms, batched ({label})", replacer, texts, baseline)
+    print(f"  thread choice so far, tokens/s by thread count: { {t: round(r) for t, r in encoder.tuner.rates.items()} }")
+    lexicons = replacer.lexicons["en"], replacer.lexicons["zh"]
+    fixed = ContextualSynonymReplacer(SentenceEncoder(precision="int8", threads=2, batch_size=64, cache_size=0), *lexicons, protected_mask, 0.85, 0.15, 2)
+    batched("contextual synonyms, batched, as before: int8, 2 threads, batch 64 (en)", fixed, english, baseline)
+    for precision in ("fp32", "int8"):
+        other = ContextualSynonymReplacer(SentenceEncoder(precision=precision), *lexicons, protected_mask, 0.85, 0.15, 2)
+        batched(f"contextual synonyms, batched, {precision} encoder (en)", other, english, baseline)
+
+    from deepfeed.core.modeling import load_model, load_tokenizer
+
+    path = ensure_smollm2()
+    model, tokenizer = load_model(path), load_tokenizer(path)
+    ranked = ContextualSynonymReplacer(encoder, *lexicons, protected_mask, 0.85, 0.15, 2, ranker=CausalLMRanker(model, tokenizer))
+    batched("contextual synonyms, batched, same sentences unranked (en)", replacer, english[: args.lm_sentences], baseline)
+    batched("contextual synonyms, batched, SmolLM2 ranking (en)", ranked, english[: args.lm_sentences], baseline)
 
     results, seconds = timed(lambda: [structural_variant(t, random.Random(0)) for t in english + chinese])
     kept = sum(isinstance(r, tuple) for r in results)
     rate(f"structural perturbation (en+zh; {kept}/{len(results)} reordered)", len(results), seconds, baseline)
 
     from deepfeed.core.fgsm import FgsmTextAttack
-    from deepfeed.core.modeling import load_model, load_tokenizer
 
-    path = ensure_smollm2()
-    attack = FgsmTextAttack(load_model(path), load_tokenizer(path), epsilon=0.1, max_modification_rate=0.15, protected=protected_mask)
+    attack = FgsmTextAttack(model, tokenizer, epsilon=0.1, max_modification_rate=0.15, protected=protected_mask)
     attack.attack(english[:1])
     texts = english[: args.fgsm_sentences]
     results, seconds = timed(lambda: attack.attack(texts))
     kept = sum(hasattr(r, "swaps") for r in results)
     rate(f"FGSM on SmolLM2-135M (en; {kept}/{len(texts)} attacked)", len(texts), seconds, baseline)
+    print(f"load average at end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

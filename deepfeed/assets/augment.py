@@ -23,7 +23,11 @@ class AugmentedCorpusConfig(dg.Config):
     fgsm_max_records: int = Field(default=16, description="Most records attacked with FGSM per run (each costs a forward and backward pass of the model); the rest are skipped with the reason.")
     synonym_rate: float = Field(default=0.15, description="Share of the eligible words replaced in a synonym child.")
     similarity_threshold: float = Field(default=0.85, description="Least cosine similarity (MiniLM sentence embeddings) between a synonym child and its parent.")
-    synonym_variants: int = Field(default=2, description="Candidate variants scored per record; the most similar one above the threshold is kept.")
+    synonym_variants: int = Field(default=2, description="Candidate variants scored per record; the most similar one above the threshold is kept (or, with synonym_lm_rank, the most probable one).")
+    synonym_lm_rank: bool = Field(
+        default=False,
+        description="Rank the synonym variants that pass the similarity threshold by their sentence log-probability under the base causal LM (batched; slower, so off by default). MiniLM similarity stays the filter. Lexicon path only: not with masked_lm_path.",
+    )
     masked_lm_path: str = Field(default="", description="Local masked-LM folder (BERT-style, with its head): use nlpaug's fill-mask replacement instead of WordNet/Cilin. Empty: lexicons.")
     glossary_path: str = Field(default="", description="Glossary (.yaml/.csv) whose terms are never altered. Empty: the shipped ICD-10 example.")
     fgsm_epsilon: float = Field(default=0.1, description="FGSM step size ε in embedding space (SPEC: at most 0.5).")
@@ -73,7 +77,8 @@ def augmented_corpus(
     settings = AugmentSettings(**{f.name: getattr(config, f.name) for f in fields(AugmentSettings)})
     try:
         plan = settings.plan()
-        augmenters = build_augmenters(settings, model_source.resolve() if settings.fgsm_ratio > 0 else None)
+        needs_model = settings.fgsm_ratio > 0 or (settings.synonym_ratio > 0 and settings.synonym_lm_rank)
+        augmenters = build_augmenters(settings, model_source.resolve() if needs_model else None)
     except AugmentSettingsError as exc:
         raise fail(f"augmented_corpus.config.{exc.field}", str(exc)) from exc
     result = augment_corpus(records, plan, augmenters)

@@ -16,7 +16,6 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from deepfeed.core.augmentation import AugmentationResult
 from deepfeed.core.cleaning import content_key
 from deepfeed.core.contextual_synonyms import ContextualSynonymReplacer, MaskedLMReplacer, Skip
 from deepfeed.core.dedup import NearDuplicateIndex
@@ -25,6 +24,15 @@ from deepfeed.core.fgsm import FgsmTextAttack
 from deepfeed.core.structural import structural_variant
 
 TECHNIQUES = ("synonym", "structural", "fgsm")
+
+
+@dataclass
+class AugmentationResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
 @dataclass(frozen=True)
@@ -116,7 +124,10 @@ def augment_corpus(records: list[dict[str, Any]], plan: AugmentPlan, augmenters:
             if isinstance(outcome, Skip):
                 skip(record, "synonym", outcome.reason)
             else:
-                candidates.append((record, outcome.text, name, {**plan.technique_params.get("synonym", {}), "replaced": outcome.replaced, "_similarity": outcome.similarity}))
+                params = {**plan.technique_params.get("synonym", {}), "replaced": outcome.replaced, "_similarity": outcome.similarity}
+                if getattr(outcome, "lm_logprob", None) is not None:
+                    params["lm_logprob"] = outcome.lm_logprob
+                candidates.append((record, outcome.text, name, params))
     for record in wanted["fgsm"][plan.fgsm_max_records:]:
         skip(record, "fgsm", f"over fgsm_max_records={plan.fgsm_max_records}")
     for record in wanted["fgsm"][: plan.fgsm_max_records]:

@@ -27,6 +27,7 @@ class AugmentSettings:
     synonym_rate: float = 0.15
     similarity_threshold: float = 0.85
     synonym_variants: int = 2
+    synonym_lm_rank: bool = False
     masked_lm_path: str = ""
     glossary_path: str = ""
     fgsm_epsilon: float = 0.1
@@ -46,7 +47,12 @@ class AugmentSettings:
                 near_duplicate_threshold=self.near_duplicate_threshold,
                 seed=self.seed,
                 technique_params={
-                    "synonym": {"rate": self.synonym_rate, "threshold": self.similarity_threshold, "masked_lm": bool(self.masked_lm_path)},
+                    "synonym": {
+                        "rate": self.synonym_rate,
+                        "threshold": self.similarity_threshold,
+                        "masked_lm": bool(self.masked_lm_path),
+                        "ranked_by": "causal_lm" if self.synonym_lm_rank else "similarity",
+                    },
                     "fgsm": {"epsilon": self.fgsm_epsilon, "max_modification_rate": self.fgsm_max_modification_rate},
                 },
             )
@@ -54,8 +60,12 @@ class AugmentSettings:
             raise AugmentSettingsError(str(exc).split()[0], str(exc)) from exc
 
 
-def build_augmenters(settings: AugmentSettings, fgsm_model_path: Path | None = None) -> Augmenters:
-    """Load only what the configured ratios use; bad settings raise AugmentSettingsError."""
+def build_augmenters(settings: AugmentSettings, model_path: Path | None = None) -> Augmenters:
+    """Load only what the configured ratios use; bad settings raise AugmentSettingsError.
+
+    ``model_path`` is the causal LM that FGSM attacks and that ranks synonym variants
+    (``synonym_lm_rank``); both share one loaded copy.
+    """
     from deepfeed.core.encoders import SentenceEncoder
     from deepfeed.core.glossary import load_glossary
 
@@ -64,27 +74,38 @@ def build_augmenters(settings: AugmentSettings, fgsm_model_path: Path | None = N
     except (OSError, ValueError) as exc:
         raise AugmentSettingsError("glossary_path", str(exc)) from exc
     protected = partial(protected_mask, glossary=glossary)
+    ranking = settings.synonym_ratio > 0 and settings.synonym_lm_rank
+    if ranking and settings.masked_lm_path:
+        raise AugmentSettingsError("synonym_lm_rank", "ranks lexicon variants; the masked-LM path (masked_lm_path) proposes one variant per record, so there is nothing to rank")
+    for field, needed in (("fgsm_ratio", settings.fgsm_ratio > 0), ("synonym_lm_rank", ranking)):
+        if needed and model_path is None:
+            raise AugmentSettingsError(field, f"{field} needs a causal LM; switch it off or provide one")
+    model = tokenizer = None
+    if settings.fgsm_ratio > 0 or ranking:
+        from deepfeed.core.modeling import load_model, load_tokenizer
+
+        model, tokenizer = load_model(model_path), load_tokenizer(model_path)
     encoder = SentenceEncoder()
     augmenters = Augmenters(encoder=encoder)
     if settings.synonym_ratio > 0:
-        augmenters.synonyms = _synonyms(settings, encoder, protected)
+        ranker = None
+        if ranking:
+            from deepfeed.core.contextual_synonyms import CausalLMRanker
+
+            ranker = CausalLMRanker(model, tokenizer)
+        augmenters.synonyms = _synonyms(settings, encoder, protected, ranker)
     if settings.fgsm_ratio > 0:
-        if fgsm_model_path is None:
-            raise AugmentSettingsError("fgsm_ratio", "FGSM needs a model; set fgsm_ratio: 0 or provide one")
         from deepfeed.core.fgsm import FgsmTextAttack
-        from deepfeed.core.modeling import load_model, load_tokenizer
 
         try:
-            augmenters.fgsm = FgsmTextAttack(
-                load_model(fgsm_model_path), load_tokenizer(fgsm_model_path), settings.fgsm_epsilon, settings.fgsm_max_modification_rate, protected
-            )
+            augmenters.fgsm = FgsmTextAttack(model, tokenizer, settings.fgsm_epsilon, settings.fgsm_max_modification_rate, protected)
         except ValueError as exc:
             field = "fgsm_epsilon" if "epsilon" in str(exc) else "fgsm_max_modification_rate"
             raise AugmentSettingsError(field, str(exc)) from exc
     return augmenters
 
 
-def _synonyms(settings: AugmentSettings, encoder, protected):
+def _synonyms(settings: AugmentSettings, encoder, protected, ranker=None):
     from deepfeed.core.contextual_synonyms import ContextualSynonymReplacer, MaskedLMReplacer
 
     if settings.masked_lm_path:
@@ -98,7 +119,7 @@ def _synonyms(settings: AugmentSettings, encoder, protected):
     activate_nltk_data()
     try:
         return ContextualSynonymReplacer(
-            encoder, WordNetSynonyms(base_forms_only=True), CilinSynonyms(), protected, settings.similarity_threshold, settings.synonym_rate, settings.synonym_variants
+            encoder, WordNetSynonyms(base_forms_only=True), CilinSynonyms(), protected, settings.similarity_threshold, settings.synonym_rate, settings.synonym_variants, ranker
         )
     except ValueError as exc:
         field = "synonym_rate" if "rate" in str(exc) else "similarity_threshold"

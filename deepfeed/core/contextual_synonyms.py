@@ -10,6 +10,12 @@ the threshold: the sentence context, not the lexicon, decides which sense fits
 Batching is what makes this fast: nlpaug's contextual augmenter runs a masked LM per
 sentence per word (nlpaug issue #248); here one encoder pass scores a whole batch.
 
+Optionally a causal LM ranks the variants that pass the similarity filter
+(:class:`CausalLMRanker`): the log-probability of the whole sentence with the
+substitute judges fluency and fit on both sides of the word, which a sentence embedding
+barely sees ("made a decision" vs "made a determination" embed alike). MiniLM stays the
+filter: the LM only orders what already kept the meaning.
+
 With a user-supplied local masked LM, :class:`MaskedLMReplacer` uses nlpaug's
 ``ContextualWordEmbsAug`` fill-mask path instead, under the same protection and the
 same similarity filter.
@@ -61,6 +67,62 @@ class SynonymEdit:
     text: str
     replaced: int
     similarity: float
+    # Sentence log-probability under the ranking causal LM; None when nothing ranked it.
+    lm_logprob: float | None = None
+
+
+class CausalLMRanker:
+    """Sentence log-probabilities under a causal LM, in padded batches.
+
+    The score is the sum of the token log-probabilities, each given everything to its
+    left, starting after the BOS (or EOS) token so the first word is scored too. A sum,
+    not a mean: it is the probability of the string, so variants of one sentence that
+    tokenise to different lengths are compared on the same footing.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int = 256, threads: int | None = None):
+        import torch
+
+        from deepfeed.core.encoders import ThreadTuner
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_length = max_length
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if start is None:
+            raise ValueError("the ranking LM's tokenizer has neither a BOS nor an EOS token to start a sentence with")
+        self.start = start
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start
+        # Busy cores make two OpenMP threads slower than one, for the LM as for the encoder.
+        self.tuner = ThreadTuner(torch.get_num_threads(), fixed=threads)
+
+    def log_probs(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        ids = self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=self.max_length - 1)["input_ids"]
+        out = np.zeros(len(texts), dtype=np.float64)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # little padding per batch
+        with torch.inference_mode():
+            for begin in range(0, len(order), self.batch_size):
+                rows = order[begin : begin + self.batch_size]
+                width = 1 + max(len(ids[i]) for i in rows)
+                tokens = torch.full((len(rows), width), self.pad, dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for r, i in enumerate(rows):
+                    seq = [self.start, *ids[i]]
+                    tokens[r, : len(seq)] = torch.tensor(seq)
+                    mask[r, : len(seq)] = 1
+                logits = self.tuner.run(lambda: self.model(input_ids=tokens, attention_mask=mask).logits, int(mask.sum()))[:, :-1].float()
+                targets = tokens[:, 1:]
+                # gather - logsumexp: the log-softmax of the target only, without a second
+                # vocabulary-sized tensor per position.
+                picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+                sums = (picked * mask[:, 1:]).sum(1)
+                out[rows] = sums.double().numpy()
+        return out
 
 
 @dataclass(frozen=True)
@@ -86,6 +148,7 @@ class ContextualSynonymReplacer:
         threshold: float = 0.85,
         rate: float = 0.15,
         variants: int = 3,
+        ranker: CausalLMRanker | None = None,
     ):
         if not 0.0 < rate <= 1.0:
             raise ValueError(f"rate must be in (0, 1], got {rate}")
@@ -97,6 +160,7 @@ class ContextualSynonymReplacer:
         self.threshold = threshold
         self.rate = rate
         self.variants = max(1, variants)
+        self.ranker = ranker
 
     def script(self, text: str) -> str | Skip:
         """The language whose lexicon applies, judged on the unprotected text."""
@@ -160,19 +224,41 @@ class ContextualSynonymReplacer:
         embeddings = self.encoder.encode([texts[i] for i in originals] + flat)
         base = {i: embeddings[k] for k, i in enumerate(originals)}
         cursor = len(originals)
-        results: list[SynonymEdit | Skip] = []
+        kept: dict[int, list[tuple[int, float]]] = {}  # text -> (variant, similarity) above the threshold
+        results: list[SynonymEdit | Skip | None] = []
         for i, plan in enumerate(plans):
             if isinstance(plan, Skip):
                 results.append(plan)
                 continue
             sims = embeddings[cursor : cursor + len(plan)] @ base[i]
             cursor += len(plan)
-            best = int(np.argmax(sims))
-            if sims[best] < self.threshold:
-                results.append(Skip(f"no variant kept the meaning (best similarity {sims[best]:.2f} < {self.threshold})"))
+            passing = [(v, float(sims[v])) for v in range(len(plan)) if sims[v] >= self.threshold]
+            if passing:
+                kept[i] = passing
+                results.append(None)
             else:
-                results.append(SynonymEdit(plan[best][0], plan[best][1], float(sims[best])))
+                best = float(sims.max())
+                results.append(Skip(f"no variant kept the meaning (best similarity {best:.2f} < {self.threshold})"))
+        scores = self._rank_scores(plans, kept)
+        for i, passing in kept.items():
+            if (i, passing[0][0]) not in scores:
+                v, sim = max(passing, key=lambda p: p[1])
+                results[i] = SynonymEdit(plans[i][v][0], plans[i][v][1], sim)
+            else:
+                v, sim = max(passing, key=lambda p: scores[(i, p[0])])
+                results[i] = SynonymEdit(plans[i][v][0], plans[i][v][1], sim, round(scores[(i, v)], 4))
         return results
+
+    def _rank_scores(self, plans, kept) -> dict[tuple[int, int], float]:
+        """LM log-probabilities, in one batched pass, of the variants that passed the filter
+        where there is a choice: a lone survivor is kept without spending the LM on it."""
+        if self.ranker is None:
+            return {}
+        keys = [(i, v) for i, passing in kept.items() if len(passing) > 1 for v, _ in passing]
+        if not keys:
+            return {}
+        scores = self.ranker.log_probs([plans[i][v][0] for i, v in keys])
+        return dict(zip(keys, map(float, scores)))
 
 
 class MaskedLMReplacer:

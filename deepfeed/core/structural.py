@@ -12,9 +12,8 @@ from __future__ import annotations
 import random
 import re
 
-from deepfeed.core.augmentation import _ORDERED
-
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+_ORDERED = re.compile(r"^\s*(?:\d+[.)]\s|[-*•]\s|(?:step\s+\d+|first|then|finally)\b)", re.I | re.M)
 _DIALOG = re.compile(r"^\s*(?:[A-Z][\w ]{0,20}|问|答|用户|客服|医生|患者)\s*[:：]", re.M)
 _EN_SEQUENCE = re.compile(
     r"\b(?:then|after|afterwards|before|first|second|next|finally|later|until|once|so|because|since|therefore|thus|hence|if|unless|when|while|but|however|otherwise|it|this|that|they|he|she|these|those)\b",

@@ -97,3 +97,23 @@ def test_fgsm_is_capped_and_the_rest_say_why(augmenters):
     capped = [s for s in skipped if "fgsm: over fgsm_max_records=1" in s]
     attempted = len(skipped) - len(capped) - sum(1 for s in skipped if any("empty text" in x or "longer than" in x for x in s))
     assert capped and attempted == 1
+
+
+PROTECTED_TEXT = "Patient with code I10 called <PHONE> at 10:30 and walked 3 miles quickly home"
+
+
+def test_protected_mask_covers_codes_placeholders_times_and_numbers():
+    spans = [PROTECTED_TEXT[a:b] for a, b in protected_mask(PROTECTED_TEXT)]
+    assert {"I10", "<PHONE>", "10:30", "3"} <= set(spans)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_synonym_children_never_touch_protected_spans(augmenters, seed):
+    # Every replaceable word replaced and no meaning filter: only protection stands in the way.
+    eager = ContextualSynonymReplacer(augmenters.encoder, augmenters.synonyms.lexicons["en"], None, protected=protected_mask, threshold=-1.0, rate=1.0)
+    records = [{"record_id": "p", "kind": "pair", "prompt": "Q?", "response": PROTECTED_TEXT, "text": None, "lang": "en", "split": "train"}]
+    result = augment_corpus(records, AugmentPlan(synonym_ratio=1.0, structural_ratio=0.0, seed=seed), Augmenters(encoder=augmenters.encoder, synonyms=eager))
+    (child,) = [r for r in result.records if r["technique"] == "contextual_synonym"]
+    assert child["response"] != PROTECTED_TEXT and json.loads(child["aug_params"])["replaced"] >= 3
+    for token in ("I10", "<PHONE>", "10:30", " 3 "):
+        assert token in child["response"]

@@ -34,6 +34,8 @@ def test_sentences_are_reordered_as_wholes():
         ("1. Open settings.\n2. Press reset.", "order carries meaning (steps, list, code or dialog)"),
         ("User: my screen is black\nAgent: restart the phone", "order carries meaning (steps, list, code or dialog)"),
         ("Open the app. Then press reset.", "a sentence depends on the one before it"),
+        ("First mix it. Then bake it.", "order carries meaning (steps, list, code or dialog)"),
+        ("- Open settings.\n- Press reset.", "order carries meaning (steps, list, code or dialog)"),
         ("Buy a ticket. It is valid for a day.", "a sentence depends on the one before it"),
         ("先洗手，然后吃饭。", "a sequencing, causal or referring word ties the clauses together"),
         ("Take the pill because the pain is strong, and rest.", "a sequencing, causal or referring word ties the clauses together"),

@@ -1,15 +1,20 @@
 """Contextual synonym replacement with the real bundled encoder and lexicons."""
 
+import json
 import random
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 
 from deepfeed.core.augmentation import WordNetSynonyms, protected_mask
-from deepfeed.core.contextual_synonyms import ContextualSynonymReplacer, MaskedLMReplacer, Skip, SynonymEdit, text_script
+from deepfeed.core.augment_corpus import AugmentPlan, Augmenters, augment_corpus
+from deepfeed.core.augment_setup import AugmentSettings, AugmentSettingsError, build_augmenters
+from deepfeed.core.contextual_synonyms import CausalLMRanker, ContextualSynonymReplacer, MaskedLMReplacer, Skip, SynonymEdit, text_script
 from deepfeed.core.encoders import SentenceEncoder
 from deepfeed.core.glossary import load_glossary
+from deepfeed.core.modeling import load_model, load_tokenizer
 from deepfeed.core.offline import activate_nltk_data
 from deepfeed.core.zh_synonyms import CilinSynonyms
 
@@ -100,3 +105,104 @@ def test_nlpaug_fill_mask_path_with_a_local_bert(tmp_path, encoder):
         assert edit.text != text and "[MASK]" not in edit.text
     if isinstance(results[0], SynonymEdit):
         assert "42" in results[0].text
+
+
+class _Lexicon:
+    """A fixed lexicon: the test picks the candidates, the models choose between them."""
+
+    def __init__(self, table: dict[str, list[str]]):
+        self.table = table
+
+    def candidates(self, word: str) -> list[str]:
+        return self.table.get(word.lower(), [])
+
+
+DOCTOR = "The doctor examined the patient."
+
+
+@pytest.fixture(scope="module")
+def banana_lm(tiny_llama):
+    """The tiny LM after a few steps on one sentence: it now prefers "banana" where MiniLM prefers "physician"."""
+    model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
+    torch.manual_seed(0)
+    ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer("The banana examined the patient.", add_special_tokens=False)["input_ids"]]])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        optimizer.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+    return model.eval(), tokenizer
+
+
+def test_lm_log_probs_do_not_depend_on_batching(banana_lm):
+    texts = ["The banana examined the patient.", "Short.", "A much longer sentence about blood pressure and water, with commas.", "今天天气晴朗。"]
+    batched = CausalLMRanker(*banana_lm, batch_size=4).log_probs(texts)
+    alone = CausalLMRanker(*banana_lm, batch_size=1).log_probs(texts)
+    assert np.allclose(batched, alone, atol=1e-3) and (batched < 0).all()
+    assert batched[0] > CausalLMRanker(*banana_lm).log_probs(["The doctor examined the patient."])[0]
+
+
+def test_causal_lm_ranking_changes_the_chosen_variant_and_similarity_still_filters(encoder, banana_lm):
+    lexicon = _Lexicon({"doctor": ["physician", "banana"]})
+    kwargs = dict(rate=1.0, variants=8)  # eight draws of two candidates: both variants are scored
+    (by_similarity,) = ContextualSynonymReplacer(encoder, lexicon, None, threshold=-1.0, **kwargs).replace_batch([DOCTOR], random.Random(0))
+    ranker = CausalLMRanker(*banana_lm)
+    (by_lm,) = ContextualSynonymReplacer(encoder, lexicon, None, threshold=-1.0, ranker=ranker, **kwargs).replace_batch([DOCTOR], random.Random(0))
+    assert by_similarity.text == "The physician examined the patient." and by_similarity.lm_logprob is None
+    assert by_lm.text == "The banana examined the patient." and by_lm.lm_logprob < 0
+    assert by_lm.similarity < by_similarity.similarity
+    # A threshold between the two similarities leaves the LM only the physician.
+    between = (by_lm.similarity + by_similarity.similarity) / 2
+    strict = ContextualSynonymReplacer(encoder, lexicon, None, threshold=between, ranker=ranker, **kwargs)
+    (filtered,) = strict.replace_batch([DOCTOR], random.Random(0))
+    assert filtered.text == "The physician examined the patient."
+    assert filtered.lm_logprob is None  # a lone survivor: nothing to rank, no LM pass spent
+    record = {"record_id": "d", "kind": "text", "text": DOCTOR, "lang": "en", "split": "train"}
+    ranked = ContextualSynonymReplacer(encoder, lexicon, None, threshold=-1.0, ranker=ranker, **kwargs)
+    result = augment_corpus([record], AugmentPlan(synonym_ratio=1.0, structural_ratio=0.0), Augmenters(encoder=encoder, synonyms=ranked))
+    (child,) = [r for r in result.records if r["technique"] == "contextual_synonym"]
+    assert child["text"] == by_lm.text and json.loads(child["aug_params"])["lm_logprob"] == by_lm.lm_logprob
+
+
+def test_lm_ranking_settings_are_checked_before_anything_loads(tmp_path):
+    with pytest.raises(AugmentSettingsError, match="masked-LM path") as masked:
+        build_augmenters(AugmentSettings(synonym_lm_rank=True, masked_lm_path=str(tmp_path), fgsm_ratio=0.0), tmp_path)
+    with pytest.raises(AugmentSettingsError, match="needs a causal LM") as missing:
+        build_augmenters(AugmentSettings(synonym_lm_rank=True, fgsm_ratio=0.0), None)
+    assert masked.value.field == missing.value.field == "synonym_lm_rank"
+    assert json.loads(json.dumps(AugmentSettings(synonym_lm_rank=True).plan().technique_params))["synonym"]["ranked_by"] == "causal_lm"
+
+
+def test_encoder_cache_and_thread_choice_leave_the_embeddings_unchanged(encoder):
+    from deepfeed.core.encoders import SentenceEncoder, ThreadTuner
+
+    texts = ["The doctor examined the patient.", "A second, longer sentence about the weather today.", "The doctor examined the patient."]
+    threads = torch.get_num_threads()
+    fixed = SentenceEncoder(threads=1, cache_size=0)
+    reference = fixed.encode(texts)
+    assert np.array_equal(reference[0], reference[2]) and not fixed._cache
+    encoder.clear_cache()
+    first = encoder.encode(texts)
+    assert list(encoder._cache) == texts[:2]
+    again = encoder.encode(texts[::-1])
+    assert np.allclose(first, reference, atol=1e-5) and np.array_equal(again, first[::-1])
+    assert torch.get_num_threads() == threads  # the tuner's choice does not leak out of encode
+    tuner = ThreadTuner(max_threads=2, explore_every=2)
+    picks = []
+    for _ in range(16):
+        picks.append(tuner.pick())
+        tuner.record(picks[-1], tokens=100, seconds=1.0 if picks[-1] == 1 else 3.0)  # one thread is faster here
+    # Both timed, then two threads retried every 2, 4, then 8 picks while it keeps losing.
+    assert picks == [1, 2, 1, 2, 1, 1, 1, 2] + [1] * 7 + [2]
+    assert tuner.interval == 16
+
+
+def test_encoder_precisions_agree_with_fp32_where_it_matters(encoder):
+    from deepfeed.core.encoders import SentenceEncoder
+
+    originals = ["The doctor examined the patient.", "Drink plenty of water and get enough rest."] * 2
+    variants = ["The physician examined the patient.", "Drink lots of water and get enough sleep.", "Stock prices fell sharply on Monday.", "The cat sat on the mat."]
+    exact = SentenceEncoder(precision="fp32").similarity(originals, variants)
+    assert np.abs(encoder.similarity(originals, variants) - exact).max() < 0.01  # the default (bf16 where supported)
+    with pytest.raises(ValueError, match="precision"):
+        SentenceEncoder(precision="fp8")
