@@ -52,6 +52,17 @@ def cache_key(teacher_path: Path, examples: Sequence[Example], top_k: int) -> st
     return f"t{teacher[:16]}-d{examples_hash(examples)[:16]}-k{top_k}"
 
 
+# Full fp32 logits cost 4·vocab bytes per position (196 KB with a 49k vocabulary): past
+# this size a cache must keep only the top k.
+FULL_LOGITS_MAX_BYTES = 2 * 2**30
+
+
+def cache_bytes(examples: Sequence[Example], vocab_size: int, top_k: int) -> int:
+    positions = sum(int(_labelled_positions(e).numel()) for e in examples)
+    per_position = 6 * top_k if top_k and top_k < vocab_size else 4 * vocab_size  # fp16 + int32 ids, or fp32
+    return positions * per_position
+
+
 def _labelled_positions(example: Example) -> torch.Tensor:
     labels = torch.tensor(example.labels)
     return torch.nonzero(labels[1:] != IGNORE).flatten()

@@ -336,6 +336,10 @@ def _teacher_cache(teacher_path: Path, cache_dir: Path | None, examples, tokeniz
     if cache_dir is None:
         raise TrainingError("teacher_cache is on but no teacher cache folder was given")
     rank, world = _world()
+    size = teacher_cache.cache_bytes(examples, vocab_size, config.teacher_cache_top_k)
+    if size > teacher_cache.FULL_LOGITS_MAX_BYTES and not 0 < config.teacher_cache_top_k < vocab_size:
+        raise TrainingError(f"teacher_cache_top_k=0 would store {size / 2**30:.1f} GiB of full logits (vocabulary {vocab_size}); "
+                            "set teacher_cache_top_k (e.g. 64) to keep the top k per token")
 
     def build(folder: Path) -> Path:
         teacher = _load_teacher(teacher_path, device, vocab_size)

@@ -102,3 +102,13 @@ def test_cached_teacher_logits_match_the_live_teacher_and_skip_it_on_the_next_ru
     assert all(math.isfinite(x) for x in sparse.losses) and sparse.losses[-1] < sparse.losses[0]
     with pytest.raises(TrainingError, match="no teacher cache folder"):
         fine_tune(tiny_llama, RECORDS, tmp_path / "x", cached, teacher_path=teacher)
+
+
+def test_a_full_logit_cache_past_the_size_limit_asks_for_top_k(tiny_llama, tmp_path, monkeypatch):
+    from deepfeed.core import teacher_cache
+
+    monkeypatch.setattr(teacher_cache, "FULL_LOGITS_MAX_BYTES", 10_000)
+    config = TrainingConfig(max_steps=1, distill_alpha=0.5, teacher_cache=True)
+    with pytest.raises(TrainingError, match="set teacher_cache_top_k"):
+        fine_tune(tiny_llama, RECORDS, tmp_path / "x", config, teacher_path=tiny_llama, teacher_cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "x").exists()
