@@ -441,6 +441,7 @@ def fine_tune(
         state = _resume(found[-1], model, optimizer, config, sampler, elastic)
         result.resumed_from_step = state.step
     result.losses, result.learning_rates, result.tokens = state.losses, state.learning_rates, state.tokens
+    result.adversarial_losses = state.adversarial_losses
     # A mixture-of-experts layer leaves the experts no token was routed to without a
     # gradient, which DDP must be told to expect.
     moe = getattr(model.config, "n_routed_experts", None) is not None
@@ -510,6 +511,7 @@ def fine_tune(
             state.step, state.sampler, state.tokens = done, sampler.state(), result.tokens
             state.schedule = elastic.state() if elastic else {}
             state.losses, state.learning_rates = result.losses, result.learning_rates
+            state.adversarial_losses = result.adversarial_losses
             if rank == 0:
                 try:
                     checkpointing.save_checkpoint(checkpoint_dir, model, optimizer, state, config.keep_checkpoints)
