@@ -5,8 +5,9 @@ default. LoRA (peft) or full fine-tuning; LoRA adapters are merged before saving
 every checkpoint is a plain Hugging Face folder that exports and serves the same way.
 
 One loop serves both streams of SPEC §4: the monthly full retrain and the incremental
-stream (distillation from a teacher, EWC towards the champion, an elastic learning
-rate watching a replay sample), with resumable checkpoints and, when
+stream (distillation from a live or cached teacher, EWC towards the champion with full
+fine-tuning or LoRA, an elastic learning rate watching a replay sample), optional FGSM
+adversarial training in embedding space, with resumable checkpoints and, when
 `torch.distributed` is initialised (torchrun), data-parallel training over ranks.
 """
 
