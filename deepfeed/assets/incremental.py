@@ -21,7 +21,9 @@ from deepfeed.assets.training import (
     checkpoint_source,
     feedback_store,
     log_to_mlflow,
+    teacher_cache_root,
     train_logged,
+    training_metadata,
     TrainingFields,
     write_reports,
 )
@@ -37,7 +39,7 @@ feedback_batches = dg.DynamicPartitionsDefinition(name="feedback_batches")
 
 
 class IncrementalModelConfig(TrainingFields):
-    method: str = Field(default="full", description="'full' (needed for EWC) or 'lora'.")
+    method: str = Field(default="full", description="'full' or 'lora' (EWC then penalises the adapters' delta of the adapted weights).")
     max_steps: int = Field(default=20, description="Optimizer steps on this feedback batch (+ replay).")
     learning_rate: float = Field(default=3e-5, description="Initial learning rate of the incremental stream (SPEC: 3e-5).")
     warmup_steps: int = Field(default=0, description="Linear warm-up steps.")
@@ -106,6 +108,7 @@ def incremental_model(
             ewc_records=earlier if config.ewc_lambda > 0 else None,
             eval_records=plan.replay_eval,
             checkpoint_dir=state if config.checkpoint_every else None,
+            teacher_cache_dir=teacher_cache_root(store) if config.teacher_cache else None,
         )
         extra = {"feedback_batch": batch_id, "parent_version": parent, "start": str(champion), "feedback_records": plan.feedback, "replayed_records": plan.replayed}
         write_reports(version.path, result, training, extra)
@@ -128,6 +131,7 @@ def incremental_model(
             **handle_metadata(handle),
             "mlflow_model_version": model_version,
             "fisher_file": dg.MetadataValue.path(result.fisher_file) if result.fisher_file else "none",
+            **training_metadata(result),
             "replay_loss": dg.MetadataValue.md("| step | replay loss |\n|---:|---:|\n" + eval_rows if eval_rows else "_no replay sample_"),
             "loss_curve": dg.MetadataValue.md(markdown_image(folder / "loss_curve.png", "incremental loss")),
         },

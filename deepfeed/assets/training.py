@@ -66,8 +66,12 @@ class TrainingFields(dg.Config):
     distill_alpha: float = Field(default=1.0, description="Weight of the label CE; 1 - alpha goes to the teacher's KL at distill_temperature (1.0 = no distillation).")
     distill_temperature: float = Field(default=0.7, description="Softmax temperature of distillation (SPEC: 0.7); the KL is scaled by T^2.")
     teacher_path: str = Field(default="", description="Teacher checkpoint folder for distillation; empty = the current MLflow champion.")
-    ewc_lambda: float = Field(default=0.0, description="EWC penalty strength towards the starting checkpoint (0 = off; needs method=full).")
+    teacher_cache: bool = Field(default=False, description="Compute the teacher's logits once into <artifact root>/teacher_logits (keyed by teacher hash + data hash + top-k) and read them back every step, epoch and later run instead of running the teacher; for large teachers.")
+    teacher_cache_top_k: int = Field(default=0, description="With teacher_cache: keep the k largest teacher logits per token in fp16 with their token ids (KL over those k, teacher renormalised); 0 = full fp32 logits, identical loss, for small vocabularies.")
+    ewc_lambda: float = Field(default=0.0, description="EWC penalty strength towards the starting checkpoint (0 = off). Full fine-tuning penalises the weights; LoRA penalises the adapters' delta of the adapted weights (B·A·scale).")
     fisher_samples: int = Field(default=32, description="Records of the earlier data used for the EWC Fisher (computed once per champion).")
+    fgsm_epsilon: float = Field(default=0.0, description="FGSM adversarial training: each step also trains on input embeddings moved by epsilon·sign(gradient); 0 = off, at most 0.5 (SPEC §3).")
+    fgsm_weight: float = Field(default=1.0, description="Weight of the FGSM adversarial loss added to the clean loss (with fgsm_epsilon > 0).")
     checkpoint_every: int = Field(default=0, description="Write a resumable checkpoint every N steps (0 = none); a retried run resumes from it.")
     nproc: int = Field(default=1, description="Training processes: > 1 runs the step as `torchrun` (DDP; gloo on CPU, nccl on GPUs) launched through Dagster Pipes.")
     seed: int = Field(default=0, description="Seed of initialization and data order.")
@@ -127,6 +131,14 @@ def write_reports(folder: Path, result: TrainingResult, training: TrainingConfig
     return plot
 
 
+def training_metadata(result: TrainingResult) -> dict[str, Any]:
+    """What the optional techniques did, for the asset's metadata."""
+    cache = "none"
+    if result.teacher_cache:
+        cache = dg.MetadataValue.path(result.teacher_cache) if result.teacher_cache_built else f"reused {result.teacher_cache}"
+    return {"teacher_cache": cache}
+
+
 def log_to_mlflow(context, mlflow: MlflowResource, prefix: str, params: dict[str, Any], result: TrainingResult, files: list[Path]) -> None:
     mlflow.log(
         context,
@@ -136,6 +148,7 @@ def log_to_mlflow(context, mlflow: MlflowResource, prefix: str, params: dict[str
             f"{prefix}_tokens_per_second": result.tokens_per_second,
             f"{prefix}_peak_memory_mb": result.peak_memory_mb,
             f"{prefix}_final_eval_loss": result.eval_losses[-1][1] if result.eval_losses else None,
+            f"{prefix}_final_adversarial_loss": result.adversarial_losses[-1] if result.adversarial_losses else None,
         },
         series={
             f"{prefix}_loss": result.losses,
@@ -144,9 +157,17 @@ def log_to_mlflow(context, mlflow: MlflowResource, prefix: str, params: dict[str
             f"{prefix}_peak_memory_mb_by_step": result.peak_memory_mb_series,
             # MLflow step = the number of evaluations so far (every eval_every steps).
             f"{prefix}_eval_loss": [loss for _, loss in result.eval_losses],
+            # The FGSM term per labelled token, already included in the loss above.
+            f"{prefix}_adversarial_loss": result.adversarial_losses,
         },
         artifacts=files,
     )
+
+
+def teacher_cache_root(store) -> Path:
+    """Beside the versioned artifacts on a local root. A remote root keeps the cache
+    in DEEPFEED_HOME instead: the logits are read every step and must be local."""
+    return Path(str(store.root.path)) / "teacher_logits" if store.is_local else deepfeed_home() / "teacher_logits"
 
 
 def checkpoint_source(store, handle: ArtifactHandle) -> str:
@@ -222,6 +243,7 @@ def finetuned_model(
             ewc_records=corpus if config.ewc_lambda > 0 else None,
             eval_records=held_out,
             checkpoint_dir=state if config.checkpoint_every else None,
+            teacher_cache_dir=teacher_cache_root(store) if config.teacher_cache else None,
         )
         plot = write_reports(version.path, result, training, {"start": str(start), "parent_version": parent})
         version.counts.update(result.summary())
@@ -244,6 +266,7 @@ def finetuned_model(
         metadata={
             **handle_metadata(handle),
             "mlflow_model_version": model_version,
+            "teacher_cache": training_metadata(result)["teacher_cache"],
             "loss_curve": dg.MetadataValue.md(markdown_image(folder / "loss_curve.png", "training loss")),
         },
     )

@@ -41,6 +41,7 @@ class TrainingState:
     losses: list[float] = field(default_factory=list)
     learning_rates: list[float] = field(default_factory=list)
     tokens: int = 0
+    adversarial_losses: list[float] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,6 +106,7 @@ def save_checkpoint(
             "losses": state.losses,
             "learning_rates": state.learning_rates,
             "tokens": state.tokens,
+            "adversarial_losses": state.adversarial_losses,
         },
         staging / STATE,
     )
@@ -141,5 +143,6 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         losses=list(saved["losses"]),
         learning_rates=list(saved["learning_rates"]),
         tokens=int(saved["tokens"]),
+        adversarial_losses=list(saved.get("adversarial_losses", [])),  # absent from checkpoints before FGSM training
         config=info["config"],
     )

@@ -106,6 +106,7 @@ def run_worker(spec_path: Path) -> None:
             ewc_records=_load(spec, "ewc_records"),
             eval_records=_load(spec, "eval_records"),
             checkpoint_dir=Path(spec["checkpoint_dir"]) if "checkpoint_dir" in spec else None,
+            teacher_cache_dir=Path(spec["teacher_cache_dir"]) if "teacher_cache_dir" in spec else None,
         )
         if rank == 0:
             Path(spec["result"]).write_text(json.dumps(asdict(result)))

@@ -109,3 +109,49 @@ class EwcPenalty:
         if total is None:
             return torch.zeros(())
         return 0.5 * self.strength * total
+
+
+@dataclass
+class LoraEwcPenalty:
+    """EWC when training LoRA adapters (peft) over frozen base weights.
+
+    The effective weight of an adapted module is W* + ΔW with ΔW = B·A·scale, and the
+    frozen W* is the champion's weight, so θ − θ* is exactly ΔW: the penalty is
+    λ/2 · Σ F ⊙ ΔW² with the Fisher computed over the base weights before the adapters
+    were added. Modules without adapters are frozen and contribute nothing. ΔW is
+    materialised per module per step (one weight-sized temporary at a time), which is
+    cheap next to the forward pass for the models LoRA is used on here.
+    """
+
+    fisher: dict[str, torch.Tensor]  # by the adapted module's name in the peft model
+    strength: float
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, fisher: dict[str, torch.Tensor], strength: float) -> "LoraEwcPenalty":
+        matched = {}
+        for name, module in model.named_modules():
+            if not (hasattr(module, "get_delta_weight") and hasattr(module, "base_layer")):
+                continue
+            # peft names the wrapped model's modules "base_model.model.<original name>".
+            key = f"{name.removeprefix('base_model.model.')}.weight"
+            if key not in fisher:
+                raise ValueError(f"the EWC Fisher has no entry for the LoRA-adapted weight {key}")
+            matched[name] = fisher[key]
+        if not matched:
+            raise ValueError("the model has no LoRA-adapted module: use EwcPenalty for full fine-tuning")
+        return cls(fisher=matched, strength=strength)
+
+    def __call__(self, model: torch.nn.Module) -> torch.Tensor:
+        modules = dict(model.named_modules())
+        total = None
+        for name, weight in self.fisher.items():
+            module = modules[name]
+            for adapter in module.active_adapters:
+                if adapter not in module.lora_A:
+                    continue
+                delta = module.get_delta_weight(adapter)
+                term = (weight.to(delta.device) * delta.float() ** 2).sum()
+                total = term if total is None else total + term
+        if total is None:
+            return torch.zeros(())
+        return 0.5 * self.strength * total

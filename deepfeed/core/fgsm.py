@@ -48,19 +48,29 @@ def _embedding_gradient(model, input_ids, attention_mask, labels) -> tuple[torch
     return embeds, grad, loss.detach()
 
 
-def fgsm_embedding_loss(model, batch: dict[str, torch.Tensor], epsilon: float) -> torch.Tensor:
-    """The LM loss on input embeddings moved by ε·sign(∇ loss); differentiable in the
-    model's parameters (the step itself is a constant, as in FGSM training).
+def adversarial_embeddings(model, batch: dict[str, torch.Tensor], epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e, e + ε·sign(∇_e loss)): the input embeddings and their FGSM step.
 
-    ``batch`` holds ``input_ids``, ``attention_mask`` and ``labels`` (as
-    :func:`deepfeed.core.modeling.collate` builds them). Typical use:
-    ``loss = clean_loss + adv_weight * fgsm_embedding_loss(model, batch, 0.05)``.
+    Both stay differentiable in the embedding table (the step itself is a constant, as
+    in FGSM training); padding positions are not moved. ``batch`` holds ``input_ids``,
+    ``attention_mask`` and ``labels`` as :func:`deepfeed.core.modeling.collate` builds them.
     """
     check_epsilon(epsilon)
     mask = batch["attention_mask"]
     embeds, grad, _ = _embedding_gradient(model, batch["input_ids"], mask, batch["labels"])
     step = epsilon * grad.sign() * mask.unsqueeze(-1).to(grad.dtype)  # padding is not input
-    return model(inputs_embeds=embeds + step, attention_mask=mask, labels=batch["labels"]).loss
+    return embeds, embeds + step
+
+
+def fgsm_embedding_loss(model, batch: dict[str, torch.Tensor], epsilon: float) -> torch.Tensor:
+    """The LM loss on input embeddings moved by ε·sign(∇ loss); differentiable in the
+    model's parameters. Typical use:
+    ``loss = clean_loss + adv_weight * fgsm_embedding_loss(model, batch, 0.05)``; the
+    training loop (``TrainingConfig.fgsm_epsilon``) uses :func:`adversarial_embeddings`
+    to run clean and perturbed rows in one pass.
+    """
+    _, perturbed = adversarial_embeddings(model, batch, epsilon)
+    return model(inputs_embeds=perturbed, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ default. LoRA (peft) or full fine-tuning; LoRA adapters are merged before saving
 every checkpoint is a plain Hugging Face folder that exports and serves the same way.
 
 One loop serves both streams of SPEC §4: the monthly full retrain and the incremental
-stream (distillation from a teacher, EWC towards the champion, an elastic learning
-rate watching a replay sample), with resumable checkpoints and, when
+stream (distillation from a live or cached teacher, EWC towards the champion with full
+fine-tuning or LoRA, an elastic learning rate watching a replay sample), optional FGSM
+adversarial training in embedding space, with resumable checkpoints and, when
 `torch.distributed` is initialised (torchrun), data-parallel training over ranks.
 """
 
@@ -24,7 +25,7 @@ from typing import Any, Callable
 import torch
 
 from deepfeed.core import checkpointing
-from deepfeed.core.distill import DistillationConfig, kl_sum, token_ce_sum
+from deepfeed.core.distill import DistillationConfig, kl_sum, kl_sum_cached, token_ce_sum
 from deepfeed.core.elastic import ElasticScale
 from deepfeed.core.modeling import Example, collate, encode_record, load_model, load_tokenizer, num_parameters
 
@@ -52,6 +53,15 @@ class TrainingConfig:
     # Knowledge distillation: loss = α·CE + (1−α)·T²·KL; α = 1 trains on labels only.
     distill_alpha: float = 1.0
     distill_temperature: float = 0.7
+    # Teacher logits computed once into `teacher_cache_dir` and read back every step,
+    # epoch and later run (the teacher is then not loaded at all); top-k 0 keeps the full
+    # logits (an identical loss), k > 0 the k largest in fp16 with their token ids.
+    teacher_cache: bool = False
+    teacher_cache_top_k: int = 0
+    # FGSM adversarial training in embedding space: each step adds
+    # fgsm_weight · CE at embeddings moved by fgsm_epsilon · sign(∇); epsilon 0 disables it.
+    fgsm_epsilon: float = 0.0
+    fgsm_weight: float = 1.0
     # EWC: λ of the penalty; 0 disables it. The Fisher uses this many examples.
     ewc_lambda: float = 0.0
     fisher_samples: int = 32
@@ -91,6 +101,9 @@ class TrainingResult:
     elastic_reductions: int = 0
     resumed_from_step: int = 0
     fisher_file: str = ""
+    adversarial_losses: list[float] = field(default_factory=list)
+    teacher_cache: str = ""
+    teacher_cache_built: bool = False
     device: str = "cpu"
     precision: str = "fp32"
 
@@ -117,6 +130,7 @@ class TrainingResult:
             "examples": self.examples,
             "elastic_reductions": self.elastic_reductions,
             "resumed_from_step": self.resumed_from_step,
+            "final_adversarial_loss": self.adversarial_losses[-1] if self.adversarial_losses else None,
             "device": self.device,
             "precision": self.precision,
         }
@@ -271,17 +285,26 @@ def _validate(config: TrainingConfig) -> DistillationConfig:
         raise TrainingError(f"method={config.method!r}: expected 'lora' or 'full'")
     if config.ewc_lambda < 0:
         raise TrainingError(f"ewc_lambda={config.ewc_lambda}: must be >= 0")
-    if config.ewc_lambda > 0 and config.method != "full":
-        # With LoRA the base weights are frozen; penalising them would do nothing.
-        raise TrainingError("ewc_lambda > 0 needs method='full': EWC anchors the full weights")
+    if config.fgsm_epsilon:
+        from deepfeed.core.fgsm import check_epsilon
+
+        try:
+            check_epsilon(config.fgsm_epsilon)
+        except ValueError as exc:
+            raise TrainingError(f"fgsm_epsilon={config.fgsm_epsilon}: {exc} (0 disables FGSM training)") from exc
+    if config.fgsm_weight < 0:
+        raise TrainingError(f"fgsm_weight={config.fgsm_weight}: must be >= 0")
+    if config.teacher_cache_top_k < 0:
+        raise TrainingError(f"teacher_cache_top_k={config.teacher_cache_top_k}: must be >= 0 (0 keeps the full logits)")
     try:
         return DistillationConfig(alpha=config.distill_alpha, temperature=config.distill_temperature)
     except ValueError as exc:
         raise TrainingError(str(exc)) from exc
 
 
-def _ewc_penalty(base_path: Path, model, tokenizer, ewc_records, config: TrainingConfig, device, result: TrainingResult):
-    from deepfeed.core.ewc import EwcPenalty, load_or_compute_fisher
+def _ewc_fisher(base_path: Path, model, tokenizer, ewc_records, config: TrainingConfig, device, result: TrainingResult) -> dict[str, torch.Tensor]:
+    """The champion's Fisher over its full weights, computed before any LoRA wrapping."""
+    from deepfeed.core.ewc import load_or_compute_fisher
 
     if not ewc_records:
         raise TrainingError("ewc_lambda > 0 but no records of the champion's training data were given for the Fisher")
@@ -292,7 +315,59 @@ def _ewc_penalty(base_path: Path, model, tokenizer, ewc_records, config: Trainin
 
     fisher, path, _ = load_or_compute_fisher(Path(base_path), model, fisher_batches, {"samples": str(config.fisher_samples)})
     result.fisher_file = str(path)
-    return EwcPenalty.from_model(model, {k: v.to(device) for k, v in fisher.items()}, config.ewc_lambda)
+    return {k: v.to(device) for k, v in fisher.items()}
+
+
+def _ewc_penalty(model, fisher: dict[str, torch.Tensor], config: TrainingConfig):
+    from deepfeed.core.ewc import EwcPenalty, LoraEwcPenalty
+
+    # With LoRA the base weights stay at the champion's, so the penalty falls on the
+    # adapters' delta of the effective weights.
+    penalty = LoraEwcPenalty if config.method == "lora" else EwcPenalty
+    try:
+        return penalty.from_model(model, fisher, config.ewc_lambda)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
+
+
+def _teacher_cache(teacher_path: Path, cache_dir: Path | None, examples, tokenizer, config: TrainingConfig, device, result: TrainingResult, vocab_size: int):
+    """Open the cache of the teacher's logits over `examples`, building it on rank 0 first."""
+    from deepfeed.core import teacher_cache
+
+    if cache_dir is None:
+        raise TrainingError("teacher_cache is on but no teacher cache folder was given")
+    rank, world = _world()
+    size = teacher_cache.cache_bytes(examples, vocab_size, config.teacher_cache_top_k)
+    if size > teacher_cache.FULL_LOGITS_MAX_BYTES and not 0 < config.teacher_cache_top_k < vocab_size:
+        raise TrainingError(f"teacher_cache_top_k=0 would store {size / 2**30:.1f} GiB of full logits (vocabulary {vocab_size}); "
+                            "set teacher_cache_top_k (e.g. 64) to keep the top k per token")
+
+    def build(folder: Path) -> Path:
+        teacher = _load_teacher(teacher_path, device, vocab_size)
+        try:
+            return teacher_cache.build_cache(teacher, examples, folder, config.teacher_cache_top_k, tokenizer.pad_token_id,
+                                             config.batch_size, device, {"teacher": str(teacher_path)})
+        finally:
+            del teacher
+
+    try:
+        if rank == 0:
+            cache, built = teacher_cache.open_or_build(cache_dir, teacher_path, examples, config.teacher_cache_top_k, build)
+        if world > 1:
+            torch.distributed.barrier()
+        if rank != 0:
+            cache, built = teacher_cache.open_or_build(cache_dir, teacher_path, examples, config.teacher_cache_top_k, build)
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"teacher logit cache in {cache_dir}: {exc}") from exc
+    result.teacher_cache, result.teacher_cache_built = str(cache.path.parent), built
+    return cache
+
+
+def _load_teacher(teacher_path: Path, device, vocab_size: int):
+    teacher = load_model(teacher_path).to(device).eval().requires_grad_(False)
+    if teacher.config.vocab_size != vocab_size:
+        raise TrainingError(f"teacher {teacher_path} has vocabulary {teacher.config.vocab_size}, the student {vocab_size}: distillation needs the same tokenizer")
+    return teacher
 
 
 def fine_tune(
@@ -306,6 +381,7 @@ def fine_tune(
     ewc_records: list[dict[str, Any]] | None = None,
     eval_records: list[dict[str, Any]] | None = None,
     checkpoint_dir: Path | None = None,
+    teacher_cache_dir: Path | None = None,
 ) -> TrainingResult:
     """Train from `base_path` and save a plain HF checkpoint to `output_dir`.
 
@@ -314,6 +390,7 @@ def fine_tune(
         champion is `base_path` itself, and its Fisher is stored next to it.
     eval_records: a replay / held-out sample for the eval loss and the elastic schedule.
     checkpoint_dir: resumable checkpoints; an existing one is resumed from.
+    teacher_cache_dir: root of the teacher logit caches (config.teacher_cache).
     """
     distill = _validate(config)
     if not records:
@@ -334,20 +411,22 @@ def fine_tune(
     if config.packing:
         examples = pack_examples(examples, config.max_length)
     evals = _encode(tokenizer, eval_records or [], config)[: config.eval_samples]
-    teacher = None
+    teacher = cached_teacher = None
     if config.distill_alpha < 1.0:
         if teacher_path is None:
             raise TrainingError("distill_alpha < 1 but no teacher checkpoint was given")
-        teacher = load_model(teacher_path).to(device).eval().requires_grad_(False)
-        if teacher.config.vocab_size != model.config.vocab_size:
-            raise TrainingError(f"teacher {teacher_path} has vocabulary {teacher.config.vocab_size}, the student {model.config.vocab_size}: distillation needs the same tokenizer")
-    ewc = _ewc_penalty(base_path, model, tokenizer, ewc_records, config, device, result) if config.ewc_lambda > 0 else None
+        if config.teacher_cache:
+            cached_teacher = _teacher_cache(teacher_path, teacher_cache_dir, examples, tokenizer, config, device, result, model.config.vocab_size)
+        else:
+            teacher = _load_teacher(teacher_path, device, model.config.vocab_size)
+    fisher = _ewc_fisher(base_path, model, tokenizer, ewc_records, config, device, result) if config.ewc_lambda > 0 else None
 
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if config.method == "lora":
         model = _apply_lora(model, config)
+    ewc = _ewc_penalty(model, fisher, config) if fisher is not None else None
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -363,6 +442,7 @@ def fine_tune(
         state = _resume(found[-1], model, optimizer, config, sampler, elastic)
         result.resumed_from_step = state.step
     result.losses, result.learning_rates, result.tokens = state.losses, state.learning_rates, state.tokens
+    result.adversarial_losses = state.adversarial_losses
     # A mixture-of-experts layer leaves the experts no token was routed to without a
     # gradient, which DDP must be told to expect.
     moe = getattr(model.config, "n_routed_experts", None) is not None
@@ -375,22 +455,35 @@ def fine_tune(
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch_ids = sampler.next()
-        local = [examples[i] for i in batch_ids[rank::world]]
+        local_ids = batch_ids[rank::world]
+        local = [examples[i] for i in local_ids]
         batch = {k: v.to(device) for k, v in collate(local, tokenizer.pad_token_id).items()}
+        adversarial = torch.zeros(())
         with _autocast(device, autocast_dtype):
-            logits = trained(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            if config.fgsm_epsilon:
+                logits, adversarial = _clean_and_adversarial(model, trained, batch, config.fgsm_epsilon)
+            else:
+                logits = trained(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             ce, tokens = token_ce_sum(logits, batch["labels"])
             numerator = ce
             if teacher is not None:
                 with torch.no_grad():
                     teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 numerator = distill.alpha * ce + (1 - distill.alpha) * kl_sum(logits, teacher_logits, batch["labels"], distill.temperature)
+            elif cached_teacher is not None:
+                values, indices = cached_teacher.batch(local_ids, device)
+                kl = kl_sum_cached(logits, batch["labels"], values, indices, distill.temperature)
+                numerator = distill.alpha * ce + (1 - distill.alpha) * kl
+            numerator = numerator + config.fgsm_weight * adversarial
         # Normalising by the global token count (DDP then averages over ranks) makes
         # N processes compute the same gradient as one process with the whole batch.
         input_tokens = float(batch["attention_mask"].sum())
-        global_tokens, global_numerator, global_inputs = _all_sum([float(tokens), float(numerator.detach()), input_tokens])
+        global_tokens, global_numerator, global_inputs, global_adversarial = _all_sum(
+            [float(tokens), float(numerator.detach()), input_tokens, float(adversarial.detach())])
         loss = numerator * world / max(global_tokens, 1.0)
         reported = global_numerator / max(global_tokens, 1.0)
+        if config.fgsm_epsilon:
+            result.adversarial_losses.append(global_adversarial / max(global_tokens, 1.0))
         if ewc is not None:
             penalty = ewc(model)
             loss = loss + penalty
@@ -419,6 +512,7 @@ def fine_tune(
             state.step, state.sampler, state.tokens = done, sampler.state(), result.tokens
             state.schedule = elastic.state() if elastic else {}
             state.losses, state.learning_rates = result.losses, result.learning_rates
+            state.adversarial_losses = result.adversarial_losses
             if rank == 0:
                 try:
                     checkpointing.save_checkpoint(checkpoint_dir, model, optimizer, state, config.keep_checkpoints)
@@ -432,6 +526,24 @@ def fine_tune(
     if rank == 0:
         _save_final(model, tokenizer, output_dir, config)
     return result
+
+
+def _clean_and_adversarial(model, trained, batch: dict[str, torch.Tensor], epsilon: float):
+    """Clean logits and the summed CE at FGSM-perturbed embeddings, in one forward pass.
+
+    The FGSM direction comes from a probe pass on the unwrapped model that asks autograd
+    for the embedding gradient only (no weight gradients accumulate). Clean and perturbed
+    rows then go through the training model as one doubled batch, so under DDP there is
+    still one forward and one backward per step.
+    """
+    from deepfeed.core.fgsm import adversarial_embeddings
+
+    embeds, perturbed = adversarial_embeddings(model, batch, epsilon)
+    rows = batch["input_ids"].shape[0]
+    mask = batch["attention_mask"]
+    logits = trained(inputs_embeds=torch.cat([embeds, perturbed]), attention_mask=torch.cat([mask, mask])).logits
+    adversarial, _ = token_ce_sum(logits[rows:], batch["labels"])
+    return logits[:rows], adversarial
 
 
 def _resume(path: Path, model, optimizer, config: TrainingConfig, sampler: BatchSampler, elastic: ElasticScale | None):

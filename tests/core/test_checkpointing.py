@@ -128,3 +128,14 @@ def test_packing_fills_rows_and_never_predicts_across_records():
     rows = pack_examples([Example([1, 2, 3], [1, 2, 3]), Example([4, 5, 6, 7], [-100, -100, 6, 7]), Example([8, 9], [8, 9])], 4)
     assert [r.input_ids for r in rows] == [[1, 2, 3, 4], [5, 6, 7, 8], [9]]
     assert [r.labels for r in rows] == [[-100, 2, 3, -100], [-100, 6, 7, -100], [9]]
+
+
+def test_an_fgsm_run_resumes_with_its_adversarial_loss_history(tiny_llama, tmp_path):
+    config = TrainingConfig(**{**CONFIG, "max_steps": 4, "fgsm_epsilon": 0.1})
+    first = fine_tune(tiny_llama, RECORDS, tmp_path / "a", config, checkpoint_dir=tmp_path / "ckpt")
+    assert [p.name for p in checkpointing.checkpoints(tmp_path / "ckpt")] == ["step-2"]
+    # The checkpoint left at step 2 stands for a run that was killed there.
+    resumed = fine_tune(tiny_llama, RECORDS, tmp_path / "b", config, checkpoint_dir=tmp_path / "ckpt")
+    assert resumed.resumed_from_step == 2
+    assert resumed.adversarial_losses == pytest.approx(first.adversarial_losses, rel=1e-4)
+    assert resumed.losses == pytest.approx(first.losses, rel=1e-4)

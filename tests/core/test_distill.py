@@ -55,3 +55,60 @@ def test_student_moves_towards_the_teacher(tiny_llama, tmp_path):
     assert result.losses[-1] < 0.6 * result.losses[0]
     with pytest.raises(TrainingError, match="no teacher"):
         fine_tune(tiny_llama, RECORDS, tmp_path / "x", config)
+
+
+def test_cached_full_logits_give_exactly_the_live_kl_and_top_k_approximates_it():
+    from deepfeed.core.distill import kl_sum, kl_sum_cached, shifted
+
+    student, teacher = _logits(0), _logits(1) * 4  # a peaked teacher, as trained LMs are
+    rows, _ = shifted(teacher, LABELS)
+    live = kl_sum(student, teacher, LABELS, 0.7)
+    assert kl_sum_cached(student, LABELS, rows, None, 0.7).item() == live.item()
+    top = rows.topk(6, dim=-1)
+    sparse = kl_sum_cached(student, LABELS, top.values.half(), top.indices, 0.7)
+    assert sparse.item() == pytest.approx(live.item(), rel=0.1)
+    with pytest.raises(ValueError, match="does not match the data"):
+        kl_sum_cached(student, LABELS, rows[:-1], None, 0.7)
+
+
+def test_cached_teacher_logits_match_the_live_teacher_and_skip_it_on_the_next_run(tiny_llama, tmp_path, monkeypatch):
+    import deepfeed.core.training as training
+
+    teacher = tmp_path / "teacher"
+    fine_tune(tiny_llama, RECORDS, teacher, TrainingConfig(max_steps=10, method="full", learning_rate=3e-3))
+    # Four epochs of 32 records: the cache is read again in every epoch.
+    config = TrainingConfig(max_steps=16, method="full", learning_rate=3e-3, distill_alpha=0.3, warmup_steps=0)
+    live = fine_tune(tiny_llama, RECORDS, tmp_path / "live", config, teacher_path=teacher)
+    cached = TrainingConfig(**{**config.__dict__, "teacher_cache": True})
+    first = fine_tune(tiny_llama, RECORDS, tmp_path / "first", cached, teacher_path=teacher, teacher_cache_dir=tmp_path / "cache")
+    assert first.teacher_cache_built
+    assert first.losses == pytest.approx(live.losses, rel=1e-5)
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was loaded although its logits are cached")
+
+    monkeypatch.setattr(training, "_load_teacher", no_teacher)
+    second = fine_tune(tiny_llama, RECORDS, tmp_path / "second", cached, teacher_path=teacher, teacher_cache_dir=tmp_path / "cache")
+    assert not second.teacher_cache_built and second.teacher_cache == first.teacher_cache
+    assert second.losses == first.losses
+    # A different k is a different cache, which needs the teacher.
+    with pytest.raises(AssertionError, match="teacher was loaded"):
+        fine_tune(tiny_llama, RECORDS, tmp_path / "k", TrainingConfig(**{**cached.__dict__, "teacher_cache_top_k": 64}),
+                  teacher_path=teacher, teacher_cache_dir=tmp_path / "cache")
+    monkeypatch.undo()
+    sparse = fine_tune(tiny_llama, RECORDS, tmp_path / "k", TrainingConfig(**{**cached.__dict__, "teacher_cache_top_k": 64}),
+                       teacher_path=teacher, teacher_cache_dir=tmp_path / "cache")
+    assert sparse.teacher_cache_built and sparse.teacher_cache != first.teacher_cache
+    assert all(math.isfinite(x) for x in sparse.losses) and sparse.losses[-1] < sparse.losses[0]
+    with pytest.raises(TrainingError, match="no teacher cache folder"):
+        fine_tune(tiny_llama, RECORDS, tmp_path / "x", cached, teacher_path=teacher)
+
+
+def test_a_full_logit_cache_past_the_size_limit_asks_for_top_k(tiny_llama, tmp_path, monkeypatch):
+    from deepfeed.core import teacher_cache
+
+    monkeypatch.setattr(teacher_cache, "FULL_LOGITS_MAX_BYTES", 10_000)
+    config = TrainingConfig(max_steps=1, distill_alpha=0.5, teacher_cache=True)
+    with pytest.raises(TrainingError, match="set teacher_cache_top_k"):
+        fine_tune(tiny_llama, RECORDS, tmp_path / "x", config, teacher_path=tiny_llama, teacher_cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "x").exists()

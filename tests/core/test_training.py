@@ -48,3 +48,30 @@ def test_no_records_and_nan_loss_fail_without_a_checkpoint(tiny_llama, tmp_path)
     with pytest.raises(TrainingError, match="loss became"):
         fine_tune(tiny_llama, RECORDS, tmp_path / "b", TrainingConfig(max_steps=3, method="full", learning_rate=float("inf"), warmup_steps=0))
     assert not (tmp_path / "b").exists()
+
+
+def test_fgsm_adversarial_training_adds_a_higher_loss_and_trains(tiny_llama, tmp_path):
+    plain = fine_tune(tiny_llama, RECORDS, tmp_path / "plain", TrainingConfig(max_steps=8, method="full", learning_rate=3e-3))
+    config = TrainingConfig(max_steps=8, method="full", learning_rate=3e-3, fgsm_epsilon=0.1, fgsm_weight=0.5)
+    result = fine_tune(tiny_llama, RECORDS, tmp_path / "fgsm", config)
+    assert len(result.adversarial_losses) == 8
+    assert all(math.isfinite(x) for x in result.losses + result.adversarial_losses)
+    # Step 0 sees the same weights and batch: the reported loss is the clean one plus
+    # the weighted adversarial term, which FGSM makes larger than the clean loss.
+    assert result.losses[0] == pytest.approx(plain.losses[0] + 0.5 * result.adversarial_losses[0], rel=1e-5)
+    assert result.adversarial_losses[0] > plain.losses[0] + 0.1
+    assert result.losses[1:] != pytest.approx(plain.losses[1:])  # it changes the training itself
+    assert result.losses[-1] < result.losses[0] - 0.5
+    assert result.summary()["final_adversarial_loss"] == result.adversarial_losses[-1]
+
+
+def test_fgsm_training_with_lora_and_gradient_checkpointing(tiny_llama, tmp_path):
+    config = TrainingConfig(max_steps=2, batch_size=4, fgsm_epsilon=0.05, gradient_checkpointing=True)
+    result = fine_tune(tiny_llama, RECORDS, tmp_path / "out", config)
+    assert len(result.adversarial_losses) == 2 and all(math.isfinite(x) for x in result.adversarial_losses)
+
+
+@pytest.mark.parametrize("bad", [{"fgsm_epsilon": 0.6}, {"fgsm_epsilon": -0.1}, {"fgsm_weight": -1.0}, {"teacher_cache_top_k": -1}])
+def test_bad_fgsm_and_teacher_cache_settings_are_named(tiny_llama, tmp_path, bad):
+    with pytest.raises(TrainingError, match=next(iter(bad))):
+        fine_tune(tiny_llama, RECORDS, tmp_path / "out", TrainingConfig(max_steps=1, **bad))

@@ -67,14 +67,21 @@ def test_incremental_stream_from_base_then_from_champion(deepfeed_env, tiny_llam
     assert {"incremental_peak_memory_mb", "incremental_tokens_per_second"} <= set(client.get_run(version.run_id).data.metrics)
     assert not (deepfeed_env / "training_state" / "incremental_model").exists() or not any((deepfeed_env / "training_state" / "incremental_model").iterdir())
 
-    # Promote it; the next batch starts from it, with its Fisher stored next to it.
+    # Promote it; the next batch starts from it, with its Fisher stored next to it, this
+    # time with LoRA (EWC on the adapters), FGSM and distillation from cached logits.
     mlflow.promote(version.version)
-    second = run_incremental(deepfeed_env, tiny_llama, instance, seal(deepfeed_env, FEEDBACK[:2]))
+    options = dict(method="lora", fgsm_epsilon=0.05, distill_alpha=0.5, teacher_cache=True)
+    second = run_incremental(deepfeed_env, tiny_llama, instance, seal(deepfeed_env, FEEDBACK[:2]), **options)
     child = mlflow.version_by_alias(CHALLENGER)
     assert child.version != version.version and child.tags["parent_version"] == str(version.version)
     assert child.tags["start_checkpoint"] == version.source
     assert fisher_path(version.source).exists()
-    assert second.asset_materializations_for_node("incremental_model")[0].metadata["fisher_file"].value == str(fisher_path(version.source))
+    meta = second.asset_materializations_for_node("incremental_model")[0].metadata
+    assert meta["fisher_file"].value == str(fisher_path(version.source))
+    cache = Path(meta["teacher_cache"].value)
+    assert cache.parent == deepfeed_env / "artifacts" / "teacher_logits" and (cache / "logits.safetensors").exists()
+    adversarial = client.get_metric_history(child.run_id, "incremental_adversarial_loss")
+    assert len(adversarial) == 4 and all(m.value > 0 for m in adversarial)
 
 
 def test_diverging_incremental_run_registers_nothing(deepfeed_env, tiny_llama, tiny_corpus, instance):
