@@ -303,12 +303,28 @@ def quantize_onnx_int8(source: Path, target: Path, per_channel: bool = True, met
     return target
 
 
+# Preference order: onnxruntime-gpu lists CUDA next to CPU; CPU stays as the fallback for
+# nodes the CUDA provider has no kernel for. TensorRT and others are not chosen
+# automatically (their engine builds take minutes and need per-model settings).
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def select_providers(available: list[str] | tuple[str, ...]) -> list[str]:
+    """The execution providers to ask ONNX Runtime for, given what it reports available.
+
+    Only the selection is tested here (no GPU on the CI machines): running on
+    CUDAExecutionProvider is untested on real GPUs."""
+    chosen = [p for p in PREFERRED_PROVIDERS if p in available]
+    if not chosen:
+        raise RuntimeError(f"ONNX Runtime offers none of {list(PREFERRED_PROVIDERS)} (available: {list(available)})")
+    return chosen
+
+
 def onnx_session(path: Path, threads: int | None = None):
     """CUDA execution provider when onnxruntime-gpu offers it, CPU otherwise."""
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    providers = select_providers(ort.get_available_providers())
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads

@@ -264,3 +264,17 @@ def test_an_architecture_the_exporter_cannot_handle_leaves_the_torch_artifacts(t
     report = gate_compressed_artifacts(checkpoint, tmp_path / "out", RECORDS)
     assert {a.name for a in report.artifacts} == {"pruned", "torch_int8"} and "onnx_fp32" in report.not_built
     assert json.loads((tmp_path / "out" / "compression.json").read_text())["errors"]["onnx_fp32"]
+
+
+def test_provider_selection_prefers_cuda_and_falls_back_to_cpu():
+    import onnxruntime as ort
+
+    from deepfeed.core.compression import select_providers
+
+    assert select_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers(["TensorrtExecutionProvider", "CPUExecutionProvider", "CUDAExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(RuntimeError, match="none of"):
+        select_providers(["AzureExecutionProvider"])
+    # what this machine's onnxruntime offers is what a session gets
+    assert select_providers(ort.get_available_providers())[-1] == "CPUExecutionProvider"
