@@ -49,6 +49,11 @@ class CompressionConfig:
     gate_max_relative_increase: float = 0.03
     gate_max_records: int = 48
     gate_max_length: int = 128
+    # Task metric of the gate (compression_gate.py): token F1 of greedy answers vs fp32.
+    gate_max_f1_drop: float = 0.03
+    gate_task_metric: str = "paired"  # "paired" (bootstrap interval), "point" or "off"
+    gate_max_answers: int = 24
+    gate_max_new_tokens: int = 32
 
 
 class CompressionInputError(ValueError):
@@ -372,6 +377,10 @@ def compress_checkpoint(checkpoint: Path, output: Path, config: CompressionConfi
     """
     from deepfeed.core.onnx_kv import check_decoder_parity, export_decoder_with_past
 
+    from deepfeed.core.compression_gate import TASK_GATES
+
+    if config.gate_task_metric not in TASK_GATES:
+        raise ValueError(f"gate_task_metric={config.gate_task_metric!r}: expected one of {TASK_GATES}")
     architecture = validate_checkpoint(checkpoint)["architecture"]
     model = load_model(checkpoint).eval()
     sparsity = prune_model(model, config)
