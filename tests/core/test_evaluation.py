@@ -142,3 +142,43 @@ def test_generation_by_length_returns_answers_in_prompt_order(llama):
     result = by_length(tokenizer, prompts, echo)
     assert seen == ["short", "medium length one", prompts[0]]
     assert result.answers == [p.upper() for p in prompts] and result.new_tokens == 3
+
+
+def test_flops_per_token_for_every_artifact_kind(tiny_llama, tmp_path):
+    """torch int8 (FlopCounterMode with the int8 matmul registered) and the ONNX graphs
+    (matrix products under shape inference) count what the fp32 model counts; the
+    logits-only graphs decode by re-running the whole sequence, and say so in FLOPs."""
+    from deepfeed.core.compression import CompressionConfig, compress_checkpoint, write_json
+    from deepfeed.core.report import DESCRIPTIONS
+
+    summary = compress_checkpoint(tiny_llama, tmp_path / "compressed", CompressionConfig())
+    write_json(tmp_path / "compressed" / "compression.json", summary)
+    outcome = evaluate_candidates(tiny_llama, tmp_path / "compressed", None, RECORDS[:4], FAST, log=lambda m: None,
+                                  artifacts=tuple(DESCRIPTIONS), generate_compressed=False)
+    fp32 = outcome.by_name("challenger").metrics
+    context = fp32["flops_context_tokens"]
+    assert fp32["prefill_flops_per_token"] > 0 and fp32["decode_flops_per_token"] > 0
+    for name in DESCRIPTIONS:
+        c = outcome.by_name(name)
+        assert c.error is None and not c.notes, (name, c.error, c.notes)
+        assert c.metrics["prefill_flops_per_token"] == pytest.approx(fp32["prefill_flops_per_token"], rel=1e-6), name
+        if name in ("onnx_fp32", "onnx_int8"):
+            assert c.metrics["decode_flops_per_token"] > context * fp32["decode_flops_per_token"] * 0.9, name
+        else:
+            assert c.metrics["decode_flops_per_token"] == pytest.approx(fp32["decode_flops_per_token"], rel=1e-6), name
+
+
+def test_onnx_flops_of_a_one_matmul_graph_with_symbolic_dims(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from deepfeed.core.flops import onnx_flops_per_token
+
+    x = helper.make_tensor_value_info("input_ids", TensorProto.FLOAT, ["batch", "sequence", 8])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 4], [0.0] * 32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["input_ids", "w"], ["logits"])], "g", [x], [y], [w])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    flops = onnx_flops_per_token(path, 5)
+    assert flops["prefill_flops_per_token"] == 2 * 8 * 4 and flops["decode_flops_per_token"] == 6 * 2 * 8 * 4
