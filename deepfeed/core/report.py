@@ -214,7 +214,12 @@ def evaluate_candidates(
     artifacts: tuple[str, ...] = DEFAULT_ARTIFACTS,
     compression_passed: bool | None = None,
     compression_detail: str = "",
+    champion_scores: dict[str, Any] | None = None,
 ) -> EvaluationOutcome:
+    """Score the challenger, its artifacts and the champion on `records`.
+
+    `champion_scores`: what score_cache.find_scores returned for the champion's version on
+    these records and settings; the champion is then not loaded nor asked again."""
     if not records:
         raise ValueError("the held-out evaluation set is empty")
     toxicity = toxicity or ToxicityScorer(threshold=config.toxicity_threshold)
@@ -252,7 +257,17 @@ def evaluate_candidates(
         c.exclusions = {**prompt_exclusions, **c.exclusions}
 
     champion_metrics = None
-    if champion_checkpoint is not None:
+    if champion_checkpoint is not None and champion_scores is not None:
+        saved = champion_scores["result"]
+        result = CandidateResult(CHAMPION, "current champion, scores reused", metrics=saved["metrics"], seconds=0.0, exclusions=saved.get("exclusions", {}))
+        result.notes["re-scoring"] = (
+            f"skipped: same version, evaluation set and settings as the evaluation of {champion_scores.get('meta', {}).get('evaluated_at', 'an earlier run')}; "
+            "its scores (speed and memory measured then) are reused"
+        )
+        log(f"champion: scores reused ({result.notes['re-scoring']})")
+        champion_metrics = result.metrics
+        candidates.insert(0, result)
+    elif champion_checkpoint is not None:
         try:
             champion_tokenizer = load_tokenizer(champion_checkpoint)
             result, _ = score_candidate(

@@ -118,7 +118,7 @@ def render_markdown(outcome: EvaluationOutcome, lineage: dict[str, str], plots: 
     errors = [(c.name, c.error) for c in outcome.candidates if c.error]
     errors += [(f"{c.name} ({metric})", why) for c in outcome.candidates if not c.error for metric, why in c.notes.items()]
     if errors:
-        lines += ["", "## Not measured", ""] + [f"- **{n}**: {e}" for n, e in errors]
+        lines += ["", "## Not measured, or reused", ""] + [f"- **{n}**: {e}" for n, e in errors]
     exclusions = _exclusion_rows(outcome)
     if exclusions:
         lines += ["", "## Records left out of a metric", "", "| candidate | reason | records |", "|---|---|---:|"]
@@ -163,7 +163,7 @@ def render_html(outcome: EvaluationOutcome, lineage: dict[str, str], plot_files:
         for s in outcome.samples[:20]
     )
     verdict = "Promote the challenger" if passed else "Keep the champion"
-    errors_section = f"<h2>Not measured</h2><ul>{errors}</ul>" if errors else ""
+    errors_section = f"<h2>Not measured, or reused</h2><ul>{errors}</ul>" if errors else ""
     exclusions_section = (
         '<h2>Records left out of a metric</h2><table class="text"><tr><th>candidate</th><th>reason</th><th>records</th></tr>'
         f"{exclusions}</table>" if exclusions else ""

@@ -182,3 +182,31 @@ def test_onnx_flops_of_a_one_matmul_graph_with_symbolic_dims(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     flops = onnx_flops_per_token(path, 5)
     assert flops["prefill_flops_per_token"] == 2 * 8 * 4 and flops["decode_flops_per_token"] == 6 * 2 * 8 * 4
+
+
+def test_champion_scores_are_reused_only_for_the_same_version_records_and_settings(tiny_llama, tmp_path):
+    from deepfeed.core.artifacts import ArtifactStore
+    from deepfeed.core.score_cache import eval_set_hash, find_scores, save_scores, score_cache_key
+
+    store = ArtifactStore(tmp_path / "store")
+    first = evaluate_candidates(tiny_llama, None, None, RECORDS, FAST, log=lambda m: None)
+    eval_hash = eval_set_hash(RECORDS)
+    key = score_cache_key("3", str(tiny_llama), eval_hash, FAST)
+    save_scores(store, key, first.by_name("challenger"), first.samples, {"evaluated_at": "2026-11-29T22:00:00+00:00"})
+
+    assert find_scores(store, score_cache_key("4", str(tiny_llama), eval_hash, FAST)) is None
+    assert find_scores(store, score_cache_key("3", str(tiny_llama), eval_set_hash(RECORDS[:-1]), FAST)) is None
+    assert find_scores(store, score_cache_key("3", str(tiny_llama), eval_hash, EvaluationConfig(max_new_tokens=6, batch_size=3, bootstrap_samples=50))) is None
+    cached = find_scores(store, key)
+    assert cached["result"]["metrics"] == first.by_name("challenger").metrics
+    assert [s["answer"] for s in cached["samples"]] == [s["answer"] for s in first.samples]
+
+    # The champion is not loaded (its path does not exist) and the gate still compares.
+    outcome = evaluate_candidates(tiny_llama, None, tmp_path / "not-loaded", RECORDS, FAST, log=lambda m: None, champion_scores=cached)
+    champion = outcome.by_name("champion")
+    assert champion.error is None and champion.metrics == cached["result"]["metrics"]
+    assert "2026-11-29T22:00:00" in champion.notes["re-scoring"]
+    assert not any(t.startswith("champion") for t in outcome.timings)
+    assert outcome.gate.passed  # the same model as its cached self
+    page = render_html(outcome, {}, {}, 0.03)
+    assert "scores (speed and memory measured then) are reused" in page
