@@ -36,7 +36,8 @@ class EvaluationReportConfig(dg.Config):
     max_generation_records: int = Field(default=32, description="Evaluation records answered by greedy generation (accuracy, BLEU-4, chrF, toxicity).")
     max_new_tokens: int = Field(default=32, description="Tokens generated per answer.")
     max_length: int = Field(default=128, description="Tokens per scored sequence.")
-    batch_size: int = Field(default=16, description="Sequences per forward pass / generation batch.")
+    batch_size: int = Field(default=16, description="Sequences per perplexity forward pass.")
+    generation_batch_size: int = Field(default=32, description="Prompts decoded together (greedy, left-padded, KV cache); one batch for the demo's 24 answers.")
     max_relative_drop: float = Field(default=0.03, description="Largest relative drop of a key metric vs the champion that still promotes (SPEC: 3%).")
     bootstrap_samples: int = Field(default=1000, description="Bootstrap resamples for the 95% intervals of BLEU-4, chrF and token F1.")
     toxicity_threshold: float = Field(default=0.5, description="Classifier probability at or above which an answer counts as toxic.")
@@ -137,7 +138,7 @@ def evaluation_report(
 
     compression_passed, compression_detail = compression_gate_status(context, compressed_model, store)
     eval_config = EvaluationConfig(
-        max_length=config.max_length, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
+        max_length=config.max_length, batch_size=config.batch_size, generation_batch_size=config.generation_batch_size, max_new_tokens=config.max_new_tokens,
         max_generation_records=config.max_generation_records, max_relative_drop=config.max_relative_drop,
         bootstrap_samples=config.bootstrap_samples, seed=config.eval_sample_seed, toxicity_threshold=config.toxicity_threshold,
     )

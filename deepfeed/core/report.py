@@ -101,8 +101,8 @@ def onnx_kv_scorable(session, tokenizer, config: EvaluationConfig, path: Path | 
 
     def generate(prompts: list[str]) -> Generation:
         answers, new_tokens, started = [], 0, time.perf_counter()
-        for start in range(0, len(prompts), config.batch_size):
-            ids, mask = left_pad(tokenizer, prompts[start:start + config.batch_size], config.max_length)
+        for start in range(0, len(prompts), config.generation_batch_size):
+            ids, mask = left_pad(tokenizer, prompts[start:start + config.generation_batch_size], config.max_length)
             fresh = onnx_greedy_generate(session, ids.numpy(), mask.numpy(), config.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
             new_tokens += count_new_tokens(torch.from_numpy(np.asarray(fresh)), tokenizer.eos_token_id, tokenizer.pad_token_id)
             answers.extend(a.strip() for a in tokenizer.batch_decode(fresh, skip_special_tokens=True))

@@ -22,7 +22,7 @@ CACHE_NAME = "candidate_scores"
 SCORING_VERSION = 1
 # Settings that change answers or metrics; batch size is in because padding changes
 # the float sums slightly, and greedy argmax can follow.
-KEY_FIELDS = ("max_length", "batch_size", "max_new_tokens", "max_generation_records", "bootstrap_samples", "seed", "toxicity_threshold")
+KEY_FIELDS = ("max_length", "batch_size", "generation_batch_size", "max_new_tokens", "max_generation_records", "bootstrap_samples", "seed", "toxicity_threshold")
 
 
 def _canonical(value: Any) -> str:

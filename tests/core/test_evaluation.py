@@ -26,7 +26,7 @@ from deepfeed.core.safety import ToxicityScorer
 from tests.conftest import PAIRS
 
 RECORDS = [{"record_id": str(i), "kind": "pair", "prompt": p, "response": r, "text": None, "lang": "zh" if "？" in p else "en", "tags": [], "meta": None} for i, (p, r) in enumerate(PAIRS)]
-FAST = EvaluationConfig(max_new_tokens=5, batch_size=3, bootstrap_samples=50)
+FAST = EvaluationConfig(max_new_tokens=5, batch_size=3, generation_batch_size=4, bootstrap_samples=50)
 
 
 @pytest.fixture(scope="module")
