@@ -32,7 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from deepfeed.core.evaluation import EvaluationConfig, by_length, generate_torch, generation_records, perplexity, torch_logits
+from deepfeed.core.evaluation import (
+    EvaluationConfig,
+    by_length,
+    generate_logits_from_draft,
+    generate_torch,
+    generation_records,
+    perplexity,
+    torch_logits,
+)
 from deepfeed.core.textmetrics import token_prf, token_prf_corpus
 
 TASK_GATES = ("paired", "point", "off")
@@ -200,7 +208,7 @@ def gate_compressed_artifacts(
     QA records among them (0 = all)."""
     from deepfeed.core.compression import CompressionConfig
     from deepfeed.core.modeling import load_model, load_tokenizer
-    from deepfeed.core.report import compressed_loaders
+    from deepfeed.core.report import LOGITS_ONLY, compressed_loaders
 
     if task_gate not in TASK_GATES:
         raise ValueError(f"task_gate must be one of {TASK_GATES}, not {task_gate!r}")
@@ -219,9 +227,11 @@ def gate_compressed_artifacts(
     qa, _ = generation_records([r for r in records if (r.get("response") or "").strip()], max_answers)
     prompts = [r["prompt"] for r in qa]
     reference_answers: list[str] = []
+    reference_tokens: list[list[int]] = []
     reference_f1 = np.zeros(0)
     if task_gate != "off" and qa:
-        reference_answers = by_length(tokenizer, prompts, lambda p: generate_torch(fp32, tokenizer, p, eval_config)).answers
+        generation = by_length(tokenizer, prompts, lambda p: generate_torch(fp32, tokenizer, p, eval_config))
+        reference_answers, reference_tokens = generation.answers, generation.token_ids
         reference_f1 = _per_record_f1(reference_answers, qa)
         corpus = token_prf_corpus(reference_answers, [r["response"] for r in qa], [r.get("lang") for r in qa], eval_config.bootstrap_samples, eval_config.seed)
         report.answered = len(qa)
@@ -243,7 +253,13 @@ def gate_compressed_artifacts(
             result.relative_change = (value - report.reference_perplexity) / report.reference_perplexity
             result.perplexity_passed = result.relative_change <= max_relative_increase
             if report.answered:
-                answers = by_length(tokenizer, prompts, scorable.generate).answers
+                if name in LOGITS_ONLY:
+                    # No KV cache: decoding step by step re-runs the sequence per token
+                    # (~14x the perplexity pass on the demo); checking fp32's answers as
+                    # drafts gives the same greedy answers in about one pass.
+                    answers = generate_logits_from_draft(scorable.logits, tokenizer, prompts, reference_tokens, eval_config).answers
+                else:
+                    answers = by_length(tokenizer, prompts, scorable.generate).answers
                 _judge_task(result, reference_f1, answers, reference_answers, qa, task_gate, max_f1_drop, eval_config)
             elif task_gate != "off":
                 result.task_note = "(no held-out QA record to answer)"

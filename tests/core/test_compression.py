@@ -227,6 +227,7 @@ def test_quality_gate_scores_greedy_answers_against_fp32_and_fails_a_worse_artif
     the KV decoder of another model fails the task gate with its numbers."""
     from deepfeed.core.evaluation import EvaluationConfig, generate_torch
     from deepfeed.core.modeling import load_tokenizer
+    from deepfeed.core.compression import export_onnx
     from deepfeed.core.onnx_kv import export_decoder_with_past
 
     tokenizer = load_tokenizer(tiny_llama)
@@ -237,8 +238,9 @@ def test_quality_gate_scores_greedy_answers_against_fp32_and_fails_a_worse_artif
     folder = tmp_path / "compressed"
     model.save_pretrained(folder / "pruned")  # pruning nothing: the same answers, exactly
     export_decoder_with_past(model, folder / "onnx" / "kv.onnx", 17)
+    export_onnx(model, folder / "onnx" / "logits.onnx", 17)  # logits only: answers checked from fp32's drafts
     export_decoder_with_past(_diverse(_diverse(load_model(tiny_llama).eval())), folder / "onnx" / "other_kv.onnx", 17)
-    paths = {"pruned": "pruned", "onnx_kv_fp32": "onnx/kv.onnx"}
+    paths = {"pruned": "pruned", "onnx_kv_fp32": "onnx/kv.onnx", "onnx_fp32": "onnx/logits.onnx"}
     (folder / "compression.json").write_text(json.dumps({"paths": paths, "sizes_mb": {}, "errors": {}}))
 
     config = EvaluationConfig(max_new_tokens=8, bootstrap_samples=200)
@@ -248,6 +250,7 @@ def test_quality_gate_scores_greedy_answers_against_fp32_and_fails_a_worse_artif
 
     report = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config)
     assert report.answered == len(records) and report.reference_token_f1 == pytest.approx(1.0)
+    assert {a.name for a in report.artifacts} == set(paths)
     for a in report.artifacts:
         assert a.task_passed and a.f1_relative_change == 0 and a.identical_answers == len(records), a
     assert report.passed, report.failures()

@@ -13,6 +13,7 @@ from deepfeed.core.evaluation import (
     EvaluationConfig,
     Generation,
     generate_logits,
+    generate_logits_from_draft,
     generate_torch,
     perplexity,
     score_answers,
@@ -54,6 +55,15 @@ def test_logits_only_decoding_gives_the_same_answers_as_generate(tiny_llama):
     recomputed = generate_logits(torch_logits(model), tokenizer, prompts, FAST)
     assert cached.answers == recomputed.answers and any(cached.answers)
     assert cached.new_tokens == recomputed.new_tokens <= len(prompts) * FAST.max_new_tokens
+    assert cached.token_ids == recomputed.token_ids
+
+    # Checking drafts gives the artifact's own greedy answers whatever the drafts: right,
+    # wrong from the first token, cut short, or empty.
+    other = [list(reversed(t)) for t in cached.token_ids]
+    cut = [t[:2] for t in cached.token_ids]
+    for drafts in (cached.token_ids, other, cut, [[] for _ in prompts]):
+        checked = generate_logits_from_draft(torch_logits(model), tokenizer, prompts, drafts, FAST)
+        assert checked.token_ids == cached.token_ids and checked.answers == cached.answers
 
 
 def test_flops_per_token_counts_every_linear_layer_and_attention(llama):
