@@ -41,6 +41,14 @@ class CompressedModelConfig(dg.Config):
     gate_max_relative_increase: float = Field(default=0.03, description="Largest perplexity increase over the fp32 checkpoint an artifact may show (SPEC: 3%).")
     gate_max_records: int = Field(default=48, description="Held-out records the compression quality gate scores (0 = all).")
     gate_max_length: int = Field(default=128, description="Tokens per scored sequence in the quality gate.")
+    gate_max_f1_drop: float = Field(default=0.03, description="Largest relative drop of token F1 (greedy answers to held-out QA records) vs the fp32 checkpoint (SPEC: 3%).")
+    gate_task_metric: str = Field(
+        default="paired",
+        description="How the F1 budget is applied: 'paired' fails an artifact when the whole paired-bootstrap 95% interval of its F1 change "
+        "lies below -budget (robust on the demo's few answers), 'point' on the point estimate, 'off' gates perplexity only.",
+    )
+    gate_max_answers: int = Field(default=24, description="Held-out QA records both fp32 and each artifact answer for the task metric (0 = all).")
+    gate_max_new_tokens: int = Field(default=32, description="Tokens generated per answer in the quality gate.")
 
 
 def _artifacts_table(summary: dict) -> str:
@@ -105,7 +113,7 @@ def compressed_model(
     asset=compressed_model,
     blocking=True,
     additional_ins={"clean_corpus": dg.AssetIn("clean_corpus"), "finetuned_model": dg.AssetIn("finetuned_model")},
-    description="Each compressed artifact's perplexity on the held-out split stays within 3% of the fp32 (unpruned) checkpoint.",
+    description="Each compressed artifact's perplexity and task metric (token F1 of greedy answers) on the held-out split stay within 3% of the fp32 (unpruned) checkpoint.",
 )
 def compression_quality_gate(
     context: dg.AssetCheckExecutionContext,
@@ -129,20 +137,32 @@ def compression_quality_gate(
         folder,
         records,
         settings["gate_max_relative_increase"],
-        EvaluationConfig(max_length=settings["gate_max_length"]),
+        EvaluationConfig(max_length=settings["gate_max_length"], max_new_tokens=settings.get("gate_max_new_tokens", 32)),
         log=context.log.info,
+        # compression.json written before the task metric existed: gate it with the defaults
+        max_f1_drop=settings.get("gate_max_f1_drop", 0.03),
+        task_gate=settings.get("gate_task_metric", "paired"),
+        max_answers=settings.get("gate_max_answers", 24),
     )
     metadata = {
         "gate": dg.MetadataValue.md(report.markdown()),
         "fp32_perplexity": report.reference_perplexity,
         "eval_records": len(records),
         "scored_tokens": report.scored_tokens,
+        "task_gate": report.task_gate,
+        "answered_records": report.answered,
+        "fp32_token_f1": report.reference_token_f1 if report.reference_token_f1 is not None else float("nan"),
+        "fp32_seconds": report.reference_seconds,
     }
     for artifact in report.artifacts:
         metadata[f"{artifact.name}_perplexity"] = artifact.perplexity if artifact.perplexity is not None else float("nan")
         metadata[f"{artifact.name}_delta"] = artifact.relative_change if artifact.relative_change is not None else float("nan")
         metadata[f"{artifact.name}_size_mb"] = artifact.size_mb if artifact.size_mb is not None else float("nan")
         metadata[f"{artifact.name}_size_ratio"] = artifact.size_ratio if artifact.size_ratio is not None else float("nan")
+        metadata[f"{artifact.name}_token_f1"] = artifact.token_f1 if artifact.token_f1 is not None else float("nan")
+        metadata[f"{artifact.name}_f1_delta"] = artifact.f1_relative_change if artifact.f1_relative_change is not None else float("nan")
+        metadata[f"{artifact.name}_f1_delta_ci"] = dg.MetadataValue.json([artifact.f1_change_ci_low, artifact.f1_change_ci_high])
+        metadata[f"{artifact.name}_seconds"] = artifact.seconds
     if report.not_built:
         metadata["not_built"] = dg.MetadataValue.json(report.not_built)
     return dg.AssetCheckResult(

@@ -1,5 +1,6 @@
 """evaluation_report and champion_model: score every candidate, gate, promote."""
 
+import datetime as dt
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -8,6 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from deepfeed.assets.common import counts_table, fail, handle_metadata
+from deepfeed.assets.training import checkpoint_source
 from deepfeed.core.artifacts import MANIFEST, ArtifactHandle
 from deepfeed.core.audit import AuditEntry, AuditLedger
 from deepfeed.core.compression import CompressionConfig
@@ -18,6 +20,7 @@ from deepfeed.core.plots import markdown_image
 from deepfeed.core.report import CHALLENGER, DEFAULT_ARTIFACTS, DESCRIPTIONS, evaluate_candidates
 from deepfeed.core.report_render import render_markdown, write_report
 from deepfeed.core.safety import SafetyError, ToxicityScorer
+from deepfeed.core.score_cache import eval_set_hash, find_scores, save_scores, score_cache_key
 from deepfeed.core.tables import read_table, write_table
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.resources.mlflow_tracking import CHAMPION
@@ -33,7 +36,8 @@ class EvaluationReportConfig(dg.Config):
     max_generation_records: int = Field(default=32, description="Evaluation records answered by greedy generation (accuracy, BLEU-4, chrF, toxicity).")
     max_new_tokens: int = Field(default=32, description="Tokens generated per answer.")
     max_length: int = Field(default=128, description="Tokens per scored sequence.")
-    batch_size: int = Field(default=16, description="Sequences per forward pass / generation batch.")
+    batch_size: int = Field(default=16, description="Sequences per perplexity forward pass.")
+    generation_batch_size: int = Field(default=32, description="Prompts decoded together (greedy, left-padded, KV cache); one batch for the demo's 24 answers.")
     max_relative_drop: float = Field(default=0.03, description="Largest relative drop of a key metric vs the champion that still promotes (SPEC: 3%).")
     bootstrap_samples: int = Field(default=1000, description="Bootstrap resamples for the 95% intervals of BLEU-4, chrF and token F1.")
     toxicity_threshold: float = Field(default=0.5, description="Classifier probability at or above which an answer counts as toxic.")
@@ -45,6 +49,11 @@ class EvaluationReportConfig(dg.Config):
     generate_compressed: bool = Field(default=True, description="Also answer the prompts with each compressed artifact (accuracy, BLEU, toxicity and speed per artifact).")
     generate_logits_only: bool = Field(default=False, description="Also decode through the logits-only ONNX graphs (no KV cache: every step re-reads the prefix; their KV twins give the same answers faster).")
     compare_with_champion: bool = Field(default=True, description="Re-score the current champion on the same records for the gate.")
+    reuse_champion_scores: bool = Field(
+        default=True,
+        description="Reuse the champion's scores from an earlier evaluation (kept in the artifact store) when its version, the evaluation set "
+        "and these settings are unchanged, instead of generating its answers again. Off: always re-score.",
+    )
 
 
 def _eval_set(config: EvaluationReportConfig, store, clean_corpus: ArtifactHandle) -> tuple[list[dict], str]:
@@ -129,16 +138,31 @@ def evaluation_report(
 
     compression_passed, compression_detail = compression_gate_status(context, compressed_model, store)
     eval_config = EvaluationConfig(
-        max_length=config.max_length, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
+        max_length=config.max_length, batch_size=config.batch_size, generation_batch_size=config.generation_batch_size, max_new_tokens=config.max_new_tokens,
         max_generation_records=config.max_generation_records, max_relative_drop=config.max_relative_drop,
         bootstrap_samples=config.bootstrap_samples, seed=config.eval_sample_seed, toxicity_threshold=config.toxicity_threshold,
     )
+    eval_hash = eval_set_hash(records)
+    key_extra = {"use_perspective": config.use_perspective}
+    champion_scores = None
+    if champion_checkpoint is not None and config.reuse_champion_scores:
+        champion_scores = find_scores(store, score_cache_key(str(champion.version), champion.source, eval_hash, eval_config, key_extra))
     outcome = evaluate_candidates(
         store.local_path(finetuned_model) / "checkpoint", store.local_path(compressed_model), champion_checkpoint, records, eval_config,
         CompressionConfig(), log=context.log.info, toxicity=toxicity, generate_compressed=config.generate_compressed, generate_logits_only=config.generate_logits_only,
         artifacts=tuple(config.artifacts),
-        compression_passed=compression_passed, compression_detail=compression_detail,
+        compression_passed=compression_passed, compression_detail=compression_detail, champion_scores=champion_scores,
     )
+    challenger_version = finetuned_model.counts.get("mlflow_version")
+    if challenger_version is not None:
+        # Saved under the registry version: if this challenger becomes champion, the next
+        # evaluation on the same records reuses these scores instead of regenerating.
+        save_scores(
+            store, score_cache_key(str(challenger_version), checkpoint_source(store, finetuned_model), eval_hash, eval_config, key_extra),
+            outcome.by_name(CHALLENGER), outcome.samples,
+            {"model_version": challenger_version, "eval_hash": eval_hash, "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "dagster_run": context.run.run_id},
+            run_id=context.run.run_id,
+        )
     lineage = {
         "evaluation set": source,
         "data hash (clean corpus)": clean_corpus.content_hash,
@@ -146,7 +170,8 @@ def evaluation_report(
         "training data hash (augmented corpus)": str(finetuned_model.counts.get("data_hash")),
         "base model": str(finetuned_model.counts.get("base_model")),
         "mlflow challenger version": str(finetuned_model.counts.get("mlflow_version")),
-        "champion version": str(champion.version) if champion_checkpoint else "none",
+        "champion version": (str(champion.version) + (" (scores reused)" if champion_scores else "")) if champion_checkpoint else "none",
+        "evaluation set hash": eval_hash[:16],
         "compressed version": compressed_model.version,
         "training overlap (id / exact / near-duplicate)": f"{overlap['overlap_by_parent_id']} / {overlap['overlap_by_exact_hash']} / {overlap['overlap_by_near_duplicate']} of {len(records)} evaluation records",
         "dagster run": context.run.run_id,

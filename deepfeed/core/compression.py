@@ -49,6 +49,11 @@ class CompressionConfig:
     gate_max_relative_increase: float = 0.03
     gate_max_records: int = 48
     gate_max_length: int = 128
+    # Task metric of the gate (compression_gate.py): token F1 of greedy answers vs fp32.
+    gate_max_f1_drop: float = 0.03
+    gate_task_metric: str = "paired"  # "paired" (bootstrap interval), "point" or "off"
+    gate_max_answers: int = 24
+    gate_max_new_tokens: int = 32
 
 
 class CompressionInputError(ValueError):
@@ -303,12 +308,28 @@ def quantize_onnx_int8(source: Path, target: Path, per_channel: bool = True, met
     return target
 
 
+# Preference order: onnxruntime-gpu lists CUDA next to CPU; CPU stays as the fallback for
+# nodes the CUDA provider has no kernel for. TensorRT and others are not chosen
+# automatically (their engine builds take minutes and need per-model settings).
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def select_providers(available: list[str] | tuple[str, ...]) -> list[str]:
+    """The execution providers to ask ONNX Runtime for, given what it reports available.
+
+    Only the selection is tested here (no GPU on the CI machines): running on
+    CUDAExecutionProvider is untested on real GPUs."""
+    chosen = [p for p in PREFERRED_PROVIDERS if p in available]
+    if not chosen:
+        raise RuntimeError(f"ONNX Runtime offers none of {list(PREFERRED_PROVIDERS)} (available: {list(available)})")
+    return chosen
+
+
 def onnx_session(path: Path, threads: int | None = None):
     """CUDA execution provider when onnxruntime-gpu offers it, CPU otherwise."""
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    providers = select_providers(ort.get_available_providers())
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -356,6 +377,10 @@ def compress_checkpoint(checkpoint: Path, output: Path, config: CompressionConfi
     """
     from deepfeed.core.onnx_kv import check_decoder_parity, export_decoder_with_past
 
+    from deepfeed.core.compression_gate import TASK_GATES
+
+    if config.gate_task_metric not in TASK_GATES:
+        raise ValueError(f"gate_task_metric={config.gate_task_metric!r}: expected one of {TASK_GATES}")
     architecture = validate_checkpoint(checkpoint)["architecture"]
     model = load_model(checkpoint).eval()
     sparsity = prune_model(model, config)

@@ -31,7 +31,12 @@ NO_ANSWER_TOKENS = "no answer token to score: left out of perplexity"
 @dataclass(frozen=True)
 class EvaluationConfig:
     max_length: int = 128
-    batch_size: int = 16
+    batch_size: int = 16  # sequences per perplexity forward pass
+    # Prompts decoded together. Greedy decoding on CPU reads every weight once per step
+    # whatever the batch, so one batch of 24 takes about the steps of one batch of 16
+    # where two batches (16 + 8) take twice as many; the KV cache grows with it (SmolLM2:
+    # ~7 MB per row at 160 tokens).
+    generation_batch_size: int = 32
     max_new_tokens: int = 32
     max_generation_records: int = 64
     max_relative_drop: float = 0.03
@@ -88,6 +93,21 @@ class Generation:
     answers: list[str]
     new_tokens: int
     seconds: float
+    # Per answer, the generated ids up to and including EOS (torch generation fills it):
+    # drafts for generate_logits_from_draft.
+    token_ids: list[list[int]] | None = None
+
+
+def _trim(row: list[int], eos: int | None, pad: int) -> list[int]:
+    """The row's tokens up to and including the first EOS, trailing padding dropped."""
+    n = 0
+    for t in row:
+        n += 1
+        if t == eos:
+            break
+    while n and row[n - 1] == pad and pad != eos:
+        n -= 1
+    return row[:n]
 
 
 def left_pad(tokenizer, prompts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,17 +123,7 @@ def left_pad(tokenizer, prompts: list[str], max_length: int) -> tuple[torch.Tens
 
 def count_new_tokens(tokens: torch.Tensor, eos: int | None, pad: int) -> int:
     """Generated tokens up to and including the first EOS of each row."""
-    total = 0
-    for row in tokens.tolist():
-        n = 0
-        for t in row:
-            n += 1
-            if t == eos:
-                break
-        while n and row[n - 1] == pad and pad != eos:
-            n -= 1
-        total += n
-    return total
+    return sum(len(_trim(row, eos, pad)) for row in tokens.tolist())
 
 
 def by_length(tokenizer, prompts: list[str], generate: Callable[[list[str]], Generation]) -> Generation:
@@ -122,52 +132,130 @@ def by_length(tokenizer, prompts: list[str], generate: Callable[[list[str]], Gen
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids(tokenizer, prompts[i])))
     result = generate([prompts[i] for i in order])
     answers = [""] * len(prompts)
+    token_ids: list[list[int]] | None = [[] for _ in prompts] if result.token_ids is not None else None
     for position, index in enumerate(order):
         answers[index] = result.answers[position]
-    return Generation(answers, result.new_tokens, result.seconds)
+        if token_ids is not None:
+            token_ids[index] = result.token_ids[position]
+    return Generation(answers, result.new_tokens, result.seconds, token_ids)
 
 
 @torch.no_grad()
 def generate_torch(model, tokenizer, prompts: list[str], config: EvaluationConfig) -> Generation:
     """Greedy, batched, left-padded generation with the KV cache."""
     answers: list[str] = []
+    token_ids: list[list[int]] = []
     new_tokens, started = 0, time.perf_counter()
-    for start in range(0, len(prompts), config.batch_size):
-        input_ids, attention = left_pad(tokenizer, prompts[start:start + config.batch_size], config.max_length)
+    for start in range(0, len(prompts), config.generation_batch_size):
+        input_ids, attention = left_pad(tokenizer, prompts[start:start + config.generation_batch_size], config.max_length)
         output = model.generate(
             input_ids=input_ids, attention_mask=attention, max_new_tokens=config.max_new_tokens,
             do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, use_cache=True,
         )
         fresh = output[:, input_ids.shape[1]:]
+        token_ids.extend(_trim(row, tokenizer.eos_token_id, tokenizer.pad_token_id) for row in fresh.tolist())
         new_tokens += count_new_tokens(fresh, tokenizer.eos_token_id, tokenizer.pad_token_id)
         answers.extend(tokenizer.batch_decode(fresh, skip_special_tokens=True))
-    return Generation([a.strip() for a in answers], new_tokens, time.perf_counter() - started)
+    return Generation([a.strip() for a in answers], new_tokens, time.perf_counter() - started, token_ids)
+
+
+def _left_pad_ids(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def _greedy_logits(logits_fn: LogitsFn, rows: list[list[int]], max_new_tokens: int, eos: int | None, pad: int) -> list[list[int]]:
+    """Greedy new tokens of each row of ids, re-running the whole sequence every step."""
+    ids, mask = _left_pad_ids(rows, pad)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool)
+    steps = []
+    for _ in range(max_new_tokens):
+        next_ids = logits_fn(ids, mask)[:, -1].float().argmax(-1)
+        next_ids = torch.where(done, torch.full_like(next_ids, pad), next_ids)
+        steps.append(next_ids)
+        ids = torch.cat([ids, next_ids[:, None]], 1)
+        mask = torch.cat([mask, (~done).long()[:, None]], 1)
+        done |= next_ids == eos
+        if bool(done.all()):
+            break
+    if not steps:
+        return [[] for _ in rows]
+    return [_trim(row, eos, pad) for row in torch.stack(steps, 1).tolist()]
+
+
+def _prompt_rows(tokenizer, prompts: list[str], max_length: int) -> list[list[int]]:
+    return [prompt_ids(tokenizer, p)[-max_length:] for p in prompts]
 
 
 @torch.no_grad()
 def generate_logits(logits_fn: LogitsFn, tokenizer, prompts: list[str], config: EvaluationConfig) -> Generation:
     """Greedy decoding through a logits-only artifact (ONNX has no KV cache outputs), so
     every step re-reads the whole sequence: slower than `generate_torch`, same answers."""
-    answers: list[str] = []
-    new_tokens, started = 0, time.perf_counter()
+    started = time.perf_counter()
+    rows = _prompt_rows(tokenizer, prompts, config.max_length)
+    token_ids: list[list[int]] = []
+    for start in range(0, len(rows), config.generation_batch_size):
+        token_ids += _greedy_logits(logits_fn, rows[start:start + config.generation_batch_size], config.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    answers = [a.strip() for a in tokenizer.batch_decode(token_ids, skip_special_tokens=True)] if token_ids else []
+    return Generation(answers, sum(map(len, token_ids)), time.perf_counter() - started, token_ids)
+
+
+@torch.no_grad()
+def generate_logits_from_draft(logits_fn: LogitsFn, tokenizer, prompts: list[str], drafts: list[list[int]], config: EvaluationConfig) -> Generation:
+    """The greedy answers of a logits-only artifact, found by checking draft answers
+    (another model's greedy tokens, e.g. the fp32 checkpoint's) in one forward pass.
+
+    The logits over prompt + draft give the artifact's greedy choice after every prefix
+    of the draft at once. Up to the first position where its choice differs from the
+    draft, its greedy answer *is* the draft; from there on (rows that differ only) it is
+    decoded step by step. Same answers as `generate_logits` (up to float rounding of
+    near-ties, as between any two batch shapes), at one pass instead of one per token
+    when the artifact agrees with the draft, which a faithful compression mostly does."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    for start in range(0, len(prompts), config.batch_size):
-        ids, mask = left_pad(tokenizer, prompts[start:start + config.batch_size], config.max_length)
-        done = torch.zeros(ids.shape[0], dtype=torch.bool)
-        steps = []
-        for _ in range(config.max_new_tokens):
-            next_ids = logits_fn(ids, mask)[:, -1].float().argmax(-1)
-            next_ids = torch.where(done, torch.full_like(next_ids, pad), next_ids)
-            steps.append(next_ids)
-            ids = torch.cat([ids, next_ids[:, None]], 1)
-            mask = torch.cat([mask, (~done).long()[:, None]], 1)
-            done |= next_ids == eos
-            if bool(done.all()):
-                break
-        fresh = torch.stack(steps, 1)
-        new_tokens += count_new_tokens(fresh, eos, pad)
-        answers.extend(tokenizer.batch_decode(fresh, skip_special_tokens=True))
-    return Generation([a.strip() for a in answers], new_tokens, time.perf_counter() - started)
+    started = time.perf_counter()
+    rows = _prompt_rows(tokenizer, prompts, config.max_length)
+    drafts = [list(d[:config.max_new_tokens]) for d in drafts]
+    answers_ids: list[list[int] | None] = [None] * len(rows)
+    unfinished: list[tuple[int, list[int]]] = []  # (row, confirmed prefix of its answer)
+    for start in range(0, len(rows), config.batch_size):
+        chunk = range(start, min(start + config.batch_size, len(rows)))
+        ids, mask = _left_pad_ids([rows[i] for i in chunk], pad)
+        width = max(len(drafts[i]) for i in chunk)
+        # Drafts go right of the prompts; their right padding comes after every position
+        # read below, so causal attention never sees it.
+        tail = torch.full((len(chunk), width), pad, dtype=torch.long)
+        for r, i in enumerate(chunk):
+            tail[r, :len(drafts[i])] = torch.tensor(drafts[i], dtype=torch.long)
+        full_mask = torch.cat([mask, torch.ones_like(tail)], 1)
+        predicted = logits_fn(torch.cat([ids, tail], 1), full_mask)[:, ids.shape[1] - 1:].float().argmax(-1).tolist()
+        for r, i in enumerate(chunk):
+            draft, choice = drafts[i], predicted[r]
+            k = next((j for j in range(len(draft)) if choice[j] != draft[j]), len(draft))
+            prefix = draft
+            if k < len(draft):
+                prefix = draft[:k] + [choice[k]]
+            elif len(draft) < config.max_new_tokens and not (draft and draft[-1] == eos):
+                prefix = draft + [choice[len(draft)]]  # a draft cut short: the artifact goes on
+            if (prefix and prefix[-1] == eos) or len(prefix) >= config.max_new_tokens:
+                answers_ids[i] = prefix
+            else:
+                unfinished.append((i, prefix))
+    for start in range(0, len(unfinished), config.generation_batch_size):
+        group = unfinished[start:start + config.generation_batch_size]
+        # Rows continue for the same number of steps; each is cut at its own budget.
+        steps = config.max_new_tokens - min(len(p) for _, p in group)
+        more = _greedy_logits(logits_fn, [rows[i] + p for i, p in group], steps, eos, pad)
+        for (i, prefix), extra in zip(group, more):
+            answers_ids[i] = (prefix + extra)[:config.max_new_tokens]
+    token_ids = [a or [] for a in answers_ids]
+    answers = [a.strip() for a in tokenizer.batch_decode(token_ids, skip_special_tokens=True)] if token_ids else []
+    return Generation(answers, sum(map(len, token_ids)), time.perf_counter() - started, token_ids)
 
 
 def record_label(record: dict[str, Any]) -> str | None:

@@ -3,8 +3,9 @@
 FLOPs are counted by torch.utils.flop_counter.FlopCounterMode on real forward passes,
 so attention, MoE routing and whatever the architecture does are counted as run (an
 estimate from the parameter count would miss them). A quantized model's int8 kernels
-are not counted by FlopCounterMode: its FLOPs come out as those of its float parts only,
-which is why the report takes FLOPs from the fp32 checkpoint.
+(aten._weight_int8pack_mm) get the same 2*M*K*N formula registered here, so the torch
+int8 artifact is counted too. ONNX artifacts are counted from their graph: the shapes of
+every matrix product under symbolic shape inference on a concrete input size.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def flops_per_token(model: torch.nn.Module, input_ids: torch.Tensor) -> dict[str
     from torch.utils.flop_counter import FlopCounterMode
 
     _count_cpu_attention()
+    _count_int8_weight_only()
     attention = torch.ones_like(input_ids)
     with FlopCounterMode(display=False) as prefill:
         out = model(input_ids=input_ids, attention_mask=attention, use_cache=True)
@@ -124,3 +126,104 @@ class Stopwatch:
             self.cpu[name] = self.cpu.get(name, 0.0) + cpu
             if self._log:
                 self._log(f"stage {name}: {seconds:.1f}s (CPU {cpu:.1f}s)")
+
+
+def _count_int8_weight_only() -> None:
+    """Weight-only int8 Linear layers (weight_only_int8.Int8Linear) run
+    aten._weight_int8pack_mm, which FlopCounterMode has no formula for: register the
+    matmul's (x [M, K] times int8 weight [N, K]^T is 2*M*K*N), so the torch int8
+    artifact is counted like the fp32 model, not as its float parts only."""
+    from torch.utils import flop_counter
+
+    op = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
+    if op is None or op in flop_counter.flop_registry or op.default in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(op)
+    def _int8pack_mm_flop(a_shape, b_shape, *args, out_shape=None, **kwargs):
+        m, k = a_shape
+        n = b_shape[0]
+        return 2 * m * k * n
+
+
+# ONNX matrix products and where their operands sit: (A index, B index). FLOPs are
+# 2*M*K*N like FlopCounterMode's mm formula; elementwise ops, softmax and norms are
+# left out on both sides, so torch and ONNX numbers compare.
+_ONNX_MATMULS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "DynamicQuantizeMatMul": (0, 1), "FusedMatMul": (0, 1), "QLinearMatMul": (0, 3)}
+
+
+def _onnx_graph_flops(model, dims: dict[str, int]) -> float:
+    """FLOPs of one run of `model` with its symbolic input dims set to `dims`, from the
+    shapes ONNX Runtime's symbolic shape inference propagates through the graph
+    (it knows the com.microsoft ops, MatMulNBits included, which onnx's own does not)."""
+    import math
+
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    for value in model.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                if dim.dim_param not in dims:
+                    raise ValueError(f"input {value.name} has a dimension {dim.dim_param!r} with no value given")
+                size = dims[dim.dim_param]
+                dim.Clear()
+                dim.dim_value = size
+    inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    shapes = {i.name: list(i.dims) for i in inferred.graph.initializer}
+    for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims_ = value.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims_):
+            shapes[value.name] = [d.dim_value for d in dims_]
+    total, unknown = 0.0, []
+    for node in inferred.graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type in _ONNX_MATMULS:
+            a_index, b_index = _ONNX_MATMULS[node.op_type]
+            a, out = shapes.get(node.input[a_index]), shapes.get(node.output[0])
+            if a is None or out is None:
+                unknown.append(node.name or node.op_type)
+                continue
+            total += 2 * math.prod(out) * a[-1]
+        elif node.op_type == "MatMulNBits":
+            a = shapes.get(node.input[0])
+            if a is None:
+                unknown.append(node.name or node.op_type)
+                continue
+            total += 2 * math.prod(a[:-1]) * attrs["K"].i * attrs["N"].i
+        elif node.op_type == "Gemm":
+            a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
+            if a is None or out is None:
+                unknown.append(node.name or node.op_type)
+                continue
+            k = a[0] if "transA" in attrs and attrs["transA"].i else a[1]
+            total += 2 * math.prod(out) * k
+    if unknown:
+        raise ValueError(f"shape inference left {len(unknown)} matrix products without shapes (e.g. {unknown[:3]}); FLOPs not counted")
+    return total
+
+
+def onnx_flops_per_token(path: Path, context_tokens: int, batch: int = 1) -> dict[str, float]:
+    """Prefill and decode FLOPs per token of an ONNX decoder, counted from the graph.
+
+    A graph with past key values (onnx_kv.py) decodes one token over a cache of
+    `context_tokens`; a logits-only graph has no cache, so each generated token re-runs
+    the whole sequence and its decode cost is a full pass over context + 1 tokens."""
+    import onnx
+
+    model = onnx.load(str(path))
+    names = {i.name for i in model.graph.input}
+    with_past = any(n.startswith("past_key_values.") for n in names)
+    if with_past:
+        prefill = _onnx_graph_flops(model, {"batch": batch, "sequence": context_tokens, "total_sequence": context_tokens, "past_sequence": 0})
+        model = onnx.load(str(path))
+        decode = _onnx_graph_flops(model, {"batch": batch, "sequence": 1, "total_sequence": context_tokens + 1, "past_sequence": context_tokens})
+        decode_per_token = decode / batch
+    else:
+        prefill = _onnx_graph_flops(model, {"batch": batch, "sequence": context_tokens})
+        model = onnx.load(str(path))
+        decode_per_token = _onnx_graph_flops(model, {"batch": batch, "sequence": context_tokens + 1}) / batch
+    return {
+        "prefill_flops_per_token": prefill / (batch * context_tokens),
+        "decode_flops_per_token": decode_per_token,
+        "flops_context_tokens": context_tokens,
+    }

@@ -33,7 +33,7 @@ from deepfeed.core.evaluation import (
     score_answers,
     torch_logits,
 )
-from deepfeed.core.flops import PeakMemory, Stopwatch, flops_per_token, folder_size_mb
+from deepfeed.core.flops import PeakMemory, Stopwatch, flops_per_token, folder_size_mb, onnx_flops_per_token
 from deepfeed.core.gate import GateCondition, GateResult, promotion_gate
 from deepfeed.core.modeling import load_model, load_tokenizer, prompt_ids
 from deepfeed.core.safety import ToxicityScorer
@@ -50,6 +50,7 @@ class CandidateResult:
     error: str | None = None
     seconds: float = 0.0
     exclusions: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # metric -> why it is absent
 
 
 @dataclass
@@ -72,18 +73,27 @@ class Scorable:
 
     logits: LogitsFn
     generate: Callable[[list[str]], Generation]
-    torch_model: Any = None  # fp32 torch models only: FLOPs are counted on these
+    # prompt ids [1, seq] -> prefill/decode FLOPs per token: FlopCounterMode for torch
+    # models (int8 included), the graph's matrix products for ONNX files.
+    flops: Callable[[torch.Tensor], dict[str, float]] | None = None
 
 
-def torch_scorable(model, tokenizer, config: EvaluationConfig, count_flops: bool) -> Scorable:
-    return Scorable(torch_logits(model), lambda prompts: generate_torch(model, tokenizer, prompts, config), model if count_flops else None)
+def torch_scorable(model, tokenizer, config: EvaluationConfig, count_flops: bool = True) -> Scorable:
+    return Scorable(
+        torch_logits(model), lambda prompts: generate_torch(model, tokenizer, prompts, config),
+        (lambda ids: flops_per_token(model, ids)) if count_flops else None,
+    )
 
 
-def logits_scorable(logits: LogitsFn, tokenizer, config: EvaluationConfig) -> Scorable:
-    return Scorable(logits, lambda prompts: generate_logits(logits, tokenizer, prompts, config))
+def _graph_flops(path: Path) -> Callable[[torch.Tensor], dict[str, float]]:
+    return lambda ids: onnx_flops_per_token(path, ids.shape[1], ids.shape[0])
 
 
-def onnx_kv_scorable(session, tokenizer, config: EvaluationConfig) -> Scorable:
+def logits_scorable(logits: LogitsFn, tokenizer, config: EvaluationConfig, path: Path | None = None) -> Scorable:
+    return Scorable(logits, lambda prompts: generate_logits(logits, tokenizer, prompts, config), _graph_flops(path) if path else None)
+
+
+def onnx_kv_scorable(session, tokenizer, config: EvaluationConfig, path: Path | None = None) -> Scorable:
     """An ONNX decoder with past key values: greedy generation one token per step."""
     import numpy as np
 
@@ -91,14 +101,14 @@ def onnx_kv_scorable(session, tokenizer, config: EvaluationConfig) -> Scorable:
 
     def generate(prompts: list[str]) -> Generation:
         answers, new_tokens, started = [], 0, time.perf_counter()
-        for start in range(0, len(prompts), config.batch_size):
-            ids, mask = left_pad(tokenizer, prompts[start:start + config.batch_size], config.max_length)
+        for start in range(0, len(prompts), config.generation_batch_size):
+            ids, mask = left_pad(tokenizer, prompts[start:start + config.generation_batch_size], config.max_length)
             fresh = onnx_greedy_generate(session, ids.numpy(), mask.numpy(), config.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
             new_tokens += count_new_tokens(torch.from_numpy(np.asarray(fresh)), tokenizer.eos_token_id, tokenizer.pad_token_id)
             answers.extend(a.strip() for a in tokenizer.batch_decode(fresh, skip_special_tokens=True))
         return Generation(answers, new_tokens, time.perf_counter() - started)
 
-    return Scorable(onnx_kv_logits(session), generate)
+    return Scorable(onnx_kv_logits(session), generate, _graph_flops(path) if path else None)
 
 
 # The logits-only ONNX graphs compute what their KV-cache twins compute; decoding through
@@ -122,12 +132,12 @@ def compressed_loaders(compressed_dir: Path, tokenizer, config: EvaluationConfig
     summary = compressed_dir / "compression.json"
     paths = json.loads(summary.read_text()).get("paths", {}) if summary.exists() else {n: p for n, (p, _) in ARTIFACTS.items()}
     loaders: dict[str, Callable[[], Scorable]] = {
-        "pruned": lambda: torch_scorable(load_model(compressed_dir / paths["pruned"]).eval(), tokenizer, config, False),
-        "torch_int8": lambda: torch_scorable(load_int8_torch(compressed_dir / paths["pruned"], compressed_dir / paths["torch_int8"], compression), tokenizer, config, False),
-        "onnx_fp32": lambda: logits_scorable(onnx_logits(onnx_session(compressed_dir / paths["onnx_fp32"])), tokenizer, config),
-        "onnx_int8": lambda: logits_scorable(onnx_logits(onnx_session(compressed_dir / paths["onnx_int8"])), tokenizer, config),
-        "onnx_kv_fp32": lambda: onnx_kv_scorable(onnx_session(compressed_dir / paths["onnx_kv_fp32"]), tokenizer, config),
-        "onnx_kv_int8": lambda: onnx_kv_scorable(onnx_session(compressed_dir / paths["onnx_kv_int8"]), tokenizer, config),
+        "pruned": lambda: torch_scorable(load_model(compressed_dir / paths["pruned"]).eval(), tokenizer, config),
+        "torch_int8": lambda: torch_scorable(load_int8_torch(compressed_dir / paths["pruned"], compressed_dir / paths["torch_int8"], compression), tokenizer, config),
+        "onnx_fp32": lambda: logits_scorable(onnx_logits(onnx_session(compressed_dir / paths["onnx_fp32"])), tokenizer, config, compressed_dir / paths["onnx_fp32"]),
+        "onnx_int8": lambda: logits_scorable(onnx_logits(onnx_session(compressed_dir / paths["onnx_int8"])), tokenizer, config, compressed_dir / paths["onnx_int8"]),
+        "onnx_kv_fp32": lambda: onnx_kv_scorable(onnx_session(compressed_dir / paths["onnx_kv_fp32"]), tokenizer, config, compressed_dir / paths["onnx_kv_fp32"]),
+        "onnx_kv_int8": lambda: onnx_kv_scorable(onnx_session(compressed_dir / paths["onnx_kv_int8"]), tokenizer, config, compressed_dir / paths["onnx_kv_int8"]),
     }
     return {name: (DESCRIPTIONS[name], load, compressed_dir / paths[name]) for name, load in loaders.items() if name in paths}
 
@@ -173,9 +183,14 @@ def score_candidate(
                 result.metrics |= scores.metrics
                 result.exclusions |= scores.exclusions
                 samples = scores.samples
-            if scorable.torch_model is not None:
+            if scorable.flops is None:
+                result.notes["FLOPs/token"] = "no counter for this kind of artifact"
+            else:
                 with watch.stage(f"{name}: flops"):
-                    result.metrics |= flops_per_token(scorable.torch_model, _flops_context(tokenizer, records, config.max_length))
+                    try:
+                        result.metrics |= scorable.flops(_flops_context(tokenizer, records, config.max_length))
+                    except Exception as exc:  # a FLOPs count must not cost the candidate its other metrics
+                        result.notes["FLOPs/token"] = f"not counted: {type(exc).__name__}: {exc}"
         result.metrics["peak_memory_mb"] = memory.peak_mb
     except Exception as exc:  # a broken artifact is reported in the table, not fatal to the report
         result.error = f"{type(exc).__name__}: {exc}"
@@ -199,7 +214,12 @@ def evaluate_candidates(
     artifacts: tuple[str, ...] = DEFAULT_ARTIFACTS,
     compression_passed: bool | None = None,
     compression_detail: str = "",
+    champion_scores: dict[str, Any] | None = None,
 ) -> EvaluationOutcome:
+    """Score the challenger, its artifacts and the champion on `records`.
+
+    `champion_scores`: what score_cache.find_scores returned for the champion's version on
+    these records and settings; the champion is then not loaded nor asked again."""
     if not records:
         raise ValueError("the held-out evaluation set is empty")
     toxicity = toxicity or ToxicityScorer(threshold=config.toxicity_threshold)
@@ -237,7 +257,17 @@ def evaluate_candidates(
         c.exclusions = {**prompt_exclusions, **c.exclusions}
 
     champion_metrics = None
-    if champion_checkpoint is not None:
+    if champion_checkpoint is not None and champion_scores is not None:
+        saved = champion_scores["result"]
+        result = CandidateResult(CHAMPION, "current champion, scores reused", metrics=saved["metrics"], seconds=0.0, exclusions=saved.get("exclusions", {}))
+        result.notes["re-scoring"] = (
+            f"skipped: same version, evaluation set and settings as the evaluation of {champion_scores.get('meta', {}).get('evaluated_at', 'an earlier run')}; "
+            "its scores (speed and memory measured then) are reused"
+        )
+        log(f"champion: scores reused ({result.notes['re-scoring']})")
+        champion_metrics = result.metrics
+        candidates.insert(0, result)
+    elif champion_checkpoint is not None:
         try:
             champion_tokenizer = load_tokenizer(champion_checkpoint)
             result, _ = score_candidate(

@@ -116,8 +116,9 @@ def render_markdown(outcome: EvaluationOutcome, lineage: dict[str, str], plots: 
     for row in headline_rows(outcome, limit):
         lines.append("| " + " | ".join(text + _mark(colour) for text, colour in row) + " |")
     errors = [(c.name, c.error) for c in outcome.candidates if c.error]
+    errors += [(f"{c.name} ({metric})", why) for c in outcome.candidates if not c.error for metric, why in c.notes.items()]
     if errors:
-        lines += ["", "## Not measured", ""] + [f"- **{n}**: {e}" for n, e in errors]
+        lines += ["", "## Not measured, or reused", ""] + [f"- **{n}**: {e}" for n, e in errors]
     exclusions = _exclusion_rows(outcome)
     if exclusions:
         lines += ["", "## Records left out of a metric", "", "| candidate | reason | records |", "|---|---|---:|"]
@@ -151,6 +152,7 @@ def render_html(outcome: EvaluationOutcome, lineage: dict[str, str], plot_files:
         f'<li class="{"ok" if c.passed else "bad"}">{"✔" if c.passed else "✘"} <b>{e(c.name)}</b>: {e(c.detail)}</li>' for c in outcome.gate.conditions
     )
     errors = "".join(f"<li><b>{e(c.name)}</b>: {e(c.error)}</li>" for c in outcome.candidates if c.error)
+    errors += "".join(f"<li><b>{e(c.name)} ({e(m)})</b>: {e(why)}</li>" for c in outcome.candidates if not c.error for m, why in c.notes.items())
     exclusions = "".join(f"<tr><td>{e(n)}</td><td>{e(r)}</td><td>{k}</td></tr>" for n, r, k in _exclusion_rows(outcome))
     plots = "".join(f'<figure><img src="{_data_uri(p)}" alt="{e(t)}"><figcaption>{e(t)}</figcaption></figure>' for t, p in plot_files.items())
     timings = "".join(f"<tr><td>{e(k)}</td><td>{v:.1f}</td><td>{outcome.cpu_seconds.get(k, math.nan):.1f}</td></tr>" for k, v in outcome.timings.items())
@@ -161,7 +163,7 @@ def render_html(outcome: EvaluationOutcome, lineage: dict[str, str], plot_files:
         for s in outcome.samples[:20]
     )
     verdict = "Promote the challenger" if passed else "Keep the champion"
-    errors_section = f"<h2>Not measured</h2><ul>{errors}</ul>" if errors else ""
+    errors_section = f"<h2>Not measured, or reused</h2><ul>{errors}</ul>" if errors else ""
     exclusions_section = (
         '<h2>Records left out of a metric</h2><table class="text"><tr><th>candidate</th><th>reason</th><th>records</th></tr>'
         f"{exclusions}</table>" if exclusions else ""

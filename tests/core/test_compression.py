@@ -221,6 +221,71 @@ def test_quality_gate_passes_good_artifacts_and_names_a_bad_one(compressed):
     assert failure.startswith("onnx_int8: perplexity") and "limit +3%" in failure
 
 
+def test_quality_gate_scores_greedy_answers_against_fp32_and_fails_a_worse_artifact(tiny_llama, tmp_path):
+    """References are the fp32 checkpoint's own greedy answers, so fp32 scores F1 1 and a
+    faithful artifact (the same weights, torch and ONNX with KV cache) answers the same;
+    the KV decoder of another model fails the task gate with its numbers."""
+    from deepfeed.core.evaluation import EvaluationConfig, generate_torch
+    from deepfeed.core.modeling import load_tokenizer
+    from deepfeed.core.compression import export_onnx
+    from deepfeed.core.onnx_kv import export_decoder_with_past
+
+    tokenizer = load_tokenizer(tiny_llama)
+    model = _diverse(load_model(tiny_llama).eval())
+    checkpoint = tmp_path / "fp32"
+    model.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    folder = tmp_path / "compressed"
+    model.save_pretrained(folder / "pruned")  # pruning nothing: the same answers, exactly
+    export_decoder_with_past(model, folder / "onnx" / "kv.onnx", 17)
+    export_onnx(model, folder / "onnx" / "logits.onnx", 17)  # logits only: answers checked from fp32's drafts
+    export_decoder_with_past(_diverse(_diverse(load_model(tiny_llama).eval())), folder / "onnx" / "other_kv.onnx", 17)
+    paths = {"pruned": "pruned", "onnx_kv_fp32": "onnx/kv.onnx", "onnx_fp32": "onnx/logits.onnx"}
+    (folder / "compression.json").write_text(json.dumps({"paths": paths, "sizes_mb": {}, "errors": {}}))
+
+    config = EvaluationConfig(max_new_tokens=8, bootstrap_samples=200)
+    own = generate_torch(model, tokenizer, [p for p, _ in PAIRS], config).answers
+    records = [{"kind": "pair", "prompt": p, "response": a, "lang": "en"} for (p, _), a in zip(PAIRS, own) if a.strip()]
+    assert len(records) >= 4
+
+    report = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config)
+    assert report.answered == len(records) and report.reference_token_f1 == pytest.approx(1.0)
+    assert {a.name for a in report.artifacts} == set(paths)
+    for a in report.artifacts:
+        assert a.task_passed and a.f1_relative_change == 0 and a.identical_answers == len(records), a
+    assert report.passed, report.failures()
+    assert "paired 95% CI" in report.markdown().splitlines()[2]
+
+    (folder / "compression.json").write_text(json.dumps({"paths": {**paths, "onnx_kv_int8": "onnx/other_kv.onnx"}, "sizes_mb": {}, "errors": {}}))
+    report = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config)
+    bad = report.artifacts[-1]
+    assert bad.name == "onnx_kv_int8" and bad.task_passed is False and bad.f1_change_ci_high < -0.03
+    (failure,) = report.failures()
+    assert failure.startswith("onnx_kv_int8: ") and f"token F1 {bad.token_f1:.4g} vs fp32 1 on {len(records)} answers" in failure
+    assert "whole interval below the limit" in failure
+
+    # task_gate="off" scores perplexity only
+    off = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config, task_gate="off")
+    assert off.answered == 0 and all(a.token_f1 is None and a.task_passed is None for a in off.artifacts)
+    with pytest.raises(ValueError, match="task_gate"):
+        gate_compressed_artifacts(checkpoint, folder, records, task_gate="loose")
+
+
+def test_paired_f1_change_separates_noise_from_a_real_drop():
+    from deepfeed.core.compression_gate import paired_relative_change
+
+    reference = np.array([1.0, 0.5, 0.0, 0.8] * 6)  # 24 answers, mean 0.575
+    assert paired_relative_change(reference, reference, 500, 0) == (0.0, 0.0, 0.0)
+    one_flip = reference.copy()
+    one_flip[1] = 0.0  # one answer of 24 turns wrong: -3.6%, a point gate at 3% would fail
+    change, low, high = paired_relative_change(reference, one_flip, 1000, 0)
+    assert change == pytest.approx(-0.5 / 24 / 0.575) and change < -0.03 and high >= -0.03
+    worse = reference * 0.5  # every answer half as good
+    change, low, high = paired_relative_change(reference, worse, 1000, 0)
+    assert change == pytest.approx(-0.5) and high < -0.03
+    assert paired_relative_change(np.zeros(5), np.ones(5), 100, 0) == (None, None, None)
+
+
 def test_bad_checkpoints_are_named(tiny_llama, tmp_path):
     import shutil
 
@@ -264,3 +329,17 @@ def test_an_architecture_the_exporter_cannot_handle_leaves_the_torch_artifacts(t
     report = gate_compressed_artifacts(checkpoint, tmp_path / "out", RECORDS)
     assert {a.name for a in report.artifacts} == {"pruned", "torch_int8"} and "onnx_fp32" in report.not_built
     assert json.loads((tmp_path / "out" / "compression.json").read_text())["errors"]["onnx_fp32"]
+
+
+def test_provider_selection_prefers_cuda_and_falls_back_to_cpu():
+    import onnxruntime as ort
+
+    from deepfeed.core.compression import select_providers
+
+    assert select_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers(["TensorrtExecutionProvider", "CPUExecutionProvider", "CUDAExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(RuntimeError, match="none of"):
+        select_providers(["AzureExecutionProvider"])
+    # what this machine's onnxruntime offers is what a session gets
+    assert select_providers(ort.get_available_providers())[-1] == "CPUExecutionProvider"

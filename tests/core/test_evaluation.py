@@ -13,6 +13,7 @@ from deepfeed.core.evaluation import (
     EvaluationConfig,
     Generation,
     generate_logits,
+    generate_logits_from_draft,
     generate_torch,
     perplexity,
     score_answers,
@@ -26,7 +27,7 @@ from deepfeed.core.safety import ToxicityScorer
 from tests.conftest import PAIRS
 
 RECORDS = [{"record_id": str(i), "kind": "pair", "prompt": p, "response": r, "text": None, "lang": "zh" if "？" in p else "en", "tags": [], "meta": None} for i, (p, r) in enumerate(PAIRS)]
-FAST = EvaluationConfig(max_new_tokens=5, batch_size=3, bootstrap_samples=50)
+FAST = EvaluationConfig(max_new_tokens=5, batch_size=3, generation_batch_size=4, bootstrap_samples=50)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,15 @@ def test_logits_only_decoding_gives_the_same_answers_as_generate(tiny_llama):
     recomputed = generate_logits(torch_logits(model), tokenizer, prompts, FAST)
     assert cached.answers == recomputed.answers and any(cached.answers)
     assert cached.new_tokens == recomputed.new_tokens <= len(prompts) * FAST.max_new_tokens
+    assert cached.token_ids == recomputed.token_ids
+
+    # Checking drafts gives the artifact's own greedy answers whatever the drafts: right,
+    # wrong from the first token, cut short, or empty.
+    other = [list(reversed(t)) for t in cached.token_ids]
+    cut = [t[:2] for t in cached.token_ids]
+    for drafts in (cached.token_ids, other, cut, [[] for _ in prompts]):
+        checked = generate_logits_from_draft(torch_logits(model), tokenizer, prompts, drafts, FAST)
+        assert checked.token_ids == cached.token_ids and checked.answers == cached.answers
 
 
 def test_flops_per_token_counts_every_linear_layer_and_attention(llama):
@@ -142,3 +152,71 @@ def test_generation_by_length_returns_answers_in_prompt_order(llama):
     result = by_length(tokenizer, prompts, echo)
     assert seen == ["short", "medium length one", prompts[0]]
     assert result.answers == [p.upper() for p in prompts] and result.new_tokens == 3
+
+
+def test_flops_per_token_for_every_artifact_kind(tiny_llama, tmp_path):
+    """torch int8 (FlopCounterMode with the int8 matmul registered) and the ONNX graphs
+    (matrix products under shape inference) count what the fp32 model counts; the
+    logits-only graphs decode by re-running the whole sequence, and say so in FLOPs."""
+    from deepfeed.core.compression import CompressionConfig, compress_checkpoint, write_json
+    from deepfeed.core.report import DESCRIPTIONS
+
+    summary = compress_checkpoint(tiny_llama, tmp_path / "compressed", CompressionConfig())
+    write_json(tmp_path / "compressed" / "compression.json", summary)
+    outcome = evaluate_candidates(tiny_llama, tmp_path / "compressed", None, RECORDS[:4], FAST, log=lambda m: None,
+                                  artifacts=tuple(DESCRIPTIONS), generate_compressed=False)
+    fp32 = outcome.by_name("challenger").metrics
+    context = fp32["flops_context_tokens"]
+    assert fp32["prefill_flops_per_token"] > 0 and fp32["decode_flops_per_token"] > 0
+    for name in DESCRIPTIONS:
+        c = outcome.by_name(name)
+        assert c.error is None and not c.notes, (name, c.error, c.notes)
+        assert c.metrics["prefill_flops_per_token"] == pytest.approx(fp32["prefill_flops_per_token"], rel=1e-6), name
+        if name in ("onnx_fp32", "onnx_int8"):
+            assert c.metrics["decode_flops_per_token"] > context * fp32["decode_flops_per_token"] * 0.9, name
+        else:
+            assert c.metrics["decode_flops_per_token"] == pytest.approx(fp32["decode_flops_per_token"], rel=1e-6), name
+
+
+def test_onnx_flops_of_a_one_matmul_graph_with_symbolic_dims(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from deepfeed.core.flops import onnx_flops_per_token
+
+    x = helper.make_tensor_value_info("input_ids", TensorProto.FLOAT, ["batch", "sequence", 8])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 4], [0.0] * 32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["input_ids", "w"], ["logits"])], "g", [x], [y], [w])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    flops = onnx_flops_per_token(path, 5)
+    assert flops["prefill_flops_per_token"] == 2 * 8 * 4 and flops["decode_flops_per_token"] == 6 * 2 * 8 * 4
+
+
+def test_champion_scores_are_reused_only_for_the_same_version_records_and_settings(tiny_llama, tmp_path):
+    from deepfeed.core.artifacts import ArtifactStore
+    from deepfeed.core.score_cache import eval_set_hash, find_scores, save_scores, score_cache_key
+
+    store = ArtifactStore(tmp_path / "store")
+    first = evaluate_candidates(tiny_llama, None, None, RECORDS, FAST, log=lambda m: None)
+    eval_hash = eval_set_hash(RECORDS)
+    key = score_cache_key("3", str(tiny_llama), eval_hash, FAST)
+    save_scores(store, key, first.by_name("challenger"), first.samples, {"evaluated_at": "2026-11-29T22:00:00+00:00"})
+
+    assert find_scores(store, score_cache_key("4", str(tiny_llama), eval_hash, FAST)) is None
+    assert find_scores(store, score_cache_key("3", str(tiny_llama), eval_set_hash(RECORDS[:-1]), FAST)) is None
+    assert find_scores(store, score_cache_key("3", str(tiny_llama), eval_hash, EvaluationConfig(max_new_tokens=6, batch_size=3, bootstrap_samples=50))) is None
+    cached = find_scores(store, key)
+    assert cached["result"]["metrics"] == first.by_name("challenger").metrics
+    assert [s["answer"] for s in cached["samples"]] == [s["answer"] for s in first.samples]
+
+    # The champion is not loaded (its path does not exist) and the gate still compares.
+    outcome = evaluate_candidates(tiny_llama, None, tmp_path / "not-loaded", RECORDS, FAST, log=lambda m: None, champion_scores=cached)
+    champion = outcome.by_name("champion")
+    assert champion.error is None and champion.metrics == cached["result"]["metrics"]
+    assert "2026-11-29T22:00:00" in champion.notes["re-scoring"]
+    assert not any(t.startswith("champion") for t in outcome.timings)
+    assert outcome.gate.passed  # the same model as its cached self
+    page = render_html(outcome, {}, {}, 0.03)
+    assert "scores (speed and memory measured then) are reused" in page
