@@ -90,6 +90,15 @@ class ThreadTuner:
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
+def _onednn_bf16() -> bool:
+    # A private torch check (no public one for CPUs): without it, bf16 would be emulated
+    # and slower than fp32, so any failure means fp32.
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class SentenceEncoder:
     """Batched, normalised sentence embeddings; cosine similarity is a dot product.
 
@@ -125,7 +134,7 @@ class SentenceEncoder:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision == "auto":
-            precision = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+            precision = "bf16" if _onednn_bf16() else "fp32"
         self.precision = precision
         model = AutoModel.from_pretrained(path).eval()
         if precision == "int8":
