@@ -18,6 +18,7 @@ from deepfeed.core.evaluation import EvaluationConfig
 from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.plots import markdown_image
 from deepfeed.core.report import CHALLENGER, DEFAULT_ARTIFACTS, DESCRIPTIONS, evaluate_candidates
+from deepfeed.core.report import CHAMPION as CHAMPION_CANDIDATE
 from deepfeed.core.report_render import render_markdown, write_report
 from deepfeed.core.safety import SafetyError, ToxicityScorer
 from deepfeed.core.score_cache import eval_set_hash, find_scores, save_scores, score_cache_key
@@ -153,6 +154,12 @@ def evaluation_report(
         artifacts=tuple(config.artifacts),
         compression_passed=compression_passed, compression_detail=compression_detail, champion_scores=champion_scores,
     )
+    stamp = {"eval_hash": eval_hash, "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "dagster_run": context.run.run_id}
+    champion_result = outcome.by_name(CHAMPION_CANDIDATE)
+    if champion_checkpoint is not None and champion_scores is None and champion_result is not None:
+        # A champion scored here for the first time (registered before scores were kept).
+        save_scores(store, score_cache_key(str(champion.version), champion.source, eval_hash, eval_config, key_extra), champion_result, [],
+                    {"model_version": champion.version, **stamp}, run_id=context.run.run_id)
     challenger_version = finetuned_model.counts.get("mlflow_version")
     if challenger_version is not None:
         # Saved under the registry version: if this challenger becomes champion, the next
@@ -160,7 +167,7 @@ def evaluation_report(
         save_scores(
             store, score_cache_key(str(challenger_version), checkpoint_source(store, finetuned_model), eval_hash, eval_config, key_extra),
             outcome.by_name(CHALLENGER), outcome.samples,
-            {"model_version": challenger_version, "eval_hash": eval_hash, "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "dagster_run": context.run.run_id},
+            {"model_version": challenger_version, **stamp},
             run_id=context.run.run_id,
         )
     lineage = {
