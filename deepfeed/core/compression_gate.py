@@ -269,7 +269,12 @@ def gate_compressed_artifacts(
         result.seconds = round(time.perf_counter() - started, 2)
         report.artifacts.append(result)
         if log is not None:
-            log(f"{name}: perplexity {result.perplexity} ({result.relative_change}), token F1 {result.token_f1} "
-                f"({result.f1_relative_change}, paired CI {result.f1_change_ci_low}..{result.f1_change_ci_high}) "
-                f"{result.seconds}s {result.error or ''}")
+            log(f"{name}: {'pass' if result.passed else 'FAIL'}; perplexity {_num(result.perplexity, '.3f')} "
+                f"({_num(result.relative_change, '+.2%')}), token F1 {_num(result.token_f1, '.3f')} "
+                f"({_num(result.f1_relative_change, '+.1%')}, paired 95% CI {_num(result.f1_change_ci_low, '+.1%')}.."
+                f"{_num(result.f1_change_ci_high, '+.1%')}) in {result.seconds}s {result.error or ''}".rstrip())
     return report
+
+
+def _num(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
