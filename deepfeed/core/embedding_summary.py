@@ -12,6 +12,7 @@ generator, so the server and the sensor project identically on every machine.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,10 +39,16 @@ class EmbeddingSummarizer:
         directions = np.random.default_rng(PROJECTION_SEED).standard_normal((hidden, dims))
         # Unit columns: each feature is the cosine of the prompt with one fixed direction.
         self.projection = (directions / np.linalg.norm(directions, axis=0)).astype(np.float32)
+        # The server's worker threads share one summarizer; the encoder's LRU cache and
+        # thread tuner are not thread-safe, and a ~10 ms encode is cheap to serialize.
+        self._lock = threading.Lock()
 
     def features(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         texts = ["" if t is None else str(t) for t in texts]
-        projected = self.encoder.encode(texts) @ self.projection if texts else np.zeros((0, len(self.names)))
+        if not texts:
+            return {name: np.zeros(0) for name in self.names}
+        with self._lock:
+            projected = self.encoder.encode(texts) @ self.projection
         return {name: projected[:, i].astype(float) for i, name in enumerate(self.names)}
 
     def one(self, text: str) -> dict[str, float]:
