@@ -26,6 +26,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,17 +289,17 @@ class MaskedLMReplacer:
             model_path=str(path), model_type="bert", use_custom_api=False, aug_p=rate, top_k=top_k, device="cpu",
             stopwords=list(stop_words) or None, stopwords_regex=_NLPAUG_PROTECTED,
         )
+        self.augmenter.model.model = _SpecialTokenFreeFillMask(self.augmenter.model.model)
         self.mask_token = self.augmenter.model.get_mask_token() if hasattr(self.augmenter.model, "get_mask_token") else "[MASK]"
         self.encoder = encoder
         self.protected = protected or (lambda text: [])
         self.threshold = threshold
 
     def replace_batch(self, texts: Sequence[str], rng: random.Random) -> list[SynonymEdit | Skip]:
-        import torch
-
-        torch.manual_seed(rng.randrange(2**31))  # nlpaug samples from the LM with torch and numpy
-        np.random.seed(rng.randrange(2**31))
-        outputs = self.augmenter.augment(list(texts))
+        # nlpaug draws positions and candidates from the global random, numpy and torch
+        # generators: seed them from ``rng`` for reproducibility, then give them back.
+        with _seeded_global_generators(rng.randrange(2**31)):
+            outputs = self.augmenter.augment(list(texts))
         outputs = outputs if isinstance(outputs, list) else [outputs]
         sims = self.encoder.similarity(texts, outputs)
         results: list[SynonymEdit | Skip] = []
@@ -314,3 +315,48 @@ class MaskedLMReplacer:
                 changed = sum(1 for a, b in zip(text.split(), new.split()) if a != b)
                 results.append(SynonymEdit(new, max(changed, 1), float(sim)))
         return results
+
+
+@contextmanager
+def _seeded_global_generators(seed: int):
+    import torch
+
+    saved = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.random.set_rng_state(saved[2])
+
+
+class _SpecialTokenFreeFillMask:
+    """The fill-mask pipeline as nlpaug calls it, minus special-token candidates.
+
+    nlpaug writes a predicted token string back into the text: a predicted ``[MASK]``
+    becomes a second mask in the next round, the pipeline then answers with one list
+    per mask, and nlpaug 1.1.11 fails on that shape (``list indices must be integers``).
+    Dropping special tokens keeps every text at one mask; a text that still has several
+    (a user's own literal ``[MASK]``) is answered for its first mask only.
+    """
+
+    def __init__(self, pipeline):
+        self._pipeline = pipeline
+        self._special = set(pipeline.tokenizer.all_special_tokens)
+
+    def __getattr__(self, name):
+        return getattr(self._pipeline, name)
+
+    def __call__(self, texts, **kwargs):
+        answers = self._pipeline(texts, **kwargs)
+        if isinstance(texts, str) or len(texts) == 1:
+            answers = [answers]  # a batch of one comes back unwrapped
+        cleaned = []
+        for answer in answers:
+            while answer and isinstance(answer[0], list):
+                answer = answer[0]
+            cleaned.append([c for c in answer if c["token_str"].strip() not in self._special])
+        return cleaned

@@ -107,6 +107,36 @@ def test_nlpaug_fill_mask_path_with_a_local_bert(tmp_path, encoder):
         assert "42" in results[0].text
 
 
+def test_masked_lm_that_predicts_its_own_mask_token_never_leaves_a_mask(tmp_path, encoder):
+    """nlpaug writes a predicted ``[MASK]`` back into the text and then fails on the
+    two-mask answer (the CI failure of 2026-11-30): special tokens are never candidates."""
+    import torch
+
+    folder = _tiny_bert(tmp_path)
+    replacer = MaskedLMReplacer(folder, encoder, threshold=-1.0, rate=0.5)
+    pipeline = replacer.augmenter.model.model
+    mask_id = pipeline.tokenizer.mask_token_id
+    with torch.no_grad():
+        pipeline.model.cls.predictions.decoder.bias[mask_id] = 1e4  # the LM's favourite answer is [MASK]
+    texts = ["the patient said the day was good", "the doctor walked home quickly", "the night care was bad"]
+    for seed in range(3):
+        results = replacer.replace_batch(texts, random.Random(seed))
+        assert all("[MASK]" not in getattr(r, "text", "") for r in results), results
+    answers = pipeline(["the [MASK] [MASK] day", "the [MASK] was good"])
+    assert len(answers) == 2 and all(isinstance(c, dict) and c["token_str"] != "[MASK]" for a in answers for c in a)
+
+
+def test_masked_lm_replacer_is_reproducible_and_leaves_global_generators_alone(tmp_path, encoder):
+    replacer = MaskedLMReplacer(_tiny_bert(tmp_path), encoder, threshold=-1.0, rate=0.5)
+    texts = ["the patient said the day was good", "the doctor walked home quickly"]
+    random.seed(123)
+    first = replacer.replace_batch(texts, random.Random(7))
+    after = random.random()
+    random.seed(123)
+    assert replacer.replace_batch(texts, random.Random(7)) == first
+    assert random.random() == after
+
+
 class _Lexicon:
     """A fixed lexicon: the test picks the candidates, the models choose between them."""
 
