@@ -3,7 +3,8 @@
 Prints, each ratio against a baseline measured in this same run:
 - tokens/s of deepfeed's training path (`fine_tune`, full fine-tuning, AdamW, cosine)
   and of a plain Hugging Face `Trainer` on the same model, records, tokenization,
-  batches (same order), steps, schedule, fp32 and thread count. Each timed step spans
+  batches (same order), steps, schedule, fp32 and thread count, and the same fused
+  AdamW (the Trainer's default optimizer on torch >= 2.8). Each timed step spans
   fetching its batch to the end of its optimizer step on both paths; the first step
   (allocation of the AdamW state, first-call overheads) is excluded. The two paths run
   interleaved `--repeats` times, alternating which goes first, and the medians and the
@@ -115,7 +116,7 @@ def trainer_run(model_dir: Path, records, args) -> dict:
     with tempfile.TemporaryDirectory() as out:
         training_args = TrainingArguments(
             output_dir=out, per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=2e-5,
-            warmup_steps=1, lr_scheduler_type="cosine", optim="adamw_torch", max_grad_norm=1.0, weight_decay=0.0,
+            warmup_steps=1, lr_scheduler_type="cosine", optim="adamw_torch_fused", max_grad_norm=1.0, weight_decay=0.0,
             logging_strategy="no", save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
             dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True, seed=0,
         )

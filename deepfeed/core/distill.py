@@ -43,8 +43,12 @@ def token_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     A sum (not a mean) lets data-parallel ranks normalise by the global token count, so
     two processes follow the same loss curve as one process with the whole batch.
     """
-    picked, targets = shifted(logits, labels)
-    return F.cross_entropy(picked.float(), targets, reduction="sum"), int(targets.numel())
+    # Shifting the labels (not the logits) and letting ignore_index skip the unlabelled
+    # positions keeps the backward a single write into the logits' gradient; slicing and
+    # masking the logits cost two extra full-size copies (~10% of a CPU step on SmolLM2).
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    return ce, int((targets != IGNORE).sum())
 
 
 def kl_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:

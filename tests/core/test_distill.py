@@ -112,3 +112,21 @@ def test_a_full_logit_cache_past_the_size_limit_asks_for_top_k(tiny_llama, tmp_p
     with pytest.raises(TrainingError, match="set teacher_cache_top_k"):
         fine_tune(tiny_llama, RECORDS, tmp_path / "x", config, teacher_path=tiny_llama, teacher_cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists() and not (tmp_path / "x").exists()
+
+
+def test_summed_ce_matches_the_models_own_loss_and_its_gradient(tiny_llama):
+    from deepfeed.core.distill import token_ce_sum
+    from deepfeed.core.modeling import load_model
+
+    model = load_model(tiny_llama)
+    input_ids = torch.randint(3, 100, (2, 5), generator=torch.Generator().manual_seed(0))
+    logits = model(input_ids=input_ids).logits.detach().requires_grad_()
+    ce, tokens = token_ce_sum(logits, LABELS)
+    assert tokens == 6
+    assert (ce / tokens).item() == pytest.approx(model(input_ids=input_ids, labels=LABELS).loss.item(), rel=1e-5)
+    ce.backward()
+    reference = logits.detach().clone().requires_grad_()
+    mask = LABELS[:, 1:] != -100
+    F.cross_entropy(reference[:, :-1][mask], LABELS[:, 1:][mask], reduction="sum").backward()
+    assert torch.allclose(logits.grad, reference.grad, atol=1e-6)
+    assert logits.grad[:, -1].abs().sum() == 0  # the last position predicts nothing

@@ -75,3 +75,24 @@ def test_fgsm_training_with_lora_and_gradient_checkpointing(tiny_llama, tmp_path
 def test_bad_fgsm_and_teacher_cache_settings_are_named(tiny_llama, tmp_path, bad):
     with pytest.raises(TrainingError, match=next(iter(bad))):
         fine_tune(tiny_llama, RECORDS, tmp_path / "out", TrainingConfig(max_steps=1, **bad))
+
+
+def test_adamw_is_fused_where_torch_has_it_and_takes_the_same_step():
+    import torch
+
+    from deepfeed.core.training import adamw
+
+    config = TrainingConfig(learning_rate=1e-2, weight_decay=0.1)
+    weights = [torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator().manual_seed(s))) for s in range(2)]
+    fused = adamw(weights, config)
+    assert fused.defaults["fused"]
+    twins = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+    loop = torch.optim.AdamW(twins, lr=1e-2, weight_decay=0.1, foreach=False)
+    for _ in range(3):
+        for params, optimizer in ((weights, fused), (twins, loop)):
+            optimizer.zero_grad()
+            sum((p**2).sum() for p in params).backward()
+            optimizer.step()
+    for a, b in zip(weights, twins):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not adamw([torch.nn.Parameter(torch.zeros(2, dtype=torch.float64).to("meta"))], config).defaults["fused"]
