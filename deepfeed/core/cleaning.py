@@ -28,9 +28,10 @@ import contextlib
 import functools
 import gc
 import hashlib
+import itertools
 import json
 import sys
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -389,10 +390,37 @@ def _prepare_in_worker(records: list[dict[str, Any]]):
         return _worker.prepare(records)
 
 
+@contextlib.contextmanager
+def _streaming_gc(young_threshold: int = 50_000) -> Iterator[None]:
+    """Collections that do not grow with the corpus, for the length of a stream.
+
+    Between the paused steps the stream still builds and frees a batch's worth of
+    records at a time (reading, results from the workers, the caller writing them),
+    and at the default threshold of 700 that starts a collection every few hundred
+    records, each full one walking the whole heap. The objects that exist when the
+    stream starts (modules, models, the caller's state) are frozen out of every
+    collection, and the young threshold is raised: on 2M records the collections took
+    20% of the run and grew faster than the corpus. Both are restored at the end.
+    """
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(young_threshold, *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
 def clean_stream(batches: Iterable[list[dict[str, Any]]], cleaner: CorpusCleaner, workers: int = 1) -> Iterator[CleaningResult]:
     """Clean a stream of batches, in order. With workers > 1 the stateless steps run in
     a process pool (they are pure Python per record, so threads would not help) while
     this process deduplicates, which must see the batches in order."""
+    with _streaming_gc():
+        yield from _clean_stream(batches, cleaner, workers)
+
+
+def _clean_stream(batches: Iterable[list[dict[str, Any]]], cleaner: CorpusCleaner, workers: int) -> Iterator[CleaningResult]:
     if workers <= 1:
         for batch in batches:
             yield cleaner.clean_batch(batch)
@@ -408,7 +436,18 @@ def clean_stream(batches: Iterable[list[dict[str, Any]]], cleaner: CorpusCleaner
     init = None if fork else _init_worker
     try:
         with context.Pool(workers, init, (cleaner.config, cleaner.run_id, cleaner.collect_audit) if init else ()) as pool:
-            for prepared in pool.imap(_prepare_in_worker, batches):
+            # A window of submitted batches instead of pool.imap: imap reads ahead without
+            # bound, so when deduplication is the slower side the prepared batches pile up
+            # here, memory grows with the corpus and every garbage collection walks them
+            # (2N records took 2.2-2.5x the time of N). Two per worker keeps them busy.
+            pending: deque = deque()
+            source = iter(batches)
+            for batch in itertools.islice(source, 2 * workers):
+                pending.append(pool.apply_async(_prepare_in_worker, (batch,)))
+            while pending:
+                prepared = pending.popleft().get()
+                for batch in itertools.islice(source, 1):
+                    pending.append(pool.apply_async(_prepare_in_worker, (batch,)))
                 with _gc_paused():
                     result = cleaner.deduplicate(*prepared)
                 yield result
