@@ -68,6 +68,7 @@ class TrainingFields(dg.Config):
     teacher_path: str = Field(default="", description="Teacher checkpoint folder for distillation; empty = the current MLflow champion.")
     teacher_cache: bool = Field(default=False, description="Compute the teacher's logits once into <artifact root>/teacher_logits (keyed by teacher hash + data hash + top-k) and read them back every step, epoch and later run instead of running the teacher; for large teachers.")
     teacher_cache_top_k: int = Field(default=0, description="With teacher_cache: keep the k largest teacher logits per token in fp16 with their token ids (KL over those k, teacher renormalised); 0 = full fp32 logits, identical loss, for small vocabularies.")
+    teacher_cache_budget_gb: float = Field(default=20.0, description="With teacher_cache: disk budget of all teacher logit caches together (GiB); after each run the least recently used other caches are deleted to fit it; 0 keeps every cache.")
     ewc_lambda: float = Field(default=0.0, description="EWC penalty strength towards the starting checkpoint (0 = off). Full fine-tuning penalises the weights; LoRA penalises the adapters' delta of the adapted weights (B·A·scale).")
     fisher_samples: int = Field(default=32, description="Records of the earlier data used for the EWC Fisher (computed once per champion).")
     fgsm_epsilon: float = Field(default=0.0, description="FGSM adversarial training: each step also trains on input embeddings moved by epsilon·sign(gradient); 0 = off, at most 0.5 (SPEC §3).")

@@ -143,10 +143,40 @@ def open_or_build(
     examples: Sequence[Example],
     top_k: int,
     build: Callable[[Path], Path],
+    budget_bytes: int = 0,
 ) -> tuple[TeacherLogitCache, bool]:
-    """(cache, built_now): reuse `<root>/<key>` when it exists, else call build(folder)."""
+    """(cache, built_now): reuse `<root>/<key>` when it exists, else call build(folder).
+
+    With a budget, the least recently used other caches are then deleted until all of
+    them fit it (see `prune`)."""
     folder = Path(root) / cache_key(teacher_path, examples, top_k)
     built = not (folder / FILE).exists()
     if built:
         build(folder)
-    return TeacherLogitCache(folder, len(examples)), built
+    os.utime(folder / FILE)  # "recently used" for prune: a reuse counts like a build
+    cache = TeacherLogitCache(folder, len(examples))
+    if budget_bytes > 0:
+        prune(Path(root), budget_bytes, keep=folder)
+    return cache, built
+
+
+def prune(root: Path, budget_bytes: int, keep: Path | None = None) -> list[Path]:
+    """Delete the least recently used caches under `root` until the rest fit in
+    `budget_bytes`; `keep` (the cache in use) is never deleted, even alone over budget.
+
+    Every run on new data or a new champion writes a new cache, and nothing else ever
+    reads an old one, so without a budget they fill the disk. Returns what was deleted.
+    """
+    caches = [f for f in Path(root).iterdir() if (f / FILE).is_file()] if Path(root).is_dir() else []
+    sizes = {f: sum(p.stat().st_size for p in f.iterdir() if p.is_file()) for f in caches}
+    total = sum(sizes.values())
+    deleted = []
+    for folder in sorted(caches, key=lambda f: (f / FILE).stat().st_mtime):
+        if total <= budget_bytes:
+            break
+        if keep is not None and folder.resolve() == Path(keep).resolve():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        total -= sizes[folder]
+        deleted.append(folder)
+    return deleted

@@ -30,7 +30,7 @@ from deepfeed.core.elastic import ElasticScale
 from deepfeed.core.modeling import Example, collate, encode_record, load_model, load_tokenizer, num_parameters
 
 # Fields that do not change what a run computes: a resumed run may differ in them.
-_RESUME_NEUTRAL = {"log_every", "checkpoint_every", "keep_checkpoints"}
+_RESUME_NEUTRAL = {"log_every", "checkpoint_every", "keep_checkpoints", "teacher_cache_budget_gb"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ class TrainingConfig:
     # logits (an identical loss), k > 0 the k largest in fp16 with their token ids.
     teacher_cache: bool = False
     teacher_cache_top_k: int = 0
+    # Disk budget of all teacher caches together; least recently used ones go first.
+    teacher_cache_budget_gb: float = 20.0
     # FGSM adversarial training in embedding space: each step adds
     # fgsm_weight · CE at embeddings moved by fgsm_epsilon · sign(∇); epsilon 0 disables it.
     fgsm_epsilon: float = 0.0
@@ -304,6 +306,8 @@ def _validate(config: TrainingConfig) -> DistillationConfig:
             raise TrainingError(f"fgsm_epsilon={config.fgsm_epsilon}: {exc} (0 disables FGSM training)") from exc
     if config.fgsm_weight < 0:
         raise TrainingError(f"fgsm_weight={config.fgsm_weight}: must be >= 0")
+    if config.teacher_cache_budget_gb < 0:
+        raise TrainingError(f"teacher_cache_budget_gb={config.teacher_cache_budget_gb}: must be >= 0 (0 keeps every cache)")
     if config.teacher_cache_top_k < 0:
         raise TrainingError(f"teacher_cache_top_k={config.teacher_cache_top_k}: must be >= 0 (0 keeps the full logits)")
     try:
@@ -360,12 +364,13 @@ def _teacher_cache(teacher_path: Path, cache_dir: Path | None, examples, tokeniz
         finally:
             del teacher
 
+    budget = int(config.teacher_cache_budget_gb * 2**30)
     try:
         if rank == 0:
-            cache, built = teacher_cache.open_or_build(cache_dir, teacher_path, examples, config.teacher_cache_top_k, build)
+            cache, built = teacher_cache.open_or_build(cache_dir, teacher_path, examples, config.teacher_cache_top_k, build, budget)
         if world > 1:
             torch.distributed.barrier()
-        if rank != 0:
+        if rank != 0:  # opens what rank 0 built; pruning is rank 0's
             cache, built = teacher_cache.open_or_build(cache_dir, teacher_path, examples, config.teacher_cache_top_k, build)
     except (OSError, ValueError) as exc:
         raise TrainingError(f"teacher logit cache in {cache_dir}: {exc}") from exc

@@ -130,3 +130,30 @@ def test_summed_ce_matches_the_models_own_loss_and_its_gradient(tiny_llama):
     F.cross_entropy(reference[:, :-1][mask], LABELS[:, 1:][mask], reduction="sum").backward()
     assert torch.allclose(logits.grad, reference.grad, atol=1e-6)
     assert logits.grad[:, -1].abs().sum() == 0  # the last position predicts nothing
+
+
+def test_teacher_caches_are_pruned_least_recently_used_first_to_the_budget(tiny_llama, tmp_path):
+    import os
+
+    from deepfeed.core import teacher_cache
+
+    root = tmp_path / "cache"
+    for age, name in enumerate(["newest", "middle", "oldest"]):
+        (root / name).mkdir(parents=True)
+        (root / name / teacher_cache.FILE).write_bytes(b"x" * 1000)
+        os.utime(root / name / teacher_cache.FILE, (1e9 - age, 1e9 - age))
+    (root / "not-a-cache").mkdir()
+    assert teacher_cache.prune(root, 2500) == [root / "oldest"]
+    assert teacher_cache.prune(root, 10, keep=root / "middle") == [root / "newest"]
+    assert sorted(p.name for p in root.iterdir()) == ["middle", "not-a-cache"]  # the cache in use stays, even over budget
+
+    # Through training: the run that builds a new cache removes the other one; a budget of 0 keeps everything.
+    teacher = tmp_path / "teacher"
+    fine_tune(tiny_llama, RECORDS, teacher, TrainingConfig(max_steps=2, method="full"))
+    cached = dict(max_steps=2, method="full", distill_alpha=0.5, teacher_cache=True)
+    first = fine_tune(tiny_llama, RECORDS, tmp_path / "a", TrainingConfig(**cached, teacher_cache_budget_gb=0), teacher_path=teacher, teacher_cache_dir=root)
+    second = fine_tune(tiny_llama, RECORDS, tmp_path / "b", TrainingConfig(**cached, teacher_cache_top_k=8, teacher_cache_budget_gb=0), teacher_path=teacher, teacher_cache_dir=root)
+    assert {first.teacher_cache, second.teacher_cache} <= {str(p) for p in root.iterdir()}
+    third = fine_tune(tiny_llama, RECORDS, tmp_path / "c", TrainingConfig(**cached, teacher_cache_budget_gb=1e-9), teacher_path=teacher, teacher_cache_dir=root)
+    assert not third.teacher_cache_built and third.teacher_cache == first.teacher_cache
+    assert sorted(str(p) for p in root.iterdir()) == sorted([first.teacher_cache, str(root / "not-a-cache")])

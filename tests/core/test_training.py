@@ -71,7 +71,7 @@ def test_fgsm_training_with_lora_and_gradient_checkpointing(tiny_llama, tmp_path
     assert len(result.adversarial_losses) == 2 and all(math.isfinite(x) for x in result.adversarial_losses)
 
 
-@pytest.mark.parametrize("bad", [{"fgsm_epsilon": 0.6}, {"fgsm_epsilon": -0.1}, {"fgsm_weight": -1.0}, {"teacher_cache_top_k": -1}])
+@pytest.mark.parametrize("bad", [{"fgsm_epsilon": 0.6}, {"fgsm_epsilon": -0.1}, {"fgsm_weight": -1.0}, {"teacher_cache_top_k": -1}, {"teacher_cache_budget_gb": -1.0}])
 def test_bad_fgsm_and_teacher_cache_settings_are_named(tiny_llama, tmp_path, bad):
     with pytest.raises(TrainingError, match=next(iter(bad))):
         fine_tune(tiny_llama, RECORDS, tmp_path / "out", TrainingConfig(max_steps=1, **bad))
