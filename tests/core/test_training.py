@@ -96,3 +96,24 @@ def test_adamw_is_fused_where_torch_has_it_and_takes_the_same_step():
     for a, b in zip(weights, twins):
         assert torch.allclose(a, b, atol=1e-6)
     assert not adamw([torch.nn.Parameter(torch.zeros(2, dtype=torch.float64).to("meta"))], config).defaults["fused"]
+
+
+def test_fgsm_and_a_cached_teacher_under_two_processes_follow_one_process(tiny_llama, tmp_path):
+    """torchrun with 2 gloo processes, FGSM adversarial loss and distillation from a teacher
+    logit cache (rank 0 builds it, rank 1 opens it): the loss curve of one process."""
+    import subprocess
+
+    from deepfeed.core.distributed import launch_command, read_result, write_spec
+
+    teacher = tmp_path / "teacher"
+    fine_tune(tiny_llama, RECORDS, teacher, TrainingConfig(max_steps=4, method="full", learning_rate=3e-3))
+    config = TrainingConfig(max_steps=3, method="full", batch_size=4, learning_rate=3e-3, warmup_steps=0, fgsm_epsilon=0.05,
+                            distill_alpha=0.5, teacher_cache=True)
+    single = fine_tune(tiny_llama, RECORDS, tmp_path / "single", config, teacher_path=teacher, teacher_cache_dir=tmp_path / "cache1")
+    spec = write_spec(tmp_path / "job", tiny_llama, RECORDS, tmp_path / "ddp", config, teacher_path=teacher, teacher_cache_dir=tmp_path / "cache2")
+    done = subprocess.run(launch_command(spec, 2), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = read_result(spec)
+    assert ddp.teacher_cache_built and ddp.losses == pytest.approx(single.losses, rel=1e-3)
+    assert ddp.adversarial_losses == pytest.approx(single.adversarial_losses, rel=1e-3)
+    assert (tmp_path / "ddp" / "config.json").exists()
