@@ -80,7 +80,30 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"    {source:<24} {'ingested' if ok else 'FAILED (see `make ui` for the step logs)'}")
     if not outcome:
         print("    every source is up to date")
+    from deepfeed.sensors.corpus import missing_sources
+
+    for source in missing_sources(dg.DagsterInstance.get(), corpus):
+        print(f"    {source:<24} GONE from the corpus root: its last version is still trained on; "
+              f"`deepfeed retire-source {source} --reason ...` stops that")
     return 0 if all(outcome.values()) else 1
+
+
+def cmd_retire_source(args: argparse.Namespace) -> int:
+    ensure_dagster_home()
+    import dagster as dg
+
+    from deepfeed.definitions import defs
+    from deepfeed.sensors.corpus import retire_source
+
+    try:
+        kept_at = retire_source(dg.DagsterInstance.get(), defs.resources["artifact_store"].store(), args.source, args.reason)
+    except ValueError as exc:
+        print(f"deepfeed retire-source: {exc}", file=sys.stderr)
+        return 2
+    print(f"retired {args.source}: the next clean_corpus no longer reads it (audit ledger: action 'retired').")
+    if kept_at:
+        print(f"its raw versions stay on disk, the last at {kept_at}; earlier clean_corpus versions still name them.")
+    return 0
 
 
 def _stage_timings(instance, run_id: str) -> list[tuple[str, float]]:
@@ -222,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="register the sources under the corpus root as raw_corpus partitions and ingest the new or changed ones")
     ingest.add_argument("--corpus", default=None, help="corpus root (default: $DEEPFEED_CORPUS, else the demo corpus)")
     ingest.set_defaults(func=cmd_ingest)
+    retire = commands.add_parser("retire-source", help="stop cleaning and training on a corpus source (removes its raw_corpus partition; recorded in the audit ledger)")
+    retire.add_argument("source", help="the source's partition key (its folder name)")
+    retire.add_argument("--reason", required=True, help="why, for the audit ledger (e.g. 'withdrawn by the data owner, ticket 123')")
+    retire.set_defaults(func=cmd_retire_source)
     commands.add_parser("demo", help="prepare, then materialize the whole chain on the embedded default").set_defaults(func=cmd_demo)
     planner = commands.add_parser("plan", help="memory and GPU tier for serving and training a model (reads config.json only)")
     planner.add_argument("--model", required=True, help="7b | 13b | 70b | v3 | a checkpoint folder | a config.json")

@@ -40,6 +40,7 @@ ACTIONS = frozenset(
         "modified",
         "normalized",
         "quarantined",
+        "retired",
         "anonymized",
         "generalized",
         "suppressed",

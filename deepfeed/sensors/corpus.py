@@ -28,6 +28,36 @@ def plan_source_runs(instance: dg.DagsterInstance, store, corpus_path: str) -> t
     return sorted(set(current) - registered), stale
 
 
+def missing_sources(instance: dg.DagsterInstance, corpus_path: str) -> list[str]:
+    """Registered sources whose folder is gone from the corpus root. They are still
+    cleaned and trained on (their last raw_corpus version) until retired: a folder that
+    vanishes by accident must not silently drop data, nor a withdrawal silently keep it."""
+    registered = instance.get_dynamic_partitions(corpus_sources.name)
+    present = set(sources_to_ingest(corpus_root(corpus_path), {}))
+    return sorted(s for s in registered if s not in present)
+
+
+def retire_source(instance: dg.DagsterInstance, store, source: str, reason: str) -> str:
+    """Stop cleaning and training on a source: its raw_corpus partition is removed, so the
+    next clean_corpus no longer reads it, and the ledger records who asked and why. Its
+    raw_corpus versions stay on disk (earlier clean_corpus versions name them; deleting
+    data that already reached a model is a separate, deliberate act). Returns the path of
+    its last raw version, or '' if it was never ingested."""
+    from deepfeed.assets.corpus import audit_ledger, raw_artifact_name
+    from deepfeed.core.audit import AuditEntry
+
+    registered = instance.get_dynamic_partitions(corpus_sources.name)
+    if source not in registered:
+        raise ValueError(f"{source!r} is not a registered corpus source; registered: {', '.join(sorted(registered)) or 'none'}")
+    if not reason.strip():
+        raise ValueError("a reason is required: it goes into the audit ledger")
+    latest = store.latest(raw_artifact_name(source))
+    instance.delete_dynamic_partition(corpus_sources.name, source)
+    audit_ledger().append([AuditEntry(record_id=source, stage="raw_corpus", action="retired", reason=reason.strip(),
+                                      run_id="deepfeed retire-source", extra={"last_version": latest.version if latest else None})])
+    return str(store.local_path(latest)) if latest else ""
+
+
 def build_corpus_source_sensor(corpus_path: Optional[str] = None, interval_s: int = 300) -> dg.SensorDefinition:
     @dg.sensor(name="corpus_source_sensor", job_name=INGEST_JOB, minimum_interval_seconds=interval_s,
                default_status=dg.DefaultSensorStatus.STOPPED,
@@ -38,8 +68,13 @@ def build_corpus_source_sensor(corpus_path: Optional[str] = None, interval_s: in
             new, stale = plan_source_runs(context.instance, artifact_store.store(), path)
         except CorpusSourceError as exc:
             return dg.SkipReason(f"corpus root unreadable: {exc}")
+        gone = missing_sources(context.instance, path)
+        if gone:
+            context.log.warning("registered source(s) %s are gone from %s; their last version is still cleaned and trained on "
+                                "until `deepfeed retire-source NAME --reason ...`", gone, corpus_root(path))
         if not stale:
-            return dg.SkipReason(f"no new or changed source under {str(corpus_root(path))!r}")
+            note = f"; registered but gone (still trained on, retire with `deepfeed retire-source`): {', '.join(gone)}" if gone else ""
+            return dg.SkipReason(f"no new or changed source under {str(corpus_root(path))!r}{note}")
         context.log.info("registering %s; ingesting %s", new, sorted(stale))
         return dg.SensorResult(
             # The run key carries the fingerprint: a source whose files did not change is never re-run.
