@@ -26,7 +26,7 @@ from deepfeed.core.demo_corpus import ensure_demo_corpus
 from deepfeed.core.dp import DEFAULT_MAX_EPSILON
 from deepfeed.core.glossary import load_glossary
 from deepfeed.core.ingest import (
-    QUARANTINE_BLOBS, QUARANTINE_FIELDS, RECORD_FIELDS, CorpusSourceError, as_source_path, ingest_source, write_quarantine_blobs,
+    QUARANTINE_BLOBS, QUARANTINE_FIELDS, RECORD_FIELDS, BlobLimits, CorpusSourceError, as_source_path, ingest_source, write_quarantine_blobs,
 )
 from deepfeed.core.kanonymity import check_k_anonymity
 from deepfeed.core.offline import deepfeed_home
@@ -77,6 +77,9 @@ class RawCorpusConfig(dg.Config):
         "Empty: the embedded chatterbot demo corpus. Env: DEEPFEED_CORPUS.",
     )
     max_record_bytes: int = Field(default=1_000_000, description="Records (or lines) larger than this go to the quarantine.")
+    quarantine_blob_max_bytes: int = Field(default=16 * 2**20, description="Largest quarantined item whose raw bytes are copied into quarantine_blobs/; "
+                                           "larger ones keep size, sha256, file and locator, and raw_ref says the bytes stayed in the source.")
+    quarantine_blob_budget_bytes: int = Field(default=2**30, description="Raw bytes copied into quarantine_blobs/ per ingest run, in quarantine order; past it, rows point to the source as above.")
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet"}, partitions_def=corpus_sources)
@@ -85,7 +88,11 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
     source_name = context.partition_key
     root = corpus_root(config.corpus_path)
     try:
-        result, fingerprint = ingest_source(root, source_name, max_record_bytes=config.max_record_bytes)
+        limits = BlobLimits(config.quarantine_blob_max_bytes, config.quarantine_blob_budget_bytes)
+    except ValueError as exc:
+        raise fail("raw_corpus.config.quarantine_blob_max_bytes", str(exc)) from exc
+    try:
+        result, fingerprint = ingest_source(root, source_name, max_record_bytes=config.max_record_bytes, limits=limits)
     except CorpusSourceError as exc:
         raise fail("raw_corpus.config.corpus_path", f"partition {source_name!r}: {exc}") from exc
     if result.read == 0:

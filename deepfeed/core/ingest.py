@@ -63,6 +63,43 @@ class CorpusSourceError(ValueError):
     pass
 
 
+@dataclass(frozen=True)
+class BlobLimits:
+    """How much raw quarantined content is copied into the artifact.
+
+    Without limits a folder of misnamed videos or one runaway line copies gigabytes into
+    every ingest. Past either limit the row still has the size, the sha256, the source
+    file and the locator (so the bytes can be found and verified in the source), and its
+    raw_ref says why there is no copy instead of naming a blob.
+    """
+
+    max_item_bytes: int = 16 * 2**20  # one quarantined item
+    budget_bytes: int = 2**30  # all blobs of one ingest
+
+    def __post_init__(self):
+        if self.max_item_bytes < 0 or self.budget_bytes < 0:
+            raise ValueError(f"quarantine blob limits must be >= 0, got {self.max_item_bytes} and {self.budget_bytes}")
+
+
+def apply_blob_limits(result: IngestResult, limits: BlobLimits) -> None:
+    """Drop the blobs past the limits (in quarantine order) and say so in their rows."""
+    kept: set[str] = set()
+    spent = 0
+    for row in result.quarantine:
+        digest, size = row["raw_sha256"], row["raw_bytes"]
+        if digest in kept:
+            continue
+        if size > limits.max_item_bytes:
+            row["raw_ref"] = f"not kept: {size} bytes, over the {limits.max_item_bytes}-byte item limit; in the source at {row['source']} {row['locator']}"
+        elif spent + size > limits.budget_bytes:
+            row["raw_ref"] = f"not kept: the {limits.budget_bytes}-byte quarantine budget of this ingest was spent; in the source at {row['source']} {row['locator']}"
+        else:
+            kept.add(digest)
+            spent += size
+    for digest in [d for d in result.blobs if d not in kept]:
+        del result.blobs[digest]
+
+
 def _record_id(source: str, locator: str, content: str) -> str:
     return hashlib.sha1(f"{source}\0{locator}\0{content}".encode()).hexdigest()[:16]
 
@@ -223,6 +260,8 @@ def write_quarantine_blobs(folder: Path, blobs: dict[str, bytes]) -> int:
 
 def resolve_quarantine_ref(folder: Path, raw_ref: str) -> bytes:
     """The raw bytes a quarantine row points to, verified against the sha256 in its name."""
+    if raw_ref.startswith("not kept:"):
+        raise ValueError(f"the raw bytes of this row were not copied into the artifact ({raw_ref})")
     name = Path(raw_ref)
     if name.parent.as_posix() != QUARANTINE_BLOBS or len(name.name) != 64:
         raise ValueError(f"raw_ref {raw_ref!r} is not a quarantine blob reference")
@@ -423,7 +462,7 @@ def source_fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _ingest_files(files: list[Path], root: Path, max_record_bytes: int) -> IngestResult:
+def _ingest_files(files: list[Path], root: Path, max_record_bytes: int, limits: BlobLimits) -> IngestResult:
     total = IngestResult()
     for path in files:
         source = _relative(path, root) if root.is_dir() else path.name
@@ -437,16 +476,17 @@ def _ingest_files(files: list[Path], root: Path, max_record_bytes: int) -> Inges
         total.blobs.update(part.blobs)
         total.read += part.read
         total.files[source] = {"kept": len(part.records), "quarantined": len(part.quarantine)}
+        apply_blob_limits(total, limits)  # per file, so dropped blobs do not pile up in memory
     return total
 
 
-def ingest_folder(root: Path | str, max_record_bytes: int = 1_000_000) -> IngestResult:
+def ingest_folder(root: Path | str, max_record_bytes: int = 1_000_000, limits: BlobLimits = BlobLimits()) -> IngestResult:
     """Every file under `root`; unsupported files are quarantined, not skipped silently."""
     root = as_source_path(root) if isinstance(root, str) else root
-    return _ingest_files(discover_files(root), root, max_record_bytes)
+    return _ingest_files(discover_files(root), root, max_record_bytes, limits)
 
 
-def ingest_source(root: Path | str, source: str, max_record_bytes: int = 1_000_000) -> tuple[IngestResult, str]:
+def ingest_source(root: Path | str, source: str, max_record_bytes: int = 1_000_000, limits: BlobLimits = BlobLimits()) -> tuple[IngestResult, str]:
     """One source of the corpus root (see discover_sources) and its fingerprint. File names
     in the records stay relative to the root, so record ids do not depend on partitioning."""
     root = as_source_path(root) if isinstance(root, str) else root
@@ -454,7 +494,7 @@ def ingest_source(root: Path | str, source: str, max_record_bytes: int = 1_000_0
     if source not in sources:
         raise CorpusSourceError(f"source {source!r} is not under {str(root)!r} (sources there: {', '.join(sources) or 'none'})")
     files = sources[source]
-    return _ingest_files(files, root, max_record_bytes), source_fingerprint(files)
+    return _ingest_files(files, root, max_record_bytes, limits), source_fingerprint(files)
 
 
 def sources_to_ingest(root: Path | str, materialized: dict[str, str | None]) -> dict[str, str]:

@@ -179,3 +179,31 @@ def test_sources_are_sub_folders_plus_the_root_files(tmp_path):
     (tmp_path / ROOT_SOURCE / "x.txt").write_text("clash\n")
     with pytest.raises(CorpusSourceError, match="reserved"):
         discover_sources(tmp_path)
+
+
+def test_quarantine_blobs_stay_within_the_item_limit_and_the_budget(tmp_path):
+    from deepfeed.core.ingest import BlobLimits, resolve_quarantine_ref, write_quarantine_blobs
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a_video.txt").write_bytes(b"\x00" * 5000)  # over the item limit
+    (corpus / "b_small.bin").write_bytes(b"\x89PNG 1")
+    (corpus / "c_pairs.jsonl").write_text('{"text": "fine"}\n{"text": "unterminated one\n{"text": "unterminated two\n')
+    result = ingest_folder(corpus, limits=BlobLimits(max_item_bytes=1000, budget_bytes=40))
+    rows = {(q["source"], q["locator"]): q for q in result.quarantine}
+    assert len(rows) == 4 and [r["text"] for r in result.records] == ["fine"]  # every row kept, whatever happens to the bytes
+    video = rows[("a_video.txt", "file")]
+    assert video["raw_ref"].startswith("not kept: 5000 bytes, over the 1000-byte item limit; in the source at a_video.txt file")
+    assert video["raw_sha256"] == hashlib.sha256(b"\x00" * 5000).hexdigest()  # the source copy can still be verified
+    # 6 + 26 bytes fit the 40-byte budget, the third item does not.
+    assert rows[("b_small.bin", "file")]["raw_ref"].startswith("quarantine_blobs/")
+    assert rows[("c_pairs.jsonl", "line 2")]["raw_ref"].startswith("quarantine_blobs/")
+    assert "quarantine budget of this ingest was spent" in rows[("c_pairs.jsonl", "line 3")]["raw_ref"]
+    assert len(result.blobs) == 2 and sum(map(len, result.blobs.values())) <= 40
+    artifact = tmp_path / "artifact"
+    write_quarantine_blobs(artifact, result.blobs)
+    assert resolve_quarantine_ref(artifact, rows[("b_small.bin", "file")]["raw_ref"]) == b"\x89PNG 1"
+    with pytest.raises(ValueError, match="were not copied into the artifact"):
+        resolve_quarantine_ref(artifact, video["raw_ref"])
+    with pytest.raises(ValueError, match="must be >= 0"):
+        BlobLimits(max_item_bytes=-1)
