@@ -26,12 +26,13 @@ from deepfeed.core.demo_corpus import ensure_demo_corpus
 from deepfeed.core.dp import DEFAULT_MAX_EPSILON
 from deepfeed.core.glossary import load_glossary
 from deepfeed.core.ingest import (
-    QUARANTINE_BLOBS, QUARANTINE_FIELDS, RECORD_FIELDS, BlobLimits, CorpusSourceError, as_source_path, ingest_source, write_quarantine_blobs,
+    QUARANTINE_BLOBS, BlobLimits, CorpusSourceError, as_source_path, iter_files, quarantine_schema, record_schema, source_files,
+    source_fingerprint, write_quarantine_blobs,
 )
 from deepfeed.core.kanonymity import check_k_anonymity
 from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.quality import QualityConfig
-from deepfeed.core.tables import read_table, write_table
+from deepfeed.core.tables import TableWriter, read_table, write_table
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.settings import default_corpus_path, demo_corpus_dir
 
@@ -92,34 +93,47 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
     except ValueError as exc:
         raise fail("raw_corpus.config.quarantine_blob_max_bytes", str(exc)) from exc
     try:
-        result, fingerprint = ingest_source(root, source_name, max_record_bytes=config.max_record_bytes, limits=limits)
+        root, files = source_files(root, source_name)
     except CorpusSourceError as exc:
         raise fail("raw_corpus.config.corpus_path", f"partition {source_name!r}: {exc}") from exc
-    if result.read == 0:
-        raise fail("raw_corpus.config.corpus_path", f"source {source_name!r} of {str(root)!r} holds no records (files found: {len(result.files)})")
-    context.log.info("source %s: read %d records from %d files: %d kept, %d quarantined", source_name, result.read, len(result.files), len(result.records), len(result.quarantine))
+    fingerprint = source_fingerprint(files)
 
-    counts = {"source": source_name, "fingerprint": fingerprint, "read": result.read, "kept": len(result.records),
-              "quarantined": len(result.quarantine), "files": len(result.files)}
+    # One file at a time, straight to disk: memory holds the largest file, not the source.
+    read, quarantine, per_file = 0, [], {}
+    counts = {"source": source_name, "fingerprint": fingerprint}
     with artifact_store.store().new_version(raw_artifact_name(source_name), counts, run_id=context.run.run_id) as version:
-        write_table(version.path / "records.parquet", result.records, RECORD_FIELDS)
-        write_table(version.path / "quarantine.parquet", result.quarantine, QUARANTINE_FIELDS)
-        # PRIVACY: the exact bytes of what could not be read, unscrubbed, so nothing is lost and a
-        # fixed parser can re-read them. This folder is quarantine-only: nothing downstream reads
-        # it (clean_corpus reads records.parquet) and it is never fed to training. It is raw input,
-        # as records.parquet of this artifact is; the quarantine table people read holds scrubbed
-        # snippets and points here through raw_ref.
-        version.counts["quarantine_blob_bytes"] = write_quarantine_blobs(version.path, result.blobs)
+        blob_bytes = 0
+        with TableWriter(version.path / "records.parquet", record_schema()) as records, \
+                TableWriter(version.path / "quarantine.parquet", quarantine_schema()) as quarantined:
+            for done, (name, part) in enumerate(iter_files(files, root, config.max_record_bytes, limits), 1):
+                records.write(part.records)
+                quarantined.write(part.quarantine)
+                # PRIVACY: the exact bytes of what could not be read, unscrubbed, so nothing is lost and a
+                # fixed parser can re-read them. This folder is quarantine-only: nothing downstream reads
+                # it (clean_corpus reads records.parquet) and it is never fed to training. It is raw input,
+                # as records.parquet of this artifact is; the quarantine table people read holds scrubbed
+                # snippets and points here through raw_ref.
+                blob_bytes += write_quarantine_blobs(version.path, part.blobs)
+                read += part.read
+                quarantine.extend({k: v for k, v in q.items() if k != "raw"} for q in part.quarantine)
+                per_file.update(part.files)
+                if done % 50 == 0:
+                    context.log.info("source %s: %d of %d files, %d records read", source_name, done, len(files), read)
+        if read == 0:
+            raise fail("raw_corpus.config.corpus_path", f"source {source_name!r} of {str(root)!r} holds no records (files found: {len(files)})")
+        version.counts.update({"read": read, "kept": records.rows, "quarantined": len(quarantine), "files": len(per_file),
+                               "quarantine_blob_bytes": blob_bytes})
+    context.log.info("source %s: read %d records from %d files: %d kept, %d quarantined", source_name, read, len(per_file), records.rows, len(quarantine))
     handle = version.handle
-    entries, head = len(result.quarantine), _append_audit([quarantine_entry(q, context.run.run_id) for q in result.quarantine])
+    entries, head = len(quarantine), _append_audit([quarantine_entry(q, context.run.run_id) for q in quarantine])
     return dg.Output(
         handle,
         metadata={
             **handle_metadata(handle),
             "corpus_root": str(root),
-            "quarantine_reasons": counts_table(Counter(q["reason"] for q in result.quarantine)),
+            "quarantine_reasons": counts_table(Counter(q["reason"] for q in quarantine)),
             "quarantine_blobs": dg.MetadataValue.path(f"{handle.uri}/{QUARANTINE_BLOBS}"),
-            "files": counts_table({f: c["kept"] for f, c in result.files.items()}, key="file"),
+            "files": counts_table({f: c["kept"] for f, c in per_file.items()}, key="file"),
             "audit_entries": entries,
             "audit_ledger": dg.MetadataValue.path(str(audit_ledger().path)),
             "audit_head": head[1],

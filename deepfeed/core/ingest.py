@@ -43,6 +43,19 @@ RAW_SNIPPET_BYTES = 4096
 RECORD_FIELDS = ("record_id", "source", "locator", "kind", "prompt", "response", "text", "lang", "tags", "meta")
 QUARANTINE_FIELDS = ("source", "locator", "reason", "raw", "raw_bytes", "raw_sha256", "raw_ref")
 QUARANTINE_BLOBS = "quarantine_blobs"
+
+
+def record_schema():
+    import pyarrow as pa
+
+    return pa.schema([(f, pa.list_(pa.string()) if f == "tags" else pa.string()) for f in RECORD_FIELDS])
+
+
+def quarantine_schema():
+    import pyarrow as pa
+
+    types = {"raw": pa.binary(), "raw_bytes": pa.int64()}
+    return pa.schema([(f, types.get(f, pa.string())) for f in QUARANTINE_FIELDS])
 # Files lying directly in the corpus root (or a root that is a single file) form this source.
 ROOT_SOURCE = "_root"
 
@@ -81,23 +94,30 @@ class BlobLimits:
             raise ValueError(f"quarantine blob limits must be >= 0, got {self.max_item_bytes} and {self.budget_bytes}")
 
 
-def apply_blob_limits(result: IngestResult, limits: BlobLimits) -> None:
-    """Drop the blobs past the limits (in quarantine order) and say so in their rows."""
-    kept: set[str] = set()
-    spent = 0
-    for row in result.quarantine:
-        digest, size = row["raw_sha256"], row["raw_bytes"]
-        if digest in kept:
-            continue
-        if size > limits.max_item_bytes:
-            row["raw_ref"] = f"not kept: {size} bytes, over the {limits.max_item_bytes}-byte item limit; in the source at {row['source']} {row['locator']}"
-        elif spent + size > limits.budget_bytes:
-            row["raw_ref"] = f"not kept: the {limits.budget_bytes}-byte quarantine budget of this ingest was spent; in the source at {row['source']} {row['locator']}"
-        else:
-            kept.add(digest)
-            spent += size
-    for digest in [d for d in result.blobs if d not in kept]:
-        del result.blobs[digest]
+class BlobKeeper:
+    """Applies BlobLimits across the files of one ingest, one file's result at a time."""
+
+    def __init__(self, limits: BlobLimits):
+        self.limits = limits
+        self.kept: set[str] = set()
+        self.spent = 0
+
+    def admit(self, part: IngestResult) -> None:
+        """Drop the part's blobs past the limits (in quarantine order) and say so in their rows."""
+        limits = self.limits
+        for row in part.quarantine:
+            digest, size = row["raw_sha256"], row["raw_bytes"]
+            if digest in self.kept:
+                continue
+            if size > limits.max_item_bytes:
+                row["raw_ref"] = f"not kept: {size} bytes, over the {limits.max_item_bytes}-byte item limit; in the source at {row['source']} {row['locator']}"
+            elif self.spent + size > limits.budget_bytes:
+                row["raw_ref"] = f"not kept: the {limits.budget_bytes}-byte quarantine budget of this ingest was spent; in the source at {row['source']} {row['locator']}"
+            else:
+                self.kept.add(digest)
+                self.spent += size
+        for digest in [d for d in part.blobs if d not in self.kept]:
+            del part.blobs[digest]
 
 
 def _record_id(source: str, locator: str, content: str) -> str:
@@ -462,8 +482,10 @@ def source_fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _ingest_files(files: list[Path], root: Path, max_record_bytes: int, limits: BlobLimits) -> IngestResult:
-    total = IngestResult()
+def iter_files(files: list[Path], root: Path, max_record_bytes: int = 1_000_000, limits: BlobLimits = BlobLimits()) -> Iterator[tuple[str, IngestResult]]:
+    """(file name relative to the root, its result) one file at a time, blob limits applied
+    across all of them: a caller that writes each part as it comes holds one file at a time."""
+    keeper = BlobKeeper(limits)
     for path in files:
         source = _relative(path, root) if root.is_dir() else path.name
         if _logical_suffix(path) not in SUPPORTED_SUFFIXES:
@@ -471,12 +493,19 @@ def _ingest_files(files: list[Path], root: Path, max_record_bytes: int, limits: 
             _quarantine(part, source, "file", f"unsupported file type {path.suffix!r}", _file_bytes(path))
         else:
             part = read_file(path, source, max_record_bytes)
+        keeper.admit(part)
+        part.files[source] = {"kept": len(part.records), "quarantined": len(part.quarantine)}
+        yield source, part
+
+
+def _ingest_files(files: list[Path], root: Path, max_record_bytes: int, limits: BlobLimits) -> IngestResult:
+    total = IngestResult()
+    for _, part in iter_files(files, root, max_record_bytes, limits):
         total.records.extend(part.records)
         total.quarantine.extend(part.quarantine)
         total.blobs.update(part.blobs)
         total.read += part.read
-        total.files[source] = {"kept": len(part.records), "quarantined": len(part.quarantine)}
-        apply_blob_limits(total, limits)  # per file, so dropped blobs do not pile up in memory
+        total.files.update(part.files)
     return total
 
 
@@ -489,12 +518,17 @@ def ingest_folder(root: Path | str, max_record_bytes: int = 1_000_000, limits: B
 def ingest_source(root: Path | str, source: str, max_record_bytes: int = 1_000_000, limits: BlobLimits = BlobLimits()) -> tuple[IngestResult, str]:
     """One source of the corpus root (see discover_sources) and its fingerprint. File names
     in the records stay relative to the root, so record ids do not depend on partitioning."""
+    root, files = source_files(root, source)
+    return _ingest_files(files, root, max_record_bytes, limits), source_fingerprint(files)
+
+
+def source_files(root: Path | str, source: str) -> tuple[Path, list[Path]]:
+    """(root as a path, the files of one source); names the sources there when it is not one."""
     root = as_source_path(root) if isinstance(root, str) else root
     sources = discover_sources(root)
     if source not in sources:
         raise CorpusSourceError(f"source {source!r} is not under {str(root)!r} (sources there: {', '.join(sources) or 'none'})")
-    files = sources[source]
-    return _ingest_files(files, root, max_record_bytes, limits), source_fingerprint(files)
+    return root, sources[source]
 
 
 def sources_to_ingest(root: Path | str, materialized: dict[str, str | None]) -> dict[str, str]:
