@@ -7,7 +7,6 @@ import tracemalloc
 from collections import Counter
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from deepfeed.core.artifacts import ArtifactStore
