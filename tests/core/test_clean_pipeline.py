@@ -202,3 +202,15 @@ def test_memory_does_not_grow_with_the_records(tmp_path):
     # the records themselves must not: far below the cost of holding them.
     assert large - small < 0.2 * cost, (small, large, cost)
 
+
+
+def test_noise_counted_batch_by_batch_equals_the_whole_report():
+    from deepfeed.core.corpus_checks import NoiseCounter, noise_report
+    from deepfeed.core.quality import QualityConfig
+
+    records = corpus(120) + corpus(30)  # duplicates of earlier batches, PII, short records
+    whole = noise_report(records, QualityConfig(min_length=4), 0.9)
+    counter = NoiseCounter(QualityConfig(min_length=4), 0.9)
+    for start in range(0, len(records), 16):
+        counter.add(records[start:start + 16])
+    assert counter.report == whole and whole.flagged["exact_duplicate"] > 0 and whole.flagged["pii"] > 0
