@@ -326,6 +326,8 @@ def clean_sources(
             batches += 1
             if progress is not None and batches % progress_every == 0:
                 progress(Progress("write", batches, index, time.perf_counter() - started))
+        if progress is not None:
+            progress(Progress("write", batches, index, time.perf_counter() - started))
         for writer in list(writers):
             writer.close()
             writers.remove(writer)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -119,7 +120,7 @@ class CorpusColumns:
 
     languages: list[str] = field(default_factory=list)
     tag_lists: list[tuple[str, ...]] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
+    lengths: array = field(default_factory=lambda: array("q"))  # 8 bytes a record, not a Python int each
 
     @classmethod
     def from_records(cls, records: Iterable[dict[str, Any]]) -> "CorpusColumns":
@@ -139,7 +140,7 @@ class CorpusColumns:
     def select(self, keep: np.ndarray) -> "CorpusColumns":
         """The rows where `keep` is True, in order."""
         index = np.flatnonzero(keep).tolist()
-        return CorpusColumns([self.languages[i] for i in index], [self.tag_lists[i] for i in index], [self.lengths[i] for i in index])
+        return CorpusColumns([self.languages[i] for i in index], [self.tag_lists[i] for i in index], array("q", (self.lengths[i] for i in index)))
 
 
 def release_statistics(records: "CorpusColumns | Sequence[dict[str, Any]]", epsilon: float, rng: np.random.Generator | int | None = None) -> tuple[dict[str, Any], PrivacyAccountant]:
