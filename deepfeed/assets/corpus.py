@@ -8,20 +8,24 @@ is not partitioned: it reads the latest artifact of every registered source, so 
 retrain always sees all data."""
 
 import functools
+import itertools
 import json
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Optional
 
 import dagster as dg
+import pandas as pd
 from pydantic import Field
 
 from deepfeed.assets.common import counts_table, fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle, ArtifactStore
 from deepfeed.core.audit import AuditLedger
-from deepfeed.core.cleaning import REMOVED_FIELDS, CleaningConfig, clean_records, meta_dict, quarantine_entry, training_text
-from deepfeed.core.corpus_checks import MAX_NOISE_RATIO, glossary_leftovers, noise_report, release_statistics
-from deepfeed.core.coverage import CoverageConfig, MiniLMEncoder, long_tail_reasons, share_by_tag
+from deepfeed.core.clean_pipeline import AuditSpool, NothingLeft, Progress, clean_sources
+from deepfeed.core.cleaning import CleaningConfig, CorpusCleaner, quarantine_entry, quasi_identifier_values
+from deepfeed.core.corpus_checks import MAX_NOISE_RATIO, NoiseCounter, glossary_leftovers
+from deepfeed.core.coverage import CoverageConfig, MiniLMEncoder, share_by_tag
 from deepfeed.core.demo_corpus import ensure_demo_corpus
 from deepfeed.core.dp import DEFAULT_MAX_EPSILON
 from deepfeed.core.glossary import load_glossary
@@ -32,7 +36,7 @@ from deepfeed.core.ingest import (
 from deepfeed.core.kanonymity import check_k_anonymity
 from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.quality import QualityConfig
-from deepfeed.core.tables import TableWriter, read_table, write_table
+from deepfeed.core.tables import TableWriter
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.settings import default_corpus_path, demo_corpus_dir
 
@@ -156,6 +160,10 @@ class CleanCorpusConfig(dg.Config):
     max_suppression: float = Field(default=0.05, description="Largest share of records k-anonymity may suppress before it generalizes further.")
     dp_epsilon: float = Field(default=DEFAULT_MAX_EPSILON, description="Differential-privacy budget (ε, at most 0.5) of the corpus statistics released to metadata and MLflow.")
     coverage_embeddings: bool = Field(default=True, description="Find embedding outliers with the bundled MiniLM encoder for the long-tail (Coverage) definition; off: rare tags only.")
+    workers: int = Field(default=1, description="Processes for the stateless cleaning steps (normalize, scrub PII, glossary, language, quality); "
+                         "deduplication stays in order in the run's own process. 1: no pool (light, for tests and the demo); about the number of free cores for big corpora.")
+    batch_size: int = Field(default=4096, description="Records per Arrow batch streamed through cleaning; memory holds about two batches of records besides the dedup index.")
+    log_every_batches: int = Field(default=10, description="Log progress (batches, records/s) every this many batches.")
 
 
 @functools.lru_cache(maxsize=1)
@@ -167,6 +175,9 @@ def _encoder() -> MiniLMEncoder:
 def _cleaning_config(config: CleanCorpusConfig) -> CleaningConfig:
     if not 0 < config.dp_epsilon <= DEFAULT_MAX_EPSILON:
         raise fail("clean_corpus.config.dp_epsilon", f"{config.dp_epsilon}: must be in (0, {DEFAULT_MAX_EPSILON}] (SPEC: ε ≤ 0.5)")
+    for name in ("workers", "batch_size", "log_every_batches"):
+        if getattr(config, name) < 1:
+            raise fail(f"clean_corpus.config.{name}", f"{getattr(config, name)}: must be at least 1")
     if config.use_glossary and config.glossary_path and not Path(config.glossary_path).expanduser().is_file():
         raise fail("clean_corpus.config.glossary_path", f"{config.glossary_path!r} is not a file")
     try:
@@ -175,6 +186,7 @@ def _cleaning_config(config: CleanCorpusConfig) -> CleaningConfig:
             near_duplicate_threshold=config.near_duplicate_threshold,
             glossary_path=(str(Path(config.glossary_path).expanduser()) if config.glossary_path else None) if config.use_glossary else "",
             scrub_pii=config.scrub_pii, quasi_identifiers=tuple(config.quasi_identifiers), k=config.k, max_suppression=config.max_suppression,
+            batch_size=config.batch_size,
         )
     except ValueError as exc:
         raise fail("clean_corpus.config", str(exc)) from exc
@@ -210,50 +222,59 @@ def clean_corpus(
     cleaning = _cleaning_config(config)
     store = artifact_store.store()
     sources = _raw_sources(context, store)
-    records = []
-    # Sorted sources: the first copy of a duplicate, which dedup keeps, does not depend on registration order.
-    for handle in sources.values():
-        records.extend(read_table(store.local_path(handle) / "records.parquet"))
+    run_id = context.run.run_id
     try:
-        result = clean_records(records, cleaning, run_id=context.run.run_id)
+        cleaner = CorpusCleaner(cleaning, run_id=run_id)
     except (OSError, ValueError) as exc:  # a glossary that does not parse, mostly
         raise fail("clean_corpus.config.glossary_path", f"{type(exc).__name__}: {exc}") from exc
-    if not result.records:
-        raise fail("clean_corpus.config", f"cleaning removed all {len(records)} records: {result.reasons()}")
+    encoder = _encoder() if config.coverage_embeddings else None
 
-    embeddings = _encoder().encode([training_text(r) for r in result.records]) if config.coverage_embeddings else None
-    for record, reason in zip(result.records, long_tail_reasons(result.records, embeddings)):
-        record["long_tail"] = reason
-    splits = Counter(r["split"] for r in result.records)
-    counts = {
-        "read": sum(h.counts.get("read", 0) for h in sources.values()),
-        "quarantined": sum(h.counts.get("quarantined", 0) for h in sources.values()),
-        "kept_in": len(records),
-        "cleaned": len(result.records),
-        "removed": len(result.removed),
-        "changed": sum(1 for r in result.records if r["changed"]),
-        "train": splits.get("train", 0),
-        "eval": splits.get("eval", 0),
-        "long_tail": sum(1 for r in result.records if r["long_tail"]),
-        "pii_replaced": sum(result.pii.values()),
-        "glossary_replaced": sum(result.glossary.values()),
-        # What the checks re-run with: the settings this version was cleaned under.
-        "min_chars": cleaning.min_chars,
-        "max_chars": cleaning.max_chars,
-        "near_duplicate_threshold": cleaning.near_duplicate_threshold,
-        "glossary": "off" if cleaning.glossary_path == "" else (cleaning.glossary_path or "builtin"),
-        "quasi_identifiers": list(cleaning.quasi_identifiers),
-        "k": cleaning.k,
-        # The raw_corpus versions read, so the accounting check and lineage see exactly these.
-        "sources": {source: h.version for source, h in sources.items()},
-    }
-    statistics, accountant = release_statistics(result.records, config.dp_epsilon)
-    with store.new_version("clean_corpus", counts, run_id=context.run.run_id) as version:
-        write_table(version.path / "records.parquet", result.records)
-        write_table(version.path / "removed.parquet", result.removed, REMOVED_FIELDS)
-        (version.path / "statistics_dp.json").write_text(json.dumps({**statistics, "privacy": accountant.to_dict()}, indent=2, ensure_ascii=False))
-    handle = version.handle
-    entries, head = len(result.audit), _append_audit(result.audit)
+    def log_progress(p: Progress) -> None:
+        context.log.info("%s: %d batches, %d records, %.0f records/s", p.phase, p.batches, p.records, p.records_per_second)
+
+    # Sorted sources: the first copy of a duplicate, which dedup keeps, does not depend on registration order.
+    paths = [store.local_path(handle) / "records.parquet" for handle in sources.values()]
+    scratch = deepfeed_home() / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    # The audit spool lives outside the artifact (whose folder is hashed) and reaches the
+    # ledger only after the version is published: a failed run leaves both untouched.
+    with tempfile.TemporaryDirectory(prefix="clean_corpus-", dir=scratch) as spool_dir:
+        spool = AuditSpool(Path(spool_dir) / "audit.jsonl")
+        with store.new_version("clean_corpus", {}, run_id=run_id) as version:
+            try:
+                summary = clean_sources(paths, version.path, cleaner, audit_spool=spool, dp_epsilon=config.dp_epsilon, workers=config.workers,
+                                        encoder=encoder, progress=log_progress, progress_every=config.log_every_batches)
+            except NothingLeft as exc:
+                raise fail("clean_corpus.config", str(exc)) from exc
+            counts = {
+                "read": sum(h.counts.get("read", 0) for h in sources.values()),
+                "quarantined": sum(h.counts.get("quarantined", 0) for h in sources.values()),
+                "kept_in": summary.kept_in,
+                "cleaned": summary.cleaned,
+                "removed": summary.removed,
+                "changed": summary.changed,
+                "train": summary.train,
+                "eval": summary.eval,
+                "long_tail": summary.long_tail,
+                "pii_replaced": sum(summary.pii.values()),
+                "glossary_replaced": sum(summary.glossary.values()),
+                # What the checks re-run with: the settings this version was cleaned under.
+                "min_chars": cleaning.min_chars,
+                "max_chars": cleaning.max_chars,
+                "near_duplicate_threshold": cleaning.near_duplicate_threshold,
+                "glossary": "off" if cleaning.glossary_path == "" else (cleaning.glossary_path or "builtin"),
+                "quasi_identifiers": list(cleaning.quasi_identifiers),
+                "k": cleaning.k,
+                # The raw_corpus versions read, so the accounting check and lineage see exactly these.
+                "sources": {source: h.version for source, h in sources.items()},
+            }
+            version.counts.update(counts)
+            statistics, accountant = summary.statistics, summary.accountant
+            (version.path / "statistics_dp.json").write_text(json.dumps({**statistics, "privacy": accountant.to_dict()}, indent=2, ensure_ascii=False))
+        handle = version.handle
+        ledger = audit_ledger()
+        entries = spool.replay(ledger.append, AUDIT_CHUNK)
+        head = ledger.head()
 
     dp_metrics = {f"corpus_dp_lang_{k}": v for k, v in statistics["languages"].items()}
     dp_metrics.update({f"corpus_dp_length_{k}": v for k, v in statistics["length_histogram"].items()})
@@ -264,16 +285,16 @@ def clean_corpus(
                  "corpus_dp_epsilon_spent": accountant.spent, "corpus_dp_epsilon_budget": accountant.epsilon_budget},
         artifacts=[store.local_path(handle) / "statistics_dp.json"],
     )
-    context.log.info("cleaned %d of %d records (%s); %d audit entries", len(result.records), len(records), result.reasons(), entries)
+    context.log.info("cleaned %d of %d records (%s); %d audit entries", summary.cleaned, summary.kept_in, dict(summary.reasons), entries)
     return dg.Output(
         handle,
         metadata={
             **handle_metadata(handle),
             "sources": _sources_table(sources),
-            "removed_reasons": counts_table(result.reasons()),
-            "pii_replaced_by_kind": counts_table(dict(result.pii), key="kind", value="replacements"),
-            "glossary_terms_normalized": counts_table(dict(result.glossary), key="canonical term", value="replacements"),
-            "k_anonymity": dg.MetadataValue.json(result.kanonymity or {"quasi_identifiers": []}),
+            "removed_reasons": counts_table(dict(summary.reasons)),
+            "pii_replaced_by_kind": counts_table(dict(summary.pii), key="kind", value="replacements"),
+            "glossary_terms_normalized": counts_table(dict(summary.glossary), key="canonical term", value="replacements"),
+            "k_anonymity": dg.MetadataValue.json(summary.kanonymity or {"quasi_identifiers": []}),
             "languages_dp": _stats_table(statistics["languages"], "language"),
             "tags_dp": _stats_table(statistics["tags"], "tag"),
             "length_histogram_dp": _stats_table(statistics["length_histogram"], "characters"),
@@ -303,8 +324,16 @@ def _rows(store, handle: ArtifactHandle, name: str) -> int:
     return pq.ParquetFile(store.local_path(handle) / name).metadata.num_rows
 
 
-def _records(artifact_store: ArtifactStoreResource, handle: ArtifactHandle) -> list[dict]:
-    return read_table(artifact_store.store().local_path(handle) / "records.parquet")
+def _record_batches(artifact_store: ArtifactStoreResource, handle: ArtifactHandle, columns: Optional[list[str]] = None, batch_size: int = 4096):
+    """The cleaned records in Arrow batches (only `columns`), so a check holds one batch at a time."""
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(artifact_store.store().local_path(handle) / "records.parquet").iter_batches(batch_size=batch_size, columns=columns):
+        yield batch.to_pylist()
+
+
+def _records(artifact_store: ArtifactStoreResource, handle: ArtifactHandle, columns: Optional[list[str]] = None):
+    return (record for batch in _record_batches(artifact_store, handle, columns) for record in batch)
 
 
 @dg.asset_check(asset=raw_corpus, blocking=True, description="Every record read is kept or quarantined: rows read = rows kept + rows quarantined, counted in the written files of this run's source.")
@@ -343,7 +372,9 @@ def clean_corpus_consistency(clean_corpus: ArtifactHandle, artifact_store: Artif
     if glossary_setting == "off":
         return dg.AssetCheckResult(passed=True, description="glossary normalization is off (clean_corpus.config.use_glossary)", metadata={"glossary": "off"})
     glossary = load_glossary(None if glossary_setting == "builtin" else glossary_setting)
-    left = glossary_leftovers(_records(artifact_store, clean_corpus), glossary)
+    left = Counter()
+    for batch in _record_batches(artifact_store, clean_corpus, ["prompt", "response", "text"]):
+        left.update(glossary_leftovers(batch, glossary))
     return dg.AssetCheckResult(
         passed=not left,
         metadata={"glossary": glossary_setting, "terms": len(glossary), "records_with_variants": sum(left.values()),
@@ -353,8 +384,9 @@ def clean_corpus_consistency(clean_corpus: ArtifactHandle, artifact_store: Artif
 
 @dg.asset_check(asset=clean_corpus, blocking=False, description="3C Coverage: share of long-tail records (rare tags, MiniLM embedding outliers) per domain tag; warns below 5%.")
 def clean_corpus_coverage(clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
-    records = _records(artifact_store, clean_corpus)
-    shares = share_by_tag(records, [r.get("long_tail") for r in records])
+    # tee lags zip by one row: one pass over the table's two columns, batch by batch.
+    rows, again = itertools.tee(_records(artifact_store, clean_corpus, ["tags", "long_tail"]))
+    shares = share_by_tag(rows, (r.get("long_tail") for r in again))
     minimum = CoverageConfig().min_long_tail_share
     low = sorted(tag for tag, s in shares.items() if s["share"] < minimum)
     lines = ["| tag | records | long tail | share |", "|---|---:|---:|---:|"]
@@ -372,7 +404,10 @@ def clean_corpus_coverage(clean_corpus: ArtifactHandle, artifact_store: Artifact
 def clean_corpus_cleanliness(clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
     counts = clean_corpus.counts
     quality = QualityConfig(min_length=counts.get("min_chars", 4), max_length=counts.get("max_chars", 8000))
-    report = noise_report(_records(artifact_store, clean_corpus), quality, counts.get("near_duplicate_threshold", 0.9))
+    noise = NoiseCounter(quality, counts.get("near_duplicate_threshold", 0.9))
+    for batch in _record_batches(artifact_store, clean_corpus):
+        noise.add(batch)
+    report = noise.report
     return dg.AssetCheckResult(
         passed=report.passed,
         description=None if report.passed else f"noise ratio {report.ratio:.3%} is not below {MAX_NOISE_RATIO:.1%}",
@@ -387,6 +422,7 @@ def clean_corpus_k_anonymity(clean_corpus: ArtifactHandle, artifact_store: Artif
     k = clean_corpus.counts.get("k", 20)
     if not qi:
         return dg.AssetCheckResult(passed=True, description="no quasi-identifiers configured (clean_corpus.config.quasi_identifiers)", metadata={"quasi_identifiers": 0})
-    metas = [meta_dict(r) for r in _records(artifact_store, clean_corpus)]
-    ok, smallest, bad = check_k_anonymity(metas, qi, k=k)
+    # Class sizes need every record's QI values at once: only those are held, read from the meta column batch by batch.
+    values = quasi_identifier_values(_records(artifact_store, clean_corpus, ["meta"]), qi)
+    ok, smallest, bad = check_k_anonymity(pd.DataFrame(values), qi, k=k)
     return dg.AssetCheckResult(passed=ok, metadata={"k": k, "smallest_class": smallest, "classes_below_k": bad, "quasi_identifiers": ", ".join(qi)})

@@ -35,6 +35,9 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
+import pandas as pd
+
 from deepfeed.core.audit import AuditEntry, content_hash
 from deepfeed.core.dedup import NearDuplicateIndex, exact_key
 from deepfeed.core.glossary import Glossary, load_glossary
@@ -343,30 +346,24 @@ class CorpusCleaner:
         with _gc_paused():
             return self.deduplicate(*self.prepare(records))
 
-    def anonymize(self, result: CleaningResult) -> None:
-        """Generalize / suppress the quasi-identifiers of all kept records to k-anonymity."""
+    def kanonymity_plan(self, qi_values: dict[str, list[Any]]) -> "KAnonPlan | None":
+        """What k-anonymity does to the kept records, from their quasi-identifier values
+        alone (column -> one value per record, in order); None when none are configured."""
         qi = list(self.config.quasi_identifiers)
-        if not qi or not result.records:
-            return
-        metas = [meta_dict(r) for r in result.records]
-        rows = [{"id": i, **{c: m.get(c) for c in qi}} for i, m in enumerate(metas)]
-        outcome = anonymize(rows, qi, k=self.config.k, max_suppression=self.config.max_suppression)
-        suppressed = {s.record_id: s.reason for s in outcome.suppressed}
-        kept = []
-        generalized_rows = {row["id"]: row for row in outcome.records}
-        for i, record in enumerate(result.records):
-            if i in suppressed:
-                self._remove(result, record, "k-anonymity suppression", suppressed[i], training_text(record))
-                continue
-            meta, row = metas[i], generalized_rows[i]
-            new_meta = {**meta, **{c: row[c] for c in qi if outcome.levels.get(c)}}
-            if new_meta != meta:
-                before_json = record.get("meta") or ""
-                record["meta"] = json.dumps(new_meta, ensure_ascii=False, default=str, sort_keys=True)
-                self._entry(result, record["record_id"], "generalized", f"quasi-identifiers generalized to levels {outcome.levels} for k={self.config.k}", before_json, record["meta"])
-            kept.append(record)
-        result.records = kept
-        result.kanonymity = {
+        n = len(next(iter(qi_values.values()), []))
+        if not qi or n == 0:
+            return None
+        frame = pd.DataFrame({"id": np.arange(n), **{c: qi_values.get(c, [None] * n) for c in qi}})
+        outcome = anonymize(frame, qi, k=self.config.k, max_suppression=self.config.max_suppression)
+        kept = outcome.records
+        generalized = {}
+        for c in qi:
+            if outcome.levels.get(c):
+                values = np.empty(n, dtype=object)
+                values[kept["id"].to_numpy()] = kept[c].to_numpy(dtype=object)
+                generalized[c] = values
+        suppressed = {int(s.record_id): s.reason for s in outcome.suppressed}
+        summary = {
             "k": self.config.k,
             "quasi_identifiers": qi,
             "levels": outcome.levels,
@@ -374,6 +371,49 @@ class CorpusCleaner:
             "min_class_size": outcome.min_class_size,
             "classes": outcome.n_classes,
         }
+        return KAnonPlan(suppressed, generalized, summary)
+
+    def apply_kanonymity(self, result: CleaningResult, record: dict[str, Any], index: int, plan: "KAnonPlan") -> bool:
+        """Suppress (False, into result.removed) or generalize record number `index` of
+        the plan; every change goes to result.audit."""
+        if index in plan.suppressed:
+            self._remove(result, record, "k-anonymity suppression", plan.suppressed[index], training_text(record))
+            return False
+        if plan.generalized:
+            meta = meta_dict(record)
+            new_meta = {**meta, **{c: values[index] for c, values in plan.generalized.items()}}
+            if new_meta != meta:
+                before_json = record.get("meta") or ""
+                record["meta"] = json.dumps(new_meta, ensure_ascii=False, default=str, sort_keys=True)
+                self._entry(result, record["record_id"], "generalized", f"quasi-identifiers generalized to levels {plan.summary['levels']} for k={self.config.k}", before_json, record["meta"])
+        return True
+
+    def anonymize(self, result: CleaningResult) -> None:
+        """Generalize / suppress the quasi-identifiers of all kept records to k-anonymity."""
+        plan = self.kanonymity_plan(quasi_identifier_values(result.records, self.config.quasi_identifiers))
+        if plan is None:
+            return
+        result.records = [record for i, record in enumerate(result.records) if self.apply_kanonymity(result, record, i, plan)]
+        result.kanonymity = plan.summary
+
+
+@dataclass
+class KAnonPlan:
+    suppressed: dict[int, str]  # record index -> why
+    generalized: dict[str, np.ndarray]  # QI column above level 0 -> generalized value per record index
+    summary: dict[str, Any]  # what clean_corpus reports (levels, suppressed, classes)
+
+
+def quasi_identifier_values(records: Iterable[dict[str, Any]], columns: Iterable[str], into: dict[str, list[Any]] | None = None) -> dict[str, list[Any]]:
+    """Column -> the value of that key of each record's meta (None when missing), appended to `into`."""
+    out = into if into is not None else {c: [] for c in columns}
+    if not out:
+        return out
+    for record in records:
+        meta = meta_dict(record)
+        for c, values in out.items():
+            values.append(meta.get(c))
+    return out
 
 
 _worker: CorpusCleaner | None = None

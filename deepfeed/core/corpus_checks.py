@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -62,30 +63,44 @@ def _strings(record: dict[str, Any]) -> list[str]:
     return [v for v in values if isinstance(v, str) and v]
 
 
+class NoiseCounter:
+    """The noise report over records added batch by batch; only the duplicate indexes
+    (content keys, MinHash LSH) grow with the corpus."""
+
+    def __init__(self, quality: QualityConfig, near_duplicate_threshold: float):
+        self.quality = quality
+        self.report = NoiseReport(records=0, flagged={name: 0 for name in (*DETECTORS, "exact_duplicate", "near_duplicate", "pii")})
+        self._seen: set[str] = set()
+        self._near = NearDuplicateIndex(threshold=near_duplicate_threshold)
+
+    def add(self, records: Sequence[dict[str, Any]]) -> None:
+        texts = [training_text(r) for r in records]
+        noisy = np.zeros(len(records), bool)
+
+        def flag(name: str, mask: np.ndarray) -> None:
+            nonlocal noisy
+            self.report.flagged[name] += int(mask.sum())
+            noisy |= mask
+
+        for name, detector in DETECTORS.items():
+            flag(name, np.array([reason is not None for reason in detector(texts, self.quality)], bool) if texts else np.zeros(0, bool))
+        exact = np.zeros(len(records), bool)
+        for i, text in enumerate(texts):
+            key = exact_key(text)
+            exact[i] = key in self._seen
+            self._seen.add(key)
+        flag("exact_duplicate", exact)
+        offset = self.report.records
+        flag("near_duplicate", np.array([m is not None for m in self._near.add_batch(range(offset, offset + len(texts)), texts)], bool))
+        flag("pii", np.array([any(has_pii(s) for s in _strings(r)) for r in records], bool))
+        self.report.records += len(records)
+        self.report.noisy += int(noisy.sum())
+
+
 def noise_report(records: Sequence[dict[str, Any]], quality: QualityConfig, near_duplicate_threshold: float) -> NoiseReport:
-    texts = [training_text(r) for r in records]
-    report = NoiseReport(records=len(records))
-    noisy = np.zeros(len(records), bool)
-
-    def flag(name: str, mask: np.ndarray) -> None:
-        nonlocal noisy
-        report.flagged[name] = int(mask.sum())
-        noisy |= mask
-
-    for name, detector in DETECTORS.items():
-        flag(name, np.array([reason is not None for reason in detector(texts, quality)], bool) if texts else np.zeros(0, bool))
-    seen: set[str] = set()
-    exact = np.zeros(len(records), bool)
-    for i, text in enumerate(texts):
-        key = exact_key(text)
-        exact[i] = key in seen
-        seen.add(key)
-    flag("exact_duplicate", exact)
-    index = NearDuplicateIndex(threshold=near_duplicate_threshold)
-    flag("near_duplicate", np.array([m is not None for m in index.add_batch(range(len(texts)), texts)], bool))
-    flag("pii", np.array([any(has_pii(s) for s in _strings(r)) for r in records], bool))
-    report.noisy = int(noisy.sum())
-    return report
+    counter = NoiseCounter(quality, near_duplicate_threshold)
+    counter.add(records)
+    return counter.report
 
 
 def glossary_leftovers(records: Sequence[dict[str, Any]], glossary: Glossary) -> Counter:
@@ -97,17 +112,50 @@ def glossary_leftovers(records: Sequence[dict[str, Any]], glossary: Glossary) ->
     return left
 
 
-def release_statistics(records: Sequence[dict[str, Any]], epsilon: float, rng: np.random.Generator | int | None = None) -> tuple[dict[str, Any], PrivacyAccountant]:
-    """Noisy counts per language and per tag and a length histogram, ε split in three."""
+@dataclass
+class CorpusColumns:
+    """What the released statistics are computed from, one entry per record: its
+    language, its domain tags and the length of its training text. Compact enough to
+    hold for a whole corpus that is itself only ever streamed."""
+
+    languages: list[str] = field(default_factory=list)
+    tag_lists: list[tuple[str, ...]] = field(default_factory=list)
+    lengths: array = field(default_factory=lambda: array("q"))  # 8 bytes a record, not a Python int each
+
+    @classmethod
+    def from_records(cls, records: Iterable[dict[str, Any]]) -> "CorpusColumns":
+        columns = cls()
+        for record in records:
+            columns.append(record)
+        return columns
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.languages.append(record.get("lang") or "other")
+        self.tag_lists.append(tuple(domain_tags(record)))
+        self.lengths.append(len(training_text(record)))
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def select(self, keep: np.ndarray) -> "CorpusColumns":
+        """The rows where `keep` is True, in order."""
+        index = np.flatnonzero(keep).tolist()
+        return CorpusColumns([self.languages[i] for i in index], [self.tag_lists[i] for i in index], array("q", (self.lengths[i] for i in index)))
+
+
+def release_statistics(records: "CorpusColumns | Sequence[dict[str, Any]]", epsilon: float, rng: np.random.Generator | int | None = None) -> tuple[dict[str, Any], PrivacyAccountant]:
+    """Noisy counts per language and per tag and a length histogram, ε split in three.
+    Takes the records themselves or their CorpusColumns (the same release either way)."""
+    columns = records if isinstance(records, CorpusColumns) else CorpusColumns.from_records(records)
     accountant = PrivacyAccountant(epsilon)
     share = epsilon / 3
     generator = np.random.default_rng(rng)
-    languages = noisy_counts(Counter(r.get("lang") or "other" for r in records), share, accountant, generator, name="records per language", domain=LANGUAGES)
-    tag_lists = [domain_tags(r) for r in records]
+    languages = noisy_counts(Counter(columns.languages), share, accountant, generator, name="records per language", domain=LANGUAGES)
+    tag_lists = columns.tag_lists
     # One record touches every tag it carries: that many bins is its L1 sensitivity.
     sensitivity = max((len(t) for t in tag_lists), default=1)
     tags = noisy_counts(Counter(t for ts in tag_lists for t in ts), share, accountant, generator, name="records per tag", sensitivity=sensitivity)
-    lengths = np.clip([len(training_text(r)) for r in records], 0, LENGTH_EDGES[-1] - 1)
+    lengths = np.clip(np.asarray(columns.lengths, dtype=np.int64), 0, LENGTH_EDGES[-1] - 1)
     counts, edges = noisy_histogram(lengths, list(LENGTH_EDGES), share, accountant, generator, name="length histogram")
     histogram = {f"{int(lo)}-{int(hi) - 1}": int(c) for lo, hi, c in zip(edges[:-1], edges[1:], counts)}
     return {"languages": languages, "tags": tags, "length_histogram": histogram}, accountant

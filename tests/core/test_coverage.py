@@ -33,3 +33,27 @@ def test_minilm_embeddings_separate_topics():
     assert emb.shape == (3, 384)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.3
+
+
+def test_chunked_outliers_equal_the_whole_array_and_removed_rows_leave_the_centroids():
+    from deepfeed.core.coverage import CentroidSums, domain_tags, embedding_outliers_chunked
+
+    rng = np.random.default_rng(1)
+    tags = [["a"], ["b"], ["a", "b"], ["c"], []]
+    records = [_rec(str(i), tags[i % 5] if i % 50 else ["tiny"]) for i in range(300)]
+    emb = rng.standard_normal((300, 8)) + np.where(np.arange(300)[:, None] % 5 == 0, 1.5, -0.5)
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float16)  # as the streamed run stores them
+    whole = embedding_outliers(records, emb.astype(np.float32), CoverageConfig())
+    tag_lists = [tuple(domain_tags(r)) for r in records]
+    for size in (1, 7, 64, 300):
+        chunked = embedding_outliers_chunked(tag_lists, lambda: (emb[i:i + size] for i in range(0, 300, size)), CoverageConfig())
+        assert (chunked == whole).all()
+    assert whole.any() and not whole.all()
+    # Sums over all rows, minus the rows taken out afterwards = sums over the rest.
+    keep = np.arange(300) % 7 != 3
+    sums = CentroidSums()
+    sums.add(tag_lists, emb)
+    sums.add([t for t, k in zip(tag_lists, keep) if not k], emb[~keep], sign=-1.0)
+    rest = [t for t, k in zip(tag_lists, keep) if k]
+    streamed = embedding_outliers_chunked(rest, lambda: [emb[keep]], CoverageConfig(), sums=sums)
+    assert (streamed == embedding_outliers([r for r, k in zip(records, keep) if k], emb[keep].astype(np.float32), CoverageConfig())).all()
