@@ -42,14 +42,12 @@ from deepfeed.core.cleaning import REMOVED_FIELDS, CleaningResult, CorpusCleaner
 from deepfeed.core.corpus_checks import CorpusColumns, release_statistics
 from deepfeed.core.coverage import CentroidSums, CoverageConfig, domain_tags, embedding_outliers_chunked, long_tail_reason, rare_tags_from_counts
 from deepfeed.core.dp import PrivacyAccountant
+from deepfeed.core.ingest import record_schema
 
-# The ingest schema (deepfeed.core.ingest.RECORD_FIELDS) and what cleaning adds. Fixed
+# The ingest schema (deepfeed.core.ingest.record_schema) and what cleaning adds. Fixed
 # rather than inferred per batch: a batch whose texts are all None must not make the
 # column null-typed and clash with the next batch.
-CLEAN_SCHEMA = pa.schema(
-    [(name, pa.string()) for name in ("record_id", "source", "locator", "kind", "prompt", "response", "text", "lang")]
-    + [("tags", pa.list_(pa.string())), ("meta", pa.string()), ("changed", pa.bool_()), ("split", pa.string()), ("long_tail", pa.string())]
-)
+CLEAN_SCHEMA = pa.schema(list(record_schema()) + [("changed", pa.bool_()), ("split", pa.string()), ("long_tail", pa.string())])
 REMOVED_SCHEMA = pa.schema([(name, pa.string()) for name in REMOVED_FIELDS])
 _STAGING = ".records.staging.parquet"
 _EMBEDDINGS = ".embeddings.f16"
