@@ -88,6 +88,31 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0 if all(outcome.values()) else 1
 
 
+def cmd_prune_artifacts(args: argparse.Namespace) -> int:
+    from deepfeed.assets.corpus import audit_ledger
+    from deepfeed.core import retention
+    from deepfeed.definitions import defs
+
+    store, mlflow = defs.resources["artifact_store"].store(), defs.resources["mlflow"]
+    try:
+        doomed, protected = retention.prune(store, mlflow.client(), mlflow.registered_model_name, args.keep, args.dry_run,
+                                            None if args.dry_run else audit_ledger())
+    except ValueError as exc:
+        print(f"deepfeed prune-artifacts: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the registry could not be read: what serves is unknown
+        print(f"deepfeed prune-artifacts: cannot read the MLflow registry at {mlflow.tracking_uri} ({type(exc).__name__}: {exc}); "
+              "nothing was deleted, since the champion and the rollback target would be unknown", file=sys.stderr)
+        return 2
+    for version, aliases in sorted(protected.items()):
+        print(f"    kept (registry {aliases}): {version}")
+    verb = "would delete" if args.dry_run else "deleted"
+    for item in doomed:
+        print(f"    {verb}: {item.name}/{item.version}  {item.bytes / 2**20:,.0f} MiB")
+    print(f"{verb} {len(doomed)} version(s), {sum(d.bytes for d in doomed) / 2**30:.2f} GiB; the newest {args.keep} of each model artifact stay")
+    return 0
+
+
 def cmd_retire_source(args: argparse.Namespace) -> int:
     ensure_dagster_home()
     import dagster as dg
@@ -249,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     retire.add_argument("source", help="the source's partition key (its folder name)")
     retire.add_argument("--reason", required=True, help="why, for the audit ledger (e.g. 'withdrawn by the data owner, ticket 123')")
     retire.set_defaults(func=cmd_retire_source)
+    prune = commands.add_parser("prune-artifacts", help="delete old model artifact versions (fine-tuned, incremental, compressed), keeping the newest N and everything behind an MLflow alias")
+    prune.add_argument("--keep", type=int, default=3, help="newest versions kept per model artifact (default 3)")
+    prune.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    prune.set_defaults(func=cmd_prune_artifacts)
     commands.add_parser("demo", help="prepare, then materialize the whole chain on the embedded default").set_defaults(func=cmd_demo)
     planner = commands.add_parser("plan", help="memory and GPU tier for serving and training a model (reads config.json only)")
     planner.add_argument("--model", required=True, help="7b | 13b | 70b | v3 | a checkpoint folder | a config.json")

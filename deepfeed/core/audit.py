@@ -41,6 +41,7 @@ ACTIONS = frozenset(
         "normalized",
         "quarantined",
         "retired",
+        "pruned",
         "anonymized",
         "generalized",
         "suppressed",
