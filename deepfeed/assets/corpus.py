@@ -102,7 +102,7 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
         raise fail("raw_corpus.config.corpus_path", f"partition {source_name!r}: {exc}") from exc
     fingerprint = source_fingerprint(files)
 
-    # One file at a time, straight to disk: memory holds the largest file, not the source.
+    # One file (or chunk of a large JSONL file) at a time, straight to disk.
     read, quarantine, per_file = 0, [], {}
     counts = {"source": source_name, "fingerprint": fingerprint}
     with artifact_store.store().new_version(raw_artifact_name(source_name), counts, run_id=context.run.run_id) as version:
@@ -120,7 +120,10 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
                 blob_bytes += write_quarantine_blobs(version.path, part.blobs)
                 read += part.read
                 quarantine.extend({k: v for k, v in q.items() if k != "raw"} for q in part.quarantine)
-                per_file.update(part.files)
+                for file_name, file_counts in part.files.items():  # a large JSONL file comes in chunks
+                    seen = per_file.setdefault(file_name, {"kept": 0, "quarantined": 0})
+                    seen["kept"] += file_counts["kept"]
+                    seen["quarantined"] += file_counts["quarantined"]
                 if done % 50 == 0:
                     context.log.info("source %s: %d of %d files, %d records read", source_name, done, len(files), read)
         if read == 0:

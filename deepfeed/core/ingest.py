@@ -207,11 +207,12 @@ def mostly_utf8(data: bytes) -> bool:
     return good > 0 and bad <= good
 
 
-def decode_lines(data: bytes) -> tuple[str, list[tuple[int, bytes]]]:
+def decode_lines(data: bytes, first_line: int = 1) -> tuple[str, list[tuple[int, bytes]]]:
     """UTF-8 text line by line: the lines that do not decode are blanked (so line
-    numbers stay right) and returned as (line number, raw bytes) for the quarantine."""
+    numbers stay right) and returned as (line number, raw bytes) for the quarantine.
+    `first_line`: the number of data's first line in its file (a chunk of a large one)."""
     lines, bad = [], []
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    for number, raw in enumerate(data.split(b"\n"), start=first_line):
         try:
             lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
         except UnicodeDecodeError:
@@ -291,8 +292,8 @@ def resolve_quarantine_ref(folder: Path, raw_ref: str) -> bytes:
     return data
 
 
-def _rows_jsonl(text: str, max_record_bytes: int) -> Iterator[tuple[str, Any, str | None]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+def _rows_jsonl(text: str, max_record_bytes: int, first_line: int = 1) -> Iterator[tuple[str, Any, str | None]]:
+    for number, line in enumerate(text.splitlines(), start=first_line):
         if not line.strip():
             continue
         if len(line) > max_record_bytes:  # before parsing: a 10 MB line is not worth it
@@ -402,6 +403,11 @@ def read_file(path: Path, source: str, max_record_bytes: int) -> IngestResult:
             rows = _rows_csv(text, "\t" if suffix == ".tsv" else ",")
         else:
             rows = _rows_text(text)
+    _consume(rows, result, source, max_record_bytes)
+    return result
+
+
+def _consume(rows: Iterable, result: IngestResult, source: str, max_record_bytes: int) -> None:
     for locator, row, error in rows:
         result.read += 1
         raw = row if isinstance(row, (str, bytes)) else json.dumps(row, ensure_ascii=False, default=str)
@@ -413,7 +419,109 @@ def read_file(path: Path, source: str, max_record_bytes: int) -> IngestResult:
                 result.records.append(record)
                 continue
         _quarantine(result, source, locator, error or "unknown", raw)
-    return result
+
+
+# JSON Lines files past this size are read in chunks of CHUNK_BYTES cut at line ends, so
+# memory holds a chunk rather than the file (one record per line makes every cut safe).
+# The encoding is decided on the first chunk. Other formats are read whole: a JSON array
+# is one document, and CSV quotes and Markdown paragraphs may span any cut.
+STREAM_FILE_BYTES = 64 * 2**20
+CHUNK_BYTES = 16 * 2**20
+
+
+def iter_file_parts(path: Path, source: str, max_record_bytes: int) -> Iterator[IngestResult]:
+    """The file's result in parts: one for most files, one per chunk for large JSONL."""
+    try:
+        large = _logical_suffix(path) == ".jsonl" and path.stat().st_size > STREAM_FILE_BYTES
+    except (OSError, NotImplementedError, AttributeError):
+        large = False
+    if not large:
+        yield read_file(path, source, max_record_bytes)
+        return
+    yield from _jsonl_in_chunks(path, source, max_record_bytes)
+
+
+def _byte_chunks(path: Path) -> Iterator[tuple[bytes, str | None]]:
+    """(bytes, None) chunk by chunk, decompressing .gz as it goes; a gzip stream that
+    stops early ends with (b"", why), like `_gunzip`."""
+    with path.open("rb") as handle:
+        if not path.name.endswith(".gz"):
+            while chunk := handle.read(CHUNK_BYTES):
+                yield chunk, None
+            return
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        while raw := handle.read(CHUNK_BYTES):
+            try:
+                out = decoder.decompress(raw)
+                while decoder.eof and decoder.unused_data:  # a multi-member gzip file
+                    rest, decoder = decoder.unused_data, zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    out += decoder.decompress(rest)
+            except zlib.error as exc:
+                yield b"", f"truncated or corrupt gzip: {type(exc).__name__}: {exc}"
+                return
+            yield out, None
+        if not decoder.eof:
+            yield b"", "truncated or corrupt gzip: EOFError: Compressed file ended before the end-of-stream marker was reached"
+
+
+def _jsonl_in_chunks(path: Path, source: str, max_record_bytes: int) -> Iterator[IngestResult]:
+    carry, consumed, byte_lines, text_lines, utf8 = b"", 0, 0, 0, None
+    for chunk, error in _byte_chunks(path):
+        data = carry + chunk
+        if error is not None:  # the complete lines before the damage are kept, the tail quarantined
+            part = IngestResult(read=1)
+            _quarantine(part, source, f"after byte {consumed} of the decompressed stream", error, data)
+            yield part
+            return
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:  # one line longer than a chunk: read on
+            carry = data
+            continue
+        data, carry = data[:cut], data[cut:]
+        if consumed == 0 and b"\x00" in data[:8192]:  # binary: the whole-file path quarantines the file as one item
+            yield read_file(path, source, max_record_bytes)
+            return
+        utf8 = _encoding_so_far(data, utf8)
+        part, lines = _decoded_part(data, source, max_record_bytes, utf8 is not False, byte_lines, text_lines)
+        yield part
+        consumed += len(data)
+        byte_lines += data.count(b"\n")
+        text_lines += lines
+    if carry:
+        if consumed == 0 and b"\x00" in carry[:8192]:
+            yield read_file(path, source, max_record_bytes)
+            return
+        utf8 = _encoding_so_far(carry, utf8)
+        yield _decoded_part(carry, source, max_record_bytes, utf8 is not False, byte_lines, text_lines)[0]
+
+
+def _encoding_so_far(data: bytes, utf8: bool | None) -> bool | None:
+    """UTF-8 (True) or not (False) once the first non-ASCII chunk says so; None while
+    every chunk was ASCII, which decodes the same either way."""
+    if utf8 is not None or data.isascii():
+        return utf8
+    return mostly_utf8(data)
+
+
+def _decoded_part(data: bytes, source: str, max_record_bytes: int, utf8: bool, byte_lines: int, text_lines: int) -> tuple[IngestResult, int]:
+    """One chunk's result, and its line count the way `_rows_jsonl` numbers lines
+    (str.splitlines), so the next chunk's locators continue the whole file's."""
+    part = IngestResult()
+    bad: list[tuple[int, bytes]] = []
+    if utf8:
+        text, bad = decode_lines(data, first_line=byte_lines + 1)
+    else:
+        text, error = decode_bytes(data)
+        if text is None:
+            newlines = data.count(b"\n")
+            part.read += 1
+            _quarantine(part, source, f"lines {byte_lines + 1}-{byte_lines + newlines}", error or "undecodable", data)
+            return part, len(data.decode("gb18030", "replace").splitlines())
+    for number, raw in bad:
+        part.read += 1
+        _quarantine(part, source, f"line {number}", "invalid UTF-8 in an otherwise UTF-8 file", raw)
+    _consume(_rows_jsonl(text, max_record_bytes, first_line=text_lines + 1), part, source, max_record_bytes)
+    return part, len(text.splitlines())
 
 
 def _file_bytes(path: Path) -> bytes:
@@ -483,19 +591,22 @@ def source_fingerprint(files: list[Path]) -> str:
 
 
 def iter_files(files: list[Path], root: Path, max_record_bytes: int = 1_000_000, limits: BlobLimits = BlobLimits()) -> Iterator[tuple[str, IngestResult]]:
-    """(file name relative to the root, its result) one file at a time, blob limits applied
-    across all of them: a caller that writes each part as it comes holds one file at a time."""
+    """(file name relative to the root, a result) per file, or per chunk of a large JSONL
+    file, blob limits applied across all: a caller that writes each part as it comes holds
+    one part at a time."""
     keeper = BlobKeeper(limits)
     for path in files:
         source = _relative(path, root) if root.is_dir() else path.name
         if _logical_suffix(path) not in SUPPORTED_SUFFIXES:
             part = IngestResult(read=1)
             _quarantine(part, source, "file", f"unsupported file type {path.suffix!r}", _file_bytes(path))
+            parts: Iterable[IngestResult] = [part]
         else:
-            part = read_file(path, source, max_record_bytes)
-        keeper.admit(part)
-        part.files[source] = {"kept": len(part.records), "quarantined": len(part.quarantine)}
-        yield source, part
+            parts = iter_file_parts(path, source, max_record_bytes)
+        for part in parts:
+            keeper.admit(part)
+            part.files[source] = {"kept": len(part.records), "quarantined": len(part.quarantine)}
+            yield source, part
 
 
 def _ingest_files(files: list[Path], root: Path, max_record_bytes: int, limits: BlobLimits) -> IngestResult:
@@ -505,7 +616,10 @@ def _ingest_files(files: list[Path], root: Path, max_record_bytes: int, limits: 
         total.quarantine.extend(part.quarantine)
         total.blobs.update(part.blobs)
         total.read += part.read
-        total.files.update(part.files)
+        for name, counts in part.files.items():  # a large file comes in several parts
+            seen = total.files.setdefault(name, {"kept": 0, "quarantined": 0})
+            seen["kept"] += counts["kept"]
+            seen["quarantined"] += counts["quarantined"]
     return total
 
 

@@ -207,3 +207,50 @@ def test_quarantine_blobs_stay_within_the_item_limit_and_the_budget(tmp_path):
         resolve_quarantine_ref(artifact, video["raw_ref"])
     with pytest.raises(ValueError, match="must be >= 0"):
         BlobLimits(max_item_bytes=-1)
+
+
+def _jsonl_corpus(folder):
+    import gzip as gz
+
+    folder.mkdir()
+    lines = [b"\xef\xbb\xbf" + json.dumps({"text": "first line after a BOM"}).encode()]
+    for i in range(60):
+        lines.append(json.dumps({"prompt": f"问题 {i}: 血压多少算高?", "response": f"Answer {i}\u2028with a line separator"}, ensure_ascii=False).encode())
+        if i % 13 == 0:
+            lines.append(b'{"text": "unterminated')
+        if i % 17 == 0:
+            lines.append(b'{"text": "caf\xe9 latin-1 byte"}')
+        if i % 19 == 0:
+            lines.append(b"")
+            lines.append(json.dumps({"text": "x" * 400}).encode())  # over max_record_bytes
+    body = b"\n".join(lines) + b"\n" + json.dumps({"text": "last line, no newline"}).encode()
+    (folder / "big.jsonl").write_bytes(body)
+    (folder / "big.jsonl.gz").write_bytes(gz.compress(body))
+    (folder / "cut.jsonl.gz").write_bytes(gz.compress(body)[:-200])  # truncated download
+    ascii_head = "\n".join(json.dumps({"text": f"plain ascii {i}"}) for i in range(30)).encode()
+    (folder / "gbk.jsonl").write_bytes(ascii_head + "\n".join(json.dumps({"text": f"糖尿病饮食 {i}"}, ensure_ascii=False) for i in range(30)).encode("gb18030").join([b"\n", b"\n"]))
+    return folder
+
+
+def test_large_jsonl_files_read_in_chunks_give_exactly_the_whole_file_result(tmp_path, monkeypatch):
+    """Chunks of 97 bytes (cut at line ends, the encoding decided on the first non-ASCII
+    chunk, line numbers carried over, a truncated gzip's tail quarantined) against the
+    same files read whole."""
+    import deepfeed.core.ingest as ingest
+
+    corpus = _jsonl_corpus(tmp_path / "corpus")
+    whole = ingest_folder(corpus, max_record_bytes=300)
+    monkeypatch.setattr(ingest, "STREAM_FILE_BYTES", 0)
+    monkeypatch.setattr(ingest, "CHUNK_BYTES", 97)
+    parts = list(ingest.iter_files(ingest.discover_files(corpus), corpus, max_record_bytes=300))
+    assert len(parts) > 40  # really in chunks
+    chunked = ingest_folder(corpus, max_record_bytes=300)
+
+    assert chunked.records == whole.records
+    key = lambda q: (q["source"], q["locator"], q["reason"], q["raw_sha256"])  # noqa: E731
+    assert sorted(map(key, chunked.quarantine)) == sorted(map(key, whole.quarantine))
+    assert chunked.read == whole.read and chunked.files == whole.files and chunked.blobs == whole.blobs
+    reasons = {q["reason"].split(":")[0] for q in whole.quarantine}
+    assert {"malformed JSON", "invalid UTF-8 in an otherwise UTF-8 file", "record larger than max_record_bytes=300", "truncated or corrupt gzip"} <= reasons
+    assert {r["source"] for r in whole.records} == {"big.jsonl", "big.jsonl.gz", "cut.jsonl.gz", "gbk.jsonl"}
+    assert any(r["text"] == "糖尿病饮食 29" for r in chunked.records)
