@@ -30,7 +30,7 @@ from deepfeed.core.demo_corpus import ensure_demo_corpus
 from deepfeed.core.dp import DEFAULT_MAX_EPSILON
 from deepfeed.core.glossary import load_glossary
 from deepfeed.core.ingest import (
-    QUARANTINE_BLOBS, BlobLimits, CorpusSourceError, as_source_path, iter_files, quarantine_schema, record_schema, source_files,
+    QUARANTINE_BLOBS, BlobLimits, CorpusSourceError, add_file_counts, as_source_path, iter_files, quarantine_schema, record_schema, source_files,
     source_fingerprint, write_quarantine_blobs,
 )
 from deepfeed.core.kanonymity import check_k_anonymity
@@ -109,7 +109,7 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
         blob_bytes = 0
         with TableWriter(version.path / "records.parquet", record_schema()) as records, \
                 TableWriter(version.path / "quarantine.parquet", quarantine_schema()) as quarantined:
-            for done, (name, part) in enumerate(iter_files(files, root, config.max_record_bytes, limits), 1):
+            for done, (_, part) in enumerate(iter_files(files, root, config.max_record_bytes, limits), 1):
                 records.write(part.records)
                 quarantined.write(part.quarantine)
                 # PRIVACY: the exact bytes of what could not be read, unscrubbed, so nothing is lost and a
@@ -120,10 +120,7 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
                 blob_bytes += write_quarantine_blobs(version.path, part.blobs)
                 read += part.read
                 quarantine.extend({k: v for k, v in q.items() if k != "raw"} for q in part.quarantine)
-                for file_name, file_counts in part.files.items():  # a large JSONL file comes in chunks
-                    seen = per_file.setdefault(file_name, {"kept": 0, "quarantined": 0})
-                    seen["kept"] += file_counts["kept"]
-                    seen["quarantined"] += file_counts["quarantined"]
+                add_file_counts(per_file, part.files)
                 if done % 50 == 0:
                     context.log.info("source %s: %d of %d files, %d records read", source_name, done, len(files), read)
         if read == 0:

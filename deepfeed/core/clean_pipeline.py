@@ -43,6 +43,7 @@ from deepfeed.core.corpus_checks import CorpusColumns, release_statistics
 from deepfeed.core.coverage import CentroidSums, CoverageConfig, domain_tags, embedding_outliers_chunked, long_tail_reason, rare_tags_from_counts
 from deepfeed.core.dp import PrivacyAccountant
 from deepfeed.core.ingest import record_schema
+from deepfeed.core.tables import TableWriter
 
 # The ingest schema (deepfeed.core.ingest.record_schema) and what cleaning adds. Fixed
 # rather than inferred per batch: a batch whose texts are all None must not make the
@@ -211,16 +212,16 @@ def clean_sources(
     config = cleaner.config
     qi = list(config.quasi_identifiers)
     summary = CleanSummary()
-    writers: list[pq.ParquetWriter] = []
+    writers: list[TableWriter] = []
     try:
-        removed_writer = pq.ParquetWriter(out_dir / "removed.parquet", REMOVED_SCHEMA, compression="zstd")
+        removed_writer = TableWriter(out_dir / "removed.parquet", REMOVED_SCHEMA)
         writers.append(removed_writer)
-        staging_writer = pq.ParquetWriter(staging_path, CLEAN_SCHEMA, compression="zstd")
+        staging_writer = TableWriter(staging_path, CLEAN_SCHEMA)
         writers.append(staging_writer)
 
         def removed(rows: list[dict[str, Any]]) -> None:
             if rows:
-                removed_writer.write_table(pa.Table.from_pylist(rows, schema=REMOVED_SCHEMA))
+                removed_writer.write(rows)
                 summary.removed += len(rows)
                 summary.reasons.update(row["reason"] for row in rows)
 
@@ -241,7 +242,7 @@ def clean_sources(
                 summary.glossary.update(result.glossary)
                 records = result.records
                 if records:
-                    staging_writer.write_table(pa.Table.from_pylist(records, schema=CLEAN_SCHEMA))
+                    staging_writer.write(records)
                     start = len(columns)
                     for record in records:
                         columns.languages.append(intern(record.get("lang") or "other"))
@@ -299,7 +300,7 @@ def clean_sources(
         summary.statistics, summary.accountant = release_statistics(final_columns, dp_epsilon, dp_rng)
 
         # Pass 2: apply k-anonymity and the long-tail reasons, write the final table.
-        records_writer = pq.ParquetWriter(out_dir / "records.parquet", CLEAN_SCHEMA, compression="zstd")
+        records_writer = TableWriter(out_dir / "records.parquet", CLEAN_SCHEMA)
         writers.append(records_writer)
         index = position = batches = 0
         started = time.perf_counter()
@@ -316,8 +317,7 @@ def clean_sources(
                     out.append(record)
                     position += 1
                 index += 1
-            if out:
-                records_writer.write_table(pa.Table.from_pylist(out, schema=CLEAN_SCHEMA))
+            records_writer.write(out)
             summary.cleaned += len(out)
             removed(result.removed)
             audit_spool.write(result.audit)

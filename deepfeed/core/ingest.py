@@ -616,11 +616,16 @@ def _ingest_files(files: list[Path], root: Path, max_record_bytes: int, limits: 
         total.quarantine.extend(part.quarantine)
         total.blobs.update(part.blobs)
         total.read += part.read
-        for name, counts in part.files.items():  # a large file comes in several parts
-            seen = total.files.setdefault(name, {"kept": 0, "quarantined": 0})
-            seen["kept"] += counts["kept"]
-            seen["quarantined"] += counts["quarantined"]
+        add_file_counts(total.files, part.files)
     return total
+
+
+def add_file_counts(into: dict[str, dict[str, int]], part: dict[str, dict[str, int]]) -> None:
+    """Per-file kept/quarantined counts summed over parts (a large file comes in several)."""
+    for name, counts in part.items():
+        seen = into.setdefault(name, {"kept": 0, "quarantined": 0})
+        seen["kept"] += counts["kept"]
+        seen["quarantined"] += counts["quarantined"]
 
 
 def ingest_folder(root: Path | str, max_record_bytes: int = 1_000_000, limits: BlobLimits = BlobLimits()) -> IngestResult:
