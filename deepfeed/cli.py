@@ -162,6 +162,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     total = time.perf_counter()
     cmd_prepare(args)
     dagster_home = ensure_dagster_home()
+    # The demo's own secrets (user-id salt, audit-ledger key), 0600 under its home; production
+    # mounts them from a secret store instead (docs/security.md).
+    from deepfeed.core.secrets import AUDIT_KEY, USER_SALT, ensure_secret
+
+    for spec in (USER_SALT, AUDIT_KEY):
+        ensure_secret(spec)
 
     import dagster as dg
 

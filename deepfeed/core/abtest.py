@@ -30,9 +30,16 @@ ARMS = (CHAMPION, CHALLENGER)
 REQUIRED_COLUMNS = ("time", "user_hash", "arm", "metric")
 
 
-def hash_user_id(user_id: str, salt: str = "") -> str:
+def hash_user_id(user_id: str, salt: str) -> str:
     """Pseudonymous id for logs: HMAC-SHA256 keyed by ``salt``, so without the salt the
-    raw id cannot be recovered by hashing guesses."""
+    raw id cannot be recovered by hashing guesses.
+
+    An empty salt is refused: an unkeyed hash of a phone number or e-mail address is undone
+    by hashing every candidate (all mobile numbers of a country take seconds). The server
+    reads the salt with ``deepfeed.core.secrets.load_secret(USER_SALT)``."""
+    if not salt:
+        raise ValueError("hash_user_id needs a secret salt: an unkeyed hash of a user id can be reversed by "
+                         "enumeration (set $DEEPFEED_USER_SALT or $DEEPFEED_USER_SALT_FILE)")
     return hmac.new(salt.encode("utf-8"), str(user_id).encode("utf-8"), hashlib.sha256).hexdigest()
 
 

@@ -12,12 +12,16 @@ Policy file (JSON or YAML)::
     roles:
       annotator: {permissions: [feedback:submit], classifications: [public, internal]}
       operator:  {permissions: [feedback:submit, model:reload], classifications: [public]}
+      app:       {permissions: [model:generate]}
     keys:
       - {sha256: <hex digest of the key>, principal: alice, role: annotator}
     classifications:
       public: ["*"]
       internal: [deepfeed]
       restricted: []
+    # Optional, off unless written here: actions anyone may take without a key. Only
+    # model:generate may be anonymous; submitting data or reloading models never is.
+    anonymous: [model:generate]
 """
 
 from __future__ import annotations
@@ -35,7 +39,10 @@ from deepfeed.core.offline import deepfeed_home
 
 FEEDBACK_SUBMIT = "feedback:submit"
 MODEL_RELOAD = "model:reload"
+MODEL_GENERATE = "model:generate"
 DATA_ACTIONS = frozenset({FEEDBACK_SUBMIT})
+ANONYMOUS_ALLOWED = frozenset({MODEL_GENERATE})
+ANONYMOUS = "anonymous"
 
 
 class PolicyError(ValueError):
@@ -73,6 +80,7 @@ class AccessPolicy:
     roles: Mapping[str, Role]
     keys: Mapping[str, tuple[str, str]]  # sha256 -> (principal, role)
     classifications: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    anonymous: frozenset[str] = frozenset()  # actions allowed without a key (explicit opt-in)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AccessPolicy:
@@ -94,7 +102,11 @@ class AccessPolicy:
             if not isinstance(models, list):
                 raise PolicyError(f"access policy classifications.{name} must be a list of model names")
             classifications[name] = frozenset(str(m) for m in models)
-        return cls(roles, keys, classifications)
+        anonymous = data.get("anonymous") or []
+        if not isinstance(anonymous, list) or not set(anonymous) <= ANONYMOUS_ALLOWED:
+            raise PolicyError(f"access policy 'anonymous' must be a list drawn from {sorted(ANONYMOUS_ALLOWED)}; "
+                              f"got {anonymous!r}")
+        return cls(roles, keys, classifications, frozenset(anonymous))
 
     @classmethod
     def from_file(cls, path: str | Path) -> AccessPolicy:
@@ -123,6 +135,9 @@ class AccessPolicy:
     def decide(self, api_key: str | None, action: str, classification: str | None = None,
                model: str | None = None) -> Decision:
         who = self._principal(api_key)
+        if who is None and not api_key and action in self.anonymous:
+            return Decision(True, "anonymous access is switched on for this action", action,
+                            principal=ANONYMOUS, classification=classification, model=model)
         if who is None:
             return Decision(False, "unknown or missing API key", action, classification=classification, model=model)
         principal, role_name = who

@@ -51,6 +51,7 @@ ACTIONS = frozenset(
         "released",
         "access_granted",
         "access_denied",
+        "requests_rejected",
     }
 )
 _HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -10,8 +10,12 @@ Layout under the root::
 could still lose. ``seal_batch`` renames the open file into ``sealed/`` (atomic on one
 file system), so a reader sees a batch either whole or not at all.
 
-Texts are PII-scrubbed before they reach the disk: this is training data for a model
-other users will talk to, and it is also what the store keeps at rest.
+Every free-text field (prompt, answer, correction, each tag) is PII-scrubbed before it
+reaches the disk: this is training data for a model other users will talk to, and it is
+also what the store keeps at rest. Fields that are not meant to be free text (language,
+arm, model version, classification, role) must match their narrow format or the record is
+refused, so they cannot smuggle text past the scrubber. User ids are kept only as HMACs
+keyed by the secret salt (``deepfeed.core.secrets.USER_SALT``).
 """
 
 from __future__ import annotations
@@ -21,15 +25,17 @@ import fcntl
 import json
 import math
 import os
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from deepfeed.core.abtest import hash_user_id
+from deepfeed.core.abtest import ARMS, hash_user_id
 from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.pii import scrub
+from deepfeed.core.secrets import USER_SALT, load_secret
 
 SOURCE = "feedback"
 # A rating is a score in [0, 1] (thumbs up = 1, down = 0; five stars map to (s-1)/4); at
@@ -37,6 +43,12 @@ SOURCE = "feedback"
 GOOD_RATING = 0.5
 _MAX_TEXT = 20_000
 _TEXT_FIELDS = ("prompt", "answer", "correction")
+_MAX_TAGS, _MAX_TAG_CHARS = 32, 64
+# BCP 47 shaped ("en", "zh-CN", "zh-Hant-TW"): a language, not a place for a sentence.
+_LANG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,3}")
+# Registry versions, role and classification names: identifiers, never prose.
+_IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class FeedbackError(ValueError):
@@ -68,7 +80,7 @@ def _text(record: Mapping[str, Any], name: str, required: bool) -> str | None:
     return value
 
 
-def validate(record: Mapping[str, Any]) -> dict[str, Any]:
+def validate(record: Mapping[str, Any], salt: str | None = None) -> dict[str, Any]:
     """The record as it will be stored (scrubbed, typed), or FeedbackError naming the field."""
     if not isinstance(record, Mapping):
         raise FeedbackError(f"feedback must be an object, got {type(record).__name__}")
@@ -79,30 +91,57 @@ def validate(record: Mapping[str, Any]) -> dict[str, Any]:
         raise FeedbackError(f"feedback field 'rating' must be a number in [0, 1], got {rating!r}")
     if texts["answer"] is None and texts["correction"] is None:
         raise FeedbackError("feedback needs the model's 'answer' or a 'correction' (or both)")
-    tags = record.get("tags") or []
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise FeedbackError("feedback field 'tags' must be a list of strings")
     stored: dict[str, Any] = {name: (scrub(v).text if v is not None else None) for name, v in texts.items()}
     user_id = record.get("user_id")
+    if user_id not in (None, "") and not salt:
+        raise FeedbackError("feedback field 'user_id' needs the secret user-id salt to be stored "
+                            f"(set ${USER_SALT.env} or ${USER_SALT.file_env})")
     stored.update(
         rating=float(rating),
-        tags=tags,
-        lang=record.get("lang") if isinstance(record.get("lang"), str) else None,
-        user_hash=hash_user_id(str(user_id)) if user_id not in (None, "") else None,
+        tags=clean_tags(record.get("tags")),
+        lang=_narrow(record, "lang", _LANG, "a language tag such as 'en' or 'zh-CN'"),
+        user_hash=hash_user_id(str(user_id), salt) if user_id not in (None, "") else None,
     )
     # A server that salts its user hashes passes the hash, so the A/B analysis can join
     # feedback to the inference log on one key.
-    if isinstance(record.get("user_hash"), str) and record["user_hash"]:
+    if record.get("user_hash") is not None:
+        if not isinstance(record["user_hash"], str) or not _HEX64.fullmatch(record["user_hash"]):
+            raise FeedbackError("feedback field 'user_hash' must be a 64-hex HMAC digest")
         stored["user_hash"] = record["user_hash"]
-    for name in ("model_version", "arm", "classification", "role"):
-        value = record.get(name)
-        stored[name] = None if value is None else str(value)
+    arm = record.get("arm")
+    if arm is not None and arm not in ARMS:
+        raise FeedbackError(f"feedback field 'arm' must be one of {list(ARMS)}, got {arm!r}")
+    stored["arm"] = arm
+    for name in ("request_id", "model_version", "classification", "role"):
+        stored[name] = _narrow(record, name, _IDENT, "an identifier (letters, digits, . _ : -; at most 64)")
     return stored
 
 
+def clean_tags(tags: Any) -> list[str]:
+    """Tags as they may be stored and trained on: scrubbed, bounded in number and length."""
+    tags = tags or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise FeedbackError("feedback field 'tags' must be a list of strings")
+    if len(tags) > _MAX_TAGS or any(len(t) > _MAX_TAG_CHARS for t in tags):
+        raise FeedbackError(f"feedback field 'tags' takes at most {_MAX_TAGS} tags of at most {_MAX_TAG_CHARS} characters")
+    return [scrub(t).text for t in tags]
+
+
+def _narrow(record: Mapping[str, Any], name: str, pattern: re.Pattern[str], what: str) -> str | None:
+    value = record.get(name)
+    if value is None or value == "":
+        return None
+    value = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        # The value itself stays out of the message: it may be the very PII being refused.
+        raise FeedbackError(f"feedback field {name!r} must be {what}")
+    return value
+
+
 class FeedbackStore:
-    def __init__(self, root: str | os.PathLike[str] | None = None):
+    def __init__(self, root: str | os.PathLike[str] | None = None, salt: str | None = None):
         self.root = Path(root) if root is not None else default_root()
+        self._salt = salt
         self.open_path = self.root / "open.jsonl"
         self.sealed_dir = self.root / "sealed"
 
@@ -118,7 +157,10 @@ class FeedbackStore:
 
     def append(self, record: Mapping[str, Any]) -> str:
         """Store one feedback durably (fsynced) and return its id."""
-        stored = validate(record)
+        salt = self._salt
+        if salt is None and record.get("user_id") not in (None, ""):
+            salt = load_secret(USER_SALT, required=False)
+        stored = validate(record, salt)
         feedback_id = uuid.uuid4().hex
         stored = {"feedback_id": feedback_id,
                   "received_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
@@ -223,8 +265,10 @@ class FeedbackStore:
                 "prompt": fb["prompt"],
                 "response": response,
                 "text": None,
-                "lang": fb.get("lang"),
-                "tags": list(fb.get("tags") or []),
+                # Scrubbed again on the way out: batches written before tags were scrubbed
+                # at the door must not carry PII into training either.
+                "lang": fb.get("lang") if isinstance(fb.get("lang"), str) and _LANG.fullmatch(fb["lang"]) else None,
+                "tags": [scrub(str(t)).text for t in fb.get("tags") or []],
                 "meta": json.dumps(meta, ensure_ascii=False, sort_keys=True),
                 "rating": fb["rating"],
             })

@@ -2,7 +2,8 @@
 
 ``<root>/<YYYY-MM-DD>/<HH>.jsonl``. Hour files keep windows cheap to read (the drift
 sensor reads the last hours, the A/B report the last days) and old hours easy to expire.
-Prompts are PII-scrubbed before they are logged, and users appear only as salted hashes.
+Every free-text value is PII-scrubbed before it is written (``append`` scrubs whatever string
+it is handed, not only the prompt), and users appear only as HMACs keyed by the secret salt.
 Several server workers append to the same hour file: each line is written with one
 ``write`` on an ``O_APPEND`` descriptor under an exclusive ``flock``.
 """
@@ -13,6 +14,7 @@ import datetime as _dt
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,25 @@ import numpy as np
 from deepfeed.core.drift import text_features
 from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.pii import scrub
+
+
+# Values of these keys are identifiers the server itself sets; any other string is text
+# and goes through the scrubber. An identifier that does not look like one is scrubbed too.
+_IDENT_KEYS = frozenset({"time", "request_id", "user_hash", "arm", "model_version", "runtime", "lang"})
+_IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}")
+
+
+def scrub_event(value: Any, key: str | None = None) -> Any:
+    """The event with every free-text string scrubbed (dict keys are kept: they are field names)."""
+    if isinstance(value, str):
+        if key in _IDENT_KEYS and _IDENT.fullmatch(value):
+            return value
+        return scrub(value).text
+    if isinstance(value, dict):
+        return {k: scrub_event(v, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub_event(v) for v in value]
+    return value
 
 
 def default_root() -> Path:
@@ -71,6 +92,7 @@ class InferenceLog:
     def append(self, event: dict[str, Any]) -> Path:
         """Write one event (it must carry ``time`` as ISO 8601); returns its hour file."""
         when = _utc(event["time"])
+        event = scrub_event(event)
         path = self.path_for(when)
         path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(event, ensure_ascii=False, sort_keys=True, default=float).encode() + b"\n"
@@ -110,6 +132,20 @@ class InferenceLog:
                     t = _utc(event["time"])
                     if (lo is None or t >= lo) and (hi is None or t < hi):
                         yield event
+
+    def find(self, request_id: str, within: _dt.timedelta = _dt.timedelta(days=7),
+             now: _dt.datetime | None = None) -> dict[str, Any] | None:
+        """The event logged for ``request_id`` within the last ``within``, newest hours first."""
+        needle = json.dumps(request_id).encode()
+        for path in reversed(self.hour_files(_utc(now) - within)):
+            with open(path, "rb") as f:
+                for raw in f:
+                    # A substring test first: parsing every line of a busy hour costs ~100x more.
+                    if needle in raw and raw.endswith(b"\n"):
+                        event = json.loads(raw)
+                        if event.get("request_id") == request_id:
+                            return event
+        return None
 
     def count(self) -> int:
         return sum(1 for _ in self.events())

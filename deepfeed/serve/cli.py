@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +22,10 @@ SETTINGS_ENV = "DEEPFEED_SERVE_SETTINGS"
 
 
 def settings_to_env(settings: ServeSettings) -> str:
-    return json.dumps({**asdict(settings), "home": str(settings.home), "policy_path": str(settings.policy_path or "")})
+    # The salt stays out of the environment (readable in /proc by the same user, copied into
+    # crash reports): each worker reads it from the secret store itself.
+    return json.dumps({**asdict(settings), "salt": "", "home": str(settings.home),
+                       "policy_path": str(settings.policy_path or "")})
 
 
 def settings_from_env() -> ServeSettings:
@@ -55,7 +59,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     policy = Path(args.policy) if args.policy else default_policy_path(home)
     return ServeSettings(
         tracking_uri=args.tracking_uri or default_mlflow_uri(), model_name=args.model_name, runtime=args.runtime,
-        ab_test=not args.no_ab_test, split=args.split, salt=os.environ.get("DEEPFEED_USER_SALT", ""),
+        ab_test=not args.no_ab_test, split=args.split,
         max_new_tokens=args.max_new_tokens, poll_seconds=args.poll_seconds, policy_path=policy, home=home,
         embedding_summary=not args.no_embedding_summary,
     )
@@ -64,10 +68,17 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from deepfeed.core.secrets import USER_SALT, MissingSecret, load_secret
+
     settings = settings_from_args(args)
+    try:
+        load_secret(USER_SALT, settings.home)
+    except MissingSecret as exc:
+        print(f"deepfeed serve: refusing to start: {exc}", file=sys.stderr, flush=True)
+        return 2
     if settings.policy_path is None:
         print("deepfeed serve: no access policy (--policy or $DEEPFEED_HOME/access_policy.yaml): "
-              "POST /feedback will answer 403 to everyone", flush=True)
+              "POST /generate, /feedback and /admin/reload will refuse everyone", flush=True)
     os.environ[SETTINGS_ENV] = settings_to_env(settings)
     uvicorn.run("deepfeed.serve.cli:app_factory", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level)

@@ -59,10 +59,10 @@ def test_split_fraction_ramp_and_salts():
     # Another experiment's salt gives an independent split (agreement ~50%, not ~100%).
     agree = np.mean([assign_arm(u, 0.5, "s1") == assign_arm(u, 0.5, "s2") for u in ids])
     assert 0.47 < agree < 0.53
-    assert {assign_arm(u, 0.0) for u in ids[:500]} == {"champion"}
-    assert {assign_arm(u, 1.0) for u in ids[:500]} == {"challenger"}
+    assert {assign_arm(u, 0.0, "s1") for u in ids[:500]} == {"champion"}
+    assert {assign_arm(u, 1.0, "s1") for u in ids[:500]} == {"challenger"}
     with pytest.raises(ValueError, match="split"):
-        assign_arm("x", 1.5)
+        assign_arm("x", 1.5, "s1")
 
 
 # ------------------------------------------------------------------ the statistics

@@ -54,7 +54,7 @@ def _ab_feedback(home, versions, effect, users=40, hours=80):
     start = dt.datetime.now(UTC) - dt.timedelta(hours=hours)
     lines = []
     for u in range(users * 2):
-        user_hash = hash_user_id(f"user{u}")
+        user_hash = hash_user_id(f"user{u}", "test-salt-0123456789")
         arm = arm_for_hash(user_hash, 0.5)
         for k in range(4):
             rating = float(np.clip(rng.normal(0.6 + (effect if arm == "challenger" else 0), 0.1), 0, 1))

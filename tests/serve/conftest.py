@@ -10,20 +10,32 @@ import pytest
 
 from deepfeed.core.access import hash_key
 
-KEYS = {"annotator": "key-annotator", "operator": "key-operator", "viewer": "key-viewer"}
+KEYS = {"annotator": "key-annotator", "operator": "key-operator", "viewer": "key-viewer", "client": "key-client"}
+# The user-id salt every server test runs with (the server refuses to start without one).
+SALT = "test-user-salt-0123456789abcdef"
 
 
-def write_policy(path: Path) -> Path:
+def write_policy(path: Path, **extra) -> Path:
     path.write_text(json.dumps({
         "roles": {
             "annotator": {"permissions": ["feedback:submit"], "classifications": ["public", "internal"]},
             "operator": {"permissions": ["feedback:submit", "model:reload"], "classifications": ["public"]},
             "viewer": {"permissions": []},
+            "client": {"permissions": ["model:generate"]},
         },
         "keys": [{"sha256": hash_key(k), "principal": f"{role}-1", "role": role} for role, k in KEYS.items()],
         "classifications": {"public": ["*"], "internal": ["deepfeed"], "restricted": []},
+        **extra,
     }))
     return path
+
+
+@pytest.fixture(autouse=True)
+def user_salt(monkeypatch) -> str:
+    """In the environment, so server subprocesses read it the way a deployment does."""
+    monkeypatch.setenv("DEEPFEED_USER_SALT", SALT)
+    monkeypatch.delenv("DEEPFEED_USER_SALT_FILE", raising=False)
+    return SALT
 
 
 class Registry:

@@ -10,13 +10,15 @@ from deepfeed.core.audit import AuditLedger
 from deepfeed.core.feedback import FeedbackStore
 from deepfeed.core.inference_log import InferenceLog
 from deepfeed.serve.app import ServeSettings, create_app
-from tests.serve.conftest import KEYS
+from tests.serve.conftest import KEYS, SALT, write_policy
 
 
-def make_client(home, registry, policy_file=None, **kw) -> TestClient:
+def make_client(home, registry, policy_file=None, key=KEYS["client"], **kw) -> TestClient:
+    """A client of the real app; its requests carry `key` (the `client` role may generate)."""
+    policy_file = policy_file or write_policy(home / "access_policy.json")
     settings = ServeSettings(tracking_uri=registry.uri, runtime="torch", max_new_tokens=4, poll_seconds=0,
-                             policy_path=policy_file, home=home, **kw)
-    return TestClient(create_app(settings))
+                             policy_path=policy_file, home=home, **{"rate_burst": 10_000, **kw})
+    return TestClient(create_app(settings), headers={"X-API-Key": key} if key else {})
 
 
 def test_generate_logs_scrubbed_request(deepfeed_env, registry, tiny_llama):
@@ -31,7 +33,7 @@ def test_generate_logs_scrubbed_request(deepfeed_env, registry, tiny_llama):
     assert len(events) == 1
     e = events[0]
     assert e["request_id"] == body["request_id"] and e["model_version"] == "1" and e["runtime"] == "torch"
-    assert e["user_hash"] == hash_user_id("alice") and e["confidence"] == body["confidence"]
+    assert e["user_hash"] == hash_user_id("alice", SALT) and e["confidence"] == body["confidence"]
     assert e["features"]["length_chars"] > 10 and e["latency_ms"] > 0
     assert {f"embedding_{i}" for i in range(8)} <= set(e["features"])  # the MiniLM embedding summary
     raw = json.dumps(events)
@@ -50,7 +52,7 @@ def test_ab_arms_are_sticky_and_follow_the_hash(deepfeed_env, registry, tiny_lla
                     for _ in range(2)}
             assert len(arms) == 1  # sticky
             seen[user] = arms.pop()
-            assert seen[user] == assign_arm(user, 0.5)
+            assert seen[user] == assign_arm(user, 0.5, SALT)
         assert set(seen.values()) == {"champion", "challenger"}
         versions = {client.post("/generate", json={"user_id": u, "prompt": "hi", "max_new_tokens": 1}).json()["model_version"]
                     for u in seen}
@@ -99,20 +101,25 @@ def test_feedback_rbac_abac_and_audit(deepfeed_env, registry, tiny_llama, policy
             (KEYS["annotator"], {**good, "classification": "restricted"}, "may not submit 'restricted'"),
         ]
         for key, body, reason in denied:
-            headers = {"X-API-Key": key} if key else {}
+            headers = {"X-API-Key": key} if key else {"X-API-Key": ""}
             r = client.post("/feedback", json=body, headers=headers)
-            assert r.status_code == 403 and reason in r.json()["detail"], (key, r.text)
+            assert r.status_code in (401, 403) and reason in r.json()["detail"], (key, r.text)
+        # Two refusals without a valid key (401), three of known keys lacking the right (403).
+        assert client.get("/health").json()["rejected"] == {"unauthenticated": 2, "forbidden": 3}
     store = FeedbackStore(deepfeed_env / "feedback")
     assert store.pending() == 1
     batch = store.seal_batch()
     [record] = store.raw_records(batch)
-    assert record["feedback_id"] == r.json().get("feedback_id") or record["role"] == "annotator"
-    assert record["user_hash"] == hash_user_id("alice")
-    entries = list(AuditLedger(deepfeed_env / "audit" / "ledger.jsonl").iter_entries(action="access_denied"))
-    assert len(entries) == len(denied)
-    assert entries[2]["extra"]["role"] == "viewer" and entries[4]["extra"]["classification"] == "restricted"
-    assert "key-" not in json.dumps(entries)
-    assert AuditLedger(deepfeed_env / "audit" / "ledger.jsonl").verify().ok
+    assert record["role"] == "annotator"
+    assert record["user_hash"] == hash_user_id("alice", SALT)
+    # Refusals are counted, not written one by one (a flood of them once grew the ledger
+    # by ~1 KB each): the ledger gets one summary entry when the server stops.
+    ledger = AuditLedger(deepfeed_env / "audit" / "ledger.jsonl")
+    assert list(ledger.iter_entries(action="access_denied")) == []
+    [summary] = list(ledger.iter_entries(action="requests_rejected"))
+    assert summary["extra"]["counts"] == {"unauthenticated": 2, "forbidden": 3}
+    assert "key-" not in json.dumps(summary)
+    assert ledger.verify().ok
 
 
 MALFORMED = [
@@ -129,9 +136,11 @@ def test_malformed_requests_get_a_clear_4xx(deepfeed_env, registry, tiny_llama, 
     registry.register(tiny_llama, "champion")
     with make_client(deepfeed_env, registry, policy_file) as client:
         for path, payload, needle in MALFORMED:
-            r = client.post(path, json=payload, headers={"X-API-Key": KEYS["annotator"]})
+            key = KEYS["client"] if path == "/generate" else KEYS["annotator"]
+            r = client.post(path, json=payload, headers={"X-API-Key": key})
             assert 400 <= r.status_code < 500 and needle in r.json()["detail"], r.text
-            r = client.post(path, content=b"{not json", headers={"Content-Type": "application/json"})
+            r = client.post(path, content=b"{not json", headers={"Content-Type": "application/json",
+                                                                 "X-API-Key": KEYS["client"]})
             assert r.status_code == 422 and "JSON" in r.json()["detail"]
     assert FeedbackStore(deepfeed_env / "feedback").pending() == 0
     assert InferenceLog(deepfeed_env / "inference_log").count() == 0
@@ -141,5 +150,13 @@ def test_no_champion_is_503_not_500(deepfeed_env, registry):
     with make_client(deepfeed_env, registry) as client:
         r = client.post("/generate", json={"user_id": "u", "prompt": "hi"})
         assert r.status_code == 503 and "champion" in r.json()["detail"]
-        assert client.post("/feedback", json={"prompt": "q", "answer": "a", "rating": 1, "classification": "public"},
-                           headers={"X-API-Key": "k"}).json()["detail"].endswith("no access policy configured on this server")
+
+
+def test_without_a_policy_every_keyed_endpoint_refuses(deepfeed_env, registry, tiny_llama):
+    registry.register(tiny_llama, "champion")
+    settings = ServeSettings(tracking_uri=registry.uri, runtime="torch", poll_seconds=0, home=deepfeed_env)
+    with TestClient(create_app(settings)) as client:
+        for path, body in (("/generate", {"user_id": "u", "prompt": "hi"}),
+                           ("/feedback", {"prompt": "q", "answer": "a", "rating": 1, "classification": "public"})):
+            r = client.post(path, json=body, headers={"X-API-Key": "k"})
+            assert r.status_code == 401 and r.json()["detail"].endswith("no access policy configured on this server")

@@ -14,7 +14,8 @@ from tests.serve.conftest import KEYS
 
 
 def test_killed_server_loses_no_acknowledged_feedback(deepfeed_env, registry, policy_file):
-    settings = ServeSettings(tracking_uri=registry.uri, poll_seconds=0, policy_path=policy_file, home=deepfeed_env)
+    settings = ServeSettings(tracking_uri=registry.uri, poll_seconds=0, policy_path=policy_file, home=deepfeed_env,
+                             rate_burst=10_000)
     server = ServerProcess(settings).start(wait_for_champion=False)
     acked: list[str] = []
     enough = threading.Event()

@@ -50,21 +50,21 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
                      drift_window_hours=1, drift_min_samples=20, feedback_min_batch=5,
                      rollback_window=12, rollback_min_samples=12)}
     settings = ServeSettings(tracking_uri=registry.uri, max_new_tokens=2, poll_seconds=0.3, policy_path=policy_file,
-                             home=home)
+                             home=home, rate_burst=10_000)
     annotator = {"X-API-Key": KEYS["annotator"]}
+    client_key = {"X-API-Key": KEYS["client"]}
 
     with ServerProcess(settings) as server, httpx.Client(base_url=server.url, timeout=60) as http, \
             dg.instance_for_test(temp_dir=str(home / "dagster")) as instance:
         def ask(user: str, prompt: str) -> dict:
-            r = http.post("/generate", json={"user_id": user, "prompt": prompt})
+            r = http.post("/generate", json={"user_id": user, "prompt": prompt}, headers=client_key)
             assert r.status_code == 200, r.text
             return r.json()
 
         def rate(answer: dict, user: str, rating: float, correction: str | None = None) -> None:
             r = http.post("/feedback", headers=annotator, json={
                 "prompt": "asked", "answer": answer["answer"] or "-", "correction": correction, "rating": rating,
-                "user_id": user, "model_version": answer["model_version"], "arm": answer["arm"],
-                "classification": "internal"})
+                "user_id": user, "request_id": answer["request_id"], "classification": "internal"})
             assert r.status_code == 200, r.text
 
         # 1. Traffic like the training data, then a shifted distribution; corrections.
