@@ -49,3 +49,20 @@ def test_denials_are_audited_without_the_key(tmp_path):
     [entry] = list(ledger.iter_entries(action="access_denied"))
     assert entry["record_id"] == "req-1" and entry["extra"]["classification"] == "secret"
     assert hash_key("a") not in str(entry) and ledger.verify().ok
+
+
+def test_anonymous_generation_is_off_unless_the_policy_says_so():
+    closed = AccessPolicy.from_dict(POLICY)
+    assert not closed.decide(None, "model:generate").allowed
+    assert not closed.decide("a", "model:generate").allowed  # a role needs the permission too
+    opened = AccessPolicy.from_dict({**POLICY, "anonymous": ["model:generate"]})
+    d = opened.decide(None, "model:generate")
+    assert d.allowed and d.principal == "anonymous" and d.role is None
+    assert not opened.decide("wrong", "model:generate").allowed  # a bad key is not anonymity
+    assert not opened.decide(None, "feedback:submit", "public", "deepfeed").allowed
+
+
+@pytest.mark.parametrize("anonymous", [["feedback:submit"], ["model:reload"], "model:generate"])
+def test_only_generation_may_be_anonymous(anonymous):
+    with pytest.raises(PolicyError, match="anonymous"):
+        AccessPolicy.from_dict({**POLICY, "anonymous": anonymous})
