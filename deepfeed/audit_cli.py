@@ -2,9 +2,15 @@
 
     deepfeed audit query --record-id 3f2a... --stage clean_corpus --action dropped
     deepfeed audit verify [--anchor <entry_hash>]
+    deepfeed audit recover
+    deepfeed audit rekey [--anchor <entry_hash>]
 
-`verify` exits 1 when the chain is broken (an entry edited, removed, inserted or moved),
-so it can guard a CI job or a cron entry.
+`verify` exits 1 when the chain or its MACs are broken (an entry edited, removed, inserted
+or moved, even with the hashes recomputed), when the tail was cut off (head anchor), when a
+published artifact's audit entries are missing, or when the ledger is unkeyed (it says how to
+re-key); 2 when no audit key is configured to check it with. So it can guard a CI job or a
+cron entry. `recover` appends the entries of a publication a crash interrupted; `rekey`
+adds MACs to a ledger written before they existed.
 """
 
 from __future__ import annotations
@@ -53,16 +59,50 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     ledger = _ledger(args)
     result = ledger.verify(anchor=args.anchor)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     if result.ok:
         print(f"ledger OK: {result.n_entries} entries, head {result.last_hash} ({ledger.path})")
         return 0
-    print(f"ledger TAMPERED: line {result.first_bad_line}: {result.reason}; "
+    if result.status == "no_key":
+        print(f"ledger NOT VERIFIED: {result.reason} ({ledger.path})", file=sys.stderr)
+        return 2
+    if result.status == "unkeyed":
+        print(f"ledger UNKEYED: {result.reason} ({ledger.path})", file=sys.stderr)
+        return 1
+    where = f"line {result.first_bad_line}: " if result.first_bad_line else ""
+    print(f"ledger TAMPERED: {where}{result.reason}; "
           f"{result.n_entries} entries verified before it ({ledger.path})", file=sys.stderr)
     return 1
 
 
+def cmd_recover(args: argparse.Namespace) -> int:
+    ledger = _ledger(args)
+    done = ledger.recover()
+    for line in done:
+        print(line)
+    print(f"{len(done)} interrupted publication(s) closed ({ledger.path})")
+    return 0
+
+
+def cmd_rekey(args: argparse.Namespace) -> int:
+    from deepfeed.core.audit import LedgerCorrupted
+
+    ledger = _ledger(args)
+    if not ledger.path.exists():
+        print(f"deepfeed audit: no ledger at {ledger.path}", file=sys.stderr)
+        return 2
+    try:
+        n = ledger.rekey(anchor=args.anchor)
+    except (LedgerCorrupted, ValueError) as exc:
+        print(f"deepfeed audit rekey: {exc}", file=sys.stderr)
+        return 1
+    print(f"re-keyed {n} entries; head anchor written to {ledger.head_path}")
+    return 0
+
+
 def add_audit_parser(commands) -> None:
-    audit = commands.add_parser("audit", help="query the audit ledger and verify its hash chain")
+    audit = commands.add_parser("audit", help="query the audit ledger, verify its keyed chain, recover, re-key")
     audit.add_argument("--ledger", default="", help="ledger file (default $DEEPFEED_HOME/audit/ledger.jsonl)")
     actions = audit.add_subparsers(dest="audit_command", required=True)
     query = actions.add_parser("query", help="entries matching every filter given, in order")
@@ -78,3 +118,9 @@ def add_audit_parser(commands) -> None:
     verify = actions.add_parser("verify", help="re-derive the hash chain; exit 1 if it was tampered with")
     verify.add_argument("--anchor", default=None, help="an entry_hash recorded earlier (e.g. clean_corpus's audit_head): catches entries cut off the end")
     verify.set_defaults(func=cmd_verify)
+    recover = actions.add_parser("recover", help="append the audit entries of artifact versions published by a run "
+                                 "that crashed before writing them")
+    recover.set_defaults(func=cmd_recover)
+    rekey = actions.add_parser("rekey", help="add MACs (audit key) to a ledger written before entries carried them")
+    rekey.add_argument("--anchor", default=None, help="an entry_hash recorded earlier; refuse if it is not in the chain")
+    rekey.set_defaults(func=cmd_rekey)

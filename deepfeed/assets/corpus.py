@@ -10,7 +10,6 @@ retrain always sees all data."""
 import functools
 import itertools
 import json
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -22,7 +21,7 @@ from pydantic import Field
 from deepfeed.assets.common import counts_table, fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle, ArtifactStore
 from deepfeed.core.audit import AuditLedger
-from deepfeed.core.clean_pipeline import AuditSpool, NothingLeft, Progress, clean_sources
+from deepfeed.core.clean_pipeline import NothingLeft, Progress, clean_sources
 from deepfeed.core.cleaning import CleaningConfig, CorpusCleaner, quarantine_entry, quasi_identifier_values
 from deepfeed.core.corpus_checks import MAX_NOISE_RATIO, NoiseCounter, glossary_leftovers
 from deepfeed.core.coverage import CoverageConfig, MiniLMEncoder, share_by_tag
@@ -234,12 +233,14 @@ def clean_corpus(
 
     # Sorted sources: the first copy of a duplicate, which dedup keeps, does not depend on registration order.
     paths = [store.local_path(handle) / "records.parquet" for handle in sources.values()]
-    scratch = deepfeed_home() / "tmp"
-    scratch.mkdir(parents=True, exist_ok=True)
     # The audit spool lives outside the artifact (whose folder is hashed) and reaches the
-    # ledger only after the version is published: a failed run leaves both untouched.
-    with tempfile.TemporaryDirectory(prefix="clean_corpus-", dir=scratch) as spool_dir:
-        spool = AuditSpool(Path(spool_dir) / "audit.jsonl")
+    # ledger only once the version is published, bracketed by publishing/published entries;
+    # a crash in between is repaired here, on the next run (and by `deepfeed audit recover`).
+    ledger = audit_ledger()
+    for line in ledger.recover(AUDIT_CHUNK):
+        context.log.warning("audit recovery: %s", line)
+    spool = ledger.spool("clean_corpus", run_id)
+    try:
         with store.new_version("clean_corpus", {}, run_id=run_id) as version:
             try:
                 summary = clean_sources(paths, version.path, cleaner, audit_spool=spool, dp_epsilon=config.dp_epsilon, workers=config.workers,
@@ -271,10 +272,13 @@ def clean_corpus(
             version.counts.update(counts)
             statistics, accountant = summary.statistics, summary.accountant
             (version.path / "statistics_dp.json").write_text(json.dumps({**statistics, "privacy": accountant.to_dict()}, indent=2, ensure_ascii=False))
-        handle = version.handle
-        ledger = audit_ledger()
-        entries = spool.replay(ledger.append, AUDIT_CHUNK)
-        head = ledger.head()
+            spool.mark_publishing(version.uri)  # the ledger hears of the version before anyone sees it
+    except BaseException:
+        spool.discard()
+        raise
+    handle = version.handle
+    entries = spool.publish(AUDIT_CHUNK)
+    head = ledger.head()
 
     dp_metrics = {f"corpus_dp_lang_{k}": v for k, v in statistics["languages"].items()}
     dp_metrics.update({f"corpus_dp_length_{k}": v for k, v in statistics["length_histogram"].items()})

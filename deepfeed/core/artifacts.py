@@ -97,7 +97,8 @@ class ArtifactStore:
         )
         staging_parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=staging_parent))
-        pending = PendingVersion(path=staging, counts=dict(metadata or {}))
+        pending = PendingVersion(path=staging, counts=dict(metadata or {}), version=version,
+                                 uri=str(self.root / name / version))
         try:
             yield pending
             content_hash = hash_folder(staging)
@@ -160,3 +161,7 @@ class PendingVersion:
     path: Path
     counts: dict[str, Any]
     handle: ArtifactHandle | None = None
+    # Where the version will appear once published: known before, so what must accompany
+    # the publication (its audit entries) can be announced first.
+    version: str = ""
+    uri: str = ""

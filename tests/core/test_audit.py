@@ -1,4 +1,5 @@
 import hashlib
+import hmac
 import json
 import multiprocessing
 
@@ -13,6 +14,16 @@ from deepfeed.core.audit import (
     LedgerCorrupted,
     content_hash,
 )
+
+AUDIT_KEY = "test-audit-key-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def audit_key(monkeypatch):
+    monkeypatch.setenv("DEEPFEED_AUDIT_KEY", AUDIT_KEY)
+    monkeypatch.delenv("DEEPFEED_AUDIT_KEY_FILE", raising=False)
+    return AUDIT_KEY
+
 
 SECRET_TEXT = "联系人张伟，手机13812345678，住北京市朝阳区建国路88号"
 
@@ -92,21 +103,36 @@ def test_tampering_with_one_line_is_detected_at_that_line(tmp_path, lineno):
     assert "changed" in result.reason
 
 
-def test_rehashed_tampering_is_caught_by_the_next_link(tmp_path):
+def _rechain(path, from_line, edit, key=None):
+    """What a forger without the key does: edit a line, then recompute every hash after it
+    (and, holding some key, every MAC too)."""
+    prev = None
+    out = []
+    for lineno, raw in enumerate(_lines(path), 1):
+        e = json.loads(raw)
+        if lineno >= from_line:
+            e.pop("entry_hash"), e.pop("mac", None)
+            if lineno == from_line:
+                edit(e)
+            e["prev_hash"] = prev
+            unsigned = json.dumps(e, sort_keys=True, separators=(",", ":")).encode()
+            e["entry_hash"] = hashlib.sha256(unsigned).hexdigest()
+            if key is not None:
+                e["mac"] = hmac.new(key, unsigned, hashlib.sha256).hexdigest()
+        prev = e["entry_hash"]
+        out.append((json.dumps(e) + "\n").encode())
+    path.write_bytes(b"".join(out))
+
+
+@pytest.mark.parametrize("forger_key", [None, b"", b"a-guessed-key"])
+def test_an_edit_with_the_whole_chain_recomputed_fails_without_the_key(tmp_path, forger_key):
     path = tmp_path / "l.jsonl"
     ledger = AuditLedger(path)
     ledger.append(_entries(10))
-
-    def forge(e):
-        e["reason"] = "nothing to see"
-        e.pop("entry_hash")
-        canon = json.dumps(e, sort_keys=True, separators=(",", ":")).encode()
-        e["entry_hash"] = hashlib.sha256(canon).hexdigest()
-
-    _tamper(path, 4, forge)
+    _rechain(path, 4, lambda e: e.update(reason="nothing to see"), key=forger_key)
     result = ledger.verify()
-    assert (result.ok, result.first_bad_line) == (False, 5)
-    assert "prev_hash" in result.reason
+    assert (result.ok, result.first_bad_line, result.status) == (False, 4, "tampered")
+    assert "MAC" in result.reason
 
 
 def test_deleted_and_swapped_lines_are_detected(tmp_path):
@@ -120,15 +146,78 @@ def test_deleted_and_swapped_lines_are_detected(tmp_path):
     assert ledger.verify().first_bad_line == 3
 
 
-def test_truncation_is_caught_with_an_anchor(tmp_path):
+def test_truncation_is_caught_by_the_head_anchor(tmp_path):
     path = tmp_path / "l.jsonl"
     ledger = AuditLedger(path)
-    ledger.append(_entries(10))
+    ledger.append(_entries(9))
+    ledger.append(AuditEntry("v3", "champion_model", "promoted", "gate passed", "run-9"))
     _, anchor = ledger.head()
-    path.write_bytes(b"".join(_lines(path)[:8]))
-    assert ledger.verify().ok  # a shorter chain is still a chain...
+    path.write_bytes(b"".join(_lines(path)[:-1]))  # "promoted" deleted
+    result = ledger.verify()
+    assert (result.ok, result.status) == (False, "truncated") and "cut off" in result.reason
     result = ledger.verify(anchor=anchor)
-    assert not result.ok and "anchor" in result.reason  # ...but not the one we saw
+    assert not result.ok and "anchor" in result.reason
+    # Deleting the anchor file as well does not help, nor does forging one without the key.
+    head = json.loads(ledger.head_path.read_text())
+    ledger.head_path.unlink()
+    assert not ledger.verify().ok and "missing" in ledger.verify().reason
+    forged = {**head, "entries": 9}
+    ledger.head_path.write_text(json.dumps(forged))
+    assert not ledger.verify().ok and "forged" in ledger.verify().reason
+    path.write_bytes(b"")
+    assert not ledger.verify().ok
+
+
+def test_a_writer_that_stopped_before_the_anchor_update_still_verifies(tmp_path):
+    ledger = AuditLedger(tmp_path / "l.jsonl")
+    ledger.append(_entries(3))
+    old_head = ledger.head_path.read_bytes()
+    ledger.append(_entries(2, start=3))
+    ledger.head_path.write_bytes(old_head)  # as if the process died between the two writes
+    result = ledger.verify()
+    assert result.ok and result.n_entries == 5 and "lags" in result.notes[0]
+
+
+def test_unkeyed_ledger_is_reported_and_rekeyed(tmp_path, monkeypatch):
+    path = tmp_path / "l.jsonl"
+    ledger = AuditLedger(path)
+    ledger.append(_entries(4))
+    _, anchor = ledger.head()
+    # A ledger from before keyed MACs: a plain hash chain, no anchor file.
+    path.write_bytes(b"".join(
+        (json.dumps({k: v for k, v in json.loads(raw).items() if k != "mac"}) + "\n").encode() for raw in _lines(path)))
+    ledger.head_path.unlink()
+    result = ledger.verify()
+    assert (result.ok, result.status) == (False, "unkeyed") and "deepfeed audit rekey" in result.reason
+    with pytest.raises(Exception, match="rekey"):
+        ledger.append(_entries(1))
+    assert AuditLedger(path).rekey(anchor=anchor) == 4
+    assert AuditLedger(path).verify().ok and AuditLedger(path).verify(anchor=anchor).ok
+    AuditLedger(path).append(_entries(1, start=4))
+    assert AuditLedger(path).verify().n_entries == 5
+
+
+def test_rekey_refuses_a_broken_chain(tmp_path):
+    path = tmp_path / "l.jsonl"
+    AuditLedger(path).append(_entries(3))
+    lines = [json.loads(raw) for raw in _lines(path)]
+    for e in lines:
+        e.pop("mac")
+    lines[1]["reason"] = "edited"
+    path.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    with pytest.raises(LedgerCorrupted, match="line 2"):
+        AuditLedger(path).rekey()
+
+
+def test_verify_needs_the_key(tmp_path, monkeypatch):
+    ledger = AuditLedger(tmp_path / "l.jsonl")
+    ledger.append(_entries(2))
+    monkeypatch.delenv("DEEPFEED_AUDIT_KEY")
+    monkeypatch.setenv("DEEPFEED_HOME", str(tmp_path / "elsewhere"))
+    result = AuditLedger(tmp_path / "l.jsonl").verify()
+    assert (result.ok, result.status) == (False, "no_key")
+    wrong = AuditLedger(tmp_path / "l.jsonl", key="another-key-0123456789").verify()
+    assert not wrong.ok and wrong.first_bad_line == 1
 
 
 def test_torn_tail_blocks_appends(tmp_path):

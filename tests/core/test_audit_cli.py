@@ -1,7 +1,14 @@
 import json
 
+import pytest
+
 from deepfeed.cli import main
 from deepfeed.core.audit import AuditEntry, AuditLedger
+
+
+@pytest.fixture(autouse=True)
+def audit_key(monkeypatch):
+    monkeypatch.setenv("DEEPFEED_AUDIT_KEY", "test-audit-key-0123456789abcdef")
 
 
 def _ledger(tmp_path):
@@ -38,13 +45,34 @@ def test_verify_passes_then_fails_with_nonzero_exit_on_tampering(tmp_path, capsy
     assert "TAMPERED: line 2" in err and "changed" in err
 
 
-def test_verify_with_an_anchor_catches_a_cut_tail(tmp_path, capsys):
+def test_verify_catches_a_cut_tail_with_or_without_an_anchor(tmp_path, capsys):
     ledger = _ledger(tmp_path)
     head = ledger.head()[1]
     ledger.path.write_text("".join(ledger.path.read_text().splitlines(keepends=True)[:2]))
-    assert main(["audit", "--ledger", str(ledger.path), "verify"]) == 0
+    assert main(["audit", "--ledger", str(ledger.path), "verify"]) == 1
+    assert "cut off" in capsys.readouterr().err
     assert main(["audit", "--ledger", str(ledger.path), "verify", "--anchor", head]) == 1
     assert "anchor not found" in capsys.readouterr().err
+
+
+def test_unkeyed_ledger_says_so_and_rekey_fixes_it(tmp_path, capsys):
+    ledger = _ledger(tmp_path)
+    lines = [json.loads(line) for line in ledger.path.read_text().splitlines()]
+    ledger.path.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "mac"}) + "\n" for e in lines))
+    ledger.head_path.unlink()
+    assert main(["audit", "--ledger", str(ledger.path), "verify"]) == 1
+    err = capsys.readouterr().err
+    assert "UNKEYED" in err and "deepfeed audit rekey" in err
+    assert main(["audit", "--ledger", str(ledger.path), "rekey"]) == 0
+    assert main(["audit", "--ledger", str(ledger.path), "verify"]) == 0
+
+
+def test_verify_without_the_key_is_not_a_pass(tmp_path, capsys, monkeypatch):
+    ledger = _ledger(tmp_path)
+    monkeypatch.delenv("DEEPFEED_AUDIT_KEY")
+    monkeypatch.setenv("DEEPFEED_HOME", str(tmp_path / "other-home"))
+    assert main(["audit", "--ledger", str(ledger.path), "verify"]) == 2
+    assert "no audit key" in capsys.readouterr().err
 
 
 def test_missing_ledger_is_reported(tmp_path, capsys):
