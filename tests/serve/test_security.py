@@ -205,3 +205,11 @@ def test_server_refuses_to_start_without_a_salt(deepfeed_env, registry, monkeypa
         create_app(_settings(deepfeed_env, registry))
     secret.chmod(0o600)
     assert create_app(_settings(deepfeed_env, registry)) is not None
+
+
+def test_deepfeed_serve_refuses_to_start_without_a_salt(deepfeed_env, monkeypatch, capsys):
+    from deepfeed.cli import main
+
+    monkeypatch.delenv("DEEPFEED_USER_SALT")
+    assert main(["serve", "--port", "1"]) == 2  # returns before uvicorn would bind anything
+    assert "refusing to start" in capsys.readouterr().err
