@@ -122,5 +122,6 @@ def add_audit_parser(commands) -> None:
                                  "that crashed before writing them")
     recover.set_defaults(func=cmd_recover)
     rekey = actions.add_parser("rekey", help="add MACs (audit key) to a ledger written before entries carried them")
-    rekey.add_argument("--anchor", default=None, help="an entry_hash recorded earlier; refuse if it is not in the chain")
+    rekey.add_argument("--anchor", default=None,
+                       help="an entry_hash recorded earlier; refuse if it is not in the chain")
     rekey.set_defaults(func=cmd_rekey)

@@ -123,7 +123,8 @@ def clean_tags(tags: Any) -> list[str]:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise FeedbackError("feedback field 'tags' must be a list of strings")
     if len(tags) > _MAX_TAGS or any(len(t) > _MAX_TAG_CHARS for t in tags):
-        raise FeedbackError(f"feedback field 'tags' takes at most {_MAX_TAGS} tags of at most {_MAX_TAG_CHARS} characters")
+        raise FeedbackError(f"feedback field 'tags' takes at most {_MAX_TAGS} tags "
+                            f"of at most {_MAX_TAG_CHARS} characters")
     return [scrub(t).text for t in tags]
 
 

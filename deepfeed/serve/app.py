@@ -100,8 +100,9 @@ class FeedbackRequest(BaseModel):
     correction: str | None = Field(default=None, max_length=20_000, description="The answer it should have given.")
     rating: float = Field(ge=0.0, le=1.0, description="1 = good, 0 = bad.")
     user_id: str | None = Field(default=None, max_length=256)
-    request_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$",
-                                   description="The /generate answer rated; its arm and model version come from the server's log.")
+    request_id: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{32}$",
+        description="The /generate answer rated; its arm and model version come from the server's log.")
     classification: str = Field(min_length=1, description="Data classification, checked against the access policy.")
     tags: list[str] = Field(default_factory=list, max_length=32)
     lang: str | None = Field(default=None, max_length=35)

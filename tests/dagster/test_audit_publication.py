@@ -36,7 +36,8 @@ def test_crash_between_publication_and_ledger_is_detected_and_recovered(deepfeed
     assert (result.ok, result.status) == (False, "unpublished_audit") and version in result.reason  # ...not audited
     assert not list(ledger.iter_entries(run_id=crashed.run_id, action="dropped"))
 
-    again = materialize(["clean_corpus"], deepfeed_env, tiny_llama, tiny_corpus, instance, clean_corpus={"config": FAST})
+    again = materialize(["clean_corpus"], deepfeed_env, tiny_llama, tiny_corpus, instance,
+                        clean_corpus={"config": FAST})
     assert again.success
     assert ledger.verify().ok
     recovered = [e for e in ledger.iter_entries(run_id=crashed.run_id, action="published")]

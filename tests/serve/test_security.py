@@ -145,7 +145,8 @@ def test_feedback_arm_and_version_come_from_the_servers_log(deepfeed_env, regist
             assert r.status_code == 422 and "assigned by the server" in r.json()["detail"]
         r = client.post("/feedback", json={**base, "request_id": "0" * 32}, headers=annotator)
         assert r.status_code == 422 and "no request" in r.json()["detail"]
-        assert client.post("/feedback", json={**base, "request_id": answer["request_id"]}, headers=annotator).status_code == 200
+        r = client.post("/feedback", json={**base, "request_id": answer["request_id"]}, headers=annotator)
+        assert r.status_code == 200, r.text
     # A fresh app (another worker, a restart) finds the request in the inference log.
     with TestClient(create_app(_settings(deepfeed_env, registry))) as client:
         r = client.post("/feedback", json={**base, "request_id": answer["request_id"]}, headers=annotator)
