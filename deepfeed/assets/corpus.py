@@ -10,6 +10,7 @@ retrain always sees all data."""
 import functools
 import itertools
 import json
+import os
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -21,7 +22,7 @@ from pydantic import Field
 
 from deepfeed.assets.common import counts_table, fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle, ArtifactStore
-from deepfeed.core.audit import AuditLedger
+from deepfeed.core.audit import AuditEntry, AuditLedger
 from deepfeed.core.clean_pipeline import AuditSpool, NothingLeft, Progress, clean_sources
 from deepfeed.core.cleaning import CleaningConfig, CorpusCleaner, quarantine_entry, quasi_identifier_values
 from deepfeed.core.corpus_checks import MAX_NOISE_RATIO, NoiseCounter, glossary_leftovers
@@ -36,6 +37,7 @@ from deepfeed.core.ingest import (
 from deepfeed.core.kanonymity import check_k_anonymity
 from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.quality import QualityConfig
+from deepfeed.core.raw_store import ENV_KEY, ENV_PATH, RawStore, RawStoreError, default_raw_store_path
 from deepfeed.core.tables import TableWriter
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.settings import default_corpus_path, demo_corpus_dir
@@ -85,6 +87,13 @@ class RawCorpusConfig(dg.Config):
     quarantine_blob_max_bytes: int = Field(default=16 * 2**20, description="Largest quarantined item whose raw bytes are copied into quarantine_blobs/; "
                                            "larger ones keep size, sha256, file and locator, and raw_ref says the bytes stayed in the source.")
     quarantine_blob_budget_bytes: int = Field(default=2**30, description="Raw bytes copied into quarantine_blobs/ per ingest run, in quarantine order; past it, rows point to the source as above.")
+    raw_store_path: str = Field(
+        default_factory=lambda: str(default_raw_store_path()),
+        description="The guarded raw store: the only place raw (unscrubbed) bytes rest, here the quarantined items' "
+        "(<path>/<source>/quarantine_blobs/<sha256>), folders 0700 and files 0600, Fernet-encrypted when the secret "
+        f"{ENV_KEY} is set. Records in the artifact are PII-scrubbed at ingest. Env: {ENV_PATH} "
+        "(default $DEEPFEED_HOME/raw_store). See docs/privacy.md.",
+    )
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet"}, partitions_def=corpus_sources)
@@ -101,9 +110,15 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
     except CorpusSourceError as exc:
         raise fail("raw_corpus.config.corpus_path", f"partition {source_name!r}: {exc}") from exc
     fingerprint = source_fingerprint(files)
+    try:
+        raw_store = RawStore(config.raw_store_path, os.environ.get(ENV_KEY) or None)
+        raw_folder = raw_store.source(source_name)
+    except RawStoreError as exc:
+        raise fail("raw_corpus.config.raw_store_path", str(exc)) from exc
+    run_id = context.run.run_id
 
     # One file (or chunk of a large JSONL file) at a time, straight to disk.
-    read, quarantine, per_file = 0, [], {}
+    read, quarantine, per_file, anonymized, pii = 0, [], {}, [], Counter()
     counts = {"source": source_name, "fingerprint": fingerprint}
     with artifact_store.store().new_version(raw_artifact_name(source_name), counts, run_id=context.run.run_id) as version:
         blob_bytes = 0
@@ -113,12 +128,19 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
                 records.write(part.records)
                 quarantined.write(part.quarantine)
                 # PRIVACY: the exact bytes of what could not be read, unscrubbed, so nothing is lost and a
-                # fixed parser can re-read them. This folder is quarantine-only: nothing downstream reads
-                # it (clean_corpus reads records.parquet) and it is never fed to training. It is raw input,
-                # as records.parquet of this artifact is; the quarantine table people read holds scrubbed
-                # snippets and points here through raw_ref.
-                blob_bytes += write_quarantine_blobs(version.path, part.blobs)
+                # fixed parser can re-read them. They go to the guarded raw store (0600/0700, encrypted
+                # with a key), never into the artifact: records.parquet holds scrubbed text only, the
+                # quarantine table scrubbed snippets that point into the raw store through raw_ref.
+                try:
+                    blob_bytes += write_quarantine_blobs(raw_folder.folder, part.blobs, raw_store.key)
+                except RawStoreError as exc:
+                    raise fail("raw_corpus.config.raw_store_path", str(exc)) from exc
                 read += part.read
+                pii.update(part.pii)
+                anonymized.extend(AuditEntry.from_texts(record_id, "raw_corpus", "anonymized",
+                                                        "PII replaced by typed placeholders at ingest: " + ", ".join(f"{k}x{v}" for k, v in sorted(kinds.items())),
+                                                        run_id, before, after, kinds)
+                                  for record_id, before, after, kinds in part.anonymized)
                 quarantine.extend({k: v for k, v in q.items() if k != "raw"} for q in part.quarantine)
                 add_file_counts(per_file, part.files)
                 if done % 50 == 0:
@@ -126,17 +148,20 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
         if read == 0:
             raise fail("raw_corpus.config.corpus_path", f"source {source_name!r} of {str(root)!r} holds no records (files found: {len(files)})")
         version.counts.update({"read": read, "kept": records.rows, "quarantined": len(quarantine), "files": len(per_file),
-                               "quarantine_blob_bytes": blob_bytes})
+                               "quarantine_blob_bytes": blob_bytes, "pii_replaced": sum(pii.values()),
+                               "raw_store": str(raw_folder.folder), "raw_store_encrypted": raw_folder.encrypted})
     context.log.info("source %s: read %d records from %d files: %d kept, %d quarantined", source_name, read, len(per_file), records.rows, len(quarantine))
     handle = version.handle
-    entries, head = len(quarantine), _append_audit([quarantine_entry(q, context.run.run_id) for q in quarantine])
+    audit = [quarantine_entry(q, run_id) for q in quarantine] + anonymized
+    entries, head = len(audit), _append_audit(audit)
     return dg.Output(
         handle,
         metadata={
             **handle_metadata(handle),
             "corpus_root": str(root),
             "quarantine_reasons": counts_table(Counter(q["reason"] for q in quarantine)),
-            "quarantine_blobs": dg.MetadataValue.path(f"{handle.uri}/{QUARANTINE_BLOBS}"),
+            "quarantine_blobs": dg.MetadataValue.path(str(raw_folder.folder / QUARANTINE_BLOBS)),
+            "pii_replaced_by_kind": counts_table(dict(pii), key="kind", value="replacements"),
             "files": counts_table({f: c["kept"] for f, c in per_file.items()}, key="file"),
             "audit_entries": entries,
             "audit_ledger": dg.MetadataValue.path(str(audit_ledger().path)),
@@ -152,8 +177,12 @@ class CleanCorpusConfig(dg.Config):
     eval_fraction: float = Field(default=0.1, description="Share of records held out for evaluation (stable by content hash).")
     split_seed: int = Field(default=17, description="Seed of the held-out split; change it only to draw a new split.")
     near_duplicate_threshold: float = Field(default=0.9, description="MinHash Jaccard similarity (character 5-grams) from which a record is a near-duplicate of an earlier one; in (0, 0.99].")
-    use_glossary: bool = Field(default=True, description="Normalize domain terms through the glossary (3C Consistency).")
+    use_glossary: bool = Field(default=False, description="Normalize domain terms through the glossary (3C Consistency). Off by default: "
+                               "a domain glossary rewrites general text too (ICD-10 turns 'a slight depression in a surface' into F32); "
+                               "switch it on for a domain corpus, ideally scoped with glossary_tags.")
     glossary_path: str = Field(default="", description="YAML or CSV glossary (canonical term <- variants). Empty: the shipped ICD-10 example.")
+    glossary_tags: list[str] = Field(default_factory=list, description="Domain tags the glossary is scoped to: only records carrying one of "
+                                     "them are normalized (and checked for leftovers). Empty: every record.")
     scrub_pii: bool = Field(default=True, description="Replace PII by typed placeholders (<EMAIL>, <PHONE>, <ID_CN>, ...) in every text field, tag and metadata value.")
     quasi_identifiers: list[str] = Field(default_factory=list, description="Metadata columns (keys of the record's meta) that are quasi-identifiers, e.g. age, gender, region, admission_date; generalized/suppressed to k-anonymity.")
     k: int = Field(default=20, description="k of k-anonymity over the quasi-identifiers (SPEC: at least 20).")
@@ -185,6 +214,7 @@ def _cleaning_config(config: CleanCorpusConfig) -> CleaningConfig:
             min_chars=config.min_chars, max_chars=config.max_chars, eval_fraction=config.eval_fraction, split_seed=config.split_seed,
             near_duplicate_threshold=config.near_duplicate_threshold,
             glossary_path=(str(Path(config.glossary_path).expanduser()) if config.glossary_path else None) if config.use_glossary else "",
+            glossary_tags=tuple(config.glossary_tags),
             scrub_pii=config.scrub_pii, quasi_identifiers=tuple(config.quasi_identifiers), k=config.k, max_suppression=config.max_suppression,
             batch_size=config.batch_size,
         )
@@ -256,13 +286,17 @@ def clean_corpus(
                 "train": summary.train,
                 "eval": summary.eval,
                 "long_tail": summary.long_tail,
-                "pii_replaced": sum(summary.pii.values()),
+                # Raw text is scrubbed at ingest; what cleaning still finds (raw_corpus versions
+                # written before that, or text that turns into PII once normalized) comes on top.
+                "pii_replaced_at_ingest": sum(h.counts.get("pii_replaced", 0) for h in sources.values()),
+                "pii_replaced": sum(summary.pii.values()) + sum(h.counts.get("pii_replaced", 0) for h in sources.values()),
                 "glossary_replaced": sum(summary.glossary.values()),
                 # What the checks re-run with: the settings this version was cleaned under.
                 "min_chars": cleaning.min_chars,
                 "max_chars": cleaning.max_chars,
                 "near_duplicate_threshold": cleaning.near_duplicate_threshold,
                 "glossary": "off" if cleaning.glossary_path == "" else (cleaning.glossary_path or "builtin"),
+                "glossary_tags": list(cleaning.glossary_tags),
                 "quasi_identifiers": list(cleaning.quasi_identifiers),
                 "k": cleaning.k,
                 # The raw_corpus versions read, so the accounting check and lineage see exactly these.
@@ -373,11 +407,13 @@ def clean_corpus_consistency(clean_corpus: ArtifactHandle, artifact_store: Artif
         return dg.AssetCheckResult(passed=True, description="glossary normalization is off (clean_corpus.config.use_glossary)", metadata={"glossary": "off"})
     glossary = load_glossary(None if glossary_setting == "builtin" else glossary_setting)
     left = Counter()
-    for batch in _record_batches(artifact_store, clean_corpus, ["prompt", "response", "text"]):
-        left.update(glossary_leftovers(batch, glossary))
+    scope = clean_corpus.counts.get("glossary_tags") or []
+    for batch in _record_batches(artifact_store, clean_corpus, ["prompt", "response", "text", "tags"]):
+        left.update(glossary_leftovers(batch, glossary, scope))
     return dg.AssetCheckResult(
         passed=not left,
-        metadata={"glossary": glossary_setting, "terms": len(glossary), "records_with_variants": sum(left.values()),
+        metadata={"glossary": glossary_setting, "scope": ", ".join(scope) or "all records", "terms": len(glossary),
+                  "records_with_variants": sum(left.values()),
                   "variants_left_by_term": counts_table(dict(left), key="canonical term")},
     )
 

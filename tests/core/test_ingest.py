@@ -203,7 +203,7 @@ def test_quarantine_blobs_stay_within_the_item_limit_and_the_budget(tmp_path):
     artifact = tmp_path / "artifact"
     write_quarantine_blobs(artifact, result.blobs)
     assert resolve_quarantine_ref(artifact, rows[("b_small.bin", "file")]["raw_ref"]) == b"\x89PNG 1"
-    with pytest.raises(ValueError, match="were not copied into the artifact"):
+    with pytest.raises(ValueError, match="were not copied into the raw store"):
         resolve_quarantine_ref(artifact, video["raw_ref"])
     with pytest.raises(ValueError, match="must be >= 0"):
         BlobLimits(max_item_bytes=-1)
