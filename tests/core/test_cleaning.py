@@ -62,7 +62,7 @@ def test_pii_is_scrubbed_in_every_field_and_the_audit_keeps_hashes_only():
 
 def test_glossary_variants_are_normalized_and_language_identified():
     records = [_pair(1, "What is high blood pressure?", "It is a common condition."), _pair(2, "什么是心梗？", "心梗是冠状动脉阻塞导致的心肌坏死。")]
-    result = clean_records(records, CleaningConfig())
+    result = clean_records(records, CleaningConfig(glossary_path=None))
     glossary = load_glossary()
     for record in result.records:
         assert not glossary.find_variants(record["prompt"]) and not glossary.find_variants(record["response"])
@@ -126,7 +126,7 @@ def test_batched_scrub_and_glossary_equal_the_per_record_result():
         ("Call +1 415-555-0132", "or (010) 6552 1234 / 021-62345678"), ("我叫李娜今年30岁", "张先生和王女士来了，type 2 diabetes"),
     ]
     records = [_pair(i, p, r, meta={"note": r}, tags=["x", p[:6]]) for i, (p, r) in enumerate(texts)]
-    cleaner = CorpusCleaner(CleaningConfig())
+    cleaner = CorpusCleaner(CleaningConfig(glossary_path=None))
     removed, survivors = cleaner.prepare(records)
     singles = [cleaner.prepare([r]) for r in records]
     assert [c for c, _, _ in survivors] == [c for _, s in singles for c, _, _ in s]
