@@ -232,6 +232,7 @@ def _record_text(record: dict[str, Any]) -> str:
 # text for its statistics, below that the family's most common member is used.
 SINGLE_BYTE = ("cp1252", "cp1250", "cp1251", "cp1253", "cp1254", "cp1257", "latin_1")
 DOUBLE_BYTE = ("gb18030", "big5", "shift_jis", "euc_kr")
+LATIN_PAGES = frozenset(("cp1250", "cp1252", "cp1254", "cp1257", "iso8859-1"))
 DETECT_SAMPLE_BYTES = 64 * 1024
 DETECT_MIN_HIGH_BYTES = 256
 _HIGH_RUN = re.compile(rb"[\x80-\xff]+")
@@ -249,8 +250,22 @@ def detect_encoding(data: bytes) -> str:
         return family[0]
     from charset_normalizer import from_bytes
 
-    best = from_bytes(b"\n".join(lines), cp_isolation=list(family)).best()
-    return codecs.lookup(best.encoding).name if best is not None else family[0]
+    sample = b"\n".join(lines)
+    best = from_bytes(sample, cp_isolation=list(family)).best()
+    if best is None:
+        return family[0]
+    encoding = codecs.lookup(best.encoding).name
+    if family is SINGLE_BYTE and encoding in LATIN_PAGES:
+        # charset-normalizer tells scripts apart well (Cyrillic cp1251, Greek cp1253) but
+        # ranks the Latin code pages of one text almost at random (French came out as
+        # cp1250 and cp1257); they agree on the common accented letters, and CP1252 is by
+        # far the most used, so it is the one unless it cannot decode the sample.
+        try:
+            sample.decode("cp1252")
+            return "cp1252"
+        except UnicodeDecodeError:
+            return encoding
+    return encoding
 
 
 def decode_bytes(data: bytes) -> tuple[str | None, str | None]:

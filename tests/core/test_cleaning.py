@@ -134,3 +134,15 @@ def test_batched_scrub_and_glossary_equal_the_per_record_result():
     assert [(e.record_id, e.action, e.reason, e.hash_after) for e in removed.audit] == [
         (e.record_id, e.action, e.reason, e.hash_after) for r, _ in singles for e in r.audit]
     assert removed.pii["PHONE"] >= 3 and removed.glossary["I10"] >= 3
+
+
+def test_the_glossary_is_off_by_default_and_scoped_to_domain_tags_when_on():
+    general = "Is that a slight depression in the smoothness of a surface?"
+    records = [_pair(1, general, "Yes, a dent where the plaster sank.", tags=["diy"]),
+               _pair(2, "Is depression treatable?", "Yes, depression is treatable with therapy.", tags=["clinic"])]
+    default = clean_records(records, CleaningConfig())
+    assert [r["prompt"] for r in default.records] == [general, "Is depression treatable?"] and not default.glossary
+    scoped = clean_records(records, CleaningConfig(glossary_path=None, glossary_tags=("clinic",)))
+    assert scoped.records[0]["prompt"] == general  # out of scope: general English stays as written
+    assert "F32" in scoped.records[1]["prompt"] and scoped.glossary == {"F32": 2}
+    assert "F32" in clean_records(records, CleaningConfig(glossary_path=None)).records[0]["prompt"]  # unscoped: what the default avoids
