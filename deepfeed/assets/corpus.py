@@ -23,12 +23,12 @@ from pydantic import Field
 from deepfeed.assets.common import counts_table, fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle, ArtifactStore
 from deepfeed.core.audit import AuditEntry, AuditLedger
-from deepfeed.core.clean_pipeline import AuditSpool, NothingLeft, Progress, clean_sources
+from deepfeed.core.clean_pipeline import AuditSpool, DatasetBudget, NothingLeft, Progress, clean_sources
 from deepfeed.core.cleaning import CleaningConfig, CorpusCleaner, quarantine_entry, quasi_identifier_values
 from deepfeed.core.corpus_checks import MAX_NOISE_RATIO, NoiseCounter, glossary_leftovers
 from deepfeed.core.coverage import CoverageConfig, MiniLMEncoder, share_by_tag
 from deepfeed.core.demo_corpus import ensure_demo_corpus
-from deepfeed.core.dp import DEFAULT_MAX_EPSILON
+from deepfeed.core.dp import DEFAULT_MAX_EPSILON, EpsilonLedger, PrivacyBudgetExceeded
 from deepfeed.core.glossary import load_glossary
 from deepfeed.core.ingest import (
     QUARANTINE_BLOBS, BlobLimits, CorpusSourceError, add_file_counts, as_source_path, iter_files, quarantine_schema, record_schema, source_files,
@@ -59,6 +59,20 @@ def _append_audit(entries: list) -> tuple[int, str]:
 
 
 corpus_sources = dg.DynamicPartitionsDefinition(name="corpus_source")
+
+
+def epsilon_ledger() -> EpsilonLedger:
+    """The ε spent per dataset across runs ($DEEPFEED_HOME/privacy/epsilon_ledger.json)."""
+    return EpsilonLedger(deepfeed_home() / "privacy" / "epsilon_ledger.json")
+
+
+def dataset_key(sources: dict[str, ArtifactHandle]) -> str:
+    """What the ε ledger charges: the contents of the raw versions read, so re-ingesting
+    the same files (a new version, the same data) does not reset the budget."""
+    import hashlib
+
+    text = json.dumps(sorted((source, handle.content_hash) for source, handle in sources.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def raw_artifact_name(source: str) -> str:
@@ -185,9 +199,12 @@ class CleanCorpusConfig(dg.Config):
                                      "them are normalized (and checked for leftovers). Empty: every record.")
     scrub_pii: bool = Field(default=True, description="Replace PII by typed placeholders (<EMAIL>, <PHONE>, <ID_CN>, ...) in every text field, tag and metadata value.")
     quasi_identifiers: list[str] = Field(default_factory=list, description="Metadata columns (keys of the record's meta) that are quasi-identifiers, e.g. age, gender, region, admission_date; generalized/suppressed to k-anonymity.")
-    k: int = Field(default=20, description="k of k-anonymity over the quasi-identifiers (SPEC: at least 20).")
+    k: int = Field(default=20, description="k of k-anonymity over the quasi-identifiers (at least 20 by policy, docs/privacy.md).")
     max_suppression: float = Field(default=0.05, description="Largest share of records k-anonymity may suppress before it generalizes further.")
-    dp_epsilon: float = Field(default=DEFAULT_MAX_EPSILON, description="Differential-privacy budget (ε, at most 0.5) of the corpus statistics released to metadata and MLflow.")
+    dp_epsilon: float = Field(default=DEFAULT_MAX_EPSILON, description="Differential-privacy budget (ε, at most 0.5) of the corpus statistics released to metadata and MLflow by this run.")
+    dp_epsilon_total: float = Field(default=DEFAULT_MAX_EPSILON, description="Total ε that may ever be spent on one dataset (the contents of the raw_corpus "
+                                    "versions read), summed over every run in $DEEPFEED_HOME/privacy/epsilon_ledger.json. Once spent, a run re-publishes "
+                                    "the dataset's last noisy release instead of drawing new noise (docs/privacy.md).")
     coverage_embeddings: bool = Field(default=True, description="Find embedding outliers with the bundled MiniLM encoder for the long-tail (Coverage) definition; off: rare tags only.")
     workers: int = Field(default=1, description="Processes for the stateless cleaning steps (normalize, scrub PII, glossary, language, quality); "
                          "deduplication stays in order in the run's own process. 1: no pool (light, for tests and the demo); about the number of free cores for big corpora.")
@@ -203,7 +220,10 @@ def _encoder() -> MiniLMEncoder:
 
 def _cleaning_config(config: CleanCorpusConfig) -> CleaningConfig:
     if not 0 < config.dp_epsilon <= DEFAULT_MAX_EPSILON:
-        raise fail("clean_corpus.config.dp_epsilon", f"{config.dp_epsilon}: must be in (0, {DEFAULT_MAX_EPSILON}] (SPEC: ε ≤ 0.5)")
+        raise fail("clean_corpus.config.dp_epsilon", f"{config.dp_epsilon}: must be in (0, {DEFAULT_MAX_EPSILON}] (the privacy cap, docs/privacy.md)")
+    if not config.dp_epsilon <= config.dp_epsilon_total <= DEFAULT_MAX_EPSILON:
+        raise fail("clean_corpus.config.dp_epsilon_total",
+                   f"{config.dp_epsilon_total}: must be in [dp_epsilon={config.dp_epsilon}, {DEFAULT_MAX_EPSILON}] (docs/privacy.md)")
     for name in ("workers", "batch_size", "log_every_batches"):
         if getattr(config, name) < 1:
             raise fail(f"clean_corpus.config.{name}", f"{getattr(config, name)}: must be at least 1")
@@ -273,9 +293,12 @@ def clean_corpus(
         with store.new_version("clean_corpus", {}, run_id=run_id) as version:
             try:
                 summary = clean_sources(paths, version.path, cleaner, audit_spool=spool, dp_epsilon=config.dp_epsilon, workers=config.workers,
-                                        encoder=encoder, progress=log_progress, progress_every=config.log_every_batches)
+                                        encoder=encoder, progress=log_progress, progress_every=config.log_every_batches,
+                                        dp_budget=DatasetBudget(epsilon_ledger(), dataset_key(sources), config.dp_epsilon_total, run_id))
             except NothingLeft as exc:
                 raise fail("clean_corpus.config", str(exc)) from exc
+            except PrivacyBudgetExceeded as exc:
+                raise fail("clean_corpus.config.dp_epsilon_total", str(exc)) from exc
             counts = {
                 "read": sum(h.counts.get("read", 0) for h in sources.values()),
                 "quarantined": sum(h.counts.get("quarantined", 0) for h in sources.values()),
@@ -285,7 +308,6 @@ def clean_corpus(
                 "changed": summary.changed,
                 "train": summary.train,
                 "eval": summary.eval,
-                "long_tail": summary.long_tail,
                 # Raw text is scrubbed at ingest; what cleaning still finds (raw_corpus versions
                 # written before that, or text that turns into PII once normalized) comes on top.
                 "pii_replaced_at_ingest": sum(h.counts.get("pii_replaced", 0) for h in sources.values()),
@@ -304,19 +326,23 @@ def clean_corpus(
             }
             version.counts.update(counts)
             statistics, accountant = summary.statistics, summary.accountant
+            dp_release = f"re-published from run {summary.dp_reused_from_run} (ε total spent)" if summary.dp_reused_from_run else "new"
             (version.path / "statistics_dp.json").write_text(json.dumps({**statistics, "privacy": accountant.to_dict()}, indent=2, ensure_ascii=False))
         handle = version.handle
         ledger = audit_ledger()
         entries = spool.replay(ledger.append, AUDIT_CHUNK)
         head = ledger.head()
 
+    # Only noisy statistics reach MLflow: its runs are read far more widely than the data.
+    # The total is the sum of the noisy per-language counts (post-processing, no extra ε).
     dp_metrics = {f"corpus_dp_lang_{k}": v for k, v in statistics["languages"].items()}
     dp_metrics.update({f"corpus_dp_length_{k}": v for k, v in statistics["length_histogram"].items()})
+    dp_metrics["corpus_dp_records"] = sum(statistics["languages"].values())
     mlflow.log(
         context,
-        params={"data_hash": handle.content_hash, "audit_head": head[1], **config.model_dump()},
-        metrics={**{f"corpus_{k}": v for k, v in counts.items() if isinstance(v, int)}, **dp_metrics,
-                 "corpus_dp_epsilon_spent": accountant.spent, "corpus_dp_epsilon_budget": accountant.epsilon_budget},
+        params={"data_hash": handle.content_hash, "audit_head": head[1], "dp_release": dp_release, **config.model_dump()},
+        metrics={**dp_metrics, "corpus_dp_epsilon_spent": accountant.spent, "corpus_dp_epsilon_budget": accountant.epsilon_budget,
+                 "corpus_dp_epsilon_spent_on_dataset": summary.dp_dataset_spent},
         artifacts=[store.local_path(handle) / "statistics_dp.json"],
     )
     context.log.info("cleaned %d of %d records (%s); %d audit entries", summary.cleaned, summary.kept_in, dict(summary.reasons), entries)
@@ -334,6 +360,9 @@ def clean_corpus(
             "length_histogram_dp": _stats_table(statistics["length_histogram"], "characters"),
             "dp_epsilon_spent": accountant.spent,
             "dp_epsilon_budget": accountant.epsilon_budget,
+            "dp_epsilon_spent_on_dataset": summary.dp_dataset_spent,
+            "dp_epsilon_total": config.dp_epsilon_total,
+            "dp_release": dp_release,
             "audit_entries": entries,
             "audit_ledger": dg.MetadataValue.path(str(audit_ledger().path)),
             "audit_head": head[1],
@@ -350,6 +379,11 @@ def _sources_table(sources: dict[str, ArtifactHandle]) -> dg.MetadataValue:
     lines = ["| source | version | read | kept | quarantined |", "|---|---|---:|---:|---:|"]
     lines += [f"| {s} | {h.version} | {h.counts.get('read')} | {h.counts.get('kept')} | {h.counts.get('quarantined')} |" for s, h in sources.items()]
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def _released_statistics(artifact_store: ArtifactStoreResource, handle: ArtifactHandle) -> dict:
+    path = artifact_store.store().local_path(handle) / "statistics_dp.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def _rows(store, handle: ArtifactHandle, name: str) -> int:
@@ -425,8 +459,11 @@ def clean_corpus_coverage(clean_corpus: ArtifactHandle, artifact_store: Artifact
     shares = share_by_tag(rows, (r.get("long_tail") for r in again))
     minimum = CoverageConfig().min_long_tail_share
     low = sorted(tag for tag, s in shares.items() if s["share"] < minimum)
-    lines = ["| tag | records | long tail | share |", "|---|---:|---:|---:|"]
-    lines += [f"| {tag} | {s['records']} | {s['long_tail']} | {s['share']:.1%} |" for tag, s in shares.items()]
+    # Records per tag are protected statistics: the table shows the ε-DP counts released
+    # with this version (statistics_dp.json), never the exact ones, and no long-tail counts.
+    noisy = _released_statistics(artifact_store, clean_corpus).get("tags", {})
+    lines = ["| tag | records (ε-DP) | long-tail share |", "|---|---:|---:|"]
+    lines += [f"| {tag} | {noisy.get(tag, 'not released')} | {s['share']:.0%} |" for tag, s in shares.items()]
     return dg.AssetCheckResult(
         passed=not low,
         severity=dg.AssetCheckSeverity.WARN,
