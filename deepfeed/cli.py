@@ -121,8 +121,8 @@ def cmd_retire_source(args: argparse.Namespace) -> int:
     from deepfeed.sensors.corpus import retire_source
 
     try:
-        kept_at = retire_source(dg.DagsterInstance.get(), defs.resources["artifact_store"].store(), args.source, args.reason,
-                                purge_raw=args.purge_raw)
+        kept_at = retire_source(dg.DagsterInstance.get(), defs.resources["artifact_store"].store(), args.source,
+                                args.reason, purge_raw=args.purge_raw)
     except ValueError as exc:
         print(f"deepfeed retire-source: {exc}", file=sys.stderr)
         return 2
@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     retire.add_argument("source", help="the source's partition key (its folder name)")
     retire.add_argument("--reason", required=True, help="why, for the audit ledger (e.g. 'withdrawn by the data owner, ticket 123')")
     retire.add_argument("--purge-raw", action="store_true",
-                        help="also delete the source's raw (unscrubbed) bytes from the guarded raw store (docs/privacy.md)")
+                        help="also delete the source's raw (unscrubbed) bytes from the guarded raw store "
+                        "(docs/privacy.md)")
     retire.set_defaults(func=cmd_retire_source)
     prune = commands.add_parser("prune-artifacts", help="delete old model artifact versions (fine-tuned, incremental, compressed), keeping the newest N and everything behind an MLflow alias")
     prune.add_argument("--keep", type=int, default=3, help="newest versions kept per model artifact (default 3)")

@@ -75,6 +75,13 @@ def dataset_key(sources: dict[str, ArtifactHandle]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _anonymized_entry(item: tuple[str, str, str, dict[str, int]], run_id: str) -> AuditEntry:
+    """The ledger entry of a record scrubbed at ingest (hashes of the texts only)."""
+    record_id, before, after, kinds = item
+    reason = "PII replaced by typed placeholders at ingest: " + ", ".join(f"{k}x{v}" for k, v in sorted(kinds.items()))
+    return AuditEntry.from_texts(record_id, "raw_corpus", "anonymized", reason, run_id, before, after, kinds)
+
+
 def raw_artifact_name(source: str) -> str:
     """Artifact name of one source's raw_corpus versions (artifact root/raw_corpus/<source>/<version>)."""
     return f"raw_corpus/{source}"
@@ -151,10 +158,7 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
                     raise fail("raw_corpus.config.raw_store_path", str(exc)) from exc
                 read += part.read
                 pii.update(part.pii)
-                anonymized.extend(AuditEntry.from_texts(record_id, "raw_corpus", "anonymized",
-                                                        "PII replaced by typed placeholders at ingest: " + ", ".join(f"{k}x{v}" for k, v in sorted(kinds.items())),
-                                                        run_id, before, after, kinds)
-                                  for record_id, before, after, kinds in part.anonymized)
+                anonymized.extend(_anonymized_entry(item, run_id) for item in part.anonymized)
                 quarantine.extend({k: v for k, v in q.items() if k != "raw"} for q in part.quarantine)
                 add_file_counts(per_file, part.files)
                 if done % 50 == 0:
@@ -191,20 +195,30 @@ class CleanCorpusConfig(dg.Config):
     eval_fraction: float = Field(default=0.1, description="Share of records held out for evaluation (stable by content hash).")
     split_seed: int = Field(default=17, description="Seed of the held-out split; change it only to draw a new split.")
     near_duplicate_threshold: float = Field(default=0.9, description="MinHash Jaccard similarity (character 5-grams) from which a record is a near-duplicate of an earlier one; in (0, 0.99].")
-    use_glossary: bool = Field(default=False, description="Normalize domain terms through the glossary (3C Consistency). Off by default: "
-                               "a domain glossary rewrites general text too (ICD-10 turns 'a slight depression in a surface' into F32); "
-                               "switch it on for a domain corpus, ideally scoped with glossary_tags.")
+    use_glossary: bool = Field(
+        default=False,
+        description="Normalize domain terms through the glossary (3C Consistency). Off by default: a domain glossary "
+        "rewrites general text too (ICD-10 turns 'a slight depression in a surface' into F32); switch it on for a "
+        "domain corpus, ideally scoped with glossary_tags.")
     glossary_path: str = Field(default="", description="YAML or CSV glossary (canonical term <- variants). Empty: the shipped ICD-10 example.")
-    glossary_tags: list[str] = Field(default_factory=list, description="Domain tags the glossary is scoped to: only records carrying one of "
-                                     "them are normalized (and checked for leftovers). Empty: every record.")
+    glossary_tags: list[str] = Field(
+        default_factory=list,
+        description="Domain tags the glossary is scoped to: only records carrying one of them are normalized "
+        "(and checked for leftovers). Empty: every record.")
     scrub_pii: bool = Field(default=True, description="Replace PII by typed placeholders (<EMAIL>, <PHONE>, <ID_CN>, ...) in every text field, tag and metadata value.")
     quasi_identifiers: list[str] = Field(default_factory=list, description="Metadata columns (keys of the record's meta) that are quasi-identifiers, e.g. age, gender, region, admission_date; generalized/suppressed to k-anonymity.")
-    k: int = Field(default=20, description="k of k-anonymity over the quasi-identifiers (at least 20 by policy, docs/privacy.md).")
+    k: int = Field(default=20,
+                   description="k of k-anonymity over the quasi-identifiers (at least 20 by policy, docs/privacy.md).")
     max_suppression: float = Field(default=0.05, description="Largest share of records k-anonymity may suppress before it generalizes further.")
-    dp_epsilon: float = Field(default=DEFAULT_MAX_EPSILON, description="Differential-privacy budget (ε, at most 0.5) of the corpus statistics released to metadata and MLflow by this run.")
-    dp_epsilon_total: float = Field(default=DEFAULT_MAX_EPSILON, description="Total ε that may ever be spent on one dataset (the contents of the raw_corpus "
-                                    "versions read), summed over every run in $DEEPFEED_HOME/privacy/epsilon_ledger.json. Once spent, a run re-publishes "
-                                    "the dataset's last noisy release instead of drawing new noise (docs/privacy.md).")
+    dp_epsilon: float = Field(
+        default=DEFAULT_MAX_EPSILON,
+        description="Differential-privacy budget (ε, at most 0.5) of the corpus statistics released to metadata and "
+        "MLflow by this run.")
+    dp_epsilon_total: float = Field(
+        default=DEFAULT_MAX_EPSILON,
+        description="Total ε that may ever be spent on one dataset (the contents of the raw_corpus versions read), "
+        "summed over every run in $DEEPFEED_HOME/privacy/epsilon_ledger.json. Once spent, a run re-publishes the "
+        "dataset's last noisy release instead of drawing new noise (docs/privacy.md).")
     coverage_embeddings: bool = Field(default=True, description="Find embedding outliers with the bundled MiniLM encoder for the long-tail (Coverage) definition; off: rare tags only.")
     workers: int = Field(default=1, description="Processes for the stateless cleaning steps (normalize, scrub PII, glossary, language, quality); "
                          "deduplication stays in order in the run's own process. 1: no pool (light, for tests and the demo); about the number of free cores for big corpora.")
@@ -220,10 +234,12 @@ def _encoder() -> MiniLMEncoder:
 
 def _cleaning_config(config: CleanCorpusConfig) -> CleaningConfig:
     if not 0 < config.dp_epsilon <= DEFAULT_MAX_EPSILON:
-        raise fail("clean_corpus.config.dp_epsilon", f"{config.dp_epsilon}: must be in (0, {DEFAULT_MAX_EPSILON}] (the privacy cap, docs/privacy.md)")
+        raise fail("clean_corpus.config.dp_epsilon",
+                   f"{config.dp_epsilon}: must be in (0, {DEFAULT_MAX_EPSILON}] (the privacy cap, docs/privacy.md)")
     if not config.dp_epsilon <= config.dp_epsilon_total <= DEFAULT_MAX_EPSILON:
         raise fail("clean_corpus.config.dp_epsilon_total",
-                   f"{config.dp_epsilon_total}: must be in [dp_epsilon={config.dp_epsilon}, {DEFAULT_MAX_EPSILON}] (docs/privacy.md)")
+                   f"{config.dp_epsilon_total}: must be in [dp_epsilon={config.dp_epsilon}, {DEFAULT_MAX_EPSILON}] "
+                   "(docs/privacy.md)")
     for name in ("workers", "batch_size", "log_every_batches"):
         if getattr(config, name) < 1:
             raise fail(f"clean_corpus.config.{name}", f"{getattr(config, name)}: must be at least 1")
@@ -288,17 +304,19 @@ def clean_corpus(
     scratch.mkdir(parents=True, exist_ok=True)
     # The audit spool lives outside the artifact (whose folder is hashed) and reaches the
     # ledger only after the version is published: a failed run leaves both untouched.
+    budget = DatasetBudget(epsilon_ledger(), dataset_key(sources), config.dp_epsilon_total, run_id)
     with tempfile.TemporaryDirectory(prefix="clean_corpus-", dir=scratch) as spool_dir:
         spool = AuditSpool(Path(spool_dir) / "audit.jsonl")
         with store.new_version("clean_corpus", {}, run_id=run_id) as version:
             try:
                 summary = clean_sources(paths, version.path, cleaner, audit_spool=spool, dp_epsilon=config.dp_epsilon, workers=config.workers,
                                         encoder=encoder, progress=log_progress, progress_every=config.log_every_batches,
-                                        dp_budget=DatasetBudget(epsilon_ledger(), dataset_key(sources), config.dp_epsilon_total, run_id))
+                                        dp_budget=budget)
             except NothingLeft as exc:
                 raise fail("clean_corpus.config", str(exc)) from exc
             except PrivacyBudgetExceeded as exc:
                 raise fail("clean_corpus.config.dp_epsilon_total", str(exc)) from exc
+            at_ingest = sum(h.counts.get("pii_replaced", 0) for h in sources.values())
             counts = {
                 "read": sum(h.counts.get("read", 0) for h in sources.values()),
                 "quarantined": sum(h.counts.get("quarantined", 0) for h in sources.values()),
@@ -310,8 +328,8 @@ def clean_corpus(
                 "eval": summary.eval,
                 # Raw text is scrubbed at ingest; what cleaning still finds (raw_corpus versions
                 # written before that, or text that turns into PII once normalized) comes on top.
-                "pii_replaced_at_ingest": sum(h.counts.get("pii_replaced", 0) for h in sources.values()),
-                "pii_replaced": sum(summary.pii.values()) + sum(h.counts.get("pii_replaced", 0) for h in sources.values()),
+                "pii_replaced_at_ingest": at_ingest,
+                "pii_replaced": sum(summary.pii.values()) + at_ingest,
                 "glossary_replaced": sum(summary.glossary.values()),
                 # What the checks re-run with: the settings this version was cleaned under.
                 "min_chars": cleaning.min_chars,
@@ -326,7 +344,8 @@ def clean_corpus(
             }
             version.counts.update(counts)
             statistics, accountant = summary.statistics, summary.accountant
-            dp_release = f"re-published from run {summary.dp_reused_from_run} (ε total spent)" if summary.dp_reused_from_run else "new"
+            reused = summary.dp_reused_from_run
+            dp_release = f"re-published from run {reused} (ε total spent)" if reused else "new"
             (version.path / "statistics_dp.json").write_text(json.dumps({**statistics, "privacy": accountant.to_dict()}, indent=2, ensure_ascii=False))
         handle = version.handle
         ledger = audit_ledger()
@@ -340,8 +359,10 @@ def clean_corpus(
     dp_metrics["corpus_dp_records"] = sum(statistics["languages"].values())
     mlflow.log(
         context,
-        params={"data_hash": handle.content_hash, "audit_head": head[1], "dp_release": dp_release, **config.model_dump()},
-        metrics={**dp_metrics, "corpus_dp_epsilon_spent": accountant.spent, "corpus_dp_epsilon_budget": accountant.epsilon_budget,
+        params={"data_hash": handle.content_hash, "audit_head": head[1], "dp_release": dp_release,
+                **config.model_dump()},
+        metrics={**dp_metrics, "corpus_dp_epsilon_spent": accountant.spent,
+                 "corpus_dp_epsilon_budget": accountant.epsilon_budget,
                  "corpus_dp_epsilon_spent_on_dataset": summary.dp_dataset_spent},
         artifacts=[store.local_path(handle) / "statistics_dp.json"],
     )

@@ -146,8 +146,12 @@ class CorpusColumns:
         return CorpusColumns([self.languages[i] for i in index], [self.tag_lists[i] for i in index], array("q", (self.lengths[i] for i in index)))
 
 
-def release_statistics(records: "CorpusColumns | Sequence[dict[str, Any]]", epsilon: float, rng: np.random.Generator | int | None = None,
-                       accountant: PrivacyAccountant | None = None) -> tuple[dict[str, Any], PrivacyAccountant]:
+def release_statistics(
+    records: "CorpusColumns | Sequence[dict[str, Any]]",
+    epsilon: float,
+    rng: np.random.Generator | int | None = None,
+    accountant: PrivacyAccountant | None = None,
+) -> tuple[dict[str, Any], PrivacyAccountant]:
     """Noisy counts per language and per tag and a length histogram, ε split in three.
     Takes the records themselves or their CorpusColumns (the same release either way).
     `accountant`: the one to charge (EpsilonLedger.release hands one out), else a new one."""

@@ -214,7 +214,8 @@ class EpsilonLedger:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             # Unreadable means unknown spending: refusing is the only safe answer.
-            raise PrivacyBudgetExceeded(f"the ε ledger {self.path} cannot be read ({exc}); no release until it is repaired") from exc
+            raise PrivacyBudgetExceeded(
+                f"the ε ledger {self.path} cannot be read ({exc}); no release until it is repaired") from exc
         return data.get("datasets", {})
 
     def _write(self, datasets: dict[str, list[dict[str, Any]]]) -> None:
@@ -249,7 +250,8 @@ class EpsilonLedger:
             if spent + epsilon <= total + _SLACK:
                 accountant = PrivacyAccountant(epsilon, allow_large_epsilon=epsilon > DEFAULT_MAX_EPSILON)
                 statistics = compute(accountant)
-                entry = {"run_id": run_id, "epsilon": accountant.spent, "time": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                entry = {"run_id": run_id, "epsilon": accountant.spent,
+                         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(),
                          "releases": [r.name for r in accountant.releases], "statistics": statistics}
                 history.append(entry)
                 self._write(datasets)
@@ -257,9 +259,11 @@ class EpsilonLedger:
             previous = next((e for e in reversed(history) if e.get("statistics") is not None), None)
             if previous is None:
                 raise PrivacyBudgetExceeded(
-                    f"dataset {dataset}: a release of ε={epsilon:g} would bring the ε spent on it to {spent + epsilon:g}, "
-                    f"past its total {total:g} (ledger {self.path}); and there is no earlier release to re-publish")
-            return LedgerRelease(previous["statistics"], PrivacyAccountant(epsilon, allow_large_epsilon=True), spent, total, previous["run_id"])
+                    f"dataset {dataset}: a release of ε={epsilon:g} would bring the ε spent on it to "
+                    f"{spent + epsilon:g}, past its total {total:g} (ledger {self.path}); and there is no earlier "
+                    "release to re-publish")
+            unspent = PrivacyAccountant(epsilon, allow_large_epsilon=True)
+            return LedgerRelease(previous["statistics"], unspent, spent, total, previous["run_id"])
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,8 @@ def scrub_record(record: dict[str, Any], result: "IngestResult") -> None:
 
 
 def _record_text(record: dict[str, Any]) -> str:
-    return json.dumps([record.get(k) for k in ("prompt", "response", "text", "lang", "tags", "meta")], ensure_ascii=False)
+    fields = ("prompt", "response", "text", "lang", "tags", "meta")
+    return json.dumps([record.get(k) for k in fields], ensure_ascii=False)
 
 
 # Legacy encodings by the shape of their non-ASCII bytes: single-byte encodings put one
@@ -276,7 +277,8 @@ def decode_bytes(data: bytes) -> tuple[str | None, str | None]:
     try:
         return data.decode("utf-8-sig" if encoding == "utf-8" else encoding), None
     except UnicodeDecodeError as exc:
-        return None, f"undecodable bytes (not valid {encoding}, the encoding detected: {exc.reason} at byte {exc.start})"
+        return None, (f"undecodable bytes (not valid {encoding}, the encoding detected: "
+                      f"{exc.reason} at byte {exc.start})")
 
 
 def bad_line_reason(encoding: str) -> str:
@@ -586,7 +588,8 @@ def _jsonl_in_chunks(path: Path, source: str, max_record_bytes: int, scrub_pii: 
             yield read_file(path, source, max_record_bytes, scrub_pii)
             return
         encoding = _encoding_so_far(data, encoding)
-        part, lines = _decoded_part(data, source, max_record_bytes, encoding or "utf-8", byte_lines, text_lines, scrub_pii)
+        part, lines = _decoded_part(data, source, max_record_bytes, encoding or "utf-8", byte_lines, text_lines,
+                                    scrub_pii)
         yield part
         consumed += len(data)
         byte_lines += data.count(b"\n")

@@ -215,7 +215,10 @@ _DOT = r"(?:[ \t]*[\[({<][ \t]*(?i:dot)[ \t]*[\])}>][ \t]*|[ \t]+(?i:dot)[ \t]+|
 _BRACKETED = re.compile(r"[\[({<][ \t]*(?i:at|dot)[ \t]*[\])}>]")
 _COMMON_TLDS = frozenset("com org net edu gov mil int info biz io co cn uk de fr jp ru us ca au in me hk tw sg".split())
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_%+-]{0,62})"
-_SPELLED_EMAIL = rf"(?<![A-Za-z0-9._%+-]){_LABEL}(?:{_DOT}{_LABEL}){{0,4}}{_AT}{_LABEL}(?:{_DOT}{_LABEL}){{1,4}}(?![A-Za-z0-9-])"
+_SPELLED_EMAIL = (
+    rf"(?<![A-Za-z0-9._%+-]){_LABEL}(?:{_DOT}{_LABEL}){{0,4}}{_AT}{_LABEL}(?:{_DOT}{_LABEL}){{1,4}}"
+    r"(?![A-Za-z0-9-])"
+)
 
 
 def _valid_spelled_email(match: str) -> bool:
@@ -307,8 +310,8 @@ _DETECTORS = (
     _Detector("IP", re.compile(_IPV6).finditer, _valid_ipv6, lambda t, f: t.count(":") >= 2),
     _Detector("PHONE", re.compile(_PHONE).finditer, None, lambda t, f: f.cluster7),
     _Detector("EMAIL", re.compile(_SPELLED_EMAIL).finditer, _valid_spelled_email,
-              lambda t, f: " at " in t or " AT " in t or " At " in t or "at]" in t or "at)" in t or "AT]" in t or "AT)" in t
-              or "at}" in t or "at>" in t),
+              lambda t, f: " at " in t or " AT " in t or " At " in t or "at]" in t or "at)" in t or "AT]" in t
+              or "AT)" in t or "at}" in t or "at>" in t),
     _Detector("SPLIT", re.compile(_SPLIT_DIGITS).finditer, None, lambda t, f: f.cluster7, _split_digits_kind),
     _Detector("ADDRESS", re.compile(_EN_STREET).finditer, None, lambda t, f: f.digit),
     _Detector("ADDRESS", _zh_addresses, None, lambda t, f: f.digit and ("号" in t or "弄" in t)),

@@ -58,8 +58,9 @@ def _fernet(key: str | bytes | None):
     try:
         return Fernet(key.encode() if isinstance(key, str) else key)
     except (ValueError, TypeError) as exc:
-        raise RawStoreError(f"{ENV_KEY} is not a valid Fernet key (32 url-safe base64-encoded bytes; "
-                            "make one with `python -c 'from deepfeed.core.raw_store import new_key; print(new_key())'`): {exc}") from exc
+        raise RawStoreError(f"{ENV_KEY} is not a valid Fernet key (32 url-safe base64-encoded bytes; make one with "
+                            "`python -c 'from deepfeed.core.raw_store import new_key; print(new_key())'`): "
+                            f"{exc}") from exc
 
 
 def _private_dir(path: Path) -> None:
@@ -127,12 +128,14 @@ class BlobFolder:
             try:
                 data = self._fernet.decrypt(sealed.read_bytes())
             except InvalidToken as exc:
-                raise RawStoreError(f"{sealed} does not decrypt with the configured {ENV_KEY} (another key, or damaged)") from exc
+                raise RawStoreError(
+                    f"{sealed} does not decrypt with the configured {ENV_KEY} (another key, or damaged)") from exc
         elif plain.exists():
             _check_private(plain)
             data = plain.read_bytes()
         else:
-            raise FileNotFoundError(f"no raw bytes {digest} in {self.folder / QUARANTINE_BLOBS} (purged, or never kept)")
+            raise FileNotFoundError(
+                f"no raw bytes {digest} in {self.folder / QUARANTINE_BLOBS} (purged, or never kept)")
         if hashlib.sha256(data).hexdigest() != digest:
             raise RawStoreError(f"raw blob {digest} in {self.folder} does not match its sha256 (damaged)")
         return data
