@@ -114,7 +114,19 @@ class BlobFolder:
             if target.exists():  # content-addressed: the same bytes are already there
                 continue
             write_private(target, self._fernet.encrypt(data) if self._fernet else data)
+            if self._fernet is not None:  # a plaintext copy from before the key was set goes
+                (self.folder / QUARANTINE_BLOBS / digest).unlink(missing_ok=True)
         return sum(len(d) for d in blobs.values())
+
+    def seal(self) -> int:
+        """Encrypt every plaintext blob kept before a key was configured; returns how many."""
+        if self._fernet is None:
+            raise RawStoreError(f"set {ENV_KEY} to seal the raw store")
+        folder = self.folder / QUARANTINE_BLOBS
+        plain = [p for p in folder.iterdir() if len(p.name) == 64] if folder.exists() else []
+        for path in plain:
+            self.put({path.name: self.get(path.name)})
+        return len(plain)
 
     def get(self, digest: str) -> bytes:
         plain = self.folder / QUARANTINE_BLOBS / digest
@@ -159,8 +171,18 @@ class RawStore:
     def source(self, source: str) -> BlobFolder:
         if not source or "/" in source or source.startswith("."):
             raise RawStoreError(f"{source!r} is not a source name")
-        _private_dir(self.root)
+        try:
+            _private_dir(self.root)
+        except OSError as exc:  # e.g. a shared folder such as /tmp, which this user cannot make private
+            raise RawStoreError(f"the raw store {self.root} cannot be made private (mode {DIR_MODE:04o}): {exc}; "
+                                f"point {ENV_PATH} at a folder of its own") from exc
         return BlobFolder(self.root / source, self.key)
+
+    def seal(self) -> int:
+        """Encrypt every plaintext blob of every source (after setting a key); returns how many."""
+        if not self.root.exists():
+            return 0
+        return sum(self.source(p.name).seal() for p in sorted(self.root.iterdir()) if p.is_dir())
 
     def purge(self, source: str) -> int:
         """Delete every raw byte kept for `source`; returns the number of files removed."""

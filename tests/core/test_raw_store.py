@@ -68,3 +68,16 @@ def test_the_location_and_key_come_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPFEED_RAW_STORE_KEY", key)
     store = RawStore.from_env()
     assert store.root == (tmp_path / "elsewhere").resolve() and store.encrypted and store.source("s").encrypted
+
+
+def test_sealing_encrypts_blobs_kept_before_the_key_was_set(tmp_path):
+    plain = RawStore(tmp_path / "raw")
+    write_quarantine_blobs(plain.source("clinic").folder, {DIGEST: SECRET})
+    key = new_key()
+    sealed = RawStore(tmp_path / "raw", key)
+    assert sealed.seal() == 1 and sealed.seal() == 0
+    files = [p for p in (tmp_path / "raw").rglob("*") if p.is_file()]
+    assert [p.name for p in files] == [DIGEST + ".fernet"] and all(b"canary" not in p.read_bytes() for p in files)
+    assert sealed.source("clinic").get(DIGEST) == SECRET
+    with pytest.raises(RawStoreError, match="set DEEPFEED_RAW_STORE_KEY"):
+        plain.seal()
