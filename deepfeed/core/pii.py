@@ -357,13 +357,13 @@ _INVISIBLE = "\u00ad\u180e\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff
 # HTML character references, invisible characters, and any non-ASCII run (NFKC).
 _DECODE = re.compile(
     r"(?:%[0-9A-Fa-f]{2})+|\\u[0-9A-Fa-f]{4}|\\U[0-9A-Fa-f]{8}|\\x[0-9A-Fa-f]{2}"
-    r"|&#[0-9]{1,7};|&#[xX][0-9A-Fa-f]{1,6};|&[A-Za-z]{2,8};|[^\x00-\x7f]+"
+    rf"|&#[0-9]{{1,7}};|&#[xX][0-9A-Fa-f]{{1,6}};|&[A-Za-z]{{2,8}};|[{_INVISIBLE}]+|[^\x00-\x7f{_INVISIBLE}]+"
 )
 _ESCAPE_HINT = re.compile(r"%[0-9A-Fa-f]{2}|\\[uUx]|&#?[0-9A-Za-z]+;")
 _INVISIBLE_RE = re.compile(f"[{_INVISIBLE}]")
 
 
-def _decode_token(token: str) -> str:
+def _decode_escape(token: str) -> str:
     if token[0] == "%":
         return urllib.parse.unquote(token, errors="replace")
     if token[0] == "\\":
@@ -371,17 +371,18 @@ def _decode_token(token: str) -> str:
             return chr(int(token[2:], 16))
         except (ValueError, OverflowError):
             return token
-    if token[0] == "&":
-        return html.unescape(token)
-    # A non-ASCII run: NFKC (full-width forms, ligatures, circled digits) without the
-    # invisible characters. Already-normal runs (most CJK text) stay as they are.
-    run = _INVISIBLE_RE.sub("", token) if _INVISIBLE_RE.search(token) else token
-    return run if unicodedata.is_normalized("NFKC", run) else unicodedata.normalize("NFKC", run)
+    return html.unescape(token)
 
 
 def normalize_for_matching(text: str) -> tuple[str, list[int] | None, list[int] | None]:
     """(normalized text, starts, ends): normalized character i stands for text[starts[i]:ends[i]].
-    (text, None, None) when nothing changes, the common case, checked first and cheaply."""
+    (text, None, None) when nothing changes, the common case, checked first and cheaply.
+
+    Offsets stay exact wherever the mapping is one to one: ASCII, runs already in NFKC
+    (most CJK text), and characters NFKC maps to one character (full-width forms). A
+    character that expands ("ﬁ" -> "fi") maps each of its outputs to itself; an escape
+    maps its decoded characters to the whole escape; invisible characters map to nothing.
+    """
     if text.isascii():
         if not _ESCAPE_HINT.search(text):
             return text, None, None
@@ -390,30 +391,36 @@ def normalize_for_matching(text: str) -> tuple[str, list[int] | None, list[int] 
     out: list[str] = []
     starts: list[int] = []
     ends: list[int] = []
+
+    def same(a: int, b: int) -> None:
+        out.append(text[a:b])
+        starts.extend(range(a, b))
+        ends.extend(range(a + 1, b + 1))
+
     pos = 0
     for m in _DECODE.finditer(text):
         a, b = m.span()
         if a > pos:
-            out.append(text[pos:a])
-            starts.extend(range(pos, a))
-            ends.extend(range(pos + 1, a + 1))
+            same(pos, a)
+        pos = b
         token = m.group()
-        decoded = _decode_token(token)
-        if token[0] not in "%\\&" and len(decoded) == len(token) and decoded == token:
-            starts.extend(range(a, b))  # an unchanged run keeps its own offsets
-            ends.extend(range(a + 1, b + 1))
-        elif token[0] not in "%\\&" and len(decoded) == len(token):
-            starts.extend(range(a, b))  # one to one (full-width digits): offsets stay exact
-            ends.extend(range(a + 1, b + 1))
-        else:
+        if token[0] in "%\\&":
+            decoded = _decode_escape(token)
+            out.append(decoded)
             starts.extend([a] * len(decoded))
             ends.extend([b] * len(decoded))
-        out.append(decoded)
-        pos = b
+        elif _INVISIBLE_RE.match(token):
+            continue
+        elif unicodedata.is_normalized("NFKC", token):
+            same(a, b)
+        else:  # character by character, so each output keeps its own source character
+            for i, ch in enumerate(token, start=a):
+                decoded = unicodedata.normalize("NFKC", ch)
+                out.append(decoded)
+                starts.extend([i] * len(decoded))
+                ends.extend([i + 1] * len(decoded))
     if pos < len(text):
-        out.append(text[pos:])
-        starts.extend(range(pos, len(text)))
-        ends.extend(range(pos + 1, len(text) + 1))
+        same(pos, len(text))
     return "".join(out), starts, ends
 
 
