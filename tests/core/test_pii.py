@@ -254,3 +254,9 @@ def test_scrub_value_covers_keys_values_and_nesting():
     value, counts = scrub_value({"contact zq%40example.org": ["call 139 1773 0042", 7, None], "n": {"ip": "172.30.114.9"}})
     assert value == {"contact <EMAIL>": ["call <PHONE>", 7, None], "n": {"ip": "<IP>"}}
     assert counts == {"EMAIL": 1, "PHONE": 1, "IP": 1}
+
+
+def test_only_the_disguised_span_is_replaced_not_the_text_around_it():
+    assert scrub("我的邮箱\u200b是zq\u200b@example.org谢谢").text == "我的邮箱\u200b是<EMAIL>谢谢"
+    assert scrub("电话：１３９１７７３００４２。ﬁne").text == "电话：<PHONE>。ﬁne"
+    assert scrub("ﬁle: zq%40example.org, ok").text == "ﬁle: <EMAIL>, ok"
