@@ -146,3 +146,8 @@ def test_the_glossary_is_off_by_default_and_scoped_to_domain_tags_when_on():
     assert scoped.records[0]["prompt"] == general  # out of scope: general English stays as written
     assert "F32" in scoped.records[1]["prompt"] and scoped.glossary == {"F32": 2}
     assert "F32" in clean_records(records, CleaningConfig(glossary_path=None)).records[0]["prompt"]  # unscoped: what the default avoids
+    # The consistency check looks for leftovers in the same scope only.
+    from deepfeed.core.corpus_checks import glossary_leftovers
+
+    assert glossary_leftovers(scoped.records, load_glossary(), ("clinic",)) == {}
+    assert glossary_leftovers(scoped.records, load_glossary()) == {"F32": 1}
