@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import gzip
 import hashlib
 import io
@@ -41,7 +42,7 @@ from typing import Any, Iterable, Iterator
 
 from upath import UPath
 
-from deepfeed.core.pii import scrub, scrub_value
+from deepfeed.core.pii import scrub, scrub_many, scrub_value
 from deepfeed.core.raw_store import QUARANTINE_BLOBS, BlobFolder
 
 PROMPT_KEYS = ("prompt", "question", "instruction", "input", "query")
@@ -197,32 +198,47 @@ def normalize_row(row: dict[str, Any], source: str, locator: str) -> tuple[dict[
     return record, None
 
 
-def scrub_record(record: dict[str, Any], result: "IngestResult") -> None:
-    """Scrub every free-text value of a normalized record in place (text fields, tags,
-    language, metadata keys and values) and note what was replaced in `result`."""
-    counts: Counter = Counter()
-    before = _record_text(record)
+_SCRUBBED_FIELDS = ("prompt", "response", "text", "lang", "tags", "meta")
+
+
+def scrub_records(records: list[dict[str, Any]], result: "IngestResult") -> None:
+    """Scrub every free-text value of normalized records in place (text fields, language,
+    tags, metadata keys and values) and note what was replaced in `result`. The text
+    fields of all records go through one scrub_many call per field."""
+    originals = [tuple(r.get(k) for k in _SCRUBBED_FIELDS) for r in records]
+    counts: list[Counter] = [Counter() for _ in records]
     for name in ("prompt", "response", "text", "lang"):
-        if record.get(name):
-            found = scrub(record[name])
-            record[name] = found.text
-            counts.update(found.counts)
-    if record.get("tags"):
-        record["tags"], found = scrub_value(record["tags"])
-        counts.update(found)
-    if record.get("meta") not in (None, "", "{}"):
-        meta, found = scrub_value(json.loads(record["meta"]))
+        index = [i for i, r in enumerate(records) if r.get(name)]
+        for i, found in zip(index, scrub_many([records[i][name] for i in index])):
+            if found.counts:
+                records[i][name] = found.text
+                counts[i].update(found.counts)
+    for record, found_here in zip(records, counts):
+        if record.get("tags"):
+            tags, found = _scrub_tags(tuple(record["tags"]))
+            if found:
+                record["tags"] = list(tags)
+                found_here.update(found)
+        if record.get("meta") not in (None, "", "{}"):
+            meta, found = scrub_value(json.loads(record["meta"]))
+            if found:
+                record["meta"] = json.dumps(meta, ensure_ascii=False, default=str, sort_keys=True)
+                found_here.update(found)
+    for record, original, found in zip(records, originals, counts):
         if found:
-            record["meta"] = json.dumps(meta, ensure_ascii=False, default=str, sort_keys=True)
-            counts.update(found)
-    if counts:
-        result.pii.update(counts)
-        result.anonymized.append((record["record_id"], before, _record_text(record), dict(counts)))
+            result.pii.update(found)
+            after = tuple(record.get(k) for k in _SCRUBBED_FIELDS)
+            result.anonymized.append((record["record_id"], _as_json(original), _as_json(after), dict(found)))
 
 
-def _record_text(record: dict[str, Any]) -> str:
-    fields = ("prompt", "response", "text", "lang", "tags", "meta")
-    return json.dumps([record.get(k) for k in fields], ensure_ascii=False)
+@functools.lru_cache(maxsize=65536)
+def _scrub_tags(tags: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, int]]:
+    # Most records of a corpus carry one of a few tag lists: each is scrubbed once.
+    return scrub_value(tags)
+
+
+def _as_json(values: tuple) -> str:
+    return json.dumps(values, ensure_ascii=False, default=str)
 
 
 # Legacy encodings by the shape of their non-ASCII bytes: single-byte encodings put one
@@ -512,6 +528,7 @@ def read_file(path: Path, source: str, max_record_bytes: int, scrub_pii: bool = 
 
 
 def _consume(rows: Iterable, result: IngestResult, source: str, max_record_bytes: int, scrub_pii: bool = True) -> None:
+    start = len(result.records)
     for locator, row, error in rows:
         result.read += 1
         raw = row if isinstance(row, (str, bytes)) else json.dumps(row, ensure_ascii=False, default=str)
@@ -520,11 +537,11 @@ def _consume(rows: Iterable, result: IngestResult, source: str, max_record_bytes
         if error is None:
             record, error = normalize_row(row, source, locator)
             if record is not None:
-                if scrub_pii:
-                    scrub_record(record, result)
                 result.records.append(record)
                 continue
         _quarantine(result, source, locator, error or "unknown", raw)
+    if scrub_pii:
+        scrub_records(result.records[start:], result)
 
 
 # JSON Lines files past this size are read in chunks of CHUNK_BYTES cut at line ends, so

@@ -26,7 +26,7 @@ import re
 import unicodedata
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 KINDS = ("EMAIL", "ID_CN", "BANK_CARD", "IP", "PHONE", "ADDRESS", "NAME")
@@ -496,6 +496,25 @@ def scrub(text: str) -> ScrubResult:
         counts[sp.kind] += 1
     parts.append(text[pos:])
     return ScrubResult("".join(parts), dict(counts))
+
+
+# Joins texts for one pass of scrub_many. No pattern matches across it (each needs a
+# letter, digit or CJK character on both sides of what it matches, and none spans "\n"),
+# and each text edge looks to the patterns like a text start or end.
+_JOIN = "\n\x00\n"
+
+
+def scrub_many(texts: Sequence[str]) -> list[ScrubResult]:
+    """[scrub(t) for t in texts], with one scan of the joined texts deciding which hold no
+    PII: thousands of short texts cost one call's overhead instead of thousands. The texts
+    the joined scan changes are scrubbed again on their own, so the result is exactly the
+    per-text one."""
+    if len(texts) < 2 or any("\x00" in t for t in texts):  # NUL is the mask character
+        return [scrub(t) for t in texts]
+    parts = scrub(_JOIN.join(texts)).text.split(_JOIN)
+    if len(parts) != len(texts):  # cannot happen by construction; stay correct anyway
+        return [scrub(t) for t in texts]
+    return [ScrubResult(t, {}) if part == t else scrub(t) for t, part in zip(texts, parts)]
 
 
 def scrub_value(value: Any) -> tuple[Any, dict[str, int]]:

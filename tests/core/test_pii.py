@@ -260,3 +260,11 @@ def test_only_the_disguised_span_is_replaced_not_the_text_around_it():
     assert scrub("我的邮箱\u200b是zq\u200b@example.org谢谢").text == "我的邮箱\u200b是<EMAIL>谢谢"
     assert scrub("电话：１３９１７７３００４２。ﬁne").text == "电话：<PHONE>。ﬁne"
     assert scrub("ﬁle: zq%40example.org, ok").text == "ﬁle: <EMAIL>, ok"
+
+
+def test_scrub_many_equals_scrub_of_each_text():
+    from deepfeed.core.pii import scrub_many
+
+    texts = ["plain text", "mail zq%40example.org", "", "电话：１３９１７７３００４２", "Dr. Jane Smith", "1 3 9 1 7 7 3 0 0 4 2",
+             "no pii here either", "ends with a digit 4", "2 starts with one", "a\x00b 13917730042"]
+    assert scrub_many(texts) == [scrub(t) for t in texts]
