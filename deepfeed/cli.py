@@ -121,13 +121,16 @@ def cmd_retire_source(args: argparse.Namespace) -> int:
     from deepfeed.sensors.corpus import retire_source
 
     try:
-        kept_at = retire_source(dg.DagsterInstance.get(), defs.resources["artifact_store"].store(), args.source, args.reason)
+        kept_at = retire_source(dg.DagsterInstance.get(), defs.resources["artifact_store"].store(), args.source,
+                                args.reason, purge_raw=args.purge_raw)
     except ValueError as exc:
         print(f"deepfeed retire-source: {exc}", file=sys.stderr)
         return 2
     print(f"retired {args.source}: the next clean_corpus no longer reads it (audit ledger: action 'retired').")
     if kept_at:
         print(f"its raw versions stay on disk, the last at {kept_at}; earlier clean_corpus versions still name them.")
+    if args.purge_raw:
+        print("its raw (unscrubbed) bytes were deleted from the raw store.")
     return 0
 
 
@@ -279,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     retire = commands.add_parser("retire-source", help="stop cleaning and training on a corpus source (removes its raw_corpus partition; recorded in the audit ledger)")
     retire.add_argument("source", help="the source's partition key (its folder name)")
     retire.add_argument("--reason", required=True, help="why, for the audit ledger (e.g. 'withdrawn by the data owner, ticket 123')")
+    retire.add_argument("--purge-raw", action="store_true",
+                        help="also delete the source's raw (unscrubbed) bytes from the guarded raw store "
+                        "(docs/privacy.md)")
     retire.set_defaults(func=cmd_retire_source)
     prune = commands.add_parser("prune-artifacts", help="delete old model artifact versions (fine-tuned, incremental, compressed), keeping the newest N and everything behind an MLflow alias")
     prune.add_argument("--keep", type=int, default=3, help="newest versions kept per model artifact (default 3)")

@@ -74,6 +74,8 @@ def deepfeed_env(tmp_path, monkeypatch) -> Path:
     (home / "dagster").mkdir()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DEEPFEED_ARTIFACT_ROOT", raising=False)
+    monkeypatch.delenv("DEEPFEED_RAW_STORE", raising=False)
+    monkeypatch.delenv("DEEPFEED_RAW_STORE_KEY", raising=False)
     # Offline resources are built from installed packages once and shared across tests.
     monkeypatch.setenv("DEEPFEED_CACHE", str(REPO / ".deepfeed" / "cache"))
     return home

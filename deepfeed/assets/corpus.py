@@ -10,6 +10,7 @@ retrain always sees all data."""
 import functools
 import itertools
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -20,13 +21,13 @@ from pydantic import Field
 
 from deepfeed.assets.common import counts_table, fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle, ArtifactStore
-from deepfeed.core.audit import AuditLedger
-from deepfeed.core.clean_pipeline import NothingLeft, Progress, clean_sources
+from deepfeed.core.audit import AuditEntry, AuditLedger
+from deepfeed.core.clean_pipeline import DatasetBudget, NothingLeft, Progress, clean_sources
 from deepfeed.core.cleaning import CleaningConfig, CorpusCleaner, quarantine_entry, quasi_identifier_values
 from deepfeed.core.corpus_checks import MAX_NOISE_RATIO, NoiseCounter, glossary_leftovers
 from deepfeed.core.coverage import CoverageConfig, MiniLMEncoder, share_by_tag
 from deepfeed.core.demo_corpus import ensure_demo_corpus
-from deepfeed.core.dp import DEFAULT_MAX_EPSILON
+from deepfeed.core.dp import DEFAULT_MAX_EPSILON, EpsilonLedger, PrivacyBudgetExceeded
 from deepfeed.core.glossary import load_glossary
 from deepfeed.core.ingest import (
     QUARANTINE_BLOBS, BlobLimits, CorpusSourceError, add_file_counts, as_source_path, iter_files, quarantine_schema, record_schema, source_files,
@@ -35,6 +36,7 @@ from deepfeed.core.ingest import (
 from deepfeed.core.kanonymity import check_k_anonymity
 from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.quality import QualityConfig
+from deepfeed.core.raw_store import ENV_KEY, ENV_PATH, RawStore, RawStoreError, default_raw_store_path
 from deepfeed.core.tables import TableWriter
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.settings import default_corpus_path, demo_corpus_dir
@@ -56,6 +58,27 @@ def _append_audit(entries: list) -> tuple[int, str]:
 
 
 corpus_sources = dg.DynamicPartitionsDefinition(name="corpus_source")
+
+
+def epsilon_ledger() -> EpsilonLedger:
+    """The ε spent per dataset across runs ($DEEPFEED_HOME/privacy/epsilon_ledger.json)."""
+    return EpsilonLedger(deepfeed_home() / "privacy" / "epsilon_ledger.json")
+
+
+def dataset_key(sources: dict[str, ArtifactHandle]) -> str:
+    """What the ε ledger charges: the contents of the raw versions read, so re-ingesting
+    the same files (a new version, the same data) does not reset the budget."""
+    import hashlib
+
+    text = json.dumps(sorted((source, handle.content_hash) for source, handle in sources.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _anonymized_entry(item: tuple[str, str, str, dict[str, int]], run_id: str) -> AuditEntry:
+    """The ledger entry of a record scrubbed at ingest (hashes of the texts only)."""
+    record_id, before, after, kinds = item
+    reason = "PII replaced by typed placeholders at ingest: " + ", ".join(f"{k}x{v}" for k, v in sorted(kinds.items()))
+    return AuditEntry.from_texts(record_id, "raw_corpus", "anonymized", reason, run_id, before, after, kinds)
 
 
 def raw_artifact_name(source: str) -> str:
@@ -84,6 +107,13 @@ class RawCorpusConfig(dg.Config):
     quarantine_blob_max_bytes: int = Field(default=16 * 2**20, description="Largest quarantined item whose raw bytes are copied into quarantine_blobs/; "
                                            "larger ones keep size, sha256, file and locator, and raw_ref says the bytes stayed in the source.")
     quarantine_blob_budget_bytes: int = Field(default=2**30, description="Raw bytes copied into quarantine_blobs/ per ingest run, in quarantine order; past it, rows point to the source as above.")
+    raw_store_path: str = Field(
+        default_factory=lambda: str(default_raw_store_path()),
+        description="The guarded raw store: the only place raw (unscrubbed) bytes rest, here the quarantined items' "
+        "(<path>/<source>/quarantine_blobs/<sha256>), folders 0700 and files 0600, Fernet-encrypted when the secret "
+        f"{ENV_KEY} is set. Records in the artifact are PII-scrubbed at ingest. Env: {ENV_PATH} "
+        "(default $DEEPFEED_HOME/raw_store). See docs/privacy.md.",
+    )
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet"}, partitions_def=corpus_sources)
@@ -100,9 +130,15 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
     except CorpusSourceError as exc:
         raise fail("raw_corpus.config.corpus_path", f"partition {source_name!r}: {exc}") from exc
     fingerprint = source_fingerprint(files)
+    try:
+        raw_store = RawStore(config.raw_store_path, os.environ.get(ENV_KEY) or None)
+        raw_folder = raw_store.source(source_name)
+    except RawStoreError as exc:
+        raise fail("raw_corpus.config.raw_store_path", str(exc)) from exc
+    run_id = context.run.run_id
 
     # One file (or chunk of a large JSONL file) at a time, straight to disk.
-    read, quarantine, per_file = 0, [], {}
+    read, quarantine, per_file, anonymized, pii = 0, [], {}, [], Counter()
     counts = {"source": source_name, "fingerprint": fingerprint}
     with artifact_store.store().new_version(raw_artifact_name(source_name), counts, run_id=context.run.run_id) as version:
         blob_bytes = 0
@@ -112,12 +148,16 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
                 records.write(part.records)
                 quarantined.write(part.quarantine)
                 # PRIVACY: the exact bytes of what could not be read, unscrubbed, so nothing is lost and a
-                # fixed parser can re-read them. This folder is quarantine-only: nothing downstream reads
-                # it (clean_corpus reads records.parquet) and it is never fed to training. It is raw input,
-                # as records.parquet of this artifact is; the quarantine table people read holds scrubbed
-                # snippets and points here through raw_ref.
-                blob_bytes += write_quarantine_blobs(version.path, part.blobs)
+                # fixed parser can re-read them. They go to the guarded raw store (0600/0700, encrypted
+                # with a key), never into the artifact: records.parquet holds scrubbed text only, the
+                # quarantine table scrubbed snippets that point into the raw store through raw_ref.
+                try:
+                    blob_bytes += write_quarantine_blobs(raw_folder.folder, part.blobs, raw_store.key)
+                except RawStoreError as exc:
+                    raise fail("raw_corpus.config.raw_store_path", str(exc)) from exc
                 read += part.read
+                pii.update(part.pii)
+                anonymized.extend(_anonymized_entry(item, run_id) for item in part.anonymized)
                 quarantine.extend({k: v for k, v in q.items() if k != "raw"} for q in part.quarantine)
                 add_file_counts(per_file, part.files)
                 if done % 50 == 0:
@@ -125,17 +165,20 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
         if read == 0:
             raise fail("raw_corpus.config.corpus_path", f"source {source_name!r} of {str(root)!r} holds no records (files found: {len(files)})")
         version.counts.update({"read": read, "kept": records.rows, "quarantined": len(quarantine), "files": len(per_file),
-                               "quarantine_blob_bytes": blob_bytes})
+                               "quarantine_blob_bytes": blob_bytes, "pii_replaced": sum(pii.values()),
+                               "raw_store": str(raw_folder.folder), "raw_store_encrypted": raw_folder.encrypted})
     context.log.info("source %s: read %d records from %d files: %d kept, %d quarantined", source_name, read, len(per_file), records.rows, len(quarantine))
     handle = version.handle
-    entries, head = len(quarantine), _append_audit([quarantine_entry(q, context.run.run_id) for q in quarantine])
+    audit = [quarantine_entry(q, run_id) for q in quarantine] + anonymized
+    entries, head = len(audit), _append_audit(audit)
     return dg.Output(
         handle,
         metadata={
             **handle_metadata(handle),
             "corpus_root": str(root),
             "quarantine_reasons": counts_table(Counter(q["reason"] for q in quarantine)),
-            "quarantine_blobs": dg.MetadataValue.path(f"{handle.uri}/{QUARANTINE_BLOBS}"),
+            "quarantine_blobs": dg.MetadataValue.path(str(raw_folder.folder / QUARANTINE_BLOBS)),
+            "pii_replaced_by_kind": counts_table(dict(pii), key="kind", value="replacements"),
             "files": counts_table({f: c["kept"] for f, c in per_file.items()}, key="file"),
             "audit_entries": entries,
             "audit_ledger": dg.MetadataValue.path(str(audit_ledger().path)),
@@ -151,13 +194,30 @@ class CleanCorpusConfig(dg.Config):
     eval_fraction: float = Field(default=0.1, description="Share of records held out for evaluation (stable by content hash).")
     split_seed: int = Field(default=17, description="Seed of the held-out split; change it only to draw a new split.")
     near_duplicate_threshold: float = Field(default=0.9, description="MinHash Jaccard similarity (character 5-grams) from which a record is a near-duplicate of an earlier one; in (0, 0.99].")
-    use_glossary: bool = Field(default=True, description="Normalize domain terms through the glossary (3C Consistency).")
+    use_glossary: bool = Field(
+        default=False,
+        description="Normalize domain terms through the glossary (3C Consistency). Off by default: a domain glossary "
+        "rewrites general text too (ICD-10 turns 'a slight depression in a surface' into F32); switch it on for a "
+        "domain corpus, ideally scoped with glossary_tags.")
     glossary_path: str = Field(default="", description="YAML or CSV glossary (canonical term <- variants). Empty: the shipped ICD-10 example.")
+    glossary_tags: list[str] = Field(
+        default_factory=list,
+        description="Domain tags the glossary is scoped to: only records carrying one of them are normalized "
+        "(and checked for leftovers). Empty: every record.")
     scrub_pii: bool = Field(default=True, description="Replace PII by typed placeholders (<EMAIL>, <PHONE>, <ID_CN>, ...) in every text field, tag and metadata value.")
     quasi_identifiers: list[str] = Field(default_factory=list, description="Metadata columns (keys of the record's meta) that are quasi-identifiers, e.g. age, gender, region, admission_date; generalized/suppressed to k-anonymity.")
-    k: int = Field(default=20, description="k of k-anonymity over the quasi-identifiers (SPEC: at least 20).")
+    k: int = Field(default=20,
+                   description="k of k-anonymity over the quasi-identifiers (at least 20 by policy, docs/privacy.md).")
     max_suppression: float = Field(default=0.05, description="Largest share of records k-anonymity may suppress before it generalizes further.")
-    dp_epsilon: float = Field(default=DEFAULT_MAX_EPSILON, description="Differential-privacy budget (ε, at most 0.5) of the corpus statistics released to metadata and MLflow.")
+    dp_epsilon: float = Field(
+        default=DEFAULT_MAX_EPSILON,
+        description="Differential-privacy budget (ε, at most 0.5) of the corpus statistics released to metadata and "
+        "MLflow by this run.")
+    dp_epsilon_total: float = Field(
+        default=DEFAULT_MAX_EPSILON,
+        description="Total ε that may ever be spent on one dataset (the contents of the raw_corpus versions read), "
+        "summed over every run in $DEEPFEED_HOME/privacy/epsilon_ledger.json. Once spent, a run re-publishes the "
+        "dataset's last noisy release instead of drawing new noise (docs/privacy.md).")
     coverage_embeddings: bool = Field(default=True, description="Find embedding outliers with the bundled MiniLM encoder for the long-tail (Coverage) definition; off: rare tags only.")
     workers: int = Field(default=1, description="Processes for the stateless cleaning steps (normalize, scrub PII, glossary, language, quality); "
                          "deduplication stays in order in the run's own process. 1: no pool (light, for tests and the demo); about the number of free cores for big corpora.")
@@ -173,7 +233,12 @@ def _encoder() -> MiniLMEncoder:
 
 def _cleaning_config(config: CleanCorpusConfig) -> CleaningConfig:
     if not 0 < config.dp_epsilon <= DEFAULT_MAX_EPSILON:
-        raise fail("clean_corpus.config.dp_epsilon", f"{config.dp_epsilon}: must be in (0, {DEFAULT_MAX_EPSILON}] (SPEC: ε ≤ 0.5)")
+        raise fail("clean_corpus.config.dp_epsilon",
+                   f"{config.dp_epsilon}: must be in (0, {DEFAULT_MAX_EPSILON}] (the privacy cap, docs/privacy.md)")
+    if not config.dp_epsilon <= config.dp_epsilon_total <= DEFAULT_MAX_EPSILON:
+        raise fail("clean_corpus.config.dp_epsilon_total",
+                   f"{config.dp_epsilon_total}: must be in [dp_epsilon={config.dp_epsilon}, {DEFAULT_MAX_EPSILON}] "
+                   "(docs/privacy.md)")
     for name in ("workers", "batch_size", "log_every_batches"):
         if getattr(config, name) < 1:
             raise fail(f"clean_corpus.config.{name}", f"{getattr(config, name)}: must be at least 1")
@@ -184,6 +249,7 @@ def _cleaning_config(config: CleanCorpusConfig) -> CleaningConfig:
             min_chars=config.min_chars, max_chars=config.max_chars, eval_fraction=config.eval_fraction, split_seed=config.split_seed,
             near_duplicate_threshold=config.near_duplicate_threshold,
             glossary_path=(str(Path(config.glossary_path).expanduser()) if config.glossary_path else None) if config.use_glossary else "",
+            glossary_tags=tuple(config.glossary_tags),
             scrub_pii=config.scrub_pii, quasi_identifiers=tuple(config.quasi_identifiers), k=config.k, max_suppression=config.max_suppression,
             batch_size=config.batch_size,
         )
@@ -239,14 +305,19 @@ def clean_corpus(
     ledger = audit_ledger()
     for line in ledger.recover(AUDIT_CHUNK):
         context.log.warning("audit recovery: %s", line)
+    budget = DatasetBudget(epsilon_ledger(), dataset_key(sources), config.dp_epsilon_total, run_id)
     spool = ledger.spool("clean_corpus", run_id)
     try:
         with store.new_version("clean_corpus", {}, run_id=run_id) as version:
             try:
                 summary = clean_sources(paths, version.path, cleaner, audit_spool=spool, dp_epsilon=config.dp_epsilon, workers=config.workers,
-                                        encoder=encoder, progress=log_progress, progress_every=config.log_every_batches)
+                                        encoder=encoder, progress=log_progress, progress_every=config.log_every_batches,
+                                        dp_budget=budget)
             except NothingLeft as exc:
                 raise fail("clean_corpus.config", str(exc)) from exc
+            except PrivacyBudgetExceeded as exc:
+                raise fail("clean_corpus.config.dp_epsilon_total", str(exc)) from exc
+            at_ingest = sum(h.counts.get("pii_replaced", 0) for h in sources.values())
             counts = {
                 "read": sum(h.counts.get("read", 0) for h in sources.values()),
                 "quarantined": sum(h.counts.get("quarantined", 0) for h in sources.values()),
@@ -256,14 +327,17 @@ def clean_corpus(
                 "changed": summary.changed,
                 "train": summary.train,
                 "eval": summary.eval,
-                "long_tail": summary.long_tail,
-                "pii_replaced": sum(summary.pii.values()),
+                # Raw text is scrubbed at ingest; what cleaning still finds (raw_corpus versions
+                # written before that, or text that turns into PII once normalized) comes on top.
+                "pii_replaced_at_ingest": at_ingest,
+                "pii_replaced": sum(summary.pii.values()) + at_ingest,
                 "glossary_replaced": sum(summary.glossary.values()),
                 # What the checks re-run with: the settings this version was cleaned under.
                 "min_chars": cleaning.min_chars,
                 "max_chars": cleaning.max_chars,
                 "near_duplicate_threshold": cleaning.near_duplicate_threshold,
                 "glossary": "off" if cleaning.glossary_path == "" else (cleaning.glossary_path or "builtin"),
+                "glossary_tags": list(cleaning.glossary_tags),
                 "quasi_identifiers": list(cleaning.quasi_identifiers),
                 "k": cleaning.k,
                 # The raw_corpus versions read, so the accounting check and lineage see exactly these.
@@ -271,6 +345,8 @@ def clean_corpus(
             }
             version.counts.update(counts)
             statistics, accountant = summary.statistics, summary.accountant
+            reused = summary.dp_reused_from_run
+            dp_release = f"re-published from run {reused} (ε total spent)" if reused else "new"
             (version.path / "statistics_dp.json").write_text(json.dumps({**statistics, "privacy": accountant.to_dict()}, indent=2, ensure_ascii=False))
             spool.mark_publishing(version.uri)  # the ledger hears of the version before anyone sees it
     except BaseException:
@@ -280,13 +356,18 @@ def clean_corpus(
     entries = spool.publish(AUDIT_CHUNK)
     head = ledger.head()
 
+    # Only noisy statistics reach MLflow: its runs are read far more widely than the data.
+    # The total is the sum of the noisy per-language counts (post-processing, no extra ε).
     dp_metrics = {f"corpus_dp_lang_{k}": v for k, v in statistics["languages"].items()}
     dp_metrics.update({f"corpus_dp_length_{k}": v for k, v in statistics["length_histogram"].items()})
+    dp_metrics["corpus_dp_records"] = sum(statistics["languages"].values())
     mlflow.log(
         context,
-        params={"data_hash": handle.content_hash, "audit_head": head[1], **config.model_dump()},
-        metrics={**{f"corpus_{k}": v for k, v in counts.items() if isinstance(v, int)}, **dp_metrics,
-                 "corpus_dp_epsilon_spent": accountant.spent, "corpus_dp_epsilon_budget": accountant.epsilon_budget},
+        params={"data_hash": handle.content_hash, "audit_head": head[1], "dp_release": dp_release,
+                **config.model_dump()},
+        metrics={**dp_metrics, "corpus_dp_epsilon_spent": accountant.spent,
+                 "corpus_dp_epsilon_budget": accountant.epsilon_budget,
+                 "corpus_dp_epsilon_spent_on_dataset": summary.dp_dataset_spent},
         artifacts=[store.local_path(handle) / "statistics_dp.json"],
     )
     context.log.info("cleaned %d of %d records (%s); %d audit entries", summary.cleaned, summary.kept_in, dict(summary.reasons), entries)
@@ -304,6 +385,9 @@ def clean_corpus(
             "length_histogram_dp": _stats_table(statistics["length_histogram"], "characters"),
             "dp_epsilon_spent": accountant.spent,
             "dp_epsilon_budget": accountant.epsilon_budget,
+            "dp_epsilon_spent_on_dataset": summary.dp_dataset_spent,
+            "dp_epsilon_total": config.dp_epsilon_total,
+            "dp_release": dp_release,
             "audit_entries": entries,
             "audit_ledger": dg.MetadataValue.path(str(audit_ledger().path)),
             "audit_head": head[1],
@@ -320,6 +404,11 @@ def _sources_table(sources: dict[str, ArtifactHandle]) -> dg.MetadataValue:
     lines = ["| source | version | read | kept | quarantined |", "|---|---|---:|---:|---:|"]
     lines += [f"| {s} | {h.version} | {h.counts.get('read')} | {h.counts.get('kept')} | {h.counts.get('quarantined')} |" for s, h in sources.items()]
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def _released_statistics(artifact_store: ArtifactStoreResource, handle: ArtifactHandle) -> dict:
+    path = artifact_store.store().local_path(handle) / "statistics_dp.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def _rows(store, handle: ArtifactHandle, name: str) -> int:
@@ -377,11 +466,13 @@ def clean_corpus_consistency(clean_corpus: ArtifactHandle, artifact_store: Artif
         return dg.AssetCheckResult(passed=True, description="glossary normalization is off (clean_corpus.config.use_glossary)", metadata={"glossary": "off"})
     glossary = load_glossary(None if glossary_setting == "builtin" else glossary_setting)
     left = Counter()
-    for batch in _record_batches(artifact_store, clean_corpus, ["prompt", "response", "text"]):
-        left.update(glossary_leftovers(batch, glossary))
+    scope = clean_corpus.counts.get("glossary_tags") or []
+    for batch in _record_batches(artifact_store, clean_corpus, ["prompt", "response", "text", "tags"]):
+        left.update(glossary_leftovers(batch, glossary, scope))
     return dg.AssetCheckResult(
         passed=not left,
-        metadata={"glossary": glossary_setting, "terms": len(glossary), "records_with_variants": sum(left.values()),
+        metadata={"glossary": glossary_setting, "scope": ", ".join(scope) or "all records", "terms": len(glossary),
+                  "records_with_variants": sum(left.values()),
                   "variants_left_by_term": counts_table(dict(left), key="canonical term")},
     )
 
@@ -393,8 +484,11 @@ def clean_corpus_coverage(clean_corpus: ArtifactHandle, artifact_store: Artifact
     shares = share_by_tag(rows, (r.get("long_tail") for r in again))
     minimum = CoverageConfig().min_long_tail_share
     low = sorted(tag for tag, s in shares.items() if s["share"] < minimum)
-    lines = ["| tag | records | long tail | share |", "|---|---:|---:|---:|"]
-    lines += [f"| {tag} | {s['records']} | {s['long_tail']} | {s['share']:.1%} |" for tag, s in shares.items()]
+    # Records per tag are protected statistics: the table shows the ε-DP counts released
+    # with this version (statistics_dp.json), never the exact ones, and no long-tail counts.
+    noisy = _released_statistics(artifact_store, clean_corpus).get("tags", {})
+    lines = ["| tag | records (ε-DP) | long-tail share |", "|---|---:|---:|"]
+    lines += [f"| {tag} | {noisy.get(tag, 'not released')} | {s['share']:.0%} |" for tag, s in shares.items()]
     return dg.AssetCheckResult(
         passed=not low,
         severity=dg.AssetCheckSeverity.WARN,

@@ -41,7 +41,7 @@ from deepfeed.core.audit import AuditEntry
 from deepfeed.core.cleaning import REMOVED_FIELDS, CleaningResult, CorpusCleaner, clean_stream, quasi_identifier_values, training_text
 from deepfeed.core.corpus_checks import CorpusColumns, release_statistics
 from deepfeed.core.coverage import CentroidSums, CoverageConfig, domain_tags, embedding_outliers_chunked, long_tail_reason, rare_tags_from_counts
-from deepfeed.core.dp import PrivacyAccountant
+from deepfeed.core.dp import EpsilonLedger, PrivacyAccountant
 from deepfeed.core.ingest import record_schema
 from deepfeed.core.tables import TableWriter
 
@@ -92,6 +92,20 @@ class CleanSummary:
     statistics: dict[str, Any] = field(default_factory=dict)
     accountant: PrivacyAccountant | None = None
     audit_entries: int = 0
+    # With a DatasetBudget: ε spent on the dataset over all runs, and the run whose
+    # release was re-published when this one could not spend more (None: a new release).
+    dp_dataset_spent: float | None = None
+    dp_reused_from_run: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetBudget:
+    """Where the ε spent on a dataset accumulates across runs, and how much may be."""
+
+    ledger: EpsilonLedger
+    dataset: str  # what identifies the data (e.g. a hash of the raw versions' contents)
+    total: float
+    run_id: str
 
 
 class AuditSpool:
@@ -201,6 +215,7 @@ def clean_sources(
     coverage: CoverageConfig = CoverageConfig(),
     progress: Callable[[Progress], None] | None = None,
     progress_every: int = 10,
+    dp_budget: DatasetBudget | None = None,
 ) -> CleanSummary:
     """Clean the sources (in the given order) into out_dir/records.parquet and
     out_dir/removed.parquet; audit entries go to `audit_spool`. Raises NothingLeft when
@@ -297,7 +312,14 @@ def clean_sources(
 
             outliers = embedding_outliers_chunked(final_columns.tag_lists, blocks, coverage, sums=sums)
             del matrix
-        summary.statistics, summary.accountant = release_statistics(final_columns, dp_epsilon, dp_rng)
+        if dp_budget is None:
+            summary.statistics, summary.accountant = release_statistics(final_columns, dp_epsilon, dp_rng)
+        else:
+            released = dp_budget.ledger.release(
+                dp_budget.dataset, dp_epsilon, dp_budget.total, dp_budget.run_id,
+                lambda accountant: release_statistics(final_columns, dp_epsilon, dp_rng, accountant=accountant)[0])
+            summary.statistics, summary.accountant = released.statistics, released.accountant
+            summary.dp_dataset_spent, summary.dp_reused_from_run = released.dataset_spent, released.reused_from_run
 
         # Pass 2: apply k-anonymity and the long-tail reasons, write the final table.
         records_writer = TableWriter(out_dir / "records.parquet", CLEAN_SCHEMA)

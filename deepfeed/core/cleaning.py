@@ -61,8 +61,13 @@ class CleaningConfig:
     eval_fraction: float = 0.1
     split_seed: int = 17
     near_duplicate_threshold: float = 0.9
-    # None: the shipped ICD-10 example; "" switches glossary normalization off.
-    glossary_path: str | None = None
+    # Off ("") by default: a domain glossary rewrites general text too (ICD-10's
+    # "depression" in "a slight depression in the surface"). None: the shipped ICD-10
+    # example; a path: that glossary.
+    glossary_path: str | None = ""
+    # Domain tags the glossary is scoped to: only records carrying one of them are
+    # normalized. Empty: every record (when a glossary is on).
+    glossary_tags: tuple[str, ...] = ()
     scrub_pii: bool = True
     quasi_identifiers: tuple[str, ...] = ()
     k: int = DEFAULT_K
@@ -189,6 +194,13 @@ def _apply_batched(records: list[dict[str, Any]], name: str, apply: Callable[[st
             yield i, dict(counts)
 
 
+def glossary_in_scope(record: dict[str, Any], tags: Iterable[str]) -> bool:
+    """Whether the glossary applies to the record: no scope configured, or the record
+    carries one of the scope's domain tags."""
+    scope = set(tags)
+    return not scope or not scope.isdisjoint(record.get("tags") or ())
+
+
 def meta_dict(record: dict[str, Any]) -> dict[str, Any]:
     raw = record.get("meta")
     if not raw:
@@ -277,8 +289,9 @@ class CorpusCleaner:
         scrubbed = [training_text(r) for r in batch]
         terms: list[dict[str, int]] = [{} for _ in batch]
         if self.glossary is not None:
+            scope = [i for i, r in enumerate(batch) if glossary_in_scope(r, self.config.glossary_tags)]
             for name in TEXT_FIELDS:
-                index = [i for i, r in enumerate(batch) if r.get(name)]
+                index = [i for i in scope if batch[i].get(name)]
                 for i, (new, found) in zip(index, self.glossary.normalize_many([batch[i][name] for i in index], _JOIN)):
                     if new != batch[i][name]:
                         batch[i][name] = new

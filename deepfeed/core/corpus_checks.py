@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from deepfeed.core.cleaning import TEXT_FIELDS, meta_dict, training_text
+from deepfeed.core.cleaning import TEXT_FIELDS, glossary_in_scope, meta_dict, training_text
 from deepfeed.core.coverage import domain_tags
 from deepfeed.core.dedup import NearDuplicateIndex, exact_key
 from deepfeed.core.dp import PrivacyAccountant, noisy_counts, noisy_histogram
@@ -103,10 +103,13 @@ def noise_report(records: Sequence[dict[str, Any]], quality: QualityConfig, near
     return counter.report
 
 
-def glossary_leftovers(records: Sequence[dict[str, Any]], glossary: Glossary) -> Counter:
-    """Canonical term -> records that still hold one of its variants."""
+def glossary_leftovers(records: Sequence[dict[str, Any]], glossary: Glossary, tags: Iterable[str] = ()) -> Counter:
+    """Canonical term -> records (in the glossary's scope of domain `tags`, all when empty)
+    that still hold one of its variants."""
     left: Counter = Counter()
     for record in records:
+        if not glossary_in_scope(record, tags):
+            continue
         terms = {m.canonical for f in TEXT_FIELDS if record.get(f) for m in glossary.find_variants(record[f])}
         left.update(terms)
     return left
@@ -143,11 +146,17 @@ class CorpusColumns:
         return CorpusColumns([self.languages[i] for i in index], [self.tag_lists[i] for i in index], array("q", (self.lengths[i] for i in index)))
 
 
-def release_statistics(records: "CorpusColumns | Sequence[dict[str, Any]]", epsilon: float, rng: np.random.Generator | int | None = None) -> tuple[dict[str, Any], PrivacyAccountant]:
+def release_statistics(
+    records: "CorpusColumns | Sequence[dict[str, Any]]",
+    epsilon: float,
+    rng: np.random.Generator | int | None = None,
+    accountant: PrivacyAccountant | None = None,
+) -> tuple[dict[str, Any], PrivacyAccountant]:
     """Noisy counts per language and per tag and a length histogram, ε split in three.
-    Takes the records themselves or their CorpusColumns (the same release either way)."""
+    Takes the records themselves or their CorpusColumns (the same release either way).
+    `accountant`: the one to charge (EpsilonLedger.release hands one out), else a new one."""
     columns = records if isinstance(records, CorpusColumns) else CorpusColumns.from_records(records)
-    accountant = PrivacyAccountant(epsilon)
+    accountant = PrivacyAccountant(epsilon) if accountant is None else accountant
     share = epsilon / 3
     generator = np.random.default_rng(rng)
     languages = noisy_counts(Counter(columns.languages), share, accountant, generator, name="records per language", domain=LANGUAGES)

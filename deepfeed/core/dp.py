@@ -1,5 +1,8 @@
 """Differential privacy for corpus statistics that leave the pipeline (reports, MLflow).
 
+Budgets are kept at two levels: a PrivacyAccountant for the releases of one run, and an
+EpsilonLedger for the ε spent on one dataset over every run (docs/privacy.md).
+
 Counts and histograms are released through the Laplace mechanism. Every release is
 charged to a `PrivacyAccountant` *before* any noise is drawn, so a refused release
 publishes nothing; under sequential composition the charges simply add up.
@@ -15,9 +18,12 @@ numpy's floating-point Laplace sampler is not hardened against the low-order-bit
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
+import os
 import threading
-from collections.abc import Iterable, Mapping
+from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -176,3 +182,94 @@ def noisy_histogram(
     counts, edges = np.histogram(data, bins=edge_spec, range=range)
     accountant.charge(name, epsilon, "laplace", 1.0)
     return _post_process(counts + laplace_noise(len(counts), 1.0, epsilon, rng)), edges
+
+
+# --- ε accumulated across runs ------------------------------------------------------
+
+class EpsilonLedger:
+    """ε spent per dataset, summed over every run and process that ever released
+    statistics of it: a JSON file (e.g. $DEEPFEED_HOME/privacy/epsilon_ledger.json) read
+    and rewritten under a file lock, so two runs at once cannot both take the last of a
+    budget. A PrivacyAccountant is one run's view; this is the dataset's.
+
+    Each entry keeps the noisy statistics it released. Publishing them again costs no ε
+    (post-processing of a DP release), so a run on a dataset whose budget is spent
+    re-publishes the last release instead of drawing new noise.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], lock_timeout_s: float = 60.0):
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+
+    def _lock(self):
+        from filelock import FileLock
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.path) + ".lock", timeout=self.lock_timeout_s)
+
+    def _read(self) -> dict[str, list[dict[str, Any]]]:
+        if not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            # Unreadable means unknown spending: refusing is the only safe answer.
+            raise PrivacyBudgetExceeded(
+                f"the ε ledger {self.path} cannot be read ({exc}); no release until it is repaired") from exc
+        return data.get("datasets", {})
+
+    def _write(self, datasets: dict[str, list[dict[str, Any]]]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"datasets": datasets}, indent=1, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def entries(self, dataset: str) -> list[dict[str, Any]]:
+        with self._lock():
+            return list(self._read().get(dataset, []))
+
+    def spent(self, dataset: str) -> float:
+        return math.fsum(e["epsilon"] for e in self.entries(dataset))
+
+    def release(
+        self,
+        dataset: str,
+        epsilon: float,
+        total: float,
+        run_id: str,
+        compute: Callable[[PrivacyAccountant], dict[str, Any]],
+    ) -> "LedgerRelease":
+        """Run `compute` (which charges the accountant it is given and returns the noisy
+        statistics) if `epsilon` more fits in the dataset's `total`; else re-publish the
+        last release of the dataset; else raise PrivacyBudgetExceeded."""
+        epsilon = _check_epsilon(epsilon, "epsilon")
+        total = _check_epsilon(total, "total")
+        with self._lock():
+            datasets = self._read()
+            history = datasets.setdefault(dataset, [])
+            spent = math.fsum(e["epsilon"] for e in history)
+            if spent + epsilon <= total + _SLACK:
+                accountant = PrivacyAccountant(epsilon, allow_large_epsilon=epsilon > DEFAULT_MAX_EPSILON)
+                statistics = compute(accountant)
+                entry = {"run_id": run_id, "epsilon": accountant.spent,
+                         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                         "releases": [r.name for r in accountant.releases], "statistics": statistics}
+                history.append(entry)
+                self._write(datasets)
+                return LedgerRelease(statistics, accountant, spent + accountant.spent, total, None)
+            previous = next((e for e in reversed(history) if e.get("statistics") is not None), None)
+            if previous is None:
+                raise PrivacyBudgetExceeded(
+                    f"dataset {dataset}: a release of ε={epsilon:g} would bring the ε spent on it to "
+                    f"{spent + epsilon:g}, past its total {total:g} (ledger {self.path}); and there is no earlier "
+                    "release to re-publish")
+            unspent = PrivacyAccountant(epsilon, allow_large_epsilon=True)
+            return LedgerRelease(previous["statistics"], unspent, spent, total, previous["run_id"])
+
+
+@dataclass(frozen=True)
+class LedgerRelease:
+    statistics: dict[str, Any]
+    accountant: PrivacyAccountant  # this run's charges (none when reused)
+    dataset_spent: float  # ε spent on the dataset over all runs, this one included
+    dataset_total: float
+    reused_from_run: str | None  # the run whose release was re-published, or None for a new one

@@ -8,28 +8,42 @@ Sources are any UPath (a local folder, ``s3://bucket/prefix`` with s3fs installe
 (one Dagster partition of raw_corpus), and the files lying directly in the root form the
 source ``_root``.
 
-Quarantine rows carry a PII-scrubbed snippet (the table is what people read in the UI)
-and ``raw_ref``, a content address (``quarantine_blobs/<sha256>``) of the exact bytes that
-failed. The bytes themselves are returned in ``IngestResult.blobs`` for the caller to
-store next to the table; for files that decoded, the bytes of a failed record are its
-text re-encoded as UTF-8 (identical to the file's bytes for UTF-8 files).
+Records are PII-scrubbed here, as they are read (every text field, tag, language and
+metadata value): raw text never reaches the artifact store. Quarantine rows carry a
+PII-scrubbed snippet (the table is what people read in the UI) and ``raw_ref``, a content
+address (``quarantine_blobs/<sha256>``) of the exact bytes that failed. The bytes
+themselves are returned in ``IngestResult.blobs`` for the caller to put into the guarded
+raw store (deepfeed.core.raw_store, the only place raw bytes rest); for files that
+decoded, the bytes of a failed record are its text re-encoded as UTF-8 (identical to the
+file's bytes for UTF-8 files).
+
+Decoding is per line for every line-based format (JSON Lines, CSV/TSV, text, Markdown):
+a line that is not valid in the file's encoding is quarantined alone. The encoding is
+UTF-8 (with or without BOM, tolerating a few damaged lines), else a legacy encoding
+detected from the bytes (see detect_encoding): Western single-byte text (CP1252/Latin-1)
+is no longer read as GB18030.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import functools
 import gzip
 import hashlib
 import io
 import json
+import re
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from upath import UPath
 
-from deepfeed.core.pii import scrub
+from deepfeed.core.pii import scrub, scrub_many, scrub_value
+from deepfeed.core.raw_store import QUARANTINE_BLOBS, BlobFolder
 
 PROMPT_KEYS = ("prompt", "question", "instruction", "input", "query")
 RESPONSE_KEYS = ("response", "answer", "output", "completion")
@@ -42,7 +56,6 @@ RAW_SNIPPET_BYTES = 4096
 
 RECORD_FIELDS = ("record_id", "source", "locator", "kind", "prompt", "response", "text", "lang", "tags", "meta")
 QUARANTINE_FIELDS = ("source", "locator", "reason", "raw", "raw_bytes", "raw_sha256", "raw_ref")
-QUARANTINE_BLOBS = "quarantine_blobs"
 
 
 def record_schema():
@@ -70,6 +83,10 @@ class IngestResult:
     # Counted where rows are produced, independently of where they end up, so the
     # accounting check can catch a record that went nowhere.
     read: int = 0
+    # PII replaced at ingest, by kind, and per scrubbed record (record_id, text before,
+    # text after, kinds) for the audit ledger, which keeps only hashes of the texts.
+    pii: Counter = field(default_factory=Counter)
+    anonymized: list[tuple[str, str, str, dict[str, int]]] = field(default_factory=list)
 
 
 class CorpusSourceError(ValueError):
@@ -78,7 +95,7 @@ class CorpusSourceError(ValueError):
 
 @dataclass(frozen=True)
 class BlobLimits:
-    """How much raw quarantined content is copied into the artifact.
+    """How much raw quarantined content is copied into the raw store.
 
     Without limits a folder of misnamed videos or one runaway line copies gigabytes into
     every ingest. Past either limit the row still has the size, the sha256, the source
@@ -181,16 +198,109 @@ def normalize_row(row: dict[str, Any], source: str, locator: str) -> tuple[dict[
     return record, None
 
 
+_SCRUBBED_FIELDS = ("prompt", "response", "text", "lang", "tags", "meta")
+
+
+def scrub_records(records: list[dict[str, Any]], result: "IngestResult") -> None:
+    """Scrub every free-text value of normalized records in place (text fields, language,
+    tags, metadata keys and values) and note what was replaced in `result`. The text
+    fields of all records go through one scrub_many call per field."""
+    originals = [tuple(r.get(k) for k in _SCRUBBED_FIELDS) for r in records]
+    counts: list[Counter] = [Counter() for _ in records]
+    for name in ("prompt", "response", "text", "lang"):
+        index = [i for i, r in enumerate(records) if r.get(name)]
+        for i, found in zip(index, scrub_many([records[i][name] for i in index])):
+            if found.counts:
+                records[i][name] = found.text
+                counts[i].update(found.counts)
+    for record, found_here in zip(records, counts):
+        if record.get("tags"):
+            tags, found = _scrub_tags(tuple(record["tags"]))
+            if found:
+                record["tags"] = list(tags)
+                found_here.update(found)
+        if record.get("meta") not in (None, "", "{}"):
+            meta, found = scrub_value(json.loads(record["meta"]))
+            if found:
+                record["meta"] = json.dumps(meta, ensure_ascii=False, default=str, sort_keys=True)
+                found_here.update(found)
+    for record, original, found in zip(records, originals, counts):
+        if found:
+            result.pii.update(found)
+            after = tuple(record.get(k) for k in _SCRUBBED_FIELDS)
+            result.anonymized.append((record["record_id"], _as_json(original), _as_json(after), dict(found)))
+
+
+@functools.lru_cache(maxsize=65536)
+def _scrub_tags(tags: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, int]]:
+    # Most records of a corpus carry one of a few tag lists: each is scrubbed once.
+    return scrub_value(tags)
+
+
+def _as_json(values: tuple) -> str:
+    return json.dumps(values, ensure_ascii=False, default=str)
+
+
+# Legacy encodings by the shape of their non-ASCII bytes: single-byte encodings put one
+# high byte per accented letter between ASCII letters ("caf\xe9s"); the CJK double-byte
+# ones come in runs of pairs. The shape picks the family, which GB18030 alone cannot do
+# (it accepts nearly any byte pair, so Latin-1 text decoded as GB18030 turns to mojibake
+# without an error); charset-normalizer picks the encoding within it once there is enough
+# text for its statistics, below that the family's most common member is used.
+SINGLE_BYTE = ("cp1252", "cp1250", "cp1251", "cp1253", "cp1254", "cp1257", "latin_1")
+DOUBLE_BYTE = ("gb18030", "big5", "shift_jis", "euc_kr")
+LATIN_PAGES = frozenset(("cp1250", "cp1252", "cp1254", "cp1257", "iso8859-1"))
+DETECT_SAMPLE_BYTES = 64 * 1024
+DETECT_MIN_HIGH_BYTES = 256
+_HIGH_RUN = re.compile(rb"[\x80-\xff]+")
+
+
+def detect_encoding(data: bytes) -> str:
+    """'utf-8' for ASCII and UTF-8 (even with a few damaged lines), else a legacy encoding."""
+    if data.isascii() or mostly_utf8(data):
+        return "utf-8"
+    lines = [line for line in data[:DETECT_SAMPLE_BYTES].split(b"\n") if not line.isascii()]
+    runs = [run for line in lines for run in _HIGH_RUN.findall(line)]
+    isolated = sum(1 for run in runs if len(run) == 1)
+    family = SINGLE_BYTE if isolated * 2 > len(runs) else DOUBLE_BYTE
+    if sum(map(len, runs)) < DETECT_MIN_HIGH_BYTES:
+        return family[0]
+    from charset_normalizer import from_bytes
+
+    sample = b"\n".join(lines)
+    best = from_bytes(sample, cp_isolation=list(family)).best()
+    if best is None:
+        return family[0]
+    encoding = codecs.lookup(best.encoding).name
+    if family is SINGLE_BYTE and encoding in LATIN_PAGES:
+        # charset-normalizer tells scripts apart well (Cyrillic cp1251, Greek cp1253) but
+        # ranks the Latin code pages of one text almost at random (French came out as
+        # cp1250 and cp1257); they agree on the common accented letters, and CP1252 is by
+        # far the most used, so it is the one unless it cannot decode the sample.
+        try:
+            sample.decode("cp1252")
+            return "cp1252"
+        except UnicodeDecodeError:
+            return encoding
+    return encoding
+
+
 def decode_bytes(data: bytes) -> tuple[str | None, str | None]:
-    """The text, or why there is none; tries UTF-8 (with or without BOM), then GB18030."""
+    """The whole text in its detected encoding (detect_encoding), or why there is none."""
     if b"\x00" in data[:8192]:
         return None, "binary content (NUL bytes)"
-    for encoding in ("utf-8-sig", "gb18030"):
-        try:
-            return data.decode(encoding), None
-        except UnicodeDecodeError:
-            continue
-    return None, "undecodable bytes (neither UTF-8 nor GB18030)"
+    encoding = detect_encoding(data)
+    try:
+        return data.decode("utf-8-sig" if encoding == "utf-8" else encoding), None
+    except UnicodeDecodeError as exc:
+        return None, (f"undecodable bytes (not valid {encoding}, the encoding detected: "
+                      f"{exc.reason} at byte {exc.start})")
+
+
+def bad_line_reason(encoding: str) -> str:
+    if encoding == "utf-8":
+        return "invalid UTF-8 in an otherwise UTF-8 file"
+    return f"bytes not valid in {encoding}, the encoding detected for this file"
 
 
 def mostly_utf8(data: bytes) -> bool:
@@ -207,14 +317,14 @@ def mostly_utf8(data: bytes) -> bool:
     return good > 0 and bad <= good
 
 
-def decode_lines(data: bytes, first_line: int = 1) -> tuple[str, list[tuple[int, bytes]]]:
-    """UTF-8 text line by line: the lines that do not decode are blanked (so line
-    numbers stay right) and returned as (line number, raw bytes) for the quarantine.
+def decode_lines(data: bytes, first_line: int = 1, encoding: str = "utf-8") -> tuple[str, list[tuple[int, bytes]]]:
+    """Text line by line: the lines that do not decode are blanked (so line numbers stay
+    right) and returned as (line number, raw bytes) for the quarantine.
     `first_line`: the number of data's first line in its file (a chunk of a large one)."""
     lines, bad = [], []
     for number, raw in enumerate(data.split(b"\n"), start=first_line):
         try:
-            lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+            lines.append(raw.decode("utf-8-sig" if number == 1 and encoding == "utf-8" else encoding))
         except UnicodeDecodeError:
             lines.append("")
             bad.append((number, raw))
@@ -255,7 +365,8 @@ def _logical_suffix(path: Path) -> str:
 
 def _quarantine(result: IngestResult, source: str, locator: str, reason: str, raw: bytes | str) -> None:
     """Count one unreadable item, with its raw bytes kept under their sha256."""
-    data = raw.encode("utf-8", "replace") if isinstance(raw, str) else raw
+    # surrogateescape: the undecodable bytes of a JSON document's item come back as they were.
+    data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
     snippet = scrub(data[:RAW_SNIPPET_BYTES].decode("utf-8", "replace")).text
     digest = hashlib.sha256(data).hexdigest()
     result.blobs.setdefault(digest, data)
@@ -270,26 +381,24 @@ def _quarantine(result: IngestResult, source: str, locator: str, reason: str, ra
     })
 
 
-def write_quarantine_blobs(folder: Path, blobs: dict[str, bytes]) -> int:
-    """Write each blob as <folder>/quarantine_blobs/<sha256>; returns the bytes written."""
-    target = folder / QUARANTINE_BLOBS
-    target.mkdir(parents=True, exist_ok=True)
-    for digest, data in blobs.items():
-        (target / digest).write_bytes(data)
-    return sum(len(d) for d in blobs.values())
+def write_quarantine_blobs(folder: Path, blobs: dict[str, bytes], key: str | bytes | None = None) -> int:
+    """Write each blob as <folder>/quarantine_blobs/<sha256> (0700 folders, 0600 files,
+    Fernet-encrypted with `key`); returns the raw bytes written. `folder` is a source's
+    folder of the raw store (RawStore.source), never an artifact."""
+    return BlobFolder(folder, key).put(blobs)
 
 
-def resolve_quarantine_ref(folder: Path, raw_ref: str) -> bytes:
+def resolve_quarantine_ref(folder: Path, raw_ref: str, key: str | bytes | None = None) -> bytes:
     """The raw bytes a quarantine row points to, verified against the sha256 in its name."""
     if raw_ref.startswith("not kept:"):
-        raise ValueError(f"the raw bytes of this row were not copied into the artifact ({raw_ref})")
+        raise ValueError(f"the raw bytes of this row were not copied into the raw store ({raw_ref})")
     name = Path(raw_ref)
     if name.parent.as_posix() != QUARANTINE_BLOBS or len(name.name) != 64:
         raise ValueError(f"raw_ref {raw_ref!r} is not a quarantine blob reference")
-    data = (folder / name).read_bytes()
-    if hashlib.sha256(data).hexdigest() != name.name:
-        raise ValueError(f"quarantine blob {raw_ref} does not match its sha256 (damaged artifact)")
-    return data
+    try:
+        return BlobFolder(folder, key).get(name.name)
+    except RuntimeError as exc:  # RawStoreError: damaged, encrypted without the key, opened up
+        raise ValueError(str(exc)) from exc
 
 
 def _rows_jsonl(text: str, max_record_bytes: int, first_line: int = 1) -> Iterator[tuple[str, Any, str | None]]:
@@ -305,7 +414,12 @@ def _rows_jsonl(text: str, max_record_bytes: int, first_line: int = 1) -> Iterat
             yield f"line {number}", line, f"malformed JSON: {exc.msg} at column {exc.colno}"
 
 
-def _rows_json(text: str) -> Iterator[tuple[str, Any, str | None]]:
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+def _rows_json(text: str, encoding: str = "utf-8") -> Iterator[tuple[str, Any, str | None]]:
+    """Items of a JSON document decoded with surrogateescape: an item holding bytes that
+    are not valid in the encoding is quarantined alone, its bytes kept as they were."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -313,7 +427,11 @@ def _rows_json(text: str) -> Iterator[tuple[str, Any, str | None]]:
         return
     items = data if isinstance(data, list) else [data]
     for index, item in enumerate(items):
-        yield f"item {index}", item, None
+        raw = json.dumps(item, ensure_ascii=False, default=str)
+        if _UNDECODED.search(raw):
+            yield f"item {index}", raw, bad_line_reason(encoding).replace("file", "JSON file")
+        else:
+            yield f"item {index}", item, None
 
 
 def _rows_csv(text: str, delimiter: str) -> Iterator[tuple[str, Any, str | None]]:
@@ -332,7 +450,8 @@ def _rows_csv(text: str, delimiter: str) -> Iterator[tuple[str, Any, str | None]
 
 
 def _rows_text(text: str) -> Iterator[tuple[str, Any, str | None]]:
-    """Paragraphs (blank-line separated blocks) of plain text or Markdown."""
+    """Paragraphs (blank-line separated blocks) of plain text or Markdown; a line that did
+    not decode is blank here, so it ends a paragraph without costing it."""
     line_no, block, start = 0, [], 1
     for line_no, line in enumerate(text.splitlines(), start=1):
         if line.strip():
@@ -361,7 +480,7 @@ def _rows_parquet(path: Path) -> Iterator[tuple[str, Any, str | None]]:
         offset += batch.num_rows
 
 
-def read_file(path: Path, source: str, max_record_bytes: int) -> IngestResult:
+def read_file(path: Path, source: str, max_record_bytes: int, scrub_pii: bool = True) -> IngestResult:
     result = IngestResult()
     suffix = _logical_suffix(path)
     if suffix == ".parquet" and not path.name.endswith(".gz"):
@@ -383,31 +502,33 @@ def read_file(path: Path, source: str, max_record_bytes: int) -> IngestResult:
                 result.read += 1
                 _quarantine(result, source, "file", "empty file (no content)", data)
             return result
+        if b"\x00" in data[:8192]:
+            result.read += 1
+            _quarantine(result, source, "file", "binary content (NUL bytes)", data)
+            return result
+        encoding = detect_encoding(data)
         bad_lines: list[tuple[int, bytes]] = []
-        if b"\x00" not in data[:8192] and suffix != ".json" and mostly_utf8(data):
-            text, bad_lines = decode_lines(data)
+        if suffix == ".json":  # one document: decoded whole, bad bytes cost their item (_rows_json)
+            text = data.decode("utf-8-sig" if encoding == "utf-8" else encoding, "surrogateescape")
         else:
-            text, error = decode_bytes(data)
-            if text is None:
-                result.read += 1
-                _quarantine(result, source, "file", error or "undecodable", data)
-                return result
+            text, bad_lines = decode_lines(data, encoding=encoding)
         for number, raw in bad_lines:
             result.read += 1
-            _quarantine(result, source, f"line {number}", "invalid UTF-8 in an otherwise UTF-8 file", raw)
+            _quarantine(result, source, f"line {number}", bad_line_reason(encoding), raw)
         if suffix == ".jsonl":
             rows = _rows_jsonl(text, max_record_bytes)
         elif suffix == ".json":
-            rows = _rows_json(text)
+            rows = _rows_json(text, encoding)
         elif suffix in (".csv", ".tsv"):
             rows = _rows_csv(text, "\t" if suffix == ".tsv" else ",")
         else:
             rows = _rows_text(text)
-    _consume(rows, result, source, max_record_bytes)
+    _consume(rows, result, source, max_record_bytes, scrub_pii)
     return result
 
 
-def _consume(rows: Iterable, result: IngestResult, source: str, max_record_bytes: int) -> None:
+def _consume(rows: Iterable, result: IngestResult, source: str, max_record_bytes: int, scrub_pii: bool = True) -> None:
+    start = len(result.records)
     for locator, row, error in rows:
         result.read += 1
         raw = row if isinstance(row, (str, bytes)) else json.dumps(row, ensure_ascii=False, default=str)
@@ -419,6 +540,8 @@ def _consume(rows: Iterable, result: IngestResult, source: str, max_record_bytes
                 result.records.append(record)
                 continue
         _quarantine(result, source, locator, error or "unknown", raw)
+    if scrub_pii:
+        scrub_records(result.records[start:], result)
 
 
 # JSON Lines files past this size are read in chunks of CHUNK_BYTES cut at line ends, so
@@ -429,16 +552,16 @@ STREAM_FILE_BYTES = 64 * 2**20
 CHUNK_BYTES = 16 * 2**20
 
 
-def iter_file_parts(path: Path, source: str, max_record_bytes: int) -> Iterator[IngestResult]:
+def iter_file_parts(path: Path, source: str, max_record_bytes: int, scrub_pii: bool = True) -> Iterator[IngestResult]:
     """The file's result in parts: one for most files, one per chunk for large JSONL."""
     try:
         large = _logical_suffix(path) == ".jsonl" and path.stat().st_size > STREAM_FILE_BYTES
     except (OSError, NotImplementedError, AttributeError):
         large = False
     if not large:
-        yield read_file(path, source, max_record_bytes)
+        yield read_file(path, source, max_record_bytes, scrub_pii)
         return
-    yield from _jsonl_in_chunks(path, source, max_record_bytes)
+    yield from _jsonl_in_chunks(path, source, max_record_bytes, scrub_pii)
 
 
 def _byte_chunks(path: Path) -> Iterator[tuple[bytes, str | None]]:
@@ -464,8 +587,8 @@ def _byte_chunks(path: Path) -> Iterator[tuple[bytes, str | None]]:
             yield b"", "truncated or corrupt gzip: EOFError: Compressed file ended before the end-of-stream marker was reached"
 
 
-def _jsonl_in_chunks(path: Path, source: str, max_record_bytes: int) -> Iterator[IngestResult]:
-    carry, consumed, byte_lines, text_lines, utf8 = b"", 0, 0, 0, None
+def _jsonl_in_chunks(path: Path, source: str, max_record_bytes: int, scrub_pii: bool = True) -> Iterator[IngestResult]:
+    carry, consumed, byte_lines, text_lines, encoding = b"", 0, 0, 0, None
     for chunk, error in _byte_chunks(path):
         data = carry + chunk
         if error is not None:  # the complete lines before the damage are kept, the tail quarantined
@@ -479,48 +602,41 @@ def _jsonl_in_chunks(path: Path, source: str, max_record_bytes: int) -> Iterator
             continue
         data, carry = data[:cut], data[cut:]
         if consumed == 0 and b"\x00" in data[:8192]:  # binary: the whole-file path quarantines the file as one item
-            yield read_file(path, source, max_record_bytes)
+            yield read_file(path, source, max_record_bytes, scrub_pii)
             return
-        utf8 = _encoding_so_far(data, utf8)
-        part, lines = _decoded_part(data, source, max_record_bytes, utf8 is not False, byte_lines, text_lines)
+        encoding = _encoding_so_far(data, encoding)
+        part, lines = _decoded_part(data, source, max_record_bytes, encoding or "utf-8", byte_lines, text_lines,
+                                    scrub_pii)
         yield part
         consumed += len(data)
         byte_lines += data.count(b"\n")
         text_lines += lines
     if carry:
         if consumed == 0 and b"\x00" in carry[:8192]:
-            yield read_file(path, source, max_record_bytes)
+            yield read_file(path, source, max_record_bytes, scrub_pii)
             return
-        utf8 = _encoding_so_far(carry, utf8)
-        yield _decoded_part(carry, source, max_record_bytes, utf8 is not False, byte_lines, text_lines)[0]
+        encoding = _encoding_so_far(carry, encoding)
+        yield _decoded_part(carry, source, max_record_bytes, encoding or "utf-8", byte_lines, text_lines, scrub_pii)[0]
 
 
-def _encoding_so_far(data: bytes, utf8: bool | None) -> bool | None:
-    """UTF-8 (True) or not (False) once the first non-ASCII chunk says so; None while
-    every chunk was ASCII, which decodes the same either way."""
-    if utf8 is not None or data.isascii():
-        return utf8
-    return mostly_utf8(data)
+def _encoding_so_far(data: bytes, encoding: str | None) -> str | None:
+    """The encoding detected on the first non-ASCII chunk; None while every chunk was
+    ASCII, which decodes the same in every encoding detect_encoding can return."""
+    if encoding is not None or data.isascii():
+        return encoding
+    return detect_encoding(data)
 
 
-def _decoded_part(data: bytes, source: str, max_record_bytes: int, utf8: bool, byte_lines: int, text_lines: int) -> tuple[IngestResult, int]:
+def _decoded_part(data: bytes, source: str, max_record_bytes: int, encoding: str, byte_lines: int, text_lines: int,
+                  scrub_pii: bool = True) -> tuple[IngestResult, int]:
     """One chunk's result, and its line count the way `_rows_jsonl` numbers lines
     (str.splitlines), so the next chunk's locators continue the whole file's."""
     part = IngestResult()
-    bad: list[tuple[int, bytes]] = []
-    if utf8:
-        text, bad = decode_lines(data, first_line=byte_lines + 1)
-    else:
-        text, error = decode_bytes(data)
-        if text is None:
-            newlines = data.count(b"\n")
-            part.read += 1
-            _quarantine(part, source, f"lines {byte_lines + 1}-{byte_lines + newlines}", error or "undecodable", data)
-            return part, len(data.decode("gb18030", "replace").splitlines())
+    text, bad = decode_lines(data, first_line=byte_lines + 1, encoding=encoding)
     for number, raw in bad:
         part.read += 1
-        _quarantine(part, source, f"line {number}", "invalid UTF-8 in an otherwise UTF-8 file", raw)
-    _consume(_rows_jsonl(text, max_record_bytes, first_line=text_lines + 1), part, source, max_record_bytes)
+        _quarantine(part, source, f"line {number}", bad_line_reason(encoding), raw)
+    _consume(_rows_jsonl(text, max_record_bytes, first_line=text_lines + 1), part, source, max_record_bytes, scrub_pii)
     return part, len(text.splitlines())
 
 
@@ -590,10 +706,12 @@ def source_fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def iter_files(files: list[Path], root: Path, max_record_bytes: int = 1_000_000, limits: BlobLimits = BlobLimits()) -> Iterator[tuple[str, IngestResult]]:
+def iter_files(files: list[Path], root: Path, max_record_bytes: int = 1_000_000, limits: BlobLimits = BlobLimits(),
+               scrub_pii: bool = True) -> Iterator[tuple[str, IngestResult]]:
     """(file name relative to the root, a result) per file, or per chunk of a large JSONL
     file, blob limits applied across all: a caller that writes each part as it comes holds
-    one part at a time."""
+    one part at a time. `scrub_pii=False` keeps the records' raw text: only for code that
+    writes them into the raw store, never into an artifact."""
     keeper = BlobKeeper(limits)
     for path in files:
         source = _relative(path, root) if root.is_dir() else path.name
@@ -602,7 +720,7 @@ def iter_files(files: list[Path], root: Path, max_record_bytes: int = 1_000_000,
             _quarantine(part, source, "file", f"unsupported file type {path.suffix!r}", _file_bytes(path))
             parts: Iterable[IngestResult] = [part]
         else:
-            parts = iter_file_parts(path, source, max_record_bytes)
+            parts = iter_file_parts(path, source, max_record_bytes, scrub_pii)
         for part in parts:
             keeper.admit(part)
             part.files[source] = {"kept": len(part.records), "quarantined": len(part.quarantine)}
@@ -616,6 +734,8 @@ def _ingest_files(files: list[Path], root: Path, max_record_bytes: int, limits: 
         total.quarantine.extend(part.quarantine)
         total.blobs.update(part.blobs)
         total.read += part.read
+        total.pii.update(part.pii)
+        total.anonymized.extend(part.anonymized)
         add_file_counts(total.files, part.files)
     return total
 

@@ -7,16 +7,27 @@ bad checksum is still free to be caught as a card if Luhn says so.
 
 Everything is precompiled and gated on cheap substring tests because this runs over
 millions of records, most of which contain no PII at all.
+
+PII is often disguised, by accident or on purpose: full-width digits, a zero-width space
+inside a phone number, ``%40`` or ``\u0040`` for '@', "name at example dot com",
+"139.1773.0042". The detectors run on a normalized copy of the text (NFKC, zero-width
+characters removed, percent-, backslash- and HTML-escapes decoded) and the spans found
+there are mapped back to the original characters, so the placeholder replaces exactly
+the disguised form. Spelled-out e-mails and digits split by separators have detectors of
+their own (_SPELLED_EMAIL, _SPLIT_DIGITS).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import html
 import ipaddress
 import re
+import unicodedata
+import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
 KINDS = ("EMAIL", "ID_CN", "BANK_CARD", "IP", "PHONE", "ADDRESS", "NAME")
 PLACEHOLDERS = {kind: f"<{kind}>" for kind in KINDS}
@@ -195,6 +206,56 @@ _ZH_INTRO = (
 _ZH_HONORIFIC = rf"(?P<v>(?:{_SURNAMES_2})|[{_SURNAMES_1}])(?:先生|女士)"
 
 
+# "jane dot doe at example dot com", "jane(at)example(dot)com", "jane [at] example.com":
+# the separators spelled out, bracketed or not. Unbracketed " at " / " dot " read as
+# English too ("look at it dot by dot"), so then the address must end in a common
+# top-level domain.
+_AT = r"(?:[ \t]*[\[({<][ \t]*(?i:at)[ \t]*[\])}>][ \t]*|[ \t]+(?i:at)[ \t]+)"
+_DOT = r"(?:[ \t]*[\[({<][ \t]*(?i:dot)[ \t]*[\])}>][ \t]*|[ \t]+(?i:dot)[ \t]+|\.)"
+_BRACKETED = re.compile(r"[\[({<][ \t]*(?i:at|dot)[ \t]*[\])}>]")
+_COMMON_TLDS = frozenset("com org net edu gov mil int info biz io co cn uk de fr jp ru us ca au in me hk tw sg".split())
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_%+-]{0,62})"
+_SPELLED_EMAIL = (
+    rf"(?<![A-Za-z0-9._%+-]){_LABEL}(?:{_DOT}{_LABEL}){{0,4}}{_AT}{_LABEL}(?:{_DOT}{_LABEL}){{1,4}}"
+    r"(?![A-Za-z0-9-])"
+)
+
+
+def _valid_spelled_email(match: str) -> bool:
+    if "@" in match:  # a plain address is the EMAIL detector's
+        return False
+    if _BRACKETED.search(match):
+        return True
+    tld = re.split(r"[ \t.\])}>]+", match.strip())[-1].lower()
+    return tld in _COMMON_TLDS
+
+
+# Digits with a separator (space, dot, dash, slash, underscore) between any of them:
+# "139.1773.0042", "1 3 9 1 7 7 3 0 0 4 2". The run is classified by its digits alone
+# (mobile, resident ID, bank card); the formats the other detectors know (grouped cards,
+# IPs, dates) are matched before it runs.
+# A match starts only at the first digit of a run and takes the whole run (possessive),
+# so a megabyte of "1 1 1 ..." is one match, not one attempt per digit.
+_SPLIT_DIGITS = (
+    r"(?<![0-9A-Za-z])(?<![0-9][ ._/-])(?<![0-9][ ._/-]{2})"
+    r"[0-9]{1,8}(?:[ ._/-]{1,2}[0-9]{1,8})++[Xx]?(?![0-9A-Za-z])"
+)
+_SPLIT_SEP = re.compile(r"[ ._/-]")
+
+
+def _split_digits_kind(match: str) -> str | None:
+    digits = _SPLIT_SEP.sub("", match)
+    if len(digits) == 18 and valid_cn_id(digits):
+        return "ID_CN"
+    if not digits.isdigit():
+        return None
+    if len(digits) == 11 and re.fullmatch(r"1[3-9][0-9]{9}", digits):
+        return "PHONE"
+    if 13 <= len(digits) <= 19 and digits[0] in "234569" and len(set(digits)) > 1 and luhn_ok(digits):
+        return "BANK_CARD"
+    return None
+
+
 class _Features(NamedTuple):
     digit: bool
     # Seven digits with at most two separator characters between neighbours: every ID,
@@ -219,6 +280,8 @@ class _Detector(NamedTuple):
     validate: Callable[[str], bool] | None
     # A necessary condition, far cheaper than the regex: most records skip most regexes.
     gate: Callable[[str, _Features], bool]
+    # For detectors whose kind depends on the match: the kind, or None to reject it.
+    classify: Callable[[str], str | None] | None = None
 
 
 _ZH_ADDR_RE = re.compile(_ZH_ADDR)
@@ -246,6 +309,10 @@ _DETECTORS = (
     _Detector("IP", re.compile(_IPV4).finditer, _valid_ipv4, lambda t, f: f.digit and "." in t),
     _Detector("IP", re.compile(_IPV6).finditer, _valid_ipv6, lambda t, f: t.count(":") >= 2),
     _Detector("PHONE", re.compile(_PHONE).finditer, None, lambda t, f: f.cluster7),
+    _Detector("EMAIL", re.compile(_SPELLED_EMAIL).finditer, _valid_spelled_email,
+              lambda t, f: " at " in t or " AT " in t or " At " in t or "at]" in t or "at)" in t or "AT]" in t
+              or "AT)" in t or "at}" in t or "at>" in t),
+    _Detector("SPLIT", re.compile(_SPLIT_DIGITS).finditer, None, lambda t, f: f.cluster7, _split_digits_kind),
     _Detector("ADDRESS", re.compile(_EN_STREET).finditer, None, lambda t, f: f.digit),
     _Detector("ADDRESS", _zh_addresses, None, lambda t, f: f.digit and ("号" in t or "弄" in t)),
     # Gates are spelled out as `in` chains: a generator over a tuple of needles costs
@@ -281,15 +348,99 @@ def _value_span(m: re.Match[str]) -> tuple[int, int]:
     return m.span()
 
 
-# Full-width forms ("１３８…", "＠") are common in Chinese text and would slip past the
-# ASCII patterns. Mapping them one character to one keeps every offset valid.
-_FULLWIDTH = re.compile("[\u3000\uff01-\uff5e]")
-_TO_HALFWIDTH = {0x3000: " ", **{c: chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)}}
+# --- normalization -----------------------------------------------------------------
+
+# Invisible characters that split a token without showing: zero-width space/joiners,
+# word joiner, BOM, soft hyphen, the invisible math operators.
+_INVISIBLE = "\u00ad\u180e\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff"
+# What needs decoding: percent-escapes (runs, for multi-byte UTF-8), backslash escapes,
+# HTML character references, invisible characters, and any non-ASCII run (NFKC).
+_DECODE = re.compile(
+    r"(?:%[0-9A-Fa-f]{2})+|\\u[0-9A-Fa-f]{4}|\\U[0-9A-Fa-f]{8}|\\x[0-9A-Fa-f]{2}"
+    rf"|&#[0-9]{{1,7}};|&#[xX][0-9A-Fa-f]{{1,6}};|&[A-Za-z]{{2,8}};|[{_INVISIBLE}]+|[^\x00-\x7f{_INVISIBLE}]+"
+)
+_ESCAPE_HINT = re.compile(r"%[0-9A-Fa-f]{2}|\\[uUx]|&#?[0-9A-Za-z]+;")
+_INVISIBLE_RE = re.compile(f"[{_INVISIBLE}]")
+
+
+def _decode_escape(token: str) -> str:
+    if token[0] == "%":
+        return urllib.parse.unquote(token, errors="replace")
+    if token[0] == "\\":
+        try:
+            return chr(int(token[2:], 16))
+        except (ValueError, OverflowError):
+            return token
+    return html.unescape(token)
+
+
+def normalize_for_matching(text: str) -> tuple[str, list[int] | None, list[int] | None]:
+    """(normalized text, starts, ends): normalized character i stands for text[starts[i]:ends[i]].
+    (text, None, None) when nothing changes, the common case, checked first and cheaply.
+
+    Offsets stay exact wherever the mapping is one to one: ASCII, runs already in NFKC
+    (most CJK text), and characters NFKC maps to one character (full-width forms). A
+    character that expands ("ﬁ" -> "fi") maps each of its outputs to itself; an escape
+    maps its decoded characters to the whole escape; invisible characters map to nothing.
+    """
+    if text.isascii():
+        if not _ESCAPE_HINT.search(text):
+            return text, None, None
+    elif unicodedata.is_normalized("NFKC", text) and not _INVISIBLE_RE.search(text) and not _ESCAPE_HINT.search(text):
+        return text, None, None
+    out: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+
+    def same(a: int, b: int) -> None:
+        out.append(text[a:b])
+        starts.extend(range(a, b))
+        ends.extend(range(a + 1, b + 1))
+
+    pos = 0
+    for m in _DECODE.finditer(text):
+        a, b = m.span()
+        if a > pos:
+            same(pos, a)
+        pos = b
+        token = m.group()
+        if token[0] in "%\\&":
+            decoded = _decode_escape(token)
+            out.append(decoded)
+            starts.extend([a] * len(decoded))
+            ends.extend([b] * len(decoded))
+        elif _INVISIBLE_RE.match(token):
+            continue
+        elif unicodedata.is_normalized("NFKC", token):
+            same(a, b)
+        else:  # character by character, so each output keeps its own source character
+            for i, ch in enumerate(token, start=a):
+                decoded = unicodedata.normalize("NFKC", ch)
+                out.append(decoded)
+                starts.extend([i] * len(decoded))
+                ends.extend([i + 1] * len(decoded))
+    if pos < len(text):
+        same(pos, len(text))
+    return "".join(out), starts, ends
 
 
 def _scan(text: str, first_only: bool) -> list[Span]:
+    probe, starts, ends = normalize_for_matching(text)
+    spans = _scan_normalized(probe, first_only)
+    if starts is None or not spans:
+        return spans
+    mapped: list[Span] = []
+    for sp in spans:
+        s, e = starts[sp.start], ends[sp.end - 1]
+        if mapped and s < mapped[-1].end:  # two spans inside one decoded token: merge
+            last = mapped.pop()
+            s, e = last.start, max(e, last.end)
+        mapped.append(Span(sp.kind, s, e))
+    return mapped
+
+
+def _scan_normalized(probe: str, first_only: bool) -> list[Span]:
     spans: list[Span] = []
-    probe = text.translate(_TO_HALFWIDTH) if _FULLWIDTH.search(text) else text
     masked = probe
     feats = _features(probe)
     for det in _DETECTORS:
@@ -299,8 +450,13 @@ def _scan(text: str, first_only: bool) -> list[Span]:
         for m in det.finditer(masked):
             if det.validate is not None and not det.validate(m.group()):
                 continue
+            kind = det.kind
+            if det.classify is not None:
+                kind = det.classify(m.group())
+                if kind is None:
+                    continue
             s, e = _value_span(m)
-            found.append(Span(det.kind, s, e))
+            found.append(Span(kind, s, e))
             if first_only:
                 return found
         if found:
@@ -340,6 +496,45 @@ def scrub(text: str) -> ScrubResult:
         counts[sp.kind] += 1
     parts.append(text[pos:])
     return ScrubResult("".join(parts), dict(counts))
+
+
+# Joins texts for one pass of scrub_many. No pattern matches across it (each needs a
+# letter, digit or CJK character on both sides of what it matches, and none spans "\n"),
+# and each text edge looks to the patterns like a text start or end.
+_JOIN = "\n\x00\n"
+
+
+def scrub_many(texts: Sequence[str]) -> list[ScrubResult]:
+    """[scrub(t) for t in texts], with one scan of the joined texts deciding which hold no
+    PII: thousands of short texts cost one call's overhead instead of thousands. The texts
+    the joined scan changes are scrubbed again on their own, so the result is exactly the
+    per-text one."""
+    if len(texts) < 2 or any("\x00" in t for t in texts):  # NUL is the mask character
+        return [scrub(t) for t in texts]
+    parts = scrub(_JOIN.join(texts)).text.split(_JOIN)
+    if len(parts) != len(texts):  # cannot happen by construction; stay correct anyway
+        return [scrub(t) for t in texts]
+    return [ScrubResult(t, {}) if part == t else scrub(t) for t, part in zip(texts, parts)]
+
+
+def scrub_value(value: Any) -> tuple[Any, dict[str, int]]:
+    """`value` with every string in it scrubbed (dict keys and values, list items, nested),
+    other values unchanged; and the replacements by kind. For metadata, tags and other
+    structured free text."""
+    counts: Counter[str] = Counter()
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, str):
+            result = scrub(v)
+            counts.update(result.counts)
+            return result.text
+        if isinstance(v, dict):
+            return {walk(k): walk(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(walk(x) for x in v)
+        return v
+
+    return walk(value), dict(counts)
 
 
 def scrub_batch(texts: Iterable[str]) -> list[ScrubResult]:

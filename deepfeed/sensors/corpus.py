@@ -1,6 +1,7 @@
 """corpus_source_sensor: new or changed sources under the corpus root -> a raw_corpus
 partition each (registered when new) and one ingest run per source that changed."""
 
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -37,14 +38,17 @@ def missing_sources(instance: dg.DagsterInstance, corpus_path: str) -> list[str]
     return sorted(s for s in registered if s not in present)
 
 
-def retire_source(instance: dg.DagsterInstance, store, source: str, reason: str) -> str:
+def retire_source(instance: dg.DagsterInstance, store, source: str, reason: str, purge_raw: bool = False) -> str:
     """Stop cleaning and training on a source: its raw_corpus partition is removed, so the
     next clean_corpus no longer reads it, and the ledger records who asked and why. Its
-    raw_corpus versions stay on disk (earlier clean_corpus versions name them; deleting
-    data that already reached a model is a separate, deliberate act). Returns the path of
-    its last raw version, or '' if it was never ingested."""
+    raw_corpus versions (scrubbed text) stay on disk (earlier clean_corpus versions name
+    them; deleting data that already reached a model is a separate, deliberate act).
+    `purge_raw`: also delete the source's raw bytes from the guarded raw store (the only
+    unscrubbed copy; docs/privacy.md). Returns the path of its last raw version, or '' if
+    it was never ingested."""
     from deepfeed.assets.corpus import audit_ledger, raw_artifact_name
     from deepfeed.core.audit import AuditEntry
+    from deepfeed.core.raw_store import RawStore
 
     registered = instance.get_dynamic_partitions(corpus_sources.name)
     if source not in registered:
@@ -53,8 +57,14 @@ def retire_source(instance: dg.DagsterInstance, store, source: str, reason: str)
         raise ValueError("a reason is required: it goes into the audit ledger")
     latest = store.latest(raw_artifact_name(source))
     instance.delete_dynamic_partition(corpus_sources.name, source)
+    extra = {"last_version": latest.version if latest else None}
+    if purge_raw:
+        # The store the source was ingested with (recorded in its version), else the configured one.
+        where = (latest.counts.get("raw_store") if latest else None)
+        raw_store = RawStore(Path(where).parent) if where else RawStore.from_env()
+        extra["raw_store_files_purged"] = raw_store.purge(source)
     audit_ledger().append([AuditEntry(record_id=source, stage="raw_corpus", action="retired", reason=reason.strip(),
-                                      run_id="deepfeed retire-source", extra={"last_version": latest.version if latest else None})])
+                                      run_id="deepfeed retire-source", extra=extra)])
     return str(store.local_path(latest)) if latest else ""
 
 

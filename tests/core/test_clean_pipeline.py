@@ -78,7 +78,7 @@ def _write_sources(tmp_path, records):
     return paths
 
 
-CONFIG = CleaningConfig(quasi_identifiers=("age", "region"), k=5, max_suppression=0.1, batch_size=32)
+CONFIG = CleaningConfig(glossary_path=None, quasi_identifiers=("age", "region"), k=5, max_suppression=0.1, batch_size=32)
 
 
 def test_streamed_equals_in_memory(tmp_path):

@@ -62,7 +62,7 @@ def test_pii_is_scrubbed_in_every_field_and_the_audit_keeps_hashes_only():
 
 def test_glossary_variants_are_normalized_and_language_identified():
     records = [_pair(1, "What is high blood pressure?", "It is a common condition."), _pair(2, "什么是心梗？", "心梗是冠状动脉阻塞导致的心肌坏死。")]
-    result = clean_records(records, CleaningConfig())
+    result = clean_records(records, CleaningConfig(glossary_path=None))
     glossary = load_glossary()
     for record in result.records:
         assert not glossary.find_variants(record["prompt"]) and not glossary.find_variants(record["response"])
@@ -126,7 +126,7 @@ def test_batched_scrub_and_glossary_equal_the_per_record_result():
         ("Call +1 415-555-0132", "or (010) 6552 1234 / 021-62345678"), ("我叫李娜今年30岁", "张先生和王女士来了，type 2 diabetes"),
     ]
     records = [_pair(i, p, r, meta={"note": r}, tags=["x", p[:6]]) for i, (p, r) in enumerate(texts)]
-    cleaner = CorpusCleaner(CleaningConfig())
+    cleaner = CorpusCleaner(CleaningConfig(glossary_path=None))
     removed, survivors = cleaner.prepare(records)
     singles = [cleaner.prepare([r]) for r in records]
     assert [c for c, _, _ in survivors] == [c for _, s in singles for c, _, _ in s]
@@ -134,3 +134,20 @@ def test_batched_scrub_and_glossary_equal_the_per_record_result():
     assert [(e.record_id, e.action, e.reason, e.hash_after) for e in removed.audit] == [
         (e.record_id, e.action, e.reason, e.hash_after) for r, _ in singles for e in r.audit]
     assert removed.pii["PHONE"] >= 3 and removed.glossary["I10"] >= 3
+
+
+def test_the_glossary_is_off_by_default_and_scoped_to_domain_tags_when_on():
+    general = "Is that a slight depression in the smoothness of a surface?"
+    records = [_pair(1, general, "Yes, a dent where the plaster sank.", tags=["diy"]),
+               _pair(2, "Is depression treatable?", "Yes, depression is treatable with therapy.", tags=["clinic"])]
+    default = clean_records(records, CleaningConfig())
+    assert [r["prompt"] for r in default.records] == [general, "Is depression treatable?"] and not default.glossary
+    scoped = clean_records(records, CleaningConfig(glossary_path=None, glossary_tags=("clinic",)))
+    assert scoped.records[0]["prompt"] == general  # out of scope: general English stays as written
+    assert "F32" in scoped.records[1]["prompt"] and scoped.glossary == {"F32": 2}
+    assert "F32" in clean_records(records, CleaningConfig(glossary_path=None)).records[0]["prompt"]  # unscoped: what the default avoids
+    # The consistency check looks for leftovers in the same scope only.
+    from deepfeed.core.corpus_checks import glossary_leftovers
+
+    assert glossary_leftovers(scoped.records, load_glossary(), ("clinic",)) == {}
+    assert glossary_leftovers(scoped.records, load_glossary()) == {"F32": 1}

@@ -108,3 +108,59 @@ def test_histogram_needs_data_independent_bins():
     assert acct.releases[0].name == "length"
     counts2, edges2 = noisy_histogram(iter(lengths.tolist()), 4, 0.0001, PrivacyAccountant(), range=(0, 500))
     assert len(counts2) == 4 and edges2[0] == 0 and edges2[-1] == 500
+
+
+# --- ε accumulated per dataset across runs (EpsilonLedger) ---------------------------------
+
+def _release(accountant, counts={"en": 40, "zh": 12}):
+    from deepfeed.core.dp import noisy_counts
+
+    return {"languages": noisy_counts(counts, accountant.epsilon_budget, accountant, rng=None, name="records per language")}
+
+
+def _run(path, run_id, epsilon=0.25, total=0.5):
+    from deepfeed.core.dp import EpsilonLedger
+
+    released = EpsilonLedger(path).release("dataset-a", epsilon, total, run_id, _release)
+    return run_id, released.accountant.spent, released.reused_from_run, released.statistics
+
+
+def test_runs_accumulate_epsilon_on_a_dataset_and_cannot_pass_its_total(tmp_path):
+    from deepfeed.core.dp import EpsilonLedger
+
+    path = tmp_path / "privacy" / "epsilon_ledger.json"
+    first, second, third = (_run(path, f"run-{i}") for i in range(3))
+    assert first[1] == pytest.approx(0.25) and second[1] == pytest.approx(0.25)
+    # The third run finds the total spent: it spends nothing and re-publishes the last release.
+    assert third[1] == 0 and third[2] == "run-1" and third[3] == second[3]
+    ledger = EpsilonLedger(path)
+    assert ledger.spent("dataset-a") == pytest.approx(0.5) and ledger.spent("dataset-b") == 0
+    # Another dataset has its own budget.
+    released = ledger.release("dataset-b", 0.5, 0.5, "run-9", _release)
+    assert released.reused_from_run is None and released.dataset_spent == pytest.approx(0.5)
+
+
+def test_a_dataset_without_an_earlier_release_is_refused_past_its_total(tmp_path):
+    from deepfeed.core.dp import EpsilonLedger
+
+    with pytest.raises(PrivacyBudgetExceeded, match="past its total 0.2"):
+        EpsilonLedger(tmp_path / "l.json").release("d", 0.3, 0.2, "run", _release)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(PrivacyBudgetExceeded, match="cannot be read"):
+        EpsilonLedger(tmp_path / "bad.json").release("d", 0.1, 0.5, "run", _release)
+
+
+def test_concurrent_runs_in_separate_processes_never_spend_more_than_the_total(tmp_path):
+    """Before the ledger, each run had its own budget: two runs at once spent 1.0 on data
+    each claimed 0.5 for. Six processes at once, 0.25 each, total 0.5: two releases."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from deepfeed.core.dp import EpsilonLedger
+
+    path = tmp_path / "epsilon_ledger.json"
+    with ProcessPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(_run, [path] * 6, [f"run-{i}" for i in range(6)]))
+    spent = [r[1] for r in results]
+    assert math.fsum(spent) == pytest.approx(0.5) and sorted(spent) == [0, 0, 0, 0, 0.25, 0.25]
+    assert EpsilonLedger(path).spent("dataset-a") == pytest.approx(0.5)
+    assert len(EpsilonLedger(path).entries("dataset-a")) == 2

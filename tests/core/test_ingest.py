@@ -203,7 +203,7 @@ def test_quarantine_blobs_stay_within_the_item_limit_and_the_budget(tmp_path):
     artifact = tmp_path / "artifact"
     write_quarantine_blobs(artifact, result.blobs)
     assert resolve_quarantine_ref(artifact, rows[("b_small.bin", "file")]["raw_ref"]) == b"\x89PNG 1"
-    with pytest.raises(ValueError, match="were not copied into the artifact"):
+    with pytest.raises(ValueError, match="were not copied into the raw store"):
         resolve_quarantine_ref(artifact, video["raw_ref"])
     with pytest.raises(ValueError, match="must be >= 0"):
         BlobLimits(max_item_bytes=-1)
@@ -254,3 +254,72 @@ def test_large_jsonl_files_read_in_chunks_give_exactly_the_whole_file_result(tmp
     assert {"malformed JSON", "invalid UTF-8 in an otherwise UTF-8 file", "record larger than max_record_bytes=300", "truncated or corrupt gzip"} <= reasons
     assert {r["source"] for r in whole.records} == {"big.jsonl", "big.jsonl.gz", "cut.jsonl.gz", "gbk.jsonl"}
     assert any(r["text"] == "糖尿病饮食 29" for r in chunked.records)
+
+
+# --- per-line decoding and encoding detection ----------------------------------------
+
+def test_an_invalid_byte_costs_only_its_line_in_every_text_format(tmp_path):
+    """ASCII files with one byte that is valid in no encoding detected for them (0x81 is
+    undefined in CP1252): every good line is kept, the bad one quarantined with its bytes."""
+    good = [json.dumps({"text": f"plain ascii record {i}"}) for i in range(4)]
+    (tmp_path / "a.jsonl").write_bytes(("\n".join(good[:2]) + "\n").encode() + b'{"text": "bad \x81 byte"}\n' + ("\n".join(good[2:]) + "\n").encode())
+    (tmp_path / "b.csv").write_bytes(b"text,category\nfirst row,a\nbad \x81 row,b\nthird row,c\n")
+    (tmp_path / "c.txt").write_bytes(b"First paragraph line one.\nbad \x81 line\nFirst paragraph line three.\n\nSecond paragraph.\n")
+    (tmp_path / "d.json").write_bytes(b'[{"text": "item zero"}, {"text": "bad \x81 item"}, {"text": "item two"}]')
+    result = ingest_folder(tmp_path)
+    texts = {}
+    for r in result.records:
+        texts.setdefault(r["source"], []).append(r["text"])
+    assert texts["a.jsonl"] == [f"plain ascii record {i}" for i in range(4)]
+    assert texts["b.csv"] == ["first row", "third row"]
+    assert texts["c.txt"] == ["First paragraph line one.", "First paragraph line three.", "Second paragraph."]
+    assert texts["d.json"] == ["item zero", "item two"]
+    rows = {(q["source"], q["locator"]): q for q in result.quarantine}
+    assert set(rows) == {("a.jsonl", "line 3"), ("b.csv", "line 3"), ("c.txt", "line 2"), ("d.json", "item 1")}
+    assert rows[("a.jsonl", "line 3")]["raw_bytes"] == len(b'{"text": "bad \x81 byte"}')
+    assert "cp1252" in rows[("a.jsonl", "line 3")]["reason"]
+    assert result.blobs[rows[("d.json", "item 1")]["raw_sha256"]] == '{"text": "bad \udc81 item"}'.encode("utf-8", "surrogateescape")
+    assert result.read == len(result.records) + len(result.quarantine)
+
+
+def test_latin1_and_cp1252_text_is_detected_not_read_as_gb18030(tmp_path):
+    (tmp_path / "short.txt").write_bytes("Les cafés.\n".encode("latin-1"))
+    (tmp_path / "notes.jsonl").write_bytes(json.dumps({"text": "Crème brûlée – €5, naïve façade"}, ensure_ascii=False).encode("cp1252") + b"\n")
+    long = "\n".join(f"Le café numéro {i} près de la gare était très agréable, déjà complet à midi." for i in range(40))
+    (tmp_path / "long.txt").write_bytes(long.replace("\n", "\n\n").encode("cp1252"))
+    (tmp_path / "gbk.txt").write_bytes("高血压患者的饮食应当低盐低脂。".encode("gb18030"))
+    result = ingest_folder(tmp_path)
+    by_source = {}
+    for r in result.records:
+        by_source.setdefault(r["source"], []).append(r["text"])
+    assert by_source["short.txt"] == ["Les cafés."]
+    assert by_source["notes.jsonl"] == ["Crème brûlée – €5, naïve façade"]
+    assert by_source["long.txt"][7] == "Le café numéro 7 près de la gare était très agréable, déjà complet à midi."
+    assert by_source["gbk.txt"] == ["高血压患者的饮食应当低盐低脂。"]
+    assert not result.quarantine
+
+
+def test_detect_encoding_by_byte_shape():
+    from deepfeed.core.ingest import detect_encoding
+
+    assert detect_encoding(b"plain") == "utf-8"
+    assert detect_encoding("naïve".encode()) == "utf-8"
+    assert detect_encoding("naïve café".encode("cp1252")) == "cp1252"
+    assert detect_encoding("糖尿病的饮食".encode("gb18030")) == "gb18030"
+
+
+# --- PII never reaches the records -------------------------------------------------------
+
+def test_records_are_scrubbed_at_ingest_with_an_account_of_what_was_replaced(tmp_path):
+    rows = [{"prompt": "Mail zq%40example.org or call 139 1773 0042", "response": "We will.", "tags": ["a", "from 172.30.114.9"],
+             "contact": {"card": "6222 0212 3456 7894"}},
+            {"text": "Nothing personal here."}]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = ingest_folder(tmp_path)
+    first, second = result.records
+    assert first["prompt"] == "Mail <EMAIL> or call <PHONE>" and first["tags"] == ["a", "from <IP>"]
+    assert json.loads(first["meta"]) == {"contact": {"card": "<BANK_CARD>"}}
+    assert second["text"] == "Nothing personal here."
+    assert result.pii == {"EMAIL": 1, "PHONE": 1, "IP": 1, "BANK_CARD": 1}
+    [(record_id, before, after, kinds)] = result.anonymized
+    assert record_id == first["record_id"] and "zq%40example.org" in before and "<EMAIL>" in after and kinds == dict(result.pii)

@@ -209,3 +209,62 @@ def test_long_lines_stay_linear():
         start = time.perf_counter()
         scrub(line)
         assert time.perf_counter() - start < 3.0
+
+
+# --- disguised PII (normalized before matching) ---------------------------------------
+
+@pytest.mark.parametrize(
+    "disguised, kind",
+    [
+        ("zq.canary\u200b.7731@exam\u200bple.org", "EMAIL"),  # zero-width spaces inside
+        ("139\u200b1773\u200c0042", "PHONE"),
+        ("zq.canary.7731%40example.org", "EMAIL"),  # URL percent-escape
+        ("zq.canary.7731\\u0040example.org", "EMAIL"),  # backslash escape, as in a log line
+        ("zq.canary.7731&#64;example.org", "EMAIL"),  # HTML character reference
+        ("zq dot canary at example dot org", "EMAIL"),  # spelled-out separators
+        ("zq.canary [at] example [dot] org", "EMAIL"),
+        ("zq(at)example(dot)cn", "EMAIL"),
+        ("ｚｑ＠ｅｘａｍｐｌｅ．ｏｒｇ", "EMAIL"),  # full-width forms (NFKC)
+        ("1 3 9 1 7 7 3 0 0 4 2", "PHONE"),  # digits separated by spaces, dots, dashes
+        ("139.177.300.42", "PHONE"),
+        ("1391-7730-042", "PHONE"),
+        ("110105.19491231.002X", "ID_CN"),
+        ("6222.0212.3456.7894", "BANK_CARD"),
+        ("6 2 2 2 0 2 1 2 3 4 5 6 7 8 9 4", "BANK_CARD"),
+        ("１７２．３０．１１４．９", "IP"),
+    ],
+)
+def test_disguised_pii_is_found_and_replaced_whole(disguised, kind):
+    text = f"Contact: {disguised} (thanks)"
+    result = scrub(text)
+    assert result.text == f"Contact: {PLACEHOLDERS[kind]} (thanks)", result.text
+    assert result.counts == {kind: 1}
+
+
+def test_normalization_leaves_ordinary_text_and_numbers_alone():
+    for text in ("look at it dot by dot", "we met at noon, the dot matrix printer at work", "version 1.2.3 of the tool",
+                 "scores 1 2 3 4 5 6 7 8 9 10 11 12 in order", "on 2024-01-02 at 10:30", "100% sure, 50%40 odds",
+                 "a slight depression in the smoothness of a surface", "高血压患者的饮食：低盐低脂。"):
+        assert scrub(text).text == text and not has_pii(text), text
+
+
+def test_scrub_value_covers_keys_values_and_nesting():
+    from deepfeed.core.pii import scrub_value
+
+    value, counts = scrub_value({"contact zq%40example.org": ["call 139 1773 0042", 7, None], "n": {"ip": "172.30.114.9"}})
+    assert value == {"contact <EMAIL>": ["call <PHONE>", 7, None], "n": {"ip": "<IP>"}}
+    assert counts == {"EMAIL": 1, "PHONE": 1, "IP": 1}
+
+
+def test_only_the_disguised_span_is_replaced_not_the_text_around_it():
+    assert scrub("我的邮箱\u200b是zq\u200b@example.org谢谢").text == "我的邮箱\u200b是<EMAIL>谢谢"
+    assert scrub("电话：１３９１７７３００４２。ﬁne").text == "电话：<PHONE>。ﬁne"
+    assert scrub("ﬁle: zq%40example.org, ok").text == "ﬁle: <EMAIL>, ok"
+
+
+def test_scrub_many_equals_scrub_of_each_text():
+    from deepfeed.core.pii import scrub_many
+
+    texts = ["plain text", "mail zq%40example.org", "", "电话：１３９１７７３００４２", "Dr. Jane Smith",
+             "1 3 9 1 7 7 3 0 0 4 2", "no pii here either", "ends with a digit 4", "2 starts with one", "a\x00b 13917730042"]
+    assert scrub_many(texts) == [scrub(t) for t in texts]

@@ -148,7 +148,8 @@ def test_whole_chain_logs_to_mlflow_and_promotes(fixture, request, deepfeed_env,
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.dagster_run_id = '{result.run_id}'")
     assert len(runs) == 1
     run = runs[0]
-    assert {"eval_challenger_perplexity", "train_final_loss", "corpus_cleaned"} <= set(run.data.metrics)
+    assert {"eval_challenger_perplexity", "train_final_loss", "corpus_dp_records"} <= set(run.data.metrics)
+    assert "corpus_cleaned" not in run.data.metrics  # exact corpus counts stay out of MLflow (docs/privacy.md)
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 4
     champion = mlflow.version_by_alias(CHAMPION)
     assert champion is not None and champion.tags["dagster_run_id"] == result.run_id

@@ -1,9 +1,13 @@
 """raw_corpus and clean_corpus with their checks: privacy, 3C, audit, blocking, and PII
 canaries that must not reach any artifact of the whole chain."""
 
+import gzip
 import hashlib
 import json
+import os
 import sqlite3
+import stat
+import zipfile
 from pathlib import Path
 
 import dagster as dg
@@ -13,8 +17,9 @@ import pytest
 from deepfeed.assets.corpus import latest_raw_materialization
 from deepfeed.core.artifacts import ArtifactStore
 from deepfeed.core.audit import AuditLedger
-from deepfeed.core.ingest import resolve_quarantine_ref
-from deepfeed.core.tables import read_table
+from deepfeed.core.ingest import iter_files, quarantine_schema, record_schema, resolve_quarantine_ref, source_files
+from deepfeed.core.raw_store import ENV_KEY, RawStore, new_key
+from deepfeed.core.tables import TableWriter, read_table
 from deepfeed.resources import ArtifactStoreResource
 from deepfeed.sensors.corpus import build_corpus_source_sensor
 from tests.dagster.test_chain import ASSETS, CHECKS, ingest, materialize, resources, run_config
@@ -24,6 +29,14 @@ CANARIES = {
     "PHONE": "13917730042",
     "ID_CN": "11010519491231002X",
     "BANK_CARD": "6222 0212 3456 7894",
+    "IP": "172.30.114.9",
+}
+# The same canaries disguised as people (or tools) write them; the scan looks for these too.
+DISGUISED = {
+    "EMAIL_PERCENT": "zq.canary.7731%40example.org",
+    "EMAIL_SPELLED": "zq dot canary dot 7731 at example dot org",
+    "PHONE_ZERO_WIDTH": "139\u200b1773\u200b0042",
+    "PHONE_SPACED": "1 3 9 1 7 7 3 0 0 4 2",
 }
 
 
@@ -36,10 +49,15 @@ def canary_corpus(folder: Path) -> Path:
         {"prompt": f"Call me at {CANARIES['PHONE']} about the results.", "response": "We will call you this afternoon.", "tags": ["support"]},
         {"prompt": "Here is my resident ID for the form.", "response": f"Thanks, ID {CANARIES['ID_CN']} is on file now.", "tags": ["records"]},
         {"text": f"Refund to card {CANARIES['BANK_CARD']} was approved by the clinic office.", "tags": ["billing"], "contact": CANARIES["EMAIL"]},
+        {"prompt": f"The portal logged me in from {CANARIES['IP']}, is that right?", "response": "Yes, that address is the clinic's.", "tags": ["support"]},
+        {"prompt": f"Write to {DISGUISED['EMAIL_PERCENT']} or {DISGUISED['EMAIL_SPELLED']} please.", "response": "Noted, we will write.", "tags": ["support"]},
+        {"prompt": f"My number is {DISGUISED['PHONE_ZERO_WIDTH']}, or {DISGUISED['PHONE_SPACED']} at work.", "response": "We will call back.", "tags": ["support"]},
     ]
     with (folder / "pairs.jsonl").open("a", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    # plain text, read as paragraphs
+    (folder / "letter.txt").write_text(f"Dear office,\nmy resident ID is {CANARIES['ID_CN']} and my card {CANARIES['BANK_CARD']}.\n", encoding="utf-8")
     # a malformed line holding a canary: it must be quarantined without the raw PII
     with (folder / "broken.jsonl").open("w") as fh:
         fh.write('{"text": "write to ' + CANARIES["EMAIL"] + '"\n')
@@ -75,9 +93,26 @@ def test_k_anonymity_over_configured_quasi_identifiers(deepfeed_env, tiny_llama,
     assert "generalized" in actions
 
 
+def _unscrubbed_raw_version(home: Path, corpus: Path, source: str = "_root") -> None:
+    """A raw_corpus version holding raw text, as versions written before ingest scrubbed PII did."""
+    root, files = source_files(corpus, source)
+    store = ArtifactStoreResource(root=str(home / "artifacts")).store()
+    with store.new_version(f"raw_corpus/{source}", {"source": source}) as version:
+        read = kept = 0
+        with TableWriter(version.path / "records.parquet", record_schema()) as records, \
+                TableWriter(version.path / "quarantine.parquet", quarantine_schema()) as quarantined:
+            for _, part in iter_files(files, root, scrub_pii=False):
+                records.write(part.records)
+                quarantined.write(part.quarantine)
+                read, kept = read + part.read, kept + len(part.records)
+        version.counts.update({"read": read, "kept": kept, "quarantined": read - kept})
+
+
 def test_pii_left_in_the_corpus_blocks_the_chain(deepfeed_env, tiny_llama, tmp_path, instance):
     corpus = canary_corpus(tmp_path / "corpus")
-    selection = ["raw_corpus", "clean_corpus", "augmented_corpus"]
+    assert ingest(deepfeed_env, tiny_llama, corpus, instance)["_root"].success
+    _unscrubbed_raw_version(deepfeed_env, corpus)
+    selection = ["clean_corpus", "augmented_corpus"]
     result = _materialize(selection, deepfeed_env, tiny_llama, corpus, instance, clean={"scrub_pii": False, "coverage_embeddings": False}, raise_on_error=False)
     check = _checks(result)["clean_corpus_cleanliness"]
     assert not check.passed and "noise ratio" in check.description
@@ -86,25 +121,63 @@ def test_pii_left_in_the_corpus_blocks_the_chain(deepfeed_env, tiny_llama, tmp_p
 
 def test_bad_clean_config_names_the_field(deepfeed_env, tiny_llama, tiny_corpus, instance):
     assert _materialize(["raw_corpus"], deepfeed_env, tiny_llama, tiny_corpus, instance).success
-    for clean, field in [({"dp_epsilon": 5.0}, "clean_corpus.config.dp_epsilon"), ({"glossary_path": "/nope.yaml"}, "clean_corpus.config.glossary_path")]:
+    for clean, field in [({"dp_epsilon": 5.0}, "clean_corpus.config.dp_epsilon"), ({"use_glossary": True, "glossary_path": "/nope.yaml"}, "clean_corpus.config.glossary_path"),
+                         ({"dp_epsilon": 0.3, "dp_epsilon_total": 0.2}, "clean_corpus.config.dp_epsilon_total")]:
         result = _materialize(["clean_corpus"], deepfeed_env, tiny_llama, tiny_corpus, instance, clean=clean, raise_on_error=False)
         failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
         assert field in failure.step_failure_data.error.to_string()
 
 
+def _decoded(path: Path, data: bytes) -> str:
+    """A file's content as searchable text, whatever its container: Parquet (compressed
+    pages) read back through pyarrow, SQLite dumped, gzip and zip opened."""
+    if data[:4] == b"PAR1":
+        return json.dumps(pq.read_table(path).to_pylist(), ensure_ascii=False, default=str)
+    if data[:16] == b"SQLite format 3\x00":
+        with sqlite3.connect(path) as db:
+            return "\n".join(db.iterdump())
+    if data[:2] == b"\x1f\x8b":
+        return gzip.decompress(data).decode("utf-8", "replace")
+    if data[:4] == b"PK\x03\x04":
+        with zipfile.ZipFile(path) as archive:
+            return "\n".join(archive.read(name).decode("utf-8", "replace") for name in archive.namelist())
+    return data.decode("utf-8", "replace")
+
+
 def _haystacks(home: Path):
-    """Every file the chain wrote, as searchable text (Parquet decoded, SQLite dumped)."""
+    """Every file under the home, as searchable text."""
     for path in sorted(p for p in home.rglob("*") if p.is_file()):
-        if path.suffix == ".parquet":
-            yield path, json.dumps(pq.read_table(path).to_pylist(), ensure_ascii=False, default=str)
-        elif path.suffix == ".db":
-            with sqlite3.connect(path) as db:
-                yield path, "\n".join(db.iterdump())
-        else:
-            yield path, path.read_bytes().decode("utf-8", "replace")
+        yield path, _decoded(path, path.read_bytes())
 
 
-def test_pii_canaries_reach_no_artifact_of_the_chain(deepfeed_env, tiny_llama, tmp_path, instance):
+def _canary_hits(text: str) -> list[str]:
+    needles = {**CANARIES, **DISGUISED, "BANK_CARD_DIGITS": CANARIES["BANK_CARD"].replace(" ", "")}
+    return [kind for kind, needle in needles.items() if needle in text]
+
+
+def _scan_home(home: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(files outside the raw store with canaries in them, files inside it with canaries
+    in readable form): every file under the home, whatever it is."""
+    outside, inside = {}, {}
+    for path, text in _haystacks(home):
+        relative = path.relative_to(home).as_posix()
+        hits = _canary_hits(text)
+        if hits:
+            (inside if relative.startswith("raw_store/") else outside)[relative] = hits
+    return outside, inside
+
+
+def _assert_private(folder: Path) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), f"{path} has mode {mode:04o}"
+
+
+def test_pii_canaries_reach_no_file_of_the_chain_outside_the_encrypted_raw_store(deepfeed_env, tiny_llama, tmp_path, instance, monkeypatch):
+    """The whole chain on a corpus with five PII canaries (some disguised), the raw store
+    encrypted: no file under the home holds a canary in readable form, raw_corpus's
+    records.parquet included."""
+    monkeypatch.setenv(ENV_KEY, new_key())
     corpus = canary_corpus(tmp_path / "corpus")
     raw = ingest(deepfeed_env, tiny_llama, corpus, instance)
     assert list(raw) == ["_root"] and _checks(raw["_root"])["raw_corpus_accounting"].passed
@@ -120,35 +193,54 @@ def test_pii_canaries_reach_no_artifact_of_the_chain(deepfeed_env, tiny_llama, t
     coverage = checks["clean_corpus_coverage"]
     assert coverage.severity == dg.AssetCheckSeverity.WARN and "share_by_tag" in coverage.metadata
 
+    raw_meta = raw["_root"].asset_materializations_for_node("raw_corpus")[0].metadata
+    assert raw_meta["pii_replaced"].value >= 9 and raw_meta["raw_store_encrypted"].value is True
     meta = instance.get_latest_materialization_event(dg.AssetKey("clean_corpus")).asset_materialization.metadata
     assert 0 < meta["dp_epsilon_spent"].value <= 0.5
-    assert meta["pii_replaced"].value >= 5 and meta["glossary_replaced"].value > 0
+    assert meta["pii_replaced"].value == meta["pii_replaced_at_ingest"].value >= 9  # nothing left for cleaning to find
+    assert meta["glossary"].value == "off" and meta["glossary_replaced"].value == 0  # the glossary is off by default
     for table in ("languages_dp", "tags_dp", "length_histogram_dp"):
         assert "ε-DP" in meta[table].value
     ledger = AuditLedger(deepfeed_env / "audit" / "ledger.jsonl")
     assert ledger.verify(anchor=meta["audit_head"].value).ok  # the head recorded by clean_corpus is in the chain
     actions = {e["action"] for e in ledger.iter_entries(run_id=result.run_id)}
-    assert {"anonymized", "modified", "dropped"} <= actions
-    assert "quarantined" in {e["action"] for e in ledger.iter_entries(stage="raw_corpus")}  # the ingest runs, one per source
+    assert {"modified", "dropped"} <= actions
+    assert {"quarantined", "anonymized"} <= {e["action"] for e in ledger.iter_entries(stage="raw_corpus")}  # at ingest
 
-    scanned = blobs_with_canary = 0
-    for path, text in _haystacks(deepfeed_env):
-        relative = path.relative_to(deepfeed_env).as_posix()
-        # The ingested copy of the sources is the input itself, before anonymization:
-        # the scan must find the canaries there, or it could not find them anywhere.
-        if relative.startswith("artifacts/raw_corpus/") and path.name == "records.parquet":
-            assert all(canary in text for canary in CANARIES.values())
-            continue
-        # The raw bytes of quarantined items (here the malformed line holding the e-mail canary)
-        # are raw input too, kept for re-reading and never fed to training; the scan sees them.
-        if relative.startswith("artifacts/raw_corpus/") and path.parent.name == "quarantine_blobs":
-            blobs_with_canary += CANARIES["EMAIL"] in text
-            continue
-        scanned += 1
-        for kind, canary in CANARIES.items():
-            assert canary not in text and canary.replace(" ", "") not in text, f"{kind} canary in {relative}"
-    assert scanned > 10 and blobs_with_canary == 1
+    outside, inside = _scan_home(deepfeed_env)
+    assert outside == {}, f"PII canaries outside the raw store: {outside}"
+    assert inside == {}, f"readable PII canaries in the encrypted raw store: {inside}"
+    scanned = sum(1 for p in deepfeed_env.rglob("*") if p.is_file())
+    assert scanned > 20 and list((deepfeed_env / "artifacts" / "raw_corpus").rglob("records.parquet"))
+    # The raw store does hold the malformed line with the e-mail canary, sealed: the scan
+    # above would have seen it in the clear.
+    store = deepfeed_env / "raw_store"
+    _assert_private(store)
+    blobs = [p for p in store.rglob("*") if p.is_file()]
+    assert blobs and all(p.name.endswith(".fernet") for p in blobs)
+    folder = RawStore.from_env().source("_root").folder
+    opened = [resolve_quarantine_ref(folder, f"quarantine_blobs/{p.name.removesuffix('.fernet')}", os.environ[ENV_KEY]) for p in blobs]
+    assert any(CANARIES["EMAIL"].encode() in data for data in opened)
     assert list((deepfeed_env / "artifacts" / "augmented_corpus").glob("*/records.parquet")) and list((deepfeed_env / "mlartifacts").rglob("statistics_dp.json"))
+
+
+def test_without_a_key_the_canaries_rest_only_in_the_private_raw_store_and_retiring_purges_them(deepfeed_env, tiny_llama, tmp_path, instance):
+    from deepfeed.sensors.corpus import retire_source
+
+    corpus = canary_corpus(tmp_path / "corpus")
+    result = _materialize(["raw_corpus", "clean_corpus"], deepfeed_env, tiny_llama, corpus, instance, clean={"coverage_embeddings": False})
+    assert result.success
+    outside, inside = _scan_home(deepfeed_env)
+    assert outside == {}, f"PII canaries outside the raw store: {outside}"
+    assert list(inside) and all("EMAIL" in hits for hits in inside.values())  # the malformed line, kept byte for byte
+    _assert_private(deepfeed_env / "raw_store")
+
+    store = ArtifactStoreResource(root=str(deepfeed_env / "artifacts")).store()
+    retire_source(instance, store, "_root", "withdrawn by the data owner", purge_raw=True)
+    assert _scan_home(deepfeed_env) == ({}, {})
+    assert not (deepfeed_env / "raw_store" / "_root").exists()
+    entry = list(AuditLedger(deepfeed_env / "audit" / "ledger.jsonl").iter_entries(action="retired"))[-1]
+    assert entry["extra"]["raw_store_files_purged"] >= 1
 
 
 def _source(root: Path, name: str, topic: str, extra: bytes = b"") -> None:
@@ -188,10 +280,11 @@ def test_sources_are_partitions_ingested_alone_and_cleaned_together(deepfeed_env
         event = latest_raw_materialization(instance, source)
         assert event.metadata["read"].value == event.metadata["kept"].value + quarantined and event.metadata["quarantined"].value == quarantined
         folder = store.local_path(store.latest(f"raw_corpus/{source}"))
+        raw_store = Path(store.latest(f"raw_corpus/{source}").counts["raw_store"])
         for row in read_table(folder / "quarantine.parquet"):
-            assert hashlib.sha256(resolve_quarantine_ref(folder, row["raw_ref"])).hexdigest() == row["raw_sha256"]
+            assert hashlib.sha256(resolve_quarantine_ref(raw_store, row["raw_ref"])).hexdigest() == row["raw_sha256"]
     blob = store.local_path(store.latest("raw_corpus/wiki"))
-    assert resolve_quarantine_ref(blob, read_table(blob / "quarantine.parquet")[0]["raw_ref"]) == b"\x00\x01binary in a text file"
+    assert resolve_quarantine_ref(RawStore().source("wiki").folder, read_table(blob / "quarantine.parquet")[0]["raw_ref"]) == b"\x00\x01binary in a text file"
 
     # A third source: only it is registered and ingested.
     _source(root, "forum", "garden tools")
@@ -218,3 +311,36 @@ def test_sources_are_partitions_ingested_alone_and_cleaned_together(deepfeed_env
     clean = store.local_path(store.latest("clean_corpus"))
     seen = {r["source"].split("/")[0] for r in read_table(clean / "records.parquet") + read_table(clean / "removed.parquet")}
     assert seen == {"clinic", "forum", "wiki"}
+
+
+def test_two_runs_cannot_spend_more_than_the_total_epsilon_and_no_exact_counts_leave(deepfeed_env, tiny_llama, tiny_corpus, instance):
+    """The ε spent on a dataset accumulates across runs (before, each run had a fresh 0.5),
+    and the coverage check and MLflow show noisy counts only."""
+    from tests.dagster.test_chain import resources as chain_resources
+
+    clean = {"coverage_embeddings": False, "dp_epsilon": 0.3, "dp_epsilon_total": 0.5}
+    first = _materialize(["raw_corpus", "clean_corpus"], deepfeed_env, tiny_llama, tiny_corpus, instance, clean=clean)
+    second = _materialize(["clean_corpus"], deepfeed_env, tiny_llama, tiny_corpus, instance, clean=clean)
+    one, two = (r.asset_materializations_for_node("clean_corpus")[0].metadata for r in (first, second))
+    assert one["dp_epsilon_spent"].value == pytest.approx(0.3) and one["dp_release"].value == "new"
+    # 0.3 more would make 0.6 > 0.5: the second run spends nothing and re-publishes the first release.
+    assert two["dp_epsilon_spent"].value == 0 and two["dp_epsilon_spent_on_dataset"].value == pytest.approx(0.3)
+    assert first.run_id in two["dp_release"].value and two["tags_dp"].value == one["tags_dp"].value
+    ledger = json.loads((deepfeed_env / "privacy" / "epsilon_ledger.json").read_text())["datasets"]
+    assert [[e["epsilon"] for e in entries] for entries in ledger.values()] == [[pytest.approx(0.3)]]
+
+    # Coverage: the per-tag numbers are the released noisy ones, no exact record or long-tail counts.
+    store = ArtifactStoreResource(root=str(deepfeed_env / "artifacts")).store()
+    version = store.local_path(store.latest("clean_corpus"))
+    noisy = json.loads((version / "statistics_dp.json").read_text())["tags"]
+    table = _checks(second)["clean_corpus_coverage"].metadata["share_by_tag"].value
+    assert "records (ε-DP)" in table and "long tail |" not in table
+    for tag, count in noisy.items():
+        assert f"| {tag} | {count} |" in table
+    # MLflow: only the ε-DP statistics of the corpus, no exact totals.
+    client = chain_resources(deepfeed_env, tiny_llama)["mlflow"].client()
+    experiment = client.get_experiment_by_name("deepfeed")
+    [run] = client.search_runs([experiment.experiment_id], filter_string=f"tags.dagster_run_id = '{first.run_id}'")
+    corpus_metrics = {k for k in run.data.metrics if k.startswith("corpus_")}
+    assert corpus_metrics and all(k.startswith("corpus_dp_") for k in corpus_metrics), corpus_metrics
+    assert run.data.metrics["corpus_dp_records"] == sum(json.loads((version / "statistics_dp.json").read_text())["languages"].values())
