@@ -108,7 +108,8 @@ def _training_losses(store, finetuned_model: ArtifactHandle) -> list[float]:
     return json.loads(training.read_text()).get("losses", []) if training.exists() else []
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"})
+# The challenger checkpoint is candidate_model's (docs/model-lifecycle.md).
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, ins={"finetuned_model": dg.AssetIn("candidate_model")})
 def evaluation_report(
     context: dg.AssetExecutionContext,
     config: EvaluationReportConfig,

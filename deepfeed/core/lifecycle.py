@@ -111,8 +111,9 @@ def revoke_challenger(client, model: str, version: str, reason: str, run_id: str
     if removed:
         client.delete_registered_model_alias(model, CHALLENGER)
     _tag(client, model, version, {STAGE_TAG: stage, f"{stage}_reason": reason[:500]})
-    _audit(ledger, model, str(version), "challenger_revoked" if removed else stage, reason, run_id,
-           {"alias_removed": removed})
+    if removed or stage != REGISTERED:  # a version merely entering evaluation again is no event
+        _audit(ledger, model, str(version), "challenger_revoked" if removed else stage, reason, run_id,
+               {"alias_removed": removed})
     return removed
 
 

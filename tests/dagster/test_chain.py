@@ -104,7 +104,7 @@ def test_monthly_schedule_fires_on_the_first():
 
 
 def test_each_asset_materializes_alone(deepfeed_env, tiny_llama, tiny_corpus, instance):
-    for key in ["raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model", "compressed_model", "evaluation_report", "champion_model"]:
+    for key in ["raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model", "candidate_model", "compressed_model", "evaluation_report", "champion_model"]:
         if key == "finetuned_model":
             _an_mlflow_server_with_local_checkpoints_fails_before_training(deepfeed_env, tiny_llama, instance)
         result = materialize([key], deepfeed_env, tiny_llama, tiny_corpus, instance)
@@ -161,13 +161,16 @@ def test_whole_chain_logs_to_mlflow_and_promotes(fixture, request, deepfeed_env,
     assert second.success
     report = instance.get_latest_materialization_event(dg.AssetKey("evaluation_report")).asset_materialization
     assert "champion" in report.metadata["report"].value
-    new_challenger = mlflow.version_by_alias(CHALLENGER)
-    assert new_challenger.version != champion.version
+    candidate = report.metadata["challenger_version"].value
+    assert candidate != str(champion.version)
+    # With a champion in place a passed gate makes the candidate the A/B challenger, never the
+    # champion directly; a failed gate leaves it without any alias.
+    assert mlflow.version_by_alias(CHAMPION).version == champion.version and mlflow.version_by_alias(PREVIOUS) is None
+    challenger = mlflow.version_by_alias(CHALLENGER)
     if report.metadata["gate_passed"].value:
-        assert mlflow.version_by_alias(CHAMPION).version == new_challenger.version
-        assert mlflow.version_by_alias(PREVIOUS).version == champion.version
+        assert str(challenger.version) == candidate and challenger.tags["deepfeed.stage"] == "challenger"
     else:
-        assert mlflow.version_by_alias(CHAMPION).version == champion.version
+        assert challenger is None
 
 
 def _failure_message(result) -> str:
