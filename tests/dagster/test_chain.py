@@ -140,7 +140,8 @@ def test_whole_chain_logs_to_mlflow_and_promotes(fixture, request, deepfeed_env,
     checks.pop("eval_set_disjoint_from_training")
     overlap = next(e for e in result.get_asset_check_evaluations() if e.asset_check_key.name == "eval_set_disjoint_from_training")
     assert overlap.passed or overlap.severity == dg.AssetCheckSeverity.WARN
-    assert checks == {"clean_corpus_accounting": True, "promotion_gate": True, "compression_quality_gate": True}
+    assert checks == {"clean_corpus_accounting": True, "promotion_gate": True, "compression_quality_gate": True,
+                      "failed_gate_revokes_challenger": True}
 
     mlflow = resources(deepfeed_env, base_model)["mlflow"]
     client = mlflow.client()
