@@ -88,7 +88,7 @@ def instance(deepfeed_env):
 def test_definitions_load_and_validate():
     repository = defs.get_repository_def()
     keys = {k.to_user_string() for k in repository.asset_graph.get_all_asset_keys()}
-    assert keys == {"raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model", "compressed_model", "evaluation_report", "champion_model", "drift_report", "ab_test_report", "incremental_model"}
+    assert keys == {"raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model", "candidate_model", "compressed_model", "evaluation_report", "champion_model", "drift_report", "ab_test_report", "incremental_model"}
     assert defs.resolve_job_def("full_chain_job")
     schedule = defs.resolve_schedule_def("monthly_full_retrain")
     assert schedule.cron_schedule == "0 2 1 * *"
