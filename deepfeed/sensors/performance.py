@@ -21,8 +21,8 @@ def _tag(tags: dict, key: str, kind=float):
 def build_performance_sensor(interval_s: int = 300) -> dg.SensorDefinition:
     @dg.sensor(name="performance_sensor", job=rollback_job, minimum_interval_seconds=interval_s,
                default_status=dg.DefaultSensorStatus.STOPPED,
-               description="One-sided test (monitoring_policy.rollback_alpha) that the champion's recent mean rating is "
-                           "more than rollback_max_relative_drop (3%) below its baseline -> rollback_job")
+               description="One-sided test (monitoring_policy.rollback_alpha) that the champion's recent mean "
+                           "rating is more than rollback_max_relative_drop (3%) below its baseline -> rollback_job")
     def performance_sensor(context: dg.SensorEvaluationContext, serving_data: ServingDataResource,
                            mlflow: MlflowResource, monitoring_policy: MonitoringPolicyResource):
         policy = monitoring_policy

@@ -51,8 +51,8 @@ def test_unevaluated_version_never_receives_traffic(deepfeed_env, registry, tiny
     users = [f"user-{i}" for i in range(40)]  # about 20 of them in the challenger's half
 
     def served(client) -> set[str]:
-        return {client.post("/generate", json={"user_id": u, "prompt": "hi", "max_new_tokens": 1}).json()["model_version"]
-                for u in users}
+        body = {"prompt": "hi", "max_new_tokens": 1}
+        return {client.post("/generate", json={**body, "user_id": u}).json()["model_version"] for u in users}
 
     with make_client(deepfeed_env, registry, policy_file, split=0.5) as client:
         assert served(client) == {v1}  # registered, not evaluated: no alias, no users
