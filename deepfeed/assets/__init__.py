@@ -1,2 +1,2 @@
-from deepfeed.assets import augment, compression, corpus, evaluation, training
-ASSET_MODULES = [corpus, augment, training, compression, evaluation]
+from deepfeed.assets import augment, compression, corpus, evaluation, lifecycle, training
+ASSET_MODULES = [corpus, augment, training, compression, evaluation, lifecycle]

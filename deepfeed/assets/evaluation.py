@@ -15,6 +15,7 @@ from deepfeed.core.audit import AuditEntry, AuditLedger
 from deepfeed.core.compression import CompressionConfig
 from deepfeed.core.evalset import EvalSetError, load_reference_set, strata_counts, stratified_sample, training_overlap
 from deepfeed.core.evaluation import EvaluationConfig
+from deepfeed.core.lifecycle import apply_failed_gate, grant_challenger, promote_gated
 from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.plots import markdown_image
 from deepfeed.core.report import CHALLENGER, DEFAULT_ARTIFACTS, DESCRIPTIONS, evaluate_candidates
@@ -24,6 +25,7 @@ from deepfeed.core.safety import SafetyError, ToxicityScorer
 from deepfeed.core.score_cache import eval_set_hash, find_scores, save_scores, score_cache_key
 from deepfeed.core.tables import read_table, write_table
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
+from deepfeed.resources.mlflow_tracking import CHALLENGER as CHALLENGER_ALIAS
 from deepfeed.resources.mlflow_tracking import CHAMPION
 
 GROUP = "evaluation"
@@ -106,7 +108,8 @@ def _training_losses(store, finetuned_model: ArtifactHandle) -> list[float]:
     return json.loads(training.read_text()).get("losses", []) if training.exists() else []
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"})
+# The challenger checkpoint is candidate_model's (docs/model-lifecycle.md).
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, ins={"finetuned_model": dg.AssetIn("candidate_model")})
 def evaluation_report(
     context: dg.AssetExecutionContext,
     config: EvaluationReportConfig,
@@ -246,22 +249,84 @@ def promotion_gate(evaluation_report: ArtifactHandle, artifact_store: ArtifactSt
     )
 
 
+class ChampionModelConfig(dg.Config):
+    ab_test: bool = Field(
+        default=True,
+        description="With a champion in place, a candidate that passed the gate takes the `challenger` alias and serves "
+        "its A/B share; ab_test_report's decision then feeds the promotion gate. False: it becomes champion directly "
+        "(a deployment without live traffic to test on). The first champion is always promoted by the gate.",
+    )
+
+
+def _ledger() -> AuditLedger:
+    return AuditLedger(deepfeed_home() / "audit" / "ledger.jsonl")
+
+
+@dg.asset_check(
+    asset=evaluation_report, blocking=False,
+    description="A candidate whose evaluation gate failed holds no `challenger` alias: the verdict is recorded on the "
+    "version and an alias it held (a re-evaluated challenger) is removed, so the server stops its A/B share. "
+    "Not blocking, so it runs exactly when the blocking promotion_gate stops champion_model.",
+)
+def failed_gate_revokes_challenger(context: dg.AssetCheckExecutionContext, evaluation_report: ArtifactHandle,
+                                   mlflow: MlflowResource) -> dg.AssetCheckResult:
+    version = str(evaluation_report.counts["challenger_version"])
+    if evaluation_report.counts["gate_passed"]:
+        return dg.AssetCheckResult(passed=True, metadata={"challenger_version": version, "gate": "passed"},
+                                   description="gate passed: champion_model grants the alias or promotes")
+    reason = str(evaluation_report.counts.get("gate_reasons", "")) or "promotion gate failed"
+    removed = apply_failed_gate(mlflow.client(), mlflow.registered_model_name, version, evaluation_report.version,
+                                reason, context.run.run_id, _ledger())
+    holder = mlflow.version_by_alias(CHALLENGER_ALIAS)
+    still_serving = holder is not None and str(holder.version) == version
+    return dg.AssetCheckResult(
+        passed=not still_serving,
+        metadata={"challenger_version": version, "gate": "failed", "alias_removed": removed},
+        description=f"v{version} failed its gate ({reason[:300]})" + ("; challenger alias removed" if removed else ""),
+    )
+
+
 @dg.asset(group_name=GROUP, kinds={"mlflow"}, output_required=False)
-def champion_model(context: dg.AssetExecutionContext, evaluation_report: ArtifactHandle, mlflow: MlflowResource):
-    """The registry's `champion` alias; moves only when the challenger passed the gate, and every move is in the audit trail."""
-    version = evaluation_report.counts["challenger_version"]
+def champion_model(context: dg.AssetExecutionContext, config: ChampionModelConfig, evaluation_report: ArtifactHandle,
+                   mlflow: MlflowResource):
+    """Acts on a passed gate (the blocking promotion_gate stops this asset otherwise): the first champion is promoted;
+    with a champion in place the candidate becomes `challenger` for the A/B test (docs/model-lifecycle.md)."""
+    version = str(evaluation_report.counts["challenger_version"])
+    ledger = _ledger()
+    client, name = mlflow.client(), mlflow.registered_model_name
     if not evaluation_report.counts["gate_passed"]:
-        context.log.info("challenger v%s not promoted: %s", version, evaluation_report.counts.get("gate_reasons"))
+        reason = str(evaluation_report.counts.get("gate_reasons", ""))
+        apply_failed_gate(client, name, version, evaluation_report.version, reason, context.run.run_id, ledger)
+        context.log.info("challenger v%s not promoted: %s", version, reason)
         return
-    previous = mlflow.promote(version)
-    ledger = AuditLedger(deepfeed_home() / "audit" / "ledger.jsonl")
+    champion = mlflow.version_by_alias(CHAMPION)
+    if champion is not None and str(champion.version) == version:
+        context.log.info("v%s is already the champion", version)
+        return
+    if champion is not None and config.ab_test:
+        # evaluation_report re-scored this champion in the same run: the gate compared against it.
+        move = grant_challenger(client, name, version, evaluation_report.version, str(champion.version),
+                                f"passed the promotion gate of evaluation_report {evaluation_report.version}",
+                                context.run.run_id, ledger)
+        context.log.info("v%s is the challenger of champion v%s (A/B test)", version, champion.version)
+        yield dg.Output(
+            {"version": version, "stage": "challenger", "champion": str(champion.version)},
+            metadata={"challenger_version": version, "champion_version": str(champion.version),
+                      "replaced_challenger": move.from_version, "registered_model": name,
+                      "audit_ledger": dg.MetadataValue.path(str(ledger.path)), **handle_metadata(evaluation_report)},
+        )
+        return
+    previous = promote_gated(client, name, version, evaluation_report.version)
     ledger.append(AuditEntry(
-        record_id=f"model:{mlflow.registered_model_name}:v{version}", stage="champion_model", action="promoted",
-        reason=f"passed the promotion gate of evaluation_report {evaluation_report.version}", run_id=context.run.run_id,
-        extra={"previous_champion": previous or "none", "gate": evaluation_report.counts.get("gate_reasons", ""), "report_hash": evaluation_report.content_hash},
+        record_id=f"model:{name}:v{version}", stage="champion_model", action="promoted",
+        reason=f"passed the promotion gate of evaluation_report {evaluation_report.version}"
+        + ("" if champion is None else " (ab_test: false)"), run_id=context.run.run_id,
+        extra={"previous_champion": previous or "none", "gate": evaluation_report.counts.get("gate_reasons", ""),
+               "report_hash": evaluation_report.content_hash},
     ))
     context.log.info("promoted v%s to champion (previous: %s)", version, previous)
     yield dg.Output(
-        {"version": version, "previous": previous},
-        metadata={"champion_version": version, "previous_version": previous or "none", "registered_model": mlflow.registered_model_name, "audit_ledger": dg.MetadataValue.path(str(ledger.path)), **handle_metadata(evaluation_report)},
+        {"version": version, "stage": "champion", "previous": previous},
+        metadata={"champion_version": version, "previous_version": previous or "none", "registered_model": name,
+                  "audit_ledger": dg.MetadataValue.path(str(ledger.path)), **handle_metadata(evaluation_report)},
     )

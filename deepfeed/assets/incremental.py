@@ -69,7 +69,8 @@ def incremental_model(
     model_source: ModelSourceResource,
 ) -> dg.Output[ArtifactHandle]:
     """The champion trained on one sealed feedback batch (plus a replay of earlier data),
-    with EWC towards the champion and an elastic learning rate; registered as `challenger`."""
+    with EWC towards the champion and an elastic learning rate; registered without an alias: incremental_job
+    compresses and evaluates it before the gate may let it serve (docs/model-lifecycle.md)."""
     batch_id = context.partition_key
     store = artifact_store.store()
     try:
@@ -122,7 +123,8 @@ def incremental_model(
     tags = {"stream": "incremental", "data_hash": data_hash, "feedback_batch": batch_id, "parent_version": parent or "none",
             "start_checkpoint": str(champion), "artifact_version": handle.version}
     model_version = mlflow.register_version(context, source=checkpoint_source(store, handle), tags=tags)
-    context.log.info("registered %s version %s (parent %s) as challenger", mlflow.registered_model_name, model_version, parent or "base model")
+    context.log.info("registered %s version %s (parent %s), no alias until its evaluation gate passes",
+                     mlflow.registered_model_name, model_version, parent or "base model")
     handle = replace(handle, counts={**handle.counts, "mlflow_version": model_version})
     eval_rows = "\n".join(f"| {step} | {loss:.4f} |" for step, loss in result.eval_losses)
     return dg.Output(

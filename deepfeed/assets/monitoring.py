@@ -11,7 +11,8 @@ from deepfeed.core.abtest import ARMS, analyze_ab
 from deepfeed.core.artifacts import ArtifactHandle
 from deepfeed.core.embedding_summary import shared_summarizer
 from deepfeed.core.monitoring import ab_events, drift_evidence, reference_features
-from deepfeed.core.rollback import BASELINE_TAG, CHALLENGER, CHAMPION, promote
+from deepfeed.core.lifecycle import conclude_ab_test
+from deepfeed.core.rollback import BASELINE_N_TAG, BASELINE_STD_TAG, BASELINE_TAG, CHALLENGER
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.resources.serving_data import ServingDataResource
 
@@ -86,17 +87,23 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig,
 
 
 class ABTestReportConfig(dg.Config):
-    min_hours: float = Field(default=72.0, description="No decision before this many hours of overlapping data (SPEC: 72 h).")
-    alpha: float = Field(default=0.01, description="Significance of Welch's t-test (SPEC: p < 0.01).")
+    min_hours: float = Field(default=72.0, description="No decision before this many hours of overlapping data (72 h).")
+    alpha: float = Field(default=0.01, description="Level of the sequential test (mSPRT): the false-positive rate however "
+                                                   "many daily looks are taken (p < 0.01).")
+    min_users_per_arm: int = Field(default=30, description="No decision with fewer users than this in either arm.")
+    mixture_sd: float = Field(default=0.25, description="mSPRT mixture width in per-user standard deviations: the effect "
+                                                        "size the test is most sensitive to (docs/model-lifecycle.md).")
     split: float = Field(default=-1.0, description="Challenger share used by the server; >= 0 drops events in the wrong arm.")
-    act_on_decision: bool = Field(default=True, description="promote: challenger becomes champion; keep: the test ends (challenger alias removed).")
+    act_on_decision: bool = Field(
+        default=True, description="promote: the decision goes through the promotion gate (challenger becomes champion "
+                                  "if it holds); keep, or a failed promotion gate: the challenger alias is removed.")
     serving_home: str = Field(default="", description="Folder the server writes feedback/ and audit/ into (empty = $DEEPFEED_HOME).")
 
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"})
 def ab_test_report(context: dg.AssetExecutionContext, config: ABTestReportConfig, artifact_store: ArtifactStoreResource,
                    mlflow: MlflowResource) -> dg.Output[ArtifactHandle]:
-    """Welch's t-test of per-user mean ratings, challenger vs champion, and the decision that follows."""
+    """Sequential test (mSPRT) of per-user mean ratings, challenger vs champion; its decision feeds the promotion gate."""
     serving_data = _serving_data(config.serving_home)
     aliases = {arm: mlflow.version_by_alias(arm) for arm in ARMS}
     missing = [arm for arm, v in aliases.items() if v is None]
@@ -104,22 +111,27 @@ def ab_test_report(context: dg.AssetExecutionContext, config: ABTestReportConfig
         raise fail("mlflow", f"no A/B test is running: alias(es) {missing} missing on {mlflow.registered_model_name!r}")
     versions = {arm: str(v.version) for arm, v in aliases.items()}
     events = ab_events(serving_data.feedback_store().all_records(), versions)
-    result = analyze_ab(events, config.min_hours, config.alpha, split=config.split if config.split >= 0 else None)
+    try:
+        result = analyze_ab(events, config.min_hours, config.alpha, split=config.split if config.split >= 0 else None,
+                            min_users_per_arm=config.min_users_per_arm, mixture_sd=config.mixture_sd)
+    except ValueError as exc:
+        raise fail("ab_test_report.config", str(exc)) from exc
     report = {**result.to_dict(), "versions": versions}
     client = mlflow.client()
     client.set_model_version_tag(mlflow.registered_model_name, versions[CHALLENGER], "ab_decision", result.decision)
-    action = "none"
-    if config.act_on_decision and result.decision == "promote":
-        promote(client, mlflow.registered_model_name, versions[CHALLENGER], f"A/B test: {result.reason}",
-                context.run.run_id, serving_data.ledger())
-        client.delete_registered_model_alias(mlflow.registered_model_name, CHALLENGER)
-        # The level the A/B test measured is what the performance sensor holds it to.
-        client.set_model_version_tag(mlflow.registered_model_name, versions[CHALLENGER], BASELINE_TAG,
-                                     str(report["arms"][CHALLENGER]["mean"]))
-        action = f"promoted v{versions[CHALLENGER]} to champion"
-    elif config.act_on_decision and result.decision == "keep":
-        client.delete_registered_model_alias(mlflow.registered_model_name, CHALLENGER)
-        action = f"test ended, v{versions[CHAMPION]} stays champion"
+    action, verdict = "none", None
+    if config.act_on_decision:
+        action, verdict = conclude_ab_test(client, mlflow.registered_model_name, versions, result.decision,
+                                           result.reason, context.run.run_id, serving_data.ledger())
+    if verdict is not None:
+        report["promotion_gate"] = {"passed": verdict.passed, "conditions": verdict.conditions}
+    if verdict is not None and verdict.passed:
+        # The level the A/B test measured (and its spread and count) is what the performance
+        # sensor's rollback test holds the new champion to.
+        ratings = events.loc[events["arm"] == CHALLENGER, "metric"]
+        for tag, value in ((BASELINE_TAG, ratings.mean()), (BASELINE_STD_TAG, ratings.std(ddof=1)),
+                           (BASELINE_N_TAG, len(ratings))):
+            client.set_model_version_tag(mlflow.registered_model_name, versions[CHALLENGER], tag, str(value))
     report["action"] = action
     store = artifact_store.store()
     with store.new_version("ab_test_report", {"decision": result.decision, "events": len(events)},
@@ -128,12 +140,14 @@ def ab_test_report(context: dg.AssetExecutionContext, config: ABTestReportConfig
     arms_md = "| arm | version | events | users | mean | std |\n|---|---|---:|---:|---:|---:|\n" + "\n".join(
         f"| {arm} | v{versions[arm]} | {s['events']} | {s['users']} | {s['mean']} | {s['std']} |"
         for arm, s in report["arms"].items())
-    mlflow.log(context, metrics={k: report[k] for k in ("p_value", "difference", "cohen_d", "duration_hours")
+    mlflow.log(context, metrics={k: report[k] for k in ("p_value", "welch_p", "difference", "cohen_d", "duration_hours")
                                  if isinstance(report.get(k), (int, float))})
     return dg.Output(version.handle, metadata={
         **handle_metadata(version.handle),
         "decision": result.decision, "reason": result.reason, "action": action,
         "p_value": report.get("p_value"), "difference": report.get("difference"),
         "ci_low": report.get("ci_low"), "ci_high": report.get("ci_high"), "duration_hours": report["duration_hours"],
+        "test": report["test"], "looks": report["looks"], "welch_p_fixed_horizon": report.get("welch_p"),
+        "promotion_gate": dg.MetadataValue.json(report.get("promotion_gate", {})),
         "arms": dg.MetadataValue.md(arms_md),
     })

@@ -211,7 +211,8 @@ def finetuned_model(
     artifact_store: ArtifactStoreResource,
     mlflow: MlflowResource,
 ) -> dg.Output[ArtifactHandle]:
-    """The base model fine-tuned on the augmented corpus; registered in MLflow as `challenger`."""
+    """The base model fine-tuned on the augmented corpus; registered in MLflow without an alias (it serves no
+    traffic until evaluation_report's gate passes: docs/model-lifecycle.md)."""
     store = artifact_store.store()
     try:
         mlflow.check_registrable(source_is_local=store.is_local)
@@ -260,7 +261,8 @@ def finetuned_model(
     if parent:
         tags["parent_version"] = parent
     model_version = mlflow.register_version(context, source=checkpoint_source(store, handle), tags=tags)
-    context.log.info("registered %s version %s as challenger", mlflow.registered_model_name, model_version)
+    context.log.info("registered %s version %s (no alias until its evaluation gate passes)", mlflow.registered_model_name,
+                     model_version)
     handle = replace(handle, counts={**handle.counts, "mlflow_version": model_version})
     return dg.Output(
         handle,

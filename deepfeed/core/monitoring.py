@@ -2,8 +2,8 @@
 
 - Input + output drift of a recent window against the reference (the training data's
   prompts): :func:`drift_evidence`.
-- The key task metric (mean feedback rating) of the champion against its baseline:
-  :func:`performance_evidence`.
+- The key task metric (mean feedback rating) of the champion against its baseline, by a
+  one-sided test: :func:`performance_evidence`.
 - The A/B events (one per rated answer) for :func:`deepfeed.core.abtest.analyze_ab`.
 """
 
@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 
 from deepfeed.core.abtest import ARMS
-from deepfeed.core.drift import confidence_alert, ks_drift, performance_drop, text_features
+from deepfeed.core.drift import confidence_alert, ks_drift, text_features
 from deepfeed.core.inference_log import InferenceLog, feature_columns
 from deepfeed.core.pii import scrub
+from deepfeed.core.rollback import drop_test
 from deepfeed.core.tables import read_table
 
 UTC = _dt.timezone.utc
@@ -109,33 +110,40 @@ class PerformanceEvidence:
     current: float | None
     samples: int
     reason: str
+    p_value: float | None = None
+    alpha: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def performance_evidence(feedback: list[Mapping[str, Any]], champion: str, previous: str | None,
-                         baseline_tag: float | None, window: int = 200, min_samples: int = 30,
-                         max_relative_drop: float = 0.03) -> PerformanceEvidence:
-    """Mean rating of the champion's latest ``window`` rated answers against its baseline.
+                         baseline_tag: float | None, window: int = 1000, min_samples: int = 100,
+                         max_relative_drop: float = 0.03, alpha: float = 0.01, *,
+                         baseline_std: float | None = None, baseline_n: int | None = None) -> PerformanceEvidence:
+    """Is the champion's rating over its latest ``window`` rated answers significantly more
+    than ``max_relative_drop`` below its baseline (:func:`deepfeed.core.rollback.drop_test`)?
 
     The baseline is what the champion was promoted on when that was recorded (the version's
-    ``deepfeed.baseline_metric`` tag); otherwise the level the service had before it: the
-    previous champion's mean rating over its own latest window.
+    ``deepfeed.baseline_metric`` tag, with its spread and count when recorded); otherwise the
+    level the service had before it: the previous champion's ratings over its own latest window.
     """
     current = ratings_for(feedback, champion, last=window)
     if baseline_tag is not None:
         baseline, source = float(baseline_tag), f"tag on v{champion}"
     elif previous is not None and len(prev := ratings_for(feedback, previous, last=window)) >= min_samples:
         baseline, source = float(np.mean(prev)), f"v{previous} over {len(prev)} ratings"
+        baseline_std, baseline_n = float(np.std(prev, ddof=1)), len(prev)
     else:
         return PerformanceEvidence(False, champion, None, "none", float(np.mean(current)) if current else None,
                                    len(current), "no baseline: no tag and too few ratings of a previous version")
-    if len(current) < min_samples:
+    if len(current) < max(min_samples, 2):
         return PerformanceEvidence(False, champion, baseline, source, float(np.mean(current)) if current else None,
                                    len(current), f"too few ratings of v{champion} ({len(current)}, need {min_samples})")
-    check = performance_drop(baseline, float(np.mean(current)), max_relative_drop)
-    return PerformanceEvidence(check.rollback, champion, baseline, source, check.current, len(current), check.reason)
+    check = drop_test(current, baseline, baseline_std=baseline_std, baseline_n=baseline_n,
+                      max_relative_drop=max_relative_drop, alpha=alpha)
+    return PerformanceEvidence(check.rollback, champion, baseline, source, check.current, len(current), check.reason,
+                               check.p_value, alpha)
 
 
 def ab_events(feedback: Iterable[Mapping[str, Any]], versions: Mapping[str, str] | None = None) -> pd.DataFrame:

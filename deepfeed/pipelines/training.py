@@ -5,15 +5,22 @@ import dagster as dg
 from deepfeed.assets.incremental import feedback_batches
 
 # One run per sealed feedback batch; the feedback sensor requests them by partition key.
+# The incremental checkpoint goes through the same compression, evaluation and gate as a
+# full retrain before it may serve: candidate_model hands this run's checkpoint on, and
+# champion_model gives it the challenger alias only after the gate passed
+# (docs/model-lifecycle.md).
+INCREMENTAL_CHAIN = ("incremental_model", "candidate_model", "compressed_model", "evaluation_report", "champion_model")
+
 incremental_job = dg.define_asset_job(
     "incremental_job",
-    selection=dg.AssetSelection.assets("incremental_model"),
+    selection=dg.AssetSelection.assets(*INCREMENTAL_CHAIN),
     partitions_def=feedback_batches,
-    description="Train the champion on one sealed feedback batch (replay + EWC + elastic LR).",
+    description="Train the champion on one sealed feedback batch (replay + EWC + elastic LR), then compress, "
+                "evaluate and gate it; a pass makes it the A/B challenger.",
     tags={"deepfeed/stream": "incremental"},
 )
 
-# SPEC §4 against forgetting: every quarter, retrain from the champion on the whole
+# Against forgetting: every quarter, retrain from the champion on the whole
 # history (augmented corpus + every feedback batch) with EWC, then compress, evaluate
 # and promote through the same gate as any other candidate.
 KNOWLEDGE_REVIEW_CONFIG = {

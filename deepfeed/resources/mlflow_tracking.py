@@ -106,7 +106,11 @@ class MlflowResource(dg.ConfigurableResource):
                 "database (postgresql+psycopg2://…) on a single machine. See docs/deploying.md, 'MLflow in server mode'.")
 
     def register_version(self, context: dg.AssetExecutionContext, source: str, tags: dict[str, str]) -> str:
+        """A new model version, with no alias: nothing serves it until its evaluation gate
+        passes (docs/model-lifecycle.md; the alias moves are in deepfeed.core.lifecycle)."""
         from mlflow.exceptions import MlflowException
+
+        from deepfeed.core.lifecycle import registration_tags
 
         client = self.client()
         try:
@@ -117,10 +121,23 @@ class MlflowResource(dg.ConfigurableResource):
             self.registered_model_name,
             source=source,
             run_id=self.run_id(context),
-            tags={**tags, "dagster_run_id": context.run.run_id},
+            tags={**tags, **registration_tags(), "dagster_run_id": context.run.run_id},
         )
-        client.set_registered_model_alias(self.registered_model_name, CHALLENGER, version.version)
         return str(version.version)
+
+    def grant_challenger(self, version: str, report: str, compared_with: str | None, reason: str, run_id: str,
+                         ledger=None):
+        """`version` passed its gate against `compared_with`: it takes the `challenger` alias (A/B share)."""
+        from deepfeed.core.lifecycle import grant_challenger
+
+        return grant_challenger(self.client(), self.registered_model_name, version, report, compared_with, reason,
+                                run_id, ledger)
+
+    def revoke_challenger(self, version: str, reason: str, run_id: str, ledger=None) -> bool:
+        """`version` loses the `challenger` alias if it holds it (a failed gate, an A/B 'keep')."""
+        from deepfeed.core.lifecycle import revoke_challenger
+
+        return revoke_challenger(self.client(), self.registered_model_name, version, reason, run_id, ledger)
 
     def version_by_alias(self, alias: str):
         from mlflow.exceptions import MlflowException

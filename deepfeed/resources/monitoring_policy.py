@@ -11,7 +11,8 @@ OnAlert = Literal["report", "incremental", "full"]
 
 
 class MonitoringPolicyResource(dg.ConfigurableResource):
-    """Defaults are SPEC.md's numbers (KS p < 0.05, confidence std 0.15, 3% rollback)."""
+    """Defaults: KS p < 0.05, confidence std 0.15, rollback on a significant (p < 0.01) drop of more than 3%
+    (docs/model-lifecycle.md)."""
 
     drift_window_hours: float = Field(default=24.0, gt=0, description="Inference-log window the drift sensor tests, in hours.")
     drift_alpha: float = Field(default=0.05, gt=0, lt=1, description="KS significance per prompt feature, after the Holm correction (SPEC: 0.05).")
@@ -26,9 +27,17 @@ class MonitoringPolicyResource(dg.ConfigurableResource):
                     "'incremental' (also train on the waiting feedback now) or 'full' (also run full_chain_job).")
     feedback_min_batch: int = Field(default=32, ge=1, description="Seal a feedback batch (one incremental run) once it holds this many records.")
     feedback_max_age_minutes: float = Field(default=60.0, ge=0, description="…or once its oldest record is this old, so small trickles still train.")
-    rollback_window: int = Field(default=200, ge=1, description="The champion's last N rated answers the performance sensor averages.")
-    rollback_min_samples: int = Field(default=30, ge=1, description="Fewer ratings than this: no rollback verdict.")
-    rollback_max_relative_drop: float = Field(default=0.03, gt=0, lt=1, description="Roll back when the mean rating drops this much below the champion's baseline (SPEC: 3%).")
+    rollback_window: int = Field(
+        default=1000, ge=2, description="The champion's last N rated answers the performance sensor tests (more ratings: "
+                                        "smaller drops are caught; fewer: faster reaction).")
+    rollback_min_samples: int = Field(default=100, ge=2, description="Fewer ratings than this: no rollback verdict.")
+    rollback_max_relative_drop: float = Field(
+        default=0.03, gt=0, lt=1, description="Roll back when the rating is significantly more than this far below "
+                                              "the champion's baseline (3%).")
+    rollback_alpha: float = Field(
+        default=0.01, gt=0, lt=1, description="Significance of the one-sided test that the drop exceeds "
+                                              "rollback_max_relative_drop; the share of windows that roll back "
+                                              "when nothing changed (docs/model-lifecycle.md).")
 
 
 def policy_from_environment(environ: dict[str, str] | None = None) -> MonitoringPolicyResource:

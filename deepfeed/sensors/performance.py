@@ -1,32 +1,41 @@
-"""performance_sensor: a 3% drop of the champion's rating vs its baseline -> rollback_job."""
+"""performance_sensor: the champion's ratings significantly more than 3% below its baseline -> rollback_job."""
 
 import dagster as dg
 
 from deepfeed.core.monitoring import performance_evidence
-from deepfeed.core.rollback import BASELINE_TAG, CHAMPION, PREVIOUS
+from deepfeed.core.rollback import BASELINE_N_TAG, BASELINE_STD_TAG, BASELINE_TAG, CHAMPION, PREVIOUS
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.resources import MlflowResource
 from deepfeed.resources.monitoring_policy import MonitoringPolicyResource
 from deepfeed.resources.serving_data import ServingDataResource
 
 
+def _tag(tags: dict, key: str, kind=float):
+    value = (tags or {}).get(key)
+    try:
+        return kind(float(value)) if value not in (None, "") else None
+    except ValueError:  # a hand-edited tag: ignore it rather than stop monitoring
+        return None
+
+
 def build_performance_sensor(interval_s: int = 300) -> dg.SensorDefinition:
     @dg.sensor(name="performance_sensor", job=rollback_job, minimum_interval_seconds=interval_s,
                default_status=dg.DefaultSensorStatus.STOPPED,
-               description="Mean feedback rating of the champion's recent answers drops below its baseline "
-                           "by the monitoring_policy resource's rollback_max_relative_drop (SPEC: 3%) -> rollback_job")
+               description="One-sided test (monitoring_policy.rollback_alpha) that the champion's recent mean "
+                           "rating is more than rollback_max_relative_drop (3%) below its baseline -> rollback_job")
     def performance_sensor(context: dg.SensorEvaluationContext, serving_data: ServingDataResource,
                            mlflow: MlflowResource, monitoring_policy: MonitoringPolicyResource):
         policy = monitoring_policy
         champion, previous = mlflow.version_by_alias(CHAMPION), mlflow.version_by_alias(PREVIOUS)
         if champion is None:
             return dg.SkipReason("no champion to monitor")
-        tag = (champion.tags or {}).get(BASELINE_TAG)
+        tags = champion.tags or {}
         evidence = performance_evidence(
             serving_data.feedback_store().all_records(), str(champion.version),
             str(previous.version) if previous is not None else None,
-            float(tag) if tag not in (None, "") else None, policy.rollback_window, policy.rollback_min_samples,
-            policy.rollback_max_relative_drop)
+            _tag(tags, BASELINE_TAG), policy.rollback_window, policy.rollback_min_samples,
+            policy.rollback_max_relative_drop, policy.rollback_alpha,
+            baseline_std=_tag(tags, BASELINE_STD_TAG), baseline_n=_tag(tags, BASELINE_N_TAG, int))
         if not evidence.rollback:
             return dg.SkipReason(evidence.reason)
         if previous is None:

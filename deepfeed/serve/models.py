@@ -1,5 +1,10 @@
 """The registry-backed pool of served models: champion, and challenger during an A/B test.
 
+A version gets users only through an alias, and the challenger alias is honoured only for
+a version whose tags record a passed evaluation gate and the challenger stage
+(deepfeed.core.lifecycle.may_serve_as_challenger): a hand-set or stale alias on an
+unevaluated version sends no traffic to it (docs/model-lifecycle.md).
+
 A refresh reads the aliases, loads any version not loaded yet, and only then replaces the
 served mapping in one assignment. Requests already running keep the generator they
 started with, so an alias move (promotion, rollback) never drops a request.
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deepfeed.core.abtest import CHALLENGER, CHAMPION
+from deepfeed.core.lifecycle import may_serve_as_challenger
 from deepfeed.serve.engine import Generator, load_generator
 
 log = logging.getLogger("deepfeed.serve")
@@ -42,6 +48,7 @@ class ModelPool:
         self._served: dict[str, ServedVersion] = {}
         self._refresh_lock = threading.Lock()
         self.reloads = 0
+        self.refused: set[str] = set()  # versions behind the challenger alias without a passed gate
 
     def _alias(self, client, alias: str):
         from mlflow.exceptions import MlflowException
@@ -59,6 +66,12 @@ class ModelPool:
             client = MlflowClient(tracking_uri=self.tracking_uri)
             wanted = {CHAMPION: self._alias(client, CHAMPION)}
             challenger = self._alias(client, CHALLENGER) if self.ab_test else None
+            if challenger is not None and not may_serve_as_challenger(challenger.tags):
+                if str(challenger.version) not in self.refused:
+                    log.warning("not serving %s v%s as challenger: no passed evaluation gate recorded on it",
+                                self.model_name, challenger.version)
+                self.refused.add(str(challenger.version))
+                challenger = None
             if challenger is not None and wanted[CHAMPION] is not None \
                     and str(challenger.version) != str(wanted[CHAMPION].version):
                 wanted[CHALLENGER] = challenger

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from deepfeed.core.abtest import (ARMS, analyze_ab, arm_for_hash, assign_arm, hash_user_id,
-                                  welch)
+                                  msprt, welch)
 
 T0 = pd.Timestamp("2025-03-01", tz="UTC")
 
@@ -210,8 +210,97 @@ def test_inputs_formats_and_errors():
     assert set(ARMS) == {"champion", "challenger"}
 
 
-def test_constant_arms_do_not_produce_nan_decisions():
-    same = welch([1.0, 1.0, 1.0], [1.0, 1.0])
-    assert same["p"] == 1.0 and same["cohen_d"] == 0.0
-    apart = welch([2.0, 2.0, 2.0], [1.0, 1.0])
-    assert apart["p"] == 0.0 and (apart["ci_low"], apart["ci_high"]) == (1.0, 1.0)
+def test_constant_arms_are_not_evidence():
+    # Zero variance is no test: neither "p = 1" for equal arms nor "p = 0" for different ones.
+    for a, b in (([1.0, 1.0, 1.0], [1.0, 1.0]), ([2.0, 2.0, 2.0], [1.0, 1.0])):
+        for result in (welch(a, b), msprt(a, b)):
+            assert np.isnan(result["p"]) and np.isnan(result["ci_low"]) and np.isnan(result["ci_high"])
+    assert msprt([2.0, 2.0, 2.0], [1.0, 1.0])["degenerate"]
+
+
+# ------------------------------------------------------- repeated looks (sequential)
+
+DAYS = range(3, 15)  # the daily report from 72 h on, for two weeks
+USERS_PER_DAY = 40  # per arm
+
+
+def _daily_looks(seed, effect, dist="normal", trials=500):
+    """``trials`` experiments; users arrive over 14 days; the test is re-run every day from
+    day 3 on, on everything seen so far. True where an experiment was ever declared significant."""
+    rng = np.random.default_rng(seed)
+    draw = {"normal": lambda size: rng.normal(0.0, 1.0, size),
+            "bernoulli": lambda size: rng.binomial(1, 0.8, size).astype(float),  # thumbs up/down
+            "exponential": lambda size: rng.exponential(1.0, size)}[dist]
+    n = USERS_PER_DAY * max(DAYS)
+    challenger, champion = draw((trials, n)) + effect, draw((trials, n))
+    sequential = np.zeros(trials, bool)
+    repeated_welch = np.zeros(trials, bool)
+    for day in DAYS:
+        k = USERS_PER_DAY * day
+        sequential |= msprt(challenger[:, :k], champion[:, :k], alpha=0.01)["p"] <= 0.01
+        repeated_welch |= welch(challenger[:, :k], champion[:, :k], alpha=0.01)["p"] < 0.01
+    return sequential, repeated_welch
+
+
+@pytest.mark.parametrize("dist", ["normal", "bernoulli", "exponential"])
+def test_sequential_false_positive_rate_under_daily_looks(dist):
+    sequential, repeated_welch = _daily_looks(21, 0.0, dist)
+    # 12 looks at alpha = 0.01: the mSPRT stays within the nominal level + 1 point ...
+    assert sequential.mean() <= 0.01 + 0.01
+    # ... where re-running the fixed-horizon t-test every day does not (about 4%): the
+    # reason the report is sequential.
+    assert repeated_welch.mean() > 0.02
+
+
+def test_sequential_test_still_detects_real_differences():
+    sequential, _ = _daily_looks(22, 0.3, trials=200)  # 0.3 standard deviations
+    assert sequential.mean() >= 0.9
+    # and the confidence sequence excludes 0 exactly when the always-valid p does
+    rng = np.random.default_rng(23)
+    m = msprt(rng.normal(0.1, 1, (300, 200)), rng.normal(0, 1, (300, 200)), alpha=0.01)
+    excludes = (m["ci_low"] > 0) | (m["ci_high"] < 0)
+    assert np.array_equal(excludes, m["p"] <= 0.01) and 0 < excludes.sum() < 300
+
+
+def test_msprt_by_hand_and_errors():
+    a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 1.0, 1.0, 2.0])
+    v = a.var(ddof=1) / 4 + b.var(ddof=1) / 4
+    tau2 = 0.25**2 * (a.var(ddof=1) + b.var(ddof=1)) / 2
+    d = a.mean() - b.mean()
+    lam = np.sqrt(v / (v + tau2)) * np.exp(d**2 * tau2 / (2 * v * (v + tau2)))
+    assert msprt(a, b)["p"] == pytest.approx(min(1.0, 1 / lam))
+    with pytest.raises(ValueError, match="alpha"):
+        msprt(a, b, alpha=1.5)
+    with pytest.raises(ValueError, match="2 samples"):
+        msprt([1.0], b)
+
+
+def test_all_equal_arms_are_inconclusive_not_p_zero():
+    rng = np.random.default_rng(24)
+    log = make_log(rng, n_users=100)
+    for champion_value in (1.0, 0.0):  # identical all-equal arms, and constant but different
+        constant = log.assign(metric=np.where(log["arm"] == "challenger", 1.0, champion_value))
+        res = analyze_ab(constant)
+        assert res.decision == "inconclusive" and "no variance" in res.reason
+        assert res.p_value is None or np.isnan(res.p_value)
+        json.dumps(res.to_dict())
+
+
+def test_minimum_sample_per_arm_is_enforced():
+    rng = np.random.default_rng(25)
+    log = make_log(rng, n_users=20, effect=3.0)  # ~20 users an arm, a huge effect
+    small = analyze_ab(log)
+    assert small.decision == "insufficient_data" and "need 30 users per arm" in small.reason
+    assert small.p_value < 0.01  # the evidence is reported; the decision waits for the sample
+    assert analyze_ab(log, min_users_per_arm=10).decision == "promote"
+    with pytest.raises(ValueError, match="min_users_per_arm"):
+        analyze_ab(log, min_users_per_arm=1)
+
+
+def test_report_counts_its_daily_looks_and_keeps_the_smallest_p():
+    rng = np.random.default_rng(26)
+    res = analyze_ab(make_log(rng, n_users=300, effect=0.0, hours=130.0))
+    assert res.looks == 4  # at 72, 96 and 120 h, and now (130 h)
+    assert res.test == "mSPRT" and res.decision == "inconclusive"
+    later = analyze_ab(make_log(np.random.default_rng(26), n_users=300, effect=0.0, hours=130.0), min_hours=120)
+    assert later.looks == 2 and res.p_value <= later.p_value  # more looks: never a larger p

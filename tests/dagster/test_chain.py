@@ -88,7 +88,7 @@ def instance(deepfeed_env):
 def test_definitions_load_and_validate():
     repository = defs.get_repository_def()
     keys = {k.to_user_string() for k in repository.asset_graph.get_all_asset_keys()}
-    assert keys == {"raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model", "compressed_model", "evaluation_report", "champion_model", "drift_report", "ab_test_report", "incremental_model"}
+    assert keys == {"raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model", "candidate_model", "compressed_model", "evaluation_report", "champion_model", "drift_report", "ab_test_report", "incremental_model"}
     assert defs.resolve_job_def("full_chain_job")
     schedule = defs.resolve_schedule_def("monthly_full_retrain")
     assert schedule.cron_schedule == "0 2 1 * *"
@@ -104,7 +104,7 @@ def test_monthly_schedule_fires_on_the_first():
 
 
 def test_each_asset_materializes_alone(deepfeed_env, tiny_llama, tiny_corpus, instance):
-    for key in ["raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model", "compressed_model", "evaluation_report", "champion_model"]:
+    for key in ["raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model", "candidate_model", "compressed_model", "evaluation_report", "champion_model"]:
         if key == "finetuned_model":
             _an_mlflow_server_with_local_checkpoints_fails_before_training(deepfeed_env, tiny_llama, instance)
         result = materialize([key], deepfeed_env, tiny_llama, tiny_corpus, instance)
@@ -140,7 +140,8 @@ def test_whole_chain_logs_to_mlflow_and_promotes(fixture, request, deepfeed_env,
     checks.pop("eval_set_disjoint_from_training")
     overlap = next(e for e in result.get_asset_check_evaluations() if e.asset_check_key.name == "eval_set_disjoint_from_training")
     assert overlap.passed or overlap.severity == dg.AssetCheckSeverity.WARN
-    assert checks == {"clean_corpus_accounting": True, "promotion_gate": True, "compression_quality_gate": True}
+    assert checks == {"clean_corpus_accounting": True, "promotion_gate": True, "compression_quality_gate": True,
+                      "failed_gate_revokes_challenger": True}
 
     mlflow = resources(deepfeed_env, base_model)["mlflow"]
     client = mlflow.client()
@@ -162,13 +163,16 @@ def test_whole_chain_logs_to_mlflow_and_promotes(fixture, request, deepfeed_env,
     assert second.success
     report = instance.get_latest_materialization_event(dg.AssetKey("evaluation_report")).asset_materialization
     assert "champion" in report.metadata["report"].value
-    new_challenger = mlflow.version_by_alias(CHALLENGER)
-    assert new_challenger.version != champion.version
+    candidate = report.metadata["challenger_version"].value
+    assert candidate != str(champion.version)
+    # With a champion in place a passed gate makes the candidate the A/B challenger, never the
+    # champion directly; a failed gate leaves it without any alias.
+    assert mlflow.version_by_alias(CHAMPION).version == champion.version and mlflow.version_by_alias(PREVIOUS) is None
+    challenger = mlflow.version_by_alias(CHALLENGER)
     if report.metadata["gate_passed"].value:
-        assert mlflow.version_by_alias(CHAMPION).version == new_challenger.version
-        assert mlflow.version_by_alias(PREVIOUS).version == champion.version
+        assert str(challenger.version) == candidate and challenger.tags["deepfeed.stage"] == "challenger"
     else:
-        assert mlflow.version_by_alias(CHAMPION).version == champion.version
+        assert challenger is None
 
 
 def _failure_message(result) -> str:

@@ -9,7 +9,7 @@ from deepfeed.core.audit import AuditLedger
 from deepfeed.resources.mlflow_tracking import CHAMPION
 from tests.dagster.test_chain import instance, materialize, resources  # noqa: F401 (fixture)
 
-CHAIN = ["raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model", "compressed_model", "evaluation_report", "champion_model"]
+CHAIN = ["raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model", "candidate_model", "compressed_model", "evaluation_report", "champion_model"]
 EVAL = ["evaluation_report", "champion_model"]
 
 

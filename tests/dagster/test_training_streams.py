@@ -50,12 +50,18 @@ def run_incremental(home, base, instance, batch, raise_on_error=True, **config):
     )
 
 
+def registered(mlflow, result):
+    meta = result.asset_materializations_for_node("incremental_model")[0].metadata
+    return mlflow.client().get_model_version(mlflow.registered_model_name, meta["mlflow_model_version"].value)
+
+
 def test_incremental_stream_from_base_then_from_champion(deepfeed_env, tiny_llama, tiny_corpus, instance):
     assert materialize(["raw_corpus", "clean_corpus", "augmented_corpus"], deepfeed_env, tiny_llama, tiny_corpus, instance).success
     mlflow = resources(deepfeed_env, tiny_llama)["mlflow"]
 
     first = run_incremental(deepfeed_env, tiny_llama, instance, seal(deepfeed_env, FEEDBACK))
-    version = mlflow.version_by_alias(CHALLENGER)
+    assert mlflow.version_by_alias(CHALLENGER) is None  # registered, not evaluated: no alias
+    version = registered(mlflow, first)
     assert version.tags["stream"] == "incremental" and version.tags["parent_version"] == "none"
     assert version.tags["dagster_run_id"] == first.run_id and len(version.tags["data_hash"]) == 64
     meta = first.asset_materializations_for_node("incremental_model")[0].metadata
@@ -72,7 +78,7 @@ def test_incremental_stream_from_base_then_from_champion(deepfeed_env, tiny_llam
     mlflow.promote(version.version)
     options = dict(method="lora", fgsm_epsilon=0.05, distill_alpha=0.5, teacher_cache=True)
     second = run_incremental(deepfeed_env, tiny_llama, instance, seal(deepfeed_env, FEEDBACK[:2]), **options)
-    child = mlflow.version_by_alias(CHALLENGER)
+    child = registered(mlflow, second)
     assert child.version != version.version and child.tags["parent_version"] == str(version.version)
     assert child.tags["start_checkpoint"] == version.source
     assert fisher_path(version.source).exists()
@@ -100,8 +106,39 @@ def test_deepseek_v3_trains_in_the_incremental_stream(deepfeed_env, tiny_deepsee
     batch = seal(deepfeed_env, FEEDBACK)
     result = run_incremental(deepfeed_env, tiny_deepseek, instance, batch, ewc_lambda=0.0, replay_ratio=0.0, max_steps=2, checkpoint_every=0)
     assert result.success
-    version = resources(deepfeed_env, tiny_deepseek)["mlflow"].version_by_alias(CHALLENGER)
+    version = registered(resources(deepfeed_env, tiny_deepseek)["mlflow"], result)
     assert version.tags["feedback_batch"] == batch
+
+
+def test_incremental_job_compresses_evaluates_and_gates_before_serving(deepfeed_env, tiny_llama, tiny_corpus, instance):
+    """incremental_job: the new checkpoint is the candidate that compressed_model, evaluation_report and its gate
+    see; only then may champion_model give it an alias (a champion is in place: the challenger alias)."""
+    assert materialize(["raw_corpus", "clean_corpus", "augmented_corpus"], deepfeed_env, tiny_llama, tiny_corpus, instance).success
+    mlflow = resources(deepfeed_env, tiny_llama)["mlflow"]
+    client = mlflow.client()
+    client.create_registered_model("deepfeed")
+    champion = client.create_model_version("deepfeed", source=str(tiny_llama)).version
+    client.set_registered_model_alias("deepfeed", "champion", champion)
+    batch = seal(deepfeed_env, FEEDBACK)
+    instance.add_dynamic_partitions(feedback_batches.name, [batch])
+    fast_eval = {"max_eval_records": 8, "max_generation_records": 4, "max_new_tokens": 4, "bootstrap_samples": 100}
+    result = defs.resolve_job_def("incremental_job").execute_in_process(
+        partition_key=batch, instance=instance, resources=resources(deepfeed_env, tiny_llama), raise_on_error=False,
+        run_config={"ops": {"incremental_model": {"config": {**FAST, "ewc_lambda": 0.0, "checkpoint_every": 0}},
+                            "compressed_model": {"config": {"gate_max_records": 8, "gate_max_answers": 4}},
+                            "evaluation_report": {"config": fast_eval}}})
+    version = str(registered(mlflow, result).version)
+    [candidate] = result.asset_materializations_for_node("candidate_model")
+    assert candidate.metadata["stream"].value == "incremental_model" and candidate.metadata["mlflow_model_version"].value == version
+    [report] = result.asset_materializations_for_node("evaluation_report")
+    assert report.metadata["challenger_version"].value == version  # the incremental checkpoint was evaluated
+    gate = next(e for e in result.get_asset_check_evaluations() if e.asset_check_key.name == "promotion_gate")
+    challenger = mlflow.version_by_alias(CHALLENGER)
+    assert str(mlflow.version_by_alias("champion").version) == str(champion)  # the A/B test decides promotion
+    if gate.passed:
+        assert str(challenger.version) == version and challenger.tags["deepfeed.gate"] == "passed"
+    else:
+        assert challenger is None and client.get_model_version("deepfeed", version).tags["deepfeed.gate"] == "failed"
 
 
 def test_unknown_feedback_batch_is_named(deepfeed_env, tiny_llama, instance):
@@ -127,6 +164,8 @@ def test_jobs_and_the_quarterly_knowledge_review_schedule():
     review = defs.resolve_job_def("knowledge_review_job")
     selected = {k.to_user_string() for k in review.asset_layer.selected_asset_keys}
     assert {"finetuned_model", "compressed_model", "evaluation_report", "champion_model"} <= selected and "incremental_model" not in selected
+    incremental = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
+    assert incremental == {"incremental_model", "candidate_model", "compressed_model", "evaluation_report", "champion_model"}
 
 
 def test_nproc_2_runs_torchrun_through_pipes_with_the_loss_curve_of_one_process(deepfeed_env, tiny_llama, instance, tmp_path):

@@ -118,16 +118,22 @@ def test_performance_sensor_rolls_back_through_the_job(deepfeed_env, empty_regis
     serving = ServingDataResource(home=str(deepfeed_env))
     mlflow = MlflowResource(tracking_uri=registry.uri, artifact_location=str(deepfeed_env / "mlartifacts"))
     resources = {"serving_data": serving, "mlflow": mlflow,
-                 "monitoring_policy": MonitoringPolicyResource(rollback_window=200, rollback_min_samples=30)}
+                 "monitoring_policy": MonitoringPolicyResource(rollback_window=400, rollback_min_samples=30)}
     store = serving.feedback_store()
+    # 40 ratings a version no longer prove an 11% drop (the window mean moves by +-6 points
+    # on its own); 400 do.
     for i in range(40):
         store.append(_fb(v1, 1.0 if i % 10 else 0.0))  # 0.9
-    for i in range(40):
         store.append(_fb(v2, 1.0 if i % 10 > 1 else 0.0))  # 0.8: 11% worse
+    early = performance_sensor(dg.build_sensor_context(resources=resources))
+    assert isinstance(early, dg.SkipReason) and "rollback at p < 0.01: no" in early.skip_message
+    for i in range(360):
+        store.append(_fb(v1, 1.0 if i % 10 else 0.0))
+        store.append(_fb(v2, 1.0 if i % 10 > 1 else 0.0))
     request = performance_sensor(dg.build_sensor_context(resources=resources))
     assert isinstance(request, dg.RunRequest) and request.run_key == f"rollback-v{v2}"
     op_config = request.run_config["ops"]["rollback_champion"]["config"]
-    assert op_config["expected_champion"] == v2 and "11.11% worse" in op_config["reason"]
+    assert op_config["expected_champion"] == v2 and "(-11.11%) over 400 ratings" in op_config["reason"]
 
     result = rollback_job.execute_in_process(run_config=request.run_config, resources=resources)
     assert result.success
@@ -148,14 +154,14 @@ def test_performance_sensor_small_drop_or_few_samples_do_nothing(deepfeed_env, e
     serving = ServingDataResource(home=str(deepfeed_env))
     resources = {"serving_data": serving, "monitoring_policy": MonitoringPolicyResource(),
                  "mlflow": MlflowResource(tracking_uri=registry.uri, artifact_location=str(deepfeed_env / "mlartifacts"))}
-    for i in range(50):
-        serving.feedback_store().append(_fb(v1, 0.80))
-        serving.feedback_store().append(_fb(v2, 0.79))  # 1.25% worse
+    for i in range(200):
+        serving.feedback_store().append(_fb(v1, float(i % 100 < 80)))
+        serving.feedback_store().append(_fb(v2, float(i % 100 < 79)))  # 1.25% worse: within the 3%
     skip = performance_sensor(dg.build_sensor_context(resources=resources))
-    assert isinstance(skip, dg.SkipReason) and "rollback at 3% worse: no" in skip.skip_message
+    assert isinstance(skip, dg.SkipReason) and "rollback at p < 0.01: no" in skip.skip_message
     registry.client.set_model_version_tag("deepfeed", v2, "deepfeed.baseline_metric", "0.9")
     few = performance_sensor(dg.build_sensor_context(resources={
-        **resources, "monitoring_policy": MonitoringPolicyResource(rollback_min_samples=60)}))
+        **resources, "monitoring_policy": MonitoringPolicyResource(rollback_min_samples=300)}))
     assert isinstance(few, dg.SkipReason) and "too few ratings" in few.skip_message
     tagged = performance_sensor(dg.build_sensor_context(resources=resources))
     assert isinstance(tagged, dg.RunRequest) and "0.9 -> 0.79" in json.dumps(tagged.run_config)

@@ -51,8 +51,15 @@ class Registry:
             self.client.create_registered_model("deepfeed")
 
     def register(self, checkpoint: Path, alias: str | None = None) -> str:
+        """A version; with alias "challenger" it goes the way the pipeline's does (gate passed
+        against the current champion, then granted), any other alias is set directly."""
         version = str(self.client.create_model_version("deepfeed", source=str(checkpoint)).version)
-        if alias:
+        if alias == "challenger":
+            from deepfeed.core.lifecycle import grant_challenger
+
+            champion = self.client.get_model_version_by_alias("deepfeed", "champion").version
+            grant_challenger(self.client, "deepfeed", version, "test-report", str(champion), "test: gate passed", "test")
+        elif alias:
             self.set_alias(alias, version)
         return version
 

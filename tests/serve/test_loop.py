@@ -12,6 +12,7 @@ import httpx
 from deepfeed.assets.incremental import incremental_model
 from deepfeed.assets.monitoring import ab_test_report, drift_report
 from deepfeed.core.audit import AuditLedger
+from deepfeed.core.lifecycle import grant_challenger
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 from deepfeed.resources.serving_data import ServingDataResource
@@ -92,8 +93,13 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
                                  resources=resources, run_config={"ops": {"incremental_model": {"config": {
                                      **INCREMENTAL, "feedback_root": str(home / "feedback")}}}})
         assert trained.success
-        v2 = str(registry.client.get_model_version_by_alias("deepfeed", "challenger").version)
+        v2 = str(trained.asset_materializations_for_node("incremental_model")[0].metadata["mlflow_model_version"].value)
         assert v2 != v1
+        # Registered, not evaluated: it serves nobody.
+        assert {ask(f"user{i}", "hello")["model_version"] for i in range(10)} == {v1}
+        # Its gate passes (incremental_job's compression + evaluation + gate on a real corpus is
+        # tests/dagster/test_training_streams.py): champion_model's move makes it the challenger.
+        grant_challenger(registry.client, "deepfeed", v2, "evaluation_report", v1, "passed the gate", "loop-test")
         _wait_for(server, {"champion": v1, "challenger": v2})
 
         # 4. A/B: the challenger's users are happier; the report promotes it.
@@ -103,7 +109,7 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
             for k in range(2):
                 rate(answer, user, (0.9 if answer["arm"] == "challenger" else 0.5) + 0.02 * ((i + k) % 3))
         report = dg.materialize([ab_test_report], instance=instance, resources=resources, run_config={
-            "ops": {"ab_test_report": {"config": {"min_hours": 0, "serving_home": str(home)}}}})
+            "ops": {"ab_test_report": {"config": {"min_hours": 0, "min_users_per_arm": 4, "serving_home": str(home)}}}})
         [mat] = report.asset_materializations_for_node("ab_test_report")
         assert mat.metadata["decision"].value == "promote", mat.metadata["reason"].value
         _wait_for(server, {"champion": v2})
