@@ -20,6 +20,7 @@ from deepfeed.core.artifacts import ArtifactHandle, hash_folder
 from deepfeed.core.distributed import launch_command, read_result, write_spec
 from deepfeed.core.feedback import FeedbackStore
 from deepfeed.core.incremental import records_hash, training_state_dir
+from deepfeed.core.mlflow_model import write_pyfunc_model
 from deepfeed.core.modeling import ModelSourceError, describe_checkpoint
 from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.plots import line_plot, markdown_image
@@ -179,8 +180,11 @@ def train_logged(config: TrainingFields, training: TrainingConfig, start: Path, 
     """In this process, or as a torchrun job through Dagster Pipes when nproc > 1."""
     try:
         if config.nproc > 1:
-            return train_with_torchrun(config.nproc, training, start, records, checkpoint, context, **kwargs)
-        return fine_tune(start, records, checkpoint, training, on_step=progress(context, config), **kwargs)
+            result = train_with_torchrun(config.nproc, training, start, records, checkpoint, context, **kwargs)
+        else:
+            result = fine_tune(start, records, checkpoint, training, on_step=progress(context, config), **kwargs)
+        write_pyfunc_model(checkpoint)  # the registered version loads as models:/<name>@<alias>
+        return result
     except (TrainingError, ValueError, OSError) as exc:
         raise fail(context.asset_key.to_user_string(), str(exc)) from exc
 
