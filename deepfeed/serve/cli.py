@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,7 +65,16 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from deepfeed.core.access import PolicyError
+    from deepfeed.core.access_keys import check_policy_file
+
     settings = settings_from_args(args)
+    if settings.policy_path is not None:
+        try:  # checked here, once, so a bad file is one line rather than a traceback from each worker
+            check_policy_file(settings.policy_path)
+        except PolicyError as exc:
+            print(f"deepfeed serve: {exc}", file=sys.stderr)
+            return 2
     if settings.policy_path is None:
         print("deepfeed serve: no access policy (--policy or $DEEPFEED_HOME/access_policy.yaml): "
               "POST /feedback will answer 403 to everyone", flush=True)
