@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from deepfeed.assets.common import fail, handle_metadata
+from deepfeed.assets.common import COMPUTE_RETRY, fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle
 from deepfeed.core.compression import CompressionConfig, CompressionInputError, compress_checkpoint, write_json
 from deepfeed.core.compression_gate import gate_compressed_artifacts
@@ -64,7 +64,7 @@ def _artifacts_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-@dg.asset(group_name=GROUP, kinds={"onnx", "pytorch"})
+@dg.asset(group_name=GROUP, kinds={"onnx", "pytorch"}, retry_policy=COMPUTE_RETRY)
 def compressed_model(
     context: dg.AssetExecutionContext,
     config: CompressedModelConfig,

@@ -19,7 +19,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from deepfeed.assets.common import counts_table, fail, handle_metadata
+from deepfeed.assets.common import COMPUTE_RETRY, IO_RETRY, counts_table, fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle, ArtifactStore
 from deepfeed.core.audit import AuditLedger
 from deepfeed.core.clean_pipeline import AuditSpool, NothingLeft, Progress, clean_sources
@@ -87,7 +87,7 @@ class RawCorpusConfig(dg.Config):
     quarantine_blob_budget_bytes: int = Field(default=2**30, description="Raw bytes copied into quarantine_blobs/ per ingest run, in quarantine order; past it, rows point to the source as above.")
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet"}, partitions_def=corpus_sources)
+@dg.asset(group_name=GROUP, kinds={"parquet"}, partitions_def=corpus_sources, retry_policy=IO_RETRY)
 def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artifact_store: ArtifactStoreResource) -> dg.Output[ArtifactHandle]:
     """One source's readable records, normalized to one schema; the rest quarantined with a reason and its raw bytes."""
     source_name = context.partition_key
@@ -210,7 +210,7 @@ def _raw_sources(context: dg.AssetExecutionContext, store: ArtifactStore) -> dic
     return handles  # type: ignore[return-value]
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet"}, deps=[raw_corpus])
+@dg.asset(group_name=GROUP, kinds={"parquet"}, deps=[raw_corpus], retry_policy=COMPUTE_RETRY)
 def clean_corpus(
     context: dg.AssetExecutionContext,
     config: CleanCorpusConfig,

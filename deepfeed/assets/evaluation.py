@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from deepfeed.assets.common import counts_table, fail, handle_metadata
+from deepfeed.assets.common import COMPUTE_RETRY, IO_RETRY, counts_table, fail, handle_metadata
 from deepfeed.assets.training import checkpoint_source
 from deepfeed.core.artifacts import MANIFEST, ArtifactHandle
 from deepfeed.core.audit import AuditEntry, AuditLedger
@@ -106,7 +106,7 @@ def _training_losses(store, finetuned_model: ArtifactHandle) -> list[float]:
     return json.loads(training.read_text()).get("losses", []) if training.exists() else []
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"})
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, retry_policy=COMPUTE_RETRY)
 def evaluation_report(
     context: dg.AssetExecutionContext,
     config: EvaluationReportConfig,
@@ -246,7 +246,7 @@ def promotion_gate(evaluation_report: ArtifactHandle, artifact_store: ArtifactSt
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"}, output_required=False)
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, output_required=False, retry_policy=IO_RETRY)
 def champion_model(context: dg.AssetExecutionContext, evaluation_report: ArtifactHandle, mlflow: MlflowResource):
     """The registry's `champion` alias; moves only when the challenger passed the gate, and every move is in the audit trail."""
     version = evaluation_report.counts["challenger_version"]

@@ -15,7 +15,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from deepfeed.assets.common import fail, handle_metadata
+from deepfeed.assets.common import COMPUTE_RETRY, IO_RETRY, fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle, hash_folder
 from deepfeed.core.distributed import launch_command, read_result, write_spec
 from deepfeed.core.feedback import FeedbackStore
@@ -32,7 +32,7 @@ from deepfeed.resources.mlflow_tracking import CHAMPION
 GROUP = "training"
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch"})
+@dg.asset(group_name=GROUP, kinds={"pytorch"}, retry_policy=IO_RETRY)
 def base_model(context: dg.AssetExecutionContext, model_source: ModelSourceResource) -> dg.Output[ArtifactHandle]:
     """The local Hugging Face checkpoint that fine-tuning starts from (validated, not copied)."""
     path = model_source.resolve()
@@ -206,7 +206,7 @@ def train_with_torchrun(nproc: int, training: TrainingConfig, start: Path, recor
             raise TrainingError(f"the torchrun job of {nproc} processes ended without a result") from exc
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"})
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, retry_policy=COMPUTE_RETRY)
 def finetuned_model(
     context: dg.AssetExecutionContext,
     config: FinetunedModelConfig,

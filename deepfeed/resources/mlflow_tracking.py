@@ -139,7 +139,22 @@ class MlflowResource(dg.ConfigurableResource):
             client.log_batch(run_id, metrics=metric_rows[start:start + 1000], params=param_rows if start == 0 else [], tags=tags if start == 0 else [])
         for path in artifacts or []:
             client.log_artifact(run_id, str(path), artifact_path=artifact_dir or asset)
+        try:  # a link from the asset's page to what it logged
+            context.add_output_metadata({"mlflow_run": dg.MetadataValue.url(self.run_url(run_id))})
+        except dg.DagsterInvariantViolationError:
+            pass  # a step with several outputs: the run is found by its dagster_run_id tag
         return run_id
+
+    def run_url(self, run_id: str) -> str:
+        """The run's page in the MLflow UI: the tracking server itself, or for a database store
+        the UI `make mlflow-ui` starts ($DEEPFEED_MLFLOW_UI_URL overrides)."""
+        import os
+
+        scheme = urlparse(self.tracking_uri).scheme.lower()
+        base = self.tracking_uri if scheme in ("http", "https") else os.environ.get(
+            "DEEPFEED_MLFLOW_UI_URL", "http://127.0.0.1:5000")
+        experiment_id = self.client().get_run(run_id).info.experiment_id
+        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
     def check_registrable(self, source_is_local: bool) -> None:
         """Raise ValueError when the registry will refuse the model-version sources we would
