@@ -32,6 +32,9 @@ from deepfeed.core.embedding_summary import shared_summarizer
 from deepfeed.core.inference_log import InferenceLog, prompt_record
 from deepfeed.core.offline import deepfeed_home
 from deepfeed.serve.models import AliasWatcher, ModelPool, NoChampionError
+from deepfeed.serve.openapi import (
+    FeedbackResponse, GenerateResponse, HealthResponse, ReloadResponse, add_offline_docs, errors,
+)
 
 log = logging.getLogger("deepfeed.serve")
 MAX_PROMPT_CHARS = 8000
@@ -91,6 +94,15 @@ def _clear_validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse(status_code=422, content={"detail": "invalid request: " + "; ".join(problems)})
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deepfeed")
+    except PackageNotFoundError:
+        return "0"
+
+
 def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAPI:
     pool = pool or ModelPool(settings.tracking_uri, settings.model_name, settings.runtime, settings.ab_test)
     inference_log = InferenceLog(settings.log_root)
@@ -110,7 +122,10 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
         yield
         watcher.stop()
 
-    app = FastAPI(title="deepfeed", lifespan=lifespan)
+    app = FastAPI(title="deepfeed", lifespan=lifespan, docs_url=None, redoc_url=None, version=_version(),
+                  description="Answers prompts with the registered champion (and a challenger during an A/B test), "
+                  "logs every request, and takes rated feedback for the next fine-tuning.")
+    add_offline_docs(app)
     app.add_exception_handler(RequestValidationError, _clear_validation_error)
     app.state.pool, app.state.settings = pool, settings
 
@@ -124,14 +139,17 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
             raise HTTPException(status_code=403, detail=f"access denied: {decision.reason}")
         return decision
 
-    @app.get("/health")
+    @app.get("/health", response_model=HealthResponse, summary="Served versions and runtimes",
+             description="Which registered version each arm serves and how; no key needed.")
     def health() -> dict:
         return {"model": settings.model_name, "versions": pool.versions(), "runtimes": pool.runtimes(),
                 "reloads": pool.reloads}
 
     # Plain `def` endpoints run in the threadpool, so a long generation does not block
     # the event loop (and other requests) while it computes.
-    @app.post("/generate")
+    @app.post("/generate", response_model=GenerateResponse, responses=errors(422, 503), summary="Answer a prompt",
+              description="Answers with the arm the user's hashed id falls into; the request is logged "
+              "(prompt scrubbed of PII) before the answer is returned.")
     def generate(req: GenerateRequest) -> dict:
         started = time.perf_counter()
         user_hash = hash_user_id(req.user_id, settings.salt)
@@ -153,7 +171,9 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
         return {"request_id": request_id, "answer": out.text, "arm": arm, "model_version": served.version,
                 "confidence": out.confidence, "latency_ms": latency_ms}
 
-    @app.post("/feedback")
+    @app.post("/feedback", response_model=FeedbackResponse, responses=errors(403, 422), summary="Rate an answer",
+              description="Stores a rating or correction for the next fine-tuning. Needs an X-API-Key whose role "
+              "has feedback:submit and may submit the request's data classification.")
     def post_feedback(req: FeedbackRequest, x_api_key: str | None = Header(default=None)) -> dict:
         decision = authorize(x_api_key, FEEDBACK_SUBMIT, req.classification)
         record = req.model_dump()
@@ -167,7 +187,8 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         return {"feedback_id": feedback_id, "stored": True}
 
-    @app.post("/admin/reload")
+    @app.post("/admin/reload", response_model=ReloadResponse, responses=errors(403), summary="Re-read the registry now",
+              description="Follows the registry's aliases now instead of at the next poll (permission model:reload).")
     def reload(x_api_key: str | None = Header(default=None)) -> dict:
         authorize(x_api_key, MODEL_RELOAD)
         return {"versions": pool.refresh(), "reloads": pool.reloads}
