@@ -159,7 +159,8 @@ class CleanCorpusConfig(dg.Config):
     k: int = Field(default=20, description="k of k-anonymity over the quasi-identifiers (SPEC: at least 20).")
     max_suppression: float = Field(default=0.05, description="Largest share of records k-anonymity may suppress before it generalizes further.")
     dp_epsilon: float = Field(default=DEFAULT_MAX_EPSILON, description="Differential-privacy budget (ε, at most 0.5) of the corpus statistics released to metadata and MLflow.")
-    coverage_embeddings: bool = Field(default=True, description="Find embedding outliers with the bundled MiniLM encoder for the long-tail (Coverage) definition; off: rare tags only.")
+    coverage_embeddings: bool = Field(default=False, description="Also count MiniLM embedding outliers as long tail (Coverage); off: rare tags only. "
+                                      "Opt-in: it encodes every record, ~44 vs ~950 records/s on 2 busy cores (benchmarks/bench_coverage_encoding.py).")
     workers: int = Field(default=1, description="Processes for the stateless cleaning steps (normalize, scrub PII, glossary, language, quality); "
                          "deduplication stays in order in the run's own process. 1: no pool (light, for tests and the demo); about the number of free cores for big corpora.")
     batch_size: int = Field(default=4096, description="Records per Arrow batch streamed through cleaning; memory holds about two batches of records besides the dedup index.")
