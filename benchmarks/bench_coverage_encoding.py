@@ -79,12 +79,14 @@ def main() -> None:
         path = Path(folder) / "corpus.parquet"
         generate(args.records, path)
         for mode in args.modes.split(","):
-            done = subprocess.run([sys.executable, __file__, "--child", mode, str(path)], capture_output=True, text=True)
+            command = [sys.executable, __file__, "--child", mode, str(path)]
+            done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(done.stderr)
             result = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"embeddings {mode:<9}: {result['seconds']:6.1f} s  {args.records / result['seconds']:8,.0f} records/s "
-                  f"(kept {result['kept']:,})", flush=True)
+            rate = args.records / result["seconds"]
+            print(f"embeddings {mode:<9}: {result['seconds']:6.1f} s  {rate:8,.0f} records/s (kept {result['kept']:,})",
+                  flush=True)
 
 
 if __name__ == "__main__":

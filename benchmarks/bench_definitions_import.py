@@ -42,7 +42,8 @@ def main() -> None:
         rows[module] = (statistics.median(r["seconds"] for r in runs), runs[-1]["heavy"])
     base = rows["dagster"][0]
     for module, (seconds, heavy) in rows.items():
-        print(f"{module:<22} {seconds:6.2f} s  (+{seconds - base:5.2f} s over import dagster)  loads: {', '.join(heavy) or '-'}")
+        print(f"{module:<22} {seconds:6.2f} s  (+{seconds - base:5.2f} s over import dagster)  "
+              f"loads: {', '.join(heavy) or '-'}")
 
 
 if __name__ == "__main__":

@@ -292,13 +292,14 @@ def cmd_access_add_key(args: argparse.Namespace) -> int:
     from deepfeed.core.offline import deepfeed_home
     from deepfeed.serve.cli import default_policy_path
 
-    path = Path(args.policy) if args.policy else default_policy_path(deepfeed_home()) or deepfeed_home() / "access_policy.yaml"
+    home = deepfeed_home()
+    path = Path(args.policy) if args.policy else default_policy_path(home) or home / "access_policy.yaml"
     try:
         key = add_key(path, args.principal, args.role)
     except PolicyError as exc:
         print(f"deepfeed access add-key: {exc}", file=sys.stderr)
         return 2
-    print(f"added a {args.role} key for {args.principal} to {path} (only its sha256 is stored; "
+    print(f"added a key for {args.principal} (role {args.role}) to {path} (only its sha256 is stored; "
           "this is the one time the key is shown):", file=sys.stderr)
     print(key)
     return 0
@@ -313,7 +314,8 @@ def _add_ops_commands(commands) -> None:
     access_commands = access.add_subparsers(dest="access_command", required=True)
     add = access_commands.add_parser("add-key", help="create an API key for a principal and role; prints the key once")
     add.add_argument("--principal", required=True, help="who holds the key (recorded with every request it makes)")
-    add.add_argument("--role", required=True, help="a role of the policy (a new policy file has annotator and operator)")
+    add.add_argument("--role", required=True,
+                     help="a role of the policy (a new policy file has annotator and operator)")
     add.add_argument("--policy", default=None,
                      help="policy file, created when missing (default $DEEPFEED_HOME/access_policy.yaml)")
     add.set_defaults(func=cmd_access_add_key)

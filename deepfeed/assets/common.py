@@ -39,7 +39,8 @@ def counts_table(counts: dict[str, int], key: str = "reason", value: str = "reco
     rows = sorted(counts.items(), key=lambda kv: -kv[1])
     kind = "float" if any(isinstance(v, float) for _, v in rows) else "int"
     schema = dg.TableSchema(columns=[dg.TableColumn(key, "string"), dg.TableColumn(value, kind)])
-    return dg.MetadataValue.table(records=[dg.TableRecord({key: str(k), value: tidy(v)}) for k, v in rows], schema=schema)
+    records = [dg.TableRecord({key: str(k), value: tidy(v)}) for k, v in rows]
+    return dg.MetadataValue.table(records=records, schema=schema)
 
 
 def fail(field: str, message: str) -> dg.Failure:

@@ -40,7 +40,8 @@ def read_policy_data(path: Path) -> dict[str, Any]:
         where = getattr(exc, "problem_mark", None)
         line = f"line {where.line + 1}, column {where.column + 1}" if where else getattr(exc, "msg", "")
         problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise PolicyError(f"access policy {path} is not valid {path.suffix.lstrip('.').upper()}: {problem} ({line})") from exc
+        kind = path.suffix.lstrip(".").upper()
+        raise PolicyError(f"access policy {path} is not valid {kind}: {problem} ({line})") from exc
     if data is None:
         data = {}
     AccessPolicy.from_dict(data)  # raises PolicyError naming the bad entry

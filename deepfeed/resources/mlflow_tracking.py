@@ -79,7 +79,8 @@ class MlflowResource(dg.ConfigurableResource):
         experiment = client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
             return []
-        return client.search_runs([experiment.experiment_id], filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}'")
+        return client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}'")
 
     def end_runs(self, dagster_run_id: str, status: str) -> list[str]:
         """End the MLflow run(s) of a Dagster run with `status` (FINISHED, FAILED or KILLED).

@@ -27,7 +27,8 @@ def test_chain_runs_end_finished_and_a_failing_one_failed(deepfeed_env, tiny_lla
     # Each asset that logged links to its MLflow run.
     finetuned = instance.get_latest_materialization_event(dg.AssetKey("finetuned_model")).asset_materialization
     [train_run] = [r for r in runs if r.data.tags["dagster_run_id"] == result.run_id]
-    assert finetuned.metadata["mlflow_run"].value.endswith(f"/#/experiments/{train_run.info.experiment_id}/runs/{train_run.info.run_id}")
+    run_page = f"/#/experiments/{train_run.info.experiment_id}/runs/{train_run.info.run_id}"
+    assert finetuned.metadata["mlflow_run"].value.endswith(run_page)
     assert isinstance(finetuned.metadata["artifact_path"], dg.PathMetadataValue)
 
     # The version finetuned_model registered loads as an MLflow model and generates.

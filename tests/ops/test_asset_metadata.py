@@ -11,7 +11,8 @@ def test_counts_are_a_table_largest_first():
     table = counts_table({"too_short": 3, "duplicate": 10, "pii": 1}, key="reason")
     assert isinstance(table, dg.TableMetadataValue)
     assert [c.name for c in table.schema.columns] == ["reason", "records"]
-    assert [(r.data["reason"], r.data["records"]) for r in table.records] == [("duplicate", 10), ("too_short", 3), ("pii", 1)]
+    rows = [(r.data["reason"], r.data["records"]) for r in table.records]
+    assert rows == [("duplicate", 10), ("too_short", 3), ("pii", 1)]
     assert counts_table({}).records == []
 
 

@@ -56,7 +56,8 @@ def daemon(tmp_path):
     code.write_text(JOBS)
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(overrides=overrides, temp_dir=str(tmp_path / "dagster")) as instance:
-        target = PythonFileTarget(python_file=str(code), attribute=None, working_directory=str(REPO), location_name="jobs")
+        target = PythonFileTarget(python_file=str(code), attribute=None, working_directory=str(REPO),
+                                  location_name="jobs")
         with create_test_daemon_workspace_context(target, instance) as context:
             yield instance, context
 
@@ -65,7 +66,8 @@ def _submit(instance, context):
     """A run as the UI creates one: snapshots from the code server, then the queue."""
     job = load_remote_repo(context, "__repository__").get_full_job("sleepy")
     location = next(iter(context.create_request_context().get_code_location_entries().values())).code_location
-    plan = location.get_execution_plan(job, run_config={}, step_keys_to_execute=None, known_state=None, instance=instance)
+    plan = location.get_execution_plan(job, run_config={}, step_keys_to_execute=None, known_state=None,
+                                       instance=instance)
     run = create_run_for_test(instance, job_name="sleepy", remote_job_origin=job.get_remote_origin(),
                               job_code_origin=job.get_python_origin(), job_snapshot=job.job_snapshot,
                               execution_plan_snapshot=plan.execution_plan_snapshot)
