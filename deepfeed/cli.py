@@ -1,4 +1,4 @@
-"""`deepfeed` command line: prepare, ingest, demo, plan, tiny-model."""
+"""`deepfeed` command line: run the demo, ingest corpora, serve, plan and maintain the embedded default."""
 
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ def ingest_sources(instance, corpus_path: str = "") -> dict[str, bool]:
         instance.add_dynamic_partitions("corpus_source", new)
     job = defs.resolve_job_def("corpus_ingest_job")
     outcome = {}
-    for source in stale:
+    from tqdm import tqdm
+
+    for source in tqdm(stale, desc="ingesting sources", unit="source", disable=not stale):
         result = job.execute_in_process(partition_key=source, instance=instance, raise_on_error=False,
                                         run_config={**ingest_run_config(corpus_path), "loggers": {"console": {"config": {"log_level": "WARNING"}}}})
         outcome[source] = result.success
@@ -272,9 +274,66 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if failed(results) else 0
 
 
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deepfeed")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def cmd_run_config(args: argparse.Namespace) -> int:
+    from deepfeed.definitions import defs
+    from deepfeed.run_config_template import run_config_template
+
+    names = sorted(job.name for job in defs.jobs or [])
+    if args.job not in names:
+        print(f"deepfeed run-config: no job {args.job!r}; jobs: {', '.join(names)}", file=sys.stderr)
+        return 2
+    print(run_config_template(defs.resolve_job_def(args.job)), end="")
+    return 0
+
+
+def cmd_access_add_key(args: argparse.Namespace) -> int:
+    from deepfeed.core.access import PolicyError
+    from deepfeed.core.access_keys import add_key
+    from deepfeed.core.offline import deepfeed_home
+    from deepfeed.serve.cli import default_policy_path
+
+    home = deepfeed_home()
+    path = Path(args.policy) if args.policy else default_policy_path(home) or home / "access_policy.yaml"
+    try:
+        key = add_key(path, args.principal, args.role)
+    except PolicyError as exc:
+        print(f"deepfeed access add-key: {exc}", file=sys.stderr)
+        return 2
+    print(f"added a key for {args.principal} (role {args.role}) to {path} (only its sha256 is stored; "
+          "this is the one time the key is shown):", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def _add_ops_commands(commands) -> None:
+    run_config = commands.add_parser("run-config", help="print a run-config YAML template of a job (every op's config, "
+                                      "defaults and descriptions) for `dagster job launch -c` or the launchpad")
+    run_config.add_argument("--job", default="full_chain_job", help="job name (default full_chain_job)")
+    run_config.set_defaults(func=cmd_run_config)
+    access = commands.add_parser("access", help="manage the serving access policy (API keys and roles)")
+    access_commands = access.add_subparsers(dest="access_command", required=True)
+    add = access_commands.add_parser("add-key", help="create an API key for a principal and role; prints the key once")
+    add.add_argument("--principal", required=True, help="who holds the key (recorded with every request it makes)")
+    add.add_argument("--role", required=True,
+                     help="a role of the policy (a new policy file has annotator and operator)")
+    add.add_argument("--policy", default=None,
+                     help="policy file, created when missing (default $DEEPFEED_HOME/access_policy.yaml)")
+    add.set_defaults(func=cmd_access_add_key)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepfeed", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("prepare", help="build the offline resources (base model, NLTK data, demo corpus)").set_defaults(func=cmd_prepare)
     ingest = commands.add_parser("ingest", help="register the sources under the corpus root as raw_corpus partitions and ingest the new or changed ones")
     ingest.add_argument("--corpus", default=None, help="corpus root (default: $DEEPFEED_CORPUS, else the demo corpus)")
@@ -314,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     from deepfeed.audit_cli import add_audit_parser
 
     add_audit_parser(commands)
+    _add_ops_commands(commands)
     return parser
 
 

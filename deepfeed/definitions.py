@@ -14,6 +14,7 @@ from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourc
 from deepfeed.resources.monitoring_policy import policy_from_environment
 from deepfeed.resources.serving_data import ServingDataResource
 from deepfeed.sensors import corpus_source_sensor, drift_sensor, feedback_sensor, performance_sensor
+from deepfeed.sensors import MLFLOW_RUN_SENSORS
 
 defs = dg.Definitions(
     # Monitoring reads production traffic, not the chain's artifacts: kept out of
@@ -22,7 +23,7 @@ defs = dg.Definitions(
     asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
     jobs=[full_chain_job, corpus_ingest_job, incremental_job, knowledge_review_job, drift_report_job, ab_test_report_job, rollback_job],
     schedules=[monthly_full_retrain, quarterly_knowledge_review, daily_ab_test_report],
-    sensors=[corpus_source_sensor, feedback_sensor, drift_sensor, performance_sensor],
+    sensors=[corpus_source_sensor, feedback_sensor, drift_sensor, performance_sensor, *MLFLOW_RUN_SENSORS],
     resources={
         "artifact_store": ArtifactStoreResource(),
         "mlflow": MlflowResource(),

@@ -6,7 +6,7 @@ from dataclasses import fields
 import dagster as dg
 from pydantic import Field
 
-from deepfeed.assets.common import counts_table, fail, handle_metadata
+from deepfeed.assets.common import COMPUTE_RETRY, counts_table, fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle
 from deepfeed.core.augment_corpus import augment_corpus
 from deepfeed.core.augment_setup import AugmentSettings, AugmentSettingsError, build_augmenters
@@ -61,7 +61,7 @@ def _examples(records: list[dict], per_technique: int = 2) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(lines))
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet"})
+@dg.asset(group_name=GROUP, kinds={"parquet"}, retry_policy=COMPUTE_RETRY)
 def augmented_corpus(
     context: dg.AssetExecutionContext,
     config: AugmentedCorpusConfig,

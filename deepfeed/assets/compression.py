@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from deepfeed.assets.common import fail, handle_metadata
+from deepfeed.assets.common import COMPUTE_RETRY, fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle
 from deepfeed.core.compression import CompressionConfig, CompressionInputError, compress_checkpoint, write_json
 from deepfeed.core.compression_gate import gate_compressed_artifacts
@@ -66,7 +66,8 @@ def _artifacts_table(summary: dict) -> str:
 
 # The checkpoint comes from candidate_model (a full retrain or an incremental round); the
 # parameter keeps its name so the body reads as before.
-@dg.asset(group_name=GROUP, kinds={"onnx", "pytorch"}, ins={"finetuned_model": dg.AssetIn("candidate_model")})
+@dg.asset(group_name=GROUP, kinds={"onnx", "pytorch"}, ins={"finetuned_model": dg.AssetIn("candidate_model")},
+          retry_policy=COMPUTE_RETRY)
 def compressed_model(
     context: dg.AssetExecutionContext,
     config: CompressedModelConfig,

@@ -19,7 +19,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from deepfeed.assets.common import counts_table, fail, handle_metadata
+from deepfeed.assets.common import COMPUTE_RETRY, IO_RETRY, counts_table, fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle, ArtifactStore
 from deepfeed.core.audit import AuditEntry, AuditLedger
 from deepfeed.core.clean_pipeline import DatasetBudget, NothingLeft, Progress, clean_sources
@@ -116,7 +116,7 @@ class RawCorpusConfig(dg.Config):
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet"}, partitions_def=corpus_sources)
+@dg.asset(group_name=GROUP, kinds={"parquet"}, partitions_def=corpus_sources, retry_policy=IO_RETRY)
 def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artifact_store: ArtifactStoreResource) -> dg.Output[ArtifactHandle]:
     """One source's readable records, normalized to one schema; the rest quarantined with a reason and its raw bytes."""
     source_name = context.partition_key
@@ -218,7 +218,8 @@ class CleanCorpusConfig(dg.Config):
         description="Total ε that may ever be spent on one dataset (the contents of the raw_corpus versions read), "
         "summed over every run in $DEEPFEED_HOME/privacy/epsilon_ledger.json. Once spent, a run re-publishes the "
         "dataset's last noisy release instead of drawing new noise (docs/privacy.md).")
-    coverage_embeddings: bool = Field(default=True, description="Find embedding outliers with the bundled MiniLM encoder for the long-tail (Coverage) definition; off: rare tags only.")
+    coverage_embeddings: bool = Field(default=False, description="Also count MiniLM embedding outliers as long tail (Coverage); off: rare tags only. "
+                                      "Opt-in: it encodes every record, ~44 vs ~950 records/s on 2 busy cores (benchmarks/bench_coverage_encoding.py).")
     workers: int = Field(default=1, description="Processes for the stateless cleaning steps (normalize, scrub PII, glossary, language, quality); "
                          "deduplication stays in order in the run's own process. 1: no pool (light, for tests and the demo); about the number of free cores for big corpora.")
     batch_size: int = Field(default=4096, description="Records per Arrow batch streamed through cleaning; memory holds about two batches of records besides the dedup index.")
@@ -275,7 +276,7 @@ def _raw_sources(context: dg.AssetExecutionContext, store: ArtifactStore) -> dic
     return handles  # type: ignore[return-value]
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet"}, deps=[raw_corpus])
+@dg.asset(group_name=GROUP, kinds={"parquet"}, deps=[raw_corpus], retry_policy=COMPUTE_RETRY)
 def clean_corpus(
     context: dg.AssetExecutionContext,
     config: CleanCorpusConfig,

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from deepfeed.assets.common import counts_table, fail, handle_metadata
+from deepfeed.assets.common import COMPUTE_RETRY, IO_RETRY, counts_table, fail, handle_metadata
 from deepfeed.assets.training import checkpoint_source
 from deepfeed.core.artifacts import MANIFEST, ArtifactHandle
 from deepfeed.core.audit import AuditEntry, AuditLedger
@@ -109,7 +109,8 @@ def _training_losses(store, finetuned_model: ArtifactHandle) -> list[float]:
 
 
 # The challenger checkpoint is candidate_model's (docs/model-lifecycle.md).
-@dg.asset(group_name=GROUP, kinds={"mlflow"}, ins={"finetuned_model": dg.AssetIn("candidate_model")})
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, ins={"finetuned_model": dg.AssetIn("candidate_model")},
+          retry_policy=COMPUTE_RETRY)
 def evaluation_report(
     context: dg.AssetExecutionContext,
     config: EvaluationReportConfig,
@@ -286,7 +287,7 @@ def failed_gate_revokes_challenger(context: dg.AssetCheckExecutionContext, evalu
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"}, output_required=False)
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, output_required=False, retry_policy=IO_RETRY)
 def champion_model(context: dg.AssetExecutionContext, config: ChampionModelConfig, evaluation_report: ArtifactHandle,
                    mlflow: MlflowResource):
     """Acts on a passed gate (the blocking promotion_gate stops this asset otherwise): the first champion is promoted;

@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from deepfeed.assets.common import fail, handle_metadata
+from deepfeed.assets.common import COMPUTE_RETRY, fail, handle_metadata
 from deepfeed.assets.training import (
     GROUP,
     current_champion,
@@ -59,6 +59,7 @@ class IncrementalModelConfig(TrainingFields):
     group_name=GROUP,
     kinds={"pytorch", "mlflow"},
     partitions_def=feedback_batches,
+    retry_policy=COMPUTE_RETRY,
     deps=["augmented_corpus", "base_model"],
 )
 def incremental_model(

@@ -15,11 +15,12 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from deepfeed.assets.common import fail, handle_metadata
+from deepfeed.assets.common import COMPUTE_RETRY, IO_RETRY, fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle, hash_folder
 from deepfeed.core.distributed import launch_command, read_result, write_spec
 from deepfeed.core.feedback import FeedbackStore
 from deepfeed.core.incremental import records_hash, training_state_dir
+from deepfeed.core.mlflow_model import write_pyfunc_model
 from deepfeed.core.modeling import ModelSourceError, describe_checkpoint
 from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.plots import line_plot, markdown_image
@@ -31,7 +32,7 @@ from deepfeed.resources.mlflow_tracking import CHAMPION
 GROUP = "training"
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch"})
+@dg.asset(group_name=GROUP, kinds={"pytorch"}, retry_policy=IO_RETRY)
 def base_model(context: dg.AssetExecutionContext, model_source: ModelSourceResource) -> dg.Output[ArtifactHandle]:
     """The local Hugging Face checkpoint that fine-tuning starts from (validated, not copied)."""
     path = model_source.resolve()
@@ -179,8 +180,11 @@ def train_logged(config: TrainingFields, training: TrainingConfig, start: Path, 
     """In this process, or as a torchrun job through Dagster Pipes when nproc > 1."""
     try:
         if config.nproc > 1:
-            return train_with_torchrun(config.nproc, training, start, records, checkpoint, context, **kwargs)
-        return fine_tune(start, records, checkpoint, training, on_step=progress(context, config), **kwargs)
+            result = train_with_torchrun(config.nproc, training, start, records, checkpoint, context, **kwargs)
+        else:
+            result = fine_tune(start, records, checkpoint, training, on_step=progress(context, config), **kwargs)
+        write_pyfunc_model(checkpoint)  # the registered version loads as models:/<name>@<alias>
+        return result
     except (TrainingError, ValueError, OSError) as exc:
         raise fail(context.asset_key.to_user_string(), str(exc)) from exc
 
@@ -202,7 +206,7 @@ def train_with_torchrun(nproc: int, training: TrainingConfig, start: Path, recor
             raise TrainingError(f"the torchrun job of {nproc} processes ended without a result") from exc
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"})
+@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, retry_policy=COMPUTE_RETRY)
 def finetuned_model(
     context: dg.AssetExecutionContext,
     config: FinetunedModelConfig,

@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from filelock import FileLock, Timeout
 from upath import UPath
 
 MANIFEST = "manifest.json"
+STAGING_PREFIX = ".staging-"
 _LOCAL_PROTOCOLS = {"", "file", "local"}
 
 
@@ -96,7 +98,13 @@ class ArtifactStore:
             Path(str(self.root.path)) / name if self.is_local else self._cache / "staging" / name
         )
         staging_parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=staging_parent))
+        staging = staging_parent / f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
+        # Held while the version is written (taken before the folder exists): the kernel drops it
+        # when this process dies, even by SIGKILL, which is how clean_stale_staging tells a
+        # leaked folder from one being written.
+        owner = FileLock(str(_owner_lock(staging)), timeout=0, thread_local=False)
+        owner.acquire()
+        staging.mkdir(mode=0o700)
         pending = PendingVersion(path=staging, counts=dict(metadata or {}), version=version,
                                  uri=str(self.root / name / version))
         try:
@@ -124,6 +132,37 @@ class ArtifactStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        finally:
+            owner.release()
+            _owner_lock(staging).unlink(missing_ok=True)
+
+    def staging_parents(self) -> list[Path]:
+        if self.is_local:
+            root = Path(str(self.root.path))
+            return [p for p in root.iterdir() if p.is_dir()] if root.exists() else []
+        cache = self._cache / "staging"
+        return [p for p in cache.iterdir() if p.is_dir()] if cache.exists() else []
+
+    def clean_stale_staging(self) -> list[Path]:
+        """Delete staging folders whose writer died (a killed run leaks one per save, the size
+        of a checkpoint); folders still being written are kept. Returns what was deleted."""
+        removed = []
+        for parent in self.staging_parents():
+            for staging in parent.glob(f"{STAGING_PREFIX}*"):
+                if not staging.is_dir():
+                    continue
+                lock = FileLock(str(_owner_lock(staging)), timeout=0, thread_local=False)
+                try:
+                    lock.acquire()
+                except Timeout:
+                    continue  # its writer is alive
+                try:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    removed.append(staging)
+                finally:
+                    lock.release()
+                    _owner_lock(staging).unlink(missing_ok=True)
+        return removed
 
     def local_path(self, handle: ArtifactHandle | str) -> Path:
         """A local folder holding the version (downloaded once for remote roots)."""
@@ -154,6 +193,11 @@ class ArtifactStore:
         manifest = json.loads((self.root / name / versions[-1] / MANIFEST).read_text())
         manifest.pop("run_id", None)
         return ArtifactHandle(**manifest)
+
+
+def _owner_lock(staging: Path) -> Path:
+    # Beside the folder, not in it: the folder's files are hashed and published.
+    return staging.with_name(staging.name + ".lock")
 
 
 @dataclass

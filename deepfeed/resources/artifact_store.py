@@ -20,7 +20,11 @@ class ArtifactStoreResource(dg.ConfigurableResource):
         return ArtifactStore(self.root)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        store = self.store()
         try:
-            self.store().check_writable()
+            store.check_writable()
         except ArtifactStoreError as exc:
             raise dg.Failure(f"ArtifactStoreResource.root: {exc}") from exc
+        # A run killed mid-save leaves its staging folder (up to a checkpoint's size) behind.
+        for folder in store.clean_stale_staging():
+            context.log.info("removed the staging folder of a run that died while saving: %s", folder)

@@ -5,12 +5,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from deepfeed.core.offline import deepfeed_home
 from deepfeed.settings import default_mlflow_artifact_location, default_mlflow_uri
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
+DAGSTER_RUN_TAG = "dagster_run_id"
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -26,6 +28,9 @@ class MlflowResource(dg.ConfigurableResource):
         description="Artifact location for a newly created experiment (ignored for an existing one).",
     )
     registered_model_name: str = Field(default="deepfeed", description="Registered model holding the versions and the champion/challenger aliases.")
+
+    # MLflow runs this process opened for its Dagster run; ended in teardown_after_execution.
+    _opened: set[str] = PrivateAttr(default_factory=set)
 
     def client(self):
         from mlflow import MlflowClient
@@ -54,13 +59,58 @@ class MlflowResource(dg.ConfigurableResource):
             experiment_id = self._experiment_id(client)
             found = client.search_runs([experiment_id], filter_string=f"tags.dagster_run_id = '{dagster_run_id}'", max_results=1)
             if found:
-                return found[0].info.run_id
-            run = client.create_run(
-                experiment_id,
-                run_name=f"dagster-{dagster_run_id[:8]}",
-                tags={"dagster_run_id": dagster_run_id, "dagster_job": context.run.job_name},
-            )
-            return run.info.run_id
+                run_id = found[0].info.run_id
+                # A step in a later process (multiprocess executor, a retry) reopens the run an
+                # earlier step's process ended; a FAILED run stays FAILED.
+                if found[0].info.status == FINISHED:
+                    client.update_run(run_id, status=RUNNING)
+            else:
+                run_id = client.create_run(
+                    experiment_id,
+                    run_name=f"dagster-{dagster_run_id[:8]}",
+                    tags={"dagster_run_id": dagster_run_id, "dagster_job": context.run.job_name},
+                ).info.run_id
+        self._opened.add(dagster_run_id)
+        return run_id
+
+    def mlflow_runs_of(self, dagster_run_id: str) -> list:
+        """Every MLflow run tagged with this Dagster run (normally one)."""
+        client = self.client()
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return []
+        return client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}'")
+
+    def end_runs(self, dagster_run_id: str, status: str) -> list[str]:
+        """End the MLflow run(s) of a Dagster run with `status` (FINISHED, FAILED or KILLED).
+
+        Idempotent, and a FAILED run is never turned FINISHED: a step that failed earlier in
+        another process, or the run monitor's verdict on a killed run, wins."""
+        client = self.client()
+        ended = []
+        for run in self.mlflow_runs_of(dagster_run_id):
+            status = FAILED if status == FINISHED and run.info.status == FAILED else status
+            if run.info.status != status or run.info.end_time is None:
+                client.set_terminated(run.info.run_id, status=status)
+            ended.append(run.info.run_id)
+        return ended
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """End the MLflow run when this process is done with its steps of the Dagster run.
+
+        With the in-process executor (the embedded default) this is the end of the Dagster run.
+        With one process per step a later step reopens the run (see `run_id`), and
+        `mlflow_run_status_sensor` ends it again from the run's final status, which also covers
+        a process that was killed and never got here."""
+        if context.dagster_run is None or context.dagster_run.run_id not in self._opened:
+            return
+        dagster_run_id = context.dagster_run.run_id
+        failures = context.instance.get_records_for_run(
+            dagster_run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=1
+        ).records if context.instance is not None else []
+        self.end_runs(dagster_run_id, FAILED if failures else FINISHED)
+        self._opened.discard(dagster_run_id)
 
     def log(
         self,
@@ -90,7 +140,22 @@ class MlflowResource(dg.ConfigurableResource):
             client.log_batch(run_id, metrics=metric_rows[start:start + 1000], params=param_rows if start == 0 else [], tags=tags if start == 0 else [])
         for path in artifacts or []:
             client.log_artifact(run_id, str(path), artifact_path=artifact_dir or asset)
+        try:  # a link from the asset's page to what it logged
+            context.add_output_metadata({"mlflow_run": dg.MetadataValue.url(self.run_url(run_id))})
+        except dg.DagsterInvariantViolationError:
+            pass  # a step with several outputs: the run is found by its dagster_run_id tag
         return run_id
+
+    def run_url(self, run_id: str) -> str:
+        """The run's page in the MLflow UI: the tracking server itself, or for a database store
+        the UI `make mlflow-ui` starts ($DEEPFEED_MLFLOW_UI_URL overrides)."""
+        import os
+
+        scheme = urlparse(self.tracking_uri).scheme.lower()
+        base = self.tracking_uri if scheme in ("http", "https") else os.environ.get(
+            "DEEPFEED_MLFLOW_UI_URL", "http://127.0.0.1:5000")
+        experiment_id = self.client().get_run(run_id).info.experiment_id
+        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
     def check_registrable(self, source_is_local: bool) -> None:
         """Raise ValueError when the registry will refuse the model-version sources we would
@@ -121,7 +186,7 @@ class MlflowResource(dg.ConfigurableResource):
             self.registered_model_name,
             source=source,
             run_id=self.run_id(context),
-            tags={**tags, **registration_tags(), "dagster_run_id": context.run.run_id},
+            tags={**tags, **registration_tags(), "dagster_run_id": context.run.run_id, **model_flavor_tags(source)},
         )
         return str(version.version)
 
@@ -156,6 +221,13 @@ class MlflowResource(dg.ConfigurableResource):
         client.set_registered_model_alias(self.registered_model_name, CHAMPION, version)
         client.set_model_version_tag(self.registered_model_name, version, "promoted", "true")
         return str(old.version) if old is not None else None
+
+
+def model_flavor_tags(source: str) -> dict[str, str]:
+    """Whether the version loads with mlflow.pyfunc.load_model (its folder holds an MLmodel)."""
+    from deepfeed.core.mlflow_model import is_mlflow_model
+
+    return {"mlflow_flavor": "python_function" if is_mlflow_model(source) else "none"}
 
 
 def mlflow_ui_command() -> str:

@@ -45,6 +45,9 @@ from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.ratelimit import RateLimiter
 from deepfeed.core.secrets import USER_SALT, load_secret
 from deepfeed.serve.models import AliasWatcher, ModelPool, NoChampionError
+from deepfeed.serve.openapi import (
+    FeedbackResponse, GenerateResponse, HealthResponse, ReloadResponse, add_offline_docs, errors,
+)
 
 log = logging.getLogger("deepfeed.serve")
 MAX_PROMPT_CHARS = 8000
@@ -179,6 +182,15 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deepfeed")
+    except PackageNotFoundError:
+        return "0"
+
+
 def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAPI:
     # Refuse to start rather than log reversible user hashes (raises MissingSecret).
     salt = settings.salt or load_secret(USER_SALT, settings.home)
@@ -220,7 +232,10 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
         watcher.stop()
         write_summary()
 
-    app = FastAPI(title="deepfeed", lifespan=lifespan)
+    app = FastAPI(title="deepfeed", lifespan=lifespan, docs_url=None, redoc_url=None, version=_version(),
+                  description="Answers prompts with the registered champion (and a challenger during an A/B test), "
+                  "logs every request, and takes rated feedback for the next fine-tuning.")
+    add_offline_docs(app)
 
     async def clear_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         rejections.add("invalid")
@@ -267,14 +282,19 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
                 return served_recently[request_id]
         return inference_log.find(request_id, within=FEEDBACK_WINDOW)
 
-    @app.get("/health")
+    @app.get("/health", response_model=HealthResponse, summary="Served versions and runtimes",
+             description="Which registered version each arm serves and how; no key needed.")
     def health() -> dict:
         return {"model": settings.model_name, "versions": pool.versions(), "runtimes": pool.runtimes(),
                 "reloads": pool.reloads, "rejected": rejections.snapshot()}
 
     # Plain `def` endpoints run in the threadpool, so a long generation does not block
     # the event loop (and other requests) while it computes.
-    @app.post("/generate")
+    @app.post("/generate", response_model=GenerateResponse, responses=errors(401, 403, 413, 422, 429, 503),
+              summary="Answer a prompt",
+              description="Answers with the arm the user's hashed id falls into; the request is logged "
+              "(prompt scrubbed of PII) before the answer is returned. Needs an X-API-Key whose role has "
+              "model:generate, unless the access policy lets anonymous callers generate.")
     def generate(req: GenerateRequest, access: Decision = Depends(generate_access)) -> dict:
         if len(req.prompt) > settings.max_prompt_chars:
             raise refuse(422, "invalid", f"invalid request: prompt: longer than {settings.max_prompt_chars} characters")
@@ -305,7 +325,9 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
         return {"request_id": request_id, "answer": out.text, "arm": arm, "model_version": served.version,
                 "confidence": out.confidence, "latency_ms": latency_ms}
 
-    @app.post("/feedback")
+    @app.post("/feedback", response_model=FeedbackResponse, responses=errors(401, 403, 413, 422, 429), summary="Rate an answer",
+              description="Stores a rating or correction for the next fine-tuning. Needs an X-API-Key whose role "
+              "has feedback:submit and may submit the request's data classification.")
     def post_feedback(req: FeedbackRequest, request: Request, x_api_key: str | None = Header(default=None)) -> dict:
         decision = authorize(x_api_key, FEEDBACK_SUBMIT, req.classification)
         throttle(decision, request)
@@ -329,7 +351,8 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
             raise refuse(422, "invalid", str(exc)) from exc
         return {"feedback_id": feedback_id, "stored": True}
 
-    @app.post("/admin/reload")
+    @app.post("/admin/reload", response_model=ReloadResponse, responses=errors(401, 403, 429), summary="Re-read the registry now",
+              description="Follows the registry's aliases now instead of at the next poll (permission model:reload).")
     def reload(request: Request, x_api_key: str | None = Header(default=None)) -> dict:
         decision = authorize(x_api_key, MODEL_RELOAD)
         throttle(decision, request)

@@ -68,6 +68,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from deepfeed.core.access import PolicyError
+    from deepfeed.core.access_keys import check_policy_file
     from deepfeed.core.secrets import USER_SALT, MissingSecret, load_secret
 
     settings = settings_from_args(args)
@@ -76,6 +78,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except MissingSecret as exc:
         print(f"deepfeed serve: refusing to start: {exc}", file=sys.stderr, flush=True)
         return 2
+
+    if settings.policy_path is not None:
+        try:  # checked here, once, so a bad file is one line rather than a traceback from each worker
+            check_policy_file(settings.policy_path)
+        except PolicyError as exc:
+            print(f"deepfeed serve: {exc}", file=sys.stderr)
+            return 2
     if settings.policy_path is None:
         print("deepfeed serve: no access policy (--policy or $DEEPFEED_HOME/access_policy.yaml): "
               "POST /generate, /feedback and /admin/reload will refuse everyone", flush=True)

@@ -87,5 +87,7 @@ def test_production_instance_files_agree_on_storage_and_queue():
     for section in ("storage", "run_coordinator", "run_retries", "telemetry"):
         assert k8s[section] == single[section], section
     assert k8s["run_launcher"]["class"] == "K8sRunLauncher"
-    assert "run_launcher" not in single  # the default: a subprocess per run on this host
+    # Dagster's default (a subprocess per run on this host) plus the health check run monitoring needs.
+    assert single["run_launcher"] == {"module": "deepfeed.run_launcher", "class": "LocalProcessRunLauncher"}
+    assert single["run_monitoring"]["enabled"] and k8s["run_monitoring"]["enabled"]
     assert k8s["storage"]["postgres"]["postgres_db"]["password"] == {"env": "DAGSTER_PG_PASSWORD"}
