@@ -73,18 +73,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from deepfeed.core.secrets import USER_SALT, MissingSecret, load_secret
 
     settings = settings_from_args(args)
-    try:
-        load_secret(USER_SALT, settings.home)
-    except MissingSecret as exc:
-        print(f"deepfeed serve: refusing to start: {exc}", file=sys.stderr, flush=True)
-        return 2
-
     if settings.policy_path is not None:
         try:  # checked here, once, so a bad file is one line rather than a traceback from each worker
             check_policy_file(settings.policy_path)
         except PolicyError as exc:
             print(f"deepfeed serve: {exc}", file=sys.stderr)
             return 2
+    try:
+        load_secret(USER_SALT, settings.home)
+    except MissingSecret as exc:
+        print(f"deepfeed serve: refusing to start: {exc}", file=sys.stderr, flush=True)
+        return 2
     if settings.policy_path is None:
         print("deepfeed serve: no access policy (--policy or $DEEPFEED_HOME/access_policy.yaml): "
               "POST /generate, /feedback and /admin/reload will refuse everyone", flush=True)

@@ -4,7 +4,7 @@ describes every route with its response model."""
 from fastapi.testclient import TestClient
 
 from deepfeed.serve.app import ServeSettings, create_app
-from tests.serve.conftest import empty_registry_db, registry  # noqa: F401 (fixtures)
+from tests.serve.conftest import empty_registry_db, registry, user_salt  # noqa: F401 (fixtures)
 
 
 def _client(home, registry):  # noqa: F811

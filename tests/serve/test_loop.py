@@ -78,7 +78,8 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
             ask(f"user{i % 10}", f"请问订单{i}的发货时间是什么时候？我已经等了{i * 3}天了。")
 
         # 2. Drift: the shifted prompts trip the KS tests; the report run fails with the evidence.
-        drift = drift_sensor(dg.build_sensor_context(resources=resources))
+        with dg.build_sensor_context(resources=resources) as context:
+            drift = drift_sensor(context)
         [drift_request] = drift
         drift_run = dg.materialize([drift_report], instance=instance, resources=resources, raise_on_error=False,
                                    run_config=drift_request.run_config)
@@ -86,7 +87,8 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
         assert "drift alert" in drift_run.failure_data_for_node("drift_report").error.message
 
         # 3. Feedback sensor: a sealed batch, a partition, an incremental run -> v2 challenger.
-        feedback = feedback_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            feedback = feedback_sensor(context)
         [request] = feedback.run_requests
         instance.add_dynamic_partitions("feedback_batches", [request.partition_key])
         trained = dg.materialize([incremental_model], partition_key=request.partition_key, instance=instance,
@@ -118,7 +120,8 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
         # 5. The new champion's ratings fall >= 3% below its A/B level: rollback.
         for i in range(12):
             rate(ask(f"late{i}", EN[i % len(EN)]), f"late{i}", 0.4)
-        rollback = performance_sensor(dg.build_sensor_context(resources=resources))
+        with dg.build_sensor_context(resources=resources) as context:
+            rollback = performance_sensor(context)
         assert isinstance(rollback, dg.RunRequest), rollback
         result = rollback_job.execute_in_process(run_config=rollback.run_config, resources=resources, instance=instance)
         assert result.success
