@@ -42,10 +42,15 @@ class EvaluationReportConfig(dg.Config):
     generation_batch_size: int = Field(default=32, description="Prompts decoded together (greedy, left-padded, KV cache); one batch for the demo's 24 answers.")
     max_relative_drop: float = Field(
         default=0.03,
-        description="Gate limit: a key metric fails when the whole paired 95% interval of its relative change vs the champion "
-        "(or the base model, before the first champion) lies below -max_relative_drop (docs/evaluation-gates.md).",
+        description="Gate limit: a key metric fails when the whole paired 95% interval of its relative change vs the "
+        "champion (or the base model, before the first champion) lies below -max_relative_drop "
+        "(docs/evaluation-gates.md).",
     )
-    bootstrap_samples: int = Field(default=1000, description="Bootstrap resamples for the 95% intervals of BLEU-4, chrF and token F1 and for the paired intervals of every difference the gate reads.")
+    bootstrap_samples: int = Field(
+        default=1000,
+        description="Bootstrap resamples for the 95% intervals of BLEU-4, chrF and token F1 and for the paired "
+        "intervals of every difference the gate reads.",
+    )
     toxicity_threshold: float = Field(default=0.5, description="Classifier probability at or above which an answer counts as toxic.")
     use_perspective: bool = Field(default=False, description="Score toxicity with Google's Perspective API (needs internet and $PERSPECTIVE_API_KEY) instead of the offline classifier.")
     artifacts: list[str] = Field(
@@ -57,13 +62,15 @@ class EvaluationReportConfig(dg.Config):
     compare_with_champion: bool = Field(default=True, description="Re-score the current champion on the same records for the gate.")
     reuse_champion_scores: bool = Field(
         default=True,
-        description="Reuse the champion's and the base model's scores from an earlier evaluation (kept in the artifact store) when the model, "
-        "the evaluation set and these settings are unchanged, instead of generating its answers again. Off: always re-score.",
+        description="Reuse the champion's and the base model's scores from an earlier evaluation (kept in the artifact "
+        "store) when the model, the evaluation set and these settings are unchanged, instead of generating its answers "
+        "again. Off: always re-score.",
     )
     compression_gate_required: bool = Field(
         default=True,
-        description="Fail the promotion gate when no verdict of the compression gate is found for this compressed_model version. "
-        "Set false only on purpose (e.g. compressed artifacts built without their check); the report then says it was waived.",
+        description="Fail the promotion gate when no verdict of the compression gate is found for this "
+        "compressed_model version. Set false only on purpose (e.g. compressed artifacts built without their check); "
+        "the report then says it was waived.",
     )
 
 
@@ -90,7 +97,9 @@ def compression_gate_status(context: dg.AssetExecutionContext, compressed_model:
         if key in compressed_model.counts:
             return bool(compressed_model.counts[key]), f"compressed_model {compressed_model.version}: {key}={compressed_model.counts[key]}"
     manifest = json.loads((store.local_path(compressed_model) / MANIFEST).read_text())
-    check_keys = context.job_def.asset_layer.asset_graph.get_check_keys_for_assets({dg.AssetKey("compressed_model")})
+    # The code location's graph, not this run's job: a run that selects only evaluation_report
+    # has a job without compressed_model's checks, and would otherwise find no verdict.
+    check_keys = context.repository_def.asset_graph.get_check_keys_for_assets({dg.AssetKey("compressed_model")})
     verdicts = {}
     for key in check_keys:
         record = context.instance.get_latest_asset_check_evaluation_record(key)
@@ -172,14 +181,16 @@ def evaluation_report(
     if champion_checkpoint is not None and config.reuse_champion_scores:
         champion_scores = find_scores(store, score_cache_key(str(champion.version), champion.source, eval_hash, eval_config, key_extra))
     if base_checkpoint is not None:
-        base_key = score_cache_key(f"base:{checkpoint_fingerprint(base_checkpoint)}", str(base_checkpoint), eval_hash, eval_config, key_extra)
+        fingerprint = f"base:{checkpoint_fingerprint(base_checkpoint)}"
+        base_key = score_cache_key(fingerprint, str(base_checkpoint), eval_hash, eval_config, key_extra)
         base_scores = find_scores(store, base_key) if config.reuse_champion_scores else None
     outcome = evaluate_candidates(
         store.local_path(finetuned_model) / "checkpoint", store.local_path(compressed_model), champion_checkpoint, records, eval_config,
         CompressionConfig(), log=context.log.info, toxicity=toxicity, generate_compressed=config.generate_compressed, generate_logits_only=config.generate_logits_only,
         artifacts=tuple(config.artifacts),
         compression_passed=compression_passed, compression_detail=compression_detail, champion_scores=champion_scores,
-        base_checkpoint=base_checkpoint, base_scores=base_scores, base_error=base_error, compression_required=config.compression_gate_required,
+        base_checkpoint=base_checkpoint, base_scores=base_scores, base_error=base_error,
+        compression_required=config.compression_gate_required,
     )
     stamp = {"eval_hash": eval_hash, "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "dagster_run": context.run.run_id}
     champion_result = outcome.by_name(CHAMPION_CANDIDATE)
@@ -189,7 +200,8 @@ def evaluation_report(
                     {"model_version": champion.version, **stamp}, run_id=context.run.run_id)
     base_result = outcome.by_name(BASE)
     if base_key is not None and base_scores is None and base_result is not None:
-        save_scores(store, base_key, base_result, [], {"model_version": "base", "checkpoint": str(base_checkpoint), **stamp}, run_id=context.run.run_id)
+        meta = {"model_version": "base", "checkpoint": str(base_checkpoint), **stamp}
+        save_scores(store, base_key, base_result, [], meta, run_id=context.run.run_id)
     challenger_version = finetuned_model.counts.get("mlflow_version")
     if challenger_version is not None:
         # Saved under the registry version: if this challenger becomes champion, the next
@@ -221,7 +233,8 @@ def evaluation_report(
     handle = replace(version.handle, counts={**version.handle.counts, "gate_reasons": " | ".join(outcome.gate.reasons)})
 
     metrics = {f"eval_{c.name}_{k}": v for c in outcome.candidates for k, v in c.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    mlflow.log(context, metrics=metrics | comparison_metrics(outcome) | {"eval_gate_passed": float(outcome.gate.passed)}, artifacts=[folder / p.name for p in files.values()] + [folder / "eval_set.parquet"], artifact_dir="evaluation_report")
+    metrics |= comparison_metrics(outcome)  # eval_challenger_vs_base_token_f1_diff, _diff_ci_low, ...
+    mlflow.log(context, metrics=metrics | {"eval_gate_passed": float(outcome.gate.passed)}, artifacts=[folder / p.name for p in files.values()] + [folder / "eval_set.parquet"], artifact_dir="evaluation_report")
     plots = {t.removeprefix("plot:"): markdown_image(folder / p.name, t.removeprefix("plot:")) for t, p in files.items() if t.startswith("plot:")}
     challenger = outcome.by_name(CHALLENGER).metrics
     return dg.Output(
@@ -264,9 +277,10 @@ def eval_set_disjoint_from_training(evaluation_report: ArtifactHandle, augmented
 
 @dg.asset_check(
     asset=evaluation_report, blocking=True,
-    description="Promote only if no key metric's paired 95% interval of change vs the champion (the base model before the first champion) "
-    "lies wholly below -3%, a first champion beats the base model on token F1 (interval above zero), the toxicity pass rate does not "
-    "fall and the compression gate passed; anything not measured fails (docs/evaluation-gates.md).",
+    description="Promote only if no key metric's paired 95% interval of change vs the champion (the base model "
+    "before the first champion) lies wholly below -3%, a first champion beats the base model on token F1 (interval "
+    "above zero), the toxicity pass rate does not fall and the compression gate passed; anything not measured fails "
+    "(docs/evaluation-gates.md).",
 )
 def promotion_gate(evaluation_report: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
     summary = json.loads((artifact_store.store().local_path(evaluation_report) / "metrics.json").read_text())

@@ -68,13 +68,16 @@ def scoreable(tokenizer, records: list[dict[str, Any]], config: EvaluationConfig
 
 
 @torch.no_grad()
-def record_nll(logits_fn: LogitsFn, tokenizer, records: list[dict[str, Any]], config: EvaluationConfig) -> tuple[list[float | None], list[int]]:
+def record_nll(
+    logits_fn: LogitsFn, tokenizer, records: list[dict[str, Any]], config: EvaluationConfig,
+) -> tuple[list[float | None], list[int]]:
     """Summed NLL and scored-token count of each record, in the order of `records`;
     None / 0 for a record with no answer token. Kept per record so that two models can be
     compared on the same records (paired bootstrap of the perplexity change)."""
     examples = [encode_record(tokenizer, r, config.max_length) for r in records]
     # Batches of similar length waste less compute on padding; results go back by index.
-    order = sorted((i for i, e in enumerate(examples) if any(x != -100 for x in e.labels[1:])), key=lambda i: len(examples[i].input_ids))
+    scored = [i for i, e in enumerate(examples) if any(x != -100 for x in e.labels[1:])]
+    order = sorted(scored, key=lambda i: len(examples[i].input_ids))
     nll: list[float | None] = [None] * len(records)
     tokens = [0] * len(records)
     for start in range(0, len(order), config.batch_size):
@@ -97,7 +100,8 @@ def perplexity_from_records(nll: list[float | None], tokens: list[int]) -> dict[
         raise ValueError("no evaluation record has any answer token to score")
     total_tokens = sum(t for _, t in scored)
     mean = sum(n for n, _ in scored) / total_tokens
-    return {"perplexity": math.exp(mean), "mean_nll": mean, "scored_tokens": total_tokens, "perplexity_skipped": len(nll) - len(scored)}
+    return {"perplexity": math.exp(mean), "mean_nll": mean, "scored_tokens": total_tokens,
+            "perplexity_skipped": len(nll) - len(scored)}
 
 
 def perplexity(logits_fn: LogitsFn, tokenizer, records: list[dict[str, Any]], config: EvaluationConfig) -> dict[str, float]:

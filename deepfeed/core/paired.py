@@ -88,7 +88,8 @@ def paired_corpus_change(
     ref, cand = score(reference_stats.sum(0)), score(candidate_stats.sum(0))
     relative = None if ref == 0 else direction * (cand / ref - 1)
     if n < 2 or samples <= 0:
-        return PairedChange(metric, direction, ref, cand, n, cand - ref, cand - ref, cand - ref, relative, relative, relative)
+        diff = cand - ref
+        return PairedChange(metric, direction, ref, cand, n, diff, diff, diff, relative, relative, relative)
     draws = _draws(n, samples, seed)
     refs = np.array([score(s) for s in reference_stats[draws].sum(1)])
     cands = np.array([score(s) for s in candidate_stats[draws].sum(1)])
@@ -96,16 +97,22 @@ def paired_corpus_change(
     rel_low = rel_high = None
     if relative is not None:
         ok = refs != 0
-        rel_low, rel_high = _interval(direction * (cands[ok] / refs[ok] - 1), alpha) if ok.any() else (relative, relative)
+        rel_low, rel_high = (relative, relative)
+        if ok.any():
+            rel_low, rel_high = _interval(direction * (cands[ok] / refs[ok] - 1), alpha)
     return PairedChange(metric, direction, ref, cand, n, cand - ref, low, high, relative, rel_low, rel_high)
 
 
-def paired_mean_change(metric: str, reference: Sequence[float], candidate: Sequence[float], samples: int, seed: int) -> PairedChange:
+def paired_mean_change(
+    metric: str, reference: Sequence[float], candidate: Sequence[float], samples: int, seed: int,
+) -> PairedChange:
     """A mean of per-record scores (higher is better): the difference's interval from the
     paired bootstrap, the relative change's from compression_gate.paired_relative_change."""
     ref, cand = np.asarray(reference, float), np.asarray(candidate, float)
     ones = np.ones_like(ref)
-    change = paired_corpus_change(metric, np.stack([ref, ones], 1), np.stack([cand, ones], 1), lambda s: float(s[0] / s[1]), samples, seed)
+    change = paired_corpus_change(
+        metric, np.stack([ref, ones], 1), np.stack([cand, ones], 1), lambda s: float(s[0] / s[1]), samples, seed,
+    )
     relative, low, high = paired_relative_change(ref, cand, samples, seed)
     return PairedChange(
         metric, change.direction, change.reference, change.candidate, change.records,
@@ -157,7 +164,8 @@ def compare(
     ref_toxic, cand_toxic = reference.get("toxic"), candidate.get("toxic")
     if ref_toxic and cand_toxic and len(ref_toxic) == len(cand_toxic):
         out["toxicity_pass_rate"] = paired_mean_change(
-            "toxicity_pass_rate", [0.0 if t else 1.0 for t in ref_toxic], [0.0 if t else 1.0 for t in cand_toxic], samples, seed,
+            "toxicity_pass_rate", [0.0 if t else 1.0 for t in ref_toxic], [0.0 if t else 1.0 for t in cand_toxic],
+            samples, seed,
         )
     return out
 

@@ -220,16 +220,18 @@ def reused_candidate(name: str, description: str, cached: dict[str, Any], log=pr
     saved = cached["result"]
     result = CandidateResult(name, f"{description}, scores reused", metrics=saved["metrics"], seconds=0.0,
                              exclusions=saved.get("exclusions", {}), per_record=saved.get("per_record", {}))
+    when = cached.get("meta", {}).get("evaluated_at", "an earlier run")
     result.notes["re-scoring"] = (
-        f"skipped: same model, evaluation set and settings as the evaluation of {cached.get('meta', {}).get('evaluated_at', 'an earlier run')}; "
+        f"skipped: same model, evaluation set and settings as the evaluation of {when}; "
         "its scores (speed and memory measured then) are reused"
     )
     log(f"{name}: scores reused ({result.notes['re-scoring']})")
     return result
 
 
-def _reference_candidate(name: str, description: str, checkpoint: Path, cached: dict[str, Any] | None, records, prompts_for,
-                         prompt_exclusions, config, toxicity, watch, log, count_flops: bool) -> CandidateResult:
+def _reference_candidate(name: str, description: str, checkpoint: Path, cached: dict[str, Any] | None, records,
+                         prompts_for, prompt_exclusions, config, toxicity, watch, log,
+                         count_flops: bool) -> CandidateResult:
     """The champion or the base model: reused from the score cache, else loaded and scored
     with its own tokenizer. A failure is recorded on the candidate, never raised."""
     if cached is not None:
@@ -237,7 +239,8 @@ def _reference_candidate(name: str, description: str, checkpoint: Path, cached: 
     try:
         tokenizer = load_tokenizer(checkpoint)
         result, _ = score_candidate(
-            name, f"{description}, scored", lambda: torch_scorable(load_model(checkpoint).eval(), tokenizer, config, count_flops),
+            name, f"{description}, scored",
+            lambda: torch_scorable(load_model(checkpoint).eval(), tokenizer, config, count_flops),
             checkpoint, tokenizer, records, prompts_for, config, toxicity, watch,
         )
         if not count_flops:
@@ -248,7 +251,9 @@ def _reference_candidate(name: str, description: str, checkpoint: Path, cached: 
     return result
 
 
-def paired_comparisons(candidates: list[CandidateResult], answered: list[dict[str, Any]], config: EvaluationConfig) -> dict[str, dict[str, PairedChange]]:
+def paired_comparisons(
+    candidates: list[CandidateResult], answered: list[dict[str, Any]], config: EvaluationConfig,
+) -> dict[str, dict[str, PairedChange]]:
     """challenger vs base, challenger vs champion, champion vs base and every artifact vs
     the challenger it was made from: whatever both sides have per-record scores for."""
     by_name = {c.name: c for c in candidates if c.error is None and c.per_record}
@@ -257,7 +262,8 @@ def paired_comparisons(candidates: list[CandidateResult], answered: list[dict[st
     out = {}
     for candidate, reference in pairs:
         if candidate in by_name and reference in by_name:
-            changes = compare(by_name[reference].per_record, by_name[candidate].per_record, answered, config.bootstrap_samples, config.seed)
+            changes = compare(by_name[reference].per_record, by_name[candidate].per_record, answered,
+                              config.bootstrap_samples, config.seed)
             if changes:
                 out[f"{candidate} vs {reference}"] = changes
     return out
@@ -326,18 +332,20 @@ def evaluate_candidates(
         c.exclusions = {**prompt_exclusions, **c.exclusions}
 
     # Shown left of the challenger: where it started from, then what serves today.
+    shared = (records, prompts_for, prompt_exclusions, config, toxicity, watch, log)
     references = []
     if base_checkpoint is not None or base_scores is not None:
-        references.append(_reference_candidate(BASE, "base model (before fine-tuning)", base_checkpoint or Path("-"), base_scores, records,
-                                               prompts_for, prompt_exclusions, config, toxicity, watch, log, count_flops=False))
+        references.append(_reference_candidate(BASE, "base model (before fine-tuning)", base_checkpoint or Path("-"),
+                                               base_scores, *shared, count_flops=False))
     else:
-        references.append(CandidateResult(BASE, "base model (before fine-tuning)", error=base_error or "no base checkpoint given"))
+        references.append(CandidateResult(BASE, "base model (before fine-tuning)",
+                                          error=base_error or "no base checkpoint given"))
     if champion_checkpoint is not None:
-        references.append(_reference_candidate(CHAMPION, "current champion", champion_checkpoint, champion_scores, records,
-                                               prompts_for, prompt_exclusions, config, toxicity, watch, log, count_flops=True))
+        references.append(_reference_candidate(CHAMPION, "current champion", champion_checkpoint, champion_scores,
+                                               *shared, count_flops=True))
     candidates[:0] = references
 
-    outcome = EvaluationOutcome(candidates, GateResult(False), samples, len(records), len(prompts_for), dict(watch.stages), dict(watch.cpu))
+    outcome = EvaluationOutcome(candidates, GateResult(False), samples, len(records), len(prompts_for))
     with watch.stage("paired bootstrap comparisons"):
         outcome.comparisons = paired_comparisons(candidates, prompts_for, config)
     outcome.timings, outcome.cpu_seconds = dict(watch.stages), dict(watch.cpu)
@@ -345,16 +353,18 @@ def evaluate_candidates(
     challenger = outcome.by_name(CHALLENGER)
     champion, base = outcome.by_name(CHAMPION), outcome.by_name(BASE)
     if challenger.error:
-        outcome.gate = GateResult(False, [GateCondition(CHALLENGER, False, f"could not be evaluated: {challenger.error}")])
+        outcome.gate = GateResult(False, [GateCondition(CHALLENGER, False,
+                                                        f"could not be evaluated: {challenger.error}")])
     elif champion is not None and champion.error:
         # Fail closed: an unreadable champion must not let any challenger through unchecked.
         outcome.gate = GateResult(False, [GateCondition(CHAMPION, False, f"could not be re-scored: {champion.error}")])
     elif champion is None and base.error:
-        outcome.gate = GateResult(False, [GateCondition(BASE, False, f"no champion, and the base model could not be scored "
-                                                                     f"({base.error}): the first champion must beat it")], BASE)
+        why = f"no champion, and the base model could not be scored ({base.error}): the first champion must beat it"
+        outcome.gate = GateResult(False, [GateCondition(BASE, False, why)], BASE)
     else:
         outcome.gate = promotion_gate(
-            challenger.metrics, champion.metrics if champion else None, config.max_relative_drop, compression_passed, compression_detail,
+            challenger.metrics, champion.metrics if champion else None, config.max_relative_drop,
+            compression_passed, compression_detail,
             champion_changes=outcome.comparison(CHALLENGER, CHAMPION), base=None if base.error else base.metrics,
             base_changes=outcome.comparison(CHALLENGER, BASE), compression_required=compression_required,
         )

@@ -40,9 +40,10 @@ HEADLINE = [
 GATED = set(KEY_METRICS) | {SAFETY_METRIC}
 PASS, FAIL, NEUTRAL = "#1a7f37", "#cf222e", "#57606a"
 GATE_RULE = (
-    "Rule: a key metric fails when the whole paired 95% interval of its relative change lies below the limit; before the "
-    "first champion, token F1 must also be significantly above the base model's (interval of the difference above zero); "
-    "the toxicity pass rate must not fall; a metric or verdict that is missing fails. Why: docs/evaluation-gates.md."
+    "Rule: a key metric fails when the whole paired 95% interval of its relative change lies below the limit; "
+    "before the first champion, token F1 must also be significantly above the base model's (interval of the "
+    "difference above zero); the toxicity pass rate must not fall; a metric or verdict that is missing fails. "
+    "Why: docs/evaluation-gates.md."
 )
 
 
@@ -60,7 +61,9 @@ def _value(metrics: dict[str, Any], key: str, fmt: str) -> str:
     return text
 
 
-def delta(metrics: dict, baseline: dict | None, key: str, limit: float, change: PairedChange | None = None) -> tuple[str, str] | None:
+def delta(
+    metrics: dict, baseline: dict | None, key: str, limit: float, change: PairedChange | None = None,
+) -> tuple[str, str] | None:
     """('+1.2%', colour) of `metrics` against `baseline`. Gated metrics are coloured by the
     gate's rule on the paired interval (`change`); without one they get no colour."""
     if not baseline or not (_finite(metrics.get(key)) and _finite(baseline.get(key))):
@@ -126,12 +129,14 @@ def feeding_headline(outcome: EvaluationOutcome) -> str:
     (the primary metric), with the paired 95% interval of the difference."""
     base, challenger = outcome.by_name(BASE), outcome.by_name(CHALLENGER)
     if base is None or base.error:
-        return f"Did feeding help? Not measured: the base model was not scored ({base.error if base else 'not a candidate'})."
+        why = base.error if base else "not a candidate"
+        return f"Did feeding help? Not measured: the base model was not scored ({why})."
     if challenger is None or challenger.error:
         return "Did feeding help? Not measured: the challenger could not be evaluated."
     change = (outcome.comparison(CHALLENGER, BASE) or {}).get(PRIMARY_METRIC)
     if change is None:
-        return "Did feeding help? Not measured: token F1 needs answers from both models to held-out records with a reference."
+        return ("Did feeding help? Not measured: token F1 needs answers from both models to held-out records "
+                "with a reference.")
     text = f"token F1 {format_change(change, '{:.3f}')}"
     if change.significant_gain:
         return f"Feeding helped: {text}."
@@ -179,8 +184,9 @@ def render_markdown(outcome: EvaluationOutcome, lineage: dict[str, str], plots: 
              f"Held-out records: {outcome.eval_records}; answered by generation: {outcome.generation_records}.", ""]
     lines += ["## Promotion gate", "", f"Gated against the {outcome.gate.reference}. " + GATE_RULE, ""]
     lines += [f"- {'✅' if c.passed else '❌'} **{c.name}**: {c.detail}" for c in outcome.gate.conditions]
-    lines += ["", "## Headline", "", "Δ: challenger vs champion (vs base before the first champion), champion vs base; compressed artifacts "
-              "vs challenger. ⚑ gated metric; ✅/❌ within/over the gate (paired interval rule).", ""]
+    lines += ["", "## Headline", "", "Δ: challenger vs champion (vs base before the first champion), champion vs base; "
+              "compressed artifacts vs challenger. ⚑ gated metric; ✅/❌ within/over the gate (paired interval rule).",
+              ""]
     lines += ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for row in headline_rows(outcome, limit):
         lines.append("| " + " | ".join(text + _mark(colour) for text, colour in row) + " |")
@@ -237,11 +243,16 @@ def render_html(outcome: EvaluationOutcome, lineage: dict[str, str], plot_files:
         for s in outcome.samples[:20]
     )
     verdict = "Promote the challenger" if passed else "Keep the champion"
-    paired = "".join(f'<tr><td>{e(p)}</td><td>{e(label)}</td><td style="color:{colour or "inherit"}">{e(text)}</td></tr>'
-                     for p, label, text, colour in comparison_rows(outcome, limit))
-    paired_section = ('<h2>Paired differences</h2><p><small>95% paired bootstrap intervals: both sides resampled with the same '
-                      'records.</small></p><table class="text"><tr><th>comparison</th><th>metric</th>'
-                      f"<th>reference → candidate, difference (CI; relative)</th></tr>{paired}</table>" if paired else "")
+    paired = "".join(
+        f'<tr><td>{e(p)}</td><td>{e(label)}</td><td style="color:{colour or "inherit"}">{e(text)}</td></tr>'
+        for p, label, text, colour in comparison_rows(outcome, limit)
+    )
+    paired_section = (
+        "<h2>Paired differences</h2><p><small>95% paired bootstrap intervals: both sides resampled with the same "
+        'records.</small></p><table class="text"><tr><th>comparison</th><th>metric</th>'
+        f"<th>reference → candidate, difference (CI; relative)</th></tr>{paired}</table>" if paired else ""
+    )
+    gate_rule = f"<p><small>Gated against the {e(outcome.gate.reference)}. {e(GATE_RULE)}</small></p>"
     errors_section = f"<h2>Not measured, or reused</h2><ul>{errors}</ul>" if errors else ""
     exclusions_section = (
         '<h2>Records left out of a metric</h2><table class="text"><tr><th>candidate</th><th>reason</th><th>records</th></tr>'
@@ -261,11 +272,12 @@ figure img{{max-width:34em}}
 <h1 class="banner">{e(verdict)}</h1>
 <p><b>{e(feeding_headline(outcome))}</b></p>
 <p>Held-out records: {outcome.eval_records}; answered by generation: {outcome.generation_records}.</p>
-<h2>Promotion gate</h2><p><small>Gated against the {e(outcome.gate.reference)}. {e(GATE_RULE)}</small></p><ul>{gate}</ul>
+<h2>Promotion gate</h2>{gate_rule}<ul>{gate}</ul>
 <h2>Headline</h2>
-<p><small>Δ: challenger vs champion (vs the base model before the first champion), champion vs base; compressed artifacts
-vs the challenger they were made from. ⚑ gated metric: red when the whole paired 95% interval of the change lies below
--{limit:.0%} (toxicity pass rate: when it falls), green otherwise. Intervals: 95% bootstrap.</small></p>
+<p><small>Δ: challenger vs champion (vs the base model before the first champion), champion vs base;
+compressed artifacts vs the challenger they were made from. ⚑ gated metric: red when the whole paired 95%
+interval of the change lies below -{limit:.0%} (toxicity pass rate: when it falls), green otherwise.
+Intervals: 95% bootstrap.</small></p>
 <table><tr><th>metric</th>{head}</tr>{body}</table>
 {paired_section}
 {errors_section}
@@ -363,9 +375,12 @@ def write_report(folder: Path, outcome: EvaluationOutcome, lineage: dict[str, st
     (folder / "report.md").write_text(render_markdown(outcome, lineage, {t: f"![{t}]({p.name})" for t, p in plot_files.items()}, limit), encoding="utf-8")
     summary = {
         "candidates": [asdict(c) for c in outcome.candidates],
-        "gate": {"passed": outcome.gate.passed, "reference": outcome.gate.reference, "conditions": [asdict(c) for c in outcome.gate.conditions]},
+        "gate": {
+            "passed": outcome.gate.passed, "reference": outcome.gate.reference,
+            "conditions": [asdict(c) for c in outcome.gate.conditions],
+        },
         "did_feeding_help": feeding_headline(outcome),
-        "comparisons": {pair: {k: asdict(c) for k, c in changes.items()} for pair, changes in outcome.comparisons.items()},
+        "comparisons": {pair: {k: asdict(c) for k, c in ch.items()} for pair, ch in outcome.comparisons.items()},
         "eval_records": outcome.eval_records,
         "generation_records": outcome.generation_records,
         "timings": outcome.timings,

@@ -43,7 +43,8 @@ def checkpoint_fingerprint(path: Path) -> str:
     hash on purpose: hashing a base model's weights costs seconds on every evaluation,
     and a checkpoint replaced in place changes sizes or mtimes anyway."""
     path = Path(path)
-    entries = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file())
+    files = (p for p in path.rglob("*") if p.is_file())
+    entries = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     return hashlib.sha256(_canonical(entries).encode()).hexdigest()
 
 

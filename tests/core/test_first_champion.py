@@ -14,7 +14,7 @@ from tests.core.test_evaluation import RECORDS
 CONFIG = EvaluationConfig(max_new_tokens=12, batch_size=8, generation_batch_size=8, bootstrap_samples=300)
 
 
-def _train(model, tokenizer, steps: int = 150, lr: float = 3e-3):
+def _train(model, tokenizer, steps: int = 60, lr: float = 1e-2):
     """Memorise the eight pairs: enough for greedy answers that overlap the references."""
     torch.manual_seed(0)
     batch = collate([encode_record(tokenizer, r, 64) for r in RECORDS], tokenizer.pad_token_id)
@@ -25,7 +25,7 @@ def _train(model, tokenizer, steps: int = 150, lr: float = 3e-3):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    return model.eval(), float(loss)
+    return model.eval(), loss.item()
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,13 @@ def test_a_random_weights_challenger_is_refused_by_the_first_champion_gate(train
 
 def test_a_trained_challenger_beats_a_random_base_and_base_scores_are_reused(trained_and_random, tmp_path):
     from deepfeed.core.artifacts import ArtifactStore
-    from deepfeed.core.score_cache import checkpoint_fingerprint, eval_set_hash, find_scores, save_scores, score_cache_key
+    from deepfeed.core.score_cache import (
+        checkpoint_fingerprint,
+        eval_set_hash,
+        find_scores,
+        save_scores,
+        score_cache_key,
+    )
 
     outcome = evaluate_candidates(trained_and_random["trained"], None, None, RECORDS, CONFIG, log=lambda m: None,
                                   base_checkpoint=trained_and_random["random"], compression_passed=True)
@@ -77,10 +83,12 @@ def test_a_trained_challenger_beats_a_random_base_and_base_scores_are_reused(tra
     # The base model's scores (per-record answers included) come back from the cache; the
     # gate decides the same without loading or generating with it again.
     store = ArtifactStore(tmp_path / "store")
-    key = score_cache_key(f"base:{checkpoint_fingerprint(trained_and_random['random'])}", str(trained_and_random["random"]),
-                          eval_set_hash(RECORDS), CONFIG)
+    random_base = trained_and_random["random"]
+    key = score_cache_key(f"base:{checkpoint_fingerprint(random_base)}", str(random_base), eval_set_hash(RECORDS),
+                          CONFIG)
     save_scores(store, key, outcome.by_name("base"), [], {"evaluated_at": "2026-12-04T10:00:00+00:00"})
     again = evaluate_candidates(trained_and_random["trained"], None, None, RECORDS, CONFIG, log=lambda m: None,
-                                base_checkpoint=tmp_path / "not-loaded", base_scores=find_scores(store, key), compression_passed=True)
+                                base_checkpoint=tmp_path / "not-loaded", base_scores=find_scores(store, key),
+                                compression_passed=True)
     assert not any(t.startswith("base") for t in again.timings)
     assert again.gate.passed and again.comparison("challenger", "base")["token_f1"] == change

@@ -91,7 +91,8 @@ def test_a_missing_compression_verdict_fails_closed_unless_waived():
 def test_toxicity_must_not_fall_and_must_be_measured_on_both():
     fell = _gate(_changes(), challenger={"toxicity_pass_rate": 0.979})
     assert not fell.passed and fell.failed[0].name == "toxicity_pass_rate" and "fell" in fell.failed[0].detail
-    unmeasured = promotion_gate(METRICS, {**METRICS, "toxicity_pass_rate": None}, 0.03, True, champion_changes=_changes())
+    champion = {**METRICS, "toxicity_pass_rate": None}
+    unmeasured = promotion_gate(METRICS, champion, 0.03, True, champion_changes=_changes())
     assert not unmeasured.passed and "not measured on the champion" in unmeasured.failed[0].detail
 
 
@@ -107,7 +108,8 @@ def test_the_first_champion_must_beat_the_base_model_on_token_f1():
 
     good = first(trained_f1)
     assert good.passed and good.reference == "base", good.reasons
-    assert "significantly better than the base model" in next(c.detail for c in good.conditions if c.name == "beats_base_token_f1")
+    gain = next(c.detail for c in good.conditions if c.name == "beats_base_token_f1")
+    assert "significantly better than the base model" in gain
     # as good as the base (no drop past the limit) is not enough for the first champion
     same = first(base_f1)
     assert not same.passed and [c.name for c in same.failed] == ["beats_base_token_f1"]
@@ -124,7 +126,8 @@ def test_corpus_and_mean_changes_share_the_draws_of_paired_relative_change():
     ones = np.ones(30)
     corpus = paired_corpus_change("token_f1", np.stack([reference, ones], 1), np.stack([candidate, ones], 1),
                                   lambda s: float(s[0] / s[1]), 400, 5)
-    assert (mean.relative, mean.relative_low, mean.relative_high) == pytest.approx(paired_relative_change(reference, candidate, 400, 5))
+    expected = paired_relative_change(reference, candidate, 400, 5)
+    assert (mean.relative, mean.relative_low, mean.relative_high) == pytest.approx(expected)
     assert (corpus.relative_low, corpus.relative_high) == pytest.approx((mean.relative_low, mean.relative_high))
     assert mean.difference == pytest.approx(candidate.mean() - reference.mean())
     assert mean.difference_low < mean.difference < mean.difference_high
@@ -136,8 +139,9 @@ def test_compare_pairs_answers_and_per_record_nll():
          "open the settings page", "high blood pressure raises the risk of stroke", "try a history of science"])]
     right = [r["response"] for r in answered]
     wrong = ["no idea"] * len(answered)
-    base = {"answers": wrong, "toxic": [False] * 6, "nll": [12.0, 9.0, None, 11.0, 14.0, 10.0, 8.0], "tokens": [6, 5, 0, 6, 7, 5, 4]}
-    tuned = {"answers": right, "toxic": [False] * 6, "nll": [6.0, 4.5, None, 5.5, 7.0, 5.0, 4.0], "tokens": [6, 5, 0, 6, 7, 5, 4]}
+    tokens = [6, 5, 0, 6, 7, 5, 4]  # per evaluation record; the third has no answer token
+    base = {"answers": wrong, "toxic": [False] * 6, "nll": [12.0, 9.0, None, 11.0, 14.0, 10.0, 8.0], "tokens": tokens}
+    tuned = {"answers": right, "toxic": [False] * 6, "nll": [6.0, 4.5, None, 5.5, 7.0, 5.0, 4.0], "tokens": tokens}
     changes = compare(base, tuned, answered, 500, 0)
     assert set(changes) == {"token_f1", "bleu4", "chrf", "perplexity", "toxicity_pass_rate"}
     f1 = changes["token_f1"]
