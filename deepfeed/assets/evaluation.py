@@ -9,6 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from deepfeed.assets.common import counts_table, fail, handle_metadata
+from deepfeed.assets.compression import compression_quality_gate
 from deepfeed.assets.training import checkpoint_source
 from deepfeed.core.artifacts import MANIFEST, ArtifactHandle
 from deepfeed.core.audit import AuditEntry, AuditLedger
@@ -97,9 +98,11 @@ def compression_gate_status(context: dg.AssetExecutionContext, compressed_model:
         if key in compressed_model.counts:
             return bool(compressed_model.counts[key]), f"compressed_model {compressed_model.version}: {key}={compressed_model.counts[key]}"
     manifest = json.loads((store.local_path(compressed_model) / MANIFEST).read_text())
-    # The code location's graph, not this run's job: a run that selects only evaluation_report
-    # has a job without compressed_model's checks, and would otherwise find no verdict.
-    check_keys = context.repository_def.asset_graph.get_check_keys_for_assets({dg.AssetKey("compressed_model")})
+    # A run that selects only evaluation_report has a job without compressed_model's checks:
+    # the check defined next to compressed_model is always asked for too.
+    check_keys = set(compression_quality_gate.check_keys)
+    graph = context.job_def.asset_layer.asset_graph
+    check_keys |= set(graph.get_check_keys_for_assets({dg.AssetKey("compressed_model")}))
     verdicts = {}
     for key in check_keys:
         record = context.instance.get_latest_asset_check_evaluation_record(key)
