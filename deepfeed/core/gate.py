@@ -87,8 +87,8 @@ def _metric_condition(name: str, change: PairedChange | None, limit: float, refe
     if change.relative is None:
         # Only a higher-is-better metric can score 0, and then nothing can be lower.
         return GateCondition(name, True, f"{head}: the {reference} scores 0, nothing to lose", **values)
-    span = (f"{change.relative:+.1%}, paired 95% CI {change.relative_low:+.1%} … {change.relative_high:+.1%} "
-            f"on {change.records} records")
+    span = (f"{change.relative:+.1%} with negative = worse, paired 95% CI {change.relative_low:+.1%} … "
+            f"{change.relative_high:+.1%} on {change.records} records")
     if interval_fails(change, limit):
         return GateCondition(name, False, f"{head} ({span}): the whole interval lies below -{limit:.0%}", **values)
     note = "" if change.relative_low >= -limit else f"; a drop past -{limit:.0%} is not ruled out on this many records"
