@@ -9,6 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from deepfeed.assets.common import COMPUTE_RETRY, IO_RETRY, counts_table, fail, handle_metadata
+from deepfeed.assets.compression import compression_quality_gate
 from deepfeed.assets.training import checkpoint_source
 from deepfeed.core.artifacts import MANIFEST, ArtifactHandle
 from deepfeed.core.audit import AuditEntry, AuditLedger
@@ -19,10 +20,11 @@ from deepfeed.core.lifecycle import apply_failed_gate, grant_challenger, promote
 from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.plots import markdown_image
 from deepfeed.core.report import CHALLENGER, DEFAULT_ARTIFACTS, DESCRIPTIONS, evaluate_candidates
+from deepfeed.core.report import BASE
 from deepfeed.core.report import CHAMPION as CHAMPION_CANDIDATE
-from deepfeed.core.report_render import render_markdown, write_report
+from deepfeed.core.report_render import comparison_metrics, feeding_headline, render_markdown, write_report
 from deepfeed.core.safety import SafetyError, ToxicityScorer
-from deepfeed.core.score_cache import eval_set_hash, find_scores, save_scores, score_cache_key
+from deepfeed.core.score_cache import checkpoint_fingerprint, eval_set_hash, find_scores, save_scores, score_cache_key
 from deepfeed.core.tables import read_table, write_table
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.resources.mlflow_tracking import CHALLENGER as CHALLENGER_ALIAS
@@ -41,8 +43,17 @@ class EvaluationReportConfig(dg.Config):
     max_length: int = Field(default=128, description="Tokens per scored sequence.")
     batch_size: int = Field(default=16, description="Sequences per perplexity forward pass.")
     generation_batch_size: int = Field(default=32, description="Prompts decoded together (greedy, left-padded, KV cache); one batch for the demo's 24 answers.")
-    max_relative_drop: float = Field(default=0.03, description="Largest relative drop of a key metric vs the champion that still promotes (SPEC: 3%).")
-    bootstrap_samples: int = Field(default=1000, description="Bootstrap resamples for the 95% intervals of BLEU-4, chrF and token F1.")
+    max_relative_drop: float = Field(
+        default=0.03,
+        description="Gate limit: a key metric fails when the whole paired 95% interval of its relative change vs the "
+        "champion (or the base model, before the first champion) lies below -max_relative_drop "
+        "(docs/evaluation-gates.md).",
+    )
+    bootstrap_samples: int = Field(
+        default=1000,
+        description="Bootstrap resamples for the 95% intervals of BLEU-4, chrF and token F1 and for the paired "
+        "intervals of every difference the gate reads.",
+    )
     toxicity_threshold: float = Field(default=0.5, description="Classifier probability at or above which an answer counts as toxic.")
     use_perspective: bool = Field(default=False, description="Score toxicity with Google's Perspective API (needs internet and $PERSPECTIVE_API_KEY) instead of the offline classifier.")
     artifacts: list[str] = Field(
@@ -54,8 +65,15 @@ class EvaluationReportConfig(dg.Config):
     compare_with_champion: bool = Field(default=True, description="Re-score the current champion on the same records for the gate.")
     reuse_champion_scores: bool = Field(
         default=True,
-        description="Reuse the champion's scores from an earlier evaluation (kept in the artifact store) when its version, the evaluation set "
-        "and these settings are unchanged, instead of generating its answers again. Off: always re-score.",
+        description="Reuse the champion's and the base model's scores from an earlier evaluation (kept in the artifact "
+        "store) when the model, the evaluation set and these settings are unchanged, instead of generating its answers "
+        "again. Off: always re-score.",
+    )
+    compression_gate_required: bool = Field(
+        default=True,
+        description="Fail the promotion gate when no verdict of the compression gate is found for this "
+        "compressed_model version. Set false only on purpose (e.g. compressed artifacts built without their check); "
+        "the report then says it was waived.",
     )
 
 
@@ -82,7 +100,11 @@ def compression_gate_status(context: dg.AssetExecutionContext, compressed_model:
         if key in compressed_model.counts:
             return bool(compressed_model.counts[key]), f"compressed_model {compressed_model.version}: {key}={compressed_model.counts[key]}"
     manifest = json.loads((store.local_path(compressed_model) / MANIFEST).read_text())
-    check_keys = context.job_def.asset_layer.asset_graph.get_check_keys_for_assets({dg.AssetKey("compressed_model")})
+    # A run that selects only evaluation_report has a job without compressed_model's checks:
+    # the check defined next to compressed_model is always asked for too.
+    check_keys = set(compression_quality_gate.check_keys)
+    graph = context.job_def.asset_layer.asset_graph
+    check_keys |= set(graph.get_check_keys_for_assets({dg.AssetKey("compressed_model")}))
     verdicts = {}
     for key in check_keys:
         record = context.instance.get_latest_asset_check_evaluation_record(key)
@@ -101,6 +123,18 @@ def _champion_checkpoint(source: str, store) -> Path:
         return store.local_path(source.removesuffix("/checkpoint")) / "checkpoint"
     except Exception:  # reported when the champion fails to load
         return Path(source)
+
+
+def _base_checkpoint(finetuned_model: ArtifactHandle) -> tuple[Path | None, str]:
+    """The checkpoint this challenger was fine-tuned from (recorded by finetuned_model), or
+    why there is none to score."""
+    recorded = finetuned_model.counts.get("base_model")
+    if not recorded:
+        return None, f"finetuned_model {finetuned_model.version} does not record the base model it started from"
+    path = Path(str(recorded))
+    if not (path / "config.json").exists():
+        return None, f"base model checkpoint {path} is not there any more"
+    return path, ""
 
 
 def _training_losses(store, finetuned_model: ArtifactHandle) -> list[float]:
@@ -142,6 +176,7 @@ def evaluation_report(
         champion_checkpoint = _champion_checkpoint(champion.source, store)
 
     compression_passed, compression_detail = compression_gate_status(context, compressed_model, store)
+    base_checkpoint, base_error = _base_checkpoint(finetuned_model)
     eval_config = EvaluationConfig(
         max_length=config.max_length, batch_size=config.batch_size, generation_batch_size=config.generation_batch_size, max_new_tokens=config.max_new_tokens,
         max_generation_records=config.max_generation_records, max_relative_drop=config.max_relative_drop,
@@ -149,14 +184,20 @@ def evaluation_report(
     )
     eval_hash = eval_set_hash(records)
     key_extra = {"use_perspective": config.use_perspective}
-    champion_scores = None
+    champion_scores = base_scores = base_key = None
     if champion_checkpoint is not None and config.reuse_champion_scores:
         champion_scores = find_scores(store, score_cache_key(str(champion.version), champion.source, eval_hash, eval_config, key_extra))
+    if base_checkpoint is not None:
+        fingerprint = f"base:{checkpoint_fingerprint(base_checkpoint)}"
+        base_key = score_cache_key(fingerprint, str(base_checkpoint), eval_hash, eval_config, key_extra)
+        base_scores = find_scores(store, base_key) if config.reuse_champion_scores else None
     outcome = evaluate_candidates(
         store.local_path(finetuned_model) / "checkpoint", store.local_path(compressed_model), champion_checkpoint, records, eval_config,
         CompressionConfig(), log=context.log.info, toxicity=toxicity, generate_compressed=config.generate_compressed, generate_logits_only=config.generate_logits_only,
         artifacts=tuple(config.artifacts),
         compression_passed=compression_passed, compression_detail=compression_detail, champion_scores=champion_scores,
+        base_checkpoint=base_checkpoint, base_scores=base_scores, base_error=base_error,
+        compression_required=config.compression_gate_required,
     )
     stamp = {"eval_hash": eval_hash, "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "dagster_run": context.run.run_id}
     champion_result = outcome.by_name(CHAMPION_CANDIDATE)
@@ -164,6 +205,10 @@ def evaluation_report(
         # A champion scored here for the first time (registered before scores were kept).
         save_scores(store, score_cache_key(str(champion.version), champion.source, eval_hash, eval_config, key_extra), champion_result, [],
                     {"model_version": champion.version, **stamp}, run_id=context.run.run_id)
+    base_result = outcome.by_name(BASE)
+    if base_key is not None and base_scores is None and base_result is not None:
+        meta = {"model_version": "base", "checkpoint": str(base_checkpoint), **stamp}
+        save_scores(store, base_key, base_result, [], meta, run_id=context.run.run_id)
     challenger_version = finetuned_model.counts.get("mlflow_version")
     if challenger_version is not None:
         # Saved under the registry version: if this challenger becomes champion, the next
@@ -179,7 +224,7 @@ def evaluation_report(
         "data hash (clean corpus)": clean_corpus.content_hash,
         "fine-tuned version": finetuned_model.version,
         "training data hash (augmented corpus)": str(finetuned_model.counts.get("data_hash")),
-        "base model": str(finetuned_model.counts.get("base_model")),
+        "base model": str(finetuned_model.counts.get("base_model")) + (" (scores reused)" if base_scores else ""),
         "mlflow challenger version": str(finetuned_model.counts.get("mlflow_version")),
         "champion version": (str(champion.version) + (" (scores reused)" if champion_scores else "")) if champion_checkpoint else "none",
         "evaluation set hash": eval_hash[:16],
@@ -195,6 +240,7 @@ def evaluation_report(
     handle = replace(version.handle, counts={**version.handle.counts, "gate_reasons": " | ".join(outcome.gate.reasons)})
 
     metrics = {f"eval_{c.name}_{k}": v for c in outcome.candidates for k, v in c.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics |= comparison_metrics(outcome)  # eval_challenger_vs_base_token_f1_diff, _diff_ci_low, ...
     mlflow.log(context, metrics=metrics | {"eval_gate_passed": float(outcome.gate.passed)}, artifacts=[folder / p.name for p in files.values()] + [folder / "eval_set.parquet"], artifact_dir="evaluation_report")
     plots = {t.removeprefix("plot:"): markdown_image(folder / p.name, t.removeprefix("plot:")) for t, p in files.items() if t.startswith("plot:")}
     challenger = outcome.by_name(CHALLENGER).metrics
@@ -202,6 +248,7 @@ def evaluation_report(
         handle,
         metadata={
             **handle_metadata(handle),
+            "did_feeding_help": feeding_headline(outcome),
             "report": dg.MetadataValue.md(render_markdown(outcome, lineage, plots, config.max_relative_drop)),
             "report_html": dg.MetadataValue.path(str(folder / "report.html")),
             "eval_set_strata": counts_table(strata_counts(records), key="language/domain"),
@@ -235,7 +282,13 @@ def eval_set_disjoint_from_training(evaluation_report: ArtifactHandle, augmented
     )
 
 
-@dg.asset_check(asset=evaluation_report, blocking=True, description="Promote only if no key metric drops over 3% vs the champion, the toxicity pass rate does not fall, and the compression gate passed.")
+@dg.asset_check(
+    asset=evaluation_report, blocking=True,
+    description="Promote only if no key metric's paired 95% interval of change vs the champion (the base model "
+    "before the first champion) lies wholly below -3%, a first champion beats the base model on token F1 (interval "
+    "above zero), the toxicity pass rate does not fall and the compression gate passed; anything not measured fails "
+    "(docs/evaluation-gates.md).",
+)
 def promotion_gate(evaluation_report: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
     summary = json.loads((artifact_store.store().local_path(evaluation_report) / "metrics.json").read_text())
     conditions = summary["gate"]["conditions"]

@@ -116,7 +116,9 @@ def incremental_model(
         write_reports(version.path, result, training, extra)
         version.counts.update(result.summary())
         version.counts.update(data_hash=data_hash, feedback_batch=batch_id, feedback_records=plan.feedback,
-                              replayed_records=plan.replayed, parent_version=parent or "base")
+                              replayed_records=plan.replayed, parent_version=parent or "base",
+                              # What "did feeding help?" is measured against in evaluation_report.
+                              base_model=str(model_source.resolve()))
     shutil.rmtree(state, ignore_errors=True)
     handle = version.handle
     folder = store.local_path(handle)

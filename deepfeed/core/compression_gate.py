@@ -262,7 +262,9 @@ def gate_compressed_artifacts(
                     answers = by_length(tokenizer, prompts, scorable.generate).answers
                 _judge_task(result, reference_f1, answers, reference_answers, qa, task_gate, max_f1_drop, eval_config)
             elif task_gate != "off":
-                result.task_note = "(no held-out QA record to answer)"
+                # Fails closed: an unmeasured task metric is not a passed one (task_gate="off" waives it on purpose).
+                result.task_passed = False
+                result.task_note = "(no held-out QA record to answer; set task_gate='off' to waive)"
             result.passed = result.perplexity_passed and result.task_passed is not False
         except Exception as exc:  # a broken artifact fails the gate with its reason
             result.error = f"{type(exc).__name__}: {exc}"

@@ -68,24 +68,45 @@ def scoreable(tokenizer, records: list[dict[str, Any]], config: EvaluationConfig
 
 
 @torch.no_grad()
+def record_nll(
+    logits_fn: LogitsFn, tokenizer, records: list[dict[str, Any]], config: EvaluationConfig,
+) -> tuple[list[float | None], list[int]]:
+    """Summed NLL and scored-token count of each record, in the order of `records`;
+    None / 0 for a record with no answer token. Kept per record so that two models can be
+    compared on the same records (paired bootstrap of the perplexity change)."""
+    examples = [encode_record(tokenizer, r, config.max_length) for r in records]
+    # Batches of similar length waste less compute on padding; results go back by index.
+    scored = [i for i, e in enumerate(examples) if any(x != -100 for x in e.labels[1:])]
+    order = sorted(scored, key=lambda i: len(examples[i].input_ids))
+    nll: list[float | None] = [None] * len(records)
+    tokens = [0] * len(records)
+    for start in range(0, len(order), config.batch_size):
+        index = order[start:start + config.batch_size]
+        batch = collate([examples[i] for i in index], tokenizer.pad_token_id)
+        logits = logits_fn(batch["input_ids"], batch["attention_mask"]).float()
+        labels = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none",
+        ).view(labels.shape)
+        for row, i in enumerate(index):
+            nll[i] = float(losses[row].sum())
+            tokens[i] = int((labels[row] != -100).sum())
+    return nll, tokens
+
+
+def perplexity_from_records(nll: list[float | None], tokens: list[int]) -> dict[str, float]:
+    scored = [(n, t) for n, t in zip(nll, tokens) if n is not None]
+    if not scored:
+        raise ValueError("no evaluation record has any answer token to score")
+    total_tokens = sum(t for _, t in scored)
+    mean = sum(n for n, _ in scored) / total_tokens
+    return {"perplexity": math.exp(mean), "mean_nll": mean, "scored_tokens": total_tokens,
+            "perplexity_skipped": len(nll) - len(scored)}
+
+
 def perplexity(logits_fn: LogitsFn, tokenizer, records: list[dict[str, Any]], config: EvaluationConfig) -> dict[str, float]:
     """Token-weighted perplexity of the answer tokens (or whole texts) of `records`."""
-    examples, skipped = scoreable(tokenizer, records, config)
-    if not examples:
-        raise ValueError("no evaluation record has any answer token to score")
-    # Batches of similar length waste less compute on padding; the sum is order-free.
-    examples.sort(key=lambda e: len(e.input_ids))
-    total_nll, total_tokens = 0.0, 0
-    for start in range(0, len(examples), config.batch_size):
-        batch = collate(examples[start:start + config.batch_size], tokenizer.pad_token_id)
-        logits = logits_fn(batch["input_ids"], batch["attention_mask"]).float()
-        shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
-        shift_labels = batch["labels"][:, 1:].reshape(-1)
-        nll = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
-        total_nll += float(nll)
-        total_tokens += int((shift_labels != -100).sum())
-    mean = total_nll / total_tokens
-    return {"perplexity": math.exp(mean), "mean_nll": mean, "scored_tokens": total_tokens, "perplexity_skipped": skipped}
+    return perplexity_from_records(*record_nll(logits_fn, tokenizer, records, config))
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """Scoring every candidate on the same held-out records: the challenger (fp32), each of
-its compressed artifacts, and the champion re-scored for a like-for-like gate.
+its compressed artifacts, the champion re-scored for a like-for-like gate, and the base
+model the challenger was fine-tuned from ("did feeding help?"). Every difference between
+two of them gets a paired bootstrap interval (paired.py); the gate reads those (gate.py).
 
 A candidate that cannot be loaded or scored is reported with its error; the others are
 still scored and the report is still written. Rendering lives in report_render.py.
@@ -29,17 +31,19 @@ from deepfeed.core.evaluation import (
     generate_torch,
     generation_records,
     onnx_logits,
-    perplexity,
+    perplexity_from_records,
+    record_nll,
     score_answers,
     torch_logits,
 )
 from deepfeed.core.flops import PeakMemory, Stopwatch, flops_per_token, folder_size_mb, onnx_flops_per_token
 from deepfeed.core.gate import GateCondition, GateResult, promotion_gate
+from deepfeed.core.paired import PairedChange, compare
 from deepfeed.core.modeling import load_model, load_tokenizer, prompt_ids
 from deepfeed.core.safety import ToxicityScorer
 from deepfeed.core.textmetrics import answer_tokens
 
-CHALLENGER, CHAMPION = "challenger", "champion"
+CHALLENGER, CHAMPION, BASE = "challenger", "champion", "base"
 
 
 @dataclass
@@ -51,6 +55,9 @@ class CandidateResult:
     seconds: float = 0.0
     exclusions: dict[str, int] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)  # metric -> why it is absent
+    # What paired comparisons need: "nll"/"tokens" per evaluation record, "answers"/"toxic"
+    # per record answered by generation (the same records, in the same order, for all).
+    per_record: dict[str, list] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,6 +69,11 @@ class EvaluationOutcome:
     generation_records: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    # "challenger vs base" -> metric -> paired change of the first named against the second
+    comparisons: dict[str, dict[str, PairedChange]] = field(default_factory=dict)
+
+    def comparison(self, candidate: str, reference: str) -> dict[str, PairedChange] | None:
+        return self.comparisons.get(f"{candidate} vs {reference}")
 
     def by_name(self, name: str) -> CandidateResult | None:
         return next((c for c in self.candidates if c.name == name), None)
@@ -172,7 +184,9 @@ def score_candidate(
             with watch.stage(f"{name}: load"):
                 scorable = load()
             with watch.stage(f"{name}: perplexity"):
-                result.metrics |= perplexity(scorable.logits, tokenizer, records, config)
+                nll, tokens = record_nll(scorable.logits, tokenizer, records, config)
+                result.metrics |= perplexity_from_records(nll, tokens)
+                result.per_record |= {"nll": nll, "tokens": tokens}
             if result.metrics.get("perplexity_skipped"):
                 result.exclusions[NO_ANSWER_TOKENS] = int(result.metrics["perplexity_skipped"])
             if generate and prompts_for:
@@ -183,6 +197,7 @@ def score_candidate(
                 result.metrics |= scores.metrics
                 result.exclusions |= scores.exclusions
                 samples = scores.samples
+                result.per_record |= {"answers": list(generation.answers), "toxic": [bool(s["toxic"]) for s in samples]}
             if scorable.flops is None:
                 result.notes["FLOPs/token"] = "no counter for this kind of artifact"
             else:
@@ -200,6 +215,60 @@ def score_candidate(
     return result, samples
 
 
+def reused_candidate(name: str, description: str, cached: dict[str, Any], log=print) -> CandidateResult:
+    """A candidate rebuilt from score_cache.find_scores' entry (not loaded, not asked again)."""
+    saved = cached["result"]
+    result = CandidateResult(name, f"{description}, scores reused", metrics=saved["metrics"], seconds=0.0,
+                             exclusions=saved.get("exclusions", {}), per_record=saved.get("per_record", {}))
+    when = cached.get("meta", {}).get("evaluated_at", "an earlier run")
+    result.notes["re-scoring"] = (
+        f"skipped: same model, evaluation set and settings as the evaluation of {when}; "
+        "its scores (speed and memory measured then) are reused"
+    )
+    log(f"{name}: scores reused ({result.notes['re-scoring']})")
+    return result
+
+
+def _reference_candidate(name: str, description: str, checkpoint: Path, cached: dict[str, Any] | None, records,
+                         prompts_for, prompt_exclusions, config, toxicity, watch, log,
+                         count_flops: bool) -> CandidateResult:
+    """The champion or the base model: reused from the score cache, else loaded and scored
+    with its own tokenizer. A failure is recorded on the candidate, never raised."""
+    if cached is not None:
+        return reused_candidate(name, description, cached, log)
+    try:
+        tokenizer = load_tokenizer(checkpoint)
+        result, _ = score_candidate(
+            name, f"{description}, scored",
+            lambda: torch_scorable(load_model(checkpoint).eval(), tokenizer, config, count_flops),
+            checkpoint, tokenizer, records, prompts_for, config, toxicity, watch,
+        )
+        if not count_flops:
+            result.notes["FLOPs/token"] = "not counted: same architecture as the challenger"
+    except Exception as exc:
+        result = CandidateResult(name, description, error=f"{type(exc).__name__}: {exc}")
+    result.exclusions = {**prompt_exclusions, **result.exclusions}
+    return result
+
+
+def paired_comparisons(
+    candidates: list[CandidateResult], answered: list[dict[str, Any]], config: EvaluationConfig,
+) -> dict[str, dict[str, PairedChange]]:
+    """challenger vs base, challenger vs champion, champion vs base and every artifact vs
+    the challenger it was made from: whatever both sides have per-record scores for."""
+    by_name = {c.name: c for c in candidates if c.error is None and c.per_record}
+    pairs = [(CHALLENGER, BASE), (CHALLENGER, CHAMPION), (CHAMPION, BASE)]
+    pairs += [(c.name, CHALLENGER) for c in candidates if c.name not in (CHALLENGER, CHAMPION, BASE)]
+    out = {}
+    for candidate, reference in pairs:
+        if candidate in by_name and reference in by_name:
+            changes = compare(by_name[reference].per_record, by_name[candidate].per_record, answered,
+                              config.bootstrap_samples, config.seed)
+            if changes:
+                out[f"{candidate} vs {reference}"] = changes
+    return out
+
+
 def evaluate_candidates(
     checkpoint: Path,
     compressed_dir: Path | None,
@@ -215,11 +284,17 @@ def evaluate_candidates(
     compression_passed: bool | None = None,
     compression_detail: str = "",
     champion_scores: dict[str, Any] | None = None,
+    base_checkpoint: Path | None = None,
+    base_scores: dict[str, Any] | None = None,
+    base_error: str = "",
+    compression_required: bool = True,
 ) -> EvaluationOutcome:
-    """Score the challenger, its artifacts and the champion on `records`.
+    """Score the challenger, its artifacts, the champion and the base model on `records`,
+    compare them pairwise and gate the challenger.
 
-    `champion_scores`: what score_cache.find_scores returned for the champion's version on
-    these records and settings; the champion is then not loaded nor asked again."""
+    `champion_scores` / `base_scores`: what score_cache.find_scores returned for that model
+    on these records and settings; it is then not loaded nor asked again. `base_error`:
+    why there is no base checkpoint to score (reported; it fails a first-champion gate)."""
     if not records:
         raise ValueError("the held-out evaluation set is empty")
     toxicity = toxicity or ToxicityScorer(threshold=config.toxicity_threshold)
@@ -256,37 +331,41 @@ def evaluate_candidates(
     for c in candidates:
         c.exclusions = {**prompt_exclusions, **c.exclusions}
 
-    champion_metrics = None
-    if champion_checkpoint is not None and champion_scores is not None:
-        saved = champion_scores["result"]
-        result = CandidateResult(CHAMPION, "current champion, scores reused", metrics=saved["metrics"], seconds=0.0, exclusions=saved.get("exclusions", {}))
-        result.notes["re-scoring"] = (
-            f"skipped: same version, evaluation set and settings as the evaluation of {champion_scores.get('meta', {}).get('evaluated_at', 'an earlier run')}; "
-            "its scores (speed and memory measured then) are reused"
-        )
-        log(f"champion: scores reused ({result.notes['re-scoring']})")
-        champion_metrics = result.metrics
-        candidates.insert(0, result)
-    elif champion_checkpoint is not None:
-        try:
-            champion_tokenizer = load_tokenizer(champion_checkpoint)
-            result, _ = score_candidate(
-                CHAMPION, "current champion, re-scored", lambda: torch_scorable(load_model(champion_checkpoint).eval(), champion_tokenizer, config, True),
-                champion_checkpoint, champion_tokenizer, records, prompts_for, config, toxicity, watch,
-            )
-        except Exception as exc:
-            result = CandidateResult(CHAMPION, "current champion", error=f"{type(exc).__name__}: {exc}")
-        result.exclusions = {**prompt_exclusions, **result.exclusions}
-        champion_metrics = result.metrics if result.error is None else None
-        candidates.insert(0, result)
+    # Shown left of the challenger: where it started from, then what serves today.
+    shared = (records, prompts_for, prompt_exclusions, config, toxicity, watch, log)
+    references = []
+    if base_checkpoint is not None or base_scores is not None:
+        references.append(_reference_candidate(BASE, "base model (before fine-tuning)", base_checkpoint or Path("-"),
+                                               base_scores, *shared, count_flops=False))
+    else:
+        references.append(CandidateResult(BASE, "base model (before fine-tuning)",
+                                          error=base_error or "no base checkpoint given"))
+    if champion_checkpoint is not None:
+        references.append(_reference_candidate(CHAMPION, "current champion", champion_checkpoint, champion_scores,
+                                               *shared, count_flops=True))
+    candidates[:0] = references
 
-    challenger = next(c for c in candidates if c.name == CHALLENGER)
-    champion = next((c for c in candidates if c.name == CHAMPION), None)
+    outcome = EvaluationOutcome(candidates, GateResult(False), samples, len(records), len(prompts_for))
+    with watch.stage("paired bootstrap comparisons"):
+        outcome.comparisons = paired_comparisons(candidates, prompts_for, config)
+    outcome.timings, outcome.cpu_seconds = dict(watch.stages), dict(watch.cpu)
+
+    challenger = outcome.by_name(CHALLENGER)
+    champion, base = outcome.by_name(CHAMPION), outcome.by_name(BASE)
     if challenger.error:
-        gate = GateResult(False, [GateCondition(CHALLENGER, False, f"could not be evaluated: {challenger.error}")])
+        outcome.gate = GateResult(False, [GateCondition(CHALLENGER, False,
+                                                        f"could not be evaluated: {challenger.error}")])
     elif champion is not None and champion.error:
         # Fail closed: an unreadable champion must not let any challenger through unchecked.
-        gate = GateResult(False, [GateCondition(CHAMPION, False, f"could not be re-scored: {champion.error}")])
+        outcome.gate = GateResult(False, [GateCondition(CHAMPION, False, f"could not be re-scored: {champion.error}")])
+    elif champion is None and base.error:
+        why = f"no champion, and the base model could not be scored ({base.error}): the first champion must beat it"
+        outcome.gate = GateResult(False, [GateCondition(BASE, False, why)], BASE)
     else:
-        gate = promotion_gate(challenger.metrics, champion_metrics, config.max_relative_drop, compression_passed, compression_detail)
-    return EvaluationOutcome(candidates, gate, samples, len(records), len(prompts_for), dict(watch.stages), dict(watch.cpu))
+        outcome.gate = promotion_gate(
+            challenger.metrics, champion.metrics if champion else None, config.max_relative_drop,
+            compression_passed, compression_detail,
+            champion_changes=outcome.comparison(CHALLENGER, CHAMPION), base=None if base.error else base.metrics,
+            base_changes=outcome.comparison(CHALLENGER, BASE), compression_required=compression_required,
+        )
+    return outcome

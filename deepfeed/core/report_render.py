@@ -16,8 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from deepfeed.core.gate import KEY_METRICS, SAFETY_METRIC, relative_change  # noqa: E402
-from deepfeed.core.report import CHALLENGER, CHAMPION, EvaluationOutcome  # noqa: E402
+from deepfeed.core.gate import KEY_METRICS, PRIMARY_METRIC, SAFETY_METRIC, interval_fails  # noqa: E402
+from deepfeed.core.paired import PairedChange, format_change  # noqa: E402
+from deepfeed.core.report import BASE, CHALLENGER, CHAMPION, EvaluationOutcome  # noqa: E402
 
 # (metric, label, direction (+1 higher is better), format); gated metrics get colours.
 HEADLINE = [
@@ -38,6 +39,12 @@ HEADLINE = [
 ]
 GATED = set(KEY_METRICS) | {SAFETY_METRIC}
 PASS, FAIL, NEUTRAL = "#1a7f37", "#cf222e", "#57606a"
+GATE_RULE = (
+    "Rule: a key metric fails when the whole paired 95% interval of its relative change lies below the limit; "
+    "before the first champion, token F1 must also be significantly above the base model's (interval of the "
+    "difference above zero); the toxicity pass rate must not fall; a metric or verdict that is missing fails. "
+    "Why: docs/evaluation-gates.md."
+)
 
 
 def _finite(value: Any) -> bool:
@@ -54,30 +61,39 @@ def _value(metrics: dict[str, Any], key: str, fmt: str) -> str:
     return text
 
 
-def delta(metrics: dict, baseline: dict | None, key: str, direction: int, limit: float) -> tuple[str, str] | None:
-    """('+1.2%', colour) of `metrics` against `baseline`, coloured by the gate rules."""
+def delta(
+    metrics: dict, baseline: dict | None, key: str, limit: float, change: PairedChange | None = None,
+) -> tuple[str, str] | None:
+    """('+1.2%', colour) of `metrics` against `baseline`. Gated metrics are coloured by the
+    gate's rule on the paired interval (`change`); without one they get no colour."""
     if not baseline or not (_finite(metrics.get(key)) and _finite(baseline.get(key))):
         return None
     new, old = metrics[key], baseline[key]
-    change = (new - old) / abs(old) if old else 0.0
+    shown = (new - old) / abs(old) if old else 0.0
     if key == SAFETY_METRIC:
         colour = FAIL if new < old else PASS
-    elif key in GATED:
-        colour = FAIL if relative_change(new, old, direction) < -limit else PASS
+    elif key in GATED and change is not None:
+        colour = FAIL if interval_fails(change, limit) else PASS
     else:
         colour = NEUTRAL
-    return (f"{change:+.1%}", colour)
+    return (f"{shown:+.1%}", colour)
 
 
 def baseline_for(outcome: EvaluationOutcome, name: str) -> tuple[dict | None, str]:
-    """The challenger is compared with the champion; compressed artifacts with the
-    challenger they were made from (their precision loss is what matters)."""
-    champion, challenger = outcome.by_name(CHAMPION), outcome.by_name(CHALLENGER)
-    if name == CHAMPION:
+    """The challenger is compared with the champion (with the base model while there is no
+    champion), the champion with the base model, compressed artifacts with the challenger
+    they were made from (their precision loss is what matters)."""
+    champion, challenger, base = outcome.by_name(CHAMPION), outcome.by_name(CHALLENGER), outcome.by_name(BASE)
+    usable = lambda c: c is not None and not c.error  # noqa: E731
+    if name == BASE:
         return None, ""
+    if name == CHAMPION:
+        return (base.metrics, BASE) if usable(base) else (None, "")
     if name == CHALLENGER:
-        return (champion.metrics, "champion") if champion and not champion.error else (None, "")
-    return (challenger.metrics, "challenger") if challenger and not challenger.error else (None, "")
+        if champion is not None:
+            return (champion.metrics, CHAMPION) if usable(champion) else (None, "")
+        return (base.metrics, BASE) if usable(base) else (None, "")
+    return (challenger.metrics, CHALLENGER) if usable(challenger) else (None, "")
 
 
 def headline_rows(outcome: EvaluationOutcome, limit: float) -> list[list[tuple[str, str | None]]]:
@@ -88,8 +104,9 @@ def headline_rows(outcome: EvaluationOutcome, limit: float) -> list[list[tuple[s
             continue
         row: list[tuple[str, str | None]] = [(label + (" ⚑" if key in GATED else ""), None)]
         for c in outcome.candidates:
-            baseline, _ = baseline_for(outcome, c.name)
-            d = delta(c.metrics, baseline, key, direction, limit)
+            baseline, against = baseline_for(outcome, c.name)
+            change = (outcome.comparison(c.name, against) or {}).get(key) if against else None
+            d = delta(c.metrics, baseline, key, limit, change)
             text = _value(c.metrics, key, fmt)
             row.append((f"{text} ({d[0]})" if d else text, d[1] if d else None))
         rows.append(row)
@@ -104,17 +121,80 @@ def _exclusion_rows(outcome: EvaluationOutcome) -> list[tuple[str, str, int]]:
     return [(c.name, reason, n) for c in outcome.candidates for reason, n in c.exclusions.items() if n]
 
 
+LABELS = {key: (label, fmt) for key, label, _, fmt in HEADLINE}
+
+
+def feeding_headline(outcome: EvaluationOutcome) -> str:
+    """"Did feeding help?" in one line: the challenger against the base model on token F1
+    (the primary metric), with the paired 95% interval of the difference."""
+    base, challenger = outcome.by_name(BASE), outcome.by_name(CHALLENGER)
+    if base is None or base.error:
+        why = base.error if base else "not a candidate"
+        return f"Did feeding help? Not measured: the base model was not scored ({why})."
+    if challenger is None or challenger.error:
+        return "Did feeding help? Not measured: the challenger could not be evaluated."
+    change = (outcome.comparison(CHALLENGER, BASE) or {}).get(PRIMARY_METRIC)
+    if change is None:
+        return ("Did feeding help? Not measured: token F1 needs answers from both models to held-out records "
+                "with a reference.")
+    text = f"token F1 {format_change(change, '{:.3f}')}"
+    if change.significant_gain:
+        return f"Feeding helped: {text}."
+    if change.significant_loss:
+        return f"Feeding hurt: {text}."
+    return f"Not shown that feeding helped (the interval includes zero): {text}."
+
+
+def comparison_rows(outcome: EvaluationOutcome, limit: float) -> list[tuple[str, str, str, str | None]]:
+    """(comparison, metric, paired change text, colour) for every paired comparison."""
+    rows = []
+    for pair, changes in outcome.comparisons.items():
+        for key, change in changes.items():
+            label, fmt = LABELS.get(key, (key, "{:.3g}"))
+            if key == SAFETY_METRIC:
+                colour = FAIL if change.candidate < change.reference else PASS
+            elif key in KEY_METRICS:
+                colour = FAIL if interval_fails(change, limit) else PASS
+            else:
+                colour = NEUTRAL
+            if key == PRIMARY_METRIC and pair.endswith(f"vs {BASE}"):
+                colour = PASS if change.significant_gain else FAIL if change.significant_loss else NEUTRAL
+            rows.append((pair, label, format_change(change, fmt), colour))
+    return rows
+
+
+def comparison_metrics(outcome: EvaluationOutcome) -> dict[str, float]:
+    """MLflow metrics of every paired comparison: eval_<candidate>_vs_<reference>_<metric>_diff
+    with _diff_ci_low/_diff_ci_high (and the relative change, signed negative = worse)."""
+    out = {}
+    for pair, changes in outcome.comparisons.items():
+        prefix = "eval_" + pair.replace(" vs ", "_vs_")
+        for key, c in changes.items():
+            values = {"diff": c.difference, "diff_ci_low": c.difference_low, "diff_ci_high": c.difference_high,
+                      "rel": c.relative, "rel_ci_low": c.relative_low, "rel_ci_high": c.relative_high}
+            out |= {f"{prefix}_{key}_{name}": float(v) for name, v in values.items() if _finite(v)}
+    return out
+
+
 def render_markdown(outcome: EvaluationOutcome, lineage: dict[str, str], plots: dict[str, str], limit: float) -> str:
     """`plots` maps a title to a Markdown image reference (inline data or a file name)."""
     verdict = "PROMOTE the challenger" if outcome.gate.passed else "KEEP the champion (challenger stays challenger)"
     names = [c.name for c in outcome.candidates]
-    lines = [f"# Evaluation report: {verdict}", "", f"Held-out records: {outcome.eval_records}; answered by generation: {outcome.generation_records}.", ""]
-    lines += ["## Promotion gate", ""]
+    lines = [f"# Evaluation report: {verdict}", "", f"**{feeding_headline(outcome)}**", "",
+             f"Held-out records: {outcome.eval_records}; answered by generation: {outcome.generation_records}.", ""]
+    lines += ["## Promotion gate", "", f"Gated against the {outcome.gate.reference}. " + GATE_RULE, ""]
     lines += [f"- {'✅' if c.passed else '❌'} **{c.name}**: {c.detail}" for c in outcome.gate.conditions]
-    lines += ["", "## Headline", "", "Δ: challenger vs champion; compressed artifacts vs challenger. ⚑ gated metric; ✅/❌ within/over the gate.", ""]
+    lines += ["", "## Headline", "", "Δ: challenger vs champion (vs base before the first champion), champion vs base; "
+              "compressed artifacts vs challenger. ⚑ gated metric; ✅/❌ within/over the gate (paired interval rule).",
+              ""]
     lines += ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for row in headline_rows(outcome, limit):
         lines.append("| " + " | ".join(text + _mark(colour) for text, colour in row) + " |")
+    paired = comparison_rows(outcome, limit)
+    if paired:
+        lines += ["", "## Paired differences (95% bootstrap intervals, same records for both sides)", "",
+                  "| comparison | metric | reference → candidate, difference (CI; relative) |", "|---|---|---|"]
+        lines += [f"| {pair} | {label} | {text}{_mark(colour)} |" for pair, label, text, colour in paired]
     errors = [(c.name, c.error) for c in outcome.candidates if c.error]
     errors += [(f"{c.name} ({metric})", why) for c in outcome.candidates if not c.error for metric, why in c.notes.items()]
     if errors:
@@ -163,6 +243,16 @@ def render_html(outcome: EvaluationOutcome, lineage: dict[str, str], plot_files:
         for s in outcome.samples[:20]
     )
     verdict = "Promote the challenger" if passed else "Keep the champion"
+    paired = "".join(
+        f'<tr><td>{e(p)}</td><td>{e(label)}</td><td style="color:{colour or "inherit"}">{e(text)}</td></tr>'
+        for p, label, text, colour in comparison_rows(outcome, limit)
+    )
+    paired_section = (
+        "<h2>Paired differences</h2><p><small>95% paired bootstrap intervals: both sides resampled with the same "
+        'records.</small></p><table class="text"><tr><th>comparison</th><th>metric</th>'
+        f"<th>reference → candidate, difference (CI; relative)</th></tr>{paired}</table>" if paired else ""
+    )
+    gate_rule = f"<p><small>Gated against the {e(outcome.gate.reference)}. {e(GATE_RULE)}</small></p>"
     errors_section = f"<h2>Not measured, or reused</h2><ul>{errors}</ul>" if errors else ""
     exclusions_section = (
         '<h2>Records left out of a metric</h2><table class="text"><tr><th>candidate</th><th>reason</th><th>records</th></tr>'
@@ -180,12 +270,16 @@ small{{color:{NEUTRAL};font-weight:normal}} table.text td,table.text th{{text-al
 figure img{{max-width:34em}}
 </style></head><body>
 <h1 class="banner">{e(verdict)}</h1>
+<p><b>{e(feeding_headline(outcome))}</b></p>
 <p>Held-out records: {outcome.eval_records}; answered by generation: {outcome.generation_records}.</p>
-<h2>Promotion gate</h2><ul>{gate}</ul>
+<h2>Promotion gate</h2>{gate_rule}<ul>{gate}</ul>
 <h2>Headline</h2>
-<p><small>Δ: challenger vs champion; compressed artifacts vs the challenger they were made from. ⚑ gated metric:
-green within the gate (no drop over {limit:.0%}; toxicity pass rate must not fall), red over it. Intervals: 95% bootstrap.</small></p>
+<p><small>Δ: challenger vs champion (vs the base model before the first champion), champion vs base;
+compressed artifacts vs the challenger they were made from. ⚑ gated metric: red when the whole paired 95%
+interval of the change lies below -{limit:.0%} (toxicity pass rate: when it falls), green otherwise.
+Intervals: 95% bootstrap.</small></p>
 <table><tr><th>metric</th>{head}</tr>{body}</table>
+{paired_section}
 {errors_section}
 {exclusions_section}
 <h2>Plots</h2>{plots}
@@ -281,7 +375,12 @@ def write_report(folder: Path, outcome: EvaluationOutcome, lineage: dict[str, st
     (folder / "report.md").write_text(render_markdown(outcome, lineage, {t: f"![{t}]({p.name})" for t, p in plot_files.items()}, limit), encoding="utf-8")
     summary = {
         "candidates": [asdict(c) for c in outcome.candidates],
-        "gate": {"passed": outcome.gate.passed, "conditions": [asdict(c) for c in outcome.gate.conditions]},
+        "gate": {
+            "passed": outcome.gate.passed, "reference": outcome.gate.reference,
+            "conditions": [asdict(c) for c in outcome.gate.conditions],
+        },
+        "did_feeding_help": feeding_headline(outcome),
+        "comparisons": {pair: {k: asdict(c) for k, c in ch.items()} for pair, ch in outcome.comparisons.items()},
         "eval_records": outcome.eval_records,
         "generation_records": outcome.generation_records,
         "timings": outcome.timings,

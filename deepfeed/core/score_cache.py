@@ -4,7 +4,9 @@ The champion is re-scored on every evaluation only so that the gate compares lik
 like. Its version, the evaluation records and the scoring settings fix its answers and
 metrics (greedy decoding), so when all three are unchanged the scores of an earlier run
 are reused instead of generating again: the challenger of one run is saved under its
-registry version, and is found when it has become the champion of the next.
+registry version, and is found when it has become the champion of the next. The base
+model, scored in every report, is saved under a fingerprint of its checkpoint files, so
+repeated evaluations on the same records score it once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any
 
 from deepfeed.core.artifacts import MANIFEST
@@ -19,7 +22,8 @@ from deepfeed.core.evaluation import EvaluationConfig
 
 CACHE_NAME = "candidate_scores"
 # Bump when what a metric means changes, so older cached scores stop matching.
-SCORING_VERSION = 1
+# 2: per-record scores (NLL, answers, toxicity) kept for paired comparisons.
+SCORING_VERSION = 2
 # Settings that change answers or metrics; batch size is in because padding changes
 # the float sums slightly, and greedy argmax can follow.
 KEY_FIELDS = ("max_length", "batch_size", "generation_batch_size", "max_new_tokens", "max_generation_records", "bootstrap_samples", "seed", "toxicity_threshold")
@@ -32,6 +36,16 @@ def _canonical(value: Any) -> str:
 def eval_set_hash(records: list[dict[str, Any]]) -> str:
     """Content hash of the evaluation records, order included (it fixes the answered subset)."""
     return hashlib.sha256(_canonical(records).encode()).hexdigest()
+
+
+def checkpoint_fingerprint(path: Path) -> str:
+    """Names, sizes and modification times of a checkpoint folder's files. Not a content
+    hash on purpose: hashing a base model's weights costs seconds on every evaluation,
+    and a checkpoint replaced in place changes sizes or mtimes anyway."""
+    path = Path(path)
+    files = (p for p in path.rglob("*") if p.is_file())
+    entries = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return hashlib.sha256(_canonical(entries).encode()).hexdigest()
 
 
 def score_cache_key(model_version: str, model_source: str, eval_hash: str, config: EvaluationConfig, extra: dict[str, Any] | None = None) -> str:

@@ -150,3 +150,19 @@ def chrf_with_ci(hypotheses: Sequence[str], references: Sequence[str], samples: 
     scorer = CHRF()
     stats = np.array(scorer._extract_corpus_statistics(list(hypotheses), [list(references)]), dtype=np.float64)
     return _bootstrap(stats, lambda s: float(scorer._compute_score_from_stats(list(s)).score), samples, seed).as_dict("chrf")
+
+
+def bleu_statistics(hypotheses: Sequence[str], references: Sequence[str], langs: Sequence[str | None]):
+    """Per-record BLEU sufficient statistics and the function giving the corpus BLEU of
+    their sum: what a paired bootstrap over records resamples."""
+    stats, scorer = _bleu_stats(list(hypotheses), list(references), list(langs))
+    return stats, lambda summed: float(scorer._compute_score_from_stats(list(summed)).score)
+
+
+def chrf_statistics(hypotheses: Sequence[str], references: Sequence[str]):
+    """Per-record chrF sufficient statistics and the corpus chrF of their sum."""
+    from sacrebleu.metrics import CHRF
+
+    scorer = CHRF()
+    stats = np.array(scorer._extract_corpus_statistics(list(hypotheses), [list(references)]), dtype=np.float64)
+    return stats, lambda summed: float(scorer._compute_score_from_stats(list(summed)).score)

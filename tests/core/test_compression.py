@@ -267,6 +267,11 @@ def test_quality_gate_scores_greedy_answers_against_fp32_and_fails_a_worse_artif
     # task_gate="off" scores perplexity only
     off = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config, task_gate="off")
     assert off.answered == 0 and all(a.token_f1 is None and a.task_passed is None for a in off.artifacts)
+    # no QA record to answer: the task metric is unmeasured, which fails closed unless task_gate="off"
+    texts = [{"kind": "text", "text": f"{p} {r}", "lang": "en"} for p, r in PAIRS]
+    unmeasured = gate_compressed_artifacts(checkpoint, folder, texts, eval_config=config)
+    assert not unmeasured.passed and all(a.task_passed is False for a in unmeasured.artifacts)
+    assert "token F1 not measured ((no held-out QA record to answer" in unmeasured.failures()[0]
     with pytest.raises(ValueError, match="task_gate"):
         gate_compressed_artifacts(checkpoint, folder, records, task_gate="loose")
 

@@ -5,7 +5,6 @@ import math
 import pytest
 import sacrebleu
 
-from deepfeed.core.gate import promotion_gate
 from deepfeed.core.safety import LexiconScorer, SafetyError, ToxicityScorer, load_lexicon, toxicity_summary
 from deepfeed.core.textmetrics import answer_tokens, bleu4_with_ci, chrf_with_ci, label_prf, predicted_label, token_prf, token_prf_corpus
 
@@ -87,31 +86,3 @@ def test_perspective_is_off_by_default_and_needs_a_key(monkeypatch):
     monkeypatch.delenv("PERSPECTIVE_API_KEY", raising=False)
     with pytest.raises(SafetyError, match="PERSPECTIVE_API_KEY"):
         ToxicityScorer.from_settings(use_perspective=True)
-
-
-CHAMPION = {"token_f1": 0.40, "bleu4": 20.0, "chrf": 40.0, "perplexity": 10.0, "toxicity_pass_rate": 0.98}
-
-
-def test_gate_three_percent_rule_on_every_key_metric():
-    within = promotion_gate({**CHAMPION, "token_f1": 0.39, "perplexity": 10.29}, CHAMPION, 0.03)
-    assert within.passed and within.deltas["token_f1"] == pytest.approx(-0.025)
-    for name, worse in [("token_f1", 0.387), ("bleu4", 19.3), ("chrf", 38.7), ("perplexity", 10.31)]:
-        result = promotion_gate({**CHAMPION, name: worse}, CHAMPION, 0.03)
-        assert not result.passed and [c.name for c in result.failed] == [name]
-        assert "worse (limit 3%)" in result.failed[0].detail and f"{worse:.4g}" in result.failed[0].detail
-
-
-def test_gate_toxicity_must_not_fall_and_compression_must_pass():
-    fell = promotion_gate({**CHAMPION, "toxicity_pass_rate": 0.979}, CHAMPION, 0.03)
-    assert not fell.passed and fell.failed[0].name == "toxicity_pass_rate" and "97.9% vs champion 98.0%" in fell.failed[0].detail
-    compression = promotion_gate(CHAMPION, CHAMPION, 0.03, compression_passed=False, compression_detail="compression_quality_gate failed")
-    assert not compression.passed and "compression_quality_gate failed" in compression.failed[0].detail
-    assert promotion_gate(CHAMPION, CHAMPION, 0.03, compression_passed=None).passed
-
-
-def test_gate_without_champion_and_with_unmeasured_metrics():
-    first = promotion_gate({"perplexity": 50.0, "toxicity_pass_rate": 1.0}, None, 0.03)
-    assert first.passed and "no champion yet" in first.reasons[0]
-    assert not promotion_gate({"perplexity": 50.0}, None, 0.03).passed  # safety unmeasured: fail closed
-    unmeasured = promotion_gate({**CHAMPION, "bleu4": math.nan}, CHAMPION, 0.03)
-    assert unmeasured.passed and "not measured" in next(c.detail for c in unmeasured.conditions if c.name == "bleu4")

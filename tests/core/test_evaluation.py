@@ -2,6 +2,7 @@
 report with bad input, and the rendered report."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -100,7 +101,7 @@ def test_candidates_with_broken_artifacts_and_champion_still_report(tiny_llama, 
     (broken / "onnx" / "model_int8.onnx").write_bytes(b"not a model")
     outcome = evaluate_candidates(tiny_llama, broken, tmp_path / "no-champion", records, FAST, log=lambda m: None, artifacts=("torch_int8", "onnx_int8", "onnx_kv_int8"))
     names = [c.name for c in outcome.candidates]
-    assert names == ["champion", "challenger", "torch_int8", "onnx_int8", "onnx_kv_int8"]
+    assert names == ["base", "champion", "challenger", "torch_int8", "onnx_int8", "onnx_kv_int8"]
     challenger = outcome.by_name("challenger")
     assert challenger.error is None and challenger.metrics["generated"] == len(RECORDS)
     assert challenger.exclusions[NO_PROMPT] == 1
@@ -114,12 +115,13 @@ def test_candidates_with_broken_artifacts_and_champion_still_report(tiny_llama, 
     files = write_report(tmp_path / "report", outcome, {"data hash": "abc123"}, 0.03, training_losses=[3.0, 2.5, 2.1])
     markdown = files["markdown"].read_text()
     assert "KEEP the champion" in markdown and "❌ **champion**: could not be re-scored" in markdown
+    assert "Did feeding help? Not measured: the base model was not scored (no base checkpoint given)" in markdown
     assert "abc123" in markdown and "| challenger | no prompt (plain-text record): perplexity only | 1 |" in markdown
     assert {"plot:Training loss", "plot:Answer quality with confidence intervals", "plot:Latency vs size"} <= set(files)
     page = files["html"].read_text()
     assert "Keep the champion" in page and page.count("data:image/png;base64,") == len([k for k in files if k.startswith("plot:")])
     summary = json.loads(files["metrics"].read_text())
-    assert summary["gate"]["passed"] is False and summary["candidates"][1]["name"] == "challenger"
+    assert summary["gate"]["passed"] is False and summary["candidates"][2]["name"] == "challenger"
 
 
 def test_empty_eval_set_and_unloadable_challenger(tiny_llama, tmp_path):
@@ -131,9 +133,21 @@ def test_empty_eval_set_and_unloadable_challenger(tiny_llama, tmp_path):
 
 
 def test_headline_colours_a_drop_over_the_gate_red(tiny_llama):
-    outcome = evaluate_candidates(tiny_llama, None, tiny_llama, RECORDS, FAST, log=lambda m: None)
+    from deepfeed.core.evaluation import generation_records
+    from deepfeed.core.report import paired_comparisons
+
+    outcome = evaluate_candidates(tiny_llama, None, tiny_llama, RECORDS, FAST, log=lambda m: None, compression_passed=True)
     assert outcome.gate.passed  # the same model against itself loses nothing
-    outcome.by_name("challenger").metrics["perplexity"] *= 1.05
+    same = outcome.comparison("challenger", "champion")["perplexity"]
+    assert same.difference == 0 and same.relative_low == same.relative_high == 0
+    # Every record's NLL up by log(1.05) per token: perplexity +5% on every resample.
+    challenger = outcome.by_name("challenger")
+    per = challenger.per_record
+    per["nll"] = [None if n is None else n + math.log(1.05) * t for n, t in zip(per["nll"], per["tokens"])]
+    challenger.metrics["perplexity"] *= 1.05
+    outcome.comparisons = paired_comparisons(outcome.candidates, generation_records(RECORDS, FAST.max_generation_records)[0], FAST)
+    worse = outcome.comparison("challenger", "champion")["perplexity"]
+    assert worse.relative_high == pytest.approx(-0.05, abs=1e-3)
     page = render_html(outcome, {}, {}, 0.03)
     assert f'style="color:{FAIL}"' in page and "(+5.0%)" in page
 
@@ -212,7 +226,8 @@ def test_champion_scores_are_reused_only_for_the_same_version_records_and_settin
     assert [s["answer"] for s in cached["samples"]] == [s["answer"] for s in first.samples]
 
     # The champion is not loaded (its path does not exist) and the gate still compares.
-    outcome = evaluate_candidates(tiny_llama, None, tmp_path / "not-loaded", RECORDS, FAST, log=lambda m: None, champion_scores=cached)
+    outcome = evaluate_candidates(tiny_llama, None, tmp_path / "not-loaded", RECORDS, FAST, log=lambda m: None, champion_scores=cached,
+                                  compression_passed=True)
     champion = outcome.by_name("champion")
     assert champion.error is None and champion.metrics == cached["result"]["metrics"]
     assert "2026-11-29T22:00:00" in champion.notes["re-scoring"]

@@ -107,9 +107,15 @@ def test_each_asset_materializes_alone(deepfeed_env, tiny_llama, tiny_corpus, in
     for key in ["raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model", "candidate_model", "compressed_model", "evaluation_report", "champion_model"]:
         if key == "finetuned_model":
             _an_mlflow_server_with_local_checkpoints_fails_before_training(deepfeed_env, tiny_llama, instance)
-        result = materialize([key], deepfeed_env, tiny_llama, tiny_corpus, instance)
-        assert result.success
-        assert result.asset_materializations_for_node(key), key
+        gated = key == "evaluation_report"
+        result = materialize([key], deepfeed_env, tiny_llama, tiny_corpus, instance, raise_on_error=not gated)
+        # 4 steps on a random tiny model do not beat its base: the blocking first-champion gate refuses.
+        failed = [e.asset_check_key.name for e in result.get_asset_check_evaluations()
+                  if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
+        assert result.success or failed == ["promotion_gate"]
+        # champion_model runs and moves nothing: that gate refused (the alias is untouched).
+        assert result.asset_materializations_for_node(key) or key == "champion_model", key
+    assert resources(deepfeed_env, tiny_llama)["mlflow"].version_by_alias(CHAMPION) is None
     raw = instance.get_latest_materialization_event(dg.AssetKey("raw_corpus")).asset_materialization
     assert raw.metadata["quarantined"].value == 4
     assert raw.metadata["kept"].value == 48 + 2 + 3
@@ -127,8 +133,7 @@ def _an_mlflow_server_with_local_checkpoints_fails_before_training(home, base_mo
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_deepseek"])
 def test_whole_chain_logs_to_mlflow_and_promotes(fixture, request, deepfeed_env, tiny_corpus, instance):
     base_model = request.getfixturevalue(fixture)
-    result = materialize("*", deepfeed_env, base_model, tiny_corpus, instance)
-    assert result.success
+    result = materialize("*", deepfeed_env, base_model, tiny_corpus, instance, raise_on_error=False)
     checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
     # The 3C and k-anonymity checks of the corpus (tests/dagster/test_corpus.py tests them);
     # coverage only warns, and the tiny corpus has hardly any long tail.
@@ -140,7 +145,10 @@ def test_whole_chain_logs_to_mlflow_and_promotes(fixture, request, deepfeed_env,
     checks.pop("eval_set_disjoint_from_training")
     overlap = next(e for e in result.get_asset_check_evaluations() if e.asset_check_key.name == "eval_set_disjoint_from_training")
     assert overlap.passed or overlap.severity == dg.AssetCheckSeverity.WARN
-    assert checks == {"clean_corpus_accounting": True, "promotion_gate": True, "compression_quality_gate": True,
+    # No champion yet, and a 4-step fine-tune of a random tiny model is not shown to beat its
+    # base on token F1: the first-champion gate refuses (docs/evaluation-gates.md); the failed
+    # gate leaves the candidate without an alias.
+    assert checks == {"clean_corpus_accounting": True, "promotion_gate": False, "compression_quality_gate": True,
                       "failed_gate_revokes_challenger": True}
 
     mlflow = resources(deepfeed_env, base_model)["mlflow"]
@@ -149,18 +157,22 @@ def test_whole_chain_logs_to_mlflow_and_promotes(fixture, request, deepfeed_env,
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.dagster_run_id = '{result.run_id}'")
     assert len(runs) == 1
     run = runs[0]
-    assert {"eval_challenger_perplexity", "train_final_loss", "corpus_dp_records"} <= set(run.data.metrics)
+    assert {"eval_challenger_perplexity", "eval_base_perplexity", "train_final_loss", "corpus_dp_records"} <= set(run.data.metrics)
     assert "corpus_cleaned" not in run.data.metrics  # exact corpus counts stay out of MLflow (docs/privacy.md)
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 4
-    champion = mlflow.version_by_alias(CHAMPION)
-    assert champion is not None and champion.tags["dagster_run_id"] == result.run_id
-    assert {"data_hash", "base_model", "stream"} <= set(champion.tags)
+    assert mlflow.version_by_alias(CHAMPION) is None
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation_report")}
     assert "evaluation_report/report.html" in artifacts
 
-    # A second run is gated against the champion, re-scored on the same held-out records.
-    second = materialize("*", deepfeed_env, base_model, tiny_corpus, instance)
-    assert second.success
+    # With a champion (the base checkpoint, registered), a second run is gated against it,
+    # re-scored on the same held-out records.
+    champion = client.create_model_version("deepfeed", source=str(base_model))
+    client.set_registered_model_alias("deepfeed", CHAMPION, champion.version)
+    second = materialize("*", deepfeed_env, base_model, tiny_corpus, instance, raise_on_error=False)
+    evaluations = second.get_asset_check_evaluations()
+    blocked = [e.asset_check_key.name for e in evaluations
+               if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
+    assert blocked in ([], ["promotion_gate"])
     report = instance.get_latest_materialization_event(dg.AssetKey("evaluation_report")).asset_materialization
     assert "champion" in report.metadata["report"].value
     candidate = report.metadata["challenger_version"].value

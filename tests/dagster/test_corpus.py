@@ -181,8 +181,11 @@ def test_pii_canaries_reach_no_file_of_the_chain_outside_the_encrypted_raw_store
     corpus = canary_corpus(tmp_path / "corpus")
     raw = ingest(deepfeed_env, tiny_llama, corpus, instance)
     assert list(raw) == ["_root"] and _checks(raw["_root"])["raw_corpus_accounting"].passed
-    result = _materialize([k.to_user_string() for a in ASSETS for k in a.keys if k.to_user_string() != "raw_corpus"], deepfeed_env, tiny_llama, corpus, instance)
-    assert result.success
+    selection = [k.to_user_string() for a in ASSETS for k in a.keys if k.to_user_string() != "raw_corpus"]
+    result = _materialize(selection, deepfeed_env, tiny_llama, corpus, instance, raise_on_error=False)
+    # Only the first-champion gate refuses (a 4-step tiny fine-tune does not beat its base); every artifact was written.
+    blocked = [n for n, c in _checks(result).items() if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR]
+    assert result.success or blocked == ["promotion_gate"]
 
     # The corpus checks on this run: the tiny corpus is clean, consistent and has no QIs.
     checks = _checks(result)

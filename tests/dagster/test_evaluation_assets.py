@@ -19,21 +19,48 @@ def _check(result, name):
 
 def test_promotion_is_gated_audited_and_fails_closed(deepfeed_env, tiny_llama, tiny_corpus, instance):  # noqa: F811
     first = materialize(CHAIN, deepfeed_env, tiny_llama, tiny_corpus, instance, raise_on_error=False)
-    assert _check(first, "promotion_gate").passed
+    # No champion yet: the base model plays its role, and 4 steps on a random tiny model do
+    # not make its answers better, so there is no first champion.
+    refused = _check(first, "promotion_gate")
+    assert not refused.passed and "beats_base_token_f1" in refused.description
+    assert "not shown to beat the base model" in refused.description
     report = instance.get_latest_materialization_event(dg.AssetKey("evaluation_report")).asset_materialization
     markdown = report.metadata["report"].value
-    assert "PROMOTE" in markdown and "## Data version and lineage" in markdown and "data:image/png;base64," in markdown
+    assert "KEEP the champion" in markdown and "Gated against the base" in markdown
+    assert "## Data version and lineage" in markdown
+    assert "data:image/png;base64," in markdown and "## Paired differences" in markdown
+    assert report.metadata["did_feeding_help"].value.startswith("Not shown that feeding helped")
     assert {"token_f1", "bleu4", "chrf", "perplexity", "toxicity_pass_rate"} <= set(report.metadata)
     # the compression engineer's blocking check, read from this run's records
     assert "✅ **compression_gate**: passed (compression_quality_gate passed)" in markdown
     folder = report.metadata["report_html"].value.rsplit("/", 1)[0]
     summary = json.loads(open(f"{folder}/metrics.json").read())
-    assert [c["name"] for c in summary["candidates"]][:2] == ["challenger", "torch_int8"]
+    assert [c["name"] for c in summary["candidates"]][:3] == ["base", "challenger", "torch_int8"]
+    assert summary["candidates"][0]["error"] is None and "challenger vs base" in summary["comparisons"]
     overlap = _check(first, "eval_set_disjoint_from_training")
     assert overlap.passed or overlap.severity == dg.AssetCheckSeverity.WARN  # ids and exact copies never leak
 
     mlflow = resources(deepfeed_env, tiny_llama)["mlflow"]
+    client = mlflow.client()
+    assert mlflow.version_by_alias(CHAMPION) is None
+    experiment = client.get_experiment_by_name("deepfeed").experiment_id
+    run = client.search_runs([experiment], filter_string=f"tags.dagster_run_id = '{first.run_id}'")[0]
+    logged = {"eval_base_token_f1", "eval_challenger_token_f1", "eval_challenger_vs_base_token_f1_diff_ci_low"}
+    assert logged <= set(run.data.metrics)
+
+    # With a champion (here the base checkpoint, registered), the challenger is gated
+    # against it: no key metric's interval wholly below -3% passes. The base model's
+    # scores are reused from the first evaluation.
+    seeded = client.create_model_version("deepfeed", source=str(tiny_llama))
+    client.set_registered_model_alias("deepfeed", CHAMPION, seeded.version)
+    promoted_run = materialize(EVAL, deepfeed_env, tiny_llama, tiny_corpus, instance, raise_on_error=False)
+    assert _check(promoted_run, "promotion_gate").passed and promoted_run.success
+    report = instance.get_latest_materialization_event(dg.AssetKey("evaluation_report")).asset_materialization
+    markdown = report.metadata["report"].value
+    assert "PROMOTE" in markdown and "Gated against the champion" in markdown and "(scores reused)" in markdown
+    assert not any(line.startswith("| base: ") for line in markdown.splitlines())  # no time spent on the base again
     champion = mlflow.version_by_alias(CHAMPION)
+    assert champion.version != seeded.version
     promoted = [e for e in AuditLedger(deepfeed_env / "audit" / "ledger.jsonl").iter_entries() if e["action"] == "promoted"]
     assert [e["record_id"] for e in promoted] == [f"model:deepfeed:v{champion.version}"]
 
