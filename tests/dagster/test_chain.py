@@ -247,8 +247,12 @@ def test_cli_materialize_runs_the_chain(deepfeed_env, tiny_llama, tiny_corpus, t
         [str(dagster), "asset", "materialize", "-m", "deepfeed.definitions", "--select", "not key:raw_corpus and not key:incremental_model and not group:monitoring", "-c", str(config)],
         env=env, capture_output=True, text=True, timeout=600,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "RUN_SUCCESS" in done.stderr + done.stdout
+    output = done.stderr + done.stdout
+    # A 4-step fine-tune of a random tiny model does not beat its base: the blocking
+    # first-champion gate is the one step allowed to stop the run (docs/evaluation-gates.md).
+    stopped_by_gate = "Steps failed: ['evaluation_report_promotion_gate']" in output
+    assert done.returncode == 0 or stopped_by_gate, done.stderr[-3000:]
+    assert "RUN_SUCCESS" in output or stopped_by_gate
     assert list((deepfeed_env / "artifacts" / "evaluation_report").glob("*/report.html"))
 
 

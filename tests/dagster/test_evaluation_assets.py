@@ -53,7 +53,10 @@ def test_promotion_is_gated_audited_and_fails_closed(deepfeed_env, tiny_llama, t
     # scores are reused from the first evaluation.
     seeded = client.create_model_version("deepfeed", source=str(tiny_llama))
     client.set_registered_model_alias("deepfeed", CHAMPION, seeded.version)
-    promoted_run = materialize(EVAL, deepfeed_env, tiny_llama, tiny_corpus, instance, raise_on_error=False)
+    # ab_test: false promotes a gated candidate directly (the default makes it the A/B
+    # challenger first: tests/dagster/test_chain.py).
+    promoted_run = materialize(EVAL, deepfeed_env, tiny_llama, tiny_corpus, instance, raise_on_error=False,
+                               champion_model={"config": {"ab_test": False}})
     assert _check(promoted_run, "promotion_gate").passed and promoted_run.success
     report = instance.get_latest_materialization_event(dg.AssetKey("evaluation_report")).asset_materialization
     markdown = report.metadata["report"].value
