@@ -87,6 +87,10 @@ class TrainingConfig:
     # LoRA/QLoRA load the frozen base in this dtype; full fine-tuning keeps fp32 master
     # weights and computes in it (see planner.training_layout, shared with `deepfeed plan`).
     precision: str = "auto"
+    # Several processes (torchrun): "ddp" keeps a full copy of the model, its gradients and
+    # AdamW state on every rank; "fsdp" shards all three N ways with torch's FSDP2
+    # (fully_shard per decoder layer), so each rank holds ~1/N of them.
+    sharding: str = "ddp"
 
 
 class TrainingError(RuntimeError):
@@ -114,6 +118,9 @@ class TrainingResult:
     device: str = "cpu"
     precision: str = "fp32"
     base_dtype: str = "fp32"  # how the weights that are not trained were held
+    sharding: str = "none"  # none (one process) | ddp | fsdp
+    # Per rank: bytes of parameters, gradients and AdamW state it held after the last step.
+    rank_state_bytes: list[dict[str, int]] = field(default_factory=list)
 
     @property
     def tokens_per_second(self) -> float:
@@ -265,6 +272,62 @@ def _all_sum(values: list[float]) -> list[float]:
     return tensor.tolist()
 
 
+def _gather_objects(value):
+    _, world = _world()
+    if world == 1:
+        return [value]
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The part of a (possibly FSDP-sharded DTensor) tensor that this rank stores."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def rank_state_bytes(model, optimizer) -> dict[str, int]:
+    """Bytes of parameters, gradients and optimizer state held by this process."""
+    size = lambda t: _local(t).numel() * _local(t).element_size()  # noqa: E731
+    return {
+        "parameters": sum(size(p) for p in model.parameters()),
+        "gradients": sum(size(p.grad) for p in model.parameters() if p.grad is not None),
+        "optimizer": sum(size(v) for state in optimizer.state.values() for k, v in state.items()
+                         if k != "step" and isinstance(v, torch.Tensor)),
+    }
+
+
+def shard_model(model) -> None:
+    """FSDP2: each decoder layer one unit (its parameters gathered only while it runs),
+    the rest (embeddings, final norm, lm_head) in the root unit."""
+    from torch.distributed.fsdp import fully_shard
+
+    layer_types = set(getattr(_hf_model(model), "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in layer_types]
+    if not layers:
+        raise TrainingError(f"sharding='fsdp': no decoder layers ({sorted(layer_types) or 'unknown types'}) found to shard")
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+
+
+def _hf_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _unsharded_copy(model, base_path: Path, layout: TrainingLayout, config: TrainingConfig):
+    """The trained weights gathered from every rank into a plain model on rank 0 (None
+    elsewhere). Collective: all ranks must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if _world()[0] != 0:
+        return None
+    plain = _wrap_for_training(load_for_training(base_path, layout, torch.device("cpu")), config)
+    plain.load_state_dict(full)
+    return plain
+
+
 def _encode(tokenizer, records, config: TrainingConfig) -> list[Example]:
     examples = [encode_record(tokenizer, r, config.max_length) for r in records]
     return [e for e in examples if any(label != -100 for label in e.labels)]
@@ -350,6 +413,17 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 def _validate(config: TrainingConfig) -> DistillationConfig:
     if config.method not in {"lora", "qlora", "full"}:
         raise TrainingError(f"method={config.method!r}: expected 'lora', 'qlora' or 'full'")
+    if config.sharding not in {"ddp", "fsdp"}:
+        raise TrainingError(f"sharding={config.sharding!r}: expected 'ddp' or 'fsdp'")
+    if config.sharding == "fsdp":
+        # These read or write whole parameters outside the forward pass, which FSDP
+        # holds only as shards on each rank.
+        unsupported = [name for name, on in (("ewc_lambda > 0", config.ewc_lambda > 0),
+                                             ("fgsm_epsilon", bool(config.fgsm_epsilon)),
+                                             ("checkpoint_every", config.checkpoint_every > 0),
+                                             ("method='qlora'", config.method == "qlora")) if on]
+        if unsupported:
+            raise TrainingError(f"sharding='fsdp' does not support {', '.join(unsupported)} yet; use sharding='ddp'")
     if config.method == "qlora" and config.ewc_lambda > 0:
         raise TrainingError("ewc_lambda > 0 with method='qlora': EWC's Fisher needs gradients of the base weights, "
                             "which a 4-bit base does not have; use method='lora' (EWC on the adapters)")
@@ -501,6 +575,10 @@ def fine_tune(
 
     model = _wrap_for_training(model, config)
     ewc = _ewc_penalty(model, fisher, config) if fisher is not None else None
+    fsdp = world > 1 and config.sharding == "fsdp"
+    if fsdp:
+        shard_model(model)
+    result.sharding = config.sharding if world > 1 else "none"
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(params, config)
@@ -520,7 +598,10 @@ def fine_tune(
     # A mixture-of-experts layer leaves the experts no token was routed to without a
     # gradient, which DDP must be told to expect.
     moe = getattr(model.config, "n_routed_experts", None) is not None
-    trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=moe) if world > 1 else model
+    if world > 1 and not fsdp:
+        trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=moe)
+    else:
+        trained = model  # fully_shard works in place: the model itself runs sharded
 
     # fp16's 5 exponent bits flush small gradients to zero: scale the loss (bf16 has
     # fp32's range and needs no scaler).
@@ -577,6 +658,8 @@ def fine_tune(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
+        if step == config.max_steps - 1:  # gradients are still there to count
+            held = rank_state_bytes(model, optimizer)
         optimizer.zero_grad(set_to_none=True)
         step_tokens = int(global_inputs)  # throughput counts every non-padding input token
         result.losses.append(reported)
@@ -606,7 +689,11 @@ def fine_tune(
                 torch.distributed.barrier()
     result.seconds = time.perf_counter() - started
     result.elastic_reductions = elastic.reductions if elastic else 0
+    if state.step < config.max_steps:  # a run resumed at its end took no step
+        result.rank_state_bytes = _gather_objects(held)
 
+    if fsdp:
+        model = _unsharded_copy(model, base_path, layout, config)  # collective: every rank takes part
     if rank == 0:
         _save_final(model, tokenizer, output_dir, config, base_path)
     return result
