@@ -75,6 +75,7 @@ class TrainingFields(dg.Config):
     fgsm_weight: float = Field(default=1.0, description="Weight of the FGSM adversarial loss added to the clean loss (with fgsm_epsilon > 0).")
     checkpoint_every: int = Field(default=0, description="Write a resumable checkpoint every N steps (0 = none); a retried run resumes from it.")
     nproc: int = Field(default=1, description="Training processes: > 1 runs the step as `torchrun` (DDP; gloo on CPU, nccl on GPUs) launched through Dagster Pipes.")
+    sharding: str = Field(default="ddp", description="With nproc > 1: 'ddp' (a full model, gradient and AdamW copy per process) or 'fsdp' (FSDP2: each process holds ~1/nproc of them; for models whose training state does not fit one device; no EWC/FGSM/checkpoint_every yet).")
     seed: int = Field(default=0, description="Seed of initialization and data order.")
     log_every: int = Field(default=5, description="Write a progress line to the Dagster log every N steps.")
 
