@@ -44,6 +44,13 @@ from deepfeed.core.evaluation import (
 from deepfeed.core.textmetrics import token_prf, token_prf_corpus
 
 TASK_GATES = ("paired", "point", "off")
+# How an artifact's greedy answers are found. "draft": fp32's greedy tokens are checked
+# by the artifact in one forward pass and only the rows where it chooses otherwise are
+# decoded on (evaluation.generate_logits_from_draft), for every artifact; "decode": the
+# artifacts with a KV cache decode token by token through their own generate path.
+# Both give the same greedy answers up to float rounding of near-ties; "draft" makes the
+# gate ~Nx faster on the demo (see docs/compression.md, measured).
+ANSWER_MODES = ("draft", "decode")
 
 
 @dataclass
@@ -202,6 +209,7 @@ def gate_compressed_artifacts(
     max_f1_drop: float = 0.03,
     task_gate: str = "paired",
     max_answers: int = 24,
+    answers_by: str = "draft",
 ) -> GateReport:
     """Score the fp32 checkpoint and every built artifact listed in compression.json:
     perplexity on `records`, and token F1 of greedy answers to the first `max_answers`
@@ -212,6 +220,8 @@ def gate_compressed_artifacts(
 
     if task_gate not in TASK_GATES:
         raise ValueError(f"task_gate must be one of {TASK_GATES}, not {task_gate!r}")
+    if answers_by not in ANSWER_MODES:
+        raise ValueError(f"answers_by must be one of {ANSWER_MODES}, not {answers_by!r}")
     if not records:
         raise ValueError("the held-out set for the compression gate is empty")
     summary = json.loads((compressed_dir / "compression.json").read_text())
@@ -253,10 +263,11 @@ def gate_compressed_artifacts(
             result.relative_change = (value - report.reference_perplexity) / report.reference_perplexity
             result.perplexity_passed = result.relative_change <= max_relative_increase
             if report.answered:
-                if name in LOGITS_ONLY:
-                    # No KV cache: decoding step by step re-runs the sequence per token
-                    # (~14x the perplexity pass on the demo); checking fp32's answers as
-                    # drafts gives the same greedy answers in about one pass.
+                if name in LOGITS_ONLY or answers_by == "draft":
+                    # Checking fp32's answers as drafts gives the same greedy answers in
+                    # about one pass; without a KV cache decoding step by step re-runs the
+                    # sequence per token (~14x the perplexity pass on the demo), and with
+                    # one it still takes a pass per token.
                     answers = generate_logits_from_draft(scorable.logits, tokenizer, prompts, reference_tokens, eval_config).answers
                 else:
                     answers = by_length(tokenizer, prompts, scorable.generate).answers

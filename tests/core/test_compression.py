@@ -271,6 +271,39 @@ def test_quality_gate_scores_greedy_answers_against_fp32_and_fails_a_worse_artif
         gate_compressed_artifacts(checkpoint, folder, records, task_gate="loose")
 
 
+def test_gate_answers_by_draft_reaches_the_decoding_gate_s_decisions(tiny_llama, tmp_path):
+    """Every artifact's answers found from fp32's drafts (one pass) or by decoding with
+    its own KV cache: the same answers and verdicts, for a faithful and a broken one."""
+    from deepfeed.core.compression import export_onnx
+    from deepfeed.core.evaluation import EvaluationConfig, generate_torch
+    from deepfeed.core.modeling import load_tokenizer
+    from deepfeed.core.onnx_kv import export_decoder_with_past
+
+    tokenizer = load_tokenizer(tiny_llama)
+    model = _diverse(load_model(tiny_llama).eval())
+    checkpoint = tmp_path / "fp32"
+    model.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    folder = tmp_path / "compressed"
+    model.save_pretrained(folder / "pruned")
+    export_decoder_with_past(model, folder / "onnx" / "kv.onnx", 17)
+    export_decoder_with_past(_diverse(_diverse(load_model(tiny_llama).eval())), folder / "onnx" / "other_kv.onnx", 17)
+    paths = {"pruned": "pruned", "onnx_kv_fp32": "onnx/kv.onnx", "onnx_kv_int8": "onnx/other_kv.onnx"}
+    (folder / "compression.json").write_text(json.dumps({"paths": paths, "sizes_mb": {}, "errors": {}}))
+    config = EvaluationConfig(max_new_tokens=8, bootstrap_samples=200)
+    own = generate_torch(model, tokenizer, [p for p, _ in PAIRS], config).answers
+    records = [{"kind": "pair", "prompt": p, "response": a, "lang": "en"} for (p, _), a in zip(PAIRS, own) if a.strip()]
+
+    decode = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config, answers_by="decode")
+    draft = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config, answers_by="draft")
+    for a, b in zip(decode.artifacts, draft.artifacts):
+        assert (a.name, a.passed, a.task_passed, a.identical_answers, a.token_f1) == \
+            (b.name, b.passed, b.task_passed, b.identical_answers, b.token_f1)
+    assert [a.passed for a in draft.artifacts] == [True, True, False]
+    with pytest.raises(ValueError, match="answers_by"):
+        gate_compressed_artifacts(checkpoint, folder, records, answers_by="guess")
+
+
 def test_paired_f1_change_separates_noise_from_a_real_drop():
     from deepfeed.core.compression_gate import paired_relative_change
 
