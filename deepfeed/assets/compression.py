@@ -105,6 +105,8 @@ def compressed_model(
             "triton_repository": dg.MetadataValue.path(str(Path(store.local_path(handle)) / "triton")),
             "triton_config": dg.MetadataValue.json(summary["details"].get("triton", {})),
             "sparsity_per_layer": dg.MetadataValue.md(sparsity_md),
+            # The share actually kept (a run config may override the 85% default).
+            "keep_fraction": dg.MetadataValue.float(float(config.keep_fraction)),
         },
     )
 

@@ -88,6 +88,7 @@ class GateReport:
     reference_token_f1: float | None = None
     reference_token_f1_ci: tuple[float, float] | None = None
     reference_seconds: float = 0.0
+    keep_fraction: float | None = None  # pruning of the artifacts, from compression.json
 
     @property
     def passed(self) -> bool:
@@ -158,6 +159,9 @@ class GateReport:
             )
         for name, reason in self.not_built.items():
             lines.append(f"| {name} | – | – | – | – | – | – | – | not built: {reason} |")
+        lines += ["", (f"Pruning: the artifacts keep {self.keep_fraction:.0%} of the decoder's Linear weights (global L1); "
+                       "the `pruned` row is what pruning alone costs." if self.keep_fraction is not None
+                       else "Pruning: keep fraction not recorded in compression.json.")]
         return "\n".join(lines)
 
 
@@ -232,6 +236,7 @@ def gate_compressed_artifacts(
     reference = perplexity(torch_logits(fp32), tokenizer, records, eval_config)
     report = GateReport(reference["perplexity"], max_relative_increase, reference["scored_tokens"], task_gate=task_gate, max_f1_drop=max_f1_drop)
     report.not_built = {k: v for k, v in summary.get("errors", {}).items() if k != "triton"}
+    report.keep_fraction = summary.get("config", {}).get("keep_fraction")
 
     # Only records with a reference answer can score F1; the same list for every side.
     qa, _ = generation_records([r for r in records if (r.get("response") or "").strip()], max_answers)

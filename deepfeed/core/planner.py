@@ -38,7 +38,8 @@ NF4_SCALE_BITS = 0.127
 
 # CUDA context, cuBLAS/cuDNN workspaces and NCCL buffers exist before the first tensor.
 GPU_OVERHEAD_BYTES = 1 * GiB
-# DeepSpeed's default stage3_max_live_parameters: the most parameters ZeRO-3 gathers at once.
+# Cap on the parameters gathered at once by the sharded trainer (and by ZeRO-3's default
+# stage3_max_live_parameters, for a model trained elsewhere).
 ZERO3_MAX_LIVE_PARAMS = 1_000_000_000
 # A plan that uses more than this share of a card is flagged: fragmentation alone can
 # eat the rest.
@@ -505,7 +506,8 @@ def memory(shape: ModelShape, scenario: Scenario, *, context: int, batch: int,
            lora_targets: Iterable[str] = DEFAULT_LORA_TARGETS,
            kv_dtype: str | None = None) -> Memory:
     """Per-GPU memory of a scenario. Several GPUs shard inference by tensor parallelism and
-    training by ZeRO-3 (weights, gradients and optimizer states split N ways); activations
+    training by FSDP2 sharding, the trainer's sharding='fsdp' (weights, gradients and
+    optimizer states split N ways, one decoder layer gathered at a time); activations
     belong to each GPU's own micro-batch of ``batch`` sequences."""
     counts = count_params(shape)
     n = max(1, int(n_gpus))
@@ -528,7 +530,8 @@ def memory(shape: ModelShape, scenario: Scenario, *, context: int, batch: int,
     gather = 0.0
     if n > 1:
         largest = max(layer.params for layer in shape.layers)
-        gather = min(largest, ZERO3_MAX_LIVE_PARAMS) * unit
+        # FSDP2 gathers one decoder layer while the previous one computes (prefetch).
+        gather = min(2 * largest, ZERO3_MAX_LIVE_PARAMS) * unit
     trainable = counts.total if scenario.mode == "full" else lora_params(shape, lora_rank, lora_targets)
     state = training_state_bytes(counts, layout, trainable)
     # Sharding (FSDP / ZeRO-3) splits every one of them N ways.
@@ -599,7 +602,7 @@ def article_tier(total_params: int) -> tuple[str, Tier] | None:
 class Estimate:
     scenario: Scenario
     single: Memory  # on one GPU
-    sharded: Memory  # per GPU over plan.gpus GPUs (TP for inference, ZeRO-3 for training)
+    sharded: Memory  # per GPU over plan.gpus GPUs (TP for inference, FSDP2 for training)
     smallest_tier: Tier | None
     smallest_tier_memory: Memory | None
     article_fit: bool | None
@@ -646,9 +649,9 @@ class Plan:
             f"Per GPU: {GPU_OVERHEAD_BYTES / GiB:.0f} GiB for CUDA context and workspaces; "
             f"allocator fragmentation is not modelled (totals above {TIGHT_FRACTION:.0%} of "
             "a card are marked tight).",
-            "Several GPUs: inference by tensor parallelism, training by ZeRO-3 (weights, "
+            "Several GPUs: inference by tensor parallelism, training by FSDP2 (sharding='fsdp'; weights, "
             "gradients and optimizer states sharded; each GPU runs its own micro-batch; "
-            "gathered parameters capped at DeepSpeed's stage3_max_live_parameters).",
+            "two decoder layers gathered at once, current and prefetched).",
             "Training activations assume SDPA/flash attention (no seq x seq matrix), bf16 "
             "compute (fp32 for fp32 training), HF RMSNorm's fp32 upcast, and the logits' fp32 "
             "loss path; gradient checkpointing (+GC) keeps one input per decoder layer.",
@@ -737,7 +740,7 @@ def plan(model: str | Path, context: int = 4096, batch: int = 1, *, gpus: int = 
          lora_rank: int = 16, lora_targets: str | Iterable[str] = DEFAULT_LORA_TARGETS,
          tiers: Iterable[Tier] = TIERS) -> Plan:
     """Plan memory and hardware for a preset (7b, 13b, 70b, v3), a model folder or a
-    config.json. ``gpus`` sets the per-GPU column (tensor parallel / ZeRO-3 over N)."""
+    config.json. ``gpus`` sets the per-GPU column (tensor parallel / FSDP2 over N)."""
     if context < 1 or batch < 1 or gpus < 1 or lora_rank < 1:
         raise PlannerError("context, batch, gpus and lora_rank must be positive integers")
     cfg, source = load_config(model)

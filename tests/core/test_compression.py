@@ -209,6 +209,7 @@ def test_quality_gate_passes_good_artifacts_and_names_a_bad_one(compressed):
     assert {a.name for a in report.artifacts} == {"pruned", "torch_int8", "onnx_fp32", "onnx_int8", "onnx_kv_fp32", "onnx_kv_int8"}
     assert all(abs(a.relative_change) < 0.03 and a.size_ratio for a in report.artifacts)
     assert "| torch_int8 |" in report.markdown()
+    assert report.keep_fraction == 0.85 and "keep 85% of the decoder's Linear weights" in report.markdown()
 
     # An onnx_int8 file that is not this model's: the gate fails and says by how much.
     other = _diverse(load_model(checkpoint).eval())
