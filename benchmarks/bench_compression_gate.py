@@ -1,11 +1,11 @@
 """The compression gate before and after its speed-up, on the same input in one run.
 
 Runs `gate_compressed_artifacts` twice over the same compressed SmolLM2 artifacts and
-held-out records: answers_by="decode" (every artifact with a KV cache decodes its
-answers token by token, the gate's former behaviour) and answers_by="draft" (every
-artifact checks fp32's greedy answers in one pass and decodes on only where it chooses
-otherwise). Prints where the time goes (fp32 reference, each artifact) and whether the
-two runs reach the same decision for every artifact.
+held-out records: answers_by="reference" (the logits-only ONNX graphs check the fp32
+checkpoint's answers as drafts, the gate's former behaviour) and answers_by="twin" (they
+check the answers of their KV-cache twin, exported from the same weights). Prints where
+the time goes (fp32 reference, each artifact) and whether the two runs reach the same
+decision for every artifact.
 
     .venv/bin/python benchmarks/bench_compression_gate.py [--work /tmp/deepfeed-compression-bench]
         [--records 48] [--answers 24] [--threads 2]
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=48)
     parser.add_argument("--answers", type=int, default=24)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--order", default="decode,draft", help="which mode runs first (page cache, load)")
+    parser.add_argument("--order", default="reference,twin", help="which mode runs first (page cache, load)")
     args = parser.parse_args()
 
     import torch
@@ -57,17 +57,17 @@ def main() -> None:
         for a in report.artifacts:
             print(f"  {a.name:14s} {a.seconds:7.1f} s  passed={a.passed}  ppl {a.perplexity}  F1 change "
                   f"{a.f1_relative_change}  same answers {a.identical_answers}/{report.answered}")
-    decode, draft = reports["decode"], reports["draft"]
+    decode, draft = reports["reference"], reports["twin"]
     same = {a.name: (a.passed, b.passed) for a, b in zip(decode.artifacts, draft.artifacts)}
-    print(f"\n{len(records)} records, {decode.answered} answers; decode {seconds['decode']:.1f} s, "
-          f"draft {seconds['draft']:.1f} s: {seconds['decode'] / seconds['draft']:.2f}x faster")
-    print(f"artifact time only: decode {sum(a.seconds for a in decode.artifacts):.1f} s, "
-          f"draft {sum(a.seconds for a in draft.artifacts):.1f} s")
+    print(f"\n{len(records)} records, {decode.answered} answers; reference {seconds['reference']:.1f} s, "
+          f"twin {seconds['twin']:.1f} s: {seconds['reference'] / seconds['twin']:.2f}x faster")
+    print(f"artifact time only: reference {sum(a.seconds for a in decode.artifacts):.1f} s, "
+          f"twin {sum(a.seconds for a in draft.artifacts):.1f} s")
     print("same decisions:", all(x == y for x, y in same.values()), same,
           "gate", decode.passed, draft.passed)
     differing = {a.name: (a.identical_answers, b.identical_answers)
                  for a, b in zip(decode.artifacts, draft.artifacts) if a.identical_answers != b.identical_answers}
-    print("answers identical to fp32 (decode, draft) where they differ:", differing or "none")
+    print("answers identical to fp32 (reference, twin) where they differ:", differing or "none")
 
 
 if __name__ == "__main__":

@@ -44,13 +44,17 @@ from deepfeed.core.evaluation import (
 from deepfeed.core.textmetrics import token_prf, token_prf_corpus
 
 TASK_GATES = ("paired", "point", "off")
-# How an artifact's greedy answers are found. "draft": fp32's greedy tokens are checked
-# by the artifact in one forward pass and only the rows where it chooses otherwise are
-# decoded on (evaluation.generate_logits_from_draft), for every artifact; "decode": the
-# artifacts with a KV cache decode token by token through their own generate path.
-# Both give the same greedy answers up to float rounding of near-ties; "draft" makes the
-# gate ~Nx faster on the demo (see docs/compression.md, measured).
-ANSWER_MODES = ("draft", "decode")
+# Artifacts with a KV cache decode their greedy answers token by token. A logits-only
+# graph has no cache, so its answers are found by checking draft answers in one forward
+# pass and decoding on (re-running the whole sequence per token) only the rows where it
+# chooses otherwise (evaluation.generate_logits_from_draft): the answers are the graph's
+# own either way, the draft only decides how much decoding is left. "twin" (default)
+# drafts from the answers of its KV-cache twin, the graph exported from the same weights
+# (fp32 answers when the twin is missing); "reference" drafts from the fp32 checkpoint's
+# answers, which a pruned model rarely repeats (0 of 6 on SmolLM2 at keep 85%), leaving
+# nearly every row to the slow path: see docs/training-tiers.md for the measured gate.
+ANSWER_MODES = ("twin", "reference")
+TWINS = {"onnx_fp32": "onnx_kv_fp32", "onnx_int8": "onnx_kv_int8"}
 
 
 @dataclass
@@ -213,7 +217,7 @@ def gate_compressed_artifacts(
     max_f1_drop: float = 0.03,
     task_gate: str = "paired",
     max_answers: int = 24,
-    answers_by: str = "draft",
+    answers_by: str = "twin",
 ) -> GateReport:
     """Score the fp32 checkpoint and every built artifact listed in compression.json:
     perplexity on `records`, and token F1 of greedy answers to the first `max_answers`
@@ -257,7 +261,11 @@ def gate_compressed_artifacts(
 
     fp32_mb = summary.get("sizes_mb", {}).get("fp32_checkpoint")
     loaders = compressed_loaders(compressed_dir, tokenizer, eval_config, CompressionConfig())
-    for name, (_, load, _) in loaders.items():
+    # KV-cache twins first, so their answers exist when the logits-only graphs need drafts.
+    order = sorted(loaders, key=lambda n: n in LOGITS_ONLY)
+    decoded: dict[str, list[list[int]]] = {}
+    for name in order:
+        _, load, _ = loaders[name]
         size = summary.get("sizes_mb", {}).get(name if name != "pruned" else "pruned_fp32")
         result = ArtifactQuality(name, size_mb=size, size_ratio=round(fp32_mb / size, 3) if fp32_mb and size else None)
         started = time.perf_counter()
@@ -268,14 +276,14 @@ def gate_compressed_artifacts(
             result.relative_change = (value - report.reference_perplexity) / report.reference_perplexity
             result.perplexity_passed = result.relative_change <= max_relative_increase
             if report.answered:
-                if name in LOGITS_ONLY or answers_by == "draft":
-                    # Checking fp32's answers as drafts gives the same greedy answers in
-                    # about one pass; without a KV cache decoding step by step re-runs the
-                    # sequence per token (~14x the perplexity pass on the demo), and with
-                    # one it still takes a pass per token.
-                    answers = generate_logits_from_draft(scorable.logits, tokenizer, prompts, reference_tokens, eval_config).answers
+                if name in LOGITS_ONLY:
+                    twin = decoded.get(TWINS[name]) if answers_by == "twin" else None
+                    drafts = twin or reference_tokens
+                    answers = generate_logits_from_draft(scorable.logits, tokenizer, prompts, drafts, eval_config).answers
                 else:
-                    answers = by_length(tokenizer, prompts, scorable.generate).answers
+                    generation = by_length(tokenizer, prompts, scorable.generate)
+                    answers = generation.answers
+                    decoded[name] = generation.token_ids or [_draft_ids(tokenizer, a) for a in answers]
                 _judge_task(result, reference_f1, answers, reference_answers, qa, task_gate, max_f1_drop, eval_config)
             elif task_gate != "off":
                 result.task_note = "(no held-out QA record to answer)"
@@ -289,7 +297,15 @@ def gate_compressed_artifacts(
                 f"({_num(result.relative_change, '+.2%')}), token F1 {_num(result.token_f1, '.3f')} "
                 f"({_num(result.f1_relative_change, '+.1%')}, paired 95% CI {_num(result.f1_change_ci_low, '+.1%')}.."
                 f"{_num(result.f1_change_ci_high, '+.1%')}) in {result.seconds}s {result.error or ''}".rstrip())
+    report.artifacts.sort(key=lambda a: list(loaders).index(a.name))  # report in build order
     return report
+
+
+def _draft_ids(tokenizer, answer: str) -> list[int]:
+    """Token ids of a decoded answer, ended by eos, for a generator that returns text only;
+    a draft that tokenizes differently only leaves more rows to decode."""
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
 
 
 def _num(value, spec: str) -> str:

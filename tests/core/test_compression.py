@@ -272,9 +272,10 @@ def test_quality_gate_scores_greedy_answers_against_fp32_and_fails_a_worse_artif
         gate_compressed_artifacts(checkpoint, folder, records, task_gate="loose")
 
 
-def test_gate_answers_by_draft_reaches_the_decoding_gate_s_decisions(tiny_llama, tmp_path):
-    """Every artifact's answers found from fp32's drafts (one pass) or by decoding with
-    its own KV cache: the same answers and verdicts, for a faithful and a broken one."""
+def test_logits_only_graphs_reach_the_same_answers_from_their_kv_twin_s_drafts(tiny_llama, tmp_path):
+    """A logits-only graph's answers drafted from its KV-cache twin (same weights) or
+    from fp32's answers: the same answers and verdicts, for a faithful and a broken pair;
+    the report keeps the build order though the twins are scored first."""
     from deepfeed.core.compression import export_onnx
     from deepfeed.core.evaluation import EvaluationConfig, generate_torch
     from deepfeed.core.modeling import load_tokenizer
@@ -282,25 +283,29 @@ def test_gate_answers_by_draft_reaches_the_decoding_gate_s_decisions(tiny_llama,
 
     tokenizer = load_tokenizer(tiny_llama)
     model = _diverse(load_model(tiny_llama).eval())
+    other = _diverse(_diverse(load_model(tiny_llama).eval()))
     checkpoint = tmp_path / "fp32"
     model.save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
     folder = tmp_path / "compressed"
-    model.save_pretrained(folder / "pruned")
+    export_onnx(model, folder / "onnx" / "logits.onnx", 17)
     export_decoder_with_past(model, folder / "onnx" / "kv.onnx", 17)
-    export_decoder_with_past(_diverse(_diverse(load_model(tiny_llama).eval())), folder / "onnx" / "other_kv.onnx", 17)
-    paths = {"pruned": "pruned", "onnx_kv_fp32": "onnx/kv.onnx", "onnx_kv_int8": "onnx/other_kv.onnx"}
+    export_onnx(other, folder / "onnx" / "other_logits.onnx", 17)
+    export_decoder_with_past(other, folder / "onnx" / "other_kv.onnx", 17)
+    paths = {"onnx_fp32": "onnx/logits.onnx", "onnx_int8": "onnx/other_logits.onnx",
+             "onnx_kv_fp32": "onnx/kv.onnx", "onnx_kv_int8": "onnx/other_kv.onnx"}
     (folder / "compression.json").write_text(json.dumps({"paths": paths, "sizes_mb": {}, "errors": {}}))
     config = EvaluationConfig(max_new_tokens=8, bootstrap_samples=200)
     own = generate_torch(model, tokenizer, [p for p, _ in PAIRS], config).answers
     records = [{"kind": "pair", "prompt": p, "response": a, "lang": "en"} for (p, _), a in zip(PAIRS, own) if a.strip()]
 
-    decode = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config, answers_by="decode")
-    draft = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config, answers_by="draft")
-    for a, b in zip(decode.artifacts, draft.artifacts):
+    reference = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config, answers_by="reference")
+    twin = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config, answers_by="twin")
+    assert [a.name for a in twin.artifacts] == list(paths)
+    for a, b in zip(reference.artifacts, twin.artifacts):
         assert (a.name, a.passed, a.task_passed, a.identical_answers, a.token_f1) == \
             (b.name, b.passed, b.task_passed, b.identical_answers, b.token_f1)
-    assert [a.passed for a in draft.artifacts] == [True, True, False]
+    assert [a.passed for a in twin.artifacts] == [True, False, True, False]
     with pytest.raises(ValueError, match="answers_by"):
         gate_compressed_artifacts(checkpoint, folder, records, answers_by="guess")
 
