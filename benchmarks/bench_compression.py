@@ -268,8 +268,8 @@ def int8_table(args) -> None:
                            min_new_tokens=n_new, do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id)
 
     engines = {name: (lambda ids, m=m: torch_gen(m, ids)) for name, m in torch_models.items()}
-    engines["ORT fp32 KV"] = lambda ids: onnx_greedy_generate(sessions["ORT fp32 KV"], ids.numpy(), np.ones_like(ids.numpy()), n_new)
-    engines["ORT int8 KV"] = lambda ids: onnx_greedy_generate(sessions["ORT int8 KV"], ids.numpy(), np.ones_like(ids.numpy()), n_new)
+    for name in ("ORT fp32 KV", "ORT int8 KV"):
+        engines[name] = lambda ids, s=sessions[name]: onnx_greedy_generate(s, ids.numpy(), np.ones_like(ids.numpy()), n_new)
     engines["ORT int8 KV, OrtValues"] = lambda ids: ort_generate_ortvalues(
         sessions["ORT int8 KV"], ids.numpy(), np.ones_like(ids.numpy()), n_new)
 

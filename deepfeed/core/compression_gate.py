@@ -163,9 +163,10 @@ class GateReport:
             )
         for name, reason in self.not_built.items():
             lines.append(f"| {name} | – | – | – | – | – | – | – | not built: {reason} |")
-        lines += ["", (f"Pruning: the artifacts keep {self.keep_fraction:.0%} of the decoder's Linear weights (global L1); "
-                       "the `pruned` row is what pruning alone costs." if self.keep_fraction is not None
-                       else "Pruning: keep fraction not recorded in compression.json.")]
+        pruning = (f"Pruning: the artifacts keep {self.keep_fraction:.0%} of the decoder's Linear weights "
+                   "(global L1); the `pruned` row is what pruning alone costs." if self.keep_fraction is not None
+                   else "Pruning: keep fraction not recorded in compression.json.")
+        lines += ["", pruning]
         return "\n".join(lines)
 
 
@@ -279,7 +280,8 @@ def gate_compressed_artifacts(
                 if name in LOGITS_ONLY:
                     twin = decoded.get(TWINS[name]) if answers_by == "twin" else None
                     drafts = twin or reference_tokens
-                    answers = generate_logits_from_draft(scorable.logits, tokenizer, prompts, drafts, eval_config).answers
+                    answers = generate_logits_from_draft(
+                        scorable.logits, tokenizer, prompts, drafts, eval_config).answers
                 else:
                     generation = by_length(tokenizer, prompts, scorable.generate)
                     answers = generation.answers

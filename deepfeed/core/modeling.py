@@ -96,7 +96,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, *, quantiza
         try:
             import bitsandbytes  # noqa: F401
         except ImportError as exc:
-            raise ModelSourceError("a 4-bit NF4 (QLoRA) base needs bitsandbytes: pip install 'deepfeed[qlora]'") from exc
+            raise ModelSourceError(
+                "a 4-bit NF4 (QLoRA) base needs bitsandbytes: pip install 'deepfeed[qlora]'") from exc
         kwargs = {"quantization_config": nf4_config(dtype), "device_map": {"": torch.cuda.current_device()}}
     elif quantization is not None:
         raise ModelSourceError(f"quantization={quantization!r}: expected None or 'nf4'")

@@ -305,7 +305,8 @@ def shard_model(model) -> None:
     layer_types = set(getattr(_hf_model(model), "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in layer_types]
     if not layers:
-        raise TrainingError(f"sharding='fsdp': no decoder layers ({sorted(layer_types) or 'unknown types'}) found to shard")
+        found = sorted(layer_types) or "unknown types"
+        raise TrainingError(f"sharding='fsdp': no decoder layers ({found}) found to shard")
     for layer in layers:
         fully_shard(layer)
     fully_shard(model)
@@ -476,8 +477,8 @@ def _ewc_penalty(model, fisher: dict[str, torch.Tensor], config: TrainingConfig)
         raise TrainingError(str(exc)) from exc
 
 
-def _teacher_cache(teacher_path: Path, cache_dir: Path | None, examples, tokenizer, config: TrainingConfig, device, result: TrainingResult, vocab_size: int,
-                   teacher_dtype: torch.dtype = torch.float32):
+def _teacher_cache(teacher_path: Path, cache_dir: Path | None, examples, tokenizer, config: TrainingConfig, device,
+                   result: TrainingResult, vocab_size: int, teacher_dtype: torch.dtype = torch.float32):
     """Open the cache of the teacher's logits over `examples`, building it on rank 0 first."""
     from deepfeed.core import teacher_cache
 
@@ -567,8 +568,8 @@ def fine_tune(
         if teacher_path is None:
             raise TrainingError("distill_alpha < 1 but no teacher checkpoint was given")
         if config.teacher_cache:
-            cached_teacher = _teacher_cache(teacher_path, teacher_cache_dir, examples, tokenizer, config, device, result,
-                                            model.config.vocab_size, teacher_dtype)
+            cached_teacher = _teacher_cache(teacher_path, teacher_cache_dir, examples, tokenizer, config, device,
+                                            result, model.config.vocab_size, teacher_dtype)
         else:
             teacher = _load_teacher(teacher_path, device, model.config.vocab_size, teacher_dtype)
     fisher = _ewc_fisher(base_path, model, tokenizer, ewc_records, config, device, result) if config.ewc_lambda > 0 else None
