@@ -15,6 +15,15 @@ Prints, with every ratio against fp32 torch measured in this same run:
         [--threads 2] [--new-tokens 32] [--repeat 3] [--records 48] [--no-quality] [--no-speed]
 
 Artifacts are built once into --work (delete it to rebuild).
+
+`--int8-table` instead measures the served-int8 decision side by side: torch fp32, torch
+weight-only int8 (the torch_int8 artifact), torch dynamic int8 (quantize_dynamic of the
+Linear layers, per-channel int8 weights), ORT fp32 and int8 with the KV cache (and the
+int8 graph decoded through OrtValues, the I/O-binding variant), at batch 1 and
+`--batch`; engines take turns round by round so load from other processes hits them
+alike, and each cell prints its median with the min-max spread over `--repeat` rounds.
+Perplexity ratios against fp32 on `--records` held-out records come from the same run.
+`--keep 0.85,0.95` adds the perplexity of pruning alone at each keep fraction.
 """
 
 from __future__ import annotations
@@ -74,7 +83,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed repetitions per measurement (median)")
     parser.add_argument("--no-quality", action="store_true")
     parser.add_argument("--no-speed", action="store_true", help="only sizes and quality")
+    parser.add_argument("--int8-table", action="store_true", help="only the side-by-side int8 decision table")
+    parser.add_argument("--batch", type=int, default=8, help="batched rows for --int8-table")
+    parser.add_argument("--keep", default="", help="comma-separated keep fractions to measure pruning alone")
     args = parser.parse_args()
+    if args.int8_table:
+        return int8_table(args)
 
     import numpy as np
     import torch
@@ -188,6 +202,115 @@ def main() -> None:
     best = max(int8_paths, key=lambda n: base_generate / generate_seconds[n])
     print(f"\n  best int8 generation path: {best}, {base_generate / generate_seconds[best]:.2f}x torch fp32 (target >= 2.3x)")
     print(f"  KV cache: ORT int8 {generate_seconds['ORT int8 no-cache'] / generate_seconds['ORT int8']:.2f}x faster than recomputing the prefix")
+
+
+def ort_generate_ortvalues(session, input_ids, attention_mask, max_new_tokens: int):
+    """Greedy decoding whose KV cache stays in ONNX Runtime's own buffers between steps
+    (run_with_ort_values): the I/O-binding variant, to see whether copying the cache
+    through numpy costs anything measurable."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from deepfeed.core.onnx_kv import layout_from_session
+
+    layout = layout_from_session(session)
+    batch = input_ids.shape[0]
+    names = ["logits", *layout.output_names()]
+    value = ort.OrtValue.ortvalue_from_numpy
+    feeds = {"input_ids": value(input_ids), "attention_mask": value(attention_mask)}
+    feeds |= {k: value(v) for k, v in layout.empty(batch).items()}
+    generated = []
+    for _ in range(max_new_tokens):
+        logits, *presents = session.run_with_ort_values(names, feeds)
+        token = logits.numpy()[:, -1, :].argmax(-1).astype(np.int64)
+        generated.append(token)
+        attention_mask = np.concatenate([attention_mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+        feeds = {"input_ids": value(token[:, None]), "attention_mask": value(attention_mask)}
+        feeds |= dict(zip(layout.input_names(), presents))
+    return np.stack(generated, axis=1)
+
+
+def int8_table(args) -> None:
+    """tokens/s of every int8 candidate next to fp32, batch 1 and batched, and its
+    perplexity ratio, all from this one run."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from deepfeed.core.compression import CompressionConfig, load_int8_torch, onnx_session, prune_model, quantize_int8
+    from deepfeed.core.evaluation import EvaluationConfig, perplexity, torch_logits
+    from deepfeed.core.modeling import load_model, load_tokenizer, prompt_ids
+    from deepfeed.core.offline import ensure_smollm2
+    from deepfeed.core.onnx_kv import onnx_greedy_generate, onnx_kv_logits
+
+    torch.set_num_threads(args.threads)
+    checkpoint = ensure_smollm2()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    summary, _ = build(checkpoint, work)
+    tokenizer = load_tokenizer(checkpoint)
+    fp32 = load_model(checkpoint).eval()
+    pruned = load_model(work / "pruned").eval()
+    dynamic = quantize_int8(pruned, CompressionConfig(quantization="dynamic", quantize_per_channel=True))
+    sessions = {name: onnx_session(work / "onnx" / f"decoder_with_past{suffix}.onnx", threads=args.threads)
+                for name, suffix in (("ORT fp32 KV", ""), ("ORT int8 KV", "_int8"))}
+    torch_models = {"torch fp32": fp32, "torch int8 weight-only": load_int8_torch(work / "pruned", work / "torch_int8"),
+                    "torch int8 dynamic": dynamic}
+    del pruned
+
+    prompt = prompt_ids(tokenizer, PROMPT)
+    n_new = args.new_tokens
+
+    def torch_gen(model, ids):
+        with torch.no_grad():
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new,
+                           min_new_tokens=n_new, do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id)
+
+    engines = {name: (lambda ids, m=m: torch_gen(m, ids)) for name, m in torch_models.items()}
+    for name in ("ORT fp32 KV", "ORT int8 KV"):
+        engines[name] = lambda ids, s=sessions[name]: onnx_greedy_generate(s, ids.numpy(), np.ones_like(ids.numpy()), n_new)
+    engines["ORT int8 KV, OrtValues"] = lambda ids: ort_generate_ortvalues(
+        sessions["ORT int8 KV"], ids.numpy(), np.ones_like(ids.numpy()), n_new)
+
+    speed: dict[tuple[str, int], list[float]] = {}
+    for batch in (1, args.batch):
+        ids = torch.tensor([prompt] * batch)
+        for run in engines.values():
+            run(ids)  # warm-up
+        for _ in range(args.repeat):
+            for name, run in engines.items():
+                seconds, _ = timed(lambda: run(ids))
+                speed.setdefault((name, batch), []).append(batch * n_new / seconds)
+        print(f"batch {batch} measured", flush=True)
+
+    records = held_out_records(args.records)
+    config = EvaluationConfig()
+    logits = {name: torch_logits(m) for name, m in torch_models.items()}
+    logits |= {name: onnx_kv_logits(s) for name, s in sessions.items()}
+    ppl = {name: perplexity(fn, tokenizer, records, config)["perplexity"] for name, fn in logits.items()}
+    ppl["ORT int8 KV, OrtValues"] = ppl["ORT int8 KV"]
+
+    print(f"\nSmolLM2-135M, {args.threads} threads, prompt {len(prompt)} tokens, {n_new} new tokens, "
+          f"{args.repeat} rounds; perplexity on {len(records)} held-out records; int8 rows run the pruned "
+          f"(keep {summary['config']['keep_fraction']}) model")
+    print(f"\n| engine | tokens/s batch 1 (min-max) | x fp32 | tokens/s batch {args.batch} (min-max) | x fp32 "
+          "| perplexity | x fp32 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in engines:
+        cells = []
+        for batch in (1, args.batch):
+            values = speed[(name, batch)]
+            base = statistics.median(speed[("torch fp32", batch)])
+            cells.append(f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f}) | "
+                         f"{statistics.median(values) / base:.2f}x")
+        print(f"| {name} | {' | '.join(cells)} | {ppl[name]:.3f} | {ppl[name] / ppl['torch fp32']:.3f} |")
+
+    for keep in [float(k) for k in args.keep.split(",") if k.strip()]:
+        model = copy.deepcopy(fp32)
+        prune_model(model, CompressionConfig(keep_fraction=keep))
+        value = perplexity(torch_logits(model), tokenizer, records, config)["perplexity"]
+        print(f"pruning alone, keep {keep:.2f}: perplexity {value:.3f}, x{value / ppl['torch fp32']:.3f} fp32")
 
 
 if __name__ == "__main__":

@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_argument("--model", required=True, help="7b | 13b | 70b | v3 | a checkpoint folder | a config.json")
     planner.add_argument("--context", type=int, default=4096, help="context length for the KV cache and activations")
     planner.add_argument("--batch", type=int, default=1, help="sequences per batch")
-    planner.add_argument("--gpus", type=int, default=8, help="GPUs available for ZeRO-3 sharding")
+    planner.add_argument("--gpus", type=int, default=8, help="GPUs for the per-GPU column (tensor parallel inference, FSDP2-sharded training)")
     planner.add_argument("--lora-rank", type=int, default=16)
     planner.set_defaults(func=cmd_plan)
     tiny = commands.add_parser("tiny-model", help="write a tiny random causal LM with a real tokenizer (smoke tests)")

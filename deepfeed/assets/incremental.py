@@ -39,7 +39,7 @@ feedback_batches = dg.DynamicPartitionsDefinition(name="feedback_batches")
 
 
 class IncrementalModelConfig(TrainingFields):
-    method: str = Field(default="full", description="'full' or 'lora' (EWC then penalises the adapters' delta of the adapted weights).")
+    method: str = Field(default="lora", description="'lora' (default: a 16-bit base and fp32 adapters fit the tier `deepfeed plan` picks; EWC then penalises the adapters' delta of the adapted weights), 'qlora' (4-bit base, CUDA, no EWC) or 'full'.")
     max_steps: int = Field(default=20, description="Optimizer steps on this feedback batch (+ replay).")
     learning_rate: float = Field(default=3e-5, description="Initial learning rate of the incremental stream (SPEC: 3e-5).")
     warmup_steps: int = Field(default=0, description="Linear warm-up steps.")

@@ -51,7 +51,7 @@ def base_model(context: dg.AssetExecutionContext, model_source: ModelSourceResou
 
 
 class TrainingFields(dg.Config):
-    method: str = Field(default="lora", description="'lora' (peft adapters, merged before saving) or 'full' fine-tuning.")
+    method: str = Field(default="lora", description="'lora' (peft adapters, merged before saving), 'qlora' (4-bit NF4 base via bitsandbytes, CUDA only; adapters merged into the bf16 base) or 'full' fine-tuning.")
     max_steps: int = Field(default=30, description="Optimizer steps.")
     batch_size: int = Field(default=8, description="Sequences per step (the global batch when nproc > 1).")
     max_length: int = Field(default=128, description="Tokens per sequence (longer ones are cut).")
@@ -63,7 +63,7 @@ class TrainingFields(dg.Config):
     lora_alpha: int = Field(default=16, description="LoRA scaling alpha (method=lora).")
     gradient_checkpointing: bool = Field(default=False, description="Recompute activations in backward to save memory.")
     packing: bool = Field(default=False, description="Concatenate records into full max_length rows (no padding).")
-    precision: str = Field(default="auto", description="'auto' (bf16 on a GPU that supports it, else fp32), 'fp32' or 'bf16'.")
+    precision: str = Field(default="auto", description="'auto' (bf16 on a GPU that supports it, fp16 on other GPUs, fp32 on CPU), 'fp32', 'bf16' or 'fp16'. LoRA/QLoRA load the frozen base in it; full fine-tuning keeps fp32 master weights and computes in it.")
     distill_alpha: float = Field(default=1.0, description="Weight of the label CE; 1 - alpha goes to the teacher's KL at distill_temperature (1.0 = no distillation).")
     distill_temperature: float = Field(default=0.7, description="Softmax temperature of distillation (SPEC: 0.7); the KL is scaled by T^2.")
     teacher_path: str = Field(default="", description="Teacher checkpoint folder for distillation; empty = the current MLflow champion.")
@@ -76,6 +76,7 @@ class TrainingFields(dg.Config):
     fgsm_weight: float = Field(default=1.0, description="Weight of the FGSM adversarial loss added to the clean loss (with fgsm_epsilon > 0).")
     checkpoint_every: int = Field(default=0, description="Write a resumable checkpoint every N steps (0 = none); a retried run resumes from it.")
     nproc: int = Field(default=1, description="Training processes: > 1 runs the step as `torchrun` (DDP; gloo on CPU, nccl on GPUs) launched through Dagster Pipes.")
+    sharding: str = Field(default="ddp", description="With nproc > 1: 'ddp' (a full model, gradient and AdamW copy per process) or 'fsdp' (FSDP2: each process holds ~1/nproc of them; for models whose training state does not fit one device; no EWC/FGSM/checkpoint_every yet).")
     seed: int = Field(default=0, description="Seed of initialization and data order.")
     log_every: int = Field(default=5, description="Write a progress line to the Dagster log every N steps.")
 

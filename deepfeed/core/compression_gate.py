@@ -44,6 +44,17 @@ from deepfeed.core.evaluation import (
 from deepfeed.core.textmetrics import token_prf, token_prf_corpus
 
 TASK_GATES = ("paired", "point", "off")
+# Artifacts with a KV cache decode their greedy answers token by token. A logits-only
+# graph has no cache, so its answers are found by checking draft answers in one forward
+# pass and decoding on (re-running the whole sequence per token) only the rows where it
+# chooses otherwise (evaluation.generate_logits_from_draft): the answers are the graph's
+# own either way, the draft only decides how much decoding is left. "twin" (default)
+# drafts from the answers of its KV-cache twin, the graph exported from the same weights
+# (fp32 answers when the twin is missing); "reference" drafts from the fp32 checkpoint's
+# answers, which a pruned model rarely repeats (0 of 6 on SmolLM2 at keep 85%), leaving
+# nearly every row to the slow path: see docs/training-tiers.md for the measured gate.
+ANSWER_MODES = ("twin", "reference")
+TWINS = {"onnx_fp32": "onnx_kv_fp32", "onnx_int8": "onnx_kv_int8"}
 
 
 @dataclass
@@ -81,6 +92,7 @@ class GateReport:
     reference_token_f1: float | None = None
     reference_token_f1_ci: tuple[float, float] | None = None
     reference_seconds: float = 0.0
+    keep_fraction: float | None = None  # pruning of the artifacts, from compression.json
 
     @property
     def passed(self) -> bool:
@@ -151,6 +163,10 @@ class GateReport:
             )
         for name, reason in self.not_built.items():
             lines.append(f"| {name} | – | – | – | – | – | – | – | not built: {reason} |")
+        pruning = (f"Pruning: the artifacts keep {self.keep_fraction:.0%} of the decoder's Linear weights "
+                   "(global L1); the `pruned` row is what pruning alone costs." if self.keep_fraction is not None
+                   else "Pruning: keep fraction not recorded in compression.json.")
+        lines += ["", pruning]
         return "\n".join(lines)
 
 
@@ -202,6 +218,7 @@ def gate_compressed_artifacts(
     max_f1_drop: float = 0.03,
     task_gate: str = "paired",
     max_answers: int = 24,
+    answers_by: str = "twin",
 ) -> GateReport:
     """Score the fp32 checkpoint and every built artifact listed in compression.json:
     perplexity on `records`, and token F1 of greedy answers to the first `max_answers`
@@ -212,6 +229,8 @@ def gate_compressed_artifacts(
 
     if task_gate not in TASK_GATES:
         raise ValueError(f"task_gate must be one of {TASK_GATES}, not {task_gate!r}")
+    if answers_by not in ANSWER_MODES:
+        raise ValueError(f"answers_by must be one of {ANSWER_MODES}, not {answers_by!r}")
     if not records:
         raise ValueError("the held-out set for the compression gate is empty")
     summary = json.loads((compressed_dir / "compression.json").read_text())
@@ -222,6 +241,7 @@ def gate_compressed_artifacts(
     reference = perplexity(torch_logits(fp32), tokenizer, records, eval_config)
     report = GateReport(reference["perplexity"], max_relative_increase, reference["scored_tokens"], task_gate=task_gate, max_f1_drop=max_f1_drop)
     report.not_built = {k: v for k, v in summary.get("errors", {}).items() if k != "triton"}
+    report.keep_fraction = summary.get("config", {}).get("keep_fraction")
 
     # Only records with a reference answer can score F1; the same list for every side.
     qa, _ = generation_records([r for r in records if (r.get("response") or "").strip()], max_answers)
@@ -242,7 +262,11 @@ def gate_compressed_artifacts(
 
     fp32_mb = summary.get("sizes_mb", {}).get("fp32_checkpoint")
     loaders = compressed_loaders(compressed_dir, tokenizer, eval_config, CompressionConfig())
-    for name, (_, load, _) in loaders.items():
+    # KV-cache twins first, so their answers exist when the logits-only graphs need drafts.
+    order = sorted(loaders, key=lambda n: n in LOGITS_ONLY)
+    decoded: dict[str, list[list[int]]] = {}
+    for name in order:
+        _, load, _ = loaders[name]
         size = summary.get("sizes_mb", {}).get(name if name != "pruned" else "pruned_fp32")
         result = ArtifactQuality(name, size_mb=size, size_ratio=round(fp32_mb / size, 3) if fp32_mb and size else None)
         started = time.perf_counter()
@@ -254,12 +278,14 @@ def gate_compressed_artifacts(
             result.perplexity_passed = result.relative_change <= max_relative_increase
             if report.answered:
                 if name in LOGITS_ONLY:
-                    # No KV cache: decoding step by step re-runs the sequence per token
-                    # (~14x the perplexity pass on the demo); checking fp32's answers as
-                    # drafts gives the same greedy answers in about one pass.
-                    answers = generate_logits_from_draft(scorable.logits, tokenizer, prompts, reference_tokens, eval_config).answers
+                    twin = decoded.get(TWINS[name]) if answers_by == "twin" else None
+                    drafts = twin or reference_tokens
+                    answers = generate_logits_from_draft(
+                        scorable.logits, tokenizer, prompts, drafts, eval_config).answers
                 else:
-                    answers = by_length(tokenizer, prompts, scorable.generate).answers
+                    generation = by_length(tokenizer, prompts, scorable.generate)
+                    answers = generation.answers
+                    decoded[name] = generation.token_ids or [_draft_ids(tokenizer, a) for a in answers]
                 _judge_task(result, reference_f1, answers, reference_answers, qa, task_gate, max_f1_drop, eval_config)
             elif task_gate != "off":
                 # Fails closed: an unmeasured task metric is not a passed one (task_gate="off" waives it on purpose).
@@ -275,7 +301,15 @@ def gate_compressed_artifacts(
                 f"({_num(result.relative_change, '+.2%')}), token F1 {_num(result.token_f1, '.3f')} "
                 f"({_num(result.f1_relative_change, '+.1%')}, paired 95% CI {_num(result.f1_change_ci_low, '+.1%')}.."
                 f"{_num(result.f1_change_ci_high, '+.1%')}) in {result.seconds}s {result.error or ''}".rstrip())
+    report.artifacts.sort(key=lambda a: list(loaders).index(a.name))  # report in build order
     return report
+
+
+def _draft_ids(tokenizer, answer: str) -> list[int]:
+    """Token ids of a decoded answer, ended by eos, for a generator that returns text only;
+    a draft that tokenizes differently only leaves more rows to decode."""
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
 
 
 def _num(value, spec: str) -> str:

@@ -68,10 +68,40 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def nf4_config(compute_dtype: torch.dtype = torch.bfloat16):
+    """QLoRA's 4-bit base: NF4 with double quantisation (the scales quantised too), the
+    matmuls in `compute_dtype`. The planner budgets exactly this format."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=torch.uint8)
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32, *, quantization: str | None = None):
+    """A causal LM from a local folder with its weights in `dtype`.
+
+    quantization="nf4" loads the decoder Linears in 4-bit NF4 (bitsandbytes, CUDA only)
+    onto the current GPU, the other weights in `dtype`.
+    """
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    kwargs: dict[str, Any] = {}
+    if quantization == "nf4":
+        if not torch.cuda.is_available():
+            raise ModelSourceError("a 4-bit NF4 (QLoRA) base needs a CUDA GPU: bitsandbytes has no 4-bit training "
+                                   "kernels for this device; use method='lora' with precision 'bf16' instead")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as exc:
+            raise ModelSourceError(
+                "a 4-bit NF4 (QLoRA) base needs bitsandbytes: pip install 'deepfeed[qlora]'") from exc
+        kwargs = {"quantization_config": nf4_config(dtype), "device_map": {"": torch.cuda.current_device()}}
+    elif quantization is not None:
+        raise ModelSourceError(f"quantization={quantization!r}: expected None or 'nf4'")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
     model.config.use_cache = False
     return model
 

@@ -38,7 +38,8 @@ NF4_SCALE_BITS = 0.127
 
 # CUDA context, cuBLAS/cuDNN workspaces and NCCL buffers exist before the first tensor.
 GPU_OVERHEAD_BYTES = 1 * GiB
-# DeepSpeed's default stage3_max_live_parameters: the most parameters ZeRO-3 gathers at once.
+# Cap on the parameters gathered at once by the sharded trainer (and by ZeRO-3's default
+# stage3_max_live_parameters, for a model trained elsewhere).
 ZERO3_MAX_LIVE_PARAMS = 1_000_000_000
 # A plan that uses more than this share of a card is flagged: fragmentation alone can
 # eat the rest.
@@ -365,11 +366,84 @@ def kv_cache_bytes(shape: ModelShape, context: int, batch: int, dtype: str = "bf
 
 
 @dataclass(frozen=True)
+class TrainingLayout:
+    """How the trainer holds a model in memory: the one definition that
+    ``deepfeed.core.training`` loads models by and that the planner's training rows use,
+    so the fit table describes exactly what ``fine_tune`` allocates.
+
+    base: storage of the weights that are not trained (all weights for full fine-tuning
+        are trained, so there it is the master copy): fp32 | bf16 | fp16 | nf4.
+    trained: dtype of the trained parameters (full: the master weights; LoRA: the
+        adapters), of their gradients and of AdamW's two moments.
+    compute: autocast dtype of the forward pass (None: the weights' own dtype).
+    """
+
+    method: str  # full | lora | qlora
+    base: str
+    trained: str
+    compute: str | None
+
+    @property
+    def trained_bytes(self) -> float:
+        """Bytes per trained parameter: the weight, its gradient, AdamW's m and v."""
+        return 4 * DTYPE_BYTES[self.trained]
+
+    @property
+    def activation_unit(self) -> float:
+        # Activations come in the compute dtype; without autocast the weights are fp32.
+        return DTYPE_BYTES[self.compute] if self.compute else 4.0
+
+
+TRAINING_METHODS = ("full", "lora", "qlora")
+TRAINING_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def training_layout(method: str, precision: str) -> TrainingLayout:
+    """The trainer's memory layout for a method and a (resolved) precision.
+
+    Full fine-tuning keeps fp32 master weights whatever the precision: AdamW updates of
+    ~1e-5 relative size vanish in a 16-bit weight (bf16 keeps 8 bits of mantissa), so
+    16-bit precision there means 16-bit autocast compute, the mixed precision of the
+    ZeRO paper (its 2+2+12 bytes per parameter add up to the same 16 as 4+4+8 here).
+    LoRA stores the frozen base in the training precision and the adapters, their
+    gradients and AdamW state in fp32 (peft's default on a 16-bit base). QLoRA stores the
+    decoder Linears in NF4 with double quantisation, the rest in bf16, fp32 adapters.
+    """
+    if method not in TRAINING_METHODS:
+        raise PlannerError(f"method={method!r}: expected one of {', '.join(TRAINING_METHODS)}")
+    if precision not in TRAINING_PRECISIONS:
+        raise PlannerError(f"precision={precision!r}: expected one of {', '.join(TRAINING_PRECISIONS)}")
+    compute = None if precision == "fp32" else precision
+    if method == "full":
+        return TrainingLayout("full", "fp32", "fp32", compute)
+    if method == "lora":
+        return TrainingLayout("lora", precision, "fp32", compute)
+    if precision == "fp32":
+        raise PlannerError("QLoRA computes in 16 bit: use precision bf16 (or fp16 on GPUs without bf16)")
+    return TrainingLayout("qlora", "nf4", "fp32", compute)
+
+
+def training_state_bytes(counts: ParamCount, layout: TrainingLayout, trainable: int) -> dict[str, float]:
+    """Weights, gradients and optimizer state of a training run on one device, in bytes.
+
+    ``trainable`` is the number of trained parameters (all of them for full fine-tuning,
+    the adapters' for LoRA/QLoRA)."""
+    t = DTYPE_BYTES[layout.trained]
+    if layout.method == "full":
+        base = 0.0
+    elif layout.base == "nf4":
+        base = counts.quantizable * (0.5 + NF4_SCALE_BITS / 8) + (counts.total - counts.quantizable) * 2
+    else:
+        base = counts.total * DTYPE_BYTES[layout.base]
+    return {"weights": base + trainable * t, "gradients": trainable * t, "optimizer": 2 * trainable * t}
+
+
+@dataclass(frozen=True)
 class Scenario:
     key: str
     label: str
     mode: str  # inference | full | lora | qlora
-    dtype: str  # weight format (inference) or training precision: fp32 | mixed | bf16
+    dtype: str  # weight format (inference) or training precision: fp32 | bf16 | fp16
     grad_ckpt: bool = False
 
 
@@ -380,8 +454,8 @@ SCENARIOS = (
     Scenario("infer-int4", "inference int4", "inference", "int4"),
     Scenario("full-fp32", "full FT fp32", "full", "fp32"),
     Scenario("full-fp32-gc", "full FT fp32 +GC", "full", "fp32", True),
-    Scenario("full-mixed", "full FT mixed", "full", "mixed"),
-    Scenario("full-mixed-gc", "full FT mixed +GC", "full", "mixed", True),
+    Scenario("full-mixed", "full FT mixed", "full", "bf16"),
+    Scenario("full-mixed-gc", "full FT mixed +GC", "full", "bf16", True),
     Scenario("lora-bf16", "LoRA bf16", "lora", "bf16"),
     Scenario("lora-bf16-gc", "LoRA bf16 +GC", "lora", "bf16", True),
     Scenario("qlora", "QLoRA 4-bit", "qlora", "bf16"),
@@ -432,7 +506,8 @@ def memory(shape: ModelShape, scenario: Scenario, *, context: int, batch: int,
            lora_targets: Iterable[str] = DEFAULT_LORA_TARGETS,
            kv_dtype: str | None = None) -> Memory:
     """Per-GPU memory of a scenario. Several GPUs shard inference by tensor parallelism and
-    training by ZeRO-3 (weights, gradients and optimizer states split N ways); activations
+    training by FSDP2 sharding, the trainer's sharding='fsdp' (weights, gradients and
+    optimizer states split N ways, one decoder layer gathered at a time); activations
     belong to each GPU's own micro-batch of ``batch`` sequences."""
     counts = count_params(shape)
     n = max(1, int(n_gpus))
@@ -449,31 +524,19 @@ def memory(shape: ModelShape, scenario: Scenario, *, context: int, batch: int,
         return Memory(weights=weight_bytes(counts, scenario.dtype) / n,
                       kv_cache=kv / min(n, shape.kv_heads), activations=work / n)
 
-    unit = 4.0 if scenario.dtype == "fp32" else 2.0
+    layout = training_layout(scenario.mode, scenario.dtype)
+    unit = layout.activation_unit
     acts = activation_bytes(shape, tokens, unit, scenario.grad_ckpt)
     gather = 0.0
     if n > 1:
         largest = max(layer.params for layer in shape.layers)
-        gather = min(largest, ZERO3_MAX_LIVE_PARAMS) * unit
-    if scenario.mode == "full":
-        p = counts.total
-        # fp32: weights, grads, Adam m and v, 4 bytes each. mixed (DeepSpeed bf16): bf16
-        # weights and grads plus an fp32 master copy, m and v (the ZeRO paper's 2+2+12).
-        # bf16: no master copy, bf16 moments.
-        w, gr, opt = {"fp32": (4, 4, 8), "mixed": (2, 2, 12), "bf16": (2, 2, 4)}[scenario.dtype]
-        return Memory(weights=p * w / n, gradients=p * gr / n, optimizer=p * opt / n,
-                      activations=acts, buffers=gather)
-    if scenario.mode in ("lora", "qlora"):
-        trainable = lora_params(shape, lora_rank, lora_targets)
-        if scenario.mode == "qlora":
-            base = (counts.quantizable * (0.5 + NF4_SCALE_BITS / 8)
-                    + (counts.total - counts.quantizable) * 2)
-        else:
-            base = weight_bytes(counts, "fp32" if scenario.dtype == "fp32" else "bf16")
-        # peft keeps adapters in fp32 even on a 16-bit base: weight, grad, Adam m and v.
-        return Memory(weights=base / n + trainable * 4 / n, gradients=trainable * 4 / n,
-                      optimizer=trainable * 8 / n, activations=acts, buffers=gather)
-    raise PlannerError(f"unknown scenario mode {scenario.mode!r}")
+        # FSDP2 gathers one decoder layer while the previous one computes (prefetch).
+        gather = min(2 * largest, ZERO3_MAX_LIVE_PARAMS) * unit
+    trainable = counts.total if scenario.mode == "full" else lora_params(shape, lora_rank, lora_targets)
+    state = training_state_bytes(counts, layout, trainable)
+    # Sharding (FSDP / ZeRO-3) splits every one of them N ways.
+    return Memory(weights=state["weights"] / n, gradients=state["gradients"] / n,
+                  optimizer=state["optimizer"] / n, activations=acts, buffers=gather)
 
 
 # --------------------------------------------------------------------------- tiers
@@ -539,7 +602,7 @@ def article_tier(total_params: int) -> tuple[str, Tier] | None:
 class Estimate:
     scenario: Scenario
     single: Memory  # on one GPU
-    sharded: Memory  # per GPU over plan.gpus GPUs (TP for inference, ZeRO-3 for training)
+    sharded: Memory  # per GPU over plan.gpus GPUs (TP for inference, FSDP2 for training)
     smallest_tier: Tier | None
     smallest_tier_memory: Memory | None
     article_fit: bool | None
@@ -586,17 +649,18 @@ class Plan:
             f"Per GPU: {GPU_OVERHEAD_BYTES / GiB:.0f} GiB for CUDA context and workspaces; "
             f"allocator fragmentation is not modelled (totals above {TIGHT_FRACTION:.0%} of "
             "a card are marked tight).",
-            "Several GPUs: inference by tensor parallelism, training by ZeRO-3 (weights, "
+            "Several GPUs: inference by tensor parallelism, training by FSDP2 (sharding='fsdp'; weights, "
             "gradients and optimizer states sharded; each GPU runs its own micro-batch; "
-            "gathered parameters capped at DeepSpeed's stage3_max_live_parameters).",
+            "two decoder layers gathered at once, current and prefetched).",
             "Training activations assume SDPA/flash attention (no seq x seq matrix), bf16 "
             "compute (fp32 for fp32 training), HF RMSNorm's fp32 upcast, and the logits' fp32 "
             "loss path; gradient checkpointing (+GC) keeps one input per decoder layer.",
             "int8/int4 quantise the decoder Linears (per-channel int8; int4 with a 16-bit "
             f"scale per {INT4_GROUP} weights) and keep embeddings, lm_head and norms in 16 bit; "
             "QLoRA uses NF4 with double quantisation and fp32 adapters.",
-            "AdamW: mixed precision holds bf16 weights and gradients plus fp32 master, m and v "
-            "(16 bytes/parameter), fp32 training 4+4+8 bytes.",
+            "Training rows use the trainer's own layout (planner.training_layout): full "
+            "fine-tuning keeps fp32 weights, gradients and AdamW m and v (16 bytes/parameter) "
+            "with bf16 autocast for 'mixed'; LoRA keeps the base in bf16 and fp32 adapters.",
             *self.shape.notes,
         ]
 
@@ -676,7 +740,7 @@ def plan(model: str | Path, context: int = 4096, batch: int = 1, *, gpus: int = 
          lora_rank: int = 16, lora_targets: str | Iterable[str] = DEFAULT_LORA_TARGETS,
          tiers: Iterable[Tier] = TIERS) -> Plan:
     """Plan memory and hardware for a preset (7b, 13b, 70b, v3), a model folder or a
-    config.json. ``gpus`` sets the per-GPU column (tensor parallel / ZeRO-3 over N)."""
+    config.json. ``gpus`` sets the per-GPU column (tensor parallel / FSDP2 over N)."""
     if context < 1 or batch < 1 or gpus < 1 or lora_rank < 1:
         raise PlannerError("context, batch, gpus and lora_rank must be positive integers")
     cfg, source = load_config(model)

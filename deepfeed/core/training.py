@@ -27,7 +27,10 @@ import torch
 from deepfeed.core import checkpointing
 from deepfeed.core.distill import DistillationConfig, kl_sum, kl_sum_cached, token_ce_sum
 from deepfeed.core.elastic import ElasticScale
-from deepfeed.core.modeling import Example, collate, encode_record, load_model, load_tokenizer, num_parameters
+from deepfeed.core.modeling import (
+    TORCH_DTYPES, Example, ModelSourceError, collate, encode_record, load_model, load_tokenizer, num_parameters,
+)
+from deepfeed.core.planner import PlannerError, TrainingLayout, training_layout
 
 # Fields that do not change what a run computes: a resumed run may differ in them.
 _RESUME_NEUTRAL = {"log_every", "checkpoint_every", "keep_checkpoints", "teacher_cache_budget_gb"}
@@ -43,7 +46,7 @@ class TrainingConfig:
     warmup_steps: int = 2
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    method: str = "lora"  # "lora" or "full"
+    method: str = "lora"  # "lora", "qlora" (4-bit NF4 base, CUDA + bitsandbytes) or "full"
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -80,8 +83,14 @@ class TrainingConfig:
     keep_checkpoints: int = 2
     # Concatenate examples into full `max_length` rows (no padding).
     packing: bool = False
-    # "auto": bf16 autocast on a GPU that supports it, fp32 otherwise; or "fp32" / "bf16".
+    # "auto": bf16 on a GPU that supports it, fp32 otherwise; or "fp32" / "bf16" / "fp16".
+    # LoRA/QLoRA load the frozen base in this dtype; full fine-tuning keeps fp32 master
+    # weights and computes in it (see planner.training_layout, shared with `deepfeed plan`).
     precision: str = "auto"
+    # Several processes (torchrun): "ddp" keeps a full copy of the model, its gradients and
+    # AdamW state on every rank; "fsdp" shards all three N ways with torch's FSDP2
+    # (fully_shard per decoder layer), so each rank holds ~1/N of them.
+    sharding: str = "ddp"
 
 
 class TrainingError(RuntimeError):
@@ -108,6 +117,10 @@ class TrainingResult:
     teacher_cache_built: bool = False
     device: str = "cpu"
     precision: str = "fp32"
+    base_dtype: str = "fp32"  # how the weights that are not trained were held
+    sharding: str = "none"  # none (one process) | ddp | fsdp
+    # Per rank: bytes of parameters, gradients and AdamW state it held after the last step.
+    rank_state_bytes: list[dict[str, int]] = field(default_factory=list)
 
     @property
     def tokens_per_second(self) -> float:
@@ -135,6 +148,7 @@ class TrainingResult:
             "final_adversarial_loss": self.adversarial_losses[-1] if self.adversarial_losses else None,
             "device": self.device,
             "precision": self.precision,
+            "base_dtype": self.base_dtype,
         }
 
 
@@ -258,18 +272,123 @@ def _all_sum(values: list[float]) -> list[float]:
     return tensor.tolist()
 
 
+def _gather_objects(value):
+    _, world = _world()
+    if world == 1:
+        return [value]
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The part of a (possibly FSDP-sharded DTensor) tensor that this rank stores."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def rank_state_bytes(model, optimizer) -> dict[str, int]:
+    """Bytes of parameters, gradients and optimizer state held by this process."""
+    size = lambda t: _local(t).numel() * _local(t).element_size()  # noqa: E731
+    return {
+        "parameters": sum(size(p) for p in model.parameters()),
+        "gradients": sum(size(p.grad) for p in model.parameters() if p.grad is not None),
+        "optimizer": sum(size(v) for state in optimizer.state.values() for k, v in state.items()
+                         if k != "step" and isinstance(v, torch.Tensor)),
+    }
+
+
+def shard_model(model) -> None:
+    """FSDP2: each decoder layer one unit (its parameters gathered only while it runs),
+    the rest (embeddings, final norm, lm_head) in the root unit."""
+    from torch.distributed.fsdp import fully_shard
+
+    layer_types = set(getattr(_hf_model(model), "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in layer_types]
+    if not layers:
+        found = sorted(layer_types) or "unknown types"
+        raise TrainingError(f"sharding='fsdp': no decoder layers ({found}) found to shard")
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+
+
+def _hf_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _unsharded_copy(model, base_path: Path, layout: TrainingLayout, config: TrainingConfig):
+    """The trained weights gathered from every rank into a plain model on rank 0 (None
+    elsewhere). Collective: all ranks must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if _world()[0] != 0:
+        return None
+    plain = _wrap_for_training(load_for_training(base_path, layout, torch.device("cpu")), config)
+    plain.load_state_dict(full)
+    return plain
+
+
 def _encode(tokenizer, records, config: TrainingConfig) -> list[Example]:
     examples = [encode_record(tokenizer, r, config.max_length) for r in records]
     return [e for e in examples if any(label != -100 for label in e.labels)]
 
 
-def _select_device_and_precision(config: TrainingConfig) -> tuple[torch.device, torch.dtype | None]:
+def _select_device_and_precision(config: TrainingConfig) -> tuple[torch.device, TrainingLayout]:
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    if config.precision not in {"auto", "fp32", "bf16"}:
-        raise TrainingError(f"precision={config.precision!r}: expected 'auto', 'fp32' or 'bf16'")
-    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
-        return device, torch.bfloat16
-    return device, None
+    if config.precision not in {"auto", "fp32", "bf16", "fp16"}:
+        raise TrainingError(f"precision={config.precision!r}: expected 'auto', 'fp32', 'bf16' or 'fp16'")
+    precision = config.precision
+    if precision == "auto":
+        gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        precision = "bf16" if gpu_bf16 else ("fp16" if device.type == "cuda" else "fp32")
+        if config.method == "qlora" and precision == "fp32":
+            precision = "bf16"  # QLoRA only exists in 16 bit; its CUDA check comes at load time
+    try:
+        return device, training_layout(config.method, precision)
+    except PlannerError as exc:
+        raise TrainingError(str(exc)) from exc
+
+
+def load_for_training(base_path: Path, layout: TrainingLayout, device: torch.device):
+    """The base model as the layout says: fp32 master weights for full fine-tuning, the
+    training precision for a LoRA base, NF4 (bitsandbytes, CUDA) for a QLoRA base."""
+    try:
+        if layout.base == "nf4":
+            # peft's prepare_model_for_kbit_training is not called: it upcasts every
+            # non-quantised weight to fp32, which the planner's layout (and a 24 GB card)
+            # does not budget for; freezing and input gradients are done by the trainer.
+            return load_model(base_path, TORCH_DTYPES[layout.compute], quantization="nf4")
+        return load_model(base_path, TORCH_DTYPES[layout.base]).to(device)
+    except ModelSourceError as exc:
+        raise TrainingError(str(exc)) from exc
+
+
+def _wrap_for_training(model, config: TrainingConfig):
+    """Gradient checkpointing and the adapters on a loaded base (after EWC's Fisher, which
+    is taken over the base weights)."""
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if config.method in ("lora", "qlora"):
+        model = _apply_lora(model, config)
+        _adapters_to_fp32(model)
+    return model
+
+
+def setup_model(base_path: Path, config: TrainingConfig):
+    """(model ready to train, its layout, device) exactly as `fine_tune` builds them."""
+    _validate(config)
+    device, layout = _select_device_and_precision(config)
+    return _wrap_for_training(load_for_training(base_path, layout, device), config), layout, device
+
+
+def _adapters_to_fp32(model) -> None:
+    """peft upcasts adapters on a 16-bit base already; this makes the layout's promise
+    (fp32 adapters and optimizer state) independent of that default."""
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
 
 
 @torch.no_grad()
@@ -293,8 +412,22 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def _validate(config: TrainingConfig) -> DistillationConfig:
-    if config.method not in {"lora", "full"}:
-        raise TrainingError(f"method={config.method!r}: expected 'lora' or 'full'")
+    if config.method not in {"lora", "qlora", "full"}:
+        raise TrainingError(f"method={config.method!r}: expected 'lora', 'qlora' or 'full'")
+    if config.sharding not in {"ddp", "fsdp"}:
+        raise TrainingError(f"sharding={config.sharding!r}: expected 'ddp' or 'fsdp'")
+    if config.sharding == "fsdp":
+        # These read or write whole parameters outside the forward pass, which FSDP
+        # holds only as shards on each rank.
+        unsupported = [name for name, on in (("ewc_lambda > 0", config.ewc_lambda > 0),
+                                             ("fgsm_epsilon", bool(config.fgsm_epsilon)),
+                                             ("checkpoint_every", config.checkpoint_every > 0),
+                                             ("method='qlora'", config.method == "qlora")) if on]
+        if unsupported:
+            raise TrainingError(f"sharding='fsdp' does not support {', '.join(unsupported)} yet; use sharding='ddp'")
+    if config.method == "qlora" and config.ewc_lambda > 0:
+        raise TrainingError("ewc_lambda > 0 with method='qlora': EWC's Fisher needs gradients of the base weights, "
+                            "which a 4-bit base does not have; use method='lora' (EWC on the adapters)")
     if config.ewc_lambda < 0:
         raise TrainingError(f"ewc_lambda={config.ewc_lambda}: must be >= 0")
     if config.fgsm_epsilon:
@@ -337,14 +470,15 @@ def _ewc_penalty(model, fisher: dict[str, torch.Tensor], config: TrainingConfig)
 
     # With LoRA the base weights stay at the champion's, so the penalty falls on the
     # adapters' delta of the effective weights.
-    penalty = LoraEwcPenalty if config.method == "lora" else EwcPenalty
+    penalty = LoraEwcPenalty if config.method in ("lora", "qlora") else EwcPenalty
     try:
         return penalty.from_model(model, fisher, config.ewc_lambda)
     except ValueError as exc:
         raise TrainingError(str(exc)) from exc
 
 
-def _teacher_cache(teacher_path: Path, cache_dir: Path | None, examples, tokenizer, config: TrainingConfig, device, result: TrainingResult, vocab_size: int):
+def _teacher_cache(teacher_path: Path, cache_dir: Path | None, examples, tokenizer, config: TrainingConfig, device,
+                   result: TrainingResult, vocab_size: int, teacher_dtype: torch.dtype = torch.float32):
     """Open the cache of the teacher's logits over `examples`, building it on rank 0 first."""
     from deepfeed.core import teacher_cache
 
@@ -357,7 +491,7 @@ def _teacher_cache(teacher_path: Path, cache_dir: Path | None, examples, tokeniz
                             "set teacher_cache_top_k (e.g. 64) to keep the top k per token")
 
     def build(folder: Path) -> Path:
-        teacher = _load_teacher(teacher_path, device, vocab_size)
+        teacher = _load_teacher(teacher_path, device, vocab_size, teacher_dtype)
         try:
             return teacher_cache.build_cache(teacher, examples, folder, config.teacher_cache_top_k, tokenizer.pad_token_id,
                                              config.batch_size, device, {"teacher": str(teacher_path)})
@@ -378,8 +512,8 @@ def _teacher_cache(teacher_path: Path, cache_dir: Path | None, examples, tokeniz
     return cache
 
 
-def _load_teacher(teacher_path: Path, device, vocab_size: int):
-    teacher = load_model(teacher_path).to(device).eval().requires_grad_(False)
+def _load_teacher(teacher_path: Path, device, vocab_size: int, dtype: torch.dtype = torch.float32):
+    teacher = load_model(teacher_path, dtype).to(device).eval().requires_grad_(False)
     if teacher.config.vocab_size != vocab_size:
         raise TrainingError(f"teacher {teacher_path} has vocabulary {teacher.config.vocab_size}, the student {vocab_size}: distillation needs the same tokenizer")
     return teacher
@@ -415,10 +549,13 @@ def fine_tune(
         raise TrainingError(f"batch_size={config.batch_size} must be a multiple of the {world} processes")
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    device, autocast_dtype = _select_device_and_precision(config)
+    device, layout = _select_device_and_precision(config)
+    autocast_dtype = TORCH_DTYPES[layout.compute] if layout.compute else None
+    # A frozen teacher is held like a frozen base: in the compute dtype.
+    teacher_dtype = autocast_dtype or torch.float32
     tokenizer = load_tokenizer(base_path)
-    model = load_model(base_path).to(device)
-    result = TrainingResult(device=device.type, precision="bf16" if autocast_dtype else "fp32")
+    model = load_for_training(base_path, layout, device)
+    result = TrainingResult(device=device.type, precision=layout.compute or "fp32", base_dtype=layout.base)
 
     examples = _encode(tokenizer, records, config)
     if not examples:
@@ -431,17 +568,18 @@ def fine_tune(
         if teacher_path is None:
             raise TrainingError("distill_alpha < 1 but no teacher checkpoint was given")
         if config.teacher_cache:
-            cached_teacher = _teacher_cache(teacher_path, teacher_cache_dir, examples, tokenizer, config, device, result, model.config.vocab_size)
+            cached_teacher = _teacher_cache(teacher_path, teacher_cache_dir, examples, tokenizer, config, device,
+                                            result, model.config.vocab_size, teacher_dtype)
         else:
-            teacher = _load_teacher(teacher_path, device, model.config.vocab_size)
+            teacher = _load_teacher(teacher_path, device, model.config.vocab_size, teacher_dtype)
     fisher = _ewc_fisher(base_path, model, tokenizer, ewc_records, config, device, result) if config.ewc_lambda > 0 else None
 
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    if config.method == "lora":
-        model = _apply_lora(model, config)
+    model = _wrap_for_training(model, config)
     ewc = _ewc_penalty(model, fisher, config) if fisher is not None else None
+    fsdp = world > 1 and config.sharding == "fsdp"
+    if fsdp:
+        shard_model(model)
+    result.sharding = config.sharding if world > 1 else "none"
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(params, config)
@@ -461,8 +599,14 @@ def fine_tune(
     # A mixture-of-experts layer leaves the experts no token was routed to without a
     # gradient, which DDP must be told to expect.
     moe = getattr(model.config, "n_routed_experts", None) is not None
-    trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=moe) if world > 1 else model
+    if world > 1 and not fsdp:
+        trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=moe)
+    else:
+        trained = model  # fully_shard works in place: the model itself runs sharded
 
+    # fp16's 5 exponent bits flush small gradients to zero: scale the loss (bf16 has
+    # fp32's range and needs no scaler).
+    scaler = torch.amp.GradScaler(device.type) if layout.compute == "fp16" else None
     started = time.perf_counter()
     for step in range(state.step, config.max_steps):
         step_started = time.perf_counter()
@@ -505,9 +649,18 @@ def fine_tune(
             reported += float(penalty.detach())
         if not math.isfinite(reported):
             raise TrainingError(_nan_message(reported, step, checkpoint_dir))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+        if step == config.max_steps - 1:  # gradients are still there to count
+            held = rank_state_bytes(model, optimizer)
         optimizer.zero_grad(set_to_none=True)
         step_tokens = int(global_inputs)  # throughput counts every non-padding input token
         result.losses.append(reported)
@@ -537,9 +690,13 @@ def fine_tune(
                 torch.distributed.barrier()
     result.seconds = time.perf_counter() - started
     result.elastic_reductions = elastic.reductions if elastic else 0
+    if state.step < config.max_steps:  # a run resumed at its end took no step
+        result.rank_state_bytes = _gather_objects(held)
 
+    if fsdp:
+        model = _unsharded_copy(model, base_path, layout, config)  # collective: every rank takes part
     if rank == 0:
-        _save_final(model, tokenizer, output_dir, config)
+        _save_final(model, tokenizer, output_dir, config, base_path)
     return result
 
 
@@ -583,10 +740,12 @@ def _nan_message(value: float, step: int, checkpoint_dir: Path | None) -> str:
     return f"loss became {value} at step {step}; training stopped and no model was saved; {_last_good(checkpoint_dir)}"
 
 
-def _save_final(model, tokenizer, output_dir: Path, config: TrainingConfig) -> None:
+def _save_final(model, tokenizer, output_dir: Path, config: TrainingConfig, base_path: Path) -> None:
     if not checkpointing.all_finite(model):
         raise TrainingError("the trained weights are not finite; no model was saved")
-    if config.method == "lora":
+    if config.method == "qlora":
+        model = _merge_onto_16bit_base(model, base_path, config)
+    elif config.method == "lora":
         model = model.merge_and_unload()
     if getattr(model, "is_gradient_checkpointing", False):
         model.gradient_checkpointing_disable()
@@ -594,6 +753,17 @@ def _save_final(model, tokenizer, output_dir: Path, config: TrainingConfig) -> N
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
+
+
+def _merge_onto_16bit_base(model, base_path: Path, config: TrainingConfig):
+    """QLoRA's adapters merged into the original bf16 weights (on the CPU), not into the
+    NF4 ones: merging into a 4-bit layer re-quantises the sum and loses the update."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    adapters = {k: v.detach().to("cpu", torch.float32) for k, v in get_peft_model_state_dict(model).items()}
+    merged = _apply_lora(load_model(base_path, torch.bfloat16), config)
+    set_peft_model_state_dict(merged, adapters)
+    return merged.merge_and_unload()
 
 
 def config_dict(config: TrainingConfig) -> dict[str, Any]:

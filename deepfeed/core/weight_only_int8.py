@@ -1,7 +1,8 @@
 """Weight-only int8 for torch: int8 weights with one fp32 scale per output channel.
 
 Why not `torch.ao.quantization.quantize_dynamic`: it quantizes the activations too, and on
-SmolLM2 that alone multiplies perplexity by 2.6-2.9 (OFFLINE.md), far outside the 3%
+SmolLM2 that alone multiplies perplexity by 2.6-3.4 (docs/training-tiers.md, measured by
+`benchmarks/bench_compression.py --int8-table`), far outside the 3%
 budget; it is also deprecated in torch 2.13. Why not torchao: its Int8WeightOnlyConfig
 does the same thing through the same kernel (`aten._weight_int8pack_mm`) but pins torch
 versions tightly; the layer below is ~60 lines and keeps the dependency set as it is.

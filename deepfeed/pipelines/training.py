@@ -26,7 +26,7 @@ incremental_job = dg.define_asset_job(
 KNOWLEDGE_REVIEW_CONFIG = {
     "start_from": "champion",
     "include_feedback_history": True,
-    "method": "full",
+    "method": "lora",  # LoRA + EWC on the adapters: fits the tier `deepfeed plan` picks for LoRA
     "ewc_lambda": 1e4,
     "learning_rate": 3e-5,
     "checkpoint_every": 50,

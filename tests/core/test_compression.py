@@ -209,6 +209,7 @@ def test_quality_gate_passes_good_artifacts_and_names_a_bad_one(compressed):
     assert {a.name for a in report.artifacts} == {"pruned", "torch_int8", "onnx_fp32", "onnx_int8", "onnx_kv_fp32", "onnx_kv_int8"}
     assert all(abs(a.relative_change) < 0.03 and a.size_ratio for a in report.artifacts)
     assert "| torch_int8 |" in report.markdown()
+    assert report.keep_fraction == 0.85 and "keep 85% of the decoder's Linear weights" in report.markdown()
 
     # An onnx_int8 file that is not this model's: the gate fails and says by how much.
     other = _diverse(load_model(checkpoint).eval())
@@ -274,6 +275,44 @@ def test_quality_gate_scores_greedy_answers_against_fp32_and_fails_a_worse_artif
     assert "token F1 not measured ((no held-out QA record to answer" in unmeasured.failures()[0]
     with pytest.raises(ValueError, match="task_gate"):
         gate_compressed_artifacts(checkpoint, folder, records, task_gate="loose")
+
+
+def test_logits_only_graphs_reach_the_same_answers_from_their_kv_twin_s_drafts(tiny_llama, tmp_path):
+    """A logits-only graph's answers drafted from its KV-cache twin (same weights) or
+    from fp32's answers: the same answers and verdicts, for a faithful and a broken pair;
+    the report keeps the build order though the twins are scored first."""
+    from deepfeed.core.compression import export_onnx
+    from deepfeed.core.evaluation import EvaluationConfig, generate_torch
+    from deepfeed.core.modeling import load_tokenizer
+    from deepfeed.core.onnx_kv import export_decoder_with_past
+
+    tokenizer = load_tokenizer(tiny_llama)
+    model = _diverse(load_model(tiny_llama).eval())
+    other = _diverse(_diverse(load_model(tiny_llama).eval()))
+    checkpoint = tmp_path / "fp32"
+    model.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    folder = tmp_path / "compressed"
+    export_onnx(model, folder / "onnx" / "logits.onnx", 17)
+    export_decoder_with_past(model, folder / "onnx" / "kv.onnx", 17)
+    export_onnx(other, folder / "onnx" / "other_logits.onnx", 17)
+    export_decoder_with_past(other, folder / "onnx" / "other_kv.onnx", 17)
+    paths = {"onnx_fp32": "onnx/logits.onnx", "onnx_int8": "onnx/other_logits.onnx",
+             "onnx_kv_fp32": "onnx/kv.onnx", "onnx_kv_int8": "onnx/other_kv.onnx"}
+    (folder / "compression.json").write_text(json.dumps({"paths": paths, "sizes_mb": {}, "errors": {}}))
+    config = EvaluationConfig(max_new_tokens=8, bootstrap_samples=200)
+    own = generate_torch(model, tokenizer, [p for p, _ in PAIRS], config).answers
+    records = [{"kind": "pair", "prompt": p, "response": a, "lang": "en"} for (p, _), a in zip(PAIRS, own) if a.strip()]
+
+    reference = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config, answers_by="reference")
+    twin = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config, answers_by="twin")
+    assert [a.name for a in twin.artifacts] == list(paths)
+    for a, b in zip(reference.artifacts, twin.artifacts):
+        assert (a.name, a.passed, a.task_passed, a.identical_answers, a.token_f1) == \
+            (b.name, b.passed, b.task_passed, b.identical_answers, b.token_f1)
+    assert [a.passed for a in twin.artifacts] == [True, False, True, False]
+    with pytest.raises(ValueError, match="answers_by"):
+        gate_compressed_artifacts(checkpoint, folder, records, answers_by="guess")
 
 
 def test_paired_f1_change_separates_noise_from_a_real_drop():

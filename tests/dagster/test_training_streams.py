@@ -171,7 +171,8 @@ def test_jobs_and_the_quarterly_knowledge_review_schedule():
 def test_nproc_2_runs_torchrun_through_pipes_with_the_loss_curve_of_one_process(deepfeed_env, tiny_llama, instance, tmp_path):
     """2 CPU processes (gloo) launched by Pipes follow 1 process with the same global batch."""
     batch = seal(deepfeed_env, FEEDBACK)
-    config = dict(ewc_lambda=0.0, replay_ratio=0.0, max_steps=3, checkpoint_every=0, eval_every=0, log_every=1, learning_rate=3e-3)
+    config = dict(method="full", ewc_lambda=0.0, replay_ratio=0.0, max_steps=3, checkpoint_every=0, eval_every=0, log_every=1,
+                  learning_rate=3e-3)
     result = run_incremental(deepfeed_env, tiny_llama, instance, batch, nproc=2, **config)
     assert result.success
     logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
