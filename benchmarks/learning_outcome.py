@@ -86,13 +86,15 @@ def train_all(base: Path, data: dict[str, list], work: Path, args) -> tuple[dict
 
     def run(name: str, start: Path, records, config, **kwargs):
         started = time.perf_counter()
-        result = fine_tune(start, records, work / name, config, **kwargs)
+        folder = work / name.replace("+", "_")  # transformers warns about a '+' in a checkpoint folder's name
+        result = fine_tune(start, records, folder, config, **kwargs)
         windows = loss_windows(result.losses)
-        training[name] = {"records": len(records), "steps": len(result.losses), "seconds": round(time.perf_counter() - started, 1),
+        seconds = round(time.perf_counter() - started, 1)
+        training[name] = {"records": len(records), "steps": len(result.losses), "seconds": seconds,
                           "loss_first": windows.first, "loss_last": windows.last, "window": windows.window}
         print(f"  trained {name:<9} {len(records)} records, {len(result.losses)} steps: loss "
-              f"{windows.first:.3f} -> {windows.last:.3f} (first/last {windows.window}), {training[name]['seconds']} s", flush=True)
-        paths[name] = work / name
+              f"{windows.first:.3f} -> {windows.last:.3f} (first/last {windows.window}), {seconds} s", flush=True)
+        paths[name] = folder
 
     run("champion", base, data["old_train"], retrain)
     run("full", base, data["old_train"] + data["new_train"], retrain)
@@ -133,7 +135,8 @@ def outcome_table(scores: dict[str, dict[str, Any]], samples: int = 2000) -> tup
     from deepfeed.core.learning_outcome import paired_difference, perplexity_ratio
 
     rows, lines = [], [
-        "| model | new-domain ppl | vs base [95% CI] | new-domain token F1 | vs base [95% CI] | old-data ppl | vs champion [95% CI] |",
+        "| model | new-domain ppl | vs base [95% CI] | new-domain token F1 | vs base [95% CI] "
+        "| old-data ppl | vs champion [95% CI] |",
         "|---|---|---|---|---|---|---|",
     ]
     base, champion = scores["base"], scores["champion"]
@@ -147,7 +150,8 @@ def outcome_table(scores: dict[str, dict[str, Any]], samples: int = 2000) -> tup
                "old_ppl_vs_champion": forgetting}
         rows.append(row)
         lines.append(f"| {name} | {s['new'].perplexity:.2f} | {_rel(ppl)} | {f1.candidate:.3f} | "
-                     f"{f1.difference:+.3f} [{f1.low:+.3f}, {f1.high:+.3f}] | {s['old'].perplexity:.2f} | {_rel(forgetting)} |")
+                     f"{f1.difference:+.3f} [{f1.low:+.3f}, {f1.high:+.3f}] | {s['old'].perplexity:.2f} | "
+                     f"{_rel(forgetting)} |")
     return rows, "\n".join(lines)
 
 
@@ -164,8 +168,8 @@ def tiny_base(folder: Path, records: list[dict[str, Any]]) -> Path:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="", help="base checkpoint folder (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--tiny", action="store_true", help="a tiny random model and minimal sizes: checks the wiring in seconds")
+    parser.add_argument("--model", default="", help="base checkpoint folder (default: the embedded SmolLM2)")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model and minimal sizes: checks the wiring")
     parser.add_argument("--new-domain", default="trivia", help="topic tag that plays the new data")
     parser.add_argument("--langs", default="en", help="comma-separated languages of the corpus to use")
     parser.add_argument("--eval-records", type=int, default=48, help="held-out records per side")
@@ -202,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             from deepfeed.core.offline import ensure_smollm2
 
             base = Path(args.model) if args.model else ensure_smollm2()
-        print(f"base {base}; new domain '{args.new_domain}': {len(data['new_train'])} train / {len(data['new_eval'])} held out; "
+        print(f"base {base}; new domain '{args.new_domain}': "
+              f"{len(data['new_train'])} train / {len(data['new_eval'])} held out; "
               f"old: {len(data['old_train'])} train / {len(data['old_eval'])} held out", flush=True)
         paths, training = train_all(base, data, work / "models", args)
         scores = score_all(paths, data, args)

@@ -99,7 +99,8 @@ class RecordLosses:
 
 
 @torch.no_grad()
-def record_losses(model, tokenizer, records: list[dict[str, Any]], max_length: int = 128, batch_size: int = 16) -> RecordLosses:
+def record_losses(model, tokenizer, records: list[dict[str, Any]], max_length: int = 128,
+                  batch_size: int = 16) -> RecordLosses:
     """Per-record NLL of the answer tokens (or whole texts), as evaluation.perplexity scores
     them, kept per record so two models can be compared on the same records."""
     examples = [encode_record(tokenizer, r, max_length) for r in records]
@@ -113,7 +114,8 @@ def record_losses(model, tokenizer, records: list[dict[str, Any]], max_length: i
         batch = collate(examples[start:start + batch_size], tokenizer.pad_token_id)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         labels = batch["labels"][:, 1:]
-        per_token = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        per_token = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=-100,
+                                                      reduction="none")
         nll.extend(per_token.sum(1).tolist())
         tokens.extend((labels != -100).sum(1).tolist())
     model.train(was_training)

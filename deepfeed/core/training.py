@@ -475,7 +475,8 @@ def fine_tune(
     trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=moe) if world > 1 else model
 
     if evals and state.step == 0:
-        result.initial_eval_loss = mean_token_loss(model, evals, tokenizer.pad_token_id, config.batch_size, device, autocast_dtype)
+        result.initial_eval_loss = mean_token_loss(model, evals, tokenizer.pad_token_id, config.batch_size, device,
+                                                   autocast_dtype)
     started = time.perf_counter()
     for step in range(state.step, config.max_steps):
         step_started = time.perf_counter()

@@ -63,4 +63,5 @@ def test_benchmark_tiny_trains_and_scores_every_model(tmp_path, capsys):
     assert all(math.isfinite(v) for r in rows.values() for v in (r["new_ppl"], r["old_ppl"], *r["old_ppl_vs_champion"]))
     assert set(result["training"]) == {"champion", "full", "incr", "incr+ewc"}
     saved = json.loads((tmp_path / "out.json").read_text())
-    assert saved["table"] == result["table"] and "forgetting after an incremental round with EWC" in capsys.readouterr().out
+    assert saved["table"] == result["table"]
+    assert "forgetting after an incremental round with EWC" in capsys.readouterr().out
