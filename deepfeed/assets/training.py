@@ -151,6 +151,8 @@ def log_to_mlflow(context, mlflow: MlflowResource, prefix: str, params: dict[str
             f"{prefix}_tokens_per_second": result.tokens_per_second,
             f"{prefix}_peak_memory_mb": result.peak_memory_mb,
             f"{prefix}_final_eval_loss": result.eval_losses[-1][1] if result.eval_losses else None,
+            f"{prefix}_initial_eval_loss": result.initial_eval_loss,
+            **{f"{prefix}_{k}": v for k, v in result.loss_windows().items()},
             f"{prefix}_final_adversarial_loss": result.adversarial_losses[-1] if result.adversarial_losses else None,
         },
         series={

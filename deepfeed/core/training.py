@@ -109,6 +109,9 @@ class TrainingResult:
     tokens_per_second_series: list[float] = field(default_factory=list)
     peak_memory_mb_series: list[float] = field(default_factory=list)
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    # Held-out loss of the starting weights (before step 1): with the final eval loss it
+    # says whether training helped on data it did not see.
+    initial_eval_loss: float | None = None
     elastic_reductions: int = 0
     resumed_from_step: int = 0
     fisher_file: str = ""
@@ -130,11 +133,19 @@ class TrainingResult:
     def peak_memory_mb(self) -> float:
         return max(self.peak_memory_mb_series, default=0.0)
 
+    def loss_windows(self) -> dict[str, float]:
+        """Means of the first and last 10 training losses (one step is too noisy to compare)."""
+        from deepfeed.core.learning_outcome import loss_windows
+
+        return loss_windows(self.losses).as_dict() if len(self.losses) >= 2 else {}
+
     def summary(self) -> dict[str, Any]:
         return {
             "steps": len(self.losses),
             "first_loss": self.losses[0] if self.losses else None,
             "final_loss": self.losses[-1] if self.losses else None,
+            **self.loss_windows(),
+            "initial_eval_loss": self.initial_eval_loss,
             "final_eval_loss": self.eval_losses[-1][1] if self.eval_losses else None,
             "tokens": self.tokens,
             "tokens_per_second": round(self.tokens_per_second, 1),
@@ -607,6 +618,10 @@ def fine_tune(
     # fp16's 5 exponent bits flush small gradients to zero: scale the loss (bf16 has
     # fp32's range and needs no scaler).
     scaler = torch.amp.GradScaler(device.type) if layout.compute == "fp16" else None
+
+    if evals and state.step == 0:
+        result.initial_eval_loss = mean_token_loss(model, evals, tokenizer.pad_token_id, config.batch_size, device,
+                                                   autocast_dtype)
     started = time.perf_counter()
     for step in range(state.step, config.max_steps):
         step_started = time.perf_counter()

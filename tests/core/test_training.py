@@ -117,3 +117,14 @@ def test_fgsm_and_a_cached_teacher_under_two_processes_follow_one_process(tiny_l
     assert ddp.teacher_cache_built and ddp.losses == pytest.approx(single.losses, rel=1e-3)
     assert ddp.adversarial_losses == pytest.approx(single.adversarial_losses, rel=1e-3)
     assert (tmp_path / "ddp" / "config.json").exists()
+
+
+def test_held_out_loss_before_training_and_loss_windows_are_reported(tiny_llama, tmp_path):
+    config = TrainingConfig(max_steps=12, batch_size=8, method="full", learning_rate=1e-3, warmup_steps=2)
+    result = fine_tune(tiny_llama, RECORDS, tmp_path / "out", config, eval_records=RECORDS[:8])
+    summary = result.summary()
+    # The eval loss of the untouched weights, then of the trained ones (same records).
+    assert result.initial_eval_loss is not None and summary["initial_eval_loss"] == result.initial_eval_loss
+    assert summary["final_eval_loss"] < result.initial_eval_loss
+    assert summary["loss_first6_mean"] == pytest.approx(sum(result.losses[:6]) / 6)
+    assert summary["loss_last6_mean"] < summary["loss_first6_mean"]
