@@ -67,7 +67,8 @@ def _examples(records: list[dict], per_technique: int = 2) -> dg.MetadataValue:
         if child["technique"] == "original" or shown[child["technique"]] >= per_technique:
             continue
         shown[child["technique"]] += 1
-        field = json.loads(child.get("aug_params") or "{}").get("side") or ("response" if child.get("kind") == "pair" else "text")
+        side = json.loads(child.get("aug_params") or "{}").get("side")
+        field = side or ("response" if child.get("kind") == "pair" else "text")
         cell = lambda s: (s or "")[:160].replace("|", "\\|").replace("\n", " ")  # noqa: E731
         lines.append(f"| {child['technique']} | {cell(parents[child['parent_id']][field])} | {cell(child[field])} |")
     return dg.MetadataValue.md("\n".join(lines))
@@ -109,7 +110,8 @@ def augmented_corpus(
         ledger = audit_ledger()
         entries = spool.replay(ledger.append, AUDIT_CHUNK)
         head = ledger.head()
-    mlflow.log(context, params={**config.model_dump(), "audit_head": head[1]}, metrics={f"augmented_{k}": v for k, v in techniques.items()})
+    mlflow.log(context, params={**config.model_dump(), "audit_head": head[1]},
+               metrics={f"augmented_{k}": v for k, v in techniques.items()})
     return dg.Output(
         handle,
         metadata={

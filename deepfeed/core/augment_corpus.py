@@ -95,7 +95,8 @@ def fgsm_field(record: dict[str, Any], side: str) -> str | None:
     return "prompt"
 
 
-def _child(parent: dict[str, Any], text: str, technique: str, params: dict, similarity: float | None, field: str | None = None) -> dict[str, Any]:
+def _child(parent: dict[str, Any], text: str, technique: str, params: dict, similarity: float | None,
+           field: str | None = None) -> dict[str, Any]:
     child = {**parent, field or augmented_field(parent): text, "parent_id": parent["record_id"], "technique": technique}
     child["aug_params"] = json.dumps(params, sort_keys=True, ensure_ascii=False)
     child["similarity"] = similarity
@@ -172,8 +173,9 @@ def augment_corpus(records: list[dict[str, Any]], plan: AugmentPlan, augmenters:
             skip(record, "fgsm", outcome.reason)
         else:
             swaps = [list(s) for s in outcome.swaps]
-            params = {**plan.technique_params.get("fgsm", {}), "side": side, "swaps": swaps, "loss_before": round(outcome.loss_before, 4),
-                      "loss_after": round(outcome.loss_after, 4), "judge": outcome.judge, "meaning_score": outcome.meaning_score}
+            params = {**plan.technique_params.get("fgsm", {}), "side": side, "swaps": swaps,
+                      "loss_before": round(outcome.loss_before, 4), "loss_after": round(outcome.loss_after, 4),
+                      "judge": outcome.judge, "meaning_score": outcome.meaning_score}
             candidates.append((record, outcome.text, "fgsm", params, side))
 
     similarities = _similarities(candidates, augmenters.encoder, augmenters.judge)
@@ -190,7 +192,8 @@ def augment_corpus(records: list[dict[str, Any]], plan: AugmentPlan, augmenters:
         duplicates[i] = duplicate_of
     for (parent, text, technique, params, side_field), similarity, duplicate_of in zip(candidates, similarities, duplicates):
         family = "synonym" if "synonym" in technique else "structural" if technique.endswith("reorder") else technique
-        child = _child(parent, text, technique, {k: v for k, v in params.items() if not k.startswith("_")}, similarity, side_field)
+        recorded = {k: v for k, v in params.items() if not k.startswith("_")}
+        child = _child(parent, text, technique, recorded, similarity, side_field)
         if duplicate_of is not None or content_key(child) in seen:
             skip(parent, family, "near-duplicate of an existing record")
             continue

@@ -70,7 +70,8 @@ class AugmentSettings:
 def needs_model(settings: AugmentSettings) -> bool:
     """Whether the settings use the causal LM (FGSM, LM ranking, or the LM judge of meaning)."""
     uses_judge = (settings.synonym_ratio > 0 and not settings.masked_lm_path) or settings.fgsm_ratio > 0
-    return settings.fgsm_ratio > 0 or (settings.synonym_ratio > 0 and settings.synonym_lm_rank) or (uses_judge and settings.meaning_lm)
+    ranking = settings.synonym_ratio > 0 and settings.synonym_lm_rank
+    return settings.fgsm_ratio > 0 or ranking or (uses_judge and settings.meaning_lm)
 
 
 def build_augmenters(settings: AugmentSettings, model_path: Path | None = None) -> Augmenters:
@@ -91,7 +92,8 @@ def build_augmenters(settings: AugmentSettings, model_path: Path | None = None) 
     ranking = settings.synonym_ratio > 0 and settings.synonym_lm_rank
     if ranking and settings.masked_lm_path:
         raise AugmentSettingsError("synonym_lm_rank", "ranks lexicon variants; the masked-LM path (masked_lm_path) proposes one variant per record, so there is nothing to rank")
-    for field, needed in (("fgsm_ratio", settings.fgsm_ratio > 0), ("synonym_lm_rank", ranking), ("meaning_lm", needs_model(settings))):
+    needed_by = (("fgsm_ratio", settings.fgsm_ratio > 0), ("synonym_lm_rank", ranking), ("meaning_lm", needs_model(settings)))
+    for field, needed in needed_by:
         if needed and model_path is None:
             raise AugmentSettingsError(field, f"{field} needs a causal LM; switch it off or provide one")
     model = tokenizer = None
@@ -111,8 +113,8 @@ def build_augmenters(settings: AugmentSettings, model_path: Path | None = None) 
         from deepfeed.core.meaning import MeaningJudge
 
         lexicons = _lexicons()
-        augmenters.judge = MeaningJudge(lexicons, encoder, judge_lm, settings.similarity_threshold, settings.lm_threshold,
-                                        settings.max_unk_share, protected)
+        augmenters.judge = MeaningJudge(lexicons, encoder, judge_lm, settings.similarity_threshold,
+                                        settings.lm_threshold, settings.max_unk_share, protected)
     if settings.synonym_ratio > 0:
         ranker = None
         if ranking:
@@ -124,8 +126,8 @@ def build_augmenters(settings: AugmentSettings, model_path: Path | None = None) 
         from deepfeed.core.fgsm import FgsmTextAttack
 
         try:
-            augmenters.fgsm = FgsmTextAttack(model, tokenizer, settings.fgsm_epsilon, settings.fgsm_max_modification_rate, protected,
-                                             lexicons=lexicons, judge=augmenters.judge)
+            augmenters.fgsm = FgsmTextAttack(model, tokenizer, settings.fgsm_epsilon, settings.fgsm_max_modification_rate,
+                                             protected, lexicons=lexicons, judge=augmenters.judge)
         except ValueError as exc:
             field = "fgsm_epsilon" if "epsilon" in str(exc) else "fgsm_max_modification_rate"
             raise AugmentSettingsError(field, str(exc)) from exc
@@ -150,8 +152,9 @@ def _synonyms(settings: AugmentSettings, encoder, protected, lexicons, ranker=No
             raise AugmentSettingsError("masked_lm_path", str(exc)) from exc
     try:
         return ContextualSynonymReplacer(
-            encoder, lexicons["en"], lexicons["zh"], protected, settings.similarity_threshold, settings.synonym_rate, settings.synonym_variants, ranker,
-            judge_lm=judge_lm, lm_threshold=settings.lm_threshold, max_unk_share=settings.max_unk_share,
+            encoder, lexicons["en"], lexicons["zh"], protected, settings.similarity_threshold, settings.synonym_rate,
+            settings.synonym_variants, ranker, judge_lm=judge_lm, lm_threshold=settings.lm_threshold,
+            max_unk_share=settings.max_unk_share,
         )
     except ValueError as exc:
         field = "synonym_rate" if "rate" in str(exc) else "similarity_threshold"

@@ -179,7 +179,8 @@ class ContextualSynonymReplacer:
         self.ranker = ranker
         # The judge of meaning: MiniLM where it reads the text, the causal LM where MiniLM
         # sees mostly [UNK] (Chinese); see deepfeed.core.meaning.
-        self.judge = MeaningJudge(self.lexicons, encoder, judge_lm, threshold, lm_threshold, max_unk_share, self.protected)
+        self.judge = MeaningJudge(self.lexicons, encoder, judge_lm, threshold, lm_threshold, max_unk_share,
+                                  self.protected)
 
     def script(self, text: str) -> str | Skip:
         """The language whose lexicon applies, judged on the unprotected text."""
@@ -283,7 +284,8 @@ class ContextualSynonymReplacer:
                 lm_logprob = round(scores[(i, v)], 4)
             verdict = verdict_of[v]
             similarity = verdict.score if verdict.judge == "encoder" else None
-            results[i] = SynonymEdit(plans[i][v][0], plans[i][v][1], similarity, lm_logprob, verdict.judge, verdict.score)
+            results[i] = SynonymEdit(plans[i][v][0], plans[i][v][1], similarity, lm_logprob, verdict.judge,
+                                     verdict.score)
         return results
 
     def _rank_scores(self, plans, kept) -> dict[tuple[int, int], float]:

@@ -84,7 +84,8 @@ class EnglishTagger:
         if len(tags) != len(tokens):  # the tagger re-split a token: tag the words one by one
             tags = [self._tagger.tag(tok, tokenize=False)[0][1] for _, _, tok in tokens]
         for i in range(1, len(tokens)):
-            if tags[i].startswith("NN") and tags[i] not in ("NNP", "NNPS") and tokens[i - 1][2].lower() in _VERB_CONTEXT:
+            after_verb_context = tokens[i - 1][2].lower() in _VERB_CONTEXT
+            if tags[i].startswith("NN") and tags[i] not in ("NNP", "NNPS") and after_verb_context:
                 if _has_pos(tokens[i][2].lower(), "v"):
                     tags[i] = "VBP" if tokens[i - 1][2].lower() in ("i", "you", "we", "they") else "VB"
         return [(a, b, tok, tag) for (a, b, tok), tag in zip(tokens, tags)]
@@ -183,7 +184,8 @@ class WordNetSynonyms:
         words = [t[2].lower() for t in tagged]
         for i, (_, _, word, tag) in enumerate(tagged):
             capital = word[:1].isupper()
-            if tag in ("NNP", "NNPS") or (len(word) > 1 and word.isupper()) or (capital and not _sentence_initial(text, tagged, i)):
+            acronym = len(word) > 1 and word.isupper()
+            if tag in ("NNP", "NNPS") or acronym or (capital and not _sentence_initial(text, tagged, i)):
                 blocked.add(i)
                 if i + 1 < len(tagged) and tagged[i + 1][2][:1].isupper():
                     blocked.add(i + 1)  # "Toilet Dewey": the first word of a name goes with the rest
@@ -215,7 +217,8 @@ class WordNetSynonyms:
         if not synsets and pos == "a":
             synsets = self._wordnet.synsets(lemma, pos="a")
         out: list[str] = []
-        counts = [next((l.count() for l in s.lemmas() if l.name().lower() == lemma), 0) for s in synsets[: self.max_senses]]
+        counts = [next((l.count() for l in s.lemmas() if l.name().lower() == lemma), 0)
+                  for s in synsets[: self.max_senses]]
         for rank, synset in enumerate(synsets[: self.max_senses]):
             if rank > 0 and counts[rank] < max(1, counts[0] / 4):
                 continue  # a later sense only where SemCor finds the word used in it often enough

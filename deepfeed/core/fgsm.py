@@ -155,7 +155,9 @@ class FgsmTextAttack:
             return Skip("empty text")
         script = text_script(text)
         if script not in self.lexicons or self.lexicons[script] is None:
-            return Skip(f"no synonym resource for {script} text" if script in ("en", "zh") else "no single-language text to attack")
+            if script in ("en", "zh"):
+                return Skip(f"no synonym resource for {script} text")
+            return Skip("no single-language text to attack")
         options = self.options(text)
         if not options:
             return Skip("no swappable word (names, idioms, function words, protected spans or no in-context synonym)")
@@ -195,7 +197,8 @@ class FgsmTextAttack:
         pieces.append(text[last:])
         new = "".join(pieces)
         with torch.no_grad():
-            after = torch.tensor([self.tokenizer(new, add_special_tokens=False, truncation=True, max_length=self.max_length)["input_ids"]])
+            ids = self.tokenizer(new, add_special_tokens=False, truncation=True, max_length=self.max_length)["input_ids"]
+            after = torch.tensor([ids])
             loss_after = float(self.model(input_ids=after, labels=after).loss)
         return AdversarialEdit(new, len(swaps), loss_before, loss_after, tuple(swaps), chosen=tuple(chosen))
 

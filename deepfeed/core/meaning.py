@@ -102,14 +102,16 @@ class MeaningJudge:
             sims = self.encoder.similarity([parents[i] for i in rows], [children[i] for i in rows])
             for i, sim in zip(rows, sims):
                 ok = float(sim) >= self.similarity_threshold
-                verdicts[i] = Verdict(ok, round(float(sim), 4), "encoder", "" if ok else f"similarity {sim:.2f} < {self.similarity_threshold}")
+                reason = "" if ok else f"similarity {sim:.2f} < {self.similarity_threshold}"
+                verdicts[i] = Verdict(ok, round(float(sim), 4), "encoder", reason)
         if by_model["lm"]:
             rows = by_model["lm"]
             scores = self.lm.log_probs([parents[i] for i in rows] + [children[i] for i in rows])
             for k, i in enumerate(rows):
                 delta = float(scores[len(rows) + k] - scores[k])
                 ok = delta >= self.lm_threshold
-                verdicts[i] = Verdict(ok, round(delta, 4), "lm", "" if ok else f"log-probability change {delta:.1f} < {self.lm_threshold}")
+                reason = "" if ok else f"log-probability change {delta:.1f} < {self.lm_threshold}"
+                verdicts[i] = Verdict(ok, round(delta, 4), "lm", reason)
         for i in by_model["none"]:
             # No model reads this text: the lexical gate (checked here, or vouched for by a
             # caller that built the child from the lexicon's own candidates) is the verdict.
