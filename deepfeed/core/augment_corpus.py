@@ -28,7 +28,7 @@ from typing import Any
 
 from deepfeed.core.audit import AuditEntry
 from deepfeed.core.cleaning import content_key
-from deepfeed.core.contextual_synonyms import ContextualSynonymReplacer, MaskedLMReplacer, Skip
+from deepfeed.core.contextual_synonyms import ContextualSynonymReplacer, MaskedLMReplacer, Skip, text_script
 from deepfeed.core.dedup import NearDuplicateIndex
 from deepfeed.core.encoders import SentenceEncoder
 from deepfeed.core.fgsm import FgsmTextAttack
@@ -135,13 +135,25 @@ def augment_corpus(records: list[dict[str, Any]], plan: AugmentPlan, augmenters:
                 wanted[technique].append(record)
 
     candidates: list[tuple[dict, str, str, dict, str]] = []  # parent, text, technique, params, field
+    reordered = []
     for record in wanted["structural"]:
         outcome = structural_variant(record[augmented_field(record)], rng)
         if isinstance(outcome, str):
             skip(record, "structural", outcome)
         else:
-            new, technique = outcome
-            candidates.append((record, new, technique, {"seed": plan.seed}, augmented_field(record)))
+            reordered.append((record, *outcome))
+    # The rules of structural.py cannot see every dependency between clauses (Chinese
+    # topic-comment clauses, a question's clauses): the judge's score refuses reorders
+    # that its model reads as a different or broken text (measured in docs/augmentation.md).
+    verdicts = _judge_reorders(reordered, augmenters.judge)
+    for (record, new, technique), verdict in zip(reordered, verdicts):
+        if verdict is not None and not verdict.keeps_meaning:
+            skip(record, "structural", f"reordered text judged to change the meaning ({verdict.judge}: {verdict.reason})")
+            continue
+        params = {"seed": plan.seed}
+        if verdict is not None:
+            params.update(judge=verdict.judge, meaning_score=verdict.score)
+        candidates.append((record, new, technique, params, augmented_field(record)))
     for start in range(0, len(wanted["synonym"]), plan.batch_size):
         batch = wanted["synonym"][start : start + plan.batch_size]
         outcomes = augmenters.synonyms.replace_batch([r[augmented_field(r)] for r in batch], rng)
@@ -221,6 +233,13 @@ def _similarities(candidates: list[tuple[dict, str, str, dict, str]], encoder: S
         for i, score in zip(missing, scores):
             out[i] = round(float(score), 4)
     return [None if s is None else round(float(s), 4) for s in out]
+
+
+def _judge_reorders(reordered: list[tuple[dict, str, str]], judge: MeaningJudge | None) -> list:
+    if judge is None or not reordered:
+        return [None] * len(reordered)
+    parents = [r[augmented_field(r)] for r, _, _ in reordered]
+    return judge.judge(parents, [new for _, new, _ in reordered], [text_script(p) for p in parents], gate=False)
 
 
 def audit_entries(records: list[dict[str, Any]], run_id: str, stage: str = "augmented_corpus") -> Iterator[AuditEntry]:

@@ -198,3 +198,17 @@ def test_every_child_is_in_the_audit_ledger_and_queryable(tmp_path, encoder, lex
     assert main(["audit", "--ledger", str(ledger.path), "query", "--action", "augmented", "--record-id", children[0]["record_id"], "--json"]) == 0
     (line,) = capsys.readouterr().out.strip().splitlines()
     assert json.loads(line)["extra"]["parent_id"] == children[0]["parent_id"]
+
+
+def test_reorders_the_judge_refuses_are_dropped_with_the_reason(encoder, lexicons):
+    record = {"record_id": "s", "kind": "pair", "prompt": "Tips?", "response": "Drink plenty of water, and get enough rest.",
+              "text": None, "lang": "en", "split": "train"}
+    plan = AugmentPlan(synonym_ratio=0.0, structural_ratio=1.0)
+    strict = MeaningJudge(lexicons, encoder, None, similarity_threshold=1.01)
+    refused = augment_corpus([record], plan, Augmenters(encoder=encoder, judge=strict))
+    assert [r["technique"] for r in refused.records] == ["original"]
+    (reason,) = refused.skipped
+    assert reason.startswith("structural: reordered text judged to change the meaning (encoder: similarity")
+    kept = augment_corpus([record], plan, Augmenters(encoder=encoder, judge=MeaningJudge(lexicons, encoder, None)))
+    (child,) = [r for r in kept.records if r["technique"] == "clause_reorder"]
+    assert json.loads(child["aug_params"])["judge"] == "encoder" and json.loads(child["aug_params"])["meaning_score"] >= 0.85
