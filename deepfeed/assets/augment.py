@@ -1,5 +1,7 @@
-"""augmented_corpus: the train split plus augmented children with provenance."""
+"""augmented_corpus: the train split plus augmented children with provenance, each child
+in the audit ledger."""
 
+import json
 from collections import Counter, defaultdict
 from dataclasses import fields
 
@@ -7,13 +9,15 @@ import dagster as dg
 from pydantic import Field
 
 from deepfeed.assets.common import COMPUTE_RETRY, counts_table, fail, handle_metadata
+from deepfeed.assets.corpus import audit_ledger
 from deepfeed.core.artifacts import ArtifactHandle
-from deepfeed.core.augment_corpus import augment_corpus
-from deepfeed.core.augment_setup import AugmentSettings, AugmentSettingsError, build_augmenters
+from deepfeed.core.augment_corpus import audit_entries, augment_corpus
+from deepfeed.core.augment_setup import AugmentSettings, AugmentSettingsError, build_augmenters, needs_model
 from deepfeed.core.tables import read_table, write_table
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 
 GROUP = "augment"
+AUDIT_CHUNK = 10_000
 
 
 class AugmentedCorpusConfig(dg.Config):
@@ -22,7 +26,10 @@ class AugmentedCorpusConfig(dg.Config):
     fgsm_ratio: float = Field(default=0.1, description="Share of train records that get an FGSM adversarial child from the base model's gradients.")
     fgsm_max_records: int = Field(default=16, description="Most records attacked with FGSM per run (each costs a forward and backward pass of the model); the rest are skipped with the reason.")
     synonym_rate: float = Field(default=0.15, description="Share of the eligible words replaced in a synonym child.")
-    similarity_threshold: float = Field(default=0.85, description="Least cosine similarity (MiniLM sentence embeddings) between a synonym child and its parent.")
+    similarity_threshold: float = Field(default=0.85, description="Least cosine similarity (MiniLM sentence embeddings) between a synonym or FGSM child and its parent, where MiniLM can read the text.")
+    meaning_lm: bool = Field(default=True, description="Judge the meaning of children MiniLM cannot read (mostly [UNK] to it: Chinese) by the base causal LM's log-probability change; off: those children stand on the lexical gate alone.")
+    lm_threshold: float = Field(default=-12.0, description="Least log-probability change (nats, child minus parent) under the base LM for a child the LM judges.")
+    max_unk_share: float = Field(default=0.1, description="Largest share of [UNK] word pieces in MiniLM's reading of a text for MiniLM to judge it; above it the LM judges.")
     synonym_variants: int = Field(default=2, description="Candidate variants scored per record; the most similar one above the threshold is kept (or, with synonym_lm_rank, the most probable one).")
     synonym_lm_rank: bool = Field(
         default=False,
@@ -30,8 +37,9 @@ class AugmentedCorpusConfig(dg.Config):
     )
     masked_lm_path: str = Field(default="", description="Local masked-LM folder (BERT-style, with its head): use nlpaug's fill-mask replacement instead of WordNet/Cilin. Empty: lexicons.")
     glossary_path: str = Field(default="", description="Glossary (.yaml/.csv) whose terms are never altered. Empty: the shipped ICD-10 example.")
-    fgsm_epsilon: float = Field(default=0.1, description="FGSM step size ε in embedding space (SPEC: at most 0.5).")
-    fgsm_max_modification_rate: float = Field(default=0.15, description="Most words an FGSM child may change, as a share of its swappable words.")
+    fgsm_epsilon: float = Field(default=0.1, description="FGSM step size ε in embedding space (at most 0.5).")
+    fgsm_max_modification_rate: float = Field(default=0.15, description="Most words an FGSM child may change, as a share of its words (at least one swap where any word may change).")
+    fgsm_side: str = Field(default="prompt", description="Which side of a pair FGSM perturbs: 'prompt' (robustness: the reference answer stays the target) or 'response' (measurement only: it teaches perturbed answers).")
     max_chars: int = Field(default=2000, description="Longer records are passed through unaugmented (reason recorded).")
     near_duplicate_threshold: float = Field(default=0.9, description="Children whose MinHash Jaccard similarity to an existing record reaches this are dropped.")
     seed: int = Field(default=0, description="Seed of every random choice, for reproducible corpora.")
@@ -55,7 +63,8 @@ def _examples(records: list[dict], per_technique: int = 2) -> dg.MetadataValue:
         if child["technique"] == "original" or shown[child["technique"]] >= per_technique:
             continue
         shown[child["technique"]] += 1
-        field = "response" if child.get("kind") == "pair" else "text"
+        side = json.loads(child.get("aug_params") or "{}").get("side")
+        field = side or ("response" if child.get("kind") == "pair" else "text")
         cell = lambda s: (s or "")[:160].replace("|", "\\|").replace("\n", " ")  # noqa: E731
         lines.append(f"| {child['technique']} | {cell(parents[child['parent_id']][field])} | {cell(child[field])} |")
     return dg.MetadataValue.md("\n".join(lines))
@@ -71,23 +80,39 @@ def augmented_corpus(
     model_source: ModelSourceResource,
 ) -> dg.Output[ArtifactHandle]:
     """Train-split originals plus contextual-synonym, structural and FGSM children with provenance;
-    eval records are never augmented (no leakage)."""
+    eval records are never augmented (no leakage); every child is an `augmented` entry in the audit ledger."""
     store = artifact_store.store()
     records = read_table(store.local_path(clean_corpus) / "records.parquet")
     settings = AugmentSettings(**{f.name: getattr(config, f.name) for f in fields(AugmentSettings)})
     try:
         plan = settings.plan()
-        needs_model = settings.fgsm_ratio > 0 or (settings.synonym_ratio > 0 and settings.synonym_lm_rank)
-        augmenters = build_augmenters(settings, model_source.resolve() if needs_model else None)
+        augmenters = build_augmenters(settings, model_source.resolve() if needs_model(settings) else None)
     except AugmentSettingsError as exc:
         raise fail(f"augmented_corpus.config.{exc.field}", str(exc)) from exc
     result = augment_corpus(records, plan, augmenters)
     techniques = Counter(r["technique"] for r in result.records)
     counts = {"records": len(result.records), "originals": techniques.get("original", 0), "augmented": len(result.records) - techniques.get("original", 0)}
-    with store.new_version("augmented_corpus", counts, run_id=context.run.run_id) as version:
-        write_table(version.path / "records.parquet", result.records)
+    run_id = context.run.run_id
+    # As clean_corpus does: entries are spooled outside the artifact and reach the ledger
+    # once the version is published, bracketed by publishing/published entries (a crash in
+    # between is repaired by the next run's recovery or `deepfeed audit recover`).
+    ledger = audit_ledger()
+    for line in ledger.recover(AUDIT_CHUNK):
+        context.log.warning("audit recovery: %s", line)
+    spool = ledger.spool("augmented_corpus", run_id)
+    try:
+        with store.new_version("augmented_corpus", counts, run_id=run_id) as version:
+            write_table(version.path / "records.parquet", result.records)
+            spool.write(audit_entries(result.records, run_id))
+            spool.mark_publishing(version.uri)
+    except BaseException:
+        spool.discard()
+        raise
     handle = version.handle
-    mlflow.log(context, params=config.model_dump(), metrics={f"augmented_{k}": v for k, v in techniques.items()})
+    entries = spool.publish(AUDIT_CHUNK)
+    head = ledger.head()
+    mlflow.log(context, params={**config.model_dump(), "audit_head": head[1]},
+               metrics={f"augmented_{k}": v for k, v in techniques.items()})
     return dg.Output(
         handle,
         metadata={
@@ -96,5 +121,8 @@ def augmented_corpus(
             "similarity": _summary_table(result.records),
             "examples": _examples(result.records),
             "not_augmented": counts_table(result.skipped),
+            "audit_entries": entries,
+            "audit_ledger": dg.MetadataValue.path(str(ledger.path)),
+            "audit_head": head[1],
         },
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from deepfeed.core.en_synonyms import WordNetSynonyms  # noqa: F401 - the English lexicon lives there
+
 _PROTECTED = re.compile(
     r"<[A-Z_]+>"  # PII placeholders
     r"|https?://\S+|\S+@\S+"  # URLs, e-mail-like tokens
@@ -17,44 +19,6 @@ _PROTECTED = re.compile(
     r"|\d[\d.,:/-]*"  # numbers, dates, times
     r"|`[^`]*`"  # inline code
 )
-
-
-class WordNetSynonyms:
-    """Synonyms of single English words from WordNet, most frequent senses first.
-
-    ``base_forms_only`` offers only words already in their dictionary form: WordNet
-    lemmas are uninflected, so "reported" -> "describe" would break the grammar.
-    """
-
-    def __init__(self, base_forms_only: bool = False):
-        from nltk.corpus import stopwords, wordnet
-
-        self._wordnet = wordnet
-        self.base_forms_only = base_forms_only
-        self._stop = set(stopwords.words("english"))
-        self._cache: dict[str, list[str]] = {}
-
-    def candidates(self, word: str) -> list[str]:
-        key = word.lower()
-        # Every answer is cached, refusals included: morphy and synsets cost far more
-        # than the lookup, and corpora repeat their words.
-        cached = self._cache.get(key)
-        if cached is None:
-            cached = self._cache[key] = self._lookup(key)
-        return cached
-
-    def _lookup(self, key: str) -> list[str]:
-        if key in self._stop or len(key) < 3:
-            return []
-        if self.base_forms_only and self._wordnet.morphy(key) not in (None, key):
-            return []
-        names: list[str] = []
-        for synset in self._wordnet.synsets(key)[:3]:
-            for lemma in synset.lemma_names():
-                lemma = lemma.replace("_", " ")
-                if lemma.lower() != key and lemma not in names and " " not in lemma:
-                    names.append(lemma)
-        return names[:5]
 
 
 def protected_mask(text: str, glossary=None) -> list[tuple[int, int]]:

@@ -1,11 +1,13 @@
-"""Contextual synonym replacement, filtered by meaning with a sentence encoder.
+"""Contextual synonym replacement: in-context candidates, filtered by a judge of meaning.
 
-Candidates come from a lexicon (WordNet for English, Cilin for Chinese); each text
-gets a few variants with different words replaced, and all originals and variants of
-a batch go through the encoder in one call. The variant kept is the one whose sentence
-embedding stays closest to the original's, and only if that cosine similarity reaches
-the threshold: the sentence context, not the lexicon, decides which sense fits
-("头痛" -> "讨厌" is a Cilin synonym of the wrong sense and scores low).
+Candidates come from a lexicon (WordNet for English, Cilin for Chinese) that reads the
+whole sentence first: part of speech, names, idioms, pronouns and inflection decide
+which words may change and into what (:mod:`~deepfeed.core.en_synonyms`,
+:mod:`~deepfeed.core.zh_synonyms`). Each text gets a few variants with different words
+replaced, and all variants of a batch are judged together
+(:class:`~deepfeed.core.meaning.MeaningJudge`): by MiniLM cosine similarity where the
+encoder reads the text, by the base causal LM's log-probability change where MiniLM
+sees mostly [UNK] (Chinese). The variant kept is the best-scoring one that passes.
 
 Batching is what makes this fast: nlpaug's contextual augmenter runs a masked LM per
 sentence per word (nlpaug issue #248); here one encoder pass scores a whole batch.
@@ -33,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from deepfeed.core.encoders import SentenceEncoder
+from deepfeed.core.meaning import Verdict
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _LATIN = re.compile(r"[A-Za-z]")
@@ -67,9 +70,16 @@ def _inside(start: int, end: int, protected: Spans) -> bool:
 class SynonymEdit:
     text: str
     replaced: int
-    similarity: float
+    # MiniLM cosine to the parent; None where the encoder cannot read the text (Chinese).
+    similarity: float | None
     # Sentence log-probability under the ranking causal LM; None when nothing ranked it.
     lm_logprob: float | None = None
+    judge: str = "encoder"  # which model judged the meaning: encoder, lm, or lexicon (gate only)
+    meaning_score: float | None = None  # that judge's score (cosine, or log-probability change)
+
+
+def _score(verdict) -> float:
+    return float("-inf") if verdict.score is None else verdict.score
 
 
 class CausalLMRanker:
@@ -150,7 +160,12 @@ class ContextualSynonymReplacer:
         rate: float = 0.15,
         variants: int = 3,
         ranker: CausalLMRanker | None = None,
+        judge_lm: CausalLMRanker | None = None,
+        lm_threshold: float = -12.0,
+        max_unk_share: float = 0.1,
     ):
+        from deepfeed.core.meaning import MeaningJudge
+
         if not 0.0 < rate <= 1.0:
             raise ValueError(f"rate must be in (0, 1], got {rate}")
         if not -1.0 <= threshold <= 1.0:
@@ -162,6 +177,10 @@ class ContextualSynonymReplacer:
         self.rate = rate
         self.variants = max(1, variants)
         self.ranker = ranker
+        # The judge of meaning: MiniLM where it reads the text, the causal LM where MiniLM
+        # sees mostly [UNK] (Chinese); see deepfeed.core.meaning.
+        self.judge = MeaningJudge(self.lexicons, encoder, judge_lm, threshold, lm_threshold, max_unk_share,
+                                  self.protected)
 
     def script(self, text: str) -> str | Skip:
         """The language whose lexicon applies, judged on the unprotected text."""
@@ -188,23 +207,32 @@ class ContextualSynonymReplacer:
         protected = self.protected(text)
         return [(a, b) for a, b in spans if not _inside(a, b, protected)]
 
+    def _options(self, text: str, script: str, lexicon) -> tuple[list[tuple[int, int, list[str]]], int]:
+        """(replaceable words with their candidates, number of words) of a text."""
+        if hasattr(lexicon, "options"):
+            # The context-aware path: part of speech, names, idioms and inflection decided
+            # on the whole sentence (en_synonyms, zh_synonyms).
+            words = self._words(text, script)
+            return [o for o in lexicon.options(text, self.protected(text)) if o[2]], len(words)
+        words = self._words(text, script)
+        options = [(a, b, lexicon.candidates(text[a:b])) for a, b in words]
+        return [o for o in options if o[2]], len(words)
+
     def _variants(self, text: str, script: str, rng: random.Random) -> list[tuple[str, int]] | Skip:
         lexicon = self.lexicons.get(script)
         if lexicon is None:
             return Skip(f"no synonym resource for {script} text")
-        words = self._words(text, script)
-        options = [(a, b, lexicon.candidates(text[a:b])) for a, b in words]
-        options = [o for o in options if o[2]]
+        options, n_words = self._options(text, script, lexicon)
         if not options:
             return Skip("no replaceable word")
-        count = min(len(options), max(1, round(self.rate * len(words))))
+        count = min(len(options), max(1, round(self.rate * n_words)))
         out: list[tuple[str, int]] = []
         for _ in range(self.variants):
             chosen = sorted(rng.sample(options, count))
             pieces, last = [], 0
             for a, b, candidates in chosen:
                 word = rng.choice(candidates)
-                if text[a].isupper():
+                if text[a].isupper() and not hasattr(lexicon, "options"):
                     word = word[0].upper() + word[1:]
                 pieces += [text[last:a], word]
                 last = b
@@ -215,39 +243,49 @@ class ContextualSynonymReplacer:
         return out or Skip("no replaceable word")
 
     def replace_batch(self, texts: Sequence[str], rng: random.Random) -> list[SynonymEdit | Skip]:
-        """One edit (or the reason for none) per text; one encoder call for the batch."""
+        """One edit (or the reason for none) per text; one model call per batch and judge."""
         plans: list[list[tuple[str, int]] | Skip] = []
+        scripts: list[str] = []
         for text in texts:
             script = self.script(text)
+            scripts.append(script if isinstance(script, str) else "")
             plans.append(script if isinstance(script, Skip) else self._variants(text, script, rng))
         originals = [i for i, p in enumerate(plans) if not isinstance(p, Skip)]
-        flat = [v for i in originals for v, _ in plans[i]]
-        embeddings = self.encoder.encode([texts[i] for i in originals] + flat)
-        base = {i: embeddings[k] for k, i in enumerate(originals)}
-        cursor = len(originals)
-        kept: dict[int, list[tuple[int, float]]] = {}  # text -> (variant, similarity) above the threshold
+        pairs = [(i, v) for i in originals for v in range(len(plans[i]))]
+        # Variants are built from the lexicon's in-context candidates, so the judge's
+        # lexical gate holds by construction; only its score is needed here.
+        verdicts = self.judge.judge([texts[i] for i, _ in pairs], [plans[i][v][0] for i, v in pairs],
+                                    [scripts[i] for i, _ in pairs], gate=False)
+        by_text: dict[int, list[tuple[int, Verdict]]] = {}
+        for (i, v), verdict in zip(pairs, verdicts):
+            by_text.setdefault(i, []).append((v, verdict))
+        kept: dict[int, list[tuple[int, float]]] = {}  # text -> (variant, score) that kept the meaning
         results: list[SynonymEdit | Skip | None] = []
         for i, plan in enumerate(plans):
             if isinstance(plan, Skip):
                 results.append(plan)
                 continue
-            sims = embeddings[cursor : cursor + len(plan)] @ base[i]
-            cursor += len(plan)
-            passing = [(v, float(sims[v])) for v in range(len(plan)) if sims[v] >= self.threshold]
+            judged = by_text[i]
+            passing = [(v, _score(verdict)) for v, verdict in judged if verdict.keeps_meaning]
             if passing:
                 kept[i] = passing
                 results.append(None)
             else:
-                best = float(sims.max())
-                results.append(Skip(f"no variant kept the meaning (best similarity {best:.2f} < {self.threshold})"))
+                best = max(judged, key=lambda p: _score(p[1]))[1]
+                results.append(Skip(f"no variant kept the meaning ({best.judge}: {best.reason})"))
         scores = self._rank_scores(plans, kept)
         for i, passing in kept.items():
+            verdict_of = dict(by_text[i])
             if (i, passing[0][0]) not in scores:
-                v, sim = max(passing, key=lambda p: p[1])
-                results[i] = SynonymEdit(plans[i][v][0], plans[i][v][1], sim)
+                v, _ = max(passing, key=lambda p: p[1])
+                lm_logprob = None
             else:
-                v, sim = max(passing, key=lambda p: scores[(i, p[0])])
-                results[i] = SynonymEdit(plans[i][v][0], plans[i][v][1], sim, round(scores[(i, v)], 4))
+                v, _ = max(passing, key=lambda p: scores[(i, p[0])])
+                lm_logprob = round(scores[(i, v)], 4)
+            verdict = verdict_of[v]
+            similarity = verdict.score if verdict.judge == "encoder" else None
+            results[i] = SynonymEdit(plans[i][v][0], plans[i][v][1], similarity, lm_logprob, verdict.judge,
+                                     verdict.score)
         return results
 
     def _rank_scores(self, plans, kept) -> dict[tuple[int, int], float]:

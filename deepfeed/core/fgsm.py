@@ -6,38 +6,44 @@ input embeddings e, and take the fast-gradient-sign step e' = e + ε·sign(g).
 * Training (:func:`fgsm_embedding_loss`): the loss at e' is the adversarial term the
   training loop adds to the clean loss (Goodfellow et al. 2015; Miyato et al. 2017 for
   text embeddings).
-* Samples (:func:`FgsmTextAttack`): e' lies between tokens, so each step is projected
-  back to a real token: the nearest vocabulary embedding to e' other than the original,
-  and among the eligible positions the ones whose swap raises the loss most to first
-  order, (E[v] - e)·g (the HotFlip rank, which is what textattack's
-  WordSwapGradientBased computes).
+* Samples (:func:`FgsmTextAttack`): e' lies between words, so each step is projected
+  back to a real word, and only to a word that keeps the meaning: the in-context
+  synonyms the synonym augmenter may use (same part of speech and inflection, never a
+  name, pronoun, idiom or function word). Among a word's synonyms the one whose
+  embedding lies nearest e' is taken; among the words, the ones whose swap raises the
+  loss most to first order, (E[v] - e)·g (the HotFlip rank, as in textattack's
+  WordSwapGradientBased, restricted to synonyms as in its synonym-constrained recipes).
+  The child must then pass the same judge of meaning as synonym children
+  (:class:`~deepfeed.core.meaning.MeaningJudge`); swaps are dropped, weakest first,
+  until it does. Unconstrained nearest-token projection turned "inactive" into "Active"
+  and "petty" into "murders".
+
+Adversarial texts are for robustness, on the input side: the augmentation pass
+perturbs a pair's prompt and keeps its reference response (docs/augmentation.md).
 
 Written here rather than taken from textattack: textattack 0.3.11 pulls in ~50 packages
 (flair, boto3, language_tool, ...) and its gradient swap expects its own model wrapper
 and word-level tokenisation, while we need the causal LM's own BPE tokens, our protected
-spans and a stop-word list; the method itself is a few tensor operations.
+spans and our lexicons; the method itself is a few tensor operations.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from deepfeed.core.contextual_synonyms import Skip
-from deepfeed.core.zh_synonyms import ZH_STOP_WORDS
+from deepfeed.core.contextual_synonyms import Skip, text_script
 
-MAX_EPSILON = 0.5  # SPEC §3
-_WORD = re.compile(r"[A-Za-z]{3,}|[\u4e00-\u9fff]+")
-_ANY_WORD = re.compile(r"[A-Za-z]+|[\u4e00-\u9fff]")  # what the modification rate counts
-_CLEAN_WORD = re.compile(r"(?: ?[A-Za-z]{3,}|[\u4e00-\u9fff]+)")
+MAX_EPSILON = 0.5  # the product bound on the FGSM step (docs/augmentation.md)
+_ANY_WORD = re.compile(r"[A-Za-z]+|[\u4e00-\u9fff]")  # what the modification rate counts (Chinese: characters)
 
 
 def check_epsilon(epsilon: float) -> None:
     if not 0.0 < epsilon <= MAX_EPSILON:
-        raise ValueError(f"epsilon must be in (0, {MAX_EPSILON}] (SPEC §3), got {epsilon}")
+        raise ValueError(f"epsilon must be in (0, {MAX_EPSILON}], got {epsilon}")
 
 
 def _embedding_gradient(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,16 +86,20 @@ class AdversarialEdit:
     loss_before: float
     loss_after: float
     swaps: tuple[tuple[str, str], ...]
+    judge: str = "lexicon"
+    meaning_score: float | None = None
+    # (gain, start, end, word) of each swap, strongest first: what the judge's retries drop from.
+    chosen: tuple = field(default=(), repr=False, compare=False)
 
 
 class FgsmTextAttack:
-    """Adversarial texts from FGSM steps projected to real tokens, under constraints.
+    """Adversarial texts from FGSM steps projected to in-context synonyms.
 
-    Only whole words (a token whose span is exactly an English word of 3+ letters, or
-    Chinese characters) may change, never a stop word or anything inside a protected
-    span; at most ``max_modification_rate`` of the text's words (Chinese: characters)
-    change, rounded down, so a text too short for one swap is skipped. Replacement tokens are clean words in
-    the same script with the same leading-space form.
+    ``lexicons`` (``{"en": WordNetSynonyms, "zh": CilinSynonyms}``) say which words may
+    change and into what; ``judge`` (a :class:`~deepfeed.core.meaning.MeaningJudge`)
+    checks the result. At most ``max_modification_rate`` of the text's words (Chinese:
+    characters) change, but at least one where any word may change: short prompts
+    ("Use a knife on it") are where a model is easiest to knock over.
     """
 
     def __init__(
@@ -99,7 +109,8 @@ class FgsmTextAttack:
         epsilon: float = 0.1,
         max_modification_rate: float = 0.15,
         protected: Callable[[str], list[tuple[int, int]]] | None = None,
-        stop_words: frozenset[str] | None = None,
+        lexicons: dict | None = None,
+        judge=None,
         max_length: int = 256,
     ):
         check_epsilon(epsilon)
@@ -107,104 +118,108 @@ class FgsmTextAttack:
             raise ValueError(f"max_modification_rate must be in (0, 1], got {max_modification_rate}")
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("FGSM samples need a fast tokenizer (character offsets of tokens)")
-        from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
+        if not lexicons:
+            raise ValueError("FGSM samples need synonym lexicons: unconstrained token swaps change the meaning")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.epsilon = epsilon
         self.rate = max_modification_rate
         self.protected = protected or (lambda text: [])
-        self.stop_words = stop_words if stop_words is not None else frozenset(ENGLISH_STOP_WORDS) | ZH_STOP_WORDS
+        self.lexicons = lexicons
+        self.judge = judge
         self.max_length = max_length
-        self._vocab = self._word_tokens()
-        self._gathered: dict[str, torch.Tensor] = {}
 
-    def _word_tokens(self) -> dict[str, torch.Tensor]:
-        """Vocabulary ids by form: 'space' (" word"), 'bare' ("word"), 'zh'."""
-        groups: dict[str, list[int]] = {"space": [], "bare": [], "zh": []}
-        special = set(self.tokenizer.all_special_ids)
-        for token_id in range(len(self.tokenizer)):
-            if token_id in special:
-                continue
-            text = self.tokenizer.decode([token_id])
-            if not _CLEAN_WORD.fullmatch(text) or text.strip().lower() in self.stop_words:
-                continue
-            groups["zh" if text[0] >= "\u4e00" else "space" if text[0] == " " else "bare"].append(token_id)
-        return {k: torch.tensor(v, dtype=torch.long) for k, v in groups.items()}
+    def options(self, text: str) -> list[tuple[int, int, list[str]]]:
+        script = text_script(text)
+        lexicon = self.lexicons.get(script)
+        return lexicon.options(text, self.protected(text)) if lexicon is not None else []
 
-    def _rows(self, group: str) -> torch.Tensor:
-        """Embedding rows of a vocabulary group, gathered once per attack object (the
-        attack is built per model version, so the table does not change under it)."""
-        if group not in self._gathered:
-            self._gathered[group] = self.model.get_input_embeddings().weight.detach()[self._vocab[group]]
-        return self._gathered[group]
-
-    def _eligible(self, text: str, offsets: list[tuple[int, int]], ids: list[int]) -> list[tuple[int, str]]:
-        """(position, vocabulary group) of the tokens that may be swapped."""
-        words = {m.span() for m in _WORD.finditer(text)}
-        protected = self.protected(text)
-        # Byte-level BPE may split one character over several tokens that share its
-        # span; swapping one of them would leave the others dangling.
-        shared = {span for span in offsets if offsets.count(span) > 1}
-        out = []
-        for pos, (a, b) in enumerate(offsets):
-            if (a, b) in shared:
-                continue
-            word = text[a:b]
-            whole = (a, b) in words or (word and _WORD.fullmatch(word) and word[0] >= "\u4e00")
-            if not whole or word.lower() in self.stop_words or any(a < y and x < b for x, y in protected):
-                continue
-            form = self.tokenizer.decode([ids[pos]])
-            group = "zh" if word[0] >= "\u4e00" else "space" if form.startswith(" ") else "bare"
-            if len(self._vocab[group]):
-                out.append((pos, group))
-        return out
+    def budget(self, text: str, eligible: int) -> int:
+        return min(eligible, max(1, int(self.rate * len(_ANY_WORD.findall(text)))))
 
     def attack(self, texts: Sequence[str]) -> list[AdversarialEdit | Skip]:
-        return [self._attack_one(text) for text in texts]
+        edits = [self._attack_one(text) for text in texts]
+        return self._judged(texts, edits)
+
+    def _embed(self, words: Sequence[str]) -> torch.Tensor:
+        """Mean input embedding of each word's tokens (a word may span several BPE tokens)."""
+        table = self.model.get_input_embeddings().weight.detach()
+        rows = []
+        for word in words:
+            ids = self.tokenizer(word, add_special_tokens=False)["input_ids"] or [self.tokenizer.unk_token_id or 0]
+            rows.append(table[ids].mean(0))
+        return torch.stack(rows)
 
     def _attack_one(self, text: str) -> AdversarialEdit | Skip:
         if not text.strip():
             return Skip("empty text")
+        script = text_script(text)
+        if script not in self.lexicons or self.lexicons[script] is None:
+            if script in ("en", "zh"):
+                return Skip(f"no synonym resource for {script} text")
+            return Skip("no single-language text to attack")
+        options = self.options(text)
+        if not options:
+            return Skip("no swappable word (names, idioms, function words, protected spans or no in-context synonym)")
         encoding = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False, truncation=True, max_length=self.max_length)
         ids = encoding["input_ids"]
-        # Some byte-level tokenizers count a token's leading space into its span.
-        offsets = [(a + (len(text[a:b]) - len(text[a:b].lstrip())), b) for a, b in encoding["offset_mapping"]]
         if len(ids) < 2:
             return Skip("too short for a language-model loss")
-        eligible = self._eligible(text, offsets, ids)
-        budget = min(len(eligible), int(self.rate * len(_ANY_WORD.findall(text))))
-        if budget < 1:
-            return Skip("no swappable word within the modification budget (stop words, protected spans)")
+        # Some byte-level tokenizers count a token's leading space into its span.
+        offsets = [(a + (len(text[a:b]) - len(text[a:b].lstrip())), b) for a, b in encoding["offset_mapping"]]
         input_ids = torch.tensor([ids])
         mask = torch.ones_like(input_ids)
         embeds, grad, loss_before = _embedding_gradient(self.model, input_ids, mask, input_ids)
-        table = self.model.get_input_embeddings().weight.detach()
         proposals = []
-        for pos, group in eligible:
-            candidates, rows = self._vocab[group], self._rows(group)
-            stepped = embeds[0, pos].detach() + self.epsilon * grad[0, pos].sign()
-            distance = (rows - stepped).pow(2).sum(1)
-            distance[candidates == ids[pos]] = float("inf")
-            nearest = int(candidates[distance.argmin()])
-            if nearest == ids[pos]:
-                continue
-            gain = float((table[nearest] - embeds[0, pos].detach()) @ grad[0, pos])
-            proposals.append((gain, pos, nearest))
-        chosen = sorted(p for p in sorted(proposals, reverse=True)[:budget] if p[0] > 0)
+        for a, b, candidates in options:
+            positions = [i for i, (x, y) in enumerate(offsets) if x < b and a < y]
+            if not positions:
+                continue  # cut off by max_length
+            e = embeds[0, positions].detach().mean(0)
+            g = grad[0, positions].mean(0)
+            stepped = e + self.epsilon * g.sign()
+            rows = self._embed(candidates)
+            nearest = int((rows - stepped).pow(2).sum(1).argmin())
+            gain = float((rows[nearest] - e) @ g) * len(positions)
+            proposals.append((gain, a, b, candidates[nearest]))
+        budget = self.budget(text, len(proposals))
+        chosen = sorted((p for p in proposals if p[0] > 0), reverse=True)[:budget]
         if not chosen:
-            return Skip("no swap raises the loss to first order")
+            return Skip("no synonym swap raises the loss to first order")
+        return self._edit(text, chosen, float(loss_before))
+
+    def _edit(self, text: str, chosen: list, loss_before: float) -> AdversarialEdit:
         pieces, last, swaps = [], 0, []
-        new_ids = list(ids)
-        for _, pos, token in sorted(chosen, key=lambda p: p[1]):
-            a, b = offsets[pos]
-            word = self.tokenizer.decode([token]).strip()
+        for _, a, b, word in sorted(chosen, key=lambda p: p[1]):
             pieces += [text[last:a], word]
             swaps.append((text[a:b], word))
-            new_ids[pos] = token
             last = b
         pieces.append(text[last:])
+        new = "".join(pieces)
         with torch.no_grad():
-            after = torch.tensor([new_ids])
-            loss_after = float(self.model(input_ids=after, attention_mask=mask, labels=after).loss)
-        return AdversarialEdit("".join(pieces), len(swaps), float(loss_before), loss_after, tuple(swaps))
+            ids = self.tokenizer(new, add_special_tokens=False, truncation=True, max_length=self.max_length)["input_ids"]
+            after = torch.tensor([ids])
+            loss_after = float(self.model(input_ids=after, labels=after).loss)
+        return AdversarialEdit(new, len(swaps), loss_before, loss_after, tuple(swaps), chosen=tuple(chosen))
+
+    def _judged(self, texts: Sequence[str], edits: list) -> list[AdversarialEdit | Skip]:
+        """The judge's verdict on every edit; a refused edit loses its weakest swap until
+        it passes or has none left."""
+        if self.judge is None:
+            return edits
+        pending = [i for i, e in enumerate(edits) if isinstance(e, AdversarialEdit)]
+        while pending:
+            verdicts = self.judge.judge([texts[i] for i in pending], [edits[i].text for i in pending],
+                                        [text_script(texts[i]) for i in pending], gate=False)
+            retry = []
+            for i, verdict in zip(pending, verdicts):
+                edit = edits[i]
+                if verdict.keeps_meaning:
+                    edits[i] = replace(edit, judge=verdict.judge, meaning_score=verdict.score)
+                elif len(edit.chosen) > 1:
+                    edits[i] = self._edit(texts[i], list(edit.chosen[:-1]), edit.loss_before)
+                    retry.append(i)
+                else:
+                    edits[i] = Skip(f"no adversarial swap kept the meaning ({verdict.judge}: {verdict.reason})")
+            pending = retry
+        return edits

@@ -23,11 +23,14 @@ ZH_SEQUENCE = frozenset(
     "然后 之后 以后 随后 接着 首先 其次 再 最后 先 后 因为 所以 因此 于是 如果 假如 但是 但 可是 然而 不过 否则 虽然 即使 只要 只有 除非 并且 而且 从而 那么 这 那 它 他 她 其".split()
 )
 # Clause boundaries inside one sentence: a comma/semicolon before "and"/"or" or a
-# semicolon in English; the full-width comma or semicolon in Chinese.
+# semicolon in English; a comma or semicolon in Chinese, full-width or ASCII: cleaning's
+# NFKC folds ，；！？ into ,;!? (only 。 survives), and augmentation runs after cleaning.
+# An ASCII comma between digits is a thousands separator, not a clause boundary.
 _EN_CLAUSE = re.compile(r";\s+|,\s+(?:and|or)\s+")
-_ZH_CLAUSE = re.compile(r"[，；]")
-# Full stops only: a semicolon joins clauses of one sentence (see _EN_CLAUSE).
-_SENTENCE_END = re.compile(r"(?<=[.!?])(?<![0-9][.])\s+|(?<=[。！？])\s*")
+_ZH_CLAUSE = re.compile(r"\s*(?:[，；]|(?<!\d)[,;]|[,;](?!\d))\s*")
+# Full stops only: a semicolon joins clauses of one sentence (see _EN_CLAUSE). In Chinese
+# an ASCII ! ? or . right after a Han character ends a sentence too (NFKC, as above).
+_SENTENCE_END = re.compile(r"(?<=[.!?])(?<![0-9][.])\s+|(?<=[。！？])\s*|(?<=[\u3400-\u4dbf\u4e00-\u9fff][.!?])\s*")
 _END = re.compile(r"[.!?。！？;；]+$")
 
 

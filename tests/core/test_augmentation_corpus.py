@@ -13,6 +13,7 @@ from deepfeed.core.encoders import SentenceEncoder
 from deepfeed.core.fgsm import FgsmTextAttack
 from deepfeed.core.modeling import load_model, load_tokenizer
 from deepfeed.core.offline import activate_nltk_data
+from deepfeed.core.zh_synonyms import CilinSynonyms
 from tests.conftest import PAIRS
 
 LONG = "A very long answer that goes on. " * 100
@@ -37,8 +38,9 @@ def augmenters(tiny_llama):
     activate_nltk_data(REPO / ".deepfeed" / "cache" / "nltk_data")
     encoder = SentenceEncoder()
     # English-only lexicons: Chinese records then meet "no synonym resource".
-    synonyms = ContextualSynonymReplacer(encoder, WordNetSynonyms(base_forms_only=True), None, protected=protected_mask, threshold=0.7, rate=0.2)
-    fgsm = FgsmTextAttack(load_model(tiny_llama), load_tokenizer(tiny_llama), epsilon=0.1, max_modification_rate=0.5, protected=protected_mask)
+    synonyms = ContextualSynonymReplacer(encoder, WordNetSynonyms(), None, protected=protected_mask, threshold=0.7, rate=0.2)
+    lexicons = {"en": WordNetSynonyms(), "zh": CilinSynonyms()}
+    fgsm = FgsmTextAttack(load_model(tiny_llama), load_tokenizer(tiny_llama), epsilon=0.1, max_modification_rate=0.5, protected=protected_mask, lexicons=lexicons)
     return Augmenters(encoder=encoder, synonyms=synonyms, fgsm=fgsm)
 
 
@@ -56,11 +58,15 @@ def test_children_carry_provenance_and_eval_records_never_enter(every_technique)
     assert {c["technique"] for c in children} & {"sentence_reorder", "clause_reorder"}
     for child in children:
         parent = originals[child["parent_id"]]
-        assert child["response"] != parent["response"] and child["prompt"] == parent["prompt"]
+        if child["technique"] == "fgsm":
+            # Adversarial children perturb the input and keep the reference answer as the target.
+            assert child["prompt"] != parent["prompt"] and child["response"] == parent["response"]
+        else:
+            assert child["response"] != parent["response"] and child["prompt"] == parent["prompt"]
         assert isinstance(json.loads(child["aug_params"]), dict)
-        assert -1.0 <= child["similarity"] <= 1.0
+        assert child["similarity"] is None or -1.0 <= child["similarity"] <= 1.0
     fgsm = [c for c in children if c["technique"] == "fgsm"]
-    assert all(json.loads(c["aug_params"])["swaps"] for c in fgsm)
+    assert all(json.loads(c["aug_params"])["swaps"] and json.loads(c["aug_params"])["side"] == "prompt" for c in fgsm)
     assert len({r["record_id"] for r in result.records}) == len(result.records)
 
 
@@ -117,3 +123,12 @@ def test_synonym_children_never_touch_protected_spans(augmenters, seed):
     assert child["response"] != PROTECTED_TEXT and json.loads(child["aug_params"])["replaced"] >= 3
     for token in ("I10", "<PHONE>", "10:30", " 3 "):
         assert token in child["response"]
+
+
+def test_fgsm_never_rewrites_what_the_model_learns_to_produce(augmenters):
+    record = {"record_id": "t", "kind": "text", "prompt": None, "response": None, "text": "Doctors examined the patients quickly.", "lang": "en", "split": "train"}
+    result = augment_corpus([record], AugmentPlan(synonym_ratio=0.0, structural_ratio=0.0, fgsm_ratio=1.0), augmenters)
+    assert [r["technique"] for r in result.records] == ["original"]
+    assert result.skipped == {"fgsm: no prompt to perturb: an adversarial response would be learnt as the answer": 1}
+    with pytest.raises(ValueError, match="fgsm_side"):
+        AugmentPlan(fgsm_side="both")

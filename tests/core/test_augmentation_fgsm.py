@@ -5,8 +5,11 @@ import re
 import pytest
 import torch
 
-from deepfeed.core.augmentation import protected_mask
+from deepfeed.core.augmentation import WordNetSynonyms, protected_mask
+from deepfeed.core.contextual_synonyms import Skip
 from deepfeed.core.fgsm import FgsmTextAttack, fgsm_embedding_loss
+from deepfeed.core.offline import activate_nltk_data
+from deepfeed.core.zh_synonyms import CilinSynonyms
 from deepfeed.core.modeling import collate, encode_record, load_model, load_tokenizer
 from tests.conftest import PAIRS
 
@@ -49,10 +52,18 @@ def test_fgsm_loss_grows_with_epsilon_and_refuses_out_of_spec(model_and_tokenize
             fgsm_embedding_loss(model, batch, bad)
 
 
-def test_adversarial_samples_respect_the_constraints(model_and_tokenizer):
+@pytest.fixture(scope="module")
+def lexicons():
+    from tests.conftest import REPO
+
+    activate_nltk_data(REPO / ".deepfeed" / "cache" / "nltk_data")
+    return {"en": WordNetSynonyms(), "zh": CilinSynonyms()}
+
+
+def test_adversarial_swaps_are_in_context_synonyms(model_and_tokenizer, lexicons):
     model, tokenizer = model_and_tokenizer
-    attack = FgsmTextAttack(model, tokenizer, epsilon=0.1, max_modification_rate=0.5, protected=protected_mask)
-    texts = [f"{p} {r}" for p, r in PAIRS] + ["The card 4111 1111 with code I10 and <EMAIL> is fine."]
+    attack = FgsmTextAttack(model, tokenizer, epsilon=0.1, max_modification_rate=0.5, protected=protected_mask, lexicons=lexicons)
+    texts = [r for _, r in PAIRS] + ["The inactive account of John Dewey was closed quickly.", "The card 4111 1111 with code I10 and <EMAIL> is fine."]
     results = attack.attack(texts)
     edits = [(t, r) for t, r in zip(texts, results) if hasattr(r, "swaps")]
     assert edits, results
@@ -60,24 +71,52 @@ def test_adversarial_samples_respect_the_constraints(model_and_tokenizer):
     assert sum(e.loss_after - e.loss_before for _, e in edits) > 0
     for text, edit in edits:
         assert edit.text != text and edit.replaced == len(edit.swaps) >= 1
+        offered = {text[a:b]: set(c) for a, b, c in attack.options(text)}
         for old, new in edit.swaps:
-            assert old.lower() not in attack.stop_words and new.lower() not in attack.stop_words
-        eligible = attack._eligible(text, *_offsets(tokenizer, text))
+            assert new in offered[old], (old, new)  # never "inactive" -> "Active", "petty" -> "murders"
         words = re.findall(r"[A-Za-z]+|[\u4e00-\u9fff]", text)
-        assert edit.replaced <= min(len(eligible), int(0.5 * len(words)))
+        assert edit.replaced <= max(1, int(0.5 * len(words)))
         for a, b in protected_mask(text):
             assert text[a:b] in edit.text
+        assert "John Dewey" in edit.text or "John Dewey" not in text
 
 
-def _offsets(tokenizer, text):
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
-    offsets = [(a + (len(text[a:b]) - len(text[a:b].lstrip())), b) for a, b in enc["offset_mapping"]]
-    return offsets, enc["input_ids"]
-
-
-def test_text_without_swappable_words_is_skipped_with_a_reason(model_and_tokenizer):
+def test_short_texts_get_at_least_one_swap(model_and_tokenizer, lexicons):
+    """Under the old budget (15% of words, rounded down) a text under 7 words was never attacked."""
     model, tokenizer = model_and_tokenizer
-    attack = FgsmTextAttack(model, tokenizer, epsilon=0.1, max_modification_rate=0.15, protected=protected_mask)
-    reasons = [r.reason for r in attack.attack(["", "I10 <EMAIL> 42 https://x.org", "it is the one"])]
+    attack = FgsmTextAttack(model, tokenizer, epsilon=0.1, max_modification_rate=0.15, protected=protected_mask, lexicons=lexicons)
+    texts = ["Use a sharp knife.", "Doctors examined patients.", "Buy the tickets early.", "Drink water and rest.", "医生建议多休息。"]
+    assert all(attack.budget(t, 3) == 1 for t in texts)
+    results = attack.attack(texts)
+    assert sum(hasattr(r, "swaps") for r in results) >= 3, results
+
+
+def test_a_swap_the_judge_refuses_is_dropped(model_and_tokenizer, lexicons):
+    from deepfeed.core.encoders import SentenceEncoder
+    from deepfeed.core.meaning import MeaningJudge
+
+    model, tokenizer = model_and_tokenizer
+    text = "The doctors examined the patients quickly and bought bigger boxes."
+    loose = FgsmTextAttack(model, tokenizer, 0.1, 1.0, protected_mask, lexicons=lexicons)
+    (free,) = loose.attack([text])
+    assert hasattr(free, "swaps") and free.replaced >= 2
+    judge = MeaningJudge(lexicons, SentenceEncoder(), None, similarity_threshold=1.01)
+    strict = FgsmTextAttack(model, tokenizer, 0.1, 1.0, protected_mask, lexicons=lexicons, judge=judge)
+    (refused,) = strict.attack([text])
+    assert isinstance(refused, Skip) and "kept the meaning" in refused.reason
+    judge.similarity_threshold = 0.0
+    (kept,) = strict.attack([text])
+    assert kept.judge == "encoder" and kept.meaning_score is not None and kept.swaps == free.swaps
+
+
+def test_fgsm_needs_lexicons(model_and_tokenizer):
+    with pytest.raises(ValueError, match="lexicons"):
+        FgsmTextAttack(*model_and_tokenizer, lexicons=None)
+
+
+def test_text_without_swappable_words_is_skipped_with_a_reason(model_and_tokenizer, lexicons):
+    model, tokenizer = model_and_tokenizer
+    attack = FgsmTextAttack(model, tokenizer, epsilon=0.1, max_modification_rate=0.15, protected=protected_mask, lexicons=lexicons)
+    reasons = [r.reason for r in attack.attack(["", "I10 <EMAIL> 42 https://x.org", "it is the one", "John Dewey and Mary Smith."])]
     assert reasons[0] == "empty text"
     assert all("no swappable word" in r for r in reasons[1:])

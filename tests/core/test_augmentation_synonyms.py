@@ -60,7 +60,11 @@ def test_english_and_chinese_edits_keep_meaning_and_protected_spans(replacer):
     edits = replacer.replace_batch(texts, random.Random(0))
     assert all(isinstance(e, SynonymEdit) for e in edits), edits
     for text, edit in zip(texts, edits):
-        assert edit.text != text and edit.replaced >= 1 and edit.similarity >= 0.8
+        assert edit.text != text and edit.replaced >= 1
+    # MiniLM reads the English text; it sees [UNK] for most Chinese, so without a causal LM
+    # the Chinese child stands on the lexical gate alone (and says so).
+    assert edits[0].judge == "encoder" and edits[0].similarity >= 0.8
+    assert edits[1].judge == "lexicon" and edits[1].similarity is None
     for token in ["high blood pressure", "<PHONE>", "10:30"]:
         assert token in edits[0].text
 

@@ -12,17 +12,26 @@ SLICE = ["raw_corpus", "clean_corpus", "augmented_corpus"]
 
 
 def test_augmented_corpus_has_provenance_and_rich_metadata(deepfeed_env, tiny_llama, tiny_corpus, instance):
-    config = {"augmented_corpus": {"config": {"synonym_ratio": 1.0, "structural_ratio": 1.0, "fgsm_ratio": 1.0, "fgsm_max_modification_rate": 0.5, "similarity_threshold": 0.7, "synonym_lm_rank": True, "synonym_variants": 4}}}
+    config = {"augmented_corpus": {"config": {"synonym_ratio": 1.0, "structural_ratio": 1.0, "fgsm_ratio": 1.0, "fgsm_max_modification_rate": 0.5, "similarity_threshold": 0.5, "synonym_lm_rank": True, "synonym_variants": 4}}}
     assert materialize(SLICE, deepfeed_env, tiny_llama, tiny_corpus, instance, **config).success
     event = instance.get_latest_materialization_event(dg.AssetKey("augmented_corpus")).asset_materialization
-    for key in ("techniques", "similarity", "examples", "not_augmented", "path"):
+    for key in ("techniques", "similarity", "examples", "not_augmented", "path", "audit_entries", "audit_head"):
         assert key in event.metadata, key
     store = ArtifactStore(deepfeed_env / "artifacts")
     records = read_table(store.local_path(store.latest("augmented_corpus")) / "records.parquet")
     originals = {r["record_id"] for r in records if r["technique"] == "original"}
     children = [r for r in records if r["technique"] != "original"]
     assert {"contextual_synonym", "fgsm"} <= {c["technique"] for c in children}
-    assert all(c["parent_id"] in originals and c["split"] == "train" and c["similarity"] is not None for c in children)
+    assert all(c["parent_id"] in originals and c["split"] == "train" for c in children)
+    # MiniLM's cosine is recorded only where MiniLM can read the text (not Chinese).
+    assert all(c["similarity"] is not None for c in children if c["lang"] == "en" and c["technique"] != "fgsm")
+    # Every child is in the audit ledger, published with the version.
+    from deepfeed.core.audit import AuditLedger
+
+    ledger = AuditLedger(deepfeed_env / "audit" / "ledger.jsonl")
+    logged = {e["record_id"]: e for e in ledger.iter_entries(stage="augmented_corpus", action="augmented")}
+    assert set(logged) == {c["record_id"] for c in children} and event.metadata["audit_entries"].value == len(children)
+    assert all(logged[c["record_id"]]["extra"]["parent_id"] == c["parent_id"] for c in children)
     assert all(isinstance(json.loads(r["aug_skipped"]), list) for r in records)
     synonym_params = [json.loads(c["aug_params"]) for c in children if c["technique"] == "contextual_synonym"]
     assert synonym_params and all(p["ranked_by"] == "causal_lm" for p in synonym_params)
@@ -34,8 +43,13 @@ def test_bad_config_names_the_field_and_keeps_the_last_good_corpus(deepfeed_env,
     assert materialize(SLICE, deepfeed_env, tiny_llama, tiny_corpus, instance, augmented_corpus={"config": {"fgsm_ratio": 0.0, "synonym_ratio": 0.0}}).success
     store = ArtifactStore(deepfeed_env / "artifacts")
     good = store.latest("augmented_corpus")
+    from deepfeed.core.audit import AuditLedger
+
+    ledger = AuditLedger(deepfeed_env / "audit" / "ledger.jsonl")
+    head = ledger.head()
     for bad, field in [({"fgsm_epsilon": 0.9}, "fgsm_epsilon"), ({"structural_ratio": 2.0}, "structural_ratio"), ({"masked_lm_path": "/nope"}, "masked_lm_path"), ({"masked_lm_path": "/nope", "synonym_lm_rank": True}, "synonym_lm_rank")]:
         result = materialize(["augmented_corpus"], deepfeed_env, tiny_llama, tiny_corpus, instance, raise_on_error=False, augmented_corpus={"config": bad})
         assert not result.success
         assert f"augmented_corpus.config.{field}" in _failure_message(result)
         assert store.latest("augmented_corpus").version == good.version
+        assert ledger.head() == head  # a failed run writes nothing to the ledger
