@@ -150,7 +150,7 @@ DEMO_SIZES = {
     # demo's fine-tune learn the corpus' short answers (README: "Does feeding help? Measured").
     "finetuned_model": {"config": {"max_steps": 40, "learning_rate": 1e-3, "warmup_steps": 3}},
     "evaluation_report": {"config": {"max_eval_records": 48, "max_generation_records": 24}},
-    # Pruning to the SPEC's 85% cost +4.4% held-out perplexity on the demo's fine-tuned
+    # Pruning to the required 85% (docs/requirements.md §5) cost +4.4% held-out perplexity on the demo's fine-tuned
     # SmolLM2 (measured 2026-11-29), over the 3% budget, and the blocking quality gate
     # stopped the chain as it should. The demo prunes 5% so it reaches promotion; the
     # asset default stays at 85% and the gate judges it on your model.

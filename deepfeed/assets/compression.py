@@ -36,12 +36,12 @@ class CompressedModelConfig(dg.Config):
     onnx_int8_method: str = Field(default="weight_only", description="ONNX int8: 'weight_only' (MatMulNBits 8-bit, ×1.01) or 'dynamic' (ORT quantize_dynamic, ×1.64).")
     export_kv_cache: bool = Field(default=True, description="Also export the decoder with past key values for generation without recomputing the prefix.")
     triton_model_name: str = Field(default="deepfeed", description="Model name in the Triton repository.")
-    triton_max_batch_size: int = Field(default=32, description="max_batch_size in config.pbtxt (SPEC: 32).")
+    triton_max_batch_size: int = Field(default=32, description="max_batch_size in config.pbtxt (required: 32; docs/requirements.md).")
     triton_instance_kind: str = Field(default="KIND_CPU", description="Triton instance group kind: 'KIND_CPU' or 'KIND_GPU'.")
-    gate_max_relative_increase: float = Field(default=0.03, description="Largest perplexity increase over the fp32 checkpoint an artifact may show (SPEC: 3%).")
+    gate_max_relative_increase: float = Field(default=0.03, description="Largest perplexity increase over the fp32 checkpoint an artifact may show (required: 3%; docs/requirements.md).")
     gate_max_records: int = Field(default=48, description="Held-out records the compression quality gate scores (0 = all).")
     gate_max_length: int = Field(default=128, description="Tokens per scored sequence in the quality gate.")
-    gate_max_f1_drop: float = Field(default=0.03, description="Largest relative drop of token F1 (greedy answers to held-out QA records) vs the fp32 checkpoint (SPEC: 3%).")
+    gate_max_f1_drop: float = Field(default=0.03, description="Largest relative drop of token F1 (greedy answers to held-out QA records) vs the fp32 checkpoint (required: 3%; docs/requirements.md).")
     gate_task_metric: str = Field(
         default="paired",
         description="How the F1 budget is applied: 'paired' fails an artifact when the whole paired-bootstrap 95% interval of its F1 change "

@@ -1,4 +1,4 @@
-"""incremental_model: the incremental stream of SPEC §4, one run per sealed feedback batch.
+"""incremental_model: the incremental stream of docs/requirements.md §4, one run per sealed feedback batch.
 
 Each dynamic partition is a feedback batch. Training starts from the MLflow champion
 (the base model before there is one), mixes in a replay of the augmented corpus, keeps
@@ -41,7 +41,7 @@ feedback_batches = dg.DynamicPartitionsDefinition(name="feedback_batches")
 class IncrementalModelConfig(TrainingFields):
     method: str = Field(default="lora", description="'lora' (default: a 16-bit base and fp32 adapters fit the tier `deepfeed plan` picks; EWC then penalises the adapters' delta of the adapted weights), 'qlora' (4-bit base, CUDA, no EWC) or 'full'.")
     max_steps: int = Field(default=20, description="Optimizer steps on this feedback batch (+ replay).")
-    learning_rate: float = Field(default=3e-5, description="Initial learning rate of the incremental stream (SPEC: 3e-5).")
+    learning_rate: float = Field(default=3e-5, description="Initial learning rate of the incremental stream (required: 3e-5; docs/requirements.md).")
     warmup_steps: int = Field(default=0, description="Linear warm-up steps.")
     ewc_lambda: float = Field(default=1e4, description="EWC penalty strength towards the champion (0 = off).")
     replay_ratio: float = Field(default=0.5, description="Earlier (augmented corpus) records replayed per feedback record.")

@@ -28,10 +28,10 @@ def _serving_data(home: str) -> ServingDataResource:
 class DriftReportConfig(dg.Config):
     window_hours: float = Field(default=24.0, description="Length of the inference-log window compared with the reference.")
     window_end: str = Field(default="", description="End of the window, ISO 8601 UTC (empty = now).")
-    alpha: float = Field(default=0.05, description="Family-wise significance of the KS tests (SPEC: 0.05).")
+    alpha: float = Field(default=0.05, description="Family-wise significance of the KS tests (required: 0.05; docs/requirements.md).")
     correction: str = Field(default="holm", description="Multiple-testing correction: holm, bonferroni or none.")
     min_samples: int = Field(default=30, description="Fewest requests (and reference records) per feature to test at all.")
-    confidence_std: float = Field(default=0.15, description="Alert when the std of output confidence exceeds this (SPEC: 0.15).")
+    confidence_std: float = Field(default=0.15, description="Alert when the std of output confidence exceeds this (required: 0.15; docs/requirements.md).")
     fail_on_alert: bool = Field(default=True, description="Fail the run on an alert, so run-failure notifications carry the evidence.")
     serving_home: str = Field(default="", description="Folder the server writes inference_log/ into (empty = $DEEPFEED_HOME).")
     embedding_features: bool = Field(default=True, description="Also test the prompts' MiniLM embedding summary (topic drift).")

@@ -1,6 +1,6 @@
 """base_model and finetuned_model: the checkpoint we start from and the base stream.
 
-finetuned_model is the monthly full retrain of SPEC §4; with `start_from: champion`,
+finetuned_model is the monthly full retrain of docs/requirements.md §4; with `start_from: champion`,
 EWC and the feedback history it is the quarterly knowledge review. The incremental
 stream is in incremental.py.
 """
@@ -56,7 +56,7 @@ class TrainingFields(dg.Config):
     batch_size: int = Field(default=8, description="Sequences per step (the global batch when nproc > 1).")
     max_length: int = Field(default=128, description="Tokens per sequence (longer ones are cut).")
     learning_rate: float = Field(default=2e-4, description="Peak learning rate of AdamW after warm-up.")
-    final_learning_rate: float = Field(default=1e-6, description="Learning rate at the end of the cosine decay (SPEC: 1e-6).")
+    final_learning_rate: float = Field(default=1e-6, description="Learning rate at the end of the cosine decay (required: 1e-6; docs/requirements.md).")
     warmup_steps: int = Field(default=3, description="Linear warm-up steps.")
     weight_decay: float = Field(default=0.0, description="AdamW weight decay.")
     lora_rank: int = Field(default=8, description="LoRA rank (method=lora).")
@@ -65,14 +65,14 @@ class TrainingFields(dg.Config):
     packing: bool = Field(default=False, description="Concatenate records into full max_length rows (no padding).")
     precision: str = Field(default="auto", description="'auto' (bf16 on a GPU that supports it, fp16 on other GPUs, fp32 on CPU), 'fp32', 'bf16' or 'fp16'. LoRA/QLoRA load the frozen base in it; full fine-tuning keeps fp32 master weights and computes in it.")
     distill_alpha: float = Field(default=1.0, description="Weight of the label CE; 1 - alpha goes to the teacher's KL at distill_temperature (1.0 = no distillation).")
-    distill_temperature: float = Field(default=0.7, description="Softmax temperature of distillation (SPEC: 0.7); the KL is scaled by T^2.")
+    distill_temperature: float = Field(default=0.7, description="Softmax temperature of distillation (required: 0.7; docs/requirements.md); the KL is scaled by T^2.")
     teacher_path: str = Field(default="", description="Teacher checkpoint folder for distillation; empty = the current MLflow champion.")
     teacher_cache: bool = Field(default=False, description="Compute the teacher's logits once into <artifact root>/teacher_logits (keyed by teacher hash + data hash + top-k) and read them back every step, epoch and later run instead of running the teacher; for large teachers.")
     teacher_cache_top_k: int = Field(default=0, description="With teacher_cache: keep the k largest teacher logits per token in fp16 with their token ids (KL over those k, teacher renormalised); 0 = full fp32 logits, identical loss, for small vocabularies.")
     teacher_cache_budget_gb: float = Field(default=20.0, description="With teacher_cache: disk budget of all teacher logit caches together (GiB); after each run the least recently used other caches are deleted to fit it; 0 keeps every cache.")
     ewc_lambda: float = Field(default=0.0, description="EWC penalty strength towards the starting checkpoint (0 = off). Full fine-tuning penalises the weights; LoRA penalises the adapters' delta of the adapted weights (B·A·scale).")
     fisher_samples: int = Field(default=32, description="Records of the earlier data used for the EWC Fisher (computed once per champion).")
-    fgsm_epsilon: float = Field(default=0.0, description="FGSM adversarial training: each step also trains on input embeddings moved by epsilon·sign(gradient); 0 = off, at most 0.5 (SPEC §3).")
+    fgsm_epsilon: float = Field(default=0.0, description="FGSM adversarial training: each step also trains on input embeddings moved by epsilon·sign(gradient); 0 = off, at most 0.5 (docs/requirements.md §3).")
     fgsm_weight: float = Field(default=1.0, description="Weight of the FGSM adversarial loss added to the clean loss (with fgsm_epsilon > 0).")
     checkpoint_every: int = Field(default=0, description="Write a resumable checkpoint every N steps (0 = none); a retried run resumes from it.")
     nproc: int = Field(default=1, description="Training processes: > 1 runs the step as `torchrun` (DDP; gloo on CPU, nccl on GPUs) launched through Dagster Pipes.")

@@ -1,6 +1,6 @@
 """Coverage of the long tail: which records are rare or extreme cases, per domain tag.
 
-SPEC §2 (3C, Coverage): the source article reports that adding 5% extreme cases raised
+docs/requirements.md §2 (3C, Coverage): the source article reports that adding 5% extreme cases raised
 robustness by 12%, so the share of long-tail records is reported per domain tag and a
 check warns below 5%.
 

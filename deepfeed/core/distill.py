@@ -1,6 +1,6 @@
 """Knowledge distillation loss: α·CE + (1−α)·T²·KL between teacher and student.
 
-Hinton et al.'s form: both distributions are softened by the temperature T (SPEC: 0.7)
+Hinton et al.'s form: both distributions are softened by the temperature T (required: 0.7; docs/requirements.md)
 and the KL term is multiplied by T² so its gradient keeps the same scale as the CE term
 whatever T is. The KL is taken with the teacher as the reference distribution
 (Σ p_teacher · log(p_teacher / p_student)), which is what `torch.nn.functional.kl_div`

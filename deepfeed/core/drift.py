@@ -1,4 +1,4 @@
-"""Drift monitoring (SPEC §8): inputs, outputs and performance of the served model.
+"""Drift monitoring (docs/requirements.md §8): inputs, outputs and performance of the served model.
 
 - Inputs: the recent window's prompt features against the reference (the training data's
   features), one two-sample Kolmogorov-Smirnov test per feature. Testing k features at

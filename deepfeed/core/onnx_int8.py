@@ -2,7 +2,7 @@
 
 MatMul weights go through ORT's MatMulNBitsQuantizer (8 bits, blocks of 32, symmetric,
 accuracy_level=4 = int8 compute): ×1.0096 perplexity on SmolLM2 where ORT's
-`quantize_dynamic` costs ×1.64 (OFFLINE.md). That quantizer only handles embeddings
+`quantize_dynamic` costs ×1.64 (measured on SmolLM2-135M: docs/training-tiers.md). That quantizer only handles embeddings
 (Gather) at 4 bits, and the fp32 embedding table would then hold most of the file, so
 the embedding lookup is rewritten here to gather int8 rows and dequantize them. When the
 model ties its embedding to lm_head, the lookup reads lm_head's own quantized table

@@ -5,7 +5,7 @@ loaded, so a 671B config plans as fast as a 7B one. Parameter counts are exact f
 supported architectures (tests compare them with models that transformers builds from
 the same config). Memory figures are estimates whose assumptions are spelled out next to
 the code and in ``Plan.assumptions``; they are meant for choosing hardware by the
-article's "enough" principle (SPEC §9), not for predicting an allocator's exact peak.
+article's "enough" principle (docs/requirements.md §9), not for predicting an allocator's exact peak.
 """
 
 from __future__ import annotations
@@ -577,7 +577,7 @@ class Tier:
         return self.card.bytes * self.count
 
 
-# The article's sizing (SPEC §9): the size class, by parameters, and the hardware it names.
+# The article's sizing (docs/requirements.md §9): the size class, by parameters, and the hardware it names.
 ARTICLE_TIERS = (
     (10e9, "7B", Tier(CARDS["RTX4090"], 1)),
     (20e9, "13B", Tier(CARDS["A6000"], 2)),

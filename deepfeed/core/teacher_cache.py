@@ -1,4 +1,4 @@
-"""Teacher logits computed once and read back by distillation (SPEC §4: a large teacher).
+"""Teacher logits computed once and read back by distillation (docs/requirements.md §4: a large teacher).
 
 A live teacher costs a full forward pass per step and its weights stay in memory next to
 the student's for the whole run. When the teacher is large, its logits are computed once

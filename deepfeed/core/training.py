@@ -4,7 +4,7 @@ The article's "Lorazepam optimizer" does not exist; AdamW is the well-understood
 default. LoRA (peft) or full fine-tuning; LoRA adapters are merged before saving so
 every checkpoint is a plain Hugging Face folder that exports and serves the same way.
 
-One loop serves both streams of SPEC §4: the monthly full retrain and the incremental
+One loop serves both streams of docs/requirements.md §4: the monthly full retrain and the incremental
 stream (distillation from a live or cached teacher, EWC towards the champion with full
 fine-tuning or LoRA, an elastic learning rate watching a replay sample), optional FGSM
 adversarial training in embedding space, with resumable checkpoints and, when

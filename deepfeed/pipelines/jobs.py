@@ -23,7 +23,7 @@ corpus_ingest_job = dg.define_asset_job(
     description="Ingest one source of the corpus root (one partition of raw_corpus) into records and a quarantine.",
 )
 
-# SPEC §4: the base stream retrains on all data every month.
+# docs/requirements.md §4: the base stream retrains on all data every month.
 monthly_full_retrain = dg.ScheduleDefinition(
     name="monthly_full_retrain",
     job=full_chain_job,

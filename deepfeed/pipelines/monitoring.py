@@ -16,7 +16,7 @@ ab_test_report_job = dg.define_asset_job(
     tags={"deepfeed/stream": "monitoring"},
 )
 
-# SPEC §7: at least 72 hours of monitoring; a daily look decides as soon as that is reached.
+# docs/requirements.md §7: at least 72 hours of monitoring; a daily look decides as soon as that is reached.
 daily_ab_test_report = dg.ScheduleDefinition(
     name="daily_ab_test_report",
     job=ab_test_report_job,

@@ -15,9 +15,9 @@ class MonitoringPolicyResource(dg.ConfigurableResource):
     (docs/model-lifecycle.md)."""
 
     drift_window_hours: float = Field(default=24.0, gt=0, description="Inference-log window the drift sensor tests, in hours.")
-    drift_alpha: float = Field(default=0.05, gt=0, lt=1, description="KS significance per prompt feature, after the Holm correction (SPEC: 0.05).")
+    drift_alpha: float = Field(default=0.05, gt=0, lt=1, description="KS significance per prompt feature, after the Holm correction (required: 0.05; docs/requirements.md).")
     drift_min_samples: int = Field(default=30, ge=5, description="Fewer requests than this in the window: no KS verdict (too little evidence).")
-    confidence_std: float = Field(default=0.15, gt=0, description="Output alert when the std of answer confidence exceeds this (SPEC: 0.15).")
+    confidence_std: float = Field(default=0.15, gt=0, description="Output alert when the std of answer confidence exceeds this (required: 0.15; docs/requirements.md).")
     drift_embedding_features: bool = Field(
         default=True, description="Also test the MiniLM embedding summary of prompts (topic drift); "
                                   "skipped per feature when the server does not log it.")

@@ -1,7 +1,7 @@
 """Loading a registered model version for serving, and greedy generation with confidence.
 
 The served runtime is the int8 ONNX Runtime file of the version's compressed_model
-artifact when one exists (what SPEC §5 optimizes for serving); otherwise the version's
+artifact when one exists (what docs/requirements.md §5 optimizes for serving); otherwise the version's
 torch checkpoint. Both report the confidence the drift monitor watches: the mean, over
 generated tokens, of the highest next-token probability.
 """

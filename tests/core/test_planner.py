@@ -1,6 +1,6 @@
 """The planner's parameter counts are checked against models transformers builds from the
 same config.json; its memory arithmetic against hand-computable cases and autograd's own
-saved tensors; its tiers against the article's sizing (SPEC §9)."""
+saved tensors; its tiers against the required sizing (docs/requirements.md §9)."""
 
 from __future__ import annotations
 

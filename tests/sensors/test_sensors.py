@@ -184,7 +184,7 @@ def test_loop_is_registered_and_scheduled():
 def test_monitoring_policy_comes_from_the_environment_with_clear_errors():
     policy = policy_from_environment({"DEEPFEED_DRIFT_ON_ALERT": "full", "DEEPFEED_ROLLBACK_MAX_RELATIVE_DROP": "0.05"})
     assert policy.drift_on_alert == "full" and policy.rollback_max_relative_drop == 0.05
-    assert policy.drift_alpha == 0.05 and policy.confidence_std == 0.15  # SPEC defaults stay
+    assert policy.drift_alpha == 0.05 and policy.confidence_std == 0.15  # the required defaults stay (docs/requirements.md §8)
     for bad in ({"DEEPFEED_DRIFT_ON_ALERT": "panic"}, {"DEEPFEED_DRIFT_ALPHA": "abc"}, {"DEEPFEED_DRIFT_ALPHA": "2"}):
         with pytest.raises(ValueError, match=list(bad)[0].removeprefix("DEEPFEED_").lower()):
             policy_from_environment(bad)
