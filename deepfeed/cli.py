@@ -91,7 +91,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_prune_artifacts(args: argparse.Namespace) -> int:
-    from deepfeed.assets.corpus import audit_ledger
+    from deepfeed.pipelines.locations import audit_ledger
     from deepfeed.core import retention
     from deepfeed.definitions import defs
 

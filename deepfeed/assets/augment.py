@@ -9,15 +9,14 @@ import dagster as dg
 from pydantic import Field
 
 from deepfeed.assets.common import COMPUTE_RETRY, counts_table, fail, handle_metadata
-from deepfeed.assets.corpus import audit_ledger
 from deepfeed.core.artifacts import ArtifactHandle
 from deepfeed.core.augment_corpus import audit_entries, augment_corpus
 from deepfeed.core.augment_setup import AugmentSettings, AugmentSettingsError, build_augmenters, needs_model
 from deepfeed.core.tables import read_table, write_table
+from deepfeed.pipelines.locations import AUDIT_CHUNK, audit_ledger
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 
 GROUP = "augment"
-AUDIT_CHUNK = 10_000
 
 
 class AugmentedCorpusConfig(dg.Config):

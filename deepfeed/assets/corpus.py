@@ -21,48 +21,32 @@ from pydantic import Field
 
 from deepfeed.assets.common import COMPUTE_RETRY, IO_RETRY, counts_table, fail, handle_metadata
 from deepfeed.core.artifacts import ArtifactHandle, ArtifactStore
-from deepfeed.core.audit import AuditEntry, AuditLedger
+from deepfeed.core.audit import AuditEntry
 from deepfeed.core.clean_pipeline import DatasetBudget, NothingLeft, Progress, clean_sources
 from deepfeed.core.cleaning import CleaningConfig, CorpusCleaner, quarantine_entry, quasi_identifier_values
 from deepfeed.core.corpus_checks import MAX_NOISE_RATIO, NoiseCounter, glossary_leftovers
 from deepfeed.core.coverage import CoverageConfig, MiniLMEncoder, share_by_tag
-from deepfeed.core.demo_corpus import ensure_demo_corpus
-from deepfeed.core.dp import DEFAULT_MAX_EPSILON, EpsilonLedger, PrivacyBudgetExceeded
+from deepfeed.core.dp import DEFAULT_MAX_EPSILON, PrivacyBudgetExceeded
 from deepfeed.core.glossary import load_glossary
 from deepfeed.core.ingest import (
-    QUARANTINE_BLOBS, BlobLimits, CorpusSourceError, add_file_counts, as_source_path, iter_files, quarantine_schema, record_schema, source_files,
+    QUARANTINE_BLOBS, BlobLimits, CorpusSourceError, add_file_counts, iter_files, quarantine_schema, record_schema, source_files,
     source_fingerprint, write_quarantine_blobs,
 )
 from deepfeed.core.kanonymity import check_k_anonymity
-from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.quality import QualityConfig
 from deepfeed.core.raw_store import ENV_KEY, ENV_PATH, RawStore, RawStoreError, default_raw_store_path
 from deepfeed.core.tables import TableWriter
+from deepfeed.pipelines.locations import AUDIT_CHUNK, audit_ledger, epsilon_ledger
+from deepfeed.pipelines.partitions import corpus_root, corpus_sources, latest_raw_versions, raw_artifact_name
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
-from deepfeed.settings import default_corpus_path, demo_corpus_dir
+from deepfeed.settings import default_corpus_path
 
 GROUP = "corpus"
-AUDIT_CHUNK = 10_000
-
-
-def audit_ledger() -> AuditLedger:
-    """The ledger every stage appends to ($DEEPFEED_HOME/audit/ledger.jsonl)."""
-    return AuditLedger(deepfeed_home() / "audit" / "ledger.jsonl")
-
-
 def _append_audit(entries: list) -> tuple[int, str]:
     ledger = audit_ledger()
     for start in range(0, len(entries), AUDIT_CHUNK):
         ledger.append(entries[start:start + AUDIT_CHUNK])
     return ledger.head()
-
-
-corpus_sources = dg.DynamicPartitionsDefinition(name="corpus_source")
-
-
-def epsilon_ledger() -> EpsilonLedger:
-    """The ε spent per dataset across runs ($DEEPFEED_HOME/privacy/epsilon_ledger.json)."""
-    return EpsilonLedger(deepfeed_home() / "privacy" / "epsilon_ledger.json")
 
 
 def dataset_key(sources: dict[str, ArtifactHandle]) -> str:
@@ -79,20 +63,6 @@ def _anonymized_entry(item: tuple[str, str, str, dict[str, int]], run_id: str) -
     record_id, before, after, kinds = item
     reason = "PII replaced by typed placeholders at ingest: " + ", ".join(f"{k}x{v}" for k, v in sorted(kinds.items()))
     return AuditEntry.from_texts(record_id, "raw_corpus", "anonymized", reason, run_id, before, after, kinds)
-
-
-def raw_artifact_name(source: str) -> str:
-    """Artifact name of one source's raw_corpus versions (artifact root/raw_corpus/<source>/<version>)."""
-    return f"raw_corpus/{source}"
-
-
-def corpus_root(corpus_path: str) -> Path:
-    """The configured corpus root, or the embedded demo corpus (written on first use)."""
-    return as_source_path(corpus_path) if corpus_path else ensure_demo_corpus(demo_corpus_dir())
-
-
-def latest_raw_versions(store: ArtifactStore, sources: list[str]) -> dict[str, Optional[ArtifactHandle]]:
-    return {source: store.latest(raw_artifact_name(source)) for source in sorted(sources)}
 
 
 class RawCorpusConfig(dg.Config):

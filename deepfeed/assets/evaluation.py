@@ -17,7 +17,6 @@ from deepfeed.core.compression import CompressionConfig
 from deepfeed.core.evalset import EvalSetError, load_reference_set, strata_counts, stratified_sample, training_overlap
 from deepfeed.core.evaluation import EvaluationConfig
 from deepfeed.core.lifecycle import apply_failed_gate, grant_challenger, promote_gated
-from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.plots import markdown_image
 from deepfeed.core.report import CHALLENGER, DEFAULT_ARTIFACTS, DESCRIPTIONS, evaluate_candidates
 from deepfeed.core.report import BASE
@@ -26,6 +25,7 @@ from deepfeed.core.report_render import comparison_metrics, feeding_headline, re
 from deepfeed.core.safety import SafetyError, ToxicityScorer
 from deepfeed.core.score_cache import checkpoint_fingerprint, eval_set_hash, find_scores, save_scores, score_cache_key
 from deepfeed.core.tables import read_table, write_table
+from deepfeed.pipelines.locations import audit_ledger
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.resources.mlflow_tracking import CHALLENGER as CHALLENGER_ALIAS
 from deepfeed.resources.mlflow_tracking import CHAMPION
@@ -313,7 +313,7 @@ class ChampionModelConfig(dg.Config):
 
 
 def _ledger() -> AuditLedger:
-    return AuditLedger(deepfeed_home() / "audit" / "ledger.jsonl")
+    return audit_ledger()
 
 
 @dg.asset_check(

@@ -32,12 +32,10 @@ from deepfeed.core.incremental import plan_replay, records_hash, training_state_
 from deepfeed.core.offline import deepfeed_home
 from deepfeed.core.plots import markdown_image
 from deepfeed.core.tables import read_table
+from deepfeed.pipelines.partitions import feedback_batches
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 
 # One partition per sealed feedback batch; the feedback sensor adds them (by this name).
-feedback_batches = dg.DynamicPartitionsDefinition(name="feedback_batches")
-
-
 class IncrementalModelConfig(TrainingFields):
     method: str = Field(default="lora", description="'lora' (default: a 16-bit base and fp32 adapters fit the tier `deepfeed plan` picks; EWC then penalises the adapters' delta of the adapted weights), 'qlora' (4-bit base, CUDA, no EWC) or 'full'.")
     max_steps: int = Field(default=20, description="Optimizer steps on this feedback batch (+ replay).")

@@ -13,9 +13,8 @@ import dagster as dg
 
 from deepfeed.assets.common import fail, handle_metadata
 from deepfeed.core.artifacts import MANIFEST, ArtifactHandle
-from deepfeed.core.audit import AuditLedger
 from deepfeed.core.lifecycle import revoke_challenger
-from deepfeed.core.offline import deepfeed_home
+from deepfeed.pipelines.locations import audit_ledger
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 
 GROUP = "training"
@@ -54,7 +53,7 @@ def candidate_model(context: dg.AssetExecutionContext, artifact_store: ArtifactS
     # Under evaluation: not servable until its gate passes again.
     suspended = revoke_challenger(mlflow.client(), mlflow.registered_model_name, version,
                                   f"entering evaluation in run {context.run.run_id[:8]}", context.run.run_id,
-                                  AuditLedger(deepfeed_home() / "audit" / "ledger.jsonl"), stage="registered")
+                                  audit_ledger(), stage="registered")
     context.log.info("candidate: %s %s (registry v%s)%s", name, handle.version, version,
                      "; its challenger alias is suspended until the gate passes" if suspended else "")
     return dg.Output(handle, metadata={**handle_metadata(handle), "stream": name, "mlflow_model_version": version,

@@ -36,7 +36,7 @@ def write_pyfunc_model(checkpoint: str | Path) -> Path:
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
     from mlflow.utils.environment import _PythonEnv
 
-    from deepfeed.serve import mlflow_pyfunc
+    from deepfeed.core import mlflow_pyfunc
 
     folder = Path(checkpoint)
     if not (folder / "config.json").exists():

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from deepfeed.assets.incremental import feedback_batches
+from deepfeed.pipelines.partitions import feedback_batches
 
 # One run per sealed feedback batch; the feedback sensor requests them by partition key.
 # The incremental checkpoint goes through the same compression, evaluation and gate as a

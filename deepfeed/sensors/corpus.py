@@ -6,7 +6,7 @@ from typing import Optional
 
 import dagster as dg
 
-from deepfeed.assets.corpus import corpus_root, corpus_sources, latest_raw_versions
+from deepfeed.pipelines.partitions import corpus_root, corpus_sources, latest_raw_versions
 from deepfeed.core.ingest import CorpusSourceError, sources_to_ingest
 from deepfeed.resources import ArtifactStoreResource
 from deepfeed.settings import default_corpus_path
@@ -46,7 +46,8 @@ def retire_source(instance: dg.DagsterInstance, store, source: str, reason: str,
     `purge_raw`: also delete the source's raw bytes from the guarded raw store (the only
     unscrubbed copy; docs/privacy.md). Returns the path of its last raw version, or '' if
     it was never ingested."""
-    from deepfeed.assets.corpus import audit_ledger, raw_artifact_name
+    from deepfeed.pipelines.locations import audit_ledger
+    from deepfeed.pipelines.partitions import raw_artifact_name
     from deepfeed.core.audit import AuditEntry
     from deepfeed.core.raw_store import RawStore
 

@@ -4,7 +4,7 @@ import datetime as dt
 
 import dagster as dg
 
-from deepfeed.assets.incremental import feedback_batches
+from deepfeed.pipelines.partitions import feedback_batches
 from deepfeed.core.embedding_summary import shared_summarizer
 from deepfeed.core.monitoring import drift_evidence, reference_features
 from deepfeed.pipelines.jobs import full_chain_job

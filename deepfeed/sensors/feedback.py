@@ -4,7 +4,7 @@ import datetime as dt
 
 import dagster as dg
 
-from deepfeed.assets.incremental import feedback_batches
+from deepfeed.pipelines.partitions import feedback_batches
 from deepfeed.resources.monitoring_policy import MonitoringPolicyResource
 from deepfeed.resources.serving_data import ServingDataResource
 
