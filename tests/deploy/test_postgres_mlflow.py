@@ -141,8 +141,10 @@ def test_production_instance_stores_runs_in_postgres_and_logs_to_an_mlflow_serve
             run = runs[0]
             assert "train_final_loss" in run.data.metrics
             assert len(client.get_metric_history(run.info.run_id, "train_loss")) == TRAIN_STEPS
-            version = mlflow.version_by_alias(CHALLENGER)
-            assert version is not None and version.tags["dagster_run_id"] == result.run_id
+            # Registered without an alias: only a passed evaluation gate makes a version servable.
+            [version] = [v for v in client.search_model_versions("name='deepfeed'")
+                         if v.tags.get("dagster_run_id") == result.run_id]
+            assert not version.aliases
             assert version.source.startswith(artifact_root + "/finetuned_model/")
             logged = {a.path for a in client.list_artifacts(run.info.run_id, "finetuned_model")}
             assert "finetuned_model/training.json" in logged

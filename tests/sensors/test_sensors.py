@@ -26,6 +26,13 @@ EN = ["What is the capital of France?", "How do I reset my password?", "Can you 
       "How much water should I drink?", "What is high blood pressure?", "Where is the station?"]
 
 
+
+def evaluate(sensor, **context):
+    """A sensor evaluated the way the daemon does: inside its context, so resources with a
+    teardown (MlflowResource ends its runs) are opened and closed."""
+    with dg.build_sensor_context(**context) as built:
+        return sensor(built)
+
 def _fb(version, rating, **kw):
     return {"prompt": "q?", "answer": "a", "rating": rating, "model_version": version, **kw}
 
@@ -37,10 +44,10 @@ def test_feedback_sensor_seals_and_requests_one_run_per_batch(deepfeed_env):
     resources = {"serving_data": serving, "monitoring_policy": policy}
     for i in range(2):
         store.append(_fb("1", 1.0))
-    result = feedback_sensor(dg.build_sensor_context(resources=resources))
+    result = evaluate(feedback_sensor, resources=resources)
     assert isinstance(result, dg.SkipReason) and "2 records waiting" in result.skip_message
     store.append(_fb("1", 0.0, correction="better"))
-    result = feedback_sensor(dg.build_sensor_context(resources=resources))
+    result = evaluate(feedback_sensor, resources=resources)
     [batch] = store.batches()
     [request] = result.run_requests
     assert request.partition_key == batch and request.run_key == f"feedback-{batch}"
@@ -48,11 +55,11 @@ def test_feedback_sensor_seals_and_requests_one_run_per_batch(deepfeed_env):
     assert result.dynamic_partitions_requests[0].partitions_def_name == "feedback_batches"
     assert result.cursor == batch and len(store.read_batch(batch)) == 3
     # Same cursor: nothing new. A trickle older than max_age is sealed anyway.
-    again = feedback_sensor(dg.build_sensor_context(cursor=batch, resources=resources))
+    again = evaluate(feedback_sensor, cursor=batch, resources=resources)
     assert isinstance(again, dg.SkipReason)
     store.append(_fb("1", 1.0))
     stale = {**resources, "monitoring_policy": MonitoringPolicyResource(feedback_min_batch=100, feedback_max_age_minutes=0)}
-    result = feedback_sensor(dg.build_sensor_context(cursor=batch, resources=stale))
+    result = evaluate(feedback_sensor, cursor=batch, resources=stale)
     assert [r.partition_key for r in result.run_requests] == store.batches()[1:]
 
 
@@ -80,21 +87,21 @@ def test_drift_sensor_quiet_then_input_and_output_alerts(deepfeed_env):
                  "monitoring_policy": MonitoringPolicyResource(drift_window_hours=2, drift_min_samples=30)}
     rng = np.random.default_rng(0)
     _log(deepfeed_env, [EN[i % len(EN)] + f" ({i})" for i in range(60)], rng.normal(0.6, 0.05, 60))
-    quiet = drift_sensor(dg.build_sensor_context(resources=resources))
+    quiet = evaluate(drift_sensor, resources=resources)
     assert isinstance(quiet, dg.SkipReason) and "no drift" in quiet.skip_message
 
     shifted = [f"请问订单{i}的发货时间是什么时候？我已经等了{i * 7}天了，能否尽快处理。" for i in range(200)]
     _log(deepfeed_env, shifted, rng.uniform(0.05, 0.95, 200))
-    [request] = drift_sensor(dg.build_sensor_context(resources=resources))
+    [request] = evaluate(drift_sensor, resources=resources)
     config = request.run_config["ops"]["drift_report"]["config"]
     assert request.job_name == "drift_report_job" and request.run_key.startswith("drift-")
     assert config["alpha"] == 0.05 and "cjk_share" in request.tags["deepfeed/drift_reason"]
     assert {t.job_name for t in drift_sensor.targets} == {"drift_report_job", "full_chain_job", "incremental_job"}
     full = {**resources, "monitoring_policy": MonitoringPolicyResource(drift_window_hours=2, drift_on_alert="full")}
-    assert [r.job_name for r in drift_sensor(dg.build_sensor_context(resources=full))] == ["drift_report_job", "full_chain_job"]
+    assert [r.job_name for r in evaluate(drift_sensor, resources=full)] == ["drift_report_job", "full_chain_job"]
     resources["serving_data"].feedback_store().append(_fb("1", 0.0, correction="better"))
-    incremental = drift_sensor(dg.build_sensor_context(resources={
-        **resources, "monitoring_policy": MonitoringPolicyResource(drift_window_hours=2, drift_on_alert="incremental")}))
+    incremental = evaluate(drift_sensor, resources={
+        **resources, "monitoring_policy": MonitoringPolicyResource(drift_window_hours=2, drift_on_alert="incremental")})
     [batch] = resources["serving_data"].feedback_store().batches()
     assert [(r.job_name, r.partition_key) for r in incremental.run_requests] == [
         ("drift_report_job", None), ("incremental_job", batch)]
@@ -107,7 +114,7 @@ def test_drift_sensor_confidence_spread_alone_alerts(deepfeed_env):
                  "artifact_store": ArtifactStoreResource(root=str(deepfeed_env / "artifacts")),
                  "monitoring_policy": MonitoringPolicyResource(drift_window_hours=2)}
     _log(deepfeed_env, [EN[i % len(EN)] + f" ({i})" for i in range(80)], np.random.default_rng(1).uniform(0, 1, 80))
-    [request] = drift_sensor(dg.build_sensor_context(resources=resources))
+    [request] = evaluate(drift_sensor, resources=resources)
     assert "confidence std" in request.tags["deepfeed/drift_reason"]
 
 
@@ -125,12 +132,12 @@ def test_performance_sensor_rolls_back_through_the_job(deepfeed_env, empty_regis
     for i in range(40):
         store.append(_fb(v1, 1.0 if i % 10 else 0.0))  # 0.9
         store.append(_fb(v2, 1.0 if i % 10 > 1 else 0.0))  # 0.8: 11% worse
-    early = performance_sensor(dg.build_sensor_context(resources=resources))
+    early = evaluate(performance_sensor, resources=resources)
     assert isinstance(early, dg.SkipReason) and "rollback at p < 0.01: no" in early.skip_message
     for i in range(360):
         store.append(_fb(v1, 1.0 if i % 10 else 0.0))
         store.append(_fb(v2, 1.0 if i % 10 > 1 else 0.0))
-    request = performance_sensor(dg.build_sensor_context(resources=resources))
+    request = evaluate(performance_sensor, resources=resources)
     assert isinstance(request, dg.RunRequest) and request.run_key == f"rollback-v{v2}"
     op_config = request.run_config["ops"]["rollback_champion"]["config"]
     assert op_config["expected_champion"] == v2 and "(-11.11%) over 400 ratings" in op_config["reason"]
@@ -142,7 +149,7 @@ def test_performance_sensor_rolls_back_through_the_job(deepfeed_env, empty_regis
     [entry] = list(serving.ledger().iter_entries(action="rolled_back"))
     assert entry["extra"]["from_version"] == v2 and entry["extra"]["to_version"] == v1
     # Rolled back: no previous left, no flapping; replaying the old request fails clearly.
-    assert isinstance(performance_sensor(dg.build_sensor_context(resources=resources)), dg.SkipReason)
+    assert isinstance(evaluate(performance_sensor, resources=resources), dg.SkipReason)
     again = rollback_job.execute_in_process(run_config=request.run_config, resources=resources, raise_on_error=False)
     assert not again.success
 
@@ -157,13 +164,13 @@ def test_performance_sensor_small_drop_or_few_samples_do_nothing(deepfeed_env, e
     for i in range(200):
         serving.feedback_store().append(_fb(v1, float(i % 100 < 80)))
         serving.feedback_store().append(_fb(v2, float(i % 100 < 79)))  # 1.25% worse: within the 3%
-    skip = performance_sensor(dg.build_sensor_context(resources=resources))
+    skip = evaluate(performance_sensor, resources=resources)
     assert isinstance(skip, dg.SkipReason) and "rollback at p < 0.01: no" in skip.skip_message
     registry.client.set_model_version_tag("deepfeed", v2, "deepfeed.baseline_metric", "0.9")
-    few = performance_sensor(dg.build_sensor_context(resources={
-        **resources, "monitoring_policy": MonitoringPolicyResource(rollback_min_samples=300)}))
+    few = evaluate(performance_sensor, resources={
+        **resources, "monitoring_policy": MonitoringPolicyResource(rollback_min_samples=300)})
     assert isinstance(few, dg.SkipReason) and "too few ratings" in few.skip_message
-    tagged = performance_sensor(dg.build_sensor_context(resources=resources))
+    tagged = evaluate(performance_sensor, resources=resources)
     assert isinstance(tagged, dg.RunRequest) and "0.9 -> 0.79" in json.dumps(tagged.run_config)
 
 
