@@ -603,32 +603,19 @@ class AuditLedger:
         return f"{spool_id}: {uri} was published; appended its {appended} missing audit entries"
 
 
-class PublicationSpool:
-    """Audit entries of one artifact version on their way to the ledger.
+class AuditSpool:
+    """Audit entries written to a JSONL file (0600) as they come, appended to the ledger
+    later in chunks: the ledger only sees a run that succeeded, and memory never holds them
+    all. A torn last line (a crash mid-write) is never read back."""
 
-    Written to ``<ledger dir>/spool/<id>.jsonl`` (0600) while the stage runs, with a lock
-    file held for the spool's whole life so :meth:`AuditLedger.recover` never touches a
-    live one. ``mark_publishing(uri)`` comes right before the version becomes visible:
-    the spool is fsynced, ``<id>.json`` records where it will appear, and the ledger gets a
-    ``publishing`` entry. ``publish()`` comes right after: the entries, then ``published``.
-    A crash between the two leaves the marker and the spool for the next start.
-    Same interface as clean_pipeline's AuditSpool (write, close, discard, count, replay).
-    """
-
-    def __init__(self, ledger: AuditLedger, stage: str, run_id: str):
-        self.ledger, self.stage, self.run_id = ledger, stage, run_id
-        self.id = f"{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
-        ledger.spool_dir.mkdir(parents=True, exist_ok=True)
-        ledger.spool_dir.chmod(0o700)
-        self.path = ledger.spool_dir / f"{self.id}.jsonl"
-        self._lock = open(ledger.spool_dir / f"{self.id}.lock", "a+b")
-        fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX)
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
         self.count = 0
         self._file: Any = None
-        self.uri: str | None = None
 
     def write(self, entries: Iterable[AuditEntry]) -> None:
         if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             self._file = os.fdopen(fd, "w", encoding="utf-8")
         lines = [json.dumps(dataclasses.asdict(e), ensure_ascii=False, default=_json_default) + "\n" for e in entries]
@@ -641,6 +628,47 @@ class PublicationSpool:
             os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+        self.count = 0
+
+    def entries(self, chunk: int) -> Iterator[list[AuditEntry]]:
+        """The spooled entries, in order, `chunk` at a time."""
+        self.close()
+        yield from _read_spool(self.path, chunk)
+
+    def replay(self, sink: Any, chunk: int) -> int:
+        """Hand every spooled entry to `sink` (e.g. AuditLedger.append), `chunk` at a time; then drop the spool."""
+        total = 0
+        for batch in self.entries(chunk):
+            sink(batch)
+            total += len(batch)
+        self.discard()
+        return total
+
+
+class PublicationSpool(AuditSpool):
+    """Audit entries of one artifact version on their way to the ledger.
+
+    Written to ``<ledger dir>/spool/<id>.jsonl`` (0600) while the stage runs, with a lock
+    file held for the spool's whole life so :meth:`AuditLedger.recover` never touches a
+    live one. ``mark_publishing(uri)`` comes right before the version becomes visible:
+    the spool is fsynced, ``<id>.json`` records where it will appear, and the ledger gets a
+    ``publishing`` entry. ``publish()`` comes right after: the entries, then ``published``.
+    A crash between the two leaves the marker and the spool for the next start.
+    """
+
+    def __init__(self, ledger: AuditLedger, stage: str, run_id: str):
+        self.ledger, self.stage, self.run_id = ledger, stage, run_id
+        self.id = f"{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+        ledger.spool_dir.mkdir(parents=True, exist_ok=True)
+        ledger.spool_dir.chmod(0o700)
+        super().__init__(ledger.spool_dir / f"{self.id}.jsonl")
+        self._lock = open(ledger.spool_dir / f"{self.id}.lock", "a+b")
+        fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX)
+        self.uri: str | None = None
 
     def mark_publishing(self, uri: str) -> None:
         """Call just before the artifact at `uri` becomes visible."""

@@ -25,19 +25,17 @@ is appended to the ledger only by the caller, once the artifact is published
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deepfeed.core.audit import AuditEntry
+from deepfeed.core.audit import AuditSpool
 from deepfeed.core.cleaning import REMOVED_FIELDS, CleaningResult, CorpusCleaner, clean_stream, quasi_identifier_values, training_text
 from deepfeed.core.corpus_checks import CorpusColumns, release_statistics
 from deepfeed.core.coverage import CentroidSums, CoverageConfig, domain_tags, embedding_outliers_chunked, long_tail_reason, rare_tags_from_counts
@@ -106,63 +104,6 @@ class DatasetBudget:
     dataset: str  # what identifies the data (e.g. a hash of the raw versions' contents)
     total: float
     run_id: str
-
-
-class AuditSpool:
-    """Audit entries written to a JSONL file as they come, appended to the ledger later
-    in chunks: the ledger only sees a run that succeeded, and memory never holds them all."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.count = 0
-        self._file = None
-
-    def write(self, entries: Iterable[AuditEntry]) -> None:
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("w", encoding="utf-8")
-        lines = [json.dumps(dataclasses.asdict(e), ensure_ascii=False, default=_plain) + "\n" for e in entries]
-        self._file.writelines(lines)
-        self.count += len(lines)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def discard(self) -> None:
-        self.close()
-        self.path.unlink(missing_ok=True)
-        self.count = 0
-
-    def entries(self, chunk: int) -> Iterator[list[AuditEntry]]:
-        """The spooled entries, in order, `chunk` at a time."""
-        self.close()
-        if not self.path.exists():
-            return
-        batch: list[AuditEntry] = []
-        with self.path.open(encoding="utf-8") as fh:
-            for line in fh:
-                batch.append(AuditEntry(**json.loads(line)))
-                if len(batch) >= chunk:
-                    yield batch
-                    batch = []
-        if batch:
-            yield batch
-
-    def replay(self, sink: Callable[[list[AuditEntry]], Any], chunk: int) -> int:
-        """Hand every spooled entry to `sink` (e.g. AuditLedger.append), `chunk` at a time; then drop the spool."""
-        total = 0
-        for batch in self.entries(chunk):
-            sink(batch)
-            total += len(batch)
-        self.discard()
-        return total
-
-
-def _plain(value: Any) -> Any:
-    # numpy scalars in `extra`; the ledger would turn them into the same plain values.
-    return value.item() if hasattr(value, "item") else str(value)
 
 
 def _read_batches(paths: Sequence[Path], batch_size: int, counter: list[int]) -> Iterator[list[dict[str, Any]]]:
