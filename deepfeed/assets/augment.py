@@ -98,17 +98,11 @@ def augmented_corpus(
     ledger = audit_ledger()
     for line in ledger.recover(AUDIT_CHUNK):
         context.log.warning("audit recovery: %s", line)
-    spool = ledger.spool("augmented_corpus", run_id)
-    try:
-        with store.new_version("augmented_corpus", counts, run_id=run_id) as version:
-            write_table(version.path / "records.parquet", result.records)
-            spool.write(audit_entries(result.records, run_id))
-            spool.mark_publishing(version.uri)
-    except BaseException:
-        spool.discard()
-        raise
+    with ledger.audited_version(store, "augmented_corpus", run_id, counts, AUDIT_CHUNK) as (version, spool):
+        write_table(version.path / "records.parquet", result.records)
+        spool.write(audit_entries(result.records, run_id))
     handle = version.handle
-    entries = spool.publish(AUDIT_CHUNK)
+    entries = spool.count
     head = ledger.head()
     mlflow.log(context, params={**config.model_dump(), "audit_head": head[1]},
                metrics={f"augmented_{k}": v for k, v in techniques.items()})

@@ -277,54 +277,48 @@ def clean_corpus(
     for line in ledger.recover(AUDIT_CHUNK):
         context.log.warning("audit recovery: %s", line)
     budget = DatasetBudget(epsilon_ledger(), dataset_key(sources), config.dp_epsilon_total, run_id)
-    spool = ledger.spool("clean_corpus", run_id)
-    try:
-        with store.new_version("clean_corpus", {}, run_id=run_id) as version:
-            try:
-                summary = clean_sources(paths, version.path, cleaner, audit_spool=spool, dp_epsilon=config.dp_epsilon, workers=config.workers,
-                                        encoder=encoder, progress=log_progress, progress_every=config.log_every_batches,
-                                        dp_budget=budget)
-            except NothingLeft as exc:
-                raise fail("clean_corpus.config", str(exc)) from exc
-            except PrivacyBudgetExceeded as exc:
-                raise fail("clean_corpus.config.dp_epsilon_total", str(exc)) from exc
-            at_ingest = sum(h.counts.get("pii_replaced", 0) for h in sources.values())
-            counts = {
-                "read": sum(h.counts.get("read", 0) for h in sources.values()),
-                "quarantined": sum(h.counts.get("quarantined", 0) for h in sources.values()),
-                "kept_in": summary.kept_in,
-                "cleaned": summary.cleaned,
-                "removed": summary.removed,
-                "changed": summary.changed,
-                "train": summary.train,
-                "eval": summary.eval,
-                # Raw text is scrubbed at ingest; what cleaning still finds (raw_corpus versions
-                # written before that, or text that turns into PII once normalized) comes on top.
-                "pii_replaced_at_ingest": at_ingest,
-                "pii_replaced": sum(summary.pii.values()) + at_ingest,
-                "glossary_replaced": sum(summary.glossary.values()),
-                # What the checks re-run with: the settings this version was cleaned under.
-                "min_chars": cleaning.min_chars,
-                "max_chars": cleaning.max_chars,
-                "near_duplicate_threshold": cleaning.near_duplicate_threshold,
-                "glossary": "off" if cleaning.glossary_path == "" else (cleaning.glossary_path or "builtin"),
-                "glossary_tags": list(cleaning.glossary_tags),
-                "quasi_identifiers": list(cleaning.quasi_identifiers),
-                "k": cleaning.k,
-                # The raw_corpus versions read, so the accounting check and lineage see exactly these.
-                "sources": {source: h.version for source, h in sources.items()},
-            }
-            version.counts.update(counts)
-            statistics, accountant = summary.statistics, summary.accountant
-            reused = summary.dp_reused_from_run
-            dp_release = f"re-published from run {reused} (ε total spent)" if reused else "new"
-            (version.path / "statistics_dp.json").write_text(json.dumps({**statistics, "privacy": accountant.to_dict()}, indent=2, ensure_ascii=False))
-            spool.mark_publishing(version.uri)  # the ledger hears of the version before anyone sees it
-    except BaseException:
-        spool.discard()
-        raise
+    with ledger.audited_version(store, "clean_corpus", run_id, chunk=AUDIT_CHUNK) as (version, spool):
+        try:
+            summary = clean_sources(paths, version.path, cleaner, audit_spool=spool, dp_epsilon=config.dp_epsilon, workers=config.workers,
+                                    encoder=encoder, progress=log_progress, progress_every=config.log_every_batches,
+                                    dp_budget=budget)
+        except NothingLeft as exc:
+            raise fail("clean_corpus.config", str(exc)) from exc
+        except PrivacyBudgetExceeded as exc:
+            raise fail("clean_corpus.config.dp_epsilon_total", str(exc)) from exc
+        at_ingest = sum(h.counts.get("pii_replaced", 0) for h in sources.values())
+        counts = {
+            "read": sum(h.counts.get("read", 0) for h in sources.values()),
+            "quarantined": sum(h.counts.get("quarantined", 0) for h in sources.values()),
+            "kept_in": summary.kept_in,
+            "cleaned": summary.cleaned,
+            "removed": summary.removed,
+            "changed": summary.changed,
+            "train": summary.train,
+            "eval": summary.eval,
+            # Raw text is scrubbed at ingest; what cleaning still finds (raw_corpus versions
+            # written before that, or text that turns into PII once normalized) comes on top.
+            "pii_replaced_at_ingest": at_ingest,
+            "pii_replaced": sum(summary.pii.values()) + at_ingest,
+            "glossary_replaced": sum(summary.glossary.values()),
+            # What the checks re-run with: the settings this version was cleaned under.
+            "min_chars": cleaning.min_chars,
+            "max_chars": cleaning.max_chars,
+            "near_duplicate_threshold": cleaning.near_duplicate_threshold,
+            "glossary": "off" if cleaning.glossary_path == "" else (cleaning.glossary_path or "builtin"),
+            "glossary_tags": list(cleaning.glossary_tags),
+            "quasi_identifiers": list(cleaning.quasi_identifiers),
+            "k": cleaning.k,
+            # The raw_corpus versions read, so the accounting check and lineage see exactly these.
+            "sources": {source: h.version for source, h in sources.items()},
+        }
+        version.counts.update(counts)
+        statistics, accountant = summary.statistics, summary.accountant
+        reused = summary.dp_reused_from_run
+        dp_release = f"re-published from run {reused} (ε total spent)" if reused else "new"
+        (version.path / "statistics_dp.json").write_text(json.dumps({**statistics, "privacy": accountant.to_dict()}, indent=2, ensure_ascii=False))
     handle = version.handle
-    entries = spool.publish(AUDIT_CHUNK)
+    entries = spool.count
     head = ledger.head()
 
     # Only noisy statistics reach MLflow: its runs are read far more widely than the data.

@@ -27,6 +27,7 @@ of entries without ever being read whole.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import fcntl
@@ -554,6 +555,22 @@ class AuditLedger:
     def spool(self, stage: str, run_id: str) -> PublicationSpool:
         """A durable spool for the entries of one artifact version (see PublicationSpool)."""
         return PublicationSpool(self, stage, run_id)
+
+    @contextlib.contextmanager
+    def audited_version(self, store: Any, name: str, run_id: str, counts: dict[str, Any] | None = None,
+                        chunk: int = 10_000) -> Iterator[tuple[Any, PublicationSpool]]:
+        """``store.new_version(name)`` whose audit entries, written to the yielded spool, reach
+        this ledger with the publication: ``publishing`` before the version becomes visible,
+        the entries and ``published`` after; a failure discards them with the version."""
+        spool = self.spool(name, run_id)
+        try:
+            with store.new_version(name, counts or {}, run_id=run_id) as version:
+                yield version, spool
+                spool.mark_publishing(version.uri)
+        except BaseException:
+            spool.discard()
+            raise
+        spool.publish(chunk)
 
     def recover(self, chunk: int = 10_000) -> list[str]:
         """Close every publication left open by a crash; returns what was done, one line each.
