@@ -32,14 +32,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deepfeed.core.augment_corpus import AugmentPlan, augment_corpus  # noqa: E402
-from deepfeed.core.augment_setup import AugmentSettings, build_augmenters  # noqa: E402
-from deepfeed.core.contextual_synonyms import Skip  # noqa: E402
-from deepfeed.core.evaluation import EvaluationConfig, generate_torch  # noqa: E402
-from deepfeed.core.modeling import load_model, load_tokenizer  # noqa: E402
-from deepfeed.core.offline import ensure_smollm2, package_dir  # noqa: E402
-from deepfeed.core.textmetrics import token_prf  # noqa: E402
-from deepfeed.core.training import TrainingConfig, fine_tune  # noqa: E402
+from deepfeed.core.augment.corpus import AugmentPlan, augment_corpus  # noqa: E402
+from deepfeed.core.augment.setup import AugmentSettings, build_augmenters  # noqa: E402
+from deepfeed.core.augment.contextual_synonyms import Skip  # noqa: E402
+from deepfeed.core.evaluate.evaluation import EvaluationConfig, generate_torch  # noqa: E402
+from deepfeed.core.train.modeling import load_model, load_tokenizer  # noqa: E402
+from deepfeed.core.platform.home import ensure_smollm2, package_dir  # noqa: E402
+from deepfeed.core.evaluate.textmetrics import token_prf  # noqa: E402
+from deepfeed.core.train.training import TrainingConfig, fine_tune  # noqa: E402
 
 ARMS = {
     "none": dict(synonym_ratio=0.0, structural_ratio=0.0, fgsm_ratio=0.0),

@@ -33,11 +33,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deepfeed.core.augment_setup import AugmentSettings, build_augmenters  # noqa: E402
-from deepfeed.core.contextual_synonyms import CausalLMRanker, Skip  # noqa: E402
-from deepfeed.core.meaning import MeaningJudge, precision_recall  # noqa: E402
-from deepfeed.core.offline import ensure_smollm2, package_dir  # noqa: E402
-from deepfeed.core.structural import structural_variant  # noqa: E402
+from deepfeed.core.augment.setup import AugmentSettings, build_augmenters  # noqa: E402
+from deepfeed.core.augment.contextual_synonyms import CausalLMRanker, Skip  # noqa: E402
+from deepfeed.core.augment.meaning import MeaningJudge, precision_recall  # noqa: E402
+from deepfeed.core.platform.home import ensure_smollm2, package_dir  # noqa: E402
+from deepfeed.core.augment.structural import structural_variant  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "deepfeed" / "data"
 

@@ -35,12 +35,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deepfeed.core.augmentation import WordNetSynonyms, protected_mask  # noqa: E402
-from deepfeed.core.contextual_synonyms import CausalLMRanker, ContextualSynonymReplacer, SynonymEdit  # noqa: E402
-from deepfeed.core.encoders import SentenceEncoder, minilm_path  # noqa: E402
-from deepfeed.core.offline import activate_nltk_data, ensure_smollm2, package_dir  # noqa: E402
-from deepfeed.core.structural import structural_variant  # noqa: E402
-from deepfeed.core.zh_synonyms import CilinSynonyms  # noqa: E402
+from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask  # noqa: E402
+from deepfeed.core.augment.contextual_synonyms import CausalLMRanker, ContextualSynonymReplacer, SynonymEdit  # noqa: E402
+from deepfeed.core.platform.encoders import SentenceEncoder, minilm_path  # noqa: E402
+from deepfeed.core.platform.home import activate_nltk_data, ensure_smollm2, package_dir  # noqa: E402
+from deepfeed.core.augment.structural import structural_variant  # noqa: E402
+from deepfeed.core.augment.zh_synonyms import CilinSynonyms  # noqa: E402
 
 
 def corpus_sentences(folder: str, count: int) -> list[str]:
@@ -113,7 +113,7 @@ def main() -> None:
         other = ContextualSynonymReplacer(SentenceEncoder(precision=precision), *lexicons, protected_mask, 0.85, 0.15, 2)
         batched(f"contextual synonyms, batched, {precision} encoder (en)", other, english, baseline)
 
-    from deepfeed.core.modeling import load_model, load_tokenizer
+    from deepfeed.core.train.modeling import load_model, load_tokenizer
 
     path = ensure_smollm2()
     model, tokenizer = load_model(path), load_tokenizer(path)
@@ -125,7 +125,7 @@ def main() -> None:
     kept = sum(isinstance(r, tuple) for r in results)
     rate(f"structural perturbation (en+zh; {kept}/{len(results)} reordered)", len(results), seconds, baseline)
 
-    from deepfeed.core.fgsm import FgsmTextAttack
+    from deepfeed.core.augment.fgsm import FgsmTextAttack
 
     attack = FgsmTextAttack(model, tokenizer, epsilon=0.1, max_modification_rate=0.15, protected=protected_mask)
     attack.attack(english[:1])

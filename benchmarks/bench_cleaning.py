@@ -95,7 +95,7 @@ def run_pipeline(path: Path, batch_size: int, workers: int) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from deepfeed.core.cleaning import CleaningConfig, CorpusCleaner, clean_stream
+    from deepfeed.core.data.cleaning import CleaningConfig, CorpusCleaner, clean_stream
 
     started = time.perf_counter()
     cleaner = CorpusCleaner(CleaningConfig(batch_size=batch_size), run_id="bench", collect_audit=False)
@@ -117,8 +117,8 @@ def run_pipeline(path: Path, batch_size: int, workers: int) -> dict:
 
 def run_asset_path(path: Path, batch_size: int, workers: int) -> dict:
     """clean_sources as the asset calls it (coverage embeddings off, see the module docstring)."""
-    from deepfeed.core.clean_pipeline import AuditSpool, clean_sources
-    from deepfeed.core.cleaning import CleaningConfig, CorpusCleaner
+    from deepfeed.core.data.clean_pipeline import AuditSpool, clean_sources
+    from deepfeed.core.data.cleaning import CleaningConfig, CorpusCleaner
 
     started = time.perf_counter()
     out = path.parent / f"{path.stem}.asset"
@@ -134,11 +134,11 @@ def run_baseline(path: Path, records: int) -> dict:
     import pandas as pd
     from datasketch import MinHash, MinHashLSH
 
-    from deepfeed.core.cleaning import normalize_text
-    from deepfeed.core.dedup import exact_key, normalize_for_dedup
-    from deepfeed.core.glossary import load_glossary
-    from deepfeed.core.pii import scrub
-    from deepfeed.core.quality import QualityConfig, check_quality, detect_language
+    from deepfeed.core.data.cleaning import normalize_text
+    from deepfeed.core.data.dedup import exact_key, normalize_for_dedup
+    from deepfeed.core.data.glossary import load_glossary
+    from deepfeed.core.data.pii import scrub
+    from deepfeed.core.data.quality import QualityConfig, check_quality, detect_language
 
     started = time.perf_counter()
     df = pd.read_parquet(path).head(records)

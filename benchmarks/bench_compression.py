@@ -41,9 +41,9 @@ PROMPT = "Explain in two sentences why local deployment keeps enterprise data on
 
 
 def held_out_records(limit: int) -> list[dict]:
-    from deepfeed.core.cleaning import CleaningConfig, clean_records
-    from deepfeed.core.demo_corpus import ensure_demo_corpus
-    from deepfeed.core.ingest import ingest_folder
+    from deepfeed.core.data.cleaning import CleaningConfig, clean_records
+    from deepfeed.core.data.demo_corpus import ensure_demo_corpus
+    from deepfeed.core.data.ingest import ingest_folder
     from deepfeed.settings import demo_corpus_dir
 
     records = clean_records(ingest_folder(ensure_demo_corpus(demo_corpus_dir())).records, CleaningConfig()).records
@@ -64,7 +64,7 @@ def timed(fn, repeat: int = 1):
 def build(checkpoint: Path, work: Path):
     import json
 
-    from deepfeed.core.compression import CompressionConfig, compress_checkpoint, write_json
+    from deepfeed.core.compress.compression import CompressionConfig, compress_checkpoint, write_json
 
     summary_file = work / "compression.json"
     if summary_file.exists():
@@ -93,10 +93,10 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from deepfeed.core.compression import file_size_mb, load_int8_torch, onnx_session
-    from deepfeed.core.modeling import load_model, load_tokenizer, prompt_ids
-    from deepfeed.core.offline import ensure_smollm2
-    from deepfeed.core.onnx_kv import onnx_greedy_generate
+    from deepfeed.core.compress.compression import file_size_mb, load_int8_torch, onnx_session
+    from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
+    from deepfeed.core.platform.home import ensure_smollm2
+    from deepfeed.core.compress.onnx_kv import onnx_greedy_generate
 
     torch.set_num_threads(args.threads)
     checkpoint = ensure_smollm2()
@@ -123,7 +123,7 @@ def main() -> None:
     print(f"  ratio torch fp32 checkpoint / ORT int8 (logits graph): {sizes['torch fp32 checkpoint'] / sizes['ORT int8 (logits)']:.2f}x", flush=True)
 
     if not args.no_quality:
-        from deepfeed.core.compression_gate import gate_compressed_artifacts
+        from deepfeed.core.compress.gate import gate_compressed_artifacts
 
         records = held_out_records(args.records)
         seconds, report = timed(lambda: gate_compressed_artifacts(checkpoint, work, records))
@@ -162,7 +162,7 @@ def main() -> None:
         return out[0, ids.shape[1]:].tolist()
 
     def ort_forward(session):
-        from deepfeed.core.onnx_kv import layout_from_session
+        from deepfeed.core.compress.onnx_kv import layout_from_session
 
         feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
         if any(i.name.startswith("past_key_values") for i in session.get_inputs()):
@@ -211,7 +211,7 @@ def ort_generate_ortvalues(session, input_ids, attention_mask, max_new_tokens: i
     import numpy as np
     import onnxruntime as ort
 
-    from deepfeed.core.onnx_kv import layout_from_session
+    from deepfeed.core.compress.onnx_kv import layout_from_session
 
     layout = layout_from_session(session)
     batch = input_ids.shape[0]
@@ -238,11 +238,11 @@ def int8_table(args) -> None:
     import numpy as np
     import torch
 
-    from deepfeed.core.compression import CompressionConfig, load_int8_torch, onnx_session, prune_model, quantize_int8
-    from deepfeed.core.evaluation import EvaluationConfig, perplexity, torch_logits
-    from deepfeed.core.modeling import load_model, load_tokenizer, prompt_ids
-    from deepfeed.core.offline import ensure_smollm2
-    from deepfeed.core.onnx_kv import onnx_greedy_generate, onnx_kv_logits
+    from deepfeed.core.compress.compression import CompressionConfig, load_int8_torch, onnx_session, prune_model, quantize_int8
+    from deepfeed.core.evaluate.evaluation import EvaluationConfig, perplexity, torch_logits
+    from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
+    from deepfeed.core.platform.home import ensure_smollm2
+    from deepfeed.core.compress.onnx_kv import onnx_greedy_generate, onnx_kv_logits
 
     torch.set_num_threads(args.threads)
     checkpoint = ensure_smollm2()

@@ -38,8 +38,8 @@ def main() -> None:
     import torch
 
     from bench_compression import build, held_out_records
-    from deepfeed.core.compression_gate import gate_compressed_artifacts
-    from deepfeed.core.offline import ensure_smollm2
+    from deepfeed.core.compress.gate import gate_compressed_artifacts
+    from deepfeed.core.platform.home import ensure_smollm2
 
     torch.set_num_threads(args.threads)
     checkpoint = ensure_smollm2()

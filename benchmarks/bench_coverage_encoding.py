@@ -28,7 +28,7 @@ class PreviousMiniLM:
     def __init__(self):
         from transformers import AutoModel, AutoTokenizer
 
-        from deepfeed.core.coverage import minilm_path
+        from deepfeed.core.data.coverage import minilm_path
 
         self.tokenizer = AutoTokenizer.from_pretrained(minilm_path())
         self.model = AutoModel.from_pretrained(minilm_path()).eval()
@@ -50,9 +50,9 @@ class PreviousMiniLM:
 
 
 def run(mode: str, path: Path) -> dict:
-    from deepfeed.core.clean_pipeline import AuditSpool, clean_sources
-    from deepfeed.core.cleaning import CleaningConfig, CorpusCleaner
-    from deepfeed.core.coverage import MiniLMEncoder
+    from deepfeed.core.data.clean_pipeline import AuditSpool, clean_sources
+    from deepfeed.core.data.cleaning import CleaningConfig, CorpusCleaner
+    from deepfeed.core.data.coverage import MiniLMEncoder
 
     started = time.perf_counter()
     encoder = {"off": lambda: None, "previous": PreviousMiniLM, "default": MiniLMEncoder}[mode]()

@@ -39,18 +39,18 @@ API_KEY = "bench-annotator"
 
 def prepare(work: Path, model: str) -> tuple[Path, Path]:
     """<work>/artifacts/finetuned_model/bench/checkpoint + a compressed_model built from it."""
-    from deepfeed.core.compression import CompressionConfig, compress_checkpoint
+    from deepfeed.core.compress.compression import CompressionConfig, compress_checkpoint
 
     checkpoint = work / "artifacts" / "finetuned_model" / "bench" / "checkpoint"
     compressed = work / "artifacts" / "compressed_model" / "bench-c"
     if not (compressed / "manifest.json").exists():
         shutil.rmtree(work / "artifacts", ignore_errors=True)
         if model == "smollm2":
-            from deepfeed.core.offline import ensure_smollm2
+            from deepfeed.core.platform.home import ensure_smollm2
 
             shutil.copytree(ensure_smollm2(), checkpoint)
         else:
-            from deepfeed.core.tiny_models import build_tiny_checkpoint
+            from deepfeed.tools.tiny_models import build_tiny_checkpoint
 
             checkpoint.parent.mkdir(parents=True)
             build_tiny_checkpoint(checkpoint, PROMPTS * 8, "llama")
@@ -73,7 +73,7 @@ def registry(home: Path, checkpoint: Path) -> str:
 
 
 def write_policy(home: Path) -> Path:
-    from deepfeed.core.access import hash_key
+    from deepfeed.core.platform.access import hash_key
 
     path = home / "access_policy.json"
     path.write_text(json.dumps({
@@ -137,8 +137,8 @@ def main() -> int:
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "deepfeed-serving-bench"))
     args = parser.parse_args()
 
-    from deepfeed.core.feedback import FeedbackStore
-    from deepfeed.core.inference_log import InferenceLog
+    from deepfeed.core.loop.feedback import FeedbackStore
+    from deepfeed.core.loop.inference_log import InferenceLog
     from deepfeed.serve.app import ServeSettings
     from deepfeed.serve.process import ServerProcess
 

@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def demo_records(limit: int) -> list[dict]:
-    from deepfeed.core.demo_corpus import ensure_demo_corpus
-    from deepfeed.core.ingest import ingest_folder
+    from deepfeed.core.data.demo_corpus import ensure_demo_corpus
+    from deepfeed.core.data.ingest import ingest_folder
     from deepfeed.settings import demo_corpus_dir
 
     records = [r for r in ingest_folder(ensure_demo_corpus(demo_corpus_dir())).records if r.get("kind") == "pair" and r.get("lang") == "en"]
@@ -48,7 +48,7 @@ def demo_records(limit: int) -> list[dict]:
 
 
 def deepfeed_run(model: Path, records, args) -> dict:
-    from deepfeed.core.training import TrainingConfig, fine_tune
+    from deepfeed.core.train.training import TrainingConfig, fine_tune
 
     config = TrainingConfig(method="full", max_steps=args.steps, batch_size=args.batch, max_length=args.length,
                             learning_rate=2e-5, warmup_steps=1, precision="fp32", log_every=args.steps)
@@ -69,8 +69,8 @@ def step_tokens(model_dir: Path, records, args) -> list[int]:
 
 
 def same_batches(model_dir: Path, records, args):
-    from deepfeed.core.modeling import encode_record, load_tokenizer
-    from deepfeed.core.training import BatchSampler
+    from deepfeed.core.train.modeling import encode_record, load_tokenizer
+    from deepfeed.core.train.training import BatchSampler
 
     tokenizer = load_tokenizer(model_dir)
     examples = [encode_record(tokenizer, r, args.length) for r in records]
@@ -85,7 +85,7 @@ def trainer_run(model_dir: Path, records, args) -> dict:
     from torch.utils.data import SequentialSampler
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from deepfeed.core.modeling import collate, load_model, load_tokenizer
+    from deepfeed.core.train.modeling import collate, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir)
@@ -140,7 +140,7 @@ def memory_probe(model: Path, records, args, checkpointing: bool) -> None:
     the first, the peak RSS above the resident memory at the end of the step before."""
     import torch
 
-    from deepfeed.core.training import TrainingConfig, fine_tune
+    from deepfeed.core.train.training import TrainingConfig, fine_tune
 
     steps: list[dict] = []
     state = {"process_peak_kb": 0, "baseline_kb": 0, "ended": 0.0}
@@ -159,7 +159,7 @@ def memory_probe(model: Path, records, args, checkpointing: bool) -> None:
                             gradient_checkpointing=checkpointing, packing=True, warmup_steps=0, precision="fp32")
     with tempfile.TemporaryDirectory() as out:
         result = fine_tune(model, records, Path(out) / "ckpt", config, on_step=on_step)
-    from deepfeed.core.modeling import load_model
+    from deepfeed.core.train.modeling import load_model
 
     gradient_mb = sum(p.numel() * p.element_size() for p in load_model(model).parameters()) / 2**20
     print(json.dumps({
@@ -203,7 +203,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.model:
-        from deepfeed.core.offline import ensure_smollm2
+        from deepfeed.core.platform.home import ensure_smollm2
 
         args.model = ensure_smollm2()
     args.model = Path(args.model)

@@ -26,10 +26,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def demo_eval_records(size: int, seed: int) -> list[dict]:
-    from deepfeed.core.cleaning import CleaningConfig, clean_records
-    from deepfeed.core.demo_corpus import ensure_demo_corpus
-    from deepfeed.core.evalset import stratified_sample
-    from deepfeed.core.ingest import ingest_folder
+    from deepfeed.core.data.cleaning import CleaningConfig, clean_records
+    from deepfeed.core.data.demo_corpus import ensure_demo_corpus
+    from deepfeed.core.evaluate.evalset import stratified_sample
+    from deepfeed.core.data.ingest import ingest_folder
     from deepfeed.settings import demo_corpus_dir
 
     records = clean_records(ingest_folder(ensure_demo_corpus(demo_corpus_dir())).records, CleaningConfig()).records
@@ -44,7 +44,7 @@ def _cpu_seconds() -> float:
 
 
 def _evaluate(label, checkpoint, compressed, champion, records, config, artifacts, champion_scores=None):
-    from deepfeed.core.report import evaluate_candidates
+    from deepfeed.core.evaluate.scoring import evaluate_candidates
 
     print(f"\n== {label}")
     cpu_before, started = _cpu_seconds(), time.perf_counter()
@@ -77,13 +77,13 @@ def main() -> None:
 
     from deepfeed.assets.evaluation import EvaluationReportConfig
     from deepfeed.cli import DEMO_SIZES
-    from deepfeed.core.artifacts import ArtifactStore
-    from deepfeed.core.compression import CompressionConfig, compress_checkpoint, write_json
-    from deepfeed.core.evaluation import EvaluationConfig, generate_torch
-    from deepfeed.core.modeling import load_model, load_tokenizer
-    from deepfeed.core.offline import ensure_smollm2
-    from deepfeed.core.report_render import write_report
-    from deepfeed.core.score_cache import eval_set_hash, find_scores, save_scores, score_cache_key
+    from deepfeed.core.platform.artifacts import ArtifactStore
+    from deepfeed.core.compress.compression import CompressionConfig, compress_checkpoint, write_json
+    from deepfeed.core.evaluate.evaluation import EvaluationConfig, generate_torch
+    from deepfeed.core.train.modeling import load_model, load_tokenizer
+    from deepfeed.core.platform.home import ensure_smollm2
+    from deepfeed.core.evaluate.report import write_report
+    from deepfeed.core.evaluate.score_cache import eval_set_hash, find_scores, save_scores, score_cache_key
 
     checkpoint = ensure_smollm2()
     work = Path(args.work)

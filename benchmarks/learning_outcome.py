@@ -46,9 +46,9 @@ MODELS = ("base", "champion", "full", "incr", "incr+ewc")
 def demo_records(folder: Path, langs: set[str]) -> list[dict[str, Any]]:
     """The demo corpus as the pipeline cleans it (train and eval splits alike: the
     benchmark makes its own domain split below)."""
-    from deepfeed.core.cleaning import CleaningConfig, clean_records
-    from deepfeed.core.demo_corpus import write_demo_corpus
-    from deepfeed.core.ingest import ingest_folder
+    from deepfeed.core.data.cleaning import CleaningConfig, clean_records
+    from deepfeed.core.data.demo_corpus import write_demo_corpus
+    from deepfeed.core.data.ingest import ingest_folder
 
     write_demo_corpus(folder)
     cleaned = clean_records(ingest_folder(folder).records, CleaningConfig())
@@ -70,9 +70,9 @@ def split_domains(records: list[dict[str, Any]], new_domain: str, eval_records: 
 
 
 def train_all(base: Path, data: dict[str, list], work: Path, args) -> tuple[dict[str, Path], dict[str, Any]]:
-    from deepfeed.core.incremental import plan_replay
-    from deepfeed.core.learning_outcome import loss_windows
-    from deepfeed.core.training import TrainingConfig, fine_tune
+    from deepfeed.core.train.incremental import plan_replay
+    from deepfeed.core.evaluate.learning_outcome import loss_windows
+    from deepfeed.core.train.training import TrainingConfig, fine_tune
 
     # The demo's fine-tune settings (cli.DEMO_SIZES) for the champion and the full retrain;
     # the incremental asset's defaults (full fine-tuning at 3e-5, elastic, EWC 1e4) for the rounds.
@@ -108,10 +108,10 @@ def score_all(paths: dict[str, Path], data: dict[str, list], args) -> dict[str, 
     import numpy as np
     import torch
 
-    from deepfeed.core.evaluation import EvaluationConfig, generate_torch, generation_records
-    from deepfeed.core.learning_outcome import record_losses
-    from deepfeed.core.modeling import load_model, load_tokenizer
-    from deepfeed.core.textmetrics import token_prf
+    from deepfeed.core.evaluate.evaluation import EvaluationConfig, generate_torch, generation_records
+    from deepfeed.core.evaluate.learning_outcome import record_losses
+    from deepfeed.core.train.modeling import load_model, load_tokenizer
+    from deepfeed.core.evaluate.textmetrics import token_prf
 
     prompts, _ = generation_records(data["new_eval"], args.generate)
     config = EvaluationConfig(max_length=args.max_length, max_new_tokens=args.max_new_tokens)
@@ -132,7 +132,7 @@ def score_all(paths: dict[str, Path], data: dict[str, list], args) -> dict[str, 
 
 
 def outcome_table(scores: dict[str, dict[str, Any]], samples: int = 2000) -> tuple[list[dict[str, Any]], str]:
-    from deepfeed.core.learning_outcome import paired_difference, perplexity_ratio
+    from deepfeed.core.evaluate.learning_outcome import paired_difference, perplexity_ratio
 
     rows, lines = [], [
         "| model | new-domain ppl | vs base [95% CI] | new-domain token F1 | vs base [95% CI] "
@@ -160,7 +160,7 @@ def _rel(change: tuple[float, float, float]) -> str:
 
 
 def tiny_base(folder: Path, records: list[dict[str, Any]]) -> Path:
-    from deepfeed.core.tiny_models import build_tiny_checkpoint
+    from deepfeed.tools.tiny_models import build_tiny_checkpoint
 
     texts = [f"{r['prompt']} {r['response']}" for r in records[:400]]
     return build_tiny_checkpoint(folder, texts)
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.tiny:
             base = tiny_base(work / "tiny_base", data["old_train"] + data["new_train"])
         else:
-            from deepfeed.core.offline import ensure_smollm2
+            from deepfeed.core.platform.home import ensure_smollm2
 
             base = Path(args.model) if args.model else ensure_smollm2()
         print(f"base {base}; new domain '{args.new_domain}': "

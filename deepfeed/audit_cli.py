@@ -24,13 +24,13 @@ FILTERS = ("record_id", "stage", "action", "run_id")
 
 
 def default_ledger() -> Path:
-    from deepfeed.core.offline import deepfeed_home
+    from deepfeed.core.platform.home import deepfeed_home
 
     return deepfeed_home() / "audit" / "ledger.jsonl"
 
 
 def _ledger(args: argparse.Namespace):
-    from deepfeed.core.audit import AuditLedger
+    from deepfeed.core.platform.audit import AuditLedger
 
     return AuditLedger(Path(args.ledger) if args.ledger else default_ledger())
 
@@ -86,7 +86,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def cmd_rekey(args: argparse.Namespace) -> int:
-    from deepfeed.core.audit import LedgerCorrupted
+    from deepfeed.core.platform.audit import LedgerCorrupted
 
     ledger = _ledger(args)
     if not ledger.path.exists():

@@ -19,7 +19,7 @@ def _step(message: str) -> float:
 
 def ensure_dagster_home() -> Path:
     """DAGSTER_HOME defaults to $DEEPFEED_HOME/dagster, with the project's dagster.yaml."""
-    from deepfeed.core.offline import deepfeed_home
+    from deepfeed.core.platform.home import deepfeed_home
 
     home = Path(os.environ.get("DAGSTER_HOME") or deepfeed_home() / "dagster").resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -30,8 +30,8 @@ def ensure_dagster_home() -> Path:
 
 
 def cmd_prepare(_: argparse.Namespace) -> int:
-    from deepfeed.core.demo_corpus import ensure_demo_corpus
-    from deepfeed.core.offline import ensure_nltk_data, ensure_smollm2
+    from deepfeed.core.data.demo_corpus import ensure_demo_corpus
+    from deepfeed.core.platform.home import ensure_nltk_data, ensure_smollm2
     from deepfeed.settings import demo_corpus_dir
 
     started = _step("offline resources (cached under $DEEPFEED_HOME/cache)")
@@ -65,7 +65,7 @@ def ingest_sources(instance, corpus_path: str = "") -> dict[str, bool]:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from deepfeed.core.ingest import CorpusSourceError
+    from deepfeed.core.data.ingest import CorpusSourceError
     from deepfeed.settings import default_corpus_path
 
     ensure_dagster_home()
@@ -92,7 +92,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_prune_artifacts(args: argparse.Namespace) -> int:
     from deepfeed.pipelines.locations import audit_ledger
-    from deepfeed.core import retention
+    from deepfeed.core.data import retention
     from deepfeed.definitions import defs
 
     store, mlflow = defs.resources["artifact_store"].store(), defs.resources["mlflow"]
@@ -173,7 +173,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     dagster_home = ensure_dagster_home()
     # The demo's own secrets (user-id salt, audit-ledger key), 0600 under its home; production
     # mounts them from a secret store instead (docs/security.md).
-    from deepfeed.core.secrets import AUDIT_KEY, USER_SALT, ensure_secret
+    from deepfeed.core.platform.secrets import AUDIT_KEY, USER_SALT, ensure_secret
 
     for spec in (USER_SALT, AUDIT_KEY):
         ensure_secret(spec)
@@ -224,7 +224,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    from deepfeed.core.tiny_models import build_tiny_checkpoint
+    from deepfeed.tools.tiny_models import build_tiny_checkpoint
 
     texts = ["hello world, how are you today?", "你好，世界。今天怎么样？", "The capital of France is Paris."] * 20
     path = build_tiny_checkpoint(Path(args.output), texts, architecture=args.architecture)
@@ -233,7 +233,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from deepfeed.core.planner import PlannerError, plan
+    from deepfeed.tools.planner import PlannerError, plan
 
     try:
         result = plan(args.model, args.context, args.batch, gpus=args.gpus, lora_rank=args.lora_rank)
@@ -246,8 +246,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _dagster_instance_check():
     """Open the instance a run would use (DAGSTER_HOME) and read from its run storage."""
-    from deepfeed.core.doctor import FAIL, PASS, CheckResult
-    from deepfeed.core.offline import deepfeed_home
+    from deepfeed.tools.doctor import FAIL, PASS, CheckResult
+    from deepfeed.core.platform.home import deepfeed_home
 
     home = os.environ.get("DAGSTER_HOME") or str(deepfeed_home() / "dagster")
     if not (Path(home) / "dagster.yaml").exists():
@@ -266,7 +266,7 @@ def _dagster_instance_check():
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from deepfeed.core.doctor import GiB, DoctorConfig, failed, render_table, run_checks
+    from deepfeed.tools.doctor import GiB, DoctorConfig, failed, render_table, run_checks
 
     config = DoctorConfig(
         model=args.model, scenario=args.scenario, require_gpu=args.require_gpu,
@@ -300,9 +300,9 @@ def cmd_run_config(args: argparse.Namespace) -> int:
 
 
 def cmd_access_add_key(args: argparse.Namespace) -> int:
-    from deepfeed.core.access import PolicyError
-    from deepfeed.core.access_keys import add_key
-    from deepfeed.core.offline import deepfeed_home
+    from deepfeed.core.platform.access import PolicyError
+    from deepfeed.core.platform.access_keys import add_key
+    from deepfeed.core.platform.home import deepfeed_home
     from deepfeed.serve.cli import default_policy_path
 
     home = deepfeed_home()

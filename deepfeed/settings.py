@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from deepfeed.core.offline import deepfeed_home
+from deepfeed.core.platform.home import deepfeed_home
 
 
 def default_artifact_root() -> str:

@@ -31,14 +31,14 @@ def tiny_corpus_texts() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
-    from deepfeed.core.tiny_models import build_tiny_checkpoint
+    from deepfeed.tools.tiny_models import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_llama"), tiny_corpus_texts(), "llama")
 
 
 @pytest.fixture(scope="session")
 def tiny_deepseek(tmp_path_factory) -> Path:
-    from deepfeed.core.tiny_models import build_tiny_checkpoint
+    from deepfeed.tools.tiny_models import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_deepseek"), tiny_corpus_texts(), "deepseek_v3")
 

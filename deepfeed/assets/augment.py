@@ -9,10 +9,10 @@ import dagster as dg
 from pydantic import Field
 
 from deepfeed.assets.common import COMPUTE_RETRY, counts_table, fail, handle_metadata
-from deepfeed.core.artifacts import ArtifactHandle
-from deepfeed.core.augment_corpus import audit_entries, augment_corpus
-from deepfeed.core.augment_setup import AugmentSettings, AugmentSettingsError, build_augmenters, needs_model
-from deepfeed.core.tables import read_table, write_table
+from deepfeed.core.platform.artifacts import ArtifactHandle
+from deepfeed.core.augment.corpus import audit_entries, augment_corpus
+from deepfeed.core.augment.setup import AugmentSettings, AugmentSettingsError, build_augmenters, needs_model
+from deepfeed.core.platform.tables import read_table, write_table
 from deepfeed.pipelines.locations import AUDIT_CHUNK, audit_ledger
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 

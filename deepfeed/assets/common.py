@@ -4,7 +4,7 @@ from typing import Any
 
 import dagster as dg
 
-from deepfeed.core.artifacts import ArtifactHandle
+from deepfeed.core.platform.artifacts import ArtifactHandle
 
 # Reading sources and writing artifacts can meet a flaky network filesystem or object store:
 # worth a few spaced retries. A dg.Failure from `fail` (bad input or config) is never retried.

@@ -7,11 +7,11 @@ import dagster as dg
 from pydantic import Field
 
 from deepfeed.assets.common import COMPUTE_RETRY, fail, handle_metadata
-from deepfeed.core.artifacts import ArtifactHandle
-from deepfeed.core.compression import CompressionConfig, CompressionInputError, compress_checkpoint, write_json
-from deepfeed.core.compression_gate import gate_compressed_artifacts
-from deepfeed.core.evaluation import EvaluationConfig
-from deepfeed.core.tables import read_table
+from deepfeed.core.platform.artifacts import ArtifactHandle
+from deepfeed.core.compress.compression import CompressionConfig, CompressionInputError, compress_checkpoint, write_json
+from deepfeed.core.compress.gate import gate_compressed_artifacts
+from deepfeed.core.evaluate.evaluation import EvaluationConfig
+from deepfeed.core.platform.tables import read_table
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 
 GROUP = "compression"

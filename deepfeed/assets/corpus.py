@@ -20,22 +20,22 @@ import pandas as pd
 from pydantic import Field
 
 from deepfeed.assets.common import COMPUTE_RETRY, IO_RETRY, counts_table, fail, handle_metadata
-from deepfeed.core.artifacts import ArtifactHandle, ArtifactStore
-from deepfeed.core.audit import AuditEntry
-from deepfeed.core.clean_pipeline import DatasetBudget, NothingLeft, Progress, clean_sources
-from deepfeed.core.cleaning import CleaningConfig, CorpusCleaner, quarantine_entry, quasi_identifier_values
-from deepfeed.core.corpus_checks import MAX_NOISE_RATIO, NoiseCounter, glossary_leftovers
-from deepfeed.core.coverage import CoverageConfig, MiniLMEncoder, share_by_tag
-from deepfeed.core.dp import DEFAULT_MAX_EPSILON, PrivacyBudgetExceeded
-from deepfeed.core.glossary import load_glossary
-from deepfeed.core.ingest import (
+from deepfeed.core.platform.artifacts import ArtifactHandle, ArtifactStore
+from deepfeed.core.platform.audit import AuditEntry
+from deepfeed.core.data.clean_pipeline import DatasetBudget, NothingLeft, Progress, clean_sources
+from deepfeed.core.data.cleaning import CleaningConfig, CorpusCleaner, quarantine_entry, quasi_identifier_values
+from deepfeed.core.data.corpus_checks import MAX_NOISE_RATIO, NoiseCounter, glossary_leftovers
+from deepfeed.core.data.coverage import CoverageConfig, MiniLMEncoder, share_by_tag
+from deepfeed.core.data.dp import DEFAULT_MAX_EPSILON, PrivacyBudgetExceeded
+from deepfeed.core.data.glossary import load_glossary
+from deepfeed.core.data.ingest import (
     QUARANTINE_BLOBS, BlobLimits, CorpusSourceError, add_file_counts, iter_files, quarantine_schema, record_schema, source_files,
     source_fingerprint, write_quarantine_blobs,
 )
-from deepfeed.core.kanonymity import check_k_anonymity
-from deepfeed.core.quality import QualityConfig
-from deepfeed.core.raw_store import ENV_KEY, ENV_PATH, RawStore, RawStoreError, default_raw_store_path
-from deepfeed.core.tables import TableWriter
+from deepfeed.core.data.kanonymity import check_k_anonymity
+from deepfeed.core.data.quality import QualityConfig
+from deepfeed.core.data.raw_store import ENV_KEY, ENV_PATH, RawStore, RawStoreError, default_raw_store_path
+from deepfeed.core.platform.tables import TableWriter
 from deepfeed.pipelines.locations import AUDIT_CHUNK, audit_ledger, epsilon_ledger
 from deepfeed.pipelines.partitions import corpus_root, corpus_sources, latest_raw_versions, raw_artifact_name
 from deepfeed.resources import ArtifactStoreResource, MlflowResource

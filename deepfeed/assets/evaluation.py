@@ -11,20 +11,20 @@ from pydantic import Field
 from deepfeed.assets.common import COMPUTE_RETRY, IO_RETRY, counts_table, fail, handle_metadata
 from deepfeed.assets.compression import compression_quality_gate
 from deepfeed.assets.training import checkpoint_source
-from deepfeed.core.artifacts import MANIFEST, ArtifactHandle
-from deepfeed.core.audit import AuditEntry, AuditLedger
-from deepfeed.core.compression import CompressionConfig
-from deepfeed.core.evalset import EvalSetError, load_reference_set, strata_counts, stratified_sample, training_overlap
-from deepfeed.core.evaluation import EvaluationConfig
-from deepfeed.core.lifecycle import apply_failed_gate, grant_challenger, promote_gated
-from deepfeed.core.plots import markdown_image
-from deepfeed.core.report import CHALLENGER, DEFAULT_ARTIFACTS, DESCRIPTIONS, evaluate_candidates
-from deepfeed.core.report import BASE
-from deepfeed.core.report import CHAMPION as CHAMPION_CANDIDATE
-from deepfeed.core.report_render import comparison_metrics, feeding_headline, render_markdown, write_report
-from deepfeed.core.safety import SafetyError, ToxicityScorer
-from deepfeed.core.score_cache import checkpoint_fingerprint, eval_set_hash, find_scores, save_scores, score_cache_key
-from deepfeed.core.tables import read_table, write_table
+from deepfeed.core.platform.artifacts import MANIFEST, ArtifactHandle
+from deepfeed.core.platform.audit import AuditEntry, AuditLedger
+from deepfeed.core.compress.compression import CompressionConfig
+from deepfeed.core.evaluate.evalset import EvalSetError, load_reference_set, strata_counts, stratified_sample, training_overlap
+from deepfeed.core.evaluate.evaluation import EvaluationConfig
+from deepfeed.core.loop.lifecycle import apply_failed_gate, grant_challenger, promote_gated
+from deepfeed.core.platform.plots import markdown_image
+from deepfeed.core.evaluate.scoring import CHALLENGER, DEFAULT_ARTIFACTS, DESCRIPTIONS, evaluate_candidates
+from deepfeed.core.evaluate.scoring import BASE
+from deepfeed.core.evaluate.scoring import CHAMPION as CHAMPION_CANDIDATE
+from deepfeed.core.evaluate.report import comparison_metrics, feeding_headline, render_markdown, write_report
+from deepfeed.core.evaluate.safety import SafetyError, ToxicityScorer
+from deepfeed.core.evaluate.score_cache import checkpoint_fingerprint, eval_set_hash, find_scores, save_scores, score_cache_key
+from deepfeed.core.platform.tables import read_table, write_table
 from deepfeed.pipelines.locations import audit_ledger
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.resources.mlflow_tracking import CHALLENGER as CHALLENGER_ALIAS

@@ -27,11 +27,11 @@ from deepfeed.assets.training import (
     TrainingFields,
     write_reports,
 )
-from deepfeed.core.artifacts import ArtifactHandle
-from deepfeed.core.incremental import plan_replay, records_hash, training_state_dir
-from deepfeed.core.offline import deepfeed_home
-from deepfeed.core.plots import markdown_image
-from deepfeed.core.tables import read_table
+from deepfeed.core.platform.artifacts import ArtifactHandle
+from deepfeed.core.train.incremental import plan_replay, records_hash, training_state_dir
+from deepfeed.core.platform.home import deepfeed_home
+from deepfeed.core.platform.plots import markdown_image
+from deepfeed.core.platform.tables import read_table
 from deepfeed.pipelines.partitions import feedback_batches
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 

@@ -12,8 +12,8 @@ import json
 import dagster as dg
 
 from deepfeed.assets.common import fail, handle_metadata
-from deepfeed.core.artifacts import MANIFEST, ArtifactHandle
-from deepfeed.core.lifecycle import revoke_challenger
+from deepfeed.core.platform.artifacts import MANIFEST, ArtifactHandle
+from deepfeed.core.loop.lifecycle import revoke_challenger
 from deepfeed.pipelines.locations import audit_ledger
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 

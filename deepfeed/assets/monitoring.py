@@ -7,12 +7,12 @@ import dagster as dg
 from pydantic import Field
 
 from deepfeed.assets.common import fail, handle_metadata
-from deepfeed.core.abtest import ARMS, analyze_ab
-from deepfeed.core.artifacts import ArtifactHandle
-from deepfeed.core.embedding_summary import shared_summarizer
-from deepfeed.core.monitoring import ab_events, drift_evidence, reference_features
-from deepfeed.core.lifecycle import conclude_ab_test
-from deepfeed.core.rollback import BASELINE_N_TAG, BASELINE_STD_TAG, BASELINE_TAG, CHALLENGER
+from deepfeed.core.loop.abtest import ARMS, analyze_ab
+from deepfeed.core.platform.artifacts import ArtifactHandle
+from deepfeed.core.data.embedding_summary import shared_summarizer
+from deepfeed.core.loop.monitoring import ab_events, drift_evidence, reference_features
+from deepfeed.core.loop.lifecycle import conclude_ab_test
+from deepfeed.core.loop.rollback import BASELINE_N_TAG, BASELINE_STD_TAG, BASELINE_TAG, CHALLENGER
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.resources.serving_data import ServingDataResource
 

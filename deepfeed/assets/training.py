@@ -16,16 +16,16 @@ import dagster as dg
 from pydantic import Field
 
 from deepfeed.assets.common import COMPUTE_RETRY, IO_RETRY, fail, handle_metadata
-from deepfeed.core.artifacts import ArtifactHandle, hash_folder
-from deepfeed.core.distributed import launch_command, read_result, write_spec
-from deepfeed.core.feedback import FeedbackStore
-from deepfeed.core.incremental import records_hash, training_state_dir
-from deepfeed.core.mlflow_model import write_pyfunc_model
-from deepfeed.core.modeling import ModelSourceError, describe_checkpoint
-from deepfeed.core.offline import deepfeed_home
-from deepfeed.core.plots import line_plot, markdown_image
-from deepfeed.core.tables import read_table
-from deepfeed.core.training import TrainingConfig, TrainingError, TrainingResult, config_dict, fine_tune
+from deepfeed.core.platform.artifacts import ArtifactHandle, hash_folder
+from deepfeed.core.train.distributed import launch_command, read_result, write_spec
+from deepfeed.core.loop.feedback import FeedbackStore
+from deepfeed.core.train.incremental import records_hash, training_state_dir
+from deepfeed.core.platform.mlflow_model import write_pyfunc_model
+from deepfeed.core.train.modeling import ModelSourceError, describe_checkpoint
+from deepfeed.core.platform.home import deepfeed_home
+from deepfeed.core.platform.plots import line_plot, markdown_image
+from deepfeed.core.platform.tables import read_table
+from deepfeed.core.train.training import TrainingConfig, TrainingError, TrainingResult, config_dict, fine_tune
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 from deepfeed.resources.mlflow_tracking import CHAMPION
 

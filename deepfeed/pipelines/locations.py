@@ -3,9 +3,9 @@ sensors and the CLI alike."""
 
 from __future__ import annotations
 
-from deepfeed.core.audit import AuditLedger
-from deepfeed.core.dp import EpsilonLedger
-from deepfeed.core.offline import deepfeed_home
+from deepfeed.core.platform.audit import AuditLedger
+from deepfeed.core.data.dp import EpsilonLedger
+from deepfeed.core.platform.home import deepfeed_home
 
 # Entries appended to the audit ledger per write: bounds memory on large corpora.
 AUDIT_CHUNK = 10_000

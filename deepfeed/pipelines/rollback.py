@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
-from deepfeed.core.rollback import RollbackError, rollback
+from deepfeed.core.loop.rollback import RollbackError, rollback
 from deepfeed.resources import MlflowResource
 from deepfeed.resources.serving_data import ServingDataResource
 

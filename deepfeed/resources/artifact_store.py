@@ -3,7 +3,7 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
-from deepfeed.core.artifacts import ArtifactStore, ArtifactStoreError
+from deepfeed.core.platform.artifacts import ArtifactStore, ArtifactStoreError
 from deepfeed.settings import default_artifact_root
 
 

@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from deepfeed.core.offline import deepfeed_home
+from deepfeed.core.platform.home import deepfeed_home
 from deepfeed.settings import default_mlflow_artifact_location, default_mlflow_uri
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
@@ -172,10 +172,10 @@ class MlflowResource(dg.ConfigurableResource):
 
     def register_version(self, context: dg.AssetExecutionContext, source: str, tags: dict[str, str]) -> str:
         """A new model version, with no alias: nothing serves it until its evaluation gate
-        passes (docs/model-lifecycle.md; the alias moves are in deepfeed.core.lifecycle)."""
+        passes (docs/model-lifecycle.md; the alias moves are in deepfeed.core.loop.lifecycle)."""
         from mlflow.exceptions import MlflowException
 
-        from deepfeed.core.lifecycle import registration_tags
+        from deepfeed.core.loop.lifecycle import registration_tags
 
         client = self.client()
         try:
@@ -193,14 +193,14 @@ class MlflowResource(dg.ConfigurableResource):
     def grant_challenger(self, version: str, report: str, compared_with: str | None, reason: str, run_id: str,
                          ledger=None):
         """`version` passed its gate against `compared_with`: it takes the `challenger` alias (A/B share)."""
-        from deepfeed.core.lifecycle import grant_challenger
+        from deepfeed.core.loop.lifecycle import grant_challenger
 
         return grant_challenger(self.client(), self.registered_model_name, version, report, compared_with, reason,
                                 run_id, ledger)
 
     def revoke_challenger(self, version: str, reason: str, run_id: str, ledger=None) -> bool:
         """`version` loses the `challenger` alias if it holds it (a failed gate, an A/B 'keep')."""
-        from deepfeed.core.lifecycle import revoke_challenger
+        from deepfeed.core.loop.lifecycle import revoke_challenger
 
         return revoke_challenger(self.client(), self.registered_model_name, version, reason, run_id, ledger)
 
@@ -225,7 +225,7 @@ class MlflowResource(dg.ConfigurableResource):
 
 def model_flavor_tags(source: str) -> dict[str, str]:
     """Whether the version loads with mlflow.pyfunc.load_model (its folder holds an MLmodel)."""
-    from deepfeed.core.mlflow_model import is_mlflow_model
+    from deepfeed.core.platform.mlflow_model import is_mlflow_model
 
     return {"mlflow_flavor": "python_function" if is_mlflow_model(source) else "none"}
 

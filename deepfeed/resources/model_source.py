@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from deepfeed.core.offline import ensure_smollm2
+from deepfeed.core.platform.home import ensure_smollm2
 from deepfeed.settings import default_base_model_path
 
 

@@ -5,10 +5,10 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from deepfeed.core.audit import AuditLedger
-from deepfeed.core.feedback import FeedbackStore
-from deepfeed.core.inference_log import InferenceLog
-from deepfeed.core.offline import deepfeed_home
+from deepfeed.core.platform.audit import AuditLedger
+from deepfeed.core.loop.feedback import FeedbackStore
+from deepfeed.core.loop.inference_log import InferenceLog
+from deepfeed.core.platform.home import deepfeed_home
 
 
 def _default_home() -> str:

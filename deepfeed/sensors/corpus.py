@@ -7,7 +7,7 @@ from typing import Optional
 import dagster as dg
 
 from deepfeed.pipelines.partitions import corpus_root, corpus_sources, latest_raw_versions
-from deepfeed.core.ingest import CorpusSourceError, sources_to_ingest
+from deepfeed.core.data.ingest import CorpusSourceError, sources_to_ingest
 from deepfeed.resources import ArtifactStoreResource
 from deepfeed.settings import default_corpus_path
 
@@ -48,8 +48,8 @@ def retire_source(instance: dg.DagsterInstance, store, source: str, reason: str,
     it was never ingested."""
     from deepfeed.pipelines.locations import audit_ledger
     from deepfeed.pipelines.partitions import raw_artifact_name
-    from deepfeed.core.audit import AuditEntry
-    from deepfeed.core.raw_store import RawStore
+    from deepfeed.core.platform.audit import AuditEntry
+    from deepfeed.core.data.raw_store import RawStore
 
     registered = instance.get_dynamic_partitions(corpus_sources.name)
     if source not in registered:

@@ -5,8 +5,8 @@ import datetime as dt
 import dagster as dg
 
 from deepfeed.pipelines.partitions import feedback_batches
-from deepfeed.core.embedding_summary import shared_summarizer
-from deepfeed.core.monitoring import drift_evidence, reference_features
+from deepfeed.core.data.embedding_summary import shared_summarizer
+from deepfeed.core.loop.monitoring import drift_evidence, reference_features
 from deepfeed.pipelines.jobs import full_chain_job
 from deepfeed.pipelines.monitoring import drift_report_job
 from deepfeed.pipelines.training import incremental_job

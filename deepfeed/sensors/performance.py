@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from deepfeed.core.monitoring import performance_evidence
-from deepfeed.core.rollback import BASELINE_N_TAG, BASELINE_STD_TAG, BASELINE_TAG, CHAMPION, PREVIOUS
+from deepfeed.core.loop.monitoring import performance_evidence
+from deepfeed.core.loop.rollback import BASELINE_N_TAG, BASELINE_STD_TAG, BASELINE_TAG, CHAMPION, PREVIOUS
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.resources import MlflowResource
 from deepfeed.resources.monitoring_policy import MonitoringPolicyResource

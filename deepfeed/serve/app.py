@@ -35,15 +35,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deepfeed.core.abtest import arm_for_hash, hash_user_id
-from deepfeed.core.access import ANONYMOUS, FEEDBACK_SUBMIT, MODEL_GENERATE, MODEL_RELOAD, AccessPolicy, Decision
-from deepfeed.core.audit import AuditEntry, AuditLedger
-from deepfeed.core.feedback import FeedbackError, FeedbackStore
-from deepfeed.core.embedding_summary import shared_summarizer
-from deepfeed.core.inference_log import InferenceLog, prompt_record
-from deepfeed.core.offline import deepfeed_home
-from deepfeed.core.ratelimit import RateLimiter
-from deepfeed.core.secrets import USER_SALT, load_secret
+from deepfeed.core.loop.abtest import arm_for_hash, hash_user_id
+from deepfeed.core.platform.access import ANONYMOUS, FEEDBACK_SUBMIT, MODEL_GENERATE, MODEL_RELOAD, AccessPolicy, Decision
+from deepfeed.core.platform.audit import AuditEntry, AuditLedger
+from deepfeed.core.loop.feedback import FeedbackError, FeedbackStore
+from deepfeed.core.data.embedding_summary import shared_summarizer
+from deepfeed.core.loop.inference_log import InferenceLog, prompt_record
+from deepfeed.core.platform.home import deepfeed_home
+from deepfeed.core.platform.ratelimit import RateLimiter
+from deepfeed.core.platform.secrets import USER_SALT, load_secret
 from deepfeed.serve.models import AliasWatcher, ModelPool, NoChampionError
 from deepfeed.serve.openapi import (
     FeedbackResponse, GenerateResponse, HealthResponse, ReloadResponse, add_offline_docs, errors,

@@ -51,7 +51,7 @@ def default_policy_path(home: Path) -> Path | None:
 
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
-    from deepfeed.core.offline import deepfeed_home
+    from deepfeed.core.platform.home import deepfeed_home
     from deepfeed.serve.app import ServeSettings
     from deepfeed.settings import default_mlflow_uri
 
@@ -68,9 +68,9 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from deepfeed.core.access import PolicyError
-    from deepfeed.core.access_keys import check_policy_file
-    from deepfeed.core.secrets import USER_SALT, MissingSecret, load_secret
+    from deepfeed.core.platform.access import PolicyError
+    from deepfeed.core.platform.access_keys import check_policy_file
+    from deepfeed.core.platform.secrets import USER_SALT, MissingSecret, load_secret
 
     settings = settings_from_args(args)
     if settings.policy_path is not None:

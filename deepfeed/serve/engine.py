@@ -16,8 +16,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from deepfeed.core.artifacts import MANIFEST
-from deepfeed.core.modeling import load_model, load_tokenizer, prompt_ids
+from deepfeed.core.platform.artifacts import MANIFEST
+from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
 
 RUNTIMES = ("onnx_int8", "torch")
 
@@ -79,8 +79,8 @@ class OnnxGenerator:
     runtime = "onnx_int8"
 
     def __init__(self, onnx_file: Path, checkpoint: Path, max_context: int = 512):
-        from deepfeed.core.compression import onnx_session
-        from deepfeed.core.onnx_kv import layout_from_session
+        from deepfeed.core.compress.compression import onnx_session
+        from deepfeed.core.compress.onnx_kv import layout_from_session
 
         self.tokenizer = load_tokenizer(checkpoint)
         self.session = onnx_session(onnx_file)

@@ -2,7 +2,7 @@
 
 A version gets users only through an alias, and the challenger alias is honoured only for
 a version whose tags record a passed evaluation gate and the challenger stage
-(deepfeed.core.lifecycle.may_serve_as_challenger): a hand-set or stale alias on an
+(deepfeed.core.loop.lifecycle.may_serve_as_challenger): a hand-set or stale alias on an
 unevaluated version sends no traffic to it (docs/model-lifecycle.md).
 
 A refresh reads the aliases, loads any version not loaded yet, and only then replaces the
@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from deepfeed.core.abtest import CHALLENGER, CHAMPION
-from deepfeed.core.lifecycle import may_serve_as_challenger
+from deepfeed.core.loop.abtest import CHALLENGER, CHAMPION
+from deepfeed.core.loop.lifecycle import may_serve_as_challenger
 from deepfeed.serve.engine import Generator, load_generator
 
 log = logging.getLogger("deepfeed.serve")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from deepfeed.core.abtest import (ARMS, analyze_ab, arm_for_hash, assign_arm, hash_user_id,
+from deepfeed.core.loop.abtest import (ARMS, analyze_ab, arm_for_hash, assign_arm, hash_user_id,
                                   msprt, welch)
 
 T0 = pd.Timestamp("2025-03-01", tz="UTC")

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from deepfeed.core.access import AccessPolicy, PolicyError, audit_denial, hash_key
-from deepfeed.core.audit import AuditLedger
+from deepfeed.core.platform.access import AccessPolicy, PolicyError, audit_denial, hash_key
+from deepfeed.core.platform.audit import AuditLedger
 
 POLICY = {
     "roles": {"annotator": {"permissions": ["feedback:submit"], "classifications": ["public", "internal"]},

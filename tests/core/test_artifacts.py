@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from deepfeed.core.artifacts import ArtifactStore, ArtifactStoreError
+from deepfeed.core.platform.artifacts import ArtifactStore, ArtifactStoreError
 
 
 def test_versions_are_atomic_and_hashed(tmp_path):

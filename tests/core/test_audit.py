@@ -7,7 +7,7 @@ import numpy as np
 
 import pytest
 
-from deepfeed.core.audit import (
+from deepfeed.core.platform.audit import (
     GENESIS_HASH,
     AuditEntry,
     AuditLedger,

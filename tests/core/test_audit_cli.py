@@ -3,7 +3,7 @@ import json
 import pytest
 
 from deepfeed.cli import main
-from deepfeed.core.audit import AuditEntry, AuditLedger
+from deepfeed.core.platform.audit import AuditEntry, AuditLedger
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from deepfeed.core.artifacts import ArtifactStore
-from deepfeed.core.audit import AuditEntry, AuditLedger
+from deepfeed.core.platform.artifacts import ArtifactStore
+from deepfeed.core.platform.audit import AuditEntry, AuditLedger
 
 KEY = "test-audit-key-0123456789abcdef"
 
@@ -52,7 +52,7 @@ def _run(tmp_path, crash_at: str, n: int = 25, chunk: int = 10) -> None:
 
 
 def _read_first_chunk(path, chunk):
-    from deepfeed.core.audit import _read_spool
+    from deepfeed.core.platform.audit import _read_spool
 
     yield next(_read_spool(path, chunk))
 

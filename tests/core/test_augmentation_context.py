@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepfeed.core.augment_corpus import AugmentPlan, Augmenters, audit_entries, augment_corpus
-from deepfeed.core.augmentation import WordNetSynonyms, protected_mask
-from deepfeed.core.contextual_synonyms import ContextualSynonymReplacer, SynonymEdit
-from deepfeed.core.encoders import SentenceEncoder
-from deepfeed.core.meaning import MeaningJudge, precision_recall
-from deepfeed.core.offline import activate_nltk_data
-from deepfeed.core.zh_synonyms import CilinSynonyms
+from deepfeed.core.augment.corpus import AugmentPlan, Augmenters, audit_entries, augment_corpus
+from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask
+from deepfeed.core.augment.contextual_synonyms import ContextualSynonymReplacer, SynonymEdit
+from deepfeed.core.platform.encoders import SentenceEncoder
+from deepfeed.core.augment.meaning import MeaningJudge, precision_recall
+from deepfeed.core.platform.home import activate_nltk_data
+from deepfeed.core.augment.zh_synonyms import CilinSynonyms
 
 DATA = Path(__file__).resolve().parents[2] / "deepfeed" / "data"
 
@@ -136,8 +136,8 @@ def test_the_judge_keeps_meaning_on_the_labelled_pairs(encoder, lexicons):
 
 
 def test_the_encoder_judges_what_it_reads_and_the_lm_the_rest(encoder, lexicons, tiny_llama):
-    from deepfeed.core.contextual_synonyms import CausalLMRanker
-    from deepfeed.core.modeling import load_model, load_tokenizer
+    from deepfeed.core.augment.contextual_synonyms import CausalLMRanker
+    from deepfeed.core.train.modeling import load_model, load_tokenizer
 
     lm = CausalLMRanker(load_model(tiny_llama), load_tokenizer(tiny_llama))
     judge = MeaningJudge(lexicons, encoder, lm, lm_threshold=float("-inf"))
@@ -155,7 +155,7 @@ def test_the_encoder_judges_what_it_reads_and_the_lm_the_rest(encoder, lexicons,
 
 def test_chinese_reordering_works_after_real_cleaning(encoder):
     """Cleaning's NFKC folds ，？！ into ASCII before augmentation sees the text."""
-    from deepfeed.core.cleaning import CleaningConfig, clean_records
+    from deepfeed.core.data.cleaning import CleaningConfig, clean_records
 
     raw = [
         {"record_id": "z1", "kind": "pair", "prompt": "怎么办？", "response": "多喝水，注意休息。", "text": None, "lang": "zh", "source": "t"},
@@ -176,7 +176,7 @@ def test_chinese_reordering_works_after_real_cleaning(encoder):
 
 def test_every_child_is_in_the_audit_ledger_and_queryable(tmp_path, encoder, lexicons, capsys):
     from deepfeed.cli import main
-    from deepfeed.core.audit import AuditLedger, content_hash
+    from deepfeed.core.platform.audit import AuditLedger, content_hash
 
     replacer = ContextualSynonymReplacer(encoder, lexicons["en"], lexicons["zh"], protected=partial(protected_mask), threshold=0.5, rate=0.3)
     records = [

@@ -6,14 +6,14 @@ from functools import partial
 
 import pytest
 
-from deepfeed.core.augment_corpus import AugmentPlan, Augmenters, augment_corpus
-from deepfeed.core.augmentation import WordNetSynonyms, protected_mask
-from deepfeed.core.contextual_synonyms import ContextualSynonymReplacer
-from deepfeed.core.encoders import SentenceEncoder
-from deepfeed.core.fgsm import FgsmTextAttack
-from deepfeed.core.modeling import load_model, load_tokenizer
-from deepfeed.core.offline import activate_nltk_data
-from deepfeed.core.zh_synonyms import CilinSynonyms
+from deepfeed.core.augment.corpus import AugmentPlan, Augmenters, augment_corpus
+from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask
+from deepfeed.core.augment.contextual_synonyms import ContextualSynonymReplacer
+from deepfeed.core.platform.encoders import SentenceEncoder
+from deepfeed.core.augment.fgsm import FgsmTextAttack
+from deepfeed.core.train.modeling import load_model, load_tokenizer
+from deepfeed.core.platform.home import activate_nltk_data
+from deepfeed.core.augment.zh_synonyms import CilinSynonyms
 from tests.conftest import PAIRS
 
 LONG = "A very long answer that goes on. " * 100

@@ -5,12 +5,12 @@ import re
 import pytest
 import torch
 
-from deepfeed.core.augmentation import WordNetSynonyms, protected_mask
-from deepfeed.core.contextual_synonyms import Skip
-from deepfeed.core.fgsm import FgsmTextAttack, fgsm_embedding_loss
-from deepfeed.core.offline import activate_nltk_data
-from deepfeed.core.zh_synonyms import CilinSynonyms
-from deepfeed.core.modeling import collate, encode_record, load_model, load_tokenizer
+from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask
+from deepfeed.core.augment.contextual_synonyms import Skip
+from deepfeed.core.augment.fgsm import FgsmTextAttack, fgsm_embedding_loss
+from deepfeed.core.platform.home import activate_nltk_data
+from deepfeed.core.augment.zh_synonyms import CilinSynonyms
+from deepfeed.core.train.modeling import collate, encode_record, load_model, load_tokenizer
 from tests.conftest import PAIRS
 
 
@@ -92,8 +92,8 @@ def test_short_texts_get_at_least_one_swap(model_and_tokenizer, lexicons):
 
 
 def test_a_swap_the_judge_refuses_is_dropped(model_and_tokenizer, lexicons):
-    from deepfeed.core.encoders import SentenceEncoder
-    from deepfeed.core.meaning import MeaningJudge
+    from deepfeed.core.platform.encoders import SentenceEncoder
+    from deepfeed.core.augment.meaning import MeaningJudge
 
     model, tokenizer = model_and_tokenizer
     text = "The doctors examined the patients quickly and bought bigger boxes."

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from deepfeed.core.structural import reorder_clauses, split_sentences, structural_variant
+from deepfeed.core.augment.structural import reorder_clauses, split_sentences, structural_variant
 
 
 @pytest.mark.parametrize(

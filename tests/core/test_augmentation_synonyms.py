@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from deepfeed.core.augmentation import WordNetSynonyms, protected_mask
-from deepfeed.core.augment_corpus import AugmentPlan, Augmenters, augment_corpus
-from deepfeed.core.augment_setup import AugmentSettings, AugmentSettingsError, build_augmenters
-from deepfeed.core.contextual_synonyms import CausalLMRanker, ContextualSynonymReplacer, MaskedLMReplacer, Skip, SynonymEdit, text_script
-from deepfeed.core.encoders import SentenceEncoder
-from deepfeed.core.glossary import load_glossary
-from deepfeed.core.modeling import load_model, load_tokenizer
-from deepfeed.core.offline import activate_nltk_data
-from deepfeed.core.zh_synonyms import CilinSynonyms
+from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask
+from deepfeed.core.augment.corpus import AugmentPlan, Augmenters, augment_corpus
+from deepfeed.core.augment.setup import AugmentSettings, AugmentSettingsError, build_augmenters
+from deepfeed.core.augment.contextual_synonyms import CausalLMRanker, ContextualSynonymReplacer, MaskedLMReplacer, Skip, SynonymEdit, text_script
+from deepfeed.core.platform.encoders import SentenceEncoder
+from deepfeed.core.data.glossary import load_glossary
+from deepfeed.core.train.modeling import load_model, load_tokenizer
+from deepfeed.core.platform.home import activate_nltk_data
+from deepfeed.core.augment.zh_synonyms import CilinSynonyms
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,7 @@ def test_lm_ranking_settings_are_checked_before_anything_loads(tmp_path):
 
 
 def test_encoder_cache_and_thread_choice_leave_the_embeddings_unchanged(encoder):
-    from deepfeed.core.encoders import SentenceEncoder, ThreadTuner
+    from deepfeed.core.platform.encoders import SentenceEncoder, ThreadTuner
 
     texts = ["The doctor examined the patient.", "A second, longer sentence about the weather today.", "The doctor examined the patient."]
     threads = torch.get_num_threads()
@@ -232,7 +232,7 @@ def test_encoder_cache_and_thread_choice_leave_the_embeddings_unchanged(encoder)
 
 
 def test_encoder_precisions_agree_with_fp32_where_it_matters(encoder):
-    from deepfeed.core.encoders import SentenceEncoder
+    from deepfeed.core.platform.encoders import SentenceEncoder
 
     originals = ["The doctor examined the patient.", "Drink plenty of water and get enough rest."] * 2
     variants = ["The physician examined the patient.", "Drink lots of water and get enough sleep.", "Stock prices fell sharply on Monday.", "The cat sat on the mat."]

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from deepfeed.core import checkpointing
-from deepfeed.core.elastic import ElasticScale
-from deepfeed.core.training import BatchSampler, TrainingConfig, TrainingError, fine_tune, pack_examples
-from deepfeed.core.modeling import Example
+from deepfeed.core.train import checkpointing
+from deepfeed.core.train.elastic import ElasticScale
+from deepfeed.core.train.training import BatchSampler, TrainingConfig, TrainingError, fine_tune, pack_examples
+from deepfeed.core.train.modeling import Example
 from tests.conftest import REPO
 from tests.core.test_training import RECORDS
 
@@ -23,7 +23,7 @@ CONFIG = dict(max_steps=10, batch_size=4, method="full", learning_rate=3e-3, che
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from deepfeed.core.training import TrainingConfig, fine_tune
+from deepfeed.core.train.training import TrainingConfig, fine_tune
 base, out, ckpt, records, config = sys.argv[1:6]
 # Slow steps give the parent time to kill the run between two checkpoints.
 fine_tune(Path(base), json.loads(Path(records).read_text()), Path(out), TrainingConfig(**json.loads(config)),

@@ -9,14 +9,14 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from deepfeed.core.artifacts import ArtifactStore
-from deepfeed.core.audit import AuditLedger
-from deepfeed.core.clean_pipeline import AuditSpool, NothingLeft, clean_sources
-from deepfeed.core.cleaning import CleaningConfig, CorpusCleaner, clean_records, training_text
-from deepfeed.core.corpus_checks import release_statistics
-from deepfeed.core.coverage import long_tail_reasons
-from deepfeed.core.ingest import RECORD_FIELDS
-from deepfeed.core.tables import read_table, write_table
+from deepfeed.core.platform.artifacts import ArtifactStore
+from deepfeed.core.platform.audit import AuditLedger
+from deepfeed.core.data.clean_pipeline import AuditSpool, NothingLeft, clean_sources
+from deepfeed.core.data.cleaning import CleaningConfig, CorpusCleaner, clean_records, training_text
+from deepfeed.core.data.corpus_checks import release_statistics
+from deepfeed.core.data.coverage import long_tail_reasons
+from deepfeed.core.data.ingest import RECORD_FIELDS
+from deepfeed.core.platform.tables import read_table, write_table
 
 TOPICS = ["blood pressure", "garden tools", "train timetables", "tax forms"]
 REGIONS = ["深圳", "广州", "杭州", "宁波"]
@@ -205,8 +205,8 @@ def test_memory_does_not_grow_with_the_records(tmp_path):
 
 
 def test_noise_counted_batch_by_batch_equals_the_whole_report():
-    from deepfeed.core.corpus_checks import NoiseCounter, noise_report
-    from deepfeed.core.quality import QualityConfig
+    from deepfeed.core.data.corpus_checks import NoiseCounter, noise_report
+    from deepfeed.core.data.quality import QualityConfig
 
     records = corpus(120) + corpus(30)  # duplicates of earlier batches, PII, short records
     whole = noise_report(records, QualityConfig(min_length=4), 0.9)

@@ -1,10 +1,10 @@
 import json
 
-from deepfeed.core.audit import content_hash
-from deepfeed.core.cleaning import CleaningConfig, CorpusCleaner, assign_split, clean_records, normalize_text
-from deepfeed.core.glossary import load_glossary
-from deepfeed.core.kanonymity import check_k_anonymity
-from deepfeed.core.pii import has_pii
+from deepfeed.core.platform.audit import content_hash
+from deepfeed.core.data.cleaning import CleaningConfig, CorpusCleaner, assign_split, clean_records, normalize_text
+from deepfeed.core.data.glossary import load_glossary
+from deepfeed.core.data.kanonymity import check_k_anonymity
+from deepfeed.core.data.pii import has_pii
 
 NO_GLOSSARY = CleaningConfig(glossary_path="")
 
@@ -106,7 +106,7 @@ def test_no_pii_left_in_cleaned_text():
 
 
 def test_worker_pool_gives_the_same_result_as_one_process():
-    from deepfeed.core.cleaning import clean_stream
+    from deepfeed.core.data.cleaning import clean_stream
 
     records = [_pair(i, f"Question {i % 40} about hypertension?", f"Mail a{i % 7}@example.com, answer {i % 40}.") for i in range(200)]
     batches = [records[i:i + 50] for i in range(0, 200, 50)]
@@ -147,7 +147,7 @@ def test_the_glossary_is_off_by_default_and_scoped_to_domain_tags_when_on():
     assert "F32" in scoped.records[1]["prompt"] and scoped.glossary == {"F32": 2}
     assert "F32" in clean_records(records, CleaningConfig(glossary_path=None)).records[0]["prompt"]  # unscoped: what the default avoids
     # The consistency check looks for leftovers in the same scope only.
-    from deepfeed.core.corpus_checks import glossary_leftovers
+    from deepfeed.core.data.corpus_checks import glossary_leftovers
 
     assert glossary_leftovers(scoped.records, load_glossary(), ("clinic",)) == {}
     assert glossary_leftovers(scoped.records, load_glossary()) == {"F32": 1}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepfeed.core.compression import (
+from deepfeed.core.compress.compression import (
     CompressionConfig,
     CompressionInputError,
     OnnxExportError,
@@ -17,9 +17,9 @@ from deepfeed.core.compression import (
     triton_config,
     write_json,
 )
-from deepfeed.core.compression_gate import gate_compressed_artifacts
-from deepfeed.core.modeling import load_model
-from deepfeed.core.triton import validate_triton_repository
+from deepfeed.core.compress.gate import gate_compressed_artifacts
+from deepfeed.core.train.modeling import load_model
+from deepfeed.core.compress.triton import validate_triton_repository
 from tests.conftest import PAIRS
 
 RECORDS = [{"kind": "pair", "prompt": p, "response": r} for p, r in PAIRS]
@@ -108,7 +108,7 @@ def test_int8_artifacts_store_one_table_for_tied_embeddings(compressed):
 def test_settings_saved_with_the_int8_artifact_win_on_load(compressed, tmp_path):
     """report.py loads with default settings; an artifact built otherwise still loads."""
     checkpoint, folder, _ = compressed("tiny_llama")
-    from deepfeed.core.compression import quantize_int8, save_int8_torch
+    from deepfeed.core.compress.compression import quantize_int8, save_int8_torch
 
     config = CompressionConfig(keep_lm_head_fp32=True, fp32_layers=("model.layers.0.mlp.down_proj",))
     model = load_model(checkpoint).eval()
@@ -120,7 +120,7 @@ def test_settings_saved_with_the_int8_artifact_win_on_load(compressed, tmp_path)
 
 def test_parity_check_rejects_a_wrong_graph(tiny_llama, tmp_path):
     """A graph from another model must not pass as this model's export."""
-    from deepfeed.core.compression import export_onnx
+    from deepfeed.core.compress.compression import export_onnx
 
     path = export_onnx(load_model(tiny_llama), tmp_path / "m.onnx", 17)
     other = load_model(tiny_llama)
@@ -142,7 +142,7 @@ def test_triton_config_shape():
 def test_triton_repository_is_checked_against_the_onnx_graph(compressed, tmp_path):
     import shutil
 
-    from deepfeed.core.triton import TritonRepositoryError
+    from deepfeed.core.compress.triton import TritonRepositoryError
 
     _, folder, summary = compressed("tiny_llama")
     valid = validate_triton_repository(folder / "triton" / "deepfeed")
@@ -174,7 +174,7 @@ def _diverse(model):
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_deepseek"])
 def test_kv_cache_greedy_generation_is_token_identical_to_torch(fixture, request, tmp_path):
-    from deepfeed.core.onnx_kv import export_decoder_with_past, onnx_greedy_generate
+    from deepfeed.core.compress.onnx_kv import export_decoder_with_past, onnx_greedy_generate
 
     model = _diverse(load_model(request.getfixturevalue(fixture)).eval())
     export_decoder_with_past(model, tmp_path / "decoder.onnx", 17)
@@ -190,7 +190,7 @@ def test_kv_cache_greedy_generation_is_token_identical_to_torch(fixture, request
 
     # A cached step feeds one token and returns a cache one longer than the prefix.
     names = [o.name for o in session.get_outputs()]
-    from deepfeed.core.onnx_kv import layout_from_session
+    from deepfeed.core.compress.onnx_kv import layout_from_session
 
     layout = layout_from_session(session)
     past = layout.empty(1, length=5)
@@ -201,7 +201,7 @@ def test_kv_cache_greedy_generation_is_token_identical_to_torch(fixture, request
 def test_quality_gate_passes_good_artifacts_and_names_a_bad_one(compressed):
     import shutil
 
-    from deepfeed.core.compression import export_onnx
+    from deepfeed.core.compress.compression import export_onnx
 
     checkpoint, folder, _ = compressed("tiny_llama")
     report = gate_compressed_artifacts(checkpoint, folder, RECORDS)
@@ -226,10 +226,10 @@ def test_quality_gate_scores_greedy_answers_against_fp32_and_fails_a_worse_artif
     """References are the fp32 checkpoint's own greedy answers, so fp32 scores F1 1 and a
     faithful artifact (the same weights, torch and ONNX with KV cache) answers the same;
     the KV decoder of another model fails the task gate with its numbers."""
-    from deepfeed.core.evaluation import EvaluationConfig, generate_torch
-    from deepfeed.core.modeling import load_tokenizer
-    from deepfeed.core.compression import export_onnx
-    from deepfeed.core.onnx_kv import export_decoder_with_past
+    from deepfeed.core.evaluate.evaluation import EvaluationConfig, generate_torch
+    from deepfeed.core.train.modeling import load_tokenizer
+    from deepfeed.core.compress.compression import export_onnx
+    from deepfeed.core.compress.onnx_kv import export_decoder_with_past
 
     tokenizer = load_tokenizer(tiny_llama)
     model = _diverse(load_model(tiny_llama).eval())
@@ -281,10 +281,10 @@ def test_logits_only_graphs_reach_the_same_answers_from_their_kv_twin_s_drafts(t
     """A logits-only graph's answers drafted from its KV-cache twin (same weights) or
     from fp32's answers: the same answers and verdicts, for a faithful and a broken pair;
     the report keeps the build order though the twins are scored first."""
-    from deepfeed.core.compression import export_onnx
-    from deepfeed.core.evaluation import EvaluationConfig, generate_torch
-    from deepfeed.core.modeling import load_tokenizer
-    from deepfeed.core.onnx_kv import export_decoder_with_past
+    from deepfeed.core.compress.compression import export_onnx
+    from deepfeed.core.evaluate.evaluation import EvaluationConfig, generate_torch
+    from deepfeed.core.train.modeling import load_tokenizer
+    from deepfeed.core.compress.onnx_kv import export_decoder_with_past
 
     tokenizer = load_tokenizer(tiny_llama)
     model = _diverse(load_model(tiny_llama).eval())
@@ -316,7 +316,7 @@ def test_logits_only_graphs_reach_the_same_answers_from_their_kv_twin_s_drafts(t
 
 
 def test_paired_f1_change_separates_noise_from_a_real_drop():
-    from deepfeed.core.compression_gate import paired_relative_change
+    from deepfeed.core.compress.gate import paired_relative_change
 
     reference = np.array([1.0, 0.5, 0.0, 0.8] * 6)  # 24 answers, mean 0.575
     assert paired_relative_change(reference, reference, 500, 0) == (0.0, 0.0, 0.0)
@@ -350,7 +350,7 @@ def test_an_architecture_the_exporter_cannot_handle_leaves_the_torch_artifacts(t
     freezes that loop, so the graph breaks on other inputs and is rejected."""
     from transformers import AutoModelForCausalLM, MixtralConfig
 
-    from deepfeed.core.tiny_models import build_tokenizer
+    from deepfeed.tools.tiny_models import build_tokenizer
     from tests.conftest import tiny_corpus_texts
 
     tokenizer = build_tokenizer(tiny_corpus_texts())
@@ -378,7 +378,7 @@ def test_an_architecture_the_exporter_cannot_handle_leaves_the_torch_artifacts(t
 def test_provider_selection_prefers_cuda_and_falls_back_to_cpu():
     import onnxruntime as ort
 
-    from deepfeed.core.compression import select_providers
+    from deepfeed.core.compress.compression import select_providers
 
     assert select_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert select_providers(["TensorrtExecutionProvider", "CPUExecutionProvider", "CUDAExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -1,6 +1,6 @@
 import numpy as np
 
-from deepfeed.core.coverage import CoverageConfig, MiniLMEncoder, embedding_outliers, long_tail_reasons, share_by_tag
+from deepfeed.core.data.coverage import CoverageConfig, MiniLMEncoder, embedding_outliers, long_tail_reasons, share_by_tag
 
 
 def _rec(text, tags):
@@ -36,7 +36,7 @@ def test_minilm_embeddings_separate_topics():
 
 
 def test_chunked_outliers_equal_the_whole_array_and_removed_rows_leave_the_centroids():
-    from deepfeed.core.coverage import CentroidSums, domain_tags, embedding_outliers_chunked
+    from deepfeed.core.data.coverage import CentroidSums, domain_tags, embedding_outliers_chunked
 
     rng = np.random.default_rng(1)
     tags = [["a"], ["b"], ["a", "b"], ["c"], []]

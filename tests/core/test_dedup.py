@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from datasketch import MinHash
 
-from deepfeed.core.dedup import (
+from deepfeed.core.data.dedup import (
     NearDuplicateIndex,
     _band_keys,
     _BatchResolution,

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deepfeed.core.distill import DistillationConfig, distillation_loss
-from deepfeed.core.training import TrainingConfig, TrainingError, fine_tune
+from deepfeed.core.train.distill import DistillationConfig, distillation_loss
+from deepfeed.core.train.training import TrainingConfig, TrainingError, fine_tune
 from tests.core.test_training import RECORDS
 
 
@@ -58,7 +58,7 @@ def test_student_moves_towards_the_teacher(tiny_llama, tmp_path):
 
 
 def test_cached_full_logits_give_exactly_the_live_kl_and_top_k_approximates_it():
-    from deepfeed.core.distill import kl_sum, kl_sum_cached, shifted
+    from deepfeed.core.train.distill import kl_sum, kl_sum_cached, shifted
 
     student, teacher = _logits(0), _logits(1) * 4  # a peaked teacher, as trained LMs are
     rows, _ = shifted(teacher, LABELS)
@@ -72,7 +72,7 @@ def test_cached_full_logits_give_exactly_the_live_kl_and_top_k_approximates_it()
 
 
 def test_cached_teacher_logits_match_the_live_teacher_and_skip_it_on_the_next_run(tiny_llama, tmp_path, monkeypatch):
-    import deepfeed.core.training as training
+    import deepfeed.core.train.training as training
 
     teacher = tmp_path / "teacher"
     fine_tune(tiny_llama, RECORDS, teacher, TrainingConfig(max_steps=10, method="full", learning_rate=3e-3))
@@ -105,7 +105,7 @@ def test_cached_teacher_logits_match_the_live_teacher_and_skip_it_on_the_next_ru
 
 
 def test_a_full_logit_cache_past_the_size_limit_asks_for_top_k(tiny_llama, tmp_path, monkeypatch):
-    from deepfeed.core import teacher_cache
+    from deepfeed.core.train import teacher_cache
 
     monkeypatch.setattr(teacher_cache, "FULL_LOGITS_MAX_BYTES", 10_000)
     config = TrainingConfig(max_steps=1, distill_alpha=0.5, teacher_cache=True)
@@ -115,8 +115,8 @@ def test_a_full_logit_cache_past_the_size_limit_asks_for_top_k(tiny_llama, tmp_p
 
 
 def test_summed_ce_matches_the_models_own_loss_and_its_gradient(tiny_llama):
-    from deepfeed.core.distill import token_ce_sum
-    from deepfeed.core.modeling import load_model
+    from deepfeed.core.train.distill import token_ce_sum
+    from deepfeed.core.train.modeling import load_model
 
     model = load_model(tiny_llama)
     input_ids = torch.randint(3, 100, (2, 5), generator=torch.Generator().manual_seed(0))
@@ -135,7 +135,7 @@ def test_summed_ce_matches_the_models_own_loss_and_its_gradient(tiny_llama):
 def test_teacher_caches_are_pruned_least_recently_used_first_to_the_budget(tiny_llama, tmp_path):
     import os
 
-    from deepfeed.core import teacher_cache
+    from deepfeed.core.train import teacher_cache
 
     root = tmp_path / "cache"
     for age, name in enumerate(["newest", "middle", "oldest"]):

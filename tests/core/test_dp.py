@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from deepfeed.core.dp import (
+from deepfeed.core.data.dp import (
     PrivacyAccountant,
     PrivacyBudgetExceeded,
     laplace_noise,
@@ -113,20 +113,20 @@ def test_histogram_needs_data_independent_bins():
 # --- ε accumulated per dataset across runs (EpsilonLedger) ---------------------------------
 
 def _release(accountant, counts={"en": 40, "zh": 12}):
-    from deepfeed.core.dp import noisy_counts
+    from deepfeed.core.data.dp import noisy_counts
 
     return {"languages": noisy_counts(counts, accountant.epsilon_budget, accountant, rng=None, name="records per language")}
 
 
 def _run(path, run_id, epsilon=0.25, total=0.5):
-    from deepfeed.core.dp import EpsilonLedger
+    from deepfeed.core.data.dp import EpsilonLedger
 
     released = EpsilonLedger(path).release("dataset-a", epsilon, total, run_id, _release)
     return run_id, released.accountant.spent, released.reused_from_run, released.statistics
 
 
 def test_runs_accumulate_epsilon_on_a_dataset_and_cannot_pass_its_total(tmp_path):
-    from deepfeed.core.dp import EpsilonLedger
+    from deepfeed.core.data.dp import EpsilonLedger
 
     path = tmp_path / "privacy" / "epsilon_ledger.json"
     first, second, third = (_run(path, f"run-{i}") for i in range(3))
@@ -141,7 +141,7 @@ def test_runs_accumulate_epsilon_on_a_dataset_and_cannot_pass_its_total(tmp_path
 
 
 def test_a_dataset_without_an_earlier_release_is_refused_past_its_total(tmp_path):
-    from deepfeed.core.dp import EpsilonLedger
+    from deepfeed.core.data.dp import EpsilonLedger
 
     with pytest.raises(PrivacyBudgetExceeded, match="past its total 0.2"):
         EpsilonLedger(tmp_path / "l.json").release("d", 0.3, 0.2, "run", _release)
@@ -155,7 +155,7 @@ def test_concurrent_runs_in_separate_processes_never_spend_more_than_the_total(t
     each claimed 0.5 for. Six processes at once, 0.25 each, total 0.5: two releases."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from deepfeed.core.dp import EpsilonLedger
+    from deepfeed.core.data.dp import EpsilonLedger
 
     path = tmp_path / "epsilon_ledger.json"
     with ProcessPoolExecutor(max_workers=6) as pool:

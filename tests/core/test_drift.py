@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from deepfeed.core.drift import (FEATURES, adjust_pvalues, confidence_alert, input_drift,
+from deepfeed.core.loop.drift import (FEATURES, adjust_pvalues, confidence_alert, input_drift,
                                  ks_drift, performance_drop, text_features)
 
 

@@ -3,9 +3,9 @@ the cheap text features miss."""
 
 import numpy as np
 
-from deepfeed.core.drift import ks_drift, text_features
-from deepfeed.core.embedding_summary import EmbeddingSummarizer, shared_summarizer
-from deepfeed.core.inference_log import prompt_record
+from deepfeed.core.loop.drift import ks_drift, text_features
+from deepfeed.core.data.embedding_summary import EmbeddingSummarizer, shared_summarizer
+from deepfeed.core.loop.inference_log import prompt_record
 
 COOKING = ["How long should I bake the bread {}?", "What spice goes with roast lamb {}?",
            "Can I freeze the soup for {} days?", "How do I keep the pasta from sticking {}?"]

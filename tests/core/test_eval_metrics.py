@@ -5,8 +5,8 @@ import math
 import pytest
 import sacrebleu
 
-from deepfeed.core.safety import LexiconScorer, SafetyError, ToxicityScorer, load_lexicon, toxicity_summary
-from deepfeed.core.textmetrics import answer_tokens, bleu4_with_ci, chrf_with_ci, label_prf, predicted_label, token_prf, token_prf_corpus
+from deepfeed.core.evaluate.safety import LexiconScorer, SafetyError, ToxicityScorer, load_lexicon, toxicity_summary
+from deepfeed.core.evaluate.textmetrics import answer_tokens, bleu4_with_ci, chrf_with_ci, label_prf, predicted_label, token_prf, token_prf_corpus
 
 
 def test_token_prf_is_squad_f1():

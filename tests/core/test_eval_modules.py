@@ -2,8 +2,8 @@
 
 import pytest
 
-from deepfeed.core.eval_modules import NAMES, load, module_path
-from deepfeed.core.textmetrics import bleu4_with_ci, token_prf_corpus
+from deepfeed.core.evaluate.eval_modules import NAMES, load, module_path
+from deepfeed.core.evaluate.textmetrics import bleu4_with_ci, token_prf_corpus
 
 PREDICTIONS = ["The cat sat.", "高血压是一种疾病", "hello there"]
 REFERENCES = ["A cat sat down", "高血压是血压持续升高的疾病", "hello my friend"]

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from deepfeed.core.evalset import EvalSetError, load_reference_set, strata_counts, stratified_sample, training_overlap
+from deepfeed.core.evaluate.evalset import EvalSetError, load_reference_set, strata_counts, stratified_sample, training_overlap
 
 
 def _records(n_en_health=80, n_zh=20):

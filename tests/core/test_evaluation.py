@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from deepfeed.core.evaluation import (
+from deepfeed.core.evaluate.evaluation import (
     EMPTY_GENERATION,
     NO_PROMPT,
     NO_REFERENCE,
@@ -20,11 +20,11 @@ from deepfeed.core.evaluation import (
     score_answers,
     torch_logits,
 )
-from deepfeed.core.flops import flops_per_token
-from deepfeed.core.modeling import load_model, load_tokenizer, prompt_ids
-from deepfeed.core.report import evaluate_candidates
-from deepfeed.core.report_render import FAIL, render_html, write_report
-from deepfeed.core.safety import ToxicityScorer
+from deepfeed.core.train.flops import flops_per_token
+from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
+from deepfeed.core.evaluate.scoring import evaluate_candidates
+from deepfeed.core.evaluate.report import FAIL, render_html, write_report
+from deepfeed.core.evaluate.safety import ToxicityScorer
 from tests.conftest import PAIRS
 
 RECORDS = [{"record_id": str(i), "kind": "pair", "prompt": p, "response": r, "text": None, "lang": "zh" if "？" in p else "en", "tags": [], "meta": None} for i, (p, r) in enumerate(PAIRS)]
@@ -133,8 +133,8 @@ def test_empty_eval_set_and_unloadable_challenger(tiny_llama, tmp_path):
 
 
 def test_headline_colours_a_drop_over_the_gate_red(tiny_llama):
-    from deepfeed.core.evaluation import generation_records
-    from deepfeed.core.report import paired_comparisons
+    from deepfeed.core.evaluate.evaluation import generation_records
+    from deepfeed.core.evaluate.scoring import paired_comparisons
 
     outcome = evaluate_candidates(tiny_llama, None, tiny_llama, RECORDS, FAST, log=lambda m: None, compression_passed=True)
     assert outcome.gate.passed  # the same model against itself loses nothing
@@ -161,7 +161,7 @@ def test_generation_by_length_returns_answers_in_prompt_order(llama):
         seen.extend(batch)
         return Generation([p.upper() for p in batch], len(batch), 1.0)
 
-    from deepfeed.core.evaluation import by_length
+    from deepfeed.core.evaluate.evaluation import by_length
 
     result = by_length(tokenizer, prompts, echo)
     assert seen == ["short", "medium length one", prompts[0]]
@@ -172,8 +172,8 @@ def test_flops_per_token_for_every_artifact_kind(tiny_llama, tmp_path):
     """torch int8 (FlopCounterMode with the int8 matmul registered) and the ONNX graphs
     (matrix products under shape inference) count what the fp32 model counts; the
     logits-only graphs decode by re-running the whole sequence, and say so in FLOPs."""
-    from deepfeed.core.compression import CompressionConfig, compress_checkpoint, write_json
-    from deepfeed.core.report import DESCRIPTIONS
+    from deepfeed.core.compress.compression import CompressionConfig, compress_checkpoint, write_json
+    from deepfeed.core.evaluate.scoring import DESCRIPTIONS
 
     summary = compress_checkpoint(tiny_llama, tmp_path / "compressed", CompressionConfig())
     write_json(tmp_path / "compressed" / "compression.json", summary)
@@ -196,7 +196,7 @@ def test_onnx_flops_of_a_one_matmul_graph_with_symbolic_dims(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from deepfeed.core.flops import onnx_flops_per_token
+    from deepfeed.core.train.flops import onnx_flops_per_token
 
     x = helper.make_tensor_value_info("input_ids", TensorProto.FLOAT, ["batch", "sequence", 8])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)
@@ -209,8 +209,8 @@ def test_onnx_flops_of_a_one_matmul_graph_with_symbolic_dims(tmp_path):
 
 
 def test_champion_scores_are_reused_only_for_the_same_version_records_and_settings(tiny_llama, tmp_path):
-    from deepfeed.core.artifacts import ArtifactStore
-    from deepfeed.core.score_cache import eval_set_hash, find_scores, save_scores, score_cache_key
+    from deepfeed.core.platform.artifacts import ArtifactStore
+    from deepfeed.core.evaluate.score_cache import eval_set_hash, find_scores, save_scores, score_cache_key
 
     store = ArtifactStore(tmp_path / "store")
     first = evaluate_candidates(tiny_llama, None, None, RECORDS, FAST, log=lambda m: None)

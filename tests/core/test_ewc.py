@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from deepfeed.core.ewc import EwcPenalty, fisher_path
-from deepfeed.core.modeling import load_model, load_tokenizer
-from deepfeed.core.training import TrainingConfig, TrainingError, _encode, fine_tune, mean_token_loss
+from deepfeed.core.train.ewc import EwcPenalty, fisher_path
+from deepfeed.core.train.modeling import load_model, load_tokenizer
+from deepfeed.core.train.training import TrainingConfig, TrainingError, _encode, fine_tune, mean_token_loss
 from tests.conftest import PAIRS
 
 NEW_PAIRS = [
@@ -89,7 +89,7 @@ def test_ewc_with_lora_reduces_forgetting_of_the_old_data(champion, tmp_path):
 def test_lora_penalty_is_the_fisher_weighted_square_of_the_adapter_delta(tiny_llama):
     from peft import LoraConfig, get_peft_model
 
-    from deepfeed.core.ewc import LoraEwcPenalty
+    from deepfeed.core.train.ewc import LoraEwcPenalty
 
     base = load_model(tiny_llama)
     fisher = {n: torch.full_like(p, 2.0) for n, p in base.named_parameters()}

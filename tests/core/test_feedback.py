@@ -5,8 +5,8 @@ import multiprocessing as mp
 
 import pytest
 
-from deepfeed.core.feedback import FeedbackError, FeedbackStore, default_root
-from deepfeed.core.ingest import RECORD_FIELDS
+from deepfeed.core.loop.feedback import FeedbackError, FeedbackStore, default_root
+from deepfeed.core.data.ingest import RECORD_FIELDS
 
 SALT = "test-user-salt-0123456789abcdef"
 

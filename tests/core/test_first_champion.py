@@ -5,10 +5,10 @@ trained model is accepted against the random one. Base scores are cached and reu
 import pytest
 import torch
 
-from deepfeed.core.evaluation import EvaluationConfig
-from deepfeed.core.modeling import collate, encode_record, load_model, load_tokenizer
-from deepfeed.core.report import evaluate_candidates
-from deepfeed.core.report_render import feeding_headline, render_markdown
+from deepfeed.core.evaluate.evaluation import EvaluationConfig
+from deepfeed.core.train.modeling import collate, encode_record, load_model, load_tokenizer
+from deepfeed.core.evaluate.scoring import evaluate_candidates
+from deepfeed.core.evaluate.report import feeding_headline, render_markdown
 from tests.core.test_evaluation import RECORDS
 
 CONFIG = EvaluationConfig(max_new_tokens=12, batch_size=8, generation_batch_size=8, bootstrap_samples=300)
@@ -61,8 +61,8 @@ def test_a_random_weights_challenger_is_refused_by_the_first_champion_gate(train
 
 
 def test_a_trained_challenger_beats_a_random_base_and_base_scores_are_reused(trained_and_random, tmp_path):
-    from deepfeed.core.artifacts import ArtifactStore
-    from deepfeed.core.score_cache import (
+    from deepfeed.core.platform.artifacts import ArtifactStore
+    from deepfeed.core.evaluate.score_cache import (
         checkpoint_fingerprint,
         eval_set_hash,
         find_scores,

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deepfeed.core.glossary import Glossary, VariantMatch, load_glossary
+from deepfeed.core.data.glossary import Glossary, VariantMatch, load_glossary
 
 DATA = Path(__file__).resolve().parents[2] / "deepfeed" / "data" / "glossary_icd10.yaml"
 
@@ -139,7 +139,7 @@ def test_batch_normalisation(icd10):
 def test_normalize_many_equals_normalize_per_text():
     import random
 
-    from deepfeed.core.glossary import load_glossary
+    from deepfeed.core.data.glossary import load_glossary
 
     glossary = load_glossary()
     pieces = ["high blood pressure", "hypertension (J45)", "Hypertension (I10)", "高血压", "糖尿病（E11）", "asthma", "COPD", "Copd",

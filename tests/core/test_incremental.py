@@ -1,6 +1,6 @@
 import pytest
 
-from deepfeed.core.incremental import plan_replay, records_hash, training_state_dir
+from deepfeed.core.train.incremental import plan_replay, records_hash, training_state_dir
 
 
 def rec(i, prefix="old"):

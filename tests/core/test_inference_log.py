@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from deepfeed.core.inference_log import InferenceLog, feature_columns, prompt_record
+from deepfeed.core.loop.inference_log import InferenceLog, feature_columns, prompt_record
 
 UTC = dt.timezone.utc
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from deepfeed.core.ingest import CorpusSourceError, decode_bytes, ingest_folder, normalize_row
+from deepfeed.core.data.ingest import CorpusSourceError, decode_bytes, ingest_folder, normalize_row
 
 
 def test_folder_of_mixed_formats_accounts_for_every_record(tiny_corpus):
@@ -125,7 +125,7 @@ def test_fsspec_url_sources():
 
 
 def test_every_quarantine_reference_resolves_to_the_raw_bytes(tmp_path):
-    from deepfeed.core.ingest import resolve_quarantine_ref, write_quarantine_blobs
+    from deepfeed.core.data.ingest import resolve_quarantine_ref, write_quarantine_blobs
 
     (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 4)
     (tmp_path / "enc.jsonl").write_bytes('{"text": "第一行"}\n'.encode() + b'{"text": "caf\xe9"}\n')
@@ -151,7 +151,7 @@ def test_every_quarantine_reference_resolves_to_the_raw_bytes(tmp_path):
 
 
 def test_sources_are_sub_folders_plus_the_root_files(tmp_path):
-    from deepfeed.core.ingest import ROOT_SOURCE, discover_sources, ingest_source
+    from deepfeed.core.data.ingest import ROOT_SOURCE, discover_sources, ingest_source
 
     (tmp_path / "clinic").mkdir()
     (tmp_path / "clinic" / "a.jsonl").write_text('{"text": "from the clinic"}\n')
@@ -182,7 +182,7 @@ def test_sources_are_sub_folders_plus_the_root_files(tmp_path):
 
 
 def test_quarantine_blobs_stay_within_the_item_limit_and_the_budget(tmp_path):
-    from deepfeed.core.ingest import BlobLimits, resolve_quarantine_ref, write_quarantine_blobs
+    from deepfeed.core.data.ingest import BlobLimits, resolve_quarantine_ref, write_quarantine_blobs
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -236,7 +236,7 @@ def test_large_jsonl_files_read_in_chunks_give_exactly_the_whole_file_result(tmp
     """Chunks of 97 bytes (cut at line ends, the encoding decided on the first non-ASCII
     chunk, line numbers carried over, a truncated gzip's tail quarantined) against the
     same files read whole."""
-    import deepfeed.core.ingest as ingest
+    import deepfeed.core.data.ingest as ingest
 
     corpus = _jsonl_corpus(tmp_path / "corpus")
     whole = ingest_folder(corpus, max_record_bytes=300)
@@ -300,7 +300,7 @@ def test_latin1_and_cp1252_text_is_detected_not_read_as_gb18030(tmp_path):
 
 
 def test_detect_encoding_by_byte_shape():
-    from deepfeed.core.ingest import detect_encoding
+    from deepfeed.core.data.ingest import detect_encoding
 
     assert detect_encoding(b"plain") == "utf-8"
     assert detect_encoding("naïve".encode()) == "utf-8"

@@ -6,7 +6,7 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from deepfeed.core.kanonymity import (
+from deepfeed.core.data.kanonymity import (
     STAR,
     CategoricalHierarchy,
     DateHierarchy,

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepfeed.core.learning_outcome import RecordLosses, loss_windows, paired_difference, perplexity_ratio
+from deepfeed.core.evaluate.learning_outcome import RecordLosses, loss_windows, paired_difference, perplexity_ratio
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "learning_outcome.py"
 

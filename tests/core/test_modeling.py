@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from deepfeed.core.modeling import ModelSourceError, answer_end_ids, collate, describe_checkpoint, encode_record, load_tokenizer
+from deepfeed.core.train.modeling import ModelSourceError, answer_end_ids, collate, describe_checkpoint, encode_record, load_tokenizer
 
 
 def test_describe_accepts_causal_lm(tiny_llama, tiny_deepseek):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from deepfeed.core import offline
-from deepfeed.core.demo_corpus import dialog_pairs, write_demo_corpus
+from deepfeed.core.platform import home as offline
+from deepfeed.core.data.demo_corpus import dialog_pairs, write_demo_corpus
 
 
 def test_demo_corpus_has_both_languages_and_tags(tmp_path):
@@ -46,7 +46,7 @@ def test_smollm2_converts_to_a_working_checkpoint(tmp_path):
     """The real base model: GGUF -> HF folder that reloads and knows its geography."""
     import torch
 
-    from deepfeed.core.modeling import describe_checkpoint, load_model, load_tokenizer, prompt_ids
+    from deepfeed.core.train.modeling import describe_checkpoint, load_model, load_tokenizer, prompt_ids
 
     path = offline.ensure_smollm2(tmp_path / "smollm2")
     info = describe_checkpoint(path)

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from deepfeed.core.pii import (
+from deepfeed.core.data.pii import (
     PLACEHOLDERS,
     find_pii,
     has_pii,
@@ -249,7 +249,7 @@ def test_normalization_leaves_ordinary_text_and_numbers_alone():
 
 
 def test_scrub_value_covers_keys_values_and_nesting():
-    from deepfeed.core.pii import scrub_value
+    from deepfeed.core.data.pii import scrub_value
 
     value, counts = scrub_value({"contact zq%40example.org": ["call 139 1773 0042", 7, None], "n": {"ip": "172.30.114.9"}})
     assert value == {"contact <EMAIL>": ["call <PHONE>", 7, None], "n": {"ip": "<IP>"}}
@@ -263,7 +263,7 @@ def test_only_the_disguised_span_is_replaced_not_the_text_around_it():
 
 
 def test_scrub_many_equals_scrub_of_each_text():
-    from deepfeed.core.pii import scrub_many
+    from deepfeed.core.data.pii import scrub_many
 
     texts = ["plain text", "mail zq%40example.org", "", "电话：１３９１７７３００４２", "Dr. Jane Smith",
              "1 3 9 1 7 7 3 0 0 4 2", "no pii here either", "ends with a digit 4", "2 starts with one", "a\x00b 13917730042"]

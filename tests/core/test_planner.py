@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from deepfeed.core import planner as P
+from deepfeed.tools import planner as P
 
 GiB = 1024**3
 

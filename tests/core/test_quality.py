@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from deepfeed.core.quality import (
+from deepfeed.core.data.quality import (
     ALL_CHECKS,
     DETECTORS,
     HAN,
@@ -250,7 +250,7 @@ def test_throughput_is_vectorised():
 def test_plain_text_shortcut_gives_the_full_normalization():
     import random
 
-    from deepfeed.core.quality import _normalize_full
+    from deepfeed.core.data.quality import _normalize_full
 
     pieces = ["word", "高血压", "Café", "CafÃ©", " ", "  ", "\t", "\n", "\n\n\n", "\r\n", "\u3000", "\xa0", "\u1680", "ＡＢＣ",
               "<b>", "&amp;", "# ", "- ", "* ", "**x**", "[a](b)", "`c`", "|", "~", ">", "\x07", "\x1c", "\u200b", "\u2028",

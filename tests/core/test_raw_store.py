@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from deepfeed.core.ingest import resolve_quarantine_ref, write_quarantine_blobs
-from deepfeed.core.raw_store import RawStore, RawStoreError, new_key
+from deepfeed.core.data.ingest import resolve_quarantine_ref, write_quarantine_blobs
+from deepfeed.core.data.raw_store import RawStore, RawStoreError, new_key
 
 SECRET = b'{"text": "write to zq.canary.7731@example.org"'
 DIGEST = hashlib.sha256(SECRET).hexdigest()

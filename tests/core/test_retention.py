@@ -2,9 +2,9 @@
 
 import pytest
 
-from deepfeed.core import retention
-from deepfeed.core.artifacts import ArtifactStore
-from deepfeed.core.audit import AuditLedger
+from deepfeed.core.data import retention
+from deepfeed.core.platform.artifacts import ArtifactStore
+from deepfeed.core.platform.audit import AuditLedger
 
 
 def _version(store, name, payload: bytes, **counts) -> str:

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from deepfeed.core.drift import performance_drop
-from deepfeed.core.monitoring import performance_evidence
-from deepfeed.core.rollback import drop_test
+from deepfeed.core.loop.drift import performance_drop
+from deepfeed.core.loop.monitoring import performance_evidence
+from deepfeed.core.loop.rollback import drop_test
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 WINDOW, WINDOWS, ALPHA = 200, 1000, 0.01

@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from deepfeed.core.secrets import AUDIT_KEY, USER_SALT, MissingSecret, ensure_secret, load_secret
+from deepfeed.core.platform.secrets import AUDIT_KEY, USER_SALT, MissingSecret, ensure_secret, load_secret
 
 
 @pytest.fixture(autouse=True)

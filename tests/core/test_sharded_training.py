@@ -9,8 +9,8 @@ import subprocess
 import pytest
 from safetensors.torch import load_file
 
-from deepfeed.core.distributed import launch_command, read_result, write_spec
-from deepfeed.core.training import TrainingConfig, TrainingError, fine_tune
+from deepfeed.core.train.distributed import launch_command, read_result, write_spec
+from deepfeed.core.train.training import TrainingConfig, TrainingError, fine_tune
 
 RECORDS = [{"kind": "pair", "prompt": f"What is item {i}?", "response": f"Item {i} is a demo answer."}
            for i in range(16)]

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from deepfeed.core.modeling import describe_checkpoint, load_model
-from deepfeed.core.training import TrainingConfig, TrainingError, cosine_with_floor, fine_tune
+from deepfeed.core.train.modeling import describe_checkpoint, load_model
+from deepfeed.core.train.training import TrainingConfig, TrainingError, cosine_with_floor, fine_tune
 from tests.conftest import PAIRS
 
 RECORDS = [{"record_id": str(i), "kind": "pair", "prompt": p, "response": r, "text": None} for i, (p, r) in enumerate(PAIRS * 4)]
@@ -80,7 +80,7 @@ def test_bad_fgsm_and_teacher_cache_settings_are_named(tiny_llama, tmp_path, bad
 def test_adamw_is_fused_where_torch_has_it_and_takes_the_same_step():
     import torch
 
-    from deepfeed.core.training import adamw
+    from deepfeed.core.train.training import adamw
 
     config = TrainingConfig(learning_rate=1e-2, weight_decay=0.1)
     weights = [torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator().manual_seed(s))) for s in range(2)]
@@ -103,7 +103,7 @@ def test_fgsm_and_a_cached_teacher_under_two_processes_follow_one_process(tiny_l
     logit cache (rank 0 builds it, rank 1 opens it): the loss curve of one process."""
     import subprocess
 
-    from deepfeed.core.distributed import launch_command, read_result, write_spec
+    from deepfeed.core.train.distributed import launch_command, read_result, write_spec
 
     teacher = tmp_path / "teacher"
     fine_tune(tiny_llama, RECORDS, teacher, TrainingConfig(max_steps=4, method="full", learning_rate=3e-3))

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from deepfeed.core import planner as P
-from deepfeed.core.modeling import ModelSourceError, collate, encode_record, load_model, load_tokenizer
-from deepfeed.core.training import TrainingConfig, TrainingError, adamw, fine_tune, setup_model
+from deepfeed.tools import planner as P
+from deepfeed.core.train.modeling import ModelSourceError, collate, encode_record, load_model, load_tokenizer
+from deepfeed.core.train.training import TrainingConfig, TrainingError, adamw, fine_tune, setup_model
 
 RECORDS = [{"kind": "pair", "prompt": "What is the capital of France?", "response": "The capital of France is Paris."},
            {"kind": "pair", "prompt": "How much water should I drink?", "response": "About two litres a day."}] * 4

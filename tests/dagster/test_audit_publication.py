@@ -4,8 +4,8 @@ entries while `verify` says OK; the next run's start appends them."""
 import dagster as dg
 import pytest
 
-from deepfeed.core.artifacts import ArtifactStore
-from deepfeed.core.audit import AuditLedger, PublicationSpool
+from deepfeed.core.platform.artifacts import ArtifactStore
+from deepfeed.core.platform.audit import AuditLedger, PublicationSpool
 from tests.dagster.test_chain import materialize
 
 FAST = {"coverage_embeddings": False}

@@ -4,8 +4,8 @@ import json
 
 import dagster as dg
 
-from deepfeed.core.artifacts import ArtifactStore
-from deepfeed.core.tables import read_table
+from deepfeed.core.platform.artifacts import ArtifactStore
+from deepfeed.core.platform.tables import read_table
 from tests.dagster.test_chain import _failure_message, instance, materialize  # noqa: F401
 
 SLICE = ["raw_corpus", "clean_corpus", "augmented_corpus"]
@@ -26,7 +26,7 @@ def test_augmented_corpus_has_provenance_and_rich_metadata(deepfeed_env, tiny_ll
     # MiniLM's cosine is recorded only where MiniLM can read the text (not Chinese).
     assert all(c["similarity"] is not None for c in children if c["lang"] == "en" and c["technique"] != "fgsm")
     # Every child is in the audit ledger, published with the version.
-    from deepfeed.core.audit import AuditLedger
+    from deepfeed.core.platform.audit import AuditLedger
 
     ledger = AuditLedger(deepfeed_env / "audit" / "ledger.jsonl")
     logged = {e["record_id"]: e for e in ledger.iter_entries(stage="augmented_corpus", action="augmented")}
@@ -43,7 +43,7 @@ def test_bad_config_names_the_field_and_keeps_the_last_good_corpus(deepfeed_env,
     assert materialize(SLICE, deepfeed_env, tiny_llama, tiny_corpus, instance, augmented_corpus={"config": {"fgsm_ratio": 0.0, "synonym_ratio": 0.0}}).success
     store = ArtifactStore(deepfeed_env / "artifacts")
     good = store.latest("augmented_corpus")
-    from deepfeed.core.audit import AuditLedger
+    from deepfeed.core.platform.audit import AuditLedger
 
     ledger = AuditLedger(deepfeed_env / "audit" / "ledger.jsonl")
     head = ledger.head()

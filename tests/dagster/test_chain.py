@@ -11,7 +11,7 @@ import pytest
 
 from deepfeed.assets import ASSET_MODULES
 from deepfeed.assets.corpus import corpus_sources
-from deepfeed.core.ingest import discover_sources
+from deepfeed.core.data.ingest import discover_sources
 from deepfeed.definitions import defs
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 from deepfeed.resources.mlflow_tracking import CHAMPION, CHALLENGER, PREVIOUS

@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from deepfeed.assets.corpus import latest_raw_materialization
-from deepfeed.core.artifacts import ArtifactStore
-from deepfeed.core.audit import AuditLedger
-from deepfeed.core.ingest import iter_files, quarantine_schema, record_schema, resolve_quarantine_ref, source_files
-from deepfeed.core.raw_store import ENV_KEY, RawStore, new_key
-from deepfeed.core.tables import TableWriter, read_table
+from deepfeed.core.platform.artifacts import ArtifactStore
+from deepfeed.core.platform.audit import AuditLedger
+from deepfeed.core.data.ingest import iter_files, quarantine_schema, record_schema, resolve_quarantine_ref, source_files
+from deepfeed.core.data.raw_store import ENV_KEY, RawStore, new_key
+from deepfeed.core.platform.tables import TableWriter, read_table
 from deepfeed.resources import ArtifactStoreResource
 from deepfeed.sensors.corpus import build_corpus_source_sensor
 from tests.dagster.test_chain import ASSETS, CHECKS, ingest, materialize, resources, run_config

@@ -5,7 +5,7 @@ import json
 
 import dagster as dg
 
-from deepfeed.core.audit import AuditLedger
+from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.resources.mlflow_tracking import CHAMPION
 from tests.dagster.test_chain import instance, materialize, resources  # noqa: F401 (fixture)
 

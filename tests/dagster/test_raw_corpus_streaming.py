@@ -6,8 +6,8 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from deepfeed.core.artifacts import ArtifactStore
-from deepfeed.core.tables import TableWriter
+from deepfeed.core.platform.artifacts import ArtifactStore
+from deepfeed.core.platform.tables import TableWriter
 from tests.dagster.test_chain import ingest
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from deepfeed.assets.corpus import audit_ledger
 from deepfeed.cli import main
-from deepfeed.core.artifacts import ArtifactStore
+from deepfeed.core.platform.artifacts import ArtifactStore
 from deepfeed.resources import ArtifactStoreResource
 from deepfeed.sensors.corpus import build_corpus_source_sensor, missing_sources, retire_source
 from tests.dagster.test_chain import ASSETS, CHECKS, resources

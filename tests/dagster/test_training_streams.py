@@ -8,9 +8,9 @@ import dagster as dg
 import pytest
 
 from deepfeed.assets.incremental import feedback_batches, incremental_model
-from deepfeed.core.ewc import fisher_path
-from deepfeed.core.feedback import FeedbackStore
-from deepfeed.core.training import TrainingConfig, fine_tune
+from deepfeed.core.train.ewc import fisher_path
+from deepfeed.core.loop.feedback import FeedbackStore
+from deepfeed.core.train.training import TrainingConfig, fine_tune
 from deepfeed.definitions import defs
 from deepfeed.resources.mlflow_tracking import CHALLENGER
 from tests.dagster.test_chain import materialize, resources

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from deepfeed.cli import main
-from deepfeed.core.doctor import FAIL, PASS, SKIP, check_gpu_memory, check_mlflow, check_python
-from deepfeed.core.planner import CARDS, Tier, plan
+from deepfeed.tools.doctor import FAIL, PASS, SKIP, check_gpu_memory, check_mlflow, check_python
+from deepfeed.tools.planner import CARDS, Tier, plan
 from tests.deploy.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ import yaml
 
 from deepfeed.assets import ASSET_MODULES
 from deepfeed.cli import _dagster_instance_check
-from deepfeed.core.doctor import PASS, check_mlflow
+from deepfeed.tools.doctor import PASS, check_mlflow
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 from deepfeed.resources.mlflow_tracking import CHALLENGER
 from tests.deploy.services import ServiceUnavailable, mlflow_server, postgres_server

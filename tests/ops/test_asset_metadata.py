@@ -4,7 +4,7 @@ import dagster as dg
 
 from deepfeed.assets import ASSET_MODULES
 from deepfeed.assets.common import COMPUTE_RETRY, counts_table, fail, handle_metadata, tidy
-from deepfeed.core.artifacts import ArtifactHandle
+from deepfeed.core.platform.artifacts import ArtifactHandle
 
 
 def test_counts_are_a_table_largest_first():

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from deepfeed.cli import build_parser, main
-from deepfeed.core.access import FEEDBACK_SUBMIT, AccessPolicy, PolicyError
-from deepfeed.core.access_keys import add_key, check_policy_file
+from deepfeed.core.platform.access import FEEDBACK_SUBMIT, AccessPolicy, PolicyError
+from deepfeed.core.platform.access_keys import add_key, check_policy_file
 
 
 def _subcommands():

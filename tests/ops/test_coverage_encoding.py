@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from deepfeed.core.coverage import MiniLMEncoder, minilm_path
+from deepfeed.core.data.coverage import MiniLMEncoder, minilm_path
 
 TEXTS = ["Hypertension is treated with ACE inhibitors.", "发热三天，咳嗽。", "ok",
          "A much longer record about type 2 diabetes, its diet, exercise and metformin dosing schedule.",

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from deepfeed.core.mlflow_model import is_mlflow_model, write_pyfunc_model
+from deepfeed.core.platform.mlflow_model import is_mlflow_model, write_pyfunc_model
 from deepfeed.serve.engine import TorchGenerator
 
 

@@ -7,11 +7,11 @@ import subprocess
 import sys
 import textwrap
 
-from deepfeed.core.artifacts import STAGING_PREFIX, ArtifactStore
+from deepfeed.core.platform.artifacts import STAGING_PREFIX, ArtifactStore
 
 WRITER = textwrap.dedent("""
     import sys, time
-    from deepfeed.core.artifacts import ArtifactStore
+    from deepfeed.core.platform.artifacts import ArtifactStore
     with ArtifactStore(sys.argv[1]).new_version("finetuned_model") as version:
         (version.path / "weights.bin").write_bytes(b"x" * 4096)
         print(version.path, flush=True)

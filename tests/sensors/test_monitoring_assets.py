@@ -9,8 +9,8 @@ import dagster as dg
 import numpy as np
 
 from deepfeed.assets import monitoring
-from deepfeed.core.abtest import arm_for_hash, hash_user_id
-from deepfeed.core.audit import AuditLedger
+from deepfeed.core.loop.abtest import arm_for_hash, hash_user_id
+from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from tests.sensors.test_sensors import EN, _log, _reference_corpus
 from tests.serve.conftest import Registry

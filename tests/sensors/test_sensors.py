@@ -9,9 +9,9 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from deepfeed.core.artifacts import ArtifactStore
-from deepfeed.core.inference_log import InferenceLog, prompt_record
-from deepfeed.core.tables import write_table
+from deepfeed.core.platform.artifacts import ArtifactStore
+from deepfeed.core.loop.inference_log import InferenceLog, prompt_record
+from deepfeed.core.platform.tables import write_table
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.resources.monitoring_policy import MonitoringPolicyResource, policy_from_environment

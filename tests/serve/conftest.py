@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deepfeed.core.access import hash_key
+from deepfeed.core.platform.access import hash_key
 
 KEYS = {"annotator": "key-annotator", "operator": "key-operator", "viewer": "key-viewer", "client": "key-client"}
 # The user-id salt every server test runs with (the server refuses to start without one).
@@ -55,7 +55,7 @@ class Registry:
         against the current champion, then granted), any other alias is set directly."""
         version = str(self.client.create_model_version("deepfeed", source=str(checkpoint)).version)
         if alias == "challenger":
-            from deepfeed.core.lifecycle import grant_challenger
+            from deepfeed.core.loop.lifecycle import grant_challenger
 
             champion = self.client.get_model_version_by_alias("deepfeed", "champion").version
             grant_challenger(self.client, "deepfeed", version, "test-report", str(champion), "test: gate passed", "test")

@@ -5,10 +5,10 @@ import threading
 
 from fastapi.testclient import TestClient
 
-from deepfeed.core.abtest import assign_arm, hash_user_id
-from deepfeed.core.audit import AuditLedger
-from deepfeed.core.feedback import FeedbackStore
-from deepfeed.core.inference_log import InferenceLog
+from deepfeed.core.loop.abtest import assign_arm, hash_user_id
+from deepfeed.core.platform.audit import AuditLedger
+from deepfeed.core.loop.feedback import FeedbackStore
+from deepfeed.core.loop.inference_log import InferenceLog
 from deepfeed.serve.app import ServeSettings, create_app
 from tests.serve.conftest import KEYS, SALT, write_policy
 

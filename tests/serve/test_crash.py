@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from deepfeed.core.feedback import FeedbackStore
+from deepfeed.core.loop.feedback import FeedbackStore
 from deepfeed.serve.app import ServeSettings
 from deepfeed.serve.process import ServerProcess
 from tests.serve.conftest import KEYS

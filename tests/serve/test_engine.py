@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from deepfeed.core.compression import CompressionConfig, compress_checkpoint
+from deepfeed.core.compress.compression import CompressionConfig, compress_checkpoint
 from deepfeed.serve.engine import OnnxGenerator, TorchGenerator, compressed_onnx_for, load_generator
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from deepfeed.core.audit import AuditLedger
-from deepfeed.core.lifecycle import (GATE_TAG, STAGE_TAG, LifecycleError, apply_failed_gate, conclude_ab_test,
+from deepfeed.core.platform.audit import AuditLedger
+from deepfeed.core.loop.lifecycle import (GATE_TAG, STAGE_TAG, LifecycleError, apply_failed_gate, conclude_ab_test,
                                      grant_challenger, may_serve_as_challenger, promote_gated, revoke_challenger)
 from deepfeed.resources import MlflowResource
 from tests.serve.test_app import make_client

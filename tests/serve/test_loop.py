@@ -11,8 +11,8 @@ import httpx
 
 from deepfeed.assets.incremental import incremental_model
 from deepfeed.assets.monitoring import ab_test_report, drift_report
-from deepfeed.core.audit import AuditLedger
-from deepfeed.core.lifecycle import grant_challenger
+from deepfeed.core.platform.audit import AuditLedger
+from deepfeed.core.loop.lifecycle import grant_challenger
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 from deepfeed.resources.serving_data import ServingDataResource

@@ -12,11 +12,11 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from deepfeed.core.abtest import hash_user_id
-from deepfeed.core.audit import AuditLedger
-from deepfeed.core.feedback import FeedbackStore
-from deepfeed.core.inference_log import InferenceLog
-from deepfeed.core.secrets import MissingSecret
+from deepfeed.core.loop.abtest import hash_user_id
+from deepfeed.core.platform.audit import AuditLedger
+from deepfeed.core.loop.feedback import FeedbackStore
+from deepfeed.core.loop.inference_log import InferenceLog
+from deepfeed.core.platform.secrets import MissingSecret
 from deepfeed.serve.app import ServeSettings, create_app
 from tests.serve.conftest import KEYS, SALT, write_policy
 

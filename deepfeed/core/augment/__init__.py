@@ -1,0 +1,1 @@
+"""Augmentation techniques (synonyms, structural reordering, FGSM) and the augmentation pass."""

@@ -1,0 +1,1 @@
+"""Pruning, quantization, ONNX/Triton export and the compression quality gate."""

@@ -1,0 +1,221 @@
+"""ONNX decoder with a KV cache, and greedy generation on ONNX Runtime with it.
+
+One graph serves both the prompt and every later step: past keys/values are inputs whose
+sequence axis may be 0 (the prompt step) and the updated ones are outputs, so a step
+feeds one new token instead of recomputing the whole prefix.
+
+Inputs:  input_ids [batch, new], attention_mask [batch, past + new],
+         past_key_values.<i>.key / .value [batch, heads, past, dim]
+Outputs: logits [batch, new, vocab], present.<i>.key / .value [batch, heads, past + new, dim]
+
+Head counts and dims are read from one real forward pass, so architectures whose keys
+and values differ in size (DeepSeek's MLA) need no special case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PAST = "past_key_values.{layer}.{kind}"
+PRESENT = "present.{layer}.{kind}"
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """Per layer: (heads, head_dim) of the key and of the value."""
+
+    keys: list[tuple[int, int]]
+    values: list[tuple[int, int]]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.keys)
+
+    def input_names(self) -> list[str]:
+        return [PAST.format(layer=i, kind=k) for i in range(self.num_layers) for k in ("key", "value")]
+
+    def output_names(self) -> list[str]:
+        return [PRESENT.format(layer=i, kind=k) for i in range(self.num_layers) for k in ("key", "value")]
+
+    def empty(self, batch: int, length: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
+        arrays = {}
+        for i in range(self.num_layers):
+            arrays[PAST.format(layer=i, kind="key")] = np.zeros((batch, *self._shape(self.keys[i], length)), dtype)
+            arrays[PAST.format(layer=i, kind="value")] = np.zeros((batch, *self._shape(self.values[i], length)), dtype)
+        return arrays
+
+    @staticmethod
+    def _shape(heads_dim: tuple[int, int], length: int) -> tuple[int, int, int]:
+        return heads_dim[0], length, heads_dim[1]
+
+
+def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+@torch.no_grad()
+def cache_layout(model: torch.nn.Module) -> CacheLayout:
+    ids = torch.ones((1, 2), dtype=torch.long)
+    cache = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True).past_key_values
+    pairs = _cache_tensors(cache)
+    return CacheLayout(
+        keys=[(k.shape[1], k.shape[3]) for k, _ in pairs],
+        values=[(v.shape[1], v.shape[3]) for _, v in pairs],
+    )
+
+
+class DecoderWithPast(torch.nn.Module):
+    """Flat tensors in and out, for the exporter; the mask is built here with plain
+    broadcasting for the same reason as compression._LogitsOnly (torch.vmap in
+    transformers' mask code does not trace)."""
+
+    def __init__(self, model: torch.nn.Module, num_layers: int):
+        super().__init__()
+        self.model = model
+        self.num_layers = num_layers
+
+    def forward(self, input_ids, attention_mask, *past):
+        from transformers.cache_utils import DynamicCache
+
+        new = input_ids.shape[1]
+        total = attention_mask.shape[1]
+        cache = DynamicCache()
+        for layer in range(self.num_layers):
+            cache.update(past[2 * layer], past[2 * layer + 1], layer)
+        key_positions = torch.arange(total, device=input_ids.device)
+        query_positions = key_positions[total - new:]
+        causal = key_positions[None, :] <= query_positions[:, None]
+        allowed = causal[None, None, :, :] & attention_mask[:, None, None, :].bool()
+        mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, torch.finfo(torch.float32).min)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, total - new:]
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
+        flat = [t for pair in _cache_tensors(out.past_key_values) for t in pair]
+        return (out.logits, *flat)
+
+
+def export_decoder_with_past(model: torch.nn.Module, path: Path, opset: int) -> CacheLayout:
+    """Export and check the graph (onnx.checker, then logits and presents vs torch)."""
+    import onnx
+
+    from deepfeed.core.compress.compression import _use_dense_moe
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    _use_dense_moe(model)
+    layout = cache_layout(model)
+    wrapper = DecoderWithPast(model, layout.num_layers)
+    # A non-empty past in the trace example: the tracer then keeps the concatenation
+    # general; an empty past at run time is just a zero-length axis.
+    ids = torch.ones((1, 2), dtype=torch.long)
+    past = [torch.from_numpy(a) for a in layout.empty(1, length=3).values()]
+    mask = torch.ones((1, 5), dtype=torch.long)
+    dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"}, "logits": {0: "batch", 1: "sequence"}}
+    dynamic |= {name: {0: "batch", 2: "past_sequence"} for name in layout.input_names()}
+    dynamic |= {name: {0: "batch", 2: "total_sequence"} for name in layout.output_names()}
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (ids, mask, *past),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input_ids", "attention_mask", *layout.input_names()],
+            output_names=["logits", *layout.output_names()],
+            dynamic_axes=dynamic,
+        )
+    onnx.checker.check_model(str(path))
+    return layout
+
+
+def layout_from_session(session) -> CacheLayout:
+    shapes = {i.name: i.shape for i in session.get_inputs()}
+    count = sum(1 for name in shapes if name.startswith("past_key_values.")) // 2
+    keys = [(shapes[PAST.format(layer=i, kind="key")][1], shapes[PAST.format(layer=i, kind="key")][3]) for i in range(count)]
+    values = [(shapes[PAST.format(layer=i, kind="value")][1], shapes[PAST.format(layer=i, kind="value")][3]) for i in range(count)]
+    return CacheLayout(keys=keys, values=values)
+
+
+def onnx_greedy_generate(
+    session,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    max_new_tokens: int,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+) -> np.ndarray:
+    """Greedy decoding of left-padded prompts: the prompt once, then one token per step.
+
+    Returns the new tokens [batch, <= max_new_tokens]; rows that produced eos are padded
+    with pad_token_id (as transformers' generate does)."""
+    layout = layout_from_session(session)
+    input_ids = np.asarray(input_ids, dtype=np.int64)
+    attention_mask = np.asarray(attention_mask, dtype=np.int64)
+    batch = input_ids.shape[0]
+    feeds = {"input_ids": input_ids, "attention_mask": attention_mask, **layout.empty(batch)}
+    output_names = ["logits", *layout.output_names()]
+    finished = np.zeros(batch, dtype=bool)
+    pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+    generated = []
+    for _ in range(max_new_tokens):
+        logits, *presents = session.run(output_names, feeds)
+        token = logits[:, -1, :].argmax(-1).astype(np.int64)
+        token = np.where(finished, pad, token)
+        generated.append(token)
+        if eos_token_id is not None:
+            finished |= token == eos_token_id
+            if finished.all():
+                break
+        attention_mask = np.concatenate([attention_mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+        feeds = {"input_ids": token[:, None], "attention_mask": attention_mask}
+        feeds |= dict(zip(layout.input_names(), presents))
+    return np.stack(generated, axis=1) if generated else np.zeros((batch, 0), dtype=np.int64)
+
+
+def onnx_kv_logits(session):
+    """LogitsFn over the KV graph (empty past), so the quality gate can score it."""
+    layout = layout_from_session(session)
+
+    def run(input_ids, attention_mask):
+        feeds = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy(), **layout.empty(input_ids.shape[0])}
+        return torch.from_numpy(session.run(["logits"], feeds)[0])
+
+    return run
+
+
+@torch.no_grad()
+def check_decoder_parity(model: torch.nn.Module, path: Path, tolerance: float = 1e-3) -> float:
+    """Max |onnx - torch| over a left-padded prompt step and two cached steps, against
+    torch recomputing the whole sequence; raises OnnxExportError past `tolerance`."""
+    from deepfeed.core.compress.compression import OnnxExportError, _LogitsOnly, onnx_session, run_unlike_trace
+
+    session = onnx_session(path)
+    layout = layout_from_session(session)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    expected = _LogitsOnly(model)(ids, mask).numpy()
+    prompt = 6
+    feeds = {"input_ids": ids[:, :prompt].numpy(), "attention_mask": mask[:, :prompt].numpy(), **layout.empty(2)}
+    names = ["logits", *layout.output_names()]
+    pieces = []
+    for step in range(prompt, ids.shape[1] + 1):
+        logits, *presents = run_unlike_trace(session, names, feeds, path)
+        pieces.append(logits)
+        if step == ids.shape[1]:
+            break
+        feeds = {"input_ids": ids[:, step:step + 1].numpy(), "attention_mask": mask[:, :step + 1].numpy()}
+        feeds |= dict(zip(layout.input_names(), presents))
+    actual = np.concatenate(pieces, axis=1)
+    keep = mask.bool().numpy()
+    error = float(np.abs(actual - expected)[keep].max())
+    if error > tolerance:
+        raise OnnxExportError(
+            f"KV-cache graph {path.name} disagrees with torch by {error:.3g} (> {tolerance}): "
+            "the exporter cannot represent this architecture's cache faithfully"
+        )
+    return error

@@ -1,0 +1,310 @@
+"""clean_corpus as a stream: every source's records.parquet in Arrow record batches,
+through :func:`cleaning.clean_stream`, to Parquet files written as the batches go.
+
+Memory holds a batch or two of records and, per kept record, a few compact values
+(domain tags, language, text length, quasi-identifier values, one similarity per
+long-tail group), plus the dedup index; never the records themselves. What needs the
+whole corpus is decided between two passes:
+
+1. every batch is cleaned; kept records go to a staging Parquet file, removed ones to
+   ``removed.parquet``, audit entries to a JSONL spool (outside the artifact), and, with
+   an encoder, embeddings to a float16 file (read back through ``np.memmap``) while the
+   per-tag centroid sums are added up;
+2. between the passes: k-anonymity from the quasi-identifier columns, rare tags from
+   the tag counts, embedding outliers from the memmap read in blocks
+   (:func:`coverage.embedding_outliers_chunked`, the math the in-memory
+   ``long_tail_reasons`` uses), the ε-DP statistics from the compact columns;
+3. the staging file is read again in batches: k-anonymity suppression and
+   generalization are applied, the long-tail reason set, and ``records.parquet`` written.
+
+The result equals ``clean_records`` + ``long_tail_reasons`` + ``release_statistics`` on
+the same records (same order, same audit entries in the same order); the audit spool
+is appended to the ledger only by the caller, once the artifact is published
+(:meth:`AuditSpool.replay`), so a failed run leaves the ledger untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from deepfeed.core.platform.audit import AuditSpool
+from deepfeed.core.data.cleaning import REMOVED_FIELDS, CleaningResult, CorpusCleaner, clean_stream, quasi_identifier_values, training_text
+from deepfeed.core.data.corpus_checks import CorpusColumns, release_statistics
+from deepfeed.core.data.coverage import CentroidSums, CoverageConfig, domain_tags, embedding_outliers_chunked, long_tail_reason, rare_tags_from_counts
+from deepfeed.core.data.dp import EpsilonLedger, PrivacyAccountant
+from deepfeed.core.data.ingest import record_schema
+from deepfeed.core.platform.tables import TableWriter
+
+# The ingest schema (deepfeed.core.data.ingest.record_schema) and what cleaning adds. Fixed
+# rather than inferred per batch: a batch whose texts are all None must not make the
+# column null-typed and clash with the next batch.
+CLEAN_SCHEMA = pa.schema(list(record_schema()) + [("changed", pa.bool_()), ("split", pa.string()), ("long_tail", pa.string())])
+REMOVED_SCHEMA = pa.schema([(name, pa.string()) for name in REMOVED_FIELDS])
+_STAGING = ".records.staging.parquet"
+_EMBEDDINGS = ".embeddings.f16"
+_BLOCK = 8192  # rows of the embedding memmap read at a time
+
+
+class NothingLeft(ValueError):
+    """Cleaning (with k-anonymity suppression) removed every record."""
+
+
+class Encoder(Protocol):
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: str  # "clean" (pass 1) or "write" (pass 2)
+    batches: int
+    records: int  # records read (pass 1) or written / suppressed (pass 2) so far
+    seconds: float
+
+    @property
+    def records_per_second(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class CleanSummary:
+    kept_in: int = 0  # records read from the sources
+    cleaned: int = 0
+    removed: int = 0
+    changed: int = 0
+    train: int = 0
+    eval: int = 0
+    long_tail: int = 0
+    batches: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    pii: Counter = field(default_factory=Counter)
+    glossary: Counter = field(default_factory=Counter)
+    kanonymity: dict[str, Any] = field(default_factory=dict)
+    statistics: dict[str, Any] = field(default_factory=dict)
+    accountant: PrivacyAccountant | None = None
+    audit_entries: int = 0
+    # With a DatasetBudget: ε spent on the dataset over all runs, and the run whose
+    # release was re-published when this one could not spend more (None: a new release).
+    dp_dataset_spent: float | None = None
+    dp_reused_from_run: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetBudget:
+    """Where the ε spent on a dataset accumulates across runs, and how much may be."""
+
+    ledger: EpsilonLedger
+    dataset: str  # what identifies the data (e.g. a hash of the raw versions' contents)
+    total: float
+    run_id: str
+
+
+def _read_batches(paths: Sequence[Path], batch_size: int, counter: list[int]) -> Iterator[list[dict[str, Any]]]:
+    """Rows of every file in order, re-cut into batches of exactly `batch_size` across file
+    boundaries (as clean_records batches the concatenated records), one file open at a time."""
+    allowed = set(CLEAN_SCHEMA.names)
+    buffer: list[dict[str, Any]] = []
+    for path in paths:
+        parquet = pq.ParquetFile(path)
+        unknown = sorted(set(parquet.schema_arrow.names) - allowed)
+        if unknown:
+            # The output schema is fixed: an unknown column would be dropped silently.
+            raise ValueError(f"{path}: unexpected column(s) {unknown}; a raw_corpus records table has {sorted(allowed - {'changed', 'split', 'long_tail'})}")
+        for batch in parquet.iter_batches(batch_size=batch_size):
+            rows = batch.to_pylist()
+            counter[0] += len(rows)
+            buffer.extend(rows)
+            while len(buffer) >= batch_size:
+                yield buffer[:batch_size]
+                buffer = buffer[batch_size:]
+    if buffer:
+        yield buffer
+
+
+class _Interner:
+    """One shared object per distinct value, so a million records carrying the same few
+    tags, languages or ages cost a pointer each."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Any, Any] = {}
+
+    def __call__(self, value: Any) -> Any:
+        try:
+            # By type too: 1, 1.0 and True are equal keys but must stay what they are.
+            return self._seen.setdefault((type(value), value), value)
+        except TypeError:  # unhashable (a list in the metadata): kept as is
+            return value
+
+
+def clean_sources(
+    parquet_paths: Sequence[Path | str],
+    out_dir: Path,
+    cleaner: CorpusCleaner,
+    *,
+    audit_spool: AuditSpool,
+    dp_epsilon: float,
+    dp_rng: np.random.Generator | int | None = None,
+    workers: int = 1,
+    encoder: Encoder | None = None,
+    coverage: CoverageConfig = CoverageConfig(),
+    progress: Callable[[Progress], None] | None = None,
+    progress_every: int = 10,
+    dp_budget: DatasetBudget | None = None,
+) -> CleanSummary:
+    """Clean the sources (in the given order) into out_dir/records.parquet and
+    out_dir/removed.parquet; audit entries go to `audit_spool`. Raises NothingLeft when
+    no record survives. On any failure the spool is discarded and the staging files
+    removed; what was written to out_dir is the caller's to throw away."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging_path, embeddings_path = out_dir / _STAGING, out_dir / _EMBEDDINGS
+    config = cleaner.config
+    qi = list(config.quasi_identifiers)
+    summary = CleanSummary()
+    writers: list[TableWriter] = []
+    try:
+        removed_writer = TableWriter(out_dir / "removed.parquet", REMOVED_SCHEMA)
+        writers.append(removed_writer)
+        staging_writer = TableWriter(staging_path, CLEAN_SCHEMA)
+        writers.append(staging_writer)
+
+        def removed(rows: list[dict[str, Any]]) -> None:
+            if rows:
+                removed_writer.write(rows)
+                summary.removed += len(rows)
+                summary.reasons.update(row["reason"] for row in rows)
+
+        # Pass 1: clean, stage the kept records, keep compact columns only.
+        intern = _Interner()
+        columns = CorpusColumns()
+        qi_values: dict[str, list[Any]] = {c: [] for c in qi}
+        sums = CentroidSums() if encoder is not None else None
+        embedded = 0
+        read = [0]
+        started = time.perf_counter()
+        with embeddings_path.open("wb") as embeddings_file:  # stays empty without an encoder
+            for result in clean_stream(_read_batches([Path(p) for p in parquet_paths], config.batch_size, read), cleaner, workers):
+                summary.batches += 1
+                removed(result.removed)
+                audit_spool.write(result.audit)
+                summary.pii.update(result.pii)
+                summary.glossary.update(result.glossary)
+                records = result.records
+                if records:
+                    staging_writer.write(records)
+                    start = len(columns)
+                    for record in records:
+                        columns.languages.append(intern(record.get("lang") or "other"))
+                        columns.tag_lists.append(intern(tuple(domain_tags(record))))
+                        columns.lengths.append(len(training_text(record)))
+                    quasi_identifier_values(records, qi, into=qi_values)
+                    for values in qi_values.values():
+                        values[start:] = [intern(v) for v in values[start:]]
+                    if encoder is not None:
+                        vectors = np.asarray(encoder.encode([training_text(r) for r in records]))
+                        if vectors.ndim != 2 or len(vectors) != len(records):
+                            raise ValueError(f"encoder returned embeddings of shape {vectors.shape} for {len(records)} texts")
+                        half = vectors.astype(np.float16)
+                        embeddings_file.write(np.ascontiguousarray(half).tobytes())
+                        sums.add(columns.tag_lists[start:], half)
+                        embedded, dim = embedded + len(half), half.shape[1]
+                if progress is not None and summary.batches % progress_every == 0:
+                    progress(Progress("clean", summary.batches, read[0], time.perf_counter() - started))
+        staging_writer.close()
+        writers.remove(staging_writer)
+        summary.kept_in = read[0]
+        kept = len(columns)
+        if progress is not None:
+            progress(Progress("clean", summary.batches, read[0], time.perf_counter() - started))
+
+        # Between the passes: what needs every kept record, from the compact columns.
+        plan = cleaner.kanonymity_plan(qi_values) if qi else None
+        del qi_values
+        keep = np.ones(kept, bool)
+        if plan is not None:
+            keep[list(plan.suppressed)] = False
+            summary.kanonymity = plan.summary
+        final = int(keep.sum())
+        if final == 0:
+            reasons = summary.reasons + Counter({"k-anonymity suppression": kept})
+            raise NothingLeft(f"cleaning removed all {summary.kept_in} records: {dict(reasons)}")
+        gone = np.flatnonzero(~keep)
+        gone_tags = [columns.tag_lists[i] for i in gone.tolist()]
+        final_columns = columns if final == kept else columns.select(keep)
+        del columns
+        tag_counts = Counter(tag for tags in final_columns.tag_lists for tag in tags)
+        rare = rare_tags_from_counts(tag_counts, final, coverage.rare_tag_share)
+        outliers = np.zeros(final, bool)
+        if encoder is not None and embedded:
+            matrix = np.memmap(embeddings_path, dtype=np.float16, mode="r", shape=(embedded, dim))
+            if len(gone):  # suppressed records are not part of any centroid
+                sums.add(gone_tags, matrix[gone], sign=-1.0)
+
+            def blocks() -> Iterator[np.ndarray]:
+                for start in range(0, embedded, _BLOCK):
+                    yield matrix[start:start + _BLOCK][keep[start:start + _BLOCK]]
+
+            outliers = embedding_outliers_chunked(final_columns.tag_lists, blocks, coverage, sums=sums)
+            del matrix
+        if dp_budget is None:
+            summary.statistics, summary.accountant = release_statistics(final_columns, dp_epsilon, dp_rng)
+        else:
+            released = dp_budget.ledger.release(
+                dp_budget.dataset, dp_epsilon, dp_budget.total, dp_budget.run_id,
+                lambda accountant: release_statistics(final_columns, dp_epsilon, dp_rng, accountant=accountant)[0])
+            summary.statistics, summary.accountant = released.statistics, released.accountant
+            summary.dp_dataset_spent, summary.dp_reused_from_run = released.dataset_spent, released.reused_from_run
+
+        # Pass 2: apply k-anonymity and the long-tail reasons, write the final table.
+        records_writer = TableWriter(out_dir / "records.parquet", CLEAN_SCHEMA)
+        writers.append(records_writer)
+        index = position = batches = 0
+        started = time.perf_counter()
+        for batch in pq.ParquetFile(staging_path).iter_batches(batch_size=config.batch_size):
+            result = CleaningResult()
+            out = []
+            for record in batch.to_pylist():
+                if plan is None or cleaner.apply_kanonymity(result, record, index, plan):
+                    record["long_tail"] = long_tail_reason(final_columns.tag_lists[position], rare, bool(outliers[position]))
+                    summary.changed += bool(record["changed"])
+                    summary.train += record["split"] == "train"
+                    summary.eval += record["split"] == "eval"
+                    summary.long_tail += record["long_tail"] is not None
+                    out.append(record)
+                    position += 1
+                index += 1
+            records_writer.write(out)
+            summary.cleaned += len(out)
+            removed(result.removed)
+            audit_spool.write(result.audit)
+            batches += 1
+            if progress is not None and batches % progress_every == 0:
+                progress(Progress("write", batches, index, time.perf_counter() - started))
+        if progress is not None:
+            progress(Progress("write", batches, index, time.perf_counter() - started))
+        for writer in list(writers):
+            writer.close()
+            writers.remove(writer)
+        audit_spool.close()
+        summary.audit_entries = audit_spool.count
+        return summary
+    except BaseException:
+        for writer in writers:
+            try:
+                writer.close()
+            except Exception:  # the original error is the one to report
+                pass
+        audit_spool.discard()
+        raise
+    finally:
+        staging_path.unlink(missing_ok=True)
+        embeddings_path.unlink(missing_ok=True)
+
+

@@ -1,0 +1,1 @@
+"""Scoring candidates, paired intervals, the promotion gate and the evaluation report."""

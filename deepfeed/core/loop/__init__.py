@@ -1,0 +1,1 @@
+"""The feedback loop: inference log, feedback, drift, A/B tests, rollback, model lifecycle."""

@@ -1,0 +1,1 @@
+"""What every stage leans on: the home folder, audit ledger, access, secrets, MLflow models."""

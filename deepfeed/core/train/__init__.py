@@ -1,0 +1,1 @@
+"""Model loading, the training loop, its loss terms (distillation, EWC) and checkpoints."""

@@ -1,0 +1,1 @@
+"""Operator tools: the hardware planner, the environment doctor, tiny test models."""
