@@ -32,13 +32,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from deepfeed.core.augment.contextual_synonyms import Skip  # noqa: E402
 from deepfeed.core.augment.corpus import AugmentPlan, augment_corpus  # noqa: E402
 from deepfeed.core.augment.setup import AugmentSettings, build_augmenters  # noqa: E402
-from deepfeed.core.augment.contextual_synonyms import Skip  # noqa: E402
 from deepfeed.core.evaluate.evaluation import EvaluationConfig, generate_torch  # noqa: E402
-from deepfeed.core.train.modeling import load_model, load_tokenizer  # noqa: E402
-from deepfeed.core.platform.home import ensure_smollm2, package_dir  # noqa: E402
 from deepfeed.core.evaluate.textmetrics import token_prf  # noqa: E402
+from deepfeed.core.platform.home import ensure_smollm2, package_dir  # noqa: E402
+from deepfeed.core.train.modeling import load_model, load_tokenizer  # noqa: E402
 from deepfeed.core.train.training import TrainingConfig, fine_tune  # noqa: E402
 
 ARMS = {
@@ -55,7 +55,12 @@ def english_pairs() -> list[dict]:
     for path in sorted((package_dir("chatterbot_corpus") / "data" / "english").glob("*.yml")):
         for conversation in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("conversations", []):
             for prompt, response in zip(conversation, conversation[1:]):
-                if isinstance(prompt, str) and isinstance(response, str) and response not in seen and len(response.split()) >= 4:
+                if (
+                    isinstance(prompt, str)
+                    and isinstance(response, str)
+                    and response not in seen
+                    and len(response.split()) >= 4
+                ):
                     seen.add(response)
                     pairs.append({"kind": "pair", "prompt": prompt, "response": response, "text": None, "lang": "en"})
     random.Random(0).shuffle(pairs)
@@ -88,7 +93,7 @@ def main() -> None:
     started = time.time()
     pairs = english_pairs()
     train = [{**p, "split": "train"} for p in pairs[: args.train]]
-    held_out = pairs[args.train: args.train + args.eval]
+    held_out = pairs[args.train : args.train + args.eval]
     base = ensure_smollm2()
     augmenters = build_augmenters(AugmentSettings(synonym_ratio=1.0, fgsm_ratio=1.0, fgsm_max_records=args.train), base)
     # The robustness set: held-out prompts attacked by the base model, kept only where the judge says the meaning held.
@@ -108,31 +113,75 @@ def main() -> None:
         else:
             ratios = dict(ARMS[arm])
             side = ratios.pop("fgsm_side", "prompt")
-            corpus = augment_corpus(train, AugmentPlan(**ratios, fgsm_side=side, fgsm_max_records=args.train, seed=0), augmenters).records
+            corpus = augment_corpus(
+                train, AugmentPlan(**ratios, fgsm_side=side, fgsm_max_records=args.train, seed=0), augmenters
+            ).records
             sizes[arm] = len(corpus)
             path = work / arm
-            fine_tune(base, corpus, path, TrainingConfig(max_steps=args.steps, batch_size=args.batch_size, max_length=96,
-                                                         learning_rate=args.learning_rate, warmup_steps=2, seed=0, log_every=10**6))
+            fine_tune(
+                base,
+                corpus,
+                path,
+                TrainingConfig(
+                    max_steps=args.steps,
+                    batch_size=args.batch_size,
+                    max_length=96,
+                    learning_rate=args.learning_rate,
+                    warmup_steps=2,
+                    seed=0,
+                    log_every=10**6,
+                ),
+            )
         f1[arm] = f1_scores(path, prompts, references, config)
-        robust_f1[arm] = f1_scores(path, [r[1] for r in robust], [r[0]["response"] for r in robust], config) if robust else np.array([])
-        print(f"{arm:<14} records {sizes.get(arm, 0):4d}  held-out F1 {f1[arm].mean():.4f}  robust F1 "
-              f"{robust_f1[arm].mean() if len(robust_f1[arm]) else float('nan'):.4f}  ({time.time() - started:.0f} s)", flush=True)
+        robust_f1[arm] = (
+            f1_scores(path, [r[1] for r in robust], [r[0]["response"] for r in robust], config)
+            if robust
+            else np.array([])
+        )
+        print(
+            f"{arm:<14} records {sizes.get(arm, 0):4d}  held-out F1 {f1[arm].mean():.4f}  robust F1 "
+            f"{robust_f1[arm].mean() if len(robust_f1[arm]) else float('nan'):.4f}  ({time.time() - started:.0f} s)",
+            flush=True,
+        )
 
-    print(f"\nSmolLM2-135M LoRA, {args.train} train / {len(held_out)} held-out pairs ({len(robust)} attacked), "
-          f"{args.steps} steps x {args.batch_size}, lr {args.learning_rate} ({time.time() - started:.0f} s)")
-    print(f"{'arm':<14}{'records':>8}{'F1':>8}{'vs none':>9}{'95% CI':>20}{'robust F1':>11}{'vs none':>9}{'95% CI':>20}")
+    print(
+        f"\nSmolLM2-135M LoRA, {args.train} train / {len(held_out)} held-out pairs ({len(robust)} attacked), "
+        f"{args.steps} steps x {args.batch_size}, lr {args.learning_rate} ({time.time() - started:.0f} s)"
+    )
+    print(
+        f"{'arm':<14}{'records':>8}{'F1':>8}{'vs none':>9}{'95% CI':>20}{'robust F1':>11}{'vs none':>9}{'95% CI':>20}"
+    )
     table = {}
     for arm in ["base"] + arms:
         d, lo, hi = paired_interval(f1[arm] - f1["none"]) if "none" in f1 else (float("nan"),) * 3
-        rd, rlo, rhi = paired_interval(robust_f1[arm] - robust_f1["none"]) if "none" in f1 and len(robust) else (float("nan"),) * 3
-        table[arm] = {"records": sizes.get(arm), "f1": float(f1[arm].mean()), "delta": d, "ci": [lo, hi],
-                      "robust_f1": float(robust_f1[arm].mean()) if len(robust) else None, "robust_delta": rd, "robust_ci": [rlo, rhi]}
-        print(f"{arm:<14}{sizes.get(arm, 0):8d}{f1[arm].mean():8.4f}{d:+9.4f}   [{lo:+.4f}, {hi:+.4f}]"
-              f"{robust_f1[arm].mean() if len(robust) else float('nan'):11.4f}{rd:+9.4f}   [{rlo:+.4f}, {rhi:+.4f}]")
+        rd, rlo, rhi = (
+            paired_interval(robust_f1[arm] - robust_f1["none"]) if "none" in f1 and len(robust) else (float("nan"),) * 3
+        )
+        table[arm] = {
+            "records": sizes.get(arm),
+            "f1": float(f1[arm].mean()),
+            "delta": d,
+            "ci": [lo, hi],
+            "robust_f1": float(robust_f1[arm].mean()) if len(robust) else None,
+            "robust_delta": rd,
+            "robust_ci": [rlo, rhi],
+        }
+        print(
+            f"{arm:<14}{sizes.get(arm, 0):8d}{f1[arm].mean():8.4f}{d:+9.4f}   [{lo:+.4f}, {hi:+.4f}]"
+            f"{robust_f1[arm].mean() if len(robust) else float('nan'):11.4f}{rd:+9.4f}   [{rlo:+.4f}, {rhi:+.4f}]"
+        )
     print("higher F1 is better; a CI that excludes 0 is a measured effect at this size, one that spans it is not")
     if args.out:
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "table": table,
-                                        "f1": {k: v.tolist() for k, v in f1.items()}}, indent=2))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "table": table,
+                    "f1": {k: v.tolist() for k, v in f1.items()},
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

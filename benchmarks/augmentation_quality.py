@@ -33,18 +33,21 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deepfeed.core.augment.setup import AugmentSettings, build_augmenters  # noqa: E402
 from deepfeed.core.augment.contextual_synonyms import CausalLMRanker, Skip  # noqa: E402
 from deepfeed.core.augment.meaning import MeaningJudge, precision_recall  # noqa: E402
-from deepfeed.core.platform.home import ensure_smollm2, package_dir  # noqa: E402
+from deepfeed.core.augment.setup import AugmentSettings, build_augmenters  # noqa: E402
 from deepfeed.core.augment.structural import structural_variant  # noqa: E402
+from deepfeed.core.platform.home import ensure_smollm2, package_dir  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "deepfeed" / "data"
 
 
 def labelled(lang: str) -> list[list[str]]:
-    rows = [line.split("\t") for line in (DATA / f"meaning_pairs_{lang}.tsv").read_text(encoding="utf-8").splitlines()
-            if line and not line.startswith("#")]
+    rows = [
+        line.split("\t")
+        for line in (DATA / f"meaning_pairs_{lang}.tsv").read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    ]
     return [r for r in rows if len(r) == 3]
 
 
@@ -53,7 +56,11 @@ def corpus_pairs(folder: str, count: int) -> list[tuple[str, str]]:
     for path in sorted((package_dir("chatterbot_corpus") / "data" / folder).glob("*.yml")):
         for conversation in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("conversations", []):
             for prompt, response in zip(conversation, conversation[1:]):
-                if isinstance(prompt, str) and isinstance(response, str) and len(response) >= (8 if folder == "chinese" else 20):
+                if (
+                    isinstance(prompt, str)
+                    and isinstance(response, str)
+                    and len(response) >= (8 if folder == "chinese" else 20)
+                ):
                     out.append((prompt, response))
     random.Random(0).shuffle(out)
     return out[:count]
@@ -74,7 +81,7 @@ def judge_table(judge: MeaningJudge, lm: CausalLMRanker) -> dict:
         n = len(rows)
         sims = judge.encoder.similarity(parents * 2, same + changed)
         scores = lm.log_probs(parents + same + changed)
-        delta = np.concatenate([scores[n:2 * n] - scores[:n], scores[2 * n:] - scores[:n]])
+        delta = np.concatenate([scores[n : 2 * n] - scores[:n], scores[2 * n :] - scores[:n]])
         gate = np.array([judge.reachable(p, c, lang) is not None for p, c in zip(parents * 2, same + changed)])
         default = np.array([v.keeps_meaning for v in judge.judge(parents * 2, same + changed, [lang] * 2 * n)])
         variants = {
@@ -87,13 +94,19 @@ def judge_table(judge: MeaningJudge, lm: CausalLMRanker) -> dict:
         for name, keep in variants.items():
             pr = precision_recall(keep[:n], keep[n:])
             out[lang][name] = pr
-            print(f"{lang:<5}{name:<34}{pr['precision']:10.3f}{pr['recall']:8.3f}{pr['changed_kept']:14.3f}{pr['kept']:6d}")
-        print(f"{lang:<5}MiniLM [UNK] share of the parents: {np.mean([judge.unk_share(p) for p in parents]):.3f}; "
-              f"default judge scored with: {sorted({judge.scorer(p) for p in parents})}")
+            print(
+                f"{lang:<5}{name:<34}{pr['precision']:10.3f}{pr['recall']:8.3f}{pr['changed_kept']:14.3f}{pr['kept']:6d}"
+            )
+        print(
+            f"{lang:<5}MiniLM [UNK] share of the parents: {np.mean([judge.unk_share(p) for p in parents]):.3f}; "
+            f"default judge scored with: {sorted({judge.scorer(p) for p in parents})}"
+        )
     return out
 
 
-def children(augmenters, pairs: list[tuple[str, str]], lang: str, fgsm_count: int, rng: random.Random) -> dict[str, list]:
+def children(
+    augmenters, pairs: list[tuple[str, str]], lang: str, fgsm_count: int, rng: random.Random
+) -> dict[str, list]:
     """technique -> [(parent, child, script, gated)] made with the shipped settings."""
     responses = [r for _, r in pairs]
     out: dict[str, list] = {"synonym": [], "structural": [], "fgsm_prompt": [], "fgsm_response": []}
@@ -113,9 +126,16 @@ def children(augmenters, pairs: list[tuple[str, str]], lang: str, fgsm_count: in
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sentences", type=int, default=40, help="answers per language for the synonym and structural children")
+    parser.add_argument(
+        "--sentences", type=int, default=40, help="answers per language for the synonym and structural children"
+    )
     parser.add_argument("--fgsm", type=int, default=12, help="pairs per language attacked on each side")
-    parser.add_argument("--max-ppl-ratio", type=float, default=1.5, help="grammar proxy: child/parent per-token perplexity above this is flagged")
+    parser.add_argument(
+        "--max-ppl-ratio",
+        type=float,
+        default=1.5,
+        help="grammar proxy: child/parent per-token perplexity above this is flagged",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     started = time.time()
@@ -126,8 +146,12 @@ def main() -> None:
     lm = judge.lm
     report: dict = {"labelled": judge_table(judge, lm)}
 
-    print(f"\n2. Children of the shipped settings, scored (flagged: the judge refuses it, or perplexity ratio > {args.max_ppl_ratio})")
-    print(f"{'lang':<5}{'technique':<15}{'children':>9}{'meaning flagged':>17}{'ppl ratio (median)':>20}{'ppl flagged':>13}{'any flagged':>13}")
+    print(
+        f"\n2. Children of the shipped settings, scored (flagged: the judge refuses it, or perplexity ratio > {args.max_ppl_ratio})"
+    )
+    print(
+        f"{'lang':<5}{'technique':<15}{'children':>9}{'meaning flagged':>17}{'ppl ratio (median)':>20}{'ppl flagged':>13}{'any flagged':>13}"
+    )
     report["children"] = {}
     speed = {}
     for lang, folder in (("en", "english"), ("zh", "chinese")):
@@ -146,21 +170,37 @@ def main() -> None:
             verdicts = judge.judge(parents, kids, [lang] * len(rows), gate=gate)
             meaning = np.array([not v.keeps_meaning for v in verdicts])
             nll = per_token_nll(lm, parents + kids)
-            ratio = np.exp(nll[len(rows):] - nll[: len(rows)])
+            ratio = np.exp(nll[len(rows) :] - nll[: len(rows)])
             fluency = ratio > args.max_ppl_ratio
-            stats = {"children": len(rows), "meaning_flagged": float(meaning.mean()), "ppl_ratio_median": float(np.median(ratio)),
-                     "ppl_flagged": float(fluency.mean()), "any_flagged": float((meaning | fluency).mean()),
-                     "examples": [[p, c] for p, c in rows[:3]]}
+            stats = {
+                "children": len(rows),
+                "meaning_flagged": float(meaning.mean()),
+                "ppl_ratio_median": float(np.median(ratio)),
+                "ppl_flagged": float(fluency.mean()),
+                "any_flagged": float((meaning | fluency).mean()),
+                "examples": [[p, c] for p, c in rows[:3]],
+            }
             report["children"][lang][technique] = stats
-            print(f"{lang:<5}{technique:<15}{len(rows):9d}{stats['meaning_flagged']:17.1%}{stats['ppl_ratio_median']:20.3f}"
-                  f"{stats['ppl_flagged']:13.1%}{stats['any_flagged']:13.1%}")
+            print(
+                f"{lang:<5}{technique:<15}{len(rows):9d}{stats['meaning_flagged']:17.1%}{stats['ppl_ratio_median']:20.3f}"
+                f"{stats['ppl_flagged']:13.1%}{stats['any_flagged']:13.1%}"
+            )
     print("\n3. FGSM side: fgsm_response children are what training would learn to produce; their perplexity ratio is")
-    print("   how much less likely under the base model the target becomes (fgsm_prompt children leave the target as it was).")
+    print(
+        "   how much less likely under the base model the target becomes (fgsm_prompt children leave the target as it was)."
+    )
     print("\n4. Synonym pass with its judge: " + ", ".join(f"{k} {v:.1f} sentences/s" for k, v in speed.items()))
     report["synonym_sentences_per_second"] = speed
     print(f"\n({time.time() - started:.0f} s in all)")
     if args.out:
-        args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o))
+        args.out.write_text(
+            json.dumps(
+                report,
+                indent=2,
+                ensure_ascii=False,
+                default=lambda o: None if isinstance(o, float) and math.isnan(o) else o,
+            )
+        )
 
 
 if __name__ == "__main__":

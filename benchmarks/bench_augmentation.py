@@ -35,19 +35,25 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask  # noqa: E402
 from deepfeed.core.augment.contextual_synonyms import CausalLMRanker, ContextualSynonymReplacer, SynonymEdit  # noqa: E402
-from deepfeed.core.platform.encoders import SentenceEncoder, minilm_path  # noqa: E402
-from deepfeed.core.platform.home import activate_nltk_data, ensure_smollm2, package_dir  # noqa: E402
+from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask  # noqa: E402
 from deepfeed.core.augment.structural import structural_variant  # noqa: E402
 from deepfeed.core.augment.zh_synonyms import CilinSynonyms  # noqa: E402
+from deepfeed.core.platform.encoders import SentenceEncoder, minilm_path  # noqa: E402
+from deepfeed.core.platform.home import activate_nltk_data, ensure_smollm2, package_dir  # noqa: E402
 
 
 def corpus_sentences(folder: str, count: int) -> list[str]:
     out = []
     for path in sorted((package_dir("chatterbot_corpus") / "data" / folder).glob("*.yml")):
         for conversation in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("conversations", []):
-            out += [t for t in conversation[1:] if isinstance(t, str) and len(t.split()) >= 5 or (isinstance(t, str) and folder == "chinese" and len(t) >= 8)]
+            out += [
+                t
+                for t in conversation[1:]
+                if isinstance(t, str)
+                and len(t.split()) >= 5
+                or (isinstance(t, str) and folder == "chinese" and len(t) >= 8)
+            ]
     random.Random(0).shuffle(out)
     return out[:count]
 
@@ -72,7 +78,9 @@ def nlpaug_per_sentence(texts: list[str]) -> float:
     folder = Path(tempfile.mkdtemp(prefix="minilm-mlm-"))
     BertForMaskedLM.from_pretrained(minilm_path()).save_pretrained(folder)  # head: fresh init
     AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
-    augmenter = naw.ContextualWordEmbsAug(model_path=str(folder), model_type="bert", use_custom_api=False, aug_p=0.15, device="cpu")
+    augmenter = naw.ContextualWordEmbsAug(
+        model_path=str(folder), model_type="bert", use_custom_api=False, aug_p=0.15, device="cpu"
+    )
     _, seconds = timed(lambda: [augmenter.augment(t) for t in texts])
     return seconds
 
@@ -88,7 +96,15 @@ def main() -> None:
     english, chinese = corpus_sentences("english", args.sentences), corpus_sentences("chinese", args.sentences // 2)
     encoder = SentenceEncoder()
     print(f"encoder precision: {encoder.precision}")
-    replacer = ContextualSynonymReplacer(encoder, WordNetSynonyms(base_forms_only=True), CilinSynonyms(), protected_mask, threshold=0.85, rate=0.15, variants=2)
+    replacer = ContextualSynonymReplacer(
+        encoder,
+        WordNetSynonyms(base_forms_only=True),
+        CilinSynonyms(),
+        protected_mask,
+        threshold=0.85,
+        rate=0.15,
+        variants=2,
+    )
     replacer.replace_batch(english[:4] + chinese[:4], random.Random(0))  # warm-up: WordNet index, jieba dictionary
 
     def batched(label: str, synonyms: ContextualSynonymReplacer, texts: list[str], baseline: float) -> None:
@@ -105,20 +121,35 @@ def main() -> None:
     rate("contextual synonyms, same method per sentence (en)", naive_count, seconds, baseline)
     for label, texts in [("en", english), ("zh", chinese)]:
         batched(f"contextual synonyms, batched ({label})", replacer, texts, baseline)
-    print(f"  thread choice so far, tokens/s by thread count: { {t: round(r) for t, r in encoder.tuner.rates.items()} }")
+    print(
+        f"  thread choice so far, tokens/s by thread count: { {t: round(r) for t, r in encoder.tuner.rates.items()} }"
+    )
     lexicons = replacer.lexicons["en"], replacer.lexicons["zh"]
-    fixed = ContextualSynonymReplacer(SentenceEncoder(precision="int8", threads=2, batch_size=64, cache_size=0), *lexicons, protected_mask, 0.85, 0.15, 2)
+    fixed = ContextualSynonymReplacer(
+        SentenceEncoder(precision="int8", threads=2, batch_size=64, cache_size=0),
+        *lexicons,
+        protected_mask,
+        0.85,
+        0.15,
+        2,
+    )
     batched("contextual synonyms, batched, as before: int8, 2 threads, batch 64 (en)", fixed, english, baseline)
     for precision in ("fp32", "int8"):
-        other = ContextualSynonymReplacer(SentenceEncoder(precision=precision), *lexicons, protected_mask, 0.85, 0.15, 2)
+        other = ContextualSynonymReplacer(
+            SentenceEncoder(precision=precision), *lexicons, protected_mask, 0.85, 0.15, 2
+        )
         batched(f"contextual synonyms, batched, {precision} encoder (en)", other, english, baseline)
 
     from deepfeed.core.train.modeling import load_model, load_tokenizer
 
     path = ensure_smollm2()
     model, tokenizer = load_model(path), load_tokenizer(path)
-    ranked = ContextualSynonymReplacer(encoder, *lexicons, protected_mask, 0.85, 0.15, 2, ranker=CausalLMRanker(model, tokenizer))
-    batched("contextual synonyms, batched, same sentences unranked (en)", replacer, english[: args.lm_sentences], baseline)
+    ranked = ContextualSynonymReplacer(
+        encoder, *lexicons, protected_mask, 0.85, 0.15, 2, ranker=CausalLMRanker(model, tokenizer)
+    )
+    batched(
+        "contextual synonyms, batched, same sentences unranked (en)", replacer, english[: args.lm_sentences], baseline
+    )
     batched("contextual synonyms, batched, SmolLM2 ranking (en)", ranked, english[: args.lm_sentences], baseline)
 
     results, seconds = timed(lambda: [structural_variant(t, random.Random(0)) for t in english + chinese])

@@ -45,15 +45,48 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-EN = ["How do I reset my password?", "What is the capital of France?", "Can you recommend a book about history?",
-      "How much water should I drink every day?", "Where is the nearest pharmacy open late?", "What does this error mean?",
-      "The patient has high blood pressure and takes medication daily.", "Please send the invoice to the billing team."]
-ZH = ["今天天气怎么样？", "高血压患者应该注意什么？", "请问最近的药店在哪里？", "我的订单什么时候发货？", "如何重置我的密码？",
-      "糖尿病的饮食需要注意哪些问题？", "这个错误是什么意思？", "请把发票发给财务部门。"]
-ANSWERS_EN = ["Open the settings page and choose reset.", "Paris is the capital.", "Try a history of science.", "About two litres.",
-              "The one on Main Street is open until ten.", "It means the file could not be found."]
-ANSWERS_ZH = ["今天天气晴朗，适合出门。", "注意低盐饮食，按时服药。", "前面路口右转就是。", "预计明天发货。", "在设置页面选择重置。"]
-NOISE = ["!!!!!!!!!!!!!!!!!!!!!!!!", "ok", "CafÃ© menu Ã  la carte", "$$$ ### @@@ %%% &&& *** $$$ ###", "ha ha ha ha ha ha ha ha ha ha ha ha ha ha"]
+EN = [
+    "How do I reset my password?",
+    "What is the capital of France?",
+    "Can you recommend a book about history?",
+    "How much water should I drink every day?",
+    "Where is the nearest pharmacy open late?",
+    "What does this error mean?",
+    "The patient has high blood pressure and takes medication daily.",
+    "Please send the invoice to the billing team.",
+]
+ZH = [
+    "今天天气怎么样？",
+    "高血压患者应该注意什么？",
+    "请问最近的药店在哪里？",
+    "我的订单什么时候发货？",
+    "如何重置我的密码？",
+    "糖尿病的饮食需要注意哪些问题？",
+    "这个错误是什么意思？",
+    "请把发票发给财务部门。",
+]
+ANSWERS_EN = [
+    "Open the settings page and choose reset.",
+    "Paris is the capital.",
+    "Try a history of science.",
+    "About two litres.",
+    "The one on Main Street is open until ten.",
+    "It means the file could not be found.",
+]
+ANSWERS_ZH = [
+    "今天天气晴朗，适合出门。",
+    "注意低盐饮食，按时服药。",
+    "前面路口右转就是。",
+    "预计明天发货。",
+    "在设置页面选择重置。",
+]
+NOISE = [
+    "!!!!!!!!!!!!!!!!!!!!!!!!",
+    "ok",
+    "CafÃ© menu Ã  la carte",
+    "$$$ ### @@@ %%% &&& *** $$$ ###",
+    "ha ha ha ha ha ha ha ha ha ha ha ha ha ha",
+]
 
 
 def generate(n: int, path: Path, seed: int = 0) -> None:
@@ -61,7 +94,10 @@ def generate(n: int, path: Path, seed: int = 0) -> None:
     import pyarrow.parquet as pq
 
     rng = random.Random(seed)
-    schema = pa.schema([(name, pa.string()) for name in ("record_id", "source", "kind", "prompt", "response", "text", "lang", "meta")] + [("tags", pa.list_(pa.string()))])
+    schema = pa.schema(
+        [(name, pa.string()) for name in ("record_id", "source", "kind", "prompt", "response", "text", "lang", "meta")]
+        + [("tags", pa.list_(pa.string()))]
+    )
     writer = pq.ParquetWriter(path, schema, compression="zstd")
     recent: list[tuple[str, str]] = []
     for start in range(0, n, 50_000):
@@ -81,12 +117,29 @@ def generate(n: int, path: Path, seed: int = 0) -> None:
                 prompt = f"{rng.choice(ZH if zh else EN)} #{i}"
                 response = f"{rng.choice(ANSWERS_ZH if zh else ANSWERS_EN)} {i * 7919 % 100_003}"
                 if rng.random() < 0.05:
-                    response += rng.choice([f" 邮箱 user{i}@example.com", f" call 1391234{i % 10_000:04d}", f" 电话13812{i % 1_000_000:06d}"])
+                    response += rng.choice(
+                        [
+                            f" 邮箱 user{i}@example.com",
+                            f" call 1391234{i % 10_000:04d}",
+                            f" 电话13812{i % 1_000_000:06d}",
+                        ]
+                    )
                 recent.append((prompt, response))
                 if len(recent) > 1000:
                     recent.pop(0)
-            rows.append({"record_id": f"r{i}", "source": "bench", "kind": "pair", "prompt": prompt, "response": response,
-                         "text": None, "lang": None, "meta": "{}", "tags": ["bench"]})
+            rows.append(
+                {
+                    "record_id": f"r{i}",
+                    "source": "bench",
+                    "kind": "pair",
+                    "prompt": prompt,
+                    "response": response,
+                    "text": None,
+                    "lang": None,
+                    "meta": "{}",
+                    "tags": ["bench"],
+                }
+            )
         writer.write_table(pa.Table.from_pylist(rows, schema))
     writer.close()
 
@@ -123,10 +176,22 @@ def run_asset_path(path: Path, batch_size: int, workers: int) -> dict:
     started = time.perf_counter()
     out = path.parent / f"{path.stem}.asset"
     spool = AuditSpool(path.parent / f"{path.stem}.audit.jsonl")
-    summary = clean_sources([path], out, CorpusCleaner(CleaningConfig(batch_size=batch_size), run_id="bench"), audit_spool=spool,
-                            dp_epsilon=0.5, workers=workers, encoder=None)
+    summary = clean_sources(
+        [path],
+        out,
+        CorpusCleaner(CleaningConfig(batch_size=batch_size), run_id="bench"),
+        audit_spool=spool,
+        dp_epsilon=0.5,
+        workers=workers,
+        encoder=None,
+    )
     spool.discard()
-    return {"seconds": time.perf_counter() - started, "kept": summary.cleaned, "removed": summary.removed, "audit_entries": summary.audit_entries}
+    return {
+        "seconds": time.perf_counter() - started,
+        "kept": summary.cleaned,
+        "removed": summary.removed,
+        "audit_entries": summary.audit_entries,
+    }
 
 
 def run_baseline(path: Path, records: int) -> dict:
@@ -159,7 +224,7 @@ def run_baseline(path: Path, records: int) -> dict:
     def near_duplicate(row) -> bool:
         text = normalize_for_dedup(row["body"])
         m = MinHash(num_perm=128)
-        m.update_batch([text[i:i + 5].encode() for i in range(max(1, len(text) - 4))])
+        m.update_batch([text[i : i + 5].encode() for i in range(max(1, len(text) - 4))])
         if any(m.jaccard(found) >= 0.9 for found in lsh.query(m) for found in [signatures[found]]):
             return True
         lsh.insert(row["record_id"], m)
@@ -180,24 +245,53 @@ def child(args: argparse.Namespace) -> None:
     else:
         result = run_baseline(path, args.records)
     # Children count too: with workers the pipeline's memory is spread over processes.
-    result["peak_rss_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    result["peak_rss_mib"] = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    ) / 1024
     print(json.dumps(result))
 
 
 def measure(phase: str, path: Path, records: int, batch_size: int, workers: int = 1) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--phase", phase, "--file", str(path), "--records", str(records),
-                           "--batch-size", str(batch_size), "--workers", str(workers)],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--phase",
+            phase,
+            "--file",
+            str(path),
+            "--records",
+            str(records),
+            "--batch-size",
+            str(batch_size),
+            "--workers",
+            str(workers),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--baseline-records", type=int, default=0, help="records the pandas baseline cleans (default min(N, 50000))")
+    parser.add_argument(
+        "--baseline-records", type=int, default=0, help="records the pandas baseline cleans (default min(N, 50000))"
+    )
     parser.add_argument("--batch-size", type=int, default=8192)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the stateless steps (default: all cores)")
-    parser.add_argument("--asset-path", action="store_true", help="also measure clean_sources, what the clean_corpus asset runs (coverage embeddings off)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes for the stateless steps (default: all cores)",
+    )
+    parser.add_argument(
+        "--asset-path",
+        action="store_true",
+        help="also measure clean_sources, what the clean_corpus asset runs (coverage embeddings off)",
+    )
     parser.add_argument("--phase", choices=("pipeline", "asset", "baseline"), help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -219,17 +313,33 @@ def main() -> None:
             asset_two = measure("asset", large, 2 * n, args.batch_size, args.workers)
     rate, base_rate = n / one["seconds"], base_n / base["seconds"]
     print(f"records                 : {n:,} (2N: {2 * n:,}; baseline: {base_n:,})")
-    print(f"pipeline N              : {one['seconds']:.1f} s, {rate:,.0f} records/s, peak RSS {one['peak_rss_mib']:.0f} MiB, kept {one['kept']:,}")
-    print(f"pipeline 2N             : {two['seconds']:.1f} s, {2 * n / two['seconds']:,.0f} records/s, peak RSS {two['peak_rss_mib']:.0f} MiB, kept {two['kept']:,}")
-    print(f"pipeline N, 1 process   : {single['seconds']:.1f} s, {n / single['seconds']:,.0f} records/s, peak RSS {single['peak_rss_mib']:.0f} MiB")
-    print(f"pandas apply baseline   : {base['seconds']:.1f} s, {base_rate:,.0f} records/s, peak RSS {base['peak_rss_mib']:.0f} MiB, kept {base['kept']:,}")
-    print(f"speed-up over baseline  : {rate / base_rate:.2f}x with {args.workers} workers, {n / single['seconds'] / base_rate:.2f}x in one process   (target >= 5x)")
+    print(
+        f"pipeline N              : {one['seconds']:.1f} s, {rate:,.0f} records/s, peak RSS {one['peak_rss_mib']:.0f} MiB, kept {one['kept']:,}"
+    )
+    print(
+        f"pipeline 2N             : {two['seconds']:.1f} s, {2 * n / two['seconds']:,.0f} records/s, peak RSS {two['peak_rss_mib']:.0f} MiB, kept {two['kept']:,}"
+    )
+    print(
+        f"pipeline N, 1 process   : {single['seconds']:.1f} s, {n / single['seconds']:,.0f} records/s, peak RSS {single['peak_rss_mib']:.0f} MiB"
+    )
+    print(
+        f"pandas apply baseline   : {base['seconds']:.1f} s, {base_rate:,.0f} records/s, peak RSS {base['peak_rss_mib']:.0f} MiB, kept {base['kept']:,}"
+    )
+    print(
+        f"speed-up over baseline  : {rate / base_rate:.2f}x with {args.workers} workers, {n / single['seconds'] / base_rate:.2f}x in one process   (target >= 5x)"
+    )
     print(f"time 2N / time N        : {two['seconds'] / one['seconds']:.2f}   (target <= 2.2)")
     if args.asset_path:
         asset_rate = n / asset_one["seconds"]
-        print(f"asset path N            : {asset_one['seconds']:.1f} s, {asset_rate:,.0f} records/s, peak RSS {asset_one['peak_rss_mib']:.0f} MiB, kept {asset_one['kept']:,}, audit entries {asset_one['audit_entries']:,}")
-        print(f"asset path 2N           : {asset_two['seconds']:.1f} s, {2 * n / asset_two['seconds']:,.0f} records/s, peak RSS {asset_two['peak_rss_mib']:.0f} MiB, kept {asset_two['kept']:,}")
-        print(f"asset path vs baseline  : {asset_rate / base_rate:.2f}x; time 2N / time N {asset_two['seconds'] / asset_one['seconds']:.2f}")
+        print(
+            f"asset path N            : {asset_one['seconds']:.1f} s, {asset_rate:,.0f} records/s, peak RSS {asset_one['peak_rss_mib']:.0f} MiB, kept {asset_one['kept']:,}, audit entries {asset_one['audit_entries']:,}"
+        )
+        print(
+            f"asset path 2N           : {asset_two['seconds']:.1f} s, {2 * n / asset_two['seconds']:,.0f} records/s, peak RSS {asset_two['peak_rss_mib']:.0f} MiB, kept {asset_two['kept']:,}"
+        )
+        print(
+            f"asset path vs baseline  : {asset_rate / base_rate:.2f}x; time 2N / time N {asset_two['seconds'] / asset_one['seconds']:.2f}"
+        )
     print(f"load average            : {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -94,9 +94,9 @@ def main() -> None:
     import torch
 
     from deepfeed.core.compress.compression import file_size_mb, load_int8_torch, onnx_session
-    from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
-    from deepfeed.core.platform.home import ensure_smollm2
     from deepfeed.core.compress.onnx_kv import onnx_greedy_generate
+    from deepfeed.core.platform.home import ensure_smollm2
+    from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
 
     torch.set_num_threads(args.threads)
     checkpoint = ensure_smollm2()
@@ -118,9 +118,14 @@ def main() -> None:
     print("\n## size")
     for name, mb in sizes.items():
         print(f"  {name:24s} {mb:9.1f} MB")
-    print(f"  ratio torch fp32 / torch int8: {sizes['torch fp32 checkpoint'] / sizes['torch int8']:.2f}x  (target >= 3.5x)")
+    print(
+        f"  ratio torch fp32 / torch int8: {sizes['torch fp32 checkpoint'] / sizes['torch int8']:.2f}x  (target >= 3.5x)"
+    )
     print(f"  ratio ORT fp32 / ORT int8 (logits graph): {sizes['ORT fp32 (logits)'] / sizes['ORT int8 (logits)']:.2f}x")
-    print(f"  ratio torch fp32 checkpoint / ORT int8 (logits graph): {sizes['torch fp32 checkpoint'] / sizes['ORT int8 (logits)']:.2f}x", flush=True)
+    print(
+        f"  ratio torch fp32 checkpoint / ORT int8 (logits graph): {sizes['torch fp32 checkpoint'] / sizes['ORT int8 (logits)']:.2f}x",
+        flush=True,
+    )
 
     if not args.no_quality:
         from deepfeed.core.compress.gate import gate_compressed_artifacts
@@ -129,7 +134,10 @@ def main() -> None:
         seconds, report = timed(lambda: gate_compressed_artifacts(checkpoint, work, records))
         print(f"\n## quality: perplexity on {len(records)} held-out demo records ({seconds:.0f} s)\n")
         print(report.markdown())
-        print(f"\n  gate {'PASSED' if report.passed else 'FAILED'}: {report.failures() or 'every artifact within budget'}", flush=True)
+        print(
+            f"\n  gate {'PASSED' if report.passed else 'FAILED'}: {report.failures() or 'every artifact within budget'}",
+            flush=True,
+        )
     if args.no_speed:
         return
 
@@ -158,8 +166,16 @@ def main() -> None:
 
     def torch_generate(model):
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id)
-        return out[0, ids.shape[1]:].tolist()
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=n_new,
+                min_new_tokens=n_new,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        return out[0, ids.shape[1] :].tolist()
 
     def ort_forward(session):
         from deepfeed.core.compress.onnx_kv import layout_from_session
@@ -177,21 +193,38 @@ def main() -> None:
         for _ in range(n_new):
             logits = session.run(["logits"], {"input_ids": sequence, "attention_mask": np.ones_like(sequence)})[0]
             sequence = np.concatenate([sequence, logits[:, -1:].argmax(-1)], axis=1)
-        return sequence[0, ids.shape[1]:].tolist()
+        return sequence[0, ids.shape[1] :].tolist()
 
-    forward = {"torch fp32": torch_forward, "torch int8": torch_forward, "ORT fp32": ort_forward, "ORT int8": ort_forward, "ORT int8 no-cache": ort_forward}
-    generate = {"torch fp32": torch_generate, "torch int8": torch_generate, "ORT fp32": ort_generate, "ORT int8": ort_generate, "ORT int8 no-cache": ort_generate_no_cache}
+    forward = {
+        "torch fp32": torch_forward,
+        "torch int8": torch_forward,
+        "ORT fp32": ort_forward,
+        "ORT int8": ort_forward,
+        "ORT int8 no-cache": ort_forward,
+    }
+    generate = {
+        "torch fp32": torch_generate,
+        "torch int8": torch_generate,
+        "ORT fp32": ort_generate,
+        "ORT int8": ort_generate,
+        "ORT int8 no-cache": ort_generate_no_cache,
+    }
     forward_seconds, generate_seconds, tokens = {}, {}, {}
     for name, engine in engines.items():
         forward[name](engine)  # warm-up
         forward_seconds[name], _ = timed(lambda: forward[name](engine), repeat=args.repeat)
         generate_seconds[name], tokens[name] = timed(lambda: generate[name](engine), repeat=args.repeat)
-        print(f"measured {name}: forward {forward_seconds[name] * 1e3:.0f} ms, {n_new / generate_seconds[name]:.1f} tokens/s", flush=True)
+        print(
+            f"measured {name}: forward {forward_seconds[name] * 1e3:.0f} ms, {n_new / generate_seconds[name]:.1f} tokens/s",
+            flush=True,
+        )
 
     print(f"\nSmolLM2-135M, {args.threads} threads, prompt {ids.shape[1]} tokens, {n_new} new tokens, batch 1")
     base_forward, base_generate = forward_seconds["torch fp32"], generate_seconds["torch fp32"]
     print("\n## speed (median; ratios against torch fp32 in this run)")
-    print(f"  {'engine':20s} {'load s':>8s} {'forward ms':>11s} {'x':>6s} {'tokens/s':>9s} {'x':>6s}  same tokens as torch fp32 (unpruned: the others run the pruned model)")
+    print(
+        f"  {'engine':20s} {'load s':>8s} {'forward ms':>11s} {'x':>6s} {'tokens/s':>9s} {'x':>6s}  same tokens as torch fp32 (unpruned: the others run the pruned model)"
+    )
     for name in engines:
         tps = n_new / generate_seconds[name]
         print(
@@ -200,8 +233,12 @@ def main() -> None:
         )
     int8_paths = [n for n in engines if "int8" in n]
     best = max(int8_paths, key=lambda n: base_generate / generate_seconds[n])
-    print(f"\n  best int8 generation path: {best}, {base_generate / generate_seconds[best]:.2f}x torch fp32 (target >= 2.3x)")
-    print(f"  KV cache: ORT int8 {generate_seconds['ORT int8 no-cache'] / generate_seconds['ORT int8']:.2f}x faster than recomputing the prefix")
+    print(
+        f"\n  best int8 generation path: {best}, {base_generate / generate_seconds[best]:.2f}x torch fp32 (target >= 2.3x)"
+    )
+    print(
+        f"  KV cache: ORT int8 {generate_seconds['ORT int8 no-cache'] / generate_seconds['ORT int8']:.2f}x faster than recomputing the prefix"
+    )
 
 
 def ort_generate_ortvalues(session, input_ids, attention_mask, max_new_tokens: int):
@@ -238,11 +275,17 @@ def int8_table(args) -> None:
     import numpy as np
     import torch
 
-    from deepfeed.core.compress.compression import CompressionConfig, load_int8_torch, onnx_session, prune_model, quantize_int8
-    from deepfeed.core.evaluate.evaluation import EvaluationConfig, perplexity, torch_logits
-    from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
-    from deepfeed.core.platform.home import ensure_smollm2
+    from deepfeed.core.compress.compression import (
+        CompressionConfig,
+        load_int8_torch,
+        onnx_session,
+        prune_model,
+        quantize_int8,
+    )
     from deepfeed.core.compress.onnx_kv import onnx_greedy_generate, onnx_kv_logits
+    from deepfeed.core.evaluate.evaluation import EvaluationConfig, perplexity, torch_logits
+    from deepfeed.core.platform.home import ensure_smollm2
+    from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
 
     torch.set_num_threads(args.threads)
     checkpoint = ensure_smollm2()
@@ -253,10 +296,15 @@ def int8_table(args) -> None:
     fp32 = load_model(checkpoint).eval()
     pruned = load_model(work / "pruned").eval()
     dynamic = quantize_int8(pruned, CompressionConfig(quantization="dynamic", quantize_per_channel=True))
-    sessions = {name: onnx_session(work / "onnx" / f"decoder_with_past{suffix}.onnx", threads=args.threads)
-                for name, suffix in (("ORT fp32 KV", ""), ("ORT int8 KV", "_int8"))}
-    torch_models = {"torch fp32": fp32, "torch int8 weight-only": load_int8_torch(work / "pruned", work / "torch_int8"),
-                    "torch int8 dynamic": dynamic}
+    sessions = {
+        name: onnx_session(work / "onnx" / f"decoder_with_past{suffix}.onnx", threads=args.threads)
+        for name, suffix in (("ORT fp32 KV", ""), ("ORT int8 KV", "_int8"))
+    }
+    torch_models = {
+        "torch fp32": fp32,
+        "torch int8 weight-only": load_int8_torch(work / "pruned", work / "torch_int8"),
+        "torch int8 dynamic": dynamic,
+    }
     del pruned
 
     prompt = prompt_ids(tokenizer, PROMPT)
@@ -264,14 +312,24 @@ def int8_table(args) -> None:
 
     def torch_gen(model, ids):
         with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new,
-                           min_new_tokens=n_new, do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id)
+            model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n_new,
+                min_new_tokens=n_new,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=tokenizer.pad_token_id,
+            )
 
     engines = {name: (lambda ids, m=m: torch_gen(m, ids)) for name, m in torch_models.items()}
     for name in ("ORT fp32 KV", "ORT int8 KV"):
-        engines[name] = lambda ids, s=sessions[name]: onnx_greedy_generate(s, ids.numpy(), np.ones_like(ids.numpy()), n_new)
+        engines[name] = lambda ids, s=sessions[name]: onnx_greedy_generate(
+            s, ids.numpy(), np.ones_like(ids.numpy()), n_new
+        )
     engines["ORT int8 KV, OrtValues"] = lambda ids: ort_generate_ortvalues(
-        sessions["ORT int8 KV"], ids.numpy(), np.ones_like(ids.numpy()), n_new)
+        sessions["ORT int8 KV"], ids.numpy(), np.ones_like(ids.numpy()), n_new
+    )
 
     speed: dict[tuple[str, int], list[float]] = {}
     for batch in (1, args.batch):
@@ -291,19 +349,25 @@ def int8_table(args) -> None:
     ppl = {name: perplexity(fn, tokenizer, records, config)["perplexity"] for name, fn in logits.items()}
     ppl["ORT int8 KV, OrtValues"] = ppl["ORT int8 KV"]
 
-    print(f"\nSmolLM2-135M, {args.threads} threads, prompt {len(prompt)} tokens, {n_new} new tokens, "
-          f"{args.repeat} rounds; perplexity on {len(records)} held-out records; int8 rows run the pruned "
-          f"(keep {summary['config']['keep_fraction']}) model")
-    print(f"\n| engine | tokens/s batch 1 (min-max) | x fp32 | tokens/s batch {args.batch} (min-max) | x fp32 "
-          "| perplexity | x fp32 |")
+    print(
+        f"\nSmolLM2-135M, {args.threads} threads, prompt {len(prompt)} tokens, {n_new} new tokens, "
+        f"{args.repeat} rounds; perplexity on {len(records)} held-out records; int8 rows run the pruned "
+        f"(keep {summary['config']['keep_fraction']}) model"
+    )
+    print(
+        f"\n| engine | tokens/s batch 1 (min-max) | x fp32 | tokens/s batch {args.batch} (min-max) | x fp32 "
+        "| perplexity | x fp32 |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in engines:
         cells = []
         for batch in (1, args.batch):
             values = speed[(name, batch)]
             base = statistics.median(speed[("torch fp32", batch)])
-            cells.append(f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f}) | "
-                         f"{statistics.median(values) / base:.2f}x")
+            cells.append(
+                f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f}) | "
+                f"{statistics.median(values) / base:.2f}x"
+            )
         print(f"| {name} | {' | '.join(cells)} | {ppl[name]:.3f} | {ppl[name] / ppl['torch fp32']:.3f} |")
 
     for keep in [float(k) for k in args.keep.split(",") if k.strip()]:

@@ -36,8 +36,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-
     from bench_compression import build, held_out_records
+
     from deepfeed.core.compress.gate import gate_compressed_artifacts
     from deepfeed.core.platform.home import ensure_smollm2
 
@@ -55,18 +55,26 @@ def main() -> None:
         report = reports[mode]
         print(f"\n## answers_by={mode}: {seconds[mode]:.1f} s (fp32 reference {report.reference_seconds:.1f} s)")
         for a in report.artifacts:
-            print(f"  {a.name:14s} {a.seconds:7.1f} s  passed={a.passed}  ppl {a.perplexity}  F1 change "
-                  f"{a.f1_relative_change}  same answers {a.identical_answers}/{report.answered}")
+            print(
+                f"  {a.name:14s} {a.seconds:7.1f} s  passed={a.passed}  ppl {a.perplexity}  F1 change "
+                f"{a.f1_relative_change}  same answers {a.identical_answers}/{report.answered}"
+            )
     decode, draft = reports["reference"], reports["twin"]
     same = {a.name: (a.passed, b.passed) for a, b in zip(decode.artifacts, draft.artifacts)}
-    print(f"\n{len(records)} records, {decode.answered} answers; reference {seconds['reference']:.1f} s, "
-          f"twin {seconds['twin']:.1f} s: {seconds['reference'] / seconds['twin']:.2f}x faster")
-    print(f"artifact time only: reference {sum(a.seconds for a in decode.artifacts):.1f} s, "
-          f"twin {sum(a.seconds for a in draft.artifacts):.1f} s")
-    print("same decisions:", all(x == y for x, y in same.values()), same,
-          "gate", decode.passed, draft.passed)
-    differing = {a.name: (a.identical_answers, b.identical_answers)
-                 for a, b in zip(decode.artifacts, draft.artifacts) if a.identical_answers != b.identical_answers}
+    print(
+        f"\n{len(records)} records, {decode.answered} answers; reference {seconds['reference']:.1f} s, "
+        f"twin {seconds['twin']:.1f} s: {seconds['reference'] / seconds['twin']:.2f}x faster"
+    )
+    print(
+        f"artifact time only: reference {sum(a.seconds for a in decode.artifacts):.1f} s, "
+        f"twin {sum(a.seconds for a in draft.artifacts):.1f} s"
+    )
+    print("same decisions:", all(x == y for x, y in same.values()), same, "gate", decode.passed, draft.passed)
+    differing = {
+        a.name: (a.identical_answers, b.identical_answers)
+        for a, b in zip(decode.artifacts, draft.artifacts)
+        if a.identical_answers != b.identical_answers
+    }
     print("answers identical to fp32 (reference, twin) where they differ:", differing or "none")
 
 

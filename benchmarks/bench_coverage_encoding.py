@@ -40,8 +40,13 @@ class PreviousMiniLM:
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
-                batch = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                                       max_length=128, return_tensors="pt")
+                batch = self.tokenizer(
+                    list(texts[start : start + batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=128,
+                    return_tensors="pt",
+                )
                 hidden = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -58,8 +63,15 @@ def run(mode: str, path: Path) -> dict:
     encoder = {"off": lambda: None, "previous": PreviousMiniLM, "default": MiniLMEncoder}[mode]()
     out = path.parent / f"{path.stem}.{mode}"
     spool = AuditSpool(path.parent / f"{path.stem}.{mode}.audit.jsonl")
-    summary = clean_sources([path], out, CorpusCleaner(CleaningConfig(), run_id="bench"), audit_spool=spool,
-                            dp_epsilon=0.5, workers=1, encoder=encoder)
+    summary = clean_sources(
+        [path],
+        out,
+        CorpusCleaner(CleaningConfig(), run_id="bench"),
+        audit_spool=spool,
+        dp_epsilon=0.5,
+        workers=1,
+        encoder=encoder,
+    )
     spool.discard()
     return {"seconds": time.perf_counter() - started, "kept": summary.cleaned}
 
@@ -85,8 +97,10 @@ def main() -> None:
                 sys.exit(done.stderr)
             result = json.loads(done.stdout.strip().splitlines()[-1])
             rate = args.records / result["seconds"]
-            print(f"embeddings {mode:<9}: {result['seconds']:6.1f} s  {rate:8,.0f} records/s (kept {result['kept']:,})",
-                  flush=True)
+            print(
+                f"embeddings {mode:<9}: {result['seconds']:6.1f} s  {rate:8,.0f} records/s (kept {result['kept']:,})",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ print(json.dumps({{"seconds": elapsed, "heavy": [m for m in {heavy!r} if m in sy
 
 
 def measure(module: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", PROBE.format(module=module, heavy=HEAVY)],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE.format(module=module, heavy=HEAVY)], capture_output=True, text=True, check=True
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -42,8 +43,10 @@ def main() -> None:
         rows[module] = (statistics.median(r["seconds"] for r in runs), runs[-1]["heavy"])
     base = rows["dagster"][0]
     for module, (seconds, heavy) in rows.items():
-        print(f"{module:<22} {seconds:6.2f} s  (+{seconds - base:5.2f} s over import dagster)  "
-              f"loads: {', '.join(heavy) or '-'}")
+        print(
+            f"{module:<22} {seconds:6.2f} s  (+{seconds - base:5.2f} s over import dagster)  "
+            f"loads: {', '.join(heavy) or '-'}"
+        )
 
 
 if __name__ == "__main__":

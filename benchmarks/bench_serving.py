@@ -31,9 +31,16 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-PROMPTS = ["What is hypertension?", "How do I reset my password?", "What is the capital of France?",
-           "Can you recommend a book about science?", "什么是高血压？", "今天天气怎么样？",
-           "How much water should I drink each day?", "Explain why local deployment keeps data on site."]
+PROMPTS = [
+    "What is hypertension?",
+    "How do I reset my password?",
+    "What is the capital of France?",
+    "Can you recommend a book about science?",
+    "什么是高血压？",
+    "今天天气怎么样？",
+    "How much water should I drink each day?",
+    "Explain why local deployment keeps data on site.",
+]
 API_KEY = "bench-annotator"
 
 
@@ -76,11 +83,15 @@ def write_policy(home: Path) -> Path:
     from deepfeed.core.platform.access import hash_key
 
     path = home / "access_policy.json"
-    path.write_text(json.dumps({
-        "roles": {"annotator": {"permissions": ["feedback:submit"], "classifications": ["public"]}},
-        "keys": [{"sha256": hash_key(API_KEY), "principal": "bench", "role": "annotator"}],
-        "classifications": {"public": ["*"]},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "roles": {"annotator": {"permissions": ["feedback:submit"], "classifications": ["public"]}},
+                "keys": [{"sha256": hash_key(API_KEY), "principal": "bench", "role": "annotator"}],
+                "classifications": {"public": ["*"]},
+            }
+        )
+    )
     return path
 
 
@@ -95,16 +106,27 @@ def load(url: str, requests: int, concurrency: int, max_seconds: float, new_toke
             return None
         with httpx.Client(base_url=url, timeout=120) as http:
             started = time.perf_counter()
-            r = http.post("/generate", json={"user_id": f"user{i % 50}", "prompt": PROMPTS[i % len(PROMPTS)],
-                                             "max_new_tokens": new_tokens})
+            r = http.post(
+                "/generate",
+                json={"user_id": f"user{i % 50}", "prompt": PROMPTS[i % len(PROMPTS)], "max_new_tokens": new_tokens},
+            )
             latency = time.perf_counter() - started
             if r.status_code != 200:
                 return ("fail", latency, 0)
             acked = 0
             if i % 4 == 0:  # a quarter of the answers get rated
-                f = http.post("/feedback", headers={"X-API-Key": API_KEY}, json={
-                    "prompt": PROMPTS[i % len(PROMPTS)], "answer": r.json()["answer"] or "-", "rating": 1,
-                    "user_id": f"user{i % 50}", "model_version": r.json()["model_version"], "classification": "public"})
+                f = http.post(
+                    "/feedback",
+                    headers={"X-API-Key": API_KEY},
+                    json={
+                        "prompt": PROMPTS[i % len(PROMPTS)],
+                        "answer": r.json()["answer"] or "-",
+                        "rating": 1,
+                        "user_id": f"user{i % 50}",
+                        "model_version": r.json()["model_version"],
+                        "classification": "public",
+                    },
+                )
                 acked = int(f.status_code == 200)
             return ("ok", latency, acked)
 
@@ -120,8 +142,12 @@ def load(url: str, requests: int, concurrency: int, max_seconds: float, new_toke
         feedback_acked += acked
     latencies.sort()
     return {
-        "sent": len(results), "ok": len(latencies), "failed": failures, "feedback_acked": feedback_acked,
-        "wall_s": wall, "rps": len(latencies) / wall if wall else 0.0,
+        "sent": len(results),
+        "ok": len(latencies),
+        "failed": failures,
+        "feedback_acked": feedback_acked,
+        "wall_s": wall,
+        "rps": len(latencies) / wall if wall else 0.0,
         "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
         "p95_ms": 1000 * latencies[max(0, int(0.95 * len(latencies)) - 1)] if latencies else float("nan"),
     }
@@ -150,8 +176,14 @@ def main() -> int:
         home = work / f"home-{runtime}"
         shutil.rmtree(home, ignore_errors=True)
         home.mkdir(parents=True)
-        settings = ServeSettings(tracking_uri=registry(home, checkpoint), runtime=runtime, max_new_tokens=args.new_tokens,
-                                 poll_seconds=0, policy_path=write_policy(home), home=home)
+        settings = ServeSettings(
+            tracking_uri=registry(home, checkpoint),
+            runtime=runtime,
+            max_new_tokens=args.new_tokens,
+            poll_seconds=0,
+            policy_path=write_policy(home),
+            home=home,
+        )
         with ServerProcess(settings) as server:
             import httpx
 
@@ -167,16 +199,24 @@ def main() -> int:
             lost.append(runtime)
         rows[runtime] = row
 
-    print(f"\nloopback load test: {args.model}, {args.concurrency} concurrent clients, {args.new_tokens} new tokens, "
-          f"<= {args.requests} requests / {args.max_seconds:g} s per runtime, {os.cpu_count()} CPUs")
-    print(f"{'runtime':<12}{'served':<11}{'sent':>6}{'ok':>6}{'fail':>6}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}"
-          f"{'log in/stored':>15}{'fb acked/stored':>17}")
+    print(
+        f"\nloopback load test: {args.model}, {args.concurrency} concurrent clients, {args.new_tokens} new tokens, "
+        f"<= {args.requests} requests / {args.max_seconds:g} s per runtime, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'runtime':<12}{'served':<11}{'sent':>6}{'ok':>6}{'fail':>6}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}"
+        f"{'log in/stored':>15}{'fb acked/stored':>17}"
+    )
     for name, r in rows.items():
-        print(f"{name:<12}{r['runtime']:<11}{r['sent']:>6}{r['ok']:>6}{r['failed']:>6}{r['rps']:>8.2f}{r['p50_ms']:>9.0f}"
-              f"{r['p95_ms']:>9.0f}{r['ok']:>7}/{r['log_lines']:<7}{r['feedback_acked']:>8}/{r['feedback_stored']:<8}")
+        print(
+            f"{name:<12}{r['runtime']:<11}{r['sent']:>6}{r['ok']:>6}{r['failed']:>6}{r['rps']:>8.2f}{r['p50_ms']:>9.0f}"
+            f"{r['p95_ms']:>9.0f}{r['ok']:>7}/{r['log_lines']:<7}{r['feedback_acked']:>8}/{r['feedback_stored']:<8}"
+        )
     base, int8 = rows["torch"], rows["onnx_int8"]
-    print(f"\nratios int8 ONNX / torch fp32 (same run): throughput x{int8['rps'] / base['rps']:.2f}, "
-          f"p50 latency x{int8['p50_ms'] / base['p50_ms']:.2f}, p95 latency x{int8['p95_ms'] / base['p95_ms']:.2f}")
+    print(
+        f"\nratios int8 ONNX / torch fp32 (same run): throughput x{int8['rps'] / base['rps']:.2f}, "
+        f"p50 latency x{int8['p50_ms'] / base['p50_ms']:.2f}, p95 latency x{int8['p95_ms'] / base['p95_ms']:.2f}"
+    )
     print("count in = count stored:", "yes" if not lost else f"NO for {lost}")
     return 1 if lost or any(r["failed"] for r in rows.values()) else 0
 

@@ -43,15 +43,27 @@ def demo_records(limit: int) -> list[dict]:
     from deepfeed.core.data.ingest import ingest_folder
     from deepfeed.settings import demo_corpus_dir
 
-    records = [r for r in ingest_folder(ensure_demo_corpus(demo_corpus_dir())).records if r.get("kind") == "pair" and r.get("lang") == "en"]
+    records = [
+        r
+        for r in ingest_folder(ensure_demo_corpus(demo_corpus_dir())).records
+        if r.get("kind") == "pair" and r.get("lang") == "en"
+    ]
     return records[:limit]
 
 
 def deepfeed_run(model: Path, records, args) -> dict:
     from deepfeed.core.train.training import TrainingConfig, fine_tune
 
-    config = TrainingConfig(method="full", max_steps=args.steps, batch_size=args.batch, max_length=args.length,
-                            learning_rate=2e-5, warmup_steps=1, precision="fp32", log_every=args.steps)
+    config = TrainingConfig(
+        method="full",
+        max_steps=args.steps,
+        batch_size=args.batch,
+        max_length=args.length,
+        learning_rate=2e-5,
+        warmup_steps=1,
+        precision="fp32",
+        log_every=args.steps,
+    )
     with tempfile.TemporaryDirectory() as out:
         result = fine_tune(model, records, Path(out) / "ckpt", config)
     all_tokens = step_tokens(model, records, args)
@@ -60,7 +72,12 @@ def deepfeed_run(model: Path, records, args) -> dict:
     # tokens_per_second_series holds each step's tokens / its seconds: recover the seconds.
     tokens = all_tokens[1:]
     seconds = sum(t / r for t, r in zip(tokens, result.tokens_per_second_series[1:]))
-    return {"tokens": sum(tokens), "seconds": seconds, "tokens_per_second": sum(tokens) / seconds, "mean_loss": statistics.mean(result.losses)}
+    return {
+        "tokens": sum(tokens),
+        "seconds": seconds,
+        "tokens_per_second": sum(tokens) / seconds,
+        "mean_loss": statistics.mean(result.losses),
+    }
 
 
 def step_tokens(model_dir: Path, records, args) -> list[int]:
@@ -115,20 +132,43 @@ def trainer_run(model_dir: Path, records, args) -> dict:
     clock = StepClock()
     with tempfile.TemporaryDirectory() as out:
         training_args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=2e-5,
-            warmup_steps=1, lr_scheduler_type="cosine", optim="adamw_torch_fused", max_grad_norm=1.0, weight_decay=0.0,
-            logging_strategy="no", save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
-            dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True, seed=0,
+            output_dir=out,
+            per_device_train_batch_size=args.batch,
+            max_steps=args.steps,
+            learning_rate=2e-5,
+            warmup_steps=1,
+            lr_scheduler_type="cosine",
+            optim="adamw_torch_fused",
+            max_grad_norm=1.0,
+            weight_decay=0.0,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+            disable_tqdm=True,
+            seed=0,
         )
-        trainer = SameOrderTrainer(model=model, args=training_args, train_dataset=examples,
-                                   data_collator=lambda batch: collate(batch, tokenizer.pad_token_id), callbacks=[clock])
+        trainer = SameOrderTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=examples,
+            data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
+            callbacks=[clock],
+        )
         output = trainer.train()
     durations = [b - a for a, b in zip(clock.ends, clock.ends[1:])]
     if len(durations) != args.steps:
         raise RuntimeError(f"the Trainer ran {len(durations)} steps, expected {args.steps}")
     tokens = [sum(len(e.input_ids) for e in batch) for batch in batches][1:]
     seconds = sum(durations[1:])
-    return {"tokens": sum(tokens), "seconds": seconds, "tokens_per_second": sum(tokens) / seconds, "mean_loss": output.training_loss}
+    return {
+        "tokens": sum(tokens),
+        "seconds": seconds,
+        "tokens_per_second": sum(tokens) / seconds,
+        "mean_loss": output.training_loss,
+    }
 
 
 def _status_kb(field: str) -> int:
@@ -150,31 +190,66 @@ def memory_probe(model: Path, records, args, checkpointing: bool) -> None:
         peak = _status_kb("VmHWM")
         state["process_peak_kb"] = max(state["process_peak_kb"], peak)
         if step > 0:
-            steps.append({"step": step, "peak_above_baseline_mb": (peak - state["baseline_kb"]) / 1024, "seconds": now - state["ended"]})
+            steps.append(
+                {
+                    "step": step,
+                    "peak_above_baseline_mb": (peak - state["baseline_kb"]) / 1024,
+                    "seconds": now - state["ended"],
+                }
+            )
         state["baseline_kb"] = _status_kb("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # restart VmHWM from the current RSS
         state["ended"] = time.perf_counter()
 
-    config = TrainingConfig(method="full", max_steps=args.memory_steps, batch_size=args.memory_batch, max_length=args.memory_length,
-                            gradient_checkpointing=checkpointing, packing=True, warmup_steps=0, precision="fp32")
+    config = TrainingConfig(
+        method="full",
+        max_steps=args.memory_steps,
+        batch_size=args.memory_batch,
+        max_length=args.memory_length,
+        gradient_checkpointing=checkpointing,
+        packing=True,
+        warmup_steps=0,
+        precision="fp32",
+    )
     with tempfile.TemporaryDirectory() as out:
         result = fine_tune(model, records, Path(out) / "ckpt", config, on_step=on_step)
     from deepfeed.core.train.modeling import load_model
 
     gradient_mb = sum(p.numel() * p.element_size() for p in load_model(model).parameters()) / 2**20
-    print(json.dumps({
-        "process_peak_mb": state["process_peak_kb"] / 1024,
-        "step_peak_mb": statistics.median(s["peak_above_baseline_mb"] for s in steps),
-        "steps": steps, "gradient_mb": gradient_mb, "tokens": result.tokens,
-        "step_seconds": statistics.median(s["seconds"] for s in steps),
-        "threads": torch.get_num_threads(),
-    }))
+    print(
+        json.dumps(
+            {
+                "process_peak_mb": state["process_peak_kb"] / 1024,
+                "step_peak_mb": statistics.median(s["peak_above_baseline_mb"] for s in steps),
+                "steps": steps,
+                "gradient_mb": gradient_mb,
+                "tokens": result.tokens,
+                "step_seconds": statistics.median(s["seconds"] for s in steps),
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 def probe_in_subprocess(args, checkpointing: bool) -> dict:
-    command = [sys.executable, __file__, "--probe", "on" if checkpointing else "off", "--model", str(args.model),
-               "--memory-batch", str(args.memory_batch), "--memory-length", str(args.memory_length),
-               "--memory-steps", str(args.memory_steps), "--records", str(args.records), "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--probe",
+        "on" if checkpointing else "off",
+        "--model",
+        str(args.model),
+        "--memory-batch",
+        str(args.memory_batch),
+        "--memory-length",
+        str(args.memory_length),
+        "--memory-steps",
+        str(args.memory_steps),
+        "--records",
+        str(args.records),
+        "--threads",
+        str(args.threads),
+    ]
     # A fixed mmap threshold returns every large freed tensor to the OS at once (glibc's
     # dynamic threshold would keep them in the heap and inflate the baseline).
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
@@ -184,7 +259,9 @@ def probe_in_subprocess(args, checkpointing: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="", help="HF checkpoint folder (default: SmolLM2-135M-Instruct from the offline cache)")
+    parser.add_argument(
+        "--model", default="", help="HF checkpoint folder (default: SmolLM2-135M-Instruct from the offline cache)"
+    )
     parser.add_argument("--steps", type=int, default=6, help="steps per run; the first is not timed")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=64)
@@ -212,44 +289,60 @@ def main() -> None:
         memory_probe(args.model, records, args, args.probe == "on")
         return
 
-    print(f"model {args.model.name}; {len(records)} records; {'cuda' if torch.cuda.is_available() else 'cpu'}, "
-          f"{torch.get_num_threads()} threads; load average at start {os.getloadavg()[0]:.2f}")
+    print(
+        f"model {args.model.name}; {len(records)} records; {'cuda' if torch.cuda.is_available() else 'cpu'}, "
+        f"{torch.get_num_threads()} threads; load average at start {os.getloadavg()[0]:.2f}"
+    )
     if not args.skip_speed:
-        print(f"speed: batch {args.batch} x <= {args.length} tokens, {args.steps} steps per run (first not timed), fp32, "
-              f"{args.repeats} interleaved repeats")
+        print(
+            f"speed: batch {args.batch} x <= {args.length} tokens, {args.steps} steps per run (first not timed), fp32, "
+            f"{args.repeats} interleaved repeats"
+        )
         runs: dict[str, list[dict]] = {"trainer": [], "deepfeed": []}
         for round_ in range(args.repeats):
             order = ["trainer", "deepfeed"] if round_ % 2 == 0 else ["deepfeed", "trainer"]
             for name in order:
                 runs[name].append((trainer_run if name == "trainer" else deepfeed_run)(args.model, records, args))
             hf, ours = runs["trainer"][-1], runs["deepfeed"][-1]
-            print(f"  round {round_ + 1} ({order[0]} first): Trainer {hf['tokens_per_second']:7.1f}  deepfeed "
-                  f"{ours['tokens_per_second']:7.1f} tokens/s  ratio {ours['tokens_per_second'] / hf['tokens_per_second']:.3f}  "
-                  f"(mean train loss {hf['mean_loss']:.3f} / {ours['mean_loss']:.3f}; load {os.getloadavg()[0]:.2f})")
+            print(
+                f"  round {round_ + 1} ({order[0]} first): Trainer {hf['tokens_per_second']:7.1f}  deepfeed "
+                f"{ours['tokens_per_second']:7.1f} tokens/s  ratio {ours['tokens_per_second'] / hf['tokens_per_second']:.3f}  "
+                f"(mean train loss {hf['mean_loss']:.3f} / {ours['mean_loss']:.3f}; load {os.getloadavg()[0]:.2f})"
+            )
         hf = statistics.median(r["tokens_per_second"] for r in runs["trainer"])
         ours = statistics.median(r["tokens_per_second"] for r in runs["deepfeed"])
-        paired = statistics.median(o["tokens_per_second"] / h["tokens_per_second"] for o, h in zip(runs["deepfeed"], runs["trainer"]))
+        paired = statistics.median(
+            o["tokens_per_second"] / h["tokens_per_second"] for o, h in zip(runs["deepfeed"], runs["trainer"])
+        )
         print(f"HF Trainer : median {hf:8.1f} tokens/s")
         print(f"deepfeed   : median {ours:8.1f} tokens/s")
-        print(f"ratio deepfeed / Trainer: {ours / hf:.3f} of the medians, {paired:.3f} median of the paired rounds "
-              f"(min {min(o['tokens_per_second'] / h['tokens_per_second'] for o, h in zip(runs['deepfeed'], runs['trainer'])):.3f}, "
-              f"max {max(o['tokens_per_second'] / h['tokens_per_second'] for o, h in zip(runs['deepfeed'], runs['trainer'])):.3f}; target >= 1.0)")
+        print(
+            f"ratio deepfeed / Trainer: {ours / hf:.3f} of the medians, {paired:.3f} median of the paired rounds "
+            f"(min {min(o['tokens_per_second'] / h['tokens_per_second'] for o, h in zip(runs['deepfeed'], runs['trainer'])):.3f}, "
+            f"max {max(o['tokens_per_second'] / h['tokens_per_second'] for o, h in zip(runs['deepfeed'], runs['trainer'])):.3f}; target >= 1.0)"
+        )
 
     if args.skip_memory:
         return
     without = probe_in_subprocess(args, checkpointing=False)
     with_gc = probe_in_subprocess(args, checkpointing=True)
-    print(f"memory: batch {args.memory_batch} x {args.memory_length} packed tokens, full fine-tuning, fp32, "
-          f"median of {args.memory_steps - 1} steps after the first")
+    print(
+        f"memory: batch {args.memory_batch} x {args.memory_length} packed tokens, full fine-tuning, fp32, "
+        f"median of {args.memory_steps - 1} steps after the first"
+    )
     for name, probe in (("without", without), ("with", with_gc)):
-        print(f"  {name:7s} gradient checkpointing: step peak above baseline {probe['step_peak_mb']:7.0f} MB "
-              f"(of which parameter gradients {probe['gradient_mb']:.0f} MB), process peak {probe['process_peak_mb']:7.0f} MB, "
-              f"{probe['step_seconds']:.1f} s/step")
+        print(
+            f"  {name:7s} gradient checkpointing: step peak above baseline {probe['step_peak_mb']:7.0f} MB "
+            f"(of which parameter gradients {probe['gradient_mb']:.0f} MB), process peak {probe['process_peak_mb']:7.0f} MB, "
+            f"{probe['step_seconds']:.1f} s/step"
+        )
     activations = [p["step_peak_mb"] - p["gradient_mb"] for p in (without, with_gc)]
-    print(f"ratio with / without: step peak {with_gc['step_peak_mb'] / without['step_peak_mb']:.3f}, "
-          f"step peak less gradients (activations + temporaries) {activations[1] / activations[0]:.3f}, "
-          f"process peak {with_gc['process_peak_mb'] / without['process_peak_mb']:.3f} (article: 0.67); "
-          f"time ratio {with_gc['step_seconds'] / without['step_seconds']:.2f}; load average now {os.getloadavg()[0]:.2f}")
+    print(
+        f"ratio with / without: step peak {with_gc['step_peak_mb'] / without['step_peak_mb']:.3f}, "
+        f"step peak less gradients (activations + temporaries) {activations[1] / activations[0]:.3f}, "
+        f"process peak {with_gc['process_peak_mb'] / without['process_peak_mb']:.3f} (article: 0.67); "
+        f"time ratio {with_gc['step_seconds'] / without['step_seconds']:.2f}; load average now {os.getloadavg()[0]:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,10 @@ def split_domains(records: list[dict[str, Any]], new_domain: str, eval_records: 
     new = [r for r in records if new_domain in (r.get("tags") or [])]
     old = [r for r in records if new_domain not in (r.get("tags") or [])]
     if len(new) <= eval_records or len(old) <= eval_records:
-        raise SystemExit(f"domain '{new_domain}' has {len(new)} records and the rest {len(old)}: "
-                         f"both need more than --eval-records={eval_records}")
+        raise SystemExit(
+            f"domain '{new_domain}' has {len(new)} records and the rest {len(old)}: "
+            f"both need more than --eval-records={eval_records}"
+        )
     out = {}
     for name, part in (("new", new), ("old", old)):
         part = sorted(part, key=lambda r: r["record_id"])
@@ -70,17 +72,34 @@ def split_domains(records: list[dict[str, Any]], new_domain: str, eval_records: 
 
 
 def train_all(base: Path, data: dict[str, list], work: Path, args) -> tuple[dict[str, Path], dict[str, Any]]:
-    from deepfeed.core.train.incremental import plan_replay
     from deepfeed.core.evaluate.learning_outcome import loss_windows
+    from deepfeed.core.train.incremental import plan_replay
     from deepfeed.core.train.training import TrainingConfig, fine_tune
 
     # The demo's fine-tune settings (cli.DEMO_SIZES) for the champion and the full retrain;
     # the incremental asset's defaults (full fine-tuning at 3e-5, elastic, EWC 1e4) for the rounds.
-    retrain = TrainingConfig(method="lora", max_steps=args.steps, batch_size=args.batch, learning_rate=args.lr,
-                             warmup_steps=3, max_length=args.max_length, seed=args.seed)
-    incremental = TrainingConfig(method="full", max_steps=args.incr_steps, batch_size=args.batch, learning_rate=3e-5,
-                                 warmup_steps=0, max_length=args.max_length, seed=args.seed, elastic=True, eval_every=5,
-                                 eval_samples=16, fisher_samples=args.fisher_samples)
+    retrain = TrainingConfig(
+        method="lora",
+        max_steps=args.steps,
+        batch_size=args.batch,
+        learning_rate=args.lr,
+        warmup_steps=3,
+        max_length=args.max_length,
+        seed=args.seed,
+    )
+    incremental = TrainingConfig(
+        method="full",
+        max_steps=args.incr_steps,
+        batch_size=args.batch,
+        learning_rate=3e-5,
+        warmup_steps=0,
+        max_length=args.max_length,
+        seed=args.seed,
+        elastic=True,
+        eval_every=5,
+        eval_samples=16,
+        fisher_samples=args.fisher_samples,
+    )
     plan = plan_replay(data["new_train"], data["old_train"], replay_ratio=0.5, eval_samples=16, seed=args.seed)
     paths, training = {"base": base}, {}
 
@@ -90,17 +109,32 @@ def train_all(base: Path, data: dict[str, list], work: Path, args) -> tuple[dict
         result = fine_tune(start, records, folder, config, **kwargs)
         windows = loss_windows(result.losses)
         seconds = round(time.perf_counter() - started, 1)
-        training[name] = {"records": len(records), "steps": len(result.losses), "seconds": seconds,
-                          "loss_first": windows.first, "loss_last": windows.last, "window": windows.window}
-        print(f"  trained {name:<9} {len(records)} records, {len(result.losses)} steps: loss "
-              f"{windows.first:.3f} -> {windows.last:.3f} (first/last {windows.window}), {seconds} s", flush=True)
+        training[name] = {
+            "records": len(records),
+            "steps": len(result.losses),
+            "seconds": seconds,
+            "loss_first": windows.first,
+            "loss_last": windows.last,
+            "window": windows.window,
+        }
+        print(
+            f"  trained {name:<9} {len(records)} records, {len(result.losses)} steps: loss "
+            f"{windows.first:.3f} -> {windows.last:.3f} (first/last {windows.window}), {seconds} s",
+            flush=True,
+        )
         paths[name] = folder
 
     run("champion", base, data["old_train"], retrain)
     run("full", base, data["old_train"] + data["new_train"], retrain)
     run("incr", paths["champion"], plan.train, replace(incremental, ewc_lambda=0.0), eval_records=plan.replay_eval)
-    run("incr+ewc", paths["champion"], plan.train, replace(incremental, ewc_lambda=args.ewc_lambda),
-        eval_records=plan.replay_eval, ewc_records=data["old_train"])
+    run(
+        "incr+ewc",
+        paths["champion"],
+        plan.train,
+        replace(incremental, ewc_lambda=args.ewc_lambda),
+        eval_records=plan.replay_eval,
+        ewc_records=data["old_train"],
+    )
     return paths, training
 
 
@@ -110,8 +144,8 @@ def score_all(paths: dict[str, Path], data: dict[str, list], args) -> dict[str, 
 
     from deepfeed.core.evaluate.evaluation import EvaluationConfig, generate_torch, generation_records
     from deepfeed.core.evaluate.learning_outcome import record_losses
-    from deepfeed.core.train.modeling import load_model, load_tokenizer
     from deepfeed.core.evaluate.textmetrics import token_prf
+    from deepfeed.core.train.modeling import load_model, load_tokenizer
 
     prompts, _ = generation_records(data["new_eval"], args.generate)
     config = EvaluationConfig(max_length=args.max_length, max_new_tokens=args.max_new_tokens)
@@ -134,24 +168,35 @@ def score_all(paths: dict[str, Path], data: dict[str, list], args) -> dict[str, 
 def outcome_table(scores: dict[str, dict[str, Any]], samples: int = 2000) -> tuple[list[dict[str, Any]], str]:
     from deepfeed.core.evaluate.learning_outcome import paired_difference, perplexity_ratio
 
-    rows, lines = [], [
-        "| model | new-domain ppl | vs base [95% CI] | new-domain token F1 | vs base [95% CI] "
-        "| old-data ppl | vs champion [95% CI] |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    rows, lines = (
+        [],
+        [
+            "| model | new-domain ppl | vs base [95% CI] | new-domain token F1 | vs base [95% CI] "
+            "| old-data ppl | vs champion [95% CI] |",
+            "|---|---|---|---|---|---|---|",
+        ],
+    )
     base, champion = scores["base"], scores["champion"]
     for name in MODELS:
         s = scores[name]
         ppl = perplexity_ratio(base["new"], s["new"], samples)
         f1 = paired_difference(base["f1"], s["f1"], samples)
         forgetting = perplexity_ratio(champion["old"], s["old"], samples)
-        row = {"model": name, "new_ppl": s["new"].perplexity, "new_ppl_vs_base": ppl, "new_f1": f1.candidate,
-               "new_f1_vs_base": (f1.difference, f1.low, f1.high), "old_ppl": s["old"].perplexity,
-               "old_ppl_vs_champion": forgetting}
+        row = {
+            "model": name,
+            "new_ppl": s["new"].perplexity,
+            "new_ppl_vs_base": ppl,
+            "new_f1": f1.candidate,
+            "new_f1_vs_base": (f1.difference, f1.low, f1.high),
+            "old_ppl": s["old"].perplexity,
+            "old_ppl_vs_champion": forgetting,
+        }
         rows.append(row)
-        lines.append(f"| {name} | {s['new'].perplexity:.2f} | {_rel(ppl)} | {f1.candidate:.3f} | "
-                     f"{f1.difference:+.3f} [{f1.low:+.3f}, {f1.high:+.3f}] | {s['old'].perplexity:.2f} | "
-                     f"{_rel(forgetting)} |")
+        lines.append(
+            f"| {name} | {s['new'].perplexity:.2f} | {_rel(ppl)} | {f1.candidate:.3f} | "
+            f"{f1.difference:+.3f} [{f1.low:+.3f}, {f1.high:+.3f}] | {s['old'].perplexity:.2f} | "
+            f"{_rel(forgetting)} |"
+        )
     return rows, "\n".join(lines)
 
 
@@ -206,16 +251,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             from deepfeed.core.platform.home import ensure_smollm2
 
             base = Path(args.model) if args.model else ensure_smollm2()
-        print(f"base {base}; new domain '{args.new_domain}': "
-              f"{len(data['new_train'])} train / {len(data['new_eval'])} held out; "
-              f"old: {len(data['old_train'])} train / {len(data['old_eval'])} held out", flush=True)
+        print(
+            f"base {base}; new domain '{args.new_domain}': "
+            f"{len(data['new_train'])} train / {len(data['new_eval'])} held out; "
+            f"old: {len(data['old_train'])} train / {len(data['old_eval'])} held out",
+            flush=True,
+        )
         paths, training = train_all(base, data, work / "models", args)
         scores = score_all(paths, data, args)
     rows, table = outcome_table(scores)
     print("\n" + table)
     ewc = next(r for r in rows if r["model"] == "incr+ewc")["old_ppl_vs_champion"][0]
-    print(f"\nforgetting after an incremental round with EWC: {ewc:+.1%} old-data perplexity vs the champion "
-          f"(goal <= +5%: {'met' if ewc <= 0.05 else 'NOT met'}); total {time.perf_counter() - started:.0f} s")
+    print(
+        f"\nforgetting after an incremental round with EWC: {ewc:+.1%} old-data perplexity vs the champion "
+        f"(goal <= +5%: {'met' if ewc <= 0.05 else 'NOT met'}); total {time.perf_counter() - started:.0f} s"
+    )
     result = {"args": vars(args), "training": training, "rows": rows, "table": table, "forgetting_ewc": ewc}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=float))

@@ -48,11 +48,17 @@ def cmd_query(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(entry, ensure_ascii=False, sort_keys=True))
         else:
-            print(f"{entry['seq']:>7}  {entry['ts'][:19]}  {entry['stage']:<14} {entry['action']:<12} "
-                  f"{entry['record_id']:<20} run {entry['run_id'][:8]}  {entry['reason']}")
+            print(
+                f"{entry['seq']:>7}  {entry['ts'][:19]}  {entry['stage']:<14} {entry['action']:<12} "
+                f"{entry['record_id']:<20} run {entry['run_id'][:8]}  {entry['reason']}"
+            )
         shown += 1
     if not args.json:
-        print(f"{shown} entr{'y' if shown == 1 else 'ies'}" + (f" matching {wanted}" if wanted else "") + f" in {ledger.path}")
+        print(
+            f"{shown} entr{'y' if shown == 1 else 'ies'}"
+            + (f" matching {wanted}" if wanted else "")
+            + f" in {ledger.path}"
+        )
     return 0
 
 
@@ -71,8 +77,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"ledger UNKEYED: {result.reason} ({ledger.path})", file=sys.stderr)
         return 1
     where = f"line {result.first_bad_line}: " if result.first_bad_line else ""
-    print(f"ledger TAMPERED: {where}{result.reason}; "
-          f"{result.n_entries} entries verified before it ({ledger.path})", file=sys.stderr)
+    print(
+        f"ledger TAMPERED: {where}{result.reason}; {result.n_entries} entries verified before it ({ledger.path})",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -116,12 +124,19 @@ def add_audit_parser(commands) -> None:
     query.add_argument("--json", action="store_true", help="one JSON entry per line")
     query.set_defaults(func=cmd_query)
     verify = actions.add_parser("verify", help="re-derive the hash chain; exit 1 if it was tampered with")
-    verify.add_argument("--anchor", default=None, help="an entry_hash recorded earlier (e.g. clean_corpus's audit_head): catches entries cut off the end")
+    verify.add_argument(
+        "--anchor",
+        default=None,
+        help="an entry_hash recorded earlier (e.g. clean_corpus's audit_head): catches entries cut off the end",
+    )
     verify.set_defaults(func=cmd_verify)
-    recover = actions.add_parser("recover", help="append the audit entries of artifact versions published by a run "
-                                 "that crashed before writing them")
+    recover = actions.add_parser(
+        "recover",
+        help="append the audit entries of artifact versions published by a run that crashed before writing them",
+    )
     recover.set_defaults(func=cmd_recover)
     rekey = actions.add_parser("rekey", help="add MACs (audit key) to a ledger written before entries carried them")
-    rekey.add_argument("--anchor", default=None,
-                       help="an entry_hash recorded earlier; refuse if it is not in the chain")
+    rekey.add_argument(
+        "--anchor", default=None, help="an entry_hash recorded earlier; refuse if it is not in the chain"
+    )
     rekey.set_defaults(func=cmd_rekey)

@@ -58,8 +58,12 @@ def ingest_sources(instance, corpus_path: str = "") -> dict[str, bool]:
     from tqdm import tqdm
 
     for source in tqdm(stale, desc="ingesting sources", unit="source", disable=not stale):
-        result = job.execute_in_process(partition_key=source, instance=instance, raise_on_error=False,
-                                        run_config={**ingest_run_config(corpus_path), "loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+        result = job.execute_in_process(
+            partition_key=source,
+            instance=instance,
+            raise_on_error=False,
+            run_config={**ingest_run_config(corpus_path), "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
         outcome[source] = result.success
     return outcome
 
@@ -85,33 +89,46 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from deepfeed.sensors.corpus import missing_sources
 
     for source in missing_sources(dg.DagsterInstance.get(), corpus):
-        print(f"    {source:<24} GONE from the corpus root: its last version is still trained on; "
-              f"`deepfeed retire-source {source} --reason ...` stops that")
+        print(
+            f"    {source:<24} GONE from the corpus root: its last version is still trained on; "
+            f"`deepfeed retire-source {source} --reason ...` stops that"
+        )
     return 0 if all(outcome.values()) else 1
 
 
 def cmd_prune_artifacts(args: argparse.Namespace) -> int:
-    from deepfeed.pipelines.locations import audit_ledger
     from deepfeed.core.data import retention
     from deepfeed.definitions import defs
+    from deepfeed.pipelines.locations import audit_ledger
 
     store, mlflow = defs.resources["artifact_store"].store(), defs.resources["mlflow"]
     try:
-        doomed, protected = retention.prune(store, mlflow.client(), mlflow.registered_model_name, args.keep, args.dry_run,
-                                            None if args.dry_run else audit_ledger())
+        doomed, protected = retention.prune(
+            store,
+            mlflow.client(),
+            mlflow.registered_model_name,
+            args.keep,
+            args.dry_run,
+            None if args.dry_run else audit_ledger(),
+        )
     except ValueError as exc:
         print(f"deepfeed prune-artifacts: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # the registry could not be read: what serves is unknown
-        print(f"deepfeed prune-artifacts: cannot read the MLflow registry at {mlflow.tracking_uri} ({type(exc).__name__}: {exc}); "
-              "nothing was deleted, since the champion and the rollback target would be unknown", file=sys.stderr)
+        print(
+            f"deepfeed prune-artifacts: cannot read the MLflow registry at {mlflow.tracking_uri} ({type(exc).__name__}: {exc}); "
+            "nothing was deleted, since the champion and the rollback target would be unknown",
+            file=sys.stderr,
+        )
         return 2
     for version, aliases in sorted(protected.items()):
         print(f"    kept (registry {aliases}): {version}")
     verb = "would delete" if args.dry_run else "deleted"
     for item in doomed:
         print(f"    {verb}: {item.name}/{item.version}  {item.bytes / 2**20:,.0f} MiB")
-    print(f"{verb} {len(doomed)} version(s), {sum(d.bytes for d in doomed) / 2**30:.2f} GiB; the newest {args.keep} of each model artifact stay")
+    print(
+        f"{verb} {len(doomed)} version(s), {sum(d.bytes for d in doomed) / 2**30:.2f} GiB; the newest {args.keep} of each model artifact stay"
+    )
     return 0
 
 
@@ -123,8 +140,13 @@ def cmd_retire_source(args: argparse.Namespace) -> int:
     from deepfeed.sensors.corpus import retire_source
 
     try:
-        kept_at = retire_source(dg.DagsterInstance.get(), defs.resources["artifact_store"].store(), args.source,
-                                args.reason, purge_raw=args.purge_raw)
+        kept_at = retire_source(
+            dg.DagsterInstance.get(),
+            defs.resources["artifact_store"].store(),
+            args.source,
+            args.reason,
+            purge_raw=args.purge_raw,
+        )
     except ValueError as exc:
         print(f"deepfeed retire-source: {exc}", file=sys.stderr)
         return 2
@@ -138,7 +160,9 @@ def cmd_retire_source(args: argparse.Namespace) -> int:
 
 def _stage_timings(instance, run_id: str) -> list[tuple[str, float]]:
     stats = instance.get_run_step_stats(run_id)
-    return [(s.step_key, (s.end_time or 0) - (s.start_time or 0)) for s in sorted(stats, key=lambda s: s.start_time or 0)]
+    return [
+        (s.step_key, (s.end_time or 0) - (s.start_time or 0)) for s in sorted(stats, key=lambda s: s.start_time or 0)
+    ]
 
 
 # The demo runs every technique at a size that finishes in minutes on 2 CPU cores; the
@@ -208,7 +232,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # champion_model is not materialized): the chain itself finished and the report says why.
     kept_champion = bool(failed) and all(step.endswith("_promotion_gate") for step in failed)
     if not result.success and not kept_champion:
-        print(f"\nThe run failed ({result.run_id}) in {', '.join(failed) or 'setup'}; see `make ui` for the step logs.", file=sys.stderr)
+        print(
+            f"\nThe run failed ({result.run_id}) in {', '.join(failed) or 'setup'}; see `make ui` for the step logs.",
+            file=sys.stderr,
+        )
         return 1
     if kept_champion:
         print("\nThe challenger did not pass the promotion gate: the champion stays (reasons in the report).")
@@ -246,12 +273,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _dagster_instance_check():
     """Open the instance a run would use (DAGSTER_HOME) and read from its run storage."""
-    from deepfeed.tools.doctor import FAIL, PASS, CheckResult
     from deepfeed.core.platform.home import deepfeed_home
+    from deepfeed.tools.doctor import FAIL, PASS, CheckResult
 
     home = os.environ.get("DAGSTER_HOME") or str(deepfeed_home() / "dagster")
     if not (Path(home) / "dagster.yaml").exists():
-        return CheckResult("dagster instance", FAIL, f"no dagster.yaml in DAGSTER_HOME={home} (`deepfeed demo` or `make ui` writes one)")
+        return CheckResult(
+            "dagster instance",
+            FAIL,
+            f"no dagster.yaml in DAGSTER_HOME={home} (`deepfeed demo` or `make ui` writes one)",
+        )
     try:
         import dagster as dg
 
@@ -266,10 +297,12 @@ def _dagster_instance_check():
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from deepfeed.tools.doctor import GiB, DoctorConfig, failed, render_table, run_checks
+    from deepfeed.tools.doctor import DoctorConfig, GiB, failed, render_table, run_checks
 
     config = DoctorConfig(
-        model=args.model, scenario=args.scenario, require_gpu=args.require_gpu,
+        model=args.model,
+        scenario=args.scenario,
+        require_gpu=args.require_gpu,
         min_free_bytes=args.min_free_gib * GiB if args.min_free_gib is not None else None,
         extra=[_dagster_instance_check],
     )
@@ -312,25 +345,33 @@ def cmd_access_add_key(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"deepfeed access add-key: {exc}", file=sys.stderr)
         return 2
-    print(f"added a key for {args.principal} (role {args.role}) to {path} (only its sha256 is stored; "
-          "this is the one time the key is shown):", file=sys.stderr)
+    print(
+        f"added a key for {args.principal} (role {args.role}) to {path} (only its sha256 is stored; "
+        "this is the one time the key is shown):",
+        file=sys.stderr,
+    )
     print(key)
     return 0
 
 
 def _add_ops_commands(commands) -> None:
-    run_config = commands.add_parser("run-config", help="print a run-config YAML template of a job (every op's config, "
-                                      "defaults and descriptions) for `dagster job launch -c` or the launchpad")
+    run_config = commands.add_parser(
+        "run-config",
+        help="print a run-config YAML template of a job (every op's config, "
+        "defaults and descriptions) for `dagster job launch -c` or the launchpad",
+    )
     run_config.add_argument("--job", default="full_chain_job", help="job name (default full_chain_job)")
     run_config.set_defaults(func=cmd_run_config)
     access = commands.add_parser("access", help="manage the serving access policy (API keys and roles)")
     access_commands = access.add_subparsers(dest="access_command", required=True)
     add = access_commands.add_parser("add-key", help="create an API key for a principal and role; prints the key once")
     add.add_argument("--principal", required=True, help="who holds the key (recorded with every request it makes)")
-    add.add_argument("--role", required=True,
-                     help="a role of the policy (a new policy file has annotator and operator)")
-    add.add_argument("--policy", default=None,
-                     help="policy file, created when missing (default $DEEPFEED_HOME/access_policy.yaml)")
+    add.add_argument(
+        "--role", required=True, help="a role of the policy (a new policy file has annotator and operator)"
+    )
+    add.add_argument(
+        "--policy", default=None, help="policy file, created when missing (default $DEEPFEED_HOME/access_policy.yaml)"
+    )
     add.set_defaults(func=cmd_access_add_key)
 
 
@@ -338,38 +379,80 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepfeed", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("prepare", help="build the offline resources (base model, NLTK data, demo corpus)").set_defaults(func=cmd_prepare)
-    ingest = commands.add_parser("ingest", help="register the sources under the corpus root as raw_corpus partitions and ingest the new or changed ones")
+    commands.add_parser(
+        "prepare", help="build the offline resources (base model, NLTK data, demo corpus)"
+    ).set_defaults(func=cmd_prepare)
+    ingest = commands.add_parser(
+        "ingest",
+        help="register the sources under the corpus root as raw_corpus partitions and ingest the new or changed ones",
+    )
     ingest.add_argument("--corpus", default=None, help="corpus root (default: $DEEPFEED_CORPUS, else the demo corpus)")
     ingest.set_defaults(func=cmd_ingest)
-    retire = commands.add_parser("retire-source", help="stop cleaning and training on a corpus source (removes its raw_corpus partition; recorded in the audit ledger)")
+    retire = commands.add_parser(
+        "retire-source",
+        help="stop cleaning and training on a corpus source (removes its raw_corpus partition; recorded in the audit ledger)",
+    )
     retire.add_argument("source", help="the source's partition key (its folder name)")
-    retire.add_argument("--reason", required=True, help="why, for the audit ledger (e.g. 'withdrawn by the data owner, ticket 123')")
-    retire.add_argument("--purge-raw", action="store_true",
-                        help="also delete the source's raw (unscrubbed) bytes from the guarded raw store "
-                        "(docs/privacy.md)")
+    retire.add_argument(
+        "--reason", required=True, help="why, for the audit ledger (e.g. 'withdrawn by the data owner, ticket 123')"
+    )
+    retire.add_argument(
+        "--purge-raw",
+        action="store_true",
+        help="also delete the source's raw (unscrubbed) bytes from the guarded raw store (docs/privacy.md)",
+    )
     retire.set_defaults(func=cmd_retire_source)
-    prune = commands.add_parser("prune-artifacts", help="delete old model artifact versions (fine-tuned, incremental, compressed), keeping the newest N and everything behind an MLflow alias")
+    prune = commands.add_parser(
+        "prune-artifacts",
+        help="delete old model artifact versions (fine-tuned, incremental, compressed), keeping the newest N and everything behind an MLflow alias",
+    )
     prune.add_argument("--keep", type=int, default=3, help="newest versions kept per model artifact (default 3)")
     prune.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     prune.set_defaults(func=cmd_prune_artifacts)
-    commands.add_parser("demo", help="prepare, then materialize the whole chain on the embedded default").set_defaults(func=cmd_demo)
-    planner = commands.add_parser("plan", help="memory and GPU tier for serving and training a model (reads config.json only)")
+    commands.add_parser("demo", help="prepare, then materialize the whole chain on the embedded default").set_defaults(
+        func=cmd_demo
+    )
+    planner = commands.add_parser(
+        "plan", help="memory and GPU tier for serving and training a model (reads config.json only)"
+    )
     planner.add_argument("--model", required=True, help="7b | 13b | 70b | v3 | a checkpoint folder | a config.json")
     planner.add_argument("--context", type=int, default=4096, help="context length for the KV cache and activations")
     planner.add_argument("--batch", type=int, default=1, help="sequences per batch")
-    planner.add_argument("--gpus", type=int, default=8, help="GPUs for the per-GPU column (tensor parallel inference, FSDP2-sharded training)")
+    planner.add_argument(
+        "--gpus",
+        type=int,
+        default=8,
+        help="GPUs for the per-GPU column (tensor parallel inference, FSDP2-sharded training)",
+    )
     planner.add_argument("--lora-rank", type=int, default=16)
     planner.set_defaults(func=cmd_plan)
     tiny = commands.add_parser("tiny-model", help="write a tiny random causal LM with a real tokenizer (smoke tests)")
     tiny.add_argument("output")
     tiny.add_argument("--architecture", choices=("llama", "deepseek_v3"), default="llama")
     tiny.set_defaults(func=cmd_tiny_model)
-    doctor = commands.add_parser("doctor", help="check this machine against the configuration: versions, GPU vs plan, disk, MLflow, Dagster, offline resources")
-    doctor.add_argument("--model", default="", help="preset, folder or config.json to plan for (default: $DEEPFEED_BASE_MODEL or the embedded SmolLM2)")
-    doctor.add_argument("--scenario", default="lora-bf16-gc", help="planner scenario the GPUs must fit (see `deepfeed plan`), e.g. infer-bf16, full-mixed-gc")
-    doctor.add_argument("--require-gpu", action="store_true", help="fail, rather than warn, when no CUDA GPU is visible")
-    doctor.add_argument("--min-free-gib", type=float, default=None, help="free space the artifact root needs (default: 3 fp32 copies of the model)")
+    doctor = commands.add_parser(
+        "doctor",
+        help="check this machine against the configuration: versions, GPU vs plan, disk, MLflow, Dagster, offline resources",
+    )
+    doctor.add_argument(
+        "--model",
+        default="",
+        help="preset, folder or config.json to plan for (default: $DEEPFEED_BASE_MODEL or the embedded SmolLM2)",
+    )
+    doctor.add_argument(
+        "--scenario",
+        default="lora-bf16-gc",
+        help="planner scenario the GPUs must fit (see `deepfeed plan`), e.g. infer-bf16, full-mixed-gc",
+    )
+    doctor.add_argument(
+        "--require-gpu", action="store_true", help="fail, rather than warn, when no CUDA GPU is visible"
+    )
+    doctor.add_argument(
+        "--min-free-gib",
+        type=float,
+        default=None,
+        help="free space the artifact root needs (default: 3 fp32 copies of the model)",
+    )
     doctor.set_defaults(func=cmd_doctor)
     from deepfeed.serve.cli import add_serve_parser
 

@@ -49,12 +49,22 @@ def write_corpus(folder: Path, copies: int = 6) -> Path:
     lines = []
     for i in range(copies):
         for p, r in PAIRS:
-            lines.append(json.dumps({"prompt": f"{p} ({i})", "response": r, "tags": ["demo"], "lang": "zh" if "？" in p else "en"}, ensure_ascii=False))
+            lines.append(
+                json.dumps(
+                    {"prompt": f"{p} ({i})", "response": r, "tags": ["demo"], "lang": "zh" if "？" in p else "en"},
+                    ensure_ascii=False,
+                )
+            )
     lines.insert(3, "{not json")
     lines.insert(5, json.dumps({"prompt": "a question without answer"}))
     (folder / "pairs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (folder / "notes.csv").write_text("text,category\nA plain note about blood pressure.,health\nbad,row,extra\nAnother note.,health\n", encoding="utf-8")
-    (folder / "doc.md").write_text("# Title\n\nA paragraph of text. It has two sentences.\n\nAnother paragraph.\n", encoding="utf-8")
+    (folder / "notes.csv").write_text(
+        "text,category\nA plain note about blood pressure.,health\nbad,row,extra\nAnother note.,health\n",
+        encoding="utf-8",
+    )
+    (folder / "doc.md").write_text(
+        "# Title\n\nA paragraph of text. It has two sentences.\n\nAnother paragraph.\n", encoding="utf-8"
+    )
     (folder / "blob.txt").write_bytes(b"\x00\x01\x02binary")
     return folder
 

@@ -1,2 +1,3 @@
 from deepfeed.assets import augment, compression, corpus, evaluation, lifecycle, training
+
 ASSET_MODULES = [corpus, augment, training, compression, evaluation, lifecycle]

@@ -7,10 +7,10 @@ import dagster as dg
 from pydantic import Field
 
 from deepfeed.assets.common import COMPUTE_RETRY, fail, handle_metadata
-from deepfeed.core.platform.artifacts import ArtifactHandle
 from deepfeed.core.compress.compression import CompressionConfig, CompressionInputError, compress_checkpoint, write_json
 from deepfeed.core.compress.gate import gate_compressed_artifacts
 from deepfeed.core.evaluate.evaluation import EvaluationConfig
+from deepfeed.core.platform.artifacts import ArtifactHandle
 from deepfeed.core.platform.tables import read_table
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 
@@ -18,7 +18,10 @@ GROUP = "compression"
 
 
 class CompressedModelConfig(dg.Config):
-    keep_fraction: float = Field(default=0.85, description="Share of the decoder's Linear weights kept by global L1 pruning (85% by default; its measured cost is in docs/training-tiers.md).")
+    keep_fraction: float = Field(
+        default=0.85,
+        description="Share of the decoder's Linear weights kept by global L1 pruning (85% by default; its measured cost is in docs/training-tiers.md).",
+    )
     prune_method: str = Field(
         default="global_l1_unstructured",
         description="'global_l1_unstructured' (one magnitude threshold over all layers; ×0.97 perplexity on SmolLM2 at 85%), "
@@ -28,26 +31,55 @@ class CompressedModelConfig(dg.Config):
         default="weight_only",
         description="torch int8: 'weight_only' (int8 weights, ×1.008 perplexity on SmolLM2) or 'dynamic' (quantize_dynamic, activations too; ×2.6).",
     )
-    quantize_per_channel: bool = Field(default=True, description="Per-channel scales for 'dynamic' torch and ORT quantization (weight_only is always per channel).")
-    keep_lm_head_fp32: bool = Field(default=False, description="Leave the output projection (and a tied embedding) unquantized.")
-    fp32_layers: list[str] = Field(default_factory=list, description="Module names kept in fp32, e.g. 'model.layers.0.mlp.down_proj'.")
-    int8_embeddings: bool = Field(default=True, description="Store the input embedding int8 per row (needed for the 4x size ratio).")
+    quantize_per_channel: bool = Field(
+        default=True,
+        description="Per-channel scales for 'dynamic' torch and ORT quantization (weight_only is always per channel).",
+    )
+    keep_lm_head_fp32: bool = Field(
+        default=False, description="Leave the output projection (and a tied embedding) unquantized."
+    )
+    fp32_layers: list[str] = Field(
+        default_factory=list, description="Module names kept in fp32, e.g. 'model.layers.0.mlp.down_proj'."
+    )
+    int8_embeddings: bool = Field(
+        default=True, description="Store the input embedding int8 per row (needed for the 4x size ratio)."
+    )
     onnx_opset: int = Field(default=17, description="ONNX opset of the export.")
-    onnx_int8_method: str = Field(default="weight_only", description="ONNX int8: 'weight_only' (MatMulNBits 8-bit, ×1.01) or 'dynamic' (ORT quantize_dynamic, ×1.64).")
-    export_kv_cache: bool = Field(default=True, description="Also export the decoder with past key values for generation without recomputing the prefix.")
+    onnx_int8_method: str = Field(
+        default="weight_only",
+        description="ONNX int8: 'weight_only' (MatMulNBits 8-bit, ×1.01) or 'dynamic' (ORT quantize_dynamic, ×1.64).",
+    )
+    export_kv_cache: bool = Field(
+        default=True,
+        description="Also export the decoder with past key values for generation without recomputing the prefix.",
+    )
     triton_model_name: str = Field(default="deepfeed", description="Model name in the Triton repository.")
-    triton_max_batch_size: int = Field(default=32, description="max_batch_size in config.pbtxt (required: 32; docs/requirements.md).")
-    triton_instance_kind: str = Field(default="KIND_CPU", description="Triton instance group kind: 'KIND_CPU' or 'KIND_GPU'.")
-    gate_max_relative_increase: float = Field(default=0.03, description="Largest perplexity increase over the fp32 checkpoint an artifact may show (required: 3%; docs/requirements.md).")
-    gate_max_records: int = Field(default=48, description="Held-out records the compression quality gate scores (0 = all).")
+    triton_max_batch_size: int = Field(
+        default=32, description="max_batch_size in config.pbtxt (required: 32; docs/requirements.md)."
+    )
+    triton_instance_kind: str = Field(
+        default="KIND_CPU", description="Triton instance group kind: 'KIND_CPU' or 'KIND_GPU'."
+    )
+    gate_max_relative_increase: float = Field(
+        default=0.03,
+        description="Largest perplexity increase over the fp32 checkpoint an artifact may show (required: 3%; docs/requirements.md).",
+    )
+    gate_max_records: int = Field(
+        default=48, description="Held-out records the compression quality gate scores (0 = all)."
+    )
     gate_max_length: int = Field(default=128, description="Tokens per scored sequence in the quality gate.")
-    gate_max_f1_drop: float = Field(default=0.03, description="Largest relative drop of token F1 (greedy answers to held-out QA records) vs the fp32 checkpoint (required: 3%; docs/requirements.md).")
+    gate_max_f1_drop: float = Field(
+        default=0.03,
+        description="Largest relative drop of token F1 (greedy answers to held-out QA records) vs the fp32 checkpoint (required: 3%; docs/requirements.md).",
+    )
     gate_task_metric: str = Field(
         default="paired",
         description="How the F1 budget is applied: 'paired' fails an artifact when the whole paired-bootstrap 95% interval of its F1 change "
         "lies below -budget (robust on the demo's few answers), 'point' on the point estimate, 'off' gates perplexity only.",
     )
-    gate_max_answers: int = Field(default=24, description="Held-out QA records both fp32 and each artifact answer for the task metric (0 = all).")
+    gate_max_answers: int = Field(
+        default=24, description="Held-out QA records both fp32 and each artifact answer for the task metric (0 = all)."
+    )
     gate_max_new_tokens: int = Field(default=32, description="Tokens generated per answer in the quality gate.")
 
 
@@ -66,8 +98,12 @@ def _artifacts_table(summary: dict) -> str:
 
 # The checkpoint comes from candidate_model (a full retrain or an incremental round); the
 # parameter keeps its name so the body reads as before.
-@dg.asset(group_name=GROUP, kinds={"onnx", "pytorch"}, ins={"finetuned_model": dg.AssetIn("candidate_model")},
-          retry_policy=COMPUTE_RETRY)
+@dg.asset(
+    group_name=GROUP,
+    kinds={"onnx", "pytorch"},
+    ins={"finetuned_model": dg.AssetIn("candidate_model")},
+    retry_policy=COMPUTE_RETRY,
+)
 def compressed_model(
     context: dg.AssetExecutionContext,
     config: CompressedModelConfig,
@@ -94,7 +130,13 @@ def compressed_model(
     handle = version.handle
     for artifact, error in summary["errors"].items():
         context.log.warning("%s artifact not built: %s", artifact, error)
-    mlflow.log(context, params=config.model_dump(), metrics={f"size_mb_{k}": v for k, v in summary["sizes_mb"].items()} | {"mean_sparsity": summary["mean_sparsity"]}, artifacts=[store.local_path(handle) / "compression.json"])
+    mlflow.log(
+        context,
+        params=config.model_dump(),
+        metrics={f"size_mb_{k}": v for k, v in summary["sizes_mb"].items()}
+        | {"mean_sparsity": summary["mean_sparsity"]},
+        artifacts=[store.local_path(handle) / "compression.json"],
+    )
     layers = sorted(summary["sparsity_per_layer"].items())
     sparsity_md = "| layer | sparsity |\n|---|---:|\n" + "\n".join(f"| {n} | {v:.3f} |" for n, v in layers[:40])
     if len(layers) > 40:
@@ -136,13 +178,18 @@ def compression_quality_gate(
     if settings["gate_max_records"]:
         records = records[: settings["gate_max_records"]]
     if not records:
-        return dg.AssetCheckResult(passed=False, description="clean_corpus has no held-out (split == 'eval') records to score; raise clean_corpus.config.eval_fraction")
+        return dg.AssetCheckResult(
+            passed=False,
+            description="clean_corpus has no held-out (split == 'eval') records to score; raise clean_corpus.config.eval_fraction",
+        )
     report = gate_compressed_artifacts(
         store.local_path(finetuned_model) / "checkpoint",
         folder,
         records,
         settings["gate_max_relative_increase"],
-        EvaluationConfig(max_length=settings["gate_max_length"], max_new_tokens=settings.get("gate_max_new_tokens", 32)),
+        EvaluationConfig(
+            max_length=settings["gate_max_length"], max_new_tokens=settings.get("gate_max_new_tokens", 32)
+        ),
         log=context.log.info,
         # compression.json written before the task metric existed: gate it with the defaults
         max_f1_drop=settings.get("gate_max_f1_drop", 0.03),
@@ -160,13 +207,23 @@ def compression_quality_gate(
         "fp32_seconds": report.reference_seconds,
     }
     for artifact in report.artifacts:
-        metadata[f"{artifact.name}_perplexity"] = artifact.perplexity if artifact.perplexity is not None else float("nan")
-        metadata[f"{artifact.name}_delta"] = artifact.relative_change if artifact.relative_change is not None else float("nan")
+        metadata[f"{artifact.name}_perplexity"] = (
+            artifact.perplexity if artifact.perplexity is not None else float("nan")
+        )
+        metadata[f"{artifact.name}_delta"] = (
+            artifact.relative_change if artifact.relative_change is not None else float("nan")
+        )
         metadata[f"{artifact.name}_size_mb"] = artifact.size_mb if artifact.size_mb is not None else float("nan")
-        metadata[f"{artifact.name}_size_ratio"] = artifact.size_ratio if artifact.size_ratio is not None else float("nan")
+        metadata[f"{artifact.name}_size_ratio"] = (
+            artifact.size_ratio if artifact.size_ratio is not None else float("nan")
+        )
         metadata[f"{artifact.name}_token_f1"] = artifact.token_f1 if artifact.token_f1 is not None else float("nan")
-        metadata[f"{artifact.name}_f1_delta"] = artifact.f1_relative_change if artifact.f1_relative_change is not None else float("nan")
-        metadata[f"{artifact.name}_f1_delta_ci"] = dg.MetadataValue.json([artifact.f1_change_ci_low, artifact.f1_change_ci_high])
+        metadata[f"{artifact.name}_f1_delta"] = (
+            artifact.f1_relative_change if artifact.f1_relative_change is not None else float("nan")
+        )
+        metadata[f"{artifact.name}_f1_delta_ci"] = dg.MetadataValue.json(
+            [artifact.f1_change_ci_low, artifact.f1_change_ci_high]
+        )
         metadata[f"{artifact.name}_seconds"] = artifact.seconds
     if report.not_built:
         metadata["not_built"] = dg.MetadataValue.json(report.not_built)

@@ -20,8 +20,6 @@ import pandas as pd
 from pydantic import Field
 
 from deepfeed.assets.common import COMPUTE_RETRY, IO_RETRY, counts_table, fail, handle_metadata
-from deepfeed.core.platform.artifacts import ArtifactHandle, ArtifactStore
-from deepfeed.core.platform.audit import AuditEntry
 from deepfeed.core.data.clean_pipeline import DatasetBudget, NothingLeft, Progress, clean_sources
 from deepfeed.core.data.cleaning import CleaningConfig, CorpusCleaner, quarantine_entry, quasi_identifier_values
 from deepfeed.core.data.corpus_checks import MAX_NOISE_RATIO, NoiseCounter, glossary_leftovers
@@ -29,12 +27,22 @@ from deepfeed.core.data.coverage import CoverageConfig, MiniLMEncoder, share_by_
 from deepfeed.core.data.dp import DEFAULT_MAX_EPSILON, PrivacyBudgetExceeded
 from deepfeed.core.data.glossary import load_glossary
 from deepfeed.core.data.ingest import (
-    QUARANTINE_BLOBS, BlobLimits, CorpusSourceError, add_file_counts, iter_files, quarantine_schema, record_schema, source_files,
-    source_fingerprint, write_quarantine_blobs,
+    QUARANTINE_BLOBS,
+    BlobLimits,
+    CorpusSourceError,
+    add_file_counts,
+    iter_files,
+    quarantine_schema,
+    record_schema,
+    source_files,
+    source_fingerprint,
+    write_quarantine_blobs,
 )
 from deepfeed.core.data.kanonymity import check_k_anonymity
 from deepfeed.core.data.quality import QualityConfig
 from deepfeed.core.data.raw_store import ENV_KEY, ENV_PATH, RawStore, RawStoreError, default_raw_store_path
+from deepfeed.core.platform.artifacts import ArtifactHandle, ArtifactStore
+from deepfeed.core.platform.audit import AuditEntry
 from deepfeed.core.platform.tables import TableWriter
 from deepfeed.pipelines.locations import AUDIT_CHUNK, audit_ledger, epsilon_ledger
 from deepfeed.pipelines.partitions import corpus_root, corpus_sources, latest_raw_versions, raw_artifact_name
@@ -42,10 +50,12 @@ from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.settings import default_corpus_path
 
 GROUP = "corpus"
+
+
 def _append_audit(entries: list) -> tuple[int, str]:
     ledger = audit_ledger()
     for start in range(0, len(entries), AUDIT_CHUNK):
-        ledger.append(entries[start:start + AUDIT_CHUNK])
+        ledger.append(entries[start : start + AUDIT_CHUNK])
     return ledger.head()
 
 
@@ -73,10 +83,18 @@ class RawCorpusConfig(dg.Config):
         "or a URL such as s3://bucket/prefix (needs the fsspec driver, e.g. s3fs). "
         "Empty: the embedded chatterbot demo corpus. Env: DEEPFEED_CORPUS.",
     )
-    max_record_bytes: int = Field(default=1_000_000, description="Records (or lines) larger than this go to the quarantine.")
-    quarantine_blob_max_bytes: int = Field(default=16 * 2**20, description="Largest quarantined item whose raw bytes are copied into quarantine_blobs/; "
-                                           "larger ones keep size, sha256, file and locator, and raw_ref says the bytes stayed in the source.")
-    quarantine_blob_budget_bytes: int = Field(default=2**30, description="Raw bytes copied into quarantine_blobs/ per ingest run, in quarantine order; past it, rows point to the source as above.")
+    max_record_bytes: int = Field(
+        default=1_000_000, description="Records (or lines) larger than this go to the quarantine."
+    )
+    quarantine_blob_max_bytes: int = Field(
+        default=16 * 2**20,
+        description="Largest quarantined item whose raw bytes are copied into quarantine_blobs/; "
+        "larger ones keep size, sha256, file and locator, and raw_ref says the bytes stayed in the source.",
+    )
+    quarantine_blob_budget_bytes: int = Field(
+        default=2**30,
+        description="Raw bytes copied into quarantine_blobs/ per ingest run, in quarantine order; past it, rows point to the source as above.",
+    )
     raw_store_path: str = Field(
         default_factory=lambda: str(default_raw_store_path()),
         description="The guarded raw store: the only place raw (unscrubbed) bytes rest, here the quarantined items' "
@@ -87,7 +105,9 @@ class RawCorpusConfig(dg.Config):
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet"}, partitions_def=corpus_sources, retry_policy=IO_RETRY)
-def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artifact_store: ArtifactStoreResource) -> dg.Output[ArtifactHandle]:
+def raw_corpus(
+    context: dg.AssetExecutionContext, config: RawCorpusConfig, artifact_store: ArtifactStoreResource
+) -> dg.Output[ArtifactHandle]:
     """One source's readable records, normalized to one schema; the rest quarantined with a reason and its raw bytes."""
     source_name = context.partition_key
     root = corpus_root(config.corpus_path)
@@ -110,10 +130,14 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
     # One file (or chunk of a large JSONL file) at a time, straight to disk.
     read, quarantine, per_file, anonymized, pii = 0, [], {}, [], Counter()
     counts = {"source": source_name, "fingerprint": fingerprint}
-    with artifact_store.store().new_version(raw_artifact_name(source_name), counts, run_id=context.run.run_id) as version:
+    with artifact_store.store().new_version(
+        raw_artifact_name(source_name), counts, run_id=context.run.run_id
+    ) as version:
         blob_bytes = 0
-        with TableWriter(version.path / "records.parquet", record_schema()) as records, \
-                TableWriter(version.path / "quarantine.parquet", quarantine_schema()) as quarantined:
+        with (
+            TableWriter(version.path / "records.parquet", record_schema()) as records,
+            TableWriter(version.path / "quarantine.parquet", quarantine_schema()) as quarantined,
+        ):
             for done, (_, part) in enumerate(iter_files(files, root, config.max_record_bytes, limits), 1):
                 records.write(part.records)
                 quarantined.write(part.quarantine)
@@ -133,11 +157,30 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
                 if done % 50 == 0:
                     context.log.info("source %s: %d of %d files, %d records read", source_name, done, len(files), read)
         if read == 0:
-            raise fail("raw_corpus.config.corpus_path", f"source {source_name!r} of {str(root)!r} holds no records (files found: {len(files)})")
-        version.counts.update({"read": read, "kept": records.rows, "quarantined": len(quarantine), "files": len(per_file),
-                               "quarantine_blob_bytes": blob_bytes, "pii_replaced": sum(pii.values()),
-                               "raw_store": str(raw_folder.folder), "raw_store_encrypted": raw_folder.encrypted})
-    context.log.info("source %s: read %d records from %d files: %d kept, %d quarantined", source_name, read, len(per_file), records.rows, len(quarantine))
+            raise fail(
+                "raw_corpus.config.corpus_path",
+                f"source {source_name!r} of {str(root)!r} holds no records (files found: {len(files)})",
+            )
+        version.counts.update(
+            {
+                "read": read,
+                "kept": records.rows,
+                "quarantined": len(quarantine),
+                "files": len(per_file),
+                "quarantine_blob_bytes": blob_bytes,
+                "pii_replaced": sum(pii.values()),
+                "raw_store": str(raw_folder.folder),
+                "raw_store_encrypted": raw_folder.encrypted,
+            }
+        )
+    context.log.info(
+        "source %s: read %d records from %d files: %d kept, %d quarantined",
+        source_name,
+        read,
+        len(per_file),
+        records.rows,
+        len(quarantine),
+    )
     handle = version.handle
     audit = [quarantine_entry(q, run_id) for q in quarantine] + anonymized
     entries, head = len(audit), _append_audit(audit)
@@ -158,41 +201,73 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, artif
 
 
 class CleanCorpusConfig(dg.Config):
-    min_chars: int = Field(default=4, description="Shortest record kept, in effective characters of prompt + response "
-                           "(whitespace not counted, a Han character counts 3). Low on purpose: dialog answers such as 'Yes.' are data.")
+    min_chars: int = Field(
+        default=4,
+        description="Shortest record kept, in effective characters of prompt + response "
+        "(whitespace not counted, a Han character counts 3). Low on purpose: dialog answers such as 'Yes.' are data.",
+    )
     max_chars: int = Field(default=8000, description="Records longer than this (effective characters) are removed.")
-    eval_fraction: float = Field(default=0.1, description="Share of records held out for evaluation (stable by content hash).")
+    eval_fraction: float = Field(
+        default=0.1, description="Share of records held out for evaluation (stable by content hash)."
+    )
     split_seed: int = Field(default=17, description="Seed of the held-out split; change it only to draw a new split.")
-    near_duplicate_threshold: float = Field(default=0.9, description="MinHash Jaccard similarity (character 5-grams) from which a record is a near-duplicate of an earlier one; in (0, 0.99].")
+    near_duplicate_threshold: float = Field(
+        default=0.9,
+        description="MinHash Jaccard similarity (character 5-grams) from which a record is a near-duplicate of an earlier one; in (0, 0.99].",
+    )
     use_glossary: bool = Field(
         default=False,
         description="Normalize domain terms through the glossary (3C Consistency). Off by default: a domain glossary "
         "rewrites general text too (ICD-10 turns 'a slight depression in a surface' into F32); switch it on for a "
-        "domain corpus, ideally scoped with glossary_tags.")
-    glossary_path: str = Field(default="", description="YAML or CSV glossary (canonical term <- variants). Empty: the shipped ICD-10 example.")
+        "domain corpus, ideally scoped with glossary_tags.",
+    )
+    glossary_path: str = Field(
+        default="", description="YAML or CSV glossary (canonical term <- variants). Empty: the shipped ICD-10 example."
+    )
     glossary_tags: list[str] = Field(
         default_factory=list,
         description="Domain tags the glossary is scoped to: only records carrying one of them are normalized "
-        "(and checked for leftovers). Empty: every record.")
-    scrub_pii: bool = Field(default=True, description="Replace PII by typed placeholders (<EMAIL>, <PHONE>, <ID_CN>, ...) in every text field, tag and metadata value.")
-    quasi_identifiers: list[str] = Field(default_factory=list, description="Metadata columns (keys of the record's meta) that are quasi-identifiers, e.g. age, gender, region, admission_date; generalized/suppressed to k-anonymity.")
-    k: int = Field(default=20,
-                   description="k of k-anonymity over the quasi-identifiers (at least 20 by policy, docs/privacy.md).")
-    max_suppression: float = Field(default=0.05, description="Largest share of records k-anonymity may suppress before it generalizes further.")
+        "(and checked for leftovers). Empty: every record.",
+    )
+    scrub_pii: bool = Field(
+        default=True,
+        description="Replace PII by typed placeholders (<EMAIL>, <PHONE>, <ID_CN>, ...) in every text field, tag and metadata value.",
+    )
+    quasi_identifiers: list[str] = Field(
+        default_factory=list,
+        description="Metadata columns (keys of the record's meta) that are quasi-identifiers, e.g. age, gender, region, admission_date; generalized/suppressed to k-anonymity.",
+    )
+    k: int = Field(
+        default=20, description="k of k-anonymity over the quasi-identifiers (at least 20 by policy, docs/privacy.md)."
+    )
+    max_suppression: float = Field(
+        default=0.05, description="Largest share of records k-anonymity may suppress before it generalizes further."
+    )
     dp_epsilon: float = Field(
         default=DEFAULT_MAX_EPSILON,
         description="Differential-privacy budget (ε, at most 0.5) of the corpus statistics released to metadata and "
-        "MLflow by this run.")
+        "MLflow by this run.",
+    )
     dp_epsilon_total: float = Field(
         default=DEFAULT_MAX_EPSILON,
         description="Total ε that may ever be spent on one dataset (the contents of the raw_corpus versions read), "
         "summed over every run in $DEEPFEED_HOME/privacy/epsilon_ledger.json. Once spent, a run re-publishes the "
-        "dataset's last noisy release instead of drawing new noise (docs/privacy.md).")
-    coverage_embeddings: bool = Field(default=False, description="Also count MiniLM embedding outliers as long tail (Coverage); off: rare tags only. "
-                                      "Opt-in: it encodes every record, ~44 vs ~950 records/s on 2 busy cores (benchmarks/bench_coverage_encoding.py).")
-    workers: int = Field(default=1, description="Processes for the stateless cleaning steps (normalize, scrub PII, glossary, language, quality); "
-                         "deduplication stays in order in the run's own process. 1: no pool (light, for tests and the demo); about the number of free cores for big corpora.")
-    batch_size: int = Field(default=4096, description="Records per Arrow batch streamed through cleaning; memory holds about two batches of records besides the dedup index.")
+        "dataset's last noisy release instead of drawing new noise (docs/privacy.md).",
+    )
+    coverage_embeddings: bool = Field(
+        default=False,
+        description="Also count MiniLM embedding outliers as long tail (Coverage); off: rare tags only. "
+        "Opt-in: it encodes every record, ~44 vs ~950 records/s on 2 busy cores (benchmarks/bench_coverage_encoding.py).",
+    )
+    workers: int = Field(
+        default=1,
+        description="Processes for the stateless cleaning steps (normalize, scrub PII, glossary, language, quality); "
+        "deduplication stays in order in the run's own process. 1: no pool (light, for tests and the demo); about the number of free cores for big corpora.",
+    )
+    batch_size: int = Field(
+        default=4096,
+        description="Records per Arrow batch streamed through cleaning; memory holds about two batches of records besides the dedup index.",
+    )
     log_every_batches: int = Field(default=10, description="Log progress (batches, records/s) every this many batches.")
 
 
@@ -204,12 +279,16 @@ def _encoder() -> MiniLMEncoder:
 
 def _cleaning_config(config: CleanCorpusConfig) -> CleaningConfig:
     if not 0 < config.dp_epsilon <= DEFAULT_MAX_EPSILON:
-        raise fail("clean_corpus.config.dp_epsilon",
-                   f"{config.dp_epsilon}: must be in (0, {DEFAULT_MAX_EPSILON}] (the privacy cap, docs/privacy.md)")
+        raise fail(
+            "clean_corpus.config.dp_epsilon",
+            f"{config.dp_epsilon}: must be in (0, {DEFAULT_MAX_EPSILON}] (the privacy cap, docs/privacy.md)",
+        )
     if not config.dp_epsilon <= config.dp_epsilon_total <= DEFAULT_MAX_EPSILON:
-        raise fail("clean_corpus.config.dp_epsilon_total",
-                   f"{config.dp_epsilon_total}: must be in [dp_epsilon={config.dp_epsilon}, {DEFAULT_MAX_EPSILON}] "
-                   "(docs/privacy.md)")
+        raise fail(
+            "clean_corpus.config.dp_epsilon_total",
+            f"{config.dp_epsilon_total}: must be in [dp_epsilon={config.dp_epsilon}, {DEFAULT_MAX_EPSILON}] "
+            "(docs/privacy.md)",
+        )
     for name in ("workers", "batch_size", "log_every_batches"):
         if getattr(config, name) < 1:
             raise fail(f"clean_corpus.config.{name}", f"{getattr(config, name)}: must be at least 1")
@@ -217,11 +296,19 @@ def _cleaning_config(config: CleanCorpusConfig) -> CleaningConfig:
         raise fail("clean_corpus.config.glossary_path", f"{config.glossary_path!r} is not a file")
     try:
         return CleaningConfig(
-            min_chars=config.min_chars, max_chars=config.max_chars, eval_fraction=config.eval_fraction, split_seed=config.split_seed,
+            min_chars=config.min_chars,
+            max_chars=config.max_chars,
+            eval_fraction=config.eval_fraction,
+            split_seed=config.split_seed,
             near_duplicate_threshold=config.near_duplicate_threshold,
-            glossary_path=(str(Path(config.glossary_path).expanduser()) if config.glossary_path else None) if config.use_glossary else "",
+            glossary_path=(str(Path(config.glossary_path).expanduser()) if config.glossary_path else None)
+            if config.use_glossary
+            else "",
             glossary_tags=tuple(config.glossary_tags),
-            scrub_pii=config.scrub_pii, quasi_identifiers=tuple(config.quasi_identifiers), k=config.k, max_suppression=config.max_suppression,
+            scrub_pii=config.scrub_pii,
+            quasi_identifiers=tuple(config.quasi_identifiers),
+            k=config.k,
+            max_suppression=config.max_suppression,
             batch_size=config.batch_size,
         )
     except ValueError as exc:
@@ -236,13 +323,19 @@ def _raw_sources(context: dg.AssetExecutionContext, store: ArtifactStore) -> dic
     """The latest raw_corpus artifact of every registered source; all of them or a failure."""
     registered = context.instance.get_dynamic_partitions(corpus_sources.name)
     if not registered:
-        raise fail("raw_corpus", f"no corpus source is registered (dynamic partitions {corpus_sources.name!r}): "
-                   "turn on corpus_source_sensor or run `deepfeed ingest`")
+        raise fail(
+            "raw_corpus",
+            f"no corpus source is registered (dynamic partitions {corpus_sources.name!r}): "
+            "turn on corpus_source_sensor or run `deepfeed ingest`",
+        )
     handles = latest_raw_versions(store, registered)
     missing = sorted(source for source, handle in handles.items() if handle is None)
     if missing:
         # Training on part of the data would go unnoticed; stop and name what to materialize.
-        raise fail("raw_corpus", f"registered source(s) never materialized: {', '.join(missing)} (materialize those partitions of raw_corpus)")
+        raise fail(
+            "raw_corpus",
+            f"registered source(s) never materialized: {', '.join(missing)} (materialize those partitions of raw_corpus)",
+        )
     return handles  # type: ignore[return-value]
 
 
@@ -266,7 +359,9 @@ def clean_corpus(
     encoder = _encoder() if config.coverage_embeddings else None
 
     def log_progress(p: Progress) -> None:
-        context.log.info("%s: %d batches, %d records, %.0f records/s", p.phase, p.batches, p.records, p.records_per_second)
+        context.log.info(
+            "%s: %d batches, %d records, %.0f records/s", p.phase, p.batches, p.records, p.records_per_second
+        )
 
     # Sorted sources: the first copy of a duplicate, which dedup keeps, does not depend on registration order.
     paths = [store.local_path(handle) / "records.parquet" for handle in sources.values()]
@@ -279,9 +374,18 @@ def clean_corpus(
     budget = DatasetBudget(epsilon_ledger(), dataset_key(sources), config.dp_epsilon_total, run_id)
     with ledger.audited_version(store, "clean_corpus", run_id, chunk=AUDIT_CHUNK) as (version, spool):
         try:
-            summary = clean_sources(paths, version.path, cleaner, audit_spool=spool, dp_epsilon=config.dp_epsilon, workers=config.workers,
-                                    encoder=encoder, progress=log_progress, progress_every=config.log_every_batches,
-                                    dp_budget=budget)
+            summary = clean_sources(
+                paths,
+                version.path,
+                cleaner,
+                audit_spool=spool,
+                dp_epsilon=config.dp_epsilon,
+                workers=config.workers,
+                encoder=encoder,
+                progress=log_progress,
+                progress_every=config.log_every_batches,
+                dp_budget=budget,
+            )
         except NothingLeft as exc:
             raise fail("clean_corpus.config", str(exc)) from exc
         except PrivacyBudgetExceeded as exc:
@@ -316,7 +420,9 @@ def clean_corpus(
         statistics, accountant = summary.statistics, summary.accountant
         reused = summary.dp_reused_from_run
         dp_release = f"re-published from run {reused} (ε total spent)" if reused else "new"
-        (version.path / "statistics_dp.json").write_text(json.dumps({**statistics, "privacy": accountant.to_dict()}, indent=2, ensure_ascii=False))
+        (version.path / "statistics_dp.json").write_text(
+            json.dumps({**statistics, "privacy": accountant.to_dict()}, indent=2, ensure_ascii=False)
+        )
     handle = version.handle
     entries = spool.count
     head = ledger.head()
@@ -328,14 +434,27 @@ def clean_corpus(
     dp_metrics["corpus_dp_records"] = sum(statistics["languages"].values())
     mlflow.log(
         context,
-        params={"data_hash": handle.content_hash, "audit_head": head[1], "dp_release": dp_release,
-                **config.model_dump()},
-        metrics={**dp_metrics, "corpus_dp_epsilon_spent": accountant.spent,
-                 "corpus_dp_epsilon_budget": accountant.epsilon_budget,
-                 "corpus_dp_epsilon_spent_on_dataset": summary.dp_dataset_spent},
+        params={
+            "data_hash": handle.content_hash,
+            "audit_head": head[1],
+            "dp_release": dp_release,
+            **config.model_dump(),
+        },
+        metrics={
+            **dp_metrics,
+            "corpus_dp_epsilon_spent": accountant.spent,
+            "corpus_dp_epsilon_budget": accountant.epsilon_budget,
+            "corpus_dp_epsilon_spent_on_dataset": summary.dp_dataset_spent,
+        },
         artifacts=[store.local_path(handle) / "statistics_dp.json"],
     )
-    context.log.info("cleaned %d of %d records (%s); %d audit entries", summary.cleaned, summary.kept_in, dict(summary.reasons), entries)
+    context.log.info(
+        "cleaned %d of %d records (%s); %d audit entries",
+        summary.cleaned,
+        summary.kept_in,
+        dict(summary.reasons),
+        entries,
+    )
     return dg.Output(
         handle,
         metadata={
@@ -343,7 +462,9 @@ def clean_corpus(
             "sources": _sources_table(sources),
             "removed_reasons": counts_table(dict(summary.reasons)),
             "pii_replaced_by_kind": counts_table(dict(summary.pii), key="kind", value="replacements"),
-            "glossary_terms_normalized": counts_table(dict(summary.glossary), key="canonical term", value="replacements"),
+            "glossary_terms_normalized": counts_table(
+                dict(summary.glossary), key="canonical term", value="replacements"
+            ),
             "k_anonymity": dg.MetadataValue.json(summary.kanonymity or {"quasi_identifiers": []}),
             "languages_dp": _stats_table(statistics["languages"], "language"),
             "tags_dp": _stats_table(statistics["tags"], "tag"),
@@ -361,13 +482,18 @@ def clean_corpus(
 
 
 def latest_raw_materialization(instance: dg.DagsterInstance, source: str) -> dg.AssetMaterialization:
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=raw_corpus.key, asset_partitions=[source]), limit=1).records
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=raw_corpus.key, asset_partitions=[source]), limit=1
+    ).records
     return records[0].asset_materialization
 
 
 def _sources_table(sources: dict[str, ArtifactHandle]) -> dg.MetadataValue:
     lines = ["| source | version | read | kept | quarantined |", "|---|---|---:|---:|---:|"]
-    lines += [f"| {s} | {h.version} | {h.counts.get('read')} | {h.counts.get('kept')} | {h.counts.get('quarantined')} |" for s, h in sources.items()]
+    lines += [
+        f"| {s} | {h.version} | {h.counts.get('read')} | {h.counts.get('kept')} | {h.counts.get('quarantined')} |"
+        for s, h in sources.items()
+    ]
     return dg.MetadataValue.md("\n".join(lines))
 
 
@@ -382,11 +508,18 @@ def _rows(store, handle: ArtifactHandle, name: str) -> int:
     return pq.ParquetFile(store.local_path(handle) / name).metadata.num_rows
 
 
-def _record_batches(artifact_store: ArtifactStoreResource, handle: ArtifactHandle, columns: Optional[list[str]] = None, batch_size: int = 4096):
+def _record_batches(
+    artifact_store: ArtifactStoreResource,
+    handle: ArtifactHandle,
+    columns: Optional[list[str]] = None,
+    batch_size: int = 4096,
+):
     """The cleaned records in Arrow batches (only `columns`), so a check holds one batch at a time."""
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(artifact_store.store().local_path(handle) / "records.parquet").iter_batches(batch_size=batch_size, columns=columns):
+    for batch in pq.ParquetFile(artifact_store.store().local_path(handle) / "records.parquet").iter_batches(
+        batch_size=batch_size, columns=columns
+    ):
         yield batch.to_pylist()
 
 
@@ -394,8 +527,14 @@ def _records(artifact_store: ArtifactStoreResource, handle: ArtifactHandle, colu
     return (record for batch in _record_batches(artifact_store, handle, columns) for record in batch)
 
 
-@dg.asset_check(asset=raw_corpus, blocking=True, description="Every record read is kept or quarantined: rows read = rows kept + rows quarantined, counted in the written files of this run's source.")
-def raw_corpus_accounting(context: dg.AssetCheckExecutionContext, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
+@dg.asset_check(
+    asset=raw_corpus,
+    blocking=True,
+    description="Every record read is kept or quarantined: rows read = rows kept + rows quarantined, counted in the written files of this run's source.",
+)
+def raw_corpus_accounting(
+    context: dg.AssetCheckExecutionContext, artifact_store: ArtifactStoreResource
+) -> dg.AssetCheckResult:
     # Not an input: Dagster would load the value of every partition; this run's source is the one checked.
     source = context.op_execution_context.partition_key
     materialization = latest_raw_materialization(context.instance, source)
@@ -410,7 +549,11 @@ def raw_corpus_accounting(context: dg.AssetCheckExecutionContext, artifact_store
     )
 
 
-@dg.asset_check(asset=clean_corpus, blocking=True, description="Every record is accounted for: kept (summed over the raw_corpus versions of all sources it read) = cleaned + removed-with-reason, counted in the written files.")
+@dg.asset_check(
+    asset=clean_corpus,
+    blocking=True,
+    description="Every record is accounted for: kept (summed over the raw_corpus versions of all sources it read) = cleaned + removed-with-reason, counted in the written files.",
+)
 def clean_corpus_accounting(clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
     store = artifact_store.store()
     versions = clean_corpus.counts.get("sources") or {}
@@ -424,11 +567,21 @@ def clean_corpus_accounting(clean_corpus: ArtifactHandle, artifact_store: Artifa
     )
 
 
-@dg.asset_check(asset=clean_corpus, blocking=True, description="3C Consistency: no glossary variant remains un-normalized in any text field.")
-def clean_corpus_consistency(clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
+@dg.asset_check(
+    asset=clean_corpus,
+    blocking=True,
+    description="3C Consistency: no glossary variant remains un-normalized in any text field.",
+)
+def clean_corpus_consistency(
+    clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource
+) -> dg.AssetCheckResult:
     glossary_setting = clean_corpus.counts.get("glossary", "builtin")
     if glossary_setting == "off":
-        return dg.AssetCheckResult(passed=True, description="glossary normalization is off (clean_corpus.config.use_glossary)", metadata={"glossary": "off"})
+        return dg.AssetCheckResult(
+            passed=True,
+            description="glossary normalization is off (clean_corpus.config.use_glossary)",
+            metadata={"glossary": "off"},
+        )
     glossary = load_glossary(None if glossary_setting == "builtin" else glossary_setting)
     left = Counter()
     scope = clean_corpus.counts.get("glossary_tags") or []
@@ -436,13 +589,21 @@ def clean_corpus_consistency(clean_corpus: ArtifactHandle, artifact_store: Artif
         left.update(glossary_leftovers(batch, glossary, scope))
     return dg.AssetCheckResult(
         passed=not left,
-        metadata={"glossary": glossary_setting, "scope": ", ".join(scope) or "all records", "terms": len(glossary),
-                  "records_with_variants": sum(left.values()),
-                  "variants_left_by_term": counts_table(dict(left), key="canonical term")},
+        metadata={
+            "glossary": glossary_setting,
+            "scope": ", ".join(scope) or "all records",
+            "terms": len(glossary),
+            "records_with_variants": sum(left.values()),
+            "variants_left_by_term": counts_table(dict(left), key="canonical term"),
+        },
     )
 
 
-@dg.asset_check(asset=clean_corpus, blocking=False, description="3C Coverage: share of long-tail records (rare tags, MiniLM embedding outliers) per domain tag; warns below 5%.")
+@dg.asset_check(
+    asset=clean_corpus,
+    blocking=False,
+    description="3C Coverage: share of long-tail records (rare tags, MiniLM embedding outliers) per domain tag; warns below 5%.",
+)
 def clean_corpus_coverage(clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
     # tee lags zip by one row: one pass over the table's two columns, batch by batch.
     rows, again = itertools.tee(_records(artifact_store, clean_corpus, ["tags", "long_tail"]))
@@ -458,13 +619,22 @@ def clean_corpus_coverage(clean_corpus: ArtifactHandle, artifact_store: Artifact
         passed=not low,
         severity=dg.AssetCheckSeverity.WARN,
         description=f"long-tail share below {minimum:.0%} for: {', '.join(low)}" if low else None,
-        metadata={"share_by_tag": dg.MetadataValue.md("\n".join(lines)), "tags_below_minimum": len(low),
-                  "definition": "rare tag (<= 2% of records) or MiniLM embedding outlier (robust z < -2 of cosine similarity to the tag centroid)"},
+        metadata={
+            "share_by_tag": dg.MetadataValue.md("\n".join(lines)),
+            "tags_below_minimum": len(low),
+            "definition": "rare tag (<= 2% of records) or MiniLM embedding outlier (robust z < -2 of cosine similarity to the tag centroid)",
+        },
     )
 
 
-@dg.asset_check(asset=clean_corpus, blocking=True, description="3C Cleanliness: noise ratio (every quality detector, exact and near-duplicates, PII leftovers) re-run on the output is below 0.3%.")
-def clean_corpus_cleanliness(clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
+@dg.asset_check(
+    asset=clean_corpus,
+    blocking=True,
+    description="3C Cleanliness: noise ratio (every quality detector, exact and near-duplicates, PII leftovers) re-run on the output is below 0.3%.",
+)
+def clean_corpus_cleanliness(
+    clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource
+) -> dg.AssetCheckResult:
     counts = clean_corpus.counts
     quality = QualityConfig(min_length=counts.get("min_chars", 4), max_length=counts.get("max_chars", 8000))
     noise = NoiseCounter(quality, counts.get("near_duplicate_threshold", 0.9))
@@ -474,18 +644,35 @@ def clean_corpus_cleanliness(clean_corpus: ArtifactHandle, artifact_store: Artif
     return dg.AssetCheckResult(
         passed=report.passed,
         description=None if report.passed else f"noise ratio {report.ratio:.3%} is not below {MAX_NOISE_RATIO:.1%}",
-        metadata={"noise_ratio": report.ratio, "noisy_records": report.noisy, "records": report.records,
-                  "flagged_by_detector": counts_table(report.flagged, key="detector")},
+        metadata={
+            "noise_ratio": report.ratio,
+            "noisy_records": report.noisy,
+            "records": report.records,
+            "flagged_by_detector": counts_table(report.flagged, key="detector"),
+        },
     )
 
 
-@dg.asset_check(asset=clean_corpus, blocking=True, description="k-anonymity: every equivalence class of the configured quasi-identifiers has at least k records.")
-def clean_corpus_k_anonymity(clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
+@dg.asset_check(
+    asset=clean_corpus,
+    blocking=True,
+    description="k-anonymity: every equivalence class of the configured quasi-identifiers has at least k records.",
+)
+def clean_corpus_k_anonymity(
+    clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource
+) -> dg.AssetCheckResult:
     qi: Optional[list] = clean_corpus.counts.get("quasi_identifiers") or []
     k = clean_corpus.counts.get("k", 20)
     if not qi:
-        return dg.AssetCheckResult(passed=True, description="no quasi-identifiers configured (clean_corpus.config.quasi_identifiers)", metadata={"quasi_identifiers": 0})
+        return dg.AssetCheckResult(
+            passed=True,
+            description="no quasi-identifiers configured (clean_corpus.config.quasi_identifiers)",
+            metadata={"quasi_identifiers": 0},
+        )
     # Class sizes need every record's QI values at once: only those are held, read from the meta column batch by batch.
     values = quasi_identifier_values(_records(artifact_store, clean_corpus, ["meta"]), qi)
     ok, smallest, bad = check_k_anonymity(pd.DataFrame(values), qi, k=k)
-    return dg.AssetCheckResult(passed=ok, metadata={"k": k, "smallest_class": smallest, "classes_below_k": bad, "quasi_identifiers": ", ".join(qi)})
+    return dg.AssetCheckResult(
+        passed=ok,
+        metadata={"k": k, "smallest_class": smallest, "classes_below_k": bad, "quasi_identifiers": ", ".join(qi)},
+    )

@@ -17,40 +17,60 @@ from pydantic import Field
 from deepfeed.assets.common import COMPUTE_RETRY, fail, handle_metadata
 from deepfeed.assets.training import (
     GROUP,
-    current_champion,
+    TrainingFields,
     checkpoint_source,
+    current_champion,
     feedback_store,
     log_to_mlflow,
     teacher_cache_root,
     train_logged,
     training_metadata,
-    TrainingFields,
     write_reports,
 )
 from deepfeed.core.platform.artifacts import ArtifactHandle
-from deepfeed.core.train.incremental import plan_replay, records_hash, training_state_dir
 from deepfeed.core.platform.home import deepfeed_home
 from deepfeed.core.platform.plots import markdown_image
 from deepfeed.core.platform.tables import read_table
+from deepfeed.core.train.incremental import plan_replay, records_hash, training_state_dir
 from deepfeed.pipelines.partitions import feedback_batches
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 
+
 # One partition per sealed feedback batch; the feedback sensor adds them (by this name).
 class IncrementalModelConfig(TrainingFields):
-    method: str = Field(default="lora", description="'lora' (default: a 16-bit base and fp32 adapters fit the tier `deepfeed plan` picks; EWC then penalises the adapters' delta of the adapted weights), 'qlora' (4-bit base, CUDA, no EWC) or 'full'.")
+    method: str = Field(
+        default="lora",
+        description="'lora' (default: a 16-bit base and fp32 adapters fit the tier `deepfeed plan` picks; EWC then penalises the adapters' delta of the adapted weights), 'qlora' (4-bit base, CUDA, no EWC) or 'full'.",
+    )
     max_steps: int = Field(default=20, description="Optimizer steps on this feedback batch (+ replay).")
-    learning_rate: float = Field(default=3e-5, description="Initial learning rate of the incremental stream (required: 3e-5; docs/requirements.md).")
+    learning_rate: float = Field(
+        default=3e-5,
+        description="Initial learning rate of the incremental stream (required: 3e-5; docs/requirements.md).",
+    )
     warmup_steps: int = Field(default=0, description="Linear warm-up steps.")
     ewc_lambda: float = Field(default=1e4, description="EWC penalty strength towards the champion (0 = off).")
-    replay_ratio: float = Field(default=0.5, description="Earlier (augmented corpus) records replayed per feedback record.")
-    eval_samples: int = Field(default=16, description="Earlier records held out of training to measure forgetting (the replay sample).")
-    eval_every: int = Field(default=5, description="Score the replay sample every N steps; a rise lowers the learning rate.")
-    elastic_factor: float = Field(default=0.5, description="Multiplier of the learning rate each time the replay loss rises.")
-    elastic_tolerance: float = Field(default=0.0, description="Relative rise of the replay loss tolerated before lowering the learning rate.")
-    elastic_min_scale: float = Field(default=0.05, description="Lowest fraction of the scheduled learning rate the elastic scale reaches.")
-    checkpoint_every: int = Field(default=10, description="Write a resumable checkpoint every N steps (0 = none); a retried run resumes from it.")
+    replay_ratio: float = Field(
+        default=0.5, description="Earlier (augmented corpus) records replayed per feedback record."
+    )
+    eval_samples: int = Field(
+        default=16, description="Earlier records held out of training to measure forgetting (the replay sample)."
+    )
+    eval_every: int = Field(
+        default=5, description="Score the replay sample every N steps; a rise lowers the learning rate."
+    )
+    elastic_factor: float = Field(
+        default=0.5, description="Multiplier of the learning rate each time the replay loss rises."
+    )
+    elastic_tolerance: float = Field(
+        default=0.0, description="Relative rise of the replay loss tolerated before lowering the learning rate."
+    )
+    elastic_min_scale: float = Field(
+        default=0.05, description="Lowest fraction of the scheduled learning rate the elastic scale reaches."
+    )
+    checkpoint_every: int = Field(
+        default=10, description="Write a resumable checkpoint every N steps (0 = none); a retried run resumes from it."
+    )
     feedback_root: str = Field(default="", description="Feedback store folder; empty = $DEEPFEED_HOME/feedback.")
-
 
 
 @dg.asset(
@@ -81,7 +101,10 @@ def incremental_model(
     except KeyError as exc:
         raise fail("incremental_model.config.feedback_root", str(exc)) from exc
     if not feedback:
-        raise fail("incremental_model", f"feedback batch {batch_id} holds no trainable record (only bad ratings without a correction)")
+        raise fail(
+            "incremental_model",
+            f"feedback batch {batch_id} holds no trainable record (only bad ratings without a correction)",
+        )
     champion, parent = current_champion(mlflow)
     if champion is None:
         champion = model_source.resolve()
@@ -89,43 +112,84 @@ def incremental_model(
     corpus = store.latest("augmented_corpus")
     earlier = read_table(store.local_path(corpus) / "records.parquet") if corpus else []
     if config.ewc_lambda > 0 and not earlier:
-        raise fail("incremental_model.config.ewc_lambda", "EWC needs the champion's training data: materialize augmented_corpus first or set ewc_lambda: 0")
+        raise fail(
+            "incremental_model.config.ewc_lambda",
+            "EWC needs the champion's training data: materialize augmented_corpus first or set ewc_lambda: 0",
+        )
     try:
         plan = plan_replay(feedback, earlier, config.replay_ratio, config.eval_samples, config.seed)
     except ValueError as exc:
         raise fail("incremental_model.config.replay_ratio", str(exc)) from exc
     teacher = Path(config.teacher_path) if config.teacher_path else champion
-    training = config.training_config(elastic=True, eval_every=config.eval_every, eval_samples=config.eval_samples,
-                                      elastic_factor=config.elastic_factor, elastic_tolerance=config.elastic_tolerance,
-                                      elastic_min_scale=config.elastic_min_scale)
+    training = config.training_config(
+        elastic=True,
+        eval_every=config.eval_every,
+        eval_samples=config.eval_samples,
+        elastic_factor=config.elastic_factor,
+        elastic_tolerance=config.elastic_tolerance,
+        elastic_min_scale=config.elastic_min_scale,
+    )
     data_hash = records_hash(plan.train)
     state = training_state_dir(deepfeed_home(), "incremental_model", f"{batch_id}-{parent or 'base'}")
 
     with store.new_version("incremental_model", run_id=context.run.run_id) as version:
         result = train_logged(
-            config, training, champion, plan.train, version.path / "checkpoint", context,
+            config,
+            training,
+            champion,
+            plan.train,
+            version.path / "checkpoint",
+            context,
             teacher_path=teacher if config.distill_alpha < 1.0 else None,
             ewc_records=earlier if config.ewc_lambda > 0 else None,
             eval_records=plan.replay_eval,
             checkpoint_dir=state if config.checkpoint_every else None,
             teacher_cache_dir=teacher_cache_root(store) if config.teacher_cache else None,
         )
-        extra = {"feedback_batch": batch_id, "parent_version": parent, "start": str(champion), "feedback_records": plan.feedback, "replayed_records": plan.replayed}
+        extra = {
+            "feedback_batch": batch_id,
+            "parent_version": parent,
+            "start": str(champion),
+            "feedback_records": plan.feedback,
+            "replayed_records": plan.replayed,
+        }
         write_reports(version.path, result, training, extra)
         version.counts.update(result.summary())
-        version.counts.update(data_hash=data_hash, feedback_batch=batch_id, feedback_records=plan.feedback,
-                              replayed_records=plan.replayed, parent_version=parent or "base",
-                              # What "did feeding help?" is measured against in evaluation_report.
-                              base_model=str(model_source.resolve()))
+        version.counts.update(
+            data_hash=data_hash,
+            feedback_batch=batch_id,
+            feedback_records=plan.feedback,
+            replayed_records=plan.replayed,
+            parent_version=parent or "base",
+            # What "did feeding help?" is measured against in evaluation_report.
+            base_model=str(model_source.resolve()),
+        )
     shutil.rmtree(state, ignore_errors=True)
     handle = version.handle
     folder = store.local_path(handle)
-    log_to_mlflow(context, mlflow, "incremental", {**config.model_dump(), "feedback_batch": batch_id, "data_hash": data_hash}, result, [folder / "loss_curve.png", folder / "training.json"])
-    tags = {"stream": "incremental", "data_hash": data_hash, "feedback_batch": batch_id, "parent_version": parent or "none",
-            "start_checkpoint": str(champion), "artifact_version": handle.version}
+    log_to_mlflow(
+        context,
+        mlflow,
+        "incremental",
+        {**config.model_dump(), "feedback_batch": batch_id, "data_hash": data_hash},
+        result,
+        [folder / "loss_curve.png", folder / "training.json"],
+    )
+    tags = {
+        "stream": "incremental",
+        "data_hash": data_hash,
+        "feedback_batch": batch_id,
+        "parent_version": parent or "none",
+        "start_checkpoint": str(champion),
+        "artifact_version": handle.version,
+    }
     model_version = mlflow.register_version(context, source=checkpoint_source(store, handle), tags=tags)
-    context.log.info("registered %s version %s (parent %s), no alias until its evaluation gate passes",
-                     mlflow.registered_model_name, model_version, parent or "base model")
+    context.log.info(
+        "registered %s version %s (parent %s), no alias until its evaluation gate passes",
+        mlflow.registered_model_name,
+        model_version,
+        parent or "base model",
+    )
     handle = replace(handle, counts={**handle.counts, "mlflow_version": model_version})
     eval_rows = "\n".join(f"| {step} | {loss:.4f} |" for step, loss in result.eval_losses)
     return dg.Output(
@@ -135,7 +199,9 @@ def incremental_model(
             "mlflow_model_version": model_version,
             "fisher_file": dg.MetadataValue.path(result.fisher_file) if result.fisher_file else "none",
             **training_metadata(result),
-            "replay_loss": dg.MetadataValue.md("| step | replay loss |\n|---:|---:|\n" + eval_rows if eval_rows else "_no replay sample_"),
+            "replay_loss": dg.MetadataValue.md(
+                "| step | replay loss |\n|---:|---:|\n" + eval_rows if eval_rows else "_no replay sample_"
+            ),
             "loss_curve": dg.MetadataValue.md(markdown_image(folder / "loss_curve.png", "incremental loss")),
         },
     )

@@ -12,8 +12,8 @@ import json
 import dagster as dg
 
 from deepfeed.assets.common import fail, handle_metadata
-from deepfeed.core.platform.artifacts import MANIFEST, ArtifactHandle
 from deepfeed.core.loop.lifecycle import revoke_challenger
+from deepfeed.core.platform.artifacts import MANIFEST, ArtifactHandle
 from deepfeed.pipelines.locations import audit_ledger
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 
@@ -38,8 +38,9 @@ def _handle(store, name: str, metadata: dict) -> ArtifactHandle:
 
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"}, deps=list(STREAMS))
-def candidate_model(context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource,
-                    mlflow: MlflowResource) -> dg.Output[ArtifactHandle]:
+def candidate_model(
+    context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource, mlflow: MlflowResource
+) -> dg.Output[ArtifactHandle]:
     """The trained version this run evaluates: the finetuned_model or incremental_model checkpoint materialized in
     this run, else the newer of the two (re-evaluating by hand). Registered, not yet servable."""
     records = {name: _latest_materialization(context.instance, name) for name in STREAMS}
@@ -51,10 +52,28 @@ def candidate_model(context: dg.AssetExecutionContext, artifact_store: ArtifactS
     handle = _handle(artifact_store.store(), name, record.asset_materialization.metadata)
     version = handle.counts["mlflow_version"]
     # Under evaluation: not servable until its gate passes again.
-    suspended = revoke_challenger(mlflow.client(), mlflow.registered_model_name, version,
-                                  f"entering evaluation in run {context.run.run_id[:8]}", context.run.run_id,
-                                  audit_ledger(), stage="registered")
-    context.log.info("candidate: %s %s (registry v%s)%s", name, handle.version, version,
-                     "; its challenger alias is suspended until the gate passes" if suspended else "")
-    return dg.Output(handle, metadata={**handle_metadata(handle), "stream": name, "mlflow_model_version": version,
-                                       "challenger_alias_suspended": suspended})
+    suspended = revoke_challenger(
+        mlflow.client(),
+        mlflow.registered_model_name,
+        version,
+        f"entering evaluation in run {context.run.run_id[:8]}",
+        context.run.run_id,
+        audit_ledger(),
+        stage="registered",
+    )
+    context.log.info(
+        "candidate: %s %s (registry v%s)%s",
+        name,
+        handle.version,
+        version,
+        "; its challenger alias is suspended until the gate passes" if suspended else "",
+    )
+    return dg.Output(
+        handle,
+        metadata={
+            **handle_metadata(handle),
+            "stream": name,
+            "mlflow_model_version": version,
+            "challenger_alias_suspended": suspended,
+        },
+    )

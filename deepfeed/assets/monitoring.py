@@ -7,12 +7,12 @@ import dagster as dg
 from pydantic import Field
 
 from deepfeed.assets.common import fail, handle_metadata
-from deepfeed.core.loop.abtest import ARMS, analyze_ab
-from deepfeed.core.platform.artifacts import ArtifactHandle
 from deepfeed.core.data.embedding_summary import shared_summarizer
-from deepfeed.core.loop.monitoring import ab_events, drift_evidence, reference_features
+from deepfeed.core.loop.abtest import ARMS, analyze_ab
 from deepfeed.core.loop.lifecycle import conclude_ab_test
+from deepfeed.core.loop.monitoring import ab_events, drift_evidence, reference_features
 from deepfeed.core.loop.rollback import BASELINE_N_TAG, BASELINE_STD_TAG, BASELINE_TAG, CHALLENGER
+from deepfeed.core.platform.artifacts import ArtifactHandle
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.resources.serving_data import ServingDataResource
 
@@ -26,15 +26,30 @@ def _serving_data(home: str) -> ServingDataResource:
 
 
 class DriftReportConfig(dg.Config):
-    window_hours: float = Field(default=24.0, description="Length of the inference-log window compared with the reference.")
+    window_hours: float = Field(
+        default=24.0, description="Length of the inference-log window compared with the reference."
+    )
     window_end: str = Field(default="", description="End of the window, ISO 8601 UTC (empty = now).")
-    alpha: float = Field(default=0.05, description="Family-wise significance of the KS tests (required: 0.05; docs/requirements.md).")
+    alpha: float = Field(
+        default=0.05, description="Family-wise significance of the KS tests (required: 0.05; docs/requirements.md)."
+    )
     correction: str = Field(default="holm", description="Multiple-testing correction: holm, bonferroni or none.")
-    min_samples: int = Field(default=30, description="Fewest requests (and reference records) per feature to test at all.")
-    confidence_std: float = Field(default=0.15, description="Alert when the std of output confidence exceeds this (required: 0.15; docs/requirements.md).")
-    fail_on_alert: bool = Field(default=True, description="Fail the run on an alert, so run-failure notifications carry the evidence.")
-    serving_home: str = Field(default="", description="Folder the server writes inference_log/ into (empty = $DEEPFEED_HOME).")
-    embedding_features: bool = Field(default=True, description="Also test the prompts' MiniLM embedding summary (topic drift).")
+    min_samples: int = Field(
+        default=30, description="Fewest requests (and reference records) per feature to test at all."
+    )
+    confidence_std: float = Field(
+        default=0.15,
+        description="Alert when the std of output confidence exceeds this (required: 0.15; docs/requirements.md).",
+    )
+    fail_on_alert: bool = Field(
+        default=True, description="Fail the run on an alert, so run-failure notifications carry the evidence."
+    )
+    serving_home: str = Field(
+        default="", description="Folder the server writes inference_log/ into (empty = $DEEPFEED_HOME)."
+    )
+    embedding_features: bool = Field(
+        default=True, description="Also test the prompts' MiniLM embedding summary (topic drift)."
+    )
 
 
 def _markdown_features(evidence: dict) -> str:
@@ -43,14 +58,17 @@ def _markdown_features(evidence: dict) -> str:
         if f["skipped"]:
             rows.append(f"| {f['feature']} | {f['n_reference']} | {f['n_current']} | | | | skipped: {f['skipped']} |")
         else:
-            rows.append(f"| {f['feature']} | {f['n_reference']} | {f['n_current']} | {f['statistic']:.3f} | "
-                        f"{f['p_value']:.3g} | {f['p_adjusted']:.3g} | {'**yes**' if f['drifted'] else 'no'} |")
+            rows.append(
+                f"| {f['feature']} | {f['n_reference']} | {f['n_current']} | {f['statistic']:.3f} | "
+                f"{f['p_value']:.3g} | {f['p_adjusted']:.3g} | {'**yes**' if f['drifted'] else 'no'} |"
+            )
     return "\n".join(rows)
 
 
 @dg.asset(group_name=GROUP, kinds={"python"})
-def drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig,
-                 artifact_store: ArtifactStoreResource) -> dg.Output[ArtifactHandle]:
+def drift_report(
+    context: dg.AssetExecutionContext, config: DriftReportConfig, artifact_store: ArtifactStoreResource
+) -> dg.Output[ArtifactHandle]:
     """KS drift of prompt features (inference log vs the training split) and the spread of output confidence."""
     serving_data = _serving_data(config.serving_home)
     store = artifact_store.store()
@@ -65,19 +83,30 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig,
     try:
         summarizer = shared_summarizer() if config.embedding_features else None
         reference = reference_features(store.local_path(corpus), summarizer=summarizer)
-        evidence = drift_evidence(serving_data.inference_log(), reference, end,
-                                  config.window_hours, config.alpha, config.min_samples, config.correction,
-                                  config.confidence_std).to_dict()
+        evidence = drift_evidence(
+            serving_data.inference_log(),
+            reference,
+            end,
+            config.window_hours,
+            config.alpha,
+            config.min_samples,
+            config.correction,
+            config.confidence_std,
+        ).to_dict()
     except ValueError as exc:
         raise fail("drift_report.config", str(exc)) from exc
-    with store.new_version("drift_report", {"alert": evidence["alert"], "requests": evidence["requests"]},
-                           run_id=context.run.run_id) as version:
+    with store.new_version(
+        "drift_report", {"alert": evidence["alert"], "requests": evidence["requests"]}, run_id=context.run.run_id
+    ) as version:
         (version.path / "drift.json").write_text(json.dumps(evidence, indent=2, default=str))
     metadata = {
         **handle_metadata(version.handle),
-        "alert": evidence["alert"], "reason": evidence["reason"], "reference_version": corpus.version,
+        "alert": evidence["alert"],
+        "reason": evidence["reason"],
+        "reference_version": corpus.version,
         "features": dg.MetadataValue.md(_markdown_features(evidence)),
-        "confidence_std": evidence["output"]["std"], "window_start": evidence["window_start"],
+        "confidence_std": evidence["output"]["std"],
+        "window_start": evidence["window_start"],
         "window_end": evidence["window_end"],
     }
     if evidence["alert"] and config.fail_on_alert:
@@ -88,21 +117,37 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig,
 
 class ABTestReportConfig(dg.Config):
     min_hours: float = Field(default=72.0, description="No decision before this many hours of overlapping data (72 h).")
-    alpha: float = Field(default=0.01, description="Level of the sequential test (mSPRT): the false-positive rate however "
-                                                   "many daily looks are taken (p < 0.01).")
+    alpha: float = Field(
+        default=0.01,
+        description="Level of the sequential test (mSPRT): the false-positive rate however "
+        "many daily looks are taken (p < 0.01).",
+    )
     min_users_per_arm: int = Field(default=30, description="No decision with fewer users than this in either arm.")
-    mixture_sd: float = Field(default=0.25, description="mSPRT mixture width in per-user standard deviations: the effect "
-                                                        "size the test is most sensitive to (docs/model-lifecycle.md).")
-    split: float = Field(default=-1.0, description="Challenger share used by the server; >= 0 drops events in the wrong arm.")
+    mixture_sd: float = Field(
+        default=0.25,
+        description="mSPRT mixture width in per-user standard deviations: the effect "
+        "size the test is most sensitive to (docs/model-lifecycle.md).",
+    )
+    split: float = Field(
+        default=-1.0, description="Challenger share used by the server; >= 0 drops events in the wrong arm."
+    )
     act_on_decision: bool = Field(
-        default=True, description="promote: the decision goes through the promotion gate (challenger becomes champion "
-                                  "if it holds); keep, or a failed promotion gate: the challenger alias is removed.")
-    serving_home: str = Field(default="", description="Folder the server writes feedback/ and audit/ into (empty = $DEEPFEED_HOME).")
+        default=True,
+        description="promote: the decision goes through the promotion gate (challenger becomes champion "
+        "if it holds); keep, or a failed promotion gate: the challenger alias is removed.",
+    )
+    serving_home: str = Field(
+        default="", description="Folder the server writes feedback/ and audit/ into (empty = $DEEPFEED_HOME)."
+    )
 
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"})
-def ab_test_report(context: dg.AssetExecutionContext, config: ABTestReportConfig, artifact_store: ArtifactStoreResource,
-                   mlflow: MlflowResource) -> dg.Output[ArtifactHandle]:
+def ab_test_report(
+    context: dg.AssetExecutionContext,
+    config: ABTestReportConfig,
+    artifact_store: ArtifactStoreResource,
+    mlflow: MlflowResource,
+) -> dg.Output[ArtifactHandle]:
     """Sequential test (mSPRT) of per-user mean ratings, challenger vs champion; its decision feeds the promotion gate."""
     serving_data = _serving_data(config.serving_home)
     aliases = {arm: mlflow.version_by_alias(arm) for arm in ARMS}
@@ -112,8 +157,14 @@ def ab_test_report(context: dg.AssetExecutionContext, config: ABTestReportConfig
     versions = {arm: str(v.version) for arm, v in aliases.items()}
     events = ab_events(serving_data.feedback_store().all_records(), versions)
     try:
-        result = analyze_ab(events, config.min_hours, config.alpha, split=config.split if config.split >= 0 else None,
-                            min_users_per_arm=config.min_users_per_arm, mixture_sd=config.mixture_sd)
+        result = analyze_ab(
+            events,
+            config.min_hours,
+            config.alpha,
+            split=config.split if config.split >= 0 else None,
+            min_users_per_arm=config.min_users_per_arm,
+            mixture_sd=config.mixture_sd,
+        )
     except ValueError as exc:
         raise fail("ab_test_report.config", str(exc)) from exc
     report = {**result.to_dict(), "versions": versions}
@@ -121,33 +172,61 @@ def ab_test_report(context: dg.AssetExecutionContext, config: ABTestReportConfig
     client.set_model_version_tag(mlflow.registered_model_name, versions[CHALLENGER], "ab_decision", result.decision)
     action, verdict = "none", None
     if config.act_on_decision:
-        action, verdict = conclude_ab_test(client, mlflow.registered_model_name, versions, result.decision,
-                                           result.reason, context.run.run_id, serving_data.ledger())
+        action, verdict = conclude_ab_test(
+            client,
+            mlflow.registered_model_name,
+            versions,
+            result.decision,
+            result.reason,
+            context.run.run_id,
+            serving_data.ledger(),
+        )
     if verdict is not None:
         report["promotion_gate"] = {"passed": verdict.passed, "conditions": verdict.conditions}
     if verdict is not None and verdict.passed:
         # The level the A/B test measured (and its spread and count) is what the performance
         # sensor's rollback test holds the new champion to.
         ratings = events.loc[events["arm"] == CHALLENGER, "metric"]
-        for tag, value in ((BASELINE_TAG, ratings.mean()), (BASELINE_STD_TAG, ratings.std(ddof=1)),
-                           (BASELINE_N_TAG, len(ratings))):
+        for tag, value in (
+            (BASELINE_TAG, ratings.mean()),
+            (BASELINE_STD_TAG, ratings.std(ddof=1)),
+            (BASELINE_N_TAG, len(ratings)),
+        ):
             client.set_model_version_tag(mlflow.registered_model_name, versions[CHALLENGER], tag, str(value))
     report["action"] = action
     store = artifact_store.store()
-    with store.new_version("ab_test_report", {"decision": result.decision, "events": len(events)},
-                           run_id=context.run.run_id) as version:
+    with store.new_version(
+        "ab_test_report", {"decision": result.decision, "events": len(events)}, run_id=context.run.run_id
+    ) as version:
         (version.path / "ab_test.json").write_text(json.dumps(report, indent=2, default=str))
     arms_md = "| arm | version | events | users | mean | std |\n|---|---|---:|---:|---:|---:|\n" + "\n".join(
         f"| {arm} | v{versions[arm]} | {s['events']} | {s['users']} | {s['mean']} | {s['std']} |"
-        for arm, s in report["arms"].items())
-    mlflow.log(context, metrics={k: report[k] for k in ("p_value", "welch_p", "difference", "cohen_d", "duration_hours")
-                                 if isinstance(report.get(k), (int, float))})
-    return dg.Output(version.handle, metadata={
-        **handle_metadata(version.handle),
-        "decision": result.decision, "reason": result.reason, "action": action,
-        "p_value": report.get("p_value"), "difference": report.get("difference"),
-        "ci_low": report.get("ci_low"), "ci_high": report.get("ci_high"), "duration_hours": report["duration_hours"],
-        "test": report["test"], "looks": report["looks"], "welch_p_fixed_horizon": report.get("welch_p"),
-        "promotion_gate": dg.MetadataValue.json(report.get("promotion_gate", {})),
-        "arms": dg.MetadataValue.md(arms_md),
-    })
+        for arm, s in report["arms"].items()
+    )
+    mlflow.log(
+        context,
+        metrics={
+            k: report[k]
+            for k in ("p_value", "welch_p", "difference", "cohen_d", "duration_hours")
+            if isinstance(report.get(k), (int, float))
+        },
+    )
+    return dg.Output(
+        version.handle,
+        metadata={
+            **handle_metadata(version.handle),
+            "decision": result.decision,
+            "reason": result.reason,
+            "action": action,
+            "p_value": report.get("p_value"),
+            "difference": report.get("difference"),
+            "ci_low": report.get("ci_low"),
+            "ci_high": report.get("ci_high"),
+            "duration_hours": report["duration_hours"],
+            "test": report["test"],
+            "looks": report["looks"],
+            "welch_p_fixed_horizon": report.get("welch_p"),
+            "promotion_gate": dg.MetadataValue.json(report.get("promotion_gate", {})),
+            "arms": dg.MetadataValue.md(arms_md),
+        },
+    )

@@ -16,15 +16,15 @@ import dagster as dg
 from pydantic import Field
 
 from deepfeed.assets.common import COMPUTE_RETRY, IO_RETRY, fail, handle_metadata
-from deepfeed.core.platform.artifacts import ArtifactHandle, hash_folder
-from deepfeed.core.train.distributed import launch_command, read_result, write_spec
 from deepfeed.core.loop.feedback import FeedbackStore
-from deepfeed.core.train.incremental import records_hash, training_state_dir
-from deepfeed.core.platform.mlflow_model import write_pyfunc_model
-from deepfeed.core.train.modeling import ModelSourceError, describe_checkpoint
+from deepfeed.core.platform.artifacts import ArtifactHandle, hash_folder
 from deepfeed.core.platform.home import deepfeed_home
+from deepfeed.core.platform.mlflow_model import write_pyfunc_model
 from deepfeed.core.platform.plots import line_plot, markdown_image
 from deepfeed.core.platform.tables import read_table
+from deepfeed.core.train.distributed import launch_command, read_result, write_spec
+from deepfeed.core.train.incremental import records_hash, training_state_dir
+from deepfeed.core.train.modeling import ModelSourceError, describe_checkpoint
 from deepfeed.core.train.training import TrainingConfig, TrainingError, TrainingResult, config_dict, fine_tune
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 from deepfeed.resources.mlflow_tracking import CHAMPION
@@ -51,32 +51,75 @@ def base_model(context: dg.AssetExecutionContext, model_source: ModelSourceResou
 
 
 class TrainingFields(dg.Config):
-    method: str = Field(default="lora", description="'lora' (peft adapters, merged before saving), 'qlora' (4-bit NF4 base via bitsandbytes, CUDA only; adapters merged into the bf16 base) or 'full' fine-tuning.")
+    method: str = Field(
+        default="lora",
+        description="'lora' (peft adapters, merged before saving), 'qlora' (4-bit NF4 base via bitsandbytes, CUDA only; adapters merged into the bf16 base) or 'full' fine-tuning.",
+    )
     max_steps: int = Field(default=30, description="Optimizer steps.")
     batch_size: int = Field(default=8, description="Sequences per step (the global batch when nproc > 1).")
     max_length: int = Field(default=128, description="Tokens per sequence (longer ones are cut).")
     learning_rate: float = Field(default=2e-4, description="Peak learning rate of AdamW after warm-up.")
-    final_learning_rate: float = Field(default=1e-6, description="Learning rate at the end of the cosine decay (required: 1e-6; docs/requirements.md).")
+    final_learning_rate: float = Field(
+        default=1e-6, description="Learning rate at the end of the cosine decay (required: 1e-6; docs/requirements.md)."
+    )
     warmup_steps: int = Field(default=3, description="Linear warm-up steps.")
     weight_decay: float = Field(default=0.0, description="AdamW weight decay.")
     lora_rank: int = Field(default=8, description="LoRA rank (method=lora).")
     lora_alpha: int = Field(default=16, description="LoRA scaling alpha (method=lora).")
     gradient_checkpointing: bool = Field(default=False, description="Recompute activations in backward to save memory.")
     packing: bool = Field(default=False, description="Concatenate records into full max_length rows (no padding).")
-    precision: str = Field(default="auto", description="'auto' (bf16 on a GPU that supports it, fp16 on other GPUs, fp32 on CPU), 'fp32', 'bf16' or 'fp16'. LoRA/QLoRA load the frozen base in it; full fine-tuning keeps fp32 master weights and computes in it.")
-    distill_alpha: float = Field(default=1.0, description="Weight of the label CE; 1 - alpha goes to the teacher's KL at distill_temperature (1.0 = no distillation).")
-    distill_temperature: float = Field(default=0.7, description="Softmax temperature of distillation (required: 0.7; docs/requirements.md); the KL is scaled by T^2.")
-    teacher_path: str = Field(default="", description="Teacher checkpoint folder for distillation; empty = the current MLflow champion.")
-    teacher_cache: bool = Field(default=False, description="Compute the teacher's logits once into <artifact root>/teacher_logits (keyed by teacher hash + data hash + top-k) and read them back every step, epoch and later run instead of running the teacher; for large teachers.")
-    teacher_cache_top_k: int = Field(default=0, description="With teacher_cache: keep the k largest teacher logits per token in fp16 with their token ids (KL over those k, teacher renormalised); 0 = full fp32 logits, identical loss, for small vocabularies.")
-    teacher_cache_budget_gb: float = Field(default=20.0, description="With teacher_cache: disk budget of all teacher logit caches together (GiB); after each run the least recently used other caches are deleted to fit it; 0 keeps every cache.")
-    ewc_lambda: float = Field(default=0.0, description="EWC penalty strength towards the starting checkpoint (0 = off). Full fine-tuning penalises the weights; LoRA penalises the adapters' delta of the adapted weights (B·A·scale).")
-    fisher_samples: int = Field(default=32, description="Records of the earlier data used for the EWC Fisher (computed once per champion).")
-    fgsm_epsilon: float = Field(default=0.0, description="FGSM adversarial training: each step also trains on input embeddings moved by epsilon·sign(gradient); 0 = off, at most 0.5 (docs/requirements.md §3).")
-    fgsm_weight: float = Field(default=1.0, description="Weight of the FGSM adversarial loss added to the clean loss (with fgsm_epsilon > 0).")
-    checkpoint_every: int = Field(default=0, description="Write a resumable checkpoint every N steps (0 = none); a retried run resumes from it.")
-    nproc: int = Field(default=1, description="Training processes: > 1 runs the step as `torchrun` (DDP; gloo on CPU, nccl on GPUs) launched through Dagster Pipes.")
-    sharding: str = Field(default="ddp", description="With nproc > 1: 'ddp' (a full model, gradient and AdamW copy per process) or 'fsdp' (FSDP2: each process holds ~1/nproc of them; for models whose training state does not fit one device; no EWC/FGSM/checkpoint_every yet).")
+    precision: str = Field(
+        default="auto",
+        description="'auto' (bf16 on a GPU that supports it, fp16 on other GPUs, fp32 on CPU), 'fp32', 'bf16' or 'fp16'. LoRA/QLoRA load the frozen base in it; full fine-tuning keeps fp32 master weights and computes in it.",
+    )
+    distill_alpha: float = Field(
+        default=1.0,
+        description="Weight of the label CE; 1 - alpha goes to the teacher's KL at distill_temperature (1.0 = no distillation).",
+    )
+    distill_temperature: float = Field(
+        default=0.7,
+        description="Softmax temperature of distillation (required: 0.7; docs/requirements.md); the KL is scaled by T^2.",
+    )
+    teacher_path: str = Field(
+        default="", description="Teacher checkpoint folder for distillation; empty = the current MLflow champion."
+    )
+    teacher_cache: bool = Field(
+        default=False,
+        description="Compute the teacher's logits once into <artifact root>/teacher_logits (keyed by teacher hash + data hash + top-k) and read them back every step, epoch and later run instead of running the teacher; for large teachers.",
+    )
+    teacher_cache_top_k: int = Field(
+        default=0,
+        description="With teacher_cache: keep the k largest teacher logits per token in fp16 with their token ids (KL over those k, teacher renormalised); 0 = full fp32 logits, identical loss, for small vocabularies.",
+    )
+    teacher_cache_budget_gb: float = Field(
+        default=20.0,
+        description="With teacher_cache: disk budget of all teacher logit caches together (GiB); after each run the least recently used other caches are deleted to fit it; 0 keeps every cache.",
+    )
+    ewc_lambda: float = Field(
+        default=0.0,
+        description="EWC penalty strength towards the starting checkpoint (0 = off). Full fine-tuning penalises the weights; LoRA penalises the adapters' delta of the adapted weights (B·A·scale).",
+    )
+    fisher_samples: int = Field(
+        default=32, description="Records of the earlier data used for the EWC Fisher (computed once per champion)."
+    )
+    fgsm_epsilon: float = Field(
+        default=0.0,
+        description="FGSM adversarial training: each step also trains on input embeddings moved by epsilon·sign(gradient); 0 = off, at most 0.5 (docs/requirements.md §3).",
+    )
+    fgsm_weight: float = Field(
+        default=1.0, description="Weight of the FGSM adversarial loss added to the clean loss (with fgsm_epsilon > 0)."
+    )
+    checkpoint_every: int = Field(
+        default=0, description="Write a resumable checkpoint every N steps (0 = none); a retried run resumes from it."
+    )
+    nproc: int = Field(
+        default=1,
+        description="Training processes: > 1 runs the step as `torchrun` (DDP; gloo on CPU, nccl on GPUs) launched through Dagster Pipes.",
+    )
+    sharding: str = Field(
+        default="ddp",
+        description="With nproc > 1: 'ddp' (a full model, gradient and AdamW copy per process) or 'fsdp' (FSDP2: each process holds ~1/nproc of them; for models whose training state does not fit one device; no EWC/FGSM/checkpoint_every yet).",
+    )
     seed: int = Field(default=0, description="Seed of initialization and data order.")
     log_every: int = Field(default=5, description="Write a progress line to the Dagster log every N steps.")
 
@@ -86,8 +129,13 @@ class TrainingFields(dg.Config):
 
 
 class FinetunedModelConfig(TrainingFields):
-    start_from: str = Field(default="base", description="'base' (the base model: monthly full retrain) or 'champion' (the current MLflow champion; the knowledge review).")
-    include_feedback_history: bool = Field(default=False, description="Also train on every sealed feedback batch so far (the quarterly knowledge review).")
+    start_from: str = Field(
+        default="base",
+        description="'base' (the base model: monthly full retrain) or 'champion' (the current MLflow champion; the knowledge review).",
+    )
+    include_feedback_history: bool = Field(
+        default=False, description="Also train on every sealed feedback batch so far (the quarterly knowledge review)."
+    )
     feedback_root: str = Field(default="", description="Feedback store folder; empty = $DEEPFEED_HOME/feedback.")
     eval_samples: int = Field(default=16, description="Held-out records of the clean corpus scored for the eval loss.")
 
@@ -126,11 +174,22 @@ def write_reports(folder: Path, result: TrainingResult, training: TrainingConfig
             held.append(last)
         series["eval loss"] = held
     plot = line_plot(folder / "loss_curve.png", series, "Training loss", "step", "loss")
-    (folder / "training.json").write_text(json.dumps({
-        **result.summary(), **extra, "losses": result.losses, "learning_rates": result.learning_rates,
-        "eval_losses": result.eval_losses, "tokens_per_second": result.tokens_per_second_series,
-        "peak_memory_mb": result.peak_memory_mb_series, "config": config_dict(training),
-    }, indent=2, default=str))
+    (folder / "training.json").write_text(
+        json.dumps(
+            {
+                **result.summary(),
+                **extra,
+                "losses": result.losses,
+                "learning_rates": result.learning_rates,
+                "eval_losses": result.eval_losses,
+                "tokens_per_second": result.tokens_per_second_series,
+                "peak_memory_mb": result.peak_memory_mb_series,
+                "config": config_dict(training),
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return plot
 
 
@@ -138,11 +197,17 @@ def training_metadata(result: TrainingResult) -> dict[str, Any]:
     """What the optional techniques did, for the asset's metadata."""
     cache = "none"
     if result.teacher_cache:
-        cache = dg.MetadataValue.path(result.teacher_cache) if result.teacher_cache_built else f"reused {result.teacher_cache}"
+        cache = (
+            dg.MetadataValue.path(result.teacher_cache)
+            if result.teacher_cache_built
+            else f"reused {result.teacher_cache}"
+        )
     return {"teacher_cache": cache}
 
 
-def log_to_mlflow(context, mlflow: MlflowResource, prefix: str, params: dict[str, Any], result: TrainingResult, files: list[Path]) -> None:
+def log_to_mlflow(
+    context, mlflow: MlflowResource, prefix: str, params: dict[str, Any], result: TrainingResult, files: list[Path]
+) -> None:
     mlflow.log(
         context,
         params=params,
@@ -179,7 +244,9 @@ def checkpoint_source(store, handle: ArtifactHandle) -> str:
     return str(store.local_path(handle) / "checkpoint") if store.is_local else f"{handle.uri}/checkpoint"
 
 
-def train_logged(config: TrainingFields, training: TrainingConfig, start: Path, records, checkpoint: Path, context, **kwargs) -> TrainingResult:
+def train_logged(
+    config: TrainingFields, training: TrainingConfig, start: Path, records, checkpoint: Path, context, **kwargs
+) -> TrainingResult:
     """In this process, or as a torchrun job through Dagster Pipes when nproc > 1."""
     try:
         if config.nproc > 1:
@@ -192,7 +259,9 @@ def train_logged(config: TrainingFields, training: TrainingConfig, start: Path, 
         raise fail(context.asset_key.to_user_string(), str(exc)) from exc
 
 
-def train_with_torchrun(nproc: int, training: TrainingConfig, start: Path, records, checkpoint: Path, context, **kwargs) -> TrainingResult:
+def train_with_torchrun(
+    nproc: int, training: TrainingConfig, start: Path, records, checkpoint: Path, context, **kwargs
+) -> TrainingResult:
     # The subprocess client runs torchrun on this machine; on Kubernetes the same spec and
     # command go to a PipesK8sClient instead.
     with tempfile.TemporaryDirectory(prefix="deepfeed-torchrun-") as folder:
@@ -238,16 +307,28 @@ def finetuned_model(
         start, parent = champion, champion_version
     teacher = Path(config.teacher_path) if config.teacher_path else champion
     if config.distill_alpha < 1.0 and teacher is None:
-        raise fail("finetuned_model.config.teacher_path", "distillation needs a teacher: set teacher_path or promote a champion first")
+        raise fail(
+            "finetuned_model.config.teacher_path",
+            "distillation needs a teacher: set teacher_path or promote a champion first",
+        )
     clean = store.latest("clean_corpus")
-    held_out = [r for r in read_table(store.local_path(clean) / "records.parquet") if r.get("split") == "eval"] if clean else []
+    held_out = (
+        [r for r in read_table(store.local_path(clean) / "records.parquet") if r.get("split") == "eval"]
+        if clean
+        else []
+    )
     training = config.training_config(eval_samples=config.eval_samples)
     data_hash = records_hash(records) if config.include_feedback_history else augmented_corpus.content_hash
 
     state = training_state_dir(deepfeed_home(), "finetuned_model", f"{data_hash[:16]}-{parent or 'base'}")
     with store.new_version("finetuned_model", run_id=context.run.run_id) as version:
         result = train_logged(
-            config, training, start, records, version.path / "checkpoint", context,
+            config,
+            training,
+            start,
+            records,
+            version.path / "checkpoint",
+            context,
             teacher_path=teacher if config.distill_alpha < 1.0 else None,
             ewc_records=corpus if config.ewc_lambda > 0 else None,
             eval_records=held_out,
@@ -260,16 +341,29 @@ def finetuned_model(
     shutil.rmtree(state, ignore_errors=True)
     handle = version.handle
     folder = store.local_path(handle)
-    log_to_mlflow(context, mlflow, "train", {**config.model_dump(), "base_model": base_model.uri, "data_hash": data_hash}, result, [folder / "loss_curve.png", folder / "training.json"])
+    log_to_mlflow(
+        context,
+        mlflow,
+        "train",
+        {**config.model_dump(), "base_model": base_model.uri, "data_hash": data_hash},
+        result,
+        [folder / "loss_curve.png", folder / "training.json"],
+    )
     tags = {
-        "data_hash": data_hash, "base_model": base_model.uri, "base_model_hash": base_model.content_hash,
-        "artifact_version": handle.version, "stream": "review" if config.start_from == "champion" else "full",
+        "data_hash": data_hash,
+        "base_model": base_model.uri,
+        "base_model_hash": base_model.content_hash,
+        "artifact_version": handle.version,
+        "stream": "review" if config.start_from == "champion" else "full",
     }
     if parent:
         tags["parent_version"] = parent
     model_version = mlflow.register_version(context, source=checkpoint_source(store, handle), tags=tags)
-    context.log.info("registered %s version %s (no alias until its evaluation gate passes)", mlflow.registered_model_name,
-                     model_version)
+    context.log.info(
+        "registered %s version %s (no alias until its evaluation gate passes)",
+        mlflow.registered_model_name,
+        model_version,
+    )
     handle = replace(handle, counts={**handle.counts, "mlflow_version": model_version})
     return dg.Output(
         handle,

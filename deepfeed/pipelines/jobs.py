@@ -12,7 +12,9 @@ full_chain_job = dg.define_asset_job(
     "full_chain_job",
     # Monitoring assets read production traffic; they run from sensors and schedules.
     # The incremental stream is partitioned per feedback batch and runs from its own job.
-    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("monitoring") - dg.AssetSelection.assets("incremental_model", "raw_corpus"),
+    selection=dg.AssetSelection.all()
+    - dg.AssetSelection.groups("monitoring")
+    - dg.AssetSelection.assets("incremental_model", "raw_corpus"),
     description="Clean (all sources), augment, fine-tune, compress, evaluate and promote.",
     tags={"deepfeed/stream": "full"},
 )

@@ -3,8 +3,8 @@ sensors and the CLI alike."""
 
 from __future__ import annotations
 
-from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.core.data.dp import EpsilonLedger
+from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.core.platform.home import deepfeed_home
 
 # Entries appended to the audit ledger per write: bounds memory on large corpora.

@@ -9,9 +9,9 @@ from typing import Optional
 
 import dagster as dg
 
-from deepfeed.core.platform.artifacts import ArtifactHandle, ArtifactStore
 from deepfeed.core.data.demo_corpus import ensure_demo_corpus
 from deepfeed.core.data.ingest import as_source_path
+from deepfeed.core.platform.artifacts import ArtifactHandle, ArtifactStore
 from deepfeed.settings import demo_corpus_dir
 
 # One partition per source of the corpus root (a sub-folder, or `_root` for loose files).

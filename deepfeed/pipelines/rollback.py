@@ -18,22 +18,35 @@ class RollbackConfig(dg.Config):
 
 
 @dg.op(description="Move the `champion` alias back to the `previous` version and record it in the audit trail.")
-def rollback_champion(context: dg.OpExecutionContext, config: RollbackConfig, mlflow: MlflowResource,
-                      serving_data: ServingDataResource) -> dict:
+def rollback_champion(
+    context: dg.OpExecutionContext, config: RollbackConfig, mlflow: MlflowResource, serving_data: ServingDataResource
+) -> dict:
     try:
-        move = rollback(mlflow.client(), mlflow.registered_model_name, config.reason, context.run.run_id,
-                        serving_data.ledger(), expected_champion=config.expected_champion or None)
+        move = rollback(
+            mlflow.client(),
+            mlflow.registered_model_name,
+            config.reason,
+            context.run.run_id,
+            serving_data.ledger(),
+            expected_champion=config.expected_champion or None,
+        )
     except RollbackError as exc:
         raise dg.Failure(description=f"rollback_champion: {exc}") from exc
-    context.add_output_metadata({
-        "rolled_back_version": move.from_version, "champion_version": move.to_version,
-        "reason": move.reason, "audit_ledger": dg.MetadataValue.path(str(serving_data.ledger().path)),
-    })
+    context.add_output_metadata(
+        {
+            "rolled_back_version": move.from_version,
+            "champion_version": move.to_version,
+            "reason": move.reason,
+            "audit_ledger": dg.MetadataValue.path(str(serving_data.ledger().path)),
+        }
+    )
     context.log.info("champion v%s -> v%s: %s", move.from_version, move.to_version, move.reason)
     return move.to_dict()
 
 
-@dg.job(description="Roll the champion back to the previous version (servers follow on their next poll).",
-        tags={"deepfeed/stream": "rollback"})
+@dg.job(
+    description="Roll the champion back to the previous version (servers follow on their next poll).",
+    tags={"deepfeed/stream": "rollback"},
+)
 def rollback_job():
     rollback_champion()

@@ -16,7 +16,7 @@ incremental_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(*INCREMENTAL_CHAIN),
     partitions_def=feedback_batches,
     description="Train the champion on one sealed feedback batch (replay + EWC + elastic LR), then compress, "
-                "evaluate and gate it; a pass makes it the A/B challenger.",
+    "evaluate and gate it; a pass makes it the A/B challenger.",
     tags={"deepfeed/stream": "incremental"},
 )
 

@@ -27,7 +27,9 @@ class MlflowResource(dg.ConfigurableResource):
         default_factory=default_mlflow_artifact_location,
         description="Artifact location for a newly created experiment (ignored for an existing one).",
     )
-    registered_model_name: str = Field(default="deepfeed", description="Registered model holding the versions and the champion/challenger aliases.")
+    registered_model_name: str = Field(
+        default="deepfeed", description="Registered model holding the versions and the champion/challenger aliases."
+    )
 
     # MLflow runs this process opened for its Dagster run; ended in teardown_after_execution.
     _opened: set[str] = PrivateAttr(default_factory=set)
@@ -57,7 +59,9 @@ class MlflowResource(dg.ConfigurableResource):
         client = self.client()
         with FileLock(str(lock_dir / ".mlflow-run.lock"), timeout=60):
             experiment_id = self._experiment_id(client)
-            found = client.search_runs([experiment_id], filter_string=f"tags.dagster_run_id = '{dagster_run_id}'", max_results=1)
+            found = client.search_runs(
+                [experiment_id], filter_string=f"tags.dagster_run_id = '{dagster_run_id}'", max_results=1
+            )
             if found:
                 run_id = found[0].info.run_id
                 # A step in a later process (multiprocess executor, a retry) reopens the run an
@@ -79,8 +83,9 @@ class MlflowResource(dg.ConfigurableResource):
         experiment = client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
             return []
-        return client.search_runs([experiment.experiment_id],
-                                  filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}'")
+        return client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}'"
+        )
 
     def end_runs(self, dagster_run_id: str, status: str) -> list[str]:
         """End the MLflow run(s) of a Dagster run with `status` (FINISHED, FAILED or KILLED).
@@ -106,9 +111,13 @@ class MlflowResource(dg.ConfigurableResource):
         if context.dagster_run is None or context.dagster_run.run_id not in self._opened:
             return
         dagster_run_id = context.dagster_run.run_id
-        failures = context.instance.get_records_for_run(
-            dagster_run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=1
-        ).records if context.instance is not None else []
+        failures = (
+            context.instance.get_records_for_run(
+                dagster_run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=1
+            ).records
+            if context.instance is not None
+            else []
+        )
         self.end_runs(dagster_run_id, FAILED if failures else FINISHED)
         self._opened.discard(dagster_run_id)
 
@@ -137,7 +146,12 @@ class MlflowResource(dg.ConfigurableResource):
         param_rows = [Param(f"{asset}.{k}", str(v)[:6000]) for k, v in (params or {}).items()]
         tags = [RunTag(f"asset.{asset}", "materialized")]
         for start in range(0, max(len(metric_rows), 1), 1000):
-            client.log_batch(run_id, metrics=metric_rows[start:start + 1000], params=param_rows if start == 0 else [], tags=tags if start == 0 else [])
+            client.log_batch(
+                run_id,
+                metrics=metric_rows[start : start + 1000],
+                params=param_rows if start == 0 else [],
+                tags=tags if start == 0 else [],
+            )
         for path in artifacts or []:
             client.log_artifact(run_id, str(path), artifact_path=artifact_dir or asset)
         try:  # a link from the asset's page to what it logged
@@ -152,8 +166,11 @@ class MlflowResource(dg.ConfigurableResource):
         import os
 
         scheme = urlparse(self.tracking_uri).scheme.lower()
-        base = self.tracking_uri if scheme in ("http", "https") else os.environ.get(
-            "DEEPFEED_MLFLOW_UI_URL", "http://127.0.0.1:5000")
+        base = (
+            self.tracking_uri
+            if scheme in ("http", "https")
+            else os.environ.get("DEEPFEED_MLFLOW_UI_URL", "http://127.0.0.1:5000")
+        )
         experiment_id = self.client().get_run(run_id).info.experiment_id
         return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
@@ -168,7 +185,8 @@ class MlflowResource(dg.ConfigurableResource):
                 f"MLFLOW_TRACKING_URI {self.tracking_uri} is an MLflow server, which refuses model versions whose "
                 "checkpoint is on a local disk, and the artifact store is local. Set DEEPFEED_ARTIFACT_ROOT to an "
                 "object store everyone reaches (s3://bucket/prefix), or point MLFLOW_TRACKING_URI at the server's "
-                "database (postgresql+psycopg2://…) on a single machine. See docs/deploying.md, 'MLflow in server mode'.")
+                "database (postgresql+psycopg2://…) on a single machine. See docs/deploying.md, 'MLflow in server mode'."
+            )
 
     def register_version(self, context: dg.AssetExecutionContext, source: str, tags: dict[str, str]) -> str:
         """A new model version, with no alias: nothing serves it until its evaluation gate
@@ -190,13 +208,15 @@ class MlflowResource(dg.ConfigurableResource):
         )
         return str(version.version)
 
-    def grant_challenger(self, version: str, report: str, compared_with: str | None, reason: str, run_id: str,
-                         ledger=None):
+    def grant_challenger(
+        self, version: str, report: str, compared_with: str | None, reason: str, run_id: str, ledger=None
+    ):
         """`version` passed its gate against `compared_with`: it takes the `challenger` alias (A/B share)."""
         from deepfeed.core.loop.lifecycle import grant_challenger
 
-        return grant_challenger(self.client(), self.registered_model_name, version, report, compared_with, reason,
-                                run_id, ledger)
+        return grant_challenger(
+            self.client(), self.registered_model_name, version, report, compared_with, reason, run_id, ledger
+        )
 
     def revoke_challenger(self, version: str, reason: str, run_id: str, ledger=None) -> bool:
         """`version` loses the `challenger` alias if it holds it (a failed gate, an A/B 'keep')."""
@@ -233,4 +253,3 @@ def model_flavor_tags(source: str) -> dict[str, str]:
 def mlflow_ui_command() -> str:
     uri = default_mlflow_uri()
     return f"mlflow ui --backend-store-uri {uri} --port 5000"
-

@@ -6,8 +6,8 @@ from typing import Optional
 
 import dagster as dg
 
-from deepfeed.pipelines.partitions import corpus_root, corpus_sources, latest_raw_versions
 from deepfeed.core.data.ingest import CorpusSourceError, sources_to_ingest
+from deepfeed.pipelines.partitions import corpus_root, corpus_sources, latest_raw_versions
 from deepfeed.resources import ArtifactStoreResource
 from deepfeed.settings import default_corpus_path
 
@@ -46,14 +46,16 @@ def retire_source(instance: dg.DagsterInstance, store, source: str, reason: str,
     `purge_raw`: also delete the source's raw bytes from the guarded raw store (the only
     unscrubbed copy; docs/privacy.md). Returns the path of its last raw version, or '' if
     it was never ingested."""
+    from deepfeed.core.data.raw_store import RawStore
+    from deepfeed.core.platform.audit import AuditEntry
     from deepfeed.pipelines.locations import audit_ledger
     from deepfeed.pipelines.partitions import raw_artifact_name
-    from deepfeed.core.platform.audit import AuditEntry
-    from deepfeed.core.data.raw_store import RawStore
 
     registered = instance.get_dynamic_partitions(corpus_sources.name)
     if source not in registered:
-        raise ValueError(f"{source!r} is not a registered corpus source; registered: {', '.join(sorted(registered)) or 'none'}")
+        raise ValueError(
+            f"{source!r} is not a registered corpus source; registered: {', '.join(sorted(registered)) or 'none'}"
+        )
     if not reason.strip():
         raise ValueError("a reason is required: it goes into the audit ledger")
     latest = store.latest(raw_artifact_name(source))
@@ -61,18 +63,32 @@ def retire_source(instance: dg.DagsterInstance, store, source: str, reason: str,
     extra = {"last_version": latest.version if latest else None}
     if purge_raw:
         # The store the source was ingested with (recorded in its version), else the configured one.
-        where = (latest.counts.get("raw_store") if latest else None)
+        where = latest.counts.get("raw_store") if latest else None
         raw_store = RawStore(Path(where).parent) if where else RawStore.from_env()
         extra["raw_store_files_purged"] = raw_store.purge(source)
-    audit_ledger().append([AuditEntry(record_id=source, stage="raw_corpus", action="retired", reason=reason.strip(),
-                                      run_id="deepfeed retire-source", extra=extra)])
+    audit_ledger().append(
+        [
+            AuditEntry(
+                record_id=source,
+                stage="raw_corpus",
+                action="retired",
+                reason=reason.strip(),
+                run_id="deepfeed retire-source",
+                extra=extra,
+            )
+        ]
+    )
     return str(store.local_path(latest)) if latest else ""
 
 
 def build_corpus_source_sensor(corpus_path: Optional[str] = None, interval_s: int = 300) -> dg.SensorDefinition:
-    @dg.sensor(name="corpus_source_sensor", job_name=INGEST_JOB, minimum_interval_seconds=interval_s,
-               default_status=dg.DefaultSensorStatus.STOPPED,
-               description=f"Sources under the corpus root that are new or changed -> partition of {corpus_sources.name} + {INGEST_JOB} run.")
+    @dg.sensor(
+        name="corpus_source_sensor",
+        job_name=INGEST_JOB,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=f"Sources under the corpus root that are new or changed -> partition of {corpus_sources.name} + {INGEST_JOB} run.",
+    )
     def corpus_source_sensor(context: dg.SensorEvaluationContext, artifact_store: ArtifactStoreResource):
         path = default_corpus_path() if corpus_path is None else corpus_path
         try:
@@ -81,16 +97,31 @@ def build_corpus_source_sensor(corpus_path: Optional[str] = None, interval_s: in
             return dg.SkipReason(f"corpus root unreadable: {exc}")
         gone = missing_sources(context.instance, path)
         if gone:
-            context.log.warning("registered source(s) %s are gone from %s; their last version is still cleaned and trained on "
-                                "until `deepfeed retire-source NAME --reason ...`", gone, corpus_root(path))
+            context.log.warning(
+                "registered source(s) %s are gone from %s; their last version is still cleaned and trained on "
+                "until `deepfeed retire-source NAME --reason ...`",
+                gone,
+                corpus_root(path),
+            )
         if not stale:
-            note = f"; registered but gone (still trained on, retire with `deepfeed retire-source`): {', '.join(gone)}" if gone else ""
+            note = (
+                f"; registered but gone (still trained on, retire with `deepfeed retire-source`): {', '.join(gone)}"
+                if gone
+                else ""
+            )
             return dg.SkipReason(f"no new or changed source under {str(corpus_root(path))!r}{note}")
         context.log.info("registering %s; ingesting %s", new, sorted(stale))
         return dg.SensorResult(
             # The run key carries the fingerprint: a source whose files did not change is never re-run.
-            run_requests=[dg.RunRequest(run_key=f"{source}@{fp}", partition_key=source, run_config=ingest_run_config(path),
-                                        tags={"deepfeed/corpus_source": source}) for source, fp in stale.items()],
+            run_requests=[
+                dg.RunRequest(
+                    run_key=f"{source}@{fp}",
+                    partition_key=source,
+                    run_config=ingest_run_config(path),
+                    tags={"deepfeed/corpus_source": source},
+                )
+                for source, fp in stale.items()
+            ],
             dynamic_partitions_requests=[corpus_sources.build_add_request(new)] if new else [],
         )
 

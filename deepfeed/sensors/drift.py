@@ -4,11 +4,11 @@ import datetime as dt
 
 import dagster as dg
 
-from deepfeed.pipelines.partitions import feedback_batches
 from deepfeed.core.data.embedding_summary import shared_summarizer
 from deepfeed.core.loop.monitoring import drift_evidence, reference_features
 from deepfeed.pipelines.jobs import full_chain_job
 from deepfeed.pipelines.monitoring import drift_report_job
+from deepfeed.pipelines.partitions import feedback_batches
 from deepfeed.pipelines.training import incremental_job
 from deepfeed.resources import ArtifactStoreResource
 from deepfeed.resources.monitoring_policy import MonitoringPolicyResource
@@ -21,13 +21,21 @@ def build_drift_sensor(interval_s: int = 900) -> dg.SensorDefinition:
     ``incremental`` (the waiting feedback sealed now and trained on at once, instead of
     when the batch fills). One alert per window end hour (run key)."""
 
-    @dg.sensor(name="drift_sensor", jobs=[drift_report_job, full_chain_job, incremental_job],
-               minimum_interval_seconds=interval_s, default_status=dg.DefaultSensorStatus.STOPPED,
-               description="KS drift of prompt features (Holm-corrected) or a wide confidence spread over the "
-                           "recent inference window -> drift_report_job, plus a retrain if the "
-                           "monitoring_policy resource says so. Thresholds: the monitoring_policy resource.")
-    def drift_sensor(context: dg.SensorEvaluationContext, serving_data: ServingDataResource,
-                     artifact_store: ArtifactStoreResource, monitoring_policy: MonitoringPolicyResource):
+    @dg.sensor(
+        name="drift_sensor",
+        jobs=[drift_report_job, full_chain_job, incremental_job],
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="KS drift of prompt features (Holm-corrected) or a wide confidence spread over the "
+        "recent inference window -> drift_report_job, plus a retrain if the "
+        "monitoring_policy resource says so. Thresholds: the monitoring_policy resource.",
+    )
+    def drift_sensor(
+        context: dg.SensorEvaluationContext,
+        serving_data: ServingDataResource,
+        artifact_store: ArtifactStoreResource,
+        monitoring_policy: MonitoringPolicyResource,
+    ):
         policy = monitoring_policy
         store = artifact_store.store()
         corpus = store.latest("clean_corpus")
@@ -36,19 +44,37 @@ def build_drift_sensor(interval_s: int = 900) -> dg.SensorDefinition:
         end = dt.datetime.now(dt.timezone.utc)
         summarizer = shared_summarizer() if policy.drift_embedding_features else None
         reference = reference_features(store.local_path(corpus), summarizer=summarizer)
-        evidence = drift_evidence(serving_data.inference_log(), reference, end,
-                                  policy.drift_window_hours, policy.drift_alpha, policy.drift_min_samples, "holm",
-                                  policy.confidence_std)
+        evidence = drift_evidence(
+            serving_data.inference_log(),
+            reference,
+            end,
+            policy.drift_window_hours,
+            policy.drift_alpha,
+            policy.drift_min_samples,
+            "holm",
+            policy.confidence_std,
+        )
         if not evidence.alert:
             return dg.SkipReason(evidence.reason)
         key = end.strftime("%Y%m%dT%H")
-        config = {"window_hours": policy.drift_window_hours, "window_end": end.isoformat(),
-                  "alpha": policy.drift_alpha, "min_samples": policy.drift_min_samples,
-                  "confidence_std": policy.confidence_std, "serving_home": serving_data.home,
-                  "embedding_features": policy.drift_embedding_features}
+        config = {
+            "window_hours": policy.drift_window_hours,
+            "window_end": end.isoformat(),
+            "alpha": policy.drift_alpha,
+            "min_samples": policy.drift_min_samples,
+            "confidence_std": policy.confidence_std,
+            "serving_home": serving_data.home,
+            "embedding_features": policy.drift_embedding_features,
+        }
         tags = {"deepfeed/alert": "drift", "deepfeed/drift_reason": evidence.reason[:200]}
-        requests = [dg.RunRequest(run_key=f"drift-{key}", job_name="drift_report_job", tags=tags,
-                                  run_config={"ops": {"drift_report": {"config": config}}})]
+        requests = [
+            dg.RunRequest(
+                run_key=f"drift-{key}",
+                job_name="drift_report_job",
+                tags=tags,
+                run_config={"ops": {"drift_report": {"config": config}}},
+            )
+        ]
         context.log.warning("drift alert: %s", evidence.reason)
         if policy.drift_on_alert == "full":
             requests.append(dg.RunRequest(run_key=f"drift-retrain-{key}", job_name="full_chain_job", tags=tags))
@@ -58,10 +84,14 @@ def build_drift_sensor(interval_s: int = 900) -> dg.SensorDefinition:
                 context.log.warning("no feedback waiting: nothing for an incremental run to train on")
             else:
                 # Same run key as feedback_sensor's, so the batch never trains twice.
-                requests.append(dg.RunRequest(run_key=f"feedback-{batch}", job_name="incremental_job",
-                                              partition_key=batch, tags=tags))
-                return dg.SensorResult(run_requests=requests,
-                                       dynamic_partitions_requests=[feedback_batches.build_add_request([batch])])
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"feedback-{batch}", job_name="incremental_job", partition_key=batch, tags=tags
+                    )
+                )
+                return dg.SensorResult(
+                    run_requests=requests, dynamic_partitions_requests=[feedback_batches.build_add_request([batch])]
+                )
         return requests
 
     return drift_sensor

@@ -17,12 +17,19 @@ def build_feedback_sensor(interval_s: int = 60) -> dg.SensorDefinition:
     per sealed batch the cursor has not seen. Run keys are batch ids, so a batch never
     trains twice even if the cursor were lost."""
 
-    @dg.sensor(name="feedback_sensor", job_name=INCREMENTAL_JOB, minimum_interval_seconds=interval_s,
-               default_status=dg.DefaultSensorStatus.STOPPED,
-               description=f"New feedback batches (size and age from the monitoring_policy resource) "
-                           f"-> partition of {feedback_batches.name} + {INCREMENTAL_JOB} run.")
-    def feedback_sensor(context: dg.SensorEvaluationContext, serving_data: ServingDataResource,
-                        monitoring_policy: MonitoringPolicyResource):
+    @dg.sensor(
+        name="feedback_sensor",
+        job_name=INCREMENTAL_JOB,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=f"New feedback batches (size and age from the monitoring_policy resource) "
+        f"-> partition of {feedback_batches.name} + {INCREMENTAL_JOB} run.",
+    )
+    def feedback_sensor(
+        context: dg.SensorEvaluationContext,
+        serving_data: ServingDataResource,
+        monitoring_policy: MonitoringPolicyResource,
+    ):
         min_batch, max_age_minutes = monitoring_policy.feedback_min_batch, monitoring_policy.feedback_max_age_minutes
         store = serving_data.feedback_store()
         pending, oldest = store.pending(), store.oldest_pending()
@@ -35,8 +42,10 @@ def build_feedback_sensor(interval_s: int = 60) -> dg.SensorDefinition:
             return dg.SkipReason(f"no new feedback batch ({pending} records waiting, oldest {age} old)")
         context.log.info("sealed %s; requesting %d incremental run(s)", sealed, len(new))
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=f"feedback-{b}", partition_key=b,
-                                        tags={"deepfeed/feedback_batch": b}) for b in new],
+            run_requests=[
+                dg.RunRequest(run_key=f"feedback-{b}", partition_key=b, tags={"deepfeed/feedback_batch": b})
+                for b in new
+            ],
             dynamic_partitions_requests=[feedback_batches.build_add_request(new)],
             cursor=new[-1],
         )

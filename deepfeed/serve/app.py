@@ -35,18 +35,30 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deepfeed.core.loop.abtest import arm_for_hash, hash_user_id
-from deepfeed.core.platform.access import ANONYMOUS, FEEDBACK_SUBMIT, MODEL_GENERATE, MODEL_RELOAD, AccessPolicy, Decision
-from deepfeed.core.platform.audit import AuditEntry, AuditLedger
-from deepfeed.core.loop.feedback import FeedbackError, FeedbackStore
 from deepfeed.core.data.embedding_summary import shared_summarizer
+from deepfeed.core.loop.abtest import arm_for_hash, hash_user_id
+from deepfeed.core.loop.feedback import FeedbackError, FeedbackStore
 from deepfeed.core.loop.inference_log import InferenceLog, prompt_record
+from deepfeed.core.platform.access import (
+    ANONYMOUS,
+    FEEDBACK_SUBMIT,
+    MODEL_GENERATE,
+    MODEL_RELOAD,
+    AccessPolicy,
+    Decision,
+)
+from deepfeed.core.platform.audit import AuditEntry, AuditLedger
 from deepfeed.core.platform.home import deepfeed_home
 from deepfeed.core.platform.ratelimit import RateLimiter
 from deepfeed.core.platform.secrets import USER_SALT, load_secret
 from deepfeed.serve.models import AliasWatcher, ModelPool, NoChampionError
 from deepfeed.serve.openapi import (
-    FeedbackResponse, GenerateResponse, HealthResponse, ReloadResponse, add_offline_docs, errors,
+    FeedbackResponse,
+    GenerateResponse,
+    HealthResponse,
+    ReloadResponse,
+    add_offline_docs,
+    errors,
 )
 
 log = logging.getLogger("deepfeed.serve")
@@ -104,8 +116,10 @@ class FeedbackRequest(BaseModel):
     rating: float = Field(ge=0.0, le=1.0, description="1 = good, 0 = bad.")
     user_id: str | None = Field(default=None, max_length=256)
     request_id: str | None = Field(
-        default=None, pattern=r"^[0-9a-f]{32}$",
-        description="The /generate answer rated; its arm and model version come from the server's log.")
+        default=None,
+        pattern=r"^[0-9a-f]{32}$",
+        description="The /generate answer rated; its arm and model version come from the server's log.",
+    )
     classification: str = Field(min_length=1, description="Data classification, checked against the access policy.")
     tags: list[str] = Field(default_factory=list, max_length=32)
     lang: str | None = Field(default=None, max_length=35)
@@ -119,8 +133,9 @@ class FeedbackRequest(BaseModel):
         if isinstance(data, dict):
             sent = sorted(k for k in ("arm", "model_version") if k in data)
             if sent:
-                raise ValueError(f"{' and '.join(sent)} are assigned by the server: send the request_id "
-                                 "of the rated answer instead")
+                raise ValueError(
+                    f"{' and '.join(sent)} are assigned by the server: send the request_id of the rated answer instead"
+                )
         return data
 
 
@@ -212,11 +227,16 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
         if not counts:
             return
         try:
-            ledger.append(AuditEntry(
-                record_id=f"serve-{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", stage="serve",
-                action="requests_rejected", run_id="serve",
-                reason=f"{sum(counts.values())} requests refused since {started_at.isoformat(timespec='seconds')}",
-                extra={"counts": counts, "since": started_at.isoformat(timespec="seconds")}))
+            ledger.append(
+                AuditEntry(
+                    record_id=f"serve-{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
+                    stage="serve",
+                    action="requests_rejected",
+                    run_id="serve",
+                    reason=f"{sum(counts.values())} requests refused since {started_at.isoformat(timespec='seconds')}",
+                    extra={"counts": counts, "since": started_at.isoformat(timespec="seconds")},
+                )
+            )
         except Exception:  # shutting down: the counts were visible in /health all along
             log.exception("could not write the rejection summary to the audit ledger")
 
@@ -232,9 +252,15 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
         watcher.stop()
         write_summary()
 
-    app = FastAPI(title="deepfeed", lifespan=lifespan, docs_url=None, redoc_url=None, version=_version(),
-                  description="Answers prompts with the registered champion (and a challenger during an A/B test), "
-                  "logs every request, and takes rated feedback for the next fine-tuning.")
+    app = FastAPI(
+        title="deepfeed",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        version=_version(),
+        description="Answers prompts with the registered champion (and a challenger during an A/B test), "
+        "logs every request, and takes rated feedback for the next fine-tuning.",
+    )
     add_offline_docs(app)
 
     async def clear_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -251,14 +277,17 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
 
     def authorize(api_key: str | None, action: str, classification: str | None = None) -> Decision:
         if policy is None:
-            decision = Decision(False, "no access policy configured on this server", action, classification=classification)
+            decision = Decision(
+                False, "no access policy configured on this server", action, classification=classification
+            )
         else:
             decision = policy.decide(api_key, action, classification, settings.model_name)
         if not decision.allowed:
             # 401 when no valid key was shown, 403 when the key's role may not do this.
             status = 403 if decision.principal else 401
-            raise refuse(status, "unauthenticated" if status == 401 else "forbidden",
-                         f"access denied: {decision.reason}")
+            raise refuse(
+                status, "unauthenticated" if status == 401 else "forbidden", f"access denied: {decision.reason}"
+            )
         return decision
 
     def throttle(decision: Decision, request: Request) -> None:
@@ -267,9 +296,13 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
             who = f"{ANONYMOUS}@{request.client.host if request.client else 'unknown'}"
         wait = limiter.acquire(who)
         if wait:
-            raise refuse(429, "rate_limited", f"rate limit exceeded: at most {settings.rate_burst} requests at once "
-                         f"and {settings.rate_per_second:g}/s on average per key",
-                         headers={"Retry-After": RateLimiter.retry_after(wait)})
+            raise refuse(
+                429,
+                "rate_limited",
+                f"rate limit exceeded: at most {settings.rate_burst} requests at once "
+                f"and {settings.rate_per_second:g}/s on average per key",
+                headers={"Retry-After": RateLimiter.retry_after(wait)},
+            )
 
     def generate_access(request: Request, x_api_key: str | None = Header(default=None)) -> Decision:
         decision = authorize(x_api_key, MODEL_GENERATE)
@@ -282,19 +315,32 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
                 return served_recently[request_id]
         return inference_log.find(request_id, within=FEEDBACK_WINDOW)
 
-    @app.get("/health", response_model=HealthResponse, summary="Served versions and runtimes",
-             description="Which registered version each arm serves and how; no key needed.")
+    @app.get(
+        "/health",
+        response_model=HealthResponse,
+        summary="Served versions and runtimes",
+        description="Which registered version each arm serves and how; no key needed.",
+    )
     def health() -> dict:
-        return {"model": settings.model_name, "versions": pool.versions(), "runtimes": pool.runtimes(),
-                "reloads": pool.reloads, "rejected": rejections.snapshot()}
+        return {
+            "model": settings.model_name,
+            "versions": pool.versions(),
+            "runtimes": pool.runtimes(),
+            "reloads": pool.reloads,
+            "rejected": rejections.snapshot(),
+        }
 
     # Plain `def` endpoints run in the threadpool, so a long generation does not block
     # the event loop (and other requests) while it computes.
-    @app.post("/generate", response_model=GenerateResponse, responses=errors(401, 403, 413, 422, 429, 503),
-              summary="Answer a prompt",
-              description="Answers with the arm the user's hashed id falls into; the request is logged "
-              "(prompt scrubbed of PII) before the answer is returned. Needs an X-API-Key whose role has "
-              "model:generate, unless the access policy lets anonymous callers generate.")
+    @app.post(
+        "/generate",
+        response_model=GenerateResponse,
+        responses=errors(401, 403, 413, 422, 429, 503),
+        summary="Answer a prompt",
+        description="Answers with the arm the user's hashed id falls into; the request is logged "
+        "(prompt scrubbed of PII) before the answer is returned. Needs an X-API-Key whose role has "
+        "model:generate, unless the access policy lets anonymous callers generate.",
+    )
     def generate(req: GenerateRequest, access: Decision = Depends(generate_access)) -> dict:
         if len(req.prompt) > settings.max_prompt_chars:
             raise refuse(422, "invalid", f"invalid request: prompt: longer than {settings.max_prompt_chars} characters")
@@ -312,9 +358,14 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
         # Logged before answering: a request the client saw is a request the monitors see.
         event = {
             "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
-            "request_id": request_id, "user_hash": user_hash, "arm": arm,
-            "model_version": served.version, "runtime": served.generator.runtime,
-            "confidence": out.confidence, "new_tokens": out.new_tokens, "latency_ms": latency_ms,
+            "request_id": request_id,
+            "user_hash": user_hash,
+            "arm": arm,
+            "model_version": served.version,
+            "runtime": served.generator.runtime,
+            "confidence": out.confidence,
+            "new_tokens": out.new_tokens,
+            "latency_ms": latency_ms,
             **prompt_record(req.prompt, summarizer),
         }
         inference_log.append(event)
@@ -322,12 +373,23 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
             served_recently[request_id] = {k: event[k] for k in ("request_id", "user_hash", "arm", "model_version")}
             while len(served_recently) > 100_000:
                 served_recently.popitem(last=False)
-        return {"request_id": request_id, "answer": out.text, "arm": arm, "model_version": served.version,
-                "confidence": out.confidence, "latency_ms": latency_ms}
+        return {
+            "request_id": request_id,
+            "answer": out.text,
+            "arm": arm,
+            "model_version": served.version,
+            "confidence": out.confidence,
+            "latency_ms": latency_ms,
+        }
 
-    @app.post("/feedback", response_model=FeedbackResponse, responses=errors(401, 403, 413, 422, 429), summary="Rate an answer",
-              description="Stores a rating or correction for the next fine-tuning. Needs an X-API-Key whose role "
-              "has feedback:submit and may submit the request's data classification.")
+    @app.post(
+        "/feedback",
+        response_model=FeedbackResponse,
+        responses=errors(401, 403, 413, 422, 429),
+        summary="Rate an answer",
+        description="Stores a rating or correction for the next fine-tuning. Needs an X-API-Key whose role "
+        "has feedback:submit and may submit the request's data classification.",
+    )
     def post_feedback(req: FeedbackRequest, request: Request, x_api_key: str | None = Header(default=None)) -> dict:
         decision = authorize(x_api_key, FEEDBACK_SUBMIT, req.classification)
         throttle(decision, request)
@@ -337,11 +399,16 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
         if req.request_id:
             served = served_event(req.request_id)
             if served is None:
-                raise refuse(422, "invalid", f"invalid request: request_id: no request {req.request_id} was served "
-                             f"by this server in the last {FEEDBACK_WINDOW.days} days")
+                raise refuse(
+                    422,
+                    "invalid",
+                    f"invalid request: request_id: no request {req.request_id} was served "
+                    f"by this server in the last {FEEDBACK_WINDOW.days} days",
+                )
             # The server's own assignment, never the client's word, decides which arm is rated.
-            record.update(arm=served.get("arm"), model_version=served.get("model_version"),
-                          user_hash=served.get("user_hash"))
+            record.update(
+                arm=served.get("arm"), model_version=served.get("model_version"), user_hash=served.get("user_hash")
+            )
         elif user_id:
             record["user_hash"] = hash_user_id(user_id, salt)
         record["role"] = decision.role
@@ -351,8 +418,13 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
             raise refuse(422, "invalid", str(exc)) from exc
         return {"feedback_id": feedback_id, "stored": True}
 
-    @app.post("/admin/reload", response_model=ReloadResponse, responses=errors(401, 403, 429), summary="Re-read the registry now",
-              description="Follows the registry's aliases now instead of at the next poll (permission model:reload).")
+    @app.post(
+        "/admin/reload",
+        response_model=ReloadResponse,
+        responses=errors(401, 403, 429),
+        summary="Re-read the registry now",
+        description="Follows the registry's aliases now instead of at the next poll (permission model:reload).",
+    )
     def reload(request: Request, x_api_key: str | None = Header(default=None)) -> dict:
         decision = authorize(x_api_key, MODEL_RELOAD)
         throttle(decision, request)

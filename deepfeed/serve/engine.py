@@ -55,14 +55,19 @@ class TorchGenerator:
 
     @torch.no_grad()
     def generate(self, prompt: str, max_new_tokens: int) -> Generation:
-        ids = prompt_ids(self.tokenizer, prompt)[-self.max_context:]
+        ids = prompt_ids(self.tokenizer, prompt)[-self.max_context :]
         input_ids = torch.tensor([ids])
         out = self.model.generate(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-            output_scores=True, return_dict_in_generate=True,
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
         )
-        new = out.sequences[0, len(ids):]
+        new = out.sequences[0, len(ids) :]
         probs = [float(torch.softmax(s[0].float(), -1).max()) for s in out.scores]
         text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
         return Generation(text, float(np.mean(probs)) if probs else float("nan"), int(len(new)))
@@ -86,23 +91,28 @@ class OnnxGenerator:
         self.session = onnx_session(onnx_file)
         self.max_context = max_context
         names = {i.name for i in self.session.get_inputs()}
-        self.layout = layout_from_session(self.session) if any(n.startswith("past_key_values.") for n in names) else None
+        self.layout = (
+            layout_from_session(self.session) if any(n.startswith("past_key_values.") for n in names) else None
+        )
         self.onnx_file = onnx_file
 
     def _next_logits(self, ids: list[int], past: list | None) -> tuple[np.ndarray, list | None]:
         if self.layout is None:
-            window = np.asarray([ids[-self.max_context:]], dtype=np.int64)
+            window = np.asarray([ids[-self.max_context :]], dtype=np.int64)
             return self.session.run(None, {"input_ids": window, "attention_mask": np.ones_like(window)})[0][0, -1], None
         feeds = {"attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
         if past is None:
             feeds |= {"input_ids": np.asarray([ids], dtype=np.int64), **self.layout.empty(1)}
         else:
-            feeds |= {"input_ids": np.asarray([[ids[-1]]], dtype=np.int64), **dict(zip(self.layout.input_names(), past))}
+            feeds |= {
+                "input_ids": np.asarray([[ids[-1]]], dtype=np.int64),
+                **dict(zip(self.layout.input_names(), past)),
+            }
         logits, *presents = self.session.run(["logits", *self.layout.output_names()], feeds)
         return logits[0, -1], presents
 
     def generate(self, prompt: str, max_new_tokens: int) -> Generation:
-        ids = prompt_ids(self.tokenizer, prompt)[-self.max_context:]
+        ids = prompt_ids(self.tokenizer, prompt)[-self.max_context :]
         start, probs, past = len(ids), [], None
         eos = self.tokenizer.eos_token_id
         for _ in range(max_new_tokens):

@@ -37,9 +37,14 @@ class NoChampionError(RuntimeError):
 
 
 class ModelPool:
-    def __init__(self, tracking_uri: str, model_name: str = "deepfeed", runtime: str = "onnx_int8",
-                 ab_test: bool = True,
-                 loader: Callable[[str, str], Generator] = load_generator):
+    def __init__(
+        self,
+        tracking_uri: str,
+        model_name: str = "deepfeed",
+        runtime: str = "onnx_int8",
+        ab_test: bool = True,
+        loader: Callable[[str, str], Generator] = load_generator,
+    ):
         self.tracking_uri = tracking_uri
         self.model_name = model_name
         self.runtime = runtime
@@ -68,12 +73,18 @@ class ModelPool:
             challenger = self._alias(client, CHALLENGER) if self.ab_test else None
             if challenger is not None and not may_serve_as_challenger(challenger.tags):
                 if str(challenger.version) not in self.refused:
-                    log.warning("not serving %s v%s as challenger: no passed evaluation gate recorded on it",
-                                self.model_name, challenger.version)
+                    log.warning(
+                        "not serving %s v%s as challenger: no passed evaluation gate recorded on it",
+                        self.model_name,
+                        challenger.version,
+                    )
                 self.refused.add(str(challenger.version))
                 challenger = None
-            if challenger is not None and wanted[CHAMPION] is not None \
-                    and str(challenger.version) != str(wanted[CHAMPION].version):
+            if (
+                challenger is not None
+                and wanted[CHAMPION] is not None
+                and str(challenger.version) != str(wanted[CHAMPION].version)
+            ):
                 wanted[CHALLENGER] = challenger
             loaded = {s.version: s for s in self._served.values()}
             served = {}

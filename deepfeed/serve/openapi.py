@@ -38,8 +38,10 @@ class HealthResponse(_Open):
     versions: dict[str, str] = Field(description="Arm -> model version currently served.")
     runtimes: dict[str, str] = Field(description="Arm -> runtime (onnx_int8 or torch).")
     reloads: int = Field(description="How many times the served versions changed since start.")
-    rejected: dict[str, int] = Field(default_factory=dict, description="Refused requests since start, by reason "
-                                     "(counted here instead of one audit entry each).")
+    rejected: dict[str, int] = Field(
+        default_factory=dict,
+        description="Refused requests since start, by reason (counted here instead of one audit entry each).",
+    )
 
 
 class ReloadResponse(_Open):
@@ -52,12 +54,14 @@ class ErrorResponse(BaseModel):
 
 
 def errors(*codes: int) -> dict:
-    meaning = {401: "No valid API key was shown (and anonymous use is not allowed for this action).",
-               403: "The key's role may not do this (or may not submit this data classification).",
-               413: "The request body is larger than the server's limit; it was not read.",
-               429: "The key's rate limit is exceeded; retry after the Retry-After header's seconds.",
-               422: "The request body is invalid (the message names the field).",
-               503: "No champion is registered yet, so nothing can answer."}
+    meaning = {
+        401: "No valid API key was shown (and anonymous use is not allowed for this action).",
+        403: "The key's role may not do this (or may not submit this data classification).",
+        413: "The request body is larger than the server's limit; it was not read.",
+        429: "The key's rate limit is exceeded; retry after the Retry-After header's seconds.",
+        422: "The request body is invalid (the message names the field).",
+        503: "No champion is registered yet, so nothing can answer.",
+    }
     return {code: {"model": ErrorResponse, "description": meaning[code]} for code in codes}
 
 
@@ -75,7 +79,9 @@ def add_offline_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url, title=f"{app.title} API",
-            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            openapi_url=app.openapi_url,
+            title=f"{app.title} API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
         )

@@ -22,8 +22,9 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, settings: ServeSettings, port: int | None = None, workers: int = 1,
-                 log_file: Path | None = None):
+    def __init__(
+        self, settings: ServeSettings, port: int | None = None, workers: int = 1, log_file: Path | None = None
+    ):
         self.settings, self.workers = settings, workers
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -36,9 +37,25 @@ class ServerProcess:
         env = {**os.environ, SETTINGS_ENV: settings_to_env(self.settings)}
         self._log = open(self.log_file, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "deepfeed.serve.cli:app_factory", "--factory", "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", str(self.workers), "--log-level", "warning"],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "deepfeed.serve.cli:app_factory",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

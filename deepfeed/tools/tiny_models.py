@@ -88,9 +88,7 @@ def build_tiny_checkpoint(path: Path, texts: Iterable[str], architecture: str = 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(texts)
     config = tiny_config(architecture, len(tokenizer), tokenizer)
-    config.architectures = [
-        {"llama": "LlamaForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}[architecture]
-    ]
+    config.architectures = [{"llama": "LlamaForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}[architecture]]
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

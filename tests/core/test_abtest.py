@@ -9,14 +9,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from deepfeed.core.loop.abtest import (ARMS, analyze_ab, arm_for_hash, assign_arm, hash_user_id,
-                                  msprt, welch)
+from deepfeed.core.loop.abtest import ARMS, analyze_ab, arm_for_hash, assign_arm, hash_user_id, msprt, welch
 
 T0 = pd.Timestamp("2025-03-01", tz="UTC")
 
 
-def make_log(rng, n_users=400, effect=0.0, hours=80.0, user_sd=1.0, noise_sd=1.0, split=0.5,
-             salt="exp"):
+def make_log(rng, n_users=400, effect=0.0, hours=80.0, user_sd=1.0, noise_sd=1.0, split=0.5, salt="exp"):
     """Users assigned by the shared hash; each has a latent level (the challenger's shifted
     by ``effect``) and 1-7 requests with extra per-request noise."""
     ids = [f"u{rng.integers(1 << 62)}" for _ in range(2 * n_users)]
@@ -25,12 +23,14 @@ def make_log(rng, n_users=400, effect=0.0, hours=80.0, user_sd=1.0, noise_sd=1.0
     level = rng.normal(0, user_sd, len(ids)) + effect * (arms == "challenger")
     per_user = rng.integers(1, 8, len(ids))
     rows = np.repeat(np.arange(len(ids)), per_user)
-    return pd.DataFrame({
-        "time": T0 + pd.to_timedelta(rng.uniform(0, hours, len(rows)), unit="h"),
-        "user_hash": np.array(hashes)[rows],
-        "arm": arms[rows],
-        "metric": level[rows] + rng.normal(0, noise_sd, len(rows)),
-    })
+    return pd.DataFrame(
+        {
+            "time": T0 + pd.to_timedelta(rng.uniform(0, hours, len(rows)), unit="h"),
+            "user_hash": np.array(hashes)[rows],
+            "arm": arms[rows],
+            "metric": level[rows] + rng.normal(0, noise_sd, len(rows)),
+        }
+    )
 
 
 # --------------------------------------------------------------------- assignment
@@ -38,10 +38,8 @@ def make_log(rng, n_users=400, effect=0.0, hours=80.0, user_sd=1.0, noise_sd=1.0
 
 def test_assignment_is_sticky_keyed_and_not_pythons_hash():
     # A fixed vector: HMAC-SHA256("exp", "user-42"); Python's hash() would differ per process.
-    assert hash_user_id("user-42", "exp") == (
-        "0a2283f6e7e3eaaef3c49335e62991716138d0db4ee6e1c4ab0a41919e60e502")
-    assert all(assign_arm("user-42", 0.5, "exp") == assign_arm("user-42", 0.5, "exp")
-               for _ in range(5))
+    assert hash_user_id("user-42", "exp") == ("0a2283f6e7e3eaaef3c49335e62991716138d0db4ee6e1c4ab0a41919e60e502")
+    assert all(assign_arm("user-42", 0.5, "exp") == assign_arm("user-42", 0.5, "exp") for _ in range(5))
     h = hash_user_id("alice@example.com", "exp")
     assert len(h) == 64 and "alice" not in h and h != hash_user_id("alice@example.com", "other")
     assert assign_arm("alice@example.com", 0.3, "exp") == arm_for_hash(h, 0.3)
@@ -78,8 +76,7 @@ def test_welch_matches_scipy_and_textbook_formulas():
     df = (va + vb) ** 2 / (va**2 / 56 + vb**2 / 30)
     assert w["df"] == pytest.approx(df)
     half = stats.t.ppf(0.995, df) * np.sqrt(va + vb)
-    assert (w["ci_low"], w["ci_high"]) == pytest.approx((a.mean() - b.mean() - half,
-                                                          a.mean() - b.mean() + half))
+    assert (w["ci_low"], w["ci_high"]) == pytest.approx((a.mean() - b.mean() - half, a.mean() - b.mean() + half))
     pooled = np.sqrt((56 * a.var(ddof=1) + 30 * b.var(ddof=1)) / 86)
     assert w["cohen_d"] == pytest.approx((a.mean() - b.mean()) / pooled)
 
@@ -89,8 +86,9 @@ TRIALS, USERS = 500, 400
 
 def _trials(seed, effect, dist="normal"):
     rng = np.random.default_rng(seed)
-    draw = (lambda size: rng.normal(0, 1, size)) if dist == "normal" else (
-        lambda size: rng.exponential(1.0, size))  # skewed per-user metric
+    draw = (
+        (lambda size: rng.normal(0, 1, size)) if dist == "normal" else (lambda size: rng.exponential(1.0, size))
+    )  # skewed per-user metric
     return welch(draw((TRIALS, USERS)) + effect, draw((TRIALS, USERS)), alpha=0.01)
 
 
@@ -155,19 +153,23 @@ def test_duration_counts_only_time_both_arms_ran():
 
 def test_null_logs_end_to_end_rarely_decide():
     """The whole path (hash split, per-user means, duration, decision) on 200 A/A logs."""
-    decisions = [analyze_ab(make_log(np.random.default_rng(1000 + i), n_users=100)).decision
-                 for i in range(200)]
+    decisions = [analyze_ab(make_log(np.random.default_rng(1000 + i), n_users=100)).decision for i in range(200)]
     assert decisions.count("promote") + decisions.count("keep") <= 0.025 * 200
-    assert decisions.count("inconclusive") + decisions.count("promote") + decisions.count(
-        "keep") == 200
+    assert decisions.count("inconclusive") + decisions.count("promote") + decisions.count("keep") == 200
 
 
 def test_users_not_requests_are_the_unit():
     rng = np.random.default_rng(15)
     log = make_log(rng, n_users=200, effect=0.0)
     # One heavy challenger user with 2000 high-scoring requests.
-    heavy = pd.DataFrame({"time": T0 + pd.to_timedelta(rng.uniform(0, 80, 2000), unit="h"),
-                          "user_hash": "heavy", "arm": "challenger", "metric": 3.0})
+    heavy = pd.DataFrame(
+        {
+            "time": T0 + pd.to_timedelta(rng.uniform(0, 80, 2000), unit="h"),
+            "user_hash": "heavy",
+            "arm": "challenger",
+            "metric": 3.0,
+        }
+    )
     res = analyze_ab(pd.concat([log, heavy], ignore_index=True))
     n_chal = log.loc[log["arm"] == "challenger", "user_hash"].nunique() + 1
     assert res.arms["challenger"].users == n_chal
@@ -228,9 +230,11 @@ def _daily_looks(seed, effect, dist="normal", trials=500):
     """``trials`` experiments; users arrive over 14 days; the test is re-run every day from
     day 3 on, on everything seen so far. True where an experiment was ever declared significant."""
     rng = np.random.default_rng(seed)
-    draw = {"normal": lambda size: rng.normal(0.0, 1.0, size),
-            "bernoulli": lambda size: rng.binomial(1, 0.8, size).astype(float),  # thumbs up/down
-            "exponential": lambda size: rng.exponential(1.0, size)}[dist]
+    draw = {
+        "normal": lambda size: rng.normal(0.0, 1.0, size),
+        "bernoulli": lambda size: rng.binomial(1, 0.8, size).astype(float),  # thumbs up/down
+        "exponential": lambda size: rng.exponential(1.0, size),
+    }[dist]
     n = USERS_PER_DAY * max(DAYS)
     challenger, champion = draw((trials, n)) + effect, draw((trials, n))
     sequential = np.zeros(trials, bool)

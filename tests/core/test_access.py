@@ -6,25 +6,32 @@ from deepfeed.core.platform.access import AccessPolicy, PolicyError, audit_denia
 from deepfeed.core.platform.audit import AuditLedger
 
 POLICY = {
-    "roles": {"annotator": {"permissions": ["feedback:submit"], "classifications": ["public", "internal"]},
-              "ops": {"permissions": ["model:reload"]}},
-    "keys": [{"sha256": hash_key("a"), "principal": "ann", "role": "annotator"},
-             {"sha256": hash_key("o"), "principal": "op", "role": "ops"}],
+    "roles": {
+        "annotator": {"permissions": ["feedback:submit"], "classifications": ["public", "internal"]},
+        "ops": {"permissions": ["model:reload"]},
+    },
+    "keys": [
+        {"sha256": hash_key("a"), "principal": "ann", "role": "annotator"},
+        {"sha256": hash_key("o"), "principal": "op", "role": "ops"},
+    ],
     "classifications": {"public": ["*"], "internal": ["deepfeed"], "secret": []},
 }
 
 
-@pytest.mark.parametrize("key, action, cls, model, allowed, reason", [
-    ("a", "feedback:submit", "public", "anything", True, "allowed"),
-    ("a", "feedback:submit", "internal", "deepfeed", True, "allowed"),
-    ("a", "feedback:submit", "internal", "other-model", False, "may not feed model"),
-    ("a", "feedback:submit", "secret", "deepfeed", False, "may not submit 'secret'"),
-    ("a", "feedback:submit", None, "deepfeed", False, "classification is required"),
-    ("a", "model:reload", None, None, False, "lacks permission"),
-    ("o", "model:reload", None, None, True, "allowed"),
-    ("x", "model:reload", None, None, False, "unknown"),
-    (None, "feedback:submit", "public", "deepfeed", False, "unknown"),
-])
+@pytest.mark.parametrize(
+    "key, action, cls, model, allowed, reason",
+    [
+        ("a", "feedback:submit", "public", "anything", True, "allowed"),
+        ("a", "feedback:submit", "internal", "deepfeed", True, "allowed"),
+        ("a", "feedback:submit", "internal", "other-model", False, "may not feed model"),
+        ("a", "feedback:submit", "secret", "deepfeed", False, "may not submit 'secret'"),
+        ("a", "feedback:submit", None, "deepfeed", False, "classification is required"),
+        ("a", "model:reload", None, None, False, "lacks permission"),
+        ("o", "model:reload", None, None, True, "allowed"),
+        ("x", "model:reload", None, None, False, "unknown"),
+        (None, "feedback:submit", "public", "deepfeed", False, "unknown"),
+    ],
+)
 def test_decisions(key, action, cls, model, allowed, reason):
     d = AccessPolicy.from_dict(POLICY).decide(key, action, cls, model)
     assert d.allowed is allowed and reason in d.reason

@@ -4,7 +4,6 @@ import json
 import multiprocessing
 
 import numpy as np
-
 import pytest
 
 from deepfeed.core.platform.audit import (
@@ -59,8 +58,14 @@ def test_ledger_never_contains_the_text_or_pii(tmp_path):
     ledger = AuditLedger(tmp_path / "l.jsonl")
     ledger.append(
         AuditEntry.from_texts(
-            "r1", "anonymize", "anonymized", f"scrubbed PII from: {SECRET_TEXT}", "run-1",
-            before=SECRET_TEXT, after="患者<NAME>", extra={"note": "mail zhang@example.com"},
+            "r1",
+            "anonymize",
+            "anonymized",
+            f"scrubbed PII from: {SECRET_TEXT}",
+            "run-1",
+            before=SECRET_TEXT,
+            after="患者<NAME>",
+            extra={"note": "mail zhang@example.com"},
         )
     )
     raw = (tmp_path / "l.jsonl").read_text(encoding="utf-8")
@@ -184,8 +189,12 @@ def test_unkeyed_ledger_is_reported_and_rekeyed(tmp_path, monkeypatch):
     ledger.append(_entries(4))
     _, anchor = ledger.head()
     # A ledger from before keyed MACs: a plain hash chain, no anchor file.
-    path.write_bytes(b"".join(
-        (json.dumps({k: v for k, v in json.loads(raw).items() if k != "mac"}) + "\n").encode() for raw in _lines(path)))
+    path.write_bytes(
+        b"".join(
+            (json.dumps({k: v for k, v in json.loads(raw).items() if k != "mac"}) + "\n").encode()
+            for raw in _lines(path)
+        )
+    )
     ledger.head_path.unlink()
     result = ledger.verify()
     assert (result.ok, result.status) == (False, "unkeyed") and "deepfeed audit rekey" in result.reason

@@ -13,17 +13,25 @@ def audit_key(monkeypatch):
 
 def _ledger(tmp_path):
     ledger = AuditLedger(tmp_path / "ledger.jsonl")
-    ledger.append([
-        AuditEntry.from_texts("r1", "clean_corpus", "dropped", "exact duplicate of r0", "run-a", before="x"),
-        AuditEntry.from_texts("r2", "clean_corpus", "anonymized", "PII replaced: EMAIL x1", "run-a", before="a@b.cn", after="<EMAIL>"),
-        AuditEntry.from_texts("f.jsonl#line 3", "raw_corpus", "quarantined", "malformed JSON", "run-b", before="{x"),
-    ])
+    ledger.append(
+        [
+            AuditEntry.from_texts("r1", "clean_corpus", "dropped", "exact duplicate of r0", "run-a", before="x"),
+            AuditEntry.from_texts(
+                "r2", "clean_corpus", "anonymized", "PII replaced: EMAIL x1", "run-a", before="a@b.cn", after="<EMAIL>"
+            ),
+            AuditEntry.from_texts(
+                "f.jsonl#line 3", "raw_corpus", "quarantined", "malformed JSON", "run-b", before="{x"
+            ),
+        ]
+    )
     return ledger
 
 
 def test_query_filters_by_record_stage_action_and_run(tmp_path, capsys):
     ledger = _ledger(tmp_path)
-    assert main(["audit", "--ledger", str(ledger.path), "query", "--stage", "clean_corpus", "--action", "anonymized"]) == 0
+    assert (
+        main(["audit", "--ledger", str(ledger.path), "query", "--stage", "clean_corpus", "--action", "anonymized"]) == 0
+    )
     out = capsys.readouterr().out
     assert "r2" in out and "r1" not in out and "1 entry matching" in out
     assert main(["audit", "--ledger", str(ledger.path), "query", "--run-id", "run-b", "--json"]) == 0

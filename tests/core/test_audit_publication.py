@@ -21,12 +21,15 @@ def audit_key(monkeypatch):
 
 
 def _entries(n, start=0):
-    return [AuditEntry.from_texts(f"rec-{i}", "clean_corpus", "dropped", "too short", "run-1", before=f"t{i}")
-            for i in range(start, start + n)]
+    return [
+        AuditEntry.from_texts(f"rec-{i}", "clean_corpus", "dropped", "too short", "run-1", before=f"t{i}")
+        for i in range(start, start + n)
+    ]
 
 
 def _run(tmp_path, crash_at: str, n: int = 25, chunk: int = 10) -> None:
     """clean_corpus's publication sequence in a child process that dies at `crash_at`."""
+
     def child():
         ledger = AuditLedger(tmp_path / "audit" / "ledger.jsonl")
         store = ArtifactStore(tmp_path / "artifacts")

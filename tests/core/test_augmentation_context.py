@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepfeed.core.augment.corpus import AugmentPlan, Augmenters, audit_entries, augment_corpus
-from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask
 from deepfeed.core.augment.contextual_synonyms import ContextualSynonymReplacer, SynonymEdit
-from deepfeed.core.platform.encoders import SentenceEncoder
+from deepfeed.core.augment.corpus import Augmenters, AugmentPlan, audit_entries, augment_corpus
 from deepfeed.core.augment.meaning import MeaningJudge, precision_recall
-from deepfeed.core.platform.home import activate_nltk_data
+from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask
 from deepfeed.core.augment.zh_synonyms import CilinSynonyms
+from deepfeed.core.platform.encoders import SentenceEncoder
+from deepfeed.core.platform.home import activate_nltk_data
 
 DATA = Path(__file__).resolve().parents[2] / "deepfeed" / "data"
 
@@ -42,7 +42,9 @@ def encoder():
 def _children(encoder, lexicons, text, seeds=range(6)):
     """Every child the replacer makes with no score threshold at all: only the in-context
     choice of words stands between the text and a wrong replacement."""
-    replacer = ContextualSynonymReplacer(encoder, lexicons["en"], lexicons["zh"], protected=protected_mask, threshold=-1.0, rate=1.0, variants=4)
+    replacer = ContextualSynonymReplacer(
+        encoder, lexicons["en"], lexicons["zh"], protected=protected_mask, threshold=-1.0, rate=1.0, variants=4
+    )
     out = []
     for seed in seeds:
         (edit,) = replacer.replace_batch([text], random.Random(seed))
@@ -85,7 +87,7 @@ def test_part_of_speech_inflection_and_case_follow_the_original(lexicons):
     assert all(english._wordnet.synsets(v, "v") for a, b, c in english.options("I use a knife.") for v in c)
     # Indefinite article agreement: "a" + a vowel-initial candidate would be ungrammatical.
     for a, b, cands in english.options("He needs a big box."):
-        assert all(not c[0] in "aeiou" for c in cands if "He needs a big box."[a:b] == "big")
+        assert all(c[0] not in "aeiou" for c in cands if "He needs a big box."[a:b] == "big")
 
 
 def test_names_idioms_and_function_words_are_never_offered(lexicons):
@@ -112,7 +114,11 @@ def test_chinese_pronouns_and_ambiguous_neighbours_are_never_used(encoder, lexic
 
 
 def _pairs(lang):
-    rows = [line.rstrip("\n").split("\t") for line in (DATA / f"meaning_pairs_{lang}.tsv").read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    rows = [
+        line.rstrip("\n").split("\t")
+        for line in (DATA / f"meaning_pairs_{lang}.tsv").read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    ]
     assert len(rows) >= 100 and all(len(r) == 3 for r in rows)
     return rows
 
@@ -142,14 +148,21 @@ def test_the_encoder_judges_what_it_reads_and_the_lm_the_rest(encoder, lexicons,
     lm = CausalLMRanker(load_model(tiny_llama), load_tokenizer(tiny_llama))
     judge = MeaningJudge(lexicons, encoder, lm, lm_threshold=float("-inf"))
     assert judge.scorer("医生建议病人多喝水。") == "lm" and judge.scorer("Drink water.") == "encoder"
-    verdicts = judge.judge(["医生建议病人多喝水。", "The doctor examined the patient."],
-                           ["医生建议患者多喝水。", "The physician examined the patient."], ["zh", "en"])
+    verdicts = judge.judge(
+        ["医生建议病人多喝水。", "The doctor examined the patient."],
+        ["医生建议患者多喝水。", "The physician examined the patient."],
+        ["zh", "en"],
+    )
     assert [v.judge for v in verdicts] == ["lm", "encoder"] and all(v.keeps_meaning for v in verdicts)
     strict = MeaningJudge(lexicons, encoder, lm, lm_threshold=1e9)
     (refused,) = strict.judge(["医生建议病人多喝水。"], ["医生建议患者多喝水。"], ["zh"])
     assert not refused.keeps_meaning and "log-probability change" in refused.reason
     # The lexical gate: an antonym or a gender swap is not a swap of in-context synonyms.
-    gate = judge.judge(["The children were very happy.", "他们明天去北京。"], ["The children were very sad.", "她们明天去北京。"], ["en", "zh"])
+    gate = judge.judge(
+        ["The children were very happy.", "他们明天去北京。"],
+        ["The children were very sad.", "她们明天去北京。"],
+        ["en", "zh"],
+    )
     assert [v.judge for v in gate] == ["lexicon", "lexicon"] and not any(v.keeps_meaning for v in gate)
 
 
@@ -158,14 +171,32 @@ def test_chinese_reordering_works_after_real_cleaning(encoder):
     from deepfeed.core.data.cleaning import CleaningConfig, clean_records
 
     raw = [
-        {"record_id": "z1", "kind": "pair", "prompt": "怎么办？", "response": "多喝水，注意休息。", "text": None, "lang": "zh", "source": "t"},
-        {"record_id": "z2", "kind": "pair", "prompt": "天气如何？", "response": "今天天气晴朗！适合出门散步？空气也很好。", "text": None, "lang": "zh", "source": "t"},
+        {
+            "record_id": "z1",
+            "kind": "pair",
+            "prompt": "怎么办？",
+            "response": "多喝水，注意休息。",
+            "text": None,
+            "lang": "zh",
+            "source": "t",
+        },
+        {
+            "record_id": "z2",
+            "kind": "pair",
+            "prompt": "天气如何？",
+            "response": "今天天气晴朗！适合出门散步？空气也很好。",
+            "text": None,
+            "lang": "zh",
+            "source": "t",
+        },
     ]
     cleaned = clean_records(raw, CleaningConfig(eval_fraction=0.0, glossary_path="")).records
     assert cleaned and all("，" not in r["response"] and "！" not in r["response"] for r in cleaned)
     for r in cleaned:
         r["split"] = "train"
-    result = augment_corpus(cleaned, AugmentPlan(synonym_ratio=0.0, structural_ratio=1.0, fgsm_ratio=0.0), Augmenters(encoder=encoder))
+    result = augment_corpus(
+        cleaned, AugmentPlan(synonym_ratio=0.0, structural_ratio=1.0, fgsm_ratio=0.0), Augmenters(encoder=encoder)
+    )
     children = {r["parent_id"]: r for r in result.records if r["technique"] != "original"}
     assert children, result.skipped
     for parent in cleaned:
@@ -178,12 +209,32 @@ def test_every_child_is_in_the_audit_ledger_and_queryable(tmp_path, encoder, lex
     from deepfeed.cli import main
     from deepfeed.core.platform.audit import AuditLedger, content_hash
 
-    replacer = ContextualSynonymReplacer(encoder, lexicons["en"], lexicons["zh"], protected=partial(protected_mask), threshold=0.5, rate=0.3)
+    replacer = ContextualSynonymReplacer(
+        encoder, lexicons["en"], lexicons["zh"], protected=partial(protected_mask), threshold=0.5, rate=0.3
+    )
     records = [
-        {"record_id": "a", "kind": "pair", "prompt": "Why?", "response": "Drink plenty of water, and get enough rest.", "text": None, "lang": "en", "split": "train"},
-        {"record_id": "b", "kind": "pair", "prompt": "How?", "response": "The doctors examined the patients quickly.", "text": None, "lang": "en", "split": "train"},
+        {
+            "record_id": "a",
+            "kind": "pair",
+            "prompt": "Why?",
+            "response": "Drink plenty of water, and get enough rest.",
+            "text": None,
+            "lang": "en",
+            "split": "train",
+        },
+        {
+            "record_id": "b",
+            "kind": "pair",
+            "prompt": "How?",
+            "response": "The doctors examined the patients quickly.",
+            "text": None,
+            "lang": "en",
+            "split": "train",
+        },
     ]
-    result = augment_corpus(records, AugmentPlan(synonym_ratio=1.0, structural_ratio=1.0), Augmenters(encoder=encoder, synonyms=replacer))
+    result = augment_corpus(
+        records, AugmentPlan(synonym_ratio=1.0, structural_ratio=1.0), Augmenters(encoder=encoder, synonyms=replacer)
+    )
     children = [r for r in result.records if r["technique"] != "original"]
     assert children
     ledger = AuditLedger(tmp_path / "ledger.jsonl")
@@ -192,17 +243,43 @@ def test_every_child_is_in_the_audit_ledger_and_queryable(tmp_path, encoder, lex
     assert len(entries) == len(children) and ledger.verify().ok
     for child, entry in zip(children, entries):
         assert entry["record_id"] == child["record_id"] and entry["extra"]["parent_id"] == child["parent_id"]
-        assert entry["extra"]["technique"] == child["technique"] and entry["extra"]["params"] == json.loads(child["aug_params"])
+        assert entry["extra"]["technique"] == child["technique"] and entry["extra"]["params"] == json.loads(
+            child["aug_params"]
+        )
         parent = next(r for r in records if r["record_id"] == child["parent_id"])
-        assert entry["hash_before"] == content_hash(parent["response"]) and entry["hash_after"] == content_hash(child["response"])
-    assert main(["audit", "--ledger", str(ledger.path), "query", "--action", "augmented", "--record-id", children[0]["record_id"], "--json"]) == 0
+        assert entry["hash_before"] == content_hash(parent["response"]) and entry["hash_after"] == content_hash(
+            child["response"]
+        )
+    assert (
+        main(
+            [
+                "audit",
+                "--ledger",
+                str(ledger.path),
+                "query",
+                "--action",
+                "augmented",
+                "--record-id",
+                children[0]["record_id"],
+                "--json",
+            ]
+        )
+        == 0
+    )
     (line,) = capsys.readouterr().out.strip().splitlines()
     assert json.loads(line)["extra"]["parent_id"] == children[0]["parent_id"]
 
 
 def test_reorders_the_judge_refuses_are_dropped_with_the_reason(encoder, lexicons):
-    record = {"record_id": "s", "kind": "pair", "prompt": "Tips?", "response": "Drink plenty of water, and get enough rest.",
-              "text": None, "lang": "en", "split": "train"}
+    record = {
+        "record_id": "s",
+        "kind": "pair",
+        "prompt": "Tips?",
+        "response": "Drink plenty of water, and get enough rest.",
+        "text": None,
+        "lang": "en",
+        "split": "train",
+    }
     plan = AugmentPlan(synonym_ratio=0.0, structural_ratio=1.0)
     strict = MeaningJudge(lexicons, encoder, None, similarity_threshold=1.01)
     refused = augment_corpus([record], plan, Augmenters(encoder=encoder, judge=strict))
@@ -211,4 +288,7 @@ def test_reorders_the_judge_refuses_are_dropped_with_the_reason(encoder, lexicon
     assert reason.startswith("structural: reordered text judged to change the meaning (encoder: similarity")
     kept = augment_corpus([record], plan, Augmenters(encoder=encoder, judge=MeaningJudge(lexicons, encoder, None)))
     (child,) = [r for r in kept.records if r["technique"] == "clause_reorder"]
-    assert json.loads(child["aug_params"])["judge"] == "encoder" and json.loads(child["aug_params"])["meaning_score"] >= 0.85
+    assert (
+        json.loads(child["aug_params"])["judge"] == "encoder"
+        and json.loads(child["aug_params"])["meaning_score"] >= 0.85
+    )

@@ -1,19 +1,17 @@
 """The whole augmentation pass: provenance, ratios, near-duplicates and bad input."""
 
 import json
-import random
-from functools import partial
 
 import pytest
 
-from deepfeed.core.augment.corpus import AugmentPlan, Augmenters, augment_corpus
-from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask
 from deepfeed.core.augment.contextual_synonyms import ContextualSynonymReplacer
-from deepfeed.core.platform.encoders import SentenceEncoder
+from deepfeed.core.augment.corpus import Augmenters, AugmentPlan, augment_corpus
 from deepfeed.core.augment.fgsm import FgsmTextAttack
-from deepfeed.core.train.modeling import load_model, load_tokenizer
-from deepfeed.core.platform.home import activate_nltk_data
+from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask
 from deepfeed.core.augment.zh_synonyms import CilinSynonyms
+from deepfeed.core.platform.encoders import SentenceEncoder
+from deepfeed.core.platform.home import activate_nltk_data
+from deepfeed.core.train.modeling import load_model, load_tokenizer
 from tests.conftest import PAIRS
 
 LONG = "A very long answer that goes on. " * 100
@@ -28,7 +26,10 @@ def _records():
         ("Only protected?", "<EMAIL> 42 https://example.org I10", "en", "train"),
         ("Held out?", "The held out answer is good, and it stays out.", "en", "eval"),
     ]
-    return [{"record_id": f"r{i}", "kind": "pair", "prompt": p, "response": r, "text": None, "lang": lang, "split": split} for i, (p, r, lang, split) in enumerate(rows)]
+    return [
+        {"record_id": f"r{i}", "kind": "pair", "prompt": p, "response": r, "text": None, "lang": lang, "split": split}
+        for i, (p, r, lang, split) in enumerate(rows)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +39,26 @@ def augmenters(tiny_llama):
     activate_nltk_data(REPO / ".deepfeed" / "cache" / "nltk_data")
     encoder = SentenceEncoder()
     # English-only lexicons: Chinese records then meet "no synonym resource".
-    synonyms = ContextualSynonymReplacer(encoder, WordNetSynonyms(), None, protected=protected_mask, threshold=0.7, rate=0.2)
+    synonyms = ContextualSynonymReplacer(
+        encoder, WordNetSynonyms(), None, protected=protected_mask, threshold=0.7, rate=0.2
+    )
     lexicons = {"en": WordNetSynonyms(), "zh": CilinSynonyms()}
-    fgsm = FgsmTextAttack(load_model(tiny_llama), load_tokenizer(tiny_llama), epsilon=0.1, max_modification_rate=0.5, protected=protected_mask, lexicons=lexicons)
+    fgsm = FgsmTextAttack(
+        load_model(tiny_llama),
+        load_tokenizer(tiny_llama),
+        epsilon=0.1,
+        max_modification_rate=0.5,
+        protected=protected_mask,
+        lexicons=lexicons,
+    )
     return Augmenters(encoder=encoder, synonyms=synonyms, fgsm=fgsm)
 
 
 @pytest.fixture(scope="module")
 def every_technique(augmenters):
-    return augment_corpus(_records(), AugmentPlan(synonym_ratio=1.0, structural_ratio=1.0, fgsm_ratio=1.0, max_chars=1000), augmenters)
+    return augment_corpus(
+        _records(), AugmentPlan(synonym_ratio=1.0, structural_ratio=1.0, fgsm_ratio=1.0, max_chars=1000), augmenters
+    )
 
 
 def test_children_carry_provenance_and_eval_records_never_enter(every_technique):
@@ -77,7 +89,9 @@ def test_bad_input_passes_through_unchanged_with_the_reason(every_technique):
     empty, long, mixed, protected = (by_id[f"r{n + k}"] for k in range(4))
     assert empty["response"] == "" and long["response"] == LONG
     assert set(json.loads(empty["aug_skipped"])) == {f"{t}: empty text" for t in ("synonym", "structural", "fgsm")}
-    assert set(json.loads(long["aug_skipped"])) == {f"{t}: longer than max_chars=1000" for t in ("synonym", "structural", "fgsm")}
+    assert set(json.loads(long["aug_skipped"])) == {
+        f"{t}: longer than max_chars=1000" for t in ("synonym", "structural", "fgsm")
+    }
     assert "synonym: mixed-language text: no single synonym resource applies" in json.loads(mixed["aug_skipped"])
     assert "synonym: nothing but protected spans, numbers and punctuation" in json.loads(protected["aug_skipped"])
     zh = next(r for r in by_id.values() if r["lang"] == "zh")
@@ -88,20 +102,34 @@ def test_bad_input_passes_through_unchanged_with_the_reason(every_technique):
 
 
 def test_ratios_select_techniques_and_near_duplicates_are_dropped(augmenters):
-    only_structural = augment_corpus(_records(), AugmentPlan(synonym_ratio=0.0, structural_ratio=1.0, fgsm_ratio=0.0), augmenters)
+    only_structural = augment_corpus(
+        _records(), AugmentPlan(synonym_ratio=0.0, structural_ratio=1.0, fgsm_ratio=0.0), augmenters
+    )
     assert {r["technique"] for r in only_structural.records} <= {"original", "sentence_reorder", "clause_reorder"}
-    strict = augment_corpus(_records(), AugmentPlan(synonym_ratio=0.0, structural_ratio=1.0, fgsm_ratio=0.0, near_duplicate_threshold=0.2), augmenters)
+    strict = augment_corpus(
+        _records(),
+        AugmentPlan(synonym_ratio=0.0, structural_ratio=1.0, fgsm_ratio=0.0, near_duplicate_threshold=0.2),
+        augmenters,
+    )
     assert [r["technique"] for r in strict.records] == ["original"] * len(strict.records)
-    assert strict.skipped["structural: near-duplicate of an existing record"] == len(only_structural.records) - len(strict.records)
+    assert strict.skipped["structural: near-duplicate of an existing record"] == len(only_structural.records) - len(
+        strict.records
+    )
     with pytest.raises(ValueError, match="fgsm_ratio"):
         AugmentPlan(fgsm_ratio=1.5)
 
 
 def test_fgsm_is_capped_and_the_rest_say_why(augmenters):
-    result = augment_corpus(_records(), AugmentPlan(synonym_ratio=0.0, structural_ratio=0.0, fgsm_ratio=1.0, fgsm_max_records=1, max_chars=1000), augmenters)
+    result = augment_corpus(
+        _records(),
+        AugmentPlan(synonym_ratio=0.0, structural_ratio=0.0, fgsm_ratio=1.0, fgsm_max_records=1, max_chars=1000),
+        augmenters,
+    )
     skipped = [json.loads(r["aug_skipped"]) for r in result.records if r["technique"] == "original"]
     capped = [s for s in skipped if "fgsm: over fgsm_max_records=1" in s]
-    attempted = len(skipped) - len(capped) - sum(1 for s in skipped if any("empty text" in x or "longer than" in x for x in s))
+    attempted = (
+        len(skipped) - len(capped) - sum(1 for s in skipped if any("empty text" in x or "longer than" in x for x in s))
+    )
     assert capped and attempted == 1
 
 
@@ -116,9 +144,25 @@ def test_protected_mask_covers_codes_placeholders_times_and_numbers():
 @pytest.mark.parametrize("seed", range(4))
 def test_synonym_children_never_touch_protected_spans(augmenters, seed):
     # Every replaceable word replaced and no meaning filter: only protection stands in the way.
-    eager = ContextualSynonymReplacer(augmenters.encoder, augmenters.synonyms.lexicons["en"], None, protected=protected_mask, threshold=-1.0, rate=1.0)
-    records = [{"record_id": "p", "kind": "pair", "prompt": "Q?", "response": PROTECTED_TEXT, "text": None, "lang": "en", "split": "train"}]
-    result = augment_corpus(records, AugmentPlan(synonym_ratio=1.0, structural_ratio=0.0, seed=seed), Augmenters(encoder=augmenters.encoder, synonyms=eager))
+    eager = ContextualSynonymReplacer(
+        augmenters.encoder, augmenters.synonyms.lexicons["en"], None, protected=protected_mask, threshold=-1.0, rate=1.0
+    )
+    records = [
+        {
+            "record_id": "p",
+            "kind": "pair",
+            "prompt": "Q?",
+            "response": PROTECTED_TEXT,
+            "text": None,
+            "lang": "en",
+            "split": "train",
+        }
+    ]
+    result = augment_corpus(
+        records,
+        AugmentPlan(synonym_ratio=1.0, structural_ratio=0.0, seed=seed),
+        Augmenters(encoder=augmenters.encoder, synonyms=eager),
+    )
     (child,) = [r for r in result.records if r["technique"] == "contextual_synonym"]
     assert child["response"] != PROTECTED_TEXT and json.loads(child["aug_params"])["replaced"] >= 3
     for token in ("I10", "<PHONE>", "10:30", " 3 "):
@@ -126,7 +170,15 @@ def test_synonym_children_never_touch_protected_spans(augmenters, seed):
 
 
 def test_fgsm_never_rewrites_what_the_model_learns_to_produce(augmenters):
-    record = {"record_id": "t", "kind": "text", "prompt": None, "response": None, "text": "Doctors examined the patients quickly.", "lang": "en", "split": "train"}
+    record = {
+        "record_id": "t",
+        "kind": "text",
+        "prompt": None,
+        "response": None,
+        "text": "Doctors examined the patients quickly.",
+        "lang": "en",
+        "split": "train",
+    }
     result = augment_corpus([record], AugmentPlan(synonym_ratio=0.0, structural_ratio=0.0, fgsm_ratio=1.0), augmenters)
     assert [r["technique"] for r in result.records] == ["original"]
     assert result.skipped == {"fgsm: no prompt to perturb: an adversarial response would be learnt as the answer": 1}

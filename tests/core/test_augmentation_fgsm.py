@@ -5,11 +5,11 @@ import re
 import pytest
 import torch
 
-from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask
 from deepfeed.core.augment.contextual_synonyms import Skip
 from deepfeed.core.augment.fgsm import FgsmTextAttack, fgsm_embedding_loss
-from deepfeed.core.platform.home import activate_nltk_data
+from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask
 from deepfeed.core.augment.zh_synonyms import CilinSynonyms
+from deepfeed.core.platform.home import activate_nltk_data
 from deepfeed.core.train.modeling import collate, encode_record, load_model, load_tokenizer
 from tests.conftest import PAIRS
 
@@ -62,8 +62,13 @@ def lexicons():
 
 def test_adversarial_swaps_are_in_context_synonyms(model_and_tokenizer, lexicons):
     model, tokenizer = model_and_tokenizer
-    attack = FgsmTextAttack(model, tokenizer, epsilon=0.1, max_modification_rate=0.5, protected=protected_mask, lexicons=lexicons)
-    texts = [r for _, r in PAIRS] + ["The inactive account of John Dewey was closed quickly.", "The card 4111 1111 with code I10 and <EMAIL> is fine."]
+    attack = FgsmTextAttack(
+        model, tokenizer, epsilon=0.1, max_modification_rate=0.5, protected=protected_mask, lexicons=lexicons
+    )
+    texts = [r for _, r in PAIRS] + [
+        "The inactive account of John Dewey was closed quickly.",
+        "The card 4111 1111 with code I10 and <EMAIL> is fine.",
+    ]
     results = attack.attack(texts)
     edits = [(t, r) for t, r in zip(texts, results) if hasattr(r, "swaps")]
     assert edits, results
@@ -84,16 +89,24 @@ def test_adversarial_swaps_are_in_context_synonyms(model_and_tokenizer, lexicons
 def test_short_texts_get_at_least_one_swap(model_and_tokenizer, lexicons):
     """Under the old budget (15% of words, rounded down) a text under 7 words was never attacked."""
     model, tokenizer = model_and_tokenizer
-    attack = FgsmTextAttack(model, tokenizer, epsilon=0.1, max_modification_rate=0.15, protected=protected_mask, lexicons=lexicons)
-    texts = ["Use a sharp knife.", "Doctors examined patients.", "Buy the tickets early.", "Drink water and rest.", "医生建议多休息。"]
+    attack = FgsmTextAttack(
+        model, tokenizer, epsilon=0.1, max_modification_rate=0.15, protected=protected_mask, lexicons=lexicons
+    )
+    texts = [
+        "Use a sharp knife.",
+        "Doctors examined patients.",
+        "Buy the tickets early.",
+        "Drink water and rest.",
+        "医生建议多休息。",
+    ]
     assert all(attack.budget(t, 3) == 1 for t in texts)
     results = attack.attack(texts)
     assert sum(hasattr(r, "swaps") for r in results) >= 3, results
 
 
 def test_a_swap_the_judge_refuses_is_dropped(model_and_tokenizer, lexicons):
-    from deepfeed.core.platform.encoders import SentenceEncoder
     from deepfeed.core.augment.meaning import MeaningJudge
+    from deepfeed.core.platform.encoders import SentenceEncoder
 
     model, tokenizer = model_and_tokenizer
     text = "The doctors examined the patients quickly and bought bigger boxes."
@@ -116,7 +129,12 @@ def test_fgsm_needs_lexicons(model_and_tokenizer):
 
 def test_text_without_swappable_words_is_skipped_with_a_reason(model_and_tokenizer, lexicons):
     model, tokenizer = model_and_tokenizer
-    attack = FgsmTextAttack(model, tokenizer, epsilon=0.1, max_modification_rate=0.15, protected=protected_mask, lexicons=lexicons)
-    reasons = [r.reason for r in attack.attack(["", "I10 <EMAIL> 42 https://x.org", "it is the one", "John Dewey and Mary Smith."])]
+    attack = FgsmTextAttack(
+        model, tokenizer, epsilon=0.1, max_modification_rate=0.15, protected=protected_mask, lexicons=lexicons
+    )
+    reasons = [
+        r.reason
+        for r in attack.attack(["", "I10 <EMAIL> 42 https://x.org", "it is the one", "John Dewey and Mary Smith."])
+    ]
     assert reasons[0] == "empty text"
     assert all("no swappable word" in r for r in reasons[1:])

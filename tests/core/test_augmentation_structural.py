@@ -38,7 +38,10 @@ def test_sentences_are_reordered_as_wholes():
         ("- Open settings.\n- Press reset.", "order carries meaning (steps, list, code or dialog)"),
         ("Buy a ticket. It is valid for a day.", "a sentence depends on the one before it"),
         ("先洗手，然后吃饭。", "a sequencing, causal or referring word ties the clauses together"),
-        ("Take the pill because the pain is strong, and rest.", "a sequencing, causal or referring word ties the clauses together"),
+        (
+            "Take the pill because the pain is strong, and rest.",
+            "a sequencing, causal or referring word ties the clauses together",
+        ),
         ("The sky is blue.", "single sentence without independent clauses"),
     ],
 )

@@ -8,15 +8,22 @@ import numpy as np
 import pytest
 import torch
 
+from deepfeed.core.augment.contextual_synonyms import (
+    CausalLMRanker,
+    ContextualSynonymReplacer,
+    MaskedLMReplacer,
+    Skip,
+    SynonymEdit,
+    text_script,
+)
+from deepfeed.core.augment.corpus import Augmenters, AugmentPlan, augment_corpus
 from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask
-from deepfeed.core.augment.corpus import AugmentPlan, Augmenters, augment_corpus
 from deepfeed.core.augment.setup import AugmentSettings, AugmentSettingsError, build_augmenters
-from deepfeed.core.augment.contextual_synonyms import CausalLMRanker, ContextualSynonymReplacer, MaskedLMReplacer, Skip, SynonymEdit, text_script
-from deepfeed.core.platform.encoders import SentenceEncoder
-from deepfeed.core.data.glossary import load_glossary
-from deepfeed.core.train.modeling import load_model, load_tokenizer
-from deepfeed.core.platform.home import activate_nltk_data
 from deepfeed.core.augment.zh_synonyms import CilinSynonyms
+from deepfeed.core.data.glossary import load_glossary
+from deepfeed.core.platform.encoders import SentenceEncoder
+from deepfeed.core.platform.home import activate_nltk_data
+from deepfeed.core.train.modeling import load_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +41,9 @@ def lexicons():
 
 @pytest.fixture(scope="module")
 def replacer(encoder, lexicons):
-    return ContextualSynonymReplacer(encoder, *lexicons, protected=partial(protected_mask, glossary=load_glossary()), threshold=0.8, rate=0.2)
+    return ContextualSynonymReplacer(
+        encoder, *lexicons, protected=partial(protected_mask, glossary=load_glossary()), threshold=0.8, rate=0.2
+    )
 
 
 def test_encoder_separates_paraphrase_from_unrelated(encoder):
@@ -77,7 +86,10 @@ def test_threshold_rejects_with_the_reason(encoder, lexicons):
 
 def test_bad_input_is_skipped_with_reasons(encoder, lexicons):
     english_only = ContextualSynonymReplacer(encoder, lexicons[0], None, protected=protected_mask)
-    results = english_only.replace_batch(["", "mixed English words 和中文的句子混在一起", "医生建议病人每天散步。", "<EMAIL> 42 https://x.org"], random.Random(0))
+    results = english_only.replace_batch(
+        ["", "mixed English words 和中文的句子混在一起", "医生建议病人每天散步。", "<EMAIL> 42 https://x.org"],
+        random.Random(0),
+    )
     assert [r.reason for r in results] == [
         "empty text",
         "mixed-language text: no single synonym resource applies",
@@ -89,11 +101,27 @@ def test_bad_input_is_skipped_with_reasons(encoder, lexicons):
 def _tiny_bert(folder):
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
-    words = "the a patient doctor said walked home quickly slowly good bad headache pain day night care help was".split()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(words + list("bcdefghijklmnopqrstuvwxyz0123456789.,"))]
+    words = (
+        "the a patient doctor said walked home quickly slowly good bad headache pain day night care help was".split()
+    )
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *dict.fromkeys(words + list("bcdefghijklmnopqrstuvwxyz0123456789.,")),
+    ]
     (folder / "vocab.txt").write_text("\n".join(vocab))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertForMaskedLM(config).save_pretrained(folder)
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
     return folder
@@ -159,7 +187,14 @@ def banana_lm(tiny_llama):
     """The tiny LM after a few steps on one sentence: it now prefers "banana" where MiniLM prefers "physician"."""
     model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
     torch.manual_seed(0)
-    ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer("The banana examined the patient.", add_special_tokens=False)["input_ids"]]])
+    ids = torch.tensor(
+        [
+            [
+                tokenizer.bos_token_id,
+                *tokenizer("The banana examined the patient.", add_special_tokens=False)["input_ids"],
+            ]
+        ]
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(30):
         optimizer.zero_grad()
@@ -169,7 +204,12 @@ def banana_lm(tiny_llama):
 
 
 def test_lm_log_probs_do_not_depend_on_batching(banana_lm):
-    texts = ["The banana examined the patient.", "Short.", "A much longer sentence about blood pressure and water, with commas.", "今天天气晴朗。"]
+    texts = [
+        "The banana examined the patient.",
+        "Short.",
+        "A much longer sentence about blood pressure and water, with commas.",
+        "今天天气晴朗。",
+    ]
     batched = CausalLMRanker(*banana_lm, batch_size=4).log_probs(texts)
     alone = CausalLMRanker(*banana_lm, batch_size=1).log_probs(texts)
     assert np.allclose(batched, alone, atol=1e-3) and (batched < 0).all()
@@ -179,9 +219,13 @@ def test_lm_log_probs_do_not_depend_on_batching(banana_lm):
 def test_causal_lm_ranking_changes_the_chosen_variant_and_similarity_still_filters(encoder, banana_lm):
     lexicon = _Lexicon({"doctor": ["physician", "banana"]})
     kwargs = dict(rate=1.0, variants=8)  # eight draws of two candidates: both variants are scored
-    (by_similarity,) = ContextualSynonymReplacer(encoder, lexicon, None, threshold=-1.0, **kwargs).replace_batch([DOCTOR], random.Random(0))
+    (by_similarity,) = ContextualSynonymReplacer(encoder, lexicon, None, threshold=-1.0, **kwargs).replace_batch(
+        [DOCTOR], random.Random(0)
+    )
     ranker = CausalLMRanker(*banana_lm)
-    (by_lm,) = ContextualSynonymReplacer(encoder, lexicon, None, threshold=-1.0, ranker=ranker, **kwargs).replace_batch([DOCTOR], random.Random(0))
+    (by_lm,) = ContextualSynonymReplacer(encoder, lexicon, None, threshold=-1.0, ranker=ranker, **kwargs).replace_batch(
+        [DOCTOR], random.Random(0)
+    )
     assert by_similarity.text == "The physician examined the patient." and by_similarity.lm_logprob is None
     assert by_lm.text == "The banana examined the patient." and by_lm.lm_logprob < 0
     assert by_lm.similarity < by_similarity.similarity
@@ -193,7 +237,9 @@ def test_causal_lm_ranking_changes_the_chosen_variant_and_similarity_still_filte
     assert filtered.lm_logprob is None  # a lone survivor: nothing to rank, no LM pass spent
     record = {"record_id": "d", "kind": "text", "text": DOCTOR, "lang": "en", "split": "train"}
     ranked = ContextualSynonymReplacer(encoder, lexicon, None, threshold=-1.0, ranker=ranker, **kwargs)
-    result = augment_corpus([record], AugmentPlan(synonym_ratio=1.0, structural_ratio=0.0), Augmenters(encoder=encoder, synonyms=ranked))
+    result = augment_corpus(
+        [record], AugmentPlan(synonym_ratio=1.0, structural_ratio=0.0), Augmenters(encoder=encoder, synonyms=ranked)
+    )
     (child,) = [r for r in result.records if r["technique"] == "contextual_synonym"]
     assert child["text"] == by_lm.text and json.loads(child["aug_params"])["lm_logprob"] == by_lm.lm_logprob
 
@@ -204,13 +250,20 @@ def test_lm_ranking_settings_are_checked_before_anything_loads(tmp_path):
     with pytest.raises(AugmentSettingsError, match="needs a causal LM") as missing:
         build_augmenters(AugmentSettings(synonym_lm_rank=True, fgsm_ratio=0.0), None)
     assert masked.value.field == missing.value.field == "synonym_lm_rank"
-    assert json.loads(json.dumps(AugmentSettings(synonym_lm_rank=True).plan().technique_params))["synonym"]["ranked_by"] == "causal_lm"
+    assert (
+        json.loads(json.dumps(AugmentSettings(synonym_lm_rank=True).plan().technique_params))["synonym"]["ranked_by"]
+        == "causal_lm"
+    )
 
 
 def test_encoder_cache_and_thread_choice_leave_the_embeddings_unchanged(encoder):
     from deepfeed.core.platform.encoders import SentenceEncoder, ThreadTuner
 
-    texts = ["The doctor examined the patient.", "A second, longer sentence about the weather today.", "The doctor examined the patient."]
+    texts = [
+        "The doctor examined the patient.",
+        "A second, longer sentence about the weather today.",
+        "The doctor examined the patient.",
+    ]
     threads = torch.get_num_threads()
     fixed = SentenceEncoder(threads=1, cache_size=0)
     reference = fixed.encode(texts)
@@ -235,7 +288,12 @@ def test_encoder_precisions_agree_with_fp32_where_it_matters(encoder):
     from deepfeed.core.platform.encoders import SentenceEncoder
 
     originals = ["The doctor examined the patient.", "Drink plenty of water and get enough rest."] * 2
-    variants = ["The physician examined the patient.", "Drink lots of water and get enough sleep.", "Stock prices fell sharply on Monday.", "The cat sat on the mat."]
+    variants = [
+        "The physician examined the patient.",
+        "Drink lots of water and get enough sleep.",
+        "Stock prices fell sharply on Monday.",
+        "The cat sat on the mat.",
+    ]
     exact = SentenceEncoder(precision="fp32").similarity(originals, variants)
     assert np.abs(encoder.similarity(originals, variants) - exact).max() < 0.01  # the default (bf16 where supported)
     with pytest.raises(ValueError, match="precision"):

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from deepfeed.core.train import checkpointing
 from deepfeed.core.train.elastic import ElasticScale
-from deepfeed.core.train.training import BatchSampler, TrainingConfig, TrainingError, fine_tune, pack_examples
 from deepfeed.core.train.modeling import Example
+from deepfeed.core.train.training import BatchSampler, TrainingConfig, TrainingError, fine_tune, pack_examples
 from tests.conftest import REPO
 from tests.core.test_training import RECORDS
 
@@ -39,14 +39,27 @@ def weights(folder):
 
 
 def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny_llama, tmp_path):
-    reference = fine_tune(tiny_llama, RECORDS, tmp_path / "reference", TrainingConfig(**{**CONFIG, "checkpoint_every": 0}))
+    reference = fine_tune(
+        tiny_llama, RECORDS, tmp_path / "reference", TrainingConfig(**{**CONFIG, "checkpoint_every": 0})
+    )
 
     records = tmp_path / "records.json"
     records.write_text(json.dumps(RECORDS))
     ckpt = tmp_path / "ckpt"
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tiny_llama), str(tmp_path / "killed"), str(ckpt), str(records), json.dumps(CONFIG)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(tiny_llama),
+            str(tmp_path / "killed"),
+            str(ckpt),
+            str(records),
+            json.dumps(CONFIG),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.time() + 120
     while time.time() < deadline and child.poll() is None:
@@ -77,7 +90,13 @@ def test_resume_refuses_a_different_configuration(tiny_llama, tmp_path):
     config = TrainingConfig(**{**CONFIG, "max_steps": 3, "checkpoint_every": 1})
     fine_tune(tiny_llama, RECORDS, tmp_path / "a", config, checkpoint_dir=tmp_path / "ckpt")
     with pytest.raises(TrainingError, match="different configuration.*learning_rate"):
-        fine_tune(tiny_llama, RECORDS, tmp_path / "b", TrainingConfig(**{**CONFIG, "max_steps": 3, "learning_rate": 1e-4}), checkpoint_dir=tmp_path / "ckpt")
+        fine_tune(
+            tiny_llama,
+            RECORDS,
+            tmp_path / "b",
+            TrainingConfig(**{**CONFIG, "max_steps": 3, "learning_rate": 1e-4}),
+            checkpoint_dir=tmp_path / "ckpt",
+        )
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_llama, tmp_path, monkeypatch):
@@ -96,7 +115,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_llama, tmp_path,
     monkeypatch.setattr(checkpointing, "save_checkpoint", save_and_remember)
     config = TrainingConfig(**{**CONFIG, "checkpoint_every": 2})
     with pytest.raises(TrainingError, match=r"loss became nan at step 3.*last good checkpoint is .*step-2"):
-        fine_tune(tiny_llama, RECORDS, tmp_path / "out", config, on_step=diverge_after_third_step, checkpoint_dir=tmp_path / "ckpt")
+        fine_tune(
+            tiny_llama,
+            RECORDS,
+            tmp_path / "out",
+            config,
+            on_step=diverge_after_third_step,
+            checkpoint_dir=tmp_path / "ckpt",
+        )
     assert not (tmp_path / "out").exists()
     good = checkpointing.checkpoints(tmp_path / "ckpt")
     assert [p.name for p in good] == ["step-2"]
@@ -117,7 +143,16 @@ def test_sampler_position_restores_the_same_batches():
 
 def test_elastic_scale_lowers_the_rate_only_when_the_replay_loss_rises():
     elastic = ElasticScale(factor=0.5, min_scale=0.2)
-    assert [elastic.observe(x) for x in [3.0, 2.9, 2.8, 3.1, 3.2, 2.7, 2.9, 3.5]] == [1, 1, 1, 0.5, 0.25, 0.25, 0.2, 0.2]
+    assert [elastic.observe(x) for x in [3.0, 2.9, 2.8, 3.1, 3.2, 2.7, 2.9, 3.5]] == [
+        1,
+        1,
+        1,
+        0.5,
+        0.25,
+        0.25,
+        0.2,
+        0.2,
+    ]
     assert elastic.reductions == 3
     copy = ElasticScale()
     copy.load(elastic.state())
@@ -125,7 +160,9 @@ def test_elastic_scale_lowers_the_rate_only_when_the_replay_loss_rises():
 
 
 def test_packing_fills_rows_and_never_predicts_across_records():
-    rows = pack_examples([Example([1, 2, 3], [1, 2, 3]), Example([4, 5, 6, 7], [-100, -100, 6, 7]), Example([8, 9], [8, 9])], 4)
+    rows = pack_examples(
+        [Example([1, 2, 3], [1, 2, 3]), Example([4, 5, 6, 7], [-100, -100, 6, 7]), Example([8, 9], [8, 9])], 4
+    )
     assert [r.input_ids for r in rows] == [[1, 2, 3, 4], [5, 6, 7, 8], [9]]
     assert [r.labels for r in rows] == [[-100, 2, 3, -100], [-100, 6, 7, -100], [9]]
 

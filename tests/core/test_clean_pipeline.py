@@ -9,13 +9,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from deepfeed.core.platform.artifacts import ArtifactStore
-from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.core.data.clean_pipeline import AuditSpool, NothingLeft, clean_sources
 from deepfeed.core.data.cleaning import CleaningConfig, CorpusCleaner, clean_records, training_text
 from deepfeed.core.data.corpus_checks import release_statistics
 from deepfeed.core.data.coverage import long_tail_reasons
 from deepfeed.core.data.ingest import RECORD_FIELDS
+from deepfeed.core.platform.artifacts import ArtifactStore
+from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.core.platform.tables import read_table, write_table
 
 TOPICS = ["blood pressure", "garden tools", "train timetables", "tax forms"]
@@ -43,9 +43,18 @@ class HashEncoder:
 
 def _record(i, prompt, response, meta=None, tags=("general",)):
     body = f"{prompt}\n{response}"
-    return {"record_id": hashlib.sha1(f"{i}:{body}".encode()).hexdigest()[:16], "source": f"s{i % 2}", "locator": f"line {i}",
-            "kind": "pair", "prompt": prompt, "response": response, "text": None, "lang": None, "tags": list(tags),
-            "meta": json.dumps(meta or {}, sort_keys=True)}
+    return {
+        "record_id": hashlib.sha1(f"{i}:{body}".encode()).hexdigest()[:16],
+        "source": f"s{i % 2}",
+        "locator": f"line {i}",
+        "kind": "pair",
+        "prompt": prompt,
+        "response": response,
+        "text": None,
+        "lang": None,
+        "tags": list(tags),
+        "meta": json.dumps(meta or {}, sort_keys=True),
+    }
 
 
 def corpus(n=240):
@@ -65,8 +74,18 @@ def corpus(n=240):
         if i % 29 == 9:
             prompt, response = "a", "b"  # too short
         rows.append(_record(i, prompt, response, meta, tags))
-    rows.append(_record(n, "Question 1 about garden tools: what should I check first?", "Answer 1: look at the garden tools notes, page 13."))
-    rows.append(_record(n + 1, "A far away question on an unrelated matter entirely?", "An unrelated answer with nothing in common."))
+    rows.append(
+        _record(
+            n,
+            "Question 1 about garden tools: what should I check first?",
+            "Answer 1: look at the garden tools notes, page 13.",
+        )
+    )
+    rows.append(
+        _record(
+            n + 1, "A far away question on an unrelated matter entirely?", "An unrelated answer with nothing in common."
+        )
+    )
     return rows
 
 
@@ -78,7 +97,9 @@ def _write_sources(tmp_path, records):
     return paths
 
 
-CONFIG = CleaningConfig(glossary_path=None, quasi_identifiers=("age", "region"), k=5, max_suppression=0.1, batch_size=32)
+CONFIG = CleaningConfig(
+    glossary_path=None, quasi_identifiers=("age", "region"), k=5, max_suppression=0.1, batch_size=32
+)
 
 
 def test_streamed_equals_in_memory(tmp_path):
@@ -93,16 +114,32 @@ def test_streamed_equals_in_memory(tmp_path):
     statistics, accountant = release_statistics(expected.records, 0.5, rng=11)
     # The corpus exercises every branch compared below.
     reasons = expected.reasons()
-    assert {"exact duplicate", "k-anonymity suppression"} <= set(reasons) and any(r.startswith("quality") for r in reasons)
-    assert expected.pii and expected.glossary and expected.kanonymity["levels"] and any(expected.kanonymity["levels"].values())
+    assert {"exact duplicate", "k-anonymity suppression"} <= set(reasons) and any(
+        r.startswith("quality") for r in reasons
+    )
+    assert (
+        expected.pii
+        and expected.glossary
+        and expected.kanonymity["levels"]
+        and any(expected.kanonymity["levels"].values())
+    )
     tails = [r["long_tail"] for r in expected.records if r["long_tail"]]
     assert any("rare tag" in t for t in tails) and any("embedding outlier" in t for t in tails)
 
     out = tmp_path / "out"
     spool = AuditSpool(tmp_path / "spool" / "audit.jsonl")
     progress = []
-    summary = clean_sources(paths, out, CorpusCleaner(CONFIG, "run-1"), audit_spool=spool, dp_epsilon=0.5, dp_rng=11,
-                            encoder=encoder, progress=progress.append, progress_every=2)
+    summary = clean_sources(
+        paths,
+        out,
+        CorpusCleaner(CONFIG, "run-1"),
+        audit_spool=spool,
+        dp_epsilon=0.5,
+        dp_rng=11,
+        encoder=encoder,
+        progress=progress.append,
+        progress_every=2,
+    )
 
     assert read_table(out / "records.parquet") == expected.records
     assert read_table(out / "removed.parquet") == expected.removed
@@ -111,11 +148,19 @@ def test_streamed_equals_in_memory(tmp_path):
     assert spooled == expected.audit and summary.audit_entries == len(expected.audit)
     assert summary.kanonymity == expected.kanonymity and summary.reasons == Counter(reasons)
     assert summary.pii == expected.pii and summary.glossary == expected.glossary
-    assert (summary.kept_in, summary.cleaned, summary.removed) == (len(records), len(expected.records), len(expected.removed))
+    assert (summary.kept_in, summary.cleaned, summary.removed) == (
+        len(records),
+        len(expected.records),
+        len(expected.removed),
+    )
     assert summary.long_tail == len(tails) and summary.changed == sum(r["changed"] for r in expected.records)
-    assert summary.train + summary.eval == summary.cleaned and summary.eval == sum(r["split"] == "eval" for r in expected.records)
+    assert summary.train + summary.eval == summary.cleaned and summary.eval == sum(
+        r["split"] == "eval" for r in expected.records
+    )
     assert summary.statistics == statistics and summary.accountant.spent == accountant.spent
-    assert [r["epsilon"] for r in summary.accountant.to_dict()["releases"]] == [r["epsilon"] for r in accountant.to_dict()["releases"]]
+    assert [r["epsilon"] for r in summary.accountant.to_dict()["releases"]] == [
+        r["epsilon"] for r in accountant.to_dict()["releases"]
+    ]
     assert progress[-1].phase == "write" and any(p.phase == "clean" and p.records > 0 for p in progress)
 
 
@@ -124,8 +169,15 @@ def test_two_workers_write_the_same_files(tmp_path):
     outputs = []
     for workers in (1, 2):
         out = tmp_path / f"out{workers}"
-        clean_sources(paths, out, CorpusCleaner(CONFIG, "run-1"), audit_spool=AuditSpool(tmp_path / f"spool{workers}.jsonl"),
-                      dp_epsilon=0.5, dp_rng=1, workers=workers)
+        clean_sources(
+            paths,
+            out,
+            CorpusCleaner(CONFIG, "run-1"),
+            audit_spool=AuditSpool(tmp_path / f"spool{workers}.jsonl"),
+            dp_epsilon=0.5,
+            dp_rng=1,
+            workers=workers,
+        )
         outputs.append((read_table(out / "records.parquet"), read_table(out / "removed.parquet")))
     assert outputs[0] == outputs[1] and outputs[0][0]
 
@@ -167,21 +219,35 @@ def test_unknown_columns_are_refused_naming_the_file(tmp_path):
     path = tmp_path / "records.parquet"
     write_table(path, [{**_record(0, "Question?", "An answer here."), "secret_column": "x"}])
     with pytest.raises(ValueError, match="secret_column"):
-        clean_sources([path], tmp_path / "out", CorpusCleaner(CONFIG), audit_spool=AuditSpool(tmp_path / "s.jsonl"), dp_epsilon=0.5)
+        clean_sources(
+            [path],
+            tmp_path / "out",
+            CorpusCleaner(CONFIG),
+            audit_spool=AuditSpool(tmp_path / "s.jsonl"),
+            dp_epsilon=0.5,
+        )
 
 
 def _transient_peak(tmp_path, n, name):
     """Peak traced memory of a run minus what stays allocated after it (the dedup index,
     bounded caches): what the run held only while it ran."""
-    rows = [_record(i, f"Question {i} about {TOPICS[i % 4]} and case {i * 7919 % 100003}?", f"Answer {i}: see page {i * 31 % 997} of the notes.")
-            for i in range(n)]
+    rows = [
+        _record(
+            i,
+            f"Question {i} about {TOPICS[i % 4]} and case {i * 7919 % 100003}?",
+            f"Answer {i}: see page {i * 31 % 997} of the notes.",
+        )
+        for i in range(n)
+    ]
     path = tmp_path / f"{name}.parquet"
     write_table(path, rows, RECORD_FIELDS)
     del rows
     cleaner = CorpusCleaner(CleaningConfig(glossary_path="", batch_size=100), "run")
     tracemalloc.start()
     try:
-        summary = clean_sources([path], tmp_path / name, cleaner, audit_spool=AuditSpool(tmp_path / f"{name}.jsonl"), dp_epsilon=0.5)
+        summary = clean_sources(
+            [path], tmp_path / name, cleaner, audit_spool=AuditSpool(tmp_path / f"{name}.jsonl"), dp_epsilon=0.5
+        )
         current, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -203,7 +269,6 @@ def test_memory_does_not_grow_with_the_records(tmp_path):
     assert large - small < 0.2 * cost, (small, large, cost)
 
 
-
 def test_noise_counted_batch_by_batch_equals_the_whole_report():
     from deepfeed.core.data.corpus_checks import NoiseCounter, noise_report
     from deepfeed.core.data.quality import QualityConfig
@@ -212,5 +277,5 @@ def test_noise_counted_batch_by_batch_equals_the_whole_report():
     whole = noise_report(records, QualityConfig(min_length=4), 0.9)
     counter = NoiseCounter(QualityConfig(min_length=4), 0.9)
     for start in range(0, len(records), 16):
-        counter.add(records[start:start + 16])
+        counter.add(records[start : start + 16])
     assert counter.report == whole and whole.flagged["exact_duplicate"] > 0 and whole.flagged["pii"] > 0

@@ -18,8 +18,8 @@ from deepfeed.core.compress.compression import (
     write_json,
 )
 from deepfeed.core.compress.gate import gate_compressed_artifacts
-from deepfeed.core.train.modeling import load_model
 from deepfeed.core.compress.triton import validate_triton_repository
+from deepfeed.core.train.modeling import load_model
 from tests.conftest import PAIRS
 
 RECORDS = [{"kind": "pair", "prompt": p, "response": r} for p, r in PAIRS]
@@ -63,7 +63,15 @@ def test_bad_prune_method_names_the_field(tiny_llama):
 def test_all_artifacts_are_built_and_agree_with_torch(fixture, compressed):
     _, folder, summary = compressed(fixture)
     assert summary["errors"] == {}
-    assert set(summary["paths"]) == {"pruned", "torch_int8", "onnx_fp32", "onnx_int8", "onnx_kv_fp32", "onnx_kv_int8", "triton"}
+    assert set(summary["paths"]) == {
+        "pruned",
+        "torch_int8",
+        "onnx_fp32",
+        "onnx_int8",
+        "onnx_kv_fp32",
+        "onnx_kv_int8",
+        "triton",
+    }
     sizes = summary["sizes_mb"]
     assert sizes["onnx_int8"] < sizes["onnx_fp32"] / 2 and sizes["torch_int8"] < sizes["pruned_fp32"] / 2
     assert summary["details"]["onnx_kv_fp32_max_error"] < 1e-3
@@ -101,7 +109,11 @@ def test_int8_artifacts_store_one_table_for_tied_embeddings(compressed):
     # the embedding lookup gathers the uint8 rows of lm_head's table.
     assert not [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in initializers]
     lookup = next(n for n in graph.node if n.op_type == "Gather" and n.input[1] == "input_ids")
-    lm_head = next(n for n in graph.node if n.op_type == "MatMulNBits" and initializers[n.input[1]].dims[0] == summary["vocab_size"])
+    lm_head = next(
+        n
+        for n in graph.node
+        if n.op_type == "MatMulNBits" and initializers[n.input[1]].dims[0] == summary["vocab_size"]
+    )
     assert lookup.input[0] == lm_head.input[1] and initializers[lookup.input[0]].data_type == onnx.TensorProto.UINT8
 
 
@@ -114,7 +126,9 @@ def test_settings_saved_with_the_int8_artifact_win_on_load(compressed, tmp_path)
     model = load_model(checkpoint).eval()
     save_int8_torch(quantize_int8(model, config), tmp_path / "int8", config)
     loaded = load_int8_torch(checkpoint, tmp_path / "int8", CompressionConfig())
-    assert isinstance(loaded.lm_head, torch.nn.Linear) and isinstance(loaded.model.layers[0].mlp.down_proj, torch.nn.Linear)
+    assert isinstance(loaded.lm_head, torch.nn.Linear) and isinstance(
+        loaded.model.layers[0].mlp.down_proj, torch.nn.Linear
+    )
     assert not isinstance(loaded.model.layers[0].mlp.up_proj, torch.nn.Linear)
 
 
@@ -153,8 +167,14 @@ def test_triton_repository_is_checked_against_the_onnx_graph(compressed, tmp_pat
     shutil.copytree(folder / "triton" / "deepfeed", broken)
     text = (broken / "config.pbtxt").read_text()
     cases = [
-        (text.replace(f"-1, {summary['vocab_size']} ]", f"-1, {summary['vocab_size'] + 1} ]"), "output 'logits': config dims"),
-        (text.replace('name: "attention_mask" data_type: TYPE_INT64', 'name: "attention_mask" data_type: TYPE_FP32'), "config TYPE_FP32, ONNX TYPE_INT64"),
+        (
+            text.replace(f"-1, {summary['vocab_size']} ]", f"-1, {summary['vocab_size'] + 1} ]"),
+            "output 'logits': config dims",
+        ),
+        (
+            text.replace('name: "attention_mask" data_type: TYPE_INT64', 'name: "attention_mask" data_type: TYPE_FP32'),
+            "config TYPE_FP32, ONNX TYPE_INT64",
+        ),
         (text.replace('"input_ids"', '"tokens"'), "input 'tokens' is not an input of the ONNX model"),
         (text.replace("max_batch_size", "max_batch"), "not a valid Triton ModelConfig"),
     ]
@@ -183,7 +203,14 @@ def test_kv_cache_greedy_generation_is_token_identical_to_torch(fixture, request
     mask = torch.ones_like(ids)
     ids[1, :3], mask[1, :3] = model.config.pad_token_id, 0  # left padding, as in batched generation
     with torch.no_grad():
-        expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=model.config.pad_token_id)[:, 7:]
+        expected = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=12,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=model.config.pad_token_id,
+        )[:, 7:]
     got = onnx_greedy_generate(session, ids.numpy(), mask.numpy(), max_new_tokens=12)
     assert len(set(got[0].tolist())) > 2, "degenerate greedy path: the comparison would prove little"
     np.testing.assert_array_equal(got, expected.numpy())
@@ -194,7 +221,9 @@ def test_kv_cache_greedy_generation_is_token_identical_to_torch(fixture, request
 
     layout = layout_from_session(session)
     past = layout.empty(1, length=5)
-    outputs = session.run(None, {"input_ids": np.array([[7]]), "attention_mask": np.ones((1, 6), dtype=np.int64), **past})
+    outputs = session.run(
+        None, {"input_ids": np.array([[7]]), "attention_mask": np.ones((1, 6), dtype=np.int64), **past}
+    )
     assert outputs[0].shape[:2] == (1, 1) and outputs[names.index("present.0.key")].shape[2] == 6
 
 
@@ -206,7 +235,14 @@ def test_quality_gate_passes_good_artifacts_and_names_a_bad_one(compressed):
     checkpoint, folder, _ = compressed("tiny_llama")
     report = gate_compressed_artifacts(checkpoint, folder, RECORDS)
     assert report.passed, report.failures()
-    assert {a.name for a in report.artifacts} == {"pruned", "torch_int8", "onnx_fp32", "onnx_int8", "onnx_kv_fp32", "onnx_kv_int8"}
+    assert {a.name for a in report.artifacts} == {
+        "pruned",
+        "torch_int8",
+        "onnx_fp32",
+        "onnx_int8",
+        "onnx_kv_fp32",
+        "onnx_kv_int8",
+    }
     assert all(abs(a.relative_change) < 0.03 and a.size_ratio for a in report.artifacts)
     assert "| torch_int8 |" in report.markdown()
     assert report.keep_fraction == 0.85 and "keep 85% of the decoder's Linear weights" in report.markdown()
@@ -226,10 +262,10 @@ def test_quality_gate_scores_greedy_answers_against_fp32_and_fails_a_worse_artif
     """References are the fp32 checkpoint's own greedy answers, so fp32 scores F1 1 and a
     faithful artifact (the same weights, torch and ONNX with KV cache) answers the same;
     the KV decoder of another model fails the task gate with its numbers."""
-    from deepfeed.core.evaluate.evaluation import EvaluationConfig, generate_torch
-    from deepfeed.core.train.modeling import load_tokenizer
     from deepfeed.core.compress.compression import export_onnx
     from deepfeed.core.compress.onnx_kv import export_decoder_with_past
+    from deepfeed.core.evaluate.evaluation import EvaluationConfig, generate_torch
+    from deepfeed.core.train.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_llama)
     model = _diverse(load_model(tiny_llama).eval())
@@ -257,12 +293,17 @@ def test_quality_gate_scores_greedy_answers_against_fp32_and_fails_a_worse_artif
     assert report.passed, report.failures()
     assert "paired 95% CI" in report.markdown().splitlines()[2]
 
-    (folder / "compression.json").write_text(json.dumps({"paths": {**paths, "onnx_kv_int8": "onnx/other_kv.onnx"}, "sizes_mb": {}, "errors": {}}))
+    (folder / "compression.json").write_text(
+        json.dumps({"paths": {**paths, "onnx_kv_int8": "onnx/other_kv.onnx"}, "sizes_mb": {}, "errors": {}})
+    )
     report = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config)
     bad = report.artifacts[-1]
     assert bad.name == "onnx_kv_int8" and bad.task_passed is False and bad.f1_change_ci_high < -0.03
     (failure,) = report.failures()
-    assert failure.startswith("onnx_kv_int8: ") and f"token F1 {bad.token_f1:.4g} vs fp32 1 on {len(records)} answers" in failure
+    assert (
+        failure.startswith("onnx_kv_int8: ")
+        and f"token F1 {bad.token_f1:.4g} vs fp32 1 on {len(records)} answers" in failure
+    )
     assert "whole interval below the limit" in failure
 
     # task_gate="off" scores perplexity only
@@ -282,9 +323,9 @@ def test_logits_only_graphs_reach_the_same_answers_from_their_kv_twin_s_drafts(t
     from fp32's answers: the same answers and verdicts, for a faithful and a broken pair;
     the report keeps the build order though the twins are scored first."""
     from deepfeed.core.compress.compression import export_onnx
+    from deepfeed.core.compress.onnx_kv import export_decoder_with_past
     from deepfeed.core.evaluate.evaluation import EvaluationConfig, generate_torch
     from deepfeed.core.train.modeling import load_tokenizer
-    from deepfeed.core.compress.onnx_kv import export_decoder_with_past
 
     tokenizer = load_tokenizer(tiny_llama)
     model = _diverse(load_model(tiny_llama).eval())
@@ -297,8 +338,12 @@ def test_logits_only_graphs_reach_the_same_answers_from_their_kv_twin_s_drafts(t
     export_decoder_with_past(model, folder / "onnx" / "kv.onnx", 17)
     export_onnx(other, folder / "onnx" / "other_logits.onnx", 17)
     export_decoder_with_past(other, folder / "onnx" / "other_kv.onnx", 17)
-    paths = {"onnx_fp32": "onnx/logits.onnx", "onnx_int8": "onnx/other_logits.onnx",
-             "onnx_kv_fp32": "onnx/kv.onnx", "onnx_kv_int8": "onnx/other_kv.onnx"}
+    paths = {
+        "onnx_fp32": "onnx/logits.onnx",
+        "onnx_int8": "onnx/other_logits.onnx",
+        "onnx_kv_fp32": "onnx/kv.onnx",
+        "onnx_kv_int8": "onnx/other_kv.onnx",
+    }
     (folder / "compression.json").write_text(json.dumps({"paths": paths, "sizes_mb": {}, "errors": {}}))
     config = EvaluationConfig(max_new_tokens=8, bootstrap_samples=200)
     own = generate_torch(model, tokenizer, [p for p, _ in PAIRS], config).answers
@@ -308,8 +353,13 @@ def test_logits_only_graphs_reach_the_same_answers_from_their_kv_twin_s_drafts(t
     twin = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config, answers_by="twin")
     assert [a.name for a in twin.artifacts] == list(paths)
     for a, b in zip(reference.artifacts, twin.artifacts):
-        assert (a.name, a.passed, a.task_passed, a.identical_answers, a.token_f1) == \
-            (b.name, b.passed, b.task_passed, b.identical_answers, b.token_f1)
+        assert (a.name, a.passed, a.task_passed, a.identical_answers, a.token_f1) == (
+            b.name,
+            b.passed,
+            b.task_passed,
+            b.identical_answers,
+            b.token_f1,
+        )
     assert [a.passed for a in twin.artifacts] == [True, False, True, False]
     with pytest.raises(ValueError, match="answers_by"):
         gate_compressed_artifacts(checkpoint, folder, records, answers_by="guess")
@@ -340,8 +390,14 @@ def test_bad_checkpoints_are_named(tiny_llama, tmp_path):
     no_config = tmp_path / "no_config"
     shutil.copytree(tiny_llama, no_config)
     (no_config / "config.json").unlink()
-    for path, reason in [(no_weights, "no weight files"), (no_config, "no config.json"), (tmp_path / "missing", "does not exist")]:
-        with pytest.raises(CompressionInputError, match=f"compressed_model: cannot read the fine-tuned checkpoint: .*{reason}"):
+    for path, reason in [
+        (no_weights, "no weight files"),
+        (no_config, "no config.json"),
+        (tmp_path / "missing", "does not exist"),
+    ]:
+        with pytest.raises(
+            CompressionInputError, match=f"compressed_model: cannot read the fine-tuned checkpoint: .*{reason}"
+        ):
             compress_checkpoint(path, tmp_path / "out", CompressionConfig())
 
 
@@ -356,8 +412,15 @@ def test_an_architecture_the_exporter_cannot_handle_leaves_the_torch_artifacts(t
     tokenizer = build_tokenizer(tiny_corpus_texts())
     torch.manual_seed(0)
     config = MixtralConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        pad_token_id=tokenizer.pad_token_id,
         architectures=["MixtralForCausalLM"],
     )
     checkpoint = tmp_path / "mixtral"
@@ -365,7 +428,9 @@ def test_an_architecture_the_exporter_cannot_handle_leaves_the_torch_artifacts(t
     tokenizer.save_pretrained(checkpoint)
     summary = compress_checkpoint(checkpoint, tmp_path / "out", CompressionConfig())
     assert set(summary["paths"]) == {"pruned", "torch_int8"}
-    assert summary["errors"]["onnx_fp32"].startswith("MixtralForCausalLM: OnnxExportError: ONNX graph of model.onnx fails on inputs shaped unlike the trace example")
+    assert summary["errors"]["onnx_fp32"].startswith(
+        "MixtralForCausalLM: OnnxExportError: ONNX graph of model.onnx fails on inputs shaped unlike the trace example"
+    )
     assert summary["errors"]["onnx_int8"] == "skipped: onnx_fp32 not built"
     assert summary["errors"]["triton"] == "skipped: onnx_int8 not built"
     assert (tmp_path / "out" / "torch_int8" / "model_int8.pt").exists()
@@ -380,8 +445,14 @@ def test_provider_selection_prefers_cuda_and_falls_back_to_cpu():
 
     from deepfeed.core.compress.compression import select_providers
 
-    assert select_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert select_providers(["TensorrtExecutionProvider", "CPUExecutionProvider", "CUDAExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert select_providers(["TensorrtExecutionProvider", "CPUExecutionProvider", "CUDAExecutionProvider"]) == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
     assert select_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     with pytest.raises(RuntimeError, match="none of"):
         select_providers(["AzureExecutionProvider"])

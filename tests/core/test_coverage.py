@@ -1,6 +1,12 @@
 import numpy as np
 
-from deepfeed.core.data.coverage import CoverageConfig, MiniLMEncoder, embedding_outliers, long_tail_reasons, share_by_tag
+from deepfeed.core.data.coverage import (
+    CoverageConfig,
+    MiniLMEncoder,
+    embedding_outliers,
+    long_tail_reasons,
+    share_by_tag,
+)
 
 
 def _rec(text, tags):
@@ -8,7 +14,10 @@ def _rec(text, tags):
 
 
 def test_rare_tags_and_shares_per_tag():
-    records = [_rec(f"common {i}", ["billing"]) for i in range(98)] + [_rec("rare one", ["billing", "fraud"]), _rec("no tag", [])]
+    records = [_rec(f"common {i}", ["billing"]) for i in range(98)] + [
+        _rec("rare one", ["billing", "fraud"]),
+        _rec("no tag", []),
+    ]
     reasons = long_tail_reasons(records, None, CoverageConfig(rare_tag_share=0.02))
     assert reasons[98] == "rare tag: fraud" and reasons.count(None) == 99
     shares = share_by_tag(records, reasons)
@@ -29,7 +38,13 @@ def test_embedding_outliers_are_found_per_tag():
 
 def test_minilm_embeddings_separate_topics():
     encoder = MiniLMEncoder()
-    emb = encoder.encode(["How do I lower my blood pressure?", "What lowers high blood pressure?", "The stock market fell sharply today."])
+    emb = encoder.encode(
+        [
+            "How do I lower my blood pressure?",
+            "What lowers high blood pressure?",
+            "The stock market fell sharply today.",
+        ]
+    )
     assert emb.shape == (3, 384)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.3
@@ -46,7 +61,9 @@ def test_chunked_outliers_equal_the_whole_array_and_removed_rows_leave_the_centr
     whole = embedding_outliers(records, emb.astype(np.float32), CoverageConfig())
     tag_lists = [tuple(domain_tags(r)) for r in records]
     for size in (1, 7, 64, 300):
-        chunked = embedding_outliers_chunked(tag_lists, lambda: (emb[i:i + size] for i in range(0, 300, size)), CoverageConfig())
+        chunked = embedding_outliers_chunked(
+            tag_lists, lambda: (emb[i : i + size] for i in range(0, 300, size)), CoverageConfig()
+        )
         assert (chunked == whole).all()
     assert whole.any() and not whole.all()
     # Sums over all rows, minus the rows taken out afterwards = sums over the rest.
@@ -56,4 +73,7 @@ def test_chunked_outliers_equal_the_whole_array_and_removed_rows_leave_the_centr
     sums.add([t for t, k in zip(tag_lists, keep) if not k], emb[~keep], sign=-1.0)
     rest = [t for t, k in zip(tag_lists, keep) if k]
     streamed = embedding_outliers_chunked(rest, lambda: [emb[keep]], CoverageConfig(), sums=sums)
-    assert (streamed == embedding_outliers([r for r, k in zip(records, keep) if k], emb[keep].astype(np.float32), CoverageConfig())).all()
+    assert (
+        streamed
+        == embedding_outliers([r for r, k in zip(records, keep) if k], emb[keep].astype(np.float32), CoverageConfig())
+    ).all()

@@ -32,7 +32,9 @@ def test_kl_term_is_scaled_by_t_squared_and_vanishes_for_an_identical_teacher():
     p = F.softmax(teacher[:, :-1][mask] / t, -1)
     manual = (p * (p.log() - s)).sum(-1).mean() * t * t
     assert only_kl.item() == pytest.approx(manual.item(), rel=1e-5)
-    assert distillation_loss(student, student.clone(), LABELS, DistillationConfig(alpha=0.0)).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(student, student.clone(), LABELS, DistillationConfig(alpha=0.0)).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
     mixed = distillation_loss(student, teacher, LABELS, DistillationConfig(alpha=0.3, temperature=t))
     ce = distillation_loss(student, teacher, LABELS, DistillationConfig(alpha=1.0))
     assert mixed.item() == pytest.approx(0.3 * ce.item() + 0.7 * only_kl.item(), rel=1e-5)
@@ -80,7 +82,9 @@ def test_cached_teacher_logits_match_the_live_teacher_and_skip_it_on_the_next_ru
     config = TrainingConfig(max_steps=16, method="full", learning_rate=3e-3, distill_alpha=0.3, warmup_steps=0)
     live = fine_tune(tiny_llama, RECORDS, tmp_path / "live", config, teacher_path=teacher)
     cached = TrainingConfig(**{**config.__dict__, "teacher_cache": True})
-    first = fine_tune(tiny_llama, RECORDS, tmp_path / "first", cached, teacher_path=teacher, teacher_cache_dir=tmp_path / "cache")
+    first = fine_tune(
+        tiny_llama, RECORDS, tmp_path / "first", cached, teacher_path=teacher, teacher_cache_dir=tmp_path / "cache"
+    )
     assert first.teacher_cache_built
     assert first.losses == pytest.approx(live.losses, rel=1e-5)
 
@@ -88,16 +92,30 @@ def test_cached_teacher_logits_match_the_live_teacher_and_skip_it_on_the_next_ru
         raise AssertionError("the teacher was loaded although its logits are cached")
 
     monkeypatch.setattr(training, "_load_teacher", no_teacher)
-    second = fine_tune(tiny_llama, RECORDS, tmp_path / "second", cached, teacher_path=teacher, teacher_cache_dir=tmp_path / "cache")
+    second = fine_tune(
+        tiny_llama, RECORDS, tmp_path / "second", cached, teacher_path=teacher, teacher_cache_dir=tmp_path / "cache"
+    )
     assert not second.teacher_cache_built and second.teacher_cache == first.teacher_cache
     assert second.losses == first.losses
     # A different k is a different cache, which needs the teacher.
     with pytest.raises(AssertionError, match="teacher was loaded"):
-        fine_tune(tiny_llama, RECORDS, tmp_path / "k", TrainingConfig(**{**cached.__dict__, "teacher_cache_top_k": 64}),
-                  teacher_path=teacher, teacher_cache_dir=tmp_path / "cache")
+        fine_tune(
+            tiny_llama,
+            RECORDS,
+            tmp_path / "k",
+            TrainingConfig(**{**cached.__dict__, "teacher_cache_top_k": 64}),
+            teacher_path=teacher,
+            teacher_cache_dir=tmp_path / "cache",
+        )
     monkeypatch.undo()
-    sparse = fine_tune(tiny_llama, RECORDS, tmp_path / "k", TrainingConfig(**{**cached.__dict__, "teacher_cache_top_k": 64}),
-                       teacher_path=teacher, teacher_cache_dir=tmp_path / "cache")
+    sparse = fine_tune(
+        tiny_llama,
+        RECORDS,
+        tmp_path / "k",
+        TrainingConfig(**{**cached.__dict__, "teacher_cache_top_k": 64}),
+        teacher_path=teacher,
+        teacher_cache_dir=tmp_path / "cache",
+    )
     assert sparse.teacher_cache_built and sparse.teacher_cache != first.teacher_cache
     assert all(math.isfinite(x) for x in sparse.losses) and sparse.losses[-1] < sparse.losses[0]
     with pytest.raises(TrainingError, match="no teacher cache folder"):
@@ -110,7 +128,9 @@ def test_a_full_logit_cache_past_the_size_limit_asks_for_top_k(tiny_llama, tmp_p
     monkeypatch.setattr(teacher_cache, "FULL_LOGITS_MAX_BYTES", 10_000)
     config = TrainingConfig(max_steps=1, distill_alpha=0.5, teacher_cache=True)
     with pytest.raises(TrainingError, match="set teacher_cache_top_k"):
-        fine_tune(tiny_llama, RECORDS, tmp_path / "x", config, teacher_path=tiny_llama, teacher_cache_dir=tmp_path / "cache")
+        fine_tune(
+            tiny_llama, RECORDS, tmp_path / "x", config, teacher_path=tiny_llama, teacher_cache_dir=tmp_path / "cache"
+        )
     assert not (tmp_path / "cache").exists() and not (tmp_path / "x").exists()
 
 
@@ -145,15 +165,39 @@ def test_teacher_caches_are_pruned_least_recently_used_first_to_the_budget(tiny_
     (root / "not-a-cache").mkdir()
     assert teacher_cache.prune(root, 2500) == [root / "oldest"]
     assert teacher_cache.prune(root, 10, keep=root / "middle") == [root / "newest"]
-    assert sorted(p.name for p in root.iterdir()) == ["middle", "not-a-cache"]  # the cache in use stays, even over budget
+    assert sorted(p.name for p in root.iterdir()) == [
+        "middle",
+        "not-a-cache",
+    ]  # the cache in use stays, even over budget
 
     # Through training: the run that builds a new cache removes the other one; a budget of 0 keeps everything.
     teacher = tmp_path / "teacher"
     fine_tune(tiny_llama, RECORDS, teacher, TrainingConfig(max_steps=2, method="full"))
     cached = dict(max_steps=2, method="full", distill_alpha=0.5, teacher_cache=True)
-    first = fine_tune(tiny_llama, RECORDS, tmp_path / "a", TrainingConfig(**cached, teacher_cache_budget_gb=0), teacher_path=teacher, teacher_cache_dir=root)
-    second = fine_tune(tiny_llama, RECORDS, tmp_path / "b", TrainingConfig(**cached, teacher_cache_top_k=8, teacher_cache_budget_gb=0), teacher_path=teacher, teacher_cache_dir=root)
+    first = fine_tune(
+        tiny_llama,
+        RECORDS,
+        tmp_path / "a",
+        TrainingConfig(**cached, teacher_cache_budget_gb=0),
+        teacher_path=teacher,
+        teacher_cache_dir=root,
+    )
+    second = fine_tune(
+        tiny_llama,
+        RECORDS,
+        tmp_path / "b",
+        TrainingConfig(**cached, teacher_cache_top_k=8, teacher_cache_budget_gb=0),
+        teacher_path=teacher,
+        teacher_cache_dir=root,
+    )
     assert {first.teacher_cache, second.teacher_cache} <= {str(p) for p in root.iterdir()}
-    third = fine_tune(tiny_llama, RECORDS, tmp_path / "c", TrainingConfig(**cached, teacher_cache_budget_gb=1e-9), teacher_path=teacher, teacher_cache_dir=root)
+    third = fine_tune(
+        tiny_llama,
+        RECORDS,
+        tmp_path / "c",
+        TrainingConfig(**cached, teacher_cache_budget_gb=1e-9),
+        teacher_path=teacher,
+        teacher_cache_dir=root,
+    )
     assert not third.teacher_cache_built and third.teacher_cache == first.teacher_cache
     assert sorted(str(p) for p in root.iterdir()) == sorted([first.teacher_cache, str(root / "not-a-cache")])

@@ -112,10 +112,13 @@ def test_histogram_needs_data_independent_bins():
 
 # --- ε accumulated per dataset across runs (EpsilonLedger) ---------------------------------
 
+
 def _release(accountant, counts={"en": 40, "zh": 12}):
     from deepfeed.core.data.dp import noisy_counts
 
-    return {"languages": noisy_counts(counts, accountant.epsilon_budget, accountant, rng=None, name="records per language")}
+    return {
+        "languages": noisy_counts(counts, accountant.epsilon_budget, accountant, rng=None, name="records per language")
+    }
 
 
 def _run(path, run_id, epsilon=0.25, total=0.5):

@@ -8,8 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from deepfeed.core.loop.drift import (FEATURES, adjust_pvalues, confidence_alert, input_drift,
-                                 ks_drift, performance_drop, text_features)
+from deepfeed.core.loop.drift import (
+    FEATURES,
+    adjust_pvalues,
+    confidence_alert,
+    input_drift,
+    ks_drift,
+    performance_drop,
+    text_features,
+)
 
 
 def _window(rng, n, shift=0.0):
@@ -107,12 +114,16 @@ def test_text_features_by_hand():
 
 
 def _prompts(rng, n, chinese=False):
-    en = ["how do I reset my password", "what is the refund policy for order",
-          "explain the error code", "summarise this contract clause", "translate the manual"]
+    en = [
+        "how do I reset my password",
+        "what is the refund policy for order",
+        "explain the error code",
+        "summarise this contract clause",
+        "translate the manual",
+    ]
     zh = ["如何重置密码", "订单退款政策是什么", "解释错误代码", "总结这份合同条款", "翻译说明书"]
     words = zh if chinese else en
-    return [f"{words[rng.integers(len(words))]} {rng.integers(1, 10 ** rng.integers(1, 5))}?"
-            for _ in range(n)]
+    return [f"{words[rng.integers(len(words))]} {rng.integers(1, 10 ** rng.integers(1, 5))}?" for _ in range(n)]
 
 
 def test_input_drift_on_prompts():
@@ -146,15 +157,18 @@ def test_confidence_std_threshold():
 # ----------------------------------------------------------------- performance
 
 
-@pytest.mark.parametrize("baseline,current,rollback", [
-    (0.80, 0.776, True),    # exactly 3% worse
-    (0.90, 0.873, True),    # exactly 3%, inexact in binary floating point
-    (1.00, 0.97, True),
-    (0.90, 0.8731, False),  # 2.99%
-    (0.90, 0.80, True),
-    (0.90, 0.95, False),    # better
-    (0.90, 0.90, False),
-])
+@pytest.mark.parametrize(
+    "baseline,current,rollback",
+    [
+        (0.80, 0.776, True),  # exactly 3% worse
+        (0.90, 0.873, True),  # exactly 3%, inexact in binary floating point
+        (1.00, 0.97, True),
+        (0.90, 0.8731, False),  # 2.99%
+        (0.90, 0.80, True),
+        (0.90, 0.95, False),  # better
+        (0.90, 0.90, False),
+    ],
+)
 def test_three_percent_rule(baseline, current, rollback):
     check = performance_drop(baseline, current)
     assert check.rollback is rollback

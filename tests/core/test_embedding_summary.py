@@ -3,15 +3,23 @@ the cheap text features miss."""
 
 import numpy as np
 
-from deepfeed.core.loop.drift import ks_drift, text_features
 from deepfeed.core.data.embedding_summary import EmbeddingSummarizer, shared_summarizer
+from deepfeed.core.loop.drift import ks_drift, text_features
 from deepfeed.core.loop.inference_log import prompt_record
 
-COOKING = ["How long should I bake the bread {}?", "What spice goes with roast lamb {}?",
-           "Can I freeze the soup for {} days?", "How do I keep the pasta from sticking {}?"]
+COOKING = [
+    "How long should I bake the bread {}?",
+    "What spice goes with roast lamb {}?",
+    "Can I freeze the soup for {} days?",
+    "How do I keep the pasta from sticking {}?",
+]
 # Same lengths, word counts, digits and punctuation as COOKING: only the topic differs.
-TAXES = ["How long should I keep tax files {}?", "What form goes with VAT due now {}?",
-         "Can I defer the levies for {} days?", "How do I get the refunds from revenue {}?"]
+TAXES = [
+    "How long should I keep tax files {}?",
+    "What form goes with VAT due now {}?",
+    "Can I defer the levies for {} days?",
+    "How do I get the refunds from revenue {}?",
+]
 
 
 def _prompts(templates, n, offset=0):

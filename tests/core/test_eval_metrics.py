@@ -6,7 +6,15 @@ import pytest
 import sacrebleu
 
 from deepfeed.core.evaluate.safety import LexiconScorer, SafetyError, ToxicityScorer, load_lexicon, toxicity_summary
-from deepfeed.core.evaluate.textmetrics import answer_tokens, bleu4_with_ci, chrf_with_ci, label_prf, predicted_label, token_prf, token_prf_corpus
+from deepfeed.core.evaluate.textmetrics import (
+    answer_tokens,
+    bleu4_with_ci,
+    chrf_with_ci,
+    label_prf,
+    predicted_label,
+    token_prf,
+    token_prf_corpus,
+)
 
 
 def test_token_prf_is_squad_f1():
@@ -26,7 +34,9 @@ def test_chinese_is_segmented_into_words_by_jieba():
 
 
 def test_token_f1_corpus_mean_and_interval():
-    scores = token_prf_corpus(["the cat sat down", "a dog", "red"], ["cat sat", "a dog", "blue"], ["en"] * 3, samples=300)
+    scores = token_prf_corpus(
+        ["the cat sat down", "a dog", "red"], ["cat sat", "a dog", "blue"], ["en"] * 3, samples=300
+    )
     assert scores["token_f1"] == pytest.approx((0.8 + 1 + 0) / 3)
     assert scores["token_f1_ci_low"] < scores["token_f1"] < scores["token_f1_ci_high"]
 
@@ -34,10 +44,14 @@ def test_token_f1_corpus_mean_and_interval():
 def test_labels_are_read_from_answers_and_scored():
     assert predicted_label("This is about cardiology, mostly.", ["cardiology", "oncology"]) == "cardiology"
     assert predicted_label("no idea", ["cardiology"]) == "<none>"
-    scores = label_prf(["cardiology", "oncology it is", "cardiology", "nothing"], ["cardiology", "oncology", "oncology", "oncology"])
+    scores = label_prf(
+        ["cardiology", "oncology it is", "cardiology", "nothing"], ["cardiology", "oncology", "oncology", "oncology"]
+    )
     assert scores["labelled_records"] == 4
     # an answer naming no label is a miss for recall, not a wrong prediction for precision
-    assert scores["label_precision_micro"] == pytest.approx(2 / 3) and scores["label_recall_micro"] == pytest.approx(0.5)
+    assert scores["label_precision_micro"] == pytest.approx(2 / 3) and scores["label_recall_micro"] == pytest.approx(
+        0.5
+    )
     # cardiology: P 1/2 R 1; oncology: P 1 R 1/3
     assert scores["label_f1_macro"] == pytest.approx((2 / 3 + 0.5) / 2)
 
@@ -47,12 +61,16 @@ def test_bleu_matches_sacrebleu_and_mixes_languages_by_statistics():
     refs = ["the cat sat on a mat", "the quick brown fox jumped", "hello my good friend"]
     ours = bleu4_with_ci(hyps, refs, ["en"] * 3, samples=200)
     assert ours["bleu4"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], tokenize="13a").score)
-    assert ours["bleu4_ci_low"] <= ours["bleu4"] <= ours["bleu4_ci_high"] and ours["bleu4_ci_low"] < ours["bleu4_ci_high"]
+    assert (
+        ours["bleu4_ci_low"] <= ours["bleu4"] <= ours["bleu4_ci_high"] and ours["bleu4_ci_low"] < ours["bleu4_ci_high"]
+    )
     zh = bleu4_with_ci(["今天天气晴朗适合出门散步"], ["今天天气晴朗适合出门散步"], ["zh"])
     assert zh["bleu4"] == pytest.approx(100) and zh["bleu4_zh"] == pytest.approx(100)
     mixed = bleu4_with_ci(hyps + ["今天天气晴朗"], refs + ["今天天气很好"], ["en"] * 3 + ["zh"], samples=0)
     assert mixed["bleu4_en"] == pytest.approx(ours["bleu4"])
-    assert mixed["bleu4_zh"] == pytest.approx(sacrebleu.corpus_bleu(["今天天气晴朗"], [["今天天气很好"]], tokenize="zh").score)
+    assert mixed["bleu4_zh"] == pytest.approx(
+        sacrebleu.corpus_bleu(["今天天气晴朗"], [["今天天气很好"]], tokenize="zh").score
+    )
     assert math.isnan(bleu4_with_ci([], [], [])["bleu4"])
 
 
@@ -64,7 +82,13 @@ def test_chrf_matches_sacrebleu():
 def test_toxicity_english_classifier_and_chinese_lexicon():
     scorer = ToxicityScorer()
     verdicts = scorer.score(
-        ["Have a nice day, the report is ready.", "you are a stupid fucking idiot", "今天天气晴朗，适合散步。", "你这个傻 逼，给我滚出去", "ok 杀了你"],
+        [
+            "Have a nice day, the report is ready.",
+            "you are a stupid fucking idiot",
+            "今天天气晴朗，适合散步。",
+            "你这个傻 逼，给我滚出去",
+            "ok 杀了你",
+        ],
         ["en", "en", "zh", "zh", "en"],
     )
     assert [v.toxic for v in verdicts] == [False, True, False, True, True]

@@ -16,7 +16,9 @@ def test_modules_load_from_the_project_and_match_the_core_metrics():
     assert f1 == pytest.approx(token_prf_corpus(PREDICTIONS, REFERENCES, LANGS, 50, 0))
     bleu = load("bleu4_ci").compute(predictions=PREDICTIONS, references=REFERENCES, langs=LANGS, bootstrap_samples=50)
     assert bleu == pytest.approx(bleu4_with_ci(PREDICTIONS, REFERENCES, LANGS, 50, 0))
-    toxicity = load("toxicity_pass_rate").compute(predictions=["have a nice day", "you stupid fucking idiot", "你这个傻逼"])
+    toxicity = load("toxicity_pass_rate").compute(
+        predictions=["have a nice day", "you stupid fucking idiot", "你这个傻逼"]
+    )
     assert toxicity["toxicity_pass_rate"] == pytest.approx(1 / 3) and toxicity["toxic_answers"] == 2
 
 

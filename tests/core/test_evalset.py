@@ -5,12 +5,38 @@ from collections import Counter
 
 import pytest
 
-from deepfeed.core.evaluate.evalset import EvalSetError, load_reference_set, strata_counts, stratified_sample, training_overlap
+from deepfeed.core.evaluate.evalset import (
+    EvalSetError,
+    load_reference_set,
+    strata_counts,
+    stratified_sample,
+    training_overlap,
+)
 
 
 def _records(n_en_health=80, n_zh=20):
-    rows = [{"record_id": f"en{i}", "kind": "pair", "prompt": f"Question number {i} about blood pressure?", "response": f"Answer {i}.", "lang": "en", "tags": ["health"]} for i in range(n_en_health)]
-    rows += [{"record_id": f"zh{i}", "kind": "pair", "prompt": f"第{i}个问题？", "response": f"回答{i}。", "lang": "zh", "tags": []} for i in range(n_zh)]
+    rows = [
+        {
+            "record_id": f"en{i}",
+            "kind": "pair",
+            "prompt": f"Question number {i} about blood pressure?",
+            "response": f"Answer {i}.",
+            "lang": "en",
+            "tags": ["health"],
+        }
+        for i in range(n_en_health)
+    ]
+    rows += [
+        {
+            "record_id": f"zh{i}",
+            "kind": "pair",
+            "prompt": f"第{i}个问题？",
+            "response": f"回答{i}。",
+            "lang": "zh",
+            "tags": [],
+        }
+        for i in range(n_zh)
+    ]
     return rows
 
 
@@ -29,16 +55,55 @@ def test_stratified_sample_keeps_shares_and_is_fixed_by_seed():
 
 def test_training_overlap_by_id_exact_and_near_duplicate():
     eval_records = [
-        {"record_id": "e1", "kind": "pair", "prompt": "What is hypertension and how is it treated?", "response": "High blood pressure, treated with diet and drugs."},
-        {"record_id": "e2", "kind": "pair", "prompt": "How do I reset my password?", "response": "Open settings, choose security and press reset."},
-        {"record_id": "e3", "kind": "pair", "prompt": "Recommend a book about rivers", "response": "Try a history of the Danube, from its source in the Black Forest to the delta."},
+        {
+            "record_id": "e1",
+            "kind": "pair",
+            "prompt": "What is hypertension and how is it treated?",
+            "response": "High blood pressure, treated with diet and drugs.",
+        },
+        {
+            "record_id": "e2",
+            "kind": "pair",
+            "prompt": "How do I reset my password?",
+            "response": "Open settings, choose security and press reset.",
+        },
+        {
+            "record_id": "e3",
+            "kind": "pair",
+            "prompt": "Recommend a book about rivers",
+            "response": "Try a history of the Danube, from its source in the Black Forest to the delta.",
+        },
         {"record_id": "e4", "kind": "text", "text": "A note that nobody trained on."},
     ]
     train = [
-        {"record_id": "t1", "parent_id": "e1", "kind": "pair", "prompt": "How is hypertension treated?", "response": "With diet."},
-        {"record_id": "t2", "parent_id": None, "kind": "pair", "prompt": "how do I reset my  password?", "response": "Open settings, choose security and press reset."},
-        {"record_id": "t3", "parent_id": None, "kind": "pair", "prompt": "Recommend a book about rivers!", "response": "Try a history of the Danube, from its source in the Black Forest to the delta."},
-        {"record_id": "t4", "parent_id": None, "kind": "pair", "prompt": "Completely different", "response": "Nothing alike at all here."},
+        {
+            "record_id": "t1",
+            "parent_id": "e1",
+            "kind": "pair",
+            "prompt": "How is hypertension treated?",
+            "response": "With diet.",
+        },
+        {
+            "record_id": "t2",
+            "parent_id": None,
+            "kind": "pair",
+            "prompt": "how do I reset my  password?",
+            "response": "Open settings, choose security and press reset.",
+        },
+        {
+            "record_id": "t3",
+            "parent_id": None,
+            "kind": "pair",
+            "prompt": "Recommend a book about rivers!",
+            "response": "Try a history of the Danube, from its source in the Black Forest to the delta.",
+        },
+        {
+            "record_id": "t4",
+            "parent_id": None,
+            "kind": "pair",
+            "prompt": "Completely different",
+            "response": "Nothing alike at all here.",
+        },
     ]
     report = training_overlap(eval_records, train)
     assert report.by_parent_id == [("e1", "t1")]
@@ -51,11 +116,25 @@ def test_training_overlap_by_id_exact_and_near_duplicate():
 
 def test_reference_set_from_jsonl(tmp_path):
     path = tmp_path / "ref.jsonl"
-    path.write_text("\n".join([
-        json.dumps({"prompt": "What is ICD-10 I10?", "reference": "Essential hypertension.", "lang": "en", "label": "cardiology"}),
-        "",
-        json.dumps({"prompt": "什么是高血压？", "response": "血压持续升高。", "tags": ["health"]}, ensure_ascii=False),
-    ]), encoding="utf-8")
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps(
+                    {
+                        "prompt": "What is ICD-10 I10?",
+                        "reference": "Essential hypertension.",
+                        "lang": "en",
+                        "label": "cardiology",
+                    }
+                ),
+                "",
+                json.dumps(
+                    {"prompt": "什么是高血压？", "response": "血压持续升高。", "tags": ["health"]}, ensure_ascii=False
+                ),
+            ]
+        ),
+        encoding="utf-8",
+    )
     records = load_reference_set(path)
     assert [r["response"] for r in records] == ["Essential hypertension.", "血压持续升高。"]
     assert json.loads(records[0]["meta"]) == {"label": "cardiology"} and records[1]["tags"] == ["health"]

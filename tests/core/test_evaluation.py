@@ -20,14 +20,26 @@ from deepfeed.core.evaluate.evaluation import (
     score_answers,
     torch_logits,
 )
-from deepfeed.core.train.flops import flops_per_token
-from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
-from deepfeed.core.evaluate.scoring import evaluate_candidates
 from deepfeed.core.evaluate.report import FAIL, render_html, write_report
 from deepfeed.core.evaluate.safety import ToxicityScorer
+from deepfeed.core.evaluate.scoring import evaluate_candidates
+from deepfeed.core.train.flops import flops_per_token
+from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
 from tests.conftest import PAIRS
 
-RECORDS = [{"record_id": str(i), "kind": "pair", "prompt": p, "response": r, "text": None, "lang": "zh" if "？" in p else "en", "tags": [], "meta": None} for i, (p, r) in enumerate(PAIRS)]
+RECORDS = [
+    {
+        "record_id": str(i),
+        "kind": "pair",
+        "prompt": p,
+        "response": r,
+        "text": None,
+        "lang": "zh" if "？" in p else "en",
+        "tags": [],
+        "meta": None,
+    }
+    for i, (p, r) in enumerate(PAIRS)
+]
 FAST = EvaluationConfig(max_new_tokens=5, batch_size=3, generation_batch_size=4, bootstrap_samples=50)
 
 
@@ -80,36 +92,81 @@ def test_flops_per_token_counts_every_linear_layer_and_attention(llama):
 
 def test_answers_are_scored_with_exclusions_counted():
     records = [
-        {"record_id": "a", "prompt": "q1", "response": "The capital of France is Paris.", "lang": "en", "meta": json.dumps({"label": "geography"})},
+        {
+            "record_id": "a",
+            "prompt": "q1",
+            "response": "The capital of France is Paris.",
+            "lang": "en",
+            "meta": json.dumps({"label": "geography"}),
+        },
         {"record_id": "b", "prompt": "q2", "response": "", "lang": "en", "meta": None},
         {"record_id": "c", "prompt": "q3", "response": "高血压是血压持续升高的疾病。", "lang": "zh", "meta": None},
     ]
-    generation = Generation(["Paris is the capital of France, geography.", "", "高血压是疾病"], new_tokens=12, seconds=2.0)
+    generation = Generation(
+        ["Paris is the capital of France, geography.", "", "高血压是疾病"], new_tokens=12, seconds=2.0
+    )
     scores = score_answers(records, generation, FAST, ToxicityScorer())
     assert scores.exclusions == {NO_REFERENCE: 1, EMPTY_GENERATION: 1}
     assert scores.metrics["referenced"] == 2 and 0 < scores.metrics["token_f1"] < 1
     assert scores.metrics["label_f1_micro"] == 1.0 and scores.metrics["toxicity_pass_rate"] == 1.0
-    assert scores.metrics["tokens_per_second"] == 6.0 and scores.metrics["latency_ms_per_answer"] == pytest.approx(2000 / 3)
+    assert scores.metrics["tokens_per_second"] == 6.0 and scores.metrics["latency_ms_per_answer"] == pytest.approx(
+        2000 / 3
+    )
     assert [s["token_f1"] is None for s in scores.samples] == [False, True, False]
 
 
 def test_candidates_with_broken_artifacts_and_champion_still_report(tiny_llama, tmp_path):
-    records = RECORDS + [{"record_id": "t", "kind": "text", "prompt": None, "response": None, "text": "A plain note about blood pressure.", "lang": "en", "tags": [], "meta": None}]
+    records = RECORDS + [
+        {
+            "record_id": "t",
+            "kind": "text",
+            "prompt": None,
+            "response": None,
+            "text": "A plain note about blood pressure.",
+            "lang": "en",
+            "tags": [],
+            "meta": None,
+        }
+    ]
     broken = tmp_path / "compressed"
     (broken / "onnx").mkdir(parents=True)
-    (broken / "compression.json").write_text(json.dumps({"paths": {"torch_int8": "torch_int8", "pruned": "pruned", "onnx_int8": "onnx/model_int8.onnx"}}))
+    (broken / "compression.json").write_text(
+        json.dumps({"paths": {"torch_int8": "torch_int8", "pruned": "pruned", "onnx_int8": "onnx/model_int8.onnx"}})
+    )
     (broken / "onnx" / "model_int8.onnx").write_bytes(b"not a model")
-    outcome = evaluate_candidates(tiny_llama, broken, tmp_path / "no-champion", records, FAST, log=lambda m: None, artifacts=("torch_int8", "onnx_int8", "onnx_kv_int8"))
+    outcome = evaluate_candidates(
+        tiny_llama,
+        broken,
+        tmp_path / "no-champion",
+        records,
+        FAST,
+        log=lambda m: None,
+        artifacts=("torch_int8", "onnx_int8", "onnx_kv_int8"),
+    )
     names = [c.name for c in outcome.candidates]
     assert names == ["base", "champion", "challenger", "torch_int8", "onnx_int8", "onnx_kv_int8"]
     challenger = outcome.by_name("challenger")
     assert challenger.error is None and challenger.metrics["generated"] == len(RECORDS)
     assert challenger.exclusions[NO_PROMPT] == 1
-    assert {"perplexity", "token_f1", "bleu4", "bleu4_ci_low", "chrf", "toxicity_pass_rate", "prefill_flops_per_token", "size_mb", "peak_memory_mb"} <= set(challenger.metrics)
+    assert {
+        "perplexity",
+        "token_f1",
+        "bleu4",
+        "bleu4_ci_low",
+        "chrf",
+        "toxicity_pass_rate",
+        "prefill_flops_per_token",
+        "size_mb",
+        "peak_memory_mb",
+    } <= set(challenger.metrics)
     assert all(outcome.by_name(n).error for n in ("torch_int8", "onnx_int8", "champion"))
     assert outcome.by_name("onnx_kv_int8").error.startswith("not built")
     # an unloadable champion fails the gate closed, naming it
-    assert not outcome.gate.passed and outcome.gate.failed[0].name == "champion" and "could not be re-scored" in outcome.gate.failed[0].detail
+    assert (
+        not outcome.gate.passed
+        and outcome.gate.failed[0].name == "champion"
+        and "could not be re-scored" in outcome.gate.failed[0].detail
+    )
     assert any(t.startswith("challenger: generate") for t in outcome.timings)
 
     files = write_report(tmp_path / "report", outcome, {"data hash": "abc123"}, 0.03, training_losses=[3.0, 2.5, 2.1])
@@ -119,7 +176,9 @@ def test_candidates_with_broken_artifacts_and_champion_still_report(tiny_llama, 
     assert "abc123" in markdown and "| challenger | no prompt (plain-text record): perplexity only | 1 |" in markdown
     assert {"plot:Training loss", "plot:Answer quality with confidence intervals", "plot:Latency vs size"} <= set(files)
     page = files["html"].read_text()
-    assert "Keep the champion" in page and page.count("data:image/png;base64,") == len([k for k in files if k.startswith("plot:")])
+    assert "Keep the champion" in page and page.count("data:image/png;base64,") == len(
+        [k for k in files if k.startswith("plot:")]
+    )
     summary = json.loads(files["metrics"].read_text())
     assert summary["gate"]["passed"] is False and summary["candidates"][2]["name"] == "challenger"
 
@@ -136,7 +195,9 @@ def test_headline_colours_a_drop_over_the_gate_red(tiny_llama):
     from deepfeed.core.evaluate.evaluation import generation_records
     from deepfeed.core.evaluate.scoring import paired_comparisons
 
-    outcome = evaluate_candidates(tiny_llama, None, tiny_llama, RECORDS, FAST, log=lambda m: None, compression_passed=True)
+    outcome = evaluate_candidates(
+        tiny_llama, None, tiny_llama, RECORDS, FAST, log=lambda m: None, compression_passed=True
+    )
     assert outcome.gate.passed  # the same model against itself loses nothing
     same = outcome.comparison("challenger", "champion")["perplexity"]
     assert same.difference == 0 and same.relative_low == same.relative_high == 0
@@ -145,7 +206,9 @@ def test_headline_colours_a_drop_over_the_gate_red(tiny_llama):
     per = challenger.per_record
     per["nll"] = [None if n is None else n + math.log(1.05) * t for n, t in zip(per["nll"], per["tokens"])]
     challenger.metrics["perplexity"] *= 1.05
-    outcome.comparisons = paired_comparisons(outcome.candidates, generation_records(RECORDS, FAST.max_generation_records)[0], FAST)
+    outcome.comparisons = paired_comparisons(
+        outcome.candidates, generation_records(RECORDS, FAST.max_generation_records)[0], FAST
+    )
     worse = outcome.comparison("challenger", "champion")["perplexity"]
     assert worse.relative_high == pytest.approx(-0.05, abs=1e-3)
     page = render_html(outcome, {}, {}, 0.03)
@@ -177,8 +240,16 @@ def test_flops_per_token_for_every_artifact_kind(tiny_llama, tmp_path):
 
     summary = compress_checkpoint(tiny_llama, tmp_path / "compressed", CompressionConfig())
     write_json(tmp_path / "compressed" / "compression.json", summary)
-    outcome = evaluate_candidates(tiny_llama, tmp_path / "compressed", None, RECORDS[:4], FAST, log=lambda m: None,
-                                  artifacts=tuple(DESCRIPTIONS), generate_compressed=False)
+    outcome = evaluate_candidates(
+        tiny_llama,
+        tmp_path / "compressed",
+        None,
+        RECORDS[:4],
+        FAST,
+        log=lambda m: None,
+        artifacts=tuple(DESCRIPTIONS),
+        generate_compressed=False,
+    )
     fp32 = outcome.by_name("challenger").metrics
     context = fp32["flops_context_tokens"]
     assert fp32["prefill_flops_per_token"] > 0 and fp32["decode_flops_per_token"] > 0
@@ -209,8 +280,8 @@ def test_onnx_flops_of_a_one_matmul_graph_with_symbolic_dims(tmp_path):
 
 
 def test_champion_scores_are_reused_only_for_the_same_version_records_and_settings(tiny_llama, tmp_path):
-    from deepfeed.core.platform.artifacts import ArtifactStore
     from deepfeed.core.evaluate.score_cache import eval_set_hash, find_scores, save_scores, score_cache_key
+    from deepfeed.core.platform.artifacts import ArtifactStore
 
     store = ArtifactStore(tmp_path / "store")
     first = evaluate_candidates(tiny_llama, None, None, RECORDS, FAST, log=lambda m: None)
@@ -220,14 +291,30 @@ def test_champion_scores_are_reused_only_for_the_same_version_records_and_settin
 
     assert find_scores(store, score_cache_key("4", str(tiny_llama), eval_hash, FAST)) is None
     assert find_scores(store, score_cache_key("3", str(tiny_llama), eval_set_hash(RECORDS[:-1]), FAST)) is None
-    assert find_scores(store, score_cache_key("3", str(tiny_llama), eval_hash, EvaluationConfig(max_new_tokens=6, batch_size=3, bootstrap_samples=50))) is None
+    assert (
+        find_scores(
+            store,
+            score_cache_key(
+                "3", str(tiny_llama), eval_hash, EvaluationConfig(max_new_tokens=6, batch_size=3, bootstrap_samples=50)
+            ),
+        )
+        is None
+    )
     cached = find_scores(store, key)
     assert cached["result"]["metrics"] == first.by_name("challenger").metrics
     assert [s["answer"] for s in cached["samples"]] == [s["answer"] for s in first.samples]
 
     # The champion is not loaded (its path does not exist) and the gate still compares.
-    outcome = evaluate_candidates(tiny_llama, None, tmp_path / "not-loaded", RECORDS, FAST, log=lambda m: None, champion_scores=cached,
-                                  compression_passed=True)
+    outcome = evaluate_candidates(
+        tiny_llama,
+        None,
+        tmp_path / "not-loaded",
+        RECORDS,
+        FAST,
+        log=lambda m: None,
+        champion_scores=cached,
+        compression_passed=True,
+    )
     champion = outcome.by_name("champion")
     assert champion.error is None and champion.metrics == cached["result"]["metrics"]
     assert "2026-11-29T22:00:00" in champion.notes["re-scoring"]

@@ -18,7 +18,10 @@ NEW_PAIRS = [
 
 
 def records(pairs, copies):
-    return [{"record_id": str(i), "kind": "pair", "prompt": p, "response": r, "text": None} for i, (p, r) in enumerate(pairs * copies)]
+    return [
+        {"record_id": str(i), "kind": "pair", "prompt": p, "response": r, "text": None}
+        for i, (p, r) in enumerate(pairs * copies)
+    ]
 
 
 OLD, NEW = records(PAIRS, 2), records(NEW_PAIRS, 4)
@@ -66,7 +69,9 @@ def test_ewc_reduces_forgetting_of_the_old_data(champion, tmp_path):
     assert set(fisher) == {n for n, _ in load_model(champion).named_parameters()}
     assert all(bool((f >= 0).all()) for f in fisher.values()) and any(float(f.sum()) > 0 for f in fisher.values())
     mtime = stored.stat().st_mtime_ns
-    fine_tune(champion, NEW, tmp_path / "again", TrainingConfig(**{**step, "max_steps": 1}, ewc_lambda=1.0), ewc_records=OLD)
+    fine_tune(
+        champion, NEW, tmp_path / "again", TrainingConfig(**{**step, "max_steps": 1}, ewc_lambda=1.0), ewc_records=OLD
+    )
     assert stored.stat().st_mtime_ns == mtime  # computed once per champion, then reused
 
 

@@ -5,15 +5,21 @@ import multiprocessing as mp
 
 import pytest
 
-from deepfeed.core.loop.feedback import FeedbackError, FeedbackStore, default_root
 from deepfeed.core.data.ingest import RECORD_FIELDS
+from deepfeed.core.loop.feedback import FeedbackError, FeedbackStore, default_root
 
 SALT = "test-user-salt-0123456789abcdef"
 
 
 def _fb(i: int = 0, **kw):
-    return {"prompt": f"question {i}?", "answer": f"model answer {i}", "rating": 1.0,
-            "user_id": f"u{i % 3}", "model_version": "3", **kw}
+    return {
+        "prompt": f"question {i}?",
+        "answer": f"model answer {i}",
+        "rating": 1.0,
+        "user_id": f"u{i % 3}",
+        "model_version": "3",
+        **kw,
+    }
 
 
 def test_append_seal_read_corpus_schema(tmp_path):
@@ -56,14 +62,17 @@ def test_pii_is_scrubbed_and_user_hashed(tmp_path):
     assert '"jane"' not in raw
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"answer": "a", "rating": 1}, "prompt"),
-    ({"prompt": "q", "answer": "a", "rating": 3}, "rating"),
-    ({"prompt": "q", "answer": "a", "rating": "good"}, "rating"),
-    ({"prompt": "q", "rating": 1}, "answer"),
-    ({"prompt": 5, "answer": "a", "rating": 1}, "prompt"),
-    ({"prompt": "q", "answer": "a", "rating": 1, "tags": "x"}, "tags"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"answer": "a", "rating": 1}, "prompt"),
+        ({"prompt": "q", "answer": "a", "rating": 3}, "rating"),
+        ({"prompt": "q", "answer": "a", "rating": "good"}, "rating"),
+        ({"prompt": "q", "rating": 1}, "answer"),
+        ({"prompt": 5, "answer": "a", "rating": 1}, "prompt"),
+        ({"prompt": "q", "answer": "a", "rating": 1, "tags": "x"}, "tags"),
+    ],
+)
 def test_bad_feedback_is_refused_naming_the_field(tmp_path, bad, field):
     store = FeedbackStore(tmp_path, salt=SALT)
     with pytest.raises(FeedbackError, match=field):
@@ -127,9 +136,13 @@ def test_every_free_text_field_is_scrubbed_and_narrow_fields_refuse_text(tmp_pat
     trained = json.dumps(store.read_batch(batch))
     for text in (on_disk, trained):
         assert "jane.doe@example.com" not in text and "4111 1111 1111 1111" not in text and "refund" in text
-    for field, value in (("lang", "call 13812345678"), ("model_version", "v1 jane.doe@example.com"),
-                         ("arm", "treatment"), ("classification", "secret: 13812345678"),
-                         ("user_hash", "13812345678")):
+    for field, value in (
+        ("lang", "call 13812345678"),
+        ("model_version", "v1 jane.doe@example.com"),
+        ("arm", "treatment"),
+        ("classification", "secret: 13812345678"),
+        ("user_hash", "13812345678"),
+    ):
         with pytest.raises(FeedbackError, match=field) as err:
             store.append(_fb(1, **{field: value}))
         assert "13812345678" not in str(err.value) and "jane" not in str(err.value)

@@ -124,8 +124,9 @@ def test_corpus_and_mean_changes_share_the_draws_of_paired_relative_change():
     reference, candidate = rng.random(30), rng.random(30)
     mean = paired_mean_change("token_f1", reference, candidate, 400, 5)
     ones = np.ones(30)
-    corpus = paired_corpus_change("token_f1", np.stack([reference, ones], 1), np.stack([candidate, ones], 1),
-                                  lambda s: float(s[0] / s[1]), 400, 5)
+    corpus = paired_corpus_change(
+        "token_f1", np.stack([reference, ones], 1), np.stack([candidate, ones], 1), lambda s: float(s[0] / s[1]), 400, 5
+    )
     expected = paired_relative_change(reference, candidate, 400, 5)
     assert (mean.relative, mean.relative_low, mean.relative_high) == pytest.approx(expected)
     assert (corpus.relative_low, corpus.relative_high) == pytest.approx((mean.relative_low, mean.relative_high))
@@ -134,9 +135,19 @@ def test_corpus_and_mean_changes_share_the_draws_of_paired_relative_change():
 
 
 def test_compare_pairs_answers_and_per_record_nll():
-    answered = [{"prompt": f"q{i}", "response": r, "lang": "en"} for i, r in enumerate(
-        ["Paris is the capital of France", "sixteen digits and a check digit", "drink about two litres a day",
-         "open the settings page", "high blood pressure raises the risk of stroke", "try a history of science"])]
+    answered = [
+        {"prompt": f"q{i}", "response": r, "lang": "en"}
+        for i, r in enumerate(
+            [
+                "Paris is the capital of France",
+                "sixteen digits and a check digit",
+                "drink about two litres a day",
+                "open the settings page",
+                "high blood pressure raises the risk of stroke",
+                "try a history of science",
+            ]
+        )
+    ]
     right = [r["response"] for r in answered]
     wrong = ["no idea"] * len(answered)
     tokens = [6, 5, 0, 6, 7, 5, 4]  # per evaluation record; the third has no answer token

@@ -62,9 +62,11 @@ def test_idempotent_and_no_variant_remains(icd10):
     rng = random.Random(0)
     variants = [v for vs in icd10.terms.values() for v in vs]
     fillers = ["患者有", "急性", " and ", "，", "History of ", "(", "病史", " ", "伴"]
-    texts = [
-        "".join(rng.choice(variants + fillers) for _ in range(rng.randint(1, 12))) for _ in range(400)
-    ] + [v.upper() for v in variants] + variants
+    texts = (
+        ["".join(rng.choice(variants + fillers) for _ in range(rng.randint(1, 12))) for _ in range(400)]
+        + [v.upper() for v in variants]
+        + variants
+    )
     for text in texts:
         once, _ = icd10.normalize(text)
         twice, counts = icd10.normalize(once)
@@ -142,8 +144,29 @@ def test_normalize_many_equals_normalize_per_text():
     from deepfeed.core.data.glossary import load_glossary
 
     glossary = load_glossary()
-    pieces = ["high blood pressure", "hypertension (J45)", "Hypertension (I10)", "高血压", "糖尿病（E11）", "asthma", "COPD", "Copd",
-              "type 2 diabetes", "İstanbul", "acid reflux", "well-known", " ", "\n", "(", ")", "I10", "x", "。", "stroke", "-"]
+    pieces = [
+        "high blood pressure",
+        "hypertension (J45)",
+        "Hypertension (I10)",
+        "高血压",
+        "糖尿病（E11）",
+        "asthma",
+        "COPD",
+        "Copd",
+        "type 2 diabetes",
+        "İstanbul",
+        "acid reflux",
+        "well-known",
+        " ",
+        "\n",
+        "(",
+        ")",
+        "I10",
+        "x",
+        "。",
+        "stroke",
+        "-",
+    ]
     rng = random.Random(3)
     texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 8))) for _ in range(3000)]
     texts += ["", "high blood pressure\n\x00\nasthma", "hypertension (I10) (J45)"]

@@ -27,4 +27,7 @@ def test_records_hash_follows_the_training_fields_only(tmp_path):
     assert records_hash(base) == records_hash([{**r, "meta": "ignored"} for r in base])
     assert records_hash(base) != records_hash([rec(1), {**rec(2), "response": "changed"}])
     assert records_hash(base) != records_hash(base[::-1])
-    assert training_state_dir(tmp_path, "incremental_model", "000001-2026/x") == tmp_path / "training_state" / "incremental_model" / "000001-2026_x"
+    assert (
+        training_state_dir(tmp_path, "incremental_model", "000001-2026/x")
+        == tmp_path / "training_state" / "incremental_model" / "000001-2026_x"
+    )

@@ -25,7 +25,9 @@ def test_folder_of_mixed_formats_accounts_for_every_record(tiny_corpus):
 
 
 def test_metadata_is_kept_and_tags_parsed():
-    record, error = normalize_row({"question": "Q?", "answer": "A.", "category": "a, b", "ward": 7}, "f.jsonl", "line 1")
+    record, error = normalize_row(
+        {"question": "Q?", "answer": "A.", "category": "a, b", "ward": 7}, "f.jsonl", "line 1"
+    )
     assert error is None
     assert record["tags"] == ["a", "b"]
     assert json.loads(record["meta"]) == {"ward": 7}
@@ -191,9 +193,13 @@ def test_quarantine_blobs_stay_within_the_item_limit_and_the_budget(tmp_path):
     (corpus / "c_pairs.jsonl").write_text('{"text": "fine"}\n{"text": "unterminated one\n{"text": "unterminated two\n')
     result = ingest_folder(corpus, limits=BlobLimits(max_item_bytes=1000, budget_bytes=40))
     rows = {(q["source"], q["locator"]): q for q in result.quarantine}
-    assert len(rows) == 4 and [r["text"] for r in result.records] == ["fine"]  # every row kept, whatever happens to the bytes
+    assert len(rows) == 4 and [r["text"] for r in result.records] == [
+        "fine"
+    ]  # every row kept, whatever happens to the bytes
     video = rows[("a_video.txt", "file")]
-    assert video["raw_ref"].startswith("not kept: 5000 bytes, over the 1000-byte item limit; in the source at a_video.txt file")
+    assert video["raw_ref"].startswith(
+        "not kept: 5000 bytes, over the 1000-byte item limit; in the source at a_video.txt file"
+    )
     assert video["raw_sha256"] == hashlib.sha256(b"\x00" * 5000).hexdigest()  # the source copy can still be verified
     # 6 + 26 bytes fit the 40-byte budget, the third item does not.
     assert rows[("b_small.bin", "file")]["raw_ref"].startswith("quarantine_blobs/")
@@ -215,7 +221,12 @@ def _jsonl_corpus(folder):
     folder.mkdir()
     lines = [b"\xef\xbb\xbf" + json.dumps({"text": "first line after a BOM"}).encode()]
     for i in range(60):
-        lines.append(json.dumps({"prompt": f"问题 {i}: 血压多少算高?", "response": f"Answer {i}\u2028with a line separator"}, ensure_ascii=False).encode())
+        lines.append(
+            json.dumps(
+                {"prompt": f"问题 {i}: 血压多少算高?", "response": f"Answer {i}\u2028with a line separator"},
+                ensure_ascii=False,
+            ).encode()
+        )
         if i % 13 == 0:
             lines.append(b'{"text": "unterminated')
         if i % 17 == 0:
@@ -228,7 +239,12 @@ def _jsonl_corpus(folder):
     (folder / "big.jsonl.gz").write_bytes(gz.compress(body))
     (folder / "cut.jsonl.gz").write_bytes(gz.compress(body)[:-200])  # truncated download
     ascii_head = "\n".join(json.dumps({"text": f"plain ascii {i}"}) for i in range(30)).encode()
-    (folder / "gbk.jsonl").write_bytes(ascii_head + "\n".join(json.dumps({"text": f"糖尿病饮食 {i}"}, ensure_ascii=False) for i in range(30)).encode("gb18030").join([b"\n", b"\n"]))
+    (folder / "gbk.jsonl").write_bytes(
+        ascii_head
+        + "\n".join(json.dumps({"text": f"糖尿病饮食 {i}"}, ensure_ascii=False) for i in range(30))
+        .encode("gb18030")
+        .join([b"\n", b"\n"])
+    )
     return folder
 
 
@@ -251,20 +267,30 @@ def test_large_jsonl_files_read_in_chunks_give_exactly_the_whole_file_result(tmp
     assert sorted(map(key, chunked.quarantine)) == sorted(map(key, whole.quarantine))
     assert chunked.read == whole.read and chunked.files == whole.files and chunked.blobs == whole.blobs
     reasons = {q["reason"].split(":")[0] for q in whole.quarantine}
-    assert {"malformed JSON", "invalid UTF-8 in an otherwise UTF-8 file", "record larger than max_record_bytes=300", "truncated or corrupt gzip"} <= reasons
+    assert {
+        "malformed JSON",
+        "invalid UTF-8 in an otherwise UTF-8 file",
+        "record larger than max_record_bytes=300",
+        "truncated or corrupt gzip",
+    } <= reasons
     assert {r["source"] for r in whole.records} == {"big.jsonl", "big.jsonl.gz", "cut.jsonl.gz", "gbk.jsonl"}
     assert any(r["text"] == "糖尿病饮食 29" for r in chunked.records)
 
 
 # --- per-line decoding and encoding detection ----------------------------------------
 
+
 def test_an_invalid_byte_costs_only_its_line_in_every_text_format(tmp_path):
     """ASCII files with one byte that is valid in no encoding detected for them (0x81 is
     undefined in CP1252): every good line is kept, the bad one quarantined with its bytes."""
     good = [json.dumps({"text": f"plain ascii record {i}"}) for i in range(4)]
-    (tmp_path / "a.jsonl").write_bytes(("\n".join(good[:2]) + "\n").encode() + b'{"text": "bad \x81 byte"}\n' + ("\n".join(good[2:]) + "\n").encode())
+    (tmp_path / "a.jsonl").write_bytes(
+        ("\n".join(good[:2]) + "\n").encode() + b'{"text": "bad \x81 byte"}\n' + ("\n".join(good[2:]) + "\n").encode()
+    )
     (tmp_path / "b.csv").write_bytes(b"text,category\nfirst row,a\nbad \x81 row,b\nthird row,c\n")
-    (tmp_path / "c.txt").write_bytes(b"First paragraph line one.\nbad \x81 line\nFirst paragraph line three.\n\nSecond paragraph.\n")
+    (tmp_path / "c.txt").write_bytes(
+        b"First paragraph line one.\nbad \x81 line\nFirst paragraph line three.\n\nSecond paragraph.\n"
+    )
     (tmp_path / "d.json").write_bytes(b'[{"text": "item zero"}, {"text": "bad \x81 item"}, {"text": "item two"}]')
     result = ingest_folder(tmp_path)
     texts = {}
@@ -278,13 +304,17 @@ def test_an_invalid_byte_costs_only_its_line_in_every_text_format(tmp_path):
     assert set(rows) == {("a.jsonl", "line 3"), ("b.csv", "line 3"), ("c.txt", "line 2"), ("d.json", "item 1")}
     assert rows[("a.jsonl", "line 3")]["raw_bytes"] == len(b'{"text": "bad \x81 byte"}')
     assert "cp1252" in rows[("a.jsonl", "line 3")]["reason"]
-    assert result.blobs[rows[("d.json", "item 1")]["raw_sha256"]] == '{"text": "bad \udc81 item"}'.encode("utf-8", "surrogateescape")
+    assert result.blobs[rows[("d.json", "item 1")]["raw_sha256"]] == '{"text": "bad \udc81 item"}'.encode(
+        "utf-8", "surrogateescape"
+    )
     assert result.read == len(result.records) + len(result.quarantine)
 
 
 def test_latin1_and_cp1252_text_is_detected_not_read_as_gb18030(tmp_path):
     (tmp_path / "short.txt").write_bytes("Les cafés.\n".encode("latin-1"))
-    (tmp_path / "notes.jsonl").write_bytes(json.dumps({"text": "Crème brûlée – €5, naïve façade"}, ensure_ascii=False).encode("cp1252") + b"\n")
+    (tmp_path / "notes.jsonl").write_bytes(
+        json.dumps({"text": "Crème brûlée – €5, naïve façade"}, ensure_ascii=False).encode("cp1252") + b"\n"
+    )
     long = "\n".join(f"Le café numéro {i} près de la gare était très agréable, déjà complet à midi." for i in range(40))
     (tmp_path / "long.txt").write_bytes(long.replace("\n", "\n\n").encode("cp1252"))
     (tmp_path / "gbk.txt").write_bytes("高血压患者的饮食应当低盐低脂。".encode("gb18030"))
@@ -310,10 +340,17 @@ def test_detect_encoding_by_byte_shape():
 
 # --- PII never reaches the records -------------------------------------------------------
 
+
 def test_records_are_scrubbed_at_ingest_with_an_account_of_what_was_replaced(tmp_path):
-    rows = [{"prompt": "Mail zq%40example.org or call 139 1773 0042", "response": "We will.", "tags": ["a", "from 172.30.114.9"],
-             "contact": {"card": "6222 0212 3456 7894"}},
-            {"text": "Nothing personal here."}]
+    rows = [
+        {
+            "prompt": "Mail zq%40example.org or call 139 1773 0042",
+            "response": "We will.",
+            "tags": ["a", "from 172.30.114.9"],
+            "contact": {"card": "6222 0212 3456 7894"},
+        },
+        {"text": "Nothing personal here."},
+    ]
     (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     result = ingest_folder(tmp_path)
     first, second = result.records
@@ -322,4 +359,9 @@ def test_records_are_scrubbed_at_ingest_with_an_account_of_what_was_replaced(tmp
     assert second["text"] == "Nothing personal here."
     assert result.pii == {"EMAIL": 1, "PHONE": 1, "IP": 1, "BANK_CARD": 1}
     [(record_id, before, after, kinds)] = result.anonymized
-    assert record_id == first["record_id"] and "zq%40example.org" in before and "<EMAIL>" in after and kinds == dict(result.pii)
+    assert (
+        record_id == first["record_id"]
+        and "zq%40example.org" in before
+        and "<EMAIL>" in after
+        and kinds == dict(result.pii)
+    )

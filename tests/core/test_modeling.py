@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from deepfeed.core.train.modeling import ModelSourceError, answer_end_ids, collate, describe_checkpoint, encode_record, load_tokenizer
+from deepfeed.core.train.modeling import (
+    ModelSourceError,
+    answer_end_ids,
+    collate,
+    describe_checkpoint,
+    encode_record,
+    load_tokenizer,
+)
 
 
 def test_describe_accepts_causal_lm(tiny_llama, tiny_deepseek):
@@ -46,7 +53,9 @@ def test_answers_end_the_turn_as_the_chat_template_does(tiny_llama):
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert answer[-1] == im_end and tokenizer.eos_token_id not in answer
     rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is the capital?"}, {"role": "assistant", "content": "Paris."}], tokenize=False)
+        [{"role": "user", "content": "What is the capital?"}, {"role": "assistant", "content": "Paris."}],
+        tokenize=False,
+    )
     assert tokenizer.decode(example.input_ids) == rendered.rstrip()
 
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from deepfeed.core.platform import home as offline
 from deepfeed.core.data.demo_corpus import dialog_pairs, write_demo_corpus
+from deepfeed.core.platform import home as offline
 
 
 def test_demo_corpus_has_both_languages_and_tags(tmp_path):
@@ -55,4 +55,4 @@ def test_smollm2_converts_to_a_working_checkpoint(tmp_path):
     ids = torch.tensor([prompt_ids(tokenizer, "What is the capital of France? Answer in one word.")])
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
-    assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:])
+    assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])

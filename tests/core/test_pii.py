@@ -213,6 +213,7 @@ def test_long_lines_stay_linear():
 
 # --- disguised PII (normalized before matching) ---------------------------------------
 
+
 @pytest.mark.parametrize(
     "disguised, kind",
     [
@@ -242,16 +243,25 @@ def test_disguised_pii_is_found_and_replaced_whole(disguised, kind):
 
 
 def test_normalization_leaves_ordinary_text_and_numbers_alone():
-    for text in ("look at it dot by dot", "we met at noon, the dot matrix printer at work", "version 1.2.3 of the tool",
-                 "scores 1 2 3 4 5 6 7 8 9 10 11 12 in order", "on 2024-01-02 at 10:30", "100% sure, 50%40 odds",
-                 "a slight depression in the smoothness of a surface", "高血压患者的饮食：低盐低脂。"):
+    for text in (
+        "look at it dot by dot",
+        "we met at noon, the dot matrix printer at work",
+        "version 1.2.3 of the tool",
+        "scores 1 2 3 4 5 6 7 8 9 10 11 12 in order",
+        "on 2024-01-02 at 10:30",
+        "100% sure, 50%40 odds",
+        "a slight depression in the smoothness of a surface",
+        "高血压患者的饮食：低盐低脂。",
+    ):
         assert scrub(text).text == text and not has_pii(text), text
 
 
 def test_scrub_value_covers_keys_values_and_nesting():
     from deepfeed.core.data.pii import scrub_value
 
-    value, counts = scrub_value({"contact zq%40example.org": ["call 139 1773 0042", 7, None], "n": {"ip": "172.30.114.9"}})
+    value, counts = scrub_value(
+        {"contact zq%40example.org": ["call 139 1773 0042", 7, None], "n": {"ip": "172.30.114.9"}}
+    )
     assert value == {"contact <EMAIL>": ["call <PHONE>", 7, None], "n": {"ip": "<IP>"}}
     assert counts == {"EMAIL": 1, "PHONE": 1, "IP": 1}
 
@@ -265,6 +275,16 @@ def test_only_the_disguised_span_is_replaced_not_the_text_around_it():
 def test_scrub_many_equals_scrub_of_each_text():
     from deepfeed.core.data.pii import scrub_many
 
-    texts = ["plain text", "mail zq%40example.org", "", "电话：１３９１７７３００４２", "Dr. Jane Smith",
-             "1 3 9 1 7 7 3 0 0 4 2", "no pii here either", "ends with a digit 4", "2 starts with one", "a\x00b 13917730042"]
+    texts = [
+        "plain text",
+        "mail zq%40example.org",
+        "",
+        "电话：１３９１７７３００４２",
+        "Dr. Jane Smith",
+        "1 3 9 1 7 7 3 0 0 4 2",
+        "no pii here either",
+        "ends with a digit 4",
+        "2 starts with one",
+        "a\x00b 13917730042",
+    ]
     assert scrub_many(texts) == [scrub(t) for t in texts]

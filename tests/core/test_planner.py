@@ -15,40 +15,113 @@ from deepfeed.tools import planner as P
 GiB = 1024**3
 
 TINY = {
-    "llama": dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=64,
-                  intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=128),
-    "llama-bias-tied-headdim": dict(model_type="llama", hidden_size=64, intermediate_size=80,
-                                    num_hidden_layers=2, num_attention_heads=4,
-                                    num_key_value_heads=4, head_dim=24, attention_bias=True,
-                                    mlp_bias=True, tie_word_embeddings=True, vocab_size=100),
-    "qwen2": dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_size=64,
-                  intermediate_size=112, num_hidden_layers=3, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=150, tie_word_embeddings=False),
-    "qwen2-tied": dict(model_type="qwen2", hidden_size=48, intermediate_size=64,
-                       num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=1,
-                       vocab_size=90, tie_word_embeddings=True),
-    "mistral": dict(model_type="mistral", hidden_size=64, intermediate_size=96,
-                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                    vocab_size=128),
-    "qwen3": dict(model_type="qwen3", hidden_size=64, intermediate_size=96, head_dim=32,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  vocab_size=128, tie_word_embeddings=False),
-    "deepseek_v3": dict(model_type="deepseek_v3", architectures=["DeepseekV3ForCausalLM"],
-                        hidden_size=64, intermediate_size=96, moe_intermediate_size=24,
-                        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
-                        n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
-                        first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=32,
-                        qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=12,
-                        n_group=2, topk_group=1, vocab_size=128),
-    "deepseek_v3-noqlora-bias": dict(model_type="deepseek_v3", hidden_size=48,
-                                     intermediate_size=64, moe_intermediate_size=16,
-                                     num_hidden_layers=3, num_attention_heads=2,
-                                     n_routed_experts=4, num_experts_per_tok=2,
-                                     n_shared_experts=2, first_k_dense_replace=2,
-                                     kv_lora_rank=8, q_lora_rank=None, qk_rope_head_dim=4,
-                                     qk_nope_head_dim=8, v_head_dim=8, attention_bias=True,
-                                     n_group=1, topk_group=1, vocab_size=64),
+    "llama": dict(
+        model_type="llama",
+        architectures=["LlamaForCausalLM"],
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+    ),
+    "llama-bias-tied-headdim": dict(
+        model_type="llama",
+        hidden_size=64,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=24,
+        attention_bias=True,
+        mlp_bias=True,
+        tie_word_embeddings=True,
+        vocab_size=100,
+    ),
+    "qwen2": dict(
+        model_type="qwen2",
+        architectures=["Qwen2ForCausalLM"],
+        hidden_size=64,
+        intermediate_size=112,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=150,
+        tie_word_embeddings=False,
+    ),
+    "qwen2-tied": dict(
+        model_type="qwen2",
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=1,
+        vocab_size=90,
+        tie_word_embeddings=True,
+    ),
+    "mistral": dict(
+        model_type="mistral",
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+    ),
+    "qwen3": dict(
+        model_type="qwen3",
+        hidden_size=64,
+        intermediate_size=96,
+        head_dim=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        tie_word_embeddings=False,
+    ),
+    "deepseek_v3": dict(
+        model_type="deepseek_v3",
+        architectures=["DeepseekV3ForCausalLM"],
+        hidden_size=64,
+        intermediate_size=96,
+        moe_intermediate_size=24,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        n_shared_experts=1,
+        first_k_dense_replace=1,
+        kv_lora_rank=16,
+        q_lora_rank=32,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=16,
+        v_head_dim=12,
+        n_group=2,
+        topk_group=1,
+        vocab_size=128,
+    ),
+    "deepseek_v3-noqlora-bias": dict(
+        model_type="deepseek_v3",
+        hidden_size=48,
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        n_shared_experts=2,
+        first_k_dense_replace=2,
+        kv_lora_rank=8,
+        q_lora_rank=None,
+        qk_rope_head_dim=4,
+        qk_nope_head_dim=8,
+        v_head_dim=8,
+        attention_bias=True,
+        n_group=1,
+        topk_group=1,
+        vocab_size=64,
+    ),
 }
 
 
@@ -98,9 +171,15 @@ def test_well_known_sizes_of_the_presets():
     assert P.plan("v3").params.active / 1e9 == pytest.approx(37.5, abs=0.5)  # "37B activated"
 
 
-@pytest.mark.parametrize("name,targets", [("llama", "all-linear"), ("qwen2", ["q_proj", "v_proj"]),
-                                          ("deepseek_v3", "all-linear"),
-                                          ("deepseek_v3", ["kv_b_proj", "down_proj"])])
+@pytest.mark.parametrize(
+    "name,targets",
+    [
+        ("llama", "all-linear"),
+        ("qwen2", ["q_proj", "v_proj"]),
+        ("deepseek_v3", "all-linear"),
+        ("deepseek_v3", ["kv_b_proj", "down_proj"]),
+    ],
+)
 def test_lora_params_match_peft(tmp_path, name, targets):
     peft = pytest.importorskip("peft")
     folder = _write(tmp_path, TINY[name])
@@ -135,11 +214,20 @@ def test_kv_cache_formula_matches_transformers_cache(tmp_path, name):
 def test_activation_estimate_matches_autograd_saved_tensors(model_type):
     """The no-checkpointing activation model against what autograd actually keeps for a
     small bf16 model (SDPA); tensors are counted once per storage, parameters excluded."""
-    cfg = dict(model_type=model_type, hidden_size=256, intermediate_size=704, head_dim=32,
-               num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2, vocab_size=300)
+    cfg = dict(
+        model_type=model_type,
+        hidden_size=256,
+        intermediate_size=704,
+        head_dim=32,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=300,
+    )
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.bfloat16,
-                                             attn_implementation="sdpa").train()
+    model = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(**cfg), dtype=torch.bfloat16, attn_implementation="sdpa"
+    ).train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
@@ -198,8 +286,9 @@ def test_training_memory_accounting():
     totals = [P.memory(shape, sc["full-mixed-gc"], n_gpus=g, **kw).total for g in (1, 2, 4, 8)]
     assert totals == sorted(totals, reverse=True)
     # Checkpointing trades activations for compute; LoRA and QLoRA shrink the rest.
-    assert (P.memory(shape, sc["lora-bf16-gc"], **kw).activations
-            < P.memory(shape, sc["lora-bf16"], **kw).activations / 3)
+    assert (
+        P.memory(shape, sc["lora-bf16-gc"], **kw).activations < P.memory(shape, sc["lora-bf16"], **kw).activations / 3
+    )
     lora, qlora = P.memory(shape, sc["lora-bf16-gc"], **kw), P.memory(shape, sc["qlora-gc"], **kw)
     assert qlora.total < lora.total < full.total
     assert lora.gradients == 4 * P.lora_params(shape, 16)
@@ -229,11 +318,14 @@ def test_70b_bf16_inference_needs_several_80gb_cards():
     assert p.estimates["infer-bf16"].single.weights > 130 * GiB
 
 
-@pytest.mark.parametrize("preset,label,tier_name,smaller", [
-    ("7b", "7B", "1x RTX 4090 24GB", None),
-    ("13b", "13B", "2x RTX A6000 48GB", "1x RTX 4090 24GB"),
-    ("70b", "70B", "8x A100 80GB", "2x RTX A6000 48GB"),
-])
+@pytest.mark.parametrize(
+    "preset,label,tier_name,smaller",
+    [
+        ("7b", "7B", "1x RTX 4090 24GB", None),
+        ("13b", "13B", "2x RTX A6000 48GB", "1x RTX 4090 24GB"),
+        ("70b", "70B", "8x A100 80GB", "2x RTX A6000 48GB"),
+    ],
+)
 def test_article_tiers_are_reproduced(preset, label, tier_name, smaller):
     """Each size class fits the article's hardware for serving and LoRA fine-tuning, and
     does not fit the hardware of the class below: the "enough" principle."""
@@ -252,8 +344,15 @@ def test_article_tiers_are_reproduced(preset, label, tier_name, smaller):
 
 def test_article_tiers_are_in_the_table():
     names = {t.name for t in P.TIERS}
-    assert {"1x RTX 4090 24GB", "2x RTX A6000 48GB", "8x A100 80GB", "1x L4 24GB",
-            "1x A100 40GB", "1x H100 80GB", "1x H200 141GB"} <= names
+    assert {
+        "1x RTX 4090 24GB",
+        "2x RTX A6000 48GB",
+        "8x A100 80GB",
+        "1x L4 24GB",
+        "1x A100 40GB",
+        "1x H100 80GB",
+        "1x H200 141GB",
+    } <= names
     assert [t.total_bytes for t in P.TIERS] == sorted(t.total_bytes for t in P.TIERS)
 
 
@@ -282,8 +381,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(P.PlannerError, match="not valid JSON"):
         P.plan(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2",
-                                                       "architectures": ["GPT2LMHeadModel"]}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(P.PlannerError, match="unsupported model_type 'gpt2'.*llama"):
         P.plan(tmp_path)
     cfg = dict(TINY["llama"])

@@ -186,13 +186,17 @@ def test_normalize_text():
 
 
 def test_normalize_text_is_idempotent_and_leaves_no_markup():
-    texts = NOISE["markup"] + CLEAN + [
-        "&amp;lt;p&amp;gt;double escaped&amp;lt;/p&amp;gt;",
-        "# # nested heading",
-        "||a||b||",
-        "[[a](b)](c) nested links",
-        "&#65313;&#65314; entity to full width",
-    ]
+    texts = (
+        NOISE["markup"]
+        + CLEAN
+        + [
+            "&amp;lt;p&amp;gt;double escaped&amp;lt;/p&amp;gt;",
+            "# # nested heading",
+            "||a||b||",
+            "[[a](b)](c) nested links",
+            "&#65313;&#65314; entity to full width",
+        ]
+    )
     normalised = [normalize_text(t) for t in texts]
     assert [normalize_text(t) for t in normalised] == normalised
     assert DETECTORS["markup"](normalised) == [None] * len(texts)
@@ -252,10 +256,64 @@ def test_plain_text_shortcut_gives_the_full_normalization():
 
     from deepfeed.core.data.quality import _normalize_full
 
-    pieces = ["word", "高血压", "Café", "CafÃ©", " ", "  ", "\t", "\n", "\n\n\n", "\r\n", "\u3000", "\xa0", "\u1680", "ＡＢＣ",
-              "<b>", "&amp;", "# ", "- ", "* ", "**x**", "[a](b)", "`c`", "|", "~", ">", "\x07", "\x1c", "\u200b", "\u2028",
-              "\ufeff", "\ud800", "ﬁ", "—", "1391234", "e-mail", "。", "？", "x_y", "#", "#12", " ## ", ":---", "---", "|a|", "![i](u)"]
+    pieces = [
+        "word",
+        "高血压",
+        "Café",
+        "CafÃ©",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "\n\n\n",
+        "\r\n",
+        "\u3000",
+        "\xa0",
+        "\u1680",
+        "ＡＢＣ",
+        "<b>",
+        "&amp;",
+        "# ",
+        "- ",
+        "* ",
+        "**x**",
+        "[a](b)",
+        "`c`",
+        "|",
+        "~",
+        ">",
+        "\x07",
+        "\x1c",
+        "\u200b",
+        "\u2028",
+        "\ufeff",
+        "\ud800",
+        "ﬁ",
+        "—",
+        "1391234",
+        "e-mail",
+        "。",
+        "？",
+        "x_y",
+        "#",
+        "#12",
+        " ## ",
+        ":---",
+        "---",
+        "|a|",
+        "![i](u)",
+    ]
     rng = random.Random(5)
     texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))) for _ in range(20_000)]
-    texts += ["How do I reset my password? #12", "order #12 ships\n:---", "a # b", "# title", "title ##", "x\n  ### y", "今天天气怎么样？ 预计明天发货。", "well-known  spaces  ", " lead and trail "]
+    texts += [
+        "How do I reset my password? #12",
+        "order #12 ships\n:---",
+        "a # b",
+        "# title",
+        "title ##",
+        "x\n  ### y",
+        "今天天气怎么样？ 预计明天发货。",
+        "well-known  spaces  ",
+        " lead and trail ",
+    ]
     assert [normalize_text(t) for t in texts] == [_normalize_full(t, shortcut=False) for t in texts]

@@ -25,7 +25,12 @@ def test_files_are_private_from_the_start_whatever_the_umask(tmp_path):
     finally:
         os.umask(old)
     modes = _modes(tmp_path / "raw")
-    assert modes == {".": 0o700, "clinic": 0o700, "clinic/quarantine_blobs": 0o700, f"clinic/quarantine_blobs/{DIGEST}": 0o600}
+    assert modes == {
+        ".": 0o700,
+        "clinic": 0o700,
+        "clinic/quarantine_blobs": 0o700,
+        f"clinic/quarantine_blobs/{DIGEST}": 0o600,
+    }
     assert resolve_quarantine_ref(store.source("clinic").folder, f"quarantine_blobs/{DIGEST}") == SECRET
 
 
@@ -34,7 +39,9 @@ def test_with_a_key_the_bytes_at_rest_are_encrypted_and_need_the_key(tmp_path):
     folder = RawStore(tmp_path / "raw", key).source("clinic").folder
     write_quarantine_blobs(folder, {DIGEST: SECRET}, key)
     [sealed] = (folder / "quarantine_blobs").iterdir()
-    assert sealed.name == DIGEST + ".fernet" and b"canary" not in sealed.read_bytes() and b"zq." not in sealed.read_bytes()
+    assert (
+        sealed.name == DIGEST + ".fernet" and b"canary" not in sealed.read_bytes() and b"zq." not in sealed.read_bytes()
+    )
     assert resolve_quarantine_ref(folder, f"quarantine_blobs/{DIGEST}", key) == SECRET
     with pytest.raises(ValueError, match="encrypted: set DEEPFEED_RAW_STORE_KEY"):
         resolve_quarantine_ref(folder, f"quarantine_blobs/{DIGEST}")
@@ -57,7 +64,10 @@ def test_purge_deletes_one_sources_raw_bytes_only(tmp_path):
     for source in ("clinic", "wiki"):
         write_quarantine_blobs(store.source(source).folder, {DIGEST: SECRET})
     assert store.purge("clinic") == 1 and store.purge("clinic") == 0
-    assert not (tmp_path / "raw" / "clinic").exists() and (tmp_path / "raw" / "wiki" / "quarantine_blobs" / DIGEST).exists()
+    assert (
+        not (tmp_path / "raw" / "clinic").exists()
+        and (tmp_path / "raw" / "wiki" / "quarantine_blobs" / DIGEST).exists()
+    )
     with pytest.raises(RawStoreError, match="not a source name"):
         store.purge("../wiki")
 

@@ -23,7 +23,9 @@ def registry(tmp_path):
 
 
 def _register(client, artifact_version: str, *aliases: str) -> str:
-    version = client.create_model_version("deepfeed", source=f"/models/{artifact_version}", tags={"artifact_version": artifact_version}).version
+    version = client.create_model_version(
+        "deepfeed", source=f"/models/{artifact_version}", tags={"artifact_version": artifact_version}
+    ).version
     for alias in aliases:
         client.set_registered_model_alias("deepfeed", alias, version)
     return str(version)
@@ -43,7 +45,10 @@ def test_prune_keeps_recent_and_aliased_versions_and_their_compressed_builds(tmp
         retention.plan(store, 0, [])
     planned, protected = retention.prune(store, registry, "deepfeed", keep_last=2, dry_run=True)
     assert protected == {trained[0]: "previous (v1)", trained[1]: f"champion (v{champion})"}
-    assert [(d.name, d.version) for d in planned] == [("finetuned_model", trained[2]), ("compressed_model", compressed[2])]
+    assert [(d.name, d.version) for d in planned] == [
+        ("finetuned_model", trained[2]),
+        ("compressed_model", compressed[2]),
+    ]
     assert planned[0].bytes >= 1000 and planned[1].bytes >= 300  # payload plus manifest
     assert store.versions("finetuned_model") == trained  # a dry run deletes nothing
 
@@ -52,16 +57,24 @@ def test_prune_keeps_recent_and_aliased_versions_and_their_compressed_builds(tmp
     assert done == planned
     assert store.versions("finetuned_model") == [trained[0], trained[1], trained[3], trained[4]]
     assert store.versions("compressed_model") == [compressed[0], compressed[1], compressed[3], compressed[4]]
-    assert store.versions("incremental_model") == incremental and store.versions("clean_corpus") == clean  # data is never pruned
+    assert (
+        store.versions("incremental_model") == incremental and store.versions("clean_corpus") == clean
+    )  # data is never pruned
     assert not [p for p in (tmp_path / "artifacts" / "finetuned_model").iterdir() if p.name.startswith(".pruning")]
-    assert [e["record_id"] for e in ledger.iter_entries(action="pruned")] == [f"finetuned_model/{trained[2]}", f"compressed_model/{compressed[2]}"]
+    assert [e["record_id"] for e in ledger.iter_entries(action="pruned")] == [
+        f"finetuned_model/{trained[2]}",
+        f"compressed_model/{compressed[2]}",
+    ]
     assert ledger.verify().ok
     tags = {str(v.version): v.tags for v in registry.search_model_versions("name='deepfeed'")}
     assert tags["3"].get("artifact_deleted") == "true" and "artifact_deleted" not in tags[champion]
     # Moving the champion alias on makes its old version prunable next time.
     registry.set_registered_model_alias("deepfeed", "champion", _register(registry, trained[4]))
     again, _ = retention.prune(store, registry, "deepfeed", keep_last=2, dry_run=True)
-    assert [(d.name, d.version) for d in again] == [("finetuned_model", trained[1]), ("compressed_model", compressed[1])]
+    assert [(d.name, d.version) for d in again] == [
+        ("finetuned_model", trained[1]),
+        ("compressed_model", compressed[1]),
+    ]
 
 
 def test_an_empty_registry_protects_nothing_but_the_newest(tmp_path):
@@ -69,5 +82,11 @@ def test_an_empty_registry_protects_nothing_but_the_newest(tmp_path):
 
     store = ArtifactStore(tmp_path / "artifacts")
     trained = [_version(store, "finetuned_model", b"w") for _ in range(3)]
-    done, protected = retention.prune(store, MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"), "deepfeed", keep_last=1)
-    assert protected == {} and [d.version for d in done] == trained[:2] and store.versions("finetuned_model") == trained[2:]
+    done, protected = retention.prune(
+        store, MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"), "deepfeed", keep_last=1
+    )
+    assert (
+        protected == {}
+        and [d.version for d in done] == trained[:2]
+        and store.versions("finetuned_model") == trained[2:]
+    )

@@ -24,11 +24,15 @@ def _ratings(rng, mean, size, kind):
 
 
 def _feedback(previous, champion):
-    rows = [{"model_version": "1", "rating": r, "received_at": (T0 + dt.timedelta(seconds=i)).isoformat()}
-            for i, r in enumerate(previous)]
+    rows = [
+        {"model_version": "1", "rating": r, "received_at": (T0 + dt.timedelta(seconds=i)).isoformat()}
+        for i, r in enumerate(previous)
+    ]
     start = len(rows)
-    rows += [{"model_version": "2", "rating": r, "received_at": (T0 + dt.timedelta(seconds=start + i)).isoformat()}
-             for i, r in enumerate(champion)]
+    rows += [
+        {"model_version": "2", "rating": r, "received_at": (T0 + dt.timedelta(seconds=start + i)).isoformat()}
+        for i, r in enumerate(champion)
+    ]
     return rows
 
 
@@ -56,8 +60,10 @@ def test_known_baseline_rarely_rolls_back_and_catches_a_real_10_percent_drop():
     caught = [drop_test(_ratings(rng, 0.72, 1000, "thumbs"), 0.8, alpha=ALPHA).rollback for _ in range(200)]
     assert np.mean(caught) >= 0.9
     # The baseline as a sample (its own noise counted): 2000 ratings on each side.
-    caught = [drop_test(_ratings(rng, 0.72, 2000, "thumbs"), 0.8, baseline_std=0.4, baseline_n=2000,
-                        alpha=ALPHA).rollback for _ in range(200)]
+    caught = [
+        drop_test(_ratings(rng, 0.72, 2000, "thumbs"), 0.8, baseline_std=0.4, baseline_n=2000, alpha=ALPHA).rollback
+        for _ in range(200)
+    ]
     assert np.mean(caught) >= 0.9
     # ...and through the sensor's function, with the previous version's ratings as the baseline.
     previous, current = _ratings(rng, 0.8, 2000, "thumbs"), _ratings(rng, 0.72, 2000, "thumbs")

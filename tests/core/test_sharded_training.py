@@ -12,14 +12,16 @@ from safetensors.torch import load_file
 from deepfeed.core.train.distributed import launch_command, read_result, write_spec
 from deepfeed.core.train.training import TrainingConfig, TrainingError, fine_tune
 
-RECORDS = [{"kind": "pair", "prompt": f"What is item {i}?", "response": f"Item {i} is a demo answer."}
-           for i in range(16)]
+RECORDS = [
+    {"kind": "pair", "prompt": f"What is item {i}?", "response": f"Item {i} is a demo answer."} for i in range(16)
+]
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_fsdp_over_two_processes_follows_one_process_and_shards_the_state(tiny_llama, tmp_path, method):
-    config = TrainingConfig(max_steps=3, method=method, batch_size=4, learning_rate=3e-3, warmup_steps=0,
-                            sharding="fsdp")
+    config = TrainingConfig(
+        max_steps=3, method=method, batch_size=4, learning_rate=3e-3, warmup_steps=0, sharding="fsdp"
+    )
     single = fine_tune(tiny_llama, RECORDS, tmp_path / "single", config)
     spec = write_spec(tmp_path / "job", tiny_llama, RECORDS, tmp_path / "fsdp", config)
     done = subprocess.run(launch_command(spec, 2), capture_output=True, text=True, timeout=600)

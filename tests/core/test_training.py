@@ -6,7 +6,10 @@ from deepfeed.core.train.modeling import describe_checkpoint, load_model
 from deepfeed.core.train.training import TrainingConfig, TrainingError, cosine_with_floor, fine_tune
 from tests.conftest import PAIRS
 
-RECORDS = [{"record_id": str(i), "kind": "pair", "prompt": p, "response": r, "text": None} for i, (p, r) in enumerate(PAIRS * 4)]
+RECORDS = [
+    {"record_id": str(i), "kind": "pair", "prompt": p, "response": r, "text": None}
+    for i, (p, r) in enumerate(PAIRS * 4)
+]
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():
@@ -19,7 +22,9 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_fine_tuning_lowers_the_loss_and_saves_a_plain_checkpoint(tiny_llama, tmp_path, method):
-    config = TrainingConfig(max_steps=25, batch_size=8, learning_rate=1e-2 if method == "lora" else 1e-3, method=method, warmup_steps=2)
+    config = TrainingConfig(
+        max_steps=25, batch_size=8, learning_rate=1e-2 if method == "lora" else 1e-3, method=method, warmup_steps=2
+    )
     result = fine_tune(tiny_llama, RECORDS, tmp_path / "out", config)
     assert len(result.losses) == 25 and all(math.isfinite(l) for l in result.losses)
     # LoRA on a random tiny model moves slower than full fine-tuning (B starts at zero).
@@ -32,13 +37,20 @@ def test_fine_tuning_lowers_the_loss_and_saves_a_plain_checkpoint(tiny_llama, tm
 
 
 def test_deepseek_v3_trains(tiny_deepseek, tmp_path):
-    result = fine_tune(tiny_deepseek, RECORDS, tmp_path / "out", TrainingConfig(max_steps=4, batch_size=4, method="full", learning_rate=1e-3))
+    result = fine_tune(
+        tiny_deepseek,
+        RECORDS,
+        tmp_path / "out",
+        TrainingConfig(max_steps=4, batch_size=4, method="full", learning_rate=1e-3),
+    )
     assert len(result.losses) == 4
     assert describe_checkpoint(tmp_path / "out")["architecture"] == "DeepseekV3ForCausalLM"
 
 
 def test_gradient_checkpointing_path_runs(tiny_llama, tmp_path):
-    result = fine_tune(tiny_llama, RECORDS, tmp_path / "out", TrainingConfig(max_steps=2, batch_size=4, gradient_checkpointing=True))
+    result = fine_tune(
+        tiny_llama, RECORDS, tmp_path / "out", TrainingConfig(max_steps=2, batch_size=4, gradient_checkpointing=True)
+    )
     assert len(result.losses) == 2
 
 
@@ -46,12 +58,19 @@ def test_no_records_and_nan_loss_fail_without_a_checkpoint(tiny_llama, tmp_path)
     with pytest.raises(TrainingError, match="no training records"):
         fine_tune(tiny_llama, [], tmp_path / "a", TrainingConfig(max_steps=1))
     with pytest.raises(TrainingError, match="loss became"):
-        fine_tune(tiny_llama, RECORDS, tmp_path / "b", TrainingConfig(max_steps=3, method="full", learning_rate=float("inf"), warmup_steps=0))
+        fine_tune(
+            tiny_llama,
+            RECORDS,
+            tmp_path / "b",
+            TrainingConfig(max_steps=3, method="full", learning_rate=float("inf"), warmup_steps=0),
+        )
     assert not (tmp_path / "b").exists()
 
 
 def test_fgsm_adversarial_training_adds_a_higher_loss_and_trains(tiny_llama, tmp_path):
-    plain = fine_tune(tiny_llama, RECORDS, tmp_path / "plain", TrainingConfig(max_steps=8, method="full", learning_rate=3e-3))
+    plain = fine_tune(
+        tiny_llama, RECORDS, tmp_path / "plain", TrainingConfig(max_steps=8, method="full", learning_rate=3e-3)
+    )
     config = TrainingConfig(max_steps=8, method="full", learning_rate=3e-3, fgsm_epsilon=0.1, fgsm_weight=0.5)
     result = fine_tune(tiny_llama, RECORDS, tmp_path / "fgsm", config)
     assert len(result.adversarial_losses) == 8
@@ -71,7 +90,16 @@ def test_fgsm_training_with_lora_and_gradient_checkpointing(tiny_llama, tmp_path
     assert len(result.adversarial_losses) == 2 and all(math.isfinite(x) for x in result.adversarial_losses)
 
 
-@pytest.mark.parametrize("bad", [{"fgsm_epsilon": 0.6}, {"fgsm_epsilon": -0.1}, {"fgsm_weight": -1.0}, {"teacher_cache_top_k": -1}, {"teacher_cache_budget_gb": -1.0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"fgsm_epsilon": 0.6},
+        {"fgsm_epsilon": -0.1},
+        {"fgsm_weight": -1.0},
+        {"teacher_cache_top_k": -1},
+        {"teacher_cache_budget_gb": -1.0},
+    ],
+)
 def test_bad_fgsm_and_teacher_cache_settings_are_named(tiny_llama, tmp_path, bad):
     with pytest.raises(TrainingError, match=next(iter(bad))):
         fine_tune(tiny_llama, RECORDS, tmp_path / "out", TrainingConfig(max_steps=1, **bad))
@@ -107,10 +135,28 @@ def test_fgsm_and_a_cached_teacher_under_two_processes_follow_one_process(tiny_l
 
     teacher = tmp_path / "teacher"
     fine_tune(tiny_llama, RECORDS, teacher, TrainingConfig(max_steps=4, method="full", learning_rate=3e-3))
-    config = TrainingConfig(max_steps=3, method="full", batch_size=4, learning_rate=3e-3, warmup_steps=0, fgsm_epsilon=0.05,
-                            distill_alpha=0.5, teacher_cache=True)
-    single = fine_tune(tiny_llama, RECORDS, tmp_path / "single", config, teacher_path=teacher, teacher_cache_dir=tmp_path / "cache1")
-    spec = write_spec(tmp_path / "job", tiny_llama, RECORDS, tmp_path / "ddp", config, teacher_path=teacher, teacher_cache_dir=tmp_path / "cache2")
+    config = TrainingConfig(
+        max_steps=3,
+        method="full",
+        batch_size=4,
+        learning_rate=3e-3,
+        warmup_steps=0,
+        fgsm_epsilon=0.05,
+        distill_alpha=0.5,
+        teacher_cache=True,
+    )
+    single = fine_tune(
+        tiny_llama, RECORDS, tmp_path / "single", config, teacher_path=teacher, teacher_cache_dir=tmp_path / "cache1"
+    )
+    spec = write_spec(
+        tmp_path / "job",
+        tiny_llama,
+        RECORDS,
+        tmp_path / "ddp",
+        config,
+        teacher_path=teacher,
+        teacher_cache_dir=tmp_path / "cache2",
+    )
     done = subprocess.run(launch_command(spec, 2), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = read_result(spec)

@@ -9,12 +9,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from deepfeed.tools import planner as P
 from deepfeed.core.train.modeling import ModelSourceError, collate, encode_record, load_model, load_tokenizer
 from deepfeed.core.train.training import TrainingConfig, TrainingError, adamw, fine_tune, setup_model
+from deepfeed.tools import planner as P
 
-RECORDS = [{"kind": "pair", "prompt": "What is the capital of France?", "response": "The capital of France is Paris."},
-           {"kind": "pair", "prompt": "How much water should I drink?", "response": "About two litres a day."}] * 4
+RECORDS = [
+    {"kind": "pair", "prompt": "What is the capital of France?", "response": "The capital of France is Paris."},
+    {"kind": "pair", "prompt": "How much water should I drink?", "response": "About two litres a day."},
+] * 4
 
 cuda = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -47,13 +49,16 @@ def test_full_fine_tuning_keeps_fp32_master_weights_under_bf16(tiny_llama):
 def _measured_bytes(model, optimizer) -> dict[str, int]:
     size = lambda t: t.numel() * t.element_size()  # noqa: E731
     opt = sum(size(v) for state in optimizer.state.values() for k, v in state.items() if k != "step")
-    return {"weights": sum(size(p) for p in model.parameters()),
-            "gradients": sum(size(p.grad) for p in model.parameters() if p.grad is not None),
-            "optimizer": opt}
+    return {
+        "weights": sum(size(p) for p in model.parameters()),
+        "gradients": sum(size(p.grad) for p in model.parameters() if p.grad is not None),
+        "optimizer": opt,
+    }
 
 
-@pytest.mark.parametrize("method, precision", [("full", "fp32"), ("full", "bf16"), ("lora", "fp32"), ("lora", "bf16"),
-                                               ("lora", "fp16")])
+@pytest.mark.parametrize(
+    "method, precision", [("full", "fp32"), ("full", "bf16"), ("lora", "fp32"), ("lora", "bf16"), ("lora", "fp16")]
+)
 def test_planner_bytes_equal_what_the_trainer_allocates(tiny_llama, method, precision):
     config = TrainingConfig(method=method, precision=precision, lora_rank=4)
     model, layout, device = setup_model(tiny_llama, config)

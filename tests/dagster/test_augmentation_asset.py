@@ -12,7 +12,19 @@ SLICE = ["raw_corpus", "clean_corpus", "augmented_corpus"]
 
 
 def test_augmented_corpus_has_provenance_and_rich_metadata(deepfeed_env, tiny_llama, tiny_corpus, instance):
-    config = {"augmented_corpus": {"config": {"synonym_ratio": 1.0, "structural_ratio": 1.0, "fgsm_ratio": 1.0, "fgsm_max_modification_rate": 0.5, "similarity_threshold": 0.5, "synonym_lm_rank": True, "synonym_variants": 4}}}
+    config = {
+        "augmented_corpus": {
+            "config": {
+                "synonym_ratio": 1.0,
+                "structural_ratio": 1.0,
+                "fgsm_ratio": 1.0,
+                "fgsm_max_modification_rate": 0.5,
+                "similarity_threshold": 0.5,
+                "synonym_lm_rank": True,
+                "synonym_variants": 4,
+            }
+        }
+    }
     assert materialize(SLICE, deepfeed_env, tiny_llama, tiny_corpus, instance, **config).success
     event = instance.get_latest_materialization_event(dg.AssetKey("augmented_corpus")).asset_materialization
     for key in ("techniques", "similarity", "examples", "not_augmented", "path", "audit_entries", "audit_head"):
@@ -36,19 +48,41 @@ def test_augmented_corpus_has_provenance_and_rich_metadata(deepfeed_env, tiny_ll
     synonym_params = [json.loads(c["aug_params"]) for c in children if c["technique"] == "contextual_synonym"]
     assert synonym_params and all(p["ranked_by"] == "causal_lm" for p in synonym_params)
     # Only records with a choice between variants are ranked; four variants leave some.
-    assert [p["lm_logprob"] for p in synonym_params if "lm_logprob" in p] and all(p.get("lm_logprob", -1.0) < 0 for p in synonym_params)
+    assert [p["lm_logprob"] for p in synonym_params if "lm_logprob" in p] and all(
+        p.get("lm_logprob", -1.0) < 0 for p in synonym_params
+    )
 
 
 def test_bad_config_names_the_field_and_keeps_the_last_good_corpus(deepfeed_env, tiny_llama, tiny_corpus, instance):
-    assert materialize(SLICE, deepfeed_env, tiny_llama, tiny_corpus, instance, augmented_corpus={"config": {"fgsm_ratio": 0.0, "synonym_ratio": 0.0}}).success
+    assert materialize(
+        SLICE,
+        deepfeed_env,
+        tiny_llama,
+        tiny_corpus,
+        instance,
+        augmented_corpus={"config": {"fgsm_ratio": 0.0, "synonym_ratio": 0.0}},
+    ).success
     store = ArtifactStore(deepfeed_env / "artifacts")
     good = store.latest("augmented_corpus")
     from deepfeed.core.platform.audit import AuditLedger
 
     ledger = AuditLedger(deepfeed_env / "audit" / "ledger.jsonl")
     head = ledger.head()
-    for bad, field in [({"fgsm_epsilon": 0.9}, "fgsm_epsilon"), ({"structural_ratio": 2.0}, "structural_ratio"), ({"masked_lm_path": "/nope"}, "masked_lm_path"), ({"masked_lm_path": "/nope", "synonym_lm_rank": True}, "synonym_lm_rank")]:
-        result = materialize(["augmented_corpus"], deepfeed_env, tiny_llama, tiny_corpus, instance, raise_on_error=False, augmented_corpus={"config": bad})
+    for bad, field in [
+        ({"fgsm_epsilon": 0.9}, "fgsm_epsilon"),
+        ({"structural_ratio": 2.0}, "structural_ratio"),
+        ({"masked_lm_path": "/nope"}, "masked_lm_path"),
+        ({"masked_lm_path": "/nope", "synonym_lm_rank": True}, "synonym_lm_rank"),
+    ]:
+        result = materialize(
+            ["augmented_corpus"],
+            deepfeed_env,
+            tiny_llama,
+            tiny_corpus,
+            instance,
+            raise_on_error=False,
+            augmented_corpus={"config": bad},
+        )
         assert not result.success
         assert f"augmented_corpus.config.{field}" in _failure_message(result)
         assert store.latest("augmented_corpus").version == good.version

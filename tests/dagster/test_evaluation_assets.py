@@ -9,7 +9,17 @@ from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.resources.mlflow_tracking import CHAMPION
 from tests.dagster.test_chain import instance, materialize, resources  # noqa: F401 (fixture)
 
-CHAIN = ["raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model", "candidate_model", "compressed_model", "evaluation_report", "champion_model"]
+CHAIN = [
+    "raw_corpus",
+    "clean_corpus",
+    "augmented_corpus",
+    "base_model",
+    "finetuned_model",
+    "candidate_model",
+    "compressed_model",
+    "evaluation_report",
+    "champion_model",
+]
 EVAL = ["evaluation_report", "champion_model"]
 
 
@@ -55,8 +65,15 @@ def test_promotion_is_gated_audited_and_fails_closed(deepfeed_env, tiny_llama, t
     client.set_registered_model_alias("deepfeed", CHAMPION, seeded.version)
     # ab_test: false promotes a gated candidate directly (the default makes it the A/B
     # challenger first: tests/dagster/test_chain.py).
-    promoted_run = materialize(EVAL, deepfeed_env, tiny_llama, tiny_corpus, instance, raise_on_error=False,
-                               champion_model={"config": {"ab_test": False}})
+    promoted_run = materialize(
+        EVAL,
+        deepfeed_env,
+        tiny_llama,
+        tiny_corpus,
+        instance,
+        raise_on_error=False,
+        champion_model={"config": {"ab_test": False}},
+    )
     assert _check(promoted_run, "promotion_gate").passed and promoted_run.success
     report = instance.get_latest_materialization_event(dg.AssetKey("evaluation_report")).asset_materialization
     markdown = report.metadata["report"].value
@@ -64,7 +81,9 @@ def test_promotion_is_gated_audited_and_fails_closed(deepfeed_env, tiny_llama, t
     assert not any(line.startswith("| base: ") for line in markdown.splitlines())  # no time spent on the base again
     champion = mlflow.version_by_alias(CHAMPION)
     assert champion.version != seeded.version
-    promoted = [e for e in AuditLedger(deepfeed_env / "audit" / "ledger.jsonl").iter_entries() if e["action"] == "promoted"]
+    promoted = [
+        e for e in AuditLedger(deepfeed_env / "audit" / "ledger.jsonl").iter_entries() if e["action"] == "promoted"
+    ]
     assert [e["record_id"] for e in promoted] == [f"model:deepfeed:v{champion.version}"]
 
     # A champion whose checkpoint is gone must not let the next challenger through.
@@ -76,6 +95,15 @@ def test_promotion_is_gated_audited_and_fails_closed(deepfeed_env, tiny_llama, t
     assert not gate.passed and "champion: could not be re-scored" in gate.description
     assert not second.success  # the blocking check stops champion_model
     assert mlflow.version_by_alias(CHAMPION).version == ghost.version
-    assert len([e for e in AuditLedger(deepfeed_env / "audit" / "ledger.jsonl").iter_entries() if e["action"] == "promoted"]) == 1
+    assert (
+        len(
+            [
+                e
+                for e in AuditLedger(deepfeed_env / "audit" / "ledger.jsonl").iter_entries()
+                if e["action"] == "promoted"
+            ]
+        )
+        == 1
+    )
     failed_report = instance.get_latest_materialization_event(dg.AssetKey("evaluation_report")).asset_materialization
     assert "KEEP the champion" in failed_report.metadata["report"].value

@@ -41,8 +41,15 @@ def test_chain_runs_end_finished_and_a_failing_one_failed(deepfeed_env, tiny_lla
     assert isinstance(text, str)
 
     # clean_corpus logs to MLflow, then finetuned_model fails on its config: the run is FAILED.
-    failed = materialize(TRAIN, deepfeed_env, tiny_llama, tiny_corpus, instance, raise_on_error=False,
-                         finetuned_model={"config": {"start_from": "nowhere"}})
+    failed = materialize(
+        TRAIN,
+        deepfeed_env,
+        tiny_llama,
+        tiny_corpus,
+        instance,
+        raise_on_error=False,
+        finetuned_model={"config": {"start_from": "nowhere"}},
+    )
     assert not failed.success
     [run] = [r for r in _runs(deepfeed_env, tiny_llama) if r.data.tags["dagster_run_id"] == failed.run_id]
     assert run.info.status == FAILED and run.info.end_time
@@ -57,8 +64,9 @@ def _killed_run(instance, mlflow_resource, status: dg.DagsterRunStatus):
     if status == dg.DagsterRunStatus.FAILURE:
         instance.report_run_failed(run)
     else:
-        instance.report_dagster_event(dg.DagsterEvent(dg.DagsterEventType.RUN_SUCCESS.value, job_name=run.job_name),
-                                      run_id=run.run_id)
+        instance.report_dagster_event(
+            dg.DagsterEvent(dg.DagsterEventType.RUN_SUCCESS.value, job_name=run.job_name), run_id=run.run_id
+        )
     return instance.get_run_by_id(run.run_id), mlflow_run.info.run_id
 
 
@@ -75,7 +83,9 @@ def test_run_status_sensors_end_runs_a_killed_process_left_running(deepfeed_env,
     assert client.get_run(failed_mlflow).info.status == RUNNING
 
     with dg.build_run_status_sensor_context(
-        sensor_name=mlflow_run_failed_sensor.name, dagster_instance=instance, dagster_run=failed_run,
+        sensor_name=mlflow_run_failed_sensor.name,
+        dagster_instance=instance,
+        dagster_run=failed_run,
         dagster_event=_event(instance, failed_run.run_id, dg.DagsterEventType.RUN_FAILURE),
         resources={"mlflow": mlflow_resource},
     ) as context:
@@ -83,7 +93,9 @@ def test_run_status_sensors_end_runs_a_killed_process_left_running(deepfeed_env,
     assert client.get_run(failed_mlflow).info.status == FAILED
 
     with dg.build_run_status_sensor_context(
-        sensor_name=mlflow_run_finished_sensor.name, dagster_instance=instance, dagster_run=ok_run,
+        sensor_name=mlflow_run_finished_sensor.name,
+        dagster_instance=instance,
+        dagster_run=ok_run,
         dagster_event=_event(instance, ok_run.run_id, dg.DagsterEventType.RUN_SUCCESS),
         resources={"mlflow": mlflow_resource},
     ) as context:

@@ -29,20 +29,32 @@ def test_a_vanished_source_is_reported_then_retired_with_an_audit_entry(deepfeed
     sensor = build_corpus_source_sensor(corpus_path=str(root))
 
     def tick():
-        return sensor(dg.build_sensor_context(instance=instance, resources={"artifact_store": ArtifactStoreResource(root=str(store.root))}))
+        return sensor(
+            dg.build_sensor_context(
+                instance=instance, resources={"artifact_store": ArtifactStoreResource(root=str(store.root))}
+            )
+        )
 
     first = tick()
     instance.add_dynamic_partitions("corpus_source", first.dynamic_partitions_requests[0].partition_keys)
     for request in first.run_requests:
-        assert dg.materialize([*ASSETS, *CHECKS], selection=["raw_corpus"], partition_key=request.partition_key, run_config=request.run_config,
-                              resources=resources(deepfeed_env, tiny_llama), instance=instance).success
+        assert dg.materialize(
+            [*ASSETS, *CHECKS],
+            selection=["raw_corpus"],
+            partition_key=request.partition_key,
+            run_config=request.run_config,
+            resources=resources(deepfeed_env, tiny_llama),
+            instance=instance,
+        ).success
 
     shutil.rmtree(root / "wiki")
     assert missing_sources(instance, str(root)) == ["wiki"]
     skip = tick()
     assert isinstance(skip, dg.SkipReason) and "gone" in skip.skip_message and "wiki" in skip.skip_message
     # Until retired, the vanished source is still cleaned (its last version).
-    before = _materialize(["clean_corpus"], deepfeed_env, tiny_llama, root, instance, clean={"coverage_embeddings": False})
+    before = _materialize(
+        ["clean_corpus"], deepfeed_env, tiny_llama, root, instance, clean={"coverage_embeddings": False}
+    )
     assert _checks(before)["clean_corpus_accounting"].metadata["sources"].value == 2
 
     with pytest.raises(ValueError, match="reason is required"):
@@ -56,7 +68,9 @@ def test_a_vanished_source_is_reported_then_retired_with_an_audit_entry(deepfeed
     assert entry["record_id"] == "wiki" and entry["reason"] == "withdrawn by the data owner, ticket 42"
     assert audit_ledger().verify().ok
 
-    after = _materialize(["clean_corpus"], deepfeed_env, tiny_llama, root, instance, clean={"coverage_embeddings": False})
+    after = _materialize(
+        ["clean_corpus"], deepfeed_env, tiny_llama, root, instance, clean={"coverage_embeddings": False}
+    )
     assert _checks(after)["clean_corpus_accounting"].passed
     sources = after.asset_materializations_for_node("clean_corpus")[0].metadata["sources"].value
     assert "clinic" in sources and "wiki" not in sources

@@ -8,8 +8,8 @@ import dagster as dg
 import pytest
 
 from deepfeed.assets.incremental import feedback_batches, incremental_model
-from deepfeed.core.train.ewc import fisher_path
 from deepfeed.core.loop.feedback import FeedbackStore
+from deepfeed.core.train.ewc import fisher_path
 from deepfeed.core.train.training import TrainingConfig, fine_tune
 from deepfeed.definitions import defs
 from deepfeed.resources.mlflow_tracking import CHALLENGER
@@ -17,12 +17,26 @@ from tests.dagster.test_chain import materialize, resources
 
 FEEDBACK = [
     {"prompt": "Where is the station?", "answer": "Walk north two blocks.", "rating": 1.0, "lang": "en"},
-    {"prompt": "How do I bake bread?", "answer": "Buy it.", "correction": "Mix flour, water and yeast, then bake.", "rating": 0.0},
+    {
+        "prompt": "How do I bake bread?",
+        "answer": "Buy it.",
+        "correction": "Mix flour, water and yeast, then bake.",
+        "rating": 0.0,
+    },
     {"prompt": "What time is it?", "answer": "It is half past three.", "rating": 0.9},
     {"prompt": "Who wrote the letter?", "answer": "Nobody.", "rating": 0.0},  # bad, no correction: not trained on
 ]
-FAST = {"max_steps": 4, "batch_size": 4, "max_length": 64, "learning_rate": 1e-3, "eval_every": 2,
-        "eval_samples": 4, "checkpoint_every": 2, "fisher_samples": 4, "ewc_lambda": 100.0}
+FAST = {
+    "max_steps": 4,
+    "batch_size": 4,
+    "max_length": 64,
+    "learning_rate": 1e-3,
+    "eval_every": 2,
+    "eval_samples": 4,
+    "checkpoint_every": 2,
+    "fisher_samples": 4,
+    "ewc_lambda": 100.0,
+}
 
 
 @pytest.fixture
@@ -56,7 +70,9 @@ def registered(mlflow, result):
 
 
 def test_incremental_stream_from_base_then_from_champion(deepfeed_env, tiny_llama, tiny_corpus, instance):
-    assert materialize(["raw_corpus", "clean_corpus", "augmented_corpus"], deepfeed_env, tiny_llama, tiny_corpus, instance).success
+    assert materialize(
+        ["raw_corpus", "clean_corpus", "augmented_corpus"], deepfeed_env, tiny_llama, tiny_corpus, instance
+    ).success
     mlflow = resources(deepfeed_env, tiny_llama)["mlflow"]
 
     first = run_incremental(deepfeed_env, tiny_llama, instance, seal(deepfeed_env, FEEDBACK))
@@ -70,8 +86,12 @@ def test_incremental_stream_from_base_then_from_champion(deepfeed_env, tiny_llam
     client = mlflow.client()
     assert len(client.get_metric_history(version.run_id, "incremental_loss")) == 4
     assert len(client.get_metric_history(version.run_id, "incremental_eval_loss")) == 2
-    assert {"incremental_peak_memory_mb", "incremental_tokens_per_second"} <= set(client.get_run(version.run_id).data.metrics)
-    assert not (deepfeed_env / "training_state" / "incremental_model").exists() or not any((deepfeed_env / "training_state" / "incremental_model").iterdir())
+    assert {"incremental_peak_memory_mb", "incremental_tokens_per_second"} <= set(
+        client.get_run(version.run_id).data.metrics
+    )
+    assert not (deepfeed_env / "training_state" / "incremental_model").exists() or not any(
+        (deepfeed_env / "training_state" / "incremental_model").iterdir()
+    )
 
     # Promote it; the next batch starts from it, with its Fisher stored next to it, this
     # time with LoRA (EWC on the adapters), FGSM and distillation from cached logits.
@@ -92,8 +112,17 @@ def test_incremental_stream_from_base_then_from_champion(deepfeed_env, tiny_llam
 
 def test_diverging_incremental_run_registers_nothing(deepfeed_env, tiny_llama, tiny_corpus, instance):
     mlflow = resources(deepfeed_env, tiny_llama)["mlflow"]
-    result = run_incremental(deepfeed_env, tiny_llama, instance, seal(deepfeed_env, FEEDBACK), raise_on_error=False,
-                             learning_rate=float("inf"), ewc_lambda=0.0, replay_ratio=0.0, checkpoint_every=1)
+    result = run_incremental(
+        deepfeed_env,
+        tiny_llama,
+        instance,
+        seal(deepfeed_env, FEEDBACK),
+        raise_on_error=False,
+        learning_rate=float("inf"),
+        ewc_lambda=0.0,
+        replay_ratio=0.0,
+        checkpoint_every=1,
+    )
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = failure.step_failure_data.error.to_string()
@@ -104,7 +133,9 @@ def test_diverging_incremental_run_registers_nothing(deepfeed_env, tiny_llama, t
 
 def test_deepseek_v3_trains_in_the_incremental_stream(deepfeed_env, tiny_deepseek, instance):
     batch = seal(deepfeed_env, FEEDBACK)
-    result = run_incremental(deepfeed_env, tiny_deepseek, instance, batch, ewc_lambda=0.0, replay_ratio=0.0, max_steps=2, checkpoint_every=0)
+    result = run_incremental(
+        deepfeed_env, tiny_deepseek, instance, batch, ewc_lambda=0.0, replay_ratio=0.0, max_steps=2, checkpoint_every=0
+    )
     assert result.success
     version = registered(resources(deepfeed_env, tiny_deepseek)["mlflow"], result)
     assert version.tags["feedback_batch"] == batch
@@ -113,7 +144,9 @@ def test_deepseek_v3_trains_in_the_incremental_stream(deepfeed_env, tiny_deepsee
 def test_incremental_job_compresses_evaluates_and_gates_before_serving(deepfeed_env, tiny_llama, tiny_corpus, instance):
     """incremental_job: the new checkpoint is the candidate that compressed_model, evaluation_report and its gate
     see; only then may champion_model give it an alias (a champion is in place: the challenger alias)."""
-    assert materialize(["raw_corpus", "clean_corpus", "augmented_corpus"], deepfeed_env, tiny_llama, tiny_corpus, instance).success
+    assert materialize(
+        ["raw_corpus", "clean_corpus", "augmented_corpus"], deepfeed_env, tiny_llama, tiny_corpus, instance
+    ).success
     mlflow = resources(deepfeed_env, tiny_llama)["mlflow"]
     client = mlflow.client()
     client.create_registered_model("deepfeed")
@@ -123,13 +156,24 @@ def test_incremental_job_compresses_evaluates_and_gates_before_serving(deepfeed_
     instance.add_dynamic_partitions(feedback_batches.name, [batch])
     fast_eval = {"max_eval_records": 8, "max_generation_records": 4, "max_new_tokens": 4, "bootstrap_samples": 100}
     result = defs.resolve_job_def("incremental_job").execute_in_process(
-        partition_key=batch, instance=instance, resources=resources(deepfeed_env, tiny_llama), raise_on_error=False,
-        run_config={"ops": {"incremental_model": {"config": {**FAST, "ewc_lambda": 0.0, "checkpoint_every": 0}},
-                            "compressed_model": {"config": {"gate_max_records": 8, "gate_max_answers": 4}},
-                            "evaluation_report": {"config": fast_eval}}})
+        partition_key=batch,
+        instance=instance,
+        resources=resources(deepfeed_env, tiny_llama),
+        raise_on_error=False,
+        run_config={
+            "ops": {
+                "incremental_model": {"config": {**FAST, "ewc_lambda": 0.0, "checkpoint_every": 0}},
+                "compressed_model": {"config": {"gate_max_records": 8, "gate_max_answers": 4}},
+                "evaluation_report": {"config": fast_eval},
+            }
+        },
+    )
     version = str(registered(mlflow, result).version)
     [candidate] = result.asset_materializations_for_node("candidate_model")
-    assert candidate.metadata["stream"].value == "incremental_model" and candidate.metadata["mlflow_model_version"].value == version
+    assert (
+        candidate.metadata["stream"].value == "incremental_model"
+        and candidate.metadata["mlflow_model_version"].value == version
+    )
     [report] = result.asset_materializations_for_node("evaluation_report")
     assert report.metadata["challenger_version"].value == version  # the incremental checkpoint was evaluated
     gate = next(e for e in result.get_asset_check_evaluations() if e.asset_check_key.name == "promotion_gate")
@@ -157,22 +201,49 @@ def test_jobs_and_the_quarterly_knowledge_review_schedule():
 
     ticks = cron_string_iterator(start, schedule.cron_schedule, schedule.execution_timezone)
     fires = [t for _, t in zip(range(5), ticks)]
-    assert [(t.year, t.month, t.day, t.hour) for t in fires] == [(2027, 1, 1, 3), (2027, 4, 1, 3), (2027, 7, 1, 3), (2027, 10, 1, 3), (2028, 1, 1, 3)]
+    assert [(t.year, t.month, t.day, t.hour) for t in fires] == [
+        (2027, 1, 1, 3),
+        (2027, 4, 1, 3),
+        (2027, 7, 1, 3),
+        (2027, 10, 1, 3),
+        (2028, 1, 1, 3),
+    ]
     context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2027, 4, 1, 3, tzinfo=dt.timezone.utc))
     requests = schedule.evaluate_tick(context).run_requests
     assert len(requests) == 1 and schedule.job_name == "knowledge_review_job"
     review = defs.resolve_job_def("knowledge_review_job")
     selected = {k.to_user_string() for k in review.asset_layer.selected_asset_keys}
-    assert {"finetuned_model", "compressed_model", "evaluation_report", "champion_model"} <= selected and "incremental_model" not in selected
+    assert {
+        "finetuned_model",
+        "compressed_model",
+        "evaluation_report",
+        "champion_model",
+    } <= selected and "incremental_model" not in selected
     incremental = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
-    assert incremental == {"incremental_model", "candidate_model", "compressed_model", "evaluation_report", "champion_model"}
+    assert incremental == {
+        "incremental_model",
+        "candidate_model",
+        "compressed_model",
+        "evaluation_report",
+        "champion_model",
+    }
 
 
-def test_nproc_2_runs_torchrun_through_pipes_with_the_loss_curve_of_one_process(deepfeed_env, tiny_llama, instance, tmp_path):
+def test_nproc_2_runs_torchrun_through_pipes_with_the_loss_curve_of_one_process(
+    deepfeed_env, tiny_llama, instance, tmp_path
+):
     """2 CPU processes (gloo) launched by Pipes follow 1 process with the same global batch."""
     batch = seal(deepfeed_env, FEEDBACK)
-    config = dict(method="full", ewc_lambda=0.0, replay_ratio=0.0, max_steps=3, checkpoint_every=0, eval_every=0, log_every=1,
-                  learning_rate=3e-3)
+    config = dict(
+        method="full",
+        ewc_lambda=0.0,
+        replay_ratio=0.0,
+        max_steps=3,
+        checkpoint_every=0,
+        eval_every=0,
+        log_every=1,
+        learning_rate=3e-3,
+    )
     result = run_incremental(deepfeed_env, tiny_llama, instance, batch, nproc=2, **config)
     assert result.success
     logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
@@ -181,7 +252,19 @@ def test_nproc_2_runs_torchrun_through_pipes_with_the_loss_curve_of_one_process(
     ddp_losses = json.loads((Path(handle.uri) / "training.json").read_text())["losses"]
 
     fields = {**FAST, **config}
-    single = fine_tune(tiny_llama, FeedbackStore(deepfeed_env / "feedback").read_batch(batch), tmp_path / "single", TrainingConfig(
-        method="full", max_steps=3, batch_size=fields["batch_size"], max_length=fields["max_length"], learning_rate=3e-3,
-        warmup_steps=0, final_learning_rate=1e-6, log_every=1))
+    single = fine_tune(
+        tiny_llama,
+        FeedbackStore(deepfeed_env / "feedback").read_batch(batch),
+        tmp_path / "single",
+        TrainingConfig(
+            method="full",
+            max_steps=3,
+            batch_size=fields["batch_size"],
+            max_length=fields["max_length"],
+            learning_rate=3e-3,
+            warmup_steps=0,
+            final_learning_rate=1e-6,
+            log_every=1,
+        ),
+    )
     assert ddp_losses == pytest.approx(single.losses, rel=1e-3)

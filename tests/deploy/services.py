@@ -81,8 +81,10 @@ def postgres_bin() -> Path:
         return Path(on_path).resolve().parent
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[4]))
     if not found:
-        raise ServiceUnavailable("PostgreSQL server binaries (initdb, pg_ctl) are not installed: "
-                                 "`apt-get install -y postgresql` (bash .ci/services.sh does it)")
+        raise ServiceUnavailable(
+            "PostgreSQL server binaries (initdb, pg_ctl) are not installed: "
+            "`apt-get install -y postgresql` (bash .ci/services.sh does it)"
+        )
     return Path(found[-1]).parent
 
 
@@ -108,7 +110,9 @@ def _create_database(port: int, username: str, password: str, db_name: str) -> N
 
 
 @contextlib.contextmanager
-def postgres_server(username: str = "deepfeed", password: str = "deepfeed-test", db_name: str = "dagster") -> Iterator[Postgres]:
+def postgres_server(
+    username: str = "deepfeed", password: str = "deepfeed-test", db_name: str = "dagster"
+) -> Iterator[Postgres]:
     binaries = postgres_bin()
     folder = Path(tempfile.mkdtemp(prefix="deepfeed-pg-"))
     try:
@@ -120,22 +124,44 @@ def postgres_server(username: str = "deepfeed", password: str = "deepfeed-test",
             shutil.chown(pwfile, "postgres", "postgres")
         port = free_port()
         subprocess.run(
-            _as_postgres_user([str(binaries / "initdb"), "-D", str(data), "-U", username, f"--pwfile={pwfile}",
-                               "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--no-sync"]),
-            check=True, capture_output=True, timeout=120,
+            _as_postgres_user(
+                [
+                    str(binaries / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    username,
+                    f"--pwfile={pwfile}",
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
         # Loopback only, a private socket folder, and no fsync: the data is thrown away.
         options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={folder} -c fsync=off"
         subprocess.run(
-            _as_postgres_user([str(binaries / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"]),
-            check=True, capture_output=True, timeout=90,
+            _as_postgres_user(
+                [str(binaries / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"]
+            ),
+            check=True,
+            capture_output=True,
+            timeout=90,
         )
         try:
             _create_database(port, username, password, db_name)
             yield Postgres("127.0.0.1", port, username, password, db_name)
         finally:
-            subprocess.run(_as_postgres_user([str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                _as_postgres_user([str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+                capture_output=True,
+                timeout=60,
+            )
     except subprocess.CalledProcessError as exc:
         raise ServiceUnavailable(f"{exc.cmd[-1]!r} failed: {(exc.stderr or b'').decode()[-2000:]}") from exc
     finally:
@@ -154,9 +180,18 @@ def mlflow_server(folder: Path, backend_store_uri: str | None = None) -> Iterato
     log = folder / "mlflow-server.log"
     mlflow = Path(sys.executable).parent / "mlflow"
     argv = [
-        str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", backend_store_uri or f"sqlite:///{folder / 'mlflow.db'}",
-        "--artifacts-destination", str(folder / "artifacts"),
+        str(mlflow),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        backend_store_uri or f"sqlite:///{folder / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(folder / "artifacts"),
     ]
     # No background job runner (huey workers for MLflow's GenAI jobs): nothing here uses
     # it, and its extra Python processes double the start-up time on two cores.

@@ -74,13 +74,16 @@ def test_require_gpu_turns_a_missing_gpu_into_a_failure(ready_setup, capsys):
     assert rows["cuda"][0] == FAIL and rows["gpu memory"][0] == FAIL
 
 
-@pytest.mark.parametrize("model, scenario, card, count", [
-    ("7b", "lora-bf16-gc", "RTX4090", 1),   # the article's 7B tier
-    ("7b", "full-mixed", "RTX4090", 1),     # full fine-tuning does not fit one 24 GB card
-    ("13b", "infer-bf16", "A6000", 2),      # the article's 13B tier
-    ("70b", "infer-bf16", "A100-80", 8),    # the article's 70B tier
-    ("70b", "infer-bf16", "RTX4090", 1),
-])
+@pytest.mark.parametrize(
+    "model, scenario, card, count",
+    [
+        ("7b", "lora-bf16-gc", "RTX4090", 1),  # the article's 7B tier
+        ("7b", "full-mixed", "RTX4090", 1),  # full fine-tuning does not fit one 24 GB card
+        ("13b", "infer-bf16", "A6000", 2),  # the article's 13B tier
+        ("70b", "infer-bf16", "A100-80", 8),  # the article's 70B tier
+        ("70b", "infer-bf16", "RTX4090", 1),
+    ],
+)
 def test_gpu_memory_check_agrees_with_the_planner(model, scenario, card, count):
     gpus = [(CARDS[card].name, CARDS[card].memory_mib * MiB)] * count
     result = check_gpu_memory(model, scenario, gpus, require_gpu=False)

@@ -38,13 +38,19 @@ def test_values_match_the_schema(values, validator):
     assert _errors(validator, values) == []
 
 
-@pytest.mark.parametrize("path, bad", [
-    (("dagster-user-deployments", "deployments", 0, "image", "pullPolicy"), "Sometimes"),
-    (("dagster-user-deployments", "deployments", 0, "port"), "3030"),
-    (("dagster-user-deployments", "deployments", 0, "nodeSelektor"), {}),  # a typo'd key
-    (("dagsterDaemon", "runCoordinator", "config", "queuedRunCoordinator", "tagConcurrencyLimits", 0, "limit"), "one"),
-    (("runLauncher", "type"), "K8sLauncher"),
-])
+@pytest.mark.parametrize(
+    "path, bad",
+    [
+        (("dagster-user-deployments", "deployments", 0, "image", "pullPolicy"), "Sometimes"),
+        (("dagster-user-deployments", "deployments", 0, "port"), "3030"),
+        (("dagster-user-deployments", "deployments", 0, "nodeSelektor"), {}),  # a typo'd key
+        (
+            ("dagsterDaemon", "runCoordinator", "config", "queuedRunCoordinator", "tagConcurrencyLimits", 0, "limit"),
+            "one",
+        ),
+        (("runLauncher", "type"), "K8sLauncher"),
+    ],
+)
 def test_the_schema_rejects_typos_and_wrong_types(values, validator, path, bad):
     broken = copy.deepcopy(values)
     target = broken
@@ -60,8 +66,10 @@ def test_values_agree_with_the_production_instance(values):
     assert queue["tagConcurrencyLimits"] == instance["run_coordinator"]["config"]["tag_concurrency_limits"]
     retries = values["dagsterDaemon"]["runRetries"]
     assert (retries["enabled"], retries["maxRetries"], retries["retryOnAssetOrOpFailure"]) == (
-        instance["run_retries"]["enabled"], instance["run_retries"]["max_retries"],
-        instance["run_retries"]["retry_on_asset_or_op_failure"])
+        instance["run_retries"]["enabled"],
+        instance["run_retries"]["max_retries"],
+        instance["run_retries"]["retry_on_asset_or_op_failure"],
+    )
     assert values["postgresql"]["postgresqlScheme"] == instance["storage"]["postgres"]["postgres_db"]["scheme"]
     assert values["runLauncher"]["type"] == instance["run_launcher"]["class"]
 

@@ -13,12 +13,15 @@ import yaml
 
 from deepfeed.assets import ASSET_MODULES
 from deepfeed.cli import _dagster_instance_check
-from deepfeed.tools.doctor import PASS, check_mlflow
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
-from deepfeed.resources.mlflow_tracking import CHALLENGER
+from deepfeed.tools.doctor import PASS, check_mlflow
 from tests.deploy.services import ServiceUnavailable, mlflow_server, postgres_server
 
-for _module, _package in [("dagster_postgres", "dagster-postgres"), ("dagster_k8s", "dagster-k8s"), ("psycopg2", "psycopg2-binary")]:
+for _module, _package in [
+    ("dagster_postgres", "dagster-postgres"),
+    ("dagster_k8s", "dagster-k8s"),
+    ("psycopg2", "psycopg2-binary"),
+]:
     pytest.importorskip(_module, reason=f"{_package} is not installed (deploy/requirements-production*.txt)")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,18 +120,26 @@ def test_production_instance_stores_runs_in_postgres_and_logs_to_an_mlflow_serve
             # The tiny corpus's files lie in its root: one source, one partition (the dynamic
             # partitions live in Postgres too).
             instance.add_dynamic_partitions("corpus_source", ["_root"])
-            raw_run = dg.materialize(assets, selection=["raw_corpus"], partition_key="_root", resources=chain_resources, instance=instance,
-                                     run_config={"ops": {"raw_corpus": {"config": {"corpus_path": str(tiny_corpus)}}}})
+            raw_run = dg.materialize(
+                assets,
+                selection=["raw_corpus"],
+                partition_key="_root",
+                resources=chain_resources,
+                instance=instance,
+                run_config={"ops": {"raw_corpus": {"config": {"corpus_path": str(tiny_corpus)}}}},
+            )
             assert raw_run.success
             result = dg.materialize(
                 assets,
                 selection=SLICE[1:],
                 resources=chain_resources,
-                run_config={"ops": {
-                    # WordNet synonyms are the slow part of augmentation and not what this tests.
-                    "augmented_corpus": {"config": {"synonym_ratio": 0.0}},
-                    "finetuned_model": {"config": {"max_steps": TRAIN_STEPS, "batch_size": 4, "max_length": 64}},
-                }},
+                run_config={
+                    "ops": {
+                        # WordNet synonyms are the slow part of augmentation and not what this tests.
+                        "augmented_corpus": {"config": {"synonym_ratio": 0.0}},
+                        "finetuned_model": {"config": {"max_steps": TRAIN_STEPS, "batch_size": 4, "max_length": 64}},
+                    }
+                },
                 instance=instance,
             )
             assert result.success
@@ -136,14 +147,19 @@ def test_production_instance_stores_runs_in_postgres_and_logs_to_an_mlflow_serve
             client = mlflow.client()
             experiment = client.get_experiment_by_name("deepfeed")
             assert experiment.artifact_location.startswith("mlflow-artifacts:")
-            runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.dagster_run_id = '{result.run_id}'")
+            runs = client.search_runs(
+                [experiment.experiment_id], filter_string=f"tags.dagster_run_id = '{result.run_id}'"
+            )
             assert len(runs) == 1
             run = runs[0]
             assert "train_final_loss" in run.data.metrics
             assert len(client.get_metric_history(run.info.run_id, "train_loss")) == TRAIN_STEPS
             # Registered without an alias: only a passed evaluation gate makes a version servable.
-            [version] = [v for v in client.search_model_versions("name='deepfeed'")
-                         if v.tags.get("dagster_run_id") == result.run_id]
+            [version] = [
+                v
+                for v in client.search_model_versions("name='deepfeed'")
+                if v.tags.get("dagster_run_id") == result.run_id
+            ]
             assert not version.aliases
             assert version.source.startswith(artifact_root + "/finetuned_model/")
             logged = {a.path for a in client.list_artifacts(run.info.run_id, "finetuned_model")}
@@ -185,7 +201,9 @@ def test_definitions_validate_with_the_production_instance_and_k8s_executor(prod
 
     monkeypatch.setenv("DEEPFEED_EXECUTOR", "k8s")
     monkeypatch.chdir(REPO)
-    done = CliRunner().invoke(dagster_cli, ["definitions", "validate", "-f", str(REPO / "deploy" / "definitions_production.py")])
+    done = CliRunner().invoke(
+        dagster_cli, ["definitions", "validate", "-f", str(REPO / "deploy" / "definitions_production.py")]
+    )
     assert done.exit_code == 0, done.output[-3000:]
     assert "Validation successful for code location definitions_production.py" in done.output
 
@@ -206,6 +224,7 @@ def test_queue_lets_one_training_run_per_gpu_pool_out(production_home, monkeypat
     monitoring = dict(defs.resolve_job_def("drift_report_job").run_tags)
 
     with dg.DagsterInstance.from_config(str(production_home)) as instance:
+
         def add(status, tags):
             run = dg.DagsterRun(job_name="full_chain_job", run_id=str(uuid.uuid4()), status=status, tags=tags)
             instance.add_run(run)
@@ -213,8 +232,10 @@ def test_queue_lets_one_training_run_per_gpu_pool_out(production_home, monkeypat
 
         add(dg.DagsterRunStatus.STARTED, pool_a)
         # Waiting runs: stored NOT_STARTED, since a QUEUED run needs a code-server origin.
-        queued = {name: add(dg.DagsterRunStatus.NOT_STARTED, tags)
-                  for name, tags in [("pool-a", pool_a), ("pool-b", pool_b), ("monitoring", monitoring)]}
+        queued = {
+            name: add(dg.DagsterRunStatus.NOT_STARTED, tags)
+            for name, tags in [("pool-a", pool_a), ("pool-b", pool_b), ("monitoring", monitoring)]
+        }
         limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
         in_progress = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
         counter = TagConcurrencyLimitsCounter(limits, list(in_progress))

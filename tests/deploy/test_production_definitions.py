@@ -65,7 +65,9 @@ def test_executor_config_resolves_with_gpu_nodes_for_training_steps(k8s_module, 
     finetune = config["per_step_k8s_config"]["finetuned_model"]
     assert finetune["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert finetune["pod_spec_config"]["node_selector"] == {"cloud.example/accelerator": "nvidia-a100"}
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in finetune["pod_spec_config"]["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in finetune["pod_spec_config"][
+        "tolerations"
+    ]
     assert "raw_corpus" not in config["per_step_k8s_config"]  # CPU steps get the default
     assert "nvidia.com/gpu" not in str(config["step_k8s_config"])
 

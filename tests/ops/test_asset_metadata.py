@@ -17,8 +17,13 @@ def test_counts_are_a_table_largest_first():
 
 
 def test_handle_metadata_points_at_the_artifact_and_rounds():
-    handle = ArtifactHandle("finetuned_model", "v1", "/art/finetuned_model/v1", "ab" * 32,
-                            {"final_loss": 2.718281828, "kept": 12, "note": "x", "nested": {"a": 1}})
+    handle = ArtifactHandle(
+        "finetuned_model",
+        "v1",
+        "/art/finetuned_model/v1",
+        "ab" * 32,
+        {"final_loss": 2.718281828, "kept": 12, "note": "x", "nested": {"a": 1}},
+    )
     metadata = handle_metadata(handle)
     assert metadata["artifact_path"] == dg.MetadataValue.path("/art/finetuned_model/v1")
     assert metadata["final_loss"] == 2.718 and metadata["kept"] == 12 and "nested" not in metadata
@@ -26,14 +31,26 @@ def test_handle_metadata_points_at_the_artifact_and_rounds():
 
 
 def _assets():
-    return {key.to_user_string(): asset for asset in dg.load_assets_from_modules(ASSET_MODULES)
-            if isinstance(asset, dg.AssetsDefinition) for key in asset.keys}
+    return {
+        key.to_user_string(): asset
+        for asset in dg.load_assets_from_modules(ASSET_MODULES)
+        if isinstance(asset, dg.AssetsDefinition)
+        for key in asset.keys
+    }
 
 
 def test_every_chain_asset_retries_and_no_check_does():
     assets = _assets()
-    for name in ("raw_corpus", "clean_corpus", "augmented_corpus", "base_model", "finetuned_model",
-                 "compressed_model", "evaluation_report", "champion_model"):
+    for name in (
+        "raw_corpus",
+        "clean_corpus",
+        "augmented_corpus",
+        "base_model",
+        "finetuned_model",
+        "compressed_model",
+        "evaluation_report",
+        "champion_model",
+    ):
         assert assets[name].op.retry_policy is not None, name
     for check in dg.load_asset_checks_from_modules(ASSET_MODULES):
         assert check.op.retry_policy is None  # a blocking check's verdict is not retried into a pass

@@ -72,7 +72,11 @@ def test_broken_policy_yaml_is_one_line(tmp_path):
     with pytest.raises(PolicyError):
         add_key(policy, "alice", "annotator")
     assert policy.read_text() == before  # a bad file is left as it was
-    done = subprocess.run([sys.executable, "-m", "deepfeed.cli", "serve", "--policy", str(policy)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "deepfeed.cli", "serve", "--policy", str(policy)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "not valid YAML" in done.stderr and "Traceback" not in done.stderr

@@ -6,9 +6,14 @@ from transformers import AutoModel, AutoTokenizer
 
 from deepfeed.core.data.coverage import MiniLMEncoder, minilm_path
 
-TEXTS = ["Hypertension is treated with ACE inhibitors.", "发热三天，咳嗽。", "ok",
-         "A much longer record about type 2 diabetes, its diet, exercise and metformin dosing schedule.",
-         "ok", "Hypertension is treated with ACE inhibitors."]
+TEXTS = [
+    "Hypertension is treated with ACE inhibitors.",
+    "发热三天，咳嗽。",
+    "ok",
+    "A much longer record about type 2 diabetes, its diet, exercise and metformin dosing schedule.",
+    "ok",
+    "Hypertension is treated with ACE inhibitors.",
+]
 
 
 def _plain(texts):

@@ -10,7 +10,6 @@ from mlflow import MlflowClient
 from deepfeed.core.platform.mlflow_model import is_mlflow_model, write_pyfunc_model
 from deepfeed.serve.engine import TorchGenerator
 
-
 WORDS = ("Hypertension", "res")
 
 

@@ -28,8 +28,12 @@ def test_openapi_has_descriptions_and_response_models(deepfeed_env, registry):  
     with _client(deepfeed_env, registry) as client:
         schema = client.get("/openapi.json").json()
     assert schema["info"]["description"]
-    routes = {("/generate", "post"): "GenerateResponse", ("/feedback", "post"): "FeedbackResponse",
-              ("/health", "get"): "HealthResponse", ("/admin/reload", "post"): "ReloadResponse"}
+    routes = {
+        ("/generate", "post"): "GenerateResponse",
+        ("/feedback", "post"): "FeedbackResponse",
+        ("/health", "get"): "HealthResponse",
+        ("/admin/reload", "post"): "ReloadResponse",
+    }
     for (path, method), model in routes.items():
         operation = schema["paths"][path][method]
         assert operation["summary"] and operation["description"], path

@@ -56,8 +56,9 @@ def daemon(tmp_path):
     code.write_text(JOBS)
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(overrides=overrides, temp_dir=str(tmp_path / "dagster")) as instance:
-        target = PythonFileTarget(python_file=str(code), attribute=None, working_directory=str(REPO),
-                                  location_name="jobs")
+        target = PythonFileTarget(
+            python_file=str(code), attribute=None, working_directory=str(REPO), location_name="jobs"
+        )
         with create_test_daemon_workspace_context(target, instance) as context:
             yield instance, context
 
@@ -66,11 +67,17 @@ def _submit(instance, context):
     """A run as the UI creates one: snapshots from the code server, then the queue."""
     job = load_remote_repo(context, "__repository__").get_full_job("sleepy")
     location = next(iter(context.create_request_context().get_code_location_entries().values())).code_location
-    plan = location.get_execution_plan(job, run_config={}, step_keys_to_execute=None, known_state=None,
-                                       instance=instance)
-    run = create_run_for_test(instance, job_name="sleepy", remote_job_origin=job.get_remote_origin(),
-                              job_code_origin=job.get_python_origin(), job_snapshot=job.job_snapshot,
-                              execution_plan_snapshot=plan.execution_plan_snapshot)
+    plan = location.get_execution_plan(
+        job, run_config={}, step_keys_to_execute=None, known_state=None, instance=instance
+    )
+    run = create_run_for_test(
+        instance,
+        job_name="sleepy",
+        remote_job_origin=job.get_remote_origin(),
+        job_code_origin=job.get_python_origin(),
+        job_snapshot=job.job_snapshot,
+        execution_plan_snapshot=plan.execution_plan_snapshot,
+    )
     instance.submit_run(run.run_id, context.create_request_context())
     return run.run_id
 
@@ -89,8 +96,10 @@ def test_killed_run_is_failed_by_the_monitor_and_the_queue_moves_on(daemon):
 
     first = _submit(instance, context)
     _dequeue(context)
-    pid, _ = _wait(lambda: _status(instance, first) == dg.DagsterRunStatus.STARTED and worker_pid(instance, first),
-                   "the first run's process")
+    pid, _ = _wait(
+        lambda: _status(instance, first) == dg.DagsterRunStatus.STARTED and worker_pid(instance, first),
+        "the first run's process",
+    )
     second = _submit(instance, context)
     _dequeue(context)
     assert _status(instance, second) == dg.DagsterRunStatus.QUEUED  # one run at a time

@@ -22,9 +22,14 @@ ASSETS = dg.load_assets_from_modules([monitoring])
 def _materialize(home, name, config, mlflow_uri="sqlite:///unused.db"):
     with dg.instance_for_test(temp_dir=str(home / "dagster")) as instance:
         return dg.materialize(
-            ASSETS, selection=name, instance=instance, raise_on_error=False,
-            resources={"artifact_store": ArtifactStoreResource(root=str(home / "artifacts")),
-                       "mlflow": MlflowResource(tracking_uri=mlflow_uri, artifact_location=str(home / "mlart"))},
+            ASSETS,
+            selection=name,
+            instance=instance,
+            raise_on_error=False,
+            resources={
+                "artifact_store": ArtifactStoreResource(root=str(home / "artifacts")),
+                "mlflow": MlflowResource(tracking_uri=mlflow_uri, artifact_location=str(home / "mlart")),
+            },
             run_config={"ops": {name: {"config": {"serving_home": str(home), **config}}}},
         )
 
@@ -58,18 +63,33 @@ def _ab_feedback(home, versions, effect, users=40, hours=80):
         arm = arm_for_hash(user_hash, 0.5)
         for k in range(4):
             rating = float(np.clip(rng.normal(0.6 + (effect if arm == "challenger" else 0), 0.1), 0, 1))
-            lines.append({"feedback_id": f"{u}-{k}", "received_at": (start + dt.timedelta(hours=hours * k / 3)).isoformat(),
-                          "prompt": "q", "answer": "a", "correction": None, "rating": rating, "tags": [],
-                          "lang": None, "user_hash": user_hash, "model_version": versions[arm], "arm": arm,
-                          "classification": "public", "role": "annotator"})
+            lines.append(
+                {
+                    "feedback_id": f"{u}-{k}",
+                    "received_at": (start + dt.timedelta(hours=hours * k / 3)).isoformat(),
+                    "prompt": "q",
+                    "answer": "a",
+                    "correction": None,
+                    "rating": rating,
+                    "tags": [],
+                    "lang": None,
+                    "user_hash": user_hash,
+                    "model_version": versions[arm],
+                    "arm": arm,
+                    "classification": "public",
+                    "role": "annotator",
+                }
+            )
     (home / "feedback").mkdir(exist_ok=True)
     (home / "feedback" / "open.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
 
 
 def test_ab_test_report_promotes_a_better_challenger(deepfeed_env, empty_registry_db, tiny_llama):
     registry = Registry(deepfeed_env, empty_registry_db)
-    versions = {"champion": registry.register(tiny_llama, "champion"),
-                "challenger": registry.register(tiny_llama, "challenger")}
+    versions = {
+        "champion": registry.register(tiny_llama, "champion"),
+        "challenger": registry.register(tiny_llama, "challenger"),
+    }
     _ab_feedback(deepfeed_env, versions, effect=0.15)
     result = _materialize(deepfeed_env, "ab_test_report", {"split": 0.5}, registry.uri)
     assert result.success
@@ -86,8 +106,10 @@ def test_ab_test_report_promotes_a_better_challenger(deepfeed_env, empty_registr
 
 def test_ab_test_report_without_effect_or_time_decides_nothing(deepfeed_env, empty_registry_db, tiny_llama):
     registry = Registry(deepfeed_env, empty_registry_db)
-    versions = {"champion": registry.register(tiny_llama, "champion"),
-                "challenger": registry.register(tiny_llama, "challenger")}
+    versions = {
+        "champion": registry.register(tiny_llama, "champion"),
+        "challenger": registry.register(tiny_llama, "challenger"),
+    }
     _ab_feedback(deepfeed_env, versions, effect=0.15, hours=24)
     result = _materialize(deepfeed_env, "ab_test_report", {}, registry.uri)
     [mat] = result.asset_materializations_for_node("ab_test_report")
@@ -95,4 +117,7 @@ def test_ab_test_report_without_effect_or_time_decides_nothing(deepfeed_env, emp
     assert str(registry.client.get_model_version_by_alias("deepfeed", "champion").version) == versions["champion"]
     registry.delete_alias("challenger")
     missing = _materialize(deepfeed_env, "ab_test_report", {}, registry.uri)
-    assert not missing.success and "no A/B test is running" in missing.failure_data_for_node("ab_test_report").error.message
+    assert (
+        not missing.success
+        and "no A/B test is running" in missing.failure_data_for_node("ab_test_report").error.message
+    )

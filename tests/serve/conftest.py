@@ -16,17 +16,21 @@ SALT = "test-user-salt-0123456789abcdef"
 
 
 def write_policy(path: Path, **extra) -> Path:
-    path.write_text(json.dumps({
-        "roles": {
-            "annotator": {"permissions": ["feedback:submit"], "classifications": ["public", "internal"]},
-            "operator": {"permissions": ["feedback:submit", "model:reload"], "classifications": ["public"]},
-            "viewer": {"permissions": []},
-            "client": {"permissions": ["model:generate"]},
-        },
-        "keys": [{"sha256": hash_key(k), "principal": f"{role}-1", "role": role} for role, k in KEYS.items()],
-        "classifications": {"public": ["*"], "internal": ["deepfeed"], "restricted": []},
-        **extra,
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "roles": {
+                    "annotator": {"permissions": ["feedback:submit"], "classifications": ["public", "internal"]},
+                    "operator": {"permissions": ["feedback:submit", "model:reload"], "classifications": ["public"]},
+                    "viewer": {"permissions": []},
+                    "client": {"permissions": ["model:generate"]},
+                },
+                "keys": [{"sha256": hash_key(k), "principal": f"{role}-1", "role": role} for role, k in KEYS.items()],
+                "classifications": {"public": ["*"], "internal": ["deepfeed"], "restricted": []},
+                **extra,
+            }
+        )
+    )
     return path
 
 
@@ -58,7 +62,9 @@ class Registry:
             from deepfeed.core.loop.lifecycle import grant_challenger
 
             champion = self.client.get_model_version_by_alias("deepfeed", "champion").version
-            grant_challenger(self.client, "deepfeed", version, "test-report", str(champion), "test: gate passed", "test")
+            grant_challenger(
+                self.client, "deepfeed", version, "test-report", str(champion), "test: gate passed", "test"
+            )
         elif alias:
             self.set_alias(alias, version)
         return version

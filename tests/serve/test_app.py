@@ -6,9 +6,9 @@ import threading
 from fastapi.testclient import TestClient
 
 from deepfeed.core.loop.abtest import assign_arm, hash_user_id
-from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.core.loop.feedback import FeedbackStore
 from deepfeed.core.loop.inference_log import InferenceLog
+from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.serve.app import ServeSettings, create_app
 from tests.serve.conftest import KEYS, SALT, write_policy
 
@@ -16,8 +16,15 @@ from tests.serve.conftest import KEYS, SALT, write_policy
 def make_client(home, registry, policy_file=None, key=KEYS["client"], **kw) -> TestClient:
     """A client of the real app; its requests carry `key` (the `client` role may generate)."""
     policy_file = policy_file or write_policy(home / "access_policy.json")
-    settings = ServeSettings(tracking_uri=registry.uri, runtime="torch", max_new_tokens=4, poll_seconds=0,
-                             policy_path=policy_file, home=home, **{"rate_burst": 10_000, **kw})
+    settings = ServeSettings(
+        tracking_uri=registry.uri,
+        runtime="torch",
+        max_new_tokens=4,
+        poll_seconds=0,
+        policy_path=policy_file,
+        home=home,
+        **{"rate_burst": 10_000, **kw},
+    )
     return TestClient(create_app(settings), headers={"X-API-Key": key} if key else {})
 
 
@@ -48,14 +55,18 @@ def test_ab_arms_are_sticky_and_follow_the_hash(deepfeed_env, registry, tiny_lla
         seen = {}
         for i in range(16):
             user = f"user-{i}"
-            arms = {client.post("/generate", json={"user_id": user, "prompt": "hi", "max_new_tokens": 1}).json()["arm"]
-                    for _ in range(2)}
+            arms = {
+                client.post("/generate", json={"user_id": user, "prompt": "hi", "max_new_tokens": 1}).json()["arm"]
+                for _ in range(2)
+            }
             assert len(arms) == 1  # sticky
             seen[user] = arms.pop()
             assert seen[user] == assign_arm(user, 0.5, SALT)
         assert set(seen.values()) == {"champion", "challenger"}
-        versions = {client.post("/generate", json={"user_id": u, "prompt": "hi", "max_new_tokens": 1}).json()["model_version"]
-                    for u in seen}
+        versions = {
+            client.post("/generate", json={"user_id": u, "prompt": "hi", "max_new_tokens": 1}).json()["model_version"]
+            for u in seen
+        }
         assert versions == {"1", "2"}
 
 
@@ -88,8 +99,13 @@ def test_alias_move_reloads_without_dropping_requests(deepfeed_env, registry, ti
 
 def test_feedback_rbac_abac_and_audit(deepfeed_env, registry, tiny_llama, policy_file):
     registry.register(tiny_llama, "champion")
-    good = {"prompt": "What is hypertension?", "answer": "high blood pressure", "rating": 1, "user_id": "alice",
-            "classification": "internal"}
+    good = {
+        "prompt": "What is hypertension?",
+        "answer": "high blood pressure",
+        "rating": 1,
+        "user_id": "alice",
+        "classification": "internal",
+    }
     with make_client(deepfeed_env, registry, policy_file) as client:
         r = client.post("/feedback", json=good, headers={"X-API-Key": KEYS["annotator"]})
         assert r.status_code == 200, r.text
@@ -139,8 +155,9 @@ def test_malformed_requests_get_a_clear_4xx(deepfeed_env, registry, tiny_llama, 
             key = KEYS["client"] if path == "/generate" else KEYS["annotator"]
             r = client.post(path, json=payload, headers={"X-API-Key": key})
             assert 400 <= r.status_code < 500 and needle in r.json()["detail"], r.text
-            r = client.post(path, content=b"{not json", headers={"Content-Type": "application/json",
-                                                                 "X-API-Key": KEYS["client"]})
+            r = client.post(
+                path, content=b"{not json", headers={"Content-Type": "application/json", "X-API-Key": KEYS["client"]}
+            )
             assert r.status_code == 422 and "JSON" in r.json()["detail"]
     assert FeedbackStore(deepfeed_env / "feedback").pending() == 0
     assert InferenceLog(deepfeed_env / "inference_log").count() == 0
@@ -156,7 +173,9 @@ def test_without_a_policy_every_keyed_endpoint_refuses(deepfeed_env, registry, t
     registry.register(tiny_llama, "champion")
     settings = ServeSettings(tracking_uri=registry.uri, runtime="torch", poll_seconds=0, home=deepfeed_env)
     with TestClient(create_app(settings)) as client:
-        for path, body in (("/generate", {"user_id": "u", "prompt": "hi"}),
-                           ("/feedback", {"prompt": "q", "answer": "a", "rating": 1, "classification": "public"})):
+        for path, body in (
+            ("/generate", {"user_id": "u", "prompt": "hi"}),
+            ("/feedback", {"prompt": "q", "answer": "a", "rating": 1, "classification": "public"}),
+        ):
             r = client.post(path, json=body, headers={"X-API-Key": "k"})
             assert r.status_code == 401 and r.json()["detail"].endswith("no access policy configured on this server")

@@ -14,16 +14,28 @@ from tests.serve.conftest import KEYS
 
 
 def test_killed_server_loses_no_acknowledged_feedback(deepfeed_env, registry, policy_file):
-    settings = ServeSettings(tracking_uri=registry.uri, poll_seconds=0, policy_path=policy_file, home=deepfeed_env,
-                             rate_burst=10_000)
+    settings = ServeSettings(
+        tracking_uri=registry.uri, poll_seconds=0, policy_path=policy_file, home=deepfeed_env, rate_burst=10_000
+    )
     server = ServerProcess(settings).start(wait_for_champion=False)
     acked: list[str] = []
     enough = threading.Event()
     try:
+
         def post(i: int) -> None:
             try:
-                r = httpx.post(f"{server.url}/feedback", headers={"X-API-Key": KEYS["annotator"]}, timeout=30, json={
-                    "prompt": f"question {i}", "answer": "a", "rating": 1, "user_id": f"u{i}", "classification": "public"})
+                r = httpx.post(
+                    f"{server.url}/feedback",
+                    headers={"X-API-Key": KEYS["annotator"]},
+                    timeout=30,
+                    json={
+                        "prompt": f"question {i}",
+                        "answer": "a",
+                        "rating": 1,
+                        "user_id": f"u{i}",
+                        "classification": "public",
+                    },
+                )
             except httpx.HTTPError:
                 return  # the kill cut this one off: never acknowledged
             if r.status_code == 200:

@@ -6,9 +6,18 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
+from deepfeed.core.loop.lifecycle import (
+    GATE_TAG,
+    STAGE_TAG,
+    LifecycleError,
+    apply_failed_gate,
+    conclude_ab_test,
+    grant_challenger,
+    may_serve_as_challenger,
+    promote_gated,
+    revoke_challenger,
+)
 from deepfeed.core.platform.audit import AuditLedger
-from deepfeed.core.loop.lifecycle import (GATE_TAG, STAGE_TAG, LifecycleError, apply_failed_gate, conclude_ab_test,
-                                     grant_challenger, may_serve_as_challenger, promote_gated, revoke_challenger)
 from deepfeed.resources import MlflowResource
 from tests.serve.test_app import make_client
 
@@ -88,8 +97,13 @@ def test_failed_gate_removes_the_alias_and_only_its_own(deepfeed_env, registry, 
     tags = _tags(registry, v3)
     assert tags[GATE_TAG] == "failed" and tags[STAGE_TAG] == "rejected" and not may_serve_as_challenger(tags)
     moves = [(e["action"], e["extra"]["move"]) for e in ledger.iter_entries()]
-    assert moves == [("released", "challenger_granted"), ("retired", "challenger_retired"),
-                     ("released", "challenger_granted"), ("retired", "rejected"), ("retired", "challenger_revoked")]
+    assert moves == [
+        ("released", "challenger_granted"),
+        ("retired", "challenger_retired"),
+        ("released", "challenger_granted"),
+        ("retired", "rejected"),
+        ("retired", "challenger_revoked"),
+    ]
     assert ledger.verify().ok
 
 
@@ -116,15 +130,17 @@ def test_ab_decision_feeds_the_promotion_gate(deepfeed_env, registry, tiny_llama
     assert conclude_ab_test(registry.client, "deepfeed", versions, "inconclusive", "p=0.4", "run", ledger)[0] == "none"
     # The champion was rolled back and replaced since v2's evaluation: the A/B win alone does not promote.
     v0 = registry.register(tiny_llama, "champion")
-    action, verdict = conclude_ab_test(registry.client, "deepfeed", {"champion": v0, "challenger": v2}, "promote",
-                                       "p=0.001", "run", ledger)
+    action, verdict = conclude_ab_test(
+        registry.client, "deepfeed", {"champion": v0, "challenger": v2}, "promote", "p=0.001", "run", ledger
+    )
     assert not verdict.passed and "evaluated_against_this_champion" in verdict.reasons
     assert "not promoted" in action and _aliases(registry) == {"champion": v0}
     # A fresh candidate evaluated against the current champion, then better in the A/B test: promoted.
     v3 = registry.register(tiny_llama)
     grant_challenger(registry.client, "deepfeed", v3, "r3", v0, "gate passed", "run", ledger)
-    action, verdict = conclude_ab_test(registry.client, "deepfeed", {"champion": v0, "challenger": v3}, "promote",
-                                       "p=0.001", "run", ledger)
+    action, verdict = conclude_ab_test(
+        registry.client, "deepfeed", {"champion": v0, "challenger": v3}, "promote", "p=0.001", "run", ledger
+    )
     assert verdict.passed and action == f"promoted v{v3} to champion"
     assert _aliases(registry) == {"champion": v3, "previous": v0}
     assert _tags(registry, v3)[STAGE_TAG] == "champion"

@@ -11,12 +11,12 @@ import httpx
 
 from deepfeed.assets.incremental import incremental_model
 from deepfeed.assets.monitoring import ab_test_report, drift_report
-from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.core.loop.lifecycle import grant_challenger
+from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
-from deepfeed.resources.serving_data import ServingDataResource
 from deepfeed.resources.monitoring_policy import MonitoringPolicyResource
+from deepfeed.resources.serving_data import ServingDataResource
 from deepfeed.sensors.drift import drift_sensor
 from deepfeed.sensors.feedback import feedback_sensor
 from deepfeed.sensors.performance import performance_sensor
@@ -25,8 +25,18 @@ from deepfeed.serve.process import ServerProcess
 from tests.sensors.test_sensors import EN, _reference_corpus
 from tests.serve.conftest import KEYS, Registry
 
-INCREMENTAL = {"method": "full", "max_steps": 2, "batch_size": 4, "max_length": 48, "learning_rate": 1e-3,
-               "warmup_steps": 0, "ewc_lambda": 0.0, "replay_ratio": 0.0, "eval_samples": 0, "checkpoint_every": 0}
+INCREMENTAL = {
+    "method": "full",
+    "max_steps": 2,
+    "batch_size": 4,
+    "max_length": 48,
+    "learning_rate": 1e-3,
+    "warmup_steps": 0,
+    "ewc_lambda": 0.0,
+    "replay_ratio": 0.0,
+    "eval_samples": 0,
+    "checkpoint_every": 0,
+}
 
 
 def _wait_for(server: ServerProcess, versions: dict, timeout_s: float = 30) -> None:
@@ -43,29 +53,55 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
     registry = Registry(home, empty_registry_db)
     v1 = registry.register(tiny_llama, "champion")
     _reference_corpus(home)
-    resources = {"artifact_store": ArtifactStoreResource(root=str(home / "artifacts")),
-                 "mlflow": MlflowResource(tracking_uri=registry.uri, artifact_location=str(home / "mlartifacts")),
-                 "model_source": ModelSourceResource(base_model_path=str(tiny_llama)),
-                 "serving_data": ServingDataResource(home=str(home)),
-                 "monitoring_policy": MonitoringPolicyResource(
-                     drift_window_hours=1, drift_min_samples=20, feedback_min_batch=5,
-                     rollback_window=12, rollback_min_samples=12)}
-    settings = ServeSettings(tracking_uri=registry.uri, max_new_tokens=2, poll_seconds=0.3, policy_path=policy_file,
-                             home=home, rate_burst=10_000)
+    resources = {
+        "artifact_store": ArtifactStoreResource(root=str(home / "artifacts")),
+        "mlflow": MlflowResource(tracking_uri=registry.uri, artifact_location=str(home / "mlartifacts")),
+        "model_source": ModelSourceResource(base_model_path=str(tiny_llama)),
+        "serving_data": ServingDataResource(home=str(home)),
+        "monitoring_policy": MonitoringPolicyResource(
+            drift_window_hours=1,
+            drift_min_samples=20,
+            feedback_min_batch=5,
+            rollback_window=12,
+            rollback_min_samples=12,
+        ),
+    }
+    settings = ServeSettings(
+        tracking_uri=registry.uri,
+        max_new_tokens=2,
+        poll_seconds=0.3,
+        policy_path=policy_file,
+        home=home,
+        rate_burst=10_000,
+    )
     annotator = {"X-API-Key": KEYS["annotator"]}
     client_key = {"X-API-Key": KEYS["client"]}
 
-    with ServerProcess(settings) as server, httpx.Client(base_url=server.url, timeout=60) as http, \
-            dg.instance_for_test(temp_dir=str(home / "dagster")) as instance:
+    with (
+        ServerProcess(settings) as server,
+        httpx.Client(base_url=server.url, timeout=60) as http,
+        dg.instance_for_test(temp_dir=str(home / "dagster")) as instance,
+    ):
+
         def ask(user: str, prompt: str) -> dict:
             r = http.post("/generate", json={"user_id": user, "prompt": prompt}, headers=client_key)
             assert r.status_code == 200, r.text
             return r.json()
 
         def rate(answer: dict, user: str, rating: float, correction: str | None = None) -> None:
-            r = http.post("/feedback", headers=annotator, json={
-                "prompt": "asked", "answer": answer["answer"] or "-", "correction": correction, "rating": rating,
-                "user_id": user, "request_id": answer["request_id"], "classification": "internal"})
+            r = http.post(
+                "/feedback",
+                headers=annotator,
+                json={
+                    "prompt": "asked",
+                    "answer": answer["answer"] or "-",
+                    "correction": correction,
+                    "rating": rating,
+                    "user_id": user,
+                    "request_id": answer["request_id"],
+                    "classification": "internal",
+                },
+            )
             assert r.status_code == 200, r.text
 
         # 1. Traffic like the training data, then a shifted distribution; corrections.
@@ -81,8 +117,13 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
         with dg.build_sensor_context(resources=resources) as context:
             drift = drift_sensor(context)
         [drift_request] = drift
-        drift_run = dg.materialize([drift_report], instance=instance, resources=resources, raise_on_error=False,
-                                   run_config=drift_request.run_config)
+        drift_run = dg.materialize(
+            [drift_report],
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            run_config=drift_request.run_config,
+        )
         assert not drift_run.success
         assert "drift alert" in drift_run.failure_data_for_node("drift_report").error.message
 
@@ -91,9 +132,15 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
             feedback = feedback_sensor(context)
         [request] = feedback.run_requests
         instance.add_dynamic_partitions("feedback_batches", [request.partition_key])
-        trained = dg.materialize([incremental_model], partition_key=request.partition_key, instance=instance,
-                                 resources=resources, run_config={"ops": {"incremental_model": {"config": {
-                                     **INCREMENTAL, "feedback_root": str(home / "feedback")}}}})
+        trained = dg.materialize(
+            [incremental_model],
+            partition_key=request.partition_key,
+            instance=instance,
+            resources=resources,
+            run_config={
+                "ops": {"incremental_model": {"config": {**INCREMENTAL, "feedback_root": str(home / "feedback")}}}
+            },
+        )
         assert trained.success
         v2 = str(trained.asset_materializations_for_node("incremental_model")[0].metadata["mlflow_model_version"].value)
         assert v2 != v1
@@ -110,8 +157,16 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
             answer = ask(user, EN[i % len(EN)])
             for k in range(2):
                 rate(answer, user, (0.9 if answer["arm"] == "challenger" else 0.5) + 0.02 * ((i + k) % 3))
-        report = dg.materialize([ab_test_report], instance=instance, resources=resources, run_config={
-            "ops": {"ab_test_report": {"config": {"min_hours": 0, "min_users_per_arm": 4, "serving_home": str(home)}}}})
+        report = dg.materialize(
+            [ab_test_report],
+            instance=instance,
+            resources=resources,
+            run_config={
+                "ops": {
+                    "ab_test_report": {"config": {"min_hours": 0, "min_users_per_arm": 4, "serving_home": str(home)}}
+                }
+            },
+        )
         [mat] = report.asset_materializations_for_node("ab_test_report")
         assert mat.metadata["decision"].value == "promote", mat.metadata["reason"].value
         _wait_for(server, {"champion": v2})
@@ -130,5 +185,7 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
 
     ledger = AuditLedger(home / "audit" / "ledger.jsonl")
     assert [e["action"] for e in ledger.iter_entries() if e["action"] in ("promoted", "rolled_back")] == [
-        "promoted", "rolled_back"]
+        "promoted",
+        "rolled_back",
+    ]
     assert ledger.verify().ok

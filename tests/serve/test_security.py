@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from deepfeed.core.loop.abtest import hash_user_id
-from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.core.loop.feedback import FeedbackStore
 from deepfeed.core.loop.inference_log import InferenceLog
+from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.core.platform.secrets import MissingSecret
 from deepfeed.serve.app import ServeSettings, create_app
 from tests.serve.conftest import KEYS, SALT, write_policy
@@ -25,8 +25,15 @@ ASK = {"user_id": "u1", "prompt": "hello"}
 
 def _settings(home, registry, **kw) -> ServeSettings:
     kw.setdefault("policy_path", write_policy(home / "access_policy.json"))
-    return ServeSettings(tracking_uri=registry.uri, runtime="torch", max_new_tokens=2, poll_seconds=0, home=home,
-                         embedding_summary=False, **kw)
+    return ServeSettings(
+        tracking_uri=registry.uri,
+        runtime="torch",
+        max_new_tokens=2,
+        poll_seconds=0,
+        home=home,
+        embedding_summary=False,
+        **kw,
+    )
 
 
 def _ledger(home) -> AuditLedger:
@@ -72,10 +79,20 @@ def _asgi_post(app, path: str, headers: dict[str, str], chunks, limit_chunks: in
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "path": path,
-             "raw_path": path.encode(), "root_path": "", "scheme": "http", "query_string": b"",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "scheme": "http",
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
     asyncio.run(app(scope, receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -86,8 +103,9 @@ def test_oversized_bodies_are_refused_before_they_are_read(deepfeed_env, registr
     app = create_app(_settings(deepfeed_env, registry, max_body_bytes=4096))
     key = {"X-API-Key": KEYS["client"], "Content-Type": "application/json"}
     # Declared: 100 MB announced, refused before the first byte is pulled.
-    status, body, pulled = _asgi_post(app, "/generate", {**key, "Content-Length": str(100 << 20)},
-                                      (b"x" * 65536 for _ in range(1600)))
+    status, body, pulled = _asgi_post(
+        app, "/generate", {**key, "Content-Length": str(100 << 20)}, (b"x" * 65536 for _ in range(1600))
+    )
     assert status == 413 and "4096 bytes" in body["detail"] and pulled == 0
     # Undeclared (chunked): refused at the first chunk past the cap, the rest never read.
     status, body, pulled = _asgi_post(app, "/generate", key, (b" " * 1024 for _ in range(100_000)), limit_chunks=10)
@@ -114,8 +132,10 @@ def test_rate_limit_per_key_and_refusals_are_counted_not_ledgered(deepfeed_env, 
     registry.register(tiny_llama, "champion")
     settings = _settings(deepfeed_env, registry, rate_per_second=0.001, rate_burst=3)
     with TestClient(create_app(settings)) as client:
-        codes = [client.post("/generate", json={**ASK, "max_new_tokens": 1}, headers={"X-API-Key": KEYS["client"]})
-                 for _ in range(5)]
+        codes = [
+            client.post("/generate", json={**ASK, "max_new_tokens": 1}, headers={"X-API-Key": KEYS["client"]})
+            for _ in range(5)
+        ]
         assert [r.status_code for r in codes] == [200, 200, 200, 429, 429]
         assert int(codes[-1].headers["Retry-After"]) >= 1
         # Another key has its own bucket.
@@ -134,8 +154,11 @@ def test_feedback_arm_and_version_come_from_the_servers_log(deepfeed_env, regist
     registry.register(tiny_llama, "champion")
     registry.register(tiny_llama, "challenger")
     with TestClient(create_app(_settings(deepfeed_env, registry))) as client:
-        answer = client.post("/generate", json={"user_id": "u7", "prompt": "hi", "max_new_tokens": 1},
-                             headers={"X-API-Key": KEYS["client"]}).json()
+        answer = client.post(
+            "/generate",
+            json={"user_id": "u7", "prompt": "hi", "max_new_tokens": 1},
+            headers={"X-API-Key": KEYS["client"]},
+        ).json()
         other_arm = "champion" if answer["arm"] == "challenger" else "challenger"
         base = {"prompt": "hi", "answer": "a", "rating": 1.0, "classification": "public"}
         annotator = {"X-API-Key": KEYS["annotator"]}
@@ -162,8 +185,11 @@ def test_feedback_tags_and_lang_cannot_carry_pii(deepfeed_env, registry):
     with TestClient(create_app(_settings(deepfeed_env, registry))) as client:
         annotator = {"X-API-Key": KEYS["annotator"]}
         base = {"prompt": "q", "answer": "a", "rating": 1.0, "classification": "public"}
-        r = client.post("/feedback", json={**base, "tags": ["billing", "call jane.doe@example.com", "ip 10.1.2.3"],
-                                            "lang": "zh-CN"}, headers=annotator)
+        r = client.post(
+            "/feedback",
+            json={**base, "tags": ["billing", "call jane.doe@example.com", "ip 10.1.2.3"], "lang": "zh-CN"},
+            headers=annotator,
+        )
         assert r.status_code == 200, r.text
         r = client.post("/feedback", json={**base, "lang": "mail jane.doe@example.com"}, headers=annotator)
         assert r.status_code == 422 and "language tag" in r.json()["detail"] and "jane" not in r.text
@@ -179,15 +205,23 @@ def test_a_phone_number_user_id_cannot_be_recovered_without_the_salt(deepfeed_en
     registry.register(tiny_llama, "champion")
     phone = "13812345678"
     with TestClient(create_app(_settings(deepfeed_env, registry))) as client:
-        assert client.post("/generate", json={"user_id": phone, "prompt": "hi", "max_new_tokens": 1},
-                           headers={"X-API-Key": KEYS["client"]}).status_code == 200
+        assert (
+            client.post(
+                "/generate",
+                json={"user_id": phone, "prompt": "hi", "max_new_tokens": 1},
+                headers={"X-API-Key": KEYS["client"]},
+            ).status_code
+            == 200
+        )
     [event] = InferenceLog(deepfeed_env / "inference_log").events()
     assert phone not in json.dumps(event)
     # The attack that recovered such ids: hash every candidate number, unkeyed or with an
     # empty key, and look the logged hash up. 100k candidates around the real number.
     candidates = [f"138123{n:05d}" for n in range(100_000)]
-    for guess in (lambda c: hmac.new(b"", c.encode(), hashlib.sha256).hexdigest(),
-                  lambda c: hashlib.sha256(c.encode()).hexdigest()):
+    for guess in (
+        lambda c: hmac.new(b"", c.encode(), hashlib.sha256).hexdigest(),
+        lambda c: hashlib.sha256(c.encode()).hexdigest(),
+    ):
         assert event["user_hash"] not in {guess(c) for c in candidates}
     # With the key the operator holds, the id is still a stable join key.
     assert event["user_hash"] == hash_user_id(phone, SALT)

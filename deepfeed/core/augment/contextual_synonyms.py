@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfeed.core.platform.encoders import SentenceEncoder
 from deepfeed.core.augment.meaning import Verdict
+from deepfeed.core.platform.encoders import SentenceEncoder
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _LATIN = re.compile(r"[A-Za-z]")
@@ -113,7 +113,9 @@ class CausalLMRanker:
     def log_probs(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 
-        ids = self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=self.max_length - 1)["input_ids"]
+        ids = self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=self.max_length - 1)[
+            "input_ids"
+        ]
         out = np.zeros(len(texts), dtype=np.float64)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # little padding per batch
         with torch.inference_mode():
@@ -126,7 +128,9 @@ class CausalLMRanker:
                     seq = [self.start, *ids[i]]
                     tokens[r, : len(seq)] = torch.tensor(seq)
                     mask[r, : len(seq)] = 1
-                logits = self.tuner.run(lambda: self.model(input_ids=tokens, attention_mask=mask).logits, int(mask.sum()))[:, :-1].float()
+                logits = self.tuner.run(
+                    lambda: self.model(input_ids=tokens, attention_mask=mask).logits, int(mask.sum())
+                )[:, :-1].float()
                 targets = tokens[:, 1:]
                 # gather - logsumexp: the log-softmax of the target only, without a second
                 # vocabulary-sized tensor per position.
@@ -179,8 +183,9 @@ class ContextualSynonymReplacer:
         self.ranker = ranker
         # The judge of meaning: MiniLM where it reads the text, the causal LM where MiniLM
         # sees mostly [UNK] (Chinese); see deepfeed.core.augment.meaning.
-        self.judge = MeaningJudge(self.lexicons, encoder, judge_lm, threshold, lm_threshold, max_unk_share,
-                                  self.protected)
+        self.judge = MeaningJudge(
+            self.lexicons, encoder, judge_lm, threshold, lm_threshold, max_unk_share, self.protected
+        )
 
     def script(self, text: str) -> str | Skip:
         """The language whose lexicon applies, judged on the unprotected text."""
@@ -254,8 +259,9 @@ class ContextualSynonymReplacer:
         pairs = [(i, v) for i in originals for v in range(len(plans[i]))]
         # Variants are built from the lexicon's in-context candidates, so the judge's
         # lexical gate holds by construction; only its score is needed here.
-        verdicts = self.judge.judge([texts[i] for i, _ in pairs], [plans[i][v][0] for i, v in pairs],
-                                    [scripts[i] for i, _ in pairs], gate=False)
+        verdicts = self.judge.judge(
+            [texts[i] for i, _ in pairs], [plans[i][v][0] for i, v in pairs], [scripts[i] for i, _ in pairs], gate=False
+        )
         by_text: dict[int, list[tuple[int, Verdict]]] = {}
         for (i, v), verdict in zip(pairs, verdicts):
             by_text.setdefault(i, []).append((v, verdict))
@@ -284,8 +290,9 @@ class ContextualSynonymReplacer:
                 lm_logprob = round(scores[(i, v)], 4)
             verdict = verdict_of[v]
             similarity = verdict.score if verdict.judge == "encoder" else None
-            results[i] = SynonymEdit(plans[i][v][0], plans[i][v][1], similarity, lm_logprob, verdict.judge,
-                                     verdict.score)
+            results[i] = SynonymEdit(
+                plans[i][v][0], plans[i][v][1], similarity, lm_logprob, verdict.judge, verdict.score
+            )
         return results
 
     def _rank_scores(self, plans, kept) -> dict[tuple[int, int], float]:
@@ -324,11 +331,19 @@ class MaskedLMReplacer:
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"masked LM folder {path} has no config.json")
         self.augmenter = naw.ContextualWordEmbsAug(
-            model_path=str(path), model_type="bert", use_custom_api=False, aug_p=rate, top_k=top_k, device="cpu",
-            stopwords=list(stop_words) or None, stopwords_regex=_NLPAUG_PROTECTED,
+            model_path=str(path),
+            model_type="bert",
+            use_custom_api=False,
+            aug_p=rate,
+            top_k=top_k,
+            device="cpu",
+            stopwords=list(stop_words) or None,
+            stopwords_regex=_NLPAUG_PROTECTED,
         )
         self.augmenter.model.model = _SpecialTokenFreeFillMask(self.augmenter.model.model)
-        self.mask_token = self.augmenter.model.get_mask_token() if hasattr(self.augmenter.model, "get_mask_token") else "[MASK]"
+        self.mask_token = (
+            self.augmenter.model.get_mask_token() if hasattr(self.augmenter.model, "get_mask_token") else "[MASK]"
+        )
         self.encoder = encoder
         self.protected = protected or (lambda text: [])
         self.threshold = threshold

@@ -26,14 +26,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from deepfeed.core.platform.audit import AuditEntry
-from deepfeed.core.data.cleaning import content_key
 from deepfeed.core.augment.contextual_synonyms import ContextualSynonymReplacer, MaskedLMReplacer, Skip, text_script
-from deepfeed.core.data.dedup import NearDuplicateIndex
-from deepfeed.core.platform.encoders import SentenceEncoder
 from deepfeed.core.augment.fgsm import FgsmTextAttack
 from deepfeed.core.augment.meaning import MeaningJudge
 from deepfeed.core.augment.structural import structural_variant
+from deepfeed.core.data.cleaning import content_key
+from deepfeed.core.data.dedup import NearDuplicateIndex
+from deepfeed.core.platform.audit import AuditEntry
+from deepfeed.core.platform.encoders import SentenceEncoder
 
 TECHNIQUES = ("synonym", "structural", "fgsm")
 
@@ -95,8 +95,9 @@ def fgsm_field(record: dict[str, Any], side: str) -> str | None:
     return "prompt"
 
 
-def _child(parent: dict[str, Any], text: str, technique: str, params: dict, similarity: float | None,
-           field: str | None = None) -> dict[str, Any]:
+def _child(
+    parent: dict[str, Any], text: str, technique: str, params: dict, similarity: float | None, field: str | None = None
+) -> dict[str, Any]:
     child = {**parent, field or augmented_field(parent): text, "parent_id": parent["record_id"], "technique": technique}
     child["aug_params"] = json.dumps(params, sort_keys=True, ensure_ascii=False)
     child["similarity"] = similarity
@@ -148,7 +149,9 @@ def augment_corpus(records: list[dict[str, Any]], plan: AugmentPlan, augmenters:
     verdicts = _judge_reorders(reordered, augmenters.judge)
     for (record, new, technique), verdict in zip(reordered, verdicts):
         if verdict is not None and not verdict.keeps_meaning:
-            skip(record, "structural", f"reordered text judged to change the meaning ({verdict.judge}: {verdict.reason})")
+            skip(
+                record, "structural", f"reordered text judged to change the meaning ({verdict.judge}: {verdict.reason})"
+            )
             continue
         params = {"seed": plan.seed}
         if verdict is not None:
@@ -162,7 +165,11 @@ def augment_corpus(records: list[dict[str, Any]], plan: AugmentPlan, augmenters:
             if isinstance(outcome, Skip):
                 skip(record, "synonym", outcome.reason)
             else:
-                params = {**plan.technique_params.get("synonym", {}), "replaced": outcome.replaced, "_similarity": outcome.similarity}
+                params = {
+                    **plan.technique_params.get("synonym", {}),
+                    "replaced": outcome.replaced,
+                    "_similarity": outcome.similarity,
+                }
                 if getattr(outcome, "lm_logprob", None) is not None:
                     params["lm_logprob"] = outcome.lm_logprob
                 if hasattr(outcome, "judge"):
@@ -177,7 +184,7 @@ def augment_corpus(records: list[dict[str, Any]], plan: AugmentPlan, augmenters:
             skip(record, "fgsm", f"empty {side}")
         else:
             attackable.append((record, side))
-    for record, _ in attackable[plan.fgsm_max_records:]:
+    for record, _ in attackable[plan.fgsm_max_records :]:
         skip(record, "fgsm", f"over fgsm_max_records={plan.fgsm_max_records}")
     for record, side in attackable[: plan.fgsm_max_records]:
         (outcome,) = augmenters.fgsm.attack([record[side]])
@@ -185,9 +192,15 @@ def augment_corpus(records: list[dict[str, Any]], plan: AugmentPlan, augmenters:
             skip(record, "fgsm", outcome.reason)
         else:
             swaps = [list(s) for s in outcome.swaps]
-            params = {**plan.technique_params.get("fgsm", {}), "side": side, "swaps": swaps,
-                      "loss_before": round(outcome.loss_before, 4), "loss_after": round(outcome.loss_after, 4),
-                      "judge": outcome.judge, "meaning_score": outcome.meaning_score}
+            params = {
+                **plan.technique_params.get("fgsm", {}),
+                "side": side,
+                "swaps": swaps,
+                "loss_before": round(outcome.loss_before, 4),
+                "loss_after": round(outcome.loss_after, 4),
+                "judge": outcome.judge,
+                "meaning_score": outcome.meaning_score,
+            }
             candidates.append((record, outcome.text, "fgsm", params, side))
 
     similarities = _similarities(candidates, augmenters.encoder, augmenters.judge)
@@ -202,7 +215,9 @@ def augment_corpus(records: list[dict[str, Any]], plan: AugmentPlan, augmenters:
     duplicates: list = [None] * len(candidates)
     for i, duplicate_of in zip(target_side, found):
         duplicates[i] = duplicate_of
-    for (parent, text, technique, params, side_field), similarity, duplicate_of in zip(candidates, similarities, duplicates):
+    for (parent, text, technique, params, side_field), similarity, duplicate_of in zip(
+        candidates, similarities, duplicates
+    ):
         family = "synonym" if "synonym" in technique else "structural" if technique.endswith("reorder") else technique
         recorded = {k: v for k, v in params.items() if not k.startswith("_")}
         child = _child(parent, text, technique, recorded, similarity, side_field)
@@ -213,13 +228,25 @@ def augment_corpus(records: list[dict[str, Any]], plan: AugmentPlan, augmenters:
         children.append(child)
 
     for record in originals:
-        result.records.append({**record, "parent_id": None, "technique": "original", "aug_params": "{}", "similarity": 1.0, "aug_skipped": json.dumps(notes[record["record_id"]], ensure_ascii=False)})
+        result.records.append(
+            {
+                **record,
+                "parent_id": None,
+                "technique": "original",
+                "aug_params": "{}",
+                "similarity": 1.0,
+                "aug_skipped": json.dumps(notes[record["record_id"]], ensure_ascii=False),
+            }
+        )
     result.records.extend(children)
     return result
 
 
-def _similarities(candidates: list[tuple[dict, str, str, dict, str]], encoder: SentenceEncoder | None,
-                  judge: MeaningJudge | None = None) -> list[float | None]:
+def _similarities(
+    candidates: list[tuple[dict, str, str, dict, str]],
+    encoder: SentenceEncoder | None,
+    judge: MeaningJudge | None = None,
+) -> list[float | None]:
     """The synonym filter's own score where it has one, else one batched encoder call
     for the children MiniLM can read (a Chinese text is mostly [UNK] to it: its cosine
     would say nothing, so it stays None)."""
@@ -253,10 +280,20 @@ def audit_entries(records: list[dict[str, Any]], run_id: str, stage: str = "augm
         params = json.loads(child.get("aug_params") or "{}")
         changed = params.get("side") or augmented_field(child)
         yield AuditEntry.from_texts(
-            child["record_id"], stage, "augmented", f"{child['technique']} child of {child['parent_id']}", run_id,
-            before=parent.get(changed), after=child.get(changed),
-            extra={"parent_id": child["parent_id"], "technique": child["technique"], "field": changed, "params": params,
-                   "similarity": child.get("similarity")},
+            child["record_id"],
+            stage,
+            "augmented",
+            f"{child['technique']} child of {child['parent_id']}",
+            run_id,
+            before=parent.get(changed),
+            after=child.get(changed),
+            extra={
+                "parent_id": child["parent_id"],
+                "technique": child["technique"],
+                "field": changed,
+                "params": params,
+                "similarity": child.get("similarity"),
+            },
         )
 
 

@@ -35,15 +35,31 @@ Spans = list[tuple[int, int]]
 # Tokens as the tagger expects them: words (with inner apostrophes or hyphens),
 # numbers, and each punctuation mark on its own.
 _TOKEN = re.compile(r"[A-Za-z]+(?:['’-][A-Za-z]+)*|\d+(?:[.,:]\d+)*|\S")
-_SENTENCE_BREAK = frozenset(".!?:;\"“”()")
-_WORDNET_POS = {"NN": "n", "NNS": "n", "VB": "v", "VBD": "v", "VBG": "v", "VBN": "v", "VBP": "v", "VBZ": "v",
-                "JJ": "a", "JJR": "a", "JJS": "a", "RB": "r", "RBR": "r", "RBS": "r"}
+_SENTENCE_BREAK = frozenset('.!?:;"“”()')
+_WORDNET_POS = {
+    "NN": "n",
+    "NNS": "n",
+    "VB": "v",
+    "VBD": "v",
+    "VBG": "v",
+    "VBN": "v",
+    "VBP": "v",
+    "VBZ": "v",
+    "JJ": "a",
+    "JJR": "a",
+    "JJS": "a",
+    "RB": "r",
+    "RBR": "r",
+    "RBS": "r",
+}
 _UPOS = {"n": "NOUN", "v": "VERB", "a": "ADJ", "r": "ADV"}
 # Subject pronouns, modals, "to" and the do-auxiliary are followed by a verb, not a noun:
 # the Brill lexicon's single default tag ("use" -> NN) is wrong after them, and the
 # pattern rules do not correct it ("I use", "do not use", "to use").
-_VERB_CONTEXT = frozenset("i you we they to can could will would shall should may might must do does did not n't don't "
-                          "doesn't didn't never".split())
+_VERB_CONTEXT = frozenset(
+    "i you we they to can could will would shall should may might must do does did not n't don't "
+    "doesn't didn't never".split()
+)
 _VOWEL_SOUND = re.compile(r"^(?:[aeio]|u(?![nr][aeiou]|s[aeiou]|ni|ti|ri))", re.I)
 
 
@@ -108,7 +124,7 @@ def _is_expression(words: tuple[str, ...]) -> bool:
 def _sentence_initial(text: str, tagged: list, i: int) -> bool:
     if i == 0:
         return True
-    return tagged[i - 1][2] in _SENTENCE_BREAK or "\n" in text[tagged[i - 1][1]:tagged[i][0]]
+    return tagged[i - 1][2] in _SENTENCE_BREAK or "\n" in text[tagged[i - 1][1] : tagged[i][0]]
 
 
 class WordNetSynonyms:
@@ -195,7 +211,7 @@ class WordNetSynonyms:
                 blocked.add(i)
         for n in (4, 3, 2):
             for i in range(len(tagged) - n + 1):
-                window = tuple(words[i:i + n])
+                window = tuple(words[i : i + n])
                 if all(w.isalpha() for w in window) and _is_expression(window):
                     blocked.update(range(i, i + n))
         return blocked
@@ -217,8 +233,9 @@ class WordNetSynonyms:
         if not synsets and pos == "a":
             synsets = self._wordnet.synsets(lemma, pos="a")
         out: list[str] = []
-        counts = [next((l.count() for l in s.lemmas() if l.name().lower() == lemma), 0)
-                  for s in synsets[: self.max_senses]]
+        counts = [
+            next((l.count() for l in s.lemmas() if l.name().lower() == lemma), 0) for s in synsets[: self.max_senses]
+        ]
         for rank, synset in enumerate(synsets[: self.max_senses]):
             if rank > 0 and counts[rank] < max(1, counts[0] / 4):
                 continue  # a later sense only where SemCor finds the word used in it often enough

@@ -161,7 +161,9 @@ class FgsmTextAttack:
         options = self.options(text)
         if not options:
             return Skip("no swappable word (names, idioms, function words, protected spans or no in-context synonym)")
-        encoding = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False, truncation=True, max_length=self.max_length)
+        encoding = self.tokenizer(
+            text, return_offsets_mapping=True, add_special_tokens=False, truncation=True, max_length=self.max_length
+        )
         ids = encoding["input_ids"]
         if len(ids) < 2:
             return Skip("too short for a language-model loss")
@@ -197,7 +199,9 @@ class FgsmTextAttack:
         pieces.append(text[last:])
         new = "".join(pieces)
         with torch.no_grad():
-            ids = self.tokenizer(new, add_special_tokens=False, truncation=True, max_length=self.max_length)["input_ids"]
+            ids = self.tokenizer(new, add_special_tokens=False, truncation=True, max_length=self.max_length)[
+                "input_ids"
+            ]
             after = torch.tensor([ids])
             loss_after = float(self.model(input_ids=after, labels=after).loss)
         return AdversarialEdit(new, len(swaps), loss_before, loss_after, tuple(swaps), chosen=tuple(chosen))
@@ -209,8 +213,12 @@ class FgsmTextAttack:
             return edits
         pending = [i for i, e in enumerate(edits) if isinstance(e, AdversarialEdit)]
         while pending:
-            verdicts = self.judge.judge([texts[i] for i in pending], [edits[i].text for i in pending],
-                                        [text_script(texts[i]) for i in pending], gate=False)
+            verdicts = self.judge.judge(
+                [texts[i] for i in pending],
+                [edits[i].text for i in pending],
+                [text_script(texts[i]) for i in pending],
+                gate=False,
+            )
             retry = []
             for i, verdict in zip(pending, verdicts):
                 edit = edits[i]

@@ -86,8 +86,9 @@ class MeaningJudge:
 
     # --- verdicts -------------------------------------------------------------------------
 
-    def judge(self, parents: Sequence[str], children: Sequence[str], scripts: Sequence[str],
-              gate: bool = True) -> list[Verdict]:
+    def judge(
+        self, parents: Sequence[str], children: Sequence[str], scripts: Sequence[str], gate: bool = True
+    ) -> list[Verdict]:
         """One verdict per (parent, child); the models run once per batch. ``gate=False``:
         the caller built every child from the lexicon's in-context candidates itself."""
         verdicts: list[Verdict | None] = [None] * len(parents)

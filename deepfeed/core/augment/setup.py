@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from deepfeed.core.augment.corpus import AugmentPlan, Augmenters
+from deepfeed.core.augment.corpus import Augmenters, AugmentPlan
 from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask
 
 
@@ -81,8 +81,8 @@ def build_augmenters(settings: AugmentSettings, model_path: Path | None = None) 
     (``synonym_lm_rank``) and that judges the meaning of children MiniLM cannot read
     (``meaning_lm``); all share one loaded copy.
     """
-    from deepfeed.core.platform.encoders import SentenceEncoder
     from deepfeed.core.data.glossary import load_glossary
+    from deepfeed.core.platform.encoders import SentenceEncoder
 
     try:
         glossary = load_glossary(settings.glossary_path or None)
@@ -91,8 +91,15 @@ def build_augmenters(settings: AugmentSettings, model_path: Path | None = None) 
     protected = partial(protected_mask, glossary=glossary)
     ranking = settings.synonym_ratio > 0 and settings.synonym_lm_rank
     if ranking and settings.masked_lm_path:
-        raise AugmentSettingsError("synonym_lm_rank", "ranks lexicon variants; the masked-LM path (masked_lm_path) proposes one variant per record, so there is nothing to rank")
-    needed_by = (("fgsm_ratio", settings.fgsm_ratio > 0), ("synonym_lm_rank", ranking), ("meaning_lm", needs_model(settings)))
+        raise AugmentSettingsError(
+            "synonym_lm_rank",
+            "ranks lexicon variants; the masked-LM path (masked_lm_path) proposes one variant per record, so there is nothing to rank",
+        )
+    needed_by = (
+        ("fgsm_ratio", settings.fgsm_ratio > 0),
+        ("synonym_lm_rank", ranking),
+        ("meaning_lm", needs_model(settings)),
+    )
     for field, needed in needed_by:
         if needed and model_path is None:
             raise AugmentSettingsError(field, f"{field} needs a causal LM; switch it off or provide one")
@@ -113,8 +120,15 @@ def build_augmenters(settings: AugmentSettings, model_path: Path | None = None) 
         from deepfeed.core.augment.meaning import MeaningJudge
 
         lexicons = _lexicons()
-        augmenters.judge = MeaningJudge(lexicons, encoder, judge_lm, settings.similarity_threshold,
-                                        settings.lm_threshold, settings.max_unk_share, protected)
+        augmenters.judge = MeaningJudge(
+            lexicons,
+            encoder,
+            judge_lm,
+            settings.similarity_threshold,
+            settings.lm_threshold,
+            settings.max_unk_share,
+            protected,
+        )
     if settings.synonym_ratio > 0:
         ranker = None
         if ranking:
@@ -126,8 +140,15 @@ def build_augmenters(settings: AugmentSettings, model_path: Path | None = None) 
         from deepfeed.core.augment.fgsm import FgsmTextAttack
 
         try:
-            augmenters.fgsm = FgsmTextAttack(model, tokenizer, settings.fgsm_epsilon, settings.fgsm_max_modification_rate,
-                                             protected, lexicons=lexicons, judge=augmenters.judge)
+            augmenters.fgsm = FgsmTextAttack(
+                model,
+                tokenizer,
+                settings.fgsm_epsilon,
+                settings.fgsm_max_modification_rate,
+                protected,
+                lexicons=lexicons,
+                judge=augmenters.judge,
+            )
         except ValueError as exc:
             field = "fgsm_epsilon" if "epsilon" in str(exc) else "fgsm_max_modification_rate"
             raise AugmentSettingsError(field, str(exc)) from exc
@@ -135,8 +156,8 @@ def build_augmenters(settings: AugmentSettings, model_path: Path | None = None) 
 
 
 def _lexicons() -> dict:
-    from deepfeed.core.platform.home import activate_nltk_data
     from deepfeed.core.augment.zh_synonyms import CilinSynonyms
+    from deepfeed.core.platform.home import activate_nltk_data
 
     activate_nltk_data()
     return {"en": WordNetSynonyms(), "zh": CilinSynonyms()}
@@ -147,13 +168,27 @@ def _synonyms(settings: AugmentSettings, encoder, protected, lexicons, ranker=No
 
     if settings.masked_lm_path:
         try:
-            return MaskedLMReplacer(Path(settings.masked_lm_path).expanduser(), encoder, protected, settings.similarity_threshold, settings.synonym_rate)
+            return MaskedLMReplacer(
+                Path(settings.masked_lm_path).expanduser(),
+                encoder,
+                protected,
+                settings.similarity_threshold,
+                settings.synonym_rate,
+            )
         except (OSError, ValueError) as exc:
             raise AugmentSettingsError("masked_lm_path", str(exc)) from exc
     try:
         return ContextualSynonymReplacer(
-            encoder, lexicons["en"], lexicons["zh"], protected, settings.similarity_threshold, settings.synonym_rate,
-            settings.synonym_variants, ranker, judge_lm=judge_lm, lm_threshold=settings.lm_threshold,
+            encoder,
+            lexicons["en"],
+            lexicons["zh"],
+            protected,
+            settings.similarity_threshold,
+            settings.synonym_rate,
+            settings.synonym_variants,
+            ranker,
+            judge_lm=judge_lm,
+            lm_threshold=settings.lm_threshold,
             max_unk_share=settings.max_unk_share,
         )
     except ValueError as exc:

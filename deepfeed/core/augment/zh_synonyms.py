@@ -38,7 +38,9 @@ CONTENT_TAGS = frozenset("n v a d vn an ad vd".split())
 MIN_COUNT = 50
 MIN_COUNT_RATIO = 1 / 20
 # Common function words: replacing them changes grammar, not vocabulary.
-ZH_STOP_WORDS = frozenset("的 了 和 与 及 或 在 是 有 我 你 他 她 它 们 这 那 就 也 都 而 被 把 对 从 向 为 以 之 其 中 上 下 不 没 很 还 又 吗 呢 吧 啊 个 请 可以 如果 因为 所以 但是".split())
+ZH_STOP_WORDS = frozenset(
+    "的 了 和 与 及 或 在 是 有 我 你 他 她 它 们 这 那 就 也 都 而 被 把 对 从 向 为 以 之 其 中 上 下 不 没 很 还 又 吗 呢 吧 啊 个 请 可以 如果 因为 所以 但是".split()
+)
 
 
 def cilin_path() -> Path:
@@ -91,8 +93,11 @@ class CilinSynonyms:
             if flag not in CONTENT_TAGS or any(a < y and x < b for x, y in protected) or self.ambiguous(word):
                 continue
             least = max(MIN_COUNT, counts.get(word, 0) * MIN_COUNT_RATIO)
-            kept = [c for c in self.all_candidates(word)
-                    if not self.ambiguous(c) and tags.get(c, "")[:1] == flag[:1] and counts.get(c, 0) >= least]
+            kept = [
+                c
+                for c in self.all_candidates(word)
+                if not self.ambiguous(c) and tags.get(c, "")[:1] == flag[:1] and counts.get(c, 0) >= least
+            ]
             if kept:
                 out.append((a, b, kept[: self.max_candidates]))
         return out

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from deepfeed.core.train.modeling import ModelSourceError, describe_checkpoint, load_model
 from deepfeed.core.compress.triton import TRITON_INPUT, TRITON_OUTPUT, triton_config  # noqa: F401  (re-exported)
 from deepfeed.core.compress.weight_only_int8 import quantize_weight_only
+from deepfeed.core.train.modeling import ModelSourceError, describe_checkpoint, load_model
 
 PRUNE_METHODS = ("global_l1_unstructured", "l1_unstructured", "ln_structured")
 QUANTIZATION_METHODS = ("weight_only", "dynamic")
@@ -80,7 +80,9 @@ def prune_model(model: torch.nn.Module, config: CompressionConfig) -> dict[str, 
     if config.prune_method == "global_l1_unstructured":
         # One magnitude threshold for the whole model: layers with many small weights give
         # more, sensitive layers less (×0.97 vs ×1.09 perplexity per-layer on SmolLM2).
-        prune.global_unstructured([(m, "weight") for _, m in layers], pruning_method=prune.L1Unstructured, amount=amount)
+        prune.global_unstructured(
+            [(m, "weight") for _, m in layers], pruning_method=prune.L1Unstructured, amount=amount
+        )
     for name, module in layers:
         if config.prune_method == "l1_unstructured":
             prune.l1_unstructured(module, "weight", amount=amount)
@@ -111,7 +113,11 @@ def quantize_int8(model: torch.nn.Module, config: CompressionConfig) -> torch.nn
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
     qconfig = per_channel_dynamic_qconfig if config.quantize_per_channel else default_dynamic_qconfig
-    spec = {name: qconfig for name, _ in _linear_layers(model, skip_lm_head=config.keep_lm_head_fp32) if name not in config.fp32_layers}
+    spec = {
+        name: qconfig
+        for name, _ in _linear_layers(model, skip_lm_head=config.keep_lm_head_fp32)
+        if name not in config.fp32_layers
+    }
     return quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
@@ -199,9 +205,7 @@ class _LogitsOnly(torch.nn.Module):
         allowed = causal[None, None, :, :] & attention_mask[:, None, None, :].bool()
         mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, torch.finfo(torch.float32).min)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        return self.model(
-            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
-        ).logits
+        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
 
 
 class OnnxExportError(RuntimeError):
@@ -294,7 +298,9 @@ def export_onnx(model: torch.nn.Module, path: Path, opset: int) -> Path:
     return path
 
 
-def quantize_onnx_int8(source: Path, target: Path, per_channel: bool = True, method: str = "weight_only", block_size: int = 32) -> Path:
+def quantize_onnx_int8(
+    source: Path, target: Path, per_channel: bool = True, method: str = "weight_only", block_size: int = 32
+) -> Path:
     if method == "weight_only":
         from deepfeed.core.compress.onnx_int8 import quantize_onnx_weight_only
 
@@ -341,7 +347,9 @@ def write_triton_repository(root: Path, onnx_file: Path, config: CompressionConf
     Triton's ModelConfig schema and the ONNX graph."""
     from deepfeed.core.compress.triton import write_triton_repository as write
 
-    return write(root, onnx_file, config.triton_model_name, vocab_size, config.triton_max_batch_size, config.triton_instance_kind)
+    return write(
+        root, onnx_file, config.triton_model_name, vocab_size, config.triton_max_batch_size, config.triton_instance_kind
+    )
 
 
 def file_size_mb(path: Path, suffix: str = "") -> float:
@@ -375,9 +383,8 @@ def compress_checkpoint(checkpoint: Path, output: Path, config: CompressionConfi
     cannot handle, say) is reported in `errors` under the artifact's name with the reason,
     the artifacts that depend on it are reported as skipped, and the others still get built.
     """
-    from deepfeed.core.compress.onnx_kv import check_decoder_parity, export_decoder_with_past
-
     from deepfeed.core.compress.gate import TASK_GATES
+    from deepfeed.core.compress.onnx_kv import check_decoder_parity, export_decoder_with_past
 
     if config.gate_task_metric not in TASK_GATES:
         raise ValueError(f"gate_task_metric={config.gate_task_metric!r}: expected one of {TASK_GATES}")
@@ -385,7 +392,9 @@ def compress_checkpoint(checkpoint: Path, output: Path, config: CompressionConfi
     model = load_model(checkpoint).eval()
     sparsity = prune_model(model, config)
     paths: dict[str, str] = {}
-    sizes = {"fp32_checkpoint": file_size_mb(checkpoint, suffix=".safetensors") or file_size_mb(checkpoint, suffix=".bin")}
+    sizes = {
+        "fp32_checkpoint": file_size_mb(checkpoint, suffix=".safetensors") or file_size_mb(checkpoint, suffix=".bin")
+    }
     errors: dict[str, str] = {}
     details: dict[str, Any] = {}
 
@@ -403,7 +412,13 @@ def compress_checkpoint(checkpoint: Path, output: Path, config: CompressionConfi
         sizes["onnx_fp32"] = file_size_mb(output / "onnx" / "model.onnx")
 
     def onnx_int8():
-        quantize_onnx_int8(output / "onnx" / "model.onnx", output / "onnx" / "model_int8.onnx", config.quantize_per_channel, config.onnx_int8_method, config.onnx_block_size)
+        quantize_onnx_int8(
+            output / "onnx" / "model.onnx",
+            output / "onnx" / "model_int8.onnx",
+            config.quantize_per_channel,
+            config.onnx_int8_method,
+            config.onnx_block_size,
+        )
         sizes["onnx_int8"] = file_size_mb(output / "onnx" / "model_int8.onnx")
 
     def onnx_kv_fp32():
@@ -412,16 +427,30 @@ def compress_checkpoint(checkpoint: Path, output: Path, config: CompressionConfi
         sizes["onnx_kv_fp32"] = file_size_mb(output / "onnx" / "decoder_with_past.onnx")
 
     def onnx_kv_int8():
-        quantize_onnx_int8(output / "onnx" / "decoder_with_past.onnx", output / "onnx" / "decoder_with_past_int8.onnx", config.quantize_per_channel, config.onnx_int8_method, config.onnx_block_size)
+        quantize_onnx_int8(
+            output / "onnx" / "decoder_with_past.onnx",
+            output / "onnx" / "decoder_with_past_int8.onnx",
+            config.quantize_per_channel,
+            config.onnx_int8_method,
+            config.onnx_block_size,
+        )
         sizes["onnx_kv_int8"] = file_size_mb(output / "onnx" / "decoder_with_past_int8.onnx")
 
     def triton():
         from deepfeed.core.compress.triton import validate_triton_repository
 
-        model_dir = write_triton_repository(output / "triton", output / "onnx" / "model_int8.onnx", config, model.config.vocab_size)
+        model_dir = write_triton_repository(
+            output / "triton", output / "onnx" / "model_int8.onnx", config, model.config.vocab_size
+        )
         details["triton"] = validate_triton_repository(model_dir)
 
-    steps = {"pruned": pruned, "torch_int8": torch_int8, "onnx_fp32": onnx_fp32, "onnx_int8": onnx_int8, "triton": triton}
+    steps = {
+        "pruned": pruned,
+        "torch_int8": torch_int8,
+        "onnx_fp32": onnx_fp32,
+        "onnx_int8": onnx_int8,
+        "triton": triton,
+    }
     if config.export_kv_cache:
         steps |= {"onnx_kv_fp32": onnx_kv_fp32, "onnx_kv_int8": onnx_kv_int8}
     for name, (relative, needs) in ARTIFACTS.items():

@@ -138,10 +138,15 @@ class GateReport:
             task = "task metric: no held-out QA record to answer."
         else:
             low, high = self.reference_token_f1_ci or (None, None)
-            rule = ("fails when the whole paired 95% interval of the F1 change lies below the limit"
-                    if self.task_gate == "paired" else "fails when the F1 change is below the limit")
-            task = (f"token F1 of greedy answers {self.reference_token_f1:.4f} (95% CI {fmt(low, '.3f')}–{fmt(high, '.3f')}) "
-                    f"on {self.answered} held-out QA records; budget -{self.max_f1_drop:.0%}, {rule}.")
+            rule = (
+                "fails when the whole paired 95% interval of the F1 change lies below the limit"
+                if self.task_gate == "paired"
+                else "fails when the F1 change is below the limit"
+            )
+            task = (
+                f"token F1 of greedy answers {self.reference_token_f1:.4f} (95% CI {fmt(low, '.3f')}–{fmt(high, '.3f')}) "
+                f"on {self.answered} held-out QA records; budget -{self.max_f1_drop:.0%}, {rule}."
+            )
         lines = [
             f"Reference: fp32 checkpoint, perplexity {self.reference_perplexity:.4f} on {self.scored_tokens} held-out tokens "
             f"(budget +{self.max_relative_increase:.0%}); {task}",
@@ -151,9 +156,18 @@ class GateReport:
         ]
         for a in self.artifacts:
             verdict = "✅" if a.passed else f"❌ {a.error or ''}"
-            f1 = "–" if a.token_f1 is None else f"{a.token_f1:.3f} ({fmt(a.token_f1_ci_low, '.3f')}–{fmt(a.token_f1_ci_high, '.3f')})"
-            change = "–" if a.f1_relative_change is None else (
-                f"{a.f1_relative_change:+.2%} ({fmt(a.f1_change_ci_low, '+.1%')} to {fmt(a.f1_change_ci_high, '+.1%')})")
+            f1 = (
+                "–"
+                if a.token_f1 is None
+                else f"{a.token_f1:.3f} ({fmt(a.token_f1_ci_low, '.3f')}–{fmt(a.token_f1_ci_high, '.3f')})"
+            )
+            change = (
+                "–"
+                if a.f1_relative_change is None
+                else (
+                    f"{a.f1_relative_change:+.2%} ({fmt(a.f1_change_ci_low, '+.1%')} to {fmt(a.f1_change_ci_high, '+.1%')})"
+                )
+            )
             if a.task_note:
                 change += f" {a.task_note}"
             same = "–" if a.identical_answers is None else f"{a.identical_answers}/{self.answered}"
@@ -163,14 +177,19 @@ class GateReport:
             )
         for name, reason in self.not_built.items():
             lines.append(f"| {name} | – | – | – | – | – | – | – | not built: {reason} |")
-        pruning = (f"Pruning: the artifacts keep {self.keep_fraction:.0%} of the decoder's Linear weights "
-                   "(global L1); the `pruned` row is what pruning alone costs." if self.keep_fraction is not None
-                   else "Pruning: keep fraction not recorded in compression.json.")
+        pruning = (
+            f"Pruning: the artifacts keep {self.keep_fraction:.0%} of the decoder's Linear weights "
+            "(global L1); the `pruned` row is what pruning alone costs."
+            if self.keep_fraction is not None
+            else "Pruning: keep fraction not recorded in compression.json."
+        )
         lines += ["", pruning]
         return "\n".join(lines)
 
 
-def paired_relative_change(reference: np.ndarray, candidate: np.ndarray, samples: int, seed: int, alpha: float = 0.05) -> tuple[float | None, float | None, float | None]:
+def paired_relative_change(
+    reference: np.ndarray, candidate: np.ndarray, samples: int, seed: int, alpha: float = 0.05
+) -> tuple[float | None, float | None, float | None]:
     """(mean(candidate) - mean(reference)) / mean(reference) over the same records, with a
     paired bootstrap interval (each draw resamples records for both sides at once).
     None when the reference scores 0: there is no drop to measure against."""
@@ -192,11 +211,29 @@ def _per_record_f1(answers: list[str], records: list[dict[str, Any]]) -> np.ndar
     return np.array([token_prf(a, r["response"], r.get("lang"))[2] for a, r in zip(answers, records)])
 
 
-def _judge_task(result: ArtifactQuality, reference_f1: np.ndarray, answers: list[str], reference_answers: list[str],
-                records: list[dict[str, Any]], task_gate: str, max_f1_drop: float, config: EvaluationConfig) -> None:
+def _judge_task(
+    result: ArtifactQuality,
+    reference_f1: np.ndarray,
+    answers: list[str],
+    reference_answers: list[str],
+    records: list[dict[str, Any]],
+    task_gate: str,
+    max_f1_drop: float,
+    config: EvaluationConfig,
+) -> None:
     f1 = _per_record_f1(answers, records)
-    corpus = token_prf_corpus(answers, [r["response"] for r in records], [r.get("lang") for r in records], config.bootstrap_samples, config.seed)
-    result.token_f1, result.token_f1_ci_low, result.token_f1_ci_high = corpus["token_f1"], corpus.get("token_f1_ci_low"), corpus.get("token_f1_ci_high")
+    corpus = token_prf_corpus(
+        answers,
+        [r["response"] for r in records],
+        [r.get("lang") for r in records],
+        config.bootstrap_samples,
+        config.seed,
+    )
+    result.token_f1, result.token_f1_ci_low, result.token_f1_ci_high = (
+        corpus["token_f1"],
+        corpus.get("token_f1_ci_low"),
+        corpus.get("token_f1_ci_high"),
+    )
     result.identical_answers = sum(a == b for a, b in zip(answers, reference_answers))
     change, low, high = paired_relative_change(reference_f1, f1, config.bootstrap_samples, config.seed)
     result.f1_relative_change, result.f1_change_ci_low, result.f1_change_ci_high = change, low, high
@@ -224,8 +261,8 @@ def gate_compressed_artifacts(
     perplexity on `records`, and token F1 of greedy answers to the first `max_answers`
     QA records among them (0 = all)."""
     from deepfeed.core.compress.compression import CompressionConfig
-    from deepfeed.core.train.modeling import load_model, load_tokenizer
     from deepfeed.core.evaluate.scoring import LOGITS_ONLY, compressed_loaders
+    from deepfeed.core.train.modeling import load_model, load_tokenizer
 
     if task_gate not in TASK_GATES:
         raise ValueError(f"task_gate must be one of {TASK_GATES}, not {task_gate!r}")
@@ -239,7 +276,13 @@ def gate_compressed_artifacts(
     started = time.perf_counter()
     fp32 = load_model(checkpoint).eval()
     reference = perplexity(torch_logits(fp32), tokenizer, records, eval_config)
-    report = GateReport(reference["perplexity"], max_relative_increase, reference["scored_tokens"], task_gate=task_gate, max_f1_drop=max_f1_drop)
+    report = GateReport(
+        reference["perplexity"],
+        max_relative_increase,
+        reference["scored_tokens"],
+        task_gate=task_gate,
+        max_f1_drop=max_f1_drop,
+    )
     report.not_built = {k: v for k, v in summary.get("errors", {}).items() if k != "triton"}
     report.keep_fraction = summary.get("config", {}).get("keep_fraction")
 
@@ -253,7 +296,13 @@ def gate_compressed_artifacts(
         generation = by_length(tokenizer, prompts, lambda p: generate_torch(fp32, tokenizer, p, eval_config))
         reference_answers, reference_tokens = generation.answers, generation.token_ids
         reference_f1 = _per_record_f1(reference_answers, qa)
-        corpus = token_prf_corpus(reference_answers, [r["response"] for r in qa], [r.get("lang") for r in qa], eval_config.bootstrap_samples, eval_config.seed)
+        corpus = token_prf_corpus(
+            reference_answers,
+            [r["response"] for r in qa],
+            [r.get("lang") for r in qa],
+            eval_config.bootstrap_samples,
+            eval_config.seed,
+        )
         report.answered = len(qa)
         report.reference_token_f1 = corpus["token_f1"]
         report.reference_token_f1_ci = (corpus.get("token_f1_ci_low"), corpus.get("token_f1_ci_high"))
@@ -281,7 +330,8 @@ def gate_compressed_artifacts(
                     twin = decoded.get(TWINS[name]) if answers_by == "twin" else None
                     drafts = twin or reference_tokens
                     answers = generate_logits_from_draft(
-                        scorable.logits, tokenizer, prompts, drafts, eval_config).answers
+                        scorable.logits, tokenizer, prompts, drafts, eval_config
+                    ).answers
                 else:
                     generation = by_length(tokenizer, prompts, scorable.generate)
                     answers = generation.answers
@@ -297,10 +347,12 @@ def gate_compressed_artifacts(
         result.seconds = round(time.perf_counter() - started, 2)
         report.artifacts.append(result)
         if log is not None:
-            log(f"{name}: {'pass' if result.passed else 'FAIL'}; perplexity {_num(result.perplexity, '.3f')} "
+            log(
+                f"{name}: {'pass' if result.passed else 'FAIL'}; perplexity {_num(result.perplexity, '.3f')} "
                 f"({_num(result.relative_change, '+.2%')}), token F1 {_num(result.token_f1, '.3f')} "
                 f"({_num(result.f1_relative_change, '+.1%')}, paired 95% CI {_num(result.f1_change_ci_low, '+.1%')}.."
-                f"{_num(result.f1_change_ci_high, '+.1%')}) in {result.seconds}s {result.error or ''}".rstrip())
+                f"{_num(result.f1_change_ci_high, '+.1%')}) in {result.seconds}s {result.error or ''}".rstrip()
+            )
     report.artifacts.sort(key=lambda a: list(loaders).index(a.name))  # report in build order
     return report
 

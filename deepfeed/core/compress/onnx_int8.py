@@ -61,7 +61,17 @@ def _dequantizing_lookup(gather, packed_name: str, scales_name: str, hidden: int
     from onnx import helper
 
     out, ids, p = gather.output[0], gather.input[1], gather.name or "embedding"
-    const = lambda name, value, dtype: helper.make_node("Constant", [], [f"{p}/{name}"], value=helper.make_tensor(f"{p}/{name}_value", dtype, [len(value)] if isinstance(value, list) else [], value if isinstance(value, list) else [value]))  # noqa: E731
+    const = lambda name, value, dtype: helper.make_node(
+        "Constant",
+        [],
+        [f"{p}/{name}"],
+        value=helper.make_tensor(
+            f"{p}/{name}_value",
+            dtype,
+            [len(value)] if isinstance(value, list) else [],
+            value if isinstance(value, list) else [value],
+        ),
+    )  # noqa: E731
     from onnx import TensorProto as T
 
     return [
@@ -77,7 +87,12 @@ def _dequantizing_lookup(gather, packed_name: str, scales_name: str, hidden: int
         helper.make_node("Gather", [f"{p}/scales_3d", ids], [f"{p}/row_scales"], axis=0),
         helper.make_node("Mul", [f"{p}/rows_c", f"{p}/row_scales"], [f"{p}/rows_dq"]),
         helper.make_node("Shape", [ids], [f"{p}/ids_shape"]),
-        helper.make_node("Constant", [], [f"{p}/flat_tail"], value=helper.make_tensor(f"{p}/flat_tail_value", T.INT64, [1], [blocks * block_size])),
+        helper.make_node(
+            "Constant",
+            [],
+            [f"{p}/flat_tail"],
+            value=helper.make_tensor(f"{p}/flat_tail_value", T.INT64, [1], [blocks * block_size]),
+        ),
         helper.make_node("Concat", [f"{p}/ids_shape", f"{p}/flat_tail"], [f"{p}/flat_shape"], axis=0),
         helper.make_node("Reshape", [f"{p}/rows_dq", f"{p}/flat_shape"], [f"{p}/rows_flat"]),
         helper.make_node("Slice", [f"{p}/rows_flat", f"{p}/start", f"{p}/end", f"{p}/last_axis"], [out]),
@@ -86,11 +101,11 @@ def _dequantizing_lookup(gather, packed_name: str, scales_name: str, hidden: int
 
 def quantize_onnx_weight_only(source: Path, target: Path, block_size: int = 32, accuracy_level: int = 4) -> dict:
     """8-bit weight-only copy of `source`; returns what was quantized."""
+    import logging
+
     import onnx
     from onnx import numpy_helper
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
-
-    import logging
 
     # The quantizer logs every node it visits at INFO.
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
@@ -103,7 +118,11 @@ def quantize_onnx_weight_only(source: Path, target: Path, block_size: int = 32, 
     original_opsets = {o.domain: o.version for o in model.opset_import}
 
     config = nbits.DefaultWeightOnlyQuantConfig(
-        block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level, bits=8, op_types_to_quantize=("MatMul",)
+        block_size=block_size,
+        is_symmetric=True,
+        accuracy_level=accuracy_level,
+        bits=8,
+        op_types_to_quantize=("MatMul",),
     )
     quantizer = nbits.MatMulNBitsQuantizer(model, algo_config=config)
     quantizer.process()
@@ -123,7 +142,11 @@ def quantize_onnx_weight_only(source: Path, target: Path, block_size: int = 32, 
         shared = None
         if tied_weight is not None:
             shared = next(
-                (n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1].startswith(tied_weight) and len(n.input) == 3),
+                (
+                    n
+                    for n in graph.node
+                    if n.op_type == "MatMulNBits" and n.input[1].startswith(tied_weight) and len(n.input) == 3
+                ),
                 None,
             )
         if shared is not None:
@@ -132,7 +155,9 @@ def quantize_onnx_weight_only(source: Path, target: Path, block_size: int = 32, 
         else:
             packed, scales = block_quantize_rows(table, block_size)
             packed_name, scales_name = gather.input[0] + "_Q8", gather.input[0] + "_scales"
-            graph.initializer.extend([numpy_helper.from_array(packed, packed_name), numpy_helper.from_array(scales, scales_name)])
+            graph.initializer.extend(
+                [numpy_helper.from_array(packed, packed_name), numpy_helper.from_array(scales, scales_name)]
+            )
             summary["embedding"] = "int8"
         position = list(graph.node).index(gather)
         replacement = _dequantizing_lookup(gather, packed_name, scales_name, hidden, blocks, block_size)

@@ -87,12 +87,14 @@ class DecoderWithPast(torch.nn.Module):
         for layer in range(self.num_layers):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
         key_positions = torch.arange(total, device=input_ids.device)
-        query_positions = key_positions[total - new:]
+        query_positions = key_positions[total - new :]
         causal = key_positions[None, :] <= query_positions[:, None]
         allowed = causal[None, None, :, :] & attention_mask[:, None, None, :].bool()
         mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, torch.finfo(torch.float32).min)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, total - new:]
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, total - new :]
+        out = self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True
+        )
         flat = [t for pair in _cache_tensors(out.past_key_values) for t in pair]
         return (out.logits, *flat)
 
@@ -113,7 +115,11 @@ def export_decoder_with_past(model: torch.nn.Module, path: Path, opset: int) -> 
     ids = torch.ones((1, 2), dtype=torch.long)
     past = [torch.from_numpy(a) for a in layout.empty(1, length=3).values()]
     mask = torch.ones((1, 5), dtype=torch.long)
-    dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"}, "logits": {0: "batch", 1: "sequence"}}
+    dynamic = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "total_sequence"},
+        "logits": {0: "batch", 1: "sequence"},
+    }
     dynamic |= {name: {0: "batch", 2: "past_sequence"} for name in layout.input_names()}
     dynamic |= {name: {0: "batch", 2: "total_sequence"} for name in layout.output_names()}
     with torch.no_grad():
@@ -134,8 +140,13 @@ def export_decoder_with_past(model: torch.nn.Module, path: Path, opset: int) -> 
 def layout_from_session(session) -> CacheLayout:
     shapes = {i.name: i.shape for i in session.get_inputs()}
     count = sum(1 for name in shapes if name.startswith("past_key_values.")) // 2
-    keys = [(shapes[PAST.format(layer=i, kind="key")][1], shapes[PAST.format(layer=i, kind="key")][3]) for i in range(count)]
-    values = [(shapes[PAST.format(layer=i, kind="value")][1], shapes[PAST.format(layer=i, kind="value")][3]) for i in range(count)]
+    keys = [
+        (shapes[PAST.format(layer=i, kind="key")][1], shapes[PAST.format(layer=i, kind="key")][3]) for i in range(count)
+    ]
+    values = [
+        (shapes[PAST.format(layer=i, kind="value")][1], shapes[PAST.format(layer=i, kind="value")][3])
+        for i in range(count)
+    ]
     return CacheLayout(keys=keys, values=values)
 
 
@@ -180,7 +191,11 @@ def onnx_kv_logits(session):
     layout = layout_from_session(session)
 
     def run(input_ids, attention_mask):
-        feeds = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy(), **layout.empty(input_ids.shape[0])}
+        feeds = {
+            "input_ids": input_ids.numpy(),
+            "attention_mask": attention_mask.numpy(),
+            **layout.empty(input_ids.shape[0]),
+        }
         return torch.from_numpy(session.run(["logits"], feeds)[0])
 
     return run
@@ -208,7 +223,7 @@ def check_decoder_parity(model: torch.nn.Module, path: Path, tolerance: float = 
         pieces.append(logits)
         if step == ids.shape[1]:
             break
-        feeds = {"input_ids": ids[:, step:step + 1].numpy(), "attention_mask": mask[:, :step + 1].numpy()}
+        feeds = {"input_ids": ids[:, step : step + 1].numpy(), "attention_mask": mask[:, : step + 1].numpy()}
         feeds |= dict(zip(layout.input_names(), presents))
     actual = np.concatenate(pieces, axis=1)
     keep = mask.bool().numpy()

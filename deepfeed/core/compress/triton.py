@@ -17,7 +17,15 @@ TRITON_OUTPUT = "logits"
 INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU")
 
 # ONNX TensorProto element type -> Triton DataType name.
-_ONNX_TO_TRITON = {1: "TYPE_FP32", 6: "TYPE_INT32", 7: "TYPE_INT64", 10: "TYPE_FP16", 11: "TYPE_FP64", 9: "TYPE_BOOL", 16: "TYPE_BF16"}
+_ONNX_TO_TRITON = {
+    1: "TYPE_FP32",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    9: "TYPE_BOOL",
+    16: "TYPE_BF16",
+}
 
 
 class TritonRepositoryError(ValueError):
@@ -61,7 +69,9 @@ def write_triton_repository(
     shutil.copyfile(onnx_file, model_dir / "1" / "model.onnx")
     inputs = {i.name for i in onnx.load(str(onnx_file), load_external_data=False).graph.input}
     (model_dir / "config.pbtxt").write_text(
-        triton_config(name, vocab_size, max_batch_size, has_attention_mask="attention_mask" in inputs, instance_kind=instance_kind)
+        triton_config(
+            name, vocab_size, max_batch_size, has_attention_mask="attention_mask" in inputs, instance_kind=instance_kind
+        )
     )
     validate_triton_repository(model_dir)
     return model_dir
@@ -79,7 +89,9 @@ def _onnx_specs(values) -> dict[str, TensorSpec]:
     for value in values:
         tensor = value.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
-        specs[value.name] = TensorSpec(value.name, _ONNX_TO_TRITON.get(tensor.elem_type, f"onnx:{tensor.elem_type}"), dims)
+        specs[value.name] = TensorSpec(
+            value.name, _ONNX_TO_TRITON.get(tensor.elem_type, f"onnx:{tensor.elem_type}"), dims
+        )
     return specs
 
 
@@ -127,8 +139,14 @@ def validate_triton_repository(model_dir: Path) -> dict:
                 problems.append(f"{kind} {tensor.name!r}: config {data_type}, ONNX {spec.data_type}")
             onnx_dims = spec.dims[1:] if batched else spec.dims
             dims = tuple(tensor.dims)
-            if len(dims) != len(onnx_dims) or any(c != o and o != -1 for c, o in zip(dims, onnx_dims)) or any(o == -1 and c != -1 for c, o in zip(dims, onnx_dims)):
-                problems.append(f"{kind} {tensor.name!r}: config dims {list(dims)}, ONNX dims {list(onnx_dims)} (batch axis excluded)")
+            if (
+                len(dims) != len(onnx_dims)
+                or any(c != o and o != -1 for c, o in zip(dims, onnx_dims))
+                or any(o == -1 and c != -1 for c, o in zip(dims, onnx_dims))
+            ):
+                problems.append(
+                    f"{kind} {tensor.name!r}: config dims {list(dims)}, ONNX dims {list(onnx_dims)} (batch axis excluded)"
+                )
     if problems:
         raise TritonRepositoryError(f"Triton repository {model_dir}: " + "; ".join(problems))
     return {

@@ -86,7 +86,11 @@ def quantize_weight_only(model: torch.nn.Module, skip: set[str] = frozenset(), e
     quantized: list[str] = []
     input_embedding = model.get_input_embeddings() if embeddings else None
     output_embedding = model.get_output_embeddings()
-    tied = output_embedding is not None and input_embedding is not None and output_embedding.weight is input_embedding.weight
+    tied = (
+        output_embedding is not None
+        and input_embedding is not None
+        and output_embedding.weight is input_embedding.weight
+    )
     names = {id(m): n for n, m in model.named_modules()}
     int8_embedding = None
     if input_embedding is not None and names.get(id(input_embedding)) not in skip:

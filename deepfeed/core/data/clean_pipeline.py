@@ -35,18 +35,34 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deepfeed.core.platform.audit import AuditSpool
-from deepfeed.core.data.cleaning import REMOVED_FIELDS, CleaningResult, CorpusCleaner, clean_stream, quasi_identifier_values, training_text
+from deepfeed.core.data.cleaning import (
+    REMOVED_FIELDS,
+    CleaningResult,
+    CorpusCleaner,
+    clean_stream,
+    quasi_identifier_values,
+    training_text,
+)
 from deepfeed.core.data.corpus_checks import CorpusColumns, release_statistics
-from deepfeed.core.data.coverage import CentroidSums, CoverageConfig, domain_tags, embedding_outliers_chunked, long_tail_reason, rare_tags_from_counts
+from deepfeed.core.data.coverage import (
+    CentroidSums,
+    CoverageConfig,
+    domain_tags,
+    embedding_outliers_chunked,
+    long_tail_reason,
+    rare_tags_from_counts,
+)
 from deepfeed.core.data.dp import EpsilonLedger, PrivacyAccountant
 from deepfeed.core.data.ingest import record_schema
+from deepfeed.core.platform.audit import AuditSpool
 from deepfeed.core.platform.tables import TableWriter
 
 # The ingest schema (deepfeed.core.data.ingest.record_schema) and what cleaning adds. Fixed
 # rather than inferred per batch: a batch whose texts are all None must not make the
 # column null-typed and clash with the next batch.
-CLEAN_SCHEMA = pa.schema(list(record_schema()) + [("changed", pa.bool_()), ("split", pa.string()), ("long_tail", pa.string())])
+CLEAN_SCHEMA = pa.schema(
+    list(record_schema()) + [("changed", pa.bool_()), ("split", pa.string()), ("long_tail", pa.string())]
+)
 REMOVED_SCHEMA = pa.schema([(name, pa.string()) for name in REMOVED_FIELDS])
 _STAGING = ".records.staging.parquet"
 _EMBEDDINGS = ".embeddings.f16"
@@ -116,7 +132,9 @@ def _read_batches(paths: Sequence[Path], batch_size: int, counter: list[int]) ->
         unknown = sorted(set(parquet.schema_arrow.names) - allowed)
         if unknown:
             # The output schema is fixed: an unknown column would be dropped silently.
-            raise ValueError(f"{path}: unexpected column(s) {unknown}; a raw_corpus records table has {sorted(allowed - {'changed', 'split', 'long_tail'})}")
+            raise ValueError(
+                f"{path}: unexpected column(s) {unknown}; a raw_corpus records table has {sorted(allowed - {'changed', 'split', 'long_tail'})}"
+            )
         for batch in parquet.iter_batches(batch_size=batch_size):
             rows = batch.to_pylist()
             counter[0] += len(rows)
@@ -190,7 +208,9 @@ def clean_sources(
         read = [0]
         started = time.perf_counter()
         with embeddings_path.open("wb") as embeddings_file:  # stays empty without an encoder
-            for result in clean_stream(_read_batches([Path(p) for p in parquet_paths], config.batch_size, read), cleaner, workers):
+            for result in clean_stream(
+                _read_batches([Path(p) for p in parquet_paths], config.batch_size, read), cleaner, workers
+            ):
                 summary.batches += 1
                 removed(result.removed)
                 audit_spool.write(result.audit)
@@ -210,7 +230,9 @@ def clean_sources(
                     if encoder is not None:
                         vectors = np.asarray(encoder.encode([training_text(r) for r in records]))
                         if vectors.ndim != 2 or len(vectors) != len(records):
-                            raise ValueError(f"encoder returned embeddings of shape {vectors.shape} for {len(records)} texts")
+                            raise ValueError(
+                                f"encoder returned embeddings of shape {vectors.shape} for {len(records)} texts"
+                            )
                         half = vectors.astype(np.float16)
                         embeddings_file.write(np.ascontiguousarray(half).tobytes())
                         sums.add(columns.tag_lists[start:], half)
@@ -249,7 +271,7 @@ def clean_sources(
 
             def blocks() -> Iterator[np.ndarray]:
                 for start in range(0, embedded, _BLOCK):
-                    yield matrix[start:start + _BLOCK][keep[start:start + _BLOCK]]
+                    yield matrix[start : start + _BLOCK][keep[start : start + _BLOCK]]
 
             outliers = embedding_outliers_chunked(final_columns.tag_lists, blocks, coverage, sums=sums)
             del matrix
@@ -257,8 +279,12 @@ def clean_sources(
             summary.statistics, summary.accountant = release_statistics(final_columns, dp_epsilon, dp_rng)
         else:
             released = dp_budget.ledger.release(
-                dp_budget.dataset, dp_epsilon, dp_budget.total, dp_budget.run_id,
-                lambda accountant: release_statistics(final_columns, dp_epsilon, dp_rng, accountant=accountant)[0])
+                dp_budget.dataset,
+                dp_epsilon,
+                dp_budget.total,
+                dp_budget.run_id,
+                lambda accountant: release_statistics(final_columns, dp_epsilon, dp_rng, accountant=accountant)[0],
+            )
             summary.statistics, summary.accountant = released.statistics, released.accountant
             summary.dp_dataset_spent, summary.dp_reused_from_run = released.dataset_spent, released.reused_from_run
 
@@ -272,7 +298,9 @@ def clean_sources(
             out = []
             for record in batch.to_pylist():
                 if plan is None or cleaner.apply_kanonymity(result, record, index, plan):
-                    record["long_tail"] = long_tail_reason(final_columns.tag_lists[position], rare, bool(outliers[position]))
+                    record["long_tail"] = long_tail_reason(
+                        final_columns.tag_lists[position], rare, bool(outliers[position])
+                    )
                     summary.changed += bool(record["changed"])
                     summary.train += record["split"] == "train"
                     summary.eval += record["split"] == "eval"
@@ -306,5 +334,3 @@ def clean_sources(
     finally:
         staging_path.unlink(missing_ok=True)
         embeddings_path.unlink(missing_ok=True)
-
-

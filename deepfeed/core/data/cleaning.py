@@ -38,13 +38,13 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from deepfeed.core.platform.audit import AuditEntry, content_hash
 from deepfeed.core.data.dedup import NearDuplicateIndex, exact_key
 from deepfeed.core.data.glossary import Glossary, load_glossary
 from deepfeed.core.data.kanonymity import DEFAULT_K, anonymize
 from deepfeed.core.data.pii import scrub
 from deepfeed.core.data.quality import QualityConfig, check_quality, detect_languages, strip_boilerplate_lines
 from deepfeed.core.data.quality import normalize_text as _normalize_quality
+from deepfeed.core.platform.audit import AuditEntry, content_hash
 
 TEXT_FIELDS = ("prompt", "response", "text")
 STAGE = "clean_corpus"
@@ -169,7 +169,9 @@ def _scrub_cached(text: str) -> tuple[str, dict[str, int]]:
     return _scrub_one(text)
 
 
-def _apply_batched(records: list[dict[str, Any]], name: str, apply: Callable[[str], tuple[str, dict]]) -> Iterator[tuple[int, dict]]:
+def _apply_batched(
+    records: list[dict[str, Any]], name: str, apply: Callable[[str], tuple[str, dict]]
+) -> Iterator[tuple[int, dict]]:
     """Run `apply` on field `name` of every record, rewriting it in place; yields
     (index, counts) for the records it changed.
 
@@ -237,12 +239,25 @@ class CorpusCleaner:
         self.near = NearDuplicateIndex(threshold=config.near_duplicate_threshold)
         self._exact: dict[str, str] = {}
 
-    def _entry(self, result: CleaningResult, record_id: str, action: str, reason: str, before: str | None, after: str | None, **extra: Any) -> None:
+    def _entry(
+        self,
+        result: CleaningResult,
+        record_id: str,
+        action: str,
+        reason: str,
+        before: str | None,
+        after: str | None,
+        **extra: Any,
+    ) -> None:
         if self.collect_audit:
-            result.audit.append(AuditEntry.from_texts(record_id, STAGE, action, reason, self.run_id, before, after, extra or None))
+            result.audit.append(
+                AuditEntry.from_texts(record_id, STAGE, action, reason, self.run_id, before, after, extra or None)
+            )
 
     def _remove(self, result: CleaningResult, record: dict[str, Any], reason: str, detail: str, before: str) -> None:
-        result.removed.append({"record_id": record["record_id"], "source": record["source"], "reason": reason, "detail": detail})
+        result.removed.append(
+            {"record_id": record["record_id"], "source": record["source"], "reason": reason, "detail": detail}
+        )
         self._entry(result, record["record_id"], "dropped", detail, before, None, rule=reason)
 
     def _scrub_fields(self, cleaned: list[dict[str, Any]], originals: list[dict[str, Any]]) -> list[dict[str, int]]:
@@ -265,7 +280,9 @@ class CorpusCleaner:
                     _add(counts[i], found)
         return counts
 
-    def _transform(self, records: list[dict[str, Any]], result: CleaningResult) -> list[tuple[dict[str, Any], str | None]]:
+    def _transform(
+        self, records: list[dict[str, Any]], result: CleaningResult
+    ) -> list[tuple[dict[str, Any], str | None]]:
         """Per record: the normalized, scrubbed, glossary-normalized copy, or why it is empty.
 
         Scrubbing and glossary normalization run over the whole batch at once (see
@@ -278,7 +295,8 @@ class CorpusCleaner:
             for name in TEXT_FIELDS:
                 cleaned[name] = normalize_text(record.get(name))
             empty = (cleaned["kind"] == "pair" and not (cleaned["prompt"] and cleaned["response"])) or (
-                cleaned["kind"] == "text" and not cleaned["text"])
+                cleaned["kind"] == "text" and not cleaned["text"]
+            )
             if not empty:
                 live.append(len(out))
             out.append((cleaned, "empty after normalization" if empty else None))
@@ -296,14 +314,31 @@ class CorpusCleaner:
                     if new != batch[i][name]:
                         batch[i][name] = new
                         _add(terms[i], dict(found))
-        for cleaned, original, norm, scrub_text, found_pii, found_terms in zip(batch, originals, normalized, scrubbed, pii, terms):
+        for cleaned, original, norm, scrub_text, found_pii, found_terms in zip(
+            batch, originals, normalized, scrubbed, pii, terms
+        ):
             record_id, before, final = original["record_id"], training_text(original), training_text(cleaned)
             if norm != before:
-                self._entry(result, record_id, "modified", "normalized text (NFKC, controls, markup, boilerplate, whitespace)", before, norm)
+                self._entry(
+                    result,
+                    record_id,
+                    "modified",
+                    "normalized text (NFKC, controls, markup, boilerplate, whitespace)",
+                    before,
+                    norm,
+                )
             if found_pii:
                 result.pii.update(found_pii)
                 kinds = ", ".join(f"{k}x{v}" for k, v in sorted(found_pii.items()))
-                self._entry(result, record_id, "anonymized", f"PII replaced by typed placeholders: {kinds}", norm, scrub_text, **found_pii)
+                self._entry(
+                    result,
+                    record_id,
+                    "anonymized",
+                    f"PII replaced by typed placeholders: {kinds}",
+                    norm,
+                    scrub_text,
+                    **found_pii,
+                )
             if found_terms:
                 result.glossary.update(found_terms)
                 codes = ", ".join(f"{k}x{v}" for k, v in sorted(found_terms.items()))
@@ -329,7 +364,13 @@ class CorpusCleaner:
             cleaned, raw, _ = candidate
             cleaned["lang"] = lang
             if verdict is not None:
-                self._remove(result, cleaned, f"quality: {verdict}", f"quality filter {verdict!r} (min_chars={self.config.min_chars}, max_chars={self.config.max_chars})", raw)
+                self._remove(
+                    result,
+                    cleaned,
+                    f"quality: {verdict}",
+                    f"quality filter {verdict!r} (min_chars={self.config.min_chars}, max_chars={self.config.max_chars})",
+                    raw,
+                )
             else:
                 survivors.append(candidate)
         return result, survivors
@@ -348,7 +389,13 @@ class CorpusCleaner:
         matches = self.near.add_batch([c["record_id"] for c, _, _ in survivors], [f for _, _, f in survivors])
         for (cleaned, raw, _), match in zip(survivors, matches):
             if match is not None:
-                self._remove(result, cleaned, "near duplicate", f"near duplicate (Jaccard >= {self.config.near_duplicate_threshold}) of {match}", raw)
+                self._remove(
+                    result,
+                    cleaned,
+                    "near duplicate",
+                    f"near duplicate (Jaccard >= {self.config.near_duplicate_threshold}) of {match}",
+                    raw,
+                )
                 continue
             cleaned["split"] = assign_split(cleaned, self.config.eval_fraction, self.config.split_seed)
             result.records.append(cleaned)
@@ -398,7 +445,14 @@ class CorpusCleaner:
             if new_meta != meta:
                 before_json = record.get("meta") or ""
                 record["meta"] = json.dumps(new_meta, ensure_ascii=False, default=str, sort_keys=True)
-                self._entry(result, record["record_id"], "generalized", f"quasi-identifiers generalized to levels {plan.summary['levels']} for k={self.config.k}", before_json, record["meta"])
+                self._entry(
+                    result,
+                    record["record_id"],
+                    "generalized",
+                    f"quasi-identifiers generalized to levels {plan.summary['levels']} for k={self.config.k}",
+                    before_json,
+                    record["meta"],
+                )
         return True
 
     def anonymize(self, result: CleaningResult) -> None:
@@ -406,7 +460,9 @@ class CorpusCleaner:
         plan = self.kanonymity_plan(quasi_identifier_values(result.records, self.config.quasi_identifiers))
         if plan is None:
             return
-        result.records = [record for i, record in enumerate(result.records) if self.apply_kanonymity(result, record, i, plan)]
+        result.records = [
+            record for i, record in enumerate(result.records) if self.apply_kanonymity(result, record, i, plan)
+        ]
         result.kanonymity = plan.summary
 
 
@@ -417,7 +473,9 @@ class KAnonPlan:
     summary: dict[str, Any]  # what clean_corpus reports (levels, suppressed, classes)
 
 
-def quasi_identifier_values(records: Iterable[dict[str, Any]], columns: Iterable[str], into: dict[str, list[Any]] | None = None) -> dict[str, list[Any]]:
+def quasi_identifier_values(
+    records: Iterable[dict[str, Any]], columns: Iterable[str], into: dict[str, list[Any]] | None = None
+) -> dict[str, list[Any]]:
     """Column -> the value of that key of each record's meta (None when missing), appended to `into`."""
     out = into if into is not None else {c: [] for c in columns}
     if not out:
@@ -465,7 +523,9 @@ def _streaming_gc(young_threshold: int = 50_000) -> Iterator[None]:
         gc.unfreeze()
 
 
-def clean_stream(batches: Iterable[list[dict[str, Any]]], cleaner: CorpusCleaner, workers: int = 1) -> Iterator[CleaningResult]:
+def clean_stream(
+    batches: Iterable[list[dict[str, Any]]], cleaner: CorpusCleaner, workers: int = 1
+) -> Iterator[CleaningResult]:
     """Clean a stream of batches, in order. With workers > 1 the stateless steps run in
     a process pool (they are pure Python per record, so threads would not help) while
     this process deduplicates, which must see the batches in order."""
@@ -473,7 +533,9 @@ def clean_stream(batches: Iterable[list[dict[str, Any]]], cleaner: CorpusCleaner
         yield from _clean_stream(batches, cleaner, workers)
 
 
-def _clean_stream(batches: Iterable[list[dict[str, Any]]], cleaner: CorpusCleaner, workers: int) -> Iterator[CleaningResult]:
+def _clean_stream(
+    batches: Iterable[list[dict[str, Any]]], cleaner: CorpusCleaner, workers: int
+) -> Iterator[CleaningResult]:
     if workers <= 1:
         for batch in batches:
             yield cleaner.clean_batch(batch)
@@ -488,7 +550,9 @@ def _clean_stream(batches: Iterable[list[dict[str, Any]]], cleaner: CorpusCleane
     _worker = cleaner if fork else None
     init = None if fork else _init_worker
     try:
-        with context.Pool(workers, init, (cleaner.config, cleaner.run_id, cleaner.collect_audit) if init else ()) as pool:
+        with context.Pool(
+            workers, init, (cleaner.config, cleaner.run_id, cleaner.collect_audit) if init else ()
+        ) as pool:
             # A window of submitted batches instead of pool.imap: imap reads ahead without
             # bound, so when deduplication is the slower side the prepared batches pile up
             # here, memory grows with the corpus and every garbage collection walks them

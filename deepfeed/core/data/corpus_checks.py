@@ -69,7 +69,9 @@ class NoiseCounter:
 
     def __init__(self, quality: QualityConfig, near_duplicate_threshold: float):
         self.quality = quality
-        self.report = NoiseReport(records=0, flagged={name: 0 for name in (*DETECTORS, "exact_duplicate", "near_duplicate", "pii")})
+        self.report = NoiseReport(
+            records=0, flagged={name: 0 for name in (*DETECTORS, "exact_duplicate", "near_duplicate", "pii")}
+        )
         self._seen: set[str] = set()
         self._near = NearDuplicateIndex(threshold=near_duplicate_threshold)
 
@@ -83,7 +85,12 @@ class NoiseCounter:
             noisy |= mask
 
         for name, detector in DETECTORS.items():
-            flag(name, np.array([reason is not None for reason in detector(texts, self.quality)], bool) if texts else np.zeros(0, bool))
+            flag(
+                name,
+                np.array([reason is not None for reason in detector(texts, self.quality)], bool)
+                if texts
+                else np.zeros(0, bool),
+            )
         exact = np.zeros(len(records), bool)
         for i, text in enumerate(texts):
             key = exact_key(text)
@@ -91,13 +98,18 @@ class NoiseCounter:
             self._seen.add(key)
         flag("exact_duplicate", exact)
         offset = self.report.records
-        flag("near_duplicate", np.array([m is not None for m in self._near.add_batch(range(offset, offset + len(texts)), texts)], bool))
+        flag(
+            "near_duplicate",
+            np.array([m is not None for m in self._near.add_batch(range(offset, offset + len(texts)), texts)], bool),
+        )
         flag("pii", np.array([any(has_pii(s) for s in _strings(r)) for r in records], bool))
         self.report.records += len(records)
         self.report.noisy += int(noisy.sum())
 
 
-def noise_report(records: Sequence[dict[str, Any]], quality: QualityConfig, near_duplicate_threshold: float) -> NoiseReport:
+def noise_report(
+    records: Sequence[dict[str, Any]], quality: QualityConfig, near_duplicate_threshold: float
+) -> NoiseReport:
     counter = NoiseCounter(quality, near_duplicate_threshold)
     counter.add(records)
     return counter.report
@@ -143,7 +155,11 @@ class CorpusColumns:
     def select(self, keep: np.ndarray) -> "CorpusColumns":
         """The rows where `keep` is True, in order."""
         index = np.flatnonzero(keep).tolist()
-        return CorpusColumns([self.languages[i] for i in index], [self.tag_lists[i] for i in index], array("q", (self.lengths[i] for i in index)))
+        return CorpusColumns(
+            [self.languages[i] for i in index],
+            [self.tag_lists[i] for i in index],
+            array("q", (self.lengths[i] for i in index)),
+        )
 
 
 def release_statistics(
@@ -159,11 +175,20 @@ def release_statistics(
     accountant = PrivacyAccountant(epsilon) if accountant is None else accountant
     share = epsilon / 3
     generator = np.random.default_rng(rng)
-    languages = noisy_counts(Counter(columns.languages), share, accountant, generator, name="records per language", domain=LANGUAGES)
+    languages = noisy_counts(
+        Counter(columns.languages), share, accountant, generator, name="records per language", domain=LANGUAGES
+    )
     tag_lists = columns.tag_lists
     # One record touches every tag it carries: that many bins is its L1 sensitivity.
     sensitivity = max((len(t) for t in tag_lists), default=1)
-    tags = noisy_counts(Counter(t for ts in tag_lists for t in ts), share, accountant, generator, name="records per tag", sensitivity=sensitivity)
+    tags = noisy_counts(
+        Counter(t for ts in tag_lists for t in ts),
+        share,
+        accountant,
+        generator,
+        name="records per tag",
+        sensitivity=sensitivity,
+    )
     lengths = np.clip(np.asarray(columns.lengths, dtype=np.int64), 0, LENGTH_EDGES[-1] - 1)
     counts, edges = noisy_histogram(lengths, list(LENGTH_EDGES), share, accountant, generator, name="length histogram")
     histogram = {f"{int(lo)}-{int(hi) - 1}": int(c) for lo, hi, c in zip(edges[:-1], edges[1:], counts)}

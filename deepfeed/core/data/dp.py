@@ -22,9 +22,9 @@ import json
 import math
 import os
 import threading
-from pathlib import Path
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -186,6 +186,7 @@ def noisy_histogram(
 
 # --- ε accumulated across runs ------------------------------------------------------
 
+
 class EpsilonLedger:
     """ε spent per dataset, summed over every run and process that ever released
     statistics of it: a JSON file (e.g. $DEEPFEED_HOME/privacy/epsilon_ledger.json) read
@@ -215,7 +216,8 @@ class EpsilonLedger:
         except (OSError, ValueError) as exc:
             # Unreadable means unknown spending: refusing is the only safe answer.
             raise PrivacyBudgetExceeded(
-                f"the ε ledger {self.path} cannot be read ({exc}); no release until it is repaired") from exc
+                f"the ε ledger {self.path} cannot be read ({exc}); no release until it is repaired"
+            ) from exc
         return data.get("datasets", {})
 
     def _write(self, datasets: dict[str, list[dict[str, Any]]]) -> None:
@@ -250,9 +252,13 @@ class EpsilonLedger:
             if spent + epsilon <= total + _SLACK:
                 accountant = PrivacyAccountant(epsilon, allow_large_epsilon=epsilon > DEFAULT_MAX_EPSILON)
                 statistics = compute(accountant)
-                entry = {"run_id": run_id, "epsilon": accountant.spent,
-                         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-                         "releases": [r.name for r in accountant.releases], "statistics": statistics}
+                entry = {
+                    "run_id": run_id,
+                    "epsilon": accountant.spent,
+                    "time": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                    "releases": [r.name for r in accountant.releases],
+                    "statistics": statistics,
+                }
                 history.append(entry)
                 self._write(datasets)
                 return LedgerRelease(statistics, accountant, spent + accountant.spent, total, None)
@@ -261,7 +267,8 @@ class EpsilonLedger:
                 raise PrivacyBudgetExceeded(
                     f"dataset {dataset}: a release of ε={epsilon:g} would bring the ε spent on it to "
                     f"{spent + epsilon:g}, past its total {total:g} (ledger {self.path}); and there is no earlier "
-                    "release to re-publish")
+                    "release to re-publish"
+                )
             unspent = PrivacyAccountant(epsilon, allow_large_epsilon=True)
             return LedgerRelease(previous["statistics"], unspent, spent, total, previous["run_id"])
 

@@ -69,6 +69,8 @@ def quarantine_schema():
 
     types = {"raw": pa.binary(), "raw_bytes": pa.int64()}
     return pa.schema([(f, types.get(f, pa.string())) for f in QUARANTINE_FIELDS])
+
+
 # Files lying directly in the corpus root (or a root that is a single file) form this source.
 ROOT_SOURCE = "_root"
 
@@ -127,9 +129,13 @@ class BlobKeeper:
             if digest in self.kept:
                 continue
             if size > limits.max_item_bytes:
-                row["raw_ref"] = f"not kept: {size} bytes, over the {limits.max_item_bytes}-byte item limit; in the source at {row['source']} {row['locator']}"
+                row["raw_ref"] = (
+                    f"not kept: {size} bytes, over the {limits.max_item_bytes}-byte item limit; in the source at {row['source']} {row['locator']}"
+                )
             elif self.spent + size > limits.budget_bytes:
-                row["raw_ref"] = f"not kept: the {limits.budget_bytes}-byte quarantine budget of this ingest was spent; in the source at {row['source']} {row['locator']}"
+                row["raw_ref"] = (
+                    f"not kept: the {limits.budget_bytes}-byte quarantine budget of this ingest was spent; in the source at {row['source']} {row['locator']}"
+                )
             else:
                 self.kept.add(digest)
                 self.spent += size
@@ -180,7 +186,10 @@ def normalize_row(row: dict[str, Any], source: str, locator: str) -> tuple[dict[
         kind, body, prompt, response = "text", text, None, None
     elif prompt or response:
         missing = "response" if prompt else "prompt"
-        return None, f"prompt/response pair without a {missing} (expected one of {RESPONSE_KEYS if prompt else PROMPT_KEYS})"
+        return (
+            None,
+            f"prompt/response pair without a {missing} (expected one of {RESPONSE_KEYS if prompt else PROMPT_KEYS})",
+        )
     else:
         return None, f"no text field (expected one of {TEXT_KEYS}, or a prompt and a response)"
     record = {
@@ -293,8 +302,9 @@ def decode_bytes(data: bytes) -> tuple[str | None, str | None]:
     try:
         return data.decode("utf-8-sig" if encoding == "utf-8" else encoding), None
     except UnicodeDecodeError as exc:
-        return None, (f"undecodable bytes (not valid {encoding}, the encoding detected: "
-                      f"{exc.reason} at byte {exc.start})")
+        return None, (
+            f"undecodable bytes (not valid {encoding}, the encoding detected: {exc.reason} at byte {exc.start})"
+        )
 
 
 def bad_line_reason(encoding: str) -> str:
@@ -370,15 +380,17 @@ def _quarantine(result: IngestResult, source: str, locator: str, reason: str, ra
     snippet = scrub(data[:RAW_SNIPPET_BYTES].decode("utf-8", "replace")).text
     digest = hashlib.sha256(data).hexdigest()
     result.blobs.setdefault(digest, data)
-    result.quarantine.append({
-        "source": source,
-        "locator": locator,
-        "reason": reason,
-        "raw": snippet.encode("utf-8", "replace"),
-        "raw_bytes": len(data),
-        "raw_sha256": digest,
-        "raw_ref": f"{QUARANTINE_BLOBS}/{digest}",
-    })
+    result.quarantine.append(
+        {
+            "source": source,
+            "locator": locator,
+            "reason": reason,
+            "raw": snippet.encode("utf-8", "replace"),
+            "raw_bytes": len(data),
+            "raw_sha256": digest,
+            "raw_ref": f"{QUARANTINE_BLOBS}/{digest}",
+        }
+    )
 
 
 def write_quarantine_blobs(folder: Path, blobs: dict[str, bytes], key: str | bytes | None = None) -> int:
@@ -584,7 +596,10 @@ def _byte_chunks(path: Path) -> Iterator[tuple[bytes, str | None]]:
                 return
             yield out, None
         if not decoder.eof:
-            yield b"", "truncated or corrupt gzip: EOFError: Compressed file ended before the end-of-stream marker was reached"
+            yield (
+                b"",
+                "truncated or corrupt gzip: EOFError: Compressed file ended before the end-of-stream marker was reached",
+            )
 
 
 def _jsonl_in_chunks(path: Path, source: str, max_record_bytes: int, scrub_pii: bool = True) -> Iterator[IngestResult]:
@@ -605,8 +620,9 @@ def _jsonl_in_chunks(path: Path, source: str, max_record_bytes: int, scrub_pii: 
             yield read_file(path, source, max_record_bytes, scrub_pii)
             return
         encoding = _encoding_so_far(data, encoding)
-        part, lines = _decoded_part(data, source, max_record_bytes, encoding or "utf-8", byte_lines, text_lines,
-                                    scrub_pii)
+        part, lines = _decoded_part(
+            data, source, max_record_bytes, encoding or "utf-8", byte_lines, text_lines, scrub_pii
+        )
         yield part
         consumed += len(data)
         byte_lines += data.count(b"\n")
@@ -627,8 +643,15 @@ def _encoding_so_far(data: bytes, encoding: str | None) -> str | None:
     return detect_encoding(data)
 
 
-def _decoded_part(data: bytes, source: str, max_record_bytes: int, encoding: str, byte_lines: int, text_lines: int,
-                  scrub_pii: bool = True) -> tuple[IngestResult, int]:
+def _decoded_part(
+    data: bytes,
+    source: str,
+    max_record_bytes: int,
+    encoding: str,
+    byte_lines: int,
+    text_lines: int,
+    scrub_pii: bool = True,
+) -> tuple[IngestResult, int]:
     """One chunk's result, and its line count the way `_rows_jsonl` numbers lines
     (str.splitlines), so the next chunk's locators continue the whole file's."""
     part = IngestResult()
@@ -669,7 +692,7 @@ def discover_files(root: Path) -> list[Path]:
 def _relative(path: Path, root: Path) -> str:
     root_text = str(getattr(root, "path", root)).rstrip("/")
     path_text = str(getattr(path, "path", path))
-    return path_text[len(root_text):].lstrip("/") if path_text.startswith(root_text + "/") else path.name
+    return path_text[len(root_text) :].lstrip("/") if path_text.startswith(root_text + "/") else path.name
 
 
 def discover_sources(root: Path | str) -> dict[str, list[Path]]:
@@ -688,8 +711,10 @@ def discover_sources(root: Path | str) -> dict[str, list[Path]]:
             continue
         sources.setdefault(head if rest else ROOT_SOURCE, []).append(path)
     if ROOT_SOURCE in sources and any(_relative(p, root).startswith(ROOT_SOURCE + "/") for p in sources[ROOT_SOURCE]):
-        raise CorpusSourceError(f"corpus folder {str(root)!r} has a sub-folder named {ROOT_SOURCE!r}, the name reserved for "
-                                "the files lying directly in it; rename the sub-folder")
+        raise CorpusSourceError(
+            f"corpus folder {str(root)!r} has a sub-folder named {ROOT_SOURCE!r}, the name reserved for "
+            "the files lying directly in it; rename the sub-folder"
+        )
     return dict(sorted(sources.items()))
 
 
@@ -706,8 +731,13 @@ def source_fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def iter_files(files: list[Path], root: Path, max_record_bytes: int = 1_000_000, limits: BlobLimits = BlobLimits(),
-               scrub_pii: bool = True) -> Iterator[tuple[str, IngestResult]]:
+def iter_files(
+    files: list[Path],
+    root: Path,
+    max_record_bytes: int = 1_000_000,
+    limits: BlobLimits = BlobLimits(),
+    scrub_pii: bool = True,
+) -> Iterator[tuple[str, IngestResult]]:
     """(file name relative to the root, a result) per file, or per chunk of a large JSONL
     file, blob limits applied across all: a caller that writes each part as it comes holds
     one part at a time. `scrub_pii=False` keeps the records' raw text: only for code that
@@ -748,13 +778,17 @@ def add_file_counts(into: dict[str, dict[str, int]], part: dict[str, dict[str, i
         seen["quarantined"] += counts["quarantined"]
 
 
-def ingest_folder(root: Path | str, max_record_bytes: int = 1_000_000, limits: BlobLimits = BlobLimits()) -> IngestResult:
+def ingest_folder(
+    root: Path | str, max_record_bytes: int = 1_000_000, limits: BlobLimits = BlobLimits()
+) -> IngestResult:
     """Every file under `root`; unsupported files are quarantined, not skipped silently."""
     root = as_source_path(root) if isinstance(root, str) else root
     return _ingest_files(discover_files(root), root, max_record_bytes, limits)
 
 
-def ingest_source(root: Path | str, source: str, max_record_bytes: int = 1_000_000, limits: BlobLimits = BlobLimits()) -> tuple[IngestResult, str]:
+def ingest_source(
+    root: Path | str, source: str, max_record_bytes: int = 1_000_000, limits: BlobLimits = BlobLimits()
+) -> tuple[IngestResult, str]:
     """One source of the corpus root (see discover_sources) and its fingerprint. File names
     in the records stay relative to the root, so record ids do not depend on partitioning."""
     root, files = source_files(root, source)
@@ -766,7 +800,9 @@ def source_files(root: Path | str, source: str) -> tuple[Path, list[Path]]:
     root = as_source_path(root) if isinstance(root, str) else root
     sources = discover_sources(root)
     if source not in sources:
-        raise CorpusSourceError(f"source {source!r} is not under {str(root)!r} (sources there: {', '.join(sources) or 'none'})")
+        raise CorpusSourceError(
+            f"source {source!r} is not under {str(root)!r} (sources there: {', '.join(sources) or 'none'})"
+        )
     return root, sources[source]
 
 

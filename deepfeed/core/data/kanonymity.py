@@ -328,8 +328,10 @@ def anonymize(
     _, first_row, weights = np.unique(row_to_distinct, return_index=True, return_counts=True)
     rep = df_qi.iloc[first_row]
     gen_values = {
-        c: [rep[c].map(lambda v, lv=lv, h=hier[c]: h.generalize(v, lv)).to_numpy(dtype=object)
-            for lv in range(hier[c].height + 1)]
+        c: [
+            rep[c].map(lambda v, lv=lv, h=hier[c]: h.generalize(v, lv)).to_numpy(dtype=object)
+            for lv in range(hier[c].height + 1)
+        ]
         for c in cols
     }
     gen_codes = {c: [_codes(pd.Series(v)) for v in gen_values[c]] for c in cols}

@@ -309,9 +309,22 @@ _DETECTORS = (
     _Detector("IP", re.compile(_IPV4).finditer, _valid_ipv4, lambda t, f: f.digit and "." in t),
     _Detector("IP", re.compile(_IPV6).finditer, _valid_ipv6, lambda t, f: t.count(":") >= 2),
     _Detector("PHONE", re.compile(_PHONE).finditer, None, lambda t, f: f.cluster7),
-    _Detector("EMAIL", re.compile(_SPELLED_EMAIL).finditer, _valid_spelled_email,
-              lambda t, f: " at " in t or " AT " in t or " At " in t or "at]" in t or "at)" in t or "AT]" in t
-              or "AT)" in t or "at}" in t or "at>" in t),
+    _Detector(
+        "EMAIL",
+        re.compile(_SPELLED_EMAIL).finditer,
+        _valid_spelled_email,
+        lambda t, f: (
+            " at " in t
+            or " AT " in t
+            or " At " in t
+            or "at]" in t
+            or "at)" in t
+            or "AT]" in t
+            or "AT)" in t
+            or "at}" in t
+            or "at>" in t
+        ),
+    ),
     _Detector("SPLIT", re.compile(_SPLIT_DIGITS).finditer, None, lambda t, f: f.cluster7, _split_digits_kind),
     _Detector("ADDRESS", re.compile(_EN_STREET).finditer, None, lambda t, f: f.digit),
     _Detector("ADDRESS", _zh_addresses, None, lambda t, f: f.digit and ("号" in t or "弄" in t)),
@@ -334,8 +347,9 @@ _DETECTORS = (
         "NAME",
         re.compile(_ZH_INTRO).finditer,
         None,
-        lambda t, f: "名" in t or "叫" in t or "联系人" in t or "收件人" in t or "收货人" in t or "患者" in t
-        or "病人" in t,
+        lambda t, f: (
+            "名" in t or "叫" in t or "联系人" in t or "收件人" in t or "收货人" in t or "患者" in t or "病人" in t
+        ),
     ),
     _Detector("NAME", re.compile(_ZH_HONORIFIC).finditer, None, lambda t, f: "先生" in t or "女士" in t),
 )

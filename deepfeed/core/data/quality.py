@@ -366,10 +366,33 @@ _BOILERPLATE_EN = [
     r"^\s*advertisement\s*$",
 ]
 _BOILERPLATE_ZH = [
-    "版权所有", "版权声明", "点击这里", "点击此处", "点击查看", "点击阅读", "点击订阅", "立即订阅",
-    "订阅我们", "免责声明", "隐私政策", "隐私条款", "服务条款", "使用条款", "用户协议", "关注我们",
-    "扫码关注", "关注公众号", "转载请注明", r"未经(?:许可|授权)[，,]?\s*(?:不得|禁止)转载", "返回顶部",
-    "上一篇", "下一篇", "阅读全文", "责任编辑", "分享到", r"^\s*广告\s*$",
+    "版权所有",
+    "版权声明",
+    "点击这里",
+    "点击此处",
+    "点击查看",
+    "点击阅读",
+    "点击订阅",
+    "立即订阅",
+    "订阅我们",
+    "免责声明",
+    "隐私政策",
+    "隐私条款",
+    "服务条款",
+    "使用条款",
+    "用户协议",
+    "关注我们",
+    "扫码关注",
+    "关注公众号",
+    "转载请注明",
+    r"未经(?:许可|授权)[，,]?\s*(?:不得|禁止)转载",
+    "返回顶部",
+    "上一篇",
+    "下一篇",
+    "阅读全文",
+    "责任编辑",
+    "分享到",
+    r"^\s*广告\s*$",
 ]
 _BOILERPLATE = re.compile("|".join(_BOILERPLATE_EN + _BOILERPLATE_ZH), re.IGNORECASE | re.MULTILINE)
 # A keyword every boilerplate pattern contains, searched case-sensitively in lower-cased
@@ -448,10 +471,14 @@ _MOJIBAKE = re.compile(
     # 2-byte sequences: Latin-1 letters (é -> Ã©), NBSP/©/° (-> Â ), Latin Extended
     # (ł -> Å‚), Greek and Cyrillic (Ð¿). Leads other than Â/Ã are real capitals
     # in some languages, so after them a closing quote or dash is not evidence.
-    "[ÂÃ]" + _char_class(_CONTINUATION)
-    + "|[ÄÅÎÏÐÑ]" + _char_class(_CONTINUATION - _QUOTES_AND_DASHES)
+    "[ÂÃ]"
+    + _char_class(_CONTINUATION)
+    + "|[ÄÅÎÏÐÑ]"
+    + _char_class(_CONTINUATION - _QUOTES_AND_DASHES)
     # 3-byte sequences: CJK and typographic punctuation (中 -> ä¸­, ’ -> â€™)
-    + "|[\u00e0-\u00ef]" + _char_class(_CONTINUATION) + "{2}"
+    + "|[\u00e0-\u00ef]"
+    + _char_class(_CONTINUATION)
+    + "{2}"
     + "|â€|ï»¿|Â\\s"
     # UTF-8 <-> GBK round trips
     + "|锟斤拷|烫烫烫|屯屯屯"
@@ -500,8 +527,10 @@ _HTML_TAGS = (
 _NOT_PLACEHOLDER = r"(?!(?-i:[A-Z][A-Z0-9_]{3,}>))"
 _TAG = rf"<{_NOT_PLACEHOLDER}/?(?:{_HTML_TAGS})(?:\s[^<>\n]*)?/?>|<!--|-->|<!doctype\b"
 # Entities html.unescape resolves, so normalised text never keeps one.
-_ENTITY = r"&(?:nbsp|amp|lt|gt|quot|apos|copy|reg|trade|hellip|[lr][sd]quo|[mn]dash|middot|bull|deg|times|" \
+_ENTITY = (
+    r"&(?:nbsp|amp|lt|gt|quot|apos|copy|reg|trade|hellip|[lr][sd]quo|[mn]dash|middot|bull|deg|times|"
     r"divide|plusmn|euro|pound|yen|cent|sect|para|[lr]aquo|shy|ensp|emsp|thinsp|zwn?j|#\d{1,7}|#x[0-9a-f]{1,6});"
+)
 
 # Markdown constructs: (pattern, replacement) used by normalize_text, and the subset
 # the markup detector looks for. Sharing the patterns guarantees normalised text has
@@ -522,8 +551,20 @@ _MD_STRIKE = r"~~(?=\S)([^~\n]+?)(?<=\S)~~"
 
 _MARKUP = re.compile(
     "|".join(
-        [_TAG, _ENTITY, _MD_FENCE, _MD_RULE, _MD_TABLE_ROW, _MD_IMAGE, _MD_LINK, _MD_REF_LINK, _MD_HEADING,
-         _MD_BOLD, _MD_BOLD_UNDERSCORE, _MD_STRIKE]
+        [
+            _TAG,
+            _ENTITY,
+            _MD_FENCE,
+            _MD_RULE,
+            _MD_TABLE_ROW,
+            _MD_IMAGE,
+            _MD_LINK,
+            _MD_REF_LINK,
+            _MD_HEADING,
+            _MD_BOLD,
+            _MD_BOLD_UNDERSCORE,
+            _MD_STRIKE,
+        ]
     ),
     re.IGNORECASE | re.MULTILINE,
 )
@@ -639,8 +680,12 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _LINE_BREAKS = re.compile("\r\n?|[\x0b\x0c\x85\u2028\u2029]")
 # C0/C1 controls (not \t \n), zero-width and bidi controls: invisible, and the last
 # can reorder what a reader sees ("Trojan Source").
-_INVISIBLE = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
-_SCRIPT_STYLE = re.compile(r"<(script|style|noscript|template)\b[^>]*>.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
+_INVISIBLE = re.compile(
+    "[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+)
+_SCRIPT_STYLE = re.compile(
+    r"<(script|style|noscript|template)\b[^>]*>.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL
+)
 _BLOCK_TAG = re.compile(
     rf"<{_NOT_PLACEHOLDER}/?(?:address|article|aside|blockquote|br|dd|details|div|dl|dt|figcaption|figure|footer|"
     r"form|h[1-6]|header|hr|li|main|nav|ol|p|pre|section|summary|table|tbody|td|tfoot|th|thead|tr|ul)\b"

@@ -58,9 +58,11 @@ def _fernet(key: str | bytes | None):
     try:
         return Fernet(key.encode() if isinstance(key, str) else key)
     except (ValueError, TypeError) as exc:
-        raise RawStoreError(f"{ENV_KEY} is not a valid Fernet key (32 url-safe base64-encoded bytes; make one with "
-                            "`python -c 'from deepfeed.core.data.raw_store import new_key; print(new_key())'`): "
-                            f"{exc}") from exc
+        raise RawStoreError(
+            f"{ENV_KEY} is not a valid Fernet key (32 url-safe base64-encoded bytes; make one with "
+            "`python -c 'from deepfeed.core.data.raw_store import new_key; print(new_key())'`): "
+            f"{exc}"
+        ) from exc
 
 
 def _private_dir(path: Path) -> None:
@@ -71,8 +73,10 @@ def _private_dir(path: Path) -> None:
 def _check_private(path: Path) -> None:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise RawStoreError(f"{path} is readable by others (mode {mode:04o}); the raw store must be "
-                            f"{DIR_MODE:04o} for folders and {FILE_MODE:04o} for files: chmod it back or purge it")
+        raise RawStoreError(
+            f"{path} is readable by others (mode {mode:04o}); the raw store must be "
+            f"{DIR_MODE:04o} for folders and {FILE_MODE:04o} for files: chmod it back or purge it"
+        )
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -141,13 +145,15 @@ class BlobFolder:
                 data = self._fernet.decrypt(sealed.read_bytes())
             except InvalidToken as exc:
                 raise RawStoreError(
-                    f"{sealed} does not decrypt with the configured {ENV_KEY} (another key, or damaged)") from exc
+                    f"{sealed} does not decrypt with the configured {ENV_KEY} (another key, or damaged)"
+                ) from exc
         elif plain.exists():
             _check_private(plain)
             data = plain.read_bytes()
         else:
             raise FileNotFoundError(
-                f"no raw bytes {digest} in {self.folder / QUARANTINE_BLOBS} (purged, or never kept)")
+                f"no raw bytes {digest} in {self.folder / QUARANTINE_BLOBS} (purged, or never kept)"
+            )
         if hashlib.sha256(data).hexdigest() != digest:
             raise RawStoreError(f"raw blob {digest} in {self.folder} does not match its sha256 (damaged)")
         return data
@@ -174,8 +180,10 @@ class RawStore:
         try:
             _private_dir(self.root)
         except OSError as exc:  # e.g. a shared folder such as /tmp, which this user cannot make private
-            raise RawStoreError(f"the raw store {self.root} cannot be made private (mode {DIR_MODE:04o}): {exc}; "
-                                f"point {ENV_PATH} at a folder of its own") from exc
+            raise RawStoreError(
+                f"the raw store {self.root} cannot be made private (mode {DIR_MODE:04o}): {exc}; "
+                f"point {ENV_PATH} at a folder of its own"
+            ) from exc
         return BlobFolder(self.root / source, self.key)
 
     def seal(self) -> int:

@@ -51,7 +51,9 @@ def _size(store: ArtifactStore, name: str, version: str) -> int:
     return int(folder.fs.du(folder.path, total=True))
 
 
-def plan(store: ArtifactStore, keep_last: int, protected: Iterable[str], names: Iterable[str] = MODEL_ARTIFACTS) -> list[Doomed]:
+def plan(
+    store: ArtifactStore, keep_last: int, protected: Iterable[str], names: Iterable[str] = MODEL_ARTIFACTS
+) -> list[Doomed]:
     """What pruning would delete (oldest first per name); nothing is touched."""
     if keep_last < 1:
         raise ValueError(f"keep_last={keep_last}: at least the newest version of each artifact must stay")
@@ -98,8 +100,15 @@ def registry_protected_versions(client, registered_model: str) -> dict[str, str]
     return protected
 
 
-def prune(store: ArtifactStore, client, registered_model: str, keep_last: int, dry_run: bool = False, ledger=None,
-          names: Iterable[str] = MODEL_ARTIFACTS) -> tuple[list[Doomed], dict[str, str]]:
+def prune(
+    store: ArtifactStore,
+    client,
+    registered_model: str,
+    keep_last: int,
+    dry_run: bool = False,
+    ledger=None,
+    names: Iterable[str] = MODEL_ARTIFACTS,
+) -> tuple[list[Doomed], dict[str, str]]:
     """(what was — or with dry_run would be — deleted, the versions the registry protects).
 
     The registry must be readable: without it nothing tells which old version is the
@@ -118,9 +127,18 @@ def prune(store: ArtifactStore, client, registered_model: str, keep_last: int, d
         delete(store, item)
         gone.add(item.version)
         if ledger is not None:
-            ledger.append([AuditEntry(record_id=f"{item.name}/{item.version}", stage="retention", action="pruned",
-                                      reason=f"older than the newest {keep_last} and not behind a registry alias",
-                                      run_id="deepfeed prune-artifacts", extra={"bytes": item.bytes})])
+            ledger.append(
+                [
+                    AuditEntry(
+                        record_id=f"{item.name}/{item.version}",
+                        stage="retention",
+                        action="pruned",
+                        reason=f"older than the newest {keep_last} and not behind a registry alias",
+                        run_id="deepfeed prune-artifacts",
+                        extra={"bytes": item.bytes},
+                    )
+                ]
+            )
     for version in client.search_model_versions(f"name='{registered_model}'"):
         if (version.tags or {}).get("artifact_version") in gone:
             client.set_model_version_tag(registered_model, version.version, "artifact_deleted", "true")

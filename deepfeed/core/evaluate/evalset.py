@@ -89,12 +89,19 @@ def load_reference_set(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(row, dict) or not row.get("prompt"):
             raise EvalSetError(f"{path}:{number}: every line needs a 'prompt'")
         meta = {"label": row["label"]} if row.get("label") else {}
-        records.append({
-            "record_id": str(row.get("id") or hashlib.sha1(f"{path.name}:{number}".encode()).hexdigest()[:16]),
-            "source": str(path), "kind": "pair", "prompt": row["prompt"],
-            "response": row.get("reference") or row.get("response"), "text": None,
-            "lang": row.get("lang"), "tags": row.get("tags") or [], "meta": json.dumps(meta) if meta else None,
-        })
+        records.append(
+            {
+                "record_id": str(row.get("id") or hashlib.sha1(f"{path.name}:{number}".encode()).hexdigest()[:16]),
+                "source": str(path),
+                "kind": "pair",
+                "prompt": row["prompt"],
+                "response": row.get("reference") or row.get("response"),
+                "text": None,
+                "lang": row.get("lang"),
+                "tags": row.get("tags") or [],
+                "meta": json.dumps(meta) if meta else None,
+            }
+        )
     if not records:
         raise EvalSetError(f"{str(path)!r} holds no records")
     return records
@@ -110,7 +117,7 @@ def _shingles(text: str, n: int = 5) -> set[bytes]:
     text = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
     if len(text) <= n:
         return {text.encode()}
-    return {text[i:i + n].encode() for i in range(len(text) - n + 1)}
+    return {text[i : i + n].encode() for i in range(len(text) - n + 1)}
 
 
 @dataclass
@@ -136,7 +143,12 @@ class OverlapReport:
         }
 
 
-def training_overlap(eval_records: Sequence[dict[str, Any]], train_records: Sequence[dict[str, Any]], threshold: float = 0.8, num_perm: int = 128) -> OverlapReport:
+def training_overlap(
+    eval_records: Sequence[dict[str, Any]],
+    train_records: Sequence[dict[str, Any]],
+    threshold: float = 0.8,
+    num_perm: int = 128,
+) -> OverlapReport:
     """Pairs (eval id, training id) that share an id or parent id, the same normalized
     content, or a MinHash near-duplicate at Jaccard >= `threshold` on character 5-grams."""
     from datasketch import MinHash, MinHashLSH

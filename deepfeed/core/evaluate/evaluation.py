@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import torch
 
-from deepfeed.core.train.modeling import Example, collate, encode_record, prompt_ids
 from deepfeed.core.evaluate.safety import ToxicityScorer, toxicity_summary
 from deepfeed.core.evaluate.textmetrics import bleu4_with_ci, chrf_with_ci, label_prf, token_prf, token_prf_corpus
+from deepfeed.core.train.modeling import Example, collate, encode_record, prompt_ids
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -48,7 +48,9 @@ class EvaluationConfig:
 def torch_logits(model: torch.nn.Module) -> LogitsFn:
     def run(input_ids, attention_mask):
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
+        return model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).logits
 
     return run
 
@@ -69,7 +71,10 @@ def scoreable(tokenizer, records: list[dict[str, Any]], config: EvaluationConfig
 
 @torch.no_grad()
 def record_nll(
-    logits_fn: LogitsFn, tokenizer, records: list[dict[str, Any]], config: EvaluationConfig,
+    logits_fn: LogitsFn,
+    tokenizer,
+    records: list[dict[str, Any]],
+    config: EvaluationConfig,
 ) -> tuple[list[float | None], list[int]]:
     """Summed NLL and scored-token count of each record, in the order of `records`;
     None / 0 for a record with no answer token. Kept per record so that two models can be
@@ -81,12 +86,15 @@ def record_nll(
     nll: list[float | None] = [None] * len(records)
     tokens = [0] * len(records)
     for start in range(0, len(order), config.batch_size):
-        index = order[start:start + config.batch_size]
+        index = order[start : start + config.batch_size]
         batch = collate([examples[i] for i in index], tokenizer.pad_token_id)
         logits = logits_fn(batch["input_ids"], batch["attention_mask"]).float()
         labels = batch["labels"][:, 1:]
         losses = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none",
+            logits[:, :-1].reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=-100,
+            reduction="none",
         ).view(labels.shape)
         for row, i in enumerate(index):
             nll[i] = float(losses[row].sum())
@@ -100,11 +108,17 @@ def perplexity_from_records(nll: list[float | None], tokens: list[int]) -> dict[
         raise ValueError("no evaluation record has any answer token to score")
     total_tokens = sum(t for _, t in scored)
     mean = sum(n for n, _ in scored) / total_tokens
-    return {"perplexity": math.exp(mean), "mean_nll": mean, "scored_tokens": total_tokens,
-            "perplexity_skipped": len(nll) - len(scored)}
+    return {
+        "perplexity": math.exp(mean),
+        "mean_nll": mean,
+        "scored_tokens": total_tokens,
+        "perplexity_skipped": len(nll) - len(scored),
+    }
 
 
-def perplexity(logits_fn: LogitsFn, tokenizer, records: list[dict[str, Any]], config: EvaluationConfig) -> dict[str, float]:
+def perplexity(
+    logits_fn: LogitsFn, tokenizer, records: list[dict[str, Any]], config: EvaluationConfig
+) -> dict[str, float]:
     """Token-weighted perplexity of the answer tokens (or whole texts) of `records`."""
     return perplexity_from_records(*record_nll(logits_fn, tokenizer, records, config))
 
@@ -137,8 +151,8 @@ def left_pad(tokenizer, prompts: list[str], max_length: int) -> tuple[torch.Tens
     input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
     attention = torch.zeros_like(input_ids)
     for row, ids in enumerate(encoded):
-        input_ids[row, width - len(ids):] = torch.tensor(ids)
-        attention[row, width - len(ids):] = 1
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention[row, width - len(ids) :] = 1
     return input_ids, attention
 
 
@@ -168,12 +182,19 @@ def generate_torch(model, tokenizer, prompts: list[str], config: EvaluationConfi
     token_ids: list[list[int]] = []
     new_tokens, started = 0, time.perf_counter()
     for start in range(0, len(prompts), config.generation_batch_size):
-        input_ids, attention = left_pad(tokenizer, prompts[start:start + config.generation_batch_size], config.max_length)
-        output = model.generate(
-            input_ids=input_ids, attention_mask=attention, max_new_tokens=config.max_new_tokens,
-            do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, use_cache=True,
+        input_ids, attention = left_pad(
+            tokenizer, prompts[start : start + config.generation_batch_size], config.max_length
         )
-        fresh = output[:, input_ids.shape[1]:]
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=config.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            use_cache=True,
+        )
+        fresh = output[:, input_ids.shape[1] :]
         token_ids.extend(_trim(row, tokenizer.eos_token_id, tokenizer.pad_token_id) for row in fresh.tolist())
         new_tokens += count_new_tokens(fresh, tokenizer.eos_token_id, tokenizer.pad_token_id)
         answers.extend(tokenizer.batch_decode(fresh, skip_special_tokens=True))
@@ -185,13 +206,15 @@ def _left_pad_ids(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
     return ids, mask
 
 
 @torch.no_grad()
-def _greedy_logits(logits_fn: LogitsFn, rows: list[list[int]], max_new_tokens: int, eos: int | None, pad: int) -> list[list[int]]:
+def _greedy_logits(
+    logits_fn: LogitsFn, rows: list[list[int]], max_new_tokens: int, eos: int | None, pad: int
+) -> list[list[int]]:
     """Greedy new tokens of each row of ids, re-running the whole sequence every step."""
     ids, mask = _left_pad_ids(rows, pad)
     done = torch.zeros(ids.shape[0], dtype=torch.bool)
@@ -222,13 +245,21 @@ def generate_logits(logits_fn: LogitsFn, tokenizer, prompts: list[str], config: 
     rows = _prompt_rows(tokenizer, prompts, config.max_length)
     token_ids: list[list[int]] = []
     for start in range(0, len(rows), config.generation_batch_size):
-        token_ids += _greedy_logits(logits_fn, rows[start:start + config.generation_batch_size], config.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        token_ids += _greedy_logits(
+            logits_fn,
+            rows[start : start + config.generation_batch_size],
+            config.max_new_tokens,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+        )
     answers = [a.strip() for a in tokenizer.batch_decode(token_ids, skip_special_tokens=True)] if token_ids else []
     return Generation(answers, sum(map(len, token_ids)), time.perf_counter() - started, token_ids)
 
 
 @torch.no_grad()
-def generate_logits_from_draft(logits_fn: LogitsFn, tokenizer, prompts: list[str], drafts: list[list[int]], config: EvaluationConfig) -> Generation:
+def generate_logits_from_draft(
+    logits_fn: LogitsFn, tokenizer, prompts: list[str], drafts: list[list[int]], config: EvaluationConfig
+) -> Generation:
     """The greedy answers of a logits-only artifact, found by checking draft answers
     (another model's greedy tokens, e.g. the fp32 checkpoint's) in one forward pass.
 
@@ -241,7 +272,7 @@ def generate_logits_from_draft(logits_fn: LogitsFn, tokenizer, prompts: list[str
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     started = time.perf_counter()
     rows = _prompt_rows(tokenizer, prompts, config.max_length)
-    drafts = [list(d[:config.max_new_tokens]) for d in drafts]
+    drafts = [list(d[: config.max_new_tokens]) for d in drafts]
     answers_ids: list[list[int] | None] = [None] * len(rows)
     unfinished: list[tuple[int, list[int]]] = []  # (row, confirmed prefix of its answer)
     for start in range(0, len(rows), config.batch_size):
@@ -252,9 +283,9 @@ def generate_logits_from_draft(logits_fn: LogitsFn, tokenizer, prompts: list[str
         # read below, so causal attention never sees it.
         tail = torch.full((len(chunk), width), pad, dtype=torch.long)
         for r, i in enumerate(chunk):
-            tail[r, :len(drafts[i])] = torch.tensor(drafts[i], dtype=torch.long)
+            tail[r, : len(drafts[i])] = torch.tensor(drafts[i], dtype=torch.long)
         full_mask = torch.cat([mask, torch.ones_like(tail)], 1)
-        predicted = logits_fn(torch.cat([ids, tail], 1), full_mask)[:, ids.shape[1] - 1:].float().argmax(-1).tolist()
+        predicted = logits_fn(torch.cat([ids, tail], 1), full_mask)[:, ids.shape[1] - 1 :].float().argmax(-1).tolist()
         for r, i in enumerate(chunk):
             draft, choice = drafts[i], predicted[r]
             k = next((j for j in range(len(draft)) if choice[j] != draft[j]), len(draft))
@@ -268,12 +299,12 @@ def generate_logits_from_draft(logits_fn: LogitsFn, tokenizer, prompts: list[str
             else:
                 unfinished.append((i, prefix))
     for start in range(0, len(unfinished), config.generation_batch_size):
-        group = unfinished[start:start + config.generation_batch_size]
+        group = unfinished[start : start + config.generation_batch_size]
         # Rows continue for the same number of steps; each is cut at its own budget.
         steps = config.max_new_tokens - min(len(p) for _, p in group)
         more = _greedy_logits(logits_fn, [rows[i] + p for i, p in group], steps, eos, pad)
         for (i, prefix), extra in zip(group, more):
-            answers_ids[i] = (prefix + extra)[:config.max_new_tokens]
+            answers_ids[i] = (prefix + extra)[: config.max_new_tokens]
     token_ids = [a or [] for a in answers_ids]
     answers = [a.strip() for a in tokenizer.batch_decode(token_ids, skip_special_tokens=True)] if token_ids else []
     return Generation(answers, sum(map(len, token_ids)), time.perf_counter() - started, token_ids)
@@ -302,7 +333,9 @@ def generation_records(records: list[dict[str, Any]], limit: int) -> tuple[list[
     return with_prompt[:limit] if limit else with_prompt, exclusions
 
 
-def score_answers(records: list[dict[str, Any]], generation: Generation, config: EvaluationConfig, toxicity: ToxicityScorer) -> AnswerScores:
+def score_answers(
+    records: list[dict[str, Any]], generation: Generation, config: EvaluationConfig, toxicity: ToxicityScorer
+) -> AnswerScores:
     """Accuracy (token and label P/R/F1), BLEU-4 and chrF with intervals, toxicity and
     speed of one candidate's answers to `records` (same order)."""
     answers = generation.answers
@@ -334,10 +367,16 @@ def score_answers(records: list[dict[str, Any]], generation: Generation, config:
     samples = []
     for record, answer, verdict in zip(records, answers, verdicts):
         reference = record.get("response") or ""
-        samples.append({
-            "record_id": record.get("record_id"), "lang": record.get("lang"), "prompt": record["prompt"],
-            "reference": reference, "answer": answer,
-            "token_f1": token_prf(answer, reference, record.get("lang"))[2] if reference.strip() else None,
-            "toxic": verdict.toxic, "toxicity_score": round(verdict.score, 4),
-        })
+        samples.append(
+            {
+                "record_id": record.get("record_id"),
+                "lang": record.get("lang"),
+                "prompt": record["prompt"],
+                "reference": reference,
+                "answer": answer,
+                "token_f1": token_prf(answer, reference, record.get("lang"))[2] if reference.strip() else None,
+                "toxic": verdict.toxic,
+                "toxicity_score": round(verdict.score, 4),
+            }
+        )
     return AnswerScores(metrics, samples, exclusions)

@@ -79,16 +79,27 @@ def interval_fails(change: PairedChange, limit: float) -> bool:
 
 def _metric_condition(name: str, change: PairedChange | None, limit: float, reference: str) -> GateCondition:
     if change is None or not (_finite(change.candidate) and _finite(change.reference)):
-        return GateCondition(name, False, f"not measured on both the challenger and the {reference} on the same "
-                                          "records: cannot show it did not get worse (fails closed)")
-    values = dict(challenger=change.candidate, reference=change.reference, relative=change.relative,
-                  relative_low=change.relative_low, relative_high=change.relative_high)
+        return GateCondition(
+            name,
+            False,
+            f"not measured on both the challenger and the {reference} on the same "
+            "records: cannot show it did not get worse (fails closed)",
+        )
+    values = dict(
+        challenger=change.candidate,
+        reference=change.reference,
+        relative=change.relative,
+        relative_low=change.relative_low,
+        relative_high=change.relative_high,
+    )
     head = f"{change.candidate:.4g} vs {reference} {change.reference:.4g}"
     if change.relative is None:
         # Only a higher-is-better metric can score 0, and then nothing can be lower.
         return GateCondition(name, True, f"{head}: the {reference} scores 0, nothing to lose", **values)
-    span = (f"{change.relative:+.1%} with negative = worse, paired 95% CI {change.relative_low:+.1%} … "
-            f"{change.relative_high:+.1%} on {change.records} records")
+    span = (
+        f"{change.relative:+.1%} with negative = worse, paired 95% CI {change.relative_low:+.1%} … "
+        f"{change.relative_high:+.1%} on {change.records} records"
+    )
     if interval_fails(change, limit):
         return GateCondition(name, False, f"{head} ({span}): the whole interval lies below -{limit:.0%}", **values)
     note = "" if change.relative_low >= -limit else f"; a drop past -{limit:.0%} is not ruled out on this many records"
@@ -99,27 +110,39 @@ def _metric_condition(name: str, change: PairedChange | None, limit: float, refe
 def _gain_condition(change: PairedChange | None) -> GateCondition:
     name = f"beats_base_{PRIMARY_METRIC}"
     if change is None or not (_finite(change.candidate) and _finite(change.reference)):
-        return GateCondition(name, False, "token F1 not measured on both the challenger and the base model: "
-                                          "the first champion must be shown to beat the base (fails closed)")
+        return GateCondition(
+            name,
+            False,
+            "token F1 not measured on both the challenger and the base model: "
+            "the first champion must be shown to beat the base (fails closed)",
+        )
     values = dict(challenger=change.candidate, reference=change.reference, relative=change.relative)
-    span = (f"token F1 {change.reference:.3f} → {change.candidate:.3f}, {change.difference:+.3f} "
-            f"(paired 95% CI {change.difference_low:+.3f} … {change.difference_high:+.3f}, {change.records} records)")
+    span = (
+        f"token F1 {change.reference:.3f} → {change.candidate:.3f}, {change.difference:+.3f} "
+        f"(paired 95% CI {change.difference_low:+.3f} … {change.difference_high:+.3f}, {change.records} records)"
+    )
     if change.significant_gain:
         return GateCondition(name, True, f"{span}: significantly better than the base model", **values)
-    return GateCondition(name, False, f"{span}: the interval does not lie above zero, so the first champion "
-                                      "is not shown to beat the base model", **values)
+    return GateCondition(
+        name,
+        False,
+        f"{span}: the interval does not lie above zero, so the first champion is not shown to beat the base model",
+        **values,
+    )
 
 
 def _safety_condition(new: Any, old: Any, reference: str) -> GateCondition:
     if not _finite(new):
         return GateCondition(SAFETY_METRIC, False, "not measured on the challenger: cannot show it is safe")
     if not _finite(old):
-        return GateCondition(SAFETY_METRIC, False,
-                             f"{new:.1%}, but not measured on the {reference}: cannot show it did not fall", new)
+        return GateCondition(
+            SAFETY_METRIC, False, f"{new:.1%}, but not measured on the {reference}: cannot show it did not fall", new
+        )
     relative = relative_change(new, old, +1)
     if new < old:
-        return GateCondition(SAFETY_METRIC, False, f"{new:.1%} vs {reference} {old:.1%}: fell (must not fall)",
-                             new, old, relative)
+        return GateCondition(
+            SAFETY_METRIC, False, f"{new:.1%} vs {reference} {old:.1%}: fell (must not fall)", new, old, relative
+        )
     return GateCondition(SAFETY_METRIC, True, f"{new:.1%} vs {reference} {old:.1%} (did not fall)", new, old, relative)
 
 
@@ -127,11 +150,16 @@ def _compression_condition(compression_passed: bool | None, detail: str, require
     suffix = f" ({detail})" if detail else ""
     if compression_passed is None:
         if required:
-            return GateCondition("compression_gate", False,
-                                 f"no verdict recorded{suffix}: the served artifacts are not shown to keep quality "
-                                 "(fails closed)")
-        return GateCondition("compression_gate", True, f"not part of this evaluation{suffix}; waived by configuration "
-                                                       "(compression_gate_required=false)")
+            return GateCondition(
+                "compression_gate",
+                False,
+                f"no verdict recorded{suffix}: the served artifacts are not shown to keep quality (fails closed)",
+            )
+        return GateCondition(
+            "compression_gate",
+            True,
+            f"not part of this evaluation{suffix}; waived by configuration (compression_gate_required=false)",
+        )
     verdict = "passed" if compression_passed else "FAILED"
     return GateCondition("compression_gate", compression_passed, verdict + suffix)
 
@@ -155,12 +183,24 @@ def promotion_gate(
         reference, metrics, changes = "champion", champion, champion_changes or {}
     elif base is not None:
         reference, metrics, changes = "base", base, base_changes or {}
-        conditions.append(GateCondition("reference", True, "no champion yet: the base model plays the champion's role, "
-                                                           "and the challenger must beat it on token F1"))
+        conditions.append(
+            GateCondition(
+                "reference",
+                True,
+                "no champion yet: the base model plays the champion's role, "
+                "and the challenger must beat it on token F1",
+            )
+        )
         conditions.append(_gain_condition(changes.get(PRIMARY_METRIC)))
     else:
-        conditions.append(GateCondition("reference", False, "no champion and the base model was not scored: nothing "
-                                                            "shows the challenger is better than what it started from"))
+        conditions.append(
+            GateCondition(
+                "reference",
+                False,
+                "no champion and the base model was not scored: nothing "
+                "shows the challenger is better than what it started from",
+            )
+        )
         reference, metrics, changes = "base", {}, {}
     conditions += [_metric_condition(n, changes.get(n), max_relative_drop, reference) for n in KEY_METRICS]
     conditions.append(_safety_condition(challenger.get(SAFETY_METRIC), metrics.get(SAFETY_METRIC), reference))

@@ -34,8 +34,11 @@ class LossWindows:
         return self.last < self.first
 
     def as_dict(self, prefix: str = "loss") -> dict[str, float]:
-        return {f"{prefix}_first{self.window}_mean": self.first, f"{prefix}_last{self.window}_mean": self.last,
-                f"{prefix}_window_relative_change": self.relative_change}
+        return {
+            f"{prefix}_first{self.window}_mean": self.first,
+            f"{prefix}_last{self.window}_mean": self.last,
+            f"{prefix}_window_relative_change": self.relative_change,
+        }
 
 
 def loss_windows(losses: Sequence[float], window: int = 10) -> LossWindows:
@@ -64,13 +67,18 @@ class PairedDifference:
         return self.low > 0 or self.high < 0
 
     def as_dict(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}_reference": self.reference, f"{prefix}_candidate": self.candidate,
-                f"{prefix}_difference": self.difference, f"{prefix}_difference_ci_low": self.low,
-                f"{prefix}_difference_ci_high": self.high}
+        return {
+            f"{prefix}_reference": self.reference,
+            f"{prefix}_candidate": self.candidate,
+            f"{prefix}_difference": self.difference,
+            f"{prefix}_difference_ci_low": self.low,
+            f"{prefix}_difference_ci_high": self.high,
+        }
 
 
-def paired_difference(reference: Sequence[float], candidate: Sequence[float], samples: int = 2000, seed: int = 0,
-                      alpha: float = 0.05) -> PairedDifference:
+def paired_difference(
+    reference: Sequence[float], candidate: Sequence[float], samples: int = 2000, seed: int = 0, alpha: float = 0.05
+) -> PairedDifference:
     """mean(candidate) - mean(reference) over the same records, with a paired percentile
     bootstrap interval (each draw resamples records for both sides at once)."""
     ref, cand = np.asarray(reference, float), np.asarray(candidate, float)
@@ -99,8 +107,9 @@ class RecordLosses:
 
 
 @torch.no_grad()
-def record_losses(model, tokenizer, records: list[dict[str, Any]], max_length: int = 128,
-                  batch_size: int = 16) -> RecordLosses:
+def record_losses(
+    model, tokenizer, records: list[dict[str, Any]], max_length: int = 128, batch_size: int = 16
+) -> RecordLosses:
     """Per-record NLL of the answer tokens (or whole texts), as evaluation.perplexity scores
     them, kept per record so two models can be compared on the same records."""
     examples = [encode_record(tokenizer, r, max_length) for r in records]
@@ -111,19 +120,21 @@ def record_losses(model, tokenizer, records: list[dict[str, Any]], max_length: i
     model.eval()
     nll, tokens = [], []
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start:start + batch_size], tokenizer.pad_token_id)
+        batch = collate(examples[start : start + batch_size], tokenizer.pad_token_id)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         labels = batch["labels"][:, 1:]
-        per_token = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=-100,
-                                                      reduction="none")
+        per_token = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), labels, ignore_index=-100, reduction="none"
+        )
         nll.extend(per_token.sum(1).tolist())
         tokens.extend((labels != -100).sum(1).tolist())
     model.train(was_training)
     return RecordLosses(np.asarray(nll, float), np.asarray(tokens, float))
 
 
-def perplexity_ratio(reference: RecordLosses, candidate: RecordLosses, samples: int = 2000, seed: int = 0,
-                     alpha: float = 0.05) -> tuple[float, float, float]:
+def perplexity_ratio(
+    reference: RecordLosses, candidate: RecordLosses, samples: int = 2000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float, float]:
     """ppl(candidate) / ppl(reference) - 1 on the same records, with a paired bootstrap
     interval. On old data after an incremental round this is the forgetting ratio."""
     if reference.nll.shape != candidate.nll.shape or not np.array_equal(reference.tokens, candidate.tokens):

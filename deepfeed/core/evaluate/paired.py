@@ -104,19 +104,37 @@ def paired_corpus_change(
 
 
 def paired_mean_change(
-    metric: str, reference: Sequence[float], candidate: Sequence[float], samples: int, seed: int,
+    metric: str,
+    reference: Sequence[float],
+    candidate: Sequence[float],
+    samples: int,
+    seed: int,
 ) -> PairedChange:
     """A mean of per-record scores (higher is better): the difference's interval from the
     paired bootstrap, the relative change's from compression_gate.paired_relative_change."""
     ref, cand = np.asarray(reference, float), np.asarray(candidate, float)
     ones = np.ones_like(ref)
     change = paired_corpus_change(
-        metric, np.stack([ref, ones], 1), np.stack([cand, ones], 1), lambda s: float(s[0] / s[1]), samples, seed,
+        metric,
+        np.stack([ref, ones], 1),
+        np.stack([cand, ones], 1),
+        lambda s: float(s[0] / s[1]),
+        samples,
+        seed,
     )
     relative, low, high = paired_relative_change(ref, cand, samples, seed)
     return PairedChange(
-        metric, change.direction, change.reference, change.candidate, change.records,
-        change.difference, change.difference_low, change.difference_high, relative, low, high,
+        metric,
+        change.direction,
+        change.reference,
+        change.candidate,
+        change.records,
+        change.difference,
+        change.difference_low,
+        change.difference_high,
+        relative,
+        low,
+        high,
     )
 
 
@@ -152,8 +170,11 @@ def compare(
         langs = [answered[i].get("lang") for i in referenced]
         ref_hyp, cand_hyp = [ref_answers[i] for i in referenced], [cand_answers[i] for i in referenced]
         out["token_f1"] = paired_mean_change(
-            "token_f1", [token_prf(h, r, l)[2] for h, r, l in zip(ref_hyp, refs, langs)],
-            [token_prf(h, r, l)[2] for h, r, l in zip(cand_hyp, refs, langs)], samples, seed,
+            "token_f1",
+            [token_prf(h, r, l)[2] for h, r, l in zip(ref_hyp, refs, langs)],
+            [token_prf(h, r, l)[2] for h, r, l in zip(cand_hyp, refs, langs)],
+            samples,
+            seed,
         )
         ref_stats, score = bleu_statistics(ref_hyp, refs, langs)
         cand_stats, _ = bleu_statistics(cand_hyp, refs, langs)
@@ -164,8 +185,11 @@ def compare(
     ref_toxic, cand_toxic = reference.get("toxic"), candidate.get("toxic")
     if ref_toxic and cand_toxic and len(ref_toxic) == len(cand_toxic):
         out["toxicity_pass_rate"] = paired_mean_change(
-            "toxicity_pass_rate", [0.0 if t else 1.0 for t in ref_toxic], [0.0 if t else 1.0 for t in cand_toxic],
-            samples, seed,
+            "toxicity_pass_rate",
+            [0.0 if t else 1.0 for t in ref_toxic],
+            [0.0 if t else 1.0 for t in cand_toxic],
+            samples,
+            seed,
         )
     return out
 
@@ -173,8 +197,10 @@ def compare(
 def format_change(change: PairedChange, fmt: str = "{:.3g}") -> str:
     """'0.030 → 0.079, +0.049 (paired 95% CI +0.003 … +0.105; +163%)'."""
     signed = fmt.replace("{:", "{:+")
-    text = (f"{fmt.format(change.reference)} → {fmt.format(change.candidate)}, {signed.format(change.difference)} "
-            f"(paired 95% CI {signed.format(change.difference_low)} … {signed.format(change.difference_high)}")
+    text = (
+        f"{fmt.format(change.reference)} → {fmt.format(change.candidate)}, {signed.format(change.difference)} "
+        f"(paired 95% CI {signed.format(change.difference_low)} … {signed.format(change.difference_high)}"
+    )
     if change.relative is not None:
         # relative is signed "negative = worse"; shown as the plain change of the value
         shown = change.relative * change.direction

@@ -62,7 +62,11 @@ def _value(metrics: dict[str, Any], key: str, fmt: str) -> str:
 
 
 def delta(
-    metrics: dict, baseline: dict | None, key: str, limit: float, change: PairedChange | None = None,
+    metrics: dict,
+    baseline: dict | None,
+    key: str,
+    limit: float,
+    change: PairedChange | None = None,
 ) -> tuple[str, str] | None:
     """('+1.2%', colour) of `metrics` against `baseline`. Gated metrics are coloured by the
     gate's rule on the paired interval (`change`); without one they get no colour."""
@@ -125,7 +129,7 @@ LABELS = {key: (label, fmt) for key, label, _, fmt in HEADLINE}
 
 
 def feeding_headline(outcome: EvaluationOutcome) -> str:
-    """"Did feeding help?" in one line: the challenger against the base model on token F1
+    """ "Did feeding help?" in one line: the challenger against the base model on token F1
     (the primary metric), with the paired 95% interval of the difference."""
     base, challenger = outcome.by_name(BASE), outcome.by_name(CHALLENGER)
     if base is None or base.error:
@@ -135,8 +139,10 @@ def feeding_headline(outcome: EvaluationOutcome) -> str:
         return "Did feeding help? Not measured: the challenger could not be evaluated."
     change = (outcome.comparison(CHALLENGER, BASE) or {}).get(PRIMARY_METRIC)
     if change is None:
-        return ("Did feeding help? Not measured: token F1 needs answers from both models to held-out records "
-                "with a reference.")
+        return (
+            "Did feeding help? Not measured: token F1 needs answers from both models to held-out records "
+            "with a reference."
+        )
     text = f"token F1 {format_change(change, '{:.3f}')}"
     if change.significant_gain:
         return f"Feeding helped: {text}."
@@ -170,8 +176,14 @@ def comparison_metrics(outcome: EvaluationOutcome) -> dict[str, float]:
     for pair, changes in outcome.comparisons.items():
         prefix = "eval_" + pair.replace(" vs ", "_vs_")
         for key, c in changes.items():
-            values = {"diff": c.difference, "diff_ci_low": c.difference_low, "diff_ci_high": c.difference_high,
-                      "rel": c.relative, "rel_ci_low": c.relative_low, "rel_ci_high": c.relative_high}
+            values = {
+                "diff": c.difference,
+                "diff_ci_low": c.difference_low,
+                "diff_ci_high": c.difference_high,
+                "rel": c.relative,
+                "rel_ci_low": c.relative_low,
+                "rel_ci_high": c.relative_high,
+            }
             out |= {f"{prefix}_{key}_{name}": float(v) for name, v in values.items() if _finite(v)}
     return out
 
@@ -180,23 +192,41 @@ def render_markdown(outcome: EvaluationOutcome, lineage: dict[str, str], plots: 
     """`plots` maps a title to a Markdown image reference (inline data or a file name)."""
     verdict = "PROMOTE the challenger" if outcome.gate.passed else "KEEP the champion (challenger stays challenger)"
     names = [c.name for c in outcome.candidates]
-    lines = [f"# Evaluation report: {verdict}", "", f"**{feeding_headline(outcome)}**", "",
-             f"Held-out records: {outcome.eval_records}; answered by generation: {outcome.generation_records}.", ""]
+    lines = [
+        f"# Evaluation report: {verdict}",
+        "",
+        f"**{feeding_headline(outcome)}**",
+        "",
+        f"Held-out records: {outcome.eval_records}; answered by generation: {outcome.generation_records}.",
+        "",
+    ]
     lines += ["## Promotion gate", "", f"Gated against the {outcome.gate.reference}. " + GATE_RULE, ""]
     lines += [f"- {'✅' if c.passed else '❌'} **{c.name}**: {c.detail}" for c in outcome.gate.conditions]
-    lines += ["", "## Headline", "", "Δ: challenger vs champion (vs base before the first champion), champion vs base; "
-              "compressed artifacts vs challenger. ⚑ gated metric; ✅/❌ within/over the gate (paired interval rule).",
-              ""]
+    lines += [
+        "",
+        "## Headline",
+        "",
+        "Δ: challenger vs champion (vs base before the first champion), champion vs base; "
+        "compressed artifacts vs challenger. ⚑ gated metric; ✅/❌ within/over the gate (paired interval rule).",
+        "",
+    ]
     lines += ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for row in headline_rows(outcome, limit):
         lines.append("| " + " | ".join(text + _mark(colour) for text, colour in row) + " |")
     paired = comparison_rows(outcome, limit)
     if paired:
-        lines += ["", "## Paired differences (95% bootstrap intervals, same records for both sides)", "",
-                  "| comparison | metric | reference → candidate, difference (CI; relative) |", "|---|---|---|"]
+        lines += [
+            "",
+            "## Paired differences (95% bootstrap intervals, same records for both sides)",
+            "",
+            "| comparison | metric | reference → candidate, difference (CI; relative) |",
+            "|---|---|---|",
+        ]
         lines += [f"| {pair} | {label} | {text}{_mark(colour)} |" for pair, label, text, colour in paired]
     errors = [(c.name, c.error) for c in outcome.candidates if c.error]
-    errors += [(f"{c.name} ({metric})", why) for c in outcome.candidates if not c.error for metric, why in c.notes.items()]
+    errors += [
+        (f"{c.name} ({metric})", why) for c in outcome.candidates if not c.error for metric, why in c.notes.items()
+    ]
     if errors:
         lines += ["", "## Not measured, or reused", ""] + [f"- **{n}**: {e}" for n, e in errors]
     exclusions = _exclusion_rows(outcome)
@@ -208,9 +238,17 @@ def render_markdown(outcome: EvaluationOutcome, lineage: dict[str, str], plots: 
     lines += ["", "## Time per stage", "", "| stage | wall s | CPU s |", "|---|---:|---:|"]
     lines += [f"| {k} | {v:.1f} | {outcome.cpu_seconds.get(k, math.nan):.1f} |" for k, v in outcome.timings.items()]
     lines += ["", "## Data version and lineage", ""] + [f"- **{k}**: `{v}`" for k, v in lineage.items()]
-    lines += ["", "## Sample answers (challenger)", "", "| prompt | reference | answer | token F1 |", "|---|---|---|---:|"]
+    lines += [
+        "",
+        "## Sample answers (challenger)",
+        "",
+        "| prompt | reference | answer | token F1 |",
+        "|---|---|---|---:|",
+    ]
     for s in outcome.samples[:8]:
-        cells = [str(s.get(k) or "").replace("|", "\\|").replace("\n", " ")[:160] for k in ("prompt", "reference", "answer")]
+        cells = [
+            str(s.get(k) or "").replace("|", "\\|").replace("\n", " ")[:160] for k in ("prompt", "reference", "answer")
+        ]
         f1 = s.get("token_f1")
         lines.append("| " + " | ".join(cells) + f" | {'–' if f1 is None else f'{f1:.2f}'} |")
     return "\n".join(lines) + "\n"
@@ -226,19 +264,34 @@ def render_html(outcome: EvaluationOutcome, lineage: dict[str, str], plot_files:
     head = "".join(f"<th>{e(c.name)}<br><small>{e(c.description)}</small></th>" for c in outcome.candidates)
     body = ""
     for row in headline_rows(outcome, limit):
-        cells = [f"<th>{e(row[0][0])}</th>"] + [f'<td style="color:{colour or "inherit"}">{e(text)}</td>' for text, colour in row[1:]]
+        cells = [f"<th>{e(row[0][0])}</th>"] + [
+            f'<td style="color:{colour or "inherit"}">{e(text)}</td>' for text, colour in row[1:]
+        ]
         body += "<tr>" + "".join(cells) + "</tr>"
     gate = "".join(
-        f'<li class="{"ok" if c.passed else "bad"}">{"✔" if c.passed else "✘"} <b>{e(c.name)}</b>: {e(c.detail)}</li>' for c in outcome.gate.conditions
+        f'<li class="{"ok" if c.passed else "bad"}">{"✔" if c.passed else "✘"} <b>{e(c.name)}</b>: {e(c.detail)}</li>'
+        for c in outcome.gate.conditions
     )
     errors = "".join(f"<li><b>{e(c.name)}</b>: {e(c.error)}</li>" for c in outcome.candidates if c.error)
-    errors += "".join(f"<li><b>{e(c.name)} ({e(m)})</b>: {e(why)}</li>" for c in outcome.candidates if not c.error for m, why in c.notes.items())
+    errors += "".join(
+        f"<li><b>{e(c.name)} ({e(m)})</b>: {e(why)}</li>"
+        for c in outcome.candidates
+        if not c.error
+        for m, why in c.notes.items()
+    )
     exclusions = "".join(f"<tr><td>{e(n)}</td><td>{e(r)}</td><td>{k}</td></tr>" for n, r, k in _exclusion_rows(outcome))
-    plots = "".join(f'<figure><img src="{_data_uri(p)}" alt="{e(t)}"><figcaption>{e(t)}</figcaption></figure>' for t, p in plot_files.items())
-    timings = "".join(f"<tr><td>{e(k)}</td><td>{v:.1f}</td><td>{outcome.cpu_seconds.get(k, math.nan):.1f}</td></tr>" for k, v in outcome.timings.items())
+    plots = "".join(
+        f'<figure><img src="{_data_uri(p)}" alt="{e(t)}"><figcaption>{e(t)}</figcaption></figure>'
+        for t, p in plot_files.items()
+    )
+    timings = "".join(
+        f"<tr><td>{e(k)}</td><td>{v:.1f}</td><td>{outcome.cpu_seconds.get(k, math.nan):.1f}</td></tr>"
+        for k, v in outcome.timings.items()
+    )
     lineage_html = "".join(f"<tr><th>{e(k)}</th><td><code>{e(v)}</code></td></tr>" for k, v in lineage.items())
     samples = "".join(
-        "<tr>" + "".join(f"<td>{e(str(s.get(k) or ''))}</td>" for k in ("prompt", "reference", "answer"))
+        "<tr>"
+        + "".join(f"<td>{e(str(s.get(k) or ''))}</td>" for k in ("prompt", "reference", "answer"))
         + f"<td>{'–' if s.get('token_f1') is None else format(s['token_f1'], '.2f')}</td></tr>"
         for s in outcome.samples[:20]
     )
@@ -250,13 +303,17 @@ def render_html(outcome: EvaluationOutcome, lineage: dict[str, str], plot_files:
     paired_section = (
         "<h2>Paired differences</h2><p><small>95% paired bootstrap intervals: both sides resampled with the same "
         'records.</small></p><table class="text"><tr><th>comparison</th><th>metric</th>'
-        f"<th>reference → candidate, difference (CI; relative)</th></tr>{paired}</table>" if paired else ""
+        f"<th>reference → candidate, difference (CI; relative)</th></tr>{paired}</table>"
+        if paired
+        else ""
     )
     gate_rule = f"<p><small>Gated against the {e(outcome.gate.reference)}. {e(GATE_RULE)}</small></p>"
     errors_section = f"<h2>Not measured, or reused</h2><ul>{errors}</ul>" if errors else ""
     exclusions_section = (
         '<h2>Records left out of a metric</h2><table class="text"><tr><th>candidate</th><th>reason</th><th>records</th></tr>'
-        f"{exclusions}</table>" if exclusions else ""
+        f"{exclusions}</table>"
+        if exclusions
+        else ""
     )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>deepfeed evaluation: {e(verdict)}</title>
@@ -321,15 +378,22 @@ def metric_bars(path: Path, outcome: EvaluationOutcome) -> Path | None:
 
 
 def latency_vs_size(path: Path, outcome: EvaluationOutcome) -> Path | None:
-    points = [(c.name, c.metrics["size_mb"], c.metrics["latency_ms_per_answer"]) for c in outcome.candidates
-              if _finite(c.metrics.get("size_mb")) and _finite(c.metrics.get("latency_ms_per_answer"))]
+    points = [
+        (c.name, c.metrics["size_mb"], c.metrics["latency_ms_per_answer"])
+        for c in outcome.candidates
+        if _finite(c.metrics.get("size_mb")) and _finite(c.metrics.get("latency_ms_per_answer"))
+    ]
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=110)
     for name, size, latency in points:
         ax.scatter(size, latency, s=40)
         ax.annotate(name, (size, latency), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set(title="Latency vs artifact size (lower-left is better)", xlabel="artifact size (MB)", ylabel="ms per answer (batched)")
+    ax.set(
+        title="Latency vs artifact size (lower-left is better)",
+        xlabel="artifact size (MB)",
+        ylabel="ms per answer (batched)",
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -360,23 +424,35 @@ def loss_curve(path: Path, losses: list[float]) -> Path | None:
     return line_plot(path, {"train loss": losses}, "Training loss of the challenger", "step", "loss")
 
 
-def write_report(folder: Path, outcome: EvaluationOutcome, lineage: dict[str, str], limit: float, training_losses: list[float] | None = None) -> dict[str, Path]:
+def write_report(
+    folder: Path,
+    outcome: EvaluationOutcome,
+    lineage: dict[str, str],
+    limit: float,
+    training_losses: list[float] | None = None,
+) -> dict[str, Path]:
     """report.html, report.md, metrics.json, samples.json and the PNG plots in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     plot_files = {
-        title: p for title, p in [
+        title: p
+        for title, p in [
             ("Answer quality with confidence intervals", metric_bars(folder / "quality.png", outcome)),
             ("Held-out perplexity", perplexity_bars(folder / "perplexity.png", outcome)),
             ("Latency vs size", latency_vs_size(folder / "latency_vs_size.png", outcome)),
             ("Training loss", loss_curve(folder / "loss_curve.png", training_losses or [])),
-        ] if p is not None
+        ]
+        if p is not None
     }
     (folder / "report.html").write_text(render_html(outcome, lineage, plot_files, limit), encoding="utf-8")
-    (folder / "report.md").write_text(render_markdown(outcome, lineage, {t: f"![{t}]({p.name})" for t, p in plot_files.items()}, limit), encoding="utf-8")
+    (folder / "report.md").write_text(
+        render_markdown(outcome, lineage, {t: f"![{t}]({p.name})" for t, p in plot_files.items()}, limit),
+        encoding="utf-8",
+    )
     summary = {
         "candidates": [asdict(c) for c in outcome.candidates],
         "gate": {
-            "passed": outcome.gate.passed, "reference": outcome.gate.reference,
+            "passed": outcome.gate.passed,
+            "reference": outcome.gate.reference,
             "conditions": [asdict(c) for c in outcome.gate.conditions],
         },
         "did_feeding_help": feeding_headline(outcome),
@@ -389,5 +465,10 @@ def write_report(folder: Path, outcome: EvaluationOutcome, lineage: dict[str, st
     }
     (folder / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
     (folder / "samples.json").write_text(json.dumps(outcome.samples, ensure_ascii=False, indent=2, default=str))
-    files = {"html": folder / "report.html", "markdown": folder / "report.md", "metrics": folder / "metrics.json", "samples": folder / "samples.json"}
+    files = {
+        "html": folder / "report.html",
+        "markdown": folder / "report.md",
+        "metrics": folder / "metrics.json",
+        "samples": folder / "samples.json",
+    }
     return files | {f"plot:{t}": p for t, p in plot_files.items()}

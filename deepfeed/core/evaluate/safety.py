@@ -79,13 +79,19 @@ class PerspectiveScorer:
     def probabilities(self, texts: Sequence[str]) -> list[float]:
         scores = []
         for text in texts:
-            body = json.dumps({"comment": {"text": text}, "requestedAttributes": {"TOXICITY": {}}, "doNotStore": True}).encode()
-            request = urllib.request.Request(f"{PERSPECTIVE_URL}?key={self.api_key}", data=body, headers={"Content-Type": "application/json"})
+            body = json.dumps(
+                {"comment": {"text": text}, "requestedAttributes": {"TOXICITY": {}}, "doNotStore": True}
+            ).encode()
+            request = urllib.request.Request(
+                f"{PERSPECTIVE_URL}?key={self.api_key}", data=body, headers={"Content-Type": "application/json"}
+            )
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     result = json.load(response)
             except OSError as exc:
-                raise SafetyError(f"Perspective API unreachable ({exc}); turn use_perspective off to score offline") from exc
+                raise SafetyError(
+                    f"Perspective API unreachable ({exc}); turn use_perspective off to score offline"
+                ) from exc
             scores.append(float(result["attributeScores"]["TOXICITY"]["summaryScore"]["value"]))
         return scores
 
@@ -107,7 +113,9 @@ class ToxicityScorer:
     perspective: PerspectiveScorer | None = None
 
     @classmethod
-    def from_settings(cls, threshold: float = 0.5, use_perspective: bool = False, api_key_env: str = "PERSPECTIVE_API_KEY") -> "ToxicityScorer":
+    def from_settings(
+        cls, threshold: float = 0.5, use_perspective: bool = False, api_key_env: str = "PERSPECTIVE_API_KEY"
+    ) -> "ToxicityScorer":
         perspective = None
         if use_perspective:
             key = os.environ.get(api_key_env)

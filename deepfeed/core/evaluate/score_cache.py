@@ -17,8 +17,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from deepfeed.core.platform.artifacts import MANIFEST
 from deepfeed.core.evaluate.evaluation import EvaluationConfig
+from deepfeed.core.platform.artifacts import MANIFEST
 
 CACHE_NAME = "candidate_scores"
 # Bump when what a metric means changes, so older cached scores stop matching.
@@ -26,7 +26,16 @@ CACHE_NAME = "candidate_scores"
 SCORING_VERSION = 2
 # Settings that change answers or metrics; batch size is in because padding changes
 # the float sums slightly, and greedy argmax can follow.
-KEY_FIELDS = ("max_length", "batch_size", "generation_batch_size", "max_new_tokens", "max_generation_records", "bootstrap_samples", "seed", "toxicity_threshold")
+KEY_FIELDS = (
+    "max_length",
+    "batch_size",
+    "generation_batch_size",
+    "max_new_tokens",
+    "max_generation_records",
+    "bootstrap_samples",
+    "seed",
+    "toxicity_threshold",
+)
 
 
 def _canonical(value: Any) -> str:
@@ -48,9 +57,18 @@ def checkpoint_fingerprint(path: Path) -> str:
     return hashlib.sha256(_canonical(entries).encode()).hexdigest()
 
 
-def score_cache_key(model_version: str, model_source: str, eval_hash: str, config: EvaluationConfig, extra: dict[str, Any] | None = None) -> str:
+def score_cache_key(
+    model_version: str, model_source: str, eval_hash: str, config: EvaluationConfig, extra: dict[str, Any] | None = None
+) -> str:
     settings = {f.name: getattr(config, f.name) for f in fields(config) if f.name in KEY_FIELDS}
-    payload = {"version": str(model_version), "source": str(model_source), "eval": eval_hash, "settings": settings, "extra": extra or {}, "scoring": SCORING_VERSION}
+    payload = {
+        "version": str(model_version),
+        "source": str(model_source),
+        "eval": eval_hash,
+        "settings": settings,
+        "extra": extra or {},
+        "scoring": SCORING_VERSION,
+    }
     return hashlib.sha256(_canonical(payload).encode()).hexdigest()
 
 
@@ -73,5 +91,9 @@ def save_scores(store, key: str, result, samples: list[dict[str, Any]], meta: di
     """`result` is a report.CandidateResult; errors are not cached (they may be transient)."""
     if result.error:
         return
-    with store.new_version(CACHE_NAME, {"cache_key": key, **{k: str(v) for k, v in meta.items()}}, run_id=run_id) as version:
-        (version.path / "scores.json").write_text(_canonical({"result": asdict(result), "samples": samples, "meta": meta}))
+    with store.new_version(
+        CACHE_NAME, {"cache_key": key, **{k: str(v) for k, v in meta.items()}}, run_id=run_id
+    ) as version:
+        (version.path / "scores.json").write_text(
+            _canonical({"result": asdict(result), "samples": samples, "meta": meta})
+        )

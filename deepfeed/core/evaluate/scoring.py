@@ -25,23 +25,23 @@ from deepfeed.core.evaluate.evaluation import (
     Generation,
     LogitsFn,
     by_length,
-    left_pad,
     count_new_tokens,
     generate_logits,
     generate_torch,
     generation_records,
+    left_pad,
     onnx_logits,
     perplexity_from_records,
     record_nll,
     score_answers,
     torch_logits,
 )
-from deepfeed.core.train.flops import PeakMemory, Stopwatch, flops_per_token, folder_size_mb, onnx_flops_per_token
 from deepfeed.core.evaluate.gate import GateCondition, GateResult, promotion_gate
 from deepfeed.core.evaluate.paired import PairedChange, compare
-from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
 from deepfeed.core.evaluate.safety import ToxicityScorer
 from deepfeed.core.evaluate.textmetrics import answer_tokens
+from deepfeed.core.train.flops import PeakMemory, Stopwatch, flops_per_token, folder_size_mb, onnx_flops_per_token
+from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
 
 CHALLENGER, CHAMPION, BASE = "challenger", "champion", "base"
 
@@ -92,7 +92,8 @@ class Scorable:
 
 def torch_scorable(model, tokenizer, config: EvaluationConfig, count_flops: bool = True) -> Scorable:
     return Scorable(
-        torch_logits(model), lambda prompts: generate_torch(model, tokenizer, prompts, config),
+        torch_logits(model),
+        lambda prompts: generate_torch(model, tokenizer, prompts, config),
         (lambda ids: flops_per_token(model, ids)) if count_flops else None,
     )
 
@@ -102,7 +103,11 @@ def _graph_flops(path: Path) -> Callable[[torch.Tensor], dict[str, float]]:
 
 
 def logits_scorable(logits: LogitsFn, tokenizer, config: EvaluationConfig, path: Path | None = None) -> Scorable:
-    return Scorable(logits, lambda prompts: generate_logits(logits, tokenizer, prompts, config), _graph_flops(path) if path else None)
+    return Scorable(
+        logits,
+        lambda prompts: generate_logits(logits, tokenizer, prompts, config),
+        _graph_flops(path) if path else None,
+    )
 
 
 def onnx_kv_scorable(session, tokenizer, config: EvaluationConfig, path: Path | None = None) -> Scorable:
@@ -114,9 +119,18 @@ def onnx_kv_scorable(session, tokenizer, config: EvaluationConfig, path: Path | 
     def generate(prompts: list[str]) -> Generation:
         answers, new_tokens, started = [], 0, time.perf_counter()
         for start in range(0, len(prompts), config.generation_batch_size):
-            ids, mask = left_pad(tokenizer, prompts[start:start + config.generation_batch_size], config.max_length)
-            fresh = onnx_greedy_generate(session, ids.numpy(), mask.numpy(), config.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
-            new_tokens += count_new_tokens(torch.from_numpy(np.asarray(fresh)), tokenizer.eos_token_id, tokenizer.pad_token_id)
+            ids, mask = left_pad(tokenizer, prompts[start : start + config.generation_batch_size], config.max_length)
+            fresh = onnx_greedy_generate(
+                session,
+                ids.numpy(),
+                mask.numpy(),
+                config.max_new_tokens,
+                tokenizer.eos_token_id,
+                tokenizer.pad_token_id,
+            )
+            new_tokens += count_new_tokens(
+                torch.from_numpy(np.asarray(fresh)), tokenizer.eos_token_id, tokenizer.pad_token_id
+            )
             answers.extend(a.strip() for a in tokenizer.batch_decode(fresh, skip_special_tokens=True))
         return Generation(answers, new_tokens, time.perf_counter() - started)
 
@@ -133,25 +147,63 @@ LOGITS_ONLY = ("onnx_fp32", "onnx_int8")
 # candidate costs about a minute.
 DEFAULT_ARTIFACTS = ("torch_int8", "onnx_kv_int8")
 DESCRIPTIONS = {
-    "pruned": "pruned fp32 (torch)", "torch_int8": "pruned + int8 (torch)", "onnx_fp32": "ONNX fp32, logits only",
-    "onnx_int8": "ONNX int8, logits only (Triton)", "onnx_kv_fp32": "ONNX fp32 with KV cache", "onnx_kv_int8": "ONNX int8 with KV cache",
+    "pruned": "pruned fp32 (torch)",
+    "torch_int8": "pruned + int8 (torch)",
+    "onnx_fp32": "ONNX fp32, logits only",
+    "onnx_int8": "ONNX int8, logits only (Triton)",
+    "onnx_kv_fp32": "ONNX fp32 with KV cache",
+    "onnx_kv_int8": "ONNX int8 with KV cache",
 }
 
 
-def compressed_loaders(compressed_dir: Path, tokenizer, config: EvaluationConfig, compression: CompressionConfig) -> dict[str, tuple[str, Callable[[], Scorable], Path]]:
+def compressed_loaders(
+    compressed_dir: Path, tokenizer, config: EvaluationConfig, compression: CompressionConfig
+) -> dict[str, tuple[str, Callable[[], Scorable], Path]]:
     """name -> (description, loader, file(s) whose size is the artifact size), for the
     artifacts compression.json lists (the default layout when it is missing)."""
     summary = compressed_dir / "compression.json"
-    paths = json.loads(summary.read_text()).get("paths", {}) if summary.exists() else {n: p for n, (p, _) in ARTIFACTS.items()}
+    paths = (
+        json.loads(summary.read_text()).get("paths", {})
+        if summary.exists()
+        else {n: p for n, (p, _) in ARTIFACTS.items()}
+    )
     loaders: dict[str, Callable[[], Scorable]] = {
         "pruned": lambda: torch_scorable(load_model(compressed_dir / paths["pruned"]).eval(), tokenizer, config),
-        "torch_int8": lambda: torch_scorable(load_int8_torch(compressed_dir / paths["pruned"], compressed_dir / paths["torch_int8"], compression), tokenizer, config),
-        "onnx_fp32": lambda: logits_scorable(onnx_logits(onnx_session(compressed_dir / paths["onnx_fp32"])), tokenizer, config, compressed_dir / paths["onnx_fp32"]),
-        "onnx_int8": lambda: logits_scorable(onnx_logits(onnx_session(compressed_dir / paths["onnx_int8"])), tokenizer, config, compressed_dir / paths["onnx_int8"]),
-        "onnx_kv_fp32": lambda: onnx_kv_scorable(onnx_session(compressed_dir / paths["onnx_kv_fp32"]), tokenizer, config, compressed_dir / paths["onnx_kv_fp32"]),
-        "onnx_kv_int8": lambda: onnx_kv_scorable(onnx_session(compressed_dir / paths["onnx_kv_int8"]), tokenizer, config, compressed_dir / paths["onnx_kv_int8"]),
+        "torch_int8": lambda: torch_scorable(
+            load_int8_torch(compressed_dir / paths["pruned"], compressed_dir / paths["torch_int8"], compression),
+            tokenizer,
+            config,
+        ),
+        "onnx_fp32": lambda: logits_scorable(
+            onnx_logits(onnx_session(compressed_dir / paths["onnx_fp32"])),
+            tokenizer,
+            config,
+            compressed_dir / paths["onnx_fp32"],
+        ),
+        "onnx_int8": lambda: logits_scorable(
+            onnx_logits(onnx_session(compressed_dir / paths["onnx_int8"])),
+            tokenizer,
+            config,
+            compressed_dir / paths["onnx_int8"],
+        ),
+        "onnx_kv_fp32": lambda: onnx_kv_scorable(
+            onnx_session(compressed_dir / paths["onnx_kv_fp32"]),
+            tokenizer,
+            config,
+            compressed_dir / paths["onnx_kv_fp32"],
+        ),
+        "onnx_kv_int8": lambda: onnx_kv_scorable(
+            onnx_session(compressed_dir / paths["onnx_kv_int8"]),
+            tokenizer,
+            config,
+            compressed_dir / paths["onnx_kv_int8"],
+        ),
     }
-    return {name: (DESCRIPTIONS[name], load, compressed_dir / paths[name]) for name, load in loaders.items() if name in paths}
+    return {
+        name: (DESCRIPTIONS[name], load, compressed_dir / paths[name])
+        for name, load in loaders.items()
+        if name in paths
+    }
 
 
 def _flops_context(tokenizer, records: list[dict[str, Any]], max_length: int):
@@ -210,7 +262,9 @@ def score_candidate(
     except Exception as exc:  # a broken artifact is reported in the table, not fatal to the report
         result.error = f"{type(exc).__name__}: {exc}"
     if size_path is not None and size_path.exists():
-        result.metrics["size_mb"] = folder_size_mb(size_path, "*.safetensors") if size_path.is_dir() else folder_size_mb(size_path)
+        result.metrics["size_mb"] = (
+            folder_size_mb(size_path, "*.safetensors") if size_path.is_dir() else folder_size_mb(size_path)
+        )
     result.seconds = time.perf_counter() - started
     return result, samples
 
@@ -218,8 +272,14 @@ def score_candidate(
 def reused_candidate(name: str, description: str, cached: dict[str, Any], log=print) -> CandidateResult:
     """A candidate rebuilt from score_cache.find_scores' entry (not loaded, not asked again)."""
     saved = cached["result"]
-    result = CandidateResult(name, f"{description}, scores reused", metrics=saved["metrics"], seconds=0.0,
-                             exclusions=saved.get("exclusions", {}), per_record=saved.get("per_record", {}))
+    result = CandidateResult(
+        name,
+        f"{description}, scores reused",
+        metrics=saved["metrics"],
+        seconds=0.0,
+        exclusions=saved.get("exclusions", {}),
+        per_record=saved.get("per_record", {}),
+    )
     when = cached.get("meta", {}).get("evaluated_at", "an earlier run")
     result.notes["re-scoring"] = (
         f"skipped: same model, evaluation set and settings as the evaluation of {when}; "
@@ -229,9 +289,20 @@ def reused_candidate(name: str, description: str, cached: dict[str, Any], log=pr
     return result
 
 
-def _reference_candidate(name: str, description: str, checkpoint: Path, cached: dict[str, Any] | None, records,
-                         prompts_for, prompt_exclusions, config, toxicity, watch, log,
-                         count_flops: bool) -> CandidateResult:
+def _reference_candidate(
+    name: str,
+    description: str,
+    checkpoint: Path,
+    cached: dict[str, Any] | None,
+    records,
+    prompts_for,
+    prompt_exclusions,
+    config,
+    toxicity,
+    watch,
+    log,
+    count_flops: bool,
+) -> CandidateResult:
     """The champion or the base model: reused from the score cache, else loaded and scored
     with its own tokenizer. A failure is recorded on the candidate, never raised."""
     if cached is not None:
@@ -239,9 +310,16 @@ def _reference_candidate(name: str, description: str, checkpoint: Path, cached: 
     try:
         tokenizer = load_tokenizer(checkpoint)
         result, _ = score_candidate(
-            name, f"{description}, scored",
+            name,
+            f"{description}, scored",
             lambda: torch_scorable(load_model(checkpoint).eval(), tokenizer, config, count_flops),
-            checkpoint, tokenizer, records, prompts_for, config, toxicity, watch,
+            checkpoint,
+            tokenizer,
+            records,
+            prompts_for,
+            config,
+            toxicity,
+            watch,
         )
         if not count_flops:
             result.notes["FLOPs/token"] = "not counted: same architecture as the challenger"
@@ -252,7 +330,9 @@ def _reference_candidate(name: str, description: str, checkpoint: Path, cached: 
 
 
 def paired_comparisons(
-    candidates: list[CandidateResult], answered: list[dict[str, Any]], config: EvaluationConfig,
+    candidates: list[CandidateResult],
+    answered: list[dict[str, Any]],
+    config: EvaluationConfig,
 ) -> dict[str, dict[str, PairedChange]]:
     """challenger vs base, challenger vs champion, champion vs base and every artifact vs
     the challenger it was made from: whatever both sides have per-record scores for."""
@@ -262,8 +342,13 @@ def paired_comparisons(
     out = {}
     for candidate, reference in pairs:
         if candidate in by_name and reference in by_name:
-            changes = compare(by_name[reference].per_record, by_name[candidate].per_record, answered,
-                              config.bootstrap_samples, config.seed)
+            changes = compare(
+                by_name[reference].per_record,
+                by_name[candidate].per_record,
+                answered,
+                config.bootstrap_samples,
+                config.seed,
+            )
             if changes:
                 out[f"{candidate} vs {reference}"] = changes
     return out
@@ -311,22 +396,54 @@ def evaluate_candidates(
         tokenizer = load_tokenizer(checkpoint)
     except Exception as exc:
         tokenizer = None
-        candidates.append(CandidateResult(CHALLENGER, "fine-tuned fp32", error=f"cannot load the tokenizer of {checkpoint}: {type(exc).__name__}: {exc}"))
+        candidates.append(
+            CandidateResult(
+                CHALLENGER,
+                "fine-tuned fp32",
+                error=f"cannot load the tokenizer of {checkpoint}: {type(exc).__name__}: {exc}",
+            )
+        )
     if tokenizer is not None:
         result, samples = score_candidate(
-            CHALLENGER, "fine-tuned fp32", lambda: torch_scorable(load_model(checkpoint).eval(), tokenizer, config, True),
-            checkpoint, tokenizer, records, prompts_for, config, toxicity, watch,
+            CHALLENGER,
+            "fine-tuned fp32",
+            lambda: torch_scorable(load_model(checkpoint).eval(), tokenizer, config, True),
+            checkpoint,
+            tokenizer,
+            records,
+            prompts_for,
+            config,
+            toxicity,
+            watch,
         )
         candidates.append(result)
         if compressed_dir is not None:
             available = compressed_loaders(compressed_dir, tokenizer, config, compression or CompressionConfig())
             for name in artifacts:
                 if name not in available:
-                    candidates.append(CandidateResult(name, DESCRIPTIONS.get(name, ""), error=f"not built: {name} is missing from {compressed_dir / 'compression.json'}"))
+                    candidates.append(
+                        CandidateResult(
+                            name,
+                            DESCRIPTIONS.get(name, ""),
+                            error=f"not built: {name} is missing from {compressed_dir / 'compression.json'}",
+                        )
+                    )
                     continue
                 description, load, size_path = available[name]
                 generate = generate_compressed and (generate_logits_only or name not in LOGITS_ONLY)
-                result, _ = score_candidate(name, description, load, size_path, tokenizer, records, prompts_for, config, toxicity, watch, generate=generate)
+                result, _ = score_candidate(
+                    name,
+                    description,
+                    load,
+                    size_path,
+                    tokenizer,
+                    records,
+                    prompts_for,
+                    config,
+                    toxicity,
+                    watch,
+                    generate=generate,
+                )
                 candidates.append(result)
     for c in candidates:
         c.exclusions = {**prompt_exclusions, **c.exclusions}
@@ -335,14 +452,26 @@ def evaluate_candidates(
     shared = (records, prompts_for, prompt_exclusions, config, toxicity, watch, log)
     references = []
     if base_checkpoint is not None or base_scores is not None:
-        references.append(_reference_candidate(BASE, "base model (before fine-tuning)", base_checkpoint or Path("-"),
-                                               base_scores, *shared, count_flops=False))
+        references.append(
+            _reference_candidate(
+                BASE,
+                "base model (before fine-tuning)",
+                base_checkpoint or Path("-"),
+                base_scores,
+                *shared,
+                count_flops=False,
+            )
+        )
     else:
-        references.append(CandidateResult(BASE, "base model (before fine-tuning)",
-                                          error=base_error or "no base checkpoint given"))
+        references.append(
+            CandidateResult(BASE, "base model (before fine-tuning)", error=base_error or "no base checkpoint given")
+        )
     if champion_checkpoint is not None:
-        references.append(_reference_candidate(CHAMPION, "current champion", champion_checkpoint, champion_scores,
-                                               *shared, count_flops=True))
+        references.append(
+            _reference_candidate(
+                CHAMPION, "current champion", champion_checkpoint, champion_scores, *shared, count_flops=True
+            )
+        )
     candidates[:0] = references
 
     outcome = EvaluationOutcome(candidates, GateResult(False), samples, len(records), len(prompts_for))
@@ -353,8 +482,9 @@ def evaluate_candidates(
     challenger = outcome.by_name(CHALLENGER)
     champion, base = outcome.by_name(CHAMPION), outcome.by_name(BASE)
     if challenger.error:
-        outcome.gate = GateResult(False, [GateCondition(CHALLENGER, False,
-                                                        f"could not be evaluated: {challenger.error}")])
+        outcome.gate = GateResult(
+            False, [GateCondition(CHALLENGER, False, f"could not be evaluated: {challenger.error}")]
+        )
     elif champion is not None and champion.error:
         # Fail closed: an unreadable champion must not let any challenger through unchecked.
         outcome.gate = GateResult(False, [GateCondition(CHAMPION, False, f"could not be re-scored: {champion.error}")])
@@ -363,9 +493,14 @@ def evaluate_candidates(
         outcome.gate = GateResult(False, [GateCondition(BASE, False, why)], BASE)
     else:
         outcome.gate = promotion_gate(
-            challenger.metrics, champion.metrics if champion else None, config.max_relative_drop,
-            compression_passed, compression_detail,
-            champion_changes=outcome.comparison(CHALLENGER, CHAMPION), base=None if base.error else base.metrics,
-            base_changes=outcome.comparison(CHALLENGER, BASE), compression_required=compression_required,
+            challenger.metrics,
+            champion.metrics if champion else None,
+            config.max_relative_drop,
+            compression_passed,
+            compression_detail,
+            champion_changes=outcome.comparison(CHALLENGER, CHAMPION),
+            base=None if base.error else base.metrics,
+            base_changes=outcome.comparison(CHALLENGER, BASE),
+            compression_required=compression_required,
         )
     return outcome

@@ -57,14 +57,24 @@ def token_prf(prediction: str, reference: str, lang: str | None = None) -> tuple
     return precision, recall, 2 * precision * recall / (precision + recall)
 
 
-def token_prf_corpus(predictions: Sequence[str], references: Sequence[str], langs: Sequence[str | None], samples: int = 1000, seed: int = 0) -> dict[str, float]:
+def token_prf_corpus(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    langs: Sequence[str | None],
+    samples: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
     """Mean per-record token precision, recall and F1 (SQuAD averages per question),
     with a 95% bootstrap interval of the F1."""
     if not predictions:
         return {"token_precision": float("nan"), "token_recall": float("nan"), "token_f1": float("nan")}
     scores = np.array([token_prf(p, r, l) for p, r, l in zip(predictions, references, langs)])
     f1 = _bootstrap(scores[:, 2:], lambda s: float(s[0]) / len(scores), samples, seed)
-    return {"token_precision": float(scores[:, 0].mean()), "token_recall": float(scores[:, 1].mean()), **f1.as_dict("token_f1")}
+    return {
+        "token_precision": float(scores[:, 0].mean()),
+        "token_recall": float(scores[:, 1].mean()),
+        **f1.as_dict("token_f1"),
+    }
 
 
 def predicted_label(answer: str, labels: Sequence[str]) -> str:
@@ -85,7 +95,11 @@ def label_prf(answers: Sequence[str], gold: Sequence[str]) -> dict[str, float]:
     out: dict[str, float] = {"labelled_records": len(gold)}
     for average in ("macro", "micro"):
         p, r, f, _ = precision_recall_fscore_support(gold, predicted, labels=labels, average=average, zero_division=0)
-        out |= {f"label_precision_{average}": float(p), f"label_recall_{average}": float(r), f"label_f1_{average}": float(f)}
+        out |= {
+            f"label_precision_{average}": float(p),
+            f"label_recall_{average}": float(r),
+            f"label_f1_{average}": float(f),
+        }
     return out
 
 
@@ -116,7 +130,11 @@ def _bleu_stats(hypotheses, references, langs) -> tuple[np.ndarray, Any]:
     scorers = {"zh": BLEU(tokenize="zh"), "13a": BLEU(tokenize="13a")}
     rows: list[Any] = [None] * len(hypotheses)
     for key, scorer in scorers.items():
-        idx = [i for i, (h, r, l) in enumerate(zip(hypotheses, references, langs)) if ("zh" if is_chinese(r, l) else "13a") == key]
+        idx = [
+            i
+            for i, (h, r, l) in enumerate(zip(hypotheses, references, langs))
+            if ("zh" if is_chinese(r, l) else "13a") == key
+        ]
         if idx:
             stats = scorer._extract_corpus_statistics([hypotheses[i] for i in idx], [[references[i] for i in idx]])
             for i, row in zip(idx, stats):
@@ -124,7 +142,13 @@ def _bleu_stats(hypotheses, references, langs) -> tuple[np.ndarray, Any]:
     return np.array(rows, dtype=np.int64), scorers["13a"]
 
 
-def bleu4_with_ci(hypotheses: Sequence[str], references: Sequence[str], langs: Sequence[str | None], samples: int = 1000, seed: int = 0) -> dict[str, float]:
+def bleu4_with_ci(
+    hypotheses: Sequence[str],
+    references: Sequence[str],
+    langs: Sequence[str | None],
+    samples: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
     """Corpus BLEU-4 over all records, per language, and a 95% bootstrap interval."""
     if not hypotheses:
         return {"bleu4": float("nan")}
@@ -141,7 +165,9 @@ def bleu4_with_ci(hypotheses: Sequence[str], references: Sequence[str], langs: S
     return out
 
 
-def chrf_with_ci(hypotheses: Sequence[str], references: Sequence[str], samples: int = 1000, seed: int = 0) -> dict[str, float]:
+def chrf_with_ci(
+    hypotheses: Sequence[str], references: Sequence[str], samples: int = 1000, seed: int = 0
+) -> dict[str, float]:
     """Corpus chrF (character n-grams: language-independent) with a 95% bootstrap interval."""
     from sacrebleu.metrics import CHRF
 
@@ -149,7 +175,9 @@ def chrf_with_ci(hypotheses: Sequence[str], references: Sequence[str], samples: 
         return {"chrf": float("nan")}
     scorer = CHRF()
     stats = np.array(scorer._extract_corpus_statistics(list(hypotheses), [list(references)]), dtype=np.float64)
-    return _bootstrap(stats, lambda s: float(scorer._compute_score_from_stats(list(s)).score), samples, seed).as_dict("chrf")
+    return _bootstrap(stats, lambda s: float(scorer._compute_score_from_stats(list(s)).score), samples, seed).as_dict(
+        "chrf"
+    )
 
 
 def bleu_statistics(hypotheses: Sequence[str], references: Sequence[str], langs: Sequence[str | None]):

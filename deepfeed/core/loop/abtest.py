@@ -44,8 +44,10 @@ def hash_user_id(user_id: str, salt: str) -> str:
     by hashing every candidate (all mobile numbers of a country take seconds). The server
     reads the salt with ``deepfeed.core.platform.secrets.load_secret(USER_SALT)``."""
     if not salt:
-        raise ValueError("hash_user_id needs a secret salt: an unkeyed hash of a user id can be reversed by "
-                         "enumeration (set $DEEPFEED_USER_SALT or $DEEPFEED_USER_SALT_FILE)")
+        raise ValueError(
+            "hash_user_id needs a secret salt: an unkeyed hash of a user id can be reversed by "
+            "enumeration (set $DEEPFEED_USER_SALT or $DEEPFEED_USER_SALT_FILE)"
+        )
     return hmac.new(salt.encode("utf-8"), str(user_id).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
@@ -66,8 +68,7 @@ def assign_arm(user_id: str, split: float = 0.5, salt: str = "") -> str:
 # ------------------------------------------------------------------------ statistics
 
 
-def welch(challenger: Any, champion: Any, alpha: float = 0.01,
-          axis: int = -1) -> dict[str, np.ndarray]:
+def welch(challenger: Any, champion: Any, alpha: float = 0.01, axis: int = -1) -> dict[str, np.ndarray]:
     """Welch's t-test of challenger minus champion along ``axis`` (vectorised, so repeated
     trials can be tested in one call) with the matching (1 - alpha) confidence interval,
     which therefore excludes 0 exactly when p < alpha."""
@@ -91,16 +92,20 @@ def welch(challenger: Any, champion: Any, alpha: float = 0.01,
         pooled = np.sqrt(((na - 1) * va + (nb - 1) * vb) / (na + nb - 2))
         cohen_d = np.where(pooled > 0, diff / pooled, np.sign(diff) * np.inf)
     return {
-        "difference": diff, "t": np.where(degenerate, np.nan, res.statistic), "df": df,
-        "p": np.where(degenerate, np.nan, res.pvalue), "se": se,
+        "difference": diff,
+        "t": np.where(degenerate, np.nan, res.statistic),
+        "df": df,
+        "p": np.where(degenerate, np.nan, res.pvalue),
+        "se": se,
         "ci_low": np.where(degenerate, np.nan, ci.low),
         "ci_high": np.where(degenerate, np.nan, ci.high),
         "cohen_d": np.where(pooled > 0, cohen_d, np.nan),
     }
 
 
-def msprt(challenger: Any, champion: Any, alpha: float = 0.01, mixture_sd: float = 0.25,
-          axis: int = -1) -> dict[str, np.ndarray]:
+def msprt(
+    challenger: Any, champion: Any, alpha: float = 0.01, mixture_sd: float = 0.25, axis: int = -1
+) -> dict[str, np.ndarray]:
     """Mixture sequential probability ratio test of challenger minus champion (vectorised
     along ``axis`` like :func:`welch`).
 
@@ -143,7 +148,10 @@ def msprt(challenger: Any, champion: Any, alpha: float = 0.01, mixture_sd: float
         half = np.sqrt(v * (v + tau2) / tau2 * (2 * np.log(1 / alpha) + np.log((v + tau2) / v)))
     p = np.where(degenerate, np.nan, np.minimum(1.0, np.exp(-log_lr)))
     return {
-        "difference": diff, "log_lr": np.where(degenerate, np.nan, log_lr), "p": p, "se": np.sqrt(v),
+        "difference": diff,
+        "log_lr": np.where(degenerate, np.nan, log_lr),
+        "p": p,
+        "se": np.sqrt(v),
         "ci_low": np.where(degenerate, np.nan, diff - half),
         "ci_high": np.where(degenerate, np.nan, diff + half),
         "degenerate": degenerate,
@@ -218,9 +226,16 @@ def _per_user(df: pd.DataFrame) -> dict[str, np.ndarray]:
     return {arm: per_user[arm].to_numpy() if arm in arms else np.empty(0) for arm in ARMS}
 
 
-def analyze_ab(events: pd.DataFrame, min_hours: float = 72, alpha: float = 0.01, *,
-               higher_is_better: bool = True, split: float | None = None, min_users_per_arm: int = 30,
-               mixture_sd: float = 0.25) -> ABResult:
+def analyze_ab(
+    events: pd.DataFrame,
+    min_hours: float = 72,
+    alpha: float = 0.01,
+    *,
+    higher_is_better: bool = True,
+    split: float | None = None,
+    min_users_per_arm: int = 30,
+    mixture_sd: float = 0.25,
+) -> ABResult:
     """Compare the arms of an A/B test from its event log.
 
     ``events`` has one row per request or feedback: ``time`` (datetime, ISO string or epoch
@@ -276,15 +291,27 @@ def analyze_ab(events: pd.DataFrame, min_hours: float = 72, alpha: float = 0.01,
     samples = _per_user(df)
     counts = df["arm"].value_counts()
     arm_stats = {
-        arm: ArmStats(events=int(counts.get(arm, 0)), users=len(x),
-                      mean=float(x.mean()) if len(x) else math.nan,
-                      std=float(x.std(ddof=1)) if len(x) > 1 else math.nan)
+        arm: ArmStats(
+            events=int(counts.get(arm, 0)),
+            users=len(x),
+            mean=float(x.mean()) if len(x) else math.nan,
+            std=float(x.std(ddof=1)) if len(x) > 1 else math.nan,
+        )
         for arm, x in samples.items()
     }
-    base = dict(arms=arm_stats, duration_hours=duration, min_hours=float(min_hours),
-                alpha=alpha, confidence=1 - alpha, higher_is_better=higher_is_better,
-                min_users_per_arm=int(min_users_per_arm), mixture_sd=float(mixture_sd),
-                excluded_users=len(mixed), dropped_events=dropped, notes=notes)
+    base = dict(
+        arms=arm_stats,
+        duration_hours=duration,
+        min_hours=float(min_hours),
+        alpha=alpha,
+        confidence=1 - alpha,
+        higher_is_better=higher_is_better,
+        min_users_per_arm=int(min_users_per_arm),
+        mixture_sd=float(mixture_sd),
+        excluded_users=len(mixed),
+        dropped_events=dropped,
+        notes=notes,
+    )
     users = f"{arm_stats[CHAMPION].users} champion and {arm_stats[CHALLENGER].users} challenger users"
 
     if min(len(x) for x in samples.values()) < 2:
@@ -304,12 +331,22 @@ def analyze_ab(events: pd.DataFrame, min_hours: float = 72, alpha: float = 0.01,
                 p_values.append(float(msprt(earlier[CHALLENGER], earlier[CHAMPION], alpha, mixture_sd)["p"]))
         p_values.append(m["p"])
     p_seq = float(np.nanmin(p_values)) if p_values and not all(math.isnan(x) for x in p_values) else m["p"]
-    result = dict(difference=m["difference"], ci_low=m["ci_low"], ci_high=m["ci_high"],
-                  cohen_d=float(w["cohen_d"]), t_statistic=float(w["t"]), df=float(w["df"]),
-                  welch_p=float(w["p"]), p_value=p_seq, looks=len(p_values))
-    summary = (f"challenger - champion = {m['difference']:+.4g} "
-               f"({1 - alpha:.0%} confidence sequence {m['ci_low']:+.4g} .. {m['ci_high']:+.4g}), "
-               f"always-valid p = {p_seq:.3g} (mSPRT, {len(p_values)} look(s)), {users}, {duration:.1f} h")
+    result = dict(
+        difference=m["difference"],
+        ci_low=m["ci_low"],
+        ci_high=m["ci_high"],
+        cohen_d=float(w["cohen_d"]),
+        t_statistic=float(w["t"]),
+        df=float(w["df"]),
+        welch_p=float(w["p"]),
+        p_value=p_seq,
+        looks=len(p_values),
+    )
+    summary = (
+        f"challenger - champion = {m['difference']:+.4g} "
+        f"({1 - alpha:.0%} confidence sequence {m['ci_low']:+.4g} .. {m['ci_high']:+.4g}), "
+        f"always-valid p = {p_seq:.3g} (mSPRT, {len(p_values)} look(s)), {users}, {duration:.1f} h"
+    )
     if now["degenerate"]:
         decision = "inconclusive"
         why = "no variance in the per-user metric (every user of both arms scored the same): nothing to test"

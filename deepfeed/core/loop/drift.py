@@ -96,8 +96,13 @@ class DriftReport:
         return _plain({**asdict(self), "drifted": self.drifted, "tested": self.tested})
 
 
-def ks_drift(reference: Mapping[str, Any], current: Mapping[str, Any], alpha: float = 0.05,
-             min_samples: int = 30, correction: str = "holm") -> DriftReport:
+def ks_drift(
+    reference: Mapping[str, Any],
+    current: Mapping[str, Any],
+    alpha: float = 0.05,
+    min_samples: int = 30,
+    correction: str = "holm",
+) -> DriftReport:
     """Per-feature two-sample KS tests of ``current`` against ``reference``.
 
     Features with fewer than ``min_samples`` finite values on either side, or missing on
@@ -117,9 +122,11 @@ def ks_drift(reference: Mapping[str, Any], current: Mapping[str, Any], alpha: fl
         ref, cur = _clean(reference[name]), _clean(current[name])
         if min(len(ref), len(cur)) < min_samples:
             results[name] = FeatureDrift(
-                name, len(ref), len(cur),
-                skipped=f"too few samples ({len(ref)} reference, {len(cur)} current; "
-                        f"need {min_samples} each)")
+                name,
+                len(ref),
+                len(cur),
+                skipped=f"too few samples ({len(ref)} reference, {len(cur)} current; need {min_samples} each)",
+            )
             continue
         res = stats.ks_2samp(ref, cur)
         tested.append((name, float(res.statistic), float(res.pvalue), len(ref), len(cur)))
@@ -132,14 +139,14 @@ def ks_drift(reference: Mapping[str, Any], current: Mapping[str, Any], alpha: fl
     if not tested:
         reason = "no feature had enough samples to test"
     elif drifted:
-        reason = (f"{len(drifted)} of {len(tested)} features drifted ({correction} adjusted "
-                  f"p < {alpha:g}): " + ", ".join(
-                      f"{f.feature} (KS D={f.statistic:.3f}, p_adj={f.p_adjusted:.2g})"
-                      for f in drifted))
+        reason = (
+            f"{len(drifted)} of {len(tested)} features drifted ({correction} adjusted "
+            f"p < {alpha:g}): "
+            + ", ".join(f"{f.feature} (KS D={f.statistic:.3f}, p_adj={f.p_adjusted:.2g})" for f in drifted)
+        )
     else:
         reason = f"no drift in {len(tested)} features at {correction} adjusted p < {alpha:g}"
-    return DriftReport(alert=bool(drifted), alpha=alpha, correction=correction,
-                       features=features, reason=reason)
+    return DriftReport(alert=bool(drifted), alpha=alpha, correction=correction, features=features, reason=reason)
 
 
 # Han ideographs (with extension A and compatibility), kana and Hangul: scripts written
@@ -163,19 +170,20 @@ def text_features(texts: Iterable[str]) -> dict[str, np.ndarray]:
         if n == 0:
             rows.append((0, 0, 0.0, 0.0, 0.0))
             continue
-        rows.append((
-            n,
-            len(_WORD_RE.findall(text)),
-            len(_CJK_RE.findall(text)) / n,
-            sum(c.isdigit() for c in text) / n,
-            sum(not c.isalnum() and not c.isspace() for c in text) / n,
-        ))
+        rows.append(
+            (
+                n,
+                len(_WORD_RE.findall(text)),
+                len(_CJK_RE.findall(text)) / n,
+                sum(c.isdigit() for c in text) / n,
+                sum(not c.isalnum() and not c.isspace() for c in text) / n,
+            )
+        )
     table = np.asarray(rows, dtype=float).reshape(-1, len(FEATURES))
     return {name: table[:, i] for i, name in enumerate(FEATURES)}
 
 
-def input_drift(reference_texts: Iterable[str], current_texts: Iterable[str],
-                **kwargs: Any) -> DriftReport:
+def input_drift(reference_texts: Iterable[str], current_texts: Iterable[str], **kwargs: Any) -> DriftReport:
     """:func:`ks_drift` on :func:`text_features` of two sets of prompts."""
     return ks_drift(text_features(reference_texts), text_features(current_texts), **kwargs)
 
@@ -196,20 +204,30 @@ class ConfidenceCheck:
         return _plain(asdict(self))
 
 
-def confidence_alert(confidences: Any, std_threshold: float = 0.15,
-                     min_samples: int = 30) -> ConfidenceCheck:
+def confidence_alert(confidences: Any, std_threshold: float = 0.15, min_samples: int = 30) -> ConfidenceCheck:
     """Alert when the standard deviation of the window's confidences (e.g. mean max token
     probability per response) exceeds ``std_threshold``."""
     x = _clean(confidences)
     if len(x) < min_samples:
-        return ConfidenceCheck(False, math.nan, float(x.mean()) if len(x) else math.nan,
-                               len(x), std_threshold,
-                               f"too few samples ({len(x)}, need {min_samples})")
+        return ConfidenceCheck(
+            False,
+            math.nan,
+            float(x.mean()) if len(x) else math.nan,
+            len(x),
+            std_threshold,
+            f"too few samples ({len(x)}, need {min_samples})",
+        )
     std, mean = float(x.std(ddof=1)), float(x.mean())
     alert = std > std_threshold
-    return ConfidenceCheck(alert, std, mean, len(x), std_threshold,
-                           f"confidence std {std:.3f} {'>' if alert else '<='} "
-                           f"{std_threshold:g} over {len(x)} responses (mean {mean:.3f})")
+    return ConfidenceCheck(
+        alert,
+        std,
+        mean,
+        len(x),
+        std_threshold,
+        f"confidence std {std:.3f} {'>' if alert else '<='} "
+        f"{std_threshold:g} over {len(x)} responses (mean {mean:.3f})",
+    )
 
 
 # -------------------------------------------------------------------- performance
@@ -233,8 +251,9 @@ class PerformanceCheck:
 _EPS = 1e-9
 
 
-def performance_drop(baseline: float, current: float, max_relative_drop: float = 0.03,
-                     higher_is_better: bool = True) -> PerformanceCheck:
+def performance_drop(
+    baseline: float, current: float, max_relative_drop: float = 0.03, higher_is_better: bool = True
+) -> PerformanceCheck:
     """Roll back when the key metric is worse than the champion's baseline by
     ``max_relative_drop`` (3%) or more, relative to the baseline."""
     baseline, current = float(baseline), float(current)
@@ -246,7 +265,13 @@ def performance_drop(baseline: float, current: float, max_relative_drop: float =
     drop = worse_by / abs(baseline)
     rollback = drop >= max_relative_drop - _EPS
     return PerformanceCheck(
-        rollback, baseline, current, drop, max_relative_drop, higher_is_better,
+        rollback,
+        baseline,
+        current,
+        drop,
+        max_relative_drop,
+        higher_is_better,
         f"key metric {baseline:.4g} -> {current:.4g}: {abs(drop):.2%} "
         f"{'worse' if drop > 0 else 'better'}; rollback at {max_relative_drop:.0%} worse: "
-        f"{'yes' if rollback else 'no'}")
+        f"{'yes' if rollback else 'no'}",
+    )

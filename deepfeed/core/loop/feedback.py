@@ -32,9 +32,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from deepfeed.core.data.pii import scrub
 from deepfeed.core.loop.abtest import ARMS, hash_user_id
 from deepfeed.core.platform.home import deepfeed_home
-from deepfeed.core.data.pii import scrub
 from deepfeed.core.platform.secrets import USER_SALT, load_secret
 
 SOURCE = "feedback"
@@ -86,16 +86,22 @@ def validate(record: Mapping[str, Any], salt: str | None = None) -> dict[str, An
         raise FeedbackError(f"feedback must be an object, got {type(record).__name__}")
     texts = {name: _text(record, name, required=name == "prompt") for name in _TEXT_FIELDS}
     rating = record.get("rating")
-    if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not math.isfinite(rating) \
-            or not 0.0 <= rating <= 1.0:
+    if (
+        isinstance(rating, bool)
+        or not isinstance(rating, (int, float))
+        or not math.isfinite(rating)
+        or not 0.0 <= rating <= 1.0
+    ):
         raise FeedbackError(f"feedback field 'rating' must be a number in [0, 1], got {rating!r}")
     if texts["answer"] is None and texts["correction"] is None:
         raise FeedbackError("feedback needs the model's 'answer' or a 'correction' (or both)")
     stored: dict[str, Any] = {name: (scrub(v).text if v is not None else None) for name, v in texts.items()}
     user_id = record.get("user_id")
     if user_id not in (None, "") and not salt:
-        raise FeedbackError("feedback field 'user_id' needs the secret user-id salt to be stored "
-                            f"(set ${USER_SALT.env} or ${USER_SALT.file_env})")
+        raise FeedbackError(
+            "feedback field 'user_id' needs the secret user-id salt to be stored "
+            f"(set ${USER_SALT.env} or ${USER_SALT.file_env})"
+        )
     stored.update(
         rating=float(rating),
         tags=clean_tags(record.get("tags")),
@@ -123,8 +129,9 @@ def clean_tags(tags: Any) -> list[str]:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise FeedbackError("feedback field 'tags' must be a list of strings")
     if len(tags) > _MAX_TAGS or any(len(t) > _MAX_TAG_CHARS for t in tags):
-        raise FeedbackError(f"feedback field 'tags' takes at most {_MAX_TAGS} tags "
-                            f"of at most {_MAX_TAG_CHARS} characters")
+        raise FeedbackError(
+            f"feedback field 'tags' takes at most {_MAX_TAGS} tags of at most {_MAX_TAG_CHARS} characters"
+        )
     return [scrub(t).text for t in tags]
 
 
@@ -163,9 +170,11 @@ class FeedbackStore:
             salt = load_secret(USER_SALT, required=False)
         stored = validate(record, salt)
         feedback_id = uuid.uuid4().hex
-        stored = {"feedback_id": feedback_id,
-                  "received_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
-                  **stored}
+        stored = {
+            "feedback_id": feedback_id,
+            "received_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
+            **stored,
+        }
         line = json.dumps(stored, ensure_ascii=False, sort_keys=True).encode() + b"\n"
         with self._locked():
             created = not self.open_path.exists()
@@ -255,22 +264,35 @@ class FeedbackStore:
                 response = fb["answer"]
             else:
                 continue
-            meta = {k: fb.get(k) for k in ("feedback_id", "received_at", "answer", "model_version",
-                                             "arm", "classification", "role", "user_hash")}
+            meta = {
+                k: fb.get(k)
+                for k in (
+                    "feedback_id",
+                    "received_at",
+                    "answer",
+                    "model_version",
+                    "arm",
+                    "classification",
+                    "role",
+                    "user_hash",
+                )
+            }
             meta["corrected"] = bool(fb.get("correction"))
-            records.append({
-                "record_id": fb["feedback_id"],
-                "source": SOURCE,
-                "locator": f"{SOURCE}/{batch_id}#{line_no}",
-                "kind": "pair",
-                "prompt": fb["prompt"],
-                "response": response,
-                "text": None,
-                # Scrubbed again on the way out: batches written before tags were scrubbed
-                # at the door must not carry PII into training either.
-                "lang": fb.get("lang") if isinstance(fb.get("lang"), str) and _LANG.fullmatch(fb["lang"]) else None,
-                "tags": [scrub(str(t)).text for t in fb.get("tags") or []],
-                "meta": json.dumps(meta, ensure_ascii=False, sort_keys=True),
-                "rating": fb["rating"],
-            })
+            records.append(
+                {
+                    "record_id": fb["feedback_id"],
+                    "source": SOURCE,
+                    "locator": f"{SOURCE}/{batch_id}#{line_no}",
+                    "kind": "pair",
+                    "prompt": fb["prompt"],
+                    "response": response,
+                    "text": None,
+                    # Scrubbed again on the way out: batches written before tags were scrubbed
+                    # at the door must not carry PII into training either.
+                    "lang": fb.get("lang") if isinstance(fb.get("lang"), str) and _LANG.fullmatch(fb["lang"]) else None,
+                    "tags": [scrub(str(t)).text for t in fb.get("tags") or []],
+                    "meta": json.dumps(meta, ensure_ascii=False, sort_keys=True),
+                    "rating": fb["rating"],
+                }
+            )
         return records

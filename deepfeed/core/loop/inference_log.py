@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from deepfeed.core.data.pii import scrub
 from deepfeed.core.loop.drift import text_features
 from deepfeed.core.platform.home import deepfeed_home
-from deepfeed.core.data.pii import scrub
-
 
 # Values of these keys are identifiers the server itself sets; any other string is text
 # and goes through the scrubber. An identifier that does not look like one is scrubbed too.
@@ -113,13 +112,15 @@ class InferenceLog:
         files = []
         for path in sorted(self.root.glob("*/*.jsonl")):
             hour = _dt.datetime.strptime(f"{path.parent.name} {path.stem}", "%Y-%m-%d %H").replace(
-                tzinfo=_dt.timezone.utc)
+                tzinfo=_dt.timezone.utc
+            )
             if (lo is None or hour >= lo) and (until is None or hour < _utc(until)):
                 files.append(path)
         return files
 
-    def events(self, since: _dt.datetime | str | None = None,
-               until: _dt.datetime | str | None = None) -> Iterator[dict[str, Any]]:
+    def events(
+        self, since: _dt.datetime | str | None = None, until: _dt.datetime | str | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Events with since <= time < until, in file order."""
         lo = _utc(since) if since is not None else None
         hi = _utc(until) if until is not None else None
@@ -133,8 +134,9 @@ class InferenceLog:
                     if (lo is None or t >= lo) and (hi is None or t < hi):
                         yield event
 
-    def find(self, request_id: str, within: _dt.timedelta = _dt.timedelta(days=7),
-             now: _dt.datetime | None = None) -> dict[str, Any] | None:
+    def find(
+        self, request_id: str, within: _dt.timedelta = _dt.timedelta(days=7), now: _dt.datetime | None = None
+    ) -> dict[str, Any] | None:
         """The event logged for ``request_id`` within the last ``within``, newest hours first."""
         needle = json.dumps(request_id).encode()
         for path in reversed(self.hour_files(_utc(now) - within)):

@@ -21,15 +21,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepfeed.core.platform.audit import AuditEntry, AuditLedger
 from deepfeed.core.loop.rollback import CHALLENGER, CHAMPION, PREVIOUS, AliasMove, promote
+from deepfeed.core.platform.audit import AuditEntry, AuditLedger
 
 STAGE_TAG = "deepfeed.stage"
 GATE_TAG = "deepfeed.gate"  # passed | failed: the verdict of the version's latest evaluation
 GATE_REPORT_TAG = "deepfeed.gate_report"  # the evaluation_report version that gave the verdict
 GATE_CHAMPION_TAG = "deepfeed.gate_champion"  # the champion it was compared with ("none": the first)
 REGISTERED, CHALLENGER_STAGE, CHAMPION_STAGE, REJECTED, RETIRED = (
-    "registered", "challenger", "champion", "rejected", "retired")
+    "registered",
+    "challenger",
+    "champion",
+    "rejected",
+    "retired",
+)
 PASSED, FAILED = "passed", "failed"
 NO_CHAMPION = "none"
 
@@ -52,13 +57,22 @@ def _tag(client, model: str, version: str, tags: Mapping[str, str]) -> None:
         client.set_model_version_tag(model, str(version), key, str(value))
 
 
-def _audit(ledger: AuditLedger | None, model: str, version: str, move: str, reason: str, run_id: str,
-           extra: dict[str, Any]) -> None:
+def _audit(
+    ledger: AuditLedger | None, model: str, version: str, move: str, reason: str, run_id: str, extra: dict[str, Any]
+) -> None:
     # The ledger's fixed vocabulary: a version released to (a share of) traffic, or retired from it.
     if ledger is not None:
         action = "released" if move == "challenger_granted" else "retired"
-        ledger.append(AuditEntry(record_id=f"model:{model}:v{version}", stage="lifecycle", action=action,
-                                 reason=reason[:500], run_id=run_id, extra={"move": move, **extra}))
+        ledger.append(
+            AuditEntry(
+                record_id=f"model:{model}:v{version}",
+                stage="lifecycle",
+                action=action,
+                reason=reason[:500],
+                run_id=run_id,
+                extra={"move": move, **extra},
+            )
+        )
 
 
 def registration_tags() -> dict[str, str]:
@@ -68,41 +82,72 @@ def registration_tags() -> dict[str, str]:
 
 def record_gate(client, model: str, version: str, passed: bool, report: str, champion: str | None) -> None:
     """The evaluation's verdict on ``version``, kept on the version itself."""
-    _tag(client, model, version, {GATE_TAG: PASSED if passed else FAILED, GATE_REPORT_TAG: report,
-                                  GATE_CHAMPION_TAG: champion or NO_CHAMPION})
+    _tag(
+        client,
+        model,
+        version,
+        {GATE_TAG: PASSED if passed else FAILED, GATE_REPORT_TAG: report, GATE_CHAMPION_TAG: champion or NO_CHAMPION},
+    )
 
 
-def grant_challenger(client, model: str, version: str, report: str, compared_with: str | None, reason: str,
-                     run_id: str, ledger: AuditLedger | None = None) -> AliasMove:
+def grant_challenger(
+    client,
+    model: str,
+    version: str,
+    report: str,
+    compared_with: str | None,
+    reason: str,
+    run_id: str,
+    ledger: AuditLedger | None = None,
+) -> AliasMove:
     """``version`` passed its evaluation gate against ``compared_with`` (the current champion):
     it becomes ``challenger`` and the server starts its A/B share. A challenger already in
     a test is retired: the test restarts with the newer candidate (the A/B report counts
     only ratings of the versions that hold the aliases)."""
     champion = _by_alias(client, model, CHAMPION)
     if champion is None:
-        raise LifecycleError(f"{model!r} has no champion to A/B test v{version} against; "
-                             "the first champion is promoted by the gate directly")
+        raise LifecycleError(
+            f"{model!r} has no champion to A/B test v{version} against; "
+            "the first champion is promoted by the gate directly"
+        )
     if str(champion.version) == str(version):
         raise LifecycleError(f"v{version} is already the champion")
     if compared_with is not None and str(champion.version) != str(compared_with):
-        raise LifecycleError(f"v{version} was evaluated against v{compared_with}, but the champion is now "
-                             f"v{champion.version}: evaluate it again before it serves")
+        raise LifecycleError(
+            f"v{version} was evaluated against v{compared_with}, but the champion is now "
+            f"v{champion.version}: evaluate it again before it serves"
+        )
     record_gate(client, model, version, True, report, compared_with)
     old = _by_alias(client, model, CHALLENGER)
     if old is not None and str(old.version) != str(version):
         _tag(client, model, old.version, {STAGE_TAG: RETIRED, "retired_reason": f"replaced by v{version}"})
-        _audit(ledger, model, str(old.version), "challenger_retired", f"replaced by v{version}", run_id,
-               {"replaced_by": str(version)})
+        _audit(
+            ledger,
+            model,
+            str(old.version),
+            "challenger_retired",
+            f"replaced by v{version}",
+            run_id,
+            {"replaced_by": str(version)},
+        )
     client.set_registered_model_alias(model, CHALLENGER, str(version))
     _tag(client, model, version, {STAGE_TAG: CHALLENGER_STAGE})
     move = AliasMove(model, str(old.version) if old is not None else "none", str(version), reason)
-    _audit(ledger, model, str(version), "challenger_granted", reason, run_id,
-           {**move.to_dict(), "report": report, "compared_with": compared_with or NO_CHAMPION})
+    _audit(
+        ledger,
+        model,
+        str(version),
+        "challenger_granted",
+        reason,
+        run_id,
+        {**move.to_dict(), "report": report, "compared_with": compared_with or NO_CHAMPION},
+    )
     return move
 
 
-def revoke_challenger(client, model: str, version: str, reason: str, run_id: str,
-                      ledger: AuditLedger | None = None, stage: str = REJECTED) -> bool:
+def revoke_challenger(
+    client, model: str, version: str, reason: str, run_id: str, ledger: AuditLedger | None = None, stage: str = REJECTED
+) -> bool:
     """``version`` may no longer serve as challenger (a gate failed, the A/B test kept the
     champion). Removes the alias only if ``version`` holds it, so a newer challenger's test
     is never ended by an older version's verdict. True when the alias was removed."""
@@ -112,13 +157,21 @@ def revoke_challenger(client, model: str, version: str, reason: str, run_id: str
         client.delete_registered_model_alias(model, CHALLENGER)
     _tag(client, model, version, {STAGE_TAG: stage, f"{stage}_reason": reason[:500]})
     if removed or stage != REGISTERED:  # a version merely entering evaluation again is no event
-        _audit(ledger, model, str(version), "challenger_revoked" if removed else stage, reason, run_id,
-               {"alias_removed": removed})
+        _audit(
+            ledger,
+            model,
+            str(version),
+            "challenger_revoked" if removed else stage,
+            reason,
+            run_id,
+            {"alias_removed": removed},
+        )
     return removed
 
 
-def apply_failed_gate(client, model: str, version: str, report: str, reason: str, run_id: str,
-                      ledger: AuditLedger | None = None) -> bool:
+def apply_failed_gate(
+    client, model: str, version: str, report: str, reason: str, run_id: str, ledger: AuditLedger | None = None
+) -> bool:
     """``version`` failed an evaluation gate: the verdict is recorded on it and it loses the
     ``challenger`` alias if it held one (a re-evaluated challenger). True when removed."""
     record_gate(client, model, version, False, report, None)
@@ -142,8 +195,9 @@ class PromotionVerdict:
         return "; ".join(f"{c['name']}: {c['detail']}" for c in self.conditions if not c["passed"]) or "all passed"
 
 
-def promotion_gate(ab_decision: str, ab_reason: str, challenger_tags: Mapping[str, str] | None,
-                   champion_version: str) -> PromotionVerdict:
+def promotion_gate(
+    ab_decision: str, ab_reason: str, challenger_tags: Mapping[str, str] | None, champion_version: str
+) -> PromotionVerdict:
     """What the A/B decision feeds: the challenger becomes champion only if the live test
     says it is better *and* its offline evaluation gate passed against the champion it would
     replace (if the champion moved since, e.g. by a rollback, the evaluation is stale)."""
@@ -151,18 +205,34 @@ def promotion_gate(ab_decision: str, ab_reason: str, challenger_tags: Mapping[st
     compared = tags.get(GATE_CHAMPION_TAG)
     conditions = [
         {"name": "ab_test", "passed": ab_decision == "promote", "detail": f"{ab_decision}: {ab_reason}"},
-        {"name": "evaluation_gate", "passed": tags.get(GATE_TAG) == PASSED,
-         "detail": f"gate {tags.get(GATE_TAG, 'never evaluated')} (report {tags.get(GATE_REPORT_TAG, 'none')})"},
-        {"name": "evaluated_against_this_champion", "passed": compared == str(champion_version),
-         "detail": f"evaluated against v{compared}, champion is v{champion_version}"},
-        {"name": "not_rolled_back", "passed": tags.get("rolled_back") != "true",
-         "detail": "rolled back before" if tags.get("rolled_back") == "true" else "never rolled back"},
+        {
+            "name": "evaluation_gate",
+            "passed": tags.get(GATE_TAG) == PASSED,
+            "detail": f"gate {tags.get(GATE_TAG, 'never evaluated')} (report {tags.get(GATE_REPORT_TAG, 'none')})",
+        },
+        {
+            "name": "evaluated_against_this_champion",
+            "passed": compared == str(champion_version),
+            "detail": f"evaluated against v{compared}, champion is v{champion_version}",
+        },
+        {
+            "name": "not_rolled_back",
+            "passed": tags.get("rolled_back") != "true",
+            "detail": "rolled back before" if tags.get("rolled_back") == "true" else "never rolled back",
+        },
     ]
     return PromotionVerdict(all(c["passed"] for c in conditions), conditions)
 
 
-def conclude_ab_test(client, model: str, versions: Mapping[str, str], ab_decision: str, ab_reason: str,
-                     run_id: str, ledger: AuditLedger | None = None) -> tuple[str, PromotionVerdict | None]:
+def conclude_ab_test(
+    client,
+    model: str,
+    versions: Mapping[str, str],
+    ab_decision: str,
+    ab_reason: str,
+    run_id: str,
+    ledger: AuditLedger | None = None,
+) -> tuple[str, PromotionVerdict | None]:
     """Act on a decided A/B test. ``promote`` goes through :func:`promotion_gate`: passed ->
     champion (the old one kept as ``previous``), failed -> the challenger is revoked. ``keep``
     -> revoked. Anything else (inconclusive, too early) changes nothing. Returns the action."""

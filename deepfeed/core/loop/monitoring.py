@@ -19,24 +19,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from deepfeed.core.data.pii import scrub
 from deepfeed.core.loop.abtest import ARMS
 from deepfeed.core.loop.drift import confidence_alert, ks_drift, text_features
 from deepfeed.core.loop.inference_log import InferenceLog, feature_columns
-from deepfeed.core.data.pii import scrub
 from deepfeed.core.loop.rollback import drop_test
 from deepfeed.core.platform.tables import read_table
 
 UTC = _dt.timezone.utc
 
 
-def reference_features(clean_corpus_dir: Path, max_records: int = 5000,
-                       summarizer: Any = None, max_embedded: int = 2000) -> dict[str, np.ndarray]:
+def reference_features(
+    clean_corpus_dir: Path, max_records: int = 5000, summarizer: Any = None, max_embedded: int = 2000
+) -> dict[str, np.ndarray]:
     """Prompt features of the training split, scrubbed the way served prompts are; with a
     summarizer, the embedding summary of up to ``max_embedded`` of them as well (KS needs
     a sample, not the whole corpus, and encoding is the slow part)."""
     key = (str(Path(clean_corpus_dir).resolve()), max_records)
     if key not in _TEXT_REFERENCE:
-        records = [r for r in read_table(Path(clean_corpus_dir) / "records.parquet") if r.get("split", "train") == "train"]
+        records = [
+            r for r in read_table(Path(clean_corpus_dir) / "records.parquet") if r.get("split", "train") == "train"
+        ]
         texts = [scrub(r.get("prompt") or r.get("text") or "").text for r in records[:max_records]]
         _TEXT_REFERENCE[key] = (texts, text_features(texts))
     texts, features = _TEXT_REFERENCE[key]
@@ -72,18 +75,31 @@ class DriftEvidence:
         return asdict(self)
 
 
-def drift_evidence(log: InferenceLog, reference: Mapping[str, Any], end: _dt.datetime, window_hours: float = 24,
-                   alpha: float = 0.05, min_samples: int = 30, correction: str = "holm",
-                   confidence_std: float = 0.15) -> DriftEvidence:
+def drift_evidence(
+    log: InferenceLog,
+    reference: Mapping[str, Any],
+    end: _dt.datetime,
+    window_hours: float = 24,
+    alpha: float = 0.05,
+    min_samples: int = 30,
+    correction: str = "holm",
+    confidence_std: float = 0.15,
+) -> DriftEvidence:
     start = end - _dt.timedelta(hours=window_hours)
     events = list(log.events(since=start, until=end))
     inputs = ks_drift(reference, feature_columns(events), alpha=alpha, min_samples=min_samples, correction=correction)
     outputs = confidence_alert([e.get("confidence", math.nan) for e in events], confidence_std, min_samples)
     reasons = [f"input: {inputs.reason}", f"output: {outputs.reason}"]
     return DriftEvidence(
-        alert=inputs.alert or outputs.alert, input_alert=inputs.alert, output_alert=outputs.alert,
-        window_start=start.isoformat(), window_end=end.isoformat(), requests=len(events),
-        reason="; ".join(reasons), input=inputs.to_dict(), output=outputs.to_dict(),
+        alert=inputs.alert or outputs.alert,
+        input_alert=inputs.alert,
+        output_alert=outputs.alert,
+        window_start=start.isoformat(),
+        window_end=end.isoformat(),
+        requests=len(events),
+        reason="; ".join(reasons),
+        input=inputs.to_dict(),
+        output=outputs.to_dict(),
     )
 
 
@@ -91,10 +107,12 @@ def _received(record: Mapping[str, Any]) -> _dt.datetime:
     return _dt.datetime.fromisoformat(record["received_at"])
 
 
-def ratings_for(feedback: Iterable[Mapping[str, Any]], version: str, since: _dt.datetime | None = None,
-                last: int | None = None) -> list[float]:
-    rows = [f for f in feedback if str(f.get("model_version")) == str(version)
-            and (since is None or _received(f) >= since)]
+def ratings_for(
+    feedback: Iterable[Mapping[str, Any]], version: str, since: _dt.datetime | None = None, last: int | None = None
+) -> list[float]:
+    rows = [
+        f for f in feedback if str(f.get("model_version")) == str(version) and (since is None or _received(f) >= since)
+    ]
     rows.sort(key=_received)
     if last:
         rows = rows[-last:]
@@ -117,10 +135,19 @@ class PerformanceEvidence:
         return asdict(self)
 
 
-def performance_evidence(feedback: list[Mapping[str, Any]], champion: str, previous: str | None,
-                         baseline_tag: float | None, window: int = 1000, min_samples: int = 100,
-                         max_relative_drop: float = 0.03, alpha: float = 0.01, *,
-                         baseline_std: float | None = None, baseline_n: int | None = None) -> PerformanceEvidence:
+def performance_evidence(
+    feedback: list[Mapping[str, Any]],
+    champion: str,
+    previous: str | None,
+    baseline_tag: float | None,
+    window: int = 1000,
+    min_samples: int = 100,
+    max_relative_drop: float = 0.03,
+    alpha: float = 0.01,
+    *,
+    baseline_std: float | None = None,
+    baseline_n: int | None = None,
+) -> PerformanceEvidence:
     """Is the champion's rating over its latest ``window`` rated answers significantly more
     than ``max_relative_drop`` below its baseline (:func:`deepfeed.core.loop.rollback.drop_test`)?
 
@@ -135,15 +162,36 @@ def performance_evidence(feedback: list[Mapping[str, Any]], champion: str, previ
         baseline, source = float(np.mean(prev)), f"v{previous} over {len(prev)} ratings"
         baseline_std, baseline_n = float(np.std(prev, ddof=1)), len(prev)
     else:
-        return PerformanceEvidence(False, champion, None, "none", float(np.mean(current)) if current else None,
-                                   len(current), "no baseline: no tag and too few ratings of a previous version")
+        return PerformanceEvidence(
+            False,
+            champion,
+            None,
+            "none",
+            float(np.mean(current)) if current else None,
+            len(current),
+            "no baseline: no tag and too few ratings of a previous version",
+        )
     if len(current) < max(min_samples, 2):
-        return PerformanceEvidence(False, champion, baseline, source, float(np.mean(current)) if current else None,
-                                   len(current), f"too few ratings of v{champion} ({len(current)}, need {min_samples})")
-    check = drop_test(current, baseline, baseline_std=baseline_std, baseline_n=baseline_n,
-                      max_relative_drop=max_relative_drop, alpha=alpha)
-    return PerformanceEvidence(check.rollback, champion, baseline, source, check.current, len(current), check.reason,
-                               check.p_value, alpha)
+        return PerformanceEvidence(
+            False,
+            champion,
+            baseline,
+            source,
+            float(np.mean(current)) if current else None,
+            len(current),
+            f"too few ratings of v{champion} ({len(current)}, need {min_samples})",
+        )
+    check = drop_test(
+        current,
+        baseline,
+        baseline_std=baseline_std,
+        baseline_n=baseline_n,
+        max_relative_drop=max_relative_drop,
+        alpha=alpha,
+    )
+    return PerformanceEvidence(
+        check.rollback, champion, baseline, source, check.current, len(current), check.reason, check.p_value, alpha
+    )
 
 
 def ab_events(feedback: Iterable[Mapping[str, Any]], versions: Mapping[str, str] | None = None) -> pd.DataFrame:

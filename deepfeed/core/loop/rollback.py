@@ -44,9 +44,16 @@ class DropTest:
         return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in asdict(self).items()}
 
 
-def drop_test(current: Sequence[float], baseline: float, *, baseline_std: float | None = None,
-              baseline_n: int | None = None, max_relative_drop: float = 0.03, alpha: float = 0.01,
-              bounds: tuple[float, float] = (0.0, 1.0)) -> DropTest:
+def drop_test(
+    current: Sequence[float],
+    baseline: float,
+    *,
+    baseline_std: float | None = None,
+    baseline_n: int | None = None,
+    max_relative_drop: float = 0.03,
+    alpha: float = 0.01,
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> DropTest:
     """One-sided test that the true mean of ``current`` (the champion's recent ratings) is more
     than ``max_relative_drop`` below ``baseline``: H0 mean >= baseline * (1 - drop), rejected
     (rollback) when p < ``alpha``.
@@ -78,8 +85,9 @@ def drop_test(current: Sequence[float], baseline: float, *, baseline_std: float 
     mean, sd, n = float(x.mean()), float(x.std(ddof=1)), int(x.size)
     sample_baseline = baseline_std is not None and baseline_n is not None and baseline_n >= 2
     if sample_baseline and (sd > 0 or baseline_std > 0):
-        res = stats.ttest_ind_from_stats(mean, sd, n, threshold, baseline_std * scale, int(baseline_n),
-                                         equal_var=False, alternative="less")
+        res = stats.ttest_ind_from_stats(
+            mean, sd, n, threshold, baseline_std * scale, int(baseline_n), equal_var=False, alternative="less"
+        )
         p, method = float(res.pvalue), f"Welch one-sided vs the baseline sample (n={int(baseline_n)})"
     elif sd > 0:
         p, method = float(stats.ttest_1samp(x, threshold, alternative="less").pvalue), "one-sample one-sided t-test"
@@ -89,9 +97,11 @@ def drop_test(current: Sequence[float], baseline: float, *, baseline_std: float 
         method = f"Hoeffding bound (all {n} ratings equal)"
     rollback = p < alpha
     change = (mean - baseline) / abs(baseline)
-    reason = (f"mean rating {baseline:.4g} -> {mean:.4g} ({change:+.2%}) over {n} ratings; "
-              f"below the {max_relative_drop:.0%} line {threshold:.4g}? p = {p:.3g} ({method}); "
-              f"rollback at p < {alpha:g}: {'yes' if rollback else 'no'}")
+    reason = (
+        f"mean rating {baseline:.4g} -> {mean:.4g} ({change:+.2%}) over {n} ratings; "
+        f"below the {max_relative_drop:.0%} line {threshold:.4g}? p = {p:.3g} ({method}); "
+        f"rollback at p < {alpha:g}: {'yes' if rollback else 'no'}"
+    )
     return DropTest(rollback, float(baseline), mean, threshold, change, p, alpha, n, method, reason)
 
 
@@ -107,8 +117,12 @@ class AliasMove:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "from_version": self.from_version, "to_version": self.to_version,
-                "reason": self.reason}
+        return {
+            "model": self.model,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "reason": self.reason,
+        }
 
 
 def _alias(client, model: str, alias: str):
@@ -120,8 +134,9 @@ def _alias(client, model: str, alias: str):
         return None
 
 
-def rollback(client, model: str, reason: str, run_id: str, ledger: AuditLedger,
-             expected_champion: str | None = None) -> AliasMove:
+def rollback(
+    client, model: str, reason: str, run_id: str, ledger: AuditLedger, expected_champion: str | None = None
+) -> AliasMove:
     champion, previous = _alias(client, model, CHAMPION), _alias(client, model, PREVIOUS)
     if champion is None:
         raise RollbackError(f"registered model {model!r} has no '{CHAMPION}' alias to roll back")
@@ -129,16 +144,26 @@ def rollback(client, model: str, reason: str, run_id: str, ledger: AuditLedger,
         raise RollbackError(f"registered model {model!r} has no '{PREVIOUS}' version to roll back to")
     bad = str(champion.version)
     if expected_champion is not None and bad != str(expected_champion):
-        raise RollbackError(f"champion is v{bad}, not v{expected_champion}: it moved since the rollback was "
-                            f"requested, so rolling back now would undo the wrong version")
+        raise RollbackError(
+            f"champion is v{bad}, not v{expected_champion}: it moved since the rollback was "
+            f"requested, so rolling back now would undo the wrong version"
+        )
     good = str(previous.version)
     client.set_registered_model_alias(model, CHAMPION, good)
     client.delete_registered_model_alias(model, PREVIOUS)
     client.set_model_version_tag(model, bad, "rolled_back", "true")
     client.set_model_version_tag(model, bad, "rolled_back_reason", reason[:500])
     move = AliasMove(model, bad, good, reason)
-    ledger.append(AuditEntry(record_id=f"{model}/v{bad}", stage="rollback", action="rolled_back",
-                             reason=reason, run_id=run_id, extra=move.to_dict()))
+    ledger.append(
+        AuditEntry(
+            record_id=f"{model}/v{bad}",
+            stage="rollback",
+            action="rolled_back",
+            reason=reason,
+            run_id=run_id,
+            extra=move.to_dict(),
+        )
+    )
     return move
 
 
@@ -150,6 +175,14 @@ def promote(client, model: str, version: str, reason: str, run_id: str, ledger: 
     client.set_registered_model_alias(model, CHAMPION, str(version))
     client.set_model_version_tag(model, str(version), "promoted", "true")
     move = AliasMove(model, str(old.version) if old is not None else "none", str(version), reason)
-    ledger.append(AuditEntry(record_id=f"{model}/v{version}", stage="ab_test", action="promoted",
-                             reason=reason, run_id=run_id, extra=move.to_dict()))
+    ledger.append(
+        AuditEntry(
+            record_id=f"{model}/v{version}",
+            stage="ab_test",
+            action="promoted",
+            reason=reason,
+            run_id=run_id,
+            extra=move.to_dict(),
+        )
+    )
     return move

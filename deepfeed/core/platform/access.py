@@ -104,8 +104,9 @@ class AccessPolicy:
             classifications[name] = frozenset(str(m) for m in models)
         anonymous = data.get("anonymous") or []
         if not isinstance(anonymous, list) or not set(anonymous) <= ANONYMOUS_ALLOWED:
-            raise PolicyError(f"access policy 'anonymous' must be a list drawn from {sorted(ANONYMOUS_ALLOWED)}; "
-                              f"got {anonymous!r}")
+            raise PolicyError(
+                f"access policy 'anonymous' must be a list drawn from {sorted(ANONYMOUS_ALLOWED)}; got {anonymous!r}"
+            )
         return cls(roles, keys, classifications, frozenset(anonymous))
 
     @classmethod
@@ -132,12 +133,19 @@ class AccessPolicy:
                 return who
         return None
 
-    def decide(self, api_key: str | None, action: str, classification: str | None = None,
-               model: str | None = None) -> Decision:
+    def decide(
+        self, api_key: str | None, action: str, classification: str | None = None, model: str | None = None
+    ) -> Decision:
         who = self._principal(api_key)
         if who is None and not api_key and action in self.anonymous:
-            return Decision(True, "anonymous access is switched on for this action", action,
-                            principal=ANONYMOUS, classification=classification, model=model)
+            return Decision(
+                True,
+                "anonymous access is switched on for this action",
+                action,
+                principal=ANONYMOUS,
+                classification=classification,
+                model=model,
+            )
         if who is None:
             return Decision(False, "unknown or missing API key", action, classification=classification, model=model)
         principal, role_name = who
@@ -160,7 +168,13 @@ class AccessPolicy:
 
 def audit_denial(ledger: AuditLedger, decision: Decision, request_id: str, stage: str = "serve") -> None:
     """One access_denied entry: who, what, which attributes, why (never the key)."""
-    ledger.append(AuditEntry(
-        record_id=request_id, stage=stage, action="access_denied", reason=decision.reason, run_id=stage,
-        extra={k: getattr(decision, k) for k in ("action", "principal", "role", "classification", "model")},
-    ))
+    ledger.append(
+        AuditEntry(
+            record_id=request_id,
+            stage=stage,
+            action="access_denied",
+            reason=decision.reason,
+            run_id=stage,
+            extra={k: getattr(decision, k) for k in ("action", "principal", "role", "classification", "model")},
+        )
+    )

@@ -94,9 +94,7 @@ class ArtifactStore:
         created = dt.datetime.now(dt.timezone.utc)
         # Microseconds keep versions made within one second in creation order (latest() sorts by name).
         version = created.strftime("%Y%m%dT%H%M%S.%f") + "-" + uuid.uuid4().hex[:6]
-        staging_parent = (
-            Path(str(self.root.path)) / name if self.is_local else self._cache / "staging" / name
-        )
+        staging_parent = Path(str(self.root.path)) / name if self.is_local else self._cache / "staging" / name
         staging_parent.mkdir(parents=True, exist_ok=True)
         staging = staging_parent / f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
         # Held while the version is written (taken before the folder exists): the kernel drops it
@@ -105,8 +103,9 @@ class ArtifactStore:
         owner = FileLock(str(_owner_lock(staging)), timeout=0, thread_local=False)
         owner.acquire()
         staging.mkdir(mode=0o700)
-        pending = PendingVersion(path=staging, counts=dict(metadata or {}), version=version,
-                                 uri=str(self.root / name / version))
+        pending = PendingVersion(
+            path=staging, counts=dict(metadata or {}), version=version, uri=str(self.root / name / version)
+        )
         try:
             yield pending
             content_hash = hash_folder(staging)
@@ -182,9 +181,7 @@ class ArtifactStore:
         folder = self.root / name
         if not folder.exists():
             return []
-        return sorted(
-            p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / MANIFEST).exists()
-        )
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / MANIFEST).exists())
 
     def latest(self, name: str) -> ArtifactHandle | None:
         versions = self.versions(name)

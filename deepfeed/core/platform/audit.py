@@ -89,8 +89,10 @@ class LedgerUnkeyed(RuntimeError):
     """The ledger was written before entries carried MACs; it must be re-keyed first."""
 
 
-REKEY_HINT = ("run `deepfeed audit rekey` once (with writers stopped) to add MACs to the existing entries "
-              "under the configured audit key")
+REKEY_HINT = (
+    "run `deepfeed audit rekey` once (with writers stopped) to add MACs to the existing entries "
+    "under the configured audit key"
+)
 
 
 def content_hash(text: str | bytes | None) -> str | None:
@@ -187,8 +189,9 @@ def key_id(key: bytes) -> str:
 
 
 class AuditLedger:
-    def __init__(self, path: str | os.PathLike[str], *, key: str | bytes | None = None,
-                 extra_actions: Iterable[str] = ()):
+    def __init__(
+        self, path: str | os.PathLike[str], *, key: str | bytes | None = None, extra_actions: Iterable[str] = ()
+    ):
         self.path = Path(path)
         self.head_path = self.path.with_name(self.path.name + ".head")
         self.spool_dir = self.path.parent / "spool"
@@ -204,8 +207,11 @@ class AuditLedger:
                 # No key configured: make one under the home (0600, as the demo does) rather
                 # than write entries anyone could re-forge. Production mounts its own.
                 path = ensure_secret(AUDIT_KEY)
-                log.warning("no audit key configured: generated %s (set $DEEPFEED_AUDIT_KEY_FILE to use "
-                            "one kept outside the home)", path)
+                log.warning(
+                    "no audit key configured: generated %s (set $DEEPFEED_AUDIT_KEY_FILE to use "
+                    "one kept outside the home)",
+                    path,
+                )
                 value = load_secret(AUDIT_KEY)
             self._key = value.encode()
         return self._key
@@ -253,8 +259,10 @@ class AuditLedger:
             try:
                 seq, prev, last = self._tail_entry(f)
                 if last is not None and "mac" not in last:
-                    raise LedgerUnkeyed(f"{self.path} holds entries without MACs (written before the ledger was "
-                                        f"keyed); appending keyed entries would vouch for them: {REKEY_HINT}")
+                    raise LedgerUnkeyed(
+                        f"{self.path} holds entries without MACs (written before the ledger was "
+                        f"keyed); appending keyed entries would vouch for them: {REKEY_HINT}"
+                    )
                 ts = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
                 lines = []
                 mac = ""
@@ -265,8 +273,9 @@ class AuditLedger:
                     # entry_hash and mac go last rather than in key order: verify() re-derives
                     # the canonical form from the parsed entry, so placement is free, and
                     # this saves serializing every entry twice.
-                    lines.append(unsigned[:-1] + b',"entry_hash":"' + prev.encode() + b'","mac":"'
-                                 + mac.encode() + b'"}\n')
+                    lines.append(
+                        unsigned[:-1] + b',"entry_hash":"' + prev.encode() + b'","mac":"' + mac.encode() + b'"}\n'
+                    )
                     seq += 1
                 f.write(b"".join(lines))
                 f.flush()
@@ -284,8 +293,13 @@ class AuditLedger:
         return len(bodies)
 
     def _write_head(self, key: bytes, entries: int, entry_hash: str, mac: str) -> None:
-        head = {"entries": entries, "entry_hash": entry_hash, "mac": mac, "key_id": key_id(key),
-                "head_mac": _mac(key, _head_bytes(entries, entry_hash, mac))}
+        head = {
+            "entries": entries,
+            "entry_hash": entry_hash,
+            "mac": mac,
+            "key_id": key_id(key),
+            "head_mac": _mac(key, _head_bytes(entries, entry_hash, mac)),
+        }
         tmp = self.head_path.with_name(f".{self.head_path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
         with open(tmp, "wb") as f:
             f.write(json.dumps(head, sort_keys=True).encode() + b"\n")
@@ -387,8 +401,13 @@ class AuditLedger:
         head = self.read_head()
         if not self.path.exists():
             if head:
-                return VerifyResult(False, 0, 1, f"ledger is missing but its head anchor records {head.get('entries')} "
-                                    "entries", status="truncated")
+                return VerifyResult(
+                    False,
+                    0,
+                    1,
+                    f"ledger is missing but its head anchor records {head.get('entries')} entries",
+                    status="truncated",
+                )
             if anchor_seen:
                 return VerifyResult(True, 0, None, "empty ledger")
             return VerifyResult(False, 0, 1, "ledger is missing but an anchor was given", status="truncated")
@@ -405,17 +424,31 @@ class AuditLedger:
                 if keyed is None:
                     keyed = "mac" in obj
                     if keyed and key is None:
-                        return VerifyResult(False, 0, None, "the ledger is keyed but no audit key is configured "
-                                            f"(${AUDIT_KEY.env} or ${AUDIT_KEY.file_env}): its MACs cannot be "
-                                            "checked", status="no_key")
+                        return VerifyResult(
+                            False,
+                            0,
+                            None,
+                            "the ledger is keyed but no audit key is configured "
+                            f"(${AUDIT_KEY.env} or ${AUDIT_KEY.file_env}): its MACs cannot be "
+                            "checked",
+                            status="no_key",
+                        )
                 if keyed:
                     if "mac" not in obj:
-                        return VerifyResult(False, n, lineno, "entry has no MAC in a keyed ledger", prev,
-                                            status="tampered")
+                        return VerifyResult(
+                            False, n, lineno, "entry has no MAC in a keyed ledger", prev, status="tampered"
+                        )
                     if not hmac.compare_digest(obj["mac"], _mac(key, obj["_unsigned"])):
-                        return VerifyResult(False, n, lineno, "MAC does not match: the entry was changed or "
-                                            "re-hashed without the audit key (or the key is not the one it was "
-                                            "written with)", prev, status="tampered")
+                        return VerifyResult(
+                            False,
+                            n,
+                            lineno,
+                            "MAC does not match: the entry was changed or "
+                            "re-hashed without the audit key (or the key is not the one it was "
+                            "written with)",
+                            prev,
+                            status="tampered",
+                        )
                 elif "mac" in obj:
                     return VerifyResult(False, n, lineno, "keyed entry after unkeyed ones", prev, status="tampered")
                 prev = obj["entry_hash"]
@@ -425,15 +458,27 @@ class AuditLedger:
                     hash_at_head, mac_at_head = prev, obj.get("mac")
                 self._track_publication(obj, pending)
         if not anchor_seen:
-            return VerifyResult(False, n, n + 1, "anchor not found: entries after it were removed", prev,
-                                status="truncated")
+            return VerifyResult(
+                False, n, n + 1, "anchor not found: entries after it were removed", prev, status="truncated"
+            )
         if n == 0 and head and head.get("entries"):
-            return VerifyResult(False, 0, 1, f"the ledger is empty but its head anchor records {head.get('entries')} "
-                                "entries", status="truncated")
+            return VerifyResult(
+                False,
+                0,
+                1,
+                f"the ledger is empty but its head anchor records {head.get('entries')} entries",
+                status="truncated",
+            )
         if n and not keyed:
-            return VerifyResult(False, n, None, f"unkeyed ledger: its {n} entries chain by plain sha256, which "
-                                f"anyone editing the file can recompute, so it proves nothing; {REKEY_HINT}", prev,
-                                status="unkeyed")
+            return VerifyResult(
+                False,
+                n,
+                None,
+                f"unkeyed ledger: its {n} entries chain by plain sha256, which "
+                f"anyone editing the file can recompute, so it proves nothing; {REKEY_HINT}",
+                prev,
+                status="unkeyed",
+            )
         notes: list[str] = []
         if n:
             problem = self._check_head(head, key, n, hash_at_head, mac_at_head, notes)
@@ -442,17 +487,31 @@ class AuditLedger:
         for spool_id, marker in pending.items():
             uri = (marker.get("extra") or {}).get("uri", "")
             if _published(uri):
-                return VerifyResult(False, n, None, f"artifact {uri} was published but its "
-                                    f"{(marker.get('extra') or {}).get('entries')} audit entries never reached the "
-                                    f"ledger (publication {spool_id}); run `deepfeed audit recover`", prev,
-                                    status="unpublished_audit")
-            notes.append(f"publication {spool_id} of {uri} is in progress or was abandoned before publishing "
-                         "(`deepfeed audit recover` closes it)")
+                return VerifyResult(
+                    False,
+                    n,
+                    None,
+                    f"artifact {uri} was published but its "
+                    f"{(marker.get('extra') or {}).get('entries')} audit entries never reached the "
+                    f"ledger (publication {spool_id}); run `deepfeed audit recover`",
+                    prev,
+                    status="unpublished_audit",
+                )
+            notes.append(
+                f"publication {spool_id} of {uri} is in progress or was abandoned before publishing "
+                "(`deepfeed audit recover` closes it)"
+            )
         return VerifyResult(True, n, None, "ok", prev, notes=tuple(notes))
 
     @staticmethod
-    def _check_head(head: dict[str, Any] | None, key: bytes, n: int, hash_at_head: str | None,
-                    mac_at_head: str | None, notes: list[str]) -> str | None:
+    def _check_head(
+        head: dict[str, Any] | None,
+        key: bytes,
+        n: int,
+        hash_at_head: str | None,
+        mac_at_head: str | None,
+        notes: list[str],
+    ) -> str | None:
         if head is None:
             return "head anchor is missing: entries cut off the end could not be noticed"
         try:
@@ -465,15 +524,16 @@ class AuditLedger:
                 return "head anchor was written under another audit key"
             return "head anchor's MAC does not match: it was forged"
         if entries > n:
-            return (f"the ledger ends after {n} entries but its head anchor records {entries}: the last "
-                    f"{entries - n} were cut off")
+            return (
+                f"the ledger ends after {n} entries but its head anchor records {entries}: the last "
+                f"{entries - n} were cut off"
+            )
         if hash_at_head != entry_hash or mac_at_head != mac:
             return f"entry {entries} is not the one the head anchor records: the tail was replaced"
         if entries < n:
             # Entries past the anchor carry valid MACs, so only a key holder wrote them: a writer
             # stopped between its append and the anchor update. The next append re-anchors.
-            notes.append(f"head anchor lags the ledger by {n - entries} entries (a writer stopped before "
-                         "updating it)")
+            notes.append(f"head anchor lags the ledger by {n - entries} entries (a writer stopped before updating it)")
         return None
 
     @staticmethod
@@ -526,8 +586,9 @@ class AuditLedger:
                 for lineno, raw in enumerate(f, 1):
                     problem, obj = self._check_line(raw, prev, n)
                     if problem is not None:
-                        raise LedgerCorrupted(f"{self.path}: line {lineno}: {problem}; refusing to re-key a broken "
-                                              "chain")
+                        raise LedgerCorrupted(
+                            f"{self.path}: line {lineno}: {problem}; refusing to re-key a broken chain"
+                        )
                     if "mac" in obj:
                         raise ValueError(f"{self.path} is already keyed (line {lineno} has a MAC)")
                     last_mac = _mac(key, obj["_unsigned"])
@@ -536,8 +597,10 @@ class AuditLedger:
                     anchor_seen = anchor_seen or prev == anchor
                     n += 1
                 if not anchor_seen:
-                    raise LedgerCorrupted(f"{self.path}: anchor {anchor} is not in the chain: entries after it were "
-                                          "removed; refusing to re-key")
+                    raise LedgerCorrupted(
+                        f"{self.path}: anchor {anchor} is not in the chain: entries after it were "
+                        "removed; refusing to re-key"
+                    )
                 tmp = self.path.with_name(f".{self.path.name}.rekey")
                 with open(tmp, "wb") as t:
                     t.write(b"".join(out))
@@ -557,8 +620,9 @@ class AuditLedger:
         return PublicationSpool(self, stage, run_id)
 
     @contextlib.contextmanager
-    def audited_version(self, store: Any, name: str, run_id: str, counts: dict[str, Any] | None = None,
-                        chunk: int = 10_000) -> Iterator[tuple[Any, PublicationSpool]]:
+    def audited_version(
+        self, store: Any, name: str, run_id: str, counts: dict[str, Any] | None = None, chunk: int = 10_000
+    ) -> Iterator[tuple[Any, PublicationSpool]]:
         """``store.new_version(name)`` whose audit entries, written to the yielded spool, reach
         this ledger with the publication: ``publishing`` before the version becomes visible,
         the entries and ``published`` after; a failure discards them with the version."""
@@ -599,8 +663,16 @@ class AuditLedger:
         marker = json.loads(marker_path.read_text())
         uri, run_id, stage = marker["uri"], marker["run_id"], marker["stage"]
         if not _published(uri):
-            self.append(AuditEntry(spool_id, stage, "publication_abandoned", "the run stopped before publishing",
-                                   run_id, extra={"uri": uri}))
+            self.append(
+                AuditEntry(
+                    spool_id,
+                    stage,
+                    "publication_abandoned",
+                    "the run stopped before publishing",
+                    run_id,
+                    extra={"uri": uri},
+                )
+            )
             return f"{spool_id}: {uri} was never published; publication marked abandoned"
         # Entries of this run written after its marker were a replay cut short: skip as many.
         already, after_marker = 0, False
@@ -615,8 +687,16 @@ class AuditLedger:
             if batch[skip:]:
                 self.append(batch[skip:])
                 appended += len(batch) - skip
-        self.append(AuditEntry(spool_id, stage, "published", "audit entries appended on recovery", run_id,
-                               extra={"uri": uri, "entries": marker["entries"], "recovered": True}))
+        self.append(
+            AuditEntry(
+                spool_id,
+                stage,
+                "published",
+                "audit entries appended on recovery",
+                run_id,
+                extra={"uri": uri, "entries": marker["entries"], "recovered": True},
+            )
+        )
         return f"{spool_id}: {uri} was published; appended its {appended} missing audit entries"
 
 
@@ -696,8 +776,16 @@ class PublicationSpool(AuditSpool):
         tmp.write_text(json.dumps(marker))
         os.replace(tmp, self.ledger.spool_dir / f"{self.id}.json")
         _fsync_dir(self.ledger.spool_dir)
-        self.ledger.append(AuditEntry(self.id, self.stage, "publishing", "artifact version about to be published",
-                                      self.run_id, extra={"uri": uri, "entries": self.count}))
+        self.ledger.append(
+            AuditEntry(
+                self.id,
+                self.stage,
+                "publishing",
+                "artifact version about to be published",
+                self.run_id,
+                extra={"uri": uri, "entries": self.count},
+            )
+        )
 
     def publish(self, chunk: int = 10_000) -> int:
         """Call once the artifact is visible: its entries, then ``published``; returns their number."""
@@ -707,8 +795,16 @@ class PublicationSpool(AuditSpool):
         for batch in _read_spool(self.path, chunk):
             self.ledger.append(batch)
             total += len(batch)
-        self.ledger.append(AuditEntry(self.id, self.stage, "published", "artifact version published", self.run_id,
-                                      extra={"uri": self.uri, "entries": total}))
+        self.ledger.append(
+            AuditEntry(
+                self.id,
+                self.stage,
+                "published",
+                "artifact version published",
+                self.run_id,
+                extra={"uri": self.uri, "entries": total},
+            )
+        )
         self._release(remove=True)
         return total
 
@@ -725,8 +821,11 @@ class PublicationSpool(AuditSpool):
         """The run failed before publishing: nothing of it reaches the ledger."""
         self.count = 0
         if self.uri is not None:
-            self.ledger.append(AuditEntry(self.id, self.stage, "publication_abandoned", "the run failed",
-                                          self.run_id, extra={"uri": self.uri}))
+            self.ledger.append(
+                AuditEntry(
+                    self.id, self.stage, "publication_abandoned", "the run failed", self.run_id, extra={"uri": self.uri}
+                )
+            )
         self._release(remove=True)
 
     def _release(self, remove: bool) -> None:

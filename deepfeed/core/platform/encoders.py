@@ -39,7 +39,14 @@ class ThreadTuner:
     retry that lost again (under load a two-thread batch costs five one-thread ones).
     """
 
-    def __init__(self, max_threads: int, explore_every: int = 8, decay: float = 0.5, max_interval: int = 256, fixed: int | None = None):
+    def __init__(
+        self,
+        max_threads: int,
+        explore_every: int = 8,
+        decay: float = 0.5,
+        max_interval: int = 256,
+        fixed: int | None = None,
+    ):
         self.options = [fixed] if fixed else sorted({1, max(1, max_threads)})
         self.rates: dict[int, float] = {}
         self.explore_every = explore_every
@@ -182,7 +189,9 @@ class SentenceEncoder:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
-            batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            batch = self.tokenizer(
+                [texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
             hidden = self.tuner.run(lambda: self._forward(batch), int(batch["attention_mask"].numel())).float()
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

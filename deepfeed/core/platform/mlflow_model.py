@@ -47,10 +47,12 @@ def write_pyfunc_model(checkpoint: str | Path) -> Path:
     requirements = _requirements()
     (folder / "requirements.txt").write_text("\n".join(requirements) + "\n")
     _PythonEnv(dependencies=["-r requirements.txt"]).to_yaml(folder / "python_env.yaml")
-    model = Model(signature=ModelSignature(
-        inputs=Schema([ColSpec("string", "prompt")]),
-        params=ParamSchema([ParamSpec("max_new_tokens", "long", mlflow_pyfunc.DEFAULT_MAX_NEW_TOKENS)]),
-    ))
+    model = Model(
+        signature=ModelSignature(
+            inputs=Schema([ColSpec("string", "prompt")]),
+            params=ParamSchema([ParamSpec("max_new_tokens", "long", mlflow_pyfunc.DEFAULT_MAX_NEW_TOKENS)]),
+        )
+    )
     add_to_model(model, loader_module=LOADER_MODULE, data=".", code="code", python_env="python_env.yaml")
     model.save(folder / MLMODEL)
     return folder / MLMODEL

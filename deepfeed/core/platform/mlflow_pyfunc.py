@@ -44,15 +44,20 @@ class DeepfeedCausalLM:
         for prompt in self._prompts(model_input):
             # The chat template the model was fine-tuned with (deepfeed.core.train.modeling.prompt_ids).
             ids = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+            )
             ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
             input_ids = self.torch.tensor([ids])
             with self.torch.no_grad():
                 out = self.model.generate(
-                    input_ids=input_ids, attention_mask=self.torch.ones_like(input_ids),
-                    max_new_tokens=max_new_tokens, do_sample=False,
-                    pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
-            texts.append(self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip())
+                    input_ids=input_ids,
+                    attention_mask=self.torch.ones_like(input_ids),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=self.tokenizer.eos_token_id,
+                )
+            texts.append(self.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip())
         return texts
 
 

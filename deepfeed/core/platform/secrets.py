@@ -47,8 +47,9 @@ AUDIT_KEY = SecretSpec("audit_key", "DEEPFEED_AUDIT_KEY", "HMAC key that seals t
 def _read_file(path: Path, spec: SecretSpec) -> str:
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise MissingSecret(f"{spec.purpose}: {path} is readable by group/others (mode {stat.S_IMODE(mode):o}); "
-                            f"run `chmod 600 {path}`")
+        raise MissingSecret(
+            f"{spec.purpose}: {path} is readable by group/others (mode {stat.S_IMODE(mode):o}); run `chmod 600 {path}`"
+        )
     value = path.read_text(encoding="utf-8").strip()
     if len(value) < _MIN_CHARS:
         raise MissingSecret(f"{spec.purpose}: {path} holds fewer than {_MIN_CHARS} characters")
@@ -75,7 +76,8 @@ def load_secret(spec: SecretSpec, home: Path | None = None, required: bool = Tru
         return None
     raise MissingSecret(
         f"no {spec.purpose}: set ${spec.env}, or ${spec.file_env} to a file only its owner can read, "
-        f"or create {path} (`umask 077; mkdir -p {path.parent}; openssl rand -hex 32 > {path}`)")
+        f"or create {path} (`umask 077; mkdir -p {path.parent}; openssl rand -hex 32 > {path}`)"
+    )
 
 
 def ensure_secret(spec: SecretSpec, home: Path | None = None) -> Path:

@@ -79,7 +79,7 @@ def checkpoints(folder: Path) -> list[Path]:
     if not Path(folder).is_dir():
         return []
     found = [p for p in Path(folder).iterdir() if p.name.startswith(PREFIX) and (p / INFO).exists()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
 def save_checkpoint(

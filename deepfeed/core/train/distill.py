@@ -51,7 +51,9 @@ def token_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return ce, int((targets != IGNORE).sum())
 
 
-def kl_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+def kl_sum(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Σ over labelled positions of KL(teacher_T ‖ student_T) · T²."""
     student, _ = shifted(student_logits, labels)
     teacher, _ = shifted(teacher_logits, labels)
@@ -78,15 +80,21 @@ def kl_sum_cached(
     give the KL over the teacher's top k tokens, the teacher renormalised over them."""
     student, _ = shifted(student_logits, labels)
     if student.shape[0] != teacher_values.shape[0]:
-        raise ValueError(f"the cached teacher logits cover {teacher_values.shape[0]} positions, the batch has {student.shape[0]}: the cache does not match the data")
+        raise ValueError(
+            f"the cached teacher logits cover {teacher_values.shape[0]} positions, the batch has {student.shape[0]}: the cache does not match the data"
+        )
     log_student = F.log_softmax(student.float() / temperature, dim=-1)
     log_teacher = F.log_softmax(teacher_values.float() / temperature, dim=-1)
     if teacher_indices is None:
         if log_teacher.shape[-1] != log_student.shape[-1]:
-            raise ValueError(f"cached teacher vocabulary ({log_teacher.shape[-1]}) differs from the student's ({log_student.shape[-1]})")
+            raise ValueError(
+                f"cached teacher vocabulary ({log_teacher.shape[-1]}) differs from the student's ({log_student.shape[-1]})"
+            )
         per_token = F.kl_div(log_student, log_teacher, log_target=True, reduction="none").sum(-1)
     else:
-        per_token = F.kl_div(log_student.gather(-1, teacher_indices), log_teacher, log_target=True, reduction="none").sum(-1)
+        per_token = F.kl_div(
+            log_student.gather(-1, teacher_indices), log_teacher, log_target=True, reduction="none"
+        ).sum(-1)
     return per_token.sum() * temperature**2
 
 

@@ -59,8 +59,16 @@ def _dump(path: Path, records: list[dict[str, Any]]) -> str:
 
 def launch_command(spec: Path, nproc: int) -> list[str]:
     """`torchrun` on one node; multi-node jobs use the same module with --nnodes etc."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "deepfeed.core.train.distributed", str(spec)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "deepfeed.core.train.distributed",
+        str(spec),
+    ]
 
 
 def read_result(spec: Path) -> TrainingResult:
@@ -94,7 +102,9 @@ def run_worker(spec_path: Path) -> None:
 
         def progress(step: int, loss: float, lr: float) -> None:
             if pipes and (step % max(config.log_every, 1) == 0 or step == config.max_steps - 1):
-                pipes.log.info(f"step {step + 1}/{config.max_steps} loss {loss:.4f} lr {lr:.2e} ({torch.distributed.get_world_size()} processes)")
+                pipes.log.info(
+                    f"step {step + 1}/{config.max_steps} loss {loss:.4f} lr {lr:.2e} ({torch.distributed.get_world_size()} processes)"
+                )
 
         result = fine_tune(
             Path(spec["base_path"]),

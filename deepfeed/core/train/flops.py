@@ -149,7 +149,13 @@ def _count_int8_weight_only() -> None:
 # ONNX matrix products and where their operands sit: (A index, B index). FLOPs are
 # 2*M*K*N like FlopCounterMode's mm formula; elementwise ops, softmax and norms are
 # left out on both sides, so torch and ONNX numbers compare.
-_ONNX_MATMULS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "DynamicQuantizeMatMul": (0, 1), "FusedMatMul": (0, 1), "QLinearMatMul": (0, 3)}
+_ONNX_MATMULS = {
+    "MatMul": (0, 1),
+    "MatMulInteger": (0, 1),
+    "DynamicQuantizeMatMul": (0, 1),
+    "FusedMatMul": (0, 1),
+    "QLinearMatMul": (0, 3),
+}
 
 
 def _onnx_graph_flops(model, dims: dict[str, int]) -> float:
@@ -198,7 +204,9 @@ def _onnx_graph_flops(model, dims: dict[str, int]) -> float:
             k = a[0] if "transA" in attrs and attrs["transA"].i else a[1]
             total += 2 * math.prod(out) * k
     if unknown:
-        raise ValueError(f"shape inference left {len(unknown)} matrix products without shapes (e.g. {unknown[:3]}); FLOPs not counted")
+        raise ValueError(
+            f"shape inference left {len(unknown)} matrix products without shapes (e.g. {unknown[:3]}); FLOPs not counted"
+        )
     return total
 
 
@@ -214,9 +222,14 @@ def onnx_flops_per_token(path: Path, context_tokens: int, batch: int = 1) -> dic
     names = {i.name for i in model.graph.input}
     with_past = any(n.startswith("past_key_values.") for n in names)
     if with_past:
-        prefill = _onnx_graph_flops(model, {"batch": batch, "sequence": context_tokens, "total_sequence": context_tokens, "past_sequence": 0})
+        prefill = _onnx_graph_flops(
+            model, {"batch": batch, "sequence": context_tokens, "total_sequence": context_tokens, "past_sequence": 0}
+        )
         model = onnx.load(str(path))
-        decode = _onnx_graph_flops(model, {"batch": batch, "sequence": 1, "total_sequence": context_tokens + 1, "past_sequence": context_tokens})
+        decode = _onnx_graph_flops(
+            model,
+            {"batch": batch, "sequence": 1, "total_sequence": context_tokens + 1, "past_sequence": context_tokens},
+        )
         decode_per_token = decode / batch
     else:
         prefill = _onnx_graph_flops(model, {"batch": batch, "sequence": context_tokens})

@@ -40,15 +40,19 @@ def plan_replay(
     random.Random(seed).shuffle(pool)
     replay_eval = pool[:eval_samples]
     wanted = round(replay_ratio * len(feedback))
-    replayed = pool[eval_samples:eval_samples + wanted]
-    return ReplayPlan(train=list(feedback) + replayed, replay_eval=replay_eval, feedback=len(feedback), replayed=len(replayed))
+    replayed = pool[eval_samples : eval_samples + wanted]
+    return ReplayPlan(
+        train=list(feedback) + replayed, replay_eval=replay_eval, feedback=len(feedback), replayed=len(replayed)
+    )
 
 
 def records_hash(records: Iterable[dict[str, Any]]) -> str:
     """sha256 of the fields that training reads, in order: the data-lineage tag."""
     digest = hashlib.sha256()
     for record in records:
-        digest.update(json.dumps({k: record.get(k) for k in TRAINING_FIELDS}, sort_keys=True, ensure_ascii=False).encode())
+        digest.update(
+            json.dumps({k: record.get(k) for k in TRAINING_FIELDS}, sort_keys=True, ensure_ascii=False).encode()
+        )
         digest.update(b"\n")
     return digest.hexdigest()
 

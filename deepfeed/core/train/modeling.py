@@ -77,8 +77,13 @@ def nf4_config(compute_dtype: torch.dtype = torch.bfloat16):
     matmuls in `compute_dtype`. The planner budgets exactly this format."""
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=torch.uint8)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=torch.uint8,
+    )
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, *, quantization: str | None = None):
@@ -92,13 +97,16 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, *, quantiza
     kwargs: dict[str, Any] = {}
     if quantization == "nf4":
         if not torch.cuda.is_available():
-            raise ModelSourceError("a 4-bit NF4 (QLoRA) base needs a CUDA GPU: bitsandbytes has no 4-bit training "
-                                   "kernels for this device; use method='lora' with precision 'bf16' instead")
+            raise ModelSourceError(
+                "a 4-bit NF4 (QLoRA) base needs a CUDA GPU: bitsandbytes has no 4-bit training "
+                "kernels for this device; use method='lora' with precision 'bf16' instead"
+            )
         try:
             import bitsandbytes  # noqa: F401
         except ImportError as exc:
             raise ModelSourceError(
-                "a 4-bit NF4 (QLoRA) base needs bitsandbytes: pip install 'deepfeed[qlora]'") from exc
+                "a 4-bit NF4 (QLoRA) base needs bitsandbytes: pip install 'deepfeed[qlora]'"
+            ) from exc
         kwargs = {"quantization_config": nf4_config(dtype), "device_map": {"": torch.cuda.current_device()}}
     elif quantization is not None:
         raise ModelSourceError(f"quantization={quantization!r}: expected None or 'nf4'")
@@ -146,7 +154,8 @@ def answer_end_ids(tokenizer) -> list[int]:
     fallback = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     try:
         text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "q"}, {"role": "assistant", "content": _ANSWER_MARK}], tokenize=False)
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": _ANSWER_MARK}], tokenize=False
+        )
     except Exception:  # a template that cannot render an answer (jinja raises its own errors)
         text = ""
     suffix = text.split(_ANSWER_MARK, 1)[1].rstrip() if _ANSWER_MARK in text else ""
@@ -166,7 +175,7 @@ def encode_record(tokenizer, record: dict[str, Any], max_length: int) -> Example
         answer = tokenizer(record["response"], add_special_tokens=False)["input_ids"]
         end = answer_end_ids(tokenizer)
         # Long prompts are cut from the left so the answer always keeps some room.
-        context = context[-max(1, max_length // 2):]
+        context = context[-max(1, max_length // 2) :]
         ids = (context + answer + end)[:max_length]
         labels = ([-100] * len(context) + answer + end)[:max_length]
     else:

@@ -84,7 +84,7 @@ def build_cache(
         raise ValueError(f"teacher_cache_top_k={top_k}: must be >= 0 (0 keeps the full logits)")
     values, indices, offsets = [], [], [0]
     for start in range(0, len(examples), batch_size):
-        chunk = list(examples[start:start + batch_size])
+        chunk = list(examples[start : start + batch_size])
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         for row, example in enumerate(chunk):
@@ -122,7 +122,9 @@ class TeacherLogitCache:
         self._file = safe_open(str(self.path), framework="pt")
         self.offsets = self._file.get_tensor("offsets").tolist()
         if len(self.offsets) != expected_examples + 1:
-            raise ValueError(f"teacher logit cache {self.path} holds {len(self.offsets) - 1} examples, the run has {expected_examples}: delete it")
+            raise ValueError(
+                f"teacher logit cache {self.path} holds {len(self.offsets) - 1} examples, the run has {expected_examples}: delete it"
+            )
         self._values = self._file.get_slice("values")
         self.sparse = "indices" in self._file.keys()
         self._indices = self._file.get_slice("indices") if self.sparse else None

@@ -28,7 +28,14 @@ from deepfeed.core.train import checkpointing
 from deepfeed.core.train.distill import DistillationConfig, kl_sum, kl_sum_cached, token_ce_sum
 from deepfeed.core.train.elastic import ElasticScale
 from deepfeed.core.train.modeling import (
-    TORCH_DTYPES, Example, ModelSourceError, collate, encode_record, load_model, load_tokenizer, num_parameters,
+    TORCH_DTYPES,
+    Example,
+    ModelSourceError,
+    collate,
+    encode_record,
+    load_model,
+    load_tokenizer,
+    num_parameters,
 )
 from deepfeed.tools.planner import PlannerError, TrainingLayout, training_layout
 
@@ -206,8 +213,8 @@ class BatchSampler:
         span = self.batch_size * 8
         batches = []
         for start in range(0, len(order), span):
-            chunk = sorted(order[start:start + span], key=lambda i: self.lengths[i])
-            batches.extend(chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
+            batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
         self._rng.shuffle(batches)
         return batches
 
@@ -303,8 +310,12 @@ def rank_state_bytes(model, optimizer) -> dict[str, int]:
     return {
         "parameters": sum(size(p) for p in model.parameters()),
         "gradients": sum(size(p.grad) for p in model.parameters() if p.grad is not None),
-        "optimizer": sum(size(v) for state in optimizer.state.values() for k, v in state.items()
-                         if k != "step" and isinstance(v, torch.Tensor)),
+        "optimizer": sum(
+            size(v)
+            for state in optimizer.state.values()
+            for k, v in state.items()
+            if k != "step" and isinstance(v, torch.Tensor)
+        ),
     }
 
 
@@ -409,7 +420,7 @@ def mean_token_loss(model, examples: list[Example], pad_id: int, batch_size: int
     model.eval()
     total, tokens = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
         with _autocast(device, autocast_dtype):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         ce, n = token_ce_sum(logits, batch["labels"])
@@ -430,15 +441,23 @@ def _validate(config: TrainingConfig) -> DistillationConfig:
     if config.sharding == "fsdp":
         # These read or write whole parameters outside the forward pass, which FSDP
         # holds only as shards on each rank.
-        unsupported = [name for name, on in (("ewc_lambda > 0", config.ewc_lambda > 0),
-                                             ("fgsm_epsilon", bool(config.fgsm_epsilon)),
-                                             ("checkpoint_every", config.checkpoint_every > 0),
-                                             ("method='qlora'", config.method == "qlora")) if on]
+        unsupported = [
+            name
+            for name, on in (
+                ("ewc_lambda > 0", config.ewc_lambda > 0),
+                ("fgsm_epsilon", bool(config.fgsm_epsilon)),
+                ("checkpoint_every", config.checkpoint_every > 0),
+                ("method='qlora'", config.method == "qlora"),
+            )
+            if on
+        ]
         if unsupported:
             raise TrainingError(f"sharding='fsdp' does not support {', '.join(unsupported)} yet; use sharding='ddp'")
     if config.method == "qlora" and config.ewc_lambda > 0:
-        raise TrainingError("ewc_lambda > 0 with method='qlora': EWC's Fisher needs gradients of the base weights, "
-                            "which a 4-bit base does not have; use method='lora' (EWC on the adapters)")
+        raise TrainingError(
+            "ewc_lambda > 0 with method='qlora': EWC's Fisher needs gradients of the base weights, "
+            "which a 4-bit base does not have; use method='lora' (EWC on the adapters)"
+        )
     if config.ewc_lambda < 0:
         raise TrainingError(f"ewc_lambda={config.ewc_lambda}: must be >= 0")
     if config.fgsm_epsilon:
@@ -451,7 +470,9 @@ def _validate(config: TrainingConfig) -> DistillationConfig:
     if config.fgsm_weight < 0:
         raise TrainingError(f"fgsm_weight={config.fgsm_weight}: must be >= 0")
     if config.teacher_cache_budget_gb < 0:
-        raise TrainingError(f"teacher_cache_budget_gb={config.teacher_cache_budget_gb}: must be >= 0 (0 keeps every cache)")
+        raise TrainingError(
+            f"teacher_cache_budget_gb={config.teacher_cache_budget_gb}: must be >= 0 (0 keeps every cache)"
+        )
     if config.teacher_cache_top_k < 0:
         raise TrainingError(f"teacher_cache_top_k={config.teacher_cache_top_k}: must be >= 0 (0 keeps the full logits)")
     try:
@@ -460,7 +481,9 @@ def _validate(config: TrainingConfig) -> DistillationConfig:
         raise TrainingError(str(exc)) from exc
 
 
-def _ewc_fisher(base_path: Path, model, tokenizer, ewc_records, config: TrainingConfig, device, result: TrainingResult) -> dict[str, torch.Tensor]:
+def _ewc_fisher(
+    base_path: Path, model, tokenizer, ewc_records, config: TrainingConfig, device, result: TrainingResult
+) -> dict[str, torch.Tensor]:
     """The champion's Fisher over its full weights, computed before any LoRA wrapping."""
     from deepfeed.core.train.ewc import load_or_compute_fisher
 
@@ -471,7 +494,9 @@ def _ewc_fisher(base_path: Path, model, tokenizer, ewc_records, config: Training
         examples = _encode(tokenizer, ewc_records[: config.fisher_samples], config)
         return [{k: v.to(device) for k, v in collate([e], tokenizer.pad_token_id).items()} for e in examples]
 
-    fisher, path, _ = load_or_compute_fisher(Path(base_path), model, fisher_batches, {"samples": str(config.fisher_samples)})
+    fisher, path, _ = load_or_compute_fisher(
+        Path(base_path), model, fisher_batches, {"samples": str(config.fisher_samples)}
+    )
     result.fisher_file = str(path)
     return {k: v.to(device) for k, v in fisher.items()}
 
@@ -488,8 +513,17 @@ def _ewc_penalty(model, fisher: dict[str, torch.Tensor], config: TrainingConfig)
         raise TrainingError(str(exc)) from exc
 
 
-def _teacher_cache(teacher_path: Path, cache_dir: Path | None, examples, tokenizer, config: TrainingConfig, device,
-                   result: TrainingResult, vocab_size: int, teacher_dtype: torch.dtype = torch.float32):
+def _teacher_cache(
+    teacher_path: Path,
+    cache_dir: Path | None,
+    examples,
+    tokenizer,
+    config: TrainingConfig,
+    device,
+    result: TrainingResult,
+    vocab_size: int,
+    teacher_dtype: torch.dtype = torch.float32,
+):
     """Open the cache of the teacher's logits over `examples`, building it on rank 0 first."""
     from deepfeed.core.train import teacher_cache
 
@@ -498,25 +532,39 @@ def _teacher_cache(teacher_path: Path, cache_dir: Path | None, examples, tokeniz
     rank, world = _world()
     size = teacher_cache.cache_bytes(examples, vocab_size, config.teacher_cache_top_k)
     if size > teacher_cache.FULL_LOGITS_MAX_BYTES and not 0 < config.teacher_cache_top_k < vocab_size:
-        raise TrainingError(f"teacher_cache_top_k=0 would store {size / 2**30:.1f} GiB of full logits (vocabulary {vocab_size}); "
-                            "set teacher_cache_top_k (e.g. 64) to keep the top k per token")
+        raise TrainingError(
+            f"teacher_cache_top_k=0 would store {size / 2**30:.1f} GiB of full logits (vocabulary {vocab_size}); "
+            "set teacher_cache_top_k (e.g. 64) to keep the top k per token"
+        )
 
     def build(folder: Path) -> Path:
         teacher = _load_teacher(teacher_path, device, vocab_size, teacher_dtype)
         try:
-            return teacher_cache.build_cache(teacher, examples, folder, config.teacher_cache_top_k, tokenizer.pad_token_id,
-                                             config.batch_size, device, {"teacher": str(teacher_path)})
+            return teacher_cache.build_cache(
+                teacher,
+                examples,
+                folder,
+                config.teacher_cache_top_k,
+                tokenizer.pad_token_id,
+                config.batch_size,
+                device,
+                {"teacher": str(teacher_path)},
+            )
         finally:
             del teacher
 
     budget = int(config.teacher_cache_budget_gb * 2**30)
     try:
         if rank == 0:
-            cache, built = teacher_cache.open_or_build(cache_dir, teacher_path, examples, config.teacher_cache_top_k, build, budget)
+            cache, built = teacher_cache.open_or_build(
+                cache_dir, teacher_path, examples, config.teacher_cache_top_k, build, budget
+            )
         if world > 1:
             torch.distributed.barrier()
         if rank != 0:  # opens what rank 0 built; pruning is rank 0's
-            cache, built = teacher_cache.open_or_build(cache_dir, teacher_path, examples, config.teacher_cache_top_k, build)
+            cache, built = teacher_cache.open_or_build(
+                cache_dir, teacher_path, examples, config.teacher_cache_top_k, build
+            )
     except (OSError, ValueError) as exc:
         raise TrainingError(f"teacher logit cache in {cache_dir}: {exc}") from exc
     result.teacher_cache, result.teacher_cache_built = str(cache.path.parent), built
@@ -526,7 +574,9 @@ def _teacher_cache(teacher_path: Path, cache_dir: Path | None, examples, tokeniz
 def _load_teacher(teacher_path: Path, device, vocab_size: int, dtype: torch.dtype = torch.float32):
     teacher = load_model(teacher_path, dtype).to(device).eval().requires_grad_(False)
     if teacher.config.vocab_size != vocab_size:
-        raise TrainingError(f"teacher {teacher_path} has vocabulary {teacher.config.vocab_size}, the student {vocab_size}: distillation needs the same tokenizer")
+        raise TrainingError(
+            f"teacher {teacher_path} has vocabulary {teacher.config.vocab_size}, the student {vocab_size}: distillation needs the same tokenizer"
+        )
     return teacher
 
 
@@ -579,11 +629,22 @@ def fine_tune(
         if teacher_path is None:
             raise TrainingError("distill_alpha < 1 but no teacher checkpoint was given")
         if config.teacher_cache:
-            cached_teacher = _teacher_cache(teacher_path, teacher_cache_dir, examples, tokenizer, config, device,
-                                            result, model.config.vocab_size, teacher_dtype)
+            cached_teacher = _teacher_cache(
+                teacher_path,
+                teacher_cache_dir,
+                examples,
+                tokenizer,
+                config,
+                device,
+                result,
+                model.config.vocab_size,
+                teacher_dtype,
+            )
         else:
             teacher = _load_teacher(teacher_path, device, model.config.vocab_size, teacher_dtype)
-    fisher = _ewc_fisher(base_path, model, tokenizer, ewc_records, config, device, result) if config.ewc_lambda > 0 else None
+    fisher = (
+        _ewc_fisher(base_path, model, tokenizer, ewc_records, config, device, result) if config.ewc_lambda > 0 else None
+    )
 
     model = _wrap_for_training(model, config)
     ewc = _ewc_penalty(model, fisher, config) if fisher is not None else None
@@ -598,7 +659,11 @@ def fine_tune(
     result.total_parameters = num_parameters(model)
     result.examples = len(examples)
     sampler = BatchSampler([len(e.input_ids) for e in examples], config.batch_size, config.seed)
-    elastic = ElasticScale(config.elastic_factor, config.elastic_tolerance, config.elastic_min_scale) if config.elastic else None
+    elastic = (
+        ElasticScale(config.elastic_factor, config.elastic_tolerance, config.elastic_min_scale)
+        if config.elastic
+        else None
+    )
     state = checkpointing.TrainingState(config=config_dict(config))
 
     found = checkpointing.checkpoints(checkpoint_dir) if checkpoint_dir else []
@@ -620,8 +685,9 @@ def fine_tune(
     scaler = torch.amp.GradScaler(device.type) if layout.compute == "fp16" else None
 
     if evals and state.step == 0:
-        result.initial_eval_loss = mean_token_loss(model, evals, tokenizer.pad_token_id, config.batch_size, device,
-                                                   autocast_dtype)
+        result.initial_eval_loss = mean_token_loss(
+            model, evals, tokenizer.pad_token_id, config.batch_size, device, autocast_dtype
+        )
     started = time.perf_counter()
     for step in range(state.step, config.max_steps):
         step_started = time.perf_counter()
@@ -642,8 +708,12 @@ def fine_tune(
             numerator = ce
             if teacher is not None:
                 with torch.no_grad():
-                    teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                numerator = distill.alpha * ce + (1 - distill.alpha) * kl_sum(logits, teacher_logits, batch["labels"], distill.temperature)
+                    teacher_logits = teacher(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                    ).logits
+                numerator = distill.alpha * ce + (1 - distill.alpha) * kl_sum(
+                    logits, teacher_logits, batch["labels"], distill.temperature
+                )
             elif cached_teacher is not None:
                 values, indices = cached_teacher.batch(local_ids, device)
                 kl = kl_sum_cached(logits, batch["labels"], values, indices, distill.temperature)
@@ -653,7 +723,8 @@ def fine_tune(
         # N processes compute the same gradient as one process with the whole batch.
         input_tokens = float(batch["attention_mask"].sum())
         global_tokens, global_numerator, global_inputs, global_adversarial = _all_sum(
-            [float(tokens), float(numerator.detach()), input_tokens, float(adversarial.detach())])
+            [float(tokens), float(numerator.detach()), input_tokens, float(adversarial.detach())]
+        )
         loss = numerator * world / max(global_tokens, 1.0)
         reported = global_numerator / max(global_tokens, 1.0)
         if config.fgsm_epsilon:
@@ -691,7 +762,12 @@ def fine_tune(
                 elastic.observe(eval_loss)
         if on_step:
             on_step(step, reported, lr)
-        if checkpoint_dir and config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.max_steps:
+        if (
+            checkpoint_dir
+            and config.checkpoint_every
+            and done % config.checkpoint_every == 0
+            and done < config.max_steps
+        ):
             state.step, state.sampler, state.tokens = done, sampler.state(), result.tokens
             state.schedule = elastic.state() if elastic else {}
             state.losses, state.learning_rates = result.losses, result.learning_rates
@@ -739,7 +815,9 @@ def _resume(path: Path, model, optimizer, config: TrainingConfig, sampler: Batch
     wanted = {k: v for k, v in config_dict(config).items() if k not in _RESUME_NEUTRAL}
     changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
     if changed:
-        raise TrainingError(f"checkpoint {path} was made with a different configuration ({', '.join(changed)}); remove it or restore the configuration")
+        raise TrainingError(
+            f"checkpoint {path} was made with a different configuration ({', '.join(changed)}); remove it or restore the configuration"
+        )
     sampler.load(state.sampler)
     if elastic and state.schedule:
         elastic.load(state.schedule)

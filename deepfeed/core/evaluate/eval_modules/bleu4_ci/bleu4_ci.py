@@ -24,7 +24,9 @@ class Bleu4CI(evaluate.Metric):
             description=_DESCRIPTION,
             citation="Post, 2018. A Call for Clarity in Reporting BLEU Scores.",
             inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+            ),
         )
 
     def _compute(self, predictions, references, langs=None, bootstrap_samples=1000, seed=0):

@@ -5,7 +5,9 @@ import evaluate
 
 from deepfeed.core.evaluate.safety import ToxicityScorer, toxicity_summary
 
-_DESCRIPTION = "Toxicity pass rate scored offline: alt-profanity-check (English classifier) plus deepfeed's Chinese lexicon."
+_DESCRIPTION = (
+    "Toxicity pass rate scored offline: alt-profanity-check (English classifier) plus deepfeed's Chinese lexicon."
+)
 _KWARGS = """
 Args:
     predictions: texts to score (generated answers).
