@@ -30,7 +30,9 @@ EXECUTORS = ("k8s", "in_process")
 
 def gpu_step_k8s_config() -> dict:
     gpus = os.environ.get("DEEPFEED_GPUS_PER_STEP", "1")
-    node_label, _, node_value = os.environ.get("DEEPFEED_GPU_NODE_SELECTOR", "nvidia.com/gpu.present=true").partition("=")
+    node_label, _, node_value = os.environ.get("DEEPFEED_GPU_NODE_SELECTOR", "nvidia.com/gpu.present=true").partition(
+        "="
+    )
     return {
         "container_config": {
             "resources": {
@@ -60,8 +62,14 @@ def k8s_executor() -> dg.ExecutorDefinition:
         {
             "job_namespace": {"env": "DAGSTER_K8S_NAMESPACE"},
             "env_secrets": ["deepfeed-secrets"],
-            "env_vars": ["DEEPFEED_ARTIFACT_ROOT", "DEEPFEED_BASE_MODEL", "DEEPFEED_CORPUS", "MLFLOW_TRACKING_URI",
-                         "HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1"],
+            "env_vars": [
+                "DEEPFEED_ARTIFACT_ROOT",
+                "DEEPFEED_BASE_MODEL",
+                "DEEPFEED_CORPUS",
+                "MLFLOW_TRACKING_URI",
+                "HF_HUB_OFFLINE=1",
+                "TRANSFORMERS_OFFLINE=1",
+            ],
             # Steps of one run that may overlap (corpus cleaning beside base_model) do;
             # the GPU steps depend on each other, so they never compete for the card.
             "max_concurrent": 4,
@@ -91,26 +99,37 @@ def with_gpu_pool(jobs, schedules, sensors, asset_graph, pool: str):
         if selected & set(GPU_STEPS):
             # A copy through the public constructor: same selection, config, partitions.
             tagged[job.name] = dg.define_asset_job(
-                job.name, selection=job.selection, config=job.config, description=job.description,
+                job.name,
+                selection=job.selection,
+                config=job.config,
+                description=job.description,
                 tags={**(job.tags or {}), GPU_POOL_TAG: pool},
                 run_tags={**(job.run_tags or job.tags or {}), GPU_POOL_TAG: pool},
-                metadata=job.metadata, partitions_def=job.partitions_def, executor_def=job.executor_def,
-                hooks=job.hooks, op_retry_policy=job.op_retry_policy, owners=job.owners,
+                metadata=job.metadata,
+                partitions_def=job.partitions_def,
+                executor_def=job.executor_def,
+                hooks=job.hooks,
+                op_retry_policy=job.op_retry_policy,
+                owners=job.owners,
                 automation_condition=job.automation_condition,
             )
     new_jobs = [tagged.get(job.name, job) for job in jobs]
     new_schedules = [s.with_updated_job(tagged[s.job_name]) if s.job_name in tagged else s for s in schedules]
     new_sensors = [
         s.with_updated_jobs([tagged.get(j.name, j) for j in s.jobs])
-        if s.has_jobs and any(j.name in tagged for j in s.jobs) else s
+        if s.has_jobs and any(j.name in tagged for j in s.jobs)
+        else s
         for s in sensors
     ]
     return new_jobs, new_schedules, new_sensors
 
 
 jobs, schedules, sensors = with_gpu_pool(
-    list(embedded.defs.jobs or []), list(embedded.defs.schedules or []), list(embedded.defs.sensors or []),
-    embedded.defs.resolve_asset_graph(), os.environ.get("DEEPFEED_GPU_POOL", "gpu"),
+    list(embedded.defs.jobs or []),
+    list(embedded.defs.schedules or []),
+    list(embedded.defs.sensors or []),
+    embedded.defs.resolve_asset_graph(),
+    os.environ.get("DEEPFEED_GPU_POOL", "gpu"),
 )
 
 defs = dg.Definitions(
