@@ -1,6 +1,7 @@
 """Ablation: what each augmentation technique does to held-out token F1, on the real base model.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/ablation_augmentation.py [--train 48] [--eval 32] [--steps 16] [--out ablation.json]
+    PYTHONPATH=. .venv/bin/python benchmarks/ablation_augmentation.py \
+        [--train 48] [--eval 32] [--steps 16] [--out ablation.json]
 
 SmolLM2-135M-Instruct (the embedded base model) is fine-tuned with LoRA on
 chatterbot-corpus English pairs with no augmentation and with each technique alone

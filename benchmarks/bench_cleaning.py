@@ -314,31 +314,40 @@ def main() -> None:
     rate, base_rate = n / one["seconds"], base_n / base["seconds"]
     print(f"records                 : {n:,} (2N: {2 * n:,}; baseline: {base_n:,})")
     print(
-        f"pipeline N              : {one['seconds']:.1f} s, {rate:,.0f} records/s, peak RSS {one['peak_rss_mib']:.0f} MiB, kept {one['kept']:,}"
+        f"pipeline N              : {one['seconds']:.1f} s, {rate:,.0f} records/s, peak RSS "
+        f"{one['peak_rss_mib']:.0f} MiB, kept {one['kept']:,}"
     )
     print(
-        f"pipeline 2N             : {two['seconds']:.1f} s, {2 * n / two['seconds']:,.0f} records/s, peak RSS {two['peak_rss_mib']:.0f} MiB, kept {two['kept']:,}"
+        f"pipeline 2N             : {two['seconds']:.1f} s, {2 * n / two['seconds']:,.0f} records/s, peak RSS "
+        f"{two['peak_rss_mib']:.0f} MiB, kept {two['kept']:,}"
     )
     print(
-        f"pipeline N, 1 process   : {single['seconds']:.1f} s, {n / single['seconds']:,.0f} records/s, peak RSS {single['peak_rss_mib']:.0f} MiB"
+        f"pipeline N, 1 process   : {single['seconds']:.1f} s, {n / single['seconds']:,.0f} records/s, peak "
+        f"RSS {single['peak_rss_mib']:.0f} MiB"
     )
     print(
-        f"pandas apply baseline   : {base['seconds']:.1f} s, {base_rate:,.0f} records/s, peak RSS {base['peak_rss_mib']:.0f} MiB, kept {base['kept']:,}"
+        f"pandas apply baseline   : {base['seconds']:.1f} s, {base_rate:,.0f} records/s, peak RSS "
+        f"{base['peak_rss_mib']:.0f} MiB, kept {base['kept']:,}"
     )
     print(
-        f"speed-up over baseline  : {rate / base_rate:.2f}x with {args.workers} workers, {n / single['seconds'] / base_rate:.2f}x in one process   (target >= 5x)"
+        f"speed-up over baseline  : {rate / base_rate:.2f}x with {args.workers} workers, "
+        f"{n / single['seconds'] / base_rate:.2f}x in one process   (target >= 5x)"
     )
     print(f"time 2N / time N        : {two['seconds'] / one['seconds']:.2f}   (target <= 2.2)")
     if args.asset_path:
         asset_rate = n / asset_one["seconds"]
         print(
-            f"asset path N            : {asset_one['seconds']:.1f} s, {asset_rate:,.0f} records/s, peak RSS {asset_one['peak_rss_mib']:.0f} MiB, kept {asset_one['kept']:,}, audit entries {asset_one['audit_entries']:,}"
+            f"asset path N            : {asset_one['seconds']:.1f} s, {asset_rate:,.0f} records/s, peak RSS "
+            f"{asset_one['peak_rss_mib']:.0f} MiB, kept {asset_one['kept']:,}, audit entries "
+            f"{asset_one['audit_entries']:,}"
         )
         print(
-            f"asset path 2N           : {asset_two['seconds']:.1f} s, {2 * n / asset_two['seconds']:,.0f} records/s, peak RSS {asset_two['peak_rss_mib']:.0f} MiB, kept {asset_two['kept']:,}"
+            f"asset path 2N           : {asset_two['seconds']:.1f} s, {2 * n / asset_two['seconds']:,.0f} "
+            f"records/s, peak RSS {asset_two['peak_rss_mib']:.0f} MiB, kept {asset_two['kept']:,}"
         )
         print(
-            f"asset path vs baseline  : {asset_rate / base_rate:.2f}x; time 2N / time N {asset_two['seconds'] / asset_one['seconds']:.2f}"
+            f"asset path vs baseline  : {asset_rate / base_rate:.2f}x; time 2N / time N "
+            f"{asset_two['seconds'] / asset_one['seconds']:.2f}"
         )
     print(f"load average            : {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

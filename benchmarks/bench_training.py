@@ -306,20 +306,19 @@ def main() -> None:
             hf, ours = runs["trainer"][-1], runs["deepfeed"][-1]
             print(
                 f"  round {round_ + 1} ({order[0]} first): Trainer {hf['tokens_per_second']:7.1f}  deepfeed "
-                f"{ours['tokens_per_second']:7.1f} tokens/s  ratio {ours['tokens_per_second'] / hf['tokens_per_second']:.3f}  "
+                f"{ours['tokens_per_second']:7.1f} tokens/s  ratio "
+                f"{ours['tokens_per_second'] / hf['tokens_per_second']:.3f}  "
                 f"(mean train loss {hf['mean_loss']:.3f} / {ours['mean_loss']:.3f}; load {os.getloadavg()[0]:.2f})"
             )
         hf = statistics.median(r["tokens_per_second"] for r in runs["trainer"])
         ours = statistics.median(r["tokens_per_second"] for r in runs["deepfeed"])
-        paired = statistics.median(
-            o["tokens_per_second"] / h["tokens_per_second"] for o, h in zip(runs["deepfeed"], runs["trainer"])
-        )
+        ratios = [o["tokens_per_second"] / h["tokens_per_second"] for o, h in zip(runs["deepfeed"], runs["trainer"])]
+        paired = statistics.median(ratios)
         print(f"HF Trainer : median {hf:8.1f} tokens/s")
         print(f"deepfeed   : median {ours:8.1f} tokens/s")
         print(
             f"ratio deepfeed / Trainer: {ours / hf:.3f} of the medians, {paired:.3f} median of the paired rounds "
-            f"(min {min(o['tokens_per_second'] / h['tokens_per_second'] for o, h in zip(runs['deepfeed'], runs['trainer'])):.3f}, "
-            f"max {max(o['tokens_per_second'] / h['tokens_per_second'] for o, h in zip(runs['deepfeed'], runs['trainer'])):.3f}; target >= 1.0)"
+            f"(min {min(ratios):.3f}, max {max(ratios):.3f}; target >= 1.0)"
         )
 
     if args.skip_memory:
@@ -333,7 +332,8 @@ def main() -> None:
     for name, probe in (("without", without), ("with", with_gc)):
         print(
             f"  {name:7s} gradient checkpointing: step peak above baseline {probe['step_peak_mb']:7.0f} MB "
-            f"(of which parameter gradients {probe['gradient_mb']:.0f} MB), process peak {probe['process_peak_mb']:7.0f} MB, "
+            f"(of which parameter gradients {probe['gradient_mb']:.0f} MB), process peak "
+            f"{probe['process_peak_mb']:7.0f} MB, "
             f"{probe['step_seconds']:.1f} s/step"
         )
     activations = [p["step_peak_mb"] - p["gradient_mb"] for p in (without, with_gc)]

@@ -62,9 +62,11 @@ def _evaluate(label, checkpoint, compressed, champion, records, config, artifact
     for c in outcome.candidates:
         m = c.metrics
         print(
-            f"  {c.name:<13} {c.seconds:6.1f}s  ppl {m.get('perplexity', float('nan')):7.3f}  F1 {m.get('token_f1', float('nan')):.3f}  "
+            f"  {c.name:<13} {c.seconds:6.1f}s  ppl {m.get('perplexity', float('nan')):7.3f}  F1 "
+            f"{m.get('token_f1', float('nan')):.3f}  "
             f"tok/s {m.get('tokens_per_second', float('nan')):6.1f}  prefill/decode GFLOPs/token "
-            f"{m.get('prefill_flops_per_token', float('nan')) / 1e9:.3f}/{m.get('decode_flops_per_token', float('nan')) / 1e9:.3f}  {c.error or ''}"
+            f"{m.get('prefill_flops_per_token', float('nan')) / 1e9:.3f}/"
+            f"{m.get('decode_flops_per_token', float('nan')) / 1e9:.3f}  {c.error or ''}"
         )
     print(f"  whole evaluation: {total:.1f}s wall, {cpu:.1f} CPU-seconds (load average {os.getloadavg()[0]:.1f})")
     # On a shared machine the wall time measures the neighbours; CPU time over the 2
@@ -105,7 +107,8 @@ def main() -> None:
         summary = compress_checkpoint(checkpoint, compressed, CompressionConfig())
         write_json(compressed / "compression.json", summary)
         print(
-            f"(built compressed artifacts once in {time.perf_counter() - started:.0f}s; errors: {summary['errors'] or 'none'})"
+            f"(built compressed artifacts once in {time.perf_counter() - started:.0f}s; errors: "
+            f"{summary['errors'] or 'none'})"
         )
 
     demo = EvaluationReportConfig(**DEMO_SIZES["evaluation_report"]["config"])
@@ -121,8 +124,10 @@ def main() -> None:
     )
     artifacts = tuple(demo.artifacts)
     print(
-        f"demo evaluation: {len(records)} records, {demo.max_generation_records} answered, {demo.max_new_tokens} new tokens, "
-        f"generation batch {demo.generation_batch_size}, artifacts {', '.join(artifacts)}; torch threads {__import__('torch').get_num_threads()}"
+        f"demo evaluation: {len(records)} records, {demo.max_generation_records} answered, "
+        f"{demo.max_new_tokens} new tokens, "
+        f"generation batch {demo.generation_batch_size}, artifacts {', '.join(artifacts)}; torch threads "
+        f"{__import__('torch').get_num_threads()}"
     )
 
     first = _evaluate("first evaluation (no champion yet)", checkpoint, compressed, None, records, config, artifacts)
@@ -157,12 +162,14 @@ def main() -> None:
         )
         print(
             f"batched ({len(prompts)}) vs one at a time, tokens/s: {batched.new_tokens / batched.seconds:.1f} vs "
-            f"{one_by_one.new_tokens / one_by_one.seconds:.1f} -> x{(batched.new_tokens / batched.seconds) / (one_by_one.new_tokens / one_by_one.seconds):.2f}"
+            f"{one_by_one.new_tokens / one_by_one.seconds:.1f} -> "
+            f"x{(batched.new_tokens / batched.seconds) / (one_by_one.new_tokens / one_by_one.seconds):.2f}"
         )
     torch_fp32, kv = first.by_name("challenger"), first.by_name("onnx_kv_int8")
     if kv and not kv.error and kv.metrics.get("tokens_per_second"):
         print(
-            f"ONNX KV int8 vs torch fp32 generate, tokens/s: x{kv.metrics['tokens_per_second'] / torch_fp32.metrics['tokens_per_second']:.2f}"
+            f"ONNX KV int8 vs torch fp32 generate, tokens/s: "
+            f"x{kv.metrics['tokens_per_second'] / torch_fp32.metrics['tokens_per_second']:.2f}"
         )
 
 

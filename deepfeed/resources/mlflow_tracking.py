@@ -185,7 +185,8 @@ class MlflowResource(dg.ConfigurableResource):
                 f"MLFLOW_TRACKING_URI {self.tracking_uri} is an MLflow server, which refuses model versions whose "
                 "checkpoint is on a local disk, and the artifact store is local. Set DEEPFEED_ARTIFACT_ROOT to an "
                 "object store everyone reaches (s3://bucket/prefix), or point MLFLOW_TRACKING_URI at the server's "
-                "database (postgresql+psycopg2://…) on a single machine. See docs/deploying.md, 'MLflow in server mode'."
+                "database (postgresql+psycopg2://…) on a single machine. See docs/deploying.md, 'MLflow in "
+                "server mode'."
             )
 
     def register_version(self, context: dg.AssetExecutionContext, source: str, tags: dict[str, str]) -> str:

@@ -21,7 +21,8 @@ class MonitoringPolicyResource(dg.ConfigurableResource):
         default=0.05,
         gt=0,
         lt=1,
-        description="KS significance per prompt feature, after the Holm correction (required: 0.05; docs/requirements.md).",
+        description="KS significance per prompt feature, after the Holm correction (required: 0.05; "
+        "docs/requirements.md).",
     )
     drift_min_samples: int = Field(
         default=30, ge=5, description="Fewer requests than this in the window: no KS verdict (too little evidence)."
@@ -29,7 +30,8 @@ class MonitoringPolicyResource(dg.ConfigurableResource):
     confidence_std: float = Field(
         default=0.15,
         gt=0,
-        description="Output alert when the std of answer confidence exceeds this (required: 0.15; docs/requirements.md).",
+        description="Output alert when the std of answer confidence exceeds this (required: 0.15; "
+        "docs/requirements.md).",
     )
     drift_embedding_features: bool = Field(
         default=True,

@@ -87,7 +87,8 @@ def build_corpus_source_sensor(corpus_path: Optional[str] = None, interval_s: in
         job_name=INGEST_JOB,
         minimum_interval_seconds=interval_s,
         default_status=dg.DefaultSensorStatus.STOPPED,
-        description=f"Sources under the corpus root that are new or changed -> partition of {corpus_sources.name} + {INGEST_JOB} run.",
+        description=f"Sources under the corpus root that are new or changed -> partition of {corpus_sources.name} + "
+        f"{INGEST_JOB} run.",
     )
     def corpus_source_sensor(context: dg.SensorEvaluationContext, artifact_store: ArtifactStoreResource):
         path = default_corpus_path() if corpus_path is None else corpus_path

@@ -62,7 +62,7 @@ def test_chunked_outliers_equal_the_whole_array_and_removed_rows_leave_the_centr
     tag_lists = [tuple(domain_tags(r)) for r in records]
     for size in (1, 7, 64, 300):
         chunked = embedding_outliers_chunked(
-            tag_lists, lambda: (emb[i : i + size] for i in range(0, 300, size)), CoverageConfig()
+            tag_lists, lambda size=size: (emb[i : i + size] for i in range(0, 300, size)), CoverageConfig()
         )
         assert (chunked == whole).all()
     assert whole.any() and not whole.all()

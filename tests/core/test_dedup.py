@@ -30,7 +30,10 @@ OTHER_EN = (
     "Quarterly revenue grew by eight percent on strong demand for cloud services in Europe "
     "and Asia, while operating costs fell after the consolidation of two data centres."
 )
-OTHER_ZH = "本季度公司营业收入同比增长百分之八，主要得益于欧洲和亚洲市场对云服务的强劲需求，同时数据中心整合后运营成本有所下降。"
+OTHER_ZH = (
+    "本季度公司营业收入同比增长百分之八，主要得益于欧洲和亚洲市场对云服务的强劲需求，"
+    "同时数据中心整合后运营成本有所下降。"
+)
 
 _VOCAB = (
     "patient doctor hospital admitted discharged chest pain fever cough blood pressure heart "

@@ -113,9 +113,10 @@ def test_histogram_needs_data_independent_bins():
 # --- ε accumulated per dataset across runs (EpsilonLedger) ---------------------------------
 
 
-def _release(accountant, counts={"en": 40, "zh": 12}):
+def _release(accountant, counts=None):
     from deepfeed.core.data.dp import noisy_counts
 
+    counts = counts or {"en": 40, "zh": 12}
     return {
         "languages": noisy_counts(counts, accountant.epsilon_budget, accountant, rng=None, name="records per language")
     }

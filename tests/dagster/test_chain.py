@@ -86,12 +86,6 @@ def materialize(selection, home, base_model, corpus, instance, artifact_root=Non
     )
 
 
-@pytest.fixture
-def instance(deepfeed_env):
-    with dg.instance_for_test(temp_dir=str(deepfeed_env / "dagster")) as instance:
-        yield instance
-
-
 def test_definitions_load_and_validate():
     repository = defs.get_repository_def()
     keys = {k.to_user_string() for k in repository.asset_graph.get_all_asset_keys()}

@@ -7,7 +7,7 @@ import dagster as dg
 
 from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.resources.mlflow_tracking import CHAMPION
-from tests.dagster.test_chain import instance, materialize, resources  # noqa: F401 (fixture)
+from tests.dagster.test_chain import materialize, resources
 
 CHAIN = [
     "raw_corpus",

@@ -7,7 +7,7 @@ import pandas as pd
 
 from deepfeed.resources.mlflow_tracking import FAILED, FINISHED, RUNNING
 from deepfeed.sensors.mlflow_runs import mlflow_run_failed_sensor, mlflow_run_finished_sensor
-from tests.dagster.test_chain import instance, materialize, resources  # noqa: F401 (instance: a fixture)
+from tests.dagster.test_chain import materialize, resources
 
 TRAIN = ["clean_corpus", "augmented_corpus", "base_model", "finetuned_model"]
 

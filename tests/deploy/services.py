@@ -209,7 +209,7 @@ def mlflow_server(folder: Path, backend_store_uri: str | None = None) -> Iterato
                         break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise ServiceUnavailable(f"mlflow server never became healthy: {log.read_text()[-2000:]}")
+                    raise ServiceUnavailable(f"mlflow server never became healthy: {log.read_text()[-2000:]}") from None
                 time.sleep(0.3)
         yield uri
     finally:

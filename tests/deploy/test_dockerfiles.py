@@ -63,6 +63,6 @@ def test_cpu_image_takes_the_cpu_torch_build_at_the_pinned_version():
 
 def test_production_requirements_are_exact_pins():
     for name in ("requirements-production.txt", "requirements-production-nodeps.txt"):
-        lines = [l.split("#")[0].strip() for l in (REPO / "deploy" / name).read_text().splitlines()]
+        lines = [line.split("#")[0].strip() for line in (REPO / "deploy" / name).read_text().splitlines()]
         for requirement in filter(None, lines):
             assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.+-]*", requirement), requirement

@@ -81,7 +81,7 @@ def _ab_feedback(home, versions, effect, users=40, hours=80):
                 }
             )
     (home / "feedback").mkdir(exist_ok=True)
-    (home / "feedback" / "open.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    (home / "feedback" / "open.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
 def test_ab_test_report_promotes_a_better_challenger(deepfeed_env, empty_registry_db, tiny_llama):

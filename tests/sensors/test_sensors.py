@@ -48,7 +48,7 @@ def test_feedback_sensor_seals_and_requests_one_run_per_batch(deepfeed_env):
     store = serving.feedback_store()
     policy = MonitoringPolicyResource(feedback_min_batch=3, feedback_max_age_minutes=60)
     resources = {"serving_data": serving, "monitoring_policy": policy}
-    for i in range(2):
+    for _ in range(2):
         store.append(_fb("1", 1.0))
     result = evaluate(feedback_sensor, resources=resources)
     assert isinstance(result, dg.SkipReason) and "2 records waiting" in result.skip_message

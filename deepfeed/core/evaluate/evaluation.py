@@ -355,7 +355,7 @@ def score_answers(
     metrics |= bleu4_with_ci(hyps, refs, ref_langs, config.bootstrap_samples, config.seed)
     metrics |= chrf_with_ci(hyps, refs, config.bootstrap_samples, config.seed)
     labelled = [(answers[i], record_label(records[i])) for i in range(len(records)) if record_label(records[i])]
-    metrics |= label_prf([a for a, _ in labelled], [l for _, l in labelled])
+    metrics |= label_prf([a for a, _ in labelled], [label for _, label in labelled])
     verdicts = toxicity.score(answers, langs)
     metrics |= toxicity_summary(verdicts)
     metrics |= {

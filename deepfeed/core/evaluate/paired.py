@@ -171,8 +171,8 @@ def compare(
         ref_hyp, cand_hyp = [ref_answers[i] for i in referenced], [cand_answers[i] for i in referenced]
         out["token_f1"] = paired_mean_change(
             "token_f1",
-            [token_prf(h, r, l)[2] for h, r, l in zip(ref_hyp, refs, langs)],
-            [token_prf(h, r, l)[2] for h, r, l in zip(cand_hyp, refs, langs)],
+            [token_prf(h, r, lang)[2] for h, r, lang in zip(ref_hyp, refs, langs)],
+            [token_prf(h, r, lang)[2] for h, r, lang in zip(cand_hyp, refs, langs)],
             samples,
             seed,
         )

@@ -103,7 +103,7 @@ def baseline_for(outcome: EvaluationOutcome, name: str) -> tuple[dict | None, st
 def headline_rows(outcome: EvaluationOutcome, limit: float) -> list[list[tuple[str, str | None]]]:
     """Rows of (text, colour) cells: metric, then each candidate."""
     rows = []
-    for key, label, direction, fmt in HEADLINE:
+    for key, label, _direction, fmt in HEADLINE:
         if not any(_finite(c.metrics.get(key)) for c in outcome.candidates):
             continue
         row: list[tuple[str, str | None]] = [(label + (" ⚑" if key in GATED else ""), None)]
@@ -310,7 +310,8 @@ def render_html(outcome: EvaluationOutcome, lineage: dict[str, str], plot_files:
     gate_rule = f"<p><small>Gated against the {e(outcome.gate.reference)}. {e(GATE_RULE)}</small></p>"
     errors_section = f"<h2>Not measured, or reused</h2><ul>{errors}</ul>" if errors else ""
     exclusions_section = (
-        '<h2>Records left out of a metric</h2><table class="text"><tr><th>candidate</th><th>reason</th><th>records</th></tr>'
+        "<h2>Records left out of a metric</h2><table "
+        'class="text"><tr><th>candidate</th><th>reason</th><th>records</th></tr>'
         f"{exclusions}</table>"
         if exclusions
         else ""
@@ -319,7 +320,8 @@ def render_html(outcome: EvaluationOutcome, lineage: dict[str, str], plot_files:
 <html><head><meta charset="utf-8"><title>deepfeed evaluation: {e(verdict)}</title>
 <style>
 body{{font-family:system-ui,sans-serif;max-width:72em;margin:2em auto;padding:0 1em;color:#1f2328}}
-table{{border-collapse:collapse;margin:.5em 0 1.5em}} td,th{{border:1px solid #d0d7de;padding:4px 10px;text-align:right}}
+table{{border-collapse:collapse;margin:.5em 0 1.5em}}
+td,th{{border:1px solid #d0d7de;padding:4px 10px;text-align:right}}
 th:first-child,td:first-child{{text-align:left}} tr:nth-child(even){{background:#f6f8fa}}
 .banner{{padding:.6em 1em;border-radius:6px;color:#fff;background:{PASS if passed else FAIL}}}
 li.ok{{color:{PASS}}} li.bad{{color:{FAIL};font-weight:600}} figure{{display:inline-block;margin:0 1em 1em 0}}
@@ -342,7 +344,8 @@ Intervals: 95% bootstrap.</small></p>
 <h2>Plots</h2>{plots}
 <h2>Time per stage</h2><table><tr><th>stage</th><th>wall s</th><th>CPU s</th></tr>{timings}</table>
 <h2>Data version and lineage</h2><table class="text">{lineage_html}</table>
-<h2>Sample answers (challenger)</h2><table class="text"><tr><th>prompt</th><th>reference</th><th>answer</th><th>token F1</th></tr>{samples}</table>
+<h2>Sample answers (challenger)</h2><table class="text">
+<tr><th>prompt</th><th>reference</th><th>answer</th><th>token F1</th></tr>{samples}</table>
 </body></html>
 """
 

@@ -130,7 +130,7 @@ class ToxicityScorer:
         model_name = "perspective" if self.perspective else "alt-profanity-check"
         # Chinese answers go to the lexicon only: the English classifier's vocabulary
         # has no Chinese words, and Perspective is only used when asked for.
-        classified = [i for i, (t, l) in enumerate(zip(texts, langs)) if self.perspective or not is_chinese(t, l)]
+        classified = [i for i, (t, lang) in enumerate(zip(texts, langs)) if self.perspective or not is_chinese(t, lang)]
         probabilities = dict(zip(classified, model.probabilities([texts[i] for i in classified])))
         verdicts = []
         for i, text in enumerate(texts):

@@ -68,7 +68,7 @@ def token_prf_corpus(
     with a 95% bootstrap interval of the F1."""
     if not predictions:
         return {"token_precision": float("nan"), "token_recall": float("nan"), "token_f1": float("nan")}
-    scores = np.array([token_prf(p, r, l) for p, r, l in zip(predictions, references, langs)])
+    scores = np.array([token_prf(p, r, lang) for p, r, lang in zip(predictions, references, langs)])
     f1 = _bootstrap(scores[:, 2:], lambda s: float(s[0]) / len(scores), samples, seed)
     return {
         "token_precision": float(scores[:, 0].mean()),
@@ -80,7 +80,9 @@ def token_prf_corpus(
 def predicted_label(answer: str, labels: Sequence[str]) -> str:
     """The known label the answer names first (longest first on ties), else '<none>'."""
     text = answer.casefold()
-    found = [(text.find(l.casefold()), -len(l), l) for l in labels if l and l.casefold() in text]
+    found = [
+        (text.find(label.casefold()), -len(label), label) for label in labels if label and label.casefold() in text
+    ]
     return min(found)[2] if found else "<none>"
 
 
@@ -132,8 +134,8 @@ def _bleu_stats(hypotheses, references, langs) -> tuple[np.ndarray, Any]:
     for key, scorer in scorers.items():
         idx = [
             i
-            for i, (h, r, l) in enumerate(zip(hypotheses, references, langs))
-            if ("zh" if is_chinese(r, l) else "13a") == key
+            for i, (h, r, lang) in enumerate(zip(hypotheses, references, langs))
+            if ("zh" if is_chinese(r, lang) else "13a") == key
         ]
         if idx:
             stats = scorer._extract_corpus_statistics([hypotheses[i] for i in idx], [[references[i] for i in idx]])
@@ -159,8 +161,8 @@ def bleu4_with_ci(
         return float(scorer._compute_score_from_stats(list(summed)).score)
 
     out = _bootstrap(stats, score, samples, seed).as_dict("bleu4")
-    for lang in sorted({(l or "other") for l in langs}):
-        idx = [i for i, l in enumerate(langs) if (l or "other") == lang]
+    for lang in sorted({(code or "other") for code in langs}):
+        idx = [i for i, code in enumerate(langs) if (code or "other") == lang]
         out[f"bleu4_{lang}"] = score(stats[idx].sum(0))
     return out
 

@@ -5,7 +5,10 @@ import evaluate
 
 from deepfeed.core.evaluate.textmetrics import bleu4_with_ci
 
-_DESCRIPTION = "Corpus BLEU-4 by sacrebleu over mixed-language records (n-gram statistics summed across tokenizers), per language, with a 95% bootstrap interval."
+_DESCRIPTION = (
+    "Corpus BLEU-4 by sacrebleu over mixed-language records (n-gram statistics summed across tokenizers), "
+    "per language, with a 95% bootstrap interval."
+)
 _KWARGS = """
 Args:
     predictions: generated answers.

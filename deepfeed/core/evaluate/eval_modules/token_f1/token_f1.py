@@ -5,7 +5,10 @@ import evaluate
 
 from deepfeed.core.evaluate.textmetrics import token_prf_corpus
 
-_DESCRIPTION = "Mean per-record token-overlap precision, recall and F1 (SQuAD normalization; Chinese segmented with jieba), with a 95% bootstrap interval of the F1."
+_DESCRIPTION = (
+    "Mean per-record token-overlap precision, recall and F1 (SQuAD normalization; Chinese segmented with "
+    "jieba), with a 95% bootstrap interval of the F1."
+)
 _KWARGS = """
 Args:
     predictions: generated answers.
