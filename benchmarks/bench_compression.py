@@ -93,7 +93,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from deepfeed.core.compress.compression import file_size_mb, load_int8_torch, onnx_session
+    from deepfeed.core.compress.compression import file_size_mb, load_int8_torch
+    from deepfeed.core.compress.onnx_graph import onnx_session
     from deepfeed.core.compress.onnx_kv import onnx_greedy_generate
     from deepfeed.core.platform.home import ensure_smollm2
     from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
@@ -278,10 +279,10 @@ def int8_table(args) -> None:
     from deepfeed.core.compress.compression import (
         CompressionConfig,
         load_int8_torch,
-        onnx_session,
         prune_model,
         quantize_int8,
     )
+    from deepfeed.core.compress.onnx_graph import onnx_session
     from deepfeed.core.compress.onnx_kv import onnx_greedy_generate, onnx_kv_logits
     from deepfeed.core.evaluate.evaluation import EvaluationConfig, perplexity, torch_logits
     from deepfeed.core.platform.home import ensure_smollm2

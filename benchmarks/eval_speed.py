@@ -44,19 +44,21 @@ def _cpu_seconds() -> float:
 
 
 def _evaluate(label, checkpoint, compressed, champion, records, config, artifacts, champion_scores=None):
-    from deepfeed.core.evaluate.scoring import evaluate_candidates
+    from deepfeed.core.evaluate.scoring import EvaluationRequest, run_evaluation
 
     print(f"\n== {label}")
     cpu_before, started = _cpu_seconds(), time.perf_counter()
-    outcome = evaluate_candidates(
-        checkpoint,
-        compressed,
-        champion,
-        records,
-        config,
-        log=lambda m: print("   ", m, flush=True),
-        artifacts=artifacts,
-        champion_scores=champion_scores,
+    outcome = run_evaluation(
+        EvaluationRequest(
+            checkpoint,
+            records,
+            config,
+            compressed_dir=compressed,
+            champion_checkpoint=champion,
+            log=lambda m: print("   ", m, flush=True),
+            artifacts=artifacts,
+            champion_scores=champion_scores,
+        )
     )
     total, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_before
     for c in outcome.candidates:

@@ -86,3 +86,108 @@ def test_no_import_cycle_at_module_level():
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def imported_names(path: Path) -> list[tuple[str, str]]:
+    """(module, name) for every `from module import name` anywhere in a file (function-local
+    imports included), relative modules resolved; `import module` gives (module, "")."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = _module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else _module_name(path)
+    found: list[tuple[str, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, "") for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            found.extend((module, alias.name) for alias in node.names)
+    return found
+
+
+def _deepfeed_modules() -> dict[str, Path]:
+    return {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the deepfeed modules it imports, at any depth of the file: a function-local
+    import still makes the two modules depend on each other, it only defers the failure."""
+    modules = _deepfeed_modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = set()
+        for module, imported in imported_names(path):
+            # `from package import module` depends on the module, not only on the package.
+            target = f"{module}.{imported}" if f"{module}.{imported}" in modules else module
+            if target in modules and target != name:
+                deps.add(target)
+        graph[name] = deps
+    return graph
+
+
+def strongly_connected_components(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's algorithm, iteratively; components of more than one module are cycles."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                components.append(sorted(component))
+    return components
+
+
+def test_strongly_connected_components_finds_a_cycle_and_nothing_else():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert sorted(c for c in strongly_connected_components(graph) if len(c) > 1) == [["a", "b", "c"]]
+
+
+def test_no_import_cycle_counting_function_local_imports():
+    cycles = [c for c in strongly_connected_components(import_graph()) if len(c) > 1]
+    assert cycles == []
+
+
+def test_no_module_imports_a_private_name_of_another_deepfeed_module():
+    modules = _deepfeed_modules()
+    bad = []
+    for name, path in modules.items():
+        for module, imported in imported_names(path):
+            if module.startswith("deepfeed") and imported.startswith("_") and module != name:
+                if f"{module}.{imported}" not in modules:  # a private module file is not a private name
+                    bad.append(f"{name}: {module}.{imported}")
+    assert bad == []
+
+
+def test_core_never_imports_the_operator_tools():
+    assert _offenders(_files("core"), lambda n: n.startswith("deepfeed.tools")) == {}

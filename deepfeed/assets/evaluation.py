@@ -29,7 +29,14 @@ from deepfeed.core.evaluate.score_cache import (
     save_scores,
     score_cache_key,
 )
-from deepfeed.core.evaluate.scoring import BASE, CHALLENGER, DEFAULT_ARTIFACTS, DESCRIPTIONS, evaluate_candidates
+from deepfeed.core.evaluate.scoring import (
+    BASE,
+    CHALLENGER,
+    DEFAULT_ARTIFACTS,
+    DESCRIPTIONS,
+    EvaluationRequest,
+    run_evaluation,
+)
 from deepfeed.core.evaluate.scoring import CHAMPION as CHAMPION_CANDIDATE
 from deepfeed.core.loop.lifecycle import apply_failed_gate, grant_challenger, promote_gated
 from deepfeed.core.platform.artifacts import MANIFEST, ArtifactHandle
@@ -250,25 +257,27 @@ def evaluation_report(
         fingerprint = f"base:{checkpoint_fingerprint(base_checkpoint)}"
         base_key = score_cache_key(fingerprint, str(base_checkpoint), eval_hash, eval_config, key_extra)
         base_scores = find_scores(store, base_key) if config.reuse_champion_scores else None
-    outcome = evaluate_candidates(
-        store.local_path(finetuned_model) / "checkpoint",
-        store.local_path(compressed_model),
-        champion_checkpoint,
-        records,
-        eval_config,
-        CompressionConfig(),
-        log=context.log.info,
-        toxicity=toxicity,
-        generate_compressed=config.generate_compressed,
-        generate_logits_only=config.generate_logits_only,
-        artifacts=tuple(config.artifacts),
-        compression_passed=compression_passed,
-        compression_detail=compression_detail,
-        champion_scores=champion_scores,
-        base_checkpoint=base_checkpoint,
-        base_scores=base_scores,
-        base_error=base_error,
-        compression_required=config.compression_gate_required,
+    outcome = run_evaluation(
+        EvaluationRequest(
+            store.local_path(finetuned_model) / "checkpoint",
+            records,
+            eval_config,
+            compressed_dir=store.local_path(compressed_model),
+            champion_checkpoint=champion_checkpoint,
+            compression=CompressionConfig(),
+            log=context.log.info,
+            toxicity=toxicity,
+            generate_compressed=config.generate_compressed,
+            generate_logits_only=config.generate_logits_only,
+            artifacts=tuple(config.artifacts),
+            compression_passed=compression_passed,
+            compression_detail=compression_detail,
+            champion_scores=champion_scores,
+            base_checkpoint=base_checkpoint,
+            base_scores=base_scores,
+            base_error=base_error,
+            compression_required=config.compression_gate_required,
+        )
     )
     stamp = {
         "eval_hash": eval_hash,

@@ -84,7 +84,7 @@ class OnnxGenerator:
     runtime = "onnx_int8"
 
     def __init__(self, onnx_file: Path, checkpoint: Path, max_context: int = 512):
-        from deepfeed.core.compress.compression import onnx_session
+        from deepfeed.core.compress.onnx_graph import onnx_session
         from deepfeed.core.compress.onnx_kv import layout_from_session
 
         self.tokenizer = load_tokenizer(checkpoint)

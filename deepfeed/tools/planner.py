@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
+from deepfeed.core.train.memory_layout import DTYPE_BYTES, TrainingLayout, training_layout
+
 GiB = 1024**3
 
 PRESETS = {
@@ -29,7 +31,6 @@ PRESETS = {
 
 SUPPORTED_MODEL_TYPES = ("deepseek_v3", "llama", "mistral", "qwen2", "qwen3")
 
-DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
 # Group-wise 4-bit formats (GPTQ/AWQ, bitsandbytes NF4) keep a 16-bit scale per group of
 # 64 weights; that is 0.25 extra bits per weight, a few percent of a 70B model.
 INT4_GROUP = 64
@@ -394,64 +395,6 @@ def kv_cache_bytes(
 # ------------------------------------------------------------------------- memory
 
 
-@dataclass(frozen=True)
-class TrainingLayout:
-    """How the trainer holds a model in memory: the one definition that
-    ``deepfeed.core.train.training`` loads models by and that the planner's training rows use,
-    so the fit table describes exactly what ``fine_tune`` allocates.
-
-    base: storage of the weights that are not trained (all weights for full fine-tuning
-        are trained, so there it is the master copy): fp32 | bf16 | fp16 | nf4.
-    trained: dtype of the trained parameters (full: the master weights; LoRA: the
-        adapters), of their gradients and of AdamW's two moments.
-    compute: autocast dtype of the forward pass (None: the weights' own dtype).
-    """
-
-    method: str  # full | lora | qlora
-    base: str
-    trained: str
-    compute: str | None
-
-    @property
-    def trained_bytes(self) -> float:
-        """Bytes per trained parameter: the weight, its gradient, AdamW's m and v."""
-        return 4 * DTYPE_BYTES[self.trained]
-
-    @property
-    def activation_unit(self) -> float:
-        # Activations come in the compute dtype; without autocast the weights are fp32.
-        return DTYPE_BYTES[self.compute] if self.compute else 4.0
-
-
-TRAINING_METHODS = ("full", "lora", "qlora")
-TRAINING_PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def training_layout(method: str, precision: str) -> TrainingLayout:
-    """The trainer's memory layout for a method and a (resolved) precision.
-
-    Full fine-tuning keeps fp32 master weights whatever the precision: AdamW updates of
-    ~1e-5 relative size vanish in a 16-bit weight (bf16 keeps 8 bits of mantissa), so
-    16-bit precision there means 16-bit autocast compute, the mixed precision of the
-    ZeRO paper (its 2+2+12 bytes per parameter add up to the same 16 as 4+4+8 here).
-    LoRA stores the frozen base in the training precision and the adapters, their
-    gradients and AdamW state in fp32 (peft's default on a 16-bit base). QLoRA stores the
-    decoder Linears in NF4 with double quantisation, the rest in bf16, fp32 adapters.
-    """
-    if method not in TRAINING_METHODS:
-        raise PlannerError(f"method={method!r}: expected one of {', '.join(TRAINING_METHODS)}")
-    if precision not in TRAINING_PRECISIONS:
-        raise PlannerError(f"precision={precision!r}: expected one of {', '.join(TRAINING_PRECISIONS)}")
-    compute = None if precision == "fp32" else precision
-    if method == "full":
-        return TrainingLayout("full", "fp32", "fp32", compute)
-    if method == "lora":
-        return TrainingLayout("lora", precision, "fp32", compute)
-    if precision == "fp32":
-        raise PlannerError("QLoRA computes in 16 bit: use precision bf16 (or fp16 on GPUs without bf16)")
-    return TrainingLayout("qlora", "nf4", "fp32", compute)
-
-
 def training_state_bytes(counts: ParamCount, layout: TrainingLayout, trainable: int) -> dict[str, float]:
     """Weights, gradients and optimizer state of a training run on one device, in bytes.
 
@@ -717,7 +660,7 @@ class Plan:
             "int8/int4 quantise the decoder Linears (per-channel int8; int4 with a 16-bit "
             f"scale per {INT4_GROUP} weights) and keep embeddings, lm_head and norms in 16 bit; "
             "QLoRA uses NF4 with double quantisation and fp32 adapters.",
-            "Training rows use the trainer's own layout (planner.training_layout): full "
+            "Training rows use the trainer's own layout (core.train.memory_layout.training_layout): full "
             "fine-tuning keeps fp32 weights, gradients and AdamW m and v (16 bytes/parameter) "
             "with bf16 autocast for 'mixed'; LoRA keeps the base in bf16 and fp32 adapters.",
             *self.shape.notes,

@@ -7,17 +7,16 @@ import torch
 from deepfeed.core.compress.compression import (
     CompressionConfig,
     CompressionInputError,
-    OnnxExportError,
     check_onnx_parity,
     compress_checkpoint,
     load_int8_torch,
-    onnx_session,
     overall_sparsity,
     prune_model,
     triton_config,
     write_json,
 )
 from deepfeed.core.compress.gate import gate_compressed_artifacts
+from deepfeed.core.compress.onnx_graph import OnnxExportError, onnx_session
 from deepfeed.core.compress.triton import validate_triton_repository
 from deepfeed.core.train.modeling import load_model
 from tests.conftest import PAIRS
@@ -366,7 +365,7 @@ def test_logits_only_graphs_reach_the_same_answers_from_their_kv_twin_s_drafts(t
 
 
 def test_paired_f1_change_separates_noise_from_a_real_drop():
-    from deepfeed.core.compress.gate import paired_relative_change
+    from deepfeed.core.evaluate.paired import paired_relative_change
 
     reference = np.array([1.0, 0.5, 0.0, 0.8] * 6)  # 24 answers, mean 0.575
     assert paired_relative_change(reference, reference, 500, 0) == (0.0, 0.0, 0.0)
@@ -443,7 +442,7 @@ def test_an_architecture_the_exporter_cannot_handle_leaves_the_torch_artifacts(t
 def test_provider_selection_prefers_cuda_and_falls_back_to_cpu():
     import onnxruntime as ort
 
-    from deepfeed.core.compress.compression import select_providers
+    from deepfeed.core.compress.onnx_graph import select_providers
 
     assert select_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
         "CUDAExecutionProvider",

@@ -22,7 +22,7 @@ from deepfeed.core.evaluate.evaluation import (
 )
 from deepfeed.core.evaluate.report import FAIL, render_html, write_report
 from deepfeed.core.evaluate.safety import ToxicityScorer
-from deepfeed.core.evaluate.scoring import evaluate_candidates
+from deepfeed.core.evaluate.scoring import EvaluationRequest, run_evaluation
 from deepfeed.core.train.flops import flops_per_token
 from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
 from tests.conftest import PAIRS
@@ -134,14 +134,16 @@ def test_candidates_with_broken_artifacts_and_champion_still_report(tiny_llama, 
         json.dumps({"paths": {"torch_int8": "torch_int8", "pruned": "pruned", "onnx_int8": "onnx/model_int8.onnx"}})
     )
     (broken / "onnx" / "model_int8.onnx").write_bytes(b"not a model")
-    outcome = evaluate_candidates(
-        tiny_llama,
-        broken,
-        tmp_path / "no-champion",
-        records,
-        FAST,
-        log=lambda m: None,
-        artifacts=("torch_int8", "onnx_int8", "onnx_kv_int8"),
+    outcome = run_evaluation(
+        EvaluationRequest(
+            tiny_llama,
+            records,
+            FAST,
+            compressed_dir=broken,
+            champion_checkpoint=tmp_path / "no-champion",
+            log=lambda m: None,
+            artifacts=("torch_int8", "onnx_int8", "onnx_kv_int8"),
+        )
     )
     names = [c.name for c in outcome.candidates]
     assert names == ["base", "champion", "challenger", "torch_int8", "onnx_int8", "onnx_kv_int8"]
@@ -185,8 +187,8 @@ def test_candidates_with_broken_artifacts_and_champion_still_report(tiny_llama, 
 
 def test_empty_eval_set_and_unloadable_challenger(tiny_llama, tmp_path):
     with pytest.raises(ValueError, match="evaluation set is empty"):
-        evaluate_candidates(tiny_llama, None, None, [], FAST)
-    outcome = evaluate_candidates(tmp_path / "missing", None, None, RECORDS, FAST, log=lambda m: None)
+        run_evaluation(EvaluationRequest(tiny_llama, [], FAST))
+    outcome = run_evaluation(EvaluationRequest(tmp_path / "missing", RECORDS, FAST, log=lambda m: None))
     assert outcome.by_name("challenger").error and not outcome.gate.passed
     assert "could not be evaluated" in outcome.gate.reasons[0]
 
@@ -195,8 +197,10 @@ def test_headline_colours_a_drop_over_the_gate_red(tiny_llama):
     from deepfeed.core.evaluate.evaluation import generation_records
     from deepfeed.core.evaluate.scoring import paired_comparisons
 
-    outcome = evaluate_candidates(
-        tiny_llama, None, tiny_llama, RECORDS, FAST, log=lambda m: None, compression_passed=True
+    outcome = run_evaluation(
+        EvaluationRequest(
+            tiny_llama, RECORDS, FAST, champion_checkpoint=tiny_llama, log=lambda m: None, compression_passed=True
+        )
     )
     assert outcome.gate.passed  # the same model against itself loses nothing
     same = outcome.comparison("challenger", "champion")["perplexity"]
@@ -240,15 +244,16 @@ def test_flops_per_token_for_every_artifact_kind(tiny_llama, tmp_path):
 
     summary = compress_checkpoint(tiny_llama, tmp_path / "compressed", CompressionConfig())
     write_json(tmp_path / "compressed" / "compression.json", summary)
-    outcome = evaluate_candidates(
-        tiny_llama,
-        tmp_path / "compressed",
-        None,
-        RECORDS[:4],
-        FAST,
-        log=lambda m: None,
-        artifacts=tuple(DESCRIPTIONS),
-        generate_compressed=False,
+    outcome = run_evaluation(
+        EvaluationRequest(
+            tiny_llama,
+            RECORDS[:4],
+            FAST,
+            compressed_dir=tmp_path / "compressed",
+            log=lambda m: None,
+            artifacts=tuple(DESCRIPTIONS),
+            generate_compressed=False,
+        )
     )
     fp32 = outcome.by_name("challenger").metrics
     context = fp32["flops_context_tokens"]
@@ -284,7 +289,7 @@ def test_champion_scores_are_reused_only_for_the_same_version_records_and_settin
     from deepfeed.core.platform.artifacts import ArtifactStore
 
     store = ArtifactStore(tmp_path / "store")
-    first = evaluate_candidates(tiny_llama, None, None, RECORDS, FAST, log=lambda m: None)
+    first = run_evaluation(EvaluationRequest(tiny_llama, RECORDS, FAST, log=lambda m: None))
     eval_hash = eval_set_hash(RECORDS)
     key = score_cache_key("3", str(tiny_llama), eval_hash, FAST)
     save_scores(store, key, first.by_name("challenger"), first.samples, {"evaluated_at": "2026-11-29T22:00:00+00:00"})
@@ -305,15 +310,16 @@ def test_champion_scores_are_reused_only_for_the_same_version_records_and_settin
     assert [s["answer"] for s in cached["samples"]] == [s["answer"] for s in first.samples]
 
     # The champion is not loaded (its path does not exist) and the gate still compares.
-    outcome = evaluate_candidates(
-        tiny_llama,
-        None,
-        tmp_path / "not-loaded",
-        RECORDS,
-        FAST,
-        log=lambda m: None,
-        champion_scores=cached,
-        compression_passed=True,
+    outcome = run_evaluation(
+        EvaluationRequest(
+            tiny_llama,
+            RECORDS,
+            FAST,
+            champion_checkpoint=tmp_path / "not-loaded",
+            log=lambda m: None,
+            champion_scores=cached,
+            compression_passed=True,
+        )
     )
     champion = outcome.by_name("champion")
     assert champion.error is None and champion.metrics == cached["result"]["metrics"]

@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from deepfeed.core.train.ewc import EwcPenalty, fisher_path
 from deepfeed.core.train.modeling import load_model, load_tokenizer
-from deepfeed.core.train.training import TrainingConfig, TrainingError, _encode, fine_tune, mean_token_loss
+from deepfeed.core.train.training import TrainingConfig, TrainingError, encode_examples, fine_tune, mean_token_loss
 from tests.conftest import PAIRS
 
 NEW_PAIRS = [
@@ -29,7 +29,7 @@ OLD, NEW = records(PAIRS, 2), records(NEW_PAIRS, 4)
 
 def loss_on(checkpoint, data) -> float:
     tokenizer = load_tokenizer(checkpoint)
-    examples = _encode(tokenizer, data, TrainingConfig())
+    examples = encode_examples(tokenizer, data, TrainingConfig())
     return mean_token_loss(load_model(checkpoint), examples, tokenizer.pad_token_id, 8, torch.device("cpu"))
 
 

@@ -7,7 +7,7 @@ import torch
 
 from deepfeed.core.evaluate.evaluation import EvaluationConfig
 from deepfeed.core.evaluate.report import feeding_headline, render_markdown
-from deepfeed.core.evaluate.scoring import evaluate_candidates
+from deepfeed.core.evaluate.scoring import EvaluationRequest, run_evaluation
 from deepfeed.core.train.modeling import collate, encode_record, load_model, load_tokenizer
 from tests.core.test_evaluation import RECORDS
 
@@ -48,15 +48,15 @@ def trained_and_random(tiny_llama, tmp_path_factory):
 
 
 def test_a_random_weights_challenger_is_refused_by_the_first_champion_gate(trained_and_random):
-    outcome = evaluate_candidates(
-        trained_and_random["random"],
-        None,
-        None,
-        RECORDS,
-        CONFIG,
-        log=lambda m: None,
-        base_checkpoint=trained_and_random["trained"],
-        compression_passed=True,
+    outcome = run_evaluation(
+        EvaluationRequest(
+            trained_and_random["random"],
+            RECORDS,
+            CONFIG,
+            log=lambda m: None,
+            base_checkpoint=trained_and_random["trained"],
+            compression_passed=True,
+        )
     )
     base = outcome.by_name("base")
     assert base.error is None and base.metrics["token_f1"] > 0.5, base.metrics.get("token_f1")
@@ -78,15 +78,15 @@ def test_a_trained_challenger_beats_a_random_base_and_base_scores_are_reused(tra
     )
     from deepfeed.core.platform.artifacts import ArtifactStore
 
-    outcome = evaluate_candidates(
-        trained_and_random["trained"],
-        None,
-        None,
-        RECORDS,
-        CONFIG,
-        log=lambda m: None,
-        base_checkpoint=trained_and_random["random"],
-        compression_passed=True,
+    outcome = run_evaluation(
+        EvaluationRequest(
+            trained_and_random["trained"],
+            RECORDS,
+            CONFIG,
+            log=lambda m: None,
+            base_checkpoint=trained_and_random["random"],
+            compression_passed=True,
+        )
     )
     assert outcome.gate.passed, outcome.gate.reasons
     change = outcome.comparison("challenger", "base")["token_f1"]
@@ -104,16 +104,16 @@ def test_a_trained_challenger_beats_a_random_base_and_base_scores_are_reused(tra
         f"base:{checkpoint_fingerprint(random_base)}", str(random_base), eval_set_hash(RECORDS), CONFIG
     )
     save_scores(store, key, outcome.by_name("base"), [], {"evaluated_at": "2026-12-04T10:00:00+00:00"})
-    again = evaluate_candidates(
-        trained_and_random["trained"],
-        None,
-        None,
-        RECORDS,
-        CONFIG,
-        log=lambda m: None,
-        base_checkpoint=tmp_path / "not-loaded",
-        base_scores=find_scores(store, key),
-        compression_passed=True,
+    again = run_evaluation(
+        EvaluationRequest(
+            trained_and_random["trained"],
+            RECORDS,
+            CONFIG,
+            log=lambda m: None,
+            base_checkpoint=tmp_path / "not-loaded",
+            base_scores=find_scores(store, key),
+            compression_passed=True,
+        )
     )
     assert not any(t.startswith("base") for t in again.timings)
     assert again.gate.passed and again.comparison("challenger", "base")["token_f1"] == change

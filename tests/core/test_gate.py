@@ -4,9 +4,8 @@
 import numpy as np
 import pytest
 
-from deepfeed.core.compress.gate import paired_relative_change
 from deepfeed.core.evaluate.gate import KEY_METRICS, promotion_gate
-from deepfeed.core.evaluate.paired import compare, paired_corpus_change, paired_mean_change
+from deepfeed.core.evaluate.paired import compare, paired_corpus_change, paired_mean_change, paired_relative_change
 
 # 24 answers' token F1, mean 0.575 (the demo answers about this many).
 REFERENCE_F1 = np.array([1.0, 0.5, 0.0, 0.8] * 6)

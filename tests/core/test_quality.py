@@ -4,27 +4,19 @@ import re
 import numpy as np
 import pytest
 
-from deepfeed.core.data.quality import (
-    ALL_CHECKS,
+from deepfeed.core.data.quality.charclass import HAN, LATIN, PUNCT, SPACE, SYMBOL, TextBatch, char_class_counts
+from deepfeed.core.data.quality.config import ALL_CHECKS, QualityConfig
+from deepfeed.core.data.quality.detectors import (
     DETECTORS,
-    HAN,
-    LATIN,
-    PUNCT,
-    SPACE,
-    SYMBOL,
-    QualityConfig,
-    _Batch,
     _unit_repeats,
-    char_class_counts,
     check_quality,
-    detect_language,
-    detect_languages,
-    fix_mojibake,
-    normalize_text,
     repeated_ngram_fraction,
     strip_boilerplate_lines,
     text_length,
 )
+from deepfeed.core.data.quality.language import detect_language, detect_languages
+from deepfeed.core.data.quality.mojibake import fix_mojibake
+from deepfeed.core.data.quality.normalize import normalize_text
 
 CLEAN = [
     "The patient is a 67-year-old man with hypertension (I10) who presented with chest pain for two hours.",
@@ -158,7 +150,7 @@ def test_vectorised_unit_repeats_match_the_regex():
     texts += ["x" * 8, "x" * 8]  # two halves of a run in neighbouring texts stay apart
     pattern = re.compile(r"(\S{1,4}?)\1{15,}")
     expected = [bool(pattern.search(t)) for t in texts]
-    assert _unit_repeats(_Batch(texts), 16).tolist() == expected
+    assert _unit_repeats(TextBatch(texts), 16).tolist() == expected
 
 
 def test_char_class_counts():
@@ -254,7 +246,7 @@ def test_throughput_is_vectorised():
 def test_plain_text_shortcut_gives_the_full_normalization():
     import random
 
-    from deepfeed.core.data.quality import _normalize_full
+    from deepfeed.core.data.quality.normalize import _normalize_full
 
     pieces = [
         "word",

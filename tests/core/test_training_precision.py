@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from deepfeed.core.train.memory_layout import LayoutError, training_layout
 from deepfeed.core.train.modeling import ModelSourceError, collate, encode_record, load_model, load_tokenizer
 from deepfeed.core.train.training import TrainingConfig, TrainingError, adamw, fine_tune, setup_model
 from deepfeed.tools import planner as P
@@ -77,7 +78,7 @@ def test_planner_bytes_equal_what_the_trainer_allocates(tiny_llama, method, prec
     counts = P.count_params(shape)
     trainable = counts.total if method == "full" else P.lora_params(shape, 4)
     assert sum(p.numel() for p in params) == trainable
-    planned = P.training_state_bytes(counts, P.training_layout(method, precision), trainable)
+    planned = P.training_state_bytes(counts, training_layout(method, precision), trainable)
     assert measured == planned
     per_param = {k: v / counts.total for k, v in planned.items()}
     print(f"{method}/{precision}: bytes per model parameter {per_param}")
@@ -93,8 +94,8 @@ def test_qlora_refuses_clearly_without_cuda(tiny_llama, tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(TrainingError, match="4-bit base"):
         fine_tune(tiny_llama, RECORDS, tmp_path / "out", TrainingConfig(method="qlora", ewc_lambda=1.0))
-    with pytest.raises(P.PlannerError, match="16 bit"):
-        P.training_layout("qlora", "fp32")
+    with pytest.raises(LayoutError, match="16 bit"):
+        training_layout("qlora", "fp32")
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

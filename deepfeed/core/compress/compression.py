@@ -20,12 +20,16 @@ from typing import Any
 
 import torch
 
+from deepfeed.core.compress.onnx_graph import LogitsOnly, OnnxExportError, onnx_session, run_unlike_trace, use_dense_moe
+from deepfeed.core.compress.onnx_kv import check_decoder_parity, export_decoder_with_past
 from deepfeed.core.compress.triton import TRITON_INPUT, TRITON_OUTPUT, triton_config  # noqa: F401  (re-exported)
 from deepfeed.core.compress.weight_only_int8 import quantize_weight_only
 from deepfeed.core.train.modeling import ModelSourceError, describe_checkpoint, load_model
 
 PRUNE_METHODS = ("global_l1_unstructured", "l1_unstructured", "ln_structured")
 QUANTIZATION_METHODS = ("weight_only", "dynamic")
+# How the compression gate judges the task metric (gate.py): bootstrap interval, point estimate, not at all.
+TASK_GATES = ("paired", "point", "off")
 
 
 @dataclass(frozen=True)
@@ -186,69 +190,6 @@ def _weight_only_skeleton(int8_dir: Path, config: CompressionConfig, state: dict
     return model
 
 
-class _LogitsOnly(torch.nn.Module):
-    """forward(input_ids, attention_mask) -> logits, without the KV cache outputs.
-
-    The 4D causal + padding mask is built here with plain broadcasting: transformers 4.57
-    builds it with torch.vmap, which the TorchScript-based ONNX exporter cannot trace
-    ("unordered_map::at"). Position ids follow the padding, as in `generate`.
-    """
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask):
-        length = input_ids.shape[1]
-        positions = torch.arange(length, device=input_ids.device)
-        causal = positions[None, :] <= positions[:, None]
-        allowed = causal[None, None, :, :] & attention_mask[:, None, None, :].bool()
-        mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, torch.finfo(torch.float32).min)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
-
-
-class OnnxExportError(RuntimeError):
-    pass
-
-
-def _dense_moe(self, hidden_states, topk_indices, topk_weights):
-    """Every expert on every token, weighted by the router (zero for unselected experts).
-
-    Numerically the same as the sparse loop, but free of the data-dependent branch
-    (`if token_indices.numel() > 0`) that the tracer freezes into the graph, which made
-    exported DeepSeek MoE graphs silently wrong on inputs other than the trace example.
-    """
-    weights = torch.zeros(
-        hidden_states.shape[0], len(self.experts), dtype=topk_weights.dtype, device=hidden_states.device
-    ).scatter(1, topk_indices, topk_weights)
-    outputs = torch.stack([expert(hidden_states) for expert in self.experts], dim=1)
-    return (outputs * weights.unsqueeze(-1)).sum(dim=1).type(hidden_states.dtype)
-
-
-def _use_dense_moe(model: torch.nn.Module) -> int:
-    import types
-
-    patched = 0
-    for module in model.modules():
-        if hasattr(module, "moe") and hasattr(module, "experts") and hasattr(module, "gate"):
-            module.moe = types.MethodType(_dense_moe, module)
-            patched += 1
-    return patched
-
-
-def run_unlike_trace(session, names, feeds, path: Path):
-    """session.run on inputs shaped unlike the trace example, where a graph with frozen
-    data-dependent control flow breaks; its failure becomes an OnnxExportError."""
-    try:
-        return session.run(names, feeds)
-    except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types
-        raise OnnxExportError(
-            f"ONNX graph of {path.name} fails on inputs shaped unlike the trace example, so the tracer froze "
-            f"data-dependent control flow (e.g. sparse MoE routing without an eager/dense path): {exc}"
-        ) from exc
-
-
 def check_onnx_parity(model: torch.nn.Module, path: Path, tolerance: float = 1e-3) -> float:
     """Max |onnx - torch| on a batch unlike the trace example (other shape, left padding)."""
     session = onnx_session(path)
@@ -256,7 +197,7 @@ def check_onnx_parity(model: torch.nn.Module, path: Path, tolerance: float = 1e-
     ids = torch.randint(0, model.config.vocab_size, (2, 11), generator=generator)
     mask = torch.ones_like(ids)
     mask[1, :4] = 0
-    expected = _LogitsOnly(model)(ids, mask).detach().numpy()
+    expected = LogitsOnly(model)(ids, mask).detach().numpy()
     actual = run_unlike_trace(session, None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}, path)[0]
     keep = mask.bool().numpy()
     error = float(abs(actual - expected)[keep].max())
@@ -273,8 +214,8 @@ def export_onnx(model: torch.nn.Module, path: Path, opset: int) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
-    _use_dense_moe(model)
-    wrapper = _LogitsOnly(model)
+    use_dense_moe(model)
+    wrapper = LogitsOnly(model)
     ids = torch.ones((1, 8), dtype=torch.long)
     mask = torch.ones((1, 8), dtype=torch.long)
     with torch.no_grad():
@@ -312,34 +253,6 @@ def quantize_onnx_int8(
 
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel)
     return target
-
-
-# Preference order: onnxruntime-gpu lists CUDA next to CPU; CPU stays as the fallback for
-# nodes the CUDA provider has no kernel for. TensorRT and others are not chosen
-# automatically (their engine builds take minutes and need per-model settings).
-PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
-
-
-def select_providers(available: list[str] | tuple[str, ...]) -> list[str]:
-    """The execution providers to ask ONNX Runtime for, given what it reports available.
-
-    Only the selection is tested here (no GPU on the CI machines): running on
-    CUDAExecutionProvider is untested on real GPUs."""
-    chosen = [p for p in PREFERRED_PROVIDERS if p in available]
-    if not chosen:
-        raise RuntimeError(f"ONNX Runtime offers none of {list(PREFERRED_PROVIDERS)} (available: {list(available)})")
-    return chosen
-
-
-def onnx_session(path: Path, threads: int | None = None):
-    """CUDA execution provider when onnxruntime-gpu offers it, CPU otherwise."""
-    import onnxruntime as ort
-
-    providers = select_providers(ort.get_available_providers())
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
 def write_triton_repository(root: Path, onnx_file: Path, config: CompressionConfig, vocab_size: int) -> Path:
@@ -383,9 +296,6 @@ def compress_checkpoint(checkpoint: Path, output: Path, config: CompressionConfi
     cannot handle, say) is reported in `errors` under the artifact's name with the reason,
     the artifacts that depend on it are reported as skipped, and the others still get built.
     """
-    from deepfeed.core.compress.gate import TASK_GATES
-    from deepfeed.core.compress.onnx_kv import check_decoder_parity, export_decoder_with_past
-
     if config.gate_task_metric not in TASK_GATES:
         raise ValueError(f"gate_task_metric={config.gate_task_metric!r}: expected one of {TASK_GATES}")
     architecture = validate_checkpoint(checkpoint)["architecture"]

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from deepfeed.core.compress.compression import TASK_GATES, CompressionConfig
 from deepfeed.core.evaluate.evaluation import (
     EvaluationConfig,
     by_length,
@@ -41,9 +42,11 @@ from deepfeed.core.evaluate.evaluation import (
     perplexity,
     torch_logits,
 )
+from deepfeed.core.evaluate.paired import paired_relative_change
+from deepfeed.core.evaluate.scoring import LOGITS_ONLY, compressed_loaders
 from deepfeed.core.evaluate.textmetrics import token_prf, token_prf_corpus
+from deepfeed.core.train.modeling import load_model, load_tokenizer
 
-TASK_GATES = ("paired", "point", "off")
 # Artifacts with a KV cache decode their greedy answers token by token. A logits-only
 # graph has no cache, so its answers are found by checking draft answers in one forward
 # pass and decoding on (re-running the whole sequence per token) only the rows where it
@@ -187,26 +190,6 @@ class GateReport:
         return "\n".join(lines)
 
 
-def paired_relative_change(
-    reference: np.ndarray, candidate: np.ndarray, samples: int, seed: int, alpha: float = 0.05
-) -> tuple[float | None, float | None, float | None]:
-    """(mean(candidate) - mean(reference)) / mean(reference) over the same records, with a
-    paired bootstrap interval (each draw resamples records for both sides at once).
-    None when the reference scores 0: there is no drop to measure against."""
-    reference, candidate = np.asarray(reference, float), np.asarray(candidate, float)
-    if reference.size == 0 or reference.mean() == 0:
-        return None, None, None
-    change = float(candidate.mean() / reference.mean() - 1)
-    if reference.size < 2 or samples <= 0:
-        return change, change, change
-    draws = np.random.default_rng(seed).integers(0, reference.size, size=(samples, reference.size))
-    ref_means, cand_means = reference[draws].mean(1), candidate[draws].mean(1)
-    ok = ref_means > 0
-    values = cand_means[ok] / ref_means[ok] - 1
-    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return change, float(low), float(high)
-
-
 def _per_record_f1(answers: list[str], records: list[dict[str, Any]]) -> np.ndarray:
     return np.array([token_prf(a, r["response"], r.get("lang"))[2] for a, r in zip(answers, records)])
 
@@ -260,10 +243,6 @@ def gate_compressed_artifacts(
     """Score the fp32 checkpoint and every built artifact listed in compression.json:
     perplexity on `records`, and token F1 of greedy answers to the first `max_answers`
     QA records among them (0 = all)."""
-    from deepfeed.core.compress.compression import CompressionConfig
-    from deepfeed.core.evaluate.scoring import LOGITS_ONLY, compressed_loaders
-    from deepfeed.core.train.modeling import load_model, load_tokenizer
-
     if task_gate not in TASK_GATES:
         raise ValueError(f"task_gate must be one of {TASK_GATES}, not {task_gate!r}")
     if answers_by not in ANSWER_MODES:

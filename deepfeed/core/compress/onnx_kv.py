@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepfeed.core.compress.onnx_graph import LogitsOnly, OnnxExportError, onnx_session, run_unlike_trace, use_dense_moe
+
 PAST = "past_key_values.{layer}.{kind}"
 PRESENT = "present.{layer}.{kind}"
 
@@ -70,7 +72,7 @@ def cache_layout(model: torch.nn.Module) -> CacheLayout:
 
 class DecoderWithPast(torch.nn.Module):
     """Flat tensors in and out, for the exporter; the mask is built here with plain
-    broadcasting for the same reason as compression._LogitsOnly (torch.vmap in
+    broadcasting for the same reason as onnx_graph.LogitsOnly (torch.vmap in
     transformers' mask code does not trace)."""
 
     def __init__(self, model: torch.nn.Module, num_layers: int):
@@ -103,11 +105,9 @@ def export_decoder_with_past(model: torch.nn.Module, path: Path, opset: int) -> 
     """Export and check the graph (onnx.checker, then logits and presents vs torch)."""
     import onnx
 
-    from deepfeed.core.compress.compression import _use_dense_moe
-
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
-    _use_dense_moe(model)
+    use_dense_moe(model)
     layout = cache_layout(model)
     wrapper = DecoderWithPast(model, layout.num_layers)
     # A non-empty past in the trace example: the tracer then keeps the concatenation
@@ -205,15 +205,13 @@ def onnx_kv_logits(session):
 def check_decoder_parity(model: torch.nn.Module, path: Path, tolerance: float = 1e-3) -> float:
     """Max |onnx - torch| over a left-padded prompt step and two cached steps, against
     torch recomputing the whole sequence; raises OnnxExportError past `tolerance`."""
-    from deepfeed.core.compress.compression import OnnxExportError, _LogitsOnly, onnx_session, run_unlike_trace
-
     session = onnx_session(path)
     layout = layout_from_session(session)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=generator)
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
-    expected = _LogitsOnly(model)(ids, mask).numpy()
+    expected = LogitsOnly(model)(ids, mask).numpy()
     prompt = 6
     feeds = {"input_ids": ids[:, :prompt].numpy(), "attention_mask": mask[:, :prompt].numpy(), **layout.empty(2)}
     names = ["logits", *layout.output_names()]

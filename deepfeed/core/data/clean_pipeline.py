@@ -39,6 +39,7 @@ from deepfeed.core.data.cleaning import (
     REMOVED_FIELDS,
     CleaningResult,
     CorpusCleaner,
+    KAnonPlan,
     clean_stream,
     quasi_identifier_values,
     training_text,
@@ -133,7 +134,8 @@ def _read_batches(paths: Sequence[Path], batch_size: int, counter: list[int]) ->
         if unknown:
             # The output schema is fixed: an unknown column would be dropped silently.
             raise ValueError(
-                f"{path}: unexpected column(s) {unknown}; a raw_corpus records table has {sorted(allowed - {'changed', 'split', 'long_tail'})}"
+                f"{path}: unexpected column(s) {unknown}; "
+                f"a raw_corpus records table has {sorted(allowed - {'changed', 'split', 'long_tail'})}"
             )
         for batch in parquet.iter_batches(batch_size=batch_size):
             rows = batch.to_pylist()
@@ -161,6 +163,204 @@ class _Interner:
             return value
 
 
+@dataclass
+class CleaningRun:
+    """What both passes share: the cleaner, the audit spool, the removed-records table,
+    the running summary, and where progress goes."""
+
+    cleaner: CorpusCleaner
+    audit_spool: AuditSpool
+    removed_writer: TableWriter
+    summary: CleanSummary = field(default_factory=CleanSummary)
+    progress: Callable[[Progress], None] | None = None
+    progress_every: int = 10
+
+    def record_removed(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.removed_writer.write(rows)
+            self.summary.removed += len(rows)
+            self.summary.reasons.update(row["reason"] for row in rows)
+
+    def report(self, phase: str, batches: int, records: int, started: float, *, last: bool = False) -> None:
+        """Progress every `progress_every` batches, and once more at the end of a pass."""
+        if self.progress is not None and (last or batches % self.progress_every == 0):
+            self.progress(Progress(phase, batches, records, time.perf_counter() - started))
+
+
+@dataclass
+class StagedCorpus:
+    """What pass 1 keeps of the kept records besides the staging file: compact columns,
+    quasi-identifier values, and the embeddings' file and per-tag centroid sums."""
+
+    columns: CorpusColumns
+    qi_values: dict[str, list[Any]]
+    sums: CentroidSums | None = None
+    embedded: int = 0  # rows in the embeddings file
+    dim: int = 0
+
+
+@dataclass
+class PassDecisions:
+    """What the second pass applies: k-anonymity's plan, and per final record its long-tail inputs."""
+
+    plan: KAnonPlan | None
+    final_columns: CorpusColumns
+    rare: set[str]
+    outliers: np.ndarray  # bool per final record
+
+
+def clean_pass(
+    run: CleaningRun,
+    parquet_paths: Sequence[Path],
+    staging_writer: TableWriter,
+    embeddings_path: Path,
+    workers: int = 1,
+    encoder: Encoder | None = None,
+) -> StagedCorpus:
+    """Pass 1: clean every batch; kept records go to the staging table, removed ones to
+    the removed table, audit entries to the spool, embeddings (with an encoder) to a
+    float16 file; only compact columns stay in memory."""
+    config, summary = run.cleaner.config, run.summary
+    qi = list(config.quasi_identifiers)
+    intern = _Interner()
+    staged = StagedCorpus(CorpusColumns(), {c: [] for c in qi}, CentroidSums() if encoder is not None else None)
+    columns = staged.columns
+    read = [0]
+    started = time.perf_counter()
+    with embeddings_path.open("wb") as embeddings_file:  # stays empty without an encoder
+        for result in clean_stream(_read_batches(parquet_paths, config.batch_size, read), run.cleaner, workers):
+            summary.batches += 1
+            run.record_removed(result.removed)
+            run.audit_spool.write(result.audit)
+            summary.pii.update(result.pii)
+            summary.glossary.update(result.glossary)
+            records = result.records
+            if records:
+                staging_writer.write(records)
+                start = len(columns)
+                for record in records:
+                    columns.languages.append(intern(record.get("lang") or "other"))
+                    columns.tag_lists.append(intern(tuple(domain_tags(record))))
+                    columns.lengths.append(len(training_text(record)))
+                quasi_identifier_values(records, qi, into=staged.qi_values)
+                for values in staged.qi_values.values():
+                    values[start:] = [intern(v) for v in values[start:]]
+                if encoder is not None:
+                    _embed(encoder, records, columns.tag_lists[start:], embeddings_file, staged)
+            run.report("clean", summary.batches, read[0], started)
+    summary.kept_in = read[0]
+    run.report("clean", summary.batches, read[0], started, last=True)
+    return staged
+
+
+def _embed(encoder: Encoder, records: list[dict[str, Any]], tag_lists, embeddings_file, staged: StagedCorpus) -> None:
+    """Append the records' embeddings (float16) to the file and to the centroid sums."""
+    vectors = np.asarray(encoder.encode([training_text(r) for r in records]))
+    if vectors.ndim != 2 or len(vectors) != len(records):
+        raise ValueError(f"encoder returned embeddings of shape {vectors.shape} for {len(records)} texts")
+    half = vectors.astype(np.float16)
+    embeddings_file.write(np.ascontiguousarray(half).tobytes())
+    staged.sums.add(tag_lists, half)
+    staged.embedded, staged.dim = staged.embedded + len(half), half.shape[1]
+
+
+def decide_between_passes(
+    run: CleaningRun,
+    staged: StagedCorpus,
+    embeddings_path: Path,
+    coverage: CoverageConfig = CoverageConfig(),
+) -> PassDecisions:
+    """What needs every kept record, from the compact columns: k-anonymity's plan (raises
+    NothingLeft when it would suppress everything), rare tags, embedding outliers."""
+    summary = run.summary
+    plan = run.cleaner.kanonymity_plan(staged.qi_values) if staged.qi_values else None
+    staged.qi_values = {}  # no longer needed: free them before the embeddings are read
+    columns = staged.columns
+    kept = len(columns)
+    keep = np.ones(kept, bool)
+    if plan is not None:
+        keep[list(plan.suppressed)] = False
+        summary.kanonymity = plan.summary
+    final = int(keep.sum())
+    if final == 0:
+        reasons = summary.reasons + Counter({"k-anonymity suppression": kept})
+        raise NothingLeft(f"cleaning removed all {summary.kept_in} records: {dict(reasons)}")
+    gone = np.flatnonzero(~keep)
+    gone_tags = [columns.tag_lists[i] for i in gone.tolist()]
+    final_columns = columns if final == kept else columns.select(keep)
+    staged.columns = final_columns
+    del columns
+    tag_counts = Counter(tag for tags in final_columns.tag_lists for tag in tags)
+    rare = rare_tags_from_counts(tag_counts, final, coverage.rare_tag_share)
+    outliers = np.zeros(final, bool)
+    if staged.sums is not None and staged.embedded:
+        embedded = staged.embedded
+        matrix = np.memmap(embeddings_path, dtype=np.float16, mode="r", shape=(embedded, staged.dim))
+        if len(gone):  # suppressed records are not part of any centroid
+            staged.sums.add(gone_tags, matrix[gone], sign=-1.0)
+
+        def blocks() -> Iterator[np.ndarray]:
+            for start in range(0, embedded, _BLOCK):
+                yield matrix[start : start + _BLOCK][keep[start : start + _BLOCK]]
+
+        outliers = embedding_outliers_chunked(final_columns.tag_lists, blocks, coverage, sums=staged.sums)
+        del matrix
+    return PassDecisions(plan, final_columns, rare, outliers)
+
+
+def release_dp_statistics(
+    summary: CleanSummary,
+    columns: CorpusColumns,
+    dp_epsilon: float,
+    dp_rng: np.random.Generator | int | None = None,
+    dp_budget: DatasetBudget | None = None,
+) -> None:
+    """The ε-DP corpus statistics into `summary`; with a dataset budget, spent from it
+    (or the earlier release re-published when the budget is used up)."""
+    if dp_budget is None:
+        summary.statistics, summary.accountant = release_statistics(columns, dp_epsilon, dp_rng)
+        return
+    released = dp_budget.ledger.release(
+        dp_budget.dataset,
+        dp_epsilon,
+        dp_budget.total,
+        dp_budget.run_id,
+        lambda accountant: release_statistics(columns, dp_epsilon, dp_rng, accountant=accountant)[0],
+    )
+    summary.statistics, summary.accountant = released.statistics, released.accountant
+    summary.dp_dataset_spent, summary.dp_reused_from_run = released.dataset_spent, released.reused_from_run
+
+
+def write_pass(run: CleaningRun, staging_path: Path, records_writer: TableWriter, decisions: PassDecisions) -> None:
+    """Pass 2: read the staging table again, apply k-anonymity suppression and
+    generalization and the long-tail reason, and write the final records."""
+    summary, plan = run.summary, decisions.plan
+    index = position = batches = 0
+    started = time.perf_counter()
+    for batch in pq.ParquetFile(staging_path).iter_batches(batch_size=run.cleaner.config.batch_size):
+        result = CleaningResult()
+        out = []
+        for record in batch.to_pylist():
+            if plan is None or run.cleaner.apply_kanonymity(result, record, index, plan):
+                record["long_tail"] = long_tail_reason(
+                    decisions.final_columns.tag_lists[position], decisions.rare, bool(decisions.outliers[position])
+                )
+                summary.changed += bool(record["changed"])
+                summary.train += record["split"] == "train"
+                summary.eval += record["split"] == "eval"
+                summary.long_tail += record["long_tail"] is not None
+                out.append(record)
+                position += 1
+            index += 1
+        records_writer.write(out)
+        summary.cleaned += len(out)
+        run.record_removed(result.removed)
+        run.audit_spool.write(result.audit)
+        batches += 1
+        run.report("write", batches, index, started)
+    run.report("write", batches, index, started, last=True)
+
+
 def clean_sources(
     parquet_paths: Sequence[Path | str],
     out_dir: Path,
@@ -183,146 +383,27 @@ def clean_sources(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging_path, embeddings_path = out_dir / _STAGING, out_dir / _EMBEDDINGS
-    config = cleaner.config
-    qi = list(config.quasi_identifiers)
-    summary = CleanSummary()
     writers: list[TableWriter] = []
     try:
         removed_writer = TableWriter(out_dir / "removed.parquet", REMOVED_SCHEMA)
         writers.append(removed_writer)
+        run = CleaningRun(cleaner, audit_spool, removed_writer, progress=progress, progress_every=progress_every)
         staging_writer = TableWriter(staging_path, CLEAN_SCHEMA)
         writers.append(staging_writer)
-
-        def removed(rows: list[dict[str, Any]]) -> None:
-            if rows:
-                removed_writer.write(rows)
-                summary.removed += len(rows)
-                summary.reasons.update(row["reason"] for row in rows)
-
-        # Pass 1: clean, stage the kept records, keep compact columns only.
-        intern = _Interner()
-        columns = CorpusColumns()
-        qi_values: dict[str, list[Any]] = {c: [] for c in qi}
-        sums = CentroidSums() if encoder is not None else None
-        embedded = 0
-        read = [0]
-        started = time.perf_counter()
-        with embeddings_path.open("wb") as embeddings_file:  # stays empty without an encoder
-            for result in clean_stream(
-                _read_batches([Path(p) for p in parquet_paths], config.batch_size, read), cleaner, workers
-            ):
-                summary.batches += 1
-                removed(result.removed)
-                audit_spool.write(result.audit)
-                summary.pii.update(result.pii)
-                summary.glossary.update(result.glossary)
-                records = result.records
-                if records:
-                    staging_writer.write(records)
-                    start = len(columns)
-                    for record in records:
-                        columns.languages.append(intern(record.get("lang") or "other"))
-                        columns.tag_lists.append(intern(tuple(domain_tags(record))))
-                        columns.lengths.append(len(training_text(record)))
-                    quasi_identifier_values(records, qi, into=qi_values)
-                    for values in qi_values.values():
-                        values[start:] = [intern(v) for v in values[start:]]
-                    if encoder is not None:
-                        vectors = np.asarray(encoder.encode([training_text(r) for r in records]))
-                        if vectors.ndim != 2 or len(vectors) != len(records):
-                            raise ValueError(
-                                f"encoder returned embeddings of shape {vectors.shape} for {len(records)} texts"
-                            )
-                        half = vectors.astype(np.float16)
-                        embeddings_file.write(np.ascontiguousarray(half).tobytes())
-                        sums.add(columns.tag_lists[start:], half)
-                        embedded, dim = embedded + len(half), half.shape[1]
-                if progress is not None and summary.batches % progress_every == 0:
-                    progress(Progress("clean", summary.batches, read[0], time.perf_counter() - started))
+        staged = clean_pass(run, [Path(p) for p in parquet_paths], staging_writer, embeddings_path, workers, encoder)
         staging_writer.close()
         writers.remove(staging_writer)
-        summary.kept_in = read[0]
-        kept = len(columns)
-        if progress is not None:
-            progress(Progress("clean", summary.batches, read[0], time.perf_counter() - started))
-
-        # Between the passes: what needs every kept record, from the compact columns.
-        plan = cleaner.kanonymity_plan(qi_values) if qi else None
-        del qi_values
-        keep = np.ones(kept, bool)
-        if plan is not None:
-            keep[list(plan.suppressed)] = False
-            summary.kanonymity = plan.summary
-        final = int(keep.sum())
-        if final == 0:
-            reasons = summary.reasons + Counter({"k-anonymity suppression": kept})
-            raise NothingLeft(f"cleaning removed all {summary.kept_in} records: {dict(reasons)}")
-        gone = np.flatnonzero(~keep)
-        gone_tags = [columns.tag_lists[i] for i in gone.tolist()]
-        final_columns = columns if final == kept else columns.select(keep)
-        del columns
-        tag_counts = Counter(tag for tags in final_columns.tag_lists for tag in tags)
-        rare = rare_tags_from_counts(tag_counts, final, coverage.rare_tag_share)
-        outliers = np.zeros(final, bool)
-        if encoder is not None and embedded:
-            matrix = np.memmap(embeddings_path, dtype=np.float16, mode="r", shape=(embedded, dim))
-            if len(gone):  # suppressed records are not part of any centroid
-                sums.add(gone_tags, matrix[gone], sign=-1.0)
-
-            def blocks() -> Iterator[np.ndarray]:
-                for start in range(0, embedded, _BLOCK):
-                    yield matrix[start : start + _BLOCK][keep[start : start + _BLOCK]]
-
-            outliers = embedding_outliers_chunked(final_columns.tag_lists, blocks, coverage, sums=sums)
-            del matrix
-        if dp_budget is None:
-            summary.statistics, summary.accountant = release_statistics(final_columns, dp_epsilon, dp_rng)
-        else:
-            released = dp_budget.ledger.release(
-                dp_budget.dataset,
-                dp_epsilon,
-                dp_budget.total,
-                dp_budget.run_id,
-                lambda accountant: release_statistics(final_columns, dp_epsilon, dp_rng, accountant=accountant)[0],
-            )
-            summary.statistics, summary.accountant = released.statistics, released.accountant
-            summary.dp_dataset_spent, summary.dp_reused_from_run = released.dataset_spent, released.reused_from_run
-
-        # Pass 2: apply k-anonymity and the long-tail reasons, write the final table.
+        decisions = decide_between_passes(run, staged, embeddings_path, coverage)
+        release_dp_statistics(run.summary, decisions.final_columns, dp_epsilon, dp_rng, dp_budget)
         records_writer = TableWriter(out_dir / "records.parquet", CLEAN_SCHEMA)
         writers.append(records_writer)
-        index = position = batches = 0
-        started = time.perf_counter()
-        for batch in pq.ParquetFile(staging_path).iter_batches(batch_size=config.batch_size):
-            result = CleaningResult()
-            out = []
-            for record in batch.to_pylist():
-                if plan is None or cleaner.apply_kanonymity(result, record, index, plan):
-                    record["long_tail"] = long_tail_reason(
-                        final_columns.tag_lists[position], rare, bool(outliers[position])
-                    )
-                    summary.changed += bool(record["changed"])
-                    summary.train += record["split"] == "train"
-                    summary.eval += record["split"] == "eval"
-                    summary.long_tail += record["long_tail"] is not None
-                    out.append(record)
-                    position += 1
-                index += 1
-            records_writer.write(out)
-            summary.cleaned += len(out)
-            removed(result.removed)
-            audit_spool.write(result.audit)
-            batches += 1
-            if progress is not None and batches % progress_every == 0:
-                progress(Progress("write", batches, index, time.perf_counter() - started))
-        if progress is not None:
-            progress(Progress("write", batches, index, time.perf_counter() - started))
+        write_pass(run, staging_path, records_writer, decisions)
         for writer in list(writers):
             writer.close()
             writers.remove(writer)
         audit_spool.close()
-        summary.audit_entries = audit_spool.count
-        return summary
+        run.summary.audit_entries = audit_spool.count
+        return run.summary
     except BaseException:
         for writer in writers:
             try:

@@ -42,8 +42,10 @@ from deepfeed.core.data.dedup import NearDuplicateIndex, exact_key
 from deepfeed.core.data.glossary import Glossary, load_glossary
 from deepfeed.core.data.kanonymity import DEFAULT_K, anonymize
 from deepfeed.core.data.pii import scrub
-from deepfeed.core.data.quality import QualityConfig, check_quality, detect_languages, strip_boilerplate_lines
-from deepfeed.core.data.quality import normalize_text as _normalize_quality
+from deepfeed.core.data.quality.config import QualityConfig
+from deepfeed.core.data.quality.detectors import check_quality, strip_boilerplate_lines
+from deepfeed.core.data.quality.language import detect_languages
+from deepfeed.core.data.quality.normalize import normalize_text as _normalize_quality
 from deepfeed.core.platform.audit import AuditEntry, content_hash
 
 TEXT_FIELDS = ("prompt", "response", "text")

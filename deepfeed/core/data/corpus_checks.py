@@ -23,7 +23,8 @@ from deepfeed.core.data.dedup import NearDuplicateIndex, exact_key
 from deepfeed.core.data.dp import PrivacyAccountant, noisy_counts, noisy_histogram
 from deepfeed.core.data.glossary import Glossary
 from deepfeed.core.data.pii import has_pii
-from deepfeed.core.data.quality import DETECTORS, QualityConfig
+from deepfeed.core.data.quality.config import QualityConfig
+from deepfeed.core.data.quality.detectors import DETECTORS
 
 MAX_NOISE_RATIO = 0.003
 LANGUAGES = ("zh", "en", "other")

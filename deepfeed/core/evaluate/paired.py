@@ -8,7 +8,7 @@ for both) cancels out of the difference. Why this is written here rather than ta
 a library: scipy.stats.bootstrap pairs samples but needs a vectorised statistic, and the
 corpus metrics (BLEU, chrF) are computed by sacrebleu from summed per-record sufficient
 statistics one resample at a time; the draw scheme is the one of
-compression_gate.paired_relative_change, which the mean metrics reuse directly.
+paired_relative_change, which the mean metrics reuse directly.
 
 - token F1, toxicity pass rate: means of per-record scores (paired_relative_change);
 - BLEU-4, chrF: corpus scores from summed sufficient statistics (sacrebleu's own);
@@ -25,7 +25,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from deepfeed.core.compress.gate import paired_relative_change
 from deepfeed.core.evaluate.textmetrics import bleu_statistics, chrf_statistics, token_prf
 
 # Direction of each compared metric: +1 higher is better, -1 lower is better.
@@ -60,8 +59,28 @@ class PairedChange:
         return (self.difference_high < 0) if self.direction > 0 else (self.difference_low > 0)
 
 
+def paired_relative_change(
+    reference: np.ndarray, candidate: np.ndarray, samples: int, seed: int, alpha: float = 0.05
+) -> tuple[float | None, float | None, float | None]:
+    """(mean(candidate) - mean(reference)) / mean(reference) over the same records, with a
+    paired bootstrap interval (each draw resamples records for both sides at once).
+    None when the reference scores 0: there is no drop to measure against."""
+    reference, candidate = np.asarray(reference, float), np.asarray(candidate, float)
+    if reference.size == 0 or reference.mean() == 0:
+        return None, None, None
+    change = float(candidate.mean() / reference.mean() - 1)
+    if reference.size < 2 or samples <= 0:
+        return change, change, change
+    draws = np.random.default_rng(seed).integers(0, reference.size, size=(samples, reference.size))
+    ref_means, cand_means = reference[draws].mean(1), candidate[draws].mean(1)
+    ok = ref_means > 0
+    values = cand_means[ok] / ref_means[ok] - 1
+    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return change, float(low), float(high)
+
+
 def _draws(n: int, samples: int, seed: int) -> np.ndarray:
-    # The same draws as compression_gate.paired_relative_change for the same seed.
+    # The same draws as paired_relative_change for the same seed.
     return np.random.default_rng(seed).integers(0, n, size=(samples, n))
 
 
@@ -111,7 +130,7 @@ def paired_mean_change(
     seed: int,
 ) -> PairedChange:
     """A mean of per-record scores (higher is better): the difference's interval from the
-    paired bootstrap, the relative change's from compression_gate.paired_relative_change."""
+    paired bootstrap, the relative change's from paired_relative_change."""
     ref, cand = np.asarray(reference, float), np.asarray(candidate, float)
     ones = np.ones_like(ref)
     change = paired_corpus_change(

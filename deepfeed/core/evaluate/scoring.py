@@ -18,7 +18,9 @@ from typing import Any, Callable
 
 import torch
 
-from deepfeed.core.compress.compression import ARTIFACTS, CompressionConfig, load_int8_torch, onnx_session
+from deepfeed.core.compress.compression import ARTIFACTS, CompressionConfig, load_int8_torch
+from deepfeed.core.compress.onnx_graph import onnx_session
+from deepfeed.core.compress.onnx_kv import onnx_greedy_generate, onnx_kv_logits
 from deepfeed.core.evaluate.evaluation import (
     NO_ANSWER_TOKENS,
     EvaluationConfig,
@@ -113,8 +115,6 @@ def logits_scorable(logits: LogitsFn, tokenizer, config: EvaluationConfig, path:
 def onnx_kv_scorable(session, tokenizer, config: EvaluationConfig, path: Path | None = None) -> Scorable:
     """An ONNX decoder with past key values: greedy generation one token per step."""
     import numpy as np
-
-    from deepfeed.core.compress.onnx_kv import onnx_greedy_generate, onnx_kv_logits
 
     def generate(prompts: list[str]) -> Generation:
         answers, new_tokens, started = [], 0, time.perf_counter()
@@ -354,35 +354,42 @@ def paired_comparisons(
     return out
 
 
-def evaluate_candidates(
-    checkpoint: Path,
-    compressed_dir: Path | None,
-    champion_checkpoint: Path | None,
-    records: list[dict[str, Any]],
-    config: EvaluationConfig,
-    compression: CompressionConfig | None = None,
-    log=print,
-    toxicity: ToxicityScorer | None = None,
-    generate_compressed: bool = True,
-    generate_logits_only: bool = False,
-    artifacts: tuple[str, ...] = DEFAULT_ARTIFACTS,
-    compression_passed: bool | None = None,
-    compression_detail: str = "",
-    champion_scores: dict[str, Any] | None = None,
-    base_checkpoint: Path | None = None,
-    base_scores: dict[str, Any] | None = None,
-    base_error: str = "",
-    compression_required: bool = True,
-) -> EvaluationOutcome:
-    """Score the challenger, its artifacts, the champion and the base model on `records`,
-    compare them pairwise and gate the challenger.
+@dataclass
+class EvaluationRequest:
+    """One evaluation: the challenger (and its compressed artifacts) scored on `records`
+    against the champion and the base model, and how the promotion gate is asked.
 
     `champion_scores` / `base_scores`: what score_cache.find_scores returned for that model
     on these records and settings; it is then not loaded nor asked again. `base_error`:
     why there is no base checkpoint to score (reported; it fails a first-champion gate)."""
+
+    checkpoint: Path  # the challenger's fp32 checkpoint
+    records: list[dict[str, Any]]
+    config: EvaluationConfig
+    compressed_dir: Path | None = None
+    champion_checkpoint: Path | None = None
+    compression: CompressionConfig | None = None
+    log: Callable[[str], None] = print
+    toxicity: ToxicityScorer | None = None
+    generate_compressed: bool = True
+    generate_logits_only: bool = False  # also generate with graphs that have no KV cache (slow)
+    artifacts: tuple[str, ...] = DEFAULT_ARTIFACTS
+    compression_passed: bool | None = None
+    compression_detail: str = ""
+    champion_scores: dict[str, Any] | None = None
+    base_checkpoint: Path | None = None
+    base_scores: dict[str, Any] | None = None
+    base_error: str = ""
+    compression_required: bool = True
+
+
+def run_evaluation(request: EvaluationRequest) -> EvaluationOutcome:
+    """Score the challenger, its artifacts, the champion and the base model on the
+    request's records, compare them pairwise and gate the challenger."""
+    records, config, log = request.records, request.config, request.log
     if not records:
         raise ValueError("the held-out evaluation set is empty")
-    toxicity = toxicity or ToxicityScorer(threshold=config.toxicity_threshold)
+    toxicity = request.toxicity or ToxicityScorer(threshold=config.toxicity_threshold)
     watch = Stopwatch(log)
     with watch.stage("warm-up (toxicity model, jieba dictionary)"):
         # One-time loads would otherwise be charged to the first candidate's memory and time.
@@ -393,22 +400,22 @@ def evaluate_candidates(
     samples: list[dict[str, Any]] = []
 
     try:
-        tokenizer = load_tokenizer(checkpoint)
+        tokenizer = load_tokenizer(request.checkpoint)
     except Exception as exc:
         tokenizer = None
         candidates.append(
             CandidateResult(
                 CHALLENGER,
                 "fine-tuned fp32",
-                error=f"cannot load the tokenizer of {checkpoint}: {type(exc).__name__}: {exc}",
+                error=f"cannot load the tokenizer of {request.checkpoint}: {type(exc).__name__}: {exc}",
             )
         )
     if tokenizer is not None:
         result, samples = score_candidate(
             CHALLENGER,
             "fine-tuned fp32",
-            lambda: torch_scorable(load_model(checkpoint).eval(), tokenizer, config, True),
-            checkpoint,
+            lambda: torch_scorable(load_model(request.checkpoint).eval(), tokenizer, config, True),
+            request.checkpoint,
             tokenizer,
             records,
             prompts_for,
@@ -417,20 +424,22 @@ def evaluate_candidates(
             watch,
         )
         candidates.append(result)
-        if compressed_dir is not None:
-            available = compressed_loaders(compressed_dir, tokenizer, config, compression or CompressionConfig())
-            for name in artifacts:
+        if request.compressed_dir is not None:
+            available = compressed_loaders(
+                request.compressed_dir, tokenizer, config, request.compression or CompressionConfig()
+            )
+            for name in request.artifacts:
                 if name not in available:
                     candidates.append(
                         CandidateResult(
                             name,
                             DESCRIPTIONS.get(name, ""),
-                            error=f"not built: {name} is missing from {compressed_dir / 'compression.json'}",
+                            error=f"not built: {name} is missing from {request.compressed_dir / 'compression.json'}",
                         )
                     )
                     continue
                 description, load, size_path = available[name]
-                generate = generate_compressed and (generate_logits_only or name not in LOGITS_ONLY)
+                generate = request.generate_compressed and (request.generate_logits_only or name not in LOGITS_ONLY)
                 result, _ = score_candidate(
                     name,
                     description,
@@ -451,25 +460,32 @@ def evaluate_candidates(
     # Shown left of the challenger: where it started from, then what serves today.
     shared = (records, prompts_for, prompt_exclusions, config, toxicity, watch, log)
     references = []
-    if base_checkpoint is not None or base_scores is not None:
+    if request.base_checkpoint is not None or request.base_scores is not None:
         references.append(
             _reference_candidate(
                 BASE,
                 "base model (before fine-tuning)",
-                base_checkpoint or Path("-"),
-                base_scores,
+                request.base_checkpoint or Path("-"),
+                request.base_scores,
                 *shared,
                 count_flops=False,
             )
         )
     else:
         references.append(
-            CandidateResult(BASE, "base model (before fine-tuning)", error=base_error or "no base checkpoint given")
+            CandidateResult(
+                BASE, "base model (before fine-tuning)", error=request.base_error or "no base checkpoint given"
+            )
         )
-    if champion_checkpoint is not None:
+    if request.champion_checkpoint is not None:
         references.append(
             _reference_candidate(
-                CHAMPION, "current champion", champion_checkpoint, champion_scores, *shared, count_flops=True
+                CHAMPION,
+                "current champion",
+                request.champion_checkpoint,
+                request.champion_scores,
+                *shared,
+                count_flops=True,
             )
         )
     candidates[:0] = references
@@ -479,28 +495,31 @@ def evaluate_candidates(
         outcome.comparisons = paired_comparisons(candidates, prompts_for, config)
     outcome.timings, outcome.cpu_seconds = dict(watch.stages), dict(watch.cpu)
 
+    outcome.gate = gate_challenger(outcome, request)
+    return outcome
+
+
+def gate_challenger(outcome: EvaluationOutcome, request: EvaluationRequest) -> GateResult:
+    """The promotion gate on the scored candidates; fails closed when the challenger, the
+    champion or (with no champion) the base model could not be scored."""
     challenger = outcome.by_name(CHALLENGER)
     champion, base = outcome.by_name(CHAMPION), outcome.by_name(BASE)
     if challenger.error:
-        outcome.gate = GateResult(
-            False, [GateCondition(CHALLENGER, False, f"could not be evaluated: {challenger.error}")]
-        )
-    elif champion is not None and champion.error:
+        return GateResult(False, [GateCondition(CHALLENGER, False, f"could not be evaluated: {challenger.error}")])
+    if champion is not None and champion.error:
         # Fail closed: an unreadable champion must not let any challenger through unchecked.
-        outcome.gate = GateResult(False, [GateCondition(CHAMPION, False, f"could not be re-scored: {champion.error}")])
-    elif champion is None and base.error:
+        return GateResult(False, [GateCondition(CHAMPION, False, f"could not be re-scored: {champion.error}")])
+    if champion is None and base.error:
         why = f"no champion, and the base model could not be scored ({base.error}): the first champion must beat it"
-        outcome.gate = GateResult(False, [GateCondition(BASE, False, why)], BASE)
-    else:
-        outcome.gate = promotion_gate(
-            challenger.metrics,
-            champion.metrics if champion else None,
-            config.max_relative_drop,
-            compression_passed,
-            compression_detail,
-            champion_changes=outcome.comparison(CHALLENGER, CHAMPION),
-            base=None if base.error else base.metrics,
-            base_changes=outcome.comparison(CHALLENGER, BASE),
-            compression_required=compression_required,
-        )
-    return outcome
+        return GateResult(False, [GateCondition(BASE, False, why)], BASE)
+    return promotion_gate(
+        challenger.metrics,
+        champion.metrics if champion else None,
+        request.config.max_relative_drop,
+        request.compression_passed,
+        request.compression_detail,
+        champion_changes=outcome.comparison(CHALLENGER, CHAMPION),
+        base=None if base.error else base.metrics,
+        base_changes=outcome.comparison(CHALLENGER, BASE),
+        compression_required=request.compression_required,
+    )

@@ -25,8 +25,20 @@ from typing import Any, Callable
 import torch
 
 from deepfeed.core.train import checkpointing
-from deepfeed.core.train.distill import DistillationConfig, kl_sum, kl_sum_cached, token_ce_sum
+from deepfeed.core.train.distill import DistillationConfig, token_ce_sum
 from deepfeed.core.train.elastic import ElasticScale
+from deepfeed.core.train.loss_terms import (
+    AdversarialCrossEntropy,
+    CachedDistillationKL,
+    DistillationKL,
+    EwcTerm,
+    ForwardPass,
+    LabelCrossEntropy,
+    TokenTerm,
+    labelled_tokens,
+    token_loss_sum,
+)
+from deepfeed.core.train.memory_layout import LayoutError, TrainingLayout, training_layout
 from deepfeed.core.train.modeling import (
     TORCH_DTYPES,
     Example,
@@ -37,7 +49,6 @@ from deepfeed.core.train.modeling import (
     load_tokenizer,
     num_parameters,
 )
-from deepfeed.tools.planner import PlannerError, TrainingLayout, training_layout
 
 # Fields that do not change what a run computes: a resumed run may differ in them.
 _RESUME_NEUTRAL = {"log_every", "checkpoint_every", "keep_checkpoints", "teacher_cache_budget_gb"}
@@ -92,7 +103,7 @@ class TrainingConfig:
     packing: bool = False
     # "auto": bf16 on a GPU that supports it, fp32 otherwise; or "fp32" / "bf16" / "fp16".
     # LoRA/QLoRA load the frozen base in this dtype; full fine-tuning keeps fp32 master
-    # weights and computes in it (see planner.training_layout, shared with `deepfeed plan`).
+    # weights and computes in it (see memory_layout.training_layout, shared with `deepfeed plan`).
     precision: str = "auto"
     # Several processes (torchrun): "ddp" keeps a full copy of the model, its gradients and
     # AdamW state on every rank; "fsdp" shards all three N ways with torch's FSDP2
@@ -351,7 +362,7 @@ def _unsharded_copy(model, base_path: Path, layout: TrainingLayout, config: Trai
     return plain
 
 
-def _encode(tokenizer, records, config: TrainingConfig) -> list[Example]:
+def encode_examples(tokenizer, records, config: TrainingConfig) -> list[Example]:
     examples = [encode_record(tokenizer, r, config.max_length) for r in records]
     return [e for e in examples if any(label != -100 for label in e.labels)]
 
@@ -368,7 +379,7 @@ def _select_device_and_precision(config: TrainingConfig) -> tuple[torch.device, 
             precision = "bf16"  # QLoRA only exists in 16 bit; its CUDA check comes at load time
     try:
         return device, training_layout(config.method, precision)
-    except PlannerError as exc:
+    except LayoutError as exc:
         raise TrainingError(str(exc)) from exc
 
 
@@ -491,7 +502,7 @@ def _ewc_fisher(
         raise TrainingError("ewc_lambda > 0 but no records of the champion's training data were given for the Fisher")
 
     def fisher_batches():
-        examples = _encode(tokenizer, ewc_records[: config.fisher_samples], config)
+        examples = encode_examples(tokenizer, ewc_records[: config.fisher_samples], config)
         return [{k: v.to(device) for k, v in collate([e], tokenizer.pad_token_id).items()} for e in examples]
 
     fisher, path, _ = load_or_compute_fisher(
@@ -575,9 +586,41 @@ def _load_teacher(teacher_path: Path, device, vocab_size: int, dtype: torch.dtyp
     teacher = load_model(teacher_path, dtype).to(device).eval().requires_grad_(False)
     if teacher.config.vocab_size != vocab_size:
         raise TrainingError(
-            f"teacher {teacher_path} has vocabulary {teacher.config.vocab_size}, the student {vocab_size}: distillation needs the same tokenizer"
+            f"teacher {teacher_path} has vocabulary {teacher.config.vocab_size}, the student {vocab_size}: "
+            "distillation needs the same tokenizer"
         )
     return teacher
+
+
+@dataclass
+class TrainingRun:
+    """Everything one `fine_tune` run holds between its steps (nanoGPT's loop globals)."""
+
+    config: TrainingConfig
+    base_path: Path
+    checkpoint_dir: Path | None
+    tokenizer: Any
+    model: Any  # the model itself (adapters, FSDP shards): what evaluation and saving use
+    trained: Any  # what the step runs: the model, or its DistributedDataParallel wrapper
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    sampler: BatchSampler
+    elastic: ElasticScale | None
+    examples: list[Example]
+    evals: list[Example]
+    token_terms: list[TokenTerm]
+    ewc: EwcTerm | None
+    state: checkpointing.TrainingState
+    result: TrainingResult
+    device: torch.device
+    layout: TrainingLayout
+    autocast_dtype: torch.dtype | None
+    rank: int
+    world: int
+    fsdp: bool
+    # Bytes of parameters, gradients and AdamW state after the last step (gradients still there).
+    held: dict[str, int] | None = None
 
 
 def fine_tune(
@@ -602,6 +645,57 @@ def fine_tune(
     checkpoint_dir: resumable checkpoints; an existing one is resumed from.
     teacher_cache_dir: root of the teacher logit caches (config.teacher_cache).
     """
+    run = setup_run(
+        base_path,
+        records,
+        config,
+        teacher_path=teacher_path,
+        ewc_records=ewc_records,
+        eval_records=eval_records,
+        checkpoint_dir=checkpoint_dir,
+        teacher_cache_dir=teacher_cache_dir,
+    )
+    if run.evals and run.state.step == 0:
+        run.result.initial_eval_loss = evaluate(run)
+    started = time.perf_counter()
+    for step in range(run.state.step, config.max_steps):
+        loss, lr = train_step(run, step)
+        done = step + 1
+        if run.evals and _eval_due(config, done):
+            record_eval(run, done)
+        if on_step:
+            on_step(step, loss, lr)
+        if checkpoint_dir and _checkpoint_due(config, done):
+            save_checkpoint(run, done)
+    run.result.seconds = time.perf_counter() - started
+    return finish(run, output_dir)
+
+
+def _eval_due(config: TrainingConfig, done: int) -> bool:
+    """Every `eval_every` steps, and after the last one."""
+    return bool(config.eval_every and done % config.eval_every == 0) or done == config.max_steps
+
+
+def _checkpoint_due(config: TrainingConfig, done: int) -> bool:
+    """Every `checkpoint_every` steps, but not after the last (the final model is saved instead)."""
+    return bool(config.checkpoint_every) and done % config.checkpoint_every == 0 and done < config.max_steps
+
+
+def setup_run(
+    base_path: Path,
+    records: list[dict[str, Any]],
+    config: TrainingConfig,
+    *,
+    teacher_path: Path | None = None,
+    ewc_records: list[dict[str, Any]] | None = None,
+    eval_records: list[dict[str, Any]] | None = None,
+    checkpoint_dir: Path | None = None,
+    teacher_cache_dir: Path | None = None,
+) -> TrainingRun:
+    """Model, data, loss terms, optimizer and schedule of a run, resumed from the last
+    checkpoint in `checkpoint_dir` if there is one. The order matters: the seeds come
+    first, the teacher cache and EWC's Fisher see the base before the adapters exist, and
+    the optimizer is built over the (possibly sharded) trainable parameters."""
     distill = _validate(config)
     if not records:
         raise TrainingError("no training records: the augmented corpus has no train split")
@@ -612,42 +706,25 @@ def fine_tune(
     random.seed(config.seed)
     device, layout = _select_device_and_precision(config)
     autocast_dtype = TORCH_DTYPES[layout.compute] if layout.compute else None
-    # A frozen teacher is held like a frozen base: in the compute dtype.
-    teacher_dtype = autocast_dtype or torch.float32
     tokenizer = load_tokenizer(base_path)
     model = load_for_training(base_path, layout, device)
     result = TrainingResult(device=device.type, precision=layout.compute or "fp32", base_dtype=layout.base)
 
-    examples = _encode(tokenizer, records, config)
+    examples = encode_examples(tokenizer, records, config)
     if not examples:
         raise TrainingError("every training record was empty after tokenization")
     if config.packing:
         examples = pack_examples(examples, config.max_length)
-    evals = _encode(tokenizer, eval_records or [], config)[: config.eval_samples]
-    teacher = cached_teacher = None
-    if config.distill_alpha < 1.0:
-        if teacher_path is None:
-            raise TrainingError("distill_alpha < 1 but no teacher checkpoint was given")
-        if config.teacher_cache:
-            cached_teacher = _teacher_cache(
-                teacher_path,
-                teacher_cache_dir,
-                examples,
-                tokenizer,
-                config,
-                device,
-                result,
-                model.config.vocab_size,
-                teacher_dtype,
-            )
-        else:
-            teacher = _load_teacher(teacher_path, device, model.config.vocab_size, teacher_dtype)
+    evals = encode_examples(tokenizer, eval_records or [], config)[: config.eval_samples]
+    token_terms = _token_terms(
+        config, distill, teacher_path, teacher_cache_dir, examples, tokenizer, device, result, model, autocast_dtype
+    )
     fisher = (
         _ewc_fisher(base_path, model, tokenizer, ewc_records, config, device, result) if config.ewc_lambda > 0 else None
     )
 
     model = _wrap_for_training(model, config)
-    ewc = _ewc_penalty(model, fisher, config) if fisher is not None else None
+    ewc = EwcTerm(_ewc_penalty(model, fisher, config)) if fisher is not None else None
     fsdp = world > 1 and config.sharding == "fsdp"
     if fsdp:
         shard_model(model)
@@ -665,7 +742,6 @@ def fine_tune(
         else None
     )
     state = checkpointing.TrainingState(config=config_dict(config))
-
     found = checkpointing.checkpoints(checkpoint_dir) if checkpoint_dir else []
     if found:
         state = _resume(found[-1], model, optimizer, config, sampler, elastic)
@@ -679,115 +755,182 @@ def fine_tune(
         trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=moe)
     else:
         trained = model  # fully_shard works in place: the model itself runs sharded
-
     # fp16's 5 exponent bits flush small gradients to zero: scale the loss (bf16 has
     # fp32's range and needs no scaler).
     scaler = torch.amp.GradScaler(device.type) if layout.compute == "fp16" else None
+    return TrainingRun(
+        config=config,
+        base_path=base_path,
+        checkpoint_dir=checkpoint_dir,
+        tokenizer=tokenizer,
+        model=model,
+        trained=trained,
+        params=params,
+        optimizer=optimizer,
+        scaler=scaler,
+        sampler=sampler,
+        elastic=elastic,
+        examples=examples,
+        evals=evals,
+        token_terms=token_terms,
+        ewc=ewc,
+        state=state,
+        result=result,
+        device=device,
+        layout=layout,
+        autocast_dtype=autocast_dtype,
+        rank=rank,
+        world=world,
+        fsdp=fsdp,
+    )
 
-    if evals and state.step == 0:
-        result.initial_eval_loss = mean_token_loss(
-            model, evals, tokenizer.pad_token_id, config.batch_size, device, autocast_dtype
-        )
-    started = time.perf_counter()
-    for step in range(state.step, config.max_steps):
-        step_started = time.perf_counter()
-        lr = cosine_with_floor(step, config) * (elastic.scale if elastic else 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch_ids = sampler.next()
-        local_ids = batch_ids[rank::world]
-        local = [examples[i] for i in local_ids]
-        batch = {k: v.to(device) for k, v in collate(local, tokenizer.pad_token_id).items()}
-        adversarial = torch.zeros(())
-        with _autocast(device, autocast_dtype):
-            if config.fgsm_epsilon:
-                logits, adversarial = _clean_and_adversarial(model, trained, batch, config.fgsm_epsilon)
-            else:
-                logits = trained(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            ce, tokens = token_ce_sum(logits, batch["labels"])
-            numerator = ce
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher(
-                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                    ).logits
-                numerator = distill.alpha * ce + (1 - distill.alpha) * kl_sum(
-                    logits, teacher_logits, batch["labels"], distill.temperature
-                )
-            elif cached_teacher is not None:
-                values, indices = cached_teacher.batch(local_ids, device)
-                kl = kl_sum_cached(logits, batch["labels"], values, indices, distill.temperature)
-                numerator = distill.alpha * ce + (1 - distill.alpha) * kl
-            numerator = numerator + config.fgsm_weight * adversarial
-        # Normalising by the global token count (DDP then averages over ranks) makes
-        # N processes compute the same gradient as one process with the whole batch.
-        input_tokens = float(batch["attention_mask"].sum())
-        global_tokens, global_numerator, global_inputs, global_adversarial = _all_sum(
-            [float(tokens), float(numerator.detach()), input_tokens, float(adversarial.detach())]
-        )
-        loss = numerator * world / max(global_tokens, 1.0)
-        reported = global_numerator / max(global_tokens, 1.0)
-        if config.fgsm_epsilon:
-            result.adversarial_losses.append(global_adversarial / max(global_tokens, 1.0))
-        if ewc is not None:
-            penalty = ewc(model)
-            loss = loss + penalty
-            reported += float(penalty.detach())
-        if not math.isfinite(reported):
-            raise TrainingError(_nan_message(reported, step, checkpoint_dir))
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
+
+def _token_terms(
+    config: TrainingConfig,
+    distill: DistillationConfig,
+    teacher_path: Path | None,
+    teacher_cache_dir: Path | None,
+    examples: list[Example],
+    tokenizer,
+    device: torch.device,
+    result: TrainingResult,
+    model,
+    autocast_dtype: torch.dtype | None,
+) -> list[TokenTerm]:
+    """The token loss terms the configuration asks for, in the order they are summed."""
+    if config.distill_alpha >= 1.0:
+        terms: list[TokenTerm] = [LabelCrossEntropy()]
+    else:
+        if teacher_path is None:
+            raise TrainingError("distill_alpha < 1 but no teacher checkpoint was given")
+        # A frozen teacher is held like a frozen base: in the compute dtype.
+        teacher_dtype = autocast_dtype or torch.float32
+        vocab_size = model.config.vocab_size
+        if config.teacher_cache:
+            cache = _teacher_cache(
+                teacher_path, teacher_cache_dir, examples, tokenizer, config, device, result, vocab_size, teacher_dtype
+            )
+            kl: TokenTerm = CachedDistillationKL(cache, 1 - distill.alpha, distill.temperature)
         else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-        if step == config.max_steps - 1:  # gradients are still there to count
-            held = rank_state_bytes(model, optimizer)
-        optimizer.zero_grad(set_to_none=True)
-        step_tokens = int(global_inputs)  # throughput counts every non-padding input token
-        result.losses.append(reported)
-        result.learning_rates.append(lr)
-        result.tokens += step_tokens
-        result.tokens_per_second_series.append(step_tokens / max(time.perf_counter() - step_started, 1e-9))
-        result.peak_memory_mb_series.append(peak_memory_mb(device))
-        done = step + 1
-        if evals and ((config.eval_every and done % config.eval_every == 0) or done == config.max_steps):
-            eval_loss = mean_token_loss(model, evals, tokenizer.pad_token_id, config.batch_size, device, autocast_dtype)
-            result.eval_losses.append((done, eval_loss))
-            if elastic:
-                elastic.observe(eval_loss)
-        if on_step:
-            on_step(step, reported, lr)
-        if (
-            checkpoint_dir
-            and config.checkpoint_every
-            and done % config.checkpoint_every == 0
-            and done < config.max_steps
-        ):
-            state.step, state.sampler, state.tokens = done, sampler.state(), result.tokens
-            state.schedule = elastic.state() if elastic else {}
-            state.losses, state.learning_rates = result.losses, result.learning_rates
-            state.adversarial_losses = result.adversarial_losses
-            if rank == 0:
-                try:
-                    checkpointing.save_checkpoint(checkpoint_dir, model, optimizer, state, config.keep_checkpoints)
-                except checkpointing.CheckpointError as exc:
-                    raise TrainingError(f"{exc}; {_last_good(checkpoint_dir)}") from exc
-            if world > 1:
-                torch.distributed.barrier()
-    result.seconds = time.perf_counter() - started
-    result.elastic_reductions = elastic.reductions if elastic else 0
-    if state.step < config.max_steps:  # a run resumed at its end took no step
-        result.rank_state_bytes = _gather_objects(held)
+            teacher = _load_teacher(teacher_path, device, vocab_size, teacher_dtype)
+            kl = DistillationKL(teacher, 1 - distill.alpha, distill.temperature)
+        terms = [LabelCrossEntropy(distill.alpha), kl]
+    if config.fgsm_epsilon:
+        terms.append(AdversarialCrossEntropy(config.fgsm_weight))
+    return terms
 
-    if fsdp:
-        model = _unsharded_copy(model, base_path, layout, config)  # collective: every rank takes part
-    if rank == 0:
-        _save_final(model, tokenizer, output_dir, config, base_path)
+
+def forward_pass(run: TrainingRun, example_ids: list[int]) -> ForwardPass:
+    """The student's logits on these examples (and, with FGSM on, the adversarial CE)."""
+    local = [run.examples[i] for i in example_ids]
+    batch = {k: v.to(run.device) for k, v in collate(local, run.tokenizer.pad_token_id).items()}
+    if run.config.fgsm_epsilon:
+        logits, adversarial = _clean_and_adversarial(run.model, run.trained, batch, run.config.fgsm_epsilon)
+        return ForwardPass(logits, batch, example_ids, adversarial)
+    logits = run.trained(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return ForwardPass(logits, batch, example_ids)
+
+
+def train_step(run: TrainingRun, step: int) -> tuple[float, float]:
+    """One optimizer step: learning rate, batch, loss terms, backward, clipped update.
+    Returns (the loss reported for this step, the learning rate it used)."""
+    config, result = run.config, run.result
+    step_started = time.perf_counter()
+    lr = cosine_with_floor(step, config) * (run.elastic.scale if run.elastic else 1.0)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    local_ids = run.sampler.next()[run.rank :: run.world]
+    with _autocast(run.device, run.autocast_dtype):
+        forward = forward_pass(run, local_ids)
+        numerator = token_loss_sum(run.token_terms, forward)["total"]
+    tokens = labelled_tokens(forward.labels)
+    adversarial = forward.adversarial_ce if forward.adversarial_ce is not None else torch.zeros(())
+    # Normalising by the global token count (DDP then averages over ranks) makes
+    # N processes compute the same gradient as one process with the whole batch.
+    input_tokens = float(forward.batch["attention_mask"].sum())
+    global_tokens, global_numerator, global_inputs, global_adversarial = _all_sum(
+        [float(tokens), float(numerator.detach()), input_tokens, float(adversarial.detach())]
+    )
+    loss = numerator * run.world / max(global_tokens, 1.0)
+    reported = global_numerator / max(global_tokens, 1.0)
+    if config.fgsm_epsilon:
+        result.adversarial_losses.append(global_adversarial / max(global_tokens, 1.0))
+    if run.ewc is not None:
+        penalty = run.ewc(run.model)
+        loss = loss + penalty
+        reported += float(penalty.detach())
+    if not math.isfinite(reported):
+        raise TrainingError(_nan_message(reported, step, run.checkpoint_dir))
+    _backward_and_update(run, loss)
+    if step == config.max_steps - 1:  # gradients are still there to count
+        run.held = rank_state_bytes(run.model, run.optimizer)
+    run.optimizer.zero_grad(set_to_none=True)
+    step_tokens = int(global_inputs)  # throughput counts every non-padding input token
+    result.losses.append(reported)
+    result.learning_rates.append(lr)
+    result.tokens += step_tokens
+    result.tokens_per_second_series.append(step_tokens / max(time.perf_counter() - step_started, 1e-9))
+    result.peak_memory_mb_series.append(peak_memory_mb(run.device))
+    return reported, lr
+
+
+def _backward_and_update(run: TrainingRun, loss: torch.Tensor) -> None:
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.params, run.config.max_grad_norm)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(run.params, run.config.max_grad_norm)
+        run.optimizer.step()
+
+
+def evaluate(run: TrainingRun) -> float:
+    """Mean token loss of the model on the run's eval (replay / held-out) examples."""
+    return mean_token_loss(
+        run.model, run.evals, run.tokenizer.pad_token_id, run.config.batch_size, run.device, run.autocast_dtype
+    )
+
+
+def record_eval(run: TrainingRun, done: int) -> None:
+    """The eval loss after `done` steps, which the elastic schedule also watches."""
+    eval_loss = evaluate(run)
+    run.result.eval_losses.append((done, eval_loss))
+    if run.elastic:
+        run.elastic.observe(eval_loss)
+
+
+def save_checkpoint(run: TrainingRun, done: int) -> None:
+    """A resumable checkpoint after `done` steps (rank 0 writes, every rank waits)."""
+    state, result = run.state, run.result
+    state.step, state.sampler, state.tokens = done, run.sampler.state(), result.tokens
+    state.schedule = run.elastic.state() if run.elastic else {}
+    state.losses, state.learning_rates = result.losses, result.learning_rates
+    state.adversarial_losses = result.adversarial_losses
+    if run.rank == 0:
+        try:
+            checkpointing.save_checkpoint(
+                run.checkpoint_dir, run.model, run.optimizer, state, run.config.keep_checkpoints
+            )
+        except checkpointing.CheckpointError as exc:
+            raise TrainingError(f"{exc}; {_last_good(run.checkpoint_dir)}") from exc
+    if run.world > 1:
+        torch.distributed.barrier()
+
+
+def finish(run: TrainingRun, output_dir: Path) -> TrainingResult:
+    """Gather the per-rank memory figures, unshard, and save the plain model on rank 0."""
+    config, result = run.config, run.result
+    result.elastic_reductions = run.elastic.reductions if run.elastic else 0
+    if run.state.step < config.max_steps:  # a run resumed at its end took no step
+        result.rank_state_bytes = _gather_objects(run.held)
+    model = run.model
+    if run.fsdp:
+        model = _unsharded_copy(model, run.base_path, run.layout, config)  # collective: every rank takes part
+    if run.rank == 0:
+        _save_final(model, run.tokenizer, output_dir, config, run.base_path)
     return result
 
 
@@ -816,7 +959,8 @@ def _resume(path: Path, model, optimizer, config: TrainingConfig, sampler: Batch
     changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
     if changed:
         raise TrainingError(
-            f"checkpoint {path} was made with a different configuration ({', '.join(changed)}); remove it or restore the configuration"
+            f"checkpoint {path} was made with a different configuration ({', '.join(changed)}); "
+            "remove it or restore the configuration"
         )
     sampler.load(state.sampler)
     if elastic and state.schedule:
