@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import dagster as dg
 from pydantic import Field, create_model
 
-from deepfeed.core.platform.settings import SettingsError, build, field_types, settings_fields
+from deepfeed.core.platform.settings import CONSTRAINTS, SettingsError, build, field_types, settings_fields
 
 S = TypeVar("S")
 
@@ -43,12 +43,13 @@ def _config_type(annotation: Any) -> Any:
     return annotation
 
 
-def _field(annotation: Any, default: Any, description: str) -> tuple[Any, Any]:
+def _field(annotation: Any, default: Any, description: str, bounds: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The pydantic field of one setting; bounds (gt/ge/lt/le) show in the schema and are enforced by pydantic."""
     config_type = _config_type(annotation)
     if isinstance(default, (tuple, list)):
         items = list(default)
-        return config_type, Field(default_factory=lambda: list(items), description=description)
-    return config_type, Field(default=default, description=description)
+        return config_type, Field(default_factory=lambda: list(items), description=description, **bounds)
+    return config_type, Field(default=default, description=description, **bounds)
 
 
 def dagster_config(
@@ -92,7 +93,7 @@ def dagster_config(
             raise SettingsError(f"{core.__name__}.{core_name} has no description (declare it with setting())")
         default = defaults[core_name] if core_name in defaults else _core_default(field)
         config_name = renamed.get(core_name, core_name)
-        fields[config_name] = _field(types[core_name], default, text)
+        fields[config_name] = _field(types[core_name], default, text, field.metadata.get(CONSTRAINTS, {}))
         mapping[config_name] = core_name
     clash = sorted(set(extra) & set(fields))
     if clash:

@@ -27,11 +27,9 @@ DISTILL_TEMPERATURE = 0.7
 class DistillationConfig:
     """The loss's two knobs; fine_tune builds one from TrainingConfig.distill_alpha/_temperature."""
 
-    alpha: float = setting(
-        0.5, "Weight of the hard-label CE; 1 - alpha goes to the teacher's soft labels (KL).", ge=0, le=1
-    )
+    alpha: float = setting(0.5, "Weight of the hard-label CE; 1 - alpha goes to the teacher's soft labels (KL).")
     temperature: float = setting(
-        DISTILL_TEMPERATURE, "Softmax temperature of teacher and student; the KL is scaled by T^2.", gt=0
+        DISTILL_TEMPERATURE, "Softmax temperature of teacher and student; the KL is scaled by T^2."
     )
 
     def __post_init__(self):
