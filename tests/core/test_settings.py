@@ -9,6 +9,7 @@ import pytest
 from deepfeed.core.augment.setup import AugmentSettings
 from deepfeed.core.compress.compression import CompressionConfig
 from deepfeed.core.data.cleaning import CleaningConfig
+from deepfeed.core.data.coverage import CoverageConfig
 from deepfeed.core.evaluate.evaluation import EvaluationConfig
 from deepfeed.core.loop.abtest import ABTestSettings, analyze_ab
 from deepfeed.core.loop.monitoring import DriftSettings, drift_evidence
@@ -22,6 +23,7 @@ SETTINGS = [
     DistillationConfig,
     EvaluationConfig,
     CleaningConfig,
+    CoverageConfig,
     CompressionConfig,
     AugmentSettings,
     DriftSettings,
