@@ -19,6 +19,7 @@ from deepfeed.assets.training import (
     FEEDBACK_ROOT_FIELD,
     GROUP,
     NPROC_FIELD,
+    TEACHER_PATH_FIELD,
     checkpoint_source,
     current_champion,
     feedback_store,
@@ -59,6 +60,7 @@ IncrementalModelConfig = dagster_config(
         "elastic_tolerance": "Relative rise of the replay loss tolerated before lowering the learning rate.",
     },
     nproc=NPROC_FIELD,
+    teacher_path=TEACHER_PATH_FIELD,
     replay_ratio=(
         float,
         Field(default=0.5, description="Earlier (augmented corpus) records replayed per feedback record."),

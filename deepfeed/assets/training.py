@@ -60,6 +60,11 @@ NPROC_FIELD = (
         "through Dagster Pipes.",
     ),
 )
+# A path on this machine, handed to fine_tune beside the settings (the champion when empty).
+TEACHER_PATH_FIELD = (
+    str,
+    Field(default="", description="Teacher checkpoint folder for distillation; empty = the current MLflow champion."),
+)
 FEEDBACK_ROOT_FIELD = (str, Field(default="", description="Feedback store folder; empty = $DEEPFEED_HOME/feedback."))
 
 # Every TrainingConfig setting, with its default and description, plus where the run starts.
@@ -69,6 +74,7 @@ FinetunedModelConfig = dagster_config(
     doc="Settings of finetuned_model: the monthly full retrain, or the knowledge review with start_from: champion.",
     descriptions={"eval_samples": "Held-out records of the clean corpus scored for the eval loss."},
     nproc=NPROC_FIELD,
+    teacher_path=TEACHER_PATH_FIELD,
     start_from=(
         str,
         Field(

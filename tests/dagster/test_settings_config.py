@@ -147,3 +147,30 @@ def test_the_knowledge_review_job_carries_its_preset():
 
 def test_the_incremental_stream_preset_names_training_settings_only():
     assert set(presets.INCREMENTAL_STREAM) <= set(settings.settings_fields(TrainingConfig))
+
+
+# The fields each asset Config had before it was generated: run configs written for them stay valid.
+EARLIER_FIELDS = {
+    FinetunedModelConfig: "batch_size checkpoint_every distill_alpha distill_temperature eval_samples ewc_lambda "
+    "feedback_root fgsm_epsilon fgsm_weight final_learning_rate fisher_samples gradient_checkpointing "
+    "include_feedback_history learning_rate log_every lora_alpha lora_rank max_length max_steps method nproc packing "
+    "precision seed sharding start_from teacher_cache teacher_cache_budget_gb teacher_cache_top_k teacher_path "
+    "warmup_steps weight_decay",
+    IncrementalModelConfig: "checkpoint_every elastic_factor elastic_min_scale elastic_tolerance eval_every "
+    "eval_samples ewc_lambda feedback_root learning_rate max_steps method nproc replay_ratio teacher_path warmup_steps",
+    EvaluationReportConfig: "artifacts batch_size bootstrap_samples compare_with_champion compression_gate_required "
+    "eval_sample_seed generate_compressed generate_logits_only generation_batch_size max_eval_records "
+    "max_generation_records max_length max_new_tokens max_relative_drop reference_set_path reuse_champion_scores "
+    "toxicity_threshold use_perspective",
+    CleanCorpusConfig: "batch_size coverage_embeddings dp_epsilon dp_epsilon_total eval_fraction glossary_path "
+    "glossary_tags k log_every_batches max_chars max_suppression min_chars near_duplicate_threshold "
+    "quasi_identifiers scrub_pii split_seed use_glossary workers",
+    DriftReportConfig: "alpha confidence_std correction embedding_features fail_on_alert min_samples serving_home "
+    "window_end window_hours",
+    ABTestReportConfig: "act_on_decision alpha min_hours min_users_per_arm mixture_sd serving_home split",
+}
+
+
+@pytest.mark.parametrize("config_cls", list(EARLIER_FIELDS), ids=lambda c: c.__name__)
+def test_every_field_of_the_earlier_asset_configs_is_still_there(config_cls):
+    assert set(EARLIER_FIELDS[config_cls].split()) <= set(schema_fields(config_cls))
