@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from deepfeed.pipelines import presets
+
 REPO_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
 
 
@@ -165,21 +167,8 @@ def _stage_timings(instance, run_id: str) -> list[tuple[str, float]]:
     ]
 
 
-# The demo runs every technique at a size that finishes in minutes on 2 CPU cores; the
-# asset defaults (what `dagster asset materialize` uses) stay at production sizes.
-DEMO_SIZES = {
-    "augmented_corpus": {"config": {"synonym_ratio": 0.2, "fgsm_max_records": 4}},
-    # LoRA at the asset's 2e-4 hardly moves in 30 steps (training loss 3.893 -> 3.907 over the
-    # first/last 10 steps); adapters take a higher rate, and 40 steps of 8 dialogs let the
-    # demo's fine-tune learn the corpus' short answers (README: "Does feeding help? Measured").
-    "finetuned_model": {"config": {"max_steps": 40, "learning_rate": 1e-3, "warmup_steps": 3}},
-    "evaluation_report": {"config": {"max_eval_records": 48, "max_generation_records": 24}},
-    # Pruning to the required 85% (docs/requirements.md §5) cost +4.4% held-out perplexity on the demo's fine-tuned
-    # SmolLM2 (measured 2026-11-29), over the 3% budget, and the blocking quality gate
-    # stopped the chain as it should. The demo prunes 5% so it reaches promotion; the
-    # asset default stays at 85% and the gate judges it on your model.
-    "compressed_model": {"config": {"keep_fraction": 0.95}},
-}
+# The demo's sizes live with the other run-config presets; re-exported for the benchmarks.
+DEMO_SIZES = presets.DEMO_SIZES
 
 
 def _failed_steps(instance, run_id: str) -> list[str]:

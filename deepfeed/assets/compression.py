@@ -4,7 +4,6 @@ Triton model repository; compression_quality_gate: each artifact within 3% of fp
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
 
 from deepfeed.assets.common import COMPUTE_RETRY, fail, handle_metadata
 from deepfeed.core.compress.compression import CompressionConfig, CompressionInputError, compress_checkpoint, write_json
@@ -12,75 +11,18 @@ from deepfeed.core.compress.gate import gate_compressed_artifacts
 from deepfeed.core.evaluate.evaluation import EvaluationConfig
 from deepfeed.core.platform.artifacts import ArtifactHandle
 from deepfeed.core.platform.tables import read_table
+from deepfeed.pipelines.config import dagster_config, to_core
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 
 GROUP = "compression"
 
 
-class CompressedModelConfig(dg.Config):
-    keep_fraction: float = Field(
-        default=0.85,
-        description="Share of the decoder's Linear weights kept by global L1 pruning (85% by default; its measured cost is in docs/training-tiers.md).",
-    )
-    prune_method: str = Field(
-        default="global_l1_unstructured",
-        description="'global_l1_unstructured' (one magnitude threshold over all layers; ×0.97 perplexity on SmolLM2 at 85%), "
-        "'l1_unstructured' (per layer; ×1.09) or 'ln_structured' (whole rows).",
-    )
-    quantization: str = Field(
-        default="weight_only",
-        description="torch int8: 'weight_only' (int8 weights, ×1.008 perplexity on SmolLM2) or 'dynamic' (quantize_dynamic, activations too; ×2.6).",
-    )
-    quantize_per_channel: bool = Field(
-        default=True,
-        description="Per-channel scales for 'dynamic' torch and ORT quantization (weight_only is always per channel).",
-    )
-    keep_lm_head_fp32: bool = Field(
-        default=False, description="Leave the output projection (and a tied embedding) unquantized."
-    )
-    fp32_layers: list[str] = Field(
-        default_factory=list, description="Module names kept in fp32, e.g. 'model.layers.0.mlp.down_proj'."
-    )
-    int8_embeddings: bool = Field(
-        default=True, description="Store the input embedding int8 per row (needed for the 4x size ratio)."
-    )
-    onnx_opset: int = Field(default=17, description="ONNX opset of the export.")
-    onnx_int8_method: str = Field(
-        default="weight_only",
-        description="ONNX int8: 'weight_only' (MatMulNBits 8-bit, ×1.01) or 'dynamic' (ORT quantize_dynamic, ×1.64).",
-    )
-    export_kv_cache: bool = Field(
-        default=True,
-        description="Also export the decoder with past key values for generation without recomputing the prefix.",
-    )
-    triton_model_name: str = Field(default="deepfeed", description="Model name in the Triton repository.")
-    triton_max_batch_size: int = Field(
-        default=32, description="max_batch_size in config.pbtxt (required: 32; docs/requirements.md)."
-    )
-    triton_instance_kind: str = Field(
-        default="KIND_CPU", description="Triton instance group kind: 'KIND_CPU' or 'KIND_GPU'."
-    )
-    gate_max_relative_increase: float = Field(
-        default=0.03,
-        description="Largest perplexity increase over the fp32 checkpoint an artifact may show (required: 3%; docs/requirements.md).",
-    )
-    gate_max_records: int = Field(
-        default=48, description="Held-out records the compression quality gate scores (0 = all)."
-    )
-    gate_max_length: int = Field(default=128, description="Tokens per scored sequence in the quality gate.")
-    gate_max_f1_drop: float = Field(
-        default=0.03,
-        description="Largest relative drop of token F1 (greedy answers to held-out QA records) vs the fp32 checkpoint (required: 3%; docs/requirements.md).",
-    )
-    gate_task_metric: str = Field(
-        default="paired",
-        description="How the F1 budget is applied: 'paired' fails an artifact when the whole paired-bootstrap 95% interval of its F1 change "
-        "lies below -budget (robust on the demo's few answers), 'point' on the point estimate, 'off' gates perplexity only.",
-    )
-    gate_max_answers: int = Field(
-        default=24, description="Held-out QA records both fp32 and each artifact answer for the task metric (0 = all)."
-    )
-    gate_max_new_tokens: int = Field(default=32, description="Tokens generated per answer in the quality gate.")
+# Every CompressionConfig setting, with its default and description.
+CompressedModelConfig = dagster_config(
+    CompressionConfig,
+    name="CompressedModelConfig",
+    doc="Settings of compressed_model: pruning, int8 (torch and ONNX), the Triton repository and the quality gate.",
+)
 
 
 def _artifacts_table(summary: dict) -> str:
@@ -114,7 +56,7 @@ def compressed_model(
     """Serving artifacts of the fine-tuned checkpoint; an export failure is reported, not fatal to the rest."""
     store = artifact_store.store()
     checkpoint = store.local_path(finetuned_model) / "checkpoint"
-    settings = CompressionConfig(**{**config.model_dump(), "fp32_layers": tuple(config.fp32_layers)})
+    settings = to_core(config, CompressionConfig)
     try:
         with store.new_version("compressed_model", run_id=context.run.run_id) as version:
             summary = compress_checkpoint(checkpoint, version.path, settings, log=context.log.info)

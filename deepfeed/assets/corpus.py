@@ -44,6 +44,7 @@ from deepfeed.core.data.raw_store import ENV_KEY, ENV_PATH, RawStore, RawStoreEr
 from deepfeed.core.platform.artifacts import ArtifactHandle, ArtifactStore
 from deepfeed.core.platform.audit import AuditEntry
 from deepfeed.core.platform.tables import TableWriter
+from deepfeed.pipelines.config import dagster_config, to_core
 from deepfeed.pipelines.locations import AUDIT_CHUNK, audit_ledger, epsilon_ledger
 from deepfeed.pipelines.partitions import corpus_root, corpus_sources, latest_raw_versions, raw_artifact_name
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
@@ -200,75 +201,69 @@ def raw_corpus(
     )
 
 
-class CleanCorpusConfig(dg.Config):
-    min_chars: int = Field(
-        default=4,
-        description="Shortest record kept, in effective characters of prompt + response "
-        "(whitespace not counted, a Han character counts 3). Low on purpose: dialog answers such as 'Yes.' are data.",
-    )
-    max_chars: int = Field(default=8000, description="Records longer than this (effective characters) are removed.")
-    eval_fraction: float = Field(
-        default=0.1, description="Share of records held out for evaluation (stable by content hash)."
-    )
-    split_seed: int = Field(default=17, description="Seed of the held-out split; change it only to draw a new split.")
-    near_duplicate_threshold: float = Field(
-        default=0.9,
-        description="MinHash Jaccard similarity (character 5-grams) from which a record is a near-duplicate of an earlier one; in (0, 0.99].",
-    )
-    use_glossary: bool = Field(
-        default=False,
-        description="Normalize domain terms through the glossary (3C Consistency). Off by default: a domain glossary "
-        "rewrites general text too (ICD-10 turns 'a slight depression in a surface' into F32); switch it on for a "
-        "domain corpus, ideally scoped with glossary_tags.",
-    )
-    glossary_path: str = Field(
-        default="", description="YAML or CSV glossary (canonical term <- variants). Empty: the shipped ICD-10 example."
-    )
-    glossary_tags: list[str] = Field(
-        default_factory=list,
-        description="Domain tags the glossary is scoped to: only records carrying one of them are normalized "
-        "(and checked for leftovers). Empty: every record.",
-    )
-    scrub_pii: bool = Field(
-        default=True,
-        description="Replace PII by typed placeholders (<EMAIL>, <PHONE>, <ID_CN>, ...) in every text field, tag and metadata value.",
-    )
-    quasi_identifiers: list[str] = Field(
-        default_factory=list,
-        description="Metadata columns (keys of the record's meta) that are quasi-identifiers, e.g. age, gender, region, admission_date; generalized/suppressed to k-anonymity.",
-    )
-    k: int = Field(
-        default=20, description="k of k-anonymity over the quasi-identifiers (at least 20 by policy, docs/privacy.md)."
-    )
-    max_suppression: float = Field(
-        default=0.05, description="Largest share of records k-anonymity may suppress before it generalizes further."
-    )
-    dp_epsilon: float = Field(
-        default=DEFAULT_MAX_EPSILON,
-        description="Differential-privacy budget (ε, at most 0.5) of the corpus statistics released to metadata and "
-        "MLflow by this run.",
-    )
-    dp_epsilon_total: float = Field(
-        default=DEFAULT_MAX_EPSILON,
-        description="Total ε that may ever be spent on one dataset (the contents of the raw_corpus versions read), "
-        "summed over every run in $DEEPFEED_HOME/privacy/epsilon_ledger.json. Once spent, a run re-publishes the "
-        "dataset's last noisy release instead of drawing new noise (docs/privacy.md).",
-    )
-    coverage_embeddings: bool = Field(
-        default=False,
-        description="Also count MiniLM embedding outliers as long tail (Coverage); off: rare tags only. "
-        "Opt-in: it encodes every record, ~44 vs ~950 records/s on 2 busy cores (benchmarks/bench_coverage_encoding.py).",
-    )
-    workers: int = Field(
-        default=1,
-        description="Processes for the stateless cleaning steps (normalize, scrub PII, glossary, language, quality); "
-        "deduplication stays in order in the run's own process. 1: no pool (light, for tests and the demo); about the number of free cores for big corpora.",
-    )
-    batch_size: int = Field(
-        default=4096,
-        description="Records per Arrow batch streamed through cleaning; memory holds about two batches of records besides the dedup index.",
-    )
-    log_every_batches: int = Field(default=10, description="Log progress (batches, records/s) every this many batches.")
+# CleaningConfig's settings, with the glossary as a switch plus a path (the core's tri-state
+# glossary_path is built from them), and the run's privacy budget and process pool.
+CleanCorpusConfig = dagster_config(
+    CleaningConfig,
+    name="CleanCorpusConfig",
+    doc="Settings of clean_corpus: filters, deduplication, glossary, PII, k-anonymity and the privacy budget.",
+    exclude=("glossary_path",),
+    use_glossary=(
+        bool,
+        Field(
+            default=False,
+            description="Normalize domain terms through the glossary (3C Consistency). Off by default: a domain "
+            "glossary rewrites general text too (ICD-10 turns 'a slight depression in a surface' into F32); switch "
+            "it on for a domain corpus, ideally scoped with glossary_tags.",
+        ),
+    ),
+    glossary_path=(
+        str,
+        Field(
+            default="",
+            description="YAML or CSV glossary (canonical term <- variants). Empty: the shipped ICD-10 example.",
+        ),
+    ),
+    dp_epsilon=(
+        float,
+        Field(
+            default=DEFAULT_MAX_EPSILON,
+            description="Differential-privacy budget (ε, at most 0.5) of the corpus statistics released to metadata "
+            "and MLflow by this run.",
+        ),
+    ),
+    dp_epsilon_total=(
+        float,
+        Field(
+            default=DEFAULT_MAX_EPSILON,
+            description="Total ε that may ever be spent on one dataset (the contents of the raw_corpus versions "
+            "read), summed over every run in $DEEPFEED_HOME/privacy/epsilon_ledger.json. Once spent, a run re-publishes the "
+            "dataset's last noisy release instead of drawing new noise (docs/privacy.md).",
+        ),
+    ),
+    coverage_embeddings=(
+        bool,
+        Field(
+            default=False,
+            description="Also count MiniLM embedding outliers as long tail (Coverage); off: rare tags only. "
+            "Opt-in: it encodes every record, ~44 vs ~950 records/s on 2 busy cores "
+            "(benchmarks/bench_coverage_encoding.py).",
+        ),
+    ),
+    workers=(
+        int,
+        Field(
+            default=1,
+            description="Processes for the stateless cleaning steps (normalize, scrub PII, glossary, language, "
+            "quality); deduplication stays in order in the run's own process. 1: no pool (light, for tests and the "
+            "demo); about the number of free cores for big corpora.",
+        ),
+    ),
+    log_every_batches=(
+        int,
+        Field(default=10, description="Log progress (batches, records/s) every this many batches."),
+    ),
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -294,23 +289,12 @@ def _cleaning_config(config: CleanCorpusConfig) -> CleaningConfig:
             raise fail(f"clean_corpus.config.{name}", f"{getattr(config, name)}: must be at least 1")
     if config.use_glossary and config.glossary_path and not Path(config.glossary_path).expanduser().is_file():
         raise fail("clean_corpus.config.glossary_path", f"{config.glossary_path!r} is not a file")
+    # '' switches the glossary off, None selects the shipped example (CleaningConfig.glossary_path).
+    glossary = (
+        (str(Path(config.glossary_path).expanduser()) if config.glossary_path else None) if config.use_glossary else ""
+    )
     try:
-        return CleaningConfig(
-            min_chars=config.min_chars,
-            max_chars=config.max_chars,
-            eval_fraction=config.eval_fraction,
-            split_seed=config.split_seed,
-            near_duplicate_threshold=config.near_duplicate_threshold,
-            glossary_path=(str(Path(config.glossary_path).expanduser()) if config.glossary_path else None)
-            if config.use_glossary
-            else "",
-            glossary_tags=tuple(config.glossary_tags),
-            scrub_pii=config.scrub_pii,
-            quasi_identifiers=tuple(config.quasi_identifiers),
-            k=config.k,
-            max_suppression=config.max_suppression,
-            batch_size=config.batch_size,
-        )
+        return to_core(config, CleaningConfig, glossary_path=glossary)
     except ValueError as exc:
         raise fail("clean_corpus.config", str(exc)) from exc
 

@@ -43,6 +43,7 @@ from deepfeed.core.platform.artifacts import MANIFEST, ArtifactHandle
 from deepfeed.core.platform.audit import AuditEntry, AuditLedger
 from deepfeed.core.platform.plots import markdown_image
 from deepfeed.core.platform.tables import read_table, write_table
+from deepfeed.pipelines.config import dagster_config, to_core
 from deepfeed.pipelines.locations import audit_ledger
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.resources.mlflow_tracking import CHALLENGER as CHALLENGER_ALIAS
@@ -52,73 +53,93 @@ GROUP = "evaluation"
 EVAL_SET_FIELDS = ("record_id", "source", "kind", "prompt", "response", "text", "lang", "tags", "meta")
 
 
-class EvaluationReportConfig(dg.Config):
-    max_eval_records: int = Field(
-        default=64,
-        description="Held-out records in the evaluation set, sampled stratified by language and domain tag (0 = all).",
-    )
-    eval_sample_seed: int = Field(
-        default=17, description="Seed of the stratified sample; the same seed and data give the same evaluation set."
-    )
-    reference_set_path: str = Field(
-        default="",
-        description="Your own domain reference set (JSONL: prompt, reference, optional lang/tags/label) instead of the held-out split.",
-    )
-    max_generation_records: int = Field(
-        default=32, description="Evaluation records answered by greedy generation (accuracy, BLEU-4, chrF, toxicity)."
-    )
-    max_new_tokens: int = Field(default=32, description="Tokens generated per answer.")
-    max_length: int = Field(default=128, description="Tokens per scored sequence.")
-    batch_size: int = Field(default=16, description="Sequences per perplexity forward pass.")
-    generation_batch_size: int = Field(
-        default=32,
-        description="Prompts decoded together (greedy, left-padded, KV cache); one batch for the demo's 24 answers.",
-    )
-    max_relative_drop: float = Field(
-        default=0.03,
-        description="Gate limit: a key metric fails when the whole paired 95% interval of its relative change vs the "
-        "champion (or the base model, before the first champion) lies below -max_relative_drop "
-        "(docs/evaluation-gates.md).",
-    )
-    bootstrap_samples: int = Field(
-        default=1000,
-        description="Bootstrap resamples for the 95% intervals of BLEU-4, chrF and token F1 and for the paired "
-        "intervals of every difference the gate reads.",
-    )
-    toxicity_threshold: float = Field(
-        default=0.5, description="Classifier probability at or above which an answer counts as toxic."
-    )
-    use_perspective: bool = Field(
-        default=False,
-        description="Score toxicity with Google's Perspective API (needs internet and $PERSPECTIVE_API_KEY) instead of the offline classifier.",
-    )
-    artifacts: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_ARTIFACTS),
-        description="Compressed artifacts scored next to the fp32 challenger, any of: " + ", ".join(DESCRIPTIONS) + ".",
-    )
-    generate_compressed: bool = Field(
-        default=True,
-        description="Also answer the prompts with each compressed artifact (accuracy, BLEU, toxicity and speed per artifact).",
-    )
-    generate_logits_only: bool = Field(
-        default=False,
-        description="Also decode through the logits-only ONNX graphs (no KV cache: every step re-reads the prefix; their KV twins give the same answers faster).",
-    )
-    compare_with_champion: bool = Field(
-        default=True, description="Re-score the current champion on the same records for the gate."
-    )
-    reuse_champion_scores: bool = Field(
-        default=True,
-        description="Reuse the champion's and the base model's scores from an earlier evaluation (kept in the artifact "
-        "store) when the model, the evaluation set and these settings are unchanged, instead of generating its answers "
-        "again. Off: always re-score.",
-    )
-    compression_gate_required: bool = Field(
-        default=True,
-        description="Fail the promotion gate when no verdict of the compression gate is found for this "
-        "compressed_model version. Set false only on purpose (e.g. compressed artifacts built without their check); "
-        "the report then says it was waived.",
-    )
+# The scoring settings come from EvaluationConfig; what to score (the evaluation set, which
+# artifacts, which scores to reuse) is this asset's. eval_sample_seed also seeds the bootstrap.
+EvaluationReportConfig = dagster_config(
+    EvaluationConfig,
+    name="EvaluationReportConfig",
+    doc="Settings of evaluation_report: the evaluation set, the candidates scored and the promotion gate.",
+    exclude=("seed",),
+    max_eval_records=(
+        int,
+        Field(
+            default=64,
+            description="Held-out records in the evaluation set, sampled stratified by language and domain tag "
+            "(0 = all).",
+        ),
+    ),
+    eval_sample_seed=(
+        int,
+        Field(
+            default=17,
+            description="Seed of the stratified sample and of the bootstrap resamples; the same seed and data give "
+            "the same evaluation set.",
+        ),
+    ),
+    reference_set_path=(
+        str,
+        Field(
+            default="",
+            description="Your own domain reference set (JSONL: prompt, reference, optional lang/tags/label) instead "
+            "of the held-out split.",
+        ),
+    ),
+    use_perspective=(
+        bool,
+        Field(
+            default=False,
+            description="Score toxicity with Google's Perspective API (needs internet and $PERSPECTIVE_API_KEY) "
+            "instead of the offline classifier.",
+        ),
+    ),
+    artifacts=(
+        list[str],
+        Field(
+            default_factory=lambda: list(DEFAULT_ARTIFACTS),
+            description="Compressed artifacts scored next to the fp32 challenger, any of: "
+            + ", ".join(DESCRIPTIONS)
+            + ".",
+        ),
+    ),
+    generate_compressed=(
+        bool,
+        Field(
+            default=True,
+            description="Also answer the prompts with each compressed artifact (accuracy, BLEU, toxicity and speed "
+            "per artifact).",
+        ),
+    ),
+    generate_logits_only=(
+        bool,
+        Field(
+            default=False,
+            description="Also decode through the logits-only ONNX graphs (no KV cache: every step re-reads the "
+            "prefix; their KV twins give the same answers faster).",
+        ),
+    ),
+    compare_with_champion=(
+        bool,
+        Field(default=True, description="Re-score the current champion on the same records for the gate."),
+    ),
+    reuse_champion_scores=(
+        bool,
+        Field(
+            default=True,
+            description="Reuse the champion's and the base model's scores from an earlier evaluation (kept in the "
+            "artifact store) when the model, the evaluation set and these settings are unchanged, instead of "
+            "generating its answers again. Off: always re-score.",
+        ),
+    ),
+    compression_gate_required=(
+        bool,
+        Field(
+            default=True,
+            description="Fail the promotion gate when no verdict of the compression gate is found for this "
+            "compressed_model version. Set false only on purpose (e.g. compressed artifacts built without their "
+            "check); the report then says it was waived.",
+        ),
+    ),
+)
 
 
 def _eval_set(config: EvaluationReportConfig, store, clean_corpus: ArtifactHandle) -> tuple[list[dict], str]:
@@ -235,17 +256,7 @@ def evaluation_report(
 
     compression_passed, compression_detail = compression_gate_status(context, compressed_model, store)
     base_checkpoint, base_error = _base_checkpoint(finetuned_model)
-    eval_config = EvaluationConfig(
-        max_length=config.max_length,
-        batch_size=config.batch_size,
-        generation_batch_size=config.generation_batch_size,
-        max_new_tokens=config.max_new_tokens,
-        max_generation_records=config.max_generation_records,
-        max_relative_drop=config.max_relative_drop,
-        bootstrap_samples=config.bootstrap_samples,
-        seed=config.eval_sample_seed,
-        toxicity_threshold=config.toxicity_threshold,
-    )
+    eval_config = to_core(config, EvaluationConfig, seed=config.eval_sample_seed)
     eval_hash = eval_set_hash(records)
     key_extra = {"use_perspective": config.use_perspective}
     champion_scores = base_scores = base_key = None

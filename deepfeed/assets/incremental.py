@@ -16,8 +16,10 @@ from pydantic import Field
 
 from deepfeed.assets.common import COMPUTE_RETRY, fail, handle_metadata
 from deepfeed.assets.training import (
+    FEEDBACK_ROOT_FIELD,
     GROUP,
-    TrainingFields,
+    NPROC_FIELD,
+    TEACHER_PATH_FIELD,
     checkpoint_source,
     current_champion,
     feedback_store,
@@ -32,45 +34,39 @@ from deepfeed.core.platform.home import deepfeed_home
 from deepfeed.core.platform.plots import markdown_image
 from deepfeed.core.platform.tables import read_table
 from deepfeed.core.train.incremental import plan_replay, records_hash, training_state_dir
+from deepfeed.core.train.training import TrainingConfig
+from deepfeed.pipelines.config import dagster_config, to_core
 from deepfeed.pipelines.partitions import feedback_batches
+from deepfeed.pipelines.presets import INCREMENTAL_STREAM
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 
-
-# One partition per sealed feedback batch; the feedback sensor adds them (by this name).
-class IncrementalModelConfig(TrainingFields):
-    method: str = Field(
-        default="lora",
-        description="'lora' (default: a 16-bit base and fp32 adapters fit the tier `deepfeed plan` picks; EWC then penalises the adapters' delta of the adapted weights), 'qlora' (4-bit base, CUDA, no EWC) or 'full'.",
-    )
-    max_steps: int = Field(default=20, description="Optimizer steps on this feedback batch (+ replay).")
-    learning_rate: float = Field(
-        default=3e-5,
-        description="Initial learning rate of the incremental stream (required: 3e-5; docs/requirements.md).",
-    )
-    warmup_steps: int = Field(default=0, description="Linear warm-up steps.")
-    ewc_lambda: float = Field(default=1e4, description="EWC penalty strength towards the champion (0 = off).")
-    replay_ratio: float = Field(
-        default=0.5, description="Earlier (augmented corpus) records replayed per feedback record."
-    )
-    eval_samples: int = Field(
-        default=16, description="Earlier records held out of training to measure forgetting (the replay sample)."
-    )
-    eval_every: int = Field(
-        default=5, description="Score the replay sample every N steps; a rise lowers the learning rate."
-    )
-    elastic_factor: float = Field(
-        default=0.5, description="Multiplier of the learning rate each time the replay loss rises."
-    )
-    elastic_tolerance: float = Field(
-        default=0.0, description="Relative rise of the replay loss tolerated before lowering the learning rate."
-    )
-    elastic_min_scale: float = Field(
-        default=0.05, description="Lowest fraction of the scheduled learning rate the elastic scale reaches."
-    )
-    checkpoint_every: int = Field(
-        default=10, description="Write a resumable checkpoint every N steps (0 = none); a retried run resumes from it."
-    )
-    feedback_root: str = Field(default="", description="Feedback store folder; empty = $DEEPFEED_HOME/feedback.")
+# The same TrainingConfig settings as finetuned_model, with the incremental stream's defaults
+# (deepfeed/pipelines/presets.py) and descriptions that say what they mean on a feedback batch.
+IncrementalModelConfig = dagster_config(
+    TrainingConfig,
+    name="IncrementalModelConfig",
+    doc="Settings of incremental_model: one feedback batch plus a replay, EWC towards the champion, elastic rate.",
+    defaults=INCREMENTAL_STREAM,
+    descriptions={
+        "method": "'lora' (default: a 16-bit base and fp32 adapters fit the tier `deepfeed plan` picks; EWC then "
+        "penalises the adapters' delta of the adapted weights), 'qlora' (4-bit base, CUDA, no EWC) or 'full'.",
+        "max_steps": "Optimizer steps on this feedback batch (+ replay).",
+        "learning_rate": "Initial learning rate of the incremental stream (required: 3e-5; docs/requirements.md).",
+        "ewc_lambda": "EWC penalty strength towards the champion (0 = off).",
+        "eval_samples": "Earlier records held out of training to measure forgetting (the replay sample).",
+        "eval_every": "Score the replay sample every N steps; a rise lowers the learning rate.",
+        "elastic": "Lower the learning rate each time the replay loss rises (on by default in this stream).",
+        "elastic_factor": "Multiplier of the learning rate each time the replay loss rises.",
+        "elastic_tolerance": "Relative rise of the replay loss tolerated before lowering the learning rate.",
+    },
+    nproc=NPROC_FIELD,
+    teacher_path=TEACHER_PATH_FIELD,
+    replay_ratio=(
+        float,
+        Field(default=0.5, description="Earlier (augmented corpus) records replayed per feedback record."),
+    ),
+    feedback_root=FEEDBACK_ROOT_FIELD,
+)
 
 
 @dg.asset(
@@ -121,14 +117,7 @@ def incremental_model(
     except ValueError as exc:
         raise fail("incremental_model.config.replay_ratio", str(exc)) from exc
     teacher = Path(config.teacher_path) if config.teacher_path else champion
-    training = config.training_config(
-        elastic=True,
-        eval_every=config.eval_every,
-        eval_samples=config.eval_samples,
-        elastic_factor=config.elastic_factor,
-        elastic_tolerance=config.elastic_tolerance,
-        elastic_min_scale=config.elastic_min_scale,
-    )
+    training = to_core(config, TrainingConfig)
     data_hash = records_hash(plan.train)
     state = training_state_dir(deepfeed_home(), "incremental_model", f"{batch_id}-{parent or 'base'}")
 

@@ -8,11 +8,12 @@ from pydantic import Field
 
 from deepfeed.assets.common import fail, handle_metadata
 from deepfeed.core.data.embedding_summary import shared_summarizer
-from deepfeed.core.loop.abtest import ARMS, analyze_ab
+from deepfeed.core.loop.abtest import ARMS, ABTestSettings, analyze_ab
 from deepfeed.core.loop.lifecycle import conclude_ab_test
-from deepfeed.core.loop.monitoring import ab_events, drift_evidence, reference_features
+from deepfeed.core.loop.monitoring import DriftSettings, ab_events, drift_evidence, reference_features
 from deepfeed.core.loop.rollback import BASELINE_N_TAG, BASELINE_STD_TAG, BASELINE_TAG, CHALLENGER
 from deepfeed.core.platform.artifacts import ArtifactHandle
+from deepfeed.pipelines.config import dagster_config, to_core
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
 from deepfeed.resources.serving_data import ServingDataResource
 
@@ -25,31 +26,20 @@ def _serving_data(home: str) -> ServingDataResource:
     return ServingDataResource(home=home) if home else ServingDataResource()
 
 
-class DriftReportConfig(dg.Config):
-    window_hours: float = Field(
-        default=24.0, description="Length of the inference-log window compared with the reference."
-    )
-    window_end: str = Field(default="", description="End of the window, ISO 8601 UTC (empty = now).")
-    alpha: float = Field(
-        default=0.05, description="Family-wise significance of the KS tests (required: 0.05; docs/requirements.md)."
-    )
-    correction: str = Field(default="holm", description="Multiple-testing correction: holm, bonferroni or none.")
-    min_samples: int = Field(
-        default=30, description="Fewest requests (and reference records) per feature to test at all."
-    )
-    confidence_std: float = Field(
-        default=0.15,
-        description="Alert when the std of output confidence exceeds this (required: 0.15; docs/requirements.md).",
-    )
-    fail_on_alert: bool = Field(
-        default=True, description="Fail the run on an alert, so run-failure notifications carry the evidence."
-    )
-    serving_home: str = Field(
-        default="", description="Folder the server writes inference_log/ into (empty = $DEEPFEED_HOME)."
-    )
-    embedding_features: bool = Field(
-        default=True, description="Also test the prompts' MiniLM embedding summary (topic drift)."
-    )
+DriftReportConfig = dagster_config(
+    DriftSettings,
+    name="DriftReportConfig",
+    doc="Settings of drift_report: the window of the inference log and the drift test.",
+    window_end=(str, Field(default="", description="End of the window, ISO 8601 UTC (empty = now).")),
+    fail_on_alert=(
+        bool,
+        Field(default=True, description="Fail the run on an alert, so run-failure notifications carry the evidence."),
+    ),
+    serving_home=(
+        str,
+        Field(default="", description="Folder the server writes inference_log/ into (empty = $DEEPFEED_HOME)."),
+    ),
+)
 
 
 def _markdown_features(evidence: dict) -> str:
@@ -83,15 +73,16 @@ def drift_report(
     try:
         summarizer = shared_summarizer() if config.embedding_features else None
         reference = reference_features(store.local_path(corpus), summarizer=summarizer)
+        settings = to_core(config, DriftSettings)
         evidence = drift_evidence(
             serving_data.inference_log(),
             reference,
             end,
-            config.window_hours,
-            config.alpha,
-            config.min_samples,
-            config.correction,
-            config.confidence_std,
+            settings.window_hours,
+            settings.alpha,
+            settings.min_samples,
+            settings.correction,
+            settings.confidence_std,
         ).to_dict()
     except ValueError as exc:
         raise fail("drift_report.config", str(exc)) from exc
@@ -115,30 +106,23 @@ def drift_report(
     return dg.Output(version.handle, metadata=metadata)
 
 
-class ABTestReportConfig(dg.Config):
-    min_hours: float = Field(default=72.0, description="No decision before this many hours of overlapping data (72 h).")
-    alpha: float = Field(
-        default=0.01,
-        description="Level of the sequential test (mSPRT): the false-positive rate however "
-        "many daily looks are taken (p < 0.01).",
-    )
-    min_users_per_arm: int = Field(default=30, description="No decision with fewer users than this in either arm.")
-    mixture_sd: float = Field(
-        default=0.25,
-        description="mSPRT mixture width in per-user standard deviations: the effect "
-        "size the test is most sensitive to (docs/model-lifecycle.md).",
-    )
-    split: float = Field(
-        default=-1.0, description="Challenger share used by the server; >= 0 drops events in the wrong arm."
-    )
-    act_on_decision: bool = Field(
-        default=True,
-        description="promote: the decision goes through the promotion gate (challenger becomes champion "
-        "if it holds); keep, or a failed promotion gate: the challenger alias is removed.",
-    )
-    serving_home: str = Field(
-        default="", description="Folder the server writes feedback/ and audit/ into (empty = $DEEPFEED_HOME)."
-    )
+ABTestReportConfig = dagster_config(
+    ABTestSettings,
+    name="ABTestReportConfig",
+    doc="Settings of ab_test_report: the sequential test and whether its decision is acted on.",
+    act_on_decision=(
+        bool,
+        Field(
+            default=True,
+            description="promote: the decision goes through the promotion gate (challenger becomes champion "
+            "if it holds); keep, or a failed promotion gate: the challenger alias is removed.",
+        ),
+    ),
+    serving_home=(
+        str,
+        Field(default="", description="Folder the server writes feedback/ and audit/ into (empty = $DEEPFEED_HOME)."),
+    ),
+)
 
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"})
@@ -157,13 +141,14 @@ def ab_test_report(
     versions = {arm: str(v.version) for arm, v in aliases.items()}
     events = ab_events(serving_data.feedback_store().all_records(), versions)
     try:
+        settings = to_core(config, ABTestSettings)
         result = analyze_ab(
             events,
-            config.min_hours,
-            config.alpha,
-            split=config.split if config.split >= 0 else None,
-            min_users_per_arm=config.min_users_per_arm,
-            mixture_sd=config.mixture_sd,
+            settings.min_hours,
+            settings.alpha,
+            split=settings.split if settings.split >= 0 else None,
+            min_users_per_arm=settings.min_users_per_arm,
+            mixture_sd=settings.mixture_sd,
         )
     except ValueError as exc:
         raise fail("ab_test_report.config", str(exc)) from exc

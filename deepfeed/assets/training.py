@@ -26,6 +26,7 @@ from deepfeed.core.train.distributed import launch_command, read_result, write_s
 from deepfeed.core.train.incremental import records_hash, training_state_dir
 from deepfeed.core.train.modeling import ModelSourceError, describe_checkpoint
 from deepfeed.core.train.training import TrainingConfig, TrainingError, TrainingResult, config_dict, fine_tune
+from deepfeed.pipelines.config import dagster_config, to_core
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 from deepfeed.resources.mlflow_tracking import CHAMPION
 
@@ -50,94 +51,47 @@ def base_model(context: dg.AssetExecutionContext, model_source: ModelSourceResou
     return dg.Output(handle, metadata={**handle_metadata(handle), "weight_files": ", ".join(info["weight_files"])})
 
 
-class TrainingFields(dg.Config):
-    method: str = Field(
-        default="lora",
-        description="'lora' (peft adapters, merged before saving), 'qlora' (4-bit NF4 base via bitsandbytes, CUDA only; adapters merged into the bf16 base) or 'full' fine-tuning.",
-    )
-    max_steps: int = Field(default=30, description="Optimizer steps.")
-    batch_size: int = Field(default=8, description="Sequences per step (the global batch when nproc > 1).")
-    max_length: int = Field(default=128, description="Tokens per sequence (longer ones are cut).")
-    learning_rate: float = Field(default=2e-4, description="Peak learning rate of AdamW after warm-up.")
-    final_learning_rate: float = Field(
-        default=1e-6, description="Learning rate at the end of the cosine decay (required: 1e-6; docs/requirements.md)."
-    )
-    warmup_steps: int = Field(default=3, description="Linear warm-up steps.")
-    weight_decay: float = Field(default=0.0, description="AdamW weight decay.")
-    lora_rank: int = Field(default=8, description="LoRA rank (method=lora).")
-    lora_alpha: int = Field(default=16, description="LoRA scaling alpha (method=lora).")
-    gradient_checkpointing: bool = Field(default=False, description="Recompute activations in backward to save memory.")
-    packing: bool = Field(default=False, description="Concatenate records into full max_length rows (no padding).")
-    precision: str = Field(
-        default="auto",
-        description="'auto' (bf16 on a GPU that supports it, fp16 on other GPUs, fp32 on CPU), 'fp32', 'bf16' or 'fp16'. LoRA/QLoRA load the frozen base in it; full fine-tuning keeps fp32 master weights and computes in it.",
-    )
-    distill_alpha: float = Field(
-        default=1.0,
-        description="Weight of the label CE; 1 - alpha goes to the teacher's KL at distill_temperature (1.0 = no distillation).",
-    )
-    distill_temperature: float = Field(
-        default=0.7,
-        description="Softmax temperature of distillation (required: 0.7; docs/requirements.md); the KL is scaled by T^2.",
-    )
-    teacher_path: str = Field(
-        default="", description="Teacher checkpoint folder for distillation; empty = the current MLflow champion."
-    )
-    teacher_cache: bool = Field(
-        default=False,
-        description="Compute the teacher's logits once into <artifact root>/teacher_logits (keyed by teacher hash + data hash + top-k) and read them back every step, epoch and later run instead of running the teacher; for large teachers.",
-    )
-    teacher_cache_top_k: int = Field(
-        default=0,
-        description="With teacher_cache: keep the k largest teacher logits per token in fp16 with their token ids (KL over those k, teacher renormalised); 0 = full fp32 logits, identical loss, for small vocabularies.",
-    )
-    teacher_cache_budget_gb: float = Field(
-        default=20.0,
-        description="With teacher_cache: disk budget of all teacher logit caches together (GiB); after each run the least recently used other caches are deleted to fit it; 0 keeps every cache.",
-    )
-    ewc_lambda: float = Field(
-        default=0.0,
-        description="EWC penalty strength towards the starting checkpoint (0 = off). Full fine-tuning penalises the weights; LoRA penalises the adapters' delta of the adapted weights (B·A·scale).",
-    )
-    fisher_samples: int = Field(
-        default=32, description="Records of the earlier data used for the EWC Fisher (computed once per champion)."
-    )
-    fgsm_epsilon: float = Field(
-        default=0.0,
-        description="FGSM adversarial training: each step also trains on input embeddings moved by epsilon·sign(gradient); 0 = off, at most 0.5 (docs/requirements.md §3).",
-    )
-    fgsm_weight: float = Field(
-        default=1.0, description="Weight of the FGSM adversarial loss added to the clean loss (with fgsm_epsilon > 0)."
-    )
-    checkpoint_every: int = Field(
-        default=0, description="Write a resumable checkpoint every N steps (0 = none); a retried run resumes from it."
-    )
-    nproc: int = Field(
+# Asset-only: how the step runs, not what it computes (TrainingConfig holds that).
+NPROC_FIELD = (
+    int,
+    Field(
         default=1,
-        description="Training processes: > 1 runs the step as `torchrun` (DDP; gloo on CPU, nccl on GPUs) launched through Dagster Pipes.",
-    )
-    sharding: str = Field(
-        default="ddp",
-        description="With nproc > 1: 'ddp' (a full model, gradient and AdamW copy per process) or 'fsdp' (FSDP2: each process holds ~1/nproc of them; for models whose training state does not fit one device; no EWC/FGSM/checkpoint_every yet).",
-    )
-    seed: int = Field(default=0, description="Seed of initialization and data order.")
-    log_every: int = Field(default=5, description="Write a progress line to the Dagster log every N steps.")
+        description="Training processes: > 1 runs the step as `torchrun` (DDP; gloo on CPU, nccl on GPUs) launched "
+        "through Dagster Pipes.",
+    ),
+)
+# A path on this machine, handed to fine_tune beside the settings (the champion when empty).
+TEACHER_PATH_FIELD = (
+    str,
+    Field(default="", description="Teacher checkpoint folder for distillation; empty = the current MLflow champion."),
+)
+FEEDBACK_ROOT_FIELD = (str, Field(default="", description="Feedback store folder; empty = $DEEPFEED_HOME/feedback."))
 
-    def training_config(self, **overrides: Any) -> TrainingConfig:
-        fields = {k: v for k, v in self.model_dump().items() if k in TrainingConfig.__dataclass_fields__}
-        return TrainingConfig(**{**fields, **overrides})
-
-
-class FinetunedModelConfig(TrainingFields):
-    start_from: str = Field(
-        default="base",
-        description="'base' (the base model: monthly full retrain) or 'champion' (the current MLflow champion; the knowledge review).",
-    )
-    include_feedback_history: bool = Field(
-        default=False, description="Also train on every sealed feedback batch so far (the quarterly knowledge review)."
-    )
-    feedback_root: str = Field(default="", description="Feedback store folder; empty = $DEEPFEED_HOME/feedback.")
-    eval_samples: int = Field(default=16, description="Held-out records of the clean corpus scored for the eval loss.")
+# Every TrainingConfig setting, with its default and description, plus where the run starts.
+FinetunedModelConfig = dagster_config(
+    TrainingConfig,
+    name="FinetunedModelConfig",
+    doc="Settings of finetuned_model: the monthly full retrain, or the knowledge review with start_from: champion.",
+    descriptions={"eval_samples": "Held-out records of the clean corpus scored for the eval loss."},
+    nproc=NPROC_FIELD,
+    teacher_path=TEACHER_PATH_FIELD,
+    start_from=(
+        str,
+        Field(
+            default="base",
+            description="'base' (the base model: monthly full retrain) or 'champion' (the current MLflow champion; "
+            "the knowledge review).",
+        ),
+    ),
+    include_feedback_history=(
+        bool,
+        Field(
+            default=False,
+            description="Also train on every sealed feedback batch so far (the quarterly knowledge review).",
+        ),
+    ),
+    feedback_root=FEEDBACK_ROOT_FIELD,
+)
 
 
 def feedback_store(root: str) -> FeedbackStore:
@@ -156,7 +110,7 @@ def current_champion(mlflow: MlflowResource):
     return source, str(version.version)
 
 
-def progress(context: dg.AssetExecutionContext, config: TrainingFields):
+def progress(context: dg.AssetExecutionContext, config: TrainingConfig):
     def log(step: int, loss: float, lr: float) -> None:
         if step % config.log_every == 0 or step == config.max_steps - 1:
             context.log.info("step %d/%d loss %.4f lr %.2e", step + 1, config.max_steps, loss, lr)
@@ -245,14 +199,14 @@ def checkpoint_source(store, handle: ArtifactHandle) -> str:
 
 
 def train_logged(
-    config: TrainingFields, training: TrainingConfig, start: Path, records, checkpoint: Path, context, **kwargs
+    config: dg.Config, training: TrainingConfig, start: Path, records, checkpoint: Path, context, **kwargs
 ) -> TrainingResult:
     """In this process, or as a torchrun job through Dagster Pipes when nproc > 1."""
     try:
         if config.nproc > 1:
             result = train_with_torchrun(config.nproc, training, start, records, checkpoint, context, **kwargs)
         else:
-            result = fine_tune(start, records, checkpoint, training, on_step=progress(context, config), **kwargs)
+            result = fine_tune(start, records, checkpoint, training, on_step=progress(context, training), **kwargs)
         write_pyfunc_model(checkpoint)  # the registered version loads as models:/<name>@<alias>
         return result
     except (TrainingError, ValueError, OSError) as exc:
@@ -317,7 +271,7 @@ def finetuned_model(
         if clean
         else []
     )
-    training = config.training_config(eval_samples=config.eval_samples)
+    training = to_core(config, TrainingConfig)
     data_hash = records_hash(records) if config.include_feedback_history else augmented_corpus.content_hash
 
     state = training_state_dir(deepfeed_home(), "finetuned_model", f"{data_hash[:16]}-{parent or 'base'}")

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from deepfeed.pipelines.partitions import feedback_batches
+from deepfeed.pipelines.presets import KNOWLEDGE_REVIEW
 
 # One run per sealed feedback batch; the feedback sensor requests them by partition key.
 # The incremental checkpoint goes through the same compression, evaluation and gate as a
@@ -22,20 +23,11 @@ incremental_job = dg.define_asset_job(
 
 # Against forgetting: every quarter, retrain from the champion on the whole
 # history (augmented corpus + every feedback batch) with EWC, then compress, evaluate
-# and promote through the same gate as any other candidate.
-KNOWLEDGE_REVIEW_CONFIG = {
-    "start_from": "champion",
-    "include_feedback_history": True,
-    "method": "lora",  # LoRA + EWC on the adapters: fits the tier `deepfeed plan` picks for LoRA
-    "ewc_lambda": 1e4,
-    "learning_rate": 3e-5,
-    "checkpoint_every": 50,
-}
-
+# and promote through the same gate as any other candidate (the preset: presets.py).
 knowledge_review_job = dg.define_asset_job(
     "knowledge_review_job",
     selection=dg.AssetSelection.assets("finetuned_model").downstream() - dg.AssetSelection.groups("monitoring"),
-    config={"ops": {"finetuned_model": {"config": KNOWLEDGE_REVIEW_CONFIG}}},
+    config={"ops": {"finetuned_model": {"config": KNOWLEDGE_REVIEW}}},
     description="Quarterly knowledge review: retrain from the champion on all data and feedback with EWC.",
     tags={"deepfeed/stream": "review"},
 )

@@ -13,17 +13,13 @@ from deepfeed.assets import ASSET_MODULES
 from deepfeed.assets.corpus import corpus_sources
 from deepfeed.core.data.ingest import discover_sources
 from deepfeed.definitions import defs
+from deepfeed.pipelines.presets import TEST_CHAIN
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 from deepfeed.resources.mlflow_tracking import CHALLENGER, CHAMPION, PREVIOUS
 
 ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
 CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
-FAST = {
-    "ops": {
-        "finetuned_model": {"config": {"max_steps": 4, "batch_size": 4, "max_length": 64, "learning_rate": 1e-2}},
-        "evaluation_report": {"config": {"max_eval_records": 12, "max_generation_records": 6, "max_new_tokens": 4}},
-    }
-}
+FAST = {"ops": TEST_CHAIN}
 
 
 def resources(home: Path, base_model: Path, artifact_root: Path | None = None) -> dict:
@@ -346,7 +342,7 @@ def test_cli_materialize_runs_the_chain(deepfeed_env, tiny_llama, tiny_corpus, t
 def test_demo_run_config_is_valid_for_the_full_chain_job():
     from dagster._core.system_config.objects import ResolvedRunConfig
 
-    from deepfeed.cli import DEMO_SIZES
+    from deepfeed.pipelines.presets import DEMO_SIZES
 
     resolved = ResolvedRunConfig.build(defs.resolve_job_def("full_chain_job"), {"ops": DEMO_SIZES})
     assert resolved.ops["augmented_corpus"].config["fgsm_max_records"] == 4

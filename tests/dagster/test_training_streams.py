@@ -12,6 +12,7 @@ from deepfeed.core.loop.feedback import FeedbackStore
 from deepfeed.core.train.ewc import fisher_path
 from deepfeed.core.train.training import TrainingConfig, fine_tune
 from deepfeed.definitions import defs
+from deepfeed.pipelines.presets import TEST_COMPRESSION_GATE, TEST_EVALUATION, TEST_INCREMENTAL
 from deepfeed.resources.mlflow_tracking import CHALLENGER
 from tests.dagster.test_chain import materialize, resources
 
@@ -26,17 +27,7 @@ FEEDBACK = [
     {"prompt": "What time is it?", "answer": "It is half past three.", "rating": 0.9},
     {"prompt": "Who wrote the letter?", "answer": "Nobody.", "rating": 0.0},  # bad, no correction: not trained on
 ]
-FAST = {
-    "max_steps": 4,
-    "batch_size": 4,
-    "max_length": 64,
-    "learning_rate": 1e-3,
-    "eval_every": 2,
-    "eval_samples": 4,
-    "checkpoint_every": 2,
-    "fisher_samples": 4,
-    "ewc_lambda": 100.0,
-}
+FAST = TEST_INCREMENTAL
 
 
 @pytest.fixture
@@ -154,7 +145,6 @@ def test_incremental_job_compresses_evaluates_and_gates_before_serving(deepfeed_
     client.set_registered_model_alias("deepfeed", "champion", champion)
     batch = seal(deepfeed_env, FEEDBACK)
     instance.add_dynamic_partitions(feedback_batches.name, [batch])
-    fast_eval = {"max_eval_records": 8, "max_generation_records": 4, "max_new_tokens": 4, "bootstrap_samples": 100}
     result = defs.resolve_job_def("incremental_job").execute_in_process(
         partition_key=batch,
         instance=instance,
@@ -163,8 +153,8 @@ def test_incremental_job_compresses_evaluates_and_gates_before_serving(deepfeed_
         run_config={
             "ops": {
                 "incremental_model": {"config": {**FAST, "ewc_lambda": 0.0, "checkpoint_every": 0}},
-                "compressed_model": {"config": {"gate_max_records": 8, "gate_max_answers": 4}},
-                "evaluation_report": {"config": fast_eval},
+                "compressed_model": {"config": TEST_COMPRESSION_GATE},
+                "evaluation_report": {"config": TEST_EVALUATION},
             }
         },
     )

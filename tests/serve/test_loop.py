@@ -13,6 +13,7 @@ from deepfeed.assets.incremental import incremental_model
 from deepfeed.assets.monitoring import ab_test_report, drift_report
 from deepfeed.core.loop.lifecycle import grant_challenger
 from deepfeed.core.platform.audit import AuditLedger
+from deepfeed.pipelines.presets import TEST_INCREMENTAL_MINIMAL
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
 from deepfeed.resources.monitoring_policy import MonitoringPolicyResource
@@ -25,18 +26,7 @@ from deepfeed.serve.process import ServerProcess
 from tests.sensors.test_sensors import EN, _reference_corpus
 from tests.serve.conftest import KEYS, Registry
 
-INCREMENTAL = {
-    "method": "full",
-    "max_steps": 2,
-    "batch_size": 4,
-    "max_length": 48,
-    "learning_rate": 1e-3,
-    "warmup_steps": 0,
-    "ewc_lambda": 0.0,
-    "replay_ratio": 0.0,
-    "eval_samples": 0,
-    "checkpoint_every": 0,
-}
+INCREMENTAL = TEST_INCREMENTAL_MINIMAL
 
 
 def _wait_for(server: ServerProcess, versions: dict, timeout_s: float = 30) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from deepfeed.core.augment.corpus import Augmenters, AugmentPlan
 from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask
+from deepfeed.core.platform.settings import setting
 
 
 class AugmentSettingsError(ValueError):
@@ -20,25 +21,75 @@ class AugmentSettingsError(ValueError):
 
 @dataclass(frozen=True)
 class AugmentSettings:
-    synonym_ratio: float = 0.5
-    structural_ratio: float = 0.5
-    fgsm_ratio: float = 0.1
-    fgsm_max_records: int = 16
-    synonym_rate: float = 0.15
-    similarity_threshold: float = 0.85
-    synonym_variants: int = 2
-    synonym_lm_rank: bool = False
-    meaning_lm: bool = True
-    lm_threshold: float = -12.0
-    max_unk_share: float = 0.1
-    masked_lm_path: str = ""
-    glossary_path: str = ""
-    fgsm_epsilon: float = 0.1
-    fgsm_max_modification_rate: float = 0.15
-    fgsm_side: str = "prompt"
-    max_chars: int = 2000
-    near_duplicate_threshold: float = 0.9
-    seed: int = 0
+    """What augmented_corpus generates; its Dagster config is generated from these fields."""
+
+    synonym_ratio: float = setting(
+        0.5, "Share of train records that get a contextual-synonym child (0 switches the technique off)."
+    )
+    structural_ratio: float = setting(
+        0.5, "Share of train records that get a sentence- or clause-reordered child, where order carries no meaning."
+    )
+    fgsm_ratio: float = setting(
+        0.1, "Share of train records that get an FGSM adversarial child from the base model's gradients."
+    )
+    fgsm_max_records: int = setting(
+        16,
+        "Most records attacked with FGSM per run (each costs a forward and backward pass of the model); the rest are "
+        "skipped with the reason.",
+    )
+    synonym_rate: float = setting(0.15, "Share of the eligible words replaced in a synonym child.")
+    similarity_threshold: float = setting(
+        0.85,
+        "Least cosine similarity (MiniLM sentence embeddings) between a synonym or FGSM child and its parent, where "
+        "MiniLM can read the text.",
+    )
+    synonym_variants: int = setting(
+        2,
+        "Candidate variants scored per record; the most similar one above the threshold is kept (or, with "
+        "synonym_lm_rank, the most probable one).",
+    )
+    synonym_lm_rank: bool = setting(
+        False,
+        "Rank the synonym variants that pass the similarity threshold by their sentence log-probability under the base "
+        "causal LM (batched; slower, so off by default). MiniLM similarity stays the filter. Lexicon path only: not "
+        "with masked_lm_path.",
+    )
+    meaning_lm: bool = setting(
+        True,
+        "Judge the meaning of children MiniLM cannot read (mostly [UNK] to it: Chinese) by the base causal LM's "
+        "log-probability change; off: those children stand on the lexical gate alone.",
+    )
+    lm_threshold: float = setting(
+        -12.0, "Least log-probability change (nats, child minus parent) under the base LM for a child the LM judges."
+    )
+    max_unk_share: float = setting(
+        0.1,
+        "Largest share of [UNK] word pieces in MiniLM's reading of a text for MiniLM to judge it; above it the LM "
+        "judges.",
+    )
+    masked_lm_path: str = setting(
+        "",
+        "Local masked-LM folder (BERT-style, with its head): use nlpaug's fill-mask replacement instead of "
+        "WordNet/Cilin. Empty: lexicons.",
+    )
+    glossary_path: str = setting(
+        "", "Glossary (.yaml/.csv) whose terms are never altered. Empty: the shipped ICD-10 example."
+    )
+    fgsm_epsilon: float = setting(0.1, "FGSM step size ε in embedding space (at most 0.5).")
+    fgsm_max_modification_rate: float = setting(
+        0.15,
+        "Most words an FGSM child may change, as a share of its words (at least one swap where any word may change).",
+    )
+    fgsm_side: str = setting(
+        "prompt",
+        "Which side of a pair FGSM perturbs: 'prompt' (robustness: the reference answer stays the target) or "
+        "'response' (measurement only: it teaches perturbed answers).",
+    )
+    max_chars: int = setting(2000, "Longer records are passed through unaugmented (reason recorded).")
+    near_duplicate_threshold: float = setting(
+        0.9, "Children whose MinHash Jaccard similarity to an existing record reaches this are dropped."
+    )
+    seed: int = setting(0, "Seed of every random choice, for reproducible corpora.")
 
     def plan(self) -> AugmentPlan:
         try:
@@ -93,7 +144,8 @@ def build_augmenters(settings: AugmentSettings, model_path: Path | None = None) 
     if ranking and settings.masked_lm_path:
         raise AugmentSettingsError(
             "synonym_lm_rank",
-            "ranks lexicon variants; the masked-LM path (masked_lm_path) proposes one variant per record, so there is nothing to rank",
+            "ranks lexicon variants; the masked-LM path (masked_lm_path) proposes one variant per record, so there is "
+            "nothing to rank",
         )
     needed_by = (
         ("fgsm_ratio", settings.fgsm_ratio > 0),

@@ -47,6 +47,7 @@ from deepfeed.core.data.quality.detectors import check_quality, strip_boilerplat
 from deepfeed.core.data.quality.language import detect_languages
 from deepfeed.core.data.quality.normalize import normalize_text as _normalize_quality
 from deepfeed.core.platform.audit import AuditEntry, content_hash
+from deepfeed.core.platform.settings import setting
 
 TEXT_FIELDS = ("prompt", "response", "text")
 STAGE = "clean_corpus"
@@ -55,26 +56,53 @@ REMOVED_FIELDS = ("record_id", "source", "reason", "detail")
 
 @dataclass(frozen=True)
 class CleaningConfig:
+    """How clean_corpus cleans; its Dagster config is generated from these fields."""
+
     # Effective length (whitespace not counted, a Han character counts 3): dialog pairs
     # such as "Hi" / "Yes." are real training data, so the floor is far below
     # quality.QualityConfig's 20, which was tuned for documents.
-    min_chars: int = 4
-    max_chars: int = 8000
-    eval_fraction: float = 0.1
-    split_seed: int = 17
-    near_duplicate_threshold: float = 0.9
+    min_chars: int = setting(
+        4,
+        "Shortest record kept, in effective characters of prompt + response "
+        "(whitespace not counted, a Han character counts 3). Low on purpose: dialog answers such as 'Yes.' are data.",
+    )
+    max_chars: int = setting(8000, "Records longer than this (effective characters) are removed.")
+    eval_fraction: float = setting(0.1, "Share of records held out for evaluation (stable by content hash).")
+    split_seed: int = setting(17, "Seed of the held-out split; change it only to draw a new split.")
+    near_duplicate_threshold: float = setting(
+        0.9,
+        "MinHash Jaccard similarity (character 5-grams) from which a record is a near-duplicate of an earlier one; "
+        "in (0, 0.99].",
+    )
     # Off ("") by default: a domain glossary rewrites general text too (ICD-10's
-    # "depression" in "a slight depression in the surface"). None: the shipped ICD-10
-    # example; a path: that glossary.
-    glossary_path: str | None = ""
-    # Domain tags the glossary is scoped to: only records carrying one of them are
-    # normalized. Empty: every record (when a glossary is on).
-    glossary_tags: tuple[str, ...] = ()
-    scrub_pii: bool = True
-    quasi_identifiers: tuple[str, ...] = ()
-    k: int = DEFAULT_K
-    max_suppression: float = 0.05
-    batch_size: int = 4096
+    # "depression" in "a slight depression in the surface").
+    glossary_path: str | None = setting(
+        "", "Glossary normalizing domain terms: '' = off, None = the shipped ICD-10 example, or a YAML/CSV path."
+    )
+    glossary_tags: tuple[str, ...] = setting(
+        (),
+        "Domain tags the glossary is scoped to: only records carrying one of them are normalized "
+        "(and checked for leftovers). Empty: every record.",
+    )
+    scrub_pii: bool = setting(
+        True,
+        "Replace PII by typed placeholders (<EMAIL>, <PHONE>, <ID_CN>, ...) in every text field, tag and metadata "
+        "value.",
+    )
+    quasi_identifiers: tuple[str, ...] = setting(
+        (),
+        "Metadata columns (keys of the record's meta) that are quasi-identifiers, e.g. age, gender, region, "
+        "admission_date; generalized/suppressed to k-anonymity.",
+    )
+    k: int = setting(DEFAULT_K, "k of k-anonymity over the quasi-identifiers (at least 20 by policy, docs/privacy.md).")
+    max_suppression: float = setting(
+        0.05, "Largest share of records k-anonymity may suppress before it generalizes further."
+    )
+    batch_size: int = setting(
+        4096,
+        "Records per Arrow batch streamed through cleaning; memory holds about two batches of records besides the "
+        "dedup index.",
+    )
 
     def __post_init__(self):
         # datasketch cannot lay out LSH bands for a threshold of 1 (or above 0.99 with

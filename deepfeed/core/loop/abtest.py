@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from deepfeed.core.platform.settings import setting
+
 CHAMPION, CHALLENGER = "champion", "challenger"
 ARMS = (CHAMPION, CHALLENGER)
 REQUIRED_COLUMNS = ("time", "user_hash", "arm", "metric")
@@ -224,6 +226,24 @@ def _per_user(df: pd.DataFrame) -> dict[str, np.ndarray]:
     per_user = df.groupby(["arm", "user_hash"])["metric"].mean()
     arms = set(per_user.index.get_level_values(0))
     return {arm: per_user[arm].to_numpy() if arm in arms else np.empty(0) for arm in ARMS}
+
+
+@dataclass(frozen=True)
+class ABTestSettings:
+    """The sequential test of ab_test_report (its Dagster config is generated from these fields)."""
+
+    min_hours: float = setting(72.0, "No decision before this many hours of overlapping data (72 h).")
+    alpha: float = setting(
+        0.01,
+        "Level of the sequential test (mSPRT): the false-positive rate however many daily looks are taken (p < 0.01).",
+    )
+    min_users_per_arm: int = setting(30, "No decision with fewer users than this in either arm.")
+    mixture_sd: float = setting(
+        0.25,
+        "mSPRT mixture width in per-user standard deviations: the effect size the test is most sensitive to "
+        "(docs/model-lifecycle.md).",
+    )
+    split: float = setting(-1.0, "Challenger share used by the server; >= 0 drops events in the wrong arm.")
 
 
 def analyze_ab(

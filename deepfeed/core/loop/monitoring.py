@@ -24,6 +24,7 @@ from deepfeed.core.loop.abtest import ARMS
 from deepfeed.core.loop.drift import confidence_alert, ks_drift, text_features
 from deepfeed.core.loop.inference_log import InferenceLog, feature_columns
 from deepfeed.core.loop.rollback import drop_test
+from deepfeed.core.platform.settings import setting
 from deepfeed.core.platform.tables import read_table
 
 UTC = _dt.timezone.utc
@@ -57,6 +58,20 @@ def reference_features(
 # (the sensor re-evaluates every few minutes in the same code-server process).
 _TEXT_REFERENCE: dict[tuple, tuple[list[str], dict[str, np.ndarray]]] = {}
 _EMBEDDED_REFERENCE: dict[tuple, dict[str, np.ndarray]] = {}
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """The drift test of drift_report (its Dagster config is generated from these fields)."""
+
+    window_hours: float = setting(24.0, "Length of the inference-log window compared with the reference.")
+    alpha: float = setting(0.05, "Family-wise significance of the KS tests (required: 0.05; docs/requirements.md).")
+    correction: str = setting("holm", "Multiple-testing correction: holm, bonferroni or none.")
+    min_samples: int = setting(30, "Fewest requests (and reference records) per feature to test at all.")
+    confidence_std: float = setting(
+        0.15, "Alert when the std of output confidence exceeds this (required: 0.15; docs/requirements.md)."
+    )
+    embedding_features: bool = setting(True, "Also test the prompts' MiniLM embedding summary (topic drift).")
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,23 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from deepfeed.core.platform.settings import setting
+
 IGNORE = -100
+
+
+# Required: 0.7 (docs/requirements.md); TrainingConfig.distill_temperature defaults to it too.
+DISTILL_TEMPERATURE = 0.7
 
 
 @dataclass(frozen=True)
 class DistillationConfig:
-    alpha: float = 0.5  # weight of the hard-label CE; 1 - alpha goes to the teacher's soft labels
-    temperature: float = 0.7
+    """The loss's two knobs; fine_tune builds one from TrainingConfig.distill_alpha/_temperature."""
+
+    alpha: float = setting(0.5, "Weight of the hard-label CE; 1 - alpha goes to the teacher's soft labels (KL).")
+    temperature: float = setting(
+        DISTILL_TEMPERATURE, "Softmax temperature of teacher and student; the KL is scaled by T^2."
+    )
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
