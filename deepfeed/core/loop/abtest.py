@@ -31,7 +31,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+from deepfeed.core.loop.registry import CHALLENGER, CHAMPION
+
+# The arms are named after the registry aliases whose versions serve them.
 ARMS = (CHAMPION, CHALLENGER)
 REQUIRED_COLUMNS = ("time", "user_hash", "arm", "metric")
 
