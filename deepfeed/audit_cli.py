@@ -24,9 +24,9 @@ FILTERS = ("record_id", "stage", "action", "run_id")
 
 
 def default_ledger() -> Path:
-    from deepfeed.core.platform.home import deepfeed_home
+    from deepfeed.core.platform.locations import Locations
 
-    return deepfeed_home() / "audit" / "ledger.jsonl"
+    return Locations.from_environment().audit_ledger
 
 
 def _ledger(args: argparse.Namespace):
@@ -111,7 +111,7 @@ def cmd_rekey(args: argparse.Namespace) -> int:
 
 def add_audit_parser(commands) -> None:
     audit = commands.add_parser("audit", help="query the audit ledger, verify its keyed chain, recover, re-key")
-    audit.add_argument("--ledger", default="", help="ledger file (default $DEEPFEED_HOME/audit/ledger.jsonl)")
+    audit.add_argument("--ledger", default="", help="ledger file (default: the audit ledger of $DEEPFEED_HOME)")
     actions = audit.add_subparsers(dest="audit_command", required=True)
     query = actions.add_parser("query", help="entries matching every filter given, in order")
     query.add_argument("--record-id", dest="record_id")

@@ -21,9 +21,9 @@ def _step(message: str) -> float:
 
 def ensure_dagster_home() -> Path:
     """DAGSTER_HOME defaults to $DEEPFEED_HOME/dagster, with the project's dagster.yaml."""
-    from deepfeed.core.platform.home import deepfeed_home
+    from deepfeed.core.platform.locations import Locations
 
-    home = Path(os.environ.get("DAGSTER_HOME") or deepfeed_home() / "dagster").resolve()
+    home = Path(os.environ.get("DAGSTER_HOME") or Locations.from_environment().dagster_home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     if REPO_DAGSTER_YAML.exists() and not (home / "dagster.yaml").exists():
         shutil.copy(REPO_DAGSTER_YAML, home / "dagster.yaml")
@@ -101,7 +101,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_prune_artifacts(args: argparse.Namespace) -> int:
     from deepfeed.core.data import retention
     from deepfeed.definitions import defs
-    from deepfeed.pipelines.locations import audit_ledger
 
     store, mlflow = defs.resources["artifact_store"].store(), defs.resources["mlflow"]
     try:
@@ -111,7 +110,7 @@ def cmd_prune_artifacts(args: argparse.Namespace) -> int:
             mlflow.registered_model_name,
             args.keep,
             args.dry_run,
-            None if args.dry_run else audit_ledger(),
+            None if args.dry_run else defs.resources["locations"].audit_ledger(),
         )
     except ValueError as exc:
         print(f"deepfeed prune-artifacts: {exc}", file=sys.stderr)
@@ -134,6 +133,35 @@ def cmd_prune_artifacts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from deepfeed.core.loop.registry import RegistryError, rollback
+    from deepfeed.definitions import defs
+
+    mlflow, locations = defs.resources["mlflow"], defs.resources["locations"]
+    try:
+        move = rollback(
+            mlflow.client(),
+            mlflow.registered_model_name,
+            args.reason,
+            "deepfeed rollback",
+            locations.audit_ledger(),
+            expected_champion=args.expected_champion or None,
+        )
+    except RegistryError as exc:
+        print(f"deepfeed rollback: {exc}", file=sys.stderr)
+        return 2
+    except MlflowException as exc:  # unreachable registry or store: nothing was moved
+        print(f"deepfeed rollback: the MLflow registry at {mlflow.tracking_uri} failed: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{move.model}: champion v{move.from_version} -> v{move.to_version} (servers follow on their next poll); "
+        f"recorded in {locations.audit_ledger().path}"
+    )
+    return 0
+
+
 def cmd_retire_source(args: argparse.Namespace) -> int:
     ensure_dagster_home()
     import dagster as dg
@@ -147,6 +175,7 @@ def cmd_retire_source(args: argparse.Namespace) -> int:
             defs.resources["artifact_store"].store(),
             args.source,
             args.reason,
+            defs.resources["locations"].audit_ledger(),
             purge_raw=args.purge_raw,
         )
     except ValueError as exc:
@@ -262,10 +291,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _dagster_instance_check():
     """Open the instance a run would use (DAGSTER_HOME) and read from its run storage."""
-    from deepfeed.core.platform.home import deepfeed_home
+    from deepfeed.core.platform.locations import Locations
     from deepfeed.tools.doctor import FAIL, PASS, CheckResult
 
-    home = os.environ.get("DAGSTER_HOME") or str(deepfeed_home() / "dagster")
+    home = os.environ.get("DAGSTER_HOME") or str(Locations.from_environment().dagster_home)
     if not (Path(home) / "dagster.yaml").exists():
         return CheckResult(
             "dagster instance",
@@ -391,6 +420,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="also delete the source's raw (unscrubbed) bytes from the guarded raw store (docs/privacy.md)",
     )
     retire.set_defaults(func=cmd_retire_source)
+    rollback = commands.add_parser(
+        "rollback",
+        help="move the champion alias back to the previous version by hand (recorded in the audit ledger)",
+    )
+    rollback.add_argument("--reason", required=True, help="why, for the audit ledger and the version's tags")
+    rollback.add_argument(
+        "--expected-champion",
+        default="",
+        help="roll back only if this version is still champion (guards against undoing a newer promotion)",
+    )
+    rollback.set_defaults(func=cmd_rollback)
     prune = commands.add_parser(
         "prune-artifacts",
         help="delete old model artifact versions (fine-tuned, incremental, compressed), keeping the newest N and everything behind an MLflow alias",

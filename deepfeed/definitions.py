@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import dagster as dg
 
-from deepfeed.assets import ASSET_MODULES, monitoring
-from deepfeed.assets.incremental import incremental_model
+from deepfeed.assets import ALL_ASSET_MODULES
 from deepfeed.pipelines.jobs import corpus_ingest_job, full_chain_job, monthly_full_retrain
 from deepfeed.pipelines.monitoring import ab_test_report_job, daily_ab_test_report, drift_report_job
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.pipelines.training import incremental_job, knowledge_review_job, quarterly_knowledge_review
-from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
+from deepfeed.resources import ArtifactStoreResource, LocationsResource, MlflowResource, ModelSourceResource
 from deepfeed.resources.monitoring_policy import policy_from_environment
-from deepfeed.resources.serving_data import ServingDataResource
 from deepfeed.sensors import MLFLOW_RUN_SENSORS, corpus_source_sensor, drift_sensor, feedback_sensor, performance_sensor
 
 defs = dg.Definitions(
-    # Monitoring reads production traffic, not the chain's artifacts: kept out of
-    # ASSET_MODULES so materializing the chain never includes it.
-    assets=[*dg.load_assets_from_modules(ASSET_MODULES), incremental_model, *dg.load_assets_from_modules([monitoring])],
-    asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
+    assets=dg.load_assets_from_modules(ALL_ASSET_MODULES),
+    asset_checks=dg.load_asset_checks_from_modules(ALL_ASSET_MODULES),
     jobs=[
         full_chain_job,
         corpus_ingest_job,
@@ -35,7 +31,7 @@ defs = dg.Definitions(
         "artifact_store": ArtifactStoreResource(),
         "mlflow": MlflowResource(),
         "model_source": ModelSourceResource(),
-        "serving_data": ServingDataResource(),
+        "locations": LocationsResource(),
         "monitoring_policy": policy_from_environment(),
     },
     # Training and evaluation each use every core of the embedded default's machine;

@@ -10,10 +10,10 @@ from deepfeed.assets.common import COMPUTE_RETRY, counts_table, fail, handle_met
 from deepfeed.core.augment.corpus import audit_entries, augment_corpus
 from deepfeed.core.augment.setup import AugmentSettings, AugmentSettingsError, build_augmenters, needs_model
 from deepfeed.core.platform.artifacts import ArtifactHandle
+from deepfeed.core.platform.audit import AUDIT_CHUNK
 from deepfeed.core.platform.tables import read_table, write_table
 from deepfeed.pipelines.config import dagster_config, to_core
-from deepfeed.pipelines.locations import AUDIT_CHUNK, audit_ledger
-from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
+from deepfeed.resources import ArtifactStoreResource, LocationsResource, MlflowResource, ModelSourceResource
 
 GROUP = "augment"
 
@@ -59,6 +59,7 @@ def augmented_corpus(
     artifact_store: ArtifactStoreResource,
     mlflow: MlflowResource,
     model_source: ModelSourceResource,
+    locations: LocationsResource,
 ) -> dg.Output[ArtifactHandle]:
     """Train-split originals plus contextual-synonym, structural and FGSM children with provenance;
     eval records are never augmented (no leakage); every child is an `augmented` entry in the audit ledger."""
@@ -81,7 +82,7 @@ def augmented_corpus(
     # As clean_corpus does: entries are spooled outside the artifact and reach the ledger
     # once the version is published, bracketed by publishing/published entries (a crash in
     # between is repaired by the next run's recovery or `deepfeed audit recover`).
-    ledger = audit_ledger()
+    ledger = locations.audit_ledger()
     for line in ledger.recover(AUDIT_CHUNK):
         context.log.warning("audit recovery: %s", line)
     with ledger.audited_version(store, "augmented_corpus", run_id, counts, AUDIT_CHUNK) as (version, spool):

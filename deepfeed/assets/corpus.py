@@ -42,19 +42,17 @@ from deepfeed.core.data.kanonymity import check_k_anonymity
 from deepfeed.core.data.quality import QualityConfig
 from deepfeed.core.data.raw_store import ENV_KEY, ENV_PATH, RawStore, RawStoreError, default_raw_store_path
 from deepfeed.core.platform.artifacts import ArtifactHandle, ArtifactStore
-from deepfeed.core.platform.audit import AuditEntry
+from deepfeed.core.platform.audit import AUDIT_CHUNK, AuditEntry, AuditLedger
 from deepfeed.core.platform.tables import TableWriter
 from deepfeed.pipelines.config import dagster_config, to_core
-from deepfeed.pipelines.locations import AUDIT_CHUNK, audit_ledger, epsilon_ledger
 from deepfeed.pipelines.partitions import corpus_root, corpus_sources, latest_raw_versions, raw_artifact_name
-from deepfeed.resources import ArtifactStoreResource, MlflowResource
+from deepfeed.resources import ArtifactStoreResource, LocationsResource, MlflowResource
 from deepfeed.settings import default_corpus_path
 
 GROUP = "corpus"
 
 
-def _append_audit(entries: list) -> tuple[int, str]:
-    ledger = audit_ledger()
+def _append_audit(ledger: AuditLedger, entries: list) -> tuple[int, str]:
     for start in range(0, len(entries), AUDIT_CHUNK):
         ledger.append(entries[start : start + AUDIT_CHUNK])
     return ledger.head()
@@ -107,7 +105,10 @@ class RawCorpusConfig(dg.Config):
 
 @dg.asset(group_name=GROUP, kinds={"parquet"}, partitions_def=corpus_sources, retry_policy=IO_RETRY)
 def raw_corpus(
-    context: dg.AssetExecutionContext, config: RawCorpusConfig, artifact_store: ArtifactStoreResource
+    context: dg.AssetExecutionContext,
+    config: RawCorpusConfig,
+    artifact_store: ArtifactStoreResource,
+    locations: LocationsResource,
 ) -> dg.Output[ArtifactHandle]:
     """One source's readable records, normalized to one schema; the rest quarantined with a reason and its raw bytes."""
     source_name = context.partition_key
@@ -184,7 +185,8 @@ def raw_corpus(
     )
     handle = version.handle
     audit = [quarantine_entry(q, run_id) for q in quarantine] + anonymized
-    entries, head = len(audit), _append_audit(audit)
+    ledger = locations.audit_ledger()
+    entries, head = len(audit), _append_audit(ledger, audit)
     return dg.Output(
         handle,
         metadata={
@@ -195,7 +197,7 @@ def raw_corpus(
             "pii_replaced_by_kind": counts_table(dict(pii), key="kind", value="replacements"),
             "files": counts_table({f: c["kept"] for f, c in per_file.items()}, key="file"),
             "audit_entries": entries,
-            "audit_ledger": dg.MetadataValue.path(str(audit_ledger().path)),
+            "audit_ledger": dg.MetadataValue.path(str(ledger.path)),
             "audit_head": head[1],
         },
     )
@@ -329,6 +331,7 @@ def clean_corpus(
     config: CleanCorpusConfig,
     artifact_store: ArtifactStoreResource,
     mlflow: MlflowResource,
+    locations: LocationsResource,
 ) -> dg.Output[ArtifactHandle]:
     """Normalized, PII-scrubbed, glossary-normalized, deduplicated and k-anonymous records of all sources, with a
     stable train/eval split and long-tail flags; removals kept with reasons, every change in the audit ledger."""
@@ -352,10 +355,10 @@ def clean_corpus(
     # The audit spool lives outside the artifact (whose folder is hashed) and reaches the
     # ledger only once the version is published, bracketed by publishing/published entries;
     # a crash in between is repaired here, on the next run (and by `deepfeed audit recover`).
-    ledger = audit_ledger()
+    ledger = locations.audit_ledger()
     for line in ledger.recover(AUDIT_CHUNK):
         context.log.warning("audit recovery: %s", line)
-    budget = DatasetBudget(epsilon_ledger(), dataset_key(sources), config.dp_epsilon_total, run_id)
+    budget = DatasetBudget(locations.epsilon_ledger(), dataset_key(sources), config.dp_epsilon_total, run_id)
     with ledger.audited_version(store, "clean_corpus", run_id, chunk=AUDIT_CHUNK) as (version, spool):
         try:
             summary = clean_sources(
@@ -459,7 +462,7 @@ def clean_corpus(
             "dp_epsilon_total": config.dp_epsilon_total,
             "dp_release": dp_release,
             "audit_entries": entries,
-            "audit_ledger": dg.MetadataValue.path(str(audit_ledger().path)),
+            "audit_ledger": dg.MetadataValue.path(str(ledger.path)),
             "audit_head": head[1],
         },
     )

@@ -39,15 +39,13 @@ from deepfeed.core.evaluate.scoring import (
 )
 from deepfeed.core.evaluate.scoring import CHAMPION as CHAMPION_CANDIDATE
 from deepfeed.core.loop.lifecycle import apply_failed_gate, grant_challenger, promote_gated
+from deepfeed.core.loop.registry import CHALLENGER as CHALLENGER_ALIAS
+from deepfeed.core.loop.registry import CHAMPION
 from deepfeed.core.platform.artifacts import MANIFEST, ArtifactHandle
-from deepfeed.core.platform.audit import AuditEntry, AuditLedger
 from deepfeed.core.platform.plots import markdown_image
 from deepfeed.core.platform.tables import read_table, write_table
 from deepfeed.pipelines.config import dagster_config, to_core
-from deepfeed.pipelines.locations import audit_ledger
-from deepfeed.resources import ArtifactStoreResource, MlflowResource
-from deepfeed.resources.mlflow_tracking import CHALLENGER as CHALLENGER_ALIAS
-from deepfeed.resources.mlflow_tracking import CHAMPION
+from deepfeed.resources import ArtifactStoreResource, LocationsResource, MlflowResource
 
 GROUP = "evaluation"
 EVAL_SET_FIELDS = ("record_id", "source", "kind", "prompt", "response", "text", "lang", "tags", "meta")
@@ -456,10 +454,6 @@ class ChampionModelConfig(dg.Config):
     )
 
 
-def _ledger() -> AuditLedger:
-    return audit_ledger()
-
-
 @dg.asset_check(
     asset=evaluation_report,
     blocking=False,
@@ -468,7 +462,10 @@ def _ledger() -> AuditLedger:
     "Not blocking, so it runs exactly when the blocking promotion_gate stops champion_model.",
 )
 def failed_gate_revokes_challenger(
-    context: dg.AssetCheckExecutionContext, evaluation_report: ArtifactHandle, mlflow: MlflowResource
+    context: dg.AssetCheckExecutionContext,
+    evaluation_report: ArtifactHandle,
+    mlflow: MlflowResource,
+    locations: LocationsResource,
 ) -> dg.AssetCheckResult:
     version = str(evaluation_report.counts["challenger_version"])
     if evaluation_report.counts["gate_passed"]:
@@ -485,7 +482,7 @@ def failed_gate_revokes_challenger(
         evaluation_report.version,
         reason,
         context.run.run_id,
-        _ledger(),
+        locations.audit_ledger(),
     )
     holder = mlflow.version_by_alias(CHALLENGER_ALIAS)
     still_serving = holder is not None and str(holder.version) == version
@@ -502,11 +499,12 @@ def champion_model(
     config: ChampionModelConfig,
     evaluation_report: ArtifactHandle,
     mlflow: MlflowResource,
+    locations: LocationsResource,
 ):
     """Acts on a passed gate (the blocking promotion_gate stops this asset otherwise): the first champion is promoted;
     with a champion in place the candidate becomes `challenger` for the A/B test (docs/model-lifecycle.md)."""
     version = str(evaluation_report.counts["challenger_version"])
-    ledger = _ledger()
+    ledger = locations.audit_ledger()
     client, name = mlflow.client(), mlflow.registered_model_name
     if not evaluation_report.counts["gate_passed"]:
         reason = str(evaluation_report.counts.get("gate_reasons", ""))
@@ -542,21 +540,16 @@ def champion_model(
             },
         )
         return
-    previous = promote_gated(client, name, version, evaluation_report.version)
-    ledger.append(
-        AuditEntry(
-            record_id=f"model:{name}:v{version}",
-            stage="champion_model",
-            action="promoted",
-            reason=f"passed the promotion gate of evaluation_report {evaluation_report.version}"
-            + ("" if champion is None else " (ab_test: false)"),
-            run_id=context.run.run_id,
-            extra={
-                "previous_champion": previous or "none",
-                "gate": evaluation_report.counts.get("gate_reasons", ""),
-                "report_hash": evaluation_report.content_hash,
-            },
-        )
+    previous = promote_gated(
+        client,
+        name,
+        version,
+        evaluation_report.version,
+        f"passed the promotion gate of evaluation_report {evaluation_report.version}"
+        + ("" if champion is None else " (ab_test: false)"),
+        context.run.run_id,
+        ledger,
+        {"gate": evaluation_report.counts.get("gate_reasons", ""), "report_hash": evaluation_report.content_hash},
     )
     context.log.info("promoted v%s to champion (previous: %s)", version, previous)
     yield dg.Output(

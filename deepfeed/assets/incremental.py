@@ -24,21 +24,19 @@ from deepfeed.assets.training import (
     current_champion,
     feedback_store,
     log_to_mlflow,
-    teacher_cache_root,
     train_logged,
     training_metadata,
     write_reports,
 )
 from deepfeed.core.platform.artifacts import ArtifactHandle
-from deepfeed.core.platform.home import deepfeed_home
 from deepfeed.core.platform.plots import markdown_image
 from deepfeed.core.platform.tables import read_table
-from deepfeed.core.train.incremental import plan_replay, records_hash, training_state_dir
+from deepfeed.core.train.incremental import plan_replay, records_hash
 from deepfeed.core.train.training import TrainingConfig
 from deepfeed.pipelines.config import dagster_config, to_core
 from deepfeed.pipelines.partitions import feedback_batches
 from deepfeed.pipelines.presets import INCREMENTAL_STREAM
-from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
+from deepfeed.resources import ArtifactStoreResource, LocationsResource, MlflowResource, ModelSourceResource
 
 # The same TrainingConfig settings as finetuned_model, with the incremental stream's defaults
 # (deepfeed/pipelines/presets.py) and descriptions that say what they mean on a feedback batch.
@@ -82,6 +80,7 @@ def incremental_model(
     artifact_store: ArtifactStoreResource,
     mlflow: MlflowResource,
     model_source: ModelSourceResource,
+    locations: LocationsResource,
 ) -> dg.Output[ArtifactHandle]:
     """The champion trained on one sealed feedback batch (plus a replay of earlier data),
     with EWC towards the champion and an elastic learning rate; registered without an alias: incremental_job
@@ -93,7 +92,7 @@ def incremental_model(
     except ValueError as exc:
         raise fail("incremental_model.mlflow", str(exc)) from exc
     try:
-        feedback = feedback_store(config.feedback_root).read_batch(batch_id)
+        feedback = feedback_store(config.feedback_root, locations).read_batch(batch_id)
     except KeyError as exc:
         raise fail("incremental_model.config.feedback_root", str(exc)) from exc
     if not feedback:
@@ -119,7 +118,7 @@ def incremental_model(
     teacher = Path(config.teacher_path) if config.teacher_path else champion
     training = to_core(config, TrainingConfig)
     data_hash = records_hash(plan.train)
-    state = training_state_dir(deepfeed_home(), "incremental_model", f"{batch_id}-{parent or 'base'}")
+    state = locations.training_state("incremental_model", f"{batch_id}-{parent or 'base'}")
 
     with store.new_version("incremental_model", run_id=context.run.run_id) as version:
         result = train_logged(
@@ -133,7 +132,7 @@ def incremental_model(
             ewc_records=earlier if config.ewc_lambda > 0 else None,
             eval_records=plan.replay_eval,
             checkpoint_dir=state if config.checkpoint_every else None,
-            teacher_cache_dir=teacher_cache_root(store) if config.teacher_cache else None,
+            teacher_cache_dir=locations.teacher_cache(store) if config.teacher_cache else None,
         )
         extra = {
             "feedback_batch": batch_id,

@@ -14,8 +14,7 @@ import dagster as dg
 from deepfeed.assets.common import fail, handle_metadata
 from deepfeed.core.loop.lifecycle import revoke_challenger
 from deepfeed.core.platform.artifacts import MANIFEST, ArtifactHandle
-from deepfeed.pipelines.locations import audit_ledger
-from deepfeed.resources import ArtifactStoreResource, MlflowResource
+from deepfeed.resources import ArtifactStoreResource, LocationsResource, MlflowResource
 
 GROUP = "training"
 STREAMS = ("finetuned_model", "incremental_model")
@@ -39,7 +38,10 @@ def _handle(store, name: str, metadata: dict) -> ArtifactHandle:
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"}, deps=list(STREAMS))
 def candidate_model(
-    context: dg.AssetExecutionContext, artifact_store: ArtifactStoreResource, mlflow: MlflowResource
+    context: dg.AssetExecutionContext,
+    artifact_store: ArtifactStoreResource,
+    mlflow: MlflowResource,
+    locations: LocationsResource,
 ) -> dg.Output[ArtifactHandle]:
     """The trained version this run evaluates: the finetuned_model or incremental_model checkpoint materialized in
     this run, else the newer of the two (re-evaluating by hand). Registered, not yet servable."""
@@ -58,7 +60,7 @@ def candidate_model(
         version,
         f"entering evaluation in run {context.run.run_id[:8]}",
         context.run.run_id,
-        audit_ledger(),
+        locations.audit_ledger(),
         stage="registered",
     )
     context.log.info(

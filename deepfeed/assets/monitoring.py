@@ -11,19 +11,19 @@ from deepfeed.core.data.embedding_summary import shared_summarizer
 from deepfeed.core.loop.abtest import ARMS, ABTestSettings, analyze_ab
 from deepfeed.core.loop.lifecycle import conclude_ab_test
 from deepfeed.core.loop.monitoring import DriftSettings, ab_events, drift_evidence, reference_features
-from deepfeed.core.loop.rollback import BASELINE_N_TAG, BASELINE_STD_TAG, BASELINE_TAG, CHALLENGER
+from deepfeed.core.loop.registry import CHALLENGER
+from deepfeed.core.loop.rollback import BASELINE_N_TAG, BASELINE_STD_TAG, BASELINE_TAG
 from deepfeed.core.platform.artifacts import ArtifactHandle
 from deepfeed.pipelines.config import dagster_config, to_core
-from deepfeed.resources import ArtifactStoreResource, MlflowResource
-from deepfeed.resources.serving_data import ServingDataResource
+from deepfeed.resources import ArtifactStoreResource, LocationsResource, MlflowResource
 
 GROUP = "monitoring"
 
 
-def _serving_data(home: str) -> ServingDataResource:
-    # Config, not a resource: every test and job that materializes the asset modules
-    # would otherwise have to bind one more resource key.
-    return ServingDataResource(home=home) if home else ServingDataResource()
+def _serving_locations(serving_home: str, locations: LocationsResource) -> LocationsResource:
+    """The home the server writes to: the run's `serving_home` when a sensor or an operator
+    names one (a server with its own home), else the code location's `locations`."""
+    return LocationsResource(home=serving_home) if serving_home else locations
 
 
 DriftReportConfig = dagster_config(
@@ -57,10 +57,13 @@ def _markdown_features(evidence: dict) -> str:
 
 @dg.asset(group_name=GROUP, kinds={"python"})
 def drift_report(
-    context: dg.AssetExecutionContext, config: DriftReportConfig, artifact_store: ArtifactStoreResource
+    context: dg.AssetExecutionContext,
+    config: DriftReportConfig,
+    artifact_store: ArtifactStoreResource,
+    locations: LocationsResource,
 ) -> dg.Output[ArtifactHandle]:
     """KS drift of prompt features (inference log vs the training split) and the spread of output confidence."""
-    serving_data = _serving_data(config.serving_home)
+    serving = _serving_locations(config.serving_home, locations)
     store = artifact_store.store()
     corpus = store.latest("clean_corpus")
     if corpus is None:
@@ -75,7 +78,7 @@ def drift_report(
         reference = reference_features(store.local_path(corpus), summarizer=summarizer)
         settings = to_core(config, DriftSettings)
         evidence = drift_evidence(
-            serving_data.inference_log(),
+            serving.inference_log(),
             reference,
             end,
             settings.window_hours,
@@ -131,15 +134,16 @@ def ab_test_report(
     config: ABTestReportConfig,
     artifact_store: ArtifactStoreResource,
     mlflow: MlflowResource,
+    locations: LocationsResource,
 ) -> dg.Output[ArtifactHandle]:
     """Sequential test (mSPRT) of per-user mean ratings, challenger vs champion; its decision feeds the promotion gate."""
-    serving_data = _serving_data(config.serving_home)
+    serving = _serving_locations(config.serving_home, locations)
     aliases = {arm: mlflow.version_by_alias(arm) for arm in ARMS}
     missing = [arm for arm, v in aliases.items() if v is None]
     if missing:
         raise fail("mlflow", f"no A/B test is running: alias(es) {missing} missing on {mlflow.registered_model_name!r}")
     versions = {arm: str(v.version) for arm, v in aliases.items()}
-    events = ab_events(serving_data.feedback_store().all_records(), versions)
+    events = ab_events(serving.feedback_store().all_records(), versions)
     try:
         settings = to_core(config, ABTestSettings)
         result = analyze_ab(
@@ -164,7 +168,7 @@ def ab_test_report(
             result.decision,
             result.reason,
             context.run.run_id,
-            serving_data.ledger(),
+            serving.audit_ledger(),
         )
     if verdict is not None:
         report["promotion_gate"] = {"passed": verdict.passed, "conditions": verdict.conditions}

@@ -17,18 +17,17 @@ from pydantic import Field
 
 from deepfeed.assets.common import COMPUTE_RETRY, IO_RETRY, fail, handle_metadata
 from deepfeed.core.loop.feedback import FeedbackStore
+from deepfeed.core.loop.registry import CHAMPION
 from deepfeed.core.platform.artifacts import ArtifactHandle, hash_folder
-from deepfeed.core.platform.home import deepfeed_home
 from deepfeed.core.platform.mlflow_model import write_pyfunc_model
 from deepfeed.core.platform.plots import line_plot, markdown_image
 from deepfeed.core.platform.tables import read_table
 from deepfeed.core.train.distributed import launch_command, read_result, write_spec
-from deepfeed.core.train.incremental import records_hash, training_state_dir
+from deepfeed.core.train.incremental import records_hash
 from deepfeed.core.train.modeling import ModelSourceError, describe_checkpoint
 from deepfeed.core.train.training import TrainingConfig, TrainingError, TrainingResult, config_dict, fine_tune
 from deepfeed.pipelines.config import dagster_config, to_core
-from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
-from deepfeed.resources.mlflow_tracking import CHAMPION
+from deepfeed.resources import ArtifactStoreResource, LocationsResource, MlflowResource, ModelSourceResource
 
 GROUP = "training"
 
@@ -94,8 +93,9 @@ FinetunedModelConfig = dagster_config(
 )
 
 
-def feedback_store(root: str) -> FeedbackStore:
-    return FeedbackStore(Path(root).expanduser()) if root else FeedbackStore()
+def feedback_store(root: str, locations: LocationsResource) -> FeedbackStore:
+    """The store named by a config's `feedback_root`, else the home's (where the server writes)."""
+    return FeedbackStore(Path(root).expanduser()) if root else locations.feedback_store()
 
 
 def current_champion(mlflow: MlflowResource):
@@ -188,12 +188,6 @@ def log_to_mlflow(
     )
 
 
-def teacher_cache_root(store) -> Path:
-    """Beside the versioned artifacts on a local root. A remote root keeps the cache
-    in DEEPFEED_HOME instead: the logits are read every step and must be local."""
-    return Path(str(store.root.path)) / "teacher_logits" if store.is_local else deepfeed_home() / "teacher_logits"
-
-
 def checkpoint_source(store, handle: ArtifactHandle) -> str:
     return str(store.local_path(handle) / "checkpoint") if store.is_local else f"{handle.uri}/checkpoint"
 
@@ -240,6 +234,7 @@ def finetuned_model(
     base_model: ArtifactHandle,
     artifact_store: ArtifactStoreResource,
     mlflow: MlflowResource,
+    locations: LocationsResource,
 ) -> dg.Output[ArtifactHandle]:
     """The base model fine-tuned on the augmented corpus; registered in MLflow without an alias (it serves no
     traffic until evaluation_report's gate passes: docs/model-lifecycle.md)."""
@@ -251,7 +246,7 @@ def finetuned_model(
     corpus = read_table(store.local_path(augmented_corpus) / "records.parquet")
     records = list(corpus)
     if config.include_feedback_history:
-        feedback = feedback_store(config.feedback_root)
+        feedback = feedback_store(config.feedback_root, locations)
         records += [r for batch in feedback.batches() for r in feedback.read_batch(batch)]
     if config.start_from not in {"base", "champion"}:
         raise fail("finetuned_model.config.start_from", f"{config.start_from!r}: expected 'base' or 'champion'")
@@ -274,7 +269,7 @@ def finetuned_model(
     training = to_core(config, TrainingConfig)
     data_hash = records_hash(records) if config.include_feedback_history else augmented_corpus.content_hash
 
-    state = training_state_dir(deepfeed_home(), "finetuned_model", f"{data_hash[:16]}-{parent or 'base'}")
+    state = locations.training_state("finetuned_model", f"{data_hash[:16]}-{parent or 'base'}")
     with store.new_version("finetuned_model", run_id=context.run.run_id) as version:
         result = train_logged(
             config,
@@ -287,7 +282,7 @@ def finetuned_model(
             ewc_records=corpus if config.ewc_lambda > 0 else None,
             eval_records=held_out,
             checkpoint_dir=state if config.checkpoint_every else None,
-            teacher_cache_dir=teacher_cache_root(store) if config.teacher_cache else None,
+            teacher_cache_dir=locations.teacher_cache(store) if config.teacher_cache else None,
         )
         plot = write_reports(version.path, result, training, {"start": str(start), "parent_version": parent})
         version.counts.update(result.summary())

@@ -3,9 +3,8 @@
 import dagster as dg
 from pydantic import Field
 
-from deepfeed.core.loop.rollback import RollbackError, rollback
-from deepfeed.resources import MlflowResource
-from deepfeed.resources.serving_data import ServingDataResource
+from deepfeed.core.loop.registry import RegistryError, rollback
+from deepfeed.resources import LocationsResource, MlflowResource
 
 
 class RollbackConfig(dg.Config):
@@ -19,25 +18,26 @@ class RollbackConfig(dg.Config):
 
 @dg.op(description="Move the `champion` alias back to the `previous` version and record it in the audit trail.")
 def rollback_champion(
-    context: dg.OpExecutionContext, config: RollbackConfig, mlflow: MlflowResource, serving_data: ServingDataResource
+    context: dg.OpExecutionContext, config: RollbackConfig, mlflow: MlflowResource, locations: LocationsResource
 ) -> dict:
+    ledger = locations.audit_ledger()
     try:
         move = rollback(
             mlflow.client(),
             mlflow.registered_model_name,
             config.reason,
             context.run.run_id,
-            serving_data.ledger(),
+            ledger,
             expected_champion=config.expected_champion or None,
         )
-    except RollbackError as exc:
+    except RegistryError as exc:
         raise dg.Failure(description=f"rollback_champion: {exc}") from exc
     context.add_output_metadata(
         {
             "rolled_back_version": move.from_version,
             "champion_version": move.to_version,
             "reason": move.reason,
-            "audit_ledger": dg.MetadataValue.path(str(serving_data.ledger().path)),
+            "audit_ledger": dg.MetadataValue.path(str(ledger.path)),
         }
     )
     context.log.info("champion v%s -> v%s: %s", move.from_version, move.to_version, move.reason)

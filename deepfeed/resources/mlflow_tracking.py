@@ -10,7 +10,6 @@ from pydantic import Field, PrivateAttr
 from deepfeed.core.platform.home import deepfeed_home
 from deepfeed.settings import default_mlflow_artifact_location, default_mlflow_uri
 
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 DAGSTER_RUN_TAG = "dagster_run_id"
 
@@ -191,7 +190,7 @@ class MlflowResource(dg.ConfigurableResource):
 
     def register_version(self, context: dg.AssetExecutionContext, source: str, tags: dict[str, str]) -> str:
         """A new model version, with no alias: nothing serves it until its evaluation gate
-        passes (docs/model-lifecycle.md; the alias moves are in deepfeed.core.loop.lifecycle)."""
+        passes (docs/model-lifecycle.md; the aliases move only in deepfeed.core.loop.registry)."""
         from mlflow.exceptions import MlflowException
 
         from deepfeed.core.loop.lifecycle import registration_tags
@@ -209,39 +208,11 @@ class MlflowResource(dg.ConfigurableResource):
         )
         return str(version.version)
 
-    def grant_challenger(
-        self, version: str, report: str, compared_with: str | None, reason: str, run_id: str, ledger=None
-    ):
-        """`version` passed its gate against `compared_with`: it takes the `challenger` alias (A/B share)."""
-        from deepfeed.core.loop.lifecycle import grant_challenger
-
-        return grant_challenger(
-            self.client(), self.registered_model_name, version, report, compared_with, reason, run_id, ledger
-        )
-
-    def revoke_challenger(self, version: str, reason: str, run_id: str, ledger=None) -> bool:
-        """`version` loses the `challenger` alias if it holds it (a failed gate, an A/B 'keep')."""
-        from deepfeed.core.loop.lifecycle import revoke_challenger
-
-        return revoke_challenger(self.client(), self.registered_model_name, version, reason, run_id, ledger)
-
     def version_by_alias(self, alias: str):
-        from mlflow.exceptions import MlflowException
+        """The version holding `alias` (deepfeed.core.loop.registry names them), or None."""
+        from deepfeed.core.loop.registry import version_by_alias
 
-        try:
-            return self.client().get_model_version_by_alias(self.registered_model_name, alias)
-        except MlflowException:
-            return None
-
-    def promote(self, version: str) -> str | None:
-        """`version` becomes champion; the old champion keeps the `previous` alias."""
-        client = self.client()
-        old = self.version_by_alias(CHAMPION)
-        if old is not None and str(old.version) != str(version):
-            client.set_registered_model_alias(self.registered_model_name, PREVIOUS, old.version)
-        client.set_registered_model_alias(self.registered_model_name, CHAMPION, version)
-        client.set_model_version_tag(self.registered_model_name, version, "promoted", "true")
-        return str(old.version) if old is not None else None
+        return version_by_alias(self.client(), self.registered_model_name, alias)
 
 
 def model_flavor_tags(source: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ from typing import Optional
 import dagster as dg
 
 from deepfeed.core.data.ingest import CorpusSourceError, sources_to_ingest
+from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.pipelines.partitions import corpus_root, corpus_sources, latest_raw_versions
 from deepfeed.resources import ArtifactStoreResource
 from deepfeed.settings import default_corpus_path
@@ -38,9 +39,11 @@ def missing_sources(instance: dg.DagsterInstance, corpus_path: str) -> list[str]
     return sorted(s for s in registered if s not in present)
 
 
-def retire_source(instance: dg.DagsterInstance, store, source: str, reason: str, purge_raw: bool = False) -> str:
+def retire_source(
+    instance: dg.DagsterInstance, store, source: str, reason: str, ledger: AuditLedger, purge_raw: bool = False
+) -> str:
     """Stop cleaning and training on a source: its raw_corpus partition is removed, so the
-    next clean_corpus no longer reads it, and the ledger records who asked and why. Its
+    next clean_corpus no longer reads it, and `ledger` records who asked and why. Its
     raw_corpus versions (scrubbed text) stay on disk (earlier clean_corpus versions name
     them; deleting data that already reached a model is a separate, deliberate act).
     `purge_raw`: also delete the source's raw bytes from the guarded raw store (the only
@@ -48,7 +51,6 @@ def retire_source(instance: dg.DagsterInstance, store, source: str, reason: str,
     it was never ingested."""
     from deepfeed.core.data.raw_store import RawStore
     from deepfeed.core.platform.audit import AuditEntry
-    from deepfeed.pipelines.locations import audit_ledger
     from deepfeed.pipelines.partitions import raw_artifact_name
 
     registered = instance.get_dynamic_partitions(corpus_sources.name)
@@ -66,7 +68,7 @@ def retire_source(instance: dg.DagsterInstance, store, source: str, reason: str,
         where = latest.counts.get("raw_store") if latest else None
         raw_store = RawStore(Path(where).parent) if where else RawStore.from_env()
         extra["raw_store_files_purged"] = raw_store.purge(source)
-    audit_ledger().append(
+    ledger.append(
         [
             AuditEntry(
                 record_id=source,

@@ -11,8 +11,8 @@ from deepfeed.pipelines.monitoring import drift_report_job
 from deepfeed.pipelines.partitions import feedback_batches
 from deepfeed.pipelines.training import incremental_job
 from deepfeed.resources import ArtifactStoreResource
+from deepfeed.resources.locations import LocationsResource
 from deepfeed.resources.monitoring_policy import MonitoringPolicyResource
-from deepfeed.resources.serving_data import ServingDataResource
 
 
 def build_drift_sensor(interval_s: int = 900) -> dg.SensorDefinition:
@@ -32,7 +32,7 @@ def build_drift_sensor(interval_s: int = 900) -> dg.SensorDefinition:
     )
     def drift_sensor(
         context: dg.SensorEvaluationContext,
-        serving_data: ServingDataResource,
+        locations: LocationsResource,
         artifact_store: ArtifactStoreResource,
         monitoring_policy: MonitoringPolicyResource,
     ):
@@ -45,7 +45,7 @@ def build_drift_sensor(interval_s: int = 900) -> dg.SensorDefinition:
         summarizer = shared_summarizer() if policy.drift_embedding_features else None
         reference = reference_features(store.local_path(corpus), summarizer=summarizer)
         evidence = drift_evidence(
-            serving_data.inference_log(),
+            locations.inference_log(),
             reference,
             end,
             policy.drift_window_hours,
@@ -63,7 +63,7 @@ def build_drift_sensor(interval_s: int = 900) -> dg.SensorDefinition:
             "alpha": policy.drift_alpha,
             "min_samples": policy.drift_min_samples,
             "confidence_std": policy.confidence_std,
-            "serving_home": serving_data.home,
+            "serving_home": locations.home,
             "embedding_features": policy.drift_embedding_features,
         }
         tags = {"deepfeed/alert": "drift", "deepfeed/drift_reason": evidence.reason[:200]}
@@ -79,7 +79,7 @@ def build_drift_sensor(interval_s: int = 900) -> dg.SensorDefinition:
         if policy.drift_on_alert == "full":
             requests.append(dg.RunRequest(run_key=f"drift-retrain-{key}", job_name="full_chain_job", tags=tags))
         elif policy.drift_on_alert == "incremental":
-            batch = serving_data.feedback_store().seal_batch()
+            batch = locations.feedback_store().seal_batch()
             if batch is None:
                 context.log.warning("no feedback waiting: nothing for an incremental run to train on")
             else:

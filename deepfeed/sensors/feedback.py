@@ -5,8 +5,8 @@ import datetime as dt
 import dagster as dg
 
 from deepfeed.pipelines.partitions import feedback_batches
+from deepfeed.resources.locations import LocationsResource
 from deepfeed.resources.monitoring_policy import MonitoringPolicyResource
-from deepfeed.resources.serving_data import ServingDataResource
 
 INCREMENTAL_JOB = "incremental_job"
 
@@ -27,11 +27,11 @@ def build_feedback_sensor(interval_s: int = 60) -> dg.SensorDefinition:
     )
     def feedback_sensor(
         context: dg.SensorEvaluationContext,
-        serving_data: ServingDataResource,
+        locations: LocationsResource,
         monitoring_policy: MonitoringPolicyResource,
     ):
         min_batch, max_age_minutes = monitoring_policy.feedback_min_batch, monitoring_policy.feedback_max_age_minutes
-        store = serving_data.feedback_store()
+        store = locations.feedback_store()
         pending, oldest = store.pending(), store.oldest_pending()
         age = (dt.datetime.now(dt.timezone.utc) - oldest) if oldest else dt.timedelta(0)
         sealed = None

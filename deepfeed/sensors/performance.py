@@ -3,11 +3,12 @@
 import dagster as dg
 
 from deepfeed.core.loop.monitoring import performance_evidence
-from deepfeed.core.loop.rollback import BASELINE_N_TAG, BASELINE_STD_TAG, BASELINE_TAG, CHAMPION, PREVIOUS
+from deepfeed.core.loop.registry import CHAMPION, PREVIOUS
+from deepfeed.core.loop.rollback import BASELINE_N_TAG, BASELINE_STD_TAG, BASELINE_TAG
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.resources import MlflowResource
+from deepfeed.resources.locations import LocationsResource
 from deepfeed.resources.monitoring_policy import MonitoringPolicyResource
-from deepfeed.resources.serving_data import ServingDataResource
 
 
 def _tag(tags: dict, key: str, kind=float):
@@ -29,7 +30,7 @@ def build_performance_sensor(interval_s: int = 300) -> dg.SensorDefinition:
     )
     def performance_sensor(
         context: dg.SensorEvaluationContext,
-        serving_data: ServingDataResource,
+        locations: LocationsResource,
         mlflow: MlflowResource,
         monitoring_policy: MonitoringPolicyResource,
     ):
@@ -39,7 +40,7 @@ def build_performance_sensor(interval_s: int = 300) -> dg.SensorDefinition:
             return dg.SkipReason("no champion to monitor")
         tags = champion.tags or {}
         evidence = performance_evidence(
-            serving_data.feedback_store().all_records(),
+            locations.feedback_store().all_records(),
             str(champion.version),
             str(previous.version) if previous is not None else None,
             _tag(tags, BASELINE_TAG),

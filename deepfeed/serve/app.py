@@ -49,6 +49,7 @@ from deepfeed.core.platform.access import (
 )
 from deepfeed.core.platform.audit import AuditEntry, AuditLedger
 from deepfeed.core.platform.home import deepfeed_home
+from deepfeed.core.platform.locations import Locations
 from deepfeed.core.platform.ratelimit import RateLimiter
 from deepfeed.core.platform.secrets import USER_SALT, load_secret
 from deepfeed.serve.models import AliasWatcher, ModelPool, NoChampionError
@@ -91,16 +92,20 @@ class ServeSettings:
     embedding_summary: bool = True
 
     @property
+    def locations(self) -> Locations:
+        return Locations(self.home)
+
+    @property
     def log_root(self) -> Path:
-        return self.home / "inference_log"
+        return self.locations.inference_log_root
 
     @property
     def feedback_root(self) -> Path:
-        return self.home / "feedback"
+        return self.locations.feedback_root
 
     @property
     def audit_path(self) -> Path:
-        return self.home / "audit" / "ledger.jsonl"
+        return self.locations.audit_ledger
 
 
 class GenerateRequest(BaseModel):

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from deepfeed.core.loop.abtest import CHALLENGER, CHAMPION
 from deepfeed.core.loop.lifecycle import may_serve_as_challenger
+from deepfeed.core.loop.registry import CHALLENGER, CHAMPION, version_by_alias
 from deepfeed.serve.engine import Generator, load_generator
 
 log = logging.getLogger("deepfeed.serve")
@@ -56,12 +56,7 @@ class ModelPool:
         self.refused: set[str] = set()  # versions behind the challenger alias without a passed gate
 
     def _alias(self, client, alias: str):
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return client.get_model_version_by_alias(self.model_name, alias)
-        except MlflowException:
-            return None
+        return version_by_alias(client, self.model_name, alias)
 
     def refresh(self) -> dict[str, str]:
         """Follow the registry's aliases; returns {arm: version} now served."""

@@ -12,10 +12,10 @@ import pytest
 from deepfeed.assets import ASSET_MODULES
 from deepfeed.assets.corpus import corpus_sources
 from deepfeed.core.data.ingest import discover_sources
+from deepfeed.core.loop.registry import CHALLENGER, CHAMPION, PREVIOUS
 from deepfeed.definitions import defs
 from deepfeed.pipelines.presets import TEST_CHAIN
-from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
-from deepfeed.resources.mlflow_tracking import CHALLENGER, CHAMPION, PREVIOUS
+from deepfeed.resources import ArtifactStoreResource, LocationsResource, MlflowResource, ModelSourceResource
 
 ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
 CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
@@ -29,6 +29,7 @@ def resources(home: Path, base_model: Path, artifact_root: Path | None = None) -
             tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_location=str(home / "mlartifacts")
         ),
         "model_source": ModelSourceResource(base_model_path=str(base_model)),
+        "locations": LocationsResource(home=str(home)),
     }
 
 

@@ -310,10 +310,11 @@ def test_without_a_key_the_canaries_rest_only_in_the_private_raw_store_and_retir
     _assert_private(deepfeed_env / "raw_store")
 
     store = ArtifactStoreResource(root=str(deepfeed_env / "artifacts")).store()
-    retire_source(instance, store, "_root", "withdrawn by the data owner", purge_raw=True)
+    ledger = AuditLedger(deepfeed_env / "audit" / "ledger.jsonl")
+    retire_source(instance, store, "_root", "withdrawn by the data owner", ledger, purge_raw=True)
     assert _scan_home(deepfeed_env) == ({}, {})
     assert not (deepfeed_env / "raw_store" / "_root").exists()
-    entry = list(AuditLedger(deepfeed_env / "audit" / "ledger.jsonl").iter_entries(action="retired"))[-1]
+    entry = list(ledger.iter_entries(action="retired"))[-1]
     assert entry["extra"]["raw_store_files_purged"] >= 1
 
 

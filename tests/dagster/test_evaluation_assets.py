@@ -5,8 +5,8 @@ import json
 
 import dagster as dg
 
+from deepfeed.core.loop.registry import CHAMPION
 from deepfeed.core.platform.audit import AuditLedger
-from deepfeed.resources.mlflow_tracking import CHAMPION
 from tests.dagster.test_chain import materialize, resources
 
 CHAIN = [

@@ -6,10 +6,9 @@ import shutil
 import dagster as dg
 import pytest
 
-from deepfeed.assets.corpus import audit_ledger
 from deepfeed.cli import main
 from deepfeed.core.platform.artifacts import ArtifactStore
-from deepfeed.resources import ArtifactStoreResource
+from deepfeed.resources import ArtifactStoreResource, LocationsResource
 from deepfeed.sensors.corpus import build_corpus_source_sensor, missing_sources, retire_source
 from tests.dagster.test_chain import ASSETS, CHECKS, resources
 from tests.dagster.test_corpus import _checks, _materialize, _source
@@ -57,16 +56,17 @@ def test_a_vanished_source_is_reported_then_retired_with_an_audit_entry(deepfeed
     )
     assert _checks(before)["clean_corpus_accounting"].metadata["sources"].value == 2
 
+    ledger = LocationsResource(home=str(deepfeed_env)).audit_ledger()
     with pytest.raises(ValueError, match="reason is required"):
-        retire_source(instance, store, "wiki", "  ")
+        retire_source(instance, store, "wiki", "  ", ledger)
     with pytest.raises(ValueError, match="'forum' is not a registered corpus source; registered: clinic, wiki"):
-        retire_source(instance, store, "forum", "typo")
-    kept_at = retire_source(instance, store, "wiki", "withdrawn by the data owner, ticket 42")
+        retire_source(instance, store, "forum", "typo", ledger)
+    kept_at = retire_source(instance, store, "wiki", "withdrawn by the data owner, ticket 42", ledger)
     assert kept_at == str(store.local_path(store.latest("raw_corpus/wiki")))  # the raw data itself is not deleted
     assert instance.get_dynamic_partitions("corpus_source") == ["clinic"] and missing_sources(instance, str(root)) == []
-    entry = list(audit_ledger().iter_entries(action="retired"))[-1]
+    entry = list(ledger.iter_entries(action="retired"))[-1]
     assert entry["record_id"] == "wiki" and entry["reason"] == "withdrawn by the data owner, ticket 42"
-    assert audit_ledger().verify().ok
+    assert ledger.verify().ok
 
     after = _materialize(
         ["clean_corpus"], deepfeed_env, tiny_llama, root, instance, clean={"coverage_embeddings": False}

@@ -9,11 +9,12 @@ import pytest
 
 from deepfeed.assets.incremental import feedback_batches, incremental_model
 from deepfeed.core.loop.feedback import FeedbackStore
+from deepfeed.core.loop.registry import CHALLENGER, promote
+from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.core.train.ewc import fisher_path
 from deepfeed.core.train.training import TrainingConfig, fine_tune
 from deepfeed.definitions import defs
 from deepfeed.pipelines.presets import TEST_COMPRESSION_GATE, TEST_EVALUATION, TEST_INCREMENTAL
-from deepfeed.resources.mlflow_tracking import CHALLENGER
 from tests.dagster.test_chain import materialize, resources
 
 FEEDBACK = [
@@ -86,7 +87,14 @@ def test_incremental_stream_from_base_then_from_champion(deepfeed_env, tiny_llam
 
     # Promote it; the next batch starts from it, with its Fisher stored next to it, this
     # time with LoRA (EWC on the adapters), FGSM and distillation from cached logits.
-    mlflow.promote(version.version)
+    promote(
+        mlflow.client(),
+        mlflow.registered_model_name,
+        version.version,
+        "test: promoted by hand",
+        "test",
+        AuditLedger(deepfeed_env / "audit" / "ledger.jsonl"),
+    )
     options = dict(method="lora", fgsm_epsilon=0.05, distill_alpha=0.5, teacher_cache=True)
     second = run_incremental(deepfeed_env, tiny_llama, instance, seal(deepfeed_env, FEEDBACK[:2]), **options)
     child = registered(mlflow, second)

@@ -13,7 +13,7 @@ import yaml
 
 from deepfeed.assets import ASSET_MODULES
 from deepfeed.cli import _dagster_instance_check
-from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
+from deepfeed.resources import ArtifactStoreResource, LocationsResource, MlflowResource, ModelSourceResource
 from deepfeed.tools.doctor import PASS, check_mlflow
 from tests.deploy.services import ServiceUnavailable, mlflow_server, postgres_server
 
@@ -116,6 +116,7 @@ def test_production_instance_stores_runs_in_postgres_and_logs_to_an_mlflow_serve
                 "artifact_store": ArtifactStoreResource(root=artifact_root),
                 "mlflow": mlflow,
                 "model_source": ModelSourceResource(base_model_path=str(tiny_llama)),
+                "locations": LocationsResource(home=str(tmp_path / "home")),
             }
             # The tiny corpus's files lie in its root: one source, one partition (the dynamic
             # partitions live in Postgres too).

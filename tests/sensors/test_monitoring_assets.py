@@ -11,7 +11,7 @@ import numpy as np
 from deepfeed.assets import monitoring
 from deepfeed.core.loop.abtest import arm_for_hash, hash_user_id
 from deepfeed.core.platform.audit import AuditLedger
-from deepfeed.resources import ArtifactStoreResource, MlflowResource
+from deepfeed.resources import ArtifactStoreResource, LocationsResource, MlflowResource
 from tests.sensors.test_sensors import EN, _log, _reference_corpus
 from tests.serve.conftest import Registry
 
@@ -29,6 +29,7 @@ def _materialize(home, name, config, mlflow_uri="sqlite:///unused.db"):
             resources={
                 "artifact_store": ArtifactStoreResource(root=str(home / "artifacts")),
                 "mlflow": MlflowResource(tracking_uri=mlflow_uri, artifact_location=str(home / "mlart")),
+                "locations": LocationsResource(home=str(home)),
             },
             run_config={"ops": {name: {"config": {"serving_home": str(home), **config}}}},
         )
@@ -101,7 +102,7 @@ def test_ab_test_report_promotes_a_better_challenger(deepfeed_env, empty_registr
     tags = client.get_model_version("deepfeed", versions["challenger"]).tags
     assert tags["ab_decision"] == "promote" and 0.7 < float(tags["deepfeed.baseline_metric"]) < 0.8
     [entry] = list(AuditLedger(deepfeed_env / "audit" / "ledger.jsonl").iter_entries(action="promoted"))
-    assert entry["stage"] == "ab_test"
+    assert entry["stage"] == "model_registry" and entry["extra"]["move"] == "champion_promoted"
 
 
 def test_ab_test_report_without_effect_or_time_decides_nothing(deepfeed_env, empty_registry_db, tiny_llama):

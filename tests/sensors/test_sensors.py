@@ -14,8 +14,8 @@ from deepfeed.core.platform.artifacts import ArtifactStore
 from deepfeed.core.platform.tables import write_table
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
+from deepfeed.resources.locations import LocationsResource
 from deepfeed.resources.monitoring_policy import MonitoringPolicyResource, policy_from_environment
-from deepfeed.resources.serving_data import ServingDataResource
 from deepfeed.sensors.drift import drift_sensor
 from deepfeed.sensors.feedback import feedback_sensor
 from deepfeed.sensors.performance import performance_sensor
@@ -44,10 +44,10 @@ def _fb(version, rating, **kw):
 
 
 def test_feedback_sensor_seals_and_requests_one_run_per_batch(deepfeed_env):
-    serving = ServingDataResource(home=str(deepfeed_env))
-    store = serving.feedback_store()
+    locations = LocationsResource(home=str(deepfeed_env))
+    store = locations.feedback_store()
     policy = MonitoringPolicyResource(feedback_min_batch=3, feedback_max_age_minutes=60)
-    resources = {"serving_data": serving, "monitoring_policy": policy}
+    resources = {"locations": locations, "monitoring_policy": policy}
     for _ in range(2):
         store.append(_fb("1", 1.0))
     result = evaluate(feedback_sensor, resources=resources)
@@ -102,7 +102,7 @@ def _log(home, prompts, confidences):
 def test_drift_sensor_quiet_then_input_and_output_alerts(deepfeed_env):
     _reference_corpus(deepfeed_env)
     resources = {
-        "serving_data": ServingDataResource(home=str(deepfeed_env)),
+        "locations": LocationsResource(home=str(deepfeed_env)),
         "artifact_store": ArtifactStoreResource(root=str(deepfeed_env / "artifacts")),
         "monitoring_policy": MonitoringPolicyResource(drift_window_hours=2, drift_min_samples=30),
     }
@@ -120,7 +120,7 @@ def test_drift_sensor_quiet_then_input_and_output_alerts(deepfeed_env):
     assert {t.job_name for t in drift_sensor.targets} == {"drift_report_job", "full_chain_job", "incremental_job"}
     full = {**resources, "monitoring_policy": MonitoringPolicyResource(drift_window_hours=2, drift_on_alert="full")}
     assert [r.job_name for r in evaluate(drift_sensor, resources=full)] == ["drift_report_job", "full_chain_job"]
-    resources["serving_data"].feedback_store().append(_fb("1", 0.0, correction="better"))
+    resources["locations"].feedback_store().append(_fb("1", 0.0, correction="better"))
     incremental = evaluate(
         drift_sensor,
         resources={
@@ -128,7 +128,7 @@ def test_drift_sensor_quiet_then_input_and_output_alerts(deepfeed_env):
             "monitoring_policy": MonitoringPolicyResource(drift_window_hours=2, drift_on_alert="incremental"),
         },
     )
-    [batch] = resources["serving_data"].feedback_store().batches()
+    [batch] = resources["locations"].feedback_store().batches()
     assert [(r.job_name, r.partition_key) for r in incremental.run_requests] == [
         ("drift_report_job", None),
         ("incremental_job", batch),
@@ -139,7 +139,7 @@ def test_drift_sensor_quiet_then_input_and_output_alerts(deepfeed_env):
 def test_drift_sensor_confidence_spread_alone_alerts(deepfeed_env):
     _reference_corpus(deepfeed_env)
     resources = {
-        "serving_data": ServingDataResource(home=str(deepfeed_env)),
+        "locations": LocationsResource(home=str(deepfeed_env)),
         "artifact_store": ArtifactStoreResource(root=str(deepfeed_env / "artifacts")),
         "monitoring_policy": MonitoringPolicyResource(drift_window_hours=2),
     }
@@ -152,14 +152,14 @@ def test_performance_sensor_rolls_back_through_the_job(deepfeed_env, empty_regis
     registry = Registry(deepfeed_env, empty_registry_db)
     v1 = registry.register(tiny_llama, "previous")
     v2 = registry.register(tiny_llama, "champion")
-    serving = ServingDataResource(home=str(deepfeed_env))
+    locations = LocationsResource(home=str(deepfeed_env))
     mlflow = MlflowResource(tracking_uri=registry.uri, artifact_location=str(deepfeed_env / "mlartifacts"))
     resources = {
-        "serving_data": serving,
+        "locations": locations,
         "mlflow": mlflow,
         "monitoring_policy": MonitoringPolicyResource(rollback_window=400, rollback_min_samples=30),
     }
-    store = serving.feedback_store()
+    store = locations.feedback_store()
     # 40 ratings a version no longer prove an 11% drop (the window mean moves by +-6 points
     # on its own); 400 do.
     for i in range(40):
@@ -179,7 +179,8 @@ def test_performance_sensor_rolls_back_through_the_job(deepfeed_env, empty_regis
     assert result.success
     assert registry.client.get_model_version_by_alias("deepfeed", "champion").version == int(v1)
     assert registry.client.get_model_version("deepfeed", v2).tags["rolled_back"] == "true"
-    [entry] = list(serving.ledger().iter_entries(action="rolled_back"))
+    [entry] = list(locations.audit_ledger().iter_entries(action="rolled_back"))
+    assert entry["stage"] == "model_registry" and entry["record_id"] == f"model:deepfeed:v{v2}"
     assert entry["extra"]["from_version"] == v2 and entry["extra"]["to_version"] == v1
     # Rolled back: no previous left, no flapping; replaying the old request fails clearly.
     assert isinstance(evaluate(performance_sensor, resources=resources), dg.SkipReason)
@@ -191,15 +192,15 @@ def test_performance_sensor_small_drop_or_few_samples_do_nothing(deepfeed_env, e
     registry = Registry(deepfeed_env, empty_registry_db)
     v1 = registry.register(tiny_llama, "previous")
     v2 = registry.register(tiny_llama, "champion")
-    serving = ServingDataResource(home=str(deepfeed_env))
+    locations = LocationsResource(home=str(deepfeed_env))
     resources = {
-        "serving_data": serving,
+        "locations": locations,
         "monitoring_policy": MonitoringPolicyResource(),
         "mlflow": MlflowResource(tracking_uri=registry.uri, artifact_location=str(deepfeed_env / "mlartifacts")),
     }
     for i in range(200):
-        serving.feedback_store().append(_fb(v1, float(i % 100 < 80)))
-        serving.feedback_store().append(_fb(v2, float(i % 100 < 79)))  # 1.25% worse: within the 3%
+        locations.feedback_store().append(_fb(v1, float(i % 100 < 80)))
+        locations.feedback_store().append(_fb(v2, float(i % 100 < 79)))  # 1.25% worse: within the 3%
     skip = evaluate(performance_sensor, resources=resources)
     assert isinstance(skip, dg.SkipReason) and "rollback at p < 0.01: no" in skip.skip_message
     registry.client.set_model_version_tag("deepfeed", v2, "deepfeed.baseline_metric", "0.9")

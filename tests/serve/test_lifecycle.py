@@ -111,9 +111,10 @@ def test_challenger_needs_a_champion_and_a_fresh_comparison(deepfeed_env, regist
     v1 = registry.register(tiny_llama)
     with pytest.raises(LifecycleError, match="no champion"):
         grant_challenger(registry.client, "deepfeed", v1, "r", None, "gate passed", "run")
-    assert promote_gated(registry.client, "deepfeed", v1, "r1") is None  # the first champion: the gate alone
+    ledger = AuditLedger(deepfeed_env / "audit" / "ledger.jsonl")
+    assert promote_gated(registry.client, "deepfeed", v1, "r1", "gate", "run", ledger) is None  # the first champion
     v2, v3 = registry.register(tiny_llama), registry.register(tiny_llama)
-    assert promote_gated(registry.client, "deepfeed", v2, "r2") == v1  # ab_test: false
+    assert promote_gated(registry.client, "deepfeed", v2, "r2", "gate", "run", ledger) == v1  # ab_test: false
     assert _aliases(registry) == {"champion": v2, "previous": v1}
     with pytest.raises(LifecycleError, match="evaluate it again"):  # compared with v1, champion is v2 now
         grant_challenger(registry.client, "deepfeed", v3, "r3", v1, "gate passed", "run")

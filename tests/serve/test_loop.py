@@ -16,8 +16,8 @@ from deepfeed.core.platform.audit import AuditLedger
 from deepfeed.pipelines.presets import TEST_INCREMENTAL_MINIMAL
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.resources import ArtifactStoreResource, MlflowResource, ModelSourceResource
+from deepfeed.resources.locations import LocationsResource
 from deepfeed.resources.monitoring_policy import MonitoringPolicyResource
-from deepfeed.resources.serving_data import ServingDataResource
 from deepfeed.sensors.drift import drift_sensor
 from deepfeed.sensors.feedback import feedback_sensor
 from deepfeed.sensors.performance import performance_sensor
@@ -47,7 +47,7 @@ def test_closed_loop_on_loopback(deepfeed_env, empty_registry_db, tiny_llama, po
         "artifact_store": ArtifactStoreResource(root=str(home / "artifacts")),
         "mlflow": MlflowResource(tracking_uri=registry.uri, artifact_location=str(home / "mlartifacts")),
         "model_source": ModelSourceResource(base_model_path=str(tiny_llama)),
-        "serving_data": ServingDataResource(home=str(home)),
+        "locations": LocationsResource(home=str(home)),
         "monitoring_policy": MonitoringPolicyResource(
             drift_window_hours=1,
             drift_min_samples=20,

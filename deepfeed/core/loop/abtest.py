@@ -31,9 +31,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from deepfeed.core.loop.registry import CHALLENGER, CHAMPION
+
+# The arms are named after the registry aliases whose versions serve them.
 from deepfeed.core.platform.settings import setting
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 ARMS = (CHAMPION, CHALLENGER)
 REQUIRED_COLUMNS = ("time", "user_hash", "arm", "metric")
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from deepfeed.core.data.pii import scrub
 from deepfeed.core.loop.abtest import ARMS, hash_user_id
-from deepfeed.core.platform.home import deepfeed_home
+from deepfeed.core.platform.locations import Locations
 from deepfeed.core.platform.secrets import USER_SALT, load_secret
 
 SOURCE = "feedback"
@@ -56,7 +56,7 @@ class FeedbackError(ValueError):
 
 
 def default_root() -> Path:
-    return deepfeed_home() / "feedback"
+    return Locations.from_environment().feedback_root
 
 
 def _fsync_dir(path: Path) -> None:

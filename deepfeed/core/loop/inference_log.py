@@ -23,7 +23,7 @@ import numpy as np
 
 from deepfeed.core.data.pii import scrub
 from deepfeed.core.loop.drift import text_features
-from deepfeed.core.platform.home import deepfeed_home
+from deepfeed.core.platform.locations import Locations
 
 # Values of these keys are identifiers the server itself sets; any other string is text
 # and goes through the scrubber. An identifier that does not look like one is scrubbed too.
@@ -45,7 +45,7 @@ def scrub_event(value: Any, key: str | None = None) -> Any:
 
 
 def default_root() -> Path:
-    return deepfeed_home() / "inference_log"
+    return Locations.from_environment().inference_log_root
 
 
 def _utc(when: _dt.datetime | str | None) -> _dt.datetime:

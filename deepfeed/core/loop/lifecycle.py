@@ -12,7 +12,8 @@ stage and the evaluation that let it through, and the server re-checks them
 (:func:`may_serve_as_challenger`) before it sends a single user to a challenger.
 
 Plain functions over an ``MlflowClient``, so the Dagster assets, the A/B report and the
-tests share them.
+tests share them. The aliases themselves are moved (and audited) only by
+deepfeed.core.loop.registry.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepfeed.core.loop.rollback import CHALLENGER, CHAMPION, PREVIOUS, AliasMove, promote
-from deepfeed.core.platform.audit import AuditEntry, AuditLedger
+from deepfeed.core.loop import registry
+from deepfeed.core.loop.registry import CHALLENGER, CHAMPION, AliasMove, version_by_alias
+from deepfeed.core.platform.audit import AuditLedger
 
 STAGE_TAG = "deepfeed.stage"
 GATE_TAG = "deepfeed.gate"  # passed | failed: the verdict of the version's latest evaluation
@@ -43,36 +45,9 @@ class LifecycleError(RuntimeError):
     pass
 
 
-def _by_alias(client, model: str, alias: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(model, alias)
-    except MlflowException:
-        return None
-
-
 def _tag(client, model: str, version: str, tags: Mapping[str, str]) -> None:
     for key, value in tags.items():
         client.set_model_version_tag(model, str(version), key, str(value))
-
-
-def _audit(
-    ledger: AuditLedger | None, model: str, version: str, move: str, reason: str, run_id: str, extra: dict[str, Any]
-) -> None:
-    # The ledger's fixed vocabulary: a version released to (a share of) traffic, or retired from it.
-    if ledger is not None:
-        action = "released" if move == "challenger_granted" else "retired"
-        ledger.append(
-            AuditEntry(
-                record_id=f"model:{model}:v{version}",
-                stage="lifecycle",
-                action=action,
-                reason=reason[:500],
-                run_id=run_id,
-                extra={"move": move, **extra},
-            )
-        )
 
 
 def registration_tags() -> dict[str, str]:
@@ -104,7 +79,7 @@ def grant_challenger(
     it becomes ``challenger`` and the server starts its A/B share. A challenger already in
     a test is retired: the test restarts with the newer candidate (the A/B report counts
     only ratings of the versions that hold the aliases)."""
-    champion = _by_alias(client, model, CHAMPION)
+    champion = version_by_alias(client, model, CHAMPION)
     if champion is None:
         raise LifecycleError(
             f"{model!r} has no champion to A/B test v{version} against; "
@@ -118,30 +93,19 @@ def grant_challenger(
             f"v{champion.version}: evaluate it again before it serves"
         )
     record_gate(client, model, version, True, report, compared_with)
-    old = _by_alias(client, model, CHALLENGER)
+    old = version_by_alias(client, model, CHALLENGER)
     if old is not None and str(old.version) != str(version):
         _tag(client, model, old.version, {STAGE_TAG: RETIRED, "retired_reason": f"replaced by v{version}"})
-        _audit(
-            ledger,
-            model,
-            str(old.version),
-            "challenger_retired",
-            f"replaced by v{version}",
-            run_id,
-            {"replaced_by": str(version)},
-        )
-    client.set_registered_model_alias(model, CHALLENGER, str(version))
-    _tag(client, model, version, {STAGE_TAG: CHALLENGER_STAGE})
-    move = AliasMove(model, str(old.version) if old is not None else "none", str(version), reason)
-    _audit(
-        ledger,
+    move = registry.set_challenger(
+        client,
         model,
-        str(version),
-        "challenger_granted",
+        version,
         reason,
         run_id,
-        {**move.to_dict(), "report": report, "compared_with": compared_with or NO_CHAMPION},
+        ledger,
+        {"report": report, "compared_with": compared_with or NO_CHAMPION},
     )
+    _tag(client, model, version, {STAGE_TAG: CHALLENGER_STAGE})
     return move
 
 
@@ -151,21 +115,10 @@ def revoke_challenger(
     """``version`` may no longer serve as challenger (a gate failed, the A/B test kept the
     champion). Removes the alias only if ``version`` holds it, so a newer challenger's test
     is never ended by an older version's verdict. True when the alias was removed."""
-    holder = _by_alias(client, model, CHALLENGER)
-    removed = holder is not None and str(holder.version) == str(version)
-    if removed:
-        client.delete_registered_model_alias(model, CHALLENGER)
+    removed = registry.remove_challenger(client, model, version, reason, run_id, ledger)
     _tag(client, model, version, {STAGE_TAG: stage, f"{stage}_reason": reason[:500]})
-    if removed or stage != REGISTERED:  # a version merely entering evaluation again is no event
-        _audit(
-            ledger,
-            model,
-            str(version),
-            "challenger_revoked" if removed else stage,
-            reason,
-            run_id,
-            {"alias_removed": removed},
-        )
+    if not removed and stage != REGISTERED:  # a version merely entering evaluation again is no event
+        registry.record(ledger, model, str(version), "retired", stage, reason, run_id, {"alias_removed": False})
     return removed
 
 
@@ -248,23 +201,26 @@ def conclude_ab_test(
         return f"v{challenger} not promoted (promotion gate: {verdict.reasons}); challenger alias removed", verdict
     if ledger is None:
         raise LifecycleError("a promotion needs the audit ledger")
-    promote(client, model, challenger, f"A/B test and promotion gate: {ab_reason}", run_id, ledger)
-    client.delete_registered_model_alias(model, CHALLENGER)
+    registry.promote(client, model, challenger, f"A/B test and promotion gate: {ab_reason}", run_id, ledger)
     _tag(client, model, challenger, {STAGE_TAG: CHAMPION_STAGE})
     return f"promoted v{challenger} to champion", verdict
 
 
-def promote_gated(client, model: str, version: str, report: str) -> str | None:
+def promote_gated(
+    client,
+    model: str,
+    version: str,
+    report: str,
+    reason: str,
+    run_id: str,
+    ledger: AuditLedger,
+    extra: Mapping[str, Any] | None = None,
+) -> str | None:
     """The gate alone promotes: the first champion (nothing to A/B test against; the gate
     made it beat the base model), or a deployment without live traffic (``ab_test: false``).
-    The old champion keeps ``previous``; returns its version. The caller writes the audit entry."""
-    champion = _by_alias(client, model, CHAMPION)
+    The old champion keeps ``previous``; returns its version."""
+    champion = version_by_alias(client, model, CHAMPION)
     record_gate(client, model, version, True, report, str(champion.version) if champion is not None else None)
-    holder = _by_alias(client, model, CHALLENGER)
-    if holder is not None and str(holder.version) == str(version):
-        client.delete_registered_model_alias(model, CHALLENGER)
-    if champion is not None and str(champion.version) != str(version):
-        client.set_registered_model_alias(model, PREVIOUS, str(champion.version))
-    client.set_registered_model_alias(model, CHAMPION, str(version))
-    _tag(client, model, version, {STAGE_TAG: CHAMPION_STAGE, "promoted": "true"})
+    registry.promote(client, model, version, reason, run_id, ledger, extra)
+    _tag(client, model, version, {STAGE_TAG: CHAMPION_STAGE})
     return str(champion.version) if champion is not None else None

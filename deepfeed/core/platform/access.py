@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from deepfeed.core.platform.audit import AuditEntry, AuditLedger
-from deepfeed.core.platform.home import deepfeed_home
+from deepfeed.core.platform.locations import Locations
 
 FEEDBACK_SUBMIT = "feedback:submit"
 MODEL_RELOAD = "model:reload"
@@ -54,7 +54,7 @@ def hash_key(api_key: str) -> str:
 
 
 def default_ledger() -> AuditLedger:
-    return AuditLedger(deepfeed_home() / "audit" / "ledger.jsonl")
+    return AuditLedger(Locations.from_environment().audit_ledger)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,8 @@ from deepfeed.core.platform.secrets import AUDIT_KEY, ensure_secret, load_secret
 log = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
+# Entries appended per write by stages that audit every record: bounds memory on large corpora.
+AUDIT_CHUNK = 10_000
 ACTIONS = frozenset(
     {
         "read",
