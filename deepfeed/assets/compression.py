@@ -7,9 +7,6 @@ import dagster as dg
 from pydantic import Field
 
 from deepfeed.assets.common import COMPUTE_RETRY, fail, handle_metadata
-from deepfeed.core.compress.compression import CompressionConfig, CompressionInputError, compress_checkpoint, write_json
-from deepfeed.core.compress.gate import gate_compressed_artifacts
-from deepfeed.core.evaluate.evaluation import EvaluationConfig
 from deepfeed.core.platform.artifacts import ArtifactHandle
 from deepfeed.core.platform.tables import read_table
 from deepfeed.resources import ArtifactStoreResource, MlflowResource
@@ -112,6 +109,14 @@ def compressed_model(
     mlflow: MlflowResource,
 ) -> dg.Output[ArtifactHandle]:
     """Serving artifacts of the fine-tuned checkpoint; an export failure is reported, not fatal to the rest."""
+    # Imported here, not at module level: they pull in torch, and every `dagster` command loads this module.
+    from deepfeed.core.compress.compression import (
+        CompressionConfig,
+        CompressionInputError,
+        compress_checkpoint,
+        write_json,
+    )
+
     store = artifact_store.store()
     checkpoint = store.local_path(finetuned_model) / "checkpoint"
     settings = CompressionConfig(**{**config.model_dump(), "fp32_layers": tuple(config.fp32_layers)})
@@ -170,6 +175,9 @@ def compression_quality_gate(
     artifact_store: ArtifactStoreResource,
 ) -> dg.AssetCheckResult:
     import json
+
+    from deepfeed.core.compress.gate import gate_compressed_artifacts  # torch: see compressed_model
+    from deepfeed.core.evaluate.evaluation import EvaluationConfig
 
     store = artifact_store.store()
     folder = store.local_path(compressed_model)

@@ -11,7 +11,8 @@ from pydantic import Field
 from deepfeed.assets.common import COMPUTE_RETRY, IO_RETRY, counts_table, fail, handle_metadata
 from deepfeed.assets.compression import compression_quality_gate
 from deepfeed.assets.training import checkpoint_source
-from deepfeed.core.compress.compression import CompressionConfig
+from deepfeed.core.evaluate.candidates import BASE, CHALLENGER, DEFAULT_ARTIFACTS, DESCRIPTIONS
+from deepfeed.core.evaluate.candidates import CHAMPION as CHAMPION_CANDIDATE
 from deepfeed.core.evaluate.evalset import (
     EvalSetError,
     load_reference_set,
@@ -19,8 +20,6 @@ from deepfeed.core.evaluate.evalset import (
     stratified_sample,
     training_overlap,
 )
-from deepfeed.core.evaluate.evaluation import EvaluationConfig
-from deepfeed.core.evaluate.report import comparison_metrics, feeding_headline, render_markdown, write_report
 from deepfeed.core.evaluate.safety import SafetyError, ToxicityScorer
 from deepfeed.core.evaluate.score_cache import (
     checkpoint_fingerprint,
@@ -29,8 +28,6 @@ from deepfeed.core.evaluate.score_cache import (
     save_scores,
     score_cache_key,
 )
-from deepfeed.core.evaluate.scoring import BASE, CHALLENGER, DEFAULT_ARTIFACTS, DESCRIPTIONS, evaluate_candidates
-from deepfeed.core.evaluate.scoring import CHAMPION as CHAMPION_CANDIDATE
 from deepfeed.core.loop.lifecycle import apply_failed_gate, grant_challenger, promote_gated
 from deepfeed.core.platform.artifacts import MANIFEST, ArtifactHandle
 from deepfeed.core.platform.audit import AuditEntry, AuditLedger
@@ -207,6 +204,12 @@ def evaluation_report(
     mlflow: MlflowResource,
 ) -> dg.Output[ArtifactHandle]:
     """Accuracy, answer quality, efficiency and safety of the challenger, its compressed artifacts and the champion on one evaluation set."""
+    # Imported here: they pull in torch and matplotlib, and every `dagster` command loads this module.
+    from deepfeed.core.compress.compression import CompressionConfig
+    from deepfeed.core.evaluate.evaluation import EvaluationConfig
+    from deepfeed.core.evaluate.report import comparison_metrics, feeding_headline, render_markdown, write_report
+    from deepfeed.core.evaluate.scoring import evaluate_candidates
+
     store = artifact_store.store()
     unknown = sorted(set(config.artifacts) - set(DESCRIPTIONS))
     if unknown:
