@@ -25,6 +25,7 @@ is appended to the ledger only by the caller, once the artifact is published
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from deepfeed.core.data.coverage import (
 from deepfeed.core.data.dp import EpsilonLedger, PrivacyAccountant
 from deepfeed.core.data.ingest import record_schema
 from deepfeed.core.platform.audit import AuditSpool
+from deepfeed.core.platform.progress import REPORT_SECONDS, Every, Heartbeat
 from deepfeed.core.platform.tables import TableWriter
 
 # The ingest schema (deepfeed.core.data.ingest.record_schema) and what cleaning adds. Fixed
@@ -87,6 +89,13 @@ class Progress:
     @property
     def records_per_second(self) -> float:
         return self.records / self.seconds if self.seconds > 0 else 0.0
+
+
+def _heartbeat(progress: Callable[[Progress], None] | None, every: Every, snapshot: Callable[[], Progress]):
+    """Progress lines from a background thread while one batch outlasts the reporting interval."""
+    if progress is None:
+        return contextlib.nullcontext()
+    return Heartbeat(every, lambda: progress(snapshot()))
 
 
 @dataclass
@@ -174,12 +183,14 @@ def clean_sources(
     coverage: CoverageConfig = CoverageConfig(),
     progress: Callable[[Progress], None] | None = None,
     progress_every: int = 10,
+    progress_seconds: float | None = REPORT_SECONDS,
     dp_budget: DatasetBudget | None = None,
 ) -> CleanSummary:
     """Clean the sources (in the given order) into out_dir/records.parquet and
     out_dir/removed.parquet; audit entries go to `audit_spool`. Raises NothingLeft when
     no record survives. On any failure the spool is discarded and the staging files
-    removed; what was written to out_dir is the caller's to throw away."""
+    removed; what was written to out_dir is the caller's to throw away. `progress` is
+    called after every `progress_every` batches or `progress_seconds`, whichever comes first."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging_path, embeddings_path = out_dir / _STAGING, out_dir / _EMBEDDINGS
@@ -207,7 +218,15 @@ def clean_sources(
         embedded = 0
         read = [0]
         started = time.perf_counter()
-        with embeddings_path.open("wb") as embeddings_file:  # stays empty without an encoder
+
+        def elapsed() -> float:
+            return time.perf_counter() - started
+
+        clean_due = Every(progress_every, seconds=progress_seconds)
+        with (
+            embeddings_path.open("wb") as embeddings_file,  # stays empty without an encoder
+            _heartbeat(progress, clean_due, lambda: Progress("clean", summary.batches, read[0], elapsed())),
+        ):
             for result in clean_stream(
                 _read_batches([Path(p) for p in parquet_paths], config.batch_size, read), cleaner, workers
             ):
@@ -237,7 +256,7 @@ def clean_sources(
                         embeddings_file.write(np.ascontiguousarray(half).tobytes())
                         sums.add(columns.tag_lists[start:], half)
                         embedded, dim = embedded + len(half), half.shape[1]
-                if progress is not None and summary.batches % progress_every == 0:
+                if progress is not None and clean_due.due():
                     progress(Progress("clean", summary.batches, read[0], time.perf_counter() - started))
         staging_writer.close()
         writers.remove(staging_writer)
@@ -292,29 +311,31 @@ def clean_sources(
         records_writer = TableWriter(out_dir / "records.parquet", CLEAN_SCHEMA)
         writers.append(records_writer)
         index = position = batches = 0
-        started = time.perf_counter()
-        for batch in pq.ParquetFile(staging_path).iter_batches(batch_size=config.batch_size):
-            result = CleaningResult()
-            out = []
-            for record in batch.to_pylist():
-                if plan is None or cleaner.apply_kanonymity(result, record, index, plan):
-                    record["long_tail"] = long_tail_reason(
-                        final_columns.tag_lists[position], rare, bool(outliers[position])
-                    )
-                    summary.changed += bool(record["changed"])
-                    summary.train += record["split"] == "train"
-                    summary.eval += record["split"] == "eval"
-                    summary.long_tail += record["long_tail"] is not None
-                    out.append(record)
-                    position += 1
-                index += 1
-            records_writer.write(out)
-            summary.cleaned += len(out)
-            removed(result.removed)
-            audit_spool.write(result.audit)
-            batches += 1
-            if progress is not None and batches % progress_every == 0:
-                progress(Progress("write", batches, index, time.perf_counter() - started))
+        started = time.perf_counter()  # elapsed() now counts from the start of pass 2
+        write_due = Every(progress_every, seconds=progress_seconds)
+        with _heartbeat(progress, write_due, lambda: Progress("write", batches, index, elapsed())):
+            for batch in pq.ParquetFile(staging_path).iter_batches(batch_size=config.batch_size):
+                result = CleaningResult()
+                out = []
+                for record in batch.to_pylist():
+                    if plan is None or cleaner.apply_kanonymity(result, record, index, plan):
+                        record["long_tail"] = long_tail_reason(
+                            final_columns.tag_lists[position], rare, bool(outliers[position])
+                        )
+                        summary.changed += bool(record["changed"])
+                        summary.train += record["split"] == "train"
+                        summary.eval += record["split"] == "eval"
+                        summary.long_tail += record["long_tail"] is not None
+                        out.append(record)
+                        position += 1
+                    index += 1
+                records_writer.write(out)
+                summary.cleaned += len(out)
+                removed(result.removed)
+                audit_spool.write(result.audit)
+                batches += 1
+                if progress is not None and write_due.due():
+                    progress(Progress("write", batches, index, time.perf_counter() - started))
         if progress is not None:
             progress(Progress("write", batches, index, time.perf_counter() - started))
         for writer in list(writers):
