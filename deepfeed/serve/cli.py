@@ -40,7 +40,9 @@ def settings_from_env() -> ServeSettings:
 
 def app_factory():
     from deepfeed.serve.app import create_app
+    from deepfeed.serve.parent_watch import exit_with_parent
 
+    exit_with_parent()  # a worker of --workers N must not outlive a killed supervisor (it holds the port)
     return create_app(settings_from_env())
 
 
