@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 import dagster as dg
@@ -20,8 +20,19 @@ from dagster._core.storage.fs_io_manager import PickledObjectFilesystemIOManager
 from pydantic import Field
 
 from deepfeed.core.platform.artifacts import ArtifactHandle
+from deepfeed.core.platform.home import deepfeed_home
 
 HANDLE_KEY = "artifact_handle"
+HOME_KEY = "deepfeed_home"
+
+
+def _rebased(handle: ArtifactHandle, stored_home: str | None) -> ArtifactHandle:
+    """A handle stored before DEEPFEED_HOME moved names the artifact under the old home;
+    it is read from the same place under the current one (docs/operations.md)."""
+    home = str(deepfeed_home())
+    if stored_home and stored_home != home and handle.uri.startswith(stored_home + "/"):
+        return replace(handle, uri=home + handle.uri[len(stored_home) :])
+    return handle
 
 
 class ArtifactHandleFilesystemIOManager(PickledObjectFilesystemIOManager):
@@ -29,7 +40,8 @@ class ArtifactHandleFilesystemIOManager(PickledObjectFilesystemIOManager):
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path) -> None:
         if isinstance(obj, ArtifactHandle):
-            path.write_text(json.dumps({HANDLE_KEY: obj.to_dict()}, indent=2, sort_keys=True) + "\n")
+            record = {HANDLE_KEY: obj.to_dict(), HOME_KEY: str(deepfeed_home())}
+            path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         else:
             with path.open("wb") as file:
                 pickle.dump(obj, file, pickle.HIGHEST_PROTOCOL)
@@ -42,7 +54,8 @@ class ArtifactHandleFilesystemIOManager(PickledObjectFilesystemIOManager):
             data = json.loads(raw)
             if HANDLE_KEY in data:
                 known = {f.name for f in fields(ArtifactHandle)}
-                return ArtifactHandle(**{k: v for k, v in data[HANDLE_KEY].items() if k in known})
+                handle = ArtifactHandle(**{k: v for k, v in data[HANDLE_KEY].items() if k in known})
+                return _rebased(handle, data.get(HOME_KEY))
         return pickle.loads(raw)
 
     def get_metadata(self, context: dg.OutputContext, obj: Any) -> dict[str, dg.MetadataValue]:

@@ -56,3 +56,28 @@ def test_a_handle_pickled_before_the_switch_still_loads(tmp_path):
     resources = {"io_manager": ArtifactHandleIOManager(base_dir=str(storage))}
     with dg.instance_for_test() as instance:
         assert dg.materialize([raw_source, clean], resources=resources, instance=instance).success
+
+
+def test_a_handle_stored_before_the_home_moved_names_the_new_place(tmp_path, monkeypatch):
+    old_home, new_home = tmp_path / "old", tmp_path / "new"
+    monkeypatch.setenv("DEEPFEED_HOME", str(old_home))
+    storage = new_home / "dagster" / "storage"
+    resources = {"io_manager": ArtifactHandleIOManager(base_dir=str(storage))}
+
+    @dg.asset
+    def raw() -> ArtifactHandle:
+        return _handle("raw", old_home / "artifacts" / "raw" / "v1")
+
+    seen = []
+
+    @dg.asset
+    def clean(raw: ArtifactHandle) -> ArtifactHandle:
+        seen.append(raw.uri)
+        return _handle("clean", tmp_path / "elsewhere")  # outside the home: left as it is
+
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([raw], resources=resources, instance=instance).success
+        monkeypatch.setenv("DEEPFEED_HOME", str(new_home))  # the home was moved
+        assert dg.materialize([raw.to_source_asset(), clean], resources=resources, instance=instance).success
+    assert seen == [str(new_home / "artifacts" / "raw" / "v1")]
+    assert json.loads((storage / "clean.json").read_text())["artifact_handle"]["uri"] == str(tmp_path / "elsewhere")
