@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-NOT_AT_LOAD = ("torch", "transformers", "peft", "onnx", "onnxruntime", "matplotlib", "mlflow")
+NOT_AT_LOAD = ("torch", "transformers", "peft", "onnx", "onnxruntime", "matplotlib", "mlflow", "scipy", "datasketch")
 PROBE = f"""
 import json, sys
 sys.path.insert(0, {str(ROOT)!r})
