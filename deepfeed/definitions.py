@@ -10,6 +10,7 @@ from deepfeed.pipelines.monitoring import ab_test_report_job, daily_ab_test_repo
 from deepfeed.pipelines.rollback import rollback_job
 from deepfeed.pipelines.training import incremental_job, knowledge_review_job, quarterly_knowledge_review
 from deepfeed.resources import ArtifactStoreResource, LocationsResource, MlflowResource, ModelSourceResource
+from deepfeed.resources.handle_io import ArtifactHandleIOManager
 from deepfeed.resources.monitoring_policy import policy_from_environment
 from deepfeed.sensors import MLFLOW_RUN_SENSORS, corpus_source_sensor, drift_sensor, feedback_sensor, performance_sensor
 
@@ -28,6 +29,8 @@ defs = dg.Definitions(
     schedules=[monthly_full_retrain, quarterly_knowledge_review, daily_ab_test_report],
     sensors=[corpus_source_sensor, feedback_sensor, drift_sensor, performance_sensor, *MLFLOW_RUN_SENSORS],
     resources={
+        # Handles stored as JSON; the asset page's `path` is the artifact folder (resources/handle_io.py).
+        "io_manager": ArtifactHandleIOManager(),
         "artifact_store": ArtifactStoreResource(),
         "mlflow": MlflowResource(),
         "model_source": ModelSourceResource(),

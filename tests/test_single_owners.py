@@ -87,11 +87,11 @@ def test_aliases_are_defined_once():
         alias: sorted(str(p.relative_to(PACKAGE.parent)) for p, t in _sources().items() if alias in _assigned_names(t))
         for alias in ("CHAMPION", "CHALLENGER", "PREVIOUS")
     }
-    # core/evaluate/scoring.py names the candidates of an evaluation (champion, challenger,
+    # core/evaluate/candidates.py names the candidates of an evaluation (champion, challenger,
     # base model), not registry aliases; it moves nothing.
     assert owners == {
-        "CHAMPION": ["deepfeed/core/evaluate/scoring.py", "deepfeed/core/loop/registry.py"],
-        "CHALLENGER": ["deepfeed/core/evaluate/scoring.py", "deepfeed/core/loop/registry.py"],
+        "CHAMPION": ["deepfeed/core/evaluate/candidates.py", "deepfeed/core/loop/registry.py"],
+        "CHALLENGER": ["deepfeed/core/evaluate/candidates.py", "deepfeed/core/loop/registry.py"],
         "PREVIOUS": ["deepfeed/core/loop/registry.py"],
     }
 

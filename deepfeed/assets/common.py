@@ -24,8 +24,8 @@ def tidy(value: Any) -> Any:
 
 
 def handle_metadata(handle: ArtifactHandle) -> dict[str, Any]:
-    # "path" is the IO manager's own row (where Dagster keeps the pickled handle); the artifact
-    # folder is "artifact_path".
+    # "path" is the IO manager's own row, which also shows the artifact folder
+    # (resources/handle_io.py); "artifact_path" keeps it next to the counts.
     return {
         "artifact_path": dg.MetadataValue.path(handle.uri),
         "version": handle.version,

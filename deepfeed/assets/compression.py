@@ -6,9 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from deepfeed.assets.common import COMPUTE_RETRY, fail, handle_metadata
-from deepfeed.core.compress.compression import CompressionConfig, CompressionInputError, compress_checkpoint, write_json
-from deepfeed.core.compress.gate import gate_compressed_artifacts
-from deepfeed.core.evaluate.evaluation import EvaluationConfig
+from deepfeed.core.compress.settings import CompressionConfig
 from deepfeed.core.platform.artifacts import ArtifactHandle
 from deepfeed.core.platform.tables import read_table
 from deepfeed.pipelines.config import dagster_config, to_core
@@ -54,6 +52,13 @@ def compressed_model(
     mlflow: MlflowResource,
 ) -> dg.Output[ArtifactHandle]:
     """Serving artifacts of the fine-tuned checkpoint; an export failure is reported, not fatal to the rest."""
+    # Imported here, not at module level: they pull in torch, and every `dagster` command loads this module.
+    from deepfeed.core.compress.compression import (
+        CompressionInputError,
+        compress_checkpoint,
+        write_json,
+    )
+
     store = artifact_store.store()
     checkpoint = store.local_path(finetuned_model) / "checkpoint"
     settings = to_core(config, CompressionConfig)
@@ -112,6 +117,9 @@ def compression_quality_gate(
     artifact_store: ArtifactStoreResource,
 ) -> dg.AssetCheckResult:
     import json
+
+    from deepfeed.core.compress.gate import gate_compressed_artifacts  # torch: see compressed_model
+    from deepfeed.core.evaluate.settings import EvaluationConfig
 
     store = artifact_store.store()
     folder = store.local_path(compressed_model)

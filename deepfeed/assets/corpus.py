@@ -43,6 +43,7 @@ from deepfeed.core.data.quality import QualityConfig
 from deepfeed.core.data.raw_store import ENV_KEY, ENV_PATH, RawStore, RawStoreError, default_raw_store_path
 from deepfeed.core.platform.artifacts import ArtifactHandle, ArtifactStore
 from deepfeed.core.platform.audit import AUDIT_CHUNK, AuditEntry, AuditLedger
+from deepfeed.core.platform.progress import REPORT_SECONDS, Every
 from deepfeed.core.platform.tables import TableWriter
 from deepfeed.pipelines.config import dagster_config, to_core
 from deepfeed.pipelines.partitions import corpus_root, corpus_sources, latest_raw_versions, raw_artifact_name
@@ -140,6 +141,7 @@ def raw_corpus(
             TableWriter(version.path / "records.parquet", record_schema()) as records,
             TableWriter(version.path / "quarantine.parquet", quarantine_schema()) as quarantined,
         ):
+            report = Every(50, seconds=REPORT_SECONDS)  # a line at least every 10 s (docs/operations.md)
             for done, (_, part) in enumerate(iter_files(files, root, config.max_record_bytes, limits), 1):
                 records.write(part.records)
                 quarantined.write(part.quarantine)
@@ -156,7 +158,7 @@ def raw_corpus(
                 anonymized.extend(_anonymized_entry(item, run_id) for item in part.anonymized)
                 quarantine.extend({k: v for k, v in q.items() if k != "raw"} for q in part.quarantine)
                 add_file_counts(per_file, part.files)
-                if done % 50 == 0:
+                if report.due():
                     context.log.info("source %s: %d of %d files, %d records read", source_name, done, len(files), read)
         if read == 0:
             raise fail(

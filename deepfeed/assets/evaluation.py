@@ -11,7 +11,9 @@ from pydantic import Field
 from deepfeed.assets.common import COMPUTE_RETRY, IO_RETRY, counts_table, fail, handle_metadata
 from deepfeed.assets.compression import compression_quality_gate
 from deepfeed.assets.training import checkpoint_source
-from deepfeed.core.compress.compression import CompressionConfig
+from deepfeed.core.compress.settings import CompressionConfig
+from deepfeed.core.evaluate.candidates import BASE, CHALLENGER, DEFAULT_ARTIFACTS, DESCRIPTIONS
+from deepfeed.core.evaluate.candidates import CHAMPION as CHAMPION_CANDIDATE
 from deepfeed.core.evaluate.evalset import (
     EvalSetError,
     load_reference_set,
@@ -19,8 +21,6 @@ from deepfeed.core.evaluate.evalset import (
     stratified_sample,
     training_overlap,
 )
-from deepfeed.core.evaluate.evaluation import EvaluationConfig
-from deepfeed.core.evaluate.report import comparison_metrics, feeding_headline, render_markdown, write_report
 from deepfeed.core.evaluate.safety import SafetyError, ToxicityScorer
 from deepfeed.core.evaluate.score_cache import (
     checkpoint_fingerprint,
@@ -29,15 +29,7 @@ from deepfeed.core.evaluate.score_cache import (
     save_scores,
     score_cache_key,
 )
-from deepfeed.core.evaluate.scoring import (
-    BASE,
-    CHALLENGER,
-    DEFAULT_ARTIFACTS,
-    DESCRIPTIONS,
-    EvaluationRequest,
-    run_evaluation,
-)
-from deepfeed.core.evaluate.scoring import CHAMPION as CHAMPION_CANDIDATE
+from deepfeed.core.evaluate.settings import EvaluationConfig
 from deepfeed.core.loop.lifecycle import apply_failed_gate, grant_challenger, promote_gated
 from deepfeed.core.loop.registry import CHALLENGER as CHALLENGER_ALIAS
 from deepfeed.core.loop.registry import CHAMPION
@@ -233,6 +225,10 @@ def evaluation_report(
     mlflow: MlflowResource,
 ) -> dg.Output[ArtifactHandle]:
     """Accuracy, answer quality, efficiency and safety of the challenger, its compressed artifacts and the champion on one evaluation set."""
+    # Imported here: they pull in torch and matplotlib, and every `dagster` command loads this module.
+    from deepfeed.core.evaluate.report import comparison_metrics, feeding_headline, render_markdown, write_report
+    from deepfeed.core.evaluate.scoring import EvaluationRequest, run_evaluation
+
     store = artifact_store.store()
     unknown = sorted(set(config.artifacts) - set(DESCRIPTIONS))
     if unknown:

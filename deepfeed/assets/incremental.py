@@ -32,7 +32,7 @@ from deepfeed.core.platform.artifacts import ArtifactHandle
 from deepfeed.core.platform.plots import markdown_image
 from deepfeed.core.platform.tables import read_table
 from deepfeed.core.train.incremental import plan_replay, records_hash
-from deepfeed.core.train.training import TrainingConfig
+from deepfeed.core.train.settings import TrainingConfig
 from deepfeed.pipelines.config import dagster_config, to_core
 from deepfeed.pipelines.partitions import feedback_batches
 from deepfeed.pipelines.presets import INCREMENTAL_STREAM

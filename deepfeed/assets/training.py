@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
@@ -21,13 +21,17 @@ from deepfeed.core.loop.registry import CHAMPION
 from deepfeed.core.platform.artifacts import ArtifactHandle, hash_folder
 from deepfeed.core.platform.mlflow_model import write_pyfunc_model
 from deepfeed.core.platform.plots import line_plot, markdown_image
+from deepfeed.core.platform.progress import REPORT_SECONDS, Every
 from deepfeed.core.platform.tables import read_table
-from deepfeed.core.train.distributed import launch_command, read_result, write_spec
 from deepfeed.core.train.incremental import records_hash
-from deepfeed.core.train.modeling import ModelSourceError, describe_checkpoint
-from deepfeed.core.train.training import TrainingConfig, TrainingError, TrainingResult, config_dict, fine_tune
+from deepfeed.core.train.settings import TrainingConfig
 from deepfeed.pipelines.config import dagster_config, to_core
 from deepfeed.resources import ArtifactStoreResource, LocationsResource, MlflowResource, ModelSourceResource
+
+# deepfeed.core.train imports torch, so it is imported inside the functions that use it: every
+# `dagster` command, the webserver and the daemon load this module (docs/operations.md, startup).
+if TYPE_CHECKING:
+    from deepfeed.core.train.training import TrainingResult
 
 GROUP = "training"
 
@@ -35,6 +39,8 @@ GROUP = "training"
 @dg.asset(group_name=GROUP, kinds={"pytorch"}, retry_policy=IO_RETRY)
 def base_model(context: dg.AssetExecutionContext, model_source: ModelSourceResource) -> dg.Output[ArtifactHandle]:
     """The local Hugging Face checkpoint that fine-tuning starts from (validated, not copied)."""
+    from deepfeed.core.train.modeling import ModelSourceError, describe_checkpoint
+
     path = model_source.resolve()
     try:
         info = describe_checkpoint(path)
@@ -102,6 +108,8 @@ def current_champion(mlflow: MlflowResource):
     version = mlflow.version_by_alias(CHAMPION)
     if version is None:
         return None, None
+    from deepfeed.core.train.modeling import ModelSourceError, describe_checkpoint
+
     source = Path(version.source)
     try:
         describe_checkpoint(source)
@@ -111,14 +119,18 @@ def current_champion(mlflow: MlflowResource):
 
 
 def progress(context: dg.AssetExecutionContext, config: TrainingConfig):
+    report = Every(config.log_every, seconds=REPORT_SECONDS)  # a line at least every 10 s (docs/operations.md)
+
     def log(step: int, loss: float, lr: float) -> None:
-        if step % config.log_every == 0 or step == config.max_steps - 1:
+        if step == 0 or report.due() or step == config.max_steps - 1:
             context.log.info("step %d/%d loss %.4f lr %.2e", step + 1, config.max_steps, loss, lr)
 
     return log
 
 
-def write_reports(folder: Path, result: TrainingResult, training: TrainingConfig, extra: dict[str, Any]) -> Path:
+def write_reports(folder: Path, result: "TrainingResult", training: "TrainingConfig", extra: dict[str, Any]) -> Path:
+    from deepfeed.core.train.training import config_dict
+
     series = {"train loss": result.losses}
     if result.eval_losses:
         # Eval points are sparse: hold the last value so both curves share the step axis.
@@ -147,7 +159,7 @@ def write_reports(folder: Path, result: TrainingResult, training: TrainingConfig
     return plot
 
 
-def training_metadata(result: TrainingResult) -> dict[str, Any]:
+def training_metadata(result: "TrainingResult") -> dict[str, Any]:
     """What the optional techniques did, for the asset's metadata."""
     cache = "none"
     if result.teacher_cache:
@@ -160,7 +172,7 @@ def training_metadata(result: TrainingResult) -> dict[str, Any]:
 
 
 def log_to_mlflow(
-    context, mlflow: MlflowResource, prefix: str, params: dict[str, Any], result: TrainingResult, files: list[Path]
+    context, mlflow: MlflowResource, prefix: str, params: dict[str, Any], result: "TrainingResult", files: list[Path]
 ) -> None:
     mlflow.log(
         context,
@@ -194,8 +206,10 @@ def checkpoint_source(store, handle: ArtifactHandle) -> str:
 
 def train_logged(
     config: dg.Config, training: TrainingConfig, start: Path, records, checkpoint: Path, context, **kwargs
-) -> TrainingResult:
+) -> "TrainingResult":
     """In this process, or as a torchrun job through Dagster Pipes when nproc > 1."""
+    from deepfeed.core.train.training import TrainingError, fine_tune
+
     try:
         if config.nproc > 1:
             result = train_with_torchrun(config.nproc, training, start, records, checkpoint, context, **kwargs)
@@ -208,8 +222,11 @@ def train_logged(
 
 
 def train_with_torchrun(
-    nproc: int, training: TrainingConfig, start: Path, records, checkpoint: Path, context, **kwargs
-) -> TrainingResult:
+    nproc: int, training: "TrainingConfig", start: Path, records, checkpoint: Path, context, **kwargs
+) -> "TrainingResult":
+    from deepfeed.core.train.distributed import launch_command, read_result, write_spec
+    from deepfeed.core.train.training import TrainingError
+
     # The subprocess client runs torchrun on this machine; on Kubernetes the same spec and
     # command go to a PipesK8sClient instead.
     with tempfile.TemporaryDirectory(prefix="deepfeed-torchrun-") as folder:

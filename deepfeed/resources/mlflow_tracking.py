@@ -36,6 +36,9 @@ class MlflowResource(dg.ConfigurableResource):
     def client(self):
         from mlflow import MlflowClient
 
+        from deepfeed.core.platform.home_move import settle_home
+
+        settle_home(deepfeed_home(), self.tracking_uri)  # a moved home: registry locations follow it
         return MlflowClient(tracking_uri=self.tracking_uri)
 
     def _experiment_id(self, client) -> str:

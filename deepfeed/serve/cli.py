@@ -40,7 +40,9 @@ def settings_from_env() -> ServeSettings:
 
 def app_factory():
     from deepfeed.serve.app import create_app
+    from deepfeed.serve.parent_watch import exit_with_parent
 
+    exit_with_parent()  # a worker of --workers N must not outlive a killed supervisor (it holds the port)
     return create_app(settings_from_env())
 
 
@@ -53,13 +55,16 @@ def default_policy_path(home: Path) -> Path | None:
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     from deepfeed.core.platform.home import deepfeed_home
+    from deepfeed.core.platform.home_move import settle_home
     from deepfeed.serve.app import ServeSettings
     from deepfeed.settings import default_mlflow_uri
 
     home = deepfeed_home()
     policy = Path(args.policy) if args.policy else default_policy_path(home)
+    tracking_uri = args.tracking_uri or default_mlflow_uri()
+    settle_home(home, tracking_uri)  # a moved home serves its own models (docs/operations.md)
     return ServeSettings(
-        tracking_uri=args.tracking_uri or default_mlflow_uri(),
+        tracking_uri=tracking_uri,
         model_name=args.model_name,
         runtime=args.runtime,
         ab_test=not args.no_ab_test,

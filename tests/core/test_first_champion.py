@@ -5,9 +5,9 @@ trained model is accepted against the random one. Base scores are cached and reu
 import pytest
 import torch
 
-from deepfeed.core.evaluate.evaluation import EvaluationConfig
 from deepfeed.core.evaluate.report import feeding_headline, render_markdown
 from deepfeed.core.evaluate.scoring import EvaluationRequest, run_evaluation
+from deepfeed.core.evaluate.settings import EvaluationConfig
 from deepfeed.core.train.modeling import collate, encode_record, load_model, load_tokenizer
 from tests.core.test_evaluation import RECORDS
 

@@ -7,16 +7,16 @@ import inspect
 import pytest
 
 from deepfeed.core.augment.setup import AugmentSettings
-from deepfeed.core.compress.compression import CompressionConfig
+from deepfeed.core.compress.settings import CompressionConfig
 from deepfeed.core.data.cleaning import CleaningConfig
 from deepfeed.core.data.coverage import CoverageConfig
-from deepfeed.core.evaluate.evaluation import EvaluationConfig
+from deepfeed.core.evaluate.settings import EvaluationConfig
 from deepfeed.core.loop.abtest import ABTestSettings, analyze_ab
 from deepfeed.core.loop.monitoring import DriftSettings, drift_evidence
 from deepfeed.core.platform import settings
 from deepfeed.core.platform.settings import SettingsError, build, setting
 from deepfeed.core.train.distill import DistillationConfig
-from deepfeed.core.train.training import TrainingConfig
+from deepfeed.core.train.settings import TrainingConfig
 
 SETTINGS = [
     TrainingConfig,

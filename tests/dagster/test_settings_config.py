@@ -15,14 +15,14 @@ from deepfeed.assets.incremental import IncrementalModelConfig
 from deepfeed.assets.monitoring import ABTestReportConfig, DriftReportConfig
 from deepfeed.assets.training import FinetunedModelConfig
 from deepfeed.core.augment.setup import AugmentSettings
-from deepfeed.core.compress.compression import CompressionConfig
+from deepfeed.core.compress.settings import CompressionConfig
 from deepfeed.core.data.cleaning import CleaningConfig
-from deepfeed.core.evaluate.evaluation import EvaluationConfig
+from deepfeed.core.evaluate.settings import EvaluationConfig
 from deepfeed.core.loop.abtest import ABTestSettings
 from deepfeed.core.loop.monitoring import DriftSettings
 from deepfeed.core.platform import settings
 from deepfeed.core.platform.settings import SettingsError
-from deepfeed.core.train.training import TrainingConfig
+from deepfeed.core.train.settings import TrainingConfig
 from deepfeed.definitions import defs
 from deepfeed.pipelines import presets
 from deepfeed.pipelines.config import dagster_config, derivation, extra_fields, to_core

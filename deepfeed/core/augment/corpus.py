@@ -24,16 +24,18 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepfeed.core.augment.contextual_synonyms import ContextualSynonymReplacer, MaskedLMReplacer, Skip, text_script
-from deepfeed.core.augment.fgsm import FgsmTextAttack
 from deepfeed.core.augment.meaning import MeaningJudge
 from deepfeed.core.augment.structural import structural_variant
 from deepfeed.core.data.cleaning import content_key
 from deepfeed.core.data.dedup import NearDuplicateIndex
 from deepfeed.core.platform.audit import AuditEntry
 from deepfeed.core.platform.encoders import SentenceEncoder
+
+if TYPE_CHECKING:  # FGSM needs torch; only a run that attacks pays for importing it
+    from deepfeed.core.augment.fgsm import FgsmTextAttack
 
 TECHNIQUES = ("synonym", "structural", "fgsm")
 

@@ -25,6 +25,7 @@ is appended to the ledger only by the caller, once the artifact is published
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ from deepfeed.core.data.coverage import (
 from deepfeed.core.data.dp import EpsilonLedger, PrivacyAccountant
 from deepfeed.core.data.ingest import record_schema
 from deepfeed.core.platform.audit import AuditSpool
+from deepfeed.core.platform.progress import REPORT_SECONDS, Every, Heartbeat
 from deepfeed.core.platform.tables import TableWriter
 
 # The ingest schema (deepfeed.core.data.ingest.record_schema) and what cleaning adds. Fixed
@@ -88,6 +90,13 @@ class Progress:
     @property
     def records_per_second(self) -> float:
         return self.records / self.seconds if self.seconds > 0 else 0.0
+
+
+def _heartbeat(progress: Callable[[Progress], None] | None, every: Every, snapshot: Callable[[], Progress]):
+    """Progress lines from a background thread while one batch outlasts the reporting interval."""
+    if progress is None:
+        return contextlib.nullcontext()
+    return Heartbeat(every, lambda: progress(snapshot()))
 
 
 @dataclass
@@ -174,6 +183,7 @@ class CleaningRun:
     summary: CleanSummary = field(default_factory=CleanSummary)
     progress: Callable[[Progress], None] | None = None
     progress_every: int = 10
+    progress_seconds: float | None = REPORT_SECONDS
 
     def record_removed(self, rows: list[dict[str, Any]]) -> None:
         if rows:
@@ -181,10 +191,39 @@ class CleaningRun:
             self.summary.removed += len(rows)
             self.summary.reasons.update(row["reason"] for row in rows)
 
-    def report(self, phase: str, batches: int, records: int, started: float, *, last: bool = False) -> None:
-        """Progress every `progress_every` batches, and once more at the end of a pass."""
-        if self.progress is not None and (last or batches % self.progress_every == 0):
-            self.progress(Progress(phase, batches, records, time.perf_counter() - started))
+    def pass_progress(self, phase: str) -> "PassProgress":
+        return PassProgress(self, phase)
+
+
+class PassProgress:
+    """One pass's progress lines: every `progress_every` batches or `progress_seconds`,
+    whichever comes first, from a heartbeat thread while one batch outlasts the interval
+    (the coverage embeddings on a loaded machine), and a closing line when the pass ends."""
+
+    def __init__(self, run: CleaningRun, phase: str):
+        self.run, self.phase = run, phase
+        self.batches = self.records = 0
+        self.started = time.perf_counter()
+        self.due = Every(run.progress_every, seconds=run.progress_seconds)
+        self._heartbeat = _heartbeat(run.progress, self.due, self.snapshot)
+
+    def snapshot(self) -> Progress:
+        return Progress(self.phase, self.batches, self.records, time.perf_counter() - self.started)
+
+    def __enter__(self) -> "PassProgress":
+        self._heartbeat.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._heartbeat.__exit__(*exc)
+        if exc[0] is None and self.run.progress is not None:
+            self.run.progress(self.snapshot())
+
+    def advance(self, batches: int, records: int) -> None:
+        """After each batch: the counts so far, and a line when one is due."""
+        self.batches, self.records = batches, records
+        if self.run.progress is not None and self.due.due():
+            self.run.progress(self.snapshot())
 
 
 @dataclass
@@ -226,8 +265,10 @@ def clean_pass(
     staged = StagedCorpus(CorpusColumns(), {c: [] for c in qi}, CentroidSums() if encoder is not None else None)
     columns = staged.columns
     read = [0]
-    started = time.perf_counter()
-    with embeddings_path.open("wb") as embeddings_file:  # stays empty without an encoder
+    with (
+        embeddings_path.open("wb") as embeddings_file,  # stays empty without an encoder
+        run.pass_progress("clean") as progress,
+    ):
         for result in clean_stream(_read_batches(parquet_paths, config.batch_size, read), run.cleaner, workers):
             summary.batches += 1
             run.record_removed(result.removed)
@@ -247,9 +288,9 @@ def clean_pass(
                     values[start:] = [intern(v) for v in values[start:]]
                 if encoder is not None:
                     _embed(encoder, records, columns.tag_lists[start:], embeddings_file, staged)
-            run.report("clean", summary.batches, read[0], started)
+            progress.advance(summary.batches, read[0])
+        progress.records = read[0]  # the closing line counts every record read
     summary.kept_in = read[0]
-    run.report("clean", summary.batches, read[0], started, last=True)
     return staged
 
 
@@ -336,29 +377,28 @@ def write_pass(run: CleaningRun, staging_path: Path, records_writer: TableWriter
     generalization and the long-tail reason, and write the final records."""
     summary, plan = run.summary, decisions.plan
     index = position = batches = 0
-    started = time.perf_counter()
-    for batch in pq.ParquetFile(staging_path).iter_batches(batch_size=run.cleaner.config.batch_size):
-        result = CleaningResult()
-        out = []
-        for record in batch.to_pylist():
-            if plan is None or run.cleaner.apply_kanonymity(result, record, index, plan):
-                record["long_tail"] = long_tail_reason(
-                    decisions.final_columns.tag_lists[position], decisions.rare, bool(decisions.outliers[position])
-                )
-                summary.changed += bool(record["changed"])
-                summary.train += record["split"] == "train"
-                summary.eval += record["split"] == "eval"
-                summary.long_tail += record["long_tail"] is not None
-                out.append(record)
-                position += 1
-            index += 1
-        records_writer.write(out)
-        summary.cleaned += len(out)
-        run.record_removed(result.removed)
-        run.audit_spool.write(result.audit)
-        batches += 1
-        run.report("write", batches, index, started)
-    run.report("write", batches, index, started, last=True)
+    with run.pass_progress("write") as progress:
+        for batch in pq.ParquetFile(staging_path).iter_batches(batch_size=run.cleaner.config.batch_size):
+            result = CleaningResult()
+            out = []
+            for record in batch.to_pylist():
+                if plan is None or run.cleaner.apply_kanonymity(result, record, index, plan):
+                    record["long_tail"] = long_tail_reason(
+                        decisions.final_columns.tag_lists[position], decisions.rare, bool(decisions.outliers[position])
+                    )
+                    summary.changed += bool(record["changed"])
+                    summary.train += record["split"] == "train"
+                    summary.eval += record["split"] == "eval"
+                    summary.long_tail += record["long_tail"] is not None
+                    out.append(record)
+                    position += 1
+                index += 1
+            records_writer.write(out)
+            summary.cleaned += len(out)
+            run.record_removed(result.removed)
+            run.audit_spool.write(result.audit)
+            batches += 1
+            progress.advance(batches, index)
 
 
 def clean_sources(
@@ -374,12 +414,14 @@ def clean_sources(
     coverage: CoverageConfig = CoverageConfig(),
     progress: Callable[[Progress], None] | None = None,
     progress_every: int = 10,
+    progress_seconds: float | None = REPORT_SECONDS,
     dp_budget: DatasetBudget | None = None,
 ) -> CleanSummary:
     """Clean the sources (in the given order) into out_dir/records.parquet and
     out_dir/removed.parquet; audit entries go to `audit_spool`. Raises NothingLeft when
     no record survives. On any failure the spool is discarded and the staging files
-    removed; what was written to out_dir is the caller's to throw away."""
+    removed; what was written to out_dir is the caller's to throw away. `progress` is
+    called after every `progress_every` batches or `progress_seconds`, whichever comes first."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging_path, embeddings_path = out_dir / _STAGING, out_dir / _EMBEDDINGS
@@ -387,7 +429,14 @@ def clean_sources(
     try:
         removed_writer = TableWriter(out_dir / "removed.parquet", REMOVED_SCHEMA)
         writers.append(removed_writer)
-        run = CleaningRun(cleaner, audit_spool, removed_writer, progress=progress, progress_every=progress_every)
+        run = CleaningRun(
+            cleaner,
+            audit_spool,
+            removed_writer,
+            progress=progress,
+            progress_every=progress_every,
+            progress_seconds=progress_seconds,
+        )
         staging_writer = TableWriter(staging_path, CLEAN_SCHEMA)
         writers.append(staging_writer)
         staged = clean_pass(run, [Path(p) for p in parquet_paths], staging_writer, embeddings_path, workers, encoder)

@@ -23,7 +23,6 @@ from collections.abc import Hashable, Sequence
 from typing import Optional
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
 
 __all__ = [
     "NearDuplicateIndex",
@@ -108,6 +107,8 @@ def shingle_hashes(texts: Sequence[str], ngram: int = 5) -> tuple[np.ndarray, np
 
 
 def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from datasketch import MinHash  # here: datasketch pulls in scipy, ~1 s at every load of the code location
+
     a, b = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME).permutations
     return a.astype(np.uint32), b.astype(np.uint32)
 
@@ -337,6 +338,8 @@ class NearDuplicateIndex:
         self.num_perm = num_perm
         self.ngram = ngram
         self.seed = seed
+        from datasketch import MinHashLSH
+
         layout = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=weights, params=params)
         self.bands, self.rows = layout.b, layout.r
         self._a, self._b = _permutations(num_perm, seed)

@@ -15,10 +15,12 @@ import hashlib
 import json
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from deepfeed.core.evaluate.evaluation import EvaluationConfig
 from deepfeed.core.platform.artifacts import MANIFEST
+
+if TYPE_CHECKING:  # evaluation imports torch; the cache only reads the config's fields
+    from deepfeed.core.evaluate.evaluation import EvaluationConfig
 
 CACHE_NAME = "candidate_scores"
 # Bump when what a metric means changes, so older cached scores stop matching.

@@ -21,6 +21,14 @@ import torch
 from deepfeed.core.compress.compression import ARTIFACTS, CompressionConfig, load_int8_torch
 from deepfeed.core.compress.onnx_graph import onnx_session
 from deepfeed.core.compress.onnx_kv import onnx_greedy_generate, onnx_kv_logits
+from deepfeed.core.evaluate.candidates import (  # noqa: F401 (re-exported: the names of what is scored)
+    BASE,
+    CHALLENGER,
+    CHAMPION,
+    DEFAULT_ARTIFACTS,
+    DESCRIPTIONS,
+    LOGITS_ONLY,
+)
 from deepfeed.core.evaluate.evaluation import (
     NO_ANSWER_TOKENS,
     EvaluationConfig,
@@ -44,8 +52,6 @@ from deepfeed.core.evaluate.safety import ToxicityScorer
 from deepfeed.core.evaluate.textmetrics import answer_tokens
 from deepfeed.core.train.flops import PeakMemory, Stopwatch, flops_per_token, folder_size_mb, onnx_flops_per_token
 from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
-
-CHALLENGER, CHAMPION, BASE = "challenger", "champion", "base"
 
 
 @dataclass
@@ -135,25 +141,6 @@ def onnx_kv_scorable(session, tokenizer, config: EvaluationConfig, path: Path | 
         return Generation(answers, new_tokens, time.perf_counter() - started)
 
     return Scorable(onnx_kv_logits(session), generate, _graph_flops(path) if path else None)
-
-
-# The logits-only ONNX graphs compute what their KV-cache twins compute; decoding through
-# them recomputes the prefix every step, so by default they are scored without generation.
-LOGITS_ONLY = ("onnx_fp32", "onnx_int8")
-# Scored by default: the torch int8 model and the int8 ONNX decoder with KV cache (what
-# generates on CPU). The logits-only ONNX graphs hold the same int8 weights as their KV
-# twins, and the fp32 intermediates are numerically the pruned checkpoint; the
-# compression gate already scores all of them for perplexity, and on 2 cores each extra
-# candidate costs about a minute.
-DEFAULT_ARTIFACTS = ("torch_int8", "onnx_kv_int8")
-DESCRIPTIONS = {
-    "pruned": "pruned fp32 (torch)",
-    "torch_int8": "pruned + int8 (torch)",
-    "onnx_fp32": "ONNX fp32, logits only",
-    "onnx_int8": "ONNX int8, logits only (Triton)",
-    "onnx_kv_fp32": "ONNX fp32 with KV cache",
-    "onnx_kv_int8": "ONNX int8 with KV cache",
-}
 
 
 def compressed_loaders(

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from deepfeed.core.loop.registry import CHALLENGER, CHAMPION
 
@@ -88,6 +87,8 @@ def welch(challenger: Any, champion: Any, alpha: float = 0.01, axis: int = -1) -
     with warnings.catch_warnings():
         if np.any(degenerate):
             warnings.simplefilter("ignore", RuntimeWarning)
+        from scipy import stats  # here: scipy costs ~1 s at every load of the code location
+
         res = stats.ttest_ind(a, b, axis=-1, equal_var=False)
         ci = res.confidence_interval(confidence_level=1 - alpha)
     # Welch-Satterthwaite degrees of freedom (scipy's res.df, kept explicit for the record).

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-from scipy import stats
 
 CORRECTIONS = ("holm", "bonferroni", "none")
 
@@ -128,6 +127,8 @@ def ks_drift(
                 skipped=f"too few samples ({len(ref)} reference, {len(cur)} current; need {min_samples} each)",
             )
             continue
+        from scipy import stats  # here: scipy costs ~1 s at every load of the code location
+
         res = stats.ks_2samp(ref, cur)
         tested.append((name, float(res.statistic), float(res.pvalue), len(ref), len(cur)))
 

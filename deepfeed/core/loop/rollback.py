@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 # Model-version tags: the key metric (mean rating) a champion is expected to hold, and the
 # spread and count of the ratings it was measured on (so its own uncertainty is tested too).
@@ -78,6 +77,8 @@ def drop_test(
     scale = 1.0 - max_relative_drop
     threshold = baseline * scale
     mean, sd, n = float(x.mean()), float(x.std(ddof=1)), int(x.size)
+    from scipy import stats  # here: scipy costs ~1 s at every load of the code location
+
     sample_baseline = baseline_std is not None and baseline_n is not None and baseline_n >= 2
     if sample_baseline and (sd > 0 or baseline_std > 0):
         res = stats.ttest_ind_from_stats(

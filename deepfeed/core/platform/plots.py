@@ -5,13 +5,20 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+def _pyplot():
+    """matplotlib's pyplot on the headless Agg backend, imported on first use: the asset
+    modules that import this one are loaded by every `dagster` command."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def line_plot(path: Path, series: dict[str, list[float]], title: str, xlabel: str, ylabel: str) -> Path:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
     for name, values in series.items():
         ax.plot(range(len(values)), values, label=name)
@@ -26,6 +33,7 @@ def line_plot(path: Path, series: dict[str, list[float]], title: str, xlabel: st
 
 
 def bar_plot(path: Path, values: dict[str, float], title: str, ylabel: str) -> Path:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
     names = list(values)
     ax.bar(names, [values[n] for n in names], color="#4a7fb5")

@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from deepfeed.core.platform.settings import setting
+from deepfeed.core.train.settings import DISTILL_TEMPERATURE
 
 IGNORE = -100
 
 
-# Required: 0.7 (docs/requirements.md); TrainingConfig.distill_temperature defaults to it too.
-DISTILL_TEMPERATURE = 0.7
 
 
 @dataclass(frozen=True)
