@@ -13,6 +13,7 @@ from deepfeed.core.evaluate.evaluation import (
     NO_REFERENCE,
     EvaluationConfig,
     Generation,
+    _greedy_logits,
     generate_logits,
     generate_logits_from_draft,
     generate_torch,
@@ -77,6 +78,21 @@ def test_logits_only_decoding_gives_the_same_answers_as_generate(tiny_llama):
     for drafts in (cached.token_ids, other, cut, [[] for _ in prompts]):
         checked = generate_logits_from_draft(torch_logits(model), tokenizer, prompts, drafts, FAST)
         assert checked.token_ids == cached.token_ids and checked.answers == cached.answers
+
+    # Rows that differ from their draft are redrafted and checked again: by the model's
+    # own continuation (what a KV-cache twin drafts), by a wrong one, or by nothing; the
+    # answers stay the artifact's own, each round confirming at least one token.
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    rounds = []
+
+    def own(rows, budget):
+        rounds.append(len(rows))
+        return _greedy_logits(torch_logits(model), rows, budget, eos, pad)
+
+    for redraft in (own, lambda rows, budget: [[5, 6, 7]] * len(rows), lambda rows, budget: [[] for _ in rows]):
+        checked = generate_logits_from_draft(torch_logits(model), tokenizer, prompts, other, FAST, redraft)
+        assert checked.token_ids == cached.token_ids and checked.answers == cached.answers
+    assert rounds and len(rounds) <= 2  # the own continuation is right the first time
 
 
 def test_flops_per_token_counts_every_linear_layer_and_attention(llama):
