@@ -338,3 +338,22 @@ def test_champion_scores_are_reused_only_for_the_same_version_records_and_settin
     assert outcome.gate.passed  # the same model as its cached self
     page = render_html(outcome, {}, {}, 0.03)
     assert "scores (speed and memory measured then) are reused" in page
+
+
+def test_artifact_size_counts_the_weight_files_of_every_kind(tmp_path):
+    from deepfeed.core.train.flops import PeakMemory, weights_size_mb
+
+    int8 = tmp_path / "torch_int8"  # the torch int8 artifact holds a .pt state dict, no safetensors
+    int8.mkdir()
+    (int8 / "model_int8.pt").write_bytes(b"\0" * 2**20)
+    (int8 / "config.json").write_text("{}" * 1000)
+    assert weights_size_mb(int8) == 1.0
+    graph = tmp_path / "model.onnx"
+    graph.write_bytes(b"\0" * 2**19)
+    assert weights_size_mb(graph) == 0.5
+    # The peak is measured above a baseline that freed memory was trimmed from.
+    with PeakMemory() as memory:
+        block = bytearray(64 * 2**20)
+        block[::4096] = b"\1" * len(block[::4096])  # touch every page
+    del block
+    assert memory.peak_mb >= 48
