@@ -462,3 +462,27 @@ def test_provider_selection_prefers_cuda_and_falls_back_to_cpu():
         select_providers(["AzureExecutionProvider"])
     # what this machine's onnxruntime offers is what a session gets
     assert select_providers(ort.get_available_providers())[-1] == "CPUExecutionProvider"
+
+
+def _ort_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _ort_cuda(), reason="needs onnxruntime-gpu and a CUDA GPU")
+def test_onnx_sessions_run_on_the_cuda_provider_and_agree_with_cpu(tiny_llama, tmp_path):
+    import onnxruntime as ort
+
+    from deepfeed.core.compress.compression import check_onnx_parity, export_onnx, onnx_session
+
+    model = load_model(tiny_llama).eval()
+    path = export_onnx(model, tmp_path / "model.onnx", 17)
+    session = onnx_session(path)
+    assert session.get_providers()[0] == "CUDAExecutionProvider"
+    assert check_onnx_parity(model, path) < 1e-3  # the parity check runs on the CUDA session too
+    ids = np.ones((1, 5), dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    cpu = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, feeds)[0] - cpu.run(None, feeds)[0]).max() < 1e-3
