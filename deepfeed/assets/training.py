@@ -301,7 +301,7 @@ def finetuned_model(
             checkpoint_dir=state if config.checkpoint_every else None,
             teacher_cache_dir=locations.teacher_cache(store) if config.teacher_cache else None,
         )
-        plot = write_reports(version.path, result, training, {"start": str(start), "parent_version": parent})
+        write_reports(version.path, result, training, {"start": str(start), "parent_version": parent})
         version.counts.update(result.summary())
         version.counts.update(data_hash=data_hash, base_model=base_model.uri, start_from=str(start))
     shutil.rmtree(state, ignore_errors=True)

@@ -318,9 +318,10 @@ def test_quality_gate_scores_greedy_answers_against_fp32_and_fails_a_worse_artif
 
 
 def test_logits_only_graphs_reach_the_same_answers_from_their_kv_twin_s_drafts(tiny_llama, tmp_path):
-    """A logits-only graph's answers drafted from its KV-cache twin (same weights) or
-    from fp32's answers: the same answers and verdicts, for a faithful and a broken pair;
-    the report keeps the build order though the twins are scored first."""
+    """A logits-only graph's answers drafted from its KV-cache twin (same weights), also
+    redrafted by the twin where they differ, or from fp32's answers: the same answers and
+    verdicts, for a faithful and a broken pair; the report keeps the build order though
+    the twins are scored first."""
     from deepfeed.core.compress.compression import export_onnx
     from deepfeed.core.compress.onnx_kv import export_decoder_with_past
     from deepfeed.core.evaluate.evaluation import EvaluationConfig, generate_torch
@@ -350,16 +351,19 @@ def test_logits_only_graphs_reach_the_same_answers_from_their_kv_twin_s_drafts(t
 
     reference = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config, answers_by="reference")
     twin = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config, answers_by="twin")
-    assert [a.name for a in twin.artifacts] == list(paths)
-    for a, b in zip(reference.artifacts, twin.artifacts):
-        assert (a.name, a.passed, a.task_passed, a.identical_answers, a.token_f1) == (
-            b.name,
-            b.passed,
-            b.task_passed,
-            b.identical_answers,
-            b.token_f1,
-        )
-    assert [a.passed for a in twin.artifacts] == [True, False, True, False]
+    redraft = gate_compressed_artifacts(checkpoint, folder, records, eval_config=config)  # the default
+    for other in (twin, redraft):
+        assert [a.name for a in other.artifacts] == list(paths)
+        for a, b in zip(reference.artifacts, other.artifacts):
+            assert (a.name, a.passed, a.task_passed, a.identical_answers, a.token_f1) == (
+                b.name,
+                b.passed,
+                b.task_passed,
+                b.identical_answers,
+                b.token_f1,
+            )
+        assert [a.passed for a in other.artifacts] == [True, False, True, False]
+    assert set(redraft.artifacts[0].stage_seconds) == {"load", "perplexity", "answers"}
     with pytest.raises(ValueError, match="answers_by"):
         gate_compressed_artifacts(checkpoint, folder, records, answers_by="guess")
 
@@ -457,3 +461,27 @@ def test_provider_selection_prefers_cuda_and_falls_back_to_cpu():
         select_providers(["AzureExecutionProvider"])
     # what this machine's onnxruntime offers is what a session gets
     assert select_providers(ort.get_available_providers())[-1] == "CPUExecutionProvider"
+
+
+def _ort_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _ort_cuda(), reason="needs onnxruntime-gpu and a CUDA GPU")
+def test_onnx_sessions_run_on_the_cuda_provider_and_agree_with_cpu(tiny_llama, tmp_path):
+    import onnxruntime as ort
+
+    from deepfeed.core.compress.compression import check_onnx_parity, export_onnx, onnx_session
+
+    model = load_model(tiny_llama).eval()
+    path = export_onnx(model, tmp_path / "model.onnx", 17)
+    session = onnx_session(path)
+    assert session.get_providers()[0] == "CUDAExecutionProvider"
+    assert check_onnx_parity(model, path) < 1e-3  # the parity check runs on the CUDA session too
+    ids = np.ones((1, 5), dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    cpu = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, feeds)[0] - cpu.run(None, feeds)[0]).max() < 1e-3

@@ -13,6 +13,7 @@ from deepfeed.core.evaluate.evaluation import (
     NO_REFERENCE,
     EvaluationConfig,
     Generation,
+    _greedy_logits,
     generate_logits,
     generate_logits_from_draft,
     generate_torch,
@@ -77,6 +78,21 @@ def test_logits_only_decoding_gives_the_same_answers_as_generate(tiny_llama):
     for drafts in (cached.token_ids, other, cut, [[] for _ in prompts]):
         checked = generate_logits_from_draft(torch_logits(model), tokenizer, prompts, drafts, FAST)
         assert checked.token_ids == cached.token_ids and checked.answers == cached.answers
+
+    # Rows that differ from their draft are redrafted and checked again: by the model's
+    # own continuation (what a KV-cache twin drafts), by a wrong one, or by nothing; the
+    # answers stay the artifact's own, each round confirming at least one token.
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    rounds = []
+
+    def own(rows, budget):
+        rounds.append(len(rows))
+        return _greedy_logits(torch_logits(model), rows, budget, eos, pad)
+
+    for redraft in (own, lambda rows, budget: [[5, 6, 7]] * len(rows), lambda rows, budget: [[] for _ in rows]):
+        checked = generate_logits_from_draft(torch_logits(model), tokenizer, prompts, other, FAST, redraft)
+        assert checked.token_ids == cached.token_ids and checked.answers == cached.answers
+    assert rounds and len(rounds) <= 2  # the own continuation is right the first time
 
 
 def test_flops_per_token_counts_every_linear_layer_and_attention(llama):
@@ -328,3 +344,22 @@ def test_champion_scores_are_reused_only_for_the_same_version_records_and_settin
     assert outcome.gate.passed  # the same model as its cached self
     page = render_html(outcome, {}, {}, 0.03)
     assert "scores (speed and memory measured then) are reused" in page
+
+
+def test_artifact_size_counts_the_weight_files_of_every_kind(tmp_path):
+    from deepfeed.core.train.flops import PeakMemory, weights_size_mb
+
+    int8 = tmp_path / "torch_int8"  # the torch int8 artifact holds a .pt state dict, no safetensors
+    int8.mkdir()
+    (int8 / "model_int8.pt").write_bytes(b"\0" * 2**20)
+    (int8 / "config.json").write_text("{}" * 1000)
+    assert weights_size_mb(int8) == 1.0
+    graph = tmp_path / "model.onnx"
+    graph.write_bytes(b"\0" * 2**19)
+    assert weights_size_mb(graph) == 0.5
+    # The peak is measured above a baseline that freed memory was trimmed from.
+    with PeakMemory() as memory:
+        block = bytearray(64 * 2**20)
+        block[::4096] = b"\1" * len(block[::4096])  # touch every page
+    del block
+    assert memory.peak_mb >= 48

@@ -119,7 +119,7 @@ class Generation:
     token_ids: list[list[int]] | None = None
 
 
-def _trim(row: list[int], eos: int | None, pad: int) -> list[int]:
+def trim_answer(row: list[int], eos: int | None, pad: int) -> list[int]:
     """The row's tokens up to and including the first EOS, trailing padding dropped."""
     n = 0
     for t in row:
@@ -144,7 +144,7 @@ def left_pad(tokenizer, prompts: list[str], max_length: int) -> tuple[torch.Tens
 
 def count_new_tokens(tokens: torch.Tensor, eos: int | None, pad: int) -> int:
     """Generated tokens up to and including the first EOS of each row."""
-    return sum(len(_trim(row, eos, pad)) for row in tokens.tolist())
+    return sum(len(trim_answer(row, eos, pad)) for row in tokens.tolist())
 
 
 def by_length(tokenizer, prompts: list[str], generate: Callable[[list[str]], Generation]) -> Generation:
@@ -181,13 +181,13 @@ def generate_torch(model, tokenizer, prompts: list[str], config: EvaluationConfi
             use_cache=True,
         )
         fresh = output[:, input_ids.shape[1] :]
-        token_ids.extend(_trim(row, tokenizer.eos_token_id, tokenizer.pad_token_id) for row in fresh.tolist())
+        token_ids.extend(trim_answer(row, tokenizer.eos_token_id, tokenizer.pad_token_id) for row in fresh.tolist())
         new_tokens += count_new_tokens(fresh, tokenizer.eos_token_id, tokenizer.pad_token_id)
         answers.extend(tokenizer.batch_decode(fresh, skip_special_tokens=True))
     return Generation([a.strip() for a in answers], new_tokens, time.perf_counter() - started, token_ids)
 
 
-def _left_pad_ids(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad_ids(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -202,7 +202,7 @@ def _greedy_logits(
     logits_fn: LogitsFn, rows: list[list[int]], max_new_tokens: int, eos: int | None, pad: int
 ) -> list[list[int]]:
     """Greedy new tokens of each row of ids, re-running the whole sequence every step."""
-    ids, mask = _left_pad_ids(rows, pad)
+    ids, mask = left_pad_ids(rows, pad)
     done = torch.zeros(ids.shape[0], dtype=torch.bool)
     steps = []
     for _ in range(max_new_tokens):
@@ -216,7 +216,7 @@ def _greedy_logits(
             break
     if not steps:
         return [[] for _ in rows]
-    return [_trim(row, eos, pad) for row in torch.stack(steps, 1).tolist()]
+    return [trim_answer(row, eos, pad) for row in torch.stack(steps, 1).tolist()]
 
 
 def _prompt_rows(tokenizer, prompts: list[str], max_length: int) -> list[list[int]]:
@@ -244,7 +244,12 @@ def generate_logits(logits_fn: LogitsFn, tokenizer, prompts: list[str], config: 
 
 @torch.no_grad()
 def generate_logits_from_draft(
-    logits_fn: LogitsFn, tokenizer, prompts: list[str], drafts: list[list[int]], config: EvaluationConfig
+    logits_fn: LogitsFn,
+    tokenizer,
+    prompts: list[str],
+    drafts: list[list[int]],
+    config: EvaluationConfig,
+    redraft: Redraft | None = None,
 ) -> Generation:
     """The greedy answers of a logits-only artifact, found by checking draft answers
     (another model's greedy tokens, e.g. the fp32 checkpoint's) in one forward pass.
@@ -254,36 +259,28 @@ def generate_logits_from_draft(
     draft, its greedy answer *is* the draft; from there on (rows that differ only) it is
     decoded step by step. Same answers as `generate_logits` (up to float rounding of
     near-ties, as between any two batch shapes), at one pass instead of one per token
-    when the artifact agrees with the draft, which a faithful compression mostly does."""
+    when the artifact agrees with the draft, which a faithful compression mostly does.
+
+    `redraft` (optional) continues the rows that differ: given prompt + confirmed prefix
+    it drafts the rest with a fast generator (the KV-cache twin of a logits-only graph),
+    and the continuation is checked again in one pass, until every row ends. Each round
+    confirms at least one token per row, so the answers are still the artifact's own;
+    without it those rows are decoded step by step, one full pass per token."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     started = time.perf_counter()
     rows = _prompt_rows(tokenizer, prompts, config.max_length)
     drafts = [list(d[: config.max_new_tokens]) for d in drafts]
     answers_ids: list[list[int] | None] = [None] * len(rows)
-    unfinished: list[tuple[int, list[int]]] = []  # (row, confirmed prefix of its answer)
-    for start in range(0, len(rows), config.batch_size):
-        chunk = range(start, min(start + config.batch_size, len(rows)))
-        ids, mask = _left_pad_ids([rows[i] for i in chunk], pad)
-        width = max(len(drafts[i]) for i in chunk)
-        # Drafts go right of the prompts; their right padding comes after every position
-        # read below, so causal attention never sees it.
-        tail = torch.full((len(chunk), width), pad, dtype=torch.long)
-        for r, i in enumerate(chunk):
-            tail[r, : len(drafts[i])] = torch.tensor(drafts[i], dtype=torch.long)
-        full_mask = torch.cat([mask, torch.ones_like(tail)], 1)
-        predicted = logits_fn(torch.cat([ids, tail], 1), full_mask)[:, ids.shape[1] - 1 :].float().argmax(-1).tolist()
-        for r, i in enumerate(chunk):
-            draft, choice = drafts[i], predicted[r]
-            k = next((j for j in range(len(draft)) if choice[j] != draft[j]), len(draft))
-            prefix = draft
-            if k < len(draft):
-                prefix = draft[:k] + [choice[k]]
-            elif len(draft) < config.max_new_tokens and not (draft and draft[-1] == eos):
-                prefix = draft + [choice[len(draft)]]  # a draft cut short: the artifact goes on
-            if (prefix and prefix[-1] == eos) or len(prefix) >= config.max_new_tokens:
-                answers_ids[i] = prefix
-            else:
-                unfinished.append((i, prefix))
+    unfinished = _check_drafts(logits_fn, rows, drafts, answers_ids, list(range(len(rows))), eos, pad, config)
+    while redraft is not None and unfinished:
+        indices = [i for i, _ in unfinished]
+        confirmed = {i: prefix for i, prefix in unfinished}
+        budget = config.max_new_tokens - min(len(p) for _, p in unfinished)
+        more = redraft([rows[i] + confirmed[i] for i in indices], budget)
+        extended = {i: (confirmed[i] + list(extra))[: config.max_new_tokens] for i, extra in zip(indices, more)}
+        unfinished = _check_drafts(
+            logits_fn, rows, extended, answers_ids, indices, eos, pad, config, confirmed=confirmed
+        )
     for start in range(0, len(unfinished), config.generation_batch_size):
         group = unfinished[start : start + config.generation_batch_size]
         # Rows continue for the same number of steps; each is cut at its own budget.
@@ -294,6 +291,55 @@ def generate_logits_from_draft(
     token_ids = [a or [] for a in answers_ids]
     answers = [a.strip() for a in tokenizer.batch_decode(token_ids, skip_special_tokens=True)] if token_ids else []
     return Generation(answers, sum(map(len, token_ids)), time.perf_counter() - started, token_ids)
+
+
+# (prompt + confirmed prefix token rows, tokens still allowed) -> a greedy continuation per row
+Redraft = Callable[[list[list[int]], int], list[list[int]]]
+
+
+def _check_drafts(
+    logits_fn: LogitsFn,
+    rows: list[list[int]],
+    drafts,
+    answers_ids: list[list[int] | None],
+    indices: list[int],
+    eos: int | None,
+    pad: int,
+    config: EvaluationConfig,
+    confirmed: dict[int, list[int]] | None = None,
+) -> list[tuple[int, list[int]]]:
+    """One forward pass per batch over prompt + draft of the rows `indices`: rows whose
+    draft the artifact repeats to the end get their answer in `answers_ids`; the others
+    come back as (row, confirmed prefix), the prefix ending at the artifact's own choice
+    where it first differs. `confirmed[i]` (already checked) is not counted again."""
+    unfinished: list[tuple[int, list[int]]] = []
+    for start in range(0, len(indices), config.batch_size):
+        chunk = indices[start : start + config.batch_size]
+        ids, mask = left_pad_ids([rows[i] for i in chunk], pad)
+        width = max(len(drafts[i]) for i in chunk)
+        # Drafts go right of the prompts; their right padding comes after every position
+        # read below, so causal attention never sees it.
+        tail = torch.full((len(chunk), width), pad, dtype=torch.long)
+        for r, i in enumerate(chunk):
+            tail[r, : len(drafts[i])] = torch.tensor(drafts[i], dtype=torch.long)
+        full_mask = torch.cat([mask, torch.ones_like(tail)], 1)
+        predicted = logits_fn(torch.cat([ids, tail], 1), full_mask)[:, ids.shape[1] - 1 :].float().argmax(-1).tolist()
+        for r, i in enumerate(chunk):
+            draft, choice = drafts[i], predicted[r]
+            # A confirmed prefix stays confirmed (a near-tie that rounds the other way in
+            # this batch shape must not undo it): every round then adds at least one token.
+            checked = len(confirmed[i]) if confirmed else 0
+            k = next((j for j in range(checked, len(draft)) if choice[j] != draft[j]), len(draft))
+            prefix = draft
+            if k < len(draft):
+                prefix = draft[:k] + [choice[k]]
+            elif len(draft) < config.max_new_tokens and not (draft and draft[-1] == eos):
+                prefix = draft + [choice[len(draft)]]  # a draft cut short: the artifact goes on
+            if (prefix and prefix[-1] == eos) or len(prefix) >= config.max_new_tokens:
+                answers_ids[i] = prefix
+            else:
+                unfinished.append((i, prefix))
+    return unfinished
 
 
 def record_label(record: dict[str, Any]) -> str | None:

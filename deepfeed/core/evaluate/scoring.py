@@ -50,7 +50,7 @@ from deepfeed.core.evaluate.gate import GateCondition, GateResult, promotion_gat
 from deepfeed.core.evaluate.paired import PairedChange, compare
 from deepfeed.core.evaluate.safety import ToxicityScorer
 from deepfeed.core.evaluate.textmetrics import answer_tokens
-from deepfeed.core.train.flops import PeakMemory, Stopwatch, flops_per_token, folder_size_mb, onnx_flops_per_token
+from deepfeed.core.train.flops import PeakMemory, Stopwatch, flops_per_token, onnx_flops_per_token, weights_size_mb
 from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
 
 
@@ -249,9 +249,7 @@ def score_candidate(
     except Exception as exc:  # a broken artifact is reported in the table, not fatal to the report
         result.error = f"{type(exc).__name__}: {exc}"
     if size_path is not None and size_path.exists():
-        result.metrics["size_mb"] = (
-            folder_size_mb(size_path, "*.safetensors") if size_path.is_dir() else folder_size_mb(size_path)
-        )
+        result.metrics["size_mb"] = weights_size_mb(size_path)
     result.seconds = time.perf_counter() - started
     return result, samples
 

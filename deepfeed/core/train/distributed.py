@@ -57,13 +57,42 @@ def _dump(path: Path, records: list[dict[str, Any]]) -> str:
     return str(path)
 
 
-def launch_command(spec: Path, nproc: int) -> list[str]:
-    """`torchrun` on one node; multi-node jobs use the same module with --nnodes etc."""
+def launch_command(
+    spec: Path,
+    nproc: int,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    rdzv_endpoint: str | None = None,
+    rdzv_id: str = "deepfeed",
+) -> list[str]:
+    """The `torchrun` command of one node.
+
+    One node (`nnodes=1`): `--standalone` (a local rendezvous on a free port). Several
+    nodes: every node runs this command with its own `node_rank` and the same
+    `rdzv_endpoint` (host:port of node 0, which hosts the c10d store) and `rdzv_id`;
+    torchrun then waits until all `nnodes` agents have joined before starting
+    `nproc` workers on each. core/train/k8s_training.py builds the pods that run it."""
+    if nproc < 1 or nnodes < 1:
+        raise ValueError(f"nproc={nproc}, nnodes={nnodes}: both must be at least 1")
+    if nnodes == 1:
+        rendezvous = ["--standalone"]
+    else:
+        if not rdzv_endpoint:
+            raise ValueError(f"nnodes={nnodes}: a multi-node job needs rdzv_endpoint (host:port of node 0)")
+        if not 0 <= node_rank < nnodes:
+            raise ValueError(f"node_rank={node_rank}: must be within 0..{nnodes - 1}")
+        rendezvous = [
+            f"--nnodes={nnodes}",
+            f"--node-rank={node_rank}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rdzv_endpoint}",
+            f"--rdzv-id={rdzv_id}",
+        ]
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
+        *rendezvous,
         f"--nproc_per_node={nproc}",
         "-m",
         "deepfeed.core.train.distributed",
@@ -102,8 +131,9 @@ def run_worker(spec_path: Path) -> None:
 
         def progress(step: int, loss: float, lr: float) -> None:
             if pipes and (step % max(config.log_every, 1) == 0 or step == config.max_steps - 1):
+                processes = torch.distributed.get_world_size()
                 pipes.log.info(
-                    f"step {step + 1}/{config.max_steps} loss {loss:.4f} lr {lr:.2e} ({torch.distributed.get_world_size()} processes)"
+                    f"step {step + 1}/{config.max_steps} loss {loss:.4f} lr {lr:.2e} ({processes} processes)"
                 )
 
         result = fine_tune(

@@ -61,6 +61,22 @@ def flops_per_token(model: torch.nn.Module, input_ids: torch.Tensor) -> dict[str
     }
 
 
+def _return_freed_memory() -> None:
+    """Collect garbage and hand malloc's free pages back to the OS (glibc malloc_trim):
+    otherwise the previous candidate's freed heap stays in the resident baseline, and
+    the next candidate reuses it without raising RSS, so its peak reads too low."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(libc).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to trim
+        pass
+
+
 class PeakMemory:
     """Peak resident memory above the level at entry, sampled every `interval` seconds.
 
@@ -78,6 +94,7 @@ class PeakMemory:
         import psutil
 
         self._process = psutil.Process()
+        _return_freed_memory()
         self._base = self._process.memory_info().rss
         self._peak = self._base
         if torch.cuda.is_available():
@@ -104,6 +121,19 @@ def folder_size_mb(path: Path, pattern: str = "*") -> float:
     if path.is_file():
         return path.stat().st_size / 2**20
     return sum(p.stat().st_size for p in path.rglob(pattern) if p.is_file()) / 2**20
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.onnx", "*.onnx.data")
+
+
+def weights_size_mb(path: Path) -> float:
+    """MB of the weight files on disk: the file itself, or a folder's weight files of
+    every kind it holds (safetensors checkpoints, the torch int8 state dict, ONNX graphs
+    and their external data), not its tokenizer and config files."""
+    path = Path(path)
+    if path.is_file():
+        return folder_size_mb(path)
+    return sum(folder_size_mb(path, pattern) for pattern in WEIGHT_FILES)
 
 
 class Stopwatch:
@@ -205,7 +235,8 @@ def _onnx_graph_flops(model, dims: dict[str, int]) -> float:
             total += 2 * math.prod(out) * k
     if unknown:
         raise ValueError(
-            f"shape inference left {len(unknown)} matrix products without shapes (e.g. {unknown[:3]}); FLOPs not counted"
+            f"shape inference left {len(unknown)} matrix products without shapes (e.g. {unknown[:3]}); "
+            "FLOPs not counted"
         )
     return total
 
