@@ -15,7 +15,8 @@
    (> --max-ppl-ratio flags it). Prints the share flagged per technique and language.
 3. FGSM on the prompt vs on the response: the same attack on both sides of the same
    pairs; the response-side children are what training would learn to produce.
-4. Speed of the synonym pass with its judge (sentences/s, per language).
+4. Speed of the synonym pass with its judge (sentences/s, per language), against the judge
+   scoring whole texts in fp32 as it did before (same sentences, same run).
 """
 
 from __future__ import annotations
@@ -147,18 +148,39 @@ def main() -> None:
     report: dict = {"labelled": judge_table(judge, lm)}
 
     print(
-        f"\n2. Children of the shipped settings, scored (flagged: the judge refuses it, or perplexity ratio > {args.max_ppl_ratio})"
+        "\n2. Children of the shipped settings, scored "
+        f"(flagged: the judge refuses it, or perplexity ratio > {args.max_ppl_ratio})"
     )
     print(
-        f"{'lang':<5}{'technique':<15}{'children':>9}{'meaning flagged':>17}{'ppl ratio (median)':>20}{'ppl flagged':>13}{'any flagged':>13}"
+        f"{'lang':<5}{'technique':<15}{'children':>9}{'meaning flagged':>17}{'ppl ratio (median)':>20}"
+        f"{'ppl flagged':>13}{'any flagged':>13}"
     )
     report["children"] = {}
+    whole = CausalLMRanker(lm.model, lm.tokenizer, precision="fp32", context=10**6, after=10**6)
     speed = {}
     for lang, folder in (("en", "english"), ("zh", "chinese")):
         pairs = corpus_pairs(folder, args.sentences)
+        # Warm the lexicon's caches first, so neither timed pass profits from the other.
+        for _, response in pairs:
+            augmenters.synonyms.lexicons[lang].options(response)
+        lm.tokens_fed = 0
+        lm.window_cache.clear()
+        augmenters.synonyms.encoder.clear_cache()  # MiniLM keeps embeddings per text
         t0 = time.time()
         augmenters.synonyms.replace_batch([r for _, r in pairs], random.Random(1))
-        speed[lang] = len(pairs) / (time.time() - t0)
+        speed[lang] = {"sentences_per_second": len(pairs) / (time.time() - t0), "lm_tokens": lm.tokens_fed}
+        # Before: the judge's LM scored whole texts in fp32 (a window wider than any text).
+        fast = augmenters.synonyms.judge.lm
+        augmenters.synonyms.judge.lm = whole
+        whole.tokens_fed = 0
+        augmenters.synonyms.encoder.clear_cache()
+        t0 = time.time()
+        augmenters.synonyms.replace_batch([r for _, r in pairs], random.Random(1))
+        speed[lang + " whole-text fp32 judge (before)"] = {
+            "sentences_per_second": len(pairs) / (time.time() - t0),
+            "lm_tokens": whole.tokens_fed,
+        }
+        augmenters.synonyms.judge.lm = fast
         made = children(augmenters, pairs, lang, args.fgsm, random.Random(0))
         report["children"][lang] = {}
         for technique, rows in made.items():
@@ -187,9 +209,13 @@ def main() -> None:
             )
     print("\n3. FGSM side: fgsm_response children are what training would learn to produce; their perplexity ratio is")
     print(
-        "   how much less likely under the base model the target becomes (fgsm_prompt children leave the target as it was)."
+        "   how much less likely under the base model the target becomes "
+        "(fgsm_prompt children leave the target as it was)."
     )
-    print("\n4. Synonym pass with its judge: " + ", ".join(f"{k} {v:.1f} sentences/s" for k, v in speed.items()))
+    print("\n4. Synonym pass with its judge (sentences/s; tokens fed to the LM judge):")
+    for name, row in speed.items():
+        print(f"   {name:<40}{row['sentences_per_second']:8.1f}{row['lm_tokens']:10d}")
+    print(f"   judge LM precision: {lm.precision}; window: {lm.context} tokens before, {lm.after} after the change")
     report["synonym_sentences_per_second"] = speed
     print(f"\n({time.time() - started:.0f} s in all)")
     if args.out:

@@ -158,7 +158,15 @@ def main() -> None:
 
     from deepfeed.core.augment.fgsm import FgsmTextAttack
 
-    attack = FgsmTextAttack(model, tokenizer, epsilon=0.1, max_modification_rate=0.15, protected=protected_mask)
+    # FGSM swaps only to in-context synonyms (it refuses to run without lexicons).
+    attack = FgsmTextAttack(
+        model,
+        tokenizer,
+        epsilon=0.1,
+        max_modification_rate=0.15,
+        protected=protected_mask,
+        lexicons={"en": lexicons[0], "zh": lexicons[1]},
+    )
     attack.attack(english[:1])
     texts = english[: args.fgsm_sentences]
     results, seconds = timed(lambda: attack.attack(texts))

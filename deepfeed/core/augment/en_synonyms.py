@@ -60,6 +60,8 @@ _VERB_CONTEXT = frozenset(
     "i you we they to can could will would shall should may might must do does did not n't don't "
     "doesn't didn't never".split()
 )
+# Words that may stand inside a multi-word expression WordNet lists without them.
+_FILLERS = frozenset("a an the this that these those my your his her its our their any it them him me us".split())
 _VOWEL_SOUND = re.compile(r"^(?:[aeio]|u(?![nr][aeiou]|s[aeiou]|ni|ti|ri))", re.I)
 
 
@@ -212,7 +214,14 @@ class WordNetSynonyms:
         for n in (4, 3, 2):
             for i in range(len(tagged) - n + 1):
                 window = tuple(words[i : i + n])
-                if all(w.isalpha() for w in window) and _is_expression(window):
+                if not all(w.isalpha() for w in window):
+                    continue
+                # An expression with a determiner or object pronoun inside it ("in your
+                # case" is "in case"; "take it into account") is still that expression.
+                inner = [k for k in range(1, n - 1) if window[k] in _FILLERS]
+                if _is_expression(window) or (
+                    inner and _is_expression(tuple(w for k, w in enumerate(window) if k not in inner))
+                ):
                     blocked.update(range(i, i + n))
         return blocked
 
@@ -234,14 +243,14 @@ class WordNetSynonyms:
             synsets = self._wordnet.synsets(lemma, pos="a")
         out: list[str] = []
         counts = [
-            next((l.count() for l in s.lemmas() if l.name().lower() == lemma), 0) for s in synsets[: self.max_senses]
+            next((x.count() for x in s.lemmas() if x.name().lower() == lemma), 0) for s in synsets[: self.max_senses]
         ]
         for rank, synset in enumerate(synsets[: self.max_senses]):
             if rank > 0 and counts[rank] < max(1, counts[0] / 4):
                 continue  # a later sense only where SemCor finds the word used in it often enough
-            for l in sorted(synset.lemmas(), key=lambda l: -l.count()):
-                name = l.name()
-                if l.count() < 1 or not name.isalpha() or not name.islower() or name == lemma or name in self._stop:
+            for entry in sorted(synset.lemmas(), key=lambda x: -x.count()):
+                name = entry.name()
+                if entry.count() < 1 or not name.isalpha() or not name.islower() or name == lemma or name in self._stop:
                     continue
                 form = name if tag in ("NN", "VB", "VBP", "JJ", "RB") else (getInflection(name, tag=tag) or [None])[0]
                 if tag == "VBP" and lower != lemma:

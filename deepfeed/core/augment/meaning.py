@@ -13,10 +13,11 @@ Two checks, both required:
    labelled pairs in ``deepfeed/data/meaning_pairs_*.tsv``; see docs/augmentation.md).
 2. **A score** of the whole child against its parent, by whichever model can read the
    text: MiniLM cosine similarity where the encoder's vocabulary covers it, else the base
-   causal LM's log-probability change (child minus parent). MiniLM's WordPiece
-   vocabulary has almost no Chinese, so Chinese text comes out as [UNK] and every
-   Chinese pair looks identical to it (0.999); the share of [UNK] pieces decides which
-   model scores a text (``max_unk_share``).
+   causal LM's log-probability change (child minus parent, scored on the tokens around
+   the change: ``CausalLMRanker.log_prob_changes``). MiniLM's WordPiece vocabulary has
+   almost no Chinese, so Chinese text comes out as [UNK] and every Chinese pair looks
+   identical to it (0.999); the share of [UNK] pieces decides which model scores a
+   text (``max_unk_share``).
 """
 
 from __future__ import annotations
@@ -107,9 +108,10 @@ class MeaningJudge:
                 verdicts[i] = Verdict(ok, round(float(sim), 4), "encoder", reason)
         if by_model["lm"]:
             rows = by_model["lm"]
-            scores = self.lm.log_probs([parents[i] for i in rows] + [children[i] for i in rows])
-            for k, i in enumerate(rows):
-                delta = float(scores[len(rows) + k] - scores[k])
+            # Child minus parent on the window around the change: the common head cancels.
+            changes = self.lm.log_prob_changes([parents[i] for i in rows], [children[i] for i in rows])
+            for i, change in zip(rows, changes):
+                delta = float(change)
                 ok = delta >= self.lm_threshold
                 reason = "" if ok else f"log-probability change {delta:.1f} < {self.lm_threshold}"
                 verdicts[i] = Verdict(ok, round(delta, 4), "lm", reason)

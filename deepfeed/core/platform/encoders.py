@@ -102,7 +102,9 @@ class ThreadTuner:
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
-def _onednn_bf16() -> bool:
+def onednn_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively through oneDNN (the encoder and the
+    augmentation judge's LM use bf16 only then)."""
     # A private torch check (no public one for CPUs): without it, bf16 would be emulated
     # and slower than fp32, so any failure means fp32.
     import torch
@@ -149,7 +151,7 @@ class SentenceEncoder:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision == "auto":
-            precision = "bf16" if _onednn_bf16() else "fp32"
+            precision = "bf16" if onednn_bf16() else "fp32"
         self.precision = precision
         model = AutoModel.from_pretrained(path).eval()
         if precision == "int8":
