@@ -120,11 +120,13 @@ def main() -> None:
     for name, mb in sizes.items():
         print(f"  {name:24s} {mb:9.1f} MB")
     print(
-        f"  ratio torch fp32 / torch int8: {sizes['torch fp32 checkpoint'] / sizes['torch int8']:.2f}x  (target >= 3.5x)"
+        f"  ratio torch fp32 / torch int8: {sizes['torch fp32 checkpoint'] / sizes['torch int8']:.2f}x  "
+        f"(target >= 3.5x)"
     )
     print(f"  ratio ORT fp32 / ORT int8 (logits graph): {sizes['ORT fp32 (logits)'] / sizes['ORT int8 (logits)']:.2f}x")
     print(
-        f"  ratio torch fp32 checkpoint / ORT int8 (logits graph): {sizes['torch fp32 checkpoint'] / sizes['ORT int8 (logits)']:.2f}x",
+        f"  ratio torch fp32 checkpoint / ORT int8 (logits graph): "
+        f"{sizes['torch fp32 checkpoint'] / sizes['ORT int8 (logits)']:.2f}x",
         flush=True,
     )
 
@@ -136,7 +138,8 @@ def main() -> None:
         print(f"\n## quality: perplexity on {len(records)} held-out demo records ({seconds:.0f} s)\n")
         print(report.markdown())
         print(
-            f"\n  gate {'PASSED' if report.passed else 'FAILED'}: {report.failures() or 'every artifact within budget'}",
+            f"\n  gate {'PASSED' if report.passed else 'FAILED'}: "
+            f"{report.failures() or 'every artifact within budget'}",
             flush=True,
         )
     if args.no_speed:
@@ -213,10 +216,13 @@ def main() -> None:
     forward_seconds, generate_seconds, tokens = {}, {}, {}
     for name, engine in engines.items():
         forward[name](engine)  # warm-up
-        forward_seconds[name], _ = timed(lambda: forward[name](engine), repeat=args.repeat)
-        generate_seconds[name], tokens[name] = timed(lambda: generate[name](engine), repeat=args.repeat)
+        forward_seconds[name], _ = timed(lambda name=name, engine=engine: forward[name](engine), repeat=args.repeat)
+        generate_seconds[name], tokens[name] = timed(
+            lambda name=name, engine=engine: generate[name](engine), repeat=args.repeat
+        )
         print(
-            f"measured {name}: forward {forward_seconds[name] * 1e3:.0f} ms, {n_new / generate_seconds[name]:.1f} tokens/s",
+            f"measured {name}: forward {forward_seconds[name] * 1e3:.0f} ms, "
+            f"{n_new / generate_seconds[name]:.1f} tokens/s",
             flush=True,
         )
 
@@ -224,21 +230,25 @@ def main() -> None:
     base_forward, base_generate = forward_seconds["torch fp32"], generate_seconds["torch fp32"]
     print("\n## speed (median; ratios against torch fp32 in this run)")
     print(
-        f"  {'engine':20s} {'load s':>8s} {'forward ms':>11s} {'x':>6s} {'tokens/s':>9s} {'x':>6s}  same tokens as torch fp32 (unpruned: the others run the pruned model)"
+        f"  {'engine':20s} {'load s':>8s} {'forward ms':>11s} {'x':>6s} {'tokens/s':>9s} {'x':>6s}  same "
+        f"tokens as torch fp32 (unpruned: the others run the pruned model)"
     )
     for name in engines:
         tps = n_new / generate_seconds[name]
         print(
-            f"  {name:20s} {load_seconds[name]:8.2f} {forward_seconds[name] * 1e3:11.1f} {base_forward / forward_seconds[name]:5.2f}x "
+            f"  {name:20s} {load_seconds[name]:8.2f} {forward_seconds[name] * 1e3:11.1f} "
+            f"{base_forward / forward_seconds[name]:5.2f}x "
             f"{tps:9.1f} {base_generate / generate_seconds[name]:5.2f}x  {tokens[name] == tokens['torch fp32']}"
         )
     int8_paths = [n for n in engines if "int8" in n]
     best = max(int8_paths, key=lambda n: base_generate / generate_seconds[n])
     print(
-        f"\n  best int8 generation path: {best}, {base_generate / generate_seconds[best]:.2f}x torch fp32 (target >= 2.3x)"
+        f"\n  best int8 generation path: {best}, {base_generate / generate_seconds[best]:.2f}x torch fp32 "
+        f"(target >= 2.3x)"
     )
     print(
-        f"  KV cache: ORT int8 {generate_seconds['ORT int8 no-cache'] / generate_seconds['ORT int8']:.2f}x faster than recomputing the prefix"
+        f"  KV cache: ORT int8 {generate_seconds['ORT int8 no-cache'] / generate_seconds['ORT int8']:.2f}x "
+        f"faster than recomputing the prefix"
     )
 
 
@@ -339,7 +349,7 @@ def int8_table(args) -> None:
             run(ids)  # warm-up
         for _ in range(args.repeat):
             for name, run in engines.items():
-                seconds, _ = timed(lambda: run(ids))
+                seconds, _ = timed(lambda run=run, ids=ids: run(ids))
                 speed.setdefault((name, batch), []).append(batch * n_new / seconds)
         print(f"batch {batch} measured", flush=True)
 

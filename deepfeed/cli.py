@@ -117,7 +117,8 @@ def cmd_prune_artifacts(args: argparse.Namespace) -> int:
         return 2
     except Exception as exc:  # the registry could not be read: what serves is unknown
         print(
-            f"deepfeed prune-artifacts: cannot read the MLflow registry at {mlflow.tracking_uri} ({type(exc).__name__}: {exc}); "
+            f"deepfeed prune-artifacts: cannot read the MLflow registry at {mlflow.tracking_uri} "
+            f"({type(exc).__name__}: {exc}); "
             "nothing was deleted, since the champion and the rollback target would be unknown",
             file=sys.stderr,
         )
@@ -128,7 +129,8 @@ def cmd_prune_artifacts(args: argparse.Namespace) -> int:
     for item in doomed:
         print(f"    {verb}: {item.name}/{item.version}  {item.bytes / 2**20:,.0f} MiB")
     print(
-        f"{verb} {len(doomed)} version(s), {sum(d.bytes for d in doomed) / 2**30:.2f} GiB; the newest {args.keep} of each model artifact stay"
+        f"{verb} {len(doomed)} version(s), {sum(d.bytes for d in doomed) / 2**30:.2f} GiB; the newest "
+        f"{args.keep} of each model artifact stay"
     )
     return 0
 
@@ -408,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(func=cmd_ingest)
     retire = commands.add_parser(
         "retire-source",
-        help="stop cleaning and training on a corpus source (removes its raw_corpus partition; recorded in the audit ledger)",
+        help="stop cleaning and training on a corpus source (removes its raw_corpus partition; recorded in the "
+        "audit ledger)",
     )
     retire.add_argument("source", help="the source's partition key (its folder name)")
     retire.add_argument(
@@ -433,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.set_defaults(func=cmd_rollback)
     prune = commands.add_parser(
         "prune-artifacts",
-        help="delete old model artifact versions (fine-tuned, incremental, compressed), keeping the newest N and everything behind an MLflow alias",
+        help="delete old model artifact versions (fine-tuned, incremental, compressed), keeping the newest N and "
+        "everything behind an MLflow alias",
     )
     prune.add_argument("--keep", type=int, default=3, help="newest versions kept per model artifact (default 3)")
     prune.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
@@ -461,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=cmd_tiny_model)
     doctor = commands.add_parser(
         "doctor",
-        help="check this machine against the configuration: versions, GPU vs plan, disk, MLflow, Dagster, offline resources",
+        help="check this machine against the configuration: versions, GPU vs plan, disk, MLflow, Dagster, offline "
+        "resources",
     )
     doctor.add_argument(
         "--model",

@@ -107,7 +107,8 @@ def compressed_model(
     asset=compressed_model,
     blocking=True,
     additional_ins={"clean_corpus": dg.AssetIn("clean_corpus"), "finetuned_model": dg.AssetIn("candidate_model")},
-    description="Each compressed artifact's perplexity and task metric (token F1 of greedy answers) on the held-out split stay within 3% of the fp32 (unpruned) checkpoint.",
+    description="Each compressed artifact's perplexity and task metric (token F1 of greedy answers) on the held-out "
+    "split stay within 3% of the fp32 (unpruned) checkpoint.",
 )
 def compression_quality_gate(
     context: dg.AssetCheckExecutionContext,
@@ -130,7 +131,8 @@ def compression_quality_gate(
     if not records:
         return dg.AssetCheckResult(
             passed=False,
-            description="clean_corpus has no held-out (split == 'eval') records to score; raise clean_corpus.config.eval_fraction",
+            description="clean_corpus has no held-out (split == 'eval') records to score; raise "
+            "clean_corpus.config.eval_fraction",
         )
     report = gate_compressed_artifacts(
         store.local_path(finetuned_model) / "checkpoint",

@@ -78,8 +78,10 @@ def _anonymized_entry(item: tuple[str, str, str, dict[str, int]], run_id: str) -
 class RawCorpusConfig(dg.Config):
     corpus_path: str = Field(
         default_factory=default_corpus_path,
-        description="Corpus root: a folder whose sub-folders are the sources (one partition each; files lying in the root "
-        "form the source '_root'), holding JSONL/JSON/CSV/TSV/Parquet/text/Markdown records, optionally .gz; a local path "
+        description="Corpus root: a folder whose sub-folders are the sources (one partition each; files lying in the "
+        "root "
+        "form the source '_root'), holding JSONL/JSON/CSV/TSV/Parquet/text/Markdown records, optionally .gz; "
+        "a local path "
         "or a URL such as s3://bucket/prefix (needs the fsspec driver, e.g. s3fs). "
         "Empty: the embedded chatterbot demo corpus. Env: DEEPFEED_CORPUS.",
     )
@@ -93,7 +95,8 @@ class RawCorpusConfig(dg.Config):
     )
     quarantine_blob_budget_bytes: int = Field(
         default=2**30,
-        description="Raw bytes copied into quarantine_blobs/ per ingest run, in quarantine order; past it, rows point to the source as above.",
+        description="Raw bytes copied into quarantine_blobs/ per ingest run, in quarantine order; past it, rows point "
+        "to the source as above.",
     )
     raw_store_path: str = Field(
         default_factory=lambda: str(default_raw_store_path()),
@@ -241,7 +244,8 @@ CleanCorpusConfig = dagster_config(
         Field(
             default=DEFAULT_MAX_EPSILON,
             description="Total ε that may ever be spent on one dataset (the contents of the raw_corpus versions "
-            "read), summed over every run in $DEEPFEED_HOME/privacy/epsilon_ledger.json. Once spent, a run re-publishes the "
+            "read), summed over every run in $DEEPFEED_HOME/privacy/epsilon_ledger.json. Once spent, a run "
+            "re-publishes the "
             "dataset's last noisy release instead of drawing new noise (docs/privacy.md).",
         ),
     ),
@@ -322,7 +326,8 @@ def _raw_sources(context: dg.AssetExecutionContext, store: ArtifactStore) -> dic
         # Training on part of the data would go unnoticed; stop and name what to materialize.
         raise fail(
             "raw_corpus",
-            f"registered source(s) never materialized: {', '.join(missing)} (materialize those partitions of raw_corpus)",
+            f"registered source(s) never materialized: {', '.join(missing)} (materialize those partitions of "
+            f"raw_corpus)",
         )
     return handles  # type: ignore[return-value]
 
@@ -519,7 +524,8 @@ def _records(artifact_store: ArtifactStoreResource, handle: ArtifactHandle, colu
 @dg.asset_check(
     asset=raw_corpus,
     blocking=True,
-    description="Every record read is kept or quarantined: rows read = rows kept + rows quarantined, counted in the written files of this run's source.",
+    description="Every record read is kept or quarantined: rows read = rows kept + rows quarantined, counted in the "
+    "written files of this run's source.",
 )
 def raw_corpus_accounting(
     context: dg.AssetCheckExecutionContext, artifact_store: ArtifactStoreResource
@@ -541,7 +547,8 @@ def raw_corpus_accounting(
 @dg.asset_check(
     asset=clean_corpus,
     blocking=True,
-    description="Every record is accounted for: kept (summed over the raw_corpus versions of all sources it read) = cleaned + removed-with-reason, counted in the written files.",
+    description="Every record is accounted for: kept (summed over the raw_corpus versions of all sources it read) = "
+    "cleaned + removed-with-reason, counted in the written files.",
 )
 def clean_corpus_accounting(clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
     store = artifact_store.store()
@@ -591,7 +598,8 @@ def clean_corpus_consistency(
 @dg.asset_check(
     asset=clean_corpus,
     blocking=False,
-    description="3C Coverage: share of long-tail records (rare tags, MiniLM embedding outliers) per domain tag; warns below 5%.",
+    description="3C Coverage: share of long-tail records (rare tags, MiniLM embedding outliers) per domain tag; warns "
+    "below 5%.",
 )
 def clean_corpus_coverage(clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource) -> dg.AssetCheckResult:
     # tee lags zip by one row: one pass over the table's two columns, batch by batch.
@@ -611,7 +619,8 @@ def clean_corpus_coverage(clean_corpus: ArtifactHandle, artifact_store: Artifact
         metadata={
             "share_by_tag": dg.MetadataValue.md("\n".join(lines)),
             "tags_below_minimum": len(low),
-            "definition": "rare tag (<= 2% of records) or MiniLM embedding outlier (robust z < -2 of cosine similarity to the tag centroid)",
+            "definition": "rare tag (<= 2% of records) or MiniLM embedding outlier (robust z < -2 of cosine "
+            "similarity to the tag centroid)",
         },
     )
 
@@ -619,7 +628,8 @@ def clean_corpus_coverage(clean_corpus: ArtifactHandle, artifact_store: Artifact
 @dg.asset_check(
     asset=clean_corpus,
     blocking=True,
-    description="3C Cleanliness: noise ratio (every quality detector, exact and near-duplicates, PII leftovers) re-run on the output is below 0.3%.",
+    description="3C Cleanliness: noise ratio (every quality detector, exact and near-duplicates, PII leftovers) "
+    "re-run on the output is below 0.3%.",
 )
 def clean_corpus_cleanliness(
     clean_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource

@@ -224,7 +224,8 @@ def evaluation_report(
     artifact_store: ArtifactStoreResource,
     mlflow: MlflowResource,
 ) -> dg.Output[ArtifactHandle]:
-    """Accuracy, answer quality, efficiency and safety of the challenger, its compressed artifacts and the champion on one evaluation set."""
+    """Accuracy, answer quality, efficiency and safety of the challenger, its compressed artifacts and the
+    champion on one evaluation set."""
     # Imported here: they pull in torch and matplotlib, and every `dagster` command loads this module.
     from deepfeed.core.evaluate.report import comparison_metrics, feeding_headline, render_markdown, write_report
     from deepfeed.core.evaluate.scoring import EvaluationRequest, run_evaluation
@@ -330,7 +331,10 @@ def evaluation_report(
         else "none",
         "evaluation set hash": eval_hash[:16],
         "compressed version": compressed_model.version,
-        "training overlap (id / exact / near-duplicate)": f"{overlap['overlap_by_parent_id']} / {overlap['overlap_by_exact_hash']} / {overlap['overlap_by_near_duplicate']} of {len(records)} evaluation records",
+        "training overlap (id / exact / near-duplicate)": f"{overlap['overlap_by_parent_id']} / "
+        f"{overlap['overlap_by_exact_hash']} / "
+        f"{overlap['overlap_by_near_duplicate']} of {len(records)} "
+        f"evaluation records",
         "dagster run": context.run.run_id,
     }
     counts = {
@@ -390,7 +394,8 @@ def evaluation_report(
     blocking=True,
     additional_ins={"augmented_corpus": dg.AssetIn("augmented_corpus")},
     description="No evaluation record reached training: zero overlap by record/parent id and exact content (blocks), "
-    "and by near-duplicate MinHash (warns: near-duplicates across the split come from the data, and make scores optimistic).",
+    "and by near-duplicate MinHash (warns: near-duplicates across the split come from the data, and make "
+    "scores optimistic).",
 )
 def eval_set_disjoint_from_training(
     evaluation_report: ArtifactHandle, augmented_corpus: ArtifactHandle, artifact_store: ArtifactStoreResource
@@ -412,7 +417,8 @@ def eval_set_disjoint_from_training(
         if not pairs
         else (
             f"{report.overlapping} of {report.eval_records} evaluation records overlap training "
-            f"({len(report.by_parent_id)} by id/parent id, {len(report.by_exact_hash)} exact, {len(report.by_near_duplicate)} near-duplicate)"
+            f"({len(report.by_parent_id)} by id/parent id, {len(report.by_exact_hash)} exact, "
+            f"{len(report.by_near_duplicate)} near-duplicate)"
         ),
     )
 
@@ -444,7 +450,8 @@ def promotion_gate(evaluation_report: ArtifactHandle, artifact_store: ArtifactSt
 class ChampionModelConfig(dg.Config):
     ab_test: bool = Field(
         default=True,
-        description="With a champion in place, a candidate that passed the gate takes the `challenger` alias and serves "
+        description="With a champion in place, a candidate that passed the gate takes the `challenger` alias and "
+        "serves "
         "its A/B share; ab_test_report's decision then feeds the promotion gate. False: it becomes champion directly "
         "(a deployment without live traffic to test on). The first champion is always promoted by the gate.",
     )

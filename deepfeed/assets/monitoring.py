@@ -136,7 +136,8 @@ def ab_test_report(
     mlflow: MlflowResource,
     locations: LocationsResource,
 ) -> dg.Output[ArtifactHandle]:
-    """Sequential test (mSPRT) of per-user mean ratings, challenger vs champion; its decision feeds the promotion gate."""
+    """Sequential test (mSPRT) of per-user mean ratings, challenger vs champion; its decision feeds the
+    promotion gate."""
     serving = _serving_locations(config.serving_home, locations)
     aliases = {arm: mlflow.version_by_alias(arm) for arm in ARMS}
     missing = [arm for arm, v in aliases.items() if v is None]

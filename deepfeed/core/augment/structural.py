@@ -20,7 +20,10 @@ _EN_SEQUENCE = re.compile(
     re.I,
 )
 ZH_SEQUENCE = frozenset(
-    "然后 之后 以后 随后 接着 首先 其次 再 最后 先 后 因为 所以 因此 于是 如果 假如 但是 但 可是 然而 不过 否则 虽然 即使 只要 只有 除非 并且 而且 从而 那么 这 那 它 他 她 其".split()
+    (
+        "然后 之后 以后 随后 接着 首先 其次 再 最后 先 后 因为 所以 因此 于是 如果 假如 但是 但 "
+        "可是 然而 不过 否则 虽然 即使 只要 只有 除非 并且 而且 从而 那么 这 那 它 他 她 其"
+    ).split()
 )
 # Clause boundaries inside one sentence: a comma/semicolon before "and"/"or" or a
 # semicolon in English; a comma or semicolon in Chinese, full-width or ASCII: cleaning's

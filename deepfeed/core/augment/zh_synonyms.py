@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-Spans = list[tuple[int, int]]
-
 from deepfeed.core.platform.home import package_dir
+
+Spans = list[tuple[int, int]]
 
 # jieba tags whose words may change: nouns, verbs, adjectives, adverbs, and their
 # verbal-noun/adverbial forms. Everything else (r pronouns, nr/ns/nt/nz names, i/l/j
@@ -39,7 +39,10 @@ MIN_COUNT = 50
 MIN_COUNT_RATIO = 1 / 20
 # Common function words: replacing them changes grammar, not vocabulary.
 ZH_STOP_WORDS = frozenset(
-    "的 了 和 与 及 或 在 是 有 我 你 他 她 它 们 这 那 就 也 都 而 被 把 对 从 向 为 以 之 其 中 上 下 不 没 很 还 又 吗 呢 吧 啊 个 请 可以 如果 因为 所以 但是".split()
+    (
+        "的 了 和 与 及 或 在 是 有 我 你 他 她 它 们 这 那 就 也 都 而 被 把 对 从 向 为 以 之 其 中 上 下 "
+        "不 没 很 还 又 吗 呢 吧 啊 个 请 可以 如果 因为 所以 但是"
+    ).split()
 )
 
 

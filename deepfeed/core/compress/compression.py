@@ -33,8 +33,6 @@ QUANTIZATION_METHODS = ("weight_only", "dynamic")
 TASK_GATES = ("paired", "point", "off")
 
 
-
-
 class CompressionInputError(ValueError):
     pass
 
@@ -62,7 +60,7 @@ def prune_model(model: torch.nn.Module, config: CompressionConfig) -> dict[str, 
         prune.global_unstructured(
             [(m, "weight") for _, m in layers], pruning_method=prune.L1Unstructured, amount=amount
         )
-    for name, module in layers:
+    for _, module in layers:
         if config.prune_method == "l1_unstructured":
             prune.l1_unstructured(module, "weight", amount=amount)
         elif config.prune_method == "ln_structured":

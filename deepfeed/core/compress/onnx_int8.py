@@ -2,8 +2,8 @@
 
 MatMul weights go through ORT's MatMulNBitsQuantizer (8 bits, blocks of 32, symmetric,
 accuracy_level=4 = int8 compute): ×1.0096 perplexity on SmolLM2 where ORT's
-`quantize_dynamic` costs ×1.64 (measured on SmolLM2-135M: docs/training-tiers.md). That quantizer only handles embeddings
-(Gather) at 4 bits, and the fp32 embedding table would then hold most of the file, so
+`quantize_dynamic` costs ×1.64 (measured on SmolLM2-135M: docs/training-tiers.md). That quantizer
+only handles embeddings (Gather) at 4 bits, and the fp32 embedding table would then hold most of the file, so
 the embedding lookup is rewritten here to gather int8 rows and dequantize them. When the
 model ties its embedding to lm_head, the lookup reads lm_head's own quantized table
 (MatMulNBits stores B as [vocab, blocks, 32], i.e. embedding rows): one table, not two.
@@ -61,17 +61,13 @@ def _dequantizing_lookup(gather, packed_name: str, scales_name: str, hidden: int
     from onnx import helper
 
     out, ids, p = gather.output[0], gather.input[1], gather.name or "embedding"
-    const = lambda name, value, dtype: helper.make_node(
-        "Constant",
-        [],
-        [f"{p}/{name}"],
-        value=helper.make_tensor(
-            f"{p}/{name}_value",
-            dtype,
-            [len(value)] if isinstance(value, list) else [],
-            value if isinstance(value, list) else [value],
-        ),
-    )  # noqa: E731
+
+    def const(name, value, dtype):
+        shape = [len(value)] if isinstance(value, list) else []
+        values = value if isinstance(value, list) else [value]
+        tensor = helper.make_tensor(f"{p}/{name}_value", dtype, shape, values)
+        return helper.make_node("Constant", [], [f"{p}/{name}"], value=tensor)
+
     from onnx import TensorProto as T
 
     return [

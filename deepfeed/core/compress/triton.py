@@ -145,7 +145,8 @@ def validate_triton_repository(model_dir: Path) -> dict:
                 or any(o == -1 and c != -1 for c, o in zip(dims, onnx_dims))
             ):
                 problems.append(
-                    f"{kind} {tensor.name!r}: config dims {list(dims)}, ONNX dims {list(onnx_dims)} (batch axis excluded)"
+                    f"{kind} {tensor.name!r}: config dims {list(dims)}, ONNX dims {list(onnx_dims)} (batch "
+                    f"axis excluded)"
                 )
     if problems:
         raise TritonRepositoryError(f"Triton repository {model_dir}: " + "; ".join(problems))

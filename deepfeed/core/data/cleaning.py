@@ -398,7 +398,8 @@ class CorpusCleaner:
                     result,
                     cleaned,
                     f"quality: {verdict}",
-                    f"quality filter {verdict!r} (min_chars={self.config.min_chars}, max_chars={self.config.max_chars})",
+                    f"quality filter {verdict!r} (min_chars={self.config.min_chars}, "
+                    f"max_chars={self.config.max_chars})",
                     raw,
                 )
             else:

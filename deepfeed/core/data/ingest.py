@@ -130,11 +130,13 @@ class BlobKeeper:
                 continue
             if size > limits.max_item_bytes:
                 row["raw_ref"] = (
-                    f"not kept: {size} bytes, over the {limits.max_item_bytes}-byte item limit; in the source at {row['source']} {row['locator']}"
+                    f"not kept: {size} bytes, over the {limits.max_item_bytes}-byte item limit; in the source "
+                    f"at {row['source']} {row['locator']}"
                 )
             elif self.spent + size > limits.budget_bytes:
                 row["raw_ref"] = (
-                    f"not kept: the {limits.budget_bytes}-byte quarantine budget of this ingest was spent; in the source at {row['source']} {row['locator']}"
+                    f"not kept: the {limits.budget_bytes}-byte quarantine budget of this ingest was spent; in "
+                    f"the source at {row['source']} {row['locator']}"
                 )
             else:
                 self.kept.add(digest)
@@ -598,7 +600,8 @@ def _byte_chunks(path: Path) -> Iterator[tuple[bytes, str | None]]:
         if not decoder.eof:
             yield (
                 b"",
-                "truncated or corrupt gzip: EOFError: Compressed file ended before the end-of-stream marker was reached",
+                "truncated or corrupt gzip: EOFError: Compressed file ended before the end-of-stream marker "
+                "was reached",
             )
 
 

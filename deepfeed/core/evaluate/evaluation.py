@@ -29,8 +29,6 @@ EMPTY_GENERATION = "generation produced nothing: scored as a wrong answer"
 NO_ANSWER_TOKENS = "no answer token to score: left out of perplexity"
 
 
-
-
 def torch_logits(model: torch.nn.Module) -> LogitsFn:
     def run(input_ids, attention_mask):
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)

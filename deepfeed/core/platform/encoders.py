@@ -209,7 +209,9 @@ class SentenceEncoder:
             batch = self.tokenizer(
                 [texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
             )
-            hidden = self.tuner.run(lambda: self._forward(batch), int(batch["attention_mask"].numel())).float()
+            hidden = self.tuner.run(
+                lambda batch=batch: self._forward(batch), int(batch["attention_mask"].numel())
+            ).float()
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()

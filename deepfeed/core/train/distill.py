@@ -20,8 +20,6 @@ from deepfeed.core.train.settings import DISTILL_TEMPERATURE
 IGNORE = -100
 
 
-
-
 @dataclass(frozen=True)
 class DistillationConfig:
     """The loss's two knobs; fine_tune builds one from TrainingConfig.distill_alpha/_temperature."""
@@ -90,14 +88,16 @@ def kl_sum_cached(
     student, _ = shifted(student_logits, labels)
     if student.shape[0] != teacher_values.shape[0]:
         raise ValueError(
-            f"the cached teacher logits cover {teacher_values.shape[0]} positions, the batch has {student.shape[0]}: the cache does not match the data"
+            f"the cached teacher logits cover {teacher_values.shape[0]} positions, the batch has "
+            f"{student.shape[0]}: the cache does not match the data"
         )
     log_student = F.log_softmax(student.float() / temperature, dim=-1)
     log_teacher = F.log_softmax(teacher_values.float() / temperature, dim=-1)
     if teacher_indices is None:
         if log_teacher.shape[-1] != log_student.shape[-1]:
             raise ValueError(
-                f"cached teacher vocabulary ({log_teacher.shape[-1]}) differs from the student's ({log_student.shape[-1]})"
+                f"cached teacher vocabulary ({log_teacher.shape[-1]}) differs from the student's "
+                f"({log_student.shape[-1]})"
             )
         per_token = F.kl_div(log_student, log_teacher, log_target=True, reduction="none").sum(-1)
     else:

@@ -123,7 +123,8 @@ class TeacherLogitCache:
         self.offsets = self._file.get_tensor("offsets").tolist()
         if len(self.offsets) != expected_examples + 1:
             raise ValueError(
-                f"teacher logit cache {self.path} holds {len(self.offsets) - 1} examples, the run has {expected_examples}: delete it"
+                f"teacher logit cache {self.path} holds {len(self.offsets) - 1} examples, the run has "
+                f"{expected_examples}: delete it"
             )
         self._values = self._file.get_slice("values")
         self.sparse = "indices" in self._file.keys()
