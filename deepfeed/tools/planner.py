@@ -703,7 +703,7 @@ class Plan:
             + (
                 f"{self.article[0]} class -> {self.article[1].name}"
                 if self.article
-                else "beyond the article's 7B/13B/70B table"
+                else "beyond the 7B/13B/70B sizing table (docs/requirements.md §9)"
             ),
             "",
         ]

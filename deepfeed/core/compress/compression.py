@@ -1,6 +1,6 @@
 """Pruning, int8 quantization, ONNX export and the Triton model repository.
 
-Order follows the article: load with from_pretrained, prune with torch.nn.utils.prune
+Order follows the source article (docs/requirements.md): load with from_pretrained, prune with torch.nn.utils.prune
 keeping 85% of the weights, quantize to int8, export ONNX.
 
 Defaults chosen by measurement on SmolLM2-135M (held-out chatterbot answers, perplexity

@@ -4,7 +4,7 @@ English (and any non-Chinese text) goes to `alt-profanity-check`, a linear class
 that ships its model inside the wheel. No offline Chinese classifier exists, so Chinese
 is matched against a lexicon kept in the project (deepfeed/data/zh_toxic_lexicon.txt);
 every answer is also checked against the lexicon, so Chinese abuse inside English text
-is caught too. The Perspective API (the article's choice) is available for users with
+is caught too. The Perspective API (the source article's choice, docs/requirements.md) is available for users with
 internet access, behind `use_perspective`; nothing calls it by default.
 """
 

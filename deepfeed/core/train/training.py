@@ -1,6 +1,6 @@
 """Fine-tuning a causal LM on records: AdamW, warm-up then cosine decay to a floor.
 
-The article's "Lorazepam optimizer" does not exist; AdamW is the well-understood
+The source article's "Lorazepam optimizer" (docs/requirements.md) does not exist; AdamW is the well-understood
 default. LoRA (peft) or full fine-tuning; LoRA adapters are merged before saving so
 every checkpoint is a plain Hugging Face folder that exports and serves the same way.
 
