@@ -7,6 +7,8 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
+from deepfeed.core.loop.monitoring import DriftSettings
+
 OnAlert = Literal["report", "incremental", "full"]
 
 
@@ -14,27 +16,30 @@ class MonitoringPolicyResource(dg.ConfigurableResource):
     """Defaults: KS p < 0.05, confidence std 0.15, rollback on a significant (p < 0.01) drop of more than 3%
     (docs/model-lifecycle.md)."""
 
+    # The drift thresholds' defaults are DriftSettings' (what drift_report uses when run by hand).
     drift_window_hours: float = Field(
-        default=24.0, gt=0, description="Inference-log window the drift sensor tests, in hours."
+        default=DriftSettings.window_hours, gt=0, description="Inference-log window the drift sensor tests, in hours."
     )
     drift_alpha: float = Field(
-        default=0.05,
+        default=DriftSettings.alpha,
         gt=0,
         lt=1,
         description="KS significance per prompt feature, after the Holm correction (required: 0.05; "
         "docs/requirements.md).",
     )
     drift_min_samples: int = Field(
-        default=30, ge=5, description="Fewer requests than this in the window: no KS verdict (too little evidence)."
+        default=DriftSettings.min_samples,
+        ge=5,
+        description="Fewer requests than this in the window: no KS verdict (too little evidence).",
     )
     confidence_std: float = Field(
-        default=0.15,
+        default=DriftSettings.confidence_std,
         gt=0,
         description="Output alert when the std of answer confidence exceeds this (required: 0.15; "
         "docs/requirements.md).",
     )
     drift_embedding_features: bool = Field(
-        default=True,
+        default=DriftSettings.embedding_features,
         description="Also test the MiniLM embedding summary of prompts (topic drift); "
         "skipped per feature when the server does not log it.",
     )

@@ -174,3 +174,16 @@ EARLIER_FIELDS = {
 @pytest.mark.parametrize("config_cls", list(EARLIER_FIELDS), ids=lambda c: c.__name__)
 def test_every_field_of_the_earlier_asset_configs_is_still_there(config_cls):
     assert set(EARLIER_FIELDS[config_cls].split()) <= set(schema_fields(config_cls))
+
+
+def test_the_drift_sensors_policy_defaults_are_the_drift_reports():
+    from deepfeed.resources.monitoring_policy import MonitoringPolicyResource
+
+    policy, report = MonitoringPolicyResource(), DriftSettings()
+    assert (
+        policy.drift_window_hours,
+        policy.drift_alpha,
+        policy.drift_min_samples,
+        policy.confidence_std,
+        policy.drift_embedding_features,
+    ) == (report.window_hours, report.alpha, report.min_samples, report.confidence_std, report.embedding_features)
