@@ -1,4 +1,4 @@
-"""clean_corpus's default path (coverage embeddings on) against embeddings off.
+"""clean_corpus with its opt-in coverage embeddings against embeddings off (the default).
 
     PYTHONPATH=$PWD python benchmarks/bench_coverage_encoding.py --records 3000
 
@@ -6,7 +6,8 @@ Runs clean_pipeline.clean_sources, what the clean_corpus asset runs, on a genera
 (benchmarks/bench_cleaning.generate: mixed zh/en, duplicates, noise, PII) three ways, each
 in a fresh process: embeddings off; the previous encoder (fixed-order batches of 64 in
 fp32, kept here as `PreviousMiniLM` for the comparison); and the default
-coverage.MiniLMEncoder. Prints records/s, including loading the encoder.
+coverage.MiniLMEncoder (what `coverage_embeddings: true` uses). Prints records/s, including
+loading the encoder.
 """
 
 from __future__ import annotations
