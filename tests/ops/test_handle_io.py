@@ -81,3 +81,26 @@ def test_a_handle_stored_before_the_home_moved_names_the_new_place(tmp_path, mon
         assert dg.materialize([raw.to_source_asset(), clean], resources=resources, instance=instance).success
     assert seen == [str(new_home / "artifacts" / "raw" / "v1")]
     assert json.loads((storage / "clean.json").read_text())["artifact_handle"]["uri"] == str(tmp_path / "elsewhere")
+
+
+def test_a_planted_pickle_is_refused_not_run(tmp_path):
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    marker = tmp_path / "ran"
+
+    class Planted:
+        def __reduce__(self):
+            return (marker.write_text, ("code ran",))
+
+    (storage / "raw").write_bytes(pickle.dumps(Planted()))
+
+    @dg.asset
+    def clean(raw: ArtifactHandle) -> ArtifactHandle:
+        return _handle("clean", tmp_path / "clean")
+
+    resources = {"io_manager": ArtifactHandleIOManager(base_dir=str(storage))}
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [dg.SourceAsset("raw"), clean], resources=resources, instance=instance, raise_on_error=False
+        )
+    assert not result.success and not marker.exists()
