@@ -25,7 +25,6 @@ is appended to the ledger only by the caller, once the artifact is published
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -90,13 +89,6 @@ class Progress:
     @property
     def records_per_second(self) -> float:
         return self.records / self.seconds if self.seconds > 0 else 0.0
-
-
-def _heartbeat(progress: Callable[[Progress], None] | None, every: Every, snapshot: Callable[[], Progress]):
-    """Progress lines from a background thread while one batch outlasts the reporting interval."""
-    if progress is None:
-        return contextlib.nullcontext()
-    return Heartbeat(every, lambda: progress(snapshot()))
 
 
 @dataclass
@@ -205,25 +197,28 @@ class PassProgress:
         self.batches = self.records = 0
         self.started = time.perf_counter()
         self.due = Every(run.progress_every, seconds=run.progress_seconds)
-        self._heartbeat = _heartbeat(run.progress, self.due, self.snapshot)
+        self._heartbeat = Heartbeat(self.due, self.report) if run.progress is not None else None
 
-    def snapshot(self) -> Progress:
-        return Progress(self.phase, self.batches, self.records, time.perf_counter() - self.started)
+    def report(self) -> None:
+        if self.run.progress is not None:
+            self.run.progress(Progress(self.phase, self.batches, self.records, time.perf_counter() - self.started))
 
     def __enter__(self) -> "PassProgress":
-        self._heartbeat.__enter__()
+        if self._heartbeat is not None:
+            self._heartbeat.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._heartbeat.__exit__(*exc)
-        if exc[0] is None and self.run.progress is not None:
-            self.run.progress(self.snapshot())
+        if self._heartbeat is not None:
+            self._heartbeat.__exit__(*exc)
+        if exc[0] is None:
+            self.report()
 
     def advance(self, batches: int, records: int) -> None:
         """After each batch: the counts so far, and a line when one is due."""
         self.batches, self.records = batches, records
         if self.run.progress is not None and self.due.due():
-            self.run.progress(self.snapshot())
+            self.report()
 
 
 @dataclass
