@@ -35,6 +35,7 @@ import numpy as np
 
 from deepfeed.core.compress.compression import TASK_GATES, CompressionConfig
 from deepfeed.core.compress.onnx_graph import onnx_session
+from deepfeed.core.compress.onnx_kv import onnx_greedy_generate
 from deepfeed.core.evaluate.evaluation import (
     EvaluationConfig,
     by_length,
@@ -374,8 +375,6 @@ class _Stages:
 def kv_redraft(session, tokenizer, config: EvaluationConfig):
     """evaluation.Redraft over an ONNX graph with a KV cache: greedy continuations of
     token rows (left-padded together), each up to and including its eos."""
-    from deepfeed.core.compress.onnx_kv import onnx_greedy_generate
-
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
 
     def redraft(rows: list[list[int]], budget: int) -> list[list[int]]:
