@@ -128,7 +128,7 @@ def progress(context: dg.AssetExecutionContext, config: TrainingConfig):
     return log
 
 
-def write_reports(folder: Path, result: "TrainingResult", training: "TrainingConfig", extra: dict[str, Any]) -> Path:
+def write_reports(folder: Path, result: "TrainingResult", training: TrainingConfig, extra: dict[str, Any]) -> Path:
     from deepfeed.core.train.training import config_dict
 
     series = {"train loss": result.losses}
@@ -222,7 +222,7 @@ def train_logged(
 
 
 def train_with_torchrun(
-    nproc: int, training: "TrainingConfig", start: Path, records, checkpoint: Path, context, **kwargs
+    nproc: int, training: TrainingConfig, start: Path, records, checkpoint: Path, context, **kwargs
 ) -> "TrainingResult":
     from deepfeed.core.train.distributed import launch_command, read_result, write_spec
     from deepfeed.core.train.training import TrainingError

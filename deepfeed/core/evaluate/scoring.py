@@ -21,7 +21,7 @@ import torch
 from deepfeed.core.compress.compression import ARTIFACTS, CompressionConfig, load_int8_torch
 from deepfeed.core.compress.onnx_graph import onnx_session
 from deepfeed.core.compress.onnx_kv import onnx_greedy_generate, onnx_kv_logits
-from deepfeed.core.evaluate.candidates import (  # noqa: F401 (re-exported: the names of what is scored)
+from deepfeed.core.evaluate.candidates import (
     BASE,
     CHALLENGER,
     CHAMPION,
