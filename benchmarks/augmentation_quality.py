@@ -17,6 +17,11 @@
    pairs; the response-side children are what training would learn to produce.
 4. Speed of the synonym pass with its judge (sentences/s, per language), against the judge
    scoring whole texts in fp32 as it did before (same sentences, same run).
+5. The judge's windows against whole texts: the LM's log-probability change scored on
+   windows around the changes (the default) and on the whole texts in fp32, on the
+   labelled pairs and on synonym variants of corpus answers (before the judge picks any):
+   correlation, agreement of the keep/refuse decision at ``lm_threshold``, and the tokens
+   each fed to the model.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deepfeed.core.augment.contextual_synonyms import CausalLMRanker, Skip  # noqa: E402
+from deepfeed.core.augment.contextual_synonyms import Skip  # noqa: E402
+from deepfeed.core.augment.lm_scoring import CausalLMRanker  # noqa: E402
 from deepfeed.core.augment.meaning import MeaningJudge, precision_recall  # noqa: E402
 from deepfeed.core.augment.setup import AugmentSettings, build_augmenters  # noqa: E402
 from deepfeed.core.augment.structural import structural_variant  # noqa: E402
@@ -122,6 +128,48 @@ def children(
         for text, edit in zip(texts, augmenters.fgsm.attack(texts)):
             if not isinstance(edit, Skip):
                 out[side].append((text, edit.text))
+    return out
+
+
+def window_agreement(augmenters, whole: CausalLMRanker, threshold: float, sentences: int) -> dict:
+    lm = augmenters.judge.lm
+    print(f"\n5. The judge's windows vs whole texts (decision at {threshold} nats)")
+    print(f"{'lang':<5}{'pairs':<11}{'n':>5}{'r':>7}{'agree':>8}{'mean |diff|':>13}{'tokens':>8}{'whole':>8}")
+    out = {}
+    for lang, folder in (("en", "english"), ("zh", "chinese")):
+        rng, parents, kids = random.Random(0), [], []
+        for _, response in corpus_pairs(folder, sentences):
+            script = augmenters.synonyms.script(response)
+            plan = script if isinstance(script, Skip) else augmenters.synonyms._variants(response, script, rng)
+            for child, _ in [] if isinstance(plan, Skip) else plan:
+                parents.append(response)
+                kids.append(child)
+        rows = labelled(lang)
+        sets = {
+            "labelled": (
+                [p for p, _, _ in rows for _ in (0, 1)],
+                [c for _, same, changed in rows for c in (same, changed)],
+            ),
+            "variants": (parents, kids),
+        }
+        for name, (pp, cc) in sets.items():
+            lm.tokens_fed = whole.tokens_fed = 0
+            lm.window_cache.clear()
+            whole.window_cache.clear()
+            window, exact = lm.log_prob_changes(pp, cc), whole.log_prob_changes(pp, cc)
+            row = {
+                "pairs": len(pp),
+                "correlation": float(np.corrcoef(window, exact)[0, 1]),
+                "decision_agreement": float(np.mean((window >= threshold) == (exact >= threshold))),
+                "mean_abs_difference": float(np.mean(np.abs(window - exact))),
+                "tokens_windows": lm.tokens_fed,
+                "tokens_whole": whole.tokens_fed,
+            }
+            out[f"{lang} {name}"] = row
+            print(
+                f"{lang:<5}{name:<11}{len(pp):5d}{row['correlation']:7.3f}{row['decision_agreement']:8.1%}"
+                f"{row['mean_abs_difference']:13.2f}{lm.tokens_fed:8d}{whole.tokens_fed:8d}"
+            )
     return out
 
 
@@ -217,6 +265,7 @@ def main() -> None:
         print(f"   {name:<40}{row['sentences_per_second']:8.1f}{row['lm_tokens']:10d}")
     print(f"   judge LM precision: {lm.precision}; window: {lm.context} tokens before, {lm.after} after the change")
     report["synonym_sentences_per_second"] = speed
+    report["windows_vs_whole_texts"] = window_agreement(augmenters, whole, settings.lm_threshold, args.sentences)
     print(f"\n({time.time() - started:.0f} s in all)")
     if args.out:
         args.out.write_text(

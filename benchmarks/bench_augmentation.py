@@ -35,7 +35,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deepfeed.core.augment.contextual_synonyms import CausalLMRanker, ContextualSynonymReplacer, SynonymEdit  # noqa: E402
+from deepfeed.core.augment.contextual_synonyms import ContextualSynonymReplacer, SynonymEdit
+from deepfeed.core.augment.lm_scoring import CausalLMRanker  # noqa: E402
 from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask  # noqa: E402
 from deepfeed.core.augment.structural import structural_variant  # noqa: E402
 from deepfeed.core.augment.zh_synonyms import CilinSynonyms  # noqa: E402

@@ -144,7 +144,7 @@ def test_the_judge_keeps_meaning_on_the_labelled_pairs(encoder, lexicons):
 
 
 def test_the_encoder_judges_what_it_reads_and_the_lm_the_rest(encoder, lexicons, tiny_llama):
-    from deepfeed.core.augment.contextual_synonyms import CausalLMRanker
+    from deepfeed.core.augment.lm_scoring import CausalLMRanker
     from deepfeed.core.train.modeling import load_model, load_tokenizer
 
     lm = CausalLMRanker(load_model(tiny_llama), load_tokenizer(tiny_llama))

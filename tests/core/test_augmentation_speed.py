@@ -7,7 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from deepfeed.core.augment.contextual_synonyms import CausalLMRanker, ContextualSynonymReplacer, SynonymEdit
+from deepfeed.core.augment.contextual_synonyms import ContextualSynonymReplacer, SynonymEdit
+from deepfeed.core.augment.lm_scoring import CausalLMRanker
 from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask
 from deepfeed.core.augment.zh_synonyms import CilinSynonyms
 from deepfeed.core.platform.encoders import SentenceEncoder
@@ -51,8 +52,8 @@ def test_windows_are_scored_once_and_unchanged_pairs_not_at_all(model_and_tokeni
     assert list(lm.log_prob_changes([LONG], [LONG])) == [0.0] and lm.tokens_fed == 0
     first = lm.log_prob_changes([LONG, LONG], [CHANGED, CHANGED])
     fed = lm.tokens_fed
-    # The same parent window for both variants: two windows in all, not four.
-    assert len(lm.window_cache) == 2
+    # The same pair of windows for both variants: scored once.
+    assert len(lm.window_cache) == 1
     again = lm.log_prob_changes([LONG], [CHANGED])
     assert lm.tokens_fed == fed and again[0] == first[0] == first[1]
     with pytest.raises(ValueError, match="parents but"):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import random
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepfeed.core.augment.lm_scoring import CausalLMRanker
 from deepfeed.core.augment.meaning import Verdict
 from deepfeed.core.platform.encoders import SentenceEncoder
 
@@ -81,161 +81,6 @@ class SynonymEdit:
 
 def _score(verdict) -> float:
     return float("-inf") if verdict.score is None else verdict.score
-
-
-class CausalLMRanker:
-    """Sentence log-probabilities under a causal LM, in padded batches.
-
-    :meth:`log_probs` scores whole texts: the sum of the token log-probabilities, each
-    given everything to its left, starting after the BOS (or EOS) token so the first
-    word is scored too. A sum, not a mean: it is the probability of the string, so
-    variants of one sentence that tokenise to different lengths are compared on the same
-    footing.
-
-    :meth:`log_prob_changes` is what the judge of meaning uses: child minus parent, scored
-    only on a window around the tokens that differ (``context`` tokens of left context,
-    the changed tokens, ``after`` tokens of the common tail). The common head contributes
-    exactly the same log-probability to both texts and cancels; far tail tokens change
-    little once a few tokens have followed the edit. Scoring the whole text cost 5 to 10
-    times more tokens on chatterbot answers (Chinese is 2 to 3 byte-level tokens per
-    character); the window's agreement with the whole-text change is measured in
-    docs/augmentation.md.
-
-    ``precision``: "fp32", "bf16" (autocast: matmuls in bfloat16 on oneDNN) or "auto"
-    (bf16 where oneDNN supports it on this CPU, else fp32). ``tokens_fed`` counts the
-    tokens (padding excluded) given to the model, which is what a call costs.
-    """
-
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        batch_size: int = 16,
-        max_length: int = 256,
-        threads: int | None = None,
-        precision: str = "auto",
-        context: int = 16,
-        after: int = 8,
-        cache_size: int = 4096,
-    ):
-        import torch
-
-        from deepfeed.core.platform.encoders import PRECISIONS, ThreadTuner, onednn_bf16
-
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if precision not in PRECISIONS or precision == "int8":
-            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
-        if context < 1 or after < 0:
-            raise ValueError(f"context must be >= 1 and after >= 0, got {context} and {after}")
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.precision = ("bf16" if onednn_bf16() else "fp32") if precision == "auto" else precision
-        self.context = context
-        self.after = after
-        self.cache_size = cache_size
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        if start is None:
-            raise ValueError("the ranking LM's tokenizer has neither a BOS nor an EOS token to start a sentence with")
-        self.start = start
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start
-        # Busy cores make two OpenMP threads slower than one, for the LM as for the encoder.
-        self.tuner = ThreadTuner(torch.get_num_threads(), fixed=threads)
-        self.tokens_fed = 0
-        # Window -> its log-probability: a parent's window recurs for every variant that
-        # changes the same words, in this call and in the judge's later rounds.
-        self.window_cache: OrderedDict[tuple[tuple[int, ...], int], float] = OrderedDict()
-
-    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=self.max_length - 1)[
-            "input_ids"
-        ]
-
-    def log_probs(self, texts: Sequence[str]) -> np.ndarray:
-        """Log-probability of each whole text (after the start token)."""
-        return self._score([([self.start, *ids], 1) for ids in self._ids(texts)])
-
-    def log_prob_changes(self, parents: Sequence[str], children: Sequence[str]) -> np.ndarray:
-        """log p(child) - log p(parent) of each pair, scored on the window around the change."""
-        if len(parents) != len(children):
-            raise ValueError(f"{len(parents)} parents but {len(children)} children")
-        unique = list(dict.fromkeys([*parents, *children]))
-        ids = dict(zip(unique, self._ids(unique)))
-        windows = [self._windows_of(ids[p], ids[c]) for p, c in zip(parents, children)]
-        needed = list(dict.fromkeys(w for pair in windows if pair for w in pair if w not in self.window_cache))
-        for window, score in zip(needed, self._score(needed)):
-            self.window_cache[window] = float(score)
-        while len(self.window_cache) > self.cache_size:
-            self.window_cache.popitem(last=False)
-        out = np.zeros(len(parents), dtype=np.float64)
-        for k, pair in enumerate(windows):
-            if pair:
-                out[k] = self.window_cache[pair[1]] - self.window_cache[pair[0]]
-        return out
-
-    def _windows_of(self, parent: list[int], child: list[int]) -> tuple | None:
-        """(parent window, child window), each (tokens, first scored position); None when
-        the token sequences are equal (no change, nothing to score)."""
-        if parent == child:
-            return None
-        shortest = min(len(parent), len(child))
-        head = 0
-        while head < shortest and parent[head] == child[head]:
-            head += 1
-        tail = 0
-        while tail < shortest - head and parent[-1 - tail] == child[-1 - tail]:
-            tail += 1
-        begin = max(0, head - self.context)
-        prefix = [self.start] if begin == 0 else []
-        out = []
-        for seq in (parent, child):
-            end = min(len(seq), len(seq) - tail + self.after)
-            out.append((tuple(prefix + seq[begin:end]), len(prefix) + head - begin))
-        return tuple(out)
-
-    def _score(self, rows: Sequence[tuple[Sequence[int], int]]) -> np.ndarray:
-        """Sum of the log-probabilities of tokens[first:] given the tokens before them,
-        for each (tokens, first) row; ``first >= 1``."""
-        import torch
-
-        out = np.zeros(len(rows), dtype=np.float64)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # little padding per batch
-        head = self.model.get_output_embeddings()
-        # The vocabulary projection of the scored positions only: the base model's hidden
-        # states, then the LM head on the rows that are scored (a sixth of SmolLM2's
-        # weights would otherwise run on every context and padding position).
-        split = head is not None and getattr(self.model, "base_model", self.model) is not self.model
-        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.precision == "bf16"):
-            for begin in range(0, len(order), self.batch_size):
-                batch = order[begin : begin + self.batch_size]
-                width = max(len(rows[i][0]) for i in batch)
-                tokens = torch.full((len(batch), width), self.pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                scored = torch.zeros((len(batch), width), dtype=torch.bool)
-                for r, i in enumerate(batch):
-                    seq, first = rows[i]
-                    tokens[r, : len(seq)] = torch.tensor(seq)
-                    mask[r, : len(seq)] = 1
-                    scored[r, first : len(seq)] = True
-                self.tokens_fed += int(mask.sum())
-                where = scored[:, 1:].nonzero(as_tuple=True)  # (row, position predicting the token after it)
-                targets = tokens[:, 1:][where]
-
-                def forward(tokens=tokens, mask=mask, where=where):
-                    if split:
-                        hidden = self.model.base_model(input_ids=tokens, attention_mask=mask).last_hidden_state
-                        return head(hidden[:, :-1][where])
-                    return self.model(input_ids=tokens, attention_mask=mask).logits[:, :-1][where]
-
-                logits = self.tuner.run(forward, int(mask.sum())).float()
-                # gather - logsumexp: the log-softmax of the target only, without a second
-                # vocabulary-sized tensor per position.
-                picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-                sums = torch.zeros(len(batch), dtype=torch.float64).index_add_(0, where[0], picked.double())
-                out[batch] = sums.numpy()
-        return out
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ class Verdict:
 class MeaningJudge:
     """``lexicons``: ``{"en": ..., "zh": ...}`` objects with ``options(text, protected)``.
     ``encoder``: a :class:`~deepfeed.core.platform.encoders.SentenceEncoder`; ``lm``: a
-    :class:`~deepfeed.core.augment.contextual_synonyms.CausalLMRanker` (None: texts the encoder
+    :class:`~deepfeed.core.augment.lm_scoring.CausalLMRanker` (None: texts the encoder
     cannot read are judged by the lexical gate alone, and say so in their verdict)."""
 
     def __init__(

@@ -164,7 +164,7 @@ def build_augmenters(settings: AugmentSettings, model_path: Path | None = None) 
     augmenters = Augmenters(encoder=encoder)
     judge_lm = None
     if model is not None and settings.meaning_lm:
-        from deepfeed.core.augment.contextual_synonyms import CausalLMRanker
+        from deepfeed.core.augment.lm_scoring import CausalLMRanker
 
         judge_lm = CausalLMRanker(model, tokenizer)
     lexicons = None
@@ -184,7 +184,7 @@ def build_augmenters(settings: AugmentSettings, model_path: Path | None = None) 
     if settings.synonym_ratio > 0:
         ranker = None
         if ranking:
-            from deepfeed.core.augment.contextual_synonyms import CausalLMRanker
+            from deepfeed.core.augment.lm_scoring import CausalLMRanker
 
             ranker = CausalLMRanker(model, tokenizer)
         augmenters.synonyms = _synonyms(settings, encoder, protected, lexicons, ranker, judge_lm)
