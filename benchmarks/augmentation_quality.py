@@ -1,6 +1,6 @@
 """Augmentation quality: does a child keep its parent's meaning, and is it still fluent?
 
-    PYTHONPATH=. .venv/bin/python benchmarks/augmentation_quality.py [--sentences 40] [--fgsm 12] [--out quality.json]
+    PYTHONPATH=. .venv/bin/python benchmarks/augmentation_quality.py [--sentences 200] [--fgsm 12] [--out quality.json]
 
 1. The judge of meaning on the hand-labelled pairs (deepfeed/data/meaning_pairs_{en,zh}.tsv:
    each parent with one meaning-preserving and one meaning-changing child): precision
@@ -176,7 +176,7 @@ def window_agreement(augmenters, whole: CausalLMRanker, threshold: float, senten
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "--sentences", type=int, default=40, help="answers per language for the synonym and structural children"
+        "--sentences", type=int, default=200, help="answers per language for the synonym and structural children"
     )
     parser.add_argument("--fgsm", type=int, default=12, help="pairs per language attacked on each side")
     parser.add_argument(
