@@ -18,9 +18,8 @@ Artifacts are built once into --work (delete it to rebuild).
 
 `--int8-table` instead measures the served-int8 decision side by side: torch fp32, torch
 weight-only int8 (the torch_int8 artifact), torch dynamic int8 (quantize_dynamic of the
-Linear layers, per-channel int8 weights), ORT fp32 and int8 with the KV cache (and the
-int8 graph decoded through OrtValues, the I/O-binding variant), at batch 1 and
-`--batch`; engines take turns round by round so load from other processes hits them
+Linear layers, per-channel int8 weights), ORT fp32 and int8 with the KV cache (the cache
+kept in ONNX Runtime's own values between steps, as served), at batch 1 and `--batch`; engines take turns round by round so load from other processes hits them
 alike, and each cell prints its median with the min-max spread over `--repeat` rounds.
 Perplexity ratios against fp32 on `--records` held-out records come from the same run.
 `--keep 0.85,0.95` adds the perplexity of pruning alone at each keep fraction.
@@ -252,32 +251,6 @@ def main() -> None:
     )
 
 
-def ort_generate_ortvalues(session, input_ids, attention_mask, max_new_tokens: int):
-    """Greedy decoding whose KV cache stays in ONNX Runtime's own buffers between steps
-    (run_with_ort_values): the I/O-binding variant, to see whether copying the cache
-    through numpy costs anything measurable."""
-    import numpy as np
-    import onnxruntime as ort
-
-    from deepfeed.core.compress.onnx_kv import layout_from_session
-
-    layout = layout_from_session(session)
-    batch = input_ids.shape[0]
-    names = ["logits", *layout.output_names()]
-    value = ort.OrtValue.ortvalue_from_numpy
-    feeds = {"input_ids": value(input_ids), "attention_mask": value(attention_mask)}
-    feeds |= {k: value(v) for k, v in layout.empty(batch).items()}
-    generated = []
-    for _ in range(max_new_tokens):
-        logits, *presents = session.run_with_ort_values(names, feeds)
-        token = logits.numpy()[:, -1, :].argmax(-1).astype(np.int64)
-        generated.append(token)
-        attention_mask = np.concatenate([attention_mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
-        feeds = {"input_ids": value(token[:, None]), "attention_mask": value(attention_mask)}
-        feeds |= dict(zip(layout.input_names(), presents))
-    return np.stack(generated, axis=1)
-
-
 def int8_table(args) -> None:
     """tokens/s of every int8 candidate next to fp32, batch 1 and batched, and its
     perplexity ratio, all from this one run."""
@@ -338,9 +311,6 @@ def int8_table(args) -> None:
         engines[name] = lambda ids, s=sessions[name]: onnx_greedy_generate(
             s, ids.numpy(), np.ones_like(ids.numpy()), n_new
         )
-    engines["ORT int8 KV, OrtValues"] = lambda ids: ort_generate_ortvalues(
-        sessions["ORT int8 KV"], ids.numpy(), np.ones_like(ids.numpy()), n_new
-    )
 
     speed: dict[tuple[str, int], list[float]] = {}
     for batch in (1, args.batch):
@@ -358,7 +328,6 @@ def int8_table(args) -> None:
     logits = {name: torch_logits(m) for name, m in torch_models.items()}
     logits |= {name: onnx_kv_logits(s) for name, s in sessions.items()}
     ppl = {name: perplexity(fn, tokenizer, records, config)["perplexity"] for name, fn in logits.items()}
-    ppl["ORT int8 KV, OrtValues"] = ppl["ORT int8 KV"]
 
     print(
         f"\nSmolLM2-135M, {args.threads} threads, prompt {len(prompt)} tokens, {n_new} new tokens, "

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from deepfeed.core.compress.onnx_kv import kv_step, layout_from_session
 from deepfeed.core.platform.artifacts import MANIFEST
 from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
 
@@ -85,7 +86,6 @@ class OnnxGenerator:
 
     def __init__(self, onnx_file: Path, checkpoint: Path, max_context: int = 512):
         from deepfeed.core.compress.onnx_graph import onnx_session
-        from deepfeed.core.compress.onnx_kv import layout_from_session
 
         self.tokenizer = load_tokenizer(checkpoint)
         self.session = onnx_session(onnx_file)
@@ -100,15 +100,8 @@ class OnnxGenerator:
         if self.layout is None:
             window = np.asarray([ids[-self.max_context :]], dtype=np.int64)
             return self.session.run(None, {"input_ids": window, "attention_mask": np.ones_like(window)})[0][0, -1], None
-        feeds = {"attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
-        if past is None:
-            feeds |= {"input_ids": np.asarray([ids], dtype=np.int64), **self.layout.empty(1)}
-        else:
-            feeds |= {
-                "input_ids": np.asarray([[ids[-1]]], dtype=np.int64),
-                **dict(zip(self.layout.input_names(), past)),
-            }
-        logits, *presents = self.session.run(["logits", *self.layout.output_names()], feeds)
+        step = np.asarray([ids] if past is None else [[ids[-1]]], dtype=np.int64)
+        logits, presents = kv_step(self.session, self.layout, step, np.ones((1, len(ids)), dtype=np.int64), past)
         return logits[0, -1], presents
 
     def generate(self, prompt: str, max_new_tokens: int) -> Generation:
