@@ -19,8 +19,9 @@ Artifacts are built once into --work (delete it to rebuild).
 `--int8-table` instead measures the served-int8 decision side by side: torch fp32, torch
 weight-only int8 (the torch_int8 artifact), torch dynamic int8 (quantize_dynamic of the
 Linear layers, per-channel int8 weights), ORT fp32 and int8 with the KV cache (the cache
-kept in ONNX Runtime's own values between steps, as served), at batch 1 and `--batch`; engines take turns round by round so load from other processes hits them
-alike, and each cell prints its median with the min-max spread over `--repeat` rounds.
+kept in ONNX Runtime's own values between steps, as served), at batch 1 and `--batch`;
+engines take turns round by round so load from other processes hits them alike, and each
+cell prints its median with the min-max spread over `--repeat` rounds.
 Perplexity ratios against fp32 on `--records` held-out records come from the same run.
 `--keep 0.85,0.95` adds the perplexity of pruning alone at each keep fraction.
 """
