@@ -15,8 +15,9 @@
    (> --max-ppl-ratio flags it). Prints the share flagged per technique and language.
 3. FGSM on the prompt vs on the response: the same attack on both sides of the same
    pairs; the response-side children are what training would learn to produce.
-4. Speed of the synonym pass with its judge (sentences/s, per language), against the judge
-   scoring whole texts in fp32 as it did before (same sentences, same run).
+4. Speed of the synonym pass with its judge (answers/s and sentences/s, per language: an
+   answer may hold several sentences), against the judge scoring whole texts in fp32 as it
+   did before (same answers, same run).
 5. The judge's windows against whole texts: the LM's log-probability change scored on
    windows around the changes (the default) and on the whole texts in fp32, on the
    labelled pairs and on synonym variants of corpus answers (before the judge picks any):
@@ -43,7 +44,7 @@ from deepfeed.core.augment.contextual_synonyms import Skip  # noqa: E402
 from deepfeed.core.augment.lm_scoring import CausalLMRanker  # noqa: E402
 from deepfeed.core.augment.meaning import MeaningJudge, precision_recall  # noqa: E402
 from deepfeed.core.augment.setup import AugmentSettings, build_augmenters  # noqa: E402
-from deepfeed.core.augment.structural import structural_variant  # noqa: E402
+from deepfeed.core.augment.structural import split_sentences, structural_variant  # noqa: E402
 from deepfeed.core.platform.home import ensure_smollm2, package_dir  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "deepfeed" / "data"
@@ -204,19 +205,27 @@ def main() -> None:
         f"{'ppl flagged':>13}{'any flagged':>13}"
     )
     report["children"] = {}
-    whole = CausalLMRanker(lm.model, lm.tokenizer, precision="fp32", context=10**6, after=10**6)
+    # The fp32 weights FGSM attacks; the judge scores with their bf16 copy where bf16 runs natively.
+    whole = CausalLMRanker(augmenters.fgsm.model, lm.tokenizer, precision="fp32", context=10**6, after=10**6)
     speed = {}
     for lang, folder in (("en", "english"), ("zh", "chinese")):
         pairs = corpus_pairs(folder, args.sentences)
         # Warm the lexicon's caches first, so neither timed pass profits from the other.
         for _, response in pairs:
             augmenters.synonyms.lexicons[lang].options(response)
+        # An answer may hold several sentences (Chinese ones 1.2-1.5 on average).
+        sentences = sum(len(split_sentences(r)) for _, r in pairs)
         lm.tokens_fed = 0
         lm.window_cache.clear()
         augmenters.synonyms.encoder.clear_cache()  # MiniLM keeps embeddings per text
         t0 = time.time()
         augmenters.synonyms.replace_batch([r for _, r in pairs], random.Random(1))
-        speed[lang] = {"sentences_per_second": len(pairs) / (time.time() - t0), "lm_tokens": lm.tokens_fed}
+        seconds = time.time() - t0
+        speed[lang] = {
+            "answers_per_second": len(pairs) / seconds,
+            "sentences_per_second": sentences / seconds,
+            "lm_tokens": lm.tokens_fed,
+        }
         # Before: the judge's LM scored whole texts in fp32 (a window wider than any text).
         fast = augmenters.synonyms.judge.lm
         augmenters.synonyms.judge.lm = whole
@@ -224,8 +233,10 @@ def main() -> None:
         augmenters.synonyms.encoder.clear_cache()
         t0 = time.time()
         augmenters.synonyms.replace_batch([r for _, r in pairs], random.Random(1))
+        seconds = time.time() - t0
         speed[lang + " whole-text fp32 judge (before)"] = {
-            "sentences_per_second": len(pairs) / (time.time() - t0),
+            "answers_per_second": len(pairs) / seconds,
+            "sentences_per_second": sentences / seconds,
             "lm_tokens": whole.tokens_fed,
         }
         augmenters.synonyms.judge.lm = fast
@@ -260,10 +271,13 @@ def main() -> None:
         "   how much less likely under the base model the target becomes "
         "(fgsm_prompt children leave the target as it was)."
     )
-    print("\n4. Synonym pass with its judge (sentences/s; tokens fed to the LM judge):")
+    print("\n4. Synonym pass with its judge (answers/s, sentences/s, tokens fed to the LM judge):")
     for name, row in speed.items():
-        print(f"   {name:<40}{row['sentences_per_second']:8.1f}{row['lm_tokens']:10d}")
-    print(f"   judge LM precision: {lm.precision}; window: {lm.context} tokens before, {lm.after} after the change")
+        print(f"   {name:<40}{row['answers_per_second']:8.1f}{row['sentences_per_second']:8.1f}{row['lm_tokens']:10d}")
+    print(
+        f"   judge LM precision: {lm.precision} ({next(lm.model.parameters()).dtype} weights); "
+        f"window: {lm.context} tokens before, {lm.after} after the change"
+    )
     report["synonym_sentences_per_second"] = speed
     report["windows_vs_whole_texts"] = window_agreement(augmenters, whole, settings.lm_threshold, args.sentences)
     print(f"\n({time.time() - started:.0f} s in all)")

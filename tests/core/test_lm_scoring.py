@@ -73,3 +73,36 @@ def test_a_window_at_the_start_begins_with_the_start_token(model_and_tokenizer):
     parent, child = lm._ids(["Water is good for you.", "Juice is good for you."])
     ((first, (parent_window, child_window)),) = lm._windows_of(parent, child)
     assert first == 1 and parent_window[0] == child_window[0] == lm.start
+
+
+def test_scoring_model_is_a_bf16_copy_that_scores_like_fp32(model_and_tokenizer):
+    from deepfeed.core.augment.lm_scoring import scoring_model
+
+    model, tokenizer = model_and_tokenizer
+    assert scoring_model(model, "fp32") is model
+    copy = scoring_model(model, "bf16", shared=True)
+    assert copy is not model
+    assert {p.dtype for p in copy.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # FGSM still has its fp32 weights
+    assert scoring_model(copy, "bf16") is copy
+
+    exact = CausalLMRanker(model, tokenizer, precision="fp32", context=4, after=2)
+    native = CausalLMRanker(copy, tokenizer, precision="bf16", context=4, after=2)
+    assert not native.autocast
+    parents, children = [PARENT, PARENT, "A short one."], [NEAR, FAR, "A brief one."]
+    assert native.log_prob_changes(parents, children) == pytest.approx(
+        exact.log_prob_changes(parents, children), abs=0.5
+    )
+    with pytest.raises(ValueError, match="float32 weights"):
+        CausalLMRanker(copy, tokenizer, precision="fp32")
+    with pytest.raises(ValueError, match="precision"):
+        scoring_model(model, "int8")
+
+
+def test_scoring_model_converts_in_place_when_not_shared(tiny_llama):
+    from deepfeed.core.augment.lm_scoring import scoring_model
+    from deepfeed.core.train.modeling import load_model
+
+    model = load_model(tiny_llama)
+    assert scoring_model(model, "bf16", shared=False) is model
+    assert next(model.parameters()).dtype == torch.bfloat16

@@ -162,11 +162,15 @@ def build_augmenters(settings: AugmentSettings, model_path: Path | None = None) 
         model, tokenizer = load_model(model_path), load_tokenizer(model_path)
     encoder = SentenceEncoder()
     augmenters = Augmenters(encoder=encoder)
-    judge_lm = None
+    judge_lm = ranking_model = None
+    if model is not None and (settings.meaning_lm or ranking):
+        from deepfeed.core.augment.lm_scoring import scoring_model
+
+        ranking_model = scoring_model(model, shared=settings.fgsm_ratio > 0)
     if model is not None and settings.meaning_lm:
         from deepfeed.core.augment.lm_scoring import CausalLMRanker
 
-        judge_lm = CausalLMRanker(model, tokenizer)
+        judge_lm = CausalLMRanker(ranking_model, tokenizer)
     lexicons = None
     if settings.synonym_ratio > 0 or settings.fgsm_ratio > 0:
         from deepfeed.core.augment.meaning import MeaningJudge
@@ -186,7 +190,7 @@ def build_augmenters(settings: AugmentSettings, model_path: Path | None = None) 
         if ranking:
             from deepfeed.core.augment.lm_scoring import CausalLMRanker
 
-            ranker = CausalLMRanker(model, tokenizer)
+            ranker = CausalLMRanker(ranking_model, tokenizer)
         augmenters.synonyms = _synonyms(settings, encoder, protected, lexicons, ranker, judge_lm)
     if settings.fgsm_ratio > 0:
         from deepfeed.core.augment.fgsm import FgsmTextAttack
