@@ -186,7 +186,7 @@ def test_chinese_reordering_works_after_real_cleaning(encoder):
             "record_id": "z2",
             "kind": "pair",
             "prompt": "天气如何？",
-            "response": "今天天气晴朗！适合出门散步？空气也很好。",
+            "response": "今天天气晴朗！适合出门散步。空气也很好！",
             "text": None,
             "lang": "zh",
             "source": "t",

@@ -6,6 +6,9 @@ import pytest
 
 from deepfeed.core.augment.structural import reorder_clauses, split_sentences, structural_variant
 
+DEPENDS = "a sentence depends on the one before it (or is a question or a fragment)"
+NO_CLAUSES = "single sentence without clauses that stand on their own"
+
 
 @pytest.mark.parametrize(
     "text, expected",
@@ -33,16 +36,16 @@ def test_sentences_are_reordered_as_wholes():
         ("", "empty text"),
         ("1. Open settings.\n2. Press reset.", "order carries meaning (steps, list, code or dialog)"),
         ("User: my screen is black\nAgent: restart the phone", "order carries meaning (steps, list, code or dialog)"),
-        ("Open the app. Then press reset.", "a sentence depends on the one before it"),
+        ("Open the app. Then press reset.", DEPENDS),
         ("First mix it. Then bake it.", "order carries meaning (steps, list, code or dialog)"),
         ("- Open settings.\n- Press reset.", "order carries meaning (steps, list, code or dialog)"),
-        ("Buy a ticket. It is valid for a day.", "a sentence depends on the one before it"),
+        ("Buy a ticket. It is valid for a day.", DEPENDS),
         ("先洗手，然后吃饭。", "a sequencing, causal or referring word ties the clauses together"),
         (
             "Take the pill because the pain is strong, and rest.",
             "a sequencing, causal or referring word ties the clauses together",
         ),
-        ("The sky is blue.", "single sentence without independent clauses"),
+        ("The sky is blue.", NO_CLAUSES),
     ],
 )
 def test_order_that_carries_meaning_is_kept(text, reason):
@@ -56,3 +59,53 @@ def test_chinese_connectives_are_matched_as_words_not_substrings():
 
 def test_mixed_separators_are_not_flattened():
     assert reorder_clauses("Eat fruit, and drink water; sleep well.", random.Random(0)) is None
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        # Children that real chatterbot answers got before these rules (sampled 2026-12-05).
+        # A list item split off by an Oxford comma is not a clause:
+        ("The kit holds gauze, tape, and scissors.", NO_CLAUSES),
+        (
+            "Software which implements the basic functions of a computer, such as memory access, processes, and "
+            "peripheral access.",
+            "a sequencing, causal or referring word ties the clauses together",
+        ),
+        ("I may be able to learn how to love, or at any rate express love somehow.", NO_CLAUSES),
+        ("He is favorite poet.  Truly one of a kind.", DEPENDS),  # a fragment
+        ('Mad?  Mad as in "mentally ill" or mad as in "angry?"', DEPENDS),
+        ("I think Dune is an excellent story.  Did you see any of the movies?", DEPENDS),
+        (
+            "two boll weevils grew up in S. Carolina. one took off to hollywood and became a rich star. "
+            "the other stayed in carolina.",
+            DEPENDS,
+        ),
+        ("你当你穿越一只猫和一只柠檬,你得到了什么?", NO_CLAUSES),  # a question's clauses
+        ("是啊,我总是表现在社会不能接受的方式。", NO_CLAUSES),  # an interjection
+        ("不,我没有对篮球的协调。", NO_CLAUSES),
+        (
+            "从技术上讲,这是资源稀缺的条件下,分配的研究。",
+            "a sequencing, causal or referring word ties the clauses together",
+        ),
+        ("我的软件在所有操作系统上运行,包括Windows,Linux和Mac OS。", NO_CLAUSES),  # a list
+        ("一个社会政治运动主张生产资料,并带来一个无阶级社会的共同所有权。", NO_CLAUSES),  # 并: and
+        ("格雷戈里说,我到当前行不响应。", NO_CLAUSES),  # reported speech
+        ("我更紧张,比我应该的。", NO_CLAUSES),
+    ],
+)
+def test_parts_that_do_not_stand_alone_stay_in_place(text, reason):
+    assert structural_variant(text, random.Random(0)) == reason
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I believe they said Dr. Smith on the phone. I called him back.",
+        "I've heard it said that Arthur C. Clark wrote the most literary technical proposals in history.",
+        "Standard pieces of gold, silver, etc. stamped by government authority.",
+    ],
+)
+def test_abbreviations_and_initials_do_not_end_sentences(text):
+    for sentence in split_sentences(text):
+        assert not sentence.endswith(("Dr.", "C.", "etc.")), sentence

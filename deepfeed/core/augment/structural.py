@@ -5,24 +5,40 @@ sequencing or causal connective ties one part to the one before ("then", "becaus
 然后, 所以). Such texts are left alone. English connectives are matched as words with a
 regex; Chinese has no spaces, so its connectives are matched on jieba words (a
 substring test would find 后 in 后背 and refuse harmless text).
+
+Only parts that stand on their own are moved. Sampled children of real answers showed
+what breaks otherwise: a list item split off by an Oxford comma ("such as memory access,
+processes, and peripheral access" -> "Peripheral access, and software which ..."), an
+adverbial frame moved away from its clause ("at any rate ...", 从技术上讲), a fragment
+that leans on the sentence before ("Truly one of a kind."), a question's clauses with the
+question mark left on the wrong one, an interjection sent to the end (是啊, 不), and
+sentences cut at abbreviations ("S. Carolina", "Dr. Smith"). So: English sentences are
+split by pysbd (rule-based, offline, knows abbreviations and initials); every English
+clause or sentence that moves needs a verb (textblob's tagger; an imperative's verb
+counts), every Chinese clause a predicate (jieba's verb, adjective or idiom tags) and
+three characters; clauses may not start with a preposition or subordinator; questions
+are not reordered.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from functools import lru_cache
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _ORDERED = re.compile(r"^\s*(?:\d+[.)]\s|[-*•]\s|(?:step\s+\d+|first|then|finally)\b)", re.I | re.M)
 _DIALOG = re.compile(r"^\s*(?:[A-Z][\w ]{0,20}|问|答|用户|客服|医生|患者)\s*[:：]", re.M)
 _EN_SEQUENCE = re.compile(
-    r"\b(?:then|after|afterwards|before|first|second|next|finally|later|until|once|so|because|since|therefore|thus|hence|if|unless|when|while|but|however|otherwise|it|this|that|they|he|she|these|those)\b",
+    r"\b(?:then|after|afterwards|before|first|second|next|finally|later|until|once|so|because|since|therefore|thus|hence|if|unless|when|while|but|however|otherwise|it|this|that|they|he|she|these|those|other|another|also|again|both|such|too)\b",
     re.I,
 )
 ZH_SEQUENCE = frozenset(
     (
         "然后 之后 以后 随后 接着 首先 其次 再 最后 先 后 因为 所以 因此 于是 如果 假如 但是 但 "
-        "可是 然而 不过 否则 虽然 即使 只要 只有 除非 并且 而且 从而 那么 这 那 它 他 她 其"
+        "可是 然而 不过 否则 虽然 即使 只要 只有 除非 并且 而且 从而 那么 这 那 它 他 她 其 "
+        # jieba keeps these as one word, so 这 and 他 alone do not find them.
+        "他们 她们 它们 这些 那些 这个 那个 这样 那样 这是 那是 这里 那里 该 此"
     ).split()
 )
 # Clause boundaries inside one sentence: a comma/semicolon before "and"/"or" or a
@@ -37,8 +53,81 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])(?<![0-9][.])\s+|(?<=[。！？])\s*|(?<=
 _END = re.compile(r"[.!?。！？;；]+$")
 
 
+# English clauses: a finite verb, or a verb first (an imperative); never a preposition,
+# conjunction or wh-word first (a frame or a dependent clause, not a clause of its own).
+_EN_FINITE = frozenset({"VBD", "VBZ", "VBP", "MD"})
+_EN_DEPENDENT_START = frozenset({"IN", "TO", "CC", "WDT", "WP", "WRB", "RB", "VBG", "VBN"})
+# Chinese: a predicate (verb, adjective, idiom, status word: jieba's v, a, i, l, z; not
+# vn, a verbal noun), and no preposition or subordinator in front.
+_ZH_PREDICATE = ("v", "a", "i", "l", "z")
+_ZH_DEPENDENT_START = (
+    "从 在 当 对 对于 关于 根据 按照 通过 为了 由于 作为 随着 除了 就 自从 尤其 包括 比如 例如 像 比 "
+    "并 而 和 与 及 以及 或 或者 还".split()
+)
+# A clause that ends in a verb of saying or thinking has the next clause as its object.
+_ZH_REPORTING = ("说", "讲", "道", "认为", "觉得", "表示", "知道", "相信", "希望", "听说")
+_ZH_QUESTION = re.compile(r"[吗呢?？]|什么|谁|哪|怎么|为什么|多少|几")
+_QUESTION = re.compile(r"[?？]\W*$")
+
+
 def split_sentences(text: str) -> list[str]:
-    return [s for s in (part.strip() for part in _SENTENCE_END.split(text)) if s]
+    if _CJK.search(text):
+        return [s for s in (part.strip() for part in _SENTENCE_END.split(text)) if s]
+    return [s.strip() for s in _english_segmenter().segment(text) if s.strip()]
+
+
+@lru_cache(maxsize=1)
+def _english_segmenter():
+    import pysbd
+
+    return pysbd.Segmenter(language="en", clean=False)
+
+
+@lru_cache(maxsize=1)
+def _english_tagger():
+    from deepfeed.core.augment.en_synonyms import EnglishTagger
+    from deepfeed.core.platform.home import activate_nltk_data
+
+    activate_nltk_data()  # the tagger asks WordNet whether a word can be a verb
+    return EnglishTagger()
+
+
+def stands_alone(part: str, clause: bool) -> bool:
+    """Whether a sentence (or, with ``clause``, a clause of one) can move without the
+    text around it: it has its own verb or predicate and does not open with a word that
+    ties it to something else."""
+    if _CJK.search(part):
+        from deepfeed.core.augment.zh_synonyms import tag
+
+        if not clause:
+            # A Chinese sentence ended by 。！？ is whole; jieba's tags are too rough to
+            # say otherwise (今天天气晴朗 comes out as one name, nr, without a predicate).
+            return True
+        words = [(part[a:b], flag) for a, b, flag in tag(part) if part[a:b].strip()]
+        if not words or not any(flag.startswith(_ZH_PREDICATE) and flag != "vn" for _, flag in words):
+            return False
+        return len(part) >= 3 and not part.startswith(tuple(_ZH_DEPENDENT_START)) and not part.endswith(_ZH_REPORTING)
+    tags = [(token, tag) for _, _, token, tag in _english_tagger().tag(part) if token[:1].isalnum()]
+    if not tags:
+        return False
+    first_word, first_tag = tags[0]
+    if clause and first_tag in _EN_DEPENDENT_START:
+        return False
+    if any(tag in _EN_FINITE for _, tag in tags):
+        return True
+    # An imperative: a base-form verb first and something after it ("store the box": the
+    # tagger often reads a clause-initial imperative as a noun; "scissors" alone is none).
+    return len(tags) >= 2 and (first_tag == "VB" or (first_tag in ("NN", "VBP") and _verb(first_word)))
+
+
+def _verb(word: str) -> bool:
+    from nltk.corpus import wordnet
+
+    return bool(wordnet.synsets(word.lower(), "v"))
+
+
+def is_question(text: str) -> bool:
+    return bool(_QUESTION.search(text.strip()))
 
 
 def order_matters(text: str) -> bool:
@@ -68,11 +157,15 @@ def _shuffled(parts: list[str], rng: random.Random) -> list[str] | None:
 
 
 def reorder_sentences_safely(text: str, rng: random.Random) -> str | None:
-    """Sentences in another order, unless a later sentence leans on an earlier one."""
+    """Sentences in another order, unless one leans on another: any sentence, the first
+    too, since a sentence moved after others would take them as what its "this" means."""
     if order_matters(text):
         return None
     sentences = split_sentences(text)
-    if len(sentences) < 2 or any(has_sequence_words(s) for s in sentences[1:]):
+    if len(sentences) < 2 or any(has_sequence_words(s) for s in sentences):
+        return None
+    # A question follows up on what came before it; a fragment leans on it.
+    if any(is_question(s) or not stands_alone(s, clause=False) for s in sentences):
         return None
     order = _shuffled(sentences, rng)
     if order is None:
@@ -103,6 +196,10 @@ def reorder_clauses(sentence: str, rng: random.Random) -> str | None:
     clauses = [c.strip() for c in pattern.split(body)]
     if len(clauses) < 2 or any(not c for c in clauses) or len(set(separators)) != 1:
         return None  # mixed separators ("A, and B; C") nest clauses: not a flat list
+    if is_question(sentence) or (zh and _ZH_QUESTION.search(body)):
+        return None  # the question mark (or 吗, 什么) belongs to one clause, not the sentence
+    if not all(stands_alone(c, clause=True) for c in clauses):
+        return None
     order = _shuffled(clauses, rng)
     if order is None:
         return None
@@ -124,8 +221,12 @@ def structural_variant(text: str, rng: random.Random) -> tuple[str, str] | str:
     sentences = split_sentences(text)
     if len(sentences) >= 2:
         new = reorder_sentences_safely(text, rng)
-        return (new, "sentence_reorder") if new else "a sentence depends on the one before it"
+        return (
+            (new, "sentence_reorder")
+            if new
+            else "a sentence depends on the one before it (or is a question or a fragment)"
+        )
     if has_sequence_words(text):
         return "a sequencing, causal or referring word ties the clauses together"
     new = reorder_clauses(text.strip(), rng)
-    return (new, "clause_reorder") if new else "single sentence without independent clauses"
+    return (new, "clause_reorder") if new else "single sentence without clauses that stand on their own"
