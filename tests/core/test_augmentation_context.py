@@ -73,6 +73,33 @@ def test_the_reported_english_corruptions_cannot_happen(encoder, lexicons, text,
         assert not any(word in child for word in never), child
 
 
+@pytest.mark.parametrize(
+    "text, word, never",
+    [
+        # Sampled children of chatterbot answers (2026-12-05), each wrong in its context:
+        ("Update the driver or check the monitor cable.", "cable", None),  # compound term: -> "line"
+        ("Here's bubble sort in Python.", "sort", None),  # -> "bubble kind"
+        ("Hold the power button for 10 seconds.", "seconds", None),  # unit: -> "10 minutes"
+        ("Check if the cables are connected properly.", "properly", ["decent", "right"]),  # adverb -> adjective
+        ("The cable is loose.", "cable", ["line"]),  # "line" in a sense it rarely has
+        ("Life includes the capacity for growth.", "capacity", ["content"]),
+        ("A secret society controls all governments.", "governments", ["authoritieses", "authorities"]),
+    ],
+)
+def test_sampled_english_corruptions_are_not_offered(lexicons, text, word, never):
+    offered = {text[a:b]: c for a, b, c in lexicons["en"].options(text)}
+    if never is None:
+        assert word not in offered
+    else:
+        assert not set(offered.get(word, [])) & set(never), offered.get(word)
+
+
+def test_text_with_code_gets_no_synonyms(encoder, lexicons):
+    replacer = ContextualSynonymReplacer(encoder, lexicons["en"], lexicons["zh"], protected=protected_mask)
+    (skip,) = replacer.replace_batch(["Here's a linked list:\n\n```\nclass Node: pass\n```\n"], random.Random(0))
+    assert skip.reason == "contains code: its terms have no synonyms"
+
+
 def test_part_of_speech_inflection_and_case_follow_the_original(lexicons):
     english = lexicons["en"]
     options = {("She hid the keys.")[a:b]: c for a, b, c in english.options("She hid the keys.")}
@@ -159,6 +186,17 @@ def test_the_encoder_judges_what_it_reads_and_the_lm_the_rest(encoder, lexicons,
     strict = MeaningJudge(lexicons, encoder, lm, lm_threshold=1e9)
     (refused,) = strict.judge(["医生建议病人多喝水。"], ["医生建议患者多喝水。"], ["zh"])
     assert not refused.keeps_meaning and "log-probability change" in refused.reason
+    # lm_everywhere: the LM checks what MiniLM passed too (English), and only that.
+    english = (
+        ["The doctor examined the patient.", "The doctor examined the patient."],
+        ["The physician examined the patient.", "The doctor examined the bread."],
+    )
+    both = MeaningJudge(lexicons, encoder, lm, lm_threshold=1e9, lm_everywhere=True).judge(*english, ["en"] * 2)
+    assert [v.judge for v in both] == ["encoder", "lexicon"] and not any(v.keeps_meaning for v in both)
+    assert "log-probability change" in both[0].reason and both[0].lm_change is not None
+    assert both[0].score == verdicts[1].score  # the verdict keeps MiniLM's similarity
+    lenient = MeaningJudge(lexicons, encoder, lm, lm_threshold=-1e9, lm_everywhere=True)
+    assert lenient.judge(english[0][:1], english[1][:1], ["en"])[0].keeps_meaning
     # The lexical gate: an antonym or a gender swap is not a swap of in-context synonyms.
     gate = judge.judge(
         ["The children were very happy.", "他们明天去北京。"],

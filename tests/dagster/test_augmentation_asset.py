@@ -22,6 +22,9 @@ def test_augmented_corpus_has_provenance_and_rich_metadata(deepfeed_env, tiny_ll
                 "similarity_threshold": 0.5,
                 "synonym_lm_rank": True,
                 "synonym_variants": 4,
+                # The tiny random LM's log-probabilities say nothing about meaning: here it
+                # would refuse every English FGSM child; this test is about provenance.
+                "meaning_lm_everywhere": False,
             }
         }
     }

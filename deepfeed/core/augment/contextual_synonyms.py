@@ -110,6 +110,7 @@ class ContextualSynonymReplacer:
         judge_lm: CausalLMRanker | None = None,
         lm_threshold: float = -12.0,
         max_unk_share: float = 0.1,
+        lm_everywhere: bool = False,
     ):
         from deepfeed.core.augment.meaning import MeaningJudge
 
@@ -127,7 +128,7 @@ class ContextualSynonymReplacer:
         # The judge of meaning: MiniLM where it reads the text, the causal LM where MiniLM
         # sees mostly [UNK] (Chinese); see deepfeed.core.augment.meaning.
         self.judge = MeaningJudge(
-            self.lexicons, encoder, judge_lm, threshold, lm_threshold, max_unk_share, self.protected
+            self.lexicons, encoder, judge_lm, threshold, lm_threshold, max_unk_share, self.protected, lm_everywhere
         )
 
     def script(self, text: str) -> str | Skip:
@@ -143,6 +144,10 @@ class ContextualSynonymReplacer:
             return Skip("nothing but protected spans, numbers and punctuation")
         if script == "mixed":
             return Skip("mixed-language text: no single synonym resource applies")
+        if "```" in text:
+            # The prose around code names its parts ("a linked list", "a static method"):
+            # terms of art with no synonyms, which sampled children turned into nonsense.
+            return Skip("contains code: its terms have no synonyms")
         return script
 
     def _words(self, text: str, script: str) -> Spans:

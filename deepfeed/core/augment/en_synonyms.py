@@ -22,7 +22,19 @@ Only the dominant WordNet senses of the word's lemma are used (the first synset,
 later ones only where SemCor finds the word in that sense at least a quarter as often
 as in the first), and only lemmas SemCor
 attests (count >= 1): rare lemmas ("white-shoe", "utilise", "habituate") are mostly
-the wrong register or the wrong sense.
+the wrong register or the wrong sense. The sense must be dominant for the candidate too:
+"line" is a synonym of "cable" only in a sense "line" is rarely used in, and a reader
+takes "check the monitor line" in its usual one (so too "capacity" -> "content").
+
+Sampled children of real answers (docs/augmentation.md) added these:
+
+* a noun next to another noun is part of a compound term ("monitor cable", "bubble
+  sort", "memoization function"), and a noun after a number is a unit ("10 seconds" is
+  not "10 minutes" although WordNet lists both for "a short time"): neither is touched;
+* an adverb in -ly is replaced only by one in -ly ("connected properly" never becomes
+  "connected decent", though WordNet lists "decent" as an adverb);
+* WordNet lemmas that are inflected forms themselves ("authorities") are not inflected
+  again ("authoritieses").
 """
 
 from __future__ import annotations
@@ -211,6 +223,13 @@ class WordNetSynonyms:
                     blocked.add(i - 1)
             if tag not in _WORDNET_POS or word.lower() in self._stop or len(word) < 3 or not word.isalpha():
                 blocked.add(i)
+            if tag.startswith("NN") and i and tagged[i - 1][3] == "CD":
+                blocked.add(i)  # a unit: "10 seconds"
+            if tag.startswith("NN") and any(
+                0 <= k < len(tagged) and tagged[k][3].startswith("NN") and tagged[k][2].isalpha()
+                for k in (i - 1, i + 1)
+            ):
+                blocked.add(i)  # part of a compound term: "monitor cable", "bubble sort"
         for n in (4, 3, 2):
             for i in range(len(tagged) - n + 1):
                 window = tuple(words[i : i + n])
@@ -252,9 +271,27 @@ class WordNetSynonyms:
                 name = entry.name()
                 if entry.count() < 1 or not name.isalpha() or not name.islower() or name == lemma or name in self._stop:
                     continue
+                if not self._dominant(name, synset, pos) or (getLemma(name, upos=_UPOS[pos]) or (name,))[0] != name:
+                    continue
+                if pos == "r" and lower.endswith("ly") and not name.endswith("ly"):
+                    continue
                 form = name if tag in ("NN", "VB", "VBP", "JJ", "RB") else (getInflection(name, tag=tag) or [None])[0]
                 if tag == "VBP" and lower != lemma:
                     form = None  # a VBP that is not the lemma ("am", "are") has no regular inflection
                 if form and form != lower and form not in out:
                     out.append(form)
         return out[: self.max_candidates]
+
+    def _dominant(self, name: str, synset, pos: str) -> bool:
+        """Whether ``synset`` is one of ``name``'s own dominant senses, by the rule
+        :meth:`in_context` applies to the word replaced."""
+        senses = self._wordnet.synsets(name, pos="as" if pos == "a" else pos)[: self.max_senses]
+        if synset not in senses:
+            return False
+        if synset == senses[0]:
+            return True
+
+        def count(s) -> int:
+            return next((x.count() for x in s.lemmas() if x.name().lower() == name), 0)
+
+        return count(synset) >= max(1, count(senses[0]) / 4)

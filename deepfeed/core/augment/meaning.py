@@ -18,6 +18,12 @@ Two checks, both required:
    almost no Chinese, so Chinese text comes out as [UNK] and every Chinese pair looks
    identical to it (0.999); the share of [UNK] pieces decides which model scores a
    text (``max_unk_share``).
+3. Where MiniLM scores a text and an LM is given (``lm_everywhere``), **the LM's change
+   too**: a synonym in a sense the context does not have ("a hard, rawhide covered
+   ball" -> "a difficult, rawhide extended ball", "the cables are connected" -> "...
+   related") moves a sentence embedding little, but the base LM finds it far less
+   likely. On sampled English children most such swaps scored below -12 nats and most
+   right ones above (docs/augmentation.md).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class Verdict:
     score: float | None  # cosine (judge "encoder") or log-probability change in nats (judge "lm")
     judge: str  # "encoder", "lm", or "lexicon" when the gate alone refused it
     reason: str = ""
+    lm_change: float | None = None  # the LM's change where it checked an encoder-judged child
 
 
 class MeaningJudge:
@@ -54,8 +61,10 @@ class MeaningJudge:
         lm_threshold: float = -6.0,
         max_unk_share: float = 0.1,
         protected: Callable[[str], Spans] | None = None,
+        lm_everywhere: bool = False,
     ):
         self.lexicons = lexicons
+        self.lm_everywhere = lm_everywhere
         self.encoder = encoder
         self.lm = lm
         self.similarity_threshold = similarity_threshold
@@ -106,6 +115,14 @@ class MeaningJudge:
                 ok = float(sim) >= self.similarity_threshold
                 reason = "" if ok else f"similarity {sim:.2f} < {self.similarity_threshold}"
                 verdicts[i] = Verdict(ok, round(float(sim), 4), "encoder", reason)
+            checked = [i for i in rows if verdicts[i].keeps_meaning] if self.lm_everywhere and self.lm else []
+            if checked:
+                changes = self.lm.log_prob_changes([parents[i] for i in checked], [children[i] for i in checked])
+                for i, change in zip(checked, changes):
+                    delta = round(float(change), 4)
+                    ok = delta >= self.lm_threshold
+                    reason = "" if ok else f"log-probability change {delta:.1f} < {self.lm_threshold}"
+                    verdicts[i] = Verdict(ok, verdicts[i].score, "encoder", reason, delta)
         if by_model["lm"]:
             rows = by_model["lm"]
             # Child minus parent on the window around the change: the common head cancels.

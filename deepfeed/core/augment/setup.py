@@ -62,6 +62,11 @@ class AugmentSettings:
     lm_threshold: float = setting(
         -12.0, "Least log-probability change (nats, child minus parent) under the base LM for a child the LM judges."
     )
+    meaning_lm_everywhere: bool = setting(
+        True,
+        "With meaning_lm, the base LM also checks the children MiniLM judges (English): MiniLM barely moves for a "
+        "synonym in the wrong sense ('hard ball' -> 'difficult ball'), the LM finds most of them far less likely.",
+    )
     max_unk_share: float = setting(
         0.1,
         "Largest share of [UNK] word pieces in MiniLM's reading of a text for MiniLM to judge it; above it the LM "
@@ -109,6 +114,7 @@ class AugmentSettings:
                         "masked_lm": bool(self.masked_lm_path),
                         "ranked_by": "causal_lm" if self.synonym_lm_rank else "similarity",
                         "meaning_lm": self.meaning_lm,
+                        "meaning_lm_everywhere": self.meaning_lm and self.meaning_lm_everywhere,
                         "lm_threshold": self.lm_threshold,
                     },
                     "fgsm": {"epsilon": self.fgsm_epsilon, "max_modification_rate": self.fgsm_max_modification_rate},
@@ -184,6 +190,7 @@ def build_augmenters(settings: AugmentSettings, model_path: Path | None = None) 
             settings.lm_threshold,
             settings.max_unk_share,
             protected,
+            lm_everywhere=settings.meaning_lm_everywhere,
         )
     if settings.synonym_ratio > 0:
         ranker = None
@@ -246,6 +253,7 @@ def _synonyms(settings: AugmentSettings, encoder, protected, lexicons, ranker=No
             judge_lm=judge_lm,
             lm_threshold=settings.lm_threshold,
             max_unk_share=settings.max_unk_share,
+            lm_everywhere=settings.meaning_lm_everywhere,
         )
     except ValueError as exc:
         field = "synonym_rate" if "rate" in str(exc) else "similarity_threshold"
