@@ -20,8 +20,12 @@ Artifacts are built once into --work (delete it to rebuild).
 weight-only int8 (the torch_int8 artifact), torch dynamic int8 (quantize_dynamic of the
 Linear layers, per-channel int8 weights), ORT fp32 and int8 with the KV cache (the cache
 kept in ONNX Runtime's own values between steps, as served), at batch 1 and `--batch`;
-engines take turns round by round so load from other processes hits them alike, and each
-cell prints its median with the min-max spread over `--repeat` rounds.
+each cell prints its median with the min-max spread over `--repeat` rounds. Each engine
+is timed in a fresh process of its own, as it is served: in one process, torch's OpenMP
+worker threads wait actively after torch work and take a core from ONNX Runtime's two
+threads (ORT int8 at batch 8 on two threads: about 225 tokens/s alone, 165 after a torch
+`generate` in the same process, 230 with OMP_WAIT_POLICY=PASSIVE; docs/training-tiers.md).
+`--same-process` times them all in this process instead, taking turns round by round.
 Perplexity ratios against fp32 on `--records` held-out records come from the same run.
 `--keep 0.85,0.95` adds the perplexity of pruning alone at each keep fraction.
 """
@@ -85,6 +89,11 @@ def main() -> None:
     parser.add_argument("--no-speed", action="store_true", help="only sizes and quality")
     parser.add_argument("--int8-table", action="store_true", help="only the side-by-side int8 decision table")
     parser.add_argument("--batch", type=int, default=8, help="batched rows for --int8-table")
+    parser.add_argument(
+        "--same-process",
+        action="store_true",
+        help="--int8-table: time every engine in this one process (torch's OpenMP threads then slow ORT)",
+    )
     parser.add_argument("--keep", default="", help="comma-separated keep fractions to measure pruning alone")
     args = parser.parse_args()
     if args.int8_table:
@@ -314,15 +323,29 @@ def int8_table(args) -> None:
         )
 
     speed: dict[tuple[str, int], list[float]] = {}
-    for batch in (1, args.batch):
-        ids = torch.tensor([prompt] * batch)
-        for run in engines.values():
-            run(ids)  # warm-up
-        for _ in range(args.repeat):
-            for name, run in engines.items():
-                seconds, _ = timed(lambda run=run, ids=ids: run(ids))
-                speed.setdefault((name, batch), []).append(batch * n_new / seconds)
-        print(f"batch {batch} measured", flush=True)
+    if args.same_process:
+        for batch in (1, args.batch):
+            ids = torch.tensor([prompt] * batch)
+            for run in engines.values():
+                run(ids)  # warm-up
+            for _ in range(args.repeat):
+                for name, run in engines.items():
+                    seconds, _ = timed(lambda run=run, ids=ids: run(ids))
+                    speed.setdefault((name, batch), []).append(batch * n_new / seconds)
+            print(f"batch {batch} measured", flush=True)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        for name in engines:
+            # A fresh process per engine: nothing else has run in it (see the module docstring).
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                rates = pool.submit(
+                    time_engine, name, str(work), args.threads, prompt, n_new, (1, args.batch), args.repeat
+                ).result()
+            for batch, values in rates.items():
+                speed[(name, batch)] = values
+            print(f"{name} measured in its own process", flush=True)
 
     records = held_out_records(args.records)
     config = EvaluationConfig()
@@ -330,9 +353,10 @@ def int8_table(args) -> None:
     logits |= {name: onnx_kv_logits(s) for name, s in sessions.items()}
     ppl = {name: perplexity(fn, tokenizer, records, config)["perplexity"] for name, fn in logits.items()}
 
+    where = "all engines in one process" if args.same_process else "each engine in its own process"
     print(
         f"\nSmolLM2-135M, {args.threads} threads, prompt {len(prompt)} tokens, {n_new} new tokens, "
-        f"{args.repeat} rounds; perplexity on {len(records)} held-out records; int8 rows run the pruned "
+        f"{args.repeat} rounds, {where}; perplexity on {len(records)} held-out records; int8 rows run the pruned "
         f"(keep {summary['config']['keep_fraction']}) model"
     )
     print(
@@ -356,6 +380,66 @@ def int8_table(args) -> None:
         prune_model(model, CompressionConfig(keep_fraction=keep))
         value = perplexity(torch_logits(model), tokenizer, records, config)["perplexity"]
         print(f"pruning alone, keep {keep:.2f}: perplexity {value:.3f}, x{value / ppl['torch fp32']:.3f} fp32")
+
+
+def time_engine(
+    name: str, work: str, threads: int, prompt: list[int], n_new: int, batches: tuple[int, ...], repeat: int
+) -> dict[int, list[float]]:
+    """tokens/s of one engine over ``repeat`` rounds per batch size, loaded as it is served
+    (run in a fresh process: an ONNX Runtime engine does no torch work at all)."""
+    import numpy as np
+    import torch
+
+    from deepfeed.core.platform.home import ensure_smollm2
+
+    torch.set_num_threads(threads)
+    work_dir = Path(work)
+    if name.startswith("ORT"):
+        from deepfeed.core.compress.onnx_graph import onnx_session
+        from deepfeed.core.compress.onnx_kv import onnx_greedy_generate
+
+        suffix = "_int8" if "int8" in name else ""
+        session = onnx_session(work_dir / "onnx" / f"decoder_with_past{suffix}.onnx", threads=threads)
+
+        def run(rows):
+            ids = np.array(rows, dtype=np.int64)
+            onnx_greedy_generate(session, ids, np.ones_like(ids), n_new)
+
+    else:
+        from deepfeed.core.compress.compression import CompressionConfig, load_int8_torch, quantize_int8
+        from deepfeed.core.train.modeling import load_model, load_tokenizer
+
+        checkpoint = ensure_smollm2()
+        pad = load_tokenizer(checkpoint).pad_token_id
+        if name == "torch fp32":
+            model = load_model(checkpoint).eval()
+        elif name == "torch int8 weight-only":
+            model = load_int8_torch(work_dir / "pruned", work_dir / "torch_int8")
+        else:
+            model = quantize_int8(
+                load_model(work_dir / "pruned").eval(),
+                CompressionConfig(quantization="dynamic", quantize_per_channel=True),
+            )
+
+        def run(rows):
+            ids = torch.tensor(rows)
+            with torch.no_grad():
+                model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=n_new,
+                    min_new_tokens=n_new,
+                    do_sample=False,
+                    use_cache=True,
+                    pad_token_id=pad,
+                )
+
+    out: dict[int, list[float]] = {}
+    for batch in batches:
+        rows = [prompt] * batch
+        run(rows)  # warm-up
+        out[batch] = [batch * n_new / timed(lambda rows=rows: run(rows))[0] for _ in range(repeat)]
+    return out
 
 
 if __name__ == "__main__":
