@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepfeed.core.augment.contextual_synonyms import ContextualSynonymReplacer, SynonymEdit
+from deepfeed.core.augment.contextual_synonyms import ContextualSynonymReplacer, Skip, SynonymEdit
 from deepfeed.core.augment.corpus import Augmenters, AugmentPlan, audit_entries, augment_corpus
 from deepfeed.core.augment.meaning import MeaningJudge, precision_recall
 from deepfeed.core.augment.protected import WordNetSynonyms, protected_mask
@@ -84,6 +84,8 @@ def test_the_reported_english_corruptions_cannot_happen(encoder, lexicons, text,
         ("The cable is loose.", "cable", ["line"]),  # "line" in a sense it rarely has
         ("Life includes the capacity for growth.", "capacity", ["content"]),
         ("A secret society controls all governments.", "governments", ["authoritieses", "authorities"]),
+        ("Well, it changes every few years.", "changes", ["alterations", "variations"]),  # a verb, mistagged
+        ("Well, it changes every few years.", "years", ["yrs"]),  # an abbreviation
     ],
 )
 def test_sampled_english_corruptions_are_not_offered(lexicons, text, word, never):
@@ -197,6 +199,13 @@ def test_the_encoder_judges_what_it_reads_and_the_lm_the_rest(encoder, lexicons,
     assert both[0].score == verdicts[1].score  # the verdict keeps MiniLM's similarity
     lenient = MeaningJudge(lexicons, encoder, lm, lm_threshold=-1e9, lm_everywhere=True)
     assert lenient.judge(english[0][:1], english[1][:1], ["en"])[0].keeps_meaning
+    # The check of MiniLM-judged children has its own bar: strict there, lenient where
+    # the LM alone judges (Chinese).
+    split = MeaningJudge(lexicons, encoder, lm, lm_threshold=-1e9, lm_everywhere=True, lm_check_threshold=1e9)
+    checked, lm_only = split.judge(
+        [english[0][0], "医生建议病人多喝水。"], [english[1][0], "医生建议患者多喝水。"], ["en", "zh"]
+    )
+    assert not checked.keeps_meaning and str(1e9) in checked.reason and lm_only.keeps_meaning
     # The lexical gate: an antonym or a gender swap is not a swap of in-context synonyms.
     gate = judge.judge(
         ["The children were very happy.", "他们明天去北京。"],
@@ -332,3 +341,38 @@ def test_reorders_the_judge_refuses_are_dropped_with_the_reason(encoder, lexicon
         json.loads(child["aug_params"])["judge"] == "encoder"
         and json.loads(child["aug_params"])["meaning_score"] >= 0.85
     )
+
+
+def test_the_lm_check_picks_the_variant_the_lm_finds_most_likely(encoder, lexicons, tiny_llama):
+    """With the LM checking MiniLM's verdicts, the kept variant is the passing one with the
+    largest LM change, not the largest cosine (the cosine barely sees a wrong sense)."""
+    from deepfeed.core.augment.lm_scoring import CausalLMRanker
+    from deepfeed.core.train.modeling import load_model, load_tokenizer
+
+    lm = CausalLMRanker(load_model(tiny_llama), load_tokenizer(tiny_llama))
+    replacer = ContextualSynonymReplacer(
+        encoder, lexicons["en"], lexicons["zh"], protected=protected_mask, threshold=-1.0, rate=1.0, variants=4,
+        judge_lm=lm, lm_threshold=-1e9, lm_everywhere=True, lm_check_threshold=-1e9,
+    )  # fmt: skip
+    text = "The doctor examined the patient and wrote a short report."
+    variants = [v for v, _ in replacer._variants(text, "en", random.Random(3))]
+    assert len(variants) >= 2
+    (edit,) = replacer.replace_batch([text], random.Random(3))
+    changes = lm.log_prob_changes([text] * len(variants), variants)
+    assert edit.text == variants[int(np.argmax(changes))]
+
+
+def test_chinese_synonyms_are_off_unless_asked_for():
+    from deepfeed.core.augment.setup import AugmentSettings, AugmentSettingsError, build_augmenters
+
+    chinese, english = "医生建议病人多喝水。", "The doctor examined the patient and wrote a report."
+    default = build_augmenters(AugmentSettings(fgsm_ratio=0.0, meaning_lm=False)).synonyms
+    zh_edit, en_edit = default.replace_batch([chinese, english], random.Random(0))
+    assert isinstance(zh_edit, Skip) and zh_edit.reason == "Chinese synonyms are off (synonym_languages)"
+    assert isinstance(en_edit, SynonymEdit)
+    both = build_augmenters(AugmentSettings(fgsm_ratio=0.0, meaning_lm=False, synonym_languages="en, zh")).synonyms
+    assert isinstance(both.replace_batch([chinese], random.Random(0))[0], SynonymEdit)
+    assert AugmentSettings().plan().technique_params["synonym"]["languages"] == ["en"]
+    with pytest.raises(AugmentSettingsError, match="unknown language fr") as error:
+        AugmentSettings(synonym_languages="en,fr").plan()
+    assert error.value.field == "synonym_languages"

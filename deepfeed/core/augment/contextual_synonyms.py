@@ -8,6 +8,8 @@ replaced, and all variants of a batch are judged together
 (:class:`~deepfeed.core.augment.meaning.MeaningJudge`): by MiniLM cosine similarity where the
 encoder reads the text, by the base causal LM's log-probability change where MiniLM
 sees mostly [UNK] (Chinese). The variant kept is the best-scoring one that passes.
+``languages`` names the languages that get children at all: the shipped settings leave
+Chinese out (``synonym_languages``), for reasons given in docs/augmentation.md.
 
 Batching is what makes this fast: nlpaug's contextual augmenter runs a masked LM per
 sentence per word (nlpaug issue #248); here one encoder pass scores a whole batch.
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ _LATIN = re.compile(r"[A-Za-z]")
 _EN_WORD = re.compile(r"[A-Za-z][A-Za-z'-]+")
 
 Spans = list[tuple[int, int]]
+LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
 # nlpaug skips whitespace tokens matching this: anything with a digit, placeholder
 # bracket, URL or e-mail mark or code tick (the token-level view of protected_mask).
 _NLPAUG_PROTECTED = r".*(?:\d|<|>|@|`|https?:|www\.)"
@@ -80,6 +83,10 @@ class SynonymEdit:
 
 
 def _score(verdict) -> float:
+    # Where the LM checked an encoder-judged child its change ranks the variants: it told
+    # right from wrong senses far better than the cosine on sampled English children.
+    if verdict.lm_change is not None:
+        return verdict.lm_change
     return float("-inf") if verdict.score is None else verdict.score
 
 
@@ -111,6 +118,8 @@ class ContextualSynonymReplacer:
         lm_threshold: float = -12.0,
         max_unk_share: float = 0.1,
         lm_everywhere: bool = False,
+        lm_check_threshold: float | None = None,
+        languages: Collection[str] = ("en", "zh"),
     ):
         from deepfeed.core.augment.meaning import MeaningJudge
 
@@ -120,6 +129,7 @@ class ContextualSynonymReplacer:
             raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
         self.encoder = encoder
         self.lexicons = {"en": english, "zh": chinese}
+        self.languages = frozenset(languages)
         self.protected = protected or (lambda text: [])
         self.threshold = threshold
         self.rate = rate
@@ -128,7 +138,15 @@ class ContextualSynonymReplacer:
         # The judge of meaning: MiniLM where it reads the text, the causal LM where MiniLM
         # sees mostly [UNK] (Chinese); see deepfeed.core.augment.meaning.
         self.judge = MeaningJudge(
-            self.lexicons, encoder, judge_lm, threshold, lm_threshold, max_unk_share, self.protected, lm_everywhere
+            self.lexicons,
+            encoder,
+            judge_lm,
+            threshold,
+            lm_threshold,
+            max_unk_share,
+            self.protected,
+            lm_everywhere,
+            lm_check_threshold,
         )
 
     def script(self, text: str) -> str | Skip:
@@ -148,6 +166,8 @@ class ContextualSynonymReplacer:
             # The prose around code names its parts ("a linked list", "a static method"):
             # terms of art with no synonyms, which sampled children turned into nonsense.
             return Skip("contains code: its terms have no synonyms")
+        if script not in self.languages:
+            return Skip(f"{LANGUAGE_NAMES.get(script, script)} synonyms are off (synonym_languages)")
         return script
 
     def _words(self, text: str, script: str) -> Spans:

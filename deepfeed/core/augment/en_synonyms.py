@@ -74,6 +74,7 @@ _VERB_CONTEXT = frozenset(
 )
 # Words that may stand inside a multi-word expression WordNet lists without them.
 _FILLERS = frozenset("a an the this that these those my your his her its our their any it them him me us".split())
+_VOWEL = re.compile(r"[aeiou]")
 _VOWEL_SOUND = re.compile(r"^(?:[aeio]|u(?![nr][aeiou]|s[aeiou]|ni|ti|ri))", re.I)
 
 
@@ -118,6 +119,14 @@ class EnglishTagger:
             if tags[i].startswith("NN") and tags[i] not in ("NNP", "NNPS") and after_verb_context:
                 if _has_pos(tokens[i][2].lower(), "v"):
                     tags[i] = "VBP" if tokens[i - 1][2].lower() in ("i", "you", "we", "they") else "VB"
+            # "it changes every few years": a plural noun after a third-person subject is
+            # the tagger missing a verb (a sampled child read "it alterations").
+            if (
+                tags[i] == "NNS"
+                and tokens[i - 1][2].lower() in ("he", "she", "it")
+                and _has_pos(tokens[i][2].lower(), "v")
+            ):
+                tags[i] = "VBZ"
         return [(a, b, tok, tag) for (a, b, tok), tag in zip(tokens, tags)]
 
 
@@ -275,6 +284,8 @@ class WordNetSynonyms:
                     continue
                 if pos == "r" and lower.endswith("ly") and not name.endswith("ly"):
                     continue
+                if not _VOWEL.search(name):
+                    continue  # an abbreviation ("yr" for "year") is another register
                 form = name if tag in ("NN", "VB", "VBP", "JJ", "RB") else (getInflection(name, tag=tag) or [None])[0]
                 if tag == "VBP" and lower != lemma:
                     form = None  # a VBP that is not the lemma ("am", "are") has no regular inflection
