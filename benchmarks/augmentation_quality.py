@@ -191,7 +191,8 @@ def main() -> None:
     args = parser.parse_args()
     started = time.time()
     model_path = ensure_smollm2()
-    settings = AugmentSettings(synonym_ratio=1.0, fgsm_ratio=1.0, structural_ratio=1.0)
+    # Chinese synonyms are off by default (synonym_languages); they are measured here to show why.
+    settings = AugmentSettings(synonym_ratio=1.0, fgsm_ratio=1.0, structural_ratio=1.0, synonym_languages="en,zh")
     augmenters = build_augmenters(settings, model_path)
     judge = augmenters.judge
     lm = judge.lm
