@@ -195,7 +195,8 @@ def main() -> None:
 
         feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
         if any(i.name.startswith("past_key_values") for i in session.get_inputs()):
-            feeds |= layout_from_session(session).empty(1)
+            layout = layout_from_session(session)
+            feeds |= layout.empty(1) | layout.logits_switch()
         return session.run(["logits"], feeds)[0]
 
     def ort_generate(session):

@@ -101,7 +101,9 @@ class OnnxGenerator:
             window = np.asarray([ids[-self.max_context :]], dtype=np.int64)
             return self.session.run(None, {"input_ids": window, "attention_mask": np.ones_like(window)})[0][0, -1], None
         step = np.asarray([ids] if past is None else [[ids[-1]]], dtype=np.int64)
-        logits, presents = kv_step(self.session, self.layout, step, np.ones((1, len(ids)), dtype=np.int64), past)
+        logits, presents = kv_step(
+            self.session, self.layout, step, np.ones((1, len(ids)), dtype=np.int64), past, last_only=True
+        )
         return logits[0, -1], presents
 
     def generate(self, prompt: str, max_new_tokens: int) -> Generation:

@@ -221,9 +221,27 @@ def test_kv_cache_greedy_generation_is_token_identical_to_torch(fixture, request
     layout = layout_from_session(session)
     past = layout.empty(1, length=5)
     outputs = session.run(
-        None, {"input_ids": np.array([[7]]), "attention_mask": np.ones((1, 6), dtype=np.int64), **past}
+        None,
+        {
+            "input_ids": np.array([[7]]),
+            "attention_mask": np.ones((1, 6), dtype=np.int64),
+            **past,
+            **layout.logits_switch(),
+        },
     )
     assert outputs[0].shape[:2] == (1, 1) and outputs[names.index("present.0.key")].shape[2] == 6
+
+    # Every position's logits unless asked for the last only (scoring needs them all,
+    # generation only the last), with the same values and the same cache either way.
+    from deepfeed.core.compress.onnx_kv import kv_step
+
+    assert layout.last_logits_switch
+    prompt, prompt_mask = ids.numpy(), mask.numpy()
+    every, cache = kv_step(session, layout, prompt, prompt_mask, None)
+    last, last_cache = kv_step(session, layout, prompt, prompt_mask, None, last_only=True)
+    assert every.shape[1] == 7 and last.shape[1] == 1
+    np.testing.assert_allclose(last[:, 0], every[:, -1], atol=1e-5)
+    np.testing.assert_allclose(last_cache[0].numpy(), cache[0].numpy(), atol=1e-6)
 
 
 def test_quality_gate_passes_good_artifacts_and_names_a_bad_one(compressed):

@@ -5,11 +5,17 @@ sequence axis may be 0 (the prompt step) and the updated ones are outputs, so a 
 feeds one new token instead of recomputing the whole prefix.
 
 Inputs:  input_ids [batch, new], attention_mask [batch, past + new],
-         past_key_values.<i>.key / .value [batch, heads, past, dim]
-Outputs: logits [batch, new, vocab], present.<i>.key / .value [batch, heads, past + new, dim]
+         past_key_values.<i>.key / .value [batch, heads, past, dim],
+         last_logits_only (bool scalar)
+Outputs: logits [batch, new or 1, vocab], present.<i>.key / .value [batch, heads, past + new, dim]
 
-Head counts and dims are read from one real forward pass, so architectures whose keys
-and values differ in size (DeepSeek's MLA) need no special case.
+Generation needs the logits of the last position only; scoring (the quality gate's
+perplexity) needs every position. ``last_logits_only`` chooses, as transformers'
+``generate`` does with ``logits_to_keep=1``: for a 43-token prompt at batch 8 the
+vocabulary projection of every prompt position is ~20 GFLOP and a 67 MB array that
+greedy decoding never reads (docs/training-tiers.md). It is a required input: an ONNX
+input with a default is an initializer ONNX Runtime warns about on every load. Graphs
+exported before it existed lack it, and the helpers here feed it only where it exists.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch
 from deepfeed.core.compress.onnx_graph import LogitsOnly, OnnxExportError, onnx_session, run_unlike_trace, use_dense_moe
 
 PAST = "past_key_values.{layer}.{kind}"
+LAST_LOGITS_ONLY = "last_logits_only"
 PRESENT = "present.{layer}.{kind}"
 
 
@@ -32,6 +39,11 @@ class CacheLayout:
 
     keys: list[tuple[int, int]]
     values: list[tuple[int, int]]
+    last_logits_switch: bool = False  # the graph takes last_logits_only
+
+    def logits_switch(self, last_only: bool = False) -> dict:
+        """The ``last_logits_only`` feed, where the graph takes it."""
+        return {LAST_LOGITS_ONLY: np.array(last_only)} if self.last_logits_switch else {}
 
     @property
     def num_layers(self) -> int:
@@ -80,7 +92,7 @@ class DecoderWithPast(torch.nn.Module):
         self.model = model
         self.num_layers = num_layers
 
-    def forward(self, input_ids, attention_mask, *past):
+    def forward(self, input_ids, attention_mask, last_logits_only, *past):
         from transformers.cache_utils import DynamicCache
 
         new = input_ids.shape[1]
@@ -94,8 +106,14 @@ class DecoderWithPast(torch.nn.Module):
         allowed = causal[None, None, :, :] & attention_mask[:, None, None, :].bool()
         mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, torch.finfo(torch.float32).min)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, total - new :]
+        kept = torch.arange(new, device=input_ids.device)[(new - 1) * last_logits_only.to(torch.int64) :]
         out = self.model(
-            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=kept,
         )
         flat = [t for pair in _cache_tensors(out.past_key_values) for t in pair]
         return (out.logits, *flat)
@@ -125,16 +143,21 @@ def export_decoder_with_past(model: torch.nn.Module, path: Path, opset: int) -> 
     with torch.no_grad():
         torch.onnx.export(
             wrapper,
-            (ids, mask, *past),
+            (ids, mask, torch.tensor(False), *past),
             str(path),
             dynamo=False,
             opset_version=opset,
-            input_names=["input_ids", "attention_mask", *layout.input_names()],
+            input_names=["input_ids", "attention_mask", LAST_LOGITS_ONLY, *layout.input_names()],
             output_names=["logits", *layout.output_names()],
             dynamic_axes=dynamic,
         )
     onnx.checker.check_model(str(path))
     return layout
+
+
+def has_last_logits_switch(session) -> bool:
+    """Whether the graph takes ``last_logits_only`` (graphs exported before it did not)."""
+    return any(i.name == LAST_LOGITS_ONLY for i in session.get_inputs())
 
 
 def layout_from_session(session) -> CacheLayout:
@@ -147,11 +170,20 @@ def layout_from_session(session) -> CacheLayout:
         (shapes[PAST.format(layer=i, kind="value")][1], shapes[PAST.format(layer=i, kind="value")][3])
         for i in range(count)
     ]
-    return CacheLayout(keys=keys, values=values)
+    return CacheLayout(keys=keys, values=values, last_logits_switch=has_last_logits_switch(session))
 
 
-def kv_step(session, layout: CacheLayout, input_ids: np.ndarray, attention_mask: np.ndarray, past: list | None):
+def kv_step(
+    session,
+    layout: CacheLayout,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    past: list | None,
+    last_only: bool = False,
+):
     """One decoder step: (logits as numpy, the new cache as ONNX Runtime values).
+    ``last_only``: the logits of the last position only ([batch, 1, vocab]) where the graph
+    can skip the others.
 
     The cache never leaves ONNX Runtime between steps (``run_with_ort_values``): copying
     it out to numpy and back each step cost 8-15% of decoding on two threads in
@@ -167,6 +199,7 @@ def kv_step(session, layout: CacheLayout, input_ids: np.ndarray, attention_mask:
         feeds |= {name: value(array) for name, array in layout.empty(input_ids.shape[0]).items()}
     else:
         feeds |= dict(zip(layout.input_names(), past))
+    feeds |= {name: value(array) for name, array in layout.logits_switch(last_only).items()}
     logits, *presents = session.run_with_ort_values(["logits", *layout.output_names()], feeds)
     return logits.numpy(), presents
 
@@ -191,7 +224,7 @@ def onnx_greedy_generate(
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
     generated, past = [], None
     for _ in range(max_new_tokens):
-        logits, past = kv_step(session, layout, step_ids, attention_mask, past)
+        logits, past = kv_step(session, layout, step_ids, attention_mask, past, last_only=True)
         token = logits[:, -1, :].argmax(-1).astype(np.int64)
         token = np.where(finished, pad, token)
         generated.append(token)
@@ -213,6 +246,7 @@ def onnx_kv_logits(session):
             "input_ids": input_ids.numpy(),
             "attention_mask": attention_mask.numpy(),
             **layout.empty(input_ids.shape[0]),
+            **layout.logits_switch(),
         }
         return torch.from_numpy(session.run(["logits"], feeds)[0])
 
@@ -231,7 +265,12 @@ def check_decoder_parity(model: torch.nn.Module, path: Path, tolerance: float = 
     mask[1, :3] = 0
     expected = LogitsOnly(model)(ids, mask).numpy()
     prompt = 6
-    feeds = {"input_ids": ids[:, :prompt].numpy(), "attention_mask": mask[:, :prompt].numpy(), **layout.empty(2)}
+    feeds = {
+        "input_ids": ids[:, :prompt].numpy(),
+        "attention_mask": mask[:, :prompt].numpy(),
+        **layout.empty(2),
+        **layout.logits_switch(),
+    }
     names = ["logits", *layout.output_names()]
     pieces = []
     for step in range(prompt, ids.shape[1] + 1):
@@ -240,7 +279,7 @@ def check_decoder_parity(model: torch.nn.Module, path: Path, tolerance: float = 
         if step == ids.shape[1]:
             break
         feeds = {"input_ids": ids[:, step : step + 1].numpy(), "attention_mask": mask[:, : step + 1].numpy()}
-        feeds |= dict(zip(layout.input_names(), presents))
+        feeds |= dict(zip(layout.input_names(), presents)) | layout.logits_switch()
     actual = np.concatenate(pieces, axis=1)
     keep = mask.bool().numpy()
     error = float(np.abs(actual - expected)[keep].max())

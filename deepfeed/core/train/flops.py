@@ -194,8 +194,18 @@ def _onnx_graph_flops(model, dims: dict[str, int]) -> float:
     (it knows the com.microsoft ops, MatMulNBits included, which onnx's own does not)."""
     import math
 
+    import numpy as np
+    from onnx import numpy_helper
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
+    from deepfeed.core.compress.onnx_kv import LAST_LOGITS_ONLY
+
+    # Every position's logits, the work the torch count (flops_per_token) measures, so
+    # the artifacts compare; as a constant the switch lets shape inference size them.
+    for value in list(model.graph.input):
+        if value.name == LAST_LOGITS_ONLY:
+            model.graph.input.remove(value)
+            model.graph.initializer.append(numpy_helper.from_array(np.array(False), LAST_LOGITS_ONLY))
     for value in model.graph.input:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param:
