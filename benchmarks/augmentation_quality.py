@@ -1,6 +1,12 @@
 """Augmentation quality: does a child keep its parent's meaning, and is it still fluent?
 
     PYTHONPATH=. .venv/bin/python benchmarks/augmentation_quality.py [--sentences 200] [--fgsm 12] [--out quality.json]
+    PYTHONPATH=. .venv/bin/python benchmarks/augmentation_quality.py --review en --answers 0:400 --seed 21
+
+``--review LANG`` only prints every distinct synonym child the shipped settings make of
+the chosen corpus answers, the changed words in context and the base LM's change beside
+each, for a person to label: the labelled pairs measure the judge, a review measures
+what training would see (how the English check's bar was chosen, docs/augmentation.md).
 
 1. The judge of meaning on the hand-labelled pairs (deepfeed/data/meaning_pairs_{en,zh}.tsv:
    each parent with one meaning-preserving and one meaning-changing child): precision
@@ -175,6 +181,33 @@ def window_agreement(augmenters, whole: CausalLMRanker, threshold: float, senten
     return out
 
 
+def review(lang: str, answers: str, seed: int) -> None:
+    import difflib
+
+    start, _, end = answers.partition(":")
+    settings = AugmentSettings(synonym_ratio=1.0, fgsm_ratio=0.0, structural_ratio=0.0, synonym_languages=lang)
+    augmenters = build_augmenters(settings, ensure_smollm2())
+    folder = "english" if lang == "en" else "chinese"
+    responses = [r for _, r in corpus_pairs(folder, 10**6)[int(start or 0) : int(end) if end else None]]
+    made = {}
+    for text, edit in zip(responses, augmenters.synonyms.replace_batch(responses, random.Random(seed))):
+        if not isinstance(edit, Skip):
+            made.setdefault((text, edit.text), None)
+    pairs = list(made)
+    changes = augmenters.judge.lm.log_prob_changes([p for p, _ in pairs], [c for _, c in pairs]) if pairs else []
+    split = (lambda t: t.split()) if lang == "en" else list
+    glue = " " if lang == "en" else ""
+    print(f"{len(responses)} answers, {len(pairs)} distinct synonym children (LM change in nats, then the edits)")
+    for i, ((parent, child), change) in enumerate(zip(pairs, changes)):
+        a, b = split(parent), split(child)
+        edits = []
+        for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b).get_opcodes():
+            if op != "equal":
+                before, after = glue.join(a[max(0, i1 - 4) : i1]), glue.join(a[i2 : i2 + 3])
+                edits.append(f"{before} [{glue.join(a[i1:i2])} -> {glue.join(b[j1:j2])}] {after}")
+        print(f"{i:4d} {float(change):7.2f}  " + " | ".join(edits))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
@@ -188,7 +221,13 @@ def main() -> None:
         help="grammar proxy: child/parent per-token perplexity above this is flagged",
     )
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--review", choices=("en", "zh"), help="only print synonym children to label by hand")
+    parser.add_argument("--answers", default="0:400", help="with --review: slice of the shuffled corpus answers")
+    parser.add_argument("--seed", type=int, default=21, help="with --review: seed of the replacer")
     args = parser.parse_args()
+    if args.review:
+        review(args.review, args.answers, args.seed)
+        return
     started = time.time()
     model_path = ensure_smollm2()
     # Chinese synonyms are off by default (synonym_languages); they are measured here to show why.
