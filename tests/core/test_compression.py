@@ -144,6 +144,26 @@ def test_parity_check_rejects_a_wrong_graph(tiny_llama, tmp_path):
         check_onnx_parity(other, path)
 
 
+def test_kv_parity_check_still_rejects_a_wrong_graph_when_the_logits_are_large(tiny_llama, tmp_path):
+    """The bar scales with the largest logit (summation noise does: a fine-tuned model's
+    reach 36); a graph of other weights is still off by far more than that."""
+    from deepfeed.core.compress.onnx_kv import check_decoder_parity, export_decoder_with_past
+
+    model = load_model(tiny_llama).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(200.0)  # large logits, as after fine-tuning
+    path = tmp_path / "kv.onnx"
+    export_decoder_with_past(model, path, 17)
+    assert check_decoder_parity(model, path) < 1e-3
+    other = load_model(tiny_llama).eval()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.5)
+        other.lm_head.weight.mul_(200.0)
+    with pytest.raises(OnnxExportError, match="disagrees with torch"):
+        check_decoder_parity(other, path)
+
+
 def test_triton_config_shape():
     text = triton_config("m", 100, 32, has_attention_mask=False)
     assert 'name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ]' in text
