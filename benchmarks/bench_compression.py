@@ -56,6 +56,22 @@ def held_out_records(limit: int) -> list[dict]:
     return held_out[::step][:limit]
 
 
+def torch_greedy(model, ids, n_new: int, pad_token_id: int, attention_mask=None):
+    """Exactly ``n_new`` greedy tokens with the KV cache, as every torch row is timed."""
+    import torch
+
+    with torch.no_grad():
+        return model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids) if attention_mask is None else attention_mask,
+            max_new_tokens=n_new,
+            min_new_tokens=n_new,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=pad_token_id,
+        )
+
+
 def timed(fn, repeat: int = 1):
     times, result = [], None
     for _ in range(repeat):
@@ -178,16 +194,7 @@ def main() -> None:
             return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
 
     def torch_generate(model):
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=n_new,
-                min_new_tokens=n_new,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=tokenizer.pad_token_id,
-            )
+        out = torch_greedy(model, ids, n_new, tokenizer.pad_token_id, mask)
         return out[0, ids.shape[1] :].tolist()
 
     def ort_forward(session):
@@ -305,19 +312,8 @@ def int8_table(args) -> None:
     prompt = prompt_ids(tokenizer, PROMPT)
     n_new = args.new_tokens
 
-    def torch_gen(model, ids):
-        with torch.no_grad():
-            model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=n_new,
-                min_new_tokens=n_new,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-
-    engines = {name: (lambda ids, m=m: torch_gen(m, ids)) for name, m in torch_models.items()}
+    pad = tokenizer.pad_token_id
+    engines = {name: (lambda ids, m=m: torch_greedy(m, ids, n_new, pad)) for name, m in torch_models.items()}
     for name in ("ORT fp32 KV", "ORT int8 KV"):
         engines[name] = lambda ids, s=sessions[name]: onnx_greedy_generate(
             s, ids.numpy(), np.ones_like(ids.numpy()), n_new
@@ -423,17 +419,7 @@ def time_engine(
             )
 
         def run(rows):
-            ids = torch.tensor(rows)
-            with torch.no_grad():
-                model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=n_new,
-                    min_new_tokens=n_new,
-                    do_sample=False,
-                    use_cache=True,
-                    pad_token_id=pad,
-                )
+            torch_greedy(model, torch.tensor(rows), n_new, pad)
 
     out: dict[int, list[float]] = {}
     for batch in batches:

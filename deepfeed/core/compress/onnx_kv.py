@@ -155,11 +155,6 @@ def export_decoder_with_past(model: torch.nn.Module, path: Path, opset: int) -> 
     return layout
 
 
-def has_last_logits_switch(session) -> bool:
-    """Whether the graph takes ``last_logits_only`` (graphs exported before it did not)."""
-    return any(i.name == LAST_LOGITS_ONLY for i in session.get_inputs())
-
-
 def layout_from_session(session) -> CacheLayout:
     shapes = {i.name: i.shape for i in session.get_inputs()}
     count = sum(1 for name in shapes if name.startswith("past_key_values.")) // 2
@@ -170,7 +165,8 @@ def layout_from_session(session) -> CacheLayout:
         (shapes[PAST.format(layer=i, kind="value")][1], shapes[PAST.format(layer=i, kind="value")][3])
         for i in range(count)
     ]
-    return CacheLayout(keys=keys, values=values, last_logits_switch=has_last_logits_switch(session))
+    # Graphs exported before last_logits_only existed do not take it.
+    return CacheLayout(keys=keys, values=values, last_logits_switch=LAST_LOGITS_ONLY in shapes)
 
 
 def kv_step(
