@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from deepfeed.core.compress.onnx_kv import kv_step, layout_from_session
+from deepfeed.core.compress.onnx_kv import open_decoder
 from deepfeed.core.platform.artifacts import MANIFEST
 from deepfeed.core.train.modeling import load_model, load_tokenizer, prompt_ids
 
@@ -90,28 +90,16 @@ class OnnxGenerator:
         self.tokenizer = load_tokenizer(checkpoint)
         self.session = onnx_session(onnx_file)
         self.max_context = max_context
-        names = {i.name for i in self.session.get_inputs()}
-        self.layout = (
-            layout_from_session(self.session) if any(n.startswith("past_key_values.") for n in names) else None
-        )
+        self.cached = any(i.name.startswith("past_key_values.") for i in self.session.get_inputs())
         self.onnx_file = onnx_file
-
-    def _next_logits(self, ids: list[int], past: list | None) -> tuple[np.ndarray, list | None]:
-        if self.layout is None:
-            window = np.asarray([ids[-self.max_context :]], dtype=np.int64)
-            return self.session.run(None, {"input_ids": window, "attention_mask": np.ones_like(window)})[0][0, -1], None
-        step = np.asarray([ids] if past is None else [[ids[-1]]], dtype=np.int64)
-        logits, presents = kv_step(
-            self.session, self.layout, step, np.ones((1, len(ids)), dtype=np.int64), past, last_only=True
-        )
-        return logits[0, -1], presents
 
     def generate(self, prompt: str, max_new_tokens: int) -> Generation:
         ids = prompt_ids(self.tokenizer, prompt)[-self.max_context :]
-        start, probs, past = len(ids), [], None
+        start, probs = len(ids), []
         eos = self.tokenizer.eos_token_id
+        decoder = open_decoder(self.session, 1, len(ids) + max_new_tokens) if self.cached else None
         for _ in range(max_new_tokens):
-            logits, past = self._next_logits(ids, past)
+            logits = self._next_logits(ids, decoder, first=len(ids) == start)
             token = int(logits.argmax())
             probs.append(_softmax_max(logits))
             ids.append(token)
@@ -119,6 +107,13 @@ class OnnxGenerator:
                 break
         text = self.tokenizer.decode(ids[start:], skip_special_tokens=True).strip()
         return Generation(text, float(np.mean(probs)) if probs else float("nan"), len(ids) - start)
+
+    def _next_logits(self, ids: list[int], decoder, first: bool) -> np.ndarray:
+        if decoder is None:
+            window = np.asarray([ids[-self.max_context :]], dtype=np.int64)
+            return self.session.run(None, {"input_ids": window, "attention_mask": np.ones_like(window)})[0][0, -1]
+        step = np.asarray([ids] if first else [[ids[-1]]], dtype=np.int64)
+        return decoder.step(step, np.ones((1, len(ids)), dtype=np.int64))[0]
 
 
 ONNX_CANDIDATES = ("onnx/decoder_with_past_int8.onnx", "onnx/model_int8.onnx")

@@ -31,7 +31,7 @@ def test_kv_decoder_is_preferred_and_matches_torch(artifact_layout):
     # fp32 graphs of the pruned model: same greedy tokens and confidences as torch.
     for graph in ("decoder_with_past.onnx", "model.onnx"):
         onnx_gen = OnnxGenerator(compressed / "onnx" / graph, checkpoint)
-        assert (onnx_gen.layout is not None) == (graph == "decoder_with_past.onnx")
+        assert onnx_gen.cached == (graph == "decoder_with_past.onnx")
         for prompt in prompts:
             a, b = onnx_gen.generate(prompt, 6), torch_gen.generate(prompt, 6)
             assert a.text == b.text and a.new_tokens == b.new_tokens

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from deepfeed.core.compress.onnx_graph import LogitsOnly, OnnxExportError, onnx_session, run_unlike_trace, use_dense_moe
+from deepfeed.core.compress.onnx_gqa import BUILDER_ARCHITECTURES, builder_available, export_gqa_decoder
 from deepfeed.core.compress.onnx_kv import check_decoder_parity, export_decoder_with_past
 from deepfeed.core.compress.settings import CompressionConfig  # noqa: F401 (its settings live in a torch-free module)
 from deepfeed.core.compress.triton import TRITON_INPUT, TRITON_OUTPUT, triton_config  # noqa: F401  (re-exported)
@@ -255,6 +256,18 @@ ARTIFACTS = {
 }
 
 
+KV_GRAPH_WRITERS = ("auto", "genai_builder", "torch_export")
+
+
+def kv_graph_writer(choice: str, architecture: str) -> str:
+    """Which exporter writes the KV-cache decoder (CompressionConfig.kv_graph)."""
+    if choice not in KV_GRAPH_WRITERS:
+        raise ValueError(f"kv_graph={choice!r}: expected one of {KV_GRAPH_WRITERS}")
+    if choice != "auto":
+        return choice
+    return "genai_builder" if architecture in BUILDER_ARCHITECTURES and builder_available() else "torch_export"
+
+
 def validate_checkpoint(checkpoint: Path) -> dict[str, Any]:
     try:
         return describe_checkpoint(checkpoint)
@@ -271,6 +284,8 @@ def compress_checkpoint(checkpoint: Path, output: Path, config: CompressionConfi
     """
     if config.gate_task_metric not in TASK_GATES:
         raise ValueError(f"gate_task_metric={config.gate_task_metric!r}: expected one of {TASK_GATES}")
+    if config.kv_graph not in KV_GRAPH_WRITERS:
+        raise ValueError(f"kv_graph={config.kv_graph!r}: expected one of {KV_GRAPH_WRITERS}")
     architecture = validate_checkpoint(checkpoint)["architecture"]
     model = load_model(checkpoint).eval()
     sparsity = prune_model(model, config)
@@ -305,9 +320,14 @@ def compress_checkpoint(checkpoint: Path, output: Path, config: CompressionConfi
         sizes["onnx_int8"] = file_size_mb(output / "onnx" / "model_int8.onnx")
 
     def onnx_kv_fp32():
-        export_decoder_with_past(model, output / "onnx" / "decoder_with_past.onnx", config.onnx_opset)
-        details["onnx_kv_fp32_max_error"] = check_decoder_parity(model, output / "onnx" / "decoder_with_past.onnx")
-        sizes["onnx_kv_fp32"] = file_size_mb(output / "onnx" / "decoder_with_past.onnx")
+        path = output / "onnx" / "decoder_with_past.onnx"
+        details["onnx_kv_graph"] = kv_graph_writer(config.kv_graph, architecture)
+        if details["onnx_kv_graph"] == "genai_builder":
+            export_gqa_decoder(output / "pruned", path)
+        else:
+            export_decoder_with_past(model, path, config.onnx_opset)
+        details["onnx_kv_fp32_max_error"] = check_decoder_parity(model, path)
+        sizes["onnx_kv_fp32"] = file_size_mb(path) + file_size_mb(path.with_name(path.name + ".data"))
 
     def onnx_kv_int8():
         quantize_onnx_int8(

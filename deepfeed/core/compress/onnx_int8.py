@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deepfeed.core.compress.onnx_gqa import is_builder_graph
+
 ZERO_POINT_8BIT = 128  # MatMulNBits' implicit zero point for symmetric 8-bit weights
 
 
@@ -165,5 +167,6 @@ def quantize_onnx_weight_only(source: Path, target: Path, block_size: int = 32, 
             graph.initializer.remove(init)
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(target))
-    onnx.checker.check_model(str(target))
+    if not is_builder_graph(model):  # its ORT-only ops are unknown to the checker (onnx_gqa.py)
+        onnx.checker.check_model(str(target))
     return summary

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepfeed.core.compress.onnx_gqa import SharedCacheDecoder, gqa_logits, shares_cache_buffer
 from deepfeed.core.compress.onnx_graph import LogitsOnly, OnnxExportError, onnx_session, run_unlike_trace, use_dense_moe
 
 PAST = "past_key_values.{layer}.{kind}"
@@ -200,6 +201,27 @@ def kv_step(
     return logits.numpy(), presents
 
 
+class ConcatCacheDecoder:
+    """Steps over a graph exported here: the cache comes back as new values each step
+    (kept in ONNX Runtime, see kv_step). The same ``step`` as onnx_gqa.SharedCacheDecoder."""
+
+    def __init__(self, session, layout: CacheLayout):
+        self.session, self.layout, self.past = session, layout, None
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, all_positions: bool = False) -> np.ndarray:
+        logits, self.past = kv_step(
+            self.session, self.layout, input_ids, attention_mask, self.past, last_only=not all_positions
+        )
+        return logits if all_positions else logits[:, -1]
+
+
+def open_decoder(session, batch: int, capacity: int):
+    """The step-by-step decoder this graph needs; `capacity`: prompt width + new tokens."""
+    if shares_cache_buffer(session):
+        return SharedCacheDecoder(session, batch, capacity)
+    return ConcatCacheDecoder(session, layout_from_session(session))
+
+
 def onnx_greedy_generate(
     session,
     input_ids: np.ndarray,
@@ -212,16 +234,15 @@ def onnx_greedy_generate(
 
     Returns the new tokens [batch, <= max_new_tokens]; rows that produced eos are padded
     with pad_token_id (as transformers' generate does)."""
-    layout = layout_from_session(session)
     step_ids = np.asarray(input_ids, dtype=np.int64)
     attention_mask = np.asarray(attention_mask, dtype=np.int64)
     batch = step_ids.shape[0]
+    decoder = open_decoder(session, batch, step_ids.shape[1] + max_new_tokens)
     finished = np.zeros(batch, dtype=bool)
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
-    generated, past = [], None
+    generated = []
     for _ in range(max_new_tokens):
-        logits, past = kv_step(session, layout, step_ids, attention_mask, past, last_only=True)
-        token = logits[:, -1, :].argmax(-1).astype(np.int64)
+        token = decoder.step(step_ids, attention_mask).argmax(-1).astype(np.int64)
         token = np.where(finished, pad, token)
         generated.append(token)
         if eos_token_id is not None:
@@ -235,6 +256,10 @@ def onnx_greedy_generate(
 
 def onnx_kv_logits(session):
     """LogitsFn over the KV graph (empty past), so the quality gate can score it."""
+    if shares_cache_buffer(session):
+        return lambda input_ids, attention_mask: torch.from_numpy(
+            gqa_logits(session, input_ids.numpy(), attention_mask.numpy())
+        )
     layout = layout_from_session(session)
 
     def run(input_ids, attention_mask):
@@ -267,6 +292,26 @@ def check_decoder_parity(model: torch.nn.Module, path: Path, tolerance: float = 
     mask[1, :3] = 0
     expected = LogitsOnly(model)(ids, mask).numpy()
     prompt = 6
+    if shares_cache_buffer(session):
+        decoder = SharedCacheDecoder(session, 2, ids.shape[1])
+        pieces = [decoder.step(ids[:, :prompt].numpy(), mask[:, :prompt].numpy(), all_positions=True)]
+        for step in range(prompt, ids.shape[1]):
+            pieces.append(decoder.step(ids[:, step : step + 1].numpy(), mask[:, : step + 1].numpy())[:, None])
+    else:
+        pieces = _concat_cache_pieces(session, layout, ids, mask, prompt, path)
+    actual = np.concatenate(pieces, axis=1)
+    keep = mask.bool().numpy()
+    error = float(np.abs(actual - expected)[keep].max())
+    scale = max(1.0, float(np.abs(expected[keep]).max()))
+    if error > tolerance * scale:
+        raise OnnxExportError(
+            f"KV-cache graph {path.name} disagrees with torch by {error:.3g} (> {tolerance} x the largest logit, "
+            f"{scale:.3g}): the exporter cannot represent this architecture's cache faithfully"
+        )
+    return error
+
+
+def _concat_cache_pieces(session, layout: CacheLayout, ids, mask, prompt: int, path: Path) -> list[np.ndarray]:
     feeds = {
         "input_ids": ids[:, :prompt].numpy(),
         "attention_mask": mask[:, :prompt].numpy(),
@@ -282,13 +327,4 @@ def check_decoder_parity(model: torch.nn.Module, path: Path, tolerance: float = 
             break
         feeds = {"input_ids": ids[:, step : step + 1].numpy(), "attention_mask": mask[:, : step + 1].numpy()}
         feeds |= dict(zip(layout.input_names(), presents)) | layout.logits_switch()
-    actual = np.concatenate(pieces, axis=1)
-    keep = mask.bool().numpy()
-    error = float(np.abs(actual - expected)[keep].max())
-    scale = max(1.0, float(np.abs(expected[keep]).max()))
-    if error > tolerance * scale:
-        raise OnnxExportError(
-            f"KV-cache graph {path.name} disagrees with torch by {error:.3g} (> {tolerance} x the largest logit, "
-            f"{scale:.3g}): the exporter cannot represent this architecture's cache faithfully"
-        )
-    return error
+    return pieces

@@ -42,6 +42,12 @@ class CompressionConfig:
     export_kv_cache: bool = setting(
         True, "Also export the decoder with past key values for generation without recomputing the prefix."
     )
+    kv_graph: str = setting(
+        "auto",
+        "How the KV-cache decoder is written: 'genai_builder' (ONNX Runtime GenAI's builder: fused attention, cache "
+        "updated in place; 1.3-1.5x the tokens/s of 'torch_export' on CPU), 'torch_export' (torch's exporter, any "
+        "architecture) or 'auto' (the builder where it covers the architecture and is installed).",
+    )
     triton_model_name: str = setting("deepfeed", "Model name in the Triton repository.")
     triton_max_batch_size: int = setting(32, "max_batch_size in config.pbtxt (required: 32; docs/requirements.md).")
     triton_instance_kind: str = setting("KIND_CPU", "Triton instance group kind: 'KIND_CPU' or 'KIND_GPU'.")

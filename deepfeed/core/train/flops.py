@@ -236,6 +236,15 @@ def _onnx_graph_flops(model, dims: dict[str, int]) -> float:
                 unknown.append(node.name or node.op_type)
                 continue
             total += 2 * math.prod(a[:-1]) * attrs["K"].i * attrs["N"].i
+        elif node.op_type == "GroupQueryAttention":
+            # Q·K^T and weights·V over every cached token, as an unfused graph's MatMuls
+            # count; the cache is a buffer here, so its length is the mask's width.
+            query, present, mask = (shapes.get(n) for n in (node.input[0], node.output[1], "attention_mask"))
+            if query is None or present is None or mask is None:
+                unknown.append(node.name or node.op_type)
+                continue
+            heads, head_size = attrs["num_heads"].i, present[3]
+            total += 2 * 2 * query[0] * heads * query[1] * mask[1] * head_size
         elif node.op_type == "Gemm":
             a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
             if a is None or out is None:
@@ -251,6 +260,21 @@ def _onnx_graph_flops(model, dims: dict[str, int]) -> float:
     return total
 
 
+def _kv_dims(batch: int, new: int, past: int) -> dict[str, int]:
+    """Symbolic input dims of both KV graphs: torch's export and the GenAI builder's
+    (whose cache is a buffer; sized here to exactly the tokens it holds)."""
+    return {
+        "batch": batch,
+        "sequence": new,
+        "total_sequence": past + new,
+        "past_sequence": past,
+        "batch_size": batch,
+        "sequence_length": new,
+        "total_sequence_length": past + new,
+        "past_sequence_length": past,
+    }
+
+
 def onnx_flops_per_token(path: Path, context_tokens: int, batch: int = 1) -> dict[str, float]:
     """Prefill and decode FLOPs per token of an ONNX decoder, counted from the graph.
 
@@ -263,14 +287,9 @@ def onnx_flops_per_token(path: Path, context_tokens: int, batch: int = 1) -> dic
     names = {i.name for i in model.graph.input}
     with_past = any(n.startswith("past_key_values.") for n in names)
     if with_past:
-        prefill = _onnx_graph_flops(
-            model, {"batch": batch, "sequence": context_tokens, "total_sequence": context_tokens, "past_sequence": 0}
-        )
+        prefill = _onnx_graph_flops(model, _kv_dims(batch, context_tokens, 0))
         model = onnx.load(str(path))
-        decode = _onnx_graph_flops(
-            model,
-            {"batch": batch, "sequence": 1, "total_sequence": context_tokens + 1, "past_sequence": context_tokens},
-        )
+        decode = _onnx_graph_flops(model, _kv_dims(batch, 1, context_tokens))
         decode_per_token = decode / batch
     else:
         prefill = _onnx_graph_flops(model, {"batch": batch, "sequence": context_tokens})
