@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from deepfeed.core.compress.onnx_graph import LogitsOnly, OnnxExportError, onnx_session, run_unlike_trace, use_dense_moe
 from deepfeed.core.compress.onnx_gqa import BUILDER_ARCHITECTURES, builder_available, export_gqa_decoder
+from deepfeed.core.compress.onnx_graph import LogitsOnly, OnnxExportError, onnx_session, run_unlike_trace, use_dense_moe
 from deepfeed.core.compress.onnx_kv import check_decoder_parity, export_decoder_with_past
 from deepfeed.core.compress.settings import CompressionConfig  # noqa: F401 (its settings live in a torch-free module)
 from deepfeed.core.compress.triton import TRITON_INPUT, TRITON_OUTPUT, triton_config  # noqa: F401  (re-exported)
