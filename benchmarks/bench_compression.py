@@ -269,6 +269,28 @@ def main() -> None:
     )
 
 
+# The KV graphs compressed_model writes (the GenAI builder's for Llama/Qwen2 checkpoints),
+# and the int8 graph torch's exporter writes from the same pruned model: the served path
+# before the builder, timed beside it.
+ORT_ENGINES = {
+    "ORT fp32 KV": "decoder_with_past.onnx",
+    "ORT int8 KV (served)": "decoder_with_past_int8.onnx",
+    "ORT int8 KV, torch export": "torch_export_int8.onnx",
+}
+
+
+def build_torch_export_twin(work: Path) -> None:
+    from deepfeed.core.compress.onnx_int8 import quantize_onnx_weight_only
+    from deepfeed.core.compress.onnx_kv import export_decoder_with_past
+    from deepfeed.core.train.modeling import load_model
+
+    target = work / "onnx" / ORT_ENGINES["ORT int8 KV, torch export"]
+    if target.exists():
+        return
+    export_decoder_with_past(load_model(work / "pruned").eval(), work / "onnx" / "torch_export.onnx", 17)
+    quantize_onnx_weight_only(work / "onnx" / "torch_export.onnx", target)
+
+
 def int8_table(args) -> None:
     """tokens/s of every int8 candidate next to fp32, batch 1 and batched, and its
     perplexity ratio, all from this one run."""
@@ -298,10 +320,8 @@ def int8_table(args) -> None:
     fp32 = load_model(checkpoint).eval()
     pruned = load_model(work / "pruned").eval()
     dynamic = quantize_int8(pruned, CompressionConfig(quantization="dynamic", quantize_per_channel=True))
-    sessions = {
-        name: onnx_session(work / "onnx" / f"decoder_with_past{suffix}.onnx", threads=args.threads)
-        for name, suffix in (("ORT fp32 KV", ""), ("ORT int8 KV", "_int8"))
-    }
+    build_torch_export_twin(work)
+    sessions = {name: onnx_session(work / "onnx" / file, threads=args.threads) for name, file in ORT_ENGINES.items()}
     torch_models = {
         "torch fp32": fp32,
         "torch int8 weight-only": load_int8_torch(work / "pruned", work / "torch_int8"),
@@ -314,7 +334,7 @@ def int8_table(args) -> None:
 
     pad = tokenizer.pad_token_id
     engines = {name: (lambda ids, m=m: torch_greedy(m, ids, n_new, pad)) for name, m in torch_models.items()}
-    for name in ("ORT fp32 KV", "ORT int8 KV"):
+    for name in ORT_ENGINES:
         engines[name] = lambda ids, s=sessions[name]: onnx_greedy_generate(
             s, ids.numpy(), np.ones_like(ids.numpy()), n_new
         )
@@ -395,8 +415,7 @@ def time_engine(
         from deepfeed.core.compress.onnx_graph import onnx_session
         from deepfeed.core.compress.onnx_kv import onnx_greedy_generate
 
-        suffix = "_int8" if "int8" in name else ""
-        session = onnx_session(work_dir / "onnx" / f"decoder_with_past{suffix}.onnx", threads=threads)
+        session = onnx_session(work_dir / "onnx" / ORT_ENGINES[name], threads=threads)
 
         def run(rows):
             ids = np.array(rows, dtype=np.int64)

@@ -42,7 +42,7 @@ BUILDER_ARCHITECTURES = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM", "Mist
 def builder_available() -> bool:
     try:
         import onnxruntime_genai.models.builder  # noqa: F401
-    except ImportError:
+    except (ImportError, OSError):  # not installed, or its native part cannot load (e.g. beside onnxruntime-gpu)
         return False
     return True
 
