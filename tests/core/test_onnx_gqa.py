@@ -74,6 +74,13 @@ def test_scoring_logits_match_torch_at_every_unpadded_position(builder_graph):
     keep = mask.bool().numpy()
     np.testing.assert_allclose(got[keep], expected[keep], atol=1e-3 * max(1.0, np.abs(expected[keep]).max()))
     assert not got[~keep].any()  # padding gets no logits
+    # Right padding, as perplexity scoring pads: the same logits at the same tokens.
+    right_ids, right_mask = torch.flip(ids, [1]), torch.flip(mask, [1])
+    right_ids = torch.stack([torch.cat([r[m.bool()].flip(0), r[~m.bool()]]) for r, m in zip(right_ids, right_mask)])
+    right_mask = torch.sort(mask, dim=1, descending=True).values
+    right = onnx_kv_logits(onnx_session(path))(right_ids, right_mask).numpy()
+    for row in range(ids.shape[0]):
+        np.testing.assert_allclose(right[row][right_mask[row].bool().numpy()], got[row][keep[row]], atol=1e-4)
 
 
 def test_parity_check_passes_the_graph_and_rejects_one_of_other_weights(builder_graph, tmp_path):

@@ -130,7 +130,8 @@ class SharedCacheDecoder:
 
     ``step`` takes what onnx_kv's decoding passes (left-padded prompt, then one new
     token per row with the mask grown by one) and returns the logits of each row's last
-    token, or with ``all_positions`` the prompt's logits at their left-padded places."""
+    token, or with ``all_positions`` the prompt's logits at the places of their tokens
+    (scoring pads on the right, generation on the left)."""
 
     def __init__(self, session, batch: int, capacity: int):
         import onnxruntime as ort
@@ -173,10 +174,9 @@ class SharedCacheDecoder:
             return logits[:, -1]
         if not all_positions:
             return logits[rows, self.lengths - 1]
-        aligned = np.zeros_like(logits)
-        width = logits.shape[1]
+        aligned = np.zeros_like(logits)  # back where each token was: callers pad left or right
         for row, length in enumerate(self.lengths):
-            aligned[row, width - length :] = logits[row, :length]
+            aligned[row, attention_mask[row].astype(bool)] = logits[row, :length]
         return aligned
 
 
