@@ -211,6 +211,19 @@ def _diverse(model):
     return model
 
 
+def torch_greedy_tokens(model, ids, mask, new_tokens: int):
+    """The new tokens of torch's greedy generate with the KV cache, the reference every graph must match."""
+    with torch.no_grad():
+        return model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=model.config.pad_token_id,
+        )[:, ids.shape[1] :]
+
+
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_deepseek"])
 def test_kv_cache_greedy_generation_is_token_identical_to_torch(fixture, request, tmp_path):
     from deepfeed.core.compress.onnx_kv import export_decoder_with_past, onnx_greedy_generate
@@ -221,15 +234,7 @@ def test_kv_cache_greedy_generation_is_token_identical_to_torch(fixture, request
     ids = torch.randint(3, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     ids[1, :3], mask[1, :3] = model.config.pad_token_id, 0  # left padding, as in batched generation
-    with torch.no_grad():
-        expected = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=12,
-            do_sample=False,
-            use_cache=True,
-            pad_token_id=model.config.pad_token_id,
-        )[:, 7:]
+    expected = torch_greedy_tokens(model, ids, mask, 12)
     got = onnx_greedy_generate(session, ids.numpy(), mask.numpy(), max_new_tokens=12)
     assert len(set(got[0].tolist())) > 2, "degenerate greedy path: the comparison would prove little"
     np.testing.assert_array_equal(got, expected.numpy())

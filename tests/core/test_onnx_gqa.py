@@ -16,14 +16,7 @@ from deepfeed.core.compress.onnx_kv import (
     onnx_kv_logits,
 )
 from deepfeed.core.train.modeling import load_model
-
-
-def _diverse(model):
-    """Random tiny models tend to repeat one token; larger weights make greedy paths vary."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(4.0)
-    return model
+from tests.core.test_compression import _diverse, torch_greedy_tokens
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +42,7 @@ def test_builder_graph_generates_what_torch_generates_from_prompts_of_different_
     session = onnx_session(path)
     assert shares_cache_buffer(session)
     ids, mask = _left_padded(model)
-    with torch.no_grad():
-        expected = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=12,
-            do_sample=False,
-            pad_token_id=model.config.pad_token_id,
-        )[:, ids.shape[1] :]
+    expected = torch_greedy_tokens(model, ids, mask, 12)
     got = onnx_greedy_generate(session, ids.numpy(), mask.numpy(), max_new_tokens=12)
     assert len(set(got[0].tolist())) > 2, "degenerate greedy path: the comparison would prove little"
     np.testing.assert_array_equal(got, expected.numpy())
