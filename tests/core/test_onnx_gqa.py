@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from deepfeed.core.compress.compression import kv_graph_writer
-from deepfeed.core.compress.onnx_gqa import SharedCacheDecoder, export_gqa_decoder, shares_cache_buffer
+from deepfeed.core.compress.onnx_gqa import (
+    LOGIT_POSITIONS,
+    SharedCacheDecoder,
+    export_gqa_decoder,
+    shares_cache_buffer,
+)
 from deepfeed.core.compress.onnx_graph import LogitsOnly, OnnxExportError, onnx_session
 from deepfeed.core.compress.onnx_kv import (
     check_decoder_parity,
@@ -77,6 +82,43 @@ def test_parity_check_passes_the_graph_and_rejects_one_of_other_weights(builder_
     export_gqa_decoder(tmp_path / "other", tmp_path / "other.onnx")
     with pytest.raises(OnnxExportError, match="disagrees with torch"):
         check_decoder_parity(model, tmp_path / "other.onnx")
+
+
+def _without_logit_positions(path, target):
+    """The graph as export_gqa_decoder wrote it before logit_positions existed."""
+    import onnx
+
+    graph_model = onnx.load(str(path))
+    graph = graph_model.graph
+    gather = next(n for n in graph.node if n.op_type == "GatherElements")
+    lm_head = next(n for n in graph.node if "logits" in n.output)
+    lm_head.input[0] = gather.input[0]
+    for node in [n for n in graph.node if n.name.startswith("/lm_head/chosen_positions")]:
+        graph.node.remove(node)
+    graph.input.remove(next(i for i in graph.input if i.name == LOGIT_POSITIONS))
+    onnx.save(graph_model, str(target), save_as_external_data=True, location=target.name + ".data")
+    return target
+
+
+def test_the_prompt_step_projects_only_the_positions_asked_for(builder_graph, tmp_path):
+    model, _, path = builder_graph
+    session = onnx_session(path)
+    ids, mask = _left_padded(model, seed=3)
+    every = onnx_kv_logits(session)(ids, mask).numpy()
+    decoder = SharedCacheDecoder(session, batch=ids.shape[0], capacity=ids.shape[1])
+    last = decoder.step(ids.numpy(), mask.numpy())
+    # lm_head ran on one position per row, not on the whole prompt.
+    assert decoder.binding.get_outputs()[0].shape() == [ids.shape[0], 1, model.config.vocab_size]
+    np.testing.assert_allclose(last, every[:, -1], atol=1e-4)
+    # A graph written before logit_positions existed returns every position; the decoder
+    # picks the same ones out, so artifacts already served keep working.
+    old = onnx_session(_without_logit_positions(path, tmp_path / "old.onnx"))
+    assert LOGIT_POSITIONS not in {i.name for i in old.get_inputs()}
+    np.testing.assert_allclose(onnx_kv_logits(old)(ids, mask).numpy(), every, atol=1e-5)
+    np.testing.assert_array_equal(
+        onnx_greedy_generate(old, ids.numpy(), mask.numpy(), max_new_tokens=8),
+        onnx_greedy_generate(session, ids.numpy(), mask.numpy(), max_new_tokens=8),
+    )
 
 
 def test_cache_capacity_is_a_clear_error(builder_graph):

@@ -272,6 +272,7 @@ def _kv_dims(batch: int, new: int, past: int) -> dict[str, int]:
         "sequence_length": new,
         "total_sequence_length": past + new,
         "past_sequence_length": past,
+        "logits_kept": new,  # every position's logits, as the torch count
     }
 
 
