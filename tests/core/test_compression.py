@@ -116,6 +116,21 @@ def test_int8_artifacts_store_one_table_for_tied_embeddings(compressed):
     assert lookup.input[0] == lm_head.input[1] and initializers[lookup.input[0]].data_type == onnx.TensorProto.UINT8
 
 
+@pytest.mark.parametrize(
+    ("input_sizes", "expected"),
+    [((576, 1536), 64), ((3584, 18944), 128), ((1536, 8960), 128), ((40,), 16)],
+)
+def test_int8_blocks_are_the_largest_that_pad_no_layer(input_sizes, expected):
+    from onnx import helper, numpy_helper
+
+    from deepfeed.core.compress.onnx_int8 import unpadded_block_size
+
+    weights = [numpy_helper.from_array(np.zeros((k, 8), np.float32), f"w{i}") for i, k in enumerate(input_sizes)]
+    nodes = [helper.make_node("MatMul", ["x", w.name], [f"y{i}"]) for i, w in enumerate(weights)]
+    graph = helper.make_graph(nodes, "g", [], [], initializer=weights)
+    assert unpadded_block_size(graph, {w.name: w for w in weights}, 128) == expected
+
+
 def test_settings_saved_with_the_int8_artifact_win_on_load(compressed, tmp_path):
     """report.py loads with default settings; an artifact built otherwise still loads."""
     checkpoint, folder, _ = compressed("tiny_llama")

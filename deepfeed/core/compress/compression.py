@@ -214,7 +214,11 @@ def export_onnx(model: torch.nn.Module, path: Path, opset: int) -> Path:
 
 
 def quantize_onnx_int8(
-    source: Path, target: Path, per_channel: bool = True, method: str = "weight_only", block_size: int = 32
+    source: Path,
+    target: Path,
+    per_channel: bool = True,
+    method: str = "weight_only",
+    block_size: int = CompressionConfig.onnx_block_size,
 ) -> Path:
     if method == "weight_only":
         from deepfeed.core.compress.onnx_int8 import quantize_onnx_weight_only

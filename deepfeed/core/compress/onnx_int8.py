@@ -1,12 +1,12 @@
 """Weight-only 8-bit ONNX graphs for ONNX Runtime.
 
-MatMul weights go through ORT's MatMulNBitsQuantizer (8 bits, blocks of 32, symmetric,
-accuracy_level=4 = int8 compute): ×1.0096 perplexity on SmolLM2 where ORT's
+MatMul weights go through ORT's MatMulNBitsQuantizer (8 bits, blocks of 128 by default,
+symmetric, accuracy_level=4 = int8 compute): ×1.007 perplexity on SmolLM2 where ORT's
 `quantize_dynamic` costs ×1.64 (measured on SmolLM2-135M: docs/training-tiers.md). That quantizer
 only handles embeddings (Gather) at 4 bits, and the fp32 embedding table would then hold most of the file, so
 the embedding lookup is rewritten here to gather int8 rows and dequantize them. When the
 model ties its embedding to lm_head, the lookup reads lm_head's own quantized table
-(MatMulNBits stores B as [vocab, blocks, 32], i.e. embedding rows): one table, not two.
+(MatMulNBits stores B as [vocab, blocks, block size], i.e. embedding rows): one table, not two.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from deepfeed.core.compress.onnx_gqa import is_builder_graph
+from deepfeed.core.compress.settings import CompressionConfig
 
 ZERO_POINT_8BIT = 128  # MatMulNBits' implicit zero point for symmetric 8-bit weights
 
@@ -97,7 +98,25 @@ def _dequantizing_lookup(gather, packed_name: str, scales_name: str, hidden: int
     ]
 
 
-def quantize_onnx_weight_only(source: Path, target: Path, block_size: int = 32, accuracy_level: int = 4) -> dict:
+def unpadded_block_size(graph, initializers, largest: int) -> int:
+    """The largest power of two <= `largest` (and >= 16, MatMulNBits' smallest) that
+    divides the input size of every weight matrix, so no block is padded with zeros:
+    SmolLM2's 576-wide layers would pad 128-blocks to 640 (a file no smaller than blocks
+    of 32), a 64-wide test model to twice its size. 7B Qwen2 shapes take 128."""
+    sizes = [
+        initializers[node.input[1]].dims[0]
+        for node in graph.node
+        if node.op_type == "MatMul" and node.input[1] in initializers and len(initializers[node.input[1]].dims) == 2
+    ]
+    block = largest
+    while block > 16 and any(size % block for size in sizes):
+        block //= 2
+    return block
+
+
+def quantize_onnx_weight_only(
+    source: Path, target: Path, block_size: int = CompressionConfig.onnx_block_size, accuracy_level: int = 4
+) -> dict:
     """8-bit weight-only copy of `source`; returns what was quantized."""
     import logging
 
@@ -114,6 +133,7 @@ def quantize_onnx_weight_only(source: Path, target: Path, block_size: int = 32, 
     table = numpy_helper.to_array(initializers[gather.input[0]]) if gather is not None else None
     tied_weight = _tied_lm_head_weight(graph, initializers, table) if table is not None else None
     original_opsets = {o.domain: o.version for o in model.opset_import}
+    block_size = unpadded_block_size(graph, initializers, block_size)
 
     config = nbits.DefaultWeightOnlyQuantConfig(
         block_size=block_size,
@@ -133,7 +153,11 @@ def quantize_onnx_weight_only(source: Path, target: Path, block_size: int = 32, 
         if opset.domain in ("", "ai.onnx") and "" in original_opsets:
             opset.version = original_opsets[""]
 
-    summary = {"matmul_nbits": sum(1 for n in graph.node if n.op_type == "MatMulNBits"), "embedding": "fp32"}
+    summary = {
+        "matmul_nbits": sum(1 for n in graph.node if n.op_type == "MatMulNBits"),
+        "embedding": "fp32",
+        "block_size": block_size,
+    }
     if gather is not None:
         hidden = table.shape[1]
         blocks = -(-hidden // block_size)
