@@ -98,6 +98,8 @@ def test_all_artifacts_are_built_and_agree_with_torch(fixture, compressed):
 def test_int8_artifacts_store_one_table_for_tied_embeddings(compressed):
     import onnx
 
+    from deepfeed.core.compress.onnx_int8 import VOCABULARY_BLOCK_SIZE, unpadded_block_size
+
     _, folder, summary = compressed("tiny_llama")
     state = torch.load(folder / "torch_int8" / "model_int8.pt", weights_only=True)
     embed, head = state["model.embed_tokens.weight_int8"], state["lm_head.weight_int8"]
@@ -114,6 +116,13 @@ def test_int8_artifacts_store_one_table_for_tied_embeddings(compressed):
         if n.op_type == "MatMulNBits" and initializers[n.input[1]].dims[0] == summary["vocab_size"]
     )
     assert lookup.input[0] == lm_head.input[1] and initializers[lookup.input[0]].data_type == onnx.TensorProto.UINT8
+    # The vocabulary table keeps small blocks; the layers take the largest that pads none.
+    blocks = {
+        n.name: {a.name: a.i for a in n.attribute}["block_size"] for n in graph.node if n.op_type == "MatMulNBits"
+    }
+    assert blocks.pop(lm_head.name) == VOCABULARY_BLOCK_SIZE
+    fp32 = onnx.load(str(folder / "onnx" / "model.onnx")).graph
+    assert set(blocks.values()) == {unpadded_block_size(fp32, {i.name: i for i in fp32.initializer}, 128)}
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """Weight-only 8-bit ONNX graphs for ONNX Runtime.
 
-MatMul weights go through ORT's MatMulNBitsQuantizer (8 bits, blocks of 128 by default,
-symmetric, accuracy_level=4 = int8 compute): ×1.007 perplexity on SmolLM2 where ORT's
+MatMul weights go through ORT's MatMulNBitsQuantizer (8 bits, symmetric, accuracy_level=4
+= int8 compute; the layers in the largest blocks that pad none, the vocabulary table in
+blocks of 32): ×1.005 perplexity on SmolLM2 where ORT's
 `quantize_dynamic` costs ×1.64 (measured on SmolLM2-135M: docs/training-tiers.md). That quantizer
 only handles embeddings (Gather) at 4 bits, and the fp32 embedding table would then hold most of the file, so
 the embedding lookup is rewritten here to gather int8 rows and dequantize them. When the
@@ -19,6 +20,11 @@ from deepfeed.core.compress.onnx_gqa import is_builder_graph
 from deepfeed.core.compress.settings import CompressionConfig
 
 ZERO_POINT_8BIT = 128  # MatMulNBits' implicit zero point for symmetric 8-bit weights
+# The vocabulary table (lm_head, and the embedding lookup that shares it) keeps blocks of
+# 32 whatever the layers use: on the demo's fine-tuned SmolLM2 its rows in blocks of 64
+# cost +1.8% perplexity on the evaluation set where the layers in blocks of 64 cost +0.4%
+# (docs/training-tiers.md); it is ~9% of a batched decode step.
+VOCABULARY_BLOCK_SIZE = 32
 
 
 def _initializers(graph) -> dict:
@@ -98,6 +104,19 @@ def _dequantizing_lookup(gather, packed_name: str, scales_name: str, hidden: int
     ]
 
 
+def _vocabulary_projections(graph, initializers, table) -> list[str]:
+    """Names of the MatMuls onto the vocabulary (lm_head): weights [hidden, vocab]."""
+    if table is None:
+        return []
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type == "MatMul"
+        and node.input[1] in initializers
+        and list(initializers[node.input[1]].dims) == [table.shape[1], table.shape[0]]
+    ]
+
+
 def unpadded_block_size(graph, initializers, largest: int) -> int:
     """The largest power of two <= `largest` (and >= 16, MatMulNBits' smallest) that
     divides the input size of every weight matrix, so no block is padded with zeros:
@@ -134,17 +153,22 @@ def quantize_onnx_weight_only(
     tied_weight = _tied_lm_head_weight(graph, initializers, table) if table is not None else None
     original_opsets = {o.domain: o.version for o in model.opset_import}
     block_size = unpadded_block_size(graph, initializers, block_size)
+    vocabulary = _vocabulary_projections(graph, initializers, table)
 
-    config = nbits.DefaultWeightOnlyQuantConfig(
-        block_size=block_size,
-        is_symmetric=True,
-        accuracy_level=accuracy_level,
-        bits=8,
-        op_types_to_quantize=("MatMul",),
-    )
-    quantizer = nbits.MatMulNBitsQuantizer(model, algo_config=config)
-    quantizer.process()
-    model = quantizer.model.model
+    # Two passes, as MatMulNBitsQuantizer takes one block size: the layers, then the
+    # vocabulary projection (and so the embedding that shares its table) in blocks of
+    # VOCABULARY_BLOCK_SIZE.
+    for block, exclude in ((block_size, vocabulary), (VOCABULARY_BLOCK_SIZE, [])):
+        config = nbits.DefaultWeightOnlyQuantConfig(
+            block_size=block,
+            is_symmetric=True,
+            accuracy_level=accuracy_level,
+            bits=8,
+            op_types_to_quantize=("MatMul",),
+        )
+        quantizer = nbits.MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=config)
+        quantizer.process()
+        model = quantizer.model.model
     graph = model.graph
     # The quantizer raises the default opset to 21 although MatMulNBits lives in
     # com.microsoft; the exported nodes (ReduceMean with `axes`) are only valid at the
@@ -157,10 +181,11 @@ def quantize_onnx_weight_only(
         "matmul_nbits": sum(1 for n in graph.node if n.op_type == "MatMulNBits"),
         "embedding": "fp32",
         "block_size": block_size,
+        "vocabulary_block_size": VOCABULARY_BLOCK_SIZE if vocabulary else None,
     }
     if gather is not None:
         hidden = table.shape[1]
-        blocks = -(-hidden // block_size)
+        blocks = -(-hidden // VOCABULARY_BLOCK_SIZE)
         shared = None
         if tied_weight is not None:
             shared = next(
@@ -175,14 +200,14 @@ def quantize_onnx_weight_only(
             packed_name, scales_name = shared.input[1], shared.input[2]
             summary["embedding"] = "int8, shared with lm_head"
         else:
-            packed, scales = block_quantize_rows(table, block_size)
+            packed, scales = block_quantize_rows(table, VOCABULARY_BLOCK_SIZE)
             packed_name, scales_name = gather.input[0] + "_Q8", gather.input[0] + "_scales"
             graph.initializer.extend(
                 [numpy_helper.from_array(packed, packed_name), numpy_helper.from_array(scales, scales_name)]
             )
             summary["embedding"] = "int8"
         position = list(graph.node).index(gather)
-        replacement = _dequantizing_lookup(gather, packed_name, scales_name, hidden, blocks, block_size)
+        replacement = _dequantizing_lookup(gather, packed_name, scales_name, hidden, blocks, VOCABULARY_BLOCK_SIZE)
         graph.node.remove(gather)
         for offset, node in enumerate(replacement):
             graph.node.insert(position + offset, node)
