@@ -95,10 +95,14 @@ def test_all_artifacts_are_built_and_agree_with_torch(fixture, compressed):
     assert (folder / "triton" / "deepfeed" / "1" / "model.onnx").exists()
 
 
-def test_int8_artifacts_store_one_table_for_tied_embeddings(compressed):
+def test_int8_artifacts_store_one_table_for_tied_embeddings(compressed, tmp_path):
     import onnx
 
-    from deepfeed.core.compress.onnx_int8 import VOCABULARY_BLOCK_SIZE, unpadded_block_size
+    from deepfeed.core.compress.onnx_int8 import (
+        VOCABULARY_BLOCK_SIZE,
+        quantize_onnx_weight_only,
+        unpadded_block_size,
+    )
 
     _, folder, summary = compressed("tiny_llama")
     state = torch.load(folder / "torch_int8" / "model_int8.pt", weights_only=True)
@@ -123,6 +127,9 @@ def test_int8_artifacts_store_one_table_for_tied_embeddings(compressed):
     assert blocks.pop(lm_head.name) == VOCABULARY_BLOCK_SIZE
     fp32 = onnx.load(str(folder / "onnx" / "model.onnx")).graph
     assert set(blocks.values()) == {unpadded_block_size(fp32, {i.name: i for i in fp32.initializer}, 128)}
+    # A setting below 32 applies to the vocabulary table too.
+    small = quantize_onnx_weight_only(folder / "onnx" / "model.onnx", tmp_path / "small.onnx", block_size=16)
+    assert (small["block_size"], small["vocabulary_block_size"]) == (16, 16)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from deepfeed.core.compress.settings import CompressionConfig
 
 ZERO_POINT_8BIT = 128  # MatMulNBits' implicit zero point for symmetric 8-bit weights
 # The vocabulary table (lm_head, and the embedding lookup that shares it) keeps blocks of
-# 32 whatever the layers use: on the demo's fine-tuned SmolLM2 its rows in blocks of 64
+# 32 (or the setting, where smaller) whatever the layers use: on the demo's fine-tuned SmolLM2 its rows in blocks of 64
 # cost +1.8% perplexity on the evaluation set where the layers in blocks of 64 cost +0.4%
 # (docs/training-tiers.md); it is ~9% of a batched decode step.
 VOCABULARY_BLOCK_SIZE = 32
@@ -152,13 +152,13 @@ def quantize_onnx_weight_only(
     table = numpy_helper.to_array(initializers[gather.input[0]]) if gather is not None else None
     tied_weight = _tied_lm_head_weight(graph, initializers, table) if table is not None else None
     original_opsets = {o.domain: o.version for o in model.opset_import}
+    vocabulary_block = min(VOCABULARY_BLOCK_SIZE, block_size)
     block_size = unpadded_block_size(graph, initializers, block_size)
     vocabulary = _vocabulary_projections(graph, initializers, table)
 
     # Two passes, as MatMulNBitsQuantizer takes one block size: the layers, then the
-    # vocabulary projection (and so the embedding that shares its table) in blocks of
-    # VOCABULARY_BLOCK_SIZE.
-    for block, exclude in ((block_size, vocabulary), (VOCABULARY_BLOCK_SIZE, [])):
+    # vocabulary projection (and so the embedding that shares its table).
+    for block, exclude in ((block_size, vocabulary), (vocabulary_block, [])):
         config = nbits.DefaultWeightOnlyQuantConfig(
             block_size=block,
             is_symmetric=True,
@@ -181,11 +181,11 @@ def quantize_onnx_weight_only(
         "matmul_nbits": sum(1 for n in graph.node if n.op_type == "MatMulNBits"),
         "embedding": "fp32",
         "block_size": block_size,
-        "vocabulary_block_size": VOCABULARY_BLOCK_SIZE if vocabulary else None,
+        "vocabulary_block_size": vocabulary_block if vocabulary else None,
     }
     if gather is not None:
         hidden = table.shape[1]
-        blocks = -(-hidden // VOCABULARY_BLOCK_SIZE)
+        blocks = -(-hidden // vocabulary_block)
         shared = None
         if tied_weight is not None:
             shared = next(
@@ -200,14 +200,14 @@ def quantize_onnx_weight_only(
             packed_name, scales_name = shared.input[1], shared.input[2]
             summary["embedding"] = "int8, shared with lm_head"
         else:
-            packed, scales = block_quantize_rows(table, VOCABULARY_BLOCK_SIZE)
+            packed, scales = block_quantize_rows(table, vocabulary_block)
             packed_name, scales_name = gather.input[0] + "_Q8", gather.input[0] + "_scales"
             graph.initializer.extend(
                 [numpy_helper.from_array(packed, packed_name), numpy_helper.from_array(scales, scales_name)]
             )
             summary["embedding"] = "int8"
         position = list(graph.node).index(gather)
-        replacement = _dequantizing_lookup(gather, packed_name, scales_name, hidden, blocks, VOCABULARY_BLOCK_SIZE)
+        replacement = _dequantizing_lookup(gather, packed_name, scales_name, hidden, blocks, vocabulary_block)
         graph.node.remove(gather)
         for offset, node in enumerate(replacement):
             graph.node.insert(position + offset, node)
