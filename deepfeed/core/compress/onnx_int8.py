@@ -21,9 +21,10 @@ from deepfeed.core.compress.settings import CompressionConfig
 
 ZERO_POINT_8BIT = 128  # MatMulNBits' implicit zero point for symmetric 8-bit weights
 # The vocabulary table (lm_head, and the embedding lookup that shares it) keeps blocks of
-# 32 (or the setting, where smaller) whatever the layers use: on the demo's fine-tuned SmolLM2 its rows in blocks of 64
-# cost +1.8% perplexity on the evaluation set where the layers in blocks of 64 cost +0.4%
-# (docs/training-tiers.md); it is ~9% of a batched decode step.
+# 32 (or the setting, where smaller) whatever the layers use: on the demo's fine-tuned
+# SmolLM2 its rows in blocks of 64 cost +1.8% perplexity on the evaluation set where the
+# layers in blocks of 64 cost +0.4% (docs/training-tiers.md); it is ~9% of a batched
+# decode step.
 VOCABULARY_BLOCK_SIZE = 32
 
 
@@ -40,14 +41,26 @@ def _embedding_gather(graph, initializers):
     return None
 
 
-def _tied_lm_head_weight(graph, initializers, table: np.ndarray) -> str | None:
+def _vocabulary_projections(graph, initializers, table: np.ndarray | None) -> list:
+    """The MatMuls onto the vocabulary (lm_head): weights [hidden, vocab]."""
+    if table is None:
+        return []
+    return [
+        node
+        for node in graph.node
+        if node.op_type == "MatMul"
+        and node.input[1] in initializers
+        and tuple(initializers[node.input[1]].dims) == table.shape[::-1]
+    ]
+
+
+def _tied_lm_head_weight(projections: list, initializers, table: np.ndarray) -> str | None:
+    """The weight of the vocabulary projection that is the embedding table transposed."""
     from onnx import numpy_helper
 
-    for node in graph.node:
-        if node.op_type == "MatMul" and node.input[1] in initializers:
-            weight = initializers[node.input[1]]
-            if tuple(weight.dims) == table.shape[::-1] and np.array_equal(numpy_helper.to_array(weight).T, table):
-                return node.input[1]
+    for node in projections:
+        if np.array_equal(numpy_helper.to_array(initializers[node.input[1]]).T, table):
+            return node.input[1]
     return None
 
 
@@ -104,19 +117,6 @@ def _dequantizing_lookup(gather, packed_name: str, scales_name: str, hidden: int
     ]
 
 
-def _vocabulary_projections(graph, initializers, table) -> list[str]:
-    """Names of the MatMuls onto the vocabulary (lm_head): weights [hidden, vocab]."""
-    if table is None:
-        return []
-    return [
-        node.name
-        for node in graph.node
-        if node.op_type == "MatMul"
-        and node.input[1] in initializers
-        and list(initializers[node.input[1]].dims) == [table.shape[1], table.shape[0]]
-    ]
-
-
 def unpadded_block_size(graph, initializers, largest: int) -> int:
     """The largest power of two <= `largest` (and >= 16, MatMulNBits' smallest) that
     divides the input size of every weight matrix, so no block is padded with zeros:
@@ -150,11 +150,12 @@ def quantize_onnx_weight_only(
     initializers = _initializers(graph)
     gather = _embedding_gather(graph, initializers)
     table = numpy_helper.to_array(initializers[gather.input[0]]) if gather is not None else None
-    tied_weight = _tied_lm_head_weight(graph, initializers, table) if table is not None else None
+    projections = _vocabulary_projections(graph, initializers, table)
+    vocabulary = [node.name for node in projections]
+    tied_weight = _tied_lm_head_weight(projections, initializers, table)
     original_opsets = {o.domain: o.version for o in model.opset_import}
     vocabulary_block = min(VOCABULARY_BLOCK_SIZE, block_size)
     block_size = unpadded_block_size(graph, initializers, block_size)
-    vocabulary = _vocabulary_projections(graph, initializers, table)
 
     # Two passes, as MatMulNBitsQuantizer takes one block size: the layers, then the
     # vocabulary projection (and so the embedding that shares its table).
